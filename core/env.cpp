@@ -1,0 +1,55 @@
+#include "core/env.h"
+
+#include <cstdlib>
+
+#include <absl/strings/ascii.h>
+#include <absl/strings/numbers.h>
+
+#include "core/error.h"
+
+namespace dsrl::env {
+
+const std::vector<Knob>& all_knobs() {
+    static const std::vector<Knob> knobs = {
+        {"DSRL_LOG_LEVEL", "info", "Minimum log level: debug, info, warn, error."},
+        {"DSRL_LOG_ALL_RANKS", "0", "1: every rank logs at info level (default: only rank 0; warnings from all)."},
+        {"DSRL_DIST_TIMEOUT_S", "", "Overrides dist.timeout_s: seconds before a stuck collective aborts the job."},
+        {"DSRL_NUM_THREADS", "", "Intra-op CPU threads per rank (default: cores / local ranks, at least 1)."},
+        {"OMPI_COMM_WORLD_LOCAL_RANK", "", "Set by Open MPI: rank on this node; selects the GPU."},
+    };
+    return knobs;
+}
+
+namespace {
+const Knob& find(const char* name) {
+    for (const Knob& k : all_knobs()) {
+        if (std::string_view(k.name) == name) return k;
+    }
+    DSRL_INTERNAL_ASSERT(false, "environment knob ", name, " is not registered in core/env.cpp");
+    __builtin_unreachable();
+}
+}  // namespace
+
+std::string get_string(const char* name) {
+    const Knob& knob = find(name);
+    const char* v = std::getenv(knob.name);
+    return v != nullptr ? std::string(v) : std::string(knob.default_value);
+}
+
+int64_t get_int(const char* name) {
+    const std::string v = get_string(name);
+    int64_t out = 0;
+    if (!absl::SimpleAtoi(v, &out)) {
+        throw ConfigError(absl::StrCat("environment variable ", name, "='", v, "' is not an integer"));
+    }
+    return out;
+}
+
+bool get_bool(const char* name) {
+    const std::string v = absl::AsciiStrToLower(get_string(name));
+    if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+    if (v == "0" || v == "false" || v == "no" || v == "off" || v.empty()) return false;
+    throw ConfigError(absl::StrCat("environment variable ", name, "='", v, "' is not a boolean (use 1 or 0)"));
+}
+
+}  // namespace dsrl::env

@@ -1,0 +1,80 @@
+#include "tests/test_util.h"
+
+#include <ATen/Context.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/argmax.h>
+
+#include <fstream>
+#include <random>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+
+namespace dsrl::testing {
+
+::testing::AssertionResult all_close(const std::string& what,
+                                     const at::Tensor& actual,
+                                     const at::Tensor& expected,
+                                     double atol,
+                                     double rtol) {
+    if (actual.sizes() != expected.sizes()) {
+        return ::testing::AssertionFailure() << what << ": shape " << actual.sizes() << " != expected "
+                                             << expected.sizes();
+    }
+    if (actual.numel() == 0) return ::testing::AssertionSuccess();
+    const at::Tensor a = actual.detach().to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor e = expected.detach().to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor err = at::abs(a - e);
+    const at::Tensor allowed = atol + rtol * at::abs(e);
+    // NaN anywhere in actual is a failure even where expected is NaN too (kernels must not produce NaN).
+    const at::Tensor bad = (err > allowed).logical_or(a.isnan()).logical_or(e.isnan() != a.isnan());
+    const int64_t num_bad = bad.sum().item<int64_t>();
+    const at::Tensor rel = err / at::abs(e).clamp_min(1e-12);
+    const int64_t worst = at::argmax(err.nan_to_num(1e300).flatten()).item<int64_t>();
+    auto unravel = [&](int64_t flat) {
+        std::vector<int64_t> idx(a.dim());
+        for (int64_t d = a.dim() - 1; d >= 0; --d) {
+            idx[d] = flat % a.size(d);
+            flat /= a.size(d);
+        }
+        return absl::StrCat("[", absl::StrJoin(idx, ", "), "]");
+    };
+    const double max_abs = err.nan_to_num(1e300).max().item<double>();
+    const double max_rel = rel.nan_to_num(1e300).max().item<double>();
+    if (num_bad == 0) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << what << ": " << num_bad << " of " << a.numel() << " elements differ (atol " << atol << ", rtol " << rtol
+           << "); max abs err " << max_abs << ", max rel err " << max_rel << "; worst at " << unravel(worst)
+           << ": actual " << a.flatten()[worst].item<double>() << ", expected " << e.flatten()[worst].item<double>();
+}
+
+TempDir::TempDir() {
+    std::random_device rd;
+    const auto base = std::filesystem::temp_directory_path();
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        auto candidate = base / absl::StrCat("dsrl_test_", rd(), "_", rd());
+        if (std::filesystem::create_directory(candidate)) {
+            path_ = candidate;
+            return;
+        }
+    }
+    throw std::runtime_error("cannot create a temporary directory");
+}
+
+TempDir::~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+}
+
+std::string TempDir::write(const std::string& name, const std::string& text) const {
+    const auto p = path_ / name;
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream out(p, std::ios::binary);
+    out << text;
+    return p.string();
+}
+
+bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
+
+}  // namespace dsrl::testing

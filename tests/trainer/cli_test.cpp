@@ -1,0 +1,66 @@
+#include "trainer/cli.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace dsrl::trainer {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(CliTest, ParsesFlagsInBothForms) {
+    const CliOptions opt = parse_cli({"--config", "a.yaml", "--set", "grpo.beta=1", "--set=run.seed=3",
+                                      "--resume=auto", "--print-config", "--check"});
+    EXPECT_EQ(opt.config_path, "a.yaml");
+    EXPECT_EQ(opt.overrides, (std::vector<std::string>{"grpo.beta=1", "run.seed=3"}));
+    EXPECT_EQ(opt.resume, "auto");
+    EXPECT_TRUE(opt.print_config);
+    EXPECT_TRUE(opt.check);
+    EXPECT_FALSE(opt.help);
+}
+
+TEST(CliTest, UnknownFlagSuggestsNearest) {
+    try {
+        parse_cli({"--confg", "x"});
+        FAIL();
+    } catch (const ConfigError& e) {
+        EXPECT_THAT(std::string(e.what()), HasSubstr("unknown argument '--confg'; did you mean --config?"));
+    }
+    EXPECT_THROW(parse_cli({"--config"}), ConfigError);
+    EXPECT_THROW(parse_cli({"--resume="}), ConfigError);
+}
+
+TEST(CliTest, UsageDocumentsFlagsAndEnvironment) {
+    const std::string text = usage();
+    for (const char* s : {"--config", "--set", "--resume", "--print-config", "--print-schema", "--check",
+                          "DSRL_LOG_LEVEL", "DSRL_DIST_TIMEOUT_S"}) {
+        EXPECT_THAT(text, HasSubstr(s));
+    }
+}
+
+// docs/config.md embeds the generated schema between markers; it must match the code.
+TEST(ConfigDocsTest, DocsConfigMdMatchesTheSchema) {
+    std::ifstream in(std::string(DSRL_SOURCE_DIR) + "/docs/config.md");
+    ASSERT_TRUE(in) << "docs/config.md is missing";
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string doc = ss.str();
+    const std::string begin = "<!-- schema:begin -->\n";
+    const std::string end = "<!-- schema:end -->";
+    const size_t b = doc.find(begin);
+    const size_t e = doc.find(end);
+    ASSERT_NE(b, std::string::npos);
+    ASSERT_NE(e, std::string::npos);
+    const std::string table = doc.substr(b + begin.size(), e - b - begin.size());
+    EXPECT_EQ(table, config::schema_markdown(config::schema_of<JobConfig>()))
+        << "docs/config.md is out of date: regenerate with scripts/gen_config_docs.sh";
+}
+
+}  // namespace
+}  // namespace dsrl::trainer

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# dsrl_train on bad input: each case prints one clear line naming the problem and exits non-zero, with no
+# crash (exit codes >= 128 are signals). Usage: dsrl_train_cli_test.sh path/to/dsrl_train
+set -u
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+expect_error() {  # name, expected substring, args...
+    local name=$1 want=$2
+    shift 2
+    local out rc
+    out=$("$bin" "$@" 2>&1)
+    rc=$?
+    if [ $rc -eq 0 ] || [ $rc -ge 128 ]; then
+        echo "FAIL $name: exit code $rc (want 1..127)"; echo "$out"; fail=1; return
+    fi
+    if [ "$(printf '%s\n' "$out" | wc -l)" -ne 1 ]; then
+        echo "FAIL $name: expected exactly one line, got:"; echo "$out"; fail=1; return
+    fi
+    if ! grep -qF -- "$want" <<<"$out"; then
+        echo "FAIL $name: output lacks '$want':"; echo "$out"; fail=1; return
+    fi
+    echo "ok   $name: $out"
+}
+
+printf 'model:\n  hidden_size: 64\n  hiden_size: 3\n' >"$tmp/unknown.yaml"
+printf 'grpo:\n  eps_low: "a lot"\n' >"$tmp/type.yaml"
+printf 'model: {hidden_size: 3\n' >"$tmp/syntax.yaml"
+
+expect_error unknown-key "unknown key 'model.hiden_size'; did you mean 'model.hidden_size'?" --config "$tmp/unknown.yaml"
+expect_error wrong-type "grpo.eps_low: expected a number, got 'a lot'" --config "$tmp/type.yaml"
+expect_error missing-file "config file '$tmp/nope.yaml' cannot be read" --config "$tmp/nope.yaml"
+expect_error syntax "YAML syntax error" --config "$tmp/syntax.yaml"
+expect_error bad-set "--set grpo.beta=1: unknown key 'grpo.beta'; 'beta' belongs to 'domains[].beta'" --set grpo.beta=1
+expect_error bad-flag "unknown argument '--confg'" --confg x
+
+# The good paths: --check, --print-config round-trips, --help.
+"$bin" --check >/dev/null || { echo "FAIL check on the embedded defaults"; fail=1; }
+"$bin" --print-config >"$tmp/resolved.yaml" && "$bin" --config "$tmp/resolved.yaml" --check >/dev/null ||
+    { echo "FAIL --print-config output does not validate"; fail=1; }
+"$bin" --help | grep -q -- "--set KEY=VALUE" || { echo "FAIL --help"; fail=1; }
+exit $fail
