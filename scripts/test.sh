@@ -16,13 +16,16 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-10G}
 command -v ccache >/dev/null && ccache --zero-stats >/dev/null
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_PYTHON="$root/.venv/bin/python" \
+# The venv's real path (not the .venv symlink inside the clone) keeps torch's include paths identical across
+# clones, so ccache hits from a fresh clone.
+python=$(readlink -f "$root/.venv")/bin/python
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_PYTHON="$python" \
     ${DSRL_CMAKE_ARGS:-}
 configured=$(date +%s)
 cmake --build "$build" -j "$jobs"
 built=$(date +%s)
 if command -v ccache >/dev/null; then
-    ccache --show-stats 2>/dev/null | grep -iE "cache hit|cache miss|hit rate" | sed 's/^/[ccache] /' || true
+    ccache --show-stats 2>/dev/null | grep -E "Hits:|Misses:" | sed "s/^ */[ccache] /" || true
 fi
 
 set +e
