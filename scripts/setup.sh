@@ -48,7 +48,13 @@ assert torch.__version__.split("+")[0] == sys.argv[1], torch.__version__
 import transformers, safetensors  # noqa: F401  (test oracles)
 PY
 }
-if [ -x "$venv/bin/python" ] && check_venv "$venv"; then
+# The interpreter may itself be a venv that already has everything (the GPU machine's /opt/torch/.venv);
+# a venv nested in it would not see its packages, so use it as it is.
+own_prefix=$("$python" -c 'import sys; print(sys.prefix if sys.prefix != sys.base_prefix else "")')
+if [ -n "$own_prefix" ] && check_venv "$own_prefix"; then
+    venv=$own_prefix
+    say "using the active Python environment $venv (it has torch $torch_version and the oracles)"
+elif [ -x "$venv/bin/python" ] && check_venv "$venv"; then
     say "Python environment ready: $venv"
 else
     mkdir -p "$cache"
