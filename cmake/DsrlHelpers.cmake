@@ -14,7 +14,7 @@ target_include_directories(dsrl_build_flags INTERFACE ${CMAKE_SOURCE_DIR})
 # The PyPI libtorch.so exports its own copies of some std::filesystem functions (built against an older
 # libstdc++); found first, they crash (e.g. remove_all). Making libstdc++ the first DT_NEEDED entry lets the
 # system library win symbol resolution. Note [libstdc++ first] in docs/architecture.md.
-target_link_options(dsrl_build_flags INTERFACE "LINKER:--push-state,--no-as-needed" -lstdc++ "LINKER:--pop-state")
+target_link_options(dsrl_build_flags INTERFACE "SHELL:-Wl,--push-state,--no-as-needed -lstdc++ -Wl,--pop-state")
 if(DSRL_SANITIZE)
   target_compile_options(dsrl_build_flags INTERFACE
     $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer>)
