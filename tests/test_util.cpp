@@ -1,12 +1,13 @@
 #include "tests/test_util.h"
 
+#include "core/fs.h"
+
 #include <ATen/Context.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/argmax.h>
 
 #include <fstream>
-#include <random>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
@@ -49,30 +50,22 @@ namespace dsrl::testing {
            << ": actual " << a.flatten()[worst].item<double>() << ", expected " << e.flatten()[worst].item<double>();
 }
 
-TempDir::TempDir() {
-    std::random_device rd;
-    const auto base = std::filesystem::temp_directory_path();
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        auto candidate = base / absl::StrCat("dsrl_test_", rd(), "_", rd());
-        if (std::filesystem::create_directory(candidate)) {
-            path_ = candidate;
-            return;
-        }
-    }
-    throw std::runtime_error("cannot create a temporary directory");
-}
+TempDir::TempDir() : path_(fs::make_temp_dir("dsrl_test_")) {}
 
 TempDir::~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    try {
+        fs::remove_tree(path_);
+    } catch (const std::exception&) {
+        // A leftover temp directory must not fail the test that used it.
+    }
 }
 
 std::string TempDir::write(const std::string& name, const std::string& text) const {
-    const auto p = path_ / name;
-    std::filesystem::create_directories(p.parent_path());
+    const std::string p = fs::join(path_, name);
+    fs::make_dirs(p.substr(0, p.find_last_of('/')));
     std::ofstream out(p, std::ios::binary);
     out << text;
-    return p.string();
+    return p;
 }
 
 bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }

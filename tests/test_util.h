@@ -2,7 +2,6 @@
 // directories, and the GPU gate that skips with a printed reason when no GPU is visible.
 #pragma once
 
-#include <filesystem>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -18,19 +17,19 @@ namespace dsrl::testing {
                                      double atol,
                                      double rtol = 0.0);
 
-/// A fresh directory under the system temp dir, removed at destruction.
+/// A fresh directory under the system temp dir, removed at destruction (core/fs.h, no std::filesystem).
 class TempDir {
 public:
     TempDir();
     ~TempDir();
     TempDir(const TempDir&) = delete;
     TempDir& operator=(const TempDir&) = delete;
-    const std::filesystem::path& path() const { return path_; }
-    /// Writes `text` to path()/name and returns the full path.
+    const std::string& path() const { return path_; }
+    /// Writes `text` to path()/name (creating parent directories) and returns the full path.
     std::string write(const std::string& name, const std::string& text) const;
 
 private:
-    std::filesystem::path path_;
+    std::string path_;
 };
 
 /// True when a CUDA device is usable by this process.
