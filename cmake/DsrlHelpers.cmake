@@ -89,14 +89,14 @@ function(dsrl_add_test name)
   endif()
   add_executable(${name} ${ARG_SRCS} ${CMAKE_SOURCE_DIR}/tests/test_util.cpp)
   target_link_libraries(${name} PRIVATE dsrl_base_deps ${ARG_DEPS} GTest::gtest GTest::gmock)
-  target_compile_definitions(${name} PRIVATE DSRL_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
-                                              DSRL_BINARY_DIR="${CMAKE_BINARY_DIR}")
   _dsrl_use_pch(${name})
   if(ARG_MAIN STREQUAL "gtest")
     target_link_libraries(${name} PRIVATE GTest::gtest_main)
     gtest_discover_tests(${name}
       DISCOVERY_MODE PRE_TEST
-      PROPERTIES LABELS ${ARG_LABEL} ENVIRONMENT "OMP_NUM_THREADS=1")
+      # Paths reach tests through the environment, not -D defines: absolute paths in compile flags would
+      # keep a fresh clone from hitting ccache.
+      PROPERTIES LABELS ${ARG_LABEL} ENVIRONMENT "DSRL_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
   elseif(ARG_MAIN STREQUAL "mpi")
     target_sources(${name} PRIVATE ${CMAKE_SOURCE_DIR}/tests/mpi_gtest_main.cpp)
     foreach(np IN LISTS ARG_MPI_NP)
@@ -104,7 +104,7 @@ function(dsrl_add_test name)
                COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} ${np} $<TARGET_FILE:${name}>)
       set_tests_properties(${name}.np${np} PROPERTIES
         LABELS mpi PROCESSORS ${np} TIMEOUT 300
-        ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+        ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1;DSRL_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
     endforeach()
   else()
     message(FATAL_ERROR "dsrl_add_test(${name}): MAIN must be gtest or mpi, got '${ARG_MAIN}'")

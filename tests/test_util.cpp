@@ -7,6 +7,7 @@
 #include <ATen/ops/abs.h>
 #include <ATen/ops/argmax.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include <absl/strings/str_cat.h>
@@ -66,6 +67,15 @@ std::string TempDir::write(const std::string& name, const std::string& text) con
     std::ofstream out(p, std::ios::binary);
     out << text;
     return p;
+}
+
+std::string source_dir() {
+    const char* dir = std::getenv("DSRL_SOURCE_DIR");
+    if (dir == nullptr || *dir == '\0') {
+        ADD_FAILURE() << "DSRL_SOURCE_DIR is not set (run the tests through ctest)";
+        return ".";
+    }
+    return dir;
 }
 
 bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }

@@ -32,6 +32,9 @@ private:
     std::string path_;
 };
 
+/// The source tree (CTest sets DSRL_SOURCE_DIR); fails the calling test when unset.
+std::string source_dir();
+
 /// True when a CUDA device is usable by this process.
 bool cuda_available();
 

@@ -8,6 +8,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "tests/test_util.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -46,7 +47,7 @@ TEST(CliTest, UsageDocumentsFlagsAndEnvironment) {
 
 // docs/config.md embeds the generated schema between markers; it must match the code.
 TEST(ConfigDocsTest, DocsConfigMdMatchesTheSchema) {
-    std::ifstream in(std::string(DSRL_SOURCE_DIR) + "/docs/config.md");
+    std::ifstream in(dsrl::testing::source_dir() + "/docs/config.md");
     ASSERT_TRUE(in) << "docs/config.md is missing";
     std::stringstream ss;
     ss << in.rdbuf();
