@@ -1,0 +1,58 @@
+// DeepSeekMoE routing (SPEC §2.4): sigmoid scores in fp32, e_score_correction_bias for selection only,
+// group-limited top-k, normalized gate weights × routed_scaling_factor; routing record (compact expert ids)
+// and replay (recorded ids, weights recomputed from the current scores so the router still learns);
+// aux-loss-free bias balancing. Pure ATen, differentiable in `x` and `weight`, CPU and GPU.
+//
+//   RouterOptions opt{.n_routed_experts = 256, .num_experts_per_tok = 8, .n_group = 8, .topk_group = 4};
+//   Route r = route(x, gate_weight, bias, opt);            // x [T, H]; r.indices [T, k] int64
+//   Route again = route(x, gate_weight, bias, opt, r.indices);  // replay: same ids, fresh weights
+//
+// Shapes: x [T, H] (any float dtype; cast to fp32), weight [E, H] fp32, bias [E] fp32.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace dsrl::moe {
+
+struct RouterOptions {
+    int64_t n_routed_experts = 8;
+    int64_t num_experts_per_tok = 2;
+    int64_t n_group = 1;
+    int64_t topk_group = 1;
+    double routed_scaling_factor = 1.0;
+    bool norm_topk_prob = true;
+};
+
+struct Route {
+    at::Tensor logits;   ///< [T, E] fp32, x·Wᵀ
+    at::Tensor scores;   ///< [T, E] fp32, sigmoid(logits)
+    at::Tensor indices;  ///< [T, k] int64 expert ids (selected by score + bias, or replayed)
+    at::Tensor weights;  ///< [T, k] fp32 gate weights (from scores, never from the bias)
+};
+
+/// Group-limited top-k selection (no gradient): groups scored by the sum of their top-2 biased scores,
+/// the best `topk_group` groups kept, then the top-k experts among them. `biased` is [T, E].
+at::Tensor select_experts(const at::Tensor& biased, const RouterOptions& opt);
+
+/// Routes `x`. With `replay` ([T, k] integer ids, e.g. decoded from a rollout record) the ids are used as
+/// given (checked to be in [0, E)) and only the weights are recomputed.
+Route route(const at::Tensor& x,
+            const at::Tensor& weight,
+            const at::Tensor& bias,
+            const RouterOptions& opt,
+            const at::Tensor& replay = {});
+
+/// Tokens routed to each expert: [E] int64 (the load used for bias balancing and metrics).
+at::Tensor expert_load(const at::Tensor& indices, int64_t n_routed_experts);
+
+/// Aux-loss-free balancing step, in place: b_e -= gamma · sign(load_e − mean(load)).
+void update_bias(at::Tensor& bias, const at::Tensor& load, double gamma);
+
+/// Routing record encoding: uint8 ids when E ≤ 256, else uint16 stored as int16 bit patterns
+/// (ATen has no uint16 arithmetic). `decode_route` returns int64 ids.
+at::Tensor encode_route(const at::Tensor& indices, int64_t n_routed_experts);
+at::Tensor decode_route(const at::Tensor& encoded, int64_t n_routed_experts);
+
+}  // namespace dsrl::moe
