@@ -41,4 +41,8 @@ expect_error bad-flag "unknown argument '--confg'" --confg x
 "$bin" --print-config >"$tmp/resolved.yaml" && "$bin" --config "$tmp/resolved.yaml" --check >/dev/null ||
     { echo "FAIL --print-config output does not validate"; fail=1; }
 "$bin" --help | grep -q -- "--set KEY=VALUE" || { echo "FAIL --help"; fail=1; }
+# Every shipped example config validates.
+for cfg in "$(dirname "$0")"/../../configs/*.yaml; do
+    "$bin" --config "$cfg" --check >/dev/null || { echo "FAIL $cfg does not validate"; fail=1; }
+done
 exit $fail
