@@ -1,0 +1,79 @@
+#include "dsa/indexer_topk.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/topk.h>
+#include <ATen/ops/where.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+namespace dsrl::dsa {
+namespace {
+
+void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+    TORCH_CHECK(q.dim() == 4, "indexer: q must be [B, T, H, D], got ", q.sizes());
+    TORCH_CHECK(k.dim() == 3 && k.size(0) == q.size(0) && k.size(2) == q.size(3), "indexer: k must be [",
+                q.size(0), ", S, ", q.size(3), "], got ", k.sizes());
+    TORCH_CHECK(w.dim() == 3 && w.size(0) == q.size(0) && w.size(1) == q.size(1) && w.size(2) == q.size(2),
+                "indexer: w must be [", q.size(0), ", ", q.size(1), ", ", q.size(2), "], got ", w.sizes());
+}
+
+}  // namespace
+
+at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale) {
+    check_shapes(q, k, w);
+    // [B, T, H, S]: per-head ReLU(q·k), then the weighted sum over heads.
+    const at::Tensor per_head = at::relu(at::einsum("bthd,bsd->bths", {q.to(at::kFloat), k.to(at::kFloat)}) * scale);
+    return at::einsum("bths,bth->bts", {per_head, w.to(at::kFloat)});
+}
+
+at::Tensor indexer_topk(const at::Tensor& q,
+                        const at::Tensor& k,
+                        const at::Tensor& w,
+                        double scale,
+                        const at::Tensor& query_pos,
+                        const at::Tensor& key_valid,
+                        int64_t topk,
+                        int64_t query_chunk) {
+    check_shapes(q, k, w);
+    const int64_t batch = q.size(0);
+    const int64_t num_queries = q.size(1);
+    const int64_t num_keys = k.size(1);
+    TORCH_CHECK(topk >= 1, "indexer_topk: topk must be >= 1, got ", topk);
+    TORCH_CHECK(query_chunk >= 1, "indexer_topk: query_chunk must be >= 1, got ", query_chunk);
+    TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == batch && query_pos.size(1) == num_queries,
+                "indexer_topk: query_pos must be [", batch, ", ", num_queries, "], got ", query_pos.sizes());
+    TORCH_CHECK(!key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == batch &&
+                                         key_valid.size(1) == num_keys),
+                "indexer_topk: key_valid must be [", batch, ", ", num_keys, "], got ", key_valid.sizes());
+    const auto int_opts = q.options().dtype(at::kInt);
+    if (num_queries == 0) return at::empty({batch, 0, topk}, int_opts);
+    const int64_t kept = std::min(topk, num_keys);
+    const at::Tensor key_index = at::arange(num_keys, q.options().dtype(at::kLong));  // [S]
+    std::vector<at::Tensor> chunks;
+    for (int64_t t0 = 0; t0 < num_queries; t0 += query_chunk) {
+        const int64_t len = std::min(query_chunk, num_queries - t0);
+        at::Tensor scores = indexer_scores(q.narrow(1, t0, len), k, w.narrow(1, t0, len), scale);  // [B, c, S]
+        at::Tensor visible = key_index.view({1, 1, num_keys}) <= query_pos.narrow(1, t0, len).unsqueeze(-1);
+        if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
+        scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+        auto [values, indices] = at::topk(scores, kept, -1);
+        // Slots that landed on invisible keys are invalid: −1, never attended.
+        at::Tensor idx = at::where(values == -std::numeric_limits<float>::infinity(),
+                                   at::full_like(indices, -1), indices).to(at::kInt);
+        if (kept < topk) {
+            idx = at::cat({idx, at::full({batch, len, topk - kept}, -1, int_opts)}, -1);
+        }
+        chunks.push_back(idx);
+    }
+    return at::cat(chunks, 1);
+}
+
+}  // namespace dsrl::dsa

@@ -1,0 +1,32 @@
+// Lightning-indexer scores and causal top-k selection (SPEC §2.2 steps 5-6), pure ATen (the reference that
+// CUDA kernels will be checked against):
+//   I(t, s) = Σ_j w[t, j] · scale · ReLU(q[t, j] · k[s])     (scale = d_I^-1/2; w already × H_I^-1/2)
+// Key s is visible to query t iff s <= query_pos[t] and key_valid[s]. Selection keeps
+// min(topk, #visible) keys; the remaining slots are −1 (invalid: never attended). Selection runs over query
+// chunks, so memory is O(chunk · S), never a full [T, S] tensor when T > chunk.
+//
+// Shapes: q [B, T, H, D], k [B, S, D], w [B, T, H] (fp32 or bf16; scored in fp32),
+//         query_pos [B, T] int64 (key index of each query), key_valid [B, S] bool (optional).
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace dsrl::dsa {
+
+/// Unmasked indexer scores [B, T, S] fp32 (for tests, recall metrics and the indexer loss).
+at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale);
+
+/// Causal top-k key indices [B, T, topk] int32 (−1 for invalid slots), ordered by descending score.
+/// `query_chunk` bounds the working set (queries scored at once).
+at::Tensor indexer_topk(const at::Tensor& q,
+                        const at::Tensor& k,
+                        const at::Tensor& w,
+                        double scale,
+                        const at::Tensor& query_pos,
+                        const at::Tensor& key_valid,
+                        int64_t topk,
+                        int64_t query_chunk = 1024);
+
+}  // namespace dsrl::dsa
