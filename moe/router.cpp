@@ -43,7 +43,8 @@ at::Tensor select_experts(const at::Tensor& biased, const RouterOptions& opt) {
         const at::Tensor group_scores = std::get<0>(at::topk(grouped, 2, -1)).sum(-1);  // [T, G]
         const at::Tensor keep_groups = std::get<1>(at::topk(group_scores, opt.topk_group, -1));
         at::Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, keep_groups, true);
-        const at::Tensor expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape({tokens, -1});
+        const at::Tensor expert_mask =
+            group_mask.unsqueeze(-1).expand_as(grouped).reshape({tokens, opt.n_routed_experts});
         choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
     }
     return std::get<1>(at::topk(choice, opt.num_experts_per_tok, -1));

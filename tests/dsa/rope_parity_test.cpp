@@ -2,46 +2,20 @@
 // as a fixture writing DSRL_ORACLE_DIR/rope.json). transformers emits the interleaved rotation
 // de-interleaved ([evens | odds]); our output keeps pairs in place, so it is compared after that permutation.
 #include <ATen/ops/cat.h>
-#include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
-
 #include "dsa/rope.h"
+#include "tests/oracle_util.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
 namespace {
 
-at::Tensor nested_to_tensor(const nlohmann::json& j) {
-    std::vector<int64_t> shape;
-    const nlohmann::json* cur = &j;
-    while (cur->is_array()) {
-        shape.push_back(static_cast<int64_t>(cur->size()));
-        if (cur->empty()) break;
-        cur = &(*cur)[0];
-    }
-    std::vector<double> flat;
-    std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& v) {
-        if (v.is_array()) {
-            for (const auto& e : v) walk(e);
-        } else {
-            flat.push_back(v.get<double>());
-        }
-    };
-    walk(j);
-    return at::tensor(flat, at::kDouble).view(shape);
-}
+at::Tensor nested_to_tensor(const nlohmann::json& j) { return testing::json_to_tensor(j, at::kDouble); }
 
 TEST(RopeParityTest, MatchesTransformersDeepseekV32Rope) {
-    const char* dir = std::getenv("DSRL_ORACLE_DIR");
-    ASSERT_NE(dir, nullptr) << "DSRL_ORACLE_DIR is not set; run through ctest (fixture rope_oracle)";
-    std::ifstream in(std::string(dir) + "/rope.json");
-    ASSERT_TRUE(in) << "missing " << dir << "/rope.json (the oracle fixture did not run)";
-    const nlohmann::json cases = nlohmann::json::parse(in);
+    const nlohmann::json cases = testing::load_oracle("rope");
+    ASSERT_FALSE(cases.is_null());
     ASSERT_EQ(cases.size(), 3u);
     for (const auto& c : cases) {
         const auto& r = c["rope"];

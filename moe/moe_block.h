@@ -1,0 +1,49 @@
+// The DeepSeekMoE feed-forward block (SPEC §2.4), functional form over explicit weights:
+//   y = Σ_k w_k · Expert_{idx_k}(x) + SharedExperts(x),   Expert(x) = down(silu(gate(x)) ⊙ up(x))
+// Routed experts run grouped by expert (tokens sorted by expert id, one batched SwiGLU per expert that
+// received tokens), never token by token. Differentiable in x and every weight; CPU and GPU.
+//
+//   MoeWeights w{...};                                  // stacked expert weights, HF-named pieces
+//   MoeOutput out = moe_forward(x, w, RouterOptions::from(cfg));          // out.route.indices recorded
+//   MoeOutput again = moe_forward(x, w, opt, decode_route(record, E));    // keep-routing replay
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "moe/router.h"
+
+namespace dsrl::moe {
+
+/// SwiGLU weights in nn.Linear layout (out, in): gate/up [I, H], down [H, I]; stacked over experts with a
+/// leading [E] dimension for the routed experts.
+struct SwiGluWeights {
+    at::Tensor gate_proj;
+    at::Tensor up_proj;
+    at::Tensor down_proj;
+};
+
+struct MoeWeights {
+    at::Tensor gate;                ///< router weight [E, H] fp32 (mlp.gate.weight)
+    at::Tensor bias;                ///< e_score_correction_bias [E] fp32 (a buffer: selection only)
+    SwiGluWeights experts;          ///< [E, I, H], [E, I, H], [E, H, I]
+    SwiGluWeights shared;           ///< [I_s, H], [I_s, H], [H, I_s]; undefined when n_shared_experts == 0
+};
+
+struct MoeOutput {
+    at::Tensor y;   ///< [T, H], dtype of x
+    Route route;    ///< the routing decision (indices are the record for keep-routing)
+};
+
+/// down(silu(gate(x)) ⊙ up(x)) for x [T, H] and one expert's weights.
+at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_proj, const at::Tensor& up_proj,
+                  const at::Tensor& down_proj);
+
+/// Σ_k weights[t, k] · Expert_{indices[t, k]}(x[t]) for x [T, H], indices/weights [T, k].
+at::Tensor routed_experts(const at::Tensor& x, const at::Tensor& indices, const at::Tensor& weights,
+                          const SwiGluWeights& experts);
+
+/// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes.
+MoeOutput moe_forward(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt,
+                      const at::Tensor& replay = {});
+
+}  // namespace dsrl::moe
