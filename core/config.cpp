@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "core/env.h"
+
 namespace dsrl {
 
 using config::Binder;
@@ -260,12 +262,29 @@ const std::vector<std::string>& job_config_paths() {
     return paths;
 }
 
+namespace {
+// Environment overrides of config keys (core/env.cpp documents them), applied after file and --set.
+void apply_env_overrides(JobConfig& cfg) {
+    if (!env::get_string("DSRL_DIST_TIMEOUT_S").empty()) {
+        const int64_t timeout = env::get_int("DSRL_DIST_TIMEOUT_S");
+        if (timeout < 1) {
+            throw ConfigError(absl::StrCat("environment variable DSRL_DIST_TIMEOUT_S=", timeout,
+                                           " is out of range; allowed [1, inf) (it overrides dist.timeout_s)"));
+        }
+        cfg.dist.timeout_s = timeout;
+    }
+}
+}  // namespace
+
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
     const config::Document doc =
         path.empty() ? config::Document::from_string("{}", "<embedded defaults>") : config::Document::from_file(path);
     JobConfig cfg;
     doc.read_into(cfg, job_config_paths());  // errors here cite file:line
-    if (overrides.empty()) return cfg;
+    if (overrides.empty()) {
+        apply_env_overrides(cfg);
+        return cfg;
+    }
     // Overrides apply to the resolved document, so they can reach default values too (e.g. the default
     // domains list: --set domains.1.weight=2). Errors then cite the --set that caused them.
     config::Document resolved = config::Document::from_string(to_yaml(cfg), doc.source());
@@ -273,6 +292,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     for (const std::string& o : overrides) resolved.apply_override(o);
     JobConfig out;
     resolved.read_into(out, job_config_paths());
+    apply_env_overrides(out);
     return out;
 }
 

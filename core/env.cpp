@@ -14,8 +14,6 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_LOG_LEVEL", "info", "Minimum log level: debug, info, warn, error."},
         {"DSRL_LOG_ALL_RANKS", "0", "1: every rank logs at info level (default: only rank 0; warnings from all)."},
         {"DSRL_DIST_TIMEOUT_S", "", "Overrides dist.timeout_s: seconds before a stuck collective aborts the job."},
-        {"DSRL_NUM_THREADS", "", "Intra-op CPU threads per rank (default: cores / local ranks, at least 1)."},
-        {"OMPI_COMM_WORLD_LOCAL_RANK", "", "Set by Open MPI: rank on this node; selects the GPU."},
     };
     return knobs;
 }

@@ -172,6 +172,16 @@ TEST(ConfigTest, SchemaListsEveryFieldWithDocs) {
     EXPECT_THAT(config::schema_markdown(rows), HasSubstr("| `domains[].rewards[].module` | string | `(required)`"));
 }
 
+TEST(ConfigTest, EnvironmentOverridesDistTimeout) {
+    setenv("DSRL_DIST_TIMEOUT_S", "42", 1);
+    EXPECT_EQ(load_job_config("", {}).dist.timeout_s, 42);
+    EXPECT_EQ(load_job_config("", {"dist.timeout_s=7"}).dist.timeout_s, 42);  // env wins over file and --set
+    setenv("DSRL_DIST_TIMEOUT_S", "0", 1);
+    EXPECT_THROW(load_job_config("", {}), ConfigError);
+    unsetenv("DSRL_DIST_TIMEOUT_S");
+    EXPECT_EQ(load_job_config("", {}).dist.timeout_s, 600);
+}
+
 TEST(ConfigTest, EditDistanceAndNearest) {
     EXPECT_EQ(config::edit_distance("kitten", "sitting"), 3u);
     EXPECT_EQ(config::edit_distance("LR", "lr"), 0u);
