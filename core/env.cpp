@@ -14,6 +14,9 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_LOG_LEVEL", "info", "Minimum log level: debug, info, warn, error."},
         {"DSRL_LOG_ALL_RANKS", "0", "1: every rank logs at info level (default: only rank 0; warnings from all)."},
         {"DSRL_DIST_TIMEOUT_S", "", "Overrides dist.timeout_s: seconds before a stuck collective aborts the job."},
+        {"DSRL_DIST_CHECK_PEERS", "1",
+         "1: every collective first checks (one small MPI allgather) that all ranks of the group called the same op "
+         "with matching tensors, raising a DistError instead of hanging; 0 skips the check."},
     };
     return knobs;
 }
