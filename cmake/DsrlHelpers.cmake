@@ -99,11 +99,16 @@ function(dsrl_add_test name)
       PROPERTIES LABELS ${ARG_LABEL} ENVIRONMENT "DSRL_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
   elseif(ARG_MAIN STREQUAL "mpi")
     target_sources(${name} PRIVATE ${CMAKE_SOURCE_DIR}/tests/mpi_gtest_main.cpp)
+    # Labelled `mpi`, plus LABEL when it is not the default (e.g. `gpu` for NCCL tests).
+    set(_mpi_labels mpi)
+    if(NOT ARG_LABEL STREQUAL "cpu")
+      list(APPEND _mpi_labels ${ARG_LABEL})
+    endif()
     foreach(np IN LISTS ARG_MPI_NP)
       add_test(NAME ${name}.np${np}
                COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} ${np} $<TARGET_FILE:${name}>)
       set_tests_properties(${name}.np${np} PROPERTIES
-        LABELS mpi PROCESSORS ${np} TIMEOUT 300
+        LABELS "${_mpi_labels}" PROCESSORS ${np} TIMEOUT 300
         ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1;DSRL_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
     endforeach()
   else()
