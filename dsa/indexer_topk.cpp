@@ -8,7 +8,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/relu.h>
-#include <ATen/ops/topk.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 
@@ -64,7 +64,11 @@ at::Tensor indexer_topk(const at::Tensor& q,
         at::Tensor visible = key_index.view({1, 1, num_keys}) <= query_pos.narrow(1, t0, len).unsqueeze(-1);
         if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
         scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-        auto [values, indices] = at::topk(scores, kept, -1);
+        // A stable descending sort, not topk: equal scores (ReLU makes exact zeros common) resolve to the
+        // earlier key, whatever the padding or chunking — so padded, unpadded and decoded runs select alike.
+        auto [sorted, order] = at::sort(scores, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+        const at::Tensor values = sorted.narrow(-1, 0, kept);
+        const at::Tensor indices = order.narrow(-1, 0, kept);
         // Slots that landed on invisible keys are invalid: −1, never attended.
         at::Tensor idx = at::where(values == -std::numeric_limits<float>::infinity(),
                                    at::full_like(indices, -1), indices).to(at::kInt);

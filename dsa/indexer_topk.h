@@ -18,7 +18,8 @@ namespace dsrl::dsa {
 /// Unmasked indexer scores [B, T, S] fp32 (for tests, recall metrics and the indexer loss).
 at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale);
 
-/// Causal top-k key indices [B, T, topk] int32 (−1 for invalid slots), ordered by descending score.
+/// Causal top-k key indices [B, T, topk] int32 (−1 for invalid slots), ordered by descending score; equal
+/// scores keep key order (the earlier key wins), so the selection does not depend on padding or chunking.
 /// `query_chunk` bounds the working set (queries scored at once).
 at::Tensor indexer_topk(const at::Tensor& q,
                         const at::Tensor& k,

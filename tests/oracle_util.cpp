@@ -24,6 +24,15 @@ nlohmann::json load_oracle(const std::string& unit) {
     return nlohmann::json::parse(in);
 }
 
+std::string oracle_path(const std::string& name) {
+    const char* dir = std::getenv("DSRL_ORACLE_DIR");
+    if (dir == nullptr) {
+        ADD_FAILURE() << "DSRL_ORACLE_DIR is not set; run through ctest";
+        return "";
+    }
+    return std::string(dir) + "/" + name;
+}
+
 at::Tensor json_to_tensor(const nlohmann::json& j, at::ScalarType dtype) {
     std::vector<int64_t> shape;
     for (const nlohmann::json* cur = &j; cur->is_array(); cur = &(*cur)[0]) {

@@ -13,6 +13,10 @@ namespace dsrl::testing {
 /// missing (the fixture did not run).
 nlohmann::json load_oracle(const std::string& unit);
 
+/// $DSRL_ORACLE_DIR/<name> (files and directories a fixture wrote); adds a gtest failure and returns ""
+/// when DSRL_ORACLE_DIR is unset.
+std::string oracle_path(const std::string& name);
+
 /// A nested JSON array of numbers as a tensor of that shape (built in float64, then cast to `dtype`).
 at::Tensor json_to_tensor(const nlohmann::json& j, at::ScalarType dtype = at::kFloat);
 

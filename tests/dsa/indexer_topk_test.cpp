@@ -117,6 +117,21 @@ TEST(IndexerTopkTest, PaddingKeysAreNeverSelectedAndChunkingDoesNotMatter) {
     }
 }
 
+TEST(IndexerTopkTest, EqualScoresResolveToTheEarlierKey) {
+    // q = 0: every score is exactly 0 (as ReLU often makes them); the earliest visible keys are chosen, and
+    // shifting the sequence right by left padding shifts the selection with it.
+    const at::Tensor q = at::zeros({1, 8, 2, 4});
+    const at::Tensor k = at::randn({1, 8, 4});
+    const at::Tensor w = at::ones({1, 8, 2});
+    const at::Tensor pos = at::arange(8, at::kLong).unsqueeze(0);
+    const at::Tensor idx = indexer_topk(q, k, w, 0.5, pos, {}, 3);
+    EXPECT_EQ(idx[0][7].to(at::kLong).sum().item<int64_t>(), 0 + 1 + 2);
+    at::Tensor valid = at::ones({1, 8}, at::kBool);
+    valid[0].narrow(0, 0, 2).fill_(false);  // two padding slots in front
+    const at::Tensor padded = indexer_topk(q, k, w, 0.5, pos, valid, 3);
+    EXPECT_EQ(padded[0][7].to(at::kLong).sum().item<int64_t>(), 2 + 3 + 4);
+}
+
 TEST(IndexerTopkTest, RejectsBadShapes) {
     const Inputs in = random_inputs(1, 4, 4, 2, 4, 5);
     EXPECT_THROW(indexer_topk(in.q, in.k.narrow(2, 0, 3), in.w, 1.0, in.pos, in.valid, 2), c10::Error);

@@ -1,0 +1,254 @@
+#include "dsa/model.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <absl/strings/str_cat.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "dsa/indexer_topk.h"
+#include "dsa/sparse_attention.h"
+#include "moe/moe_block.h"
+
+namespace dsrl::dsa {
+namespace {
+
+// transformers builds q_a_layernorm / kv_a_layernorm / the indexer's k_norm with eps 1e-6 regardless of
+// rms_norm_eps (which only reaches the decoder-layer and final norms).
+constexpr double kLatentNormEps = 1e-6;
+
+// Everything a layer needs about the current call.
+struct Step {
+    int64_t batch = 0;
+    int64_t len = 0;         // new tokens
+    int64_t offset = 0;      // cached positions before them
+    at::Tensor cos, sin;     // [B, L, R/2] fp32
+    at::Tensor query_pos;    // [B, L] int64 key index of each query
+    at::Tensor key_valid;    // [B, S] bool
+    bool dense = false;
+};
+
+at::Tensor rope_part_half_split(const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin) {
+    return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)},
+                   -1);
+}
+
+// Writes `value` ([B, L, D]) into cache slots [offset, offset + L) and returns the filled prefix [B, S, D].
+at::Tensor append(at::Tensor& slots, const at::Tensor& value, int64_t offset) {
+    slots.narrow(1, offset, value.size(1)).copy_(value);
+    return slots.narrow(1, 0, offset + value.size(1));
+}
+
+struct AttentionResult {
+    at::Tensor out;   // [B, L, H]
+    at::Tensor topk;  // [B, L, index_topk] int32, when computed
+    IndexerOutput indexer;
+};
+
+AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const ModelConfig& c, const Step& st,
+                          const ForwardOptions& opt, LayerCache* cache) {
+    const int64_t B = st.batch, L = st.len;
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int64_t v_dim = c.v_head_dim, lora = c.kv_lora_rank;
+    const at::Tensor cos_h = st.cos.unsqueeze(2), sin_h = st.sin.unsqueeze(2);
+
+    // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope].
+    const at::Tensor c_q = rms_norm(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kLatentNormEps);
+    const at::Tensor q = at::linear(c_q, l.attn.q_b_proj).view({B, L, heads, nope + rope});
+    const at::Tensor q_pe = apply_rope_interleaved(q.narrow(-1, nope, rope), cos_h, sin_h);
+    // KV latent: [c_kv | k_pe], one entry per token shared by all heads.
+    const at::Tensor kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
+    at::Tensor c_kv = rms_norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps);
+    at::Tensor k_pe = apply_rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin);
+
+    // Lightning indexer: rope part first, half-split RoPE; weights in fp32.
+    const int64_t ih = c.index_n_heads, id = c.index_head_dim;
+    const at::Tensor iq =
+        rope_part_half_split(at::linear(c_q, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
+    at::Tensor ik = rope_part_half_split(
+        at::layer_norm(at::linear(h, l.indexer.wk), {id}, l.indexer.k_norm_weight, l.indexer.k_norm_bias,
+                       kLatentNormEps),
+        rope, st.cos, st.sin);
+    const at::Tensor iw = at::linear(h.to(at::kFloat), l.indexer.weights_proj) * (1.0 / std::sqrt(double(ih)));
+
+    if (cache != nullptr) {
+        c_kv = append(cache->c_kv, c_kv, st.offset);
+        k_pe = append(cache->k_pe, k_pe, st.offset);
+        ik = append(cache->index_k, ik, st.offset);
+    }
+
+    AttentionResult r;
+    if (opt.return_indexer) r.indexer = {iq, ik, iw};
+    if (!st.dense || opt.return_topk) {
+        at::NoGradGuard no_grad;  // a discrete selection: the indexer learns only through its own loss
+        r.topk = indexer_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk,
+                              opt.query_chunk);
+    }
+
+    // Absorbed (MQA) form: q̃ = q_nope · W_UK in latent space; o_h = W_UV · o_lat.
+    const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v_dim, lora});
+    const at::Tensor q_lat = at::einsum("blhn,hnc->blhc", {q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope)});
+    const double scale = mla_softmax_scale(c);
+    const AttentionOutput att =
+        st.dense ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
+                 : sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, opt.query_chunk);
+    const at::Tensor o = at::einsum("blhc,hvc->blhv", {att.out, w_kv.narrow(1, nope, v_dim)});
+    r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+    return r;
+}
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+    const at::Tensor xf = x.to(at::kFloat);
+    const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return weight * normed.to(x.scalar_type());
+}
+
+Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(std::move(cfg)), w_(std::move(weights)), rope_(rope_table(cfg_)) {
+    rope_.inv_freq = rope_.inv_freq.to(w_.embed_tokens.device());
+}
+
+Model Model::random(const ModelConfig& cfg, uint64_t seed, c10::Device device) {
+    return Model(cfg, init_weights(cfg, seed, device));
+}
+
+Model Model::load(const std::string& dir, const ModelConfig& job, c10::Device device) {
+    const HfCheckpointReader reader = HfCheckpointReader::open(dir);
+    ModelConfig cfg = reader.config();
+    cfg.path = dir;
+    cfg.dtype = job.dtype;
+    cfg.impl = job.impl;
+    return Model(cfg, load_weights(reader, cfg, device));
+}
+
+void Model::save(const std::string& dir, const SaveOptions& opt) const {
+    save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), opt);
+}
+
+KvCache Model::new_cache(int64_t batch, int64_t capacity) const {
+    TORCH_CHECK(batch >= 1 && capacity >= 1, "new_cache: batch and capacity must be >= 1, got ", batch, ", ",
+                capacity);
+    const auto opts = at::TensorOptions().device(device()).dtype(model_dtype(cfg_));
+    KvCache cache;
+    cache.capacity = capacity;
+    cache.key_valid = at::zeros({batch, capacity}, opts.dtype(at::kBool));
+    cache.next_pos = at::zeros({batch}, opts.dtype(at::kLong));
+    for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+        cache.layers.push_back({at::zeros({batch, capacity, cfg_.kv_lora_rank}, opts),
+                                at::zeros({batch, capacity, cfg_.qk_rope_head_dim}, opts),
+                                at::zeros({batch, capacity, cfg_.index_head_dim}, opts)});
+    }
+    return cache;
+}
+
+at::Tensor Model::logits(const at::Tensor& hidden) const {
+    return at::linear(hidden, w_.lm_head).to(at::kFloat);
+}
+
+ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, KvCache* cache) const {
+    const ModelConfig& c = cfg_;
+    TORCH_CHECK(in.input_ids.dim() == 2, "forward: input_ids must be [B, L], got ", in.input_ids.sizes());
+    const at::Tensor ids = in.input_ids.to(device(), at::kLong);
+    Step st;
+    st.batch = ids.size(0);
+    st.len = ids.size(1);
+    if (ids.numel() > 0) {
+        const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+        if (lo < 0 || hi >= c.vocab_size) {
+            throw DataError(absl::StrCat("forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ",
+                                         c.vocab_size, ")"));
+        }
+    }
+    const auto long_opts = ids.options();
+    const at::Tensor mask = in.attention_mask.defined()
+                                ? in.attention_mask.to(device()).ne(0)
+                                : at::ones({st.batch, st.len}, long_opts.dtype(at::kBool));
+    TORCH_CHECK(mask.sizes() == ids.sizes(), "forward: attention_mask must be ", ids.sizes(), ", got ",
+                in.attention_mask.sizes());
+    if (cache != nullptr) {
+        TORCH_CHECK(cache->batch() == st.batch, "forward: the cache holds ", cache->batch(), " sequences, the input ",
+                    st.batch);
+        TORCH_CHECK(cache->length + st.len <= cache->capacity, "forward: ", cache->length, " cached + ", st.len,
+                    " new positions exceed the cache capacity ", cache->capacity);
+        st.offset = cache->length;
+    }
+    const int64_t num_keys = st.offset + st.len;
+
+    // Rotary positions count the real tokens of each sequence.
+    at::Tensor pos;
+    if (in.position_ids.defined()) {
+        TORCH_CHECK(in.position_ids.sizes() == ids.sizes(), "forward: position_ids must be ", ids.sizes(), ", got ",
+                    in.position_ids.sizes());
+        pos = in.position_ids.to(device(), at::kLong);
+    } else {
+        pos = at::cumsum(mask.to(at::kLong), 1) - 1;
+        if (cache != nullptr) pos = pos + cache->next_pos.unsqueeze(1);
+        pos = pos.clamp_min(0);
+    }
+    std::tie(st.cos, st.sin) = rope_cos_sin(rope_, pos);
+    st.query_pos = (at::arange(st.len, long_opts) + st.offset).unsqueeze(0).expand({st.batch, st.len}).contiguous();
+    if (cache != nullptr) {
+        cache->key_valid.narrow(1, st.offset, st.len).copy_(mask);
+        cache->next_pos = cache->next_pos + mask.to(at::kLong).sum(1);
+        st.key_valid = cache->key_valid.narrow(1, 0, num_keys);
+    } else {
+        st.key_valid = mask;
+    }
+    st.dense = opt.path == AttentionPath::kDense || (opt.path == AttentionPath::kAuto && num_keys <= c.index_topk);
+
+    ForwardOutput out;
+    out.query_pos = st.query_pos;
+    out.key_valid = st.key_valid;
+    const moe::RouterOptions router = moe::RouterOptions::from(c);
+    at::Tensor x = at::embedding(w_.embed_tokens, ids);
+    int64_t moe_layer = 0;
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        const LayerWeights& l = w_.layers[i];
+        AttentionResult a = attention(rms_norm(x, l.input_layernorm, c.rms_norm_eps), l, c, st, opt,
+                                      cache != nullptr ? &cache->layers[i] : nullptr);
+        x = x + a.out;
+        if (opt.return_topk) out.topk.push_back(a.topk);
+        if (opt.return_indexer) out.indexer.push_back(a.indexer);
+        const at::Tensor h = rms_norm(x, l.post_attention_layernorm, c.rms_norm_eps).view({-1, c.hidden_size});
+        at::Tensor y;
+        if (l.is_moe) {
+            at::Tensor replay;
+            if (opt.replay_routes != nullptr) {
+                TORCH_CHECK(moe_layer < static_cast<int64_t>(opt.replay_routes->size()), "forward: ",
+                            opt.replay_routes->size(), " replayed routes for more MoE layers");
+                const at::Tensor& r = (*opt.replay_routes)[moe_layer];
+                TORCH_CHECK(r.dim() == 3 && r.size(0) == st.batch && r.size(1) == st.len, "forward: replayed route of MoE layer ",
+                            moe_layer, " must be [", st.batch, ", ", st.len, ", k], got ", r.sizes());
+                replay = r.to(device()).reshape({st.batch * st.len, -1});
+            }
+            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay);
+            y = m.y;
+            if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
+            ++moe_layer;
+        } else {
+            y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj);
+        }
+        x = x + y.view({st.batch, st.len, c.hidden_size});
+    }
+    if (cache != nullptr) cache->length = num_keys;
+    x = rms_norm(x, w_.norm, c.rms_norm_eps);
+    if (opt.return_hidden) out.hidden = x;
+    if (opt.return_logits) out.logits = logits(x);
+    return out;
+}
+
+}  // namespace dsrl::dsa

@@ -1,0 +1,121 @@
+// The DeepSeek-V3.2 model (SPEC §2): embeddings, decoder layers (MLA + lightning indexer + DSA, then a dense
+// SwiGLU MLP or the DeepSeekMoE block), final norm, lm_head. Pure ATen reference path, CPU and GPU,
+// differentiable in every weight.
+//
+//   Model m = Model::load("/models/tiny", job.model, at::kCPU);      // or Model::random(cfg, seed, device)
+//   ForwardOutput out = m.forward({.input_ids = ids, .attention_mask = mask}, {.return_routes = true});
+//   // out.logits [B, L, V] fp32; out.routes[j] [B, L, k] int64 for the j-th MoE layer
+//
+// Padding: `attention_mask` [B, L] (1 = real token) may pad on either side. Rotary positions count the real
+// tokens of each sequence (position_ids may also be given), padding keys are never attended, so every real
+// token gets the logits of its unpadded sequence.
+//
+// Attention: when every query sees at most index_topk keys the exact dense causal path runs; otherwise the
+// indexer's top-k selects the keys and attention runs over the gathered entries only (memory O(L·k)).
+//
+// Decode: with a KvCache, forward() appends the new tokens' MLA latents (c_kv, k_pe) and indexer keys and
+// attends over everything cached; prefill followed by one-token steps equals one full forward.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "core/config.h"
+#include "dsa/rope.h"
+#include "dsa/weights.h"
+
+namespace dsrl::dsa {
+
+/// Per-layer decode state; tensors are allocated for `capacity` positions.
+struct LayerCache {
+    at::Tensor c_kv;     ///< [B, capacity, kv_lora] (normalized latent)
+    at::Tensor k_pe;     ///< [B, capacity, qk_rope] (rotated)
+    at::Tensor index_k;  ///< [B, capacity, index_head_dim] (normalized, rotated)
+};
+
+struct KvCache {
+    std::vector<LayerCache> layers;
+    at::Tensor key_valid;  ///< [B, capacity] bool: real (non-padding) tokens
+    at::Tensor next_pos;   ///< [B] int64: rotary position of each sequence's next real token
+    int64_t length = 0;    ///< positions filled (including padding slots)
+    int64_t capacity = 0;
+    int64_t batch() const { return key_valid.defined() ? key_valid.size(0) : 0; }
+};
+
+enum class AttentionPath { kAuto, kDense, kSparse };
+
+struct ForwardInput {
+    at::Tensor input_ids;       ///< [B, L] int64
+    at::Tensor attention_mask;  ///< [B, L] int/bool, 1 = real token; undefined = all real
+    at::Tensor position_ids;    ///< [B, L] int64 rotary positions; undefined = count of real tokens
+};
+
+struct ForwardOptions {
+    bool return_logits = true;       ///< false: only hidden states (e.g. chunked loss computed outside)
+    bool return_hidden = false;      ///< the final-normed hidden states [B, L, H]
+    bool return_routes = false;      ///< routing record per MoE layer
+    bool return_topk = false;        ///< indexer top-k per layer
+    bool return_indexer = false;     ///< indexer q/k/w per layer (DSA training stages)
+    /// kAuto: dense when every query sees <= index_topk keys, else sparse. kDense: dense causal attention
+    /// everywhere (indexer warm-up stage). kSparse: indexer top-k selection everywhere (tests, benchmarks).
+    AttentionPath path = AttentionPath::kAuto;
+    /// Keep-routing replay: expert ids per MoE layer ([B, L, k] integer, e.g. decode_route of a record).
+    const std::vector<at::Tensor>* replay_routes = nullptr;
+    int64_t query_chunk = 256;       ///< queries per attention / indexer chunk (bounds memory)
+};
+
+/// Indexer inputs of one layer (for the DSA losses): q [B, L, H_I, D_I], k [B, S, D_I] over all keys,
+/// w [B, L, H_I] fp32 (already × H_I^-1/2), and the key visibility used for the queries.
+struct IndexerOutput {
+    at::Tensor q, k, w;
+};
+
+struct ForwardOutput {
+    at::Tensor logits;                   ///< [B, L, V] fp32
+    at::Tensor hidden;                   ///< [B, L, H] when return_hidden
+    std::vector<at::Tensor> routes;      ///< per MoE layer [B, L, k] int64
+    std::vector<at::Tensor> topk;        ///< per layer [B, L, index_topk] int32 (−1 invalid); key index space
+    std::vector<IndexerOutput> indexer;  ///< per layer when return_indexer
+    at::Tensor query_pos;                ///< [B, L] int64 key index of each query (cache offset included)
+    at::Tensor key_valid;                ///< [B, S] bool visibility of every key
+};
+
+class Model {
+public:
+    Model(ModelConfig cfg, ModelWeights weights);
+    /// Random HF-like init (deterministic in seed).
+    static Model random(const ModelConfig& cfg, uint64_t seed, c10::Device device);
+    /// Loads an HF checkpoint directory; `job` supplies dtype (and must agree with config.json where a job
+    /// config sets the architecture: the checkpoint's config.json wins and the job's fields are ignored).
+    static Model load(const std::string& dir, const ModelConfig& job, c10::Device device);
+    /// Writes config.json + safetensors in the HF layout (atomically).
+    void save(const std::string& dir, const SaveOptions& opt = {}) const;
+
+    const ModelConfig& config() const { return cfg_; }
+    ModelWeights& weights() { return w_; }
+    const ModelWeights& weights() const { return w_; }
+    std::vector<NamedTensor> named_tensors() { return dsa::named_tensors(w_, cfg_); }
+    c10::Device device() const { return w_.embed_tokens.device(); }
+
+    ForwardOutput forward(const ForwardInput& in, const ForwardOptions& opt = {}, KvCache* cache = nullptr) const;
+
+    /// An empty decode cache for `batch` sequences of up to `capacity` positions.
+    KvCache new_cache(int64_t batch, int64_t capacity) const;
+
+    /// lm_head over hidden states [.., H] -> fp32 logits.
+    at::Tensor logits(const at::Tensor& hidden) const;
+
+private:
+    ModelConfig cfg_;
+    ModelWeights w_;
+    RopeTable rope_;
+};
+
+/// RMSNorm as in transformers: weight · (x / sqrt(mean(x²) + eps)) computed in fp32, cast back first.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace dsrl::dsa

@@ -1,0 +1,244 @@
+// The DeepSeek-V3.2 model's invariants (issue 4): padding invariance, decode == full forward, routing replay,
+// dense == sparse when every query sees <= index_topk keys, and clear errors for bad checkpoints.
+#include <gtest/gtest.h>
+
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randint.h>
+#include <ATen/ops/randn_like.h>
+#include <ATen/ops/zeros.h>
+
+#include <fstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "dsa/model.h"
+#include "tests/test_util.h"
+
+namespace dsrl::dsa {
+namespace {
+
+using testing::TempDir;
+
+ModelConfig tiny(int64_t index_topk = 6) {
+    ModelConfig c;  // the embedded default: every mechanism at toy size
+    c.vocab_size = 50;
+    c.num_hidden_layers = 3;
+    c.first_k_dense_replace = 1;
+    c.index_topk = index_topk;
+    c.max_position_embeddings = 64;
+    c.rope_scaling.factor = 4;
+    c.rope_scaling.original_max_position_embeddings = 16;
+    return c;
+}
+
+// Default init is N(0, 0.02): too small to make attention or routing interesting. Scale weights up.
+Model make_model(const ModelConfig& c, uint64_t seed = 3) {
+    Model m = Model::random(c, seed, at::kCPU);
+    at::Generator gen = rng::make_cpu_generator(seed + 1);
+    for (NamedTensor& t : m.named_tensors()) {
+        if (t.name.find("norm") != std::string::npos) continue;
+        at::Tensor& v = *t.tensor;
+        v.normal_(0.0, t.name.find("e_score_correction_bias") != std::string::npos ? 0.05 : 0.15, gen);
+    }
+    return m;
+}
+
+at::Tensor random_ids(int64_t b, int64_t l, int64_t vocab, uint64_t seed) {
+    at::Generator gen = rng::make_cpu_generator(seed);
+    return at::randint(vocab, {b, l}, gen, at::kLong);
+}
+
+TEST(ModelTest, ShapesAndRecordsOfAForward) {
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    const at::Tensor ids = random_ids(2, 10, c.vocab_size, 1);
+    const ForwardOutput out = m.forward({ids}, {.return_hidden = true, .return_routes = true, .return_topk = true});
+    EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{2, 10, c.vocab_size}));
+    EXPECT_EQ(out.logits.scalar_type(), at::kFloat);
+    EXPECT_EQ(out.hidden.sizes(), (std::vector<int64_t>{2, 10, c.hidden_size}));
+    ASSERT_EQ(out.routes.size(), 2u);  // layers 1 and 2 are MoE
+    EXPECT_EQ(out.routes[0].sizes(), (std::vector<int64_t>{2, 10, c.num_experts_per_tok}));
+    ASSERT_EQ(out.topk.size(), 3u);
+    EXPECT_EQ(out.topk[0].sizes(), (std::vector<int64_t>{2, 10, c.index_topk}));
+    // Query t sees t + 1 keys: min(t + 1, k) valid entries, all causal.
+    const at::Tensor t5 = out.topk[1][0][4];
+    EXPECT_EQ(t5.ge(0).sum().item<int64_t>(), 5);
+    EXPECT_LE(t5.max().item<int64_t>(), 4);
+    EXPECT_EQ(out.topk[1][0][9].ge(0).sum().item<int64_t>(), c.index_topk);
+    EXPECT_FALSE(out.logits.isnan().any().item<bool>());
+}
+
+TEST(ModelTest, PaddingOnEitherSideGivesTheUnpaddedLogits) {
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    const int64_t lens[] = {12, 7, 9};
+    const int64_t L = 12;
+    at::Tensor right = at::zeros({3, L}, at::kLong), left = at::zeros({3, L}, at::kLong);
+    at::Tensor right_mask = at::zeros({3, L}, at::kLong), left_mask = at::zeros({3, L}, at::kLong);
+    std::vector<at::Tensor> seqs;
+    for (int64_t b = 0; b < 3; ++b) {
+        seqs.push_back(random_ids(1, lens[b], c.vocab_size, 10 + b));
+        right[b].narrow(0, 0, lens[b]).copy_(seqs[b][0]);
+        right_mask[b].narrow(0, 0, lens[b]).fill_(1);
+        left[b].narrow(0, L - lens[b], lens[b]).copy_(seqs[b][0]);
+        left_mask[b].narrow(0, L - lens[b], lens[b]).fill_(1);
+        right[b].narrow(0, lens[b], L - lens[b]).fill_(7);  // padding ids are arbitrary tokens
+    }
+    const at::Tensor lr = m.forward({right, right_mask}).logits;
+    const at::Tensor ll = m.forward({left, left_mask}).logits;
+    for (int64_t b = 0; b < 3; ++b) {
+        const at::Tensor alone = m.forward({seqs[b]}).logits[0];
+        EXPECT_ALL_CLOSE("right-padded seq " + std::to_string(b), lr[b].narrow(0, 0, lens[b]), alone, 2e-5);
+        EXPECT_ALL_CLOSE("left-padded seq " + std::to_string(b), ll[b].narrow(0, L - lens[b], lens[b]), alone, 2e-5);
+    }
+}
+
+TEST(ModelTest, PrefillThenDecodeEqualsOneFullForward) {
+    const ModelConfig c = tiny(/*index_topk=*/5);
+    const Model m = make_model(c);
+    const int64_t L = 14, prefill = 4;  // decode crosses from the dense into the sparse regime
+    // Left-padded batch as in rollout: the second prompt is 2 tokens shorter.
+    at::Tensor ids = random_ids(2, L, c.vocab_size, 5);
+    at::Tensor mask = at::ones({2, L}, at::kLong);
+    mask[1].narrow(0, 0, 2).fill_(0);
+    const at::Tensor full = m.forward({ids, mask}).logits;
+    KvCache cache = m.new_cache(2, L);
+    std::vector<at::Tensor> steps;
+    steps.push_back(m.forward({ids.narrow(1, 0, prefill), mask.narrow(1, 0, prefill)}, {}, &cache).logits);
+    for (int64_t t = prefill; t < L; ++t) {
+        steps.push_back(m.forward({ids.narrow(1, t, 1), mask.narrow(1, t, 1)}, {}, &cache).logits);
+    }
+    EXPECT_EQ(cache.length, L);
+    const at::Tensor decoded = at::cat(steps, 1);
+    EXPECT_ALL_CLOSE("decode row 0", decoded[0], full[0], 2e-5);
+    EXPECT_ALL_CLOSE("decode row 1 (real tokens)", decoded[1].narrow(0, 2, L - 2), full[1].narrow(0, 2, L - 2), 2e-5);
+    // Capacity is enforced.
+    EXPECT_THROW(m.forward({ids.narrow(1, 0, 1)}, {}, &cache), c10::Error);
+}
+
+TEST(ModelTest, RoutingReplayReproducesTheRecordedForwardExactly) {
+    const ModelConfig c = tiny();
+    Model m = make_model(c);
+    const at::Tensor ids = random_ids(2, 9, c.vocab_size, 2);
+    const ForwardOutput rec = m.forward({ids}, {.return_routes = true});
+    const ForwardOutput again = m.forward({ids}, {.return_routes = true, .replay_routes = &rec.routes});
+    EXPECT_TRUE(at::equal(again.logits, rec.logits));
+    // After the router changes, replay still uses the recorded experts (keep-routing); a fresh forward does not.
+    for (LayerWeights& l : m.weights().layers) {
+        if (l.is_moe) l.moe.gate.add_(at::randn_like(l.moe.gate));
+    }
+    const ForwardOutput replayed = m.forward({ids}, {.return_routes = true, .replay_routes = &rec.routes});
+    const ForwardOutput fresh = m.forward({ids}, {.return_routes = true});
+    for (size_t j = 0; j < rec.routes.size(); ++j) EXPECT_TRUE(at::equal(replayed.routes[j], rec.routes[j]));
+    bool any_changed = false;
+    for (size_t j = 0; j < rec.routes.size(); ++j) any_changed |= !at::equal(fresh.routes[j], rec.routes[j]);
+    EXPECT_TRUE(any_changed) << "perturbing the router should change some fresh routes";
+}
+
+TEST(ModelTest, DenseAndSparsePathsAgreeWhenEveryQuerySeesAtMostTopkKeys) {
+    const ModelConfig c = tiny(/*index_topk=*/16);
+    const Model m = make_model(c);
+    const at::Tensor ids = random_ids(2, 16, c.vocab_size, 3);
+    const at::Tensor dense = m.forward({ids}, {.path = AttentionPath::kDense}).logits;
+    const at::Tensor sparse = m.forward({ids}, {.path = AttentionPath::kSparse}).logits;
+    const at::Tensor autop = m.forward({ids}).logits;
+    EXPECT_ALL_CLOSE("sparse vs dense", sparse, dense, 1e-5);
+    EXPECT_TRUE(at::equal(autop, dense)) << "L <= index_topk must take the dense path";
+    // With fewer selected keys than visible ones, the paths differ (sparsity is real).
+    const Model m4 = Model(tiny(4), m.weights());
+    EXPECT_FALSE(at::allclose(m4.forward({ids}).logits, dense, 1e-3, 1e-3));
+}
+
+TEST(ModelTest, GradientsReachEveryTrainableTensor) {
+    const ModelConfig c = tiny();
+    Model m = make_model(c);
+    for (NamedTensor& t : m.named_tensors()) {
+        if (t.trainable) t.tensor->requires_grad_(true);
+    }
+    const at::Tensor ids = random_ids(2, 10, c.vocab_size, 4);
+    m.forward({ids}).logits.logsumexp(-1).sum().backward();
+    for (NamedTensor& t : m.named_tensors()) {
+        // The indexer selects without gradient (it learns from its own loss in the DSA stages).
+        const bool indexer = t.name.find("indexer") != std::string::npos;
+        if (!t.trainable || indexer) {
+            EXPECT_FALSE(t.tensor->grad().defined() && t.tensor->grad().abs().sum().item<double>() > 0) << t.name;
+            continue;
+        }
+        ASSERT_TRUE(t.tensor->grad().defined()) << t.name;
+        EXPECT_GT(t.tensor->grad().abs().sum().item<double>(), 0) << t.name;
+    }
+}
+
+TEST(ModelTest, ParameterCountsAndBadTokenIds) {
+    const ModelConfig c = tiny();
+    const ParamCounts n = count_parameters(c);
+    int64_t total = 0;
+    Model m = make_model(c);
+    for (NamedTensor& t : m.named_tensors()) {
+        if (t.trainable) total += t.tensor->numel();
+    }
+    EXPECT_EQ(n.total, total);
+    const int64_t experts_per_layer = 3 * c.n_routed_experts * c.moe_intermediate_size * c.hidden_size;
+    EXPECT_EQ(n.total - n.activated, 2 * experts_per_layer / c.n_routed_experts * (c.n_routed_experts - 2));
+    try {
+        m.forward({at::full({1, 3}, c.vocab_size, at::kLong)});
+        FAIL() << "an out-of-vocabulary id must be rejected";
+    } catch (const DataError& e) {
+        EXPECT_NE(std::string(e.what()).find("outside the vocabulary"), std::string::npos) << e.what();
+    }
+}
+
+// Saves a model, applies `mutate` to its single safetensors file's tensor set, and expects loading to fail
+// with a message containing every string of `expect`.
+void expect_load_error(const std::function<void(std::vector<std::pair<std::string, at::Tensor>>&)>& mutate,
+                       const std::vector<std::string>& expect) {
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    TempDir tmp;
+    const std::string dir = tmp.path() + "/ckpt";
+    m.save(dir, {.dtype = at::kFloat});
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    const SafetensorsFile f = SafetensorsFile::open(dir + "/model.safetensors");
+    for (const SafetensorInfo& i : f.tensors()) tensors.emplace_back(i.name, f.get(i.name).clone());
+    mutate(tensors);
+    save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+    try {
+        Model::load(dir, ModelConfig{}, at::kCPU);
+        ADD_FAILURE() << "loading the mutated checkpoint should fail";
+    } catch (const CheckpointError& e) {
+        for (const std::string& s : expect) EXPECT_NE(std::string(e.what()).find(s), std::string::npos) << e.what();
+    }
+}
+
+TEST(ModelTest, BadCheckpointsNameTheFileAndTensor) {
+    const std::string q = "model.layers.1.self_attn.q_a_proj.weight";
+    expect_load_error([&](auto& ts) { std::erase_if(ts, [&](auto& p) { return p.first == q; }); },
+                      {"missing tensor", q});
+    expect_load_error([&](auto& ts) { ts.emplace_back("model.layers.1.mlp.experts.99.up_proj.weight", at::zeros({2})); },
+                      {"unexpected tensor", "experts.99.up_proj", "model.safetensors"});
+    expect_load_error([&](auto& ts) {
+        for (auto& [n, t] : ts) if (n == q) t = at::zeros({t.size(0) + 1, t.size(1)});
+    }, {"shape", q, "model.safetensors"});
+    expect_load_error([&](auto& ts) {
+        for (auto& [n, t] : ts) if (n == q) t = t.to(at::kInt);
+    }, {"dtype", q});
+    // The MTP layer (index num_hidden_layers) is skipped, not unexpected.
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    TempDir tmp;
+    const std::string dir = tmp.path() + "/mtp";
+    m.save(dir, {.dtype = at::kBFloat16});
+    auto tensors = hf_named_tensors(m.weights(), c);
+    tensors.emplace_back("model.layers.3.eh_proj.weight", at::zeros({4, 4}));
+    save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+    const Model back = Model::load(dir, ModelConfig{}, at::kCPU);
+    EXPECT_EQ(back.config().num_hidden_layers, 3);
+}
+
+}  // namespace
+}  // namespace dsrl::dsa
