@@ -502,7 +502,8 @@ std::string hf_config_json(const ModelConfig& cfg, at::ScalarType dtype) {
     j["initializer_range"] = cfg.initializer_range;
     j["intermediate_size"] = cfg.intermediate_size;
     j["kv_lora_rank"] = cfg.kv_lora_rank;
-    j["layer_types"] = std::vector<std::string>(cfg.num_hidden_layers, "indexed_attention");
+    // No `layer_types`: transformers derives it, and its value changed between 5.x releases
+    // ("deepseek_sparse_attention" in 5.17, "indexed_attention" in 5.24); each rejects the other's.
     j["max_position_embeddings"] = cfg.max_position_embeddings;
     j["mlp_bias"] = false;
     std::vector<std::string> mlp_types(cfg.num_hidden_layers, "sparse");
