@@ -155,6 +155,17 @@ KvCache Model::new_cache(int64_t batch, int64_t capacity) const {
     return cache;
 }
 
+void KvCache::select_rows(const at::Tensor& rows) {
+    const at::Tensor idx = rows.to(key_valid.device(), at::kLong);
+    for (LayerCache& l : layers) {
+        l.c_kv = l.c_kv.index_select(0, idx);
+        l.k_pe = l.k_pe.index_select(0, idx);
+        l.index_k = l.index_k.index_select(0, idx);
+    }
+    key_valid = key_valid.index_select(0, idx);
+    next_pos = next_pos.index_select(0, idx);
+}
+
 at::Tensor Model::logits(const at::Tensor& hidden) const {
     return at::linear(hidden, w_.lm_head).to(at::kFloat);
 }

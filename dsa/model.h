@@ -44,6 +44,9 @@ struct KvCache {
     int64_t length = 0;    ///< positions filled (including padding slots)
     int64_t capacity = 0;
     int64_t batch() const { return key_valid.defined() ? key_valid.size(0) : 0; }
+    /// Keeps only the sequences `rows` (int64 indices, in the given order): finished sequences leave the
+    /// decode batch so they stop consuming compute.
+    void select_rows(const at::Tensor& rows);
 };
 
 enum class AttentionPath { kAuto, kDense, kSparse };

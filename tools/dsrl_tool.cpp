@@ -1,21 +1,30 @@
-// dsrl_tool: inspection utilities around the model, so anyone can compare dsrl with another implementation.
+// dsrl_tool: inspection utilities (model, rollout records, GRPO loss), so anyone can compare dsrl with another
+// implementation.
 //
-//   dsrl_tool info    --model DIR
-//   dsrl_tool forward --model DIR --input in.safetensors --output out.safetensors [--device cpu|cuda]
-//                     [--dtype fp32|bf16] [--path auto|dense|sparse]
+//   dsrl_tool info     --model DIR
+//   dsrl_tool forward  --model DIR --input in.safetensors --output out.safetensors [--device cpu|cuda]
+//                      [--dtype fp32|bf16] [--path auto|dense|sparse]
+//   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
+//   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
 //
 // forward reads `input_ids` (int64 [B, L]) and optional `attention_mask` (int64/bool [B, L], 1 = real token)
 // and writes `logits` (fp32 [B, L, V]) and, per layer i, `topk_indices.{i}` (int32 [B, L, index_topk], −1 for
 // invalid entries).
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/full.h>
 #include <c10/core/Device.h>
 
+#include <absl/strings/escaping.h>
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,20 +34,35 @@
 #include "dsa/hf_checkpoint.h"
 #include "dsa/model.h"
 #include "dsa/weights.h"
+#include "grpo/loss.h"
+#include "core/config.h"
+#include "rollout/record.h"
+#include "rollout/tokenizer.h"
 
 namespace {
 
 using dsrl::ConfigError;
 
 constexpr const char* kUsage = R"(usage:
-  dsrl_tool info    --model DIR
-  dsrl_tool forward --model DIR --input IN.safetensors --output OUT.safetensors
-                    [--device cpu|cuda] [--dtype fp32|bf16] [--path auto|dense|sparse]
+  dsrl_tool info     --model DIR
+  dsrl_tool forward  --model DIR --input IN.safetensors --output OUT.safetensors
+                     [--device cpu|cuda] [--dtype fp32|bf16] [--path auto|dense|sparse]
+  dsrl_tool rollouts FILE [--max-groups N] [--tokens]
+  dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
 
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
          and writes `logits` (fp32 [B, L, V]) and `topk_indices.{i}` (int32 [B, L, index_topk], -1 = invalid)
          for every layer i.
+rollouts prints a rollout record file (--dump-rollouts, rollout/record.h): per group its domain, prompt id and
+         size G; per sample its finish reason, policy version, lengths, reward, decoded response, mean
+         log-prob, kept-set sizes and the bytes per token of kept sets and routes. --max-groups N stops after
+         N groups; --tokens adds one line per response token: id, text, log-prob, kept-set size and its
+         routes in every MoE layer.
+grpo-loss computes dsrl's GRPO loss (SPEC §5) on `logp`, `logp_old`, `logp_ref`, `valid` (fp32 [N, T]),
+         `rewards` (fp32 [N], NaN = failed) and `group` (int64 [N]); writes `grad_logp` (fp32 [N, T]) = d loss /
+         d logp and prints one JSON line with `loss` and every metric. --set takes grpo keys (grpo.beta,
+         grpo.delta, grpo.eps_low, grpo.eps_high, grpo.loss_agg, grpo.adv_norm, grpo.off_policy_mask).
 )";
 
 std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args, size_t first,
@@ -151,6 +175,182 @@ int forward(const std::map<std::string, std::string>& flags) {
     return 0;
 }
 
+void print_sample(const dsrl::rollout::Sample& s, bool tokens) {
+    using dsrl::rollout::ByteTokenizer;
+    const size_t n = s.response.size();
+    std::cout << absl::StrFormat(
+        "  sample %d: finish %s, policy version %d, prompt %d tokens, response %d tokens, reward %g, seed %d\n",
+        s.sample_index, dsrl::rollout::finish_reason_name(s.finish), s.policy_version, s.prompt.size(), n, s.reward,
+        s.seed);
+    std::unique_ptr<ByteTokenizer> tok;
+    if (s.vocab_size >= ByteTokenizer::kMinVocab) {
+        tok = std::make_unique<ByteTokenizer>(s.vocab_size);
+        std::cout << "    text: \"" << absl::Utf8SafeCEscape(tok->decode({s.response.begin(), s.response.end()}))
+                  << "\"\n";
+    } else {
+        std::cout << "    ids:";
+        for (const int32_t id : s.response) std::cout << " " << id;
+        std::cout << "\n";
+    }
+    std::string logprob = "-";
+    if (!s.logprobs.empty()) {
+        double sum = 0;
+        for (const float lp : s.logprobs) sum += lp;
+        logprob = absl::StrFormat("%.4f", sum / static_cast<double>(s.logprobs.size()));
+    }
+    std::string kept = "not recorded";
+    if (!s.kept.empty()) {
+        int64_t total = 0, max = 0, bytes = 0;
+        for (const auto& k : s.kept) {
+            total += k.size();
+            max = std::max(max, k.size());
+            bytes += static_cast<int64_t>(k.bytes().size());
+        }
+        const auto count = static_cast<double>(s.kept.size());
+        kept = absl::StrFormat("size mean %.1f, max %d (of %d), %.2f bytes/token", total / count, max, s.vocab_size,
+                               bytes / count);
+    }
+    const std::string routes =
+        s.num_tokens() > 0 && s.num_moe_layers > 0
+            ? absl::StrFormat("%d layers x top-%d, %.2f bytes/token", s.num_moe_layers, s.route_top_k,
+                              static_cast<double>(s.routes.size()) / static_cast<double>(s.num_tokens()))
+            : std::string("none");
+    std::cout << "    log-prob mean " << logprob << "; kept sets: " << kept << "; routes: " << routes << "\n";
+    if (!tokens) return;
+    std::vector<at::Tensor> layer_routes;
+    for (int32_t l = 0; l < s.num_moe_layers; ++l) layer_routes.push_back(s.route_tensor(l));
+    for (size_t t = 0; t < n; ++t) {
+        std::string line = absl::StrFormat("    token %4d: id %6d", t, s.response[t]);
+        if (tok) absl::StrAppend(&line, " '", tok->token_string(s.response[t]), "'");
+        absl::StrAppend(&line, " log-prob ", t < s.logprobs.size() ? absl::StrFormat("%.4f", s.logprobs[t]) : "-",
+                        " kept ", t < s.kept.size() ? absl::StrCat(s.kept[t].size()) : "-");
+        if (!layer_routes.empty()) absl::StrAppend(&line, " routes");
+        const int64_t pos = static_cast<int64_t>(s.prompt.size() + t);
+        for (const at::Tensor& r : layer_routes) {
+            const int64_t* p = r.const_data_ptr<int64_t>() + pos * s.route_top_k;
+            absl::StrAppend(&line, " [");
+            for (int32_t j = 0; j < s.route_top_k; ++j) absl::StrAppend(&line, j ? " " : "", p[j]);
+            absl::StrAppend(&line, "]");
+        }
+        std::cout << line << "\n";
+    }
+}
+
+int rollouts(const std::vector<std::string>& args) {
+    std::string file;
+    int64_t max_groups = -1;
+    bool tokens = false;
+    for (size_t i = 1; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--tokens") {
+            tokens = true;
+        } else if (a == "--max-groups") {
+            if (i + 1 >= args.size()) throw ConfigError("dsrl_tool rollouts: --max-groups needs a value");
+            if (!absl::SimpleAtoi(args[++i], &max_groups) || max_groups < 0) {
+                throw ConfigError(absl::StrCat("dsrl_tool rollouts: --max-groups must be a non-negative integer, got '",
+                                               args[i], "'"));
+            }
+        } else if (a.rfind("--", 0) == 0 || !file.empty()) {
+            throw ConfigError(absl::StrCat("dsrl_tool rollouts: unexpected argument '", a, "'\n", kUsage));
+        } else {
+            file = a;
+        }
+    }
+    if (file.empty()) throw ConfigError(absl::StrCat("dsrl_tool rollouts: FILE is required\n", kUsage));
+    const std::vector<dsrl::rollout::SampleGroup> groups = dsrl::rollout::read_groups_file(file);
+    size_t num_samples = 0;
+    for (const auto& g : groups) num_samples += g.samples.size();
+    std::cout << file << ": " << groups.size() << " groups, " << num_samples << " samples\n";
+    for (size_t g = 0; g < groups.size(); ++g) {
+        if (max_groups >= 0 && static_cast<int64_t>(g) >= max_groups) {
+            std::cout << "(" << groups.size() - g << " more groups not shown)\n";
+            break;
+        }
+        const auto& group = groups[g];
+        std::cout << "group " << g << ": domain '" << absl::Utf8SafeCEscape(group.domain) << "', prompt id "
+                  << group.prompt_id << ", G " << group.samples.size() << "\n";
+        for (const auto& s : group.samples) print_sample(s, tokens);
+    }
+    return 0;
+}
+
+// dsrl_tool grpo-loss: dsrl's GRPO loss and its gradient on given per-token log-probs (SPEC §5), so another
+// implementation can be checked against it.
+int grpo_loss_cmd(const std::vector<std::string>& args) {
+    std::string input, grad_output;
+    std::vector<std::string> sets;
+    double beta = 0.0;
+    for (size_t i = 1; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (i + 1 >= args.size()) throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: ", a, " needs a value\n", kUsage));
+        const std::string& v = args[++i];
+        if (a == "--input") {
+            input = v;
+        } else if (a == "--grad-output") {
+            grad_output = v;
+        } else if (a == "--set") {
+            if (v.rfind("grpo.", 0) != 0) {
+                throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: --set ", v, ": only grpo.* keys apply here"));
+            }
+            if (v.rfind("grpo.beta=", 0) == 0) {
+                // The KL coefficient is per domain in a job; here one value applies to every sample.
+                if (!absl::SimpleAtod(v.substr(10), &beta) || !(beta >= 0) || !std::isfinite(beta)) {
+                    throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: --set ", v, ": beta must be a number >= 0"));
+                }
+            } else {
+                sets.push_back(v);
+            }
+        } else {
+            throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: unknown argument '", a, "'\n", kUsage));
+        }
+    }
+    if (input.empty() || grad_output.empty()) {
+        throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: --input and --grad-output are required\n", kUsage));
+    }
+    const dsrl::JobConfig job = dsrl::load_job_config("", sets);
+    const dsrl::SafetensorsFile in = dsrl::SafetensorsFile::open(input);
+    const auto get = [&](const char* name, int64_t dim) {
+        if (!in.contains(name)) throw dsrl::DataError(absl::StrCat(input, ": missing tensor '", name, "'"));
+        const at::Tensor t = in.get(name);
+        if (t.dim() != dim) {
+            throw dsrl::DataError(absl::StrCat(input, ": tensor '", name, "' must have ", dim, " dimensions, got ", t.dim()));
+        }
+        return t;
+    };
+    const at::Tensor logp = get("logp", 2).to(at::kFloat).clone().requires_grad_(true);
+    const at::Tensor rewards = get("rewards", 1).to(at::kFloat);
+    const at::Tensor group = get("group", 1).to(at::kLong);
+    const int64_t n = logp.size(0);
+    for (const char* name : {"logp_old", "logp_ref", "valid"}) {
+        if (get(name, 2).sizes() != logp.sizes()) {
+            throw dsrl::DataError(absl::StrCat(input, ": tensor '", name, "' must have the shape of logp"));
+        }
+    }
+    if (rewards.size(0) != n || group.size(0) != n) {
+        throw dsrl::DataError(absl::StrCat(input, ": rewards and group must be [", n, "]"));
+    }
+    const dsrl::grpo::Advantages adv = dsrl::grpo::compute_advantages(rewards, group, job.grpo.adv_norm);
+    const dsrl::grpo::LossInputs li{.logp = logp,
+                                    .logp_old = get("logp_old", 2).to(at::kFloat),
+                                    .logp_ref = get("logp_ref", 2).to(at::kFloat),
+                                    .valid = get("valid", 2).to(at::kFloat),
+                                    .adv = adv.adv,
+                                    .contributes = adv.contributes,
+                                    .beta = at::full({n}, beta, at::kFloat)};
+    dsrl::grpo::LossOutput out = dsrl::grpo::grpo_loss(li, dsrl::grpo::LossOptions::from(job.grpo));
+    out.loss.backward();
+    dsrl::save_safetensors(grad_output, {{"grad_logp", logp.grad().contiguous()}},
+                           {{"format", "pt"}, {"producer", "dsrl_tool grpo-loss"}});
+    out.metrics["failed_samples"] = static_cast<double>(adv.failed_samples);
+    out.metrics["dropped_groups"] = static_cast<double>(adv.dropped_groups);
+    std::string json = absl::StrFormat("{\"loss\": %.9g", out.loss.item<double>());
+    for (const auto& [k, v] : out.metrics) {
+        if (k != "loss") absl::StrAppendFormat(&json, ", \"%s\": %.9g", k, v);
+    }
+    std::cout << json << "}\n";
+    return 0;
+}
+
 int run(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -159,6 +359,8 @@ int run(int argc, char** argv) {
     }
     if (args[0] == "info") return info(parse_flags(args, 1, {"model"}));
     if (args[0] == "forward") return forward(parse_flags(args, 1, {"model", "input", "output", "device", "dtype", "path"}));
+    if (args[0] == "rollouts") return rollouts(args);
+    if (args[0] == "grpo-loss") return grpo_loss_cmd(args);
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));
 }
 

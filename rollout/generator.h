@@ -1,0 +1,85 @@
+// Batched generation with recorded log-probs, kept sets and routing paths (SPEC §4).
+//
+//   GenerateOptions opt{.sampling = SamplingParams::from(job.rollout), .max_new_tokens = 256};
+//   std::vector<SampleGroup> groups = generate_groups(model, *tokenizer, prompts, /*group_size=*/8, opt, seed);
+//
+// Requests run in batches of at most `max_batch_size`: prompts are left-padded and prefilled together, then
+// the batch decodes one token per step over the model's KV caches. A sequence that finishes (EOS, a stop
+// string, max_new_tokens, the context limit) is fed once more — so the routing path of its last token is
+// recorded too — and then leaves the batch; the batch shrinks as sequences finish (no compute is spent on
+// finished rows). Each sample draws from its own generator seeded by its `seed`, so a sample's tokens do not
+// depend on which other samples share its batch.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dsa/model.h"
+#include "rollout/record.h"
+#include "rollout/sampling.h"
+#include "rollout/tokenizer.h"
+
+namespace dsrl::rollout {
+
+struct GenerationRequest {
+    std::string domain;
+    int64_t prompt_id = 0;
+    int32_t sample_index = 0;
+    uint64_t seed = 0;
+    std::vector<int32_t> prompt;  ///< non-empty token ids
+};
+
+struct GenerateOptions {
+    SamplingParams sampling;
+    int64_t max_new_tokens = 64;
+    std::vector<std::string> stop;  ///< stop strings (matched on the decoded response; kept in it)
+    int64_t max_batch_size = 64;
+    int64_t policy_version = 0;
+    bool record_kept = true;    ///< kept sets (keep-sampling-mask)
+    bool record_routes = true;  ///< routing paths (keep-routing)
+};
+
+struct GenerationStats {
+    int64_t sequences = 0;
+    int64_t prompt_tokens = 0;
+    int64_t generated_tokens = 0;
+    int64_t decode_steps = 0;
+    int64_t decode_row_steps = 0;  ///< Σ over decode steps of the rows in the batch (= generated tokens)
+    double prefill_seconds = 0;
+    double decode_seconds = 0;
+};
+
+/// Generates one sample per request, in request order.
+std::vector<Sample> generate(const dsa::Model& model,
+                             const Tokenizer& tokenizer,
+                             const std::vector<GenerationRequest>& requests,
+                             const GenerateOptions& opt,
+                             GenerationStats* stats = nullptr);
+
+struct Prompt {
+    std::string domain;
+    int64_t prompt_id = 0;
+    std::vector<int32_t> tokens;
+};
+
+/// The per-sample seed: a function of (base seed, prompt id, sample index) only.
+uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index);
+
+/// G samples per prompt, grouped; samples of one prompt may share batches with any other.
+std::vector<SampleGroup> generate_groups(const dsa::Model& model,
+                                         const Tokenizer& tokenizer,
+                                         const std::vector<Prompt>& prompts,
+                                         int64_t group_size,
+                                         const GenerateOptions& opt,
+                                         uint64_t base_seed,
+                                         GenerationStats* stats = nullptr);
+
+/// Teacher-forced behaviour log-probs of a sample's response under `model`: one forward over prompt +
+/// response with (optionally) the recorded routes replayed and the recorded kept sets applied — what GRPO
+/// computes for π. Returns fp32 [response.size()] on the CPU.
+at::Tensor recompute_logprobs(const dsa::Model& model, const Sample& sample, double temperature,
+                              bool replay_routes, bool apply_kept);
+
+}  // namespace dsrl::rollout

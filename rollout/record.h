@@ -1,0 +1,90 @@
+// Rollout records (SPEC §4): what a rollout worker keeps for every sample so GRPO stays consistent with the
+// behaviour policy — per response token the behaviour log-prob and the kept set of the top-p/top-k
+// truncation, per prompt+response token the MoE routing path — and their binary format.
+//
+// Format (little-endian): magic "DSRLROLL", u32 version (1), u64 payload size, payload, u32 CRC-32 (IEEE) of
+// the payload. Readers reject another magic, a newer version, a truncated file or a checksum mismatch with a
+// DataError naming the file (or "<buffer>") and what is wrong. Writing a file is atomic (tmp + fsync + rename).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace dsrl::rollout {
+
+/// The kept set of one sampling step: the token ids that survived temperature + top-k/top-p/min-p
+/// truncation. Encoded compactly: "all" (no truncation: 1 byte), sorted ids as delta varints, or a bitmap
+/// over the vocabulary — whichever is smallest.
+class KeptSet {
+public:
+    KeptSet() = default;
+    /// From sorted, unique ids in [0, vocab). `ids.size() == vocab` encodes as "all".
+    static KeptSet from_ids(const std::vector<int32_t>& sorted_ids, int64_t vocab);
+    /// From a bool mask [vocab] (CPU).
+    static KeptSet from_mask(const at::Tensor& mask);
+    /// From encoded bytes (validated: a DataError when malformed or out of range).
+    static KeptSet from_bytes(std::string bytes, int64_t vocab);
+    std::vector<int32_t> ids() const;
+    int64_t size() const;          ///< number of kept ids
+    int64_t vocab() const { return vocab_; }
+    bool contains(int32_t id) const;
+    /// Writes the set into `row` (bool [vocab], CPU), true = kept.
+    void fill_mask(at::Tensor row) const;
+    const std::string& bytes() const { return bytes_; }
+
+private:
+    std::string bytes_;  ///< tag byte (0 all, 1 delta varints, 2 bitmap) + payload
+    int64_t vocab_ = 0;
+};
+
+enum class FinishReason : uint8_t { kEos = 0, kStop = 1, kLength = 2, kContext = 3 };
+const char* finish_reason_name(FinishReason r);
+
+struct Sample {
+    std::string domain;
+    int64_t prompt_id = 0;
+    int32_t sample_index = 0;      ///< 0..G-1 within the group
+    uint64_t seed = 0;             ///< the sampling seed of this sample
+    int64_t policy_version = 0;
+    std::vector<int32_t> prompt;   ///< prompt token ids
+    std::vector<int32_t> response; ///< generated ids (including the final EOS when finished by EOS)
+    FinishReason finish = FinishReason::kLength;
+    std::vector<float> logprobs;   ///< [response.size()] behaviour log-prob of each response token
+    std::vector<KeptSet> kept;     ///< [response.size()] kept set of each sampling step
+    int64_t vocab_size = 0;        ///< vocabulary of the kept sets
+    /// Routing path: [num_moe_layers, prompt.size() + response.size(), top_k] expert ids, row-major,
+    /// stored as uint8 when n_routed_experts <= 256 else uint16 (route_bytes says which: 1 or 2).
+    int32_t num_moe_layers = 0;
+    int32_t route_top_k = 0;
+    int32_t route_bytes = 1;
+    std::vector<uint8_t> routes;   ///< raw little-endian ids, route_bytes per id
+    float reward = 0.0f;           ///< filled by the reward stage (NaN = failed)
+
+    int64_t num_tokens() const { return static_cast<int64_t>(prompt.size() + response.size()); }
+    /// Routes of MoE layer `layer` as int64 [num_tokens, top_k].
+    at::Tensor route_tensor(int32_t layer) const;
+    /// Stores routes from per-layer int64 tensors [num_tokens, top_k] (checked), choosing route_bytes from
+    /// `n_routed_experts`.
+    void set_routes(const std::vector<at::Tensor>& per_layer, int64_t n_routed_experts);
+};
+
+struct SampleGroup {
+    std::string domain;
+    int64_t prompt_id = 0;
+    std::vector<Sample> samples;   ///< G samples of one prompt
+};
+
+/// Serialization of a batch of groups.
+std::string serialize_groups(const std::vector<SampleGroup>& groups);
+/// `what` names the source in errors (a path, a peer rank, "<buffer>").
+std::vector<SampleGroup> deserialize_groups(const std::string& bytes, const std::string& what = "<buffer>");
+void write_groups_file(const std::string& path, const std::vector<SampleGroup>& groups);
+std::vector<SampleGroup> read_groups_file(const std::string& path);
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's crc32) of `data`.
+uint32_t crc32(const void* data, size_t size);
+
+}  // namespace dsrl::rollout

@@ -1,0 +1,49 @@
+// Sampling (SPEC §4): temperature, top-k, min-p, top-p and greedy over a batch of logits, drawing each row
+// from its own generator so a sample depends only on its seed, never on the batch it shares. The same
+// processing gives the behaviour log-prob a rollout records and the log-prob GRPO recomputes under the
+// recorded kept set (keep-sampling-mask), so the two agree by construction.
+//
+//   SamplingParams p = SamplingParams::from(job.rollout);
+//   at::Tensor logp = processed_logprobs(logits, p);       // [B, V]; -inf outside each row's kept set
+//   at::Tensor tok = sample_rows(logp, generators);          // [B] int64, one draw per row generator
+//   at::Tensor lp = token_logprobs(logits, tokens, kept_mask, p.temperature);   // recomputation
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include "core/config.h"
+
+namespace dsrl::rollout {
+
+struct SamplingParams {
+    double temperature = 1.0;  ///< 0 = greedy
+    double top_p = 1.0;        ///< keep the smallest prefix (by probability) whose mass reaches top_p
+    int64_t top_k = 0;         ///< keep the k most likely tokens; 0 = off
+    double min_p = 0.0;        ///< keep tokens with p >= min_p · p_max; 0 = off
+    bool greedy() const { return temperature == 0.0; }
+    static SamplingParams from(const RolloutConfig& r) {
+        return {.temperature = r.temperature, .top_p = r.top_p, .top_k = r.top_k, .min_p = r.min_p};
+    }
+};
+
+/// The processed distribution of each row of `logits` [B, V]: log-softmax of logits / T restricted to the
+/// kept set (top-k, then min-p, then top-p on the tempered probabilities; the most likely token is always
+/// kept; ties keep the lower id) and renormalized over it. Entries outside the kept set are −inf. Greedy
+/// keeps only the argmax (log-prob 0). Returns fp32 [B, V].
+at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p);
+
+/// One token per row from exp(logp) (rows of processed_logprobs), row b drawing from `gens[b]` only (an
+/// inverse-CDF draw of one uniform). Returns int64 [B] on the CPU.
+at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens);
+
+/// log π(tokens) under logits / T renormalized over `kept` (bool [N, V], true = kept; undefined = full
+/// vocabulary): logit/T of the token minus logsumexp of logit/T over the kept ids. logits [N, V] (any float
+/// dtype; computed in fp32), tokens [N] integer. T = 0 (greedy) counts as 1. Differentiable in logits.
+at::Tensor token_logprobs(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& kept,
+                         double temperature);
+
+}  // namespace dsrl::rollout

@@ -1,0 +1,106 @@
+#include "rollout/tokenizer.h"
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+
+#include "core/error.h"
+#include "core/fs.h"
+
+namespace dsrl::rollout {
+namespace {
+
+// Names of ids 0..6; ids 7..15 are "<reserved_N>".
+constexpr const char* kSpecialNames[] = {"<bos>", "<eos>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>",
+                                         "<|end|>"};
+constexpr int64_t kNumNamed = sizeof(kSpecialNames) / sizeof(kSpecialNames[0]);
+
+}  // namespace
+
+ByteTokenizer::ByteTokenizer(int64_t vocab_size) : vocab_size_(vocab_size) {
+    if (vocab_size < kMinVocab) {
+        throw ConfigError(absl::StrCat("ByteTokenizer: model.vocab_size must be at least ", kMinVocab, " (",
+                                       kByteOffset, " special tokens + 256 bytes), got ", vocab_size));
+    }
+}
+
+std::vector<int64_t> ByteTokenizer::encode(const std::string& text) const {
+    std::vector<int64_t> ids;
+    ids.reserve(text.size());
+    for (const char c : text) ids.push_back(kByteOffset + static_cast<unsigned char>(c));
+    return ids;
+}
+
+// Ids above the byte range (272 .. vocab-1) are not special: no chat template produces them, but a sampled
+// one must stay visible in the text a reward sees, so decode always writes "<unused_N>" for them.
+std::string ByteTokenizer::decode(const std::vector<int64_t>& ids, bool keep_special) const {
+    std::string out;
+    out.reserve(ids.size());
+    for (const int64_t id : ids) {
+        if (id < 0 || id >= vocab_size_) {
+            throw DataError(absl::StrCat("ByteTokenizer::decode: token id ", id, " is outside the vocabulary [0, ",
+                                         vocab_size_, ")"));
+        }
+        if (id >= kByteOffset && id < kMinVocab) {
+            out.push_back(static_cast<char>(id - kByteOffset));
+        } else if (id >= kMinVocab || keep_special) {
+            out += token_string(id);
+        }
+    }
+    return out;
+}
+
+std::string ByteTokenizer::token_string(int64_t id) const {
+    if (id < 0 || id >= vocab_size_) {
+        throw DataError(absl::StrCat("ByteTokenizer::token_string: token id ", id, " is outside the vocabulary [0, ",
+                                     vocab_size_, ")"));
+    }
+    if (id < kNumNamed) return kSpecialNames[id];
+    if (id < kByteOffset) return absl::StrCat("<reserved_", id, ">");
+    if (id >= kMinVocab) return absl::StrCat("<unused_", id, ">");
+    const auto b = static_cast<unsigned char>(id - kByteOffset);
+    if (b >= 0x20 && b < 0x7F) return std::string(1, static_cast<char>(b));
+    return absl::StrFormat("\\x%02X", b);
+}
+
+bool ByteTokenizer::is_special(int64_t id) const { return id >= 0 && id < kByteOffset; }
+
+// Layout: <bos> then per message <|role|> content <|end|> <eos>. The turn ends with <eos> so that a response
+// generated after the assistant role token stops at the generator's EOS; <|end|> before it marks the turn.
+std::vector<int64_t> ByteTokenizer::apply_chat(const std::vector<ChatMessage>& messages,
+                                               bool add_generation_prompt) const {
+    std::vector<int64_t> ids{kBos};
+    for (size_t i = 0; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        int64_t role;
+        if (m.role == "system") {
+            role = kSystem;
+        } else if (m.role == "user") {
+            role = kUser;
+        } else if (m.role == "assistant") {
+            role = kAssistant;
+        } else {
+            throw DataError(absl::StrCat("ByteTokenizer::apply_chat: message ", i, " has unknown role '", m.role,
+                                         "' (expected system, user or assistant)"));
+        }
+        ids.push_back(role);
+        for (const char c : m.content) ids.push_back(kByteOffset + static_cast<unsigned char>(c));
+        ids.push_back(kEnd);
+        ids.push_back(kEos);
+    }
+    if (add_generation_prompt) ids.push_back(kAssistant);
+    return ids;
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer(const ModelConfig& model) {
+    if (!model.path.empty()) {
+        const std::string file = fs::join(model.path, "tokenizer.json");
+        if (fs::exists(file)) {
+            throw ConfigError(absl::StrCat(file,
+                                           ": Hugging Face tokenizer.json is not supported yet (dsrl has only the "
+                                           "byte-level tokenizer, rollout/tokenizer.h)"));
+        }
+    }
+    return std::make_unique<ByteTokenizer>(model.vocab_size);
+}
+
+}  // namespace dsrl::rollout

@@ -1,0 +1,189 @@
+// Generation with records (issue 5): teacher-forced recomputation with replayed routes and the recorded kept
+// sets reproduces the behaviour log-probs; without replay a perturbed router breaks it; samples do not depend
+// on the batch they share; finish reasons; finished rows leave the batch.
+#include <gtest/gtest.h>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/randn_like.h>
+#include <ATen/ops/tensor.h>
+
+#include "core/rng.h"
+#include "rollout/generator.h"
+#include "tests/test_util.h"
+
+namespace dsrl::rollout {
+namespace {
+
+ModelConfig tiny() {
+    ModelConfig c;  // the embedded default: vocab 320, 3 layers (2 MoE)
+    c.index_topk = 12;  // prompts + responses cross from the dense into the sparse regime
+    c.max_position_embeddings = 128;
+    return c;
+}
+
+dsa::Model make_model(const ModelConfig& c, double scale = 0.08) {
+    dsa::Model m = dsa::Model::random(c, 17, at::kCPU);
+    at::Generator gen = rng::make_cpu_generator(18);
+    for (dsa::NamedTensor& t : m.named_tensors()) {
+        if (t.name.find("norm") != std::string::npos) continue;
+        t.tensor->normal_(0.0, t.name.find("e_score_correction_bias") != std::string::npos ? 0.02 : scale, gen);
+    }
+    return m;
+}
+
+std::vector<Prompt> prompts(const Tokenizer& tok) {
+    std::vector<Prompt> out;
+    const char* texts[] = {"What is 2+3?", "Name a prime.", "Hi"};
+    for (int i = 0; i < 3; ++i) {
+        const auto ids = tok.apply_chat({{"user", texts[i]}}, true);
+        out.push_back({"reasoning", 100 + i, std::vector<int32_t>(ids.begin(), ids.end())});
+    }
+    return out;
+}
+
+GenerateOptions options() {
+    return {.sampling = {.temperature = 0.9, .top_p = 0.9, .top_k = 40}, .max_new_tokens = 16, .max_batch_size = 8};
+}
+
+double max_abs_diff(const at::Tensor& a, const std::vector<float>& b) {
+    return (a - at::tensor(b, at::kFloat)).abs().max().item<double>();
+}
+
+TEST(GeneratorTest, TeacherForcingWithReplayedRoutesAndKeptSetsReproducesTheRecordedLogprobs) {
+    const dsa::Model m = make_model(tiny());
+    const ByteTokenizer tok(m.config().vocab_size);
+    GenerationStats stats;
+    const auto groups = generate_groups(m, tok, prompts(tok), 4, options(), 1234, &stats);
+    ASSERT_EQ(groups.size(), 3u);
+    double worst = 0;
+    for (const SampleGroup& g : groups) {
+        ASSERT_EQ(g.samples.size(), 4u);
+        for (const Sample& s : g.samples) {
+            ASSERT_FALSE(s.response.empty());
+            ASSERT_EQ(s.logprobs.size(), s.response.size());
+            ASSERT_EQ(s.kept.size(), s.response.size());
+            EXPECT_EQ(s.num_moe_layers, 2);
+            EXPECT_EQ(s.route_tensor(0).size(0), s.num_tokens()) << "a route for every prompt and response token";
+            for (size_t t = 0; t < s.kept.size(); ++t) EXPECT_TRUE(s.kept[t].contains(s.response[t]));
+            worst = std::max(worst, max_abs_diff(recompute_logprobs(m, s, 0.9, true, true), s.logprobs));
+        }
+    }
+    EXPECT_LE(worst, 1e-5);
+    RecordProperty("max_logprob_diff", std::to_string(worst));
+    EXPECT_EQ(stats.decode_row_steps, stats.generated_tokens) << "finished rows must leave the batch";
+}
+
+TEST(GeneratorTest, WithoutReplayAPerturbedRouterBreaksTheLogprobsWithReplayTheyHold) {
+    dsa::Model m = make_model(tiny());
+    const ByteTokenizer tok(m.config().vocab_size);
+    const auto groups = generate_groups(m, tok, prompts(tok), 2, options(), 99);
+    // The balancing bias moves after every step (aux-loss-free balancing). It only selects experts, so with the
+    // recorded routes replayed nothing changes; a fresh routing picks other experts.
+    for (dsa::LayerWeights& l : m.weights().layers) {
+        if (l.is_moe) l.moe.bias.add_(at::randn_like(l.moe.bias) * 0.5);
+    }
+    double replayed = 0, fresh = 0;
+    for (const SampleGroup& g : groups) {
+        for (const Sample& s : g.samples) {
+            replayed = std::max(replayed, max_abs_diff(recompute_logprobs(m, s, 0.9, true, true), s.logprobs));
+            fresh = std::max(fresh, max_abs_diff(recompute_logprobs(m, s, 0.9, false, true), s.logprobs));
+        }
+    }
+    EXPECT_LE(replayed, 1e-5);
+    EXPECT_GT(fresh, 1e-3) << "re-routing should change the log-probs";
+    RecordProperty("fresh_routing_logprob_diff", std::to_string(fresh));
+}
+
+TEST(GeneratorTest, SamplesDependOnTheirSeedNotOnTheBatch) {
+    const dsa::Model m = make_model(tiny());
+    const ByteTokenizer tok(m.config().vocab_size);
+    GenerateOptions one = options(), eight = options();
+    one.max_batch_size = 1;
+    eight.max_batch_size = 8;
+    const auto a = generate_groups(m, tok, prompts(tok), 4, one, 5);
+    const auto b = generate_groups(m, tok, prompts(tok), 4, eight, 5);
+    const auto c = generate_groups(m, tok, prompts(tok), 4, eight, 6);
+    bool differs = false;
+    for (size_t g = 0; g < a.size(); ++g) {
+        for (size_t i = 0; i < a[g].samples.size(); ++i) {
+            EXPECT_EQ(a[g].samples[i].response, b[g].samples[i].response) << "group " << g << " sample " << i;
+            EXPECT_LE(max_abs_diff(at::tensor(a[g].samples[i].logprobs, at::kFloat), b[g].samples[i].logprobs), 1e-5);
+            differs |= a[g].samples[i].response != c[g].samples[i].response;
+        }
+    }
+    EXPECT_TRUE(differs) << "another base seed should give other samples";
+    // Samples of one group differ from each other (independent seeds).
+    EXPECT_NE(a[0].samples[0].response, a[0].samples[1].response);
+}
+
+// A tokenizer whose EOS is a chosen id (to make EOS happen on a known step).
+class EosAt final : public Tokenizer {
+public:
+    EosAt(const ByteTokenizer& base, int64_t eos) : base_(base), eos_(eos) {}
+    int64_t vocab_size() const override { return base_.vocab_size(); }
+    int64_t bos_id() const override { return base_.bos_id(); }
+    int64_t eos_id() const override { return eos_; }
+    int64_t pad_id() const override { return base_.pad_id(); }
+    std::vector<int64_t> encode(const std::string& t) const override { return base_.encode(t); }
+    std::string decode(const std::vector<int64_t>& ids, bool keep) const override { return base_.decode(ids, keep); }
+    std::string token_string(int64_t id) const override { return base_.token_string(id); }
+    bool is_special(int64_t id) const override { return base_.is_special(id); }
+    std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& m, bool g) const override {
+        return base_.apply_chat(m, g);
+    }
+
+private:
+    const ByteTokenizer& base_;
+    int64_t eos_;
+};
+
+TEST(GeneratorTest, FinishReasonsEosStopLengthAndContext) {
+    const dsa::Model m = make_model(tiny());
+    const ByteTokenizer tok(m.config().vocab_size);
+    const GenerationRequest req{"reasoning", 1, 0, 42, {0, 4, 30, 40, 50, 6, 5}};
+    GenerateOptions opt = options();
+    opt.sampling = {.temperature = 0};  // greedy: deterministic continuation
+    const Sample base = generate(m, tok, {req}, opt)[0];
+    ASSERT_EQ(base.response.size(), 16u);
+    EXPECT_EQ(base.finish, FinishReason::kLength);
+    for (const float lp : base.logprobs) EXPECT_EQ(lp, 0.0f);  // greedy keeps one token
+    // EOS: declare the 4th greedy token the EOS id (the first step that emits it ends the sample).
+    const int64_t eos = base.response[3];
+    size_t first = 0;
+    while (base.response[first] != eos) ++first;
+    const Sample e = generate(m, EosAt(tok, eos), {req}, opt)[0];
+    EXPECT_EQ(e.finish, FinishReason::kEos);
+    EXPECT_EQ(e.response.size(), first + 1);
+    EXPECT_EQ(e.route_tensor(0).size(0), e.num_tokens()) << "the EOS token's route is recorded too";
+    // Stop string: the decoded text of the first 5 tokens (when printable) ends the sample there or earlier.
+    const std::string text = tok.decode(std::vector<int64_t>(base.response.begin(), base.response.begin() + 5));
+    if (!text.empty()) {
+        opt.stop = {text.substr(text.size() - 1)};
+        const Sample s = generate(m, tok, {req}, opt)[0];
+        EXPECT_EQ(s.finish, FinishReason::kStop);
+        EXPECT_LE(s.response.size(), 5u);
+        opt.stop.clear();
+    }
+    // Context: the model's window ends generation.
+    ModelConfig small = m.config();
+    small.max_position_embeddings = 10;
+    const dsa::Model short_ctx(small, m.weights());
+    const Sample c = generate(short_ctx, tok, {req}, opt)[0];
+    EXPECT_EQ(c.finish, FinishReason::kContext);
+    EXPECT_EQ(c.num_tokens(), 10);
+}
+
+TEST(GeneratorTest, BadPromptsAreClearErrors) {
+    const dsa::Model m = make_model(tiny());
+    const ByteTokenizer tok(m.config().vocab_size);
+    try {
+        generate(m, tok, {{"agent", 7, 0, 1, {}}}, options());
+        FAIL() << "an empty prompt must be rejected";
+    } catch (const DataError& e) {
+        EXPECT_NE(std::string(e.what()).find("prompt 7"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(generate(m, tok, {{"agent", 8, 0, 1, std::vector<int32_t>(200, 20)}}, options()), DataError);
+}
+
+}  // namespace
+}  // namespace dsrl::rollout

@@ -1,0 +1,94 @@
+// Sampling: the processed distribution (temperature, top-k, min-p, top-p, greedy), per-row generators, and
+// the recomputation GRPO uses (token_logprobs) agreeing with what rollout records.
+#include <gtest/gtest.h>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+
+#include "core/rng.h"
+#include "rollout/sampling.h"
+#include "tests/test_util.h"
+
+namespace dsrl::rollout {
+namespace {
+
+at::Tensor random_logits(int64_t rows, int64_t vocab, uint64_t seed, double scale = 3.0) {
+    at::Generator gen = rng::make_cpu_generator(seed);
+    return at::randn({rows, vocab}, gen, at::kFloat) * scale;
+}
+
+TEST(SamplingTest, NoTruncationIsTheTemperedSoftmax) {
+    const at::Tensor x = random_logits(4, 50, 1);
+    EXPECT_ALL_CLOSE("T=0.7", processed_logprobs(x, {.temperature = 0.7}), at::log_softmax(x / 0.7, -1), 1e-6);
+}
+
+TEST(SamplingTest, TopKMinPAndTopPKeepExactlyTheDocumentedSets) {
+    const at::Tensor x = random_logits(6, 64, 2);
+    const at::Tensor k5 = processed_logprobs(x, {.top_k = 5});
+    for (int64_t b = 0; b < 6; ++b) {
+        EXPECT_EQ(k5[b].isfinite().sum().item<int64_t>(), 5);
+        const at::Tensor fifth = std::get<0>(at::sort(x[b], -1, /*descending=*/true))[4];
+        EXPECT_TRUE((x[b] >= fifth).eq(k5[b].isfinite()).all().item<bool>()) << "row " << b;
+    }
+    // min-p: p >= min_p * p_max.
+    const at::Tensor mp = processed_logprobs(x, {.min_p = 0.1});
+    const at::Tensor p = at::log_softmax(x, -1).exp();
+    EXPECT_TRUE((p >= 0.1 * std::get<0>(p.max(-1, true))).eq(mp.isfinite()).all().item<bool>());
+    // top-p: the kept set is the smallest most-likely prefix reaching the mass.
+    for (const double top_p : {0.5, 0.9, 0.95}) {
+        const at::Tensor tp = processed_logprobs(x, {.top_p = top_p});
+        for (int64_t b = 0; b < 6; ++b) {
+            const at::Tensor kept = tp[b].isfinite();
+            const double mass = p[b].masked_select(kept).sum().item<double>();
+            const double smallest = p[b].masked_select(kept).min().item<double>();
+            EXPECT_GE(mass, top_p - 1e-6) << "row " << b;
+            EXPECT_LT(mass - smallest, top_p) << "row " << b << ": not the smallest prefix";
+            EXPECT_NEAR(tp[b].masked_select(kept).exp().sum().item<double>(), 1.0, 1e-5);  // renormalized
+        }
+    }
+}
+
+TEST(SamplingTest, GreedyKeepsOnlyTheArgmax) {
+    const at::Tensor x = random_logits(3, 20, 3);
+    const at::Tensor g = processed_logprobs(x, {.temperature = 0});
+    for (int64_t b = 0; b < 3; ++b) {
+        EXPECT_EQ(g[b].isfinite().sum().item<int64_t>(), 1);
+        EXPECT_EQ(g[b].argmax().item<int64_t>(), x[b].argmax().item<int64_t>());
+        EXPECT_EQ(g[b].max().item<float>(), 0.0f);
+    }
+    EXPECT_THROW(processed_logprobs(x, {.top_p = 0}), c10::Error);
+}
+
+TEST(SamplingTest, EachRowDrawsFromItsOwnGeneratorAndFollowsTheDistribution) {
+    const at::Tensor logp = processed_logprobs(random_logits(3, 10, 4, 1.0), {.top_k = 6});
+    std::vector<at::Generator> a{rng::make_cpu_generator(7), rng::make_cpu_generator(8), rng::make_cpu_generator(9)};
+    std::vector<at::Generator> alone{rng::make_cpu_generator(8)};
+    const at::Tensor batch = sample_rows(logp, a);
+    EXPECT_EQ(sample_rows(logp.narrow(0, 1, 1), alone)[0].item<int64_t>(), batch[1].item<int64_t>());
+    // Frequencies of 20000 draws of row 0 match its probabilities; nothing outside the kept set.
+    std::vector<at::Generator> g{rng::make_cpu_generator(11)};
+    at::Tensor counts = at::zeros({10}, at::kDouble);
+    const at::Tensor row = logp.narrow(0, 0, 1);
+    for (int i = 0; i < 20000; ++i) counts[sample_rows(row, g)[0].item<int64_t>()] += 1;
+    EXPECT_ALL_CLOSE("empirical frequencies", counts / 20000, row[0].exp().to(at::kDouble), 0.012);
+}
+
+TEST(SamplingTest, RecomputedLogprobsUnderTheKeptSetEqualTheRecordedOnes) {
+    const at::Tensor x = random_logits(5, 40, 5);
+    const SamplingParams p{.temperature = 0.8, .top_p = 0.9, .top_k = 12};
+    const at::Tensor logp = processed_logprobs(x, p);
+    std::vector<at::Generator> gens;
+    for (int i = 0; i < 5; ++i) gens.push_back(rng::make_cpu_generator(20 + i));
+    const at::Tensor tokens = sample_rows(logp, gens);
+    const at::Tensor recorded = logp.gather(1, tokens.unsqueeze(1)).squeeze(1);
+    EXPECT_ALL_CLOSE("with kept set", token_logprobs(x, tokens, logp.isfinite(), 0.8), recorded, 1e-6);
+    // Without the mask the recomputation is the untruncated log-prob: lower (mass spread over all ids).
+    EXPECT_TRUE((token_logprobs(x, tokens, {}, 0.8) < recorded).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace dsrl::rollout

@@ -1,0 +1,149 @@
+#include "rollout/tokenizer.h"
+
+#include <absl/strings/str_cat.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "tests/test_util.h"
+
+namespace dsrl::rollout {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TEST(ByteTokenizerTest, RoundTripsArbitraryBytes) {
+    const ByteTokenizer tok(320);
+    std::string all;
+    for (int b = 0; b < 256; ++b) all.push_back(static_cast<char>(b));
+    const std::string utf8 = "héllo, мир — 数学 ∑ 🙂";
+    const std::string with_nul("a\0b\0\0c", 6);
+    std::mt19937 rng(3);
+    std::string random(1000, '\0');
+    for (char& c : random) c = static_cast<char>(rng() % 256);
+    for (const std::string& text : {std::string(), all, utf8, with_nul, random}) {
+        const std::vector<int64_t> ids = tok.encode(text);
+        ASSERT_EQ(ids.size(), text.size());
+        for (size_t i = 0; i < ids.size(); ++i) {
+            EXPECT_EQ(ids[i], ByteTokenizer::kByteOffset + static_cast<unsigned char>(text[i]));
+            EXPECT_FALSE(tok.is_special(ids[i]));
+        }
+        EXPECT_EQ(tok.decode(ids), text);
+        EXPECT_EQ(tok.decode(ids, /*keep_special=*/true), text);
+    }
+    EXPECT_THAT(tok.encode(std::string("A\0", 2)), ElementsAre(16 + 'A', 16));
+}
+
+TEST(ByteTokenizerTest, DecodeSkipsOrKeepsSpecials) {
+    const ByteTokenizer tok(320);
+    std::vector<int64_t> ids{ByteTokenizer::kBos, ByteTokenizer::kUser};
+    for (const int64_t id : tok.encode("hi")) ids.push_back(id);
+    ids.push_back(ByteTokenizer::kEnd);
+    ids.push_back(9);    // reserved
+    ids.push_back(300);  // unused: not special, always visible
+    ids.push_back(ByteTokenizer::kEos);
+    EXPECT_EQ(tok.decode(ids), "hi<unused_300>");
+    EXPECT_EQ(tok.decode(ids, /*keep_special=*/true), "<bos><|user|>hi<|end|><reserved_9><unused_300><eos>");
+    for (int64_t id = 0; id < 16; ++id) EXPECT_TRUE(tok.is_special(id)) << id;
+    EXPECT_FALSE(tok.is_special(16));
+    EXPECT_FALSE(tok.is_special(271));
+    EXPECT_FALSE(tok.is_special(300));
+    EXPECT_EQ(tok.bos_id(), 0);
+    EXPECT_EQ(tok.eos_id(), 1);
+    EXPECT_EQ(tok.pad_id(), 2);
+    EXPECT_EQ(tok.vocab_size(), 320);
+}
+
+TEST(ByteTokenizerTest, TokenStringNamesSpecialsAndEscapesBytes) {
+    const ByteTokenizer tok(300);
+    EXPECT_EQ(tok.token_string(0), "<bos>");
+    EXPECT_EQ(tok.token_string(1), "<eos>");
+    EXPECT_EQ(tok.token_string(2), "<pad>");
+    EXPECT_EQ(tok.token_string(3), "<|system|>");
+    EXPECT_EQ(tok.token_string(4), "<|user|>");
+    EXPECT_EQ(tok.token_string(5), "<|assistant|>");
+    EXPECT_EQ(tok.token_string(6), "<|end|>");
+    EXPECT_EQ(tok.token_string(15), "<reserved_15>");
+    EXPECT_EQ(tok.token_string(16 + 'a'), "a");
+    EXPECT_EQ(tok.token_string(16 + ' '), " ");
+    EXPECT_EQ(tok.token_string(16 + '~'), "~");
+    EXPECT_EQ(tok.token_string(16 + 0), "\\x00");
+    EXPECT_EQ(tok.token_string(16 + '\n'), "\\x0A");
+    EXPECT_EQ(tok.token_string(16 + 0x7F), "\\x7F");
+    EXPECT_EQ(tok.token_string(16 + 0xC3), "\\xC3");
+    EXPECT_EQ(tok.token_string(272), "<unused_272>");
+    EXPECT_EQ(tok.token_string(299), "<unused_299>");
+}
+
+TEST(ByteTokenizerTest, ApplyChatLayout) {
+    const ByteTokenizer tok(320);
+    const auto b = [](char c) { return ByteTokenizer::kByteOffset + static_cast<unsigned char>(c); };
+    const std::vector<ChatMessage> chat{{"system", "S"}, {"user", "2+3?"}, {"assistant", "5"}};
+    EXPECT_THAT(tok.apply_chat(chat, /*add_generation_prompt=*/false),
+                ElementsAre(0, 3, b('S'), 6, 1, 4, b('2'), b('+'), b('3'), b('?'), 6, 1, 5, b('5'), 6, 1));
+    EXPECT_THAT(tok.apply_chat({{"user", "x"}}, /*add_generation_prompt=*/true), ElementsAre(0, 4, b('x'), 6, 1, 5));
+    EXPECT_THAT(tok.apply_chat({}, /*add_generation_prompt=*/true), ElementsAre(0, 5));
+    EXPECT_EQ(tok.decode(tok.apply_chat(chat, false)), "S2+3?5");
+    EXPECT_EQ(tok.decode(tok.apply_chat(chat, true), /*keep_special=*/true),
+              "<bos><|system|>S<|end|><eos><|user|>2+3?<|end|><eos><|assistant|>5<|end|><eos><|assistant|>");
+}
+
+TEST(ByteTokenizerTest, RejectsUnknownRoleOutOfRangeIdsAndSmallVocab) {
+    const ByteTokenizer tok(320);
+    try {
+        tok.apply_chat({{"user", "a"}, {"tool", "b"}}, true);
+        FAIL() << "expected a DataError";
+    } catch (const DataError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("'tool'"));
+        EXPECT_THAT(e.what(), HasSubstr("message 1"));
+    }
+    for (const int64_t id : {int64_t{-1}, int64_t{320}, int64_t{100000}}) {
+        try {
+            tok.decode({16, id});
+            FAIL() << "expected a DataError for id " << id;
+        } catch (const DataError& e) {
+            EXPECT_THAT(e.what(), HasSubstr(absl::StrCat("token id ", id)));
+        }
+        EXPECT_THROW(tok.token_string(id), DataError);
+        EXPECT_FALSE(tok.is_special(id));
+    }
+    try {
+        ByteTokenizer small(271);
+        FAIL() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("271"));
+        EXPECT_THAT(e.what(), HasSubstr("272"));
+    }
+    EXPECT_NO_THROW(ByteTokenizer(272));
+}
+
+TEST(TokenizerTest, MakeTokenizerIsByteLevelUnlessACheckpointHasTokenizerJson) {
+    ModelConfig model;
+    model.vocab_size = 320;
+    auto tok = make_tokenizer(model);
+    ASSERT_NE(dynamic_cast<ByteTokenizer*>(tok.get()), nullptr);
+    EXPECT_EQ(tok->vocab_size(), 320);
+
+    testing::TempDir dir;
+    model.path = dir.path();  // a checkpoint directory without tokenizer.json: byte-level
+    EXPECT_EQ(make_tokenizer(model)->vocab_size(), 320);
+    dir.write("tokenizer.json", "{}");
+    try {
+        make_tokenizer(model);
+        FAIL() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+        EXPECT_THAT(e.what(), HasSubstr(fs::join(dir.path(), "tokenizer.json")));
+        EXPECT_THAT(e.what(), HasSubstr("not supported"));
+    }
+
+    ModelConfig small;
+    small.vocab_size = 100;
+    EXPECT_THROW(make_tokenizer(small), ConfigError);
+}
+
+}  // namespace
+}  // namespace dsrl::rollout
