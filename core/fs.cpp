@@ -1,5 +1,6 @@
 #include "core/fs.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -65,6 +66,67 @@ std::string make_temp_dir(const std::string& prefix) {
 std::string join(const std::string& dir, const std::string& name) {
     if (dir.empty()) return name;
     return dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+namespace {
+
+// Writes every piece to `fd`, retrying short writes and EINTR; returns errno on failure, 0 on success.
+int write_pieces(int fd, const std::vector<std::string_view>& pieces) {
+    for (std::string_view piece : pieces) {
+        const char* p = piece.data();
+        size_t n = piece.size();
+        while (n > 0) {
+            const ssize_t w = ::write(fd, p, n);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) return w < 0 ? errno : EIO;
+            p += w;
+            n -= static_cast<size_t>(w);
+        }
+    }
+    return 0;
+}
+
+}  // namespace
+
+void write_file_synced(const std::string& path, const std::vector<std::string_view>& pieces) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail("cannot create", path, errno);
+    if (const int err = write_pieces(fd, pieces); err != 0) {
+        ::close(fd);
+        fail("write failed on", path, err);
+    }
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        fail("fsync failed on", path, err);
+    }
+    if (::close(fd) != 0) fail("close failed on", path, errno);
+}
+
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces) {
+    const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+    try {
+        write_file_synced(tmp, pieces);
+    } catch (...) {
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        fail("cannot rename the temporary file into place at", path, err);
+    }
+    const size_t slash = path.find_last_of('/');
+    fsync_dir(slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash)));
+}
+
+void fsync_dir(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) fail("cannot open the directory to fsync it:", dir, errno);
+    const int rc = ::fsync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0) fail("fsync failed on the directory", dir, err);
 }
 
 }  // namespace dsrl::fs

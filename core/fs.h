@@ -5,6 +5,8 @@
 #pragma once
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace dsrl::fs {
 
@@ -18,6 +20,17 @@ void make_dirs(const std::string& path);
 void remove_tree(const std::string& path);
 /// A new private directory under $TMPDIR (or /tmp) whose name starts with `prefix`.
 std::string make_temp_dir(const std::string& prefix);
+/// Writes `pieces` (concatenated) to `path` and fsyncs it (not atomic: for files inside a directory that is
+/// itself published atomically).
+void write_file_synced(const std::string& path, const std::vector<std::string_view>& pieces);
+
+/// Writes `pieces` (concatenated) to `path` atomically: a temporary file in the same directory, fsync,
+/// rename over `path`, fsync of the directory. On failure `path` is untouched and the temporary file removed.
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
+
+/// fsync of a directory (makes renames and new entries in it durable).
+void fsync_dir(const std::string& dir);
+
 /// `dir + "/" + name`, without doubling the separator.
 std::string join(const std::string& dir, const std::string& name);
 

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace dsrl {
 namespace {
@@ -210,44 +211,17 @@ void save_safetensors(const std::string& path,
     }
     std::string text = header.dump();
     text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // data starts 8-byte aligned
-    const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw CheckpointError(absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-    auto write_all = [&](const void* p, size_t n) {
-        const auto* c = static_cast<const char*>(p);
-        while (n > 0) {
-            const ssize_t w = ::write(fd, c, n);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) {
-                const int e = errno;
-                ::close(fd);
-                ::unlink(tmp.c_str());
-                throw CheckpointError(absl::StrCat(tmp, ": write failed: ", std::strerror(e)));
-            }
-            c += w;
-            n -= static_cast<size_t>(w);
-        }
-    };
     uint8_t size_le[8];
     const uint64_t header_size = text.size();
     for (int i = 0; i < 8; ++i) size_le[i] = static_cast<uint8_t>(header_size >> (8 * i));
-    write_all(size_le, 8);
-    write_all(text.data(), text.size());
-    for (const auto& [name, t] : sorted) write_all(t.data_ptr(), t.numel() * t.element_size());
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        ::unlink(tmp.c_str());
-        throw CheckpointError(absl::StrCat(tmp, ": fsync/close failed: ", std::strerror(errno)));
+    std::vector<std::string_view> pieces{std::string_view(reinterpret_cast<const char*>(size_le), 8), text};
+    for (const auto& [name, t] : sorted) {
+        pieces.emplace_back(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
     }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int e = errno;
-        ::unlink(tmp.c_str());
-        throw CheckpointError(absl::StrCat(path, ": cannot rename the temporary file into place: ", std::strerror(e)));
-    }
-    const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.find_last_of('/'));
-    const int dfd = ::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
+    try {
+        fs::write_file_atomic(path, pieces);
+    } catch (const Error& e) {
+        throw CheckpointError(absl::StrCat("saving safetensors ", path, ": ", e.what()));
     }
 }
 

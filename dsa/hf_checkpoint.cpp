@@ -381,38 +381,21 @@ const char* hf_dtype_name(at::ScalarType dtype) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Writes `text` to `path` and fsyncs it.
+// Writes `text` to `path` and fsyncs it (inside the temporary checkpoint directory).
 void write_file_synced(const std::string& path, const std::string& text) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail(path, absl::StrCat("cannot create: ", std::strerror(errno)));
-    const char* p = text.data();
-    size_t n = text.size();
-    while (n > 0) {
-        const ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            const int err = errno;
-            ::close(fd);
-            fail(path, absl::StrCat("write failed: ", std::strerror(err)));
-        }
-        p += w;
-        n -= static_cast<size_t>(w);
+    try {
+        fs::write_file_synced(path, {text});
+    } catch (const Error& e) {
+        fail(path, e.what());
     }
-    if (::fsync(fd) != 0) {
-        const int err = errno;
-        ::close(fd);
-        fail(path, absl::StrCat("fsync failed: ", std::strerror(err)));
-    }
-    if (::close(fd) != 0) fail(path, absl::StrCat("close failed: ", std::strerror(errno)));
 }
 
 void fsync_dir(const std::string& dir) {
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) fail(dir, absl::StrCat("cannot open directory to fsync it: ", std::strerror(errno)));
-    const int rc = ::fsync(fd);
-    const int err = errno;
-    ::close(fd);
-    if (rc != 0) fail(dir, absl::StrCat("fsync of the directory failed: ", std::strerror(err)));
+    try {
+        fs::fsync_dir(dir);
+    } catch (const Error& e) {
+        fail(dir, e.what());
+    }
 }
 
 // Names of the regular files in `dir` ending in `suffix`, sorted.

@@ -17,6 +17,7 @@
 #include <c10/util/Exception.h>
 
 #include "core/error.h"
+#include "core/fs.h"
 
 // Note [Rollout record payload]
 // All integers little-endian; str = u64 length + bytes; vec<T> = u64 count + count × T.
@@ -644,46 +645,10 @@ std::vector<SampleGroup> deserialize_groups(const std::string& bytes, const std:
 
 void write_groups_file(const std::string& path, const std::vector<SampleGroup>& groups) {
     const std::string bytes = serialize_groups(groups);
-    const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw DataError(absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-    const char* p = bytes.data();
-    size_t n = bytes.size();
-    while (n > 0) {
-        const ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            const int e = errno;
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            throw DataError(absl::StrCat(tmp, ": write failed: ", std::strerror(e)));
-        }
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-    if (::fsync(fd) != 0) {
-        const int e = errno;
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        throw DataError(absl::StrCat(tmp, ": fsync failed: ", std::strerror(e)));
-    }
-    if (::close(fd) != 0) {
-        const int e = errno;
-        ::unlink(tmp.c_str());
-        throw DataError(absl::StrCat(tmp, ": close failed: ", std::strerror(e)));
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int e = errno;
-        ::unlink(tmp.c_str());
-        throw DataError(absl::StrCat(path, ": cannot rename the temporary file into place: ", std::strerror(e)));
-    }
-    // Make the rename itself durable.
-    const size_t slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
+    try {
+        fs::write_file_atomic(path, {bytes});
+    } catch (const Error& e) {
+        throw DataError(absl::StrCat("rollout records ", path, ": ", e.what()));
     }
 }
 

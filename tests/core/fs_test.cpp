@@ -1,6 +1,9 @@
 #include "core/fs.h"
 
+#include <unistd.h>
+
 #include <fstream>
+#include <iterator>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -38,6 +41,27 @@ TEST(FsTest, ErrorsNameThePath) {
     remove_tree(root);
     EXPECT_EQ(join("a/", "b"), "a/b");
     EXPECT_EQ(join("a", "b"), "a/b");
+}
+
+TEST(FsTest, AtomicWriteReplacesWholeFilesAndLeavesNothingOnFailure) {
+    const std::string dir = make_temp_dir("dsrl_fs_atomic_");
+    const std::string path = join(dir, "f.bin");
+    write_file_atomic(path, {"hello ", "world"});
+    write_file_atomic(path, {"second"});
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(text, "second");
+    try {
+        write_file_atomic(join(dir, "missing/f.bin"), {"x"});
+        FAIL() << "a missing directory must be an error";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("missing/f.bin"));
+    }
+    // The failed write left no temporary file; the earlier file is intact.
+    EXPECT_TRUE(exists(path));
+    EXPECT_FALSE(exists(join(dir, "missing")));
+    EXPECT_FALSE(exists(path + ".tmp." + std::to_string(::getpid())));
+    remove_tree(dir);
 }
 
 }  // namespace
