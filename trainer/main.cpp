@@ -5,6 +5,9 @@
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/main_guard.h"
+#include "rewards/plugin.h"
+#include "rewards/prompts.h"
+#include "rewards/reward.h"
 #include "trainer/cli.h"
 
 namespace {
@@ -27,6 +30,14 @@ int run(int argc, char** argv) {
         return 0;
     }
     const std::string source = opt.config_path.empty() ? std::string("the embedded defaults") : opt.config_path;
+    // Start-up checks that need more than the YAML: reward plugins load (ABI checked), every domain's reward
+    // modules exist and accept their params, every domain's prompt data opens and parses.
+    dsrl::rewards::Registry& registry = dsrl::rewards::Registry::global();
+    dsrl::rewards::load_plugins(cfg.rewards.plugins, "", registry);
+    for (const dsrl::DomainConfig& d : cfg.domains) {
+        dsrl::rewards::DomainReward::create(registry, d.rewards, cfg.rewards.timeout_s);
+        dsrl::rewards::make_prompt_source(d.data, d.name, "");
+    }
     if (opt.check) {
         std::cout << "config OK: " << source << " (run '" << cfg.run.name << "', " << cfg.run.stages.size()
                   << " stage(s), " << cfg.domains.size() << " domain(s))\n";

@@ -35,6 +35,15 @@ expect_error missing-file "config file '$tmp/nope.yaml' cannot be read" --config
 expect_error syntax "YAML syntax error" --config "$tmp/syntax.yaml"
 expect_error bad-set "--set grpo.beta=1: unknown key 'grpo.beta'; 'beta' belongs to 'domains[].beta'" --set grpo.beta=1
 expect_error bad-flag "unknown argument '--confg'" --confg x
+# Start-up checks beyond the YAML: plugins, reward modules and their params, prompt data.
+printf 'rewards: {plugins: [%s/nope.so]}\n' "$tmp" >"$tmp/plugin.yaml"
+expect_error bad-plugin "reward plugin $tmp/nope.so: no such file" --config "$tmp/plugin.yaml"
+expect_error bad-module "unknown reward module 'math_anwser' (did you mean 'math_answer'?)" \
+    --set 'domains[0].rewards[0].module=math_anwser'
+expect_error bad-param "reward module 'length_penalty': unknown param(s) targt" \
+    --set 'domains[1].rewards[1].params={targt: "3"}'
+printf '{"prompt": "a"}\nnot json\n' >"$tmp/data.jsonl"
+expect_error bad-data "$tmp/data.jsonl:2:" --set "domains[0].data=$tmp/data.jsonl"
 
 # The good paths: --check, --print-config round-trips, --help.
 "$bin" --check >/dev/null || { echo "FAIL check on the embedded defaults"; fail=1; }
