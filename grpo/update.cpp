@@ -68,6 +68,16 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
         if (any_kl) ref_logp[b] = sequence_logprobs(*reference, packed, ref).logp.cpu();
     }
 
+    // Reward statistics per domain (valid rewards only), reported with every mini-batch step.
+    std::map<std::string, std::pair<double, double>> sums;  // domain -> (Σ r, Σ r²)
+    std::map<std::string, int64_t> counts;
+    for (const rollout::Sample* s : samples) {
+        if (!std::isfinite(s->reward)) continue;
+        auto& [sum, sq] = sums[s->domain];
+        sum += s->reward;
+        sq += static_cast<double>(s->reward) * s->reward;
+        ++counts[s->domain];
+    }
     std::vector<Metrics> out;
     for (int64_t u = 0; u < cfg.updates_per_batch; ++u) {
         for (size_t b = 0; b < batches.size(); ++b) {
@@ -93,6 +103,12 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
             m["entropy_mean"] = tokens > 0 ? (pi.entropy.cpu() * packed.valid).sum().item<double>() / tokens : 0.0;
             m["failed_samples"] = static_cast<double>(adv.failed_samples);
             m["dropped_groups"] = static_cast<double>(adv.dropped_groups);
+            for (const auto& [domain, sq] : sums) {
+                const double k = static_cast<double>(counts[domain]);
+                const double mean = sq.first / k;
+                m["reward_mean/" + domain] = mean;
+                m["reward_std/" + domain] = std::sqrt(std::max(0.0, sq.second / k - mean * mean));
+            }
             m["update"] = static_cast<double>(u);
             m["mini_batch"] = static_cast<double>(b);
             out.push_back(std::move(m));

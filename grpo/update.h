@@ -25,7 +25,8 @@ using Metrics = std::map<std::string, double>;
 /// Runs the update phase. `reference` may be null when every beta is 0. `domain_beta` maps a sample's
 /// domain to its KL coefficient (a domain missing from the map is a ConfigError). `step` is called after
 /// each mini-batch's backward. Returns one metrics map per mini-batch step (loss terms, kl, clip and mask
-/// fractions, ratio statistics, entropy_mean, failed_samples, dropped_groups).
+/// fractions, ratio statistics, entropy_mean, failed_samples, dropped_groups, reward_mean/<domain> and
+/// reward_std/<domain> over valid rewards).
 std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const dsa::Model* reference,
                                  const std::vector<rollout::SampleGroup>& groups,

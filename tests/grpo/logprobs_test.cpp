@@ -166,6 +166,9 @@ TEST(GrpoUpdateTest, AnUpdateRaisesTheLogprobsOfBetterSamples) {
     EXPECT_GT(std::abs(metrics[3].at("ratio_mean") - 1.0), 1e-5) << "second pass sees the moved policy";
     EXPECT_EQ(metrics[0].at("failed_samples"), 1.0);
     EXPECT_GT(metrics[0].at("entropy_mean"), 0.0);
+    EXPECT_DOUBLE_EQ(metrics[0].at("reward_mean/alignment"), 0.5);   // rewards 0,1,0,1
+    EXPECT_DOUBLE_EQ(metrics[0].at("reward_std/alignment"), 0.5);
+    EXPECT_NEAR(metrics[0].at("reward_mean/reasoning"), 3.0 / 7.0, 1e-12);  // one failed sample excluded
     const at::Tensor after = sequence_logprobs(r.model, before_b, {.temperature = 0.9}).logp.detach();
     // Sequence log-likelihood change: winners (reward 1) up, losers down, on average.
     const at::Tensor delta = ((after - before) * before_b.valid).sum(1);
