@@ -1,0 +1,76 @@
+// The optimizer of dsrl_train (SPEC §7): AdamW with decoupled weight decay, the learning-rate schedule
+// (linear warm-up, then cosine to min_lr_ratio·lr or constant), and global-norm gradient clipping that
+// reports non-finite gradients so the step can be skipped. State is plain named fp32 tensors, so a
+// checkpoint stores and restores it exactly.
+//
+//   AdamW opt(params, AdamWOptions::from(job.trainer.optimizer));
+//   loss.backward();
+//   if (clip_grad_norm(opt.params(), cfg.grad_clip).finite) opt.step(lr_at(cfg, step, total)); else ++skipped;
+//   opt.zero_grad();
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "core/config.h"
+
+namespace dsrl::trainer {
+
+struct Param {
+    std::string name;
+    at::Tensor tensor;   ///< the parameter (requires_grad); updated in place
+    bool decay = true;   ///< weight decay applies (false for norms and biases)
+};
+
+struct AdamWOptions {
+    double beta1 = 0.9;
+    double beta2 = 0.95;
+    double eps = 1e-8;
+    double weight_decay = 0.1;
+    static AdamWOptions from(const OptimizerConfig& c) {
+        return {.beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay};
+    }
+};
+
+/// Whether a parameter of that name gets weight decay: not norms, biases or the router's balancing bias.
+bool decays(const std::string& name, const at::Tensor& t);
+
+class AdamW {
+public:
+    AdamW(std::vector<Param> params, AdamWOptions opt);
+    /// One update with learning rate `lr`, in fp32 (parameters of other dtypes are updated through an fp32
+    /// copy of the step). Parameters without a gradient are skipped.
+    void step(double lr);
+    void zero_grad();
+    int64_t steps() const { return step_; }
+    const std::vector<Param>& params() const { return params_; }
+
+    /// exp_avg.<name>, exp_avg_sq.<name> (fp32, CPU copies) and the step count, for checkpoints.
+    std::vector<std::pair<std::string, at::Tensor>> state() const;
+    /// Restores state(); a missing tensor or another shape is a CheckpointError naming it.
+    void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t step, const std::string& source);
+
+private:
+    std::vector<Param> params_;
+    AdamWOptions opt_;
+    std::vector<at::Tensor> m_, v_;
+    int64_t step_ = 0;
+};
+
+/// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up over warmup_steps to lr, then
+/// cosine decay to min_lr_ratio·lr at `total` (or constant).
+double lr_at(const OptimizerConfig& c, int64_t step, int64_t total);
+
+struct ClipResult {
+    double norm = 0;      ///< global L2 norm of the finite gradient elements, before clipping
+    bool finite = true;   ///< false when any gradient element is NaN/Inf (then nothing is scaled)
+};
+/// Scales all gradients so their global norm is at most `max_norm` (<= 0: no clipping, norm still reported).
+ClipResult clip_grad_norm(const std::vector<Param>& params, double max_norm);
+
+}  // namespace dsrl::trainer
