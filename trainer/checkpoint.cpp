@@ -1,0 +1,212 @@
+#include "trainer/checkpoint.h"
+
+#include <dirent.h>
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+#include <absl/strings/str_join.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/safetensors.h"
+#include "dsa/hf_checkpoint.h"
+
+namespace dsrl::trainer {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr const char* kLatest = "latest";
+constexpr const char* kState = "state.json";
+constexpr const char* kOptimizer = "optimizer.safetensors";
+constexpr const char* kModel = "model";
+
+std::string rng_file(int rank) { return absl::StrCat("rng.rank", rank, ".bin"); }
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw CheckpointError(absl::StrCat(path, ": cannot read: ", std::strerror(errno)));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// Step directories under `root`, oldest first.
+std::vector<std::string> step_dirs(const std::string& root) {
+    std::vector<std::string> out;
+    DIR* d = ::opendir(root.c_str());
+    if (d == nullptr) return out;
+    while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name.rfind("step-", 0) == 0 && name.size() == 13 && fs::is_dir(fs::join(root, name))) out.push_back(name);
+    }
+    ::closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+void remove_stale_tmp(const std::string& root) {
+    DIR* d = ::opendir(root.c_str());
+    if (d == nullptr) return;
+    std::vector<std::string> stale;
+    while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name.rfind(".step-", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+            stale.push_back(name);
+        }
+    }
+    ::closedir(d);
+    for (const std::string& name : stale) {
+        DSRL_LOG(warn) << "removing " << fs::join(root, name) << " (left by an interrupted checkpoint save)";
+        fs::remove_tree(fs::join(root, name));
+    }
+}
+
+void barrier(const dist::Communicator* comm) {
+    if (comm != nullptr && comm->size() > 1) comm->barrier();
+}
+
+}  // namespace
+
+std::string step_dir_name(int64_t step) { return absl::StrFormat("step-%08d", step); }
+
+std::string save_checkpoint(const std::string& root,
+                            const dsa::Model& model,
+                            const AdamW& optimizer,
+                            const TrainingState& state,
+                            const at::Tensor& rng_state,
+                            int64_t keep_last,
+                            const dist::Communicator* comm) {
+    const int rank = comm != nullptr ? comm->rank() : 0;
+    const std::string name = step_dir_name(state.step);
+    const std::string tmp = fs::join(root, absl::StrCat(".", name, ".tmp"));
+    const std::string final_dir = fs::join(root, name);
+    if (rank == 0) {
+        fs::make_dirs(root);
+        remove_stale_tmp(root);
+        fs::make_dirs(tmp);
+    }
+    barrier(comm);
+    // Every rank: its generator state.
+    const at::Tensor rng = rng_state.contiguous().cpu();
+    fs::write_file_synced(fs::join(tmp, rng_file(rank)),
+                          {std::string_view(static_cast<const char*>(rng.data_ptr()), rng.nbytes())});
+    if (rank == 0) {
+        // The model at its training dtype (bit-exact resume), then the optimizer and the state.
+        model.save(fs::join(tmp, kModel), {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30});
+        save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
+        Json j = {{"step", state.step},
+                  {"policy_version", state.policy_version},
+                  {"skipped_steps", state.skipped_steps},
+                  {"cursors", state.cursors},
+                  {"world_size", state.world_size},
+                  {"optimizer_steps", optimizer.steps()},
+                  {"config_yaml", state.config_yaml}};
+        fs::write_file_synced(fs::join(tmp, kState), {j.dump(2) + "\n"});
+    }
+    barrier(comm);
+    if (rank == 0) {
+        fs::fsync_dir(tmp);
+        if (fs::exists(final_dir)) fs::remove_tree(final_dir);  // re-saving the same step replaces it
+        if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+            throw CheckpointError(absl::StrCat("checkpoint ", final_dir, ": cannot rename ", tmp, " into place: ",
+                                               std::strerror(errno)));
+        }
+        fs::fsync_dir(root);
+        fs::write_file_atomic(fs::join(root, kLatest), {name + "\n"});
+        const std::vector<std::string> dirs = step_dirs(root);
+        for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < dirs.size(); ++i) {
+            fs::remove_tree(fs::join(root, dirs[i]));
+        }
+        DSRL_LOG(info) << "checkpoint " << final_dir << " written (step " << state.step << ")";
+    }
+    barrier(comm);
+    return final_dir;
+}
+
+std::string resolve_resume(const std::string& root, const std::string& spec) {
+    std::string dir;
+    if (spec == "auto") {
+        const std::string latest = fs::join(root, kLatest);
+        if (!fs::exists(latest)) return "";
+        std::string name = read_text(latest);
+        while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+        dir = fs::join(root, name);
+    } else {
+        dir = spec;
+    }
+    for (const char* need : {kState, kOptimizer, kModel}) {
+        if (!fs::exists(fs::join(dir, need))) {
+            throw CheckpointError(absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need));
+        }
+    }
+    return dir;
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int world_size, int rank) {
+    LoadedCheckpoint out;
+    const std::string state_path = fs::join(dir, kState);
+    Json j;
+    try {
+        j = Json::parse(read_text(state_path));
+        out.state.step = j.at("step").get<int64_t>();
+        out.state.policy_version = j.at("policy_version").get<int64_t>();
+        out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
+        out.state.cursors = j.at("cursors").get<std::map<std::string, std::string>>();
+        out.state.world_size = j.at("world_size").get<int>();
+        out.state.config_yaml = j.at("config_yaml").get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+        throw CheckpointError(absl::StrCat(state_path, ": ", e.what()));
+    }
+    if (out.state.world_size != world_size) {
+        throw CheckpointError(absl::StrCat("checkpoint ", dir, " was written by ", out.state.world_size,
+                                           " ranks; this job has ", world_size,
+                                           " (resharding is not supported: resume with the same world size)"));
+    }
+    // The model: same architecture, then the weights in place (optimizer and autograd keep their tensors).
+    const dsa::HfCheckpointReader reader = dsa::HfCheckpointReader::open(fs::join(dir, kModel));
+    ModelConfig stored = reader.config();
+    stored.path = model.config().path;
+    stored.dtype = model.config().dtype;
+    stored.impl = model.config().impl;
+    const Json a = Json::parse(dsa::hf_config_json(stored, at::kFloat));
+    const Json b = Json::parse(dsa::hf_config_json(model.config(), at::kFloat));
+    if (a != b) {
+        std::vector<std::string> diff;
+        for (const auto& [k, v] : b.items()) {
+            if (!a.contains(k) || a[k] != v) diff.push_back(absl::StrCat(k, " (checkpoint ", a.contains(k) ? a[k].dump() : "absent", ", job ", v.dump(), ")"));
+        }
+        throw CheckpointError(absl::StrCat("checkpoint ", dir, " holds another model: ", absl::StrJoin(diff, "; ")));
+    }
+    const dsa::ModelWeights w = dsa::load_weights(reader, model.config(), model.device());
+    {
+        at::NoGradGuard no_grad;
+        dsa::ModelWeights src = w;
+        auto dst = model.named_tensors();
+        auto from = dsa::named_tensors(src, model.config());
+        for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor->copy_(*from[i].tensor);
+    }
+    const SafetensorsFile opt = SafetensorsFile::open(fs::join(dir, kOptimizer));
+    for (const SafetensorInfo& t : opt.tensors()) out.optimizer[t.name] = opt.get(t.name).clone();
+    const std::string rng_path = fs::join(dir, rng_file(rank));
+    const std::string bytes = read_text(rng_path);
+    out.rng_state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+    std::memcpy(out.rng_state.data_ptr(), bytes.data(), bytes.size());
+    DSRL_LOG(info) << "resuming from " << dir << " (step " << out.state.step << ")";
+    return out;
+}
+
+}  // namespace dsrl::trainer

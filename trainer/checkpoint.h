@@ -1,0 +1,66 @@
+// Training checkpoints (SPEC §7): everything an exact resume needs, written so that a crash at any moment
+// leaves either the previous checkpoint or the new one, never a half-written one under its final name.
+//
+//   <root>/step-00000120/model/          the policy in the HF layout, at its training dtype (exact resume)
+//                        optimizer.safetensors   AdamW moments
+//                        state.json      step, policy version, skipped steps, data cursors, world size,
+//                                        the resolved config
+//                        rng.rank<r>.bin each rank's generator state
+//   <root>/latest                        "step-00000120", replaced atomically after the rename
+//
+// Writing: rank 0 prepares <root>/.step-00000120.tmp, every rank writes its own files into it (so <root>
+// must be on a file system all ranks share), then rank 0 fsyncs, renames it into place, updates `latest`
+// and keeps the newest `keep_last`. Leftover .tmp directories of an interrupted save are removed by the
+// next save and ignored by resume.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "core/dist/communicator.h"
+#include "dsa/model.h"
+#include "trainer/optimizer.h"
+
+namespace dsrl::trainer {
+
+struct TrainingState {
+    int64_t step = 0;            ///< optimizer steps completed
+    int64_t policy_version = 0;
+    int64_t skipped_steps = 0;   ///< steps skipped for non-finite loss or gradients
+    std::map<std::string, std::string> cursors;  ///< data positions (opaque strings per source)
+    int world_size = 1;
+    std::string config_yaml;     ///< the resolved job config
+};
+
+/// Name of the directory of step `step`: "step-00000120".
+std::string step_dir_name(int64_t step);
+
+/// Saves a checkpoint collectively (every rank of `comm` calls it; `comm` may be null for one process).
+/// `rng_state` is this rank's generator state. Returns the final directory.
+std::string save_checkpoint(const std::string& root,
+                            const dsa::Model& model,
+                            const AdamW& optimizer,
+                            const TrainingState& state,
+                            const at::Tensor& rng_state,
+                            int64_t keep_last,
+                            const dist::Communicator* comm);
+
+/// `--resume auto|PATH`: auto = <root>/latest if present, else "" (a fresh start); a path must be a
+/// complete checkpoint directory. Errors (CheckpointError) name the path.
+std::string resolve_resume(const std::string& root, const std::string& spec);
+
+struct LoadedCheckpoint {
+    TrainingState state;
+    std::map<std::string, at::Tensor> optimizer;  ///< for AdamW::load_state
+    at::Tensor rng_state;                         ///< this rank's
+};
+
+/// Reads `dir` for `rank` and loads the model weights into `model`. A checkpoint of another model config
+/// or another world size is refused with a CheckpointError saying which.
+LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int world_size, int rank);
+
+}  // namespace dsrl::trainer
