@@ -1,0 +1,164 @@
+#include "trainer/rl_step.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <absl/strings/str_cat.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "grpo/update.h"
+#include "rollout/generator.h"
+
+namespace dsrl::trainer {
+
+std::vector<DomainRuntime> build_domains(const JobConfig& job, int rank, const std::string& base_dir) {
+    std::vector<DomainRuntime> out;
+    for (const DomainConfig& d : job.domains) {
+        DomainRuntime r;
+        r.name = d.name;
+        r.weight = d.weight;
+        r.beta = d.beta;
+        r.sampler = std::make_shared<rewards::PromptSampler>(rewards::make_prompt_source(d.data, d.name, base_dir),
+                                                             rng::derive_seed(job.run.seed, rank, "prompts." + d.name));
+        r.reward = std::make_shared<rewards::DomainReward>(
+            rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        out.push_back(std::move(r));
+    }
+    if (out.empty()) throw ConfigError("a grpo stage needs at least one entry in domains");
+    return out;
+}
+
+void average_gradients(const std::vector<Param>& params, const dist::Communicator* comm) {
+    if (comm == nullptr || comm->size() <= 1) return;
+    std::vector<at::Tensor> grads;
+    for (const Param& p : params) {
+        if (!p.tensor.grad().defined()) p.tensor.mutable_grad() = at::zeros_like(p.tensor);
+        grads.push_back(p.tensor.grad().reshape({-1}).to(at::kFloat));
+    }
+    at::Tensor flat = at::cat(grads);
+    comm->all_reduce(flat, dist::ReduceOp::kAvg);
+    int64_t offset = 0;
+    at::NoGradGuard no_grad;
+    for (const Param& p : params) {
+        const int64_t n = p.tensor.numel();
+        p.tensor.mutable_grad().copy_(flat.narrow(0, offset, n).view(p.tensor.sizes()));
+        offset += n;
+    }
+}
+
+RlStep::RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference,
+               const rollout::Tokenizer& tokenizer, std::vector<DomainRuntime>& domains, AdamW& optimizer,
+               const dist::Communicator* comm)
+    : job_(job), policy_(policy), reference_(reference), tokenizer_(tokenizer), domains_(domains),
+      optimizer_(optimizer), comm_(comm) {}
+
+RlStepResult RlStep::run(int64_t step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int rank = comm_ != nullptr ? comm_->rank() : 0;
+    const RolloutConfig& ro = job_.rollout;
+    // 1. Prompts from the domain mixture (weights), deterministic in (seed, rank, step).
+    double total_weight = 0;
+    for (const DomainRuntime& d : domains_) total_weight += d.weight;
+    uint64_t state = rng::derive_seed(job_.run.seed, rank, absl::StrCat("mixture.", step));
+    std::vector<rollout::Prompt> prompts;
+    std::map<int64_t, rewards::PromptItem> items;  // by prompt id
+    std::map<std::string, const DomainRuntime*> by_name;
+    for (int64_t i = 0; i < ro.prompts_per_step; ++i) {
+        state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
+        double x = static_cast<double>(state >> 11) / 9007199254740992.0 * total_weight;
+        DomainRuntime* chosen = &domains_.back();
+        for (DomainRuntime& d : domains_) {
+            if (x < d.weight) {
+                chosen = &d;
+                break;
+            }
+            x -= d.weight;
+        }
+        rewards::PromptItem item = chosen->sampler->next();
+        // Prompt ids unique within the step: (step, rank, slot).
+        const int64_t id = (step * 1000003 + rank) * 1000 + i;
+        const std::vector<int64_t> toks = tokenizer_.apply_chat({{"user", item.prompt}}, true);
+        prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+        item.domain = chosen->name;
+        items[id] = std::move(item);
+        by_name[chosen->name] = chosen;
+    }
+    // 2. Rollout.
+    rollout::GenerateOptions gopt{.sampling = rollout::SamplingParams::from(ro),
+                                  .max_new_tokens = ro.max_new_tokens,
+                                  .stop = ro.stop,
+                                  .max_batch_size = ro.max_batch_size,
+                                  .policy_version = step};
+    rollout::GenerationStats gstats;
+    RlStepResult out;
+    out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt,
+                                          rng::derive_seed(job_.run.seed, rank, absl::StrCat("rollout.", step)),
+                                          &gstats);
+    // 3. Rewards, per domain.
+    std::map<std::string, std::vector<rollout::Sample*>> per_domain;
+    for (rollout::SampleGroup& g : out.groups) {
+        for (rollout::Sample& s : g.samples) per_domain[s.domain].push_back(&s);
+    }
+    int64_t failed = 0;
+    for (auto& [name, samples] : per_domain) {
+        std::vector<rewards::RewardInput> inputs;
+        for (const rollout::Sample* s : samples) {
+            const rewards::PromptItem& item = items.at(s->prompt_id);
+            inputs.push_back({.domain = name,
+                              .prompt_id = s->prompt_id,
+                              .prompt = item.prompt,
+                              .response = tokenizer_.decode(std::vector<int64_t>(s->response.begin(), s->response.end())),
+                              .response_tokens = static_cast<int64_t>(s->response.size()),
+                              .finish_reason = rollout::finish_reason_name(s->finish),
+                              .meta = item.meta});
+        }
+        const std::vector<rewards::ScoredSample> scores = by_name.at(name)->reward->score(inputs);
+        for (size_t i = 0; i < samples.size(); ++i) {
+            samples[i]->reward = scores[i].ok() ? static_cast<float>(scores[i].value) : std::nanf("");
+            failed += !scores[i].ok();
+        }
+    }
+    // 4. The GRPO update phase; every optimizer step averages gradients over the ranks first.
+    std::map<std::string, double> betas;
+    for (const DomainRuntime& d : domains_) betas[d.name] = d.beta;
+    const int64_t total_opt_steps =
+        job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
+    std::vector<double> norms;
+    const auto opt_step = [&] {
+        average_gradients(optimizer_.params(), comm_);
+        const ClipResult c = clip_grad_norm(optimizer_.params(), job_.trainer.optimizer.grad_clip);
+        if (c.finite) {
+            optimizer_.step(lr_at(job_.trainer.optimizer, optimizer_.steps(), total_opt_steps));
+            norms.push_back(c.norm);
+            ++out.optimizer_steps;
+        } else {
+            ++out.skipped_steps;
+        }
+        optimizer_.zero_grad();
+    };
+    const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
+                                                            ro.temperature, opt_step);
+    for (const grpo::Metrics& m : mb) {
+        for (const auto& [k, v] : m) out.metrics[k] += v / static_cast<double>(mb.size());
+    }
+    double norm_mean = 0;
+    for (const double n : norms) norm_mean += n / static_cast<double>(std::max<size_t>(1, norms.size()));
+    out.metrics["grad_norm"] = norm_mean;
+    out.metrics["lr"] = lr_at(job_.trainer.optimizer, std::max<int64_t>(0, optimizer_.steps() - 1), total_opt_steps);
+    out.metrics["skipped_steps"] = static_cast<double>(out.skipped_steps);
+    out.metrics["reward_failed"] = static_cast<double>(failed);
+    out.metrics["generated_tokens"] = static_cast<double>(gstats.generated_tokens);
+    out.metrics["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out.metrics.erase("update");
+    out.metrics.erase("mini_batch");
+    return out;
+}
+
+}  // namespace dsrl::trainer

@@ -1,0 +1,66 @@
+// One step of the colocated mixed-RL loop (SPEC §5-7), on every rank: draw prompts from the domain mixture,
+// roll out G samples per prompt, score them with each domain's reward modules, then the GRPO update phase,
+// where each optimizer step averages gradients over the data-parallel ranks, clips them by global norm and
+// skips (and counts) a step whose gradients are not finite.
+//
+//   RlStep step(job, policy, &reference, tokenizer, domains, optimizer, &world);
+//   RlStepResult r = step.run(/*step=*/s);            // r.metrics: loss terms, rewards per domain, ...
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/dist/communicator.h"
+#include "dsa/model.h"
+#include "rewards/prompts.h"
+#include "rewards/reward.h"
+#include "rollout/record.h"
+#include "rollout/tokenizer.h"
+#include "trainer/optimizer.h"
+
+namespace dsrl::trainer {
+
+struct DomainRuntime {
+    std::string name;
+    double weight = 1.0;
+    double beta = 0.0;
+    std::shared_ptr<rewards::PromptSampler> sampler;
+    std::shared_ptr<rewards::DomainReward> reward;
+};
+
+/// Builds every domain of `job` (prompt source + sampler seeded per rank, reward modules) from the global
+/// registry (plugins must be loaded first).
+std::vector<DomainRuntime> build_domains(const JobConfig& job, int rank, const std::string& base_dir);
+
+struct RlStepResult {
+    std::map<std::string, double> metrics;  ///< averaged over mini-batch steps and ranks where noted
+    std::vector<rollout::SampleGroup> groups;  ///< this rank's groups (for --dump-rollouts)
+    int64_t optimizer_steps = 0;
+    int64_t skipped_steps = 0;
+};
+
+class RlStep {
+public:
+    RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference, const rollout::Tokenizer& tokenizer,
+           std::vector<DomainRuntime>& domains, AdamW& optimizer, const dist::Communicator* comm);
+    /// Runs RL step `step` (0-based) of job.trainer.total_steps.
+    RlStepResult run(int64_t step);
+
+private:
+    const JobConfig& job_;
+    dsa::Model& policy_;
+    const dsa::Model* reference_;
+    const rollout::Tokenizer& tokenizer_;
+    std::vector<DomainRuntime>& domains_;
+    AdamW& optimizer_;
+    const dist::Communicator* comm_;
+};
+
+/// Averages the gradients of `params` over the ranks of `comm` (one flattened all-reduce).
+void average_gradients(const std::vector<Param>& params, const dist::Communicator* comm);
+
+}  // namespace dsrl::trainer
