@@ -17,6 +17,9 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_DIST_CHECK_PEERS", "1",
          "1: every collective first checks (one small MPI allgather) that all ranks of the group called the same op "
          "with matching tensors, raising a DistError instead of hanging; 0 skips the check."},
+        {"DSRL_FAULT_KILL_IN_CHECKPOINT", "-1",
+         "Fault injection for tests: the process kills itself (SIGKILL) in the middle of writing the checkpoint of "
+         "this step, after the model is written and before the rename. -1 disables."},
     };
     return knobs;
 }

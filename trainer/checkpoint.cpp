@@ -13,11 +13,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
@@ -33,8 +35,10 @@ constexpr const char* kLatest = "latest";
 constexpr const char* kState = "state.json";
 constexpr const char* kOptimizer = "optimizer.safetensors";
 constexpr const char* kModel = "model";
+constexpr const char* kReference = "reference";
 
 std::string rng_file(int rank) { return absl::StrCat("rng.rank", rank, ".bin"); }
+std::string cursors_file(int rank) { return absl::StrCat("cursors.rank", rank, ".json"); }
 
 std::string read_text(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -89,7 +93,8 @@ std::string save_checkpoint(const std::string& root,
                             const TrainingState& state,
                             const at::Tensor& rng_state,
                             int64_t keep_last,
-                            const dist::Communicator* comm) {
+                            const dist::Communicator* comm,
+                            const dsa::Model* reference) {
     const int rank = comm != nullptr ? comm->rank() : 0;
     const std::string name = step_dir_name(state.step);
     const std::string tmp = fs::join(root, absl::StrCat(".", name, ".tmp"));
@@ -104,14 +109,23 @@ std::string save_checkpoint(const std::string& root,
     const at::Tensor rng = rng_state.contiguous().cpu();
     fs::write_file_synced(fs::join(tmp, rng_file(rank)),
                           {std::string_view(static_cast<const char*>(rng.data_ptr()), rng.nbytes())});
+    // Every rank: its data cursors (each rank draws its own prompts).
+    fs::write_file_synced(fs::join(tmp, cursors_file(rank)), {Json(state.cursors).dump(2) + "\n"});
     if (rank == 0) {
         // The model at its training dtype (bit-exact resume), then the optimizer and the state.
         model.save(fs::join(tmp, kModel), {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30});
+        if (reference != nullptr) {
+            reference->save(fs::join(tmp, kReference),
+                            {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
+        }
+        if (env::get_int("DSRL_FAULT_KILL_IN_CHECKPOINT") == state.step) {
+            DSRL_LOG(warn) << "DSRL_FAULT_KILL_IN_CHECKPOINT=" << state.step << ": killing this process mid-checkpoint";
+            std::raise(SIGKILL);
+        }
         save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
         Json j = {{"step", state.step},
                   {"policy_version", state.policy_version},
                   {"skipped_steps", state.skipped_steps},
-                  {"cursors", state.cursors},
                   {"world_size", state.world_size},
                   {"optimizer_steps", optimizer.steps()},
                   {"config_yaml", state.config_yaml}};
@@ -165,7 +179,6 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
         out.state.step = j.at("step").get<int64_t>();
         out.state.policy_version = j.at("policy_version").get<int64_t>();
         out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
-        out.state.cursors = j.at("cursors").get<std::map<std::string, std::string>>();
         out.state.world_size = j.at("world_size").get<int>();
         out.state.config_yaml = j.at("config_yaml").get<std::string>();
     } catch (const nlohmann::json::exception& e) {
@@ -201,10 +214,17 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     }
     const SafetensorsFile opt = SafetensorsFile::open(fs::join(dir, kOptimizer));
     for (const SafetensorInfo& t : opt.tensors()) out.optimizer[t.name] = opt.get(t.name).clone();
+    const std::string cursors_path = fs::join(dir, cursors_file(rank));
+    try {
+        out.state.cursors = Json::parse(read_text(cursors_path)).get<std::map<std::string, std::string>>();
+    } catch (const nlohmann::json::exception& e) {
+        throw CheckpointError(absl::StrCat(cursors_path, ": ", e.what()));
+    }
     const std::string rng_path = fs::join(dir, rng_file(rank));
     const std::string bytes = read_text(rng_path);
     out.rng_state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
     std::memcpy(out.rng_state.data_ptr(), bytes.data(), bytes.size());
+    if (fs::exists(fs::join(dir, kReference))) out.reference_dir = fs::join(dir, kReference);
     DSRL_LOG(info) << "resuming from " << dir << " (step " << out.state.step << ")";
     return out;
 }

@@ -3,9 +3,10 @@
 //
 //   <root>/step-00000120/model/          the policy in the HF layout, at its training dtype (exact resume)
 //                        optimizer.safetensors   AdamW moments
-//                        state.json      step, policy version, skipped steps, data cursors, world size,
-//                                        the resolved config
+//                        state.json      step, policy version, skipped steps, world size, the resolved config
 //                        rng.rank<r>.bin each rank's generator state
+//                        cursors.rank<r>.json  each rank's data cursors (ranks draw their own prompts)
+//                        reference/      the frozen KL reference of the GRPO stage, when there is one
 //   <root>/latest                        "step-00000120", replaced atomically after the rename
 //
 // Writing: rank 0 prepares <root>/.step-00000120.tmp, every rank writes its own files into it (so <root>
@@ -31,7 +32,7 @@ struct TrainingState {
     int64_t step = 0;            ///< optimizer steps completed
     int64_t policy_version = 0;
     int64_t skipped_steps = 0;   ///< steps skipped for non-finite loss or gradients
-    std::map<std::string, std::string> cursors;  ///< data positions (opaque strings per source)
+    std::map<std::string, std::string> cursors;  ///< this rank's data positions (opaque strings per source)
     int world_size = 1;
     std::string config_yaml;     ///< the resolved job config
 };
@@ -47,7 +48,8 @@ std::string save_checkpoint(const std::string& root,
                             const TrainingState& state,
                             const at::Tensor& rng_state,
                             int64_t keep_last,
-                            const dist::Communicator* comm);
+                            const dist::Communicator* comm,
+                            const dsa::Model* reference = nullptr);
 
 /// `--resume auto|PATH`: auto = <root>/latest if present, else "" (a fresh start); a path must be a
 /// complete checkpoint directory. Errors (CheckpointError) name the path.
@@ -57,6 +59,7 @@ struct LoadedCheckpoint {
     TrainingState state;
     std::map<std::string, at::Tensor> optimizer;  ///< for AdamW::load_state
     at::Tensor rng_state;                         ///< this rank's
+    std::string reference_dir;                    ///< the frozen reference model (HF layout), "" if none
 };
 
 /// Reads `dir` for `rank` and loads the model weights into `model`. A checkpoint of another model config

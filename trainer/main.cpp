@@ -9,6 +9,11 @@
 #include "rewards/prompts.h"
 #include "rewards/reward.h"
 #include "trainer/cli.h"
+#include "trainer/train.h"
+#include "core/dist/bootstrap.h"
+#include "core/dist/communicator.h"
+
+#include <absl/strings/str_join.h>
 
 namespace {
 
@@ -43,11 +48,14 @@ int run(int argc, char** argv) {
                   << " stage(s), " << cfg.domains.size() << " domain(s))\n";
         return 0;
     }
-    // The stage runners (sft, grpo, indexer_warmup, sparse_train) land with the trainer issues; until then
-    // this binary validates configurations only, and says so instead of pretending to train.
-    std::cerr << "dsrl_train: " << source << " is valid, but this build cannot run stages yet (the trainer "
-              << "lands with issue #8); use --check or --print-config.\n";
-    return 2;
+    // Run: MPI up (one process without mpirun), the world communicator, then the stages.
+    dsrl::dist::Bootstrap bootstrap(&argc, &argv);
+    const dsrl::dist::Communicator world = dsrl::dist::Communicator::world(cfg.dist.timeout_s);
+    if (bootstrap.world_rank() == 0) {
+        std::cout << "dsrl_train: " << source << " on " << world.size() << " rank(s), stages "
+                  << absl::StrJoin(cfg.run.stages, " -> ") << ", output " << cfg.run.output_dir << "\n";
+    }
+    return dsrl::trainer::run_job(cfg, {.resume = opt.resume, .config_yaml = dsrl::to_yaml(cfg)}, world);
 }
 
 }  // namespace

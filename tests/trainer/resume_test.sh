@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Exact resume (issue 8): on 2 MPI ranks, run SFT + GRPO for 4 steps uninterrupted; separately run the same
+# job, kill it with SIGKILL in the middle of writing the step-3 checkpoint, resume from `latest` (step 2):
+# the final weights must equal the uninterrupted run's bit for bit, and no checkpoint directory may exist
+# half-written under its final name. Usage: resume_test.sh path/to/dsrl_train MPIEXEC
+set -u
+bin=$1
+mpiexec=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 DSRL_LOG_LEVEL=warn
+job=(--set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=4
+     --set rollout.prompts_per_step=2 --set rollout.group_size=4 --set rollout.max_new_tokens=8
+     --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=2
+     --set 'domains[0].rewards[0].module=length_penalty' --set 'domains[0].rewards[0].params={target: "4"}')
+run() { "$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set "run.output_dir=$1" "${@:2}"; }
+
+run "$tmp/a" >"$tmp/a.log" 2>&1 || { echo "FAIL: the uninterrupted run failed"; cat "$tmp/a.log"; exit 1; }
+DSRL_FAULT_KILL_IN_CHECKPOINT=3 run "$tmp/b" >"$tmp/b1.log" 2>&1
+rc=$?
+[ $rc -ne 0 ] || { echo "FAIL: the killed run exited 0"; cat "$tmp/b1.log"; exit 1; }
+latest=$(cat "$tmp/b/checkpoints/latest")
+[ "$latest" = "step-00000002" ] || { echo "FAIL: latest is '$latest' after the kill, want step-00000002"; exit 1; }
+[ ! -e "$tmp/b/checkpoints/step-00000003" ] || { echo "FAIL: a half-written step-00000003 exists"; exit 1; }
+echo "killed during the step-3 checkpoint (exit $rc); latest = $latest"
+run "$tmp/b" --resume auto >"$tmp/b2.log" 2>&1 || { echo "FAIL: the resumed run failed"; cat "$tmp/b2.log"; exit 1; }
+ls -a "$tmp/b/checkpoints" | grep -q '\.tmp' && { echo "FAIL: a .tmp directory survived the resumed run"; exit 1; }
+a="$tmp/a/checkpoints/step-00000004/model/model.safetensors"
+b="$tmp/b/checkpoints/step-00000004/model/model.safetensors"
+if cmp -s "$a" "$b"; then
+    echo "ok: resumed weights equal the uninterrupted run's bit for bit ($(stat -c %s "$a") bytes)"
+else
+    echo "FAIL: resumed weights differ from the uninterrupted run"; exit 1
+fi

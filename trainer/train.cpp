@@ -1,0 +1,305 @@
+#include "trainer/train.h"
+
+#include <ATen/Context.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/tensor.h>
+
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+#include <absl/strings/str_split.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <fstream>
+#include <memory>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/rng.h"
+#include "dsa/model.h"
+#include "grpo/logprobs.h"
+#include "rewards/prompts.h"
+#include "rollout/tokenizer.h"
+#include "trainer/checkpoint.h"
+#include "trainer/optimizer.h"
+#include "trainer/rl_step.h"
+
+namespace dsrl::trainer {
+namespace {
+
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<int> g_signal{0};
+extern "C" void on_signal(int sig) { g_signal.store(sig); }
+
+// True on every rank when any rank received SIGTERM/SIGINT (so all stop after the same step).
+bool stop_requested(const dist::Communicator& comm) {
+    at::Tensor flag = at::tensor(std::vector<int32_t>{g_signal.load() != 0 ? 1 : 0});
+    if (comm.size() > 1) comm.all_reduce(flag, dist::ReduceOp::kMax);
+    return flag.item<int32_t>() != 0;
+}
+
+dsa::Model clone_model(const dsa::Model& m, c10::Device device) {
+    dsa::ModelWeights w = m.weights();
+    for (dsa::NamedTensor& t : dsa::named_tensors(w, m.config())) *t.tensor = t.tensor->detach().to(device).clone();
+    if (m.config().tie_word_embeddings) w.lm_head = w.embed_tokens;
+    return dsa::Model(m.config(), w);
+}
+
+// Per-rank metrics averaged on rank 0 (keys a rank lacks, e.g. a domain it did not draw, are averaged over
+// the ranks that have them).
+std::map<std::string, double> reduce_metrics(const std::map<std::string, double>& local, const dist::Communicator& comm) {
+    if (comm.size() <= 1) return local;
+    // Text lines "key value" (NaN and Inf survive, unlike JSON numbers).
+    std::string text;
+    for (const auto& [k, v] : local) absl::StrAppendFormat(&text, "%s %.17g\n", k, v);
+    std::map<std::string, double> sum;
+    std::map<std::string, int> count;
+    for (const std::string& s : comm.all_gather_bytes(text)) {
+        for (absl::string_view line : absl::StrSplit(s, '\n', absl::SkipEmpty())) {
+            const size_t sp = line.rfind(' ');
+            double v = 0;
+            if (sp == absl::string_view::npos || !absl::SimpleAtod(line.substr(sp + 1), &v)) continue;
+            const std::string key(line.substr(0, sp));
+            sum[key] += v;
+            ++count[key];
+        }
+    }
+    for (auto& [k, v] : sum) v /= count[k];
+    return sum;
+}
+
+std::string cursor_of(const rewards::PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
+
+void restore_cursor(rewards::PromptSampler& s, const std::string& text, const std::string& what) {
+    const std::vector<std::string> parts = absl::StrSplit(text, ':');
+    int64_t epoch = 0, position = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &epoch) || !absl::SimpleAtoi(parts[1], &position)) {
+        throw CheckpointError(absl::StrCat("checkpoint cursor '", what, "' is malformed: '", text, "'"));
+    }
+    s.restore({epoch, position});
+}
+
+class MetricsLog {
+public:
+    MetricsLog(const std::string& path, bool active) : active_(active) {
+        if (!active_) return;
+        out_.open(path, std::ios::app);
+        if (!out_) throw Error(absl::StrCat("cannot open the metrics file ", path));
+    }
+    void write(const std::string& stage, int64_t step, const std::map<std::string, double>& m) {
+        if (!active_) return;
+        Json j = m;
+        j["stage"] = stage;
+        j["step"] = step;
+        out_ << j.dump() << "\n";
+        out_.flush();
+    }
+
+private:
+    bool active_;
+    std::ofstream out_;
+};
+
+// One SFT batch: chat prompt + target response (meta "response", else "\boxed{answer}" when the prompt asks
+// for a boxed answer, else the answer) + EOS; NLL over the response tokens.
+std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const rollout::Tokenizer& tok,
+                                       rewards::PromptSampler& sampler, const JobConfig& job,
+                                       const dist::Communicator& comm) {
+    std::vector<rollout::Sample> samples(static_cast<size_t>(job.trainer.micro_batch_size));
+    for (rollout::Sample& s : samples) {
+        const rewards::PromptItem item = sampler.next();
+        std::string target;
+        if (const auto it = item.meta.find("response"); it != item.meta.end()) {
+            target = it->second;
+        } else if (const auto a = item.meta.find("answer"); a != item.meta.end()) {
+            target = item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
+        } else {
+            throw DataError(absl::StrCat("sft: prompt ", item.id, " of ", job.sft.data,
+                                         " has neither 'response' nor 'answer'"));
+        }
+        for (const int64_t id : tok.apply_chat({{"user", item.prompt}}, true)) s.prompt.push_back(static_cast<int32_t>(id));
+        for (const int64_t id : tok.encode(target)) s.response.push_back(static_cast<int32_t>(id));
+        s.response.push_back(static_cast<int32_t>(tok.eos_id()));
+        s.vocab_size = job.model.vocab_size;
+    }
+    std::vector<const rollout::Sample*> ptrs;
+    for (const rollout::Sample& s : samples) ptrs.push_back(&s);
+    const grpo::PackedBatch b = grpo::pack_samples(ptrs, tok.pad_id());
+    const grpo::LogprobResult lp = grpo::sequence_logprobs(
+        model, b, {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens});
+    const at::Tensor valid = b.valid.to(lp.logp.device());
+    const at::Tensor loss = -(lp.logp * valid).sum() / valid.sum().clamp_min(1);
+    loss.backward();
+    average_gradients(opt.params(), &comm);
+    const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);
+    std::map<std::string, double> m{{"loss", loss.item<double>()}, {"grad_norm", c.norm}, {"skipped_steps", 0}};
+    if (c.finite) {
+        opt.step(job.sft.lr);
+    } else {
+        m["skipped_steps"] = 1;
+    }
+    opt.zero_grad();
+    return m;
+}
+
+std::string eta(double seconds_per_step, int64_t remaining) {
+    const int64_t s = static_cast<int64_t>(seconds_per_step * static_cast<double>(remaining));
+    return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
+}
+
+}  // namespace
+
+int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
+    const int rank = comm.rank();
+    for (const std::string& stage : job.run.stages) {
+        if (stage != "sft" && stage != "grpo") {
+            throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build yet (",
+                                           "indexer_warmup and sparse_train land with issue #9); runnable: sft, grpo"));
+        }
+    }
+    if (opt.handle_signals) {
+        std::signal(SIGTERM, on_signal);
+        std::signal(SIGINT, on_signal);
+    }
+    const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
+    const c10::Device device = cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+    rng::seed_default_generators(static_cast<uint64_t>(job.run.seed), rank);
+    // Every rank starts from the same weights (same seed), then stays in sync through averaged gradients.
+    dsa::Model policy = job.model.path.empty()
+                            ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
+                            : dsa::Model::load(job.model.path, job.model, device);
+    const ModelConfig& mcfg = policy.config();
+    bool any_kl = false;
+    for (const DomainConfig& d : job.domains) any_kl |= d.beta > 0;
+    std::unique_ptr<dsa::Model> reference;
+    std::vector<Param> params;
+    for (dsa::NamedTensor& t : policy.named_tensors()) {
+        if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
+    }
+    AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
+    const std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(mcfg);
+    std::vector<DomainRuntime> domains = build_domains(job, rank, "");
+    rewards::PromptSampler sft_sampler(rewards::make_prompt_source(job.sft.data, "sft", ""),
+                                       rng::derive_seed(job.run.seed, rank, "prompts.sft"));
+    const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
+                                                                 : job.trainer.checkpoint.dir;
+    if (rank == 0) fs::make_dirs(job.run.output_dir);
+    comm.barrier();
+
+    TrainingState state;
+    state.world_size = comm.size();
+    state.config_yaml = opt.config_yaml;
+    int64_t sft_done = 0;
+    std::string reference_dir;
+    if (!opt.resume.empty()) {
+        const std::string dir = resolve_resume(root, opt.resume);
+        if (!dir.empty()) {
+            LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank);
+            optimizer.load_state(ck.optimizer, std::stoll(ck.state.cursors.count("optimizer_steps")
+                                                                ? ck.state.cursors.at("optimizer_steps")
+                                                                : "0"),
+                                 dir);
+            state = ck.state;
+            reference_dir = ck.reference_dir;
+            state.config_yaml = opt.config_yaml;
+            if (ck.rng_state.numel() > 0) {
+                at::Generator gen = at::detail::getDefaultCPUGenerator();
+                gen.set_state(ck.rng_state);
+            }
+            for (DomainRuntime& d : domains) {
+                const auto it = state.cursors.find("prompts." + d.name);
+                if (it != state.cursors.end()) restore_cursor(*d.sampler, it->second, it->first);
+            }
+            if (const auto it = state.cursors.find("prompts.sft"); it != state.cursors.end()) {
+                restore_cursor(sft_sampler, it->second, it->first);
+            }
+            if (const auto it = state.cursors.find("sft_steps"); it != state.cursors.end()) sft_done = std::stoll(it->second);
+        } else if (rank == 0) {
+            DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
+        }
+    }
+
+    MetricsLog metrics(fs::join(job.run.output_dir, job.trainer.metrics_file), rank == 0);
+    const auto checkpoint = [&] {
+        for (const DomainRuntime& d : domains) state.cursors["prompts." + d.name] = cursor_of(*d.sampler);
+        state.cursors["prompts.sft"] = cursor_of(sft_sampler);
+        state.cursors["sft_steps"] = std::to_string(sft_done);
+        state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
+        save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
+                        job.trainer.checkpoint.keep_last, &comm, reference.get());
+    };
+
+    for (const std::string& stage : job.run.stages) {
+        if (stage == "sft") {
+            const auto t0 = Clock::now();
+            while (sft_done < job.sft.steps) {
+                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_sampler, job, comm), comm);
+                ++sft_done;
+                state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
+                metrics.write("sft", sft_done, m);
+                const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(sft_done);
+                if (rank == 0 && (sft_done % job.trainer.log_every == 0 || sft_done == job.sft.steps)) {
+                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(sft_done),
+                                long(job.sft.steps), m.at("loss"), m.at("grad_norm"),
+                                eta(per_step, job.sft.steps - sft_done).c_str());
+                    std::fflush(stdout);
+                }
+                if (stop_requested(comm)) {
+                    checkpoint();
+                    return 0;
+                }
+            }
+        } else {  // grpo
+            // The KL reference is the policy as the GRPO stage starts (after SFT); checkpoints keep it, so a
+            // resumed run uses the same one.
+            if (any_kl && !reference) {
+                reference = reference_dir.empty()
+                                ? std::make_unique<dsa::Model>(clone_model(policy, device))
+                                : std::make_unique<dsa::Model>(dsa::Model::load(reference_dir, job.model, device));
+            }
+            RlStep rl(job, policy, reference.get(), *tok, domains, optimizer, &comm);
+            const int64_t total = job.trainer.total_steps;
+            const auto t0 = Clock::now();
+            const int64_t first = state.step;
+            while (state.step < total) {
+                const RlStepResult r = rl.run(state.step);
+                ++state.step;
+                state.policy_version = state.step;
+                state.skipped_steps += r.skipped_steps;
+                std::map<std::string, double> m = reduce_metrics(r.metrics, comm);
+                const double tokens = m["generated_tokens"] * comm.size();
+                m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
+                metrics.write("grpo", state.step, m);
+                if (rank == 0 && (state.step % job.trainer.log_every == 0 || state.step == total)) {
+                    std::string rewards_text;
+                    for (const auto& [k, v] : m) {
+                        if (k.rfind("reward_mean/", 0) == 0) absl::StrAppendFormat(&rewards_text, " %s %.3f", k.substr(12), v);
+                    }
+                    const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
+                                            static_cast<double>(state.step - first);
+                    std::printf("[grpo] step %ld/%ld  reward%s  kl %.4f  clip %.3f  masked %.3f  %.0f tok/s  eta %s\n",
+                                long(state.step), long(total), rewards_text.c_str(), m["kl_mean"], m["clip_frac"],
+                                m["masked_seq_frac"], m["tokens_per_s"], eta(per_step, total - state.step).c_str());
+                    std::fflush(stdout);
+                }
+                const bool stop = stop_requested(comm);
+                if (stop || state.step % job.trainer.checkpoint.every_steps == 0 || state.step == total) checkpoint();
+                if (stop) {
+                    if (rank == 0) DSRL_LOG(info) << "stopping after step " << state.step << " (signal); resume with --resume auto";
+                    return 0;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+}  // namespace dsrl::trainer

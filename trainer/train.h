@@ -1,0 +1,23 @@
+// The job runner of dsrl_train (SPEC §7): builds the model, reference, tokenizer, optimizer and domains,
+// resumes from a checkpoint when asked, and runs the configured stages (`sft`, `grpo`) on every rank,
+// printing one line per step on rank 0, appending to metrics.jsonl, checkpointing every N steps, at the end
+// and after SIGTERM/SIGINT (then exiting 0).
+#pragma once
+
+#include <string>
+
+#include "core/config.h"
+#include "core/dist/communicator.h"
+
+namespace dsrl::trainer {
+
+struct RunOptions {
+    std::string resume;           ///< "", "auto" or a checkpoint directory
+    std::string config_yaml;      ///< the resolved config, stored in checkpoints
+    bool handle_signals = true;   ///< SIGTERM/SIGINT: finish the step, checkpoint, exit 0
+};
+
+/// Runs the job; every rank of `comm` calls it. Returns the process exit code.
+int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm);
+
+}  // namespace dsrl::trainer
