@@ -88,6 +88,26 @@ int write_pieces(int fd, const std::vector<std::string_view>& pieces) {
 
 }  // namespace
 
+std::string read_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("cannot read", path, errno);
+    std::string out;
+    char buf[1 << 16];
+    while (true) {
+        const ssize_t r = ::read(fd, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            const int err = errno;
+            ::close(fd);
+            fail("read failed on", path, err);
+        }
+        if (r == 0) break;
+        out.append(buf, static_cast<size_t>(r));
+    }
+    ::close(fd);
+    return out;
+}
+
 void write_file_synced(const std::string& path, const std::vector<std::string_view>& pieces) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail("cannot create", path, errno);

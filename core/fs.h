@@ -20,6 +20,9 @@ void make_dirs(const std::string& path);
 void remove_tree(const std::string& path);
 /// A new private directory under $TMPDIR (or /tmp) whose name starts with `prefix`.
 std::string make_temp_dir(const std::string& prefix);
+/// The whole content of the file at `path`; dsrl::Error naming the path and the reason when it cannot be read.
+std::string read_file(const std::string& path);
+
 /// Writes `pieces` (concatenated) to `path` and fsyncs it (not atomic: for files inside a directory that is
 /// itself published atomically).
 void write_file_synced(const std::string& path, const std::vector<std::string_view>& pieces);

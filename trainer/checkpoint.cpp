@@ -41,11 +41,11 @@ std::string rng_file(int rank) { return absl::StrCat("rng.rank", rank, ".bin"); 
 std::string cursors_file(int rank) { return absl::StrCat("cursors.rank", rank, ".json"); }
 
 std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw CheckpointError(absl::StrCat(path, ": cannot read: ", std::strerror(errno)));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    try {
+        return fs::read_file(path);
+    } catch (const Error& e) {
+        throw CheckpointError(e.what());
+    }
 }
 
 // Step directories under `root`, oldest first.
