@@ -5,7 +5,7 @@
 //   JobConfig cfg = dsrl::load_job_config("configs/demo.yaml", {"grpo.beta=0.01"});
 //
 // Field names in `model` are those of the Hugging Face config.json of deepseek-ai/DeepSeek-V3.2. The full
-// reference (generated from the bind() functions) is docs/config.md; `dsrl_train --print-schema` prints it.
+// reference (generated from the bind() functions) is docs/configuration.md; `dsrl_train --print-schema` prints it.
 // Sections grow with the issues that need them; unknown keys are always errors.
 #pragma once
 
@@ -97,31 +97,34 @@ struct CheckpointConfig {
 };
 
 struct OptimizerConfig {
-    double lr = 1e-5;
+    double lr = 2e-4;  ///< the tiny demo model's; real models want ~1e-6 (configs/single_gpu.yaml)
     double min_lr_ratio = 0.1;
     double weight_decay = 0.1;
     double beta1 = 0.9;
     double beta2 = 0.95;
     double eps = 1e-8;
-    int64_t warmup_steps = 10;
+    int64_t warmup_steps = 5;
     LrSchedule schedule = LrSchedule::kCosine;
     double grad_clip = 1.0;
 };
 
 struct TrainerConfig {
-    int64_t total_steps = 100;
-    int64_t micro_batch_size = 4;
+    int64_t total_steps = 200;
+    int64_t micro_batch_size = 8;
     int64_t log_every = 1;
     OptimizerConfig optimizer;
     CheckpointConfig checkpoint;
     std::string metrics_file = "metrics.jsonl";
     bool tensorboard = true;
+    bool autocast = true;       ///< bf16 autocast on CUDA (fp32 parameters); no effect on CPU
+    int64_t eval_prompts = 64;  ///< per domain; 0 disables evaluation
+    int64_t eval_every = 50;     ///< RL steps between evaluations; 0: before and after the grpo stage only
 };
 
 struct RolloutConfig {
     int64_t group_size = 8;
-    int64_t prompts_per_step = 4;
-    int64_t max_new_tokens = 64;
+    int64_t prompts_per_step = 8;
+    int64_t max_new_tokens = 24;
     double temperature = 1.0;
     double top_p = 1.0;
     int64_t top_k = 0;  ///< 0 disables top-k truncation
@@ -158,6 +161,7 @@ struct DomainConfig {
     std::string name;
     double weight = 1.0;
     std::string data;  ///< JSONL file, or synthetic:<task>
+    std::string eval_data;  ///< held-out prompts for accuracy; empty: `data` (another stream when synthetic)
     double beta = 0.0;  ///< KL coefficient for this domain
     std::vector<RewardTermConfig> rewards;
 };
@@ -168,8 +172,8 @@ struct RewardsConfig {
 };
 
 struct SftConfig {
-    std::string data = "synthetic:arithmetic";
-    int64_t steps = 50;
+    std::string data;  ///< empty: the domains' data mixed by weight
+    int64_t steps = 500;
     int64_t max_seq_len = 256;
     double lr = 1e-3;
 };

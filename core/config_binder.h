@@ -8,7 +8,7 @@
 //   }
 //
 // The same function then reads YAML (with precise errors), writes the resolved YAML (--print-config) and
-// documents the schema (--print-schema, docs/config.md). Errors are dsrl::ConfigError, one line, naming
+// documents the schema (--print-schema, docs/configuration.md). Errors are dsrl::ConfigError, one line, naming
 // file:line:column (or the --set that introduced the value), the full key path, the value and what is
 // allowed; an unknown key suggests the nearest valid key.
 #pragma once
@@ -173,7 +173,7 @@ std::string finish_yaml_writer(Binder& writer);
 std::unique_ptr<Binder> make_schema_collector();
 std::vector<SchemaRow> finish_schema_collector(Binder& collector);
 
-/// A markdown table of the schema (docs/config.md is generated from it).
+/// A markdown table of the schema (docs/configuration.md is generated from it).
 std::string schema_markdown(const std::vector<SchemaRow>& rows);
 /// Levenshtein distance, case-insensitive (used for "did you mean" hints).
 size_t edit_distance(std::string_view a, std::string_view b);

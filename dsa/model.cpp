@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/precision.h"
 #include "dsa/indexer_topk.h"
 #include "dsa/sparse_attention.h"
 #include "moe/moe_block.h"
@@ -56,6 +57,7 @@ struct AttentionResult {
     at::Tensor out;   // [B, L, H]
     at::Tensor topk;  // [B, L, index_topk] int32, when computed
     IndexerOutput indexer;
+    AttentionInputs attention;
 };
 
 AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const ModelConfig& c, const Step& st,
@@ -74,15 +76,22 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     at::Tensor c_kv = rms_norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps);
     at::Tensor k_pe = apply_rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin);
 
-    // Lightning indexer: rope part first, half-split RoPE; weights in fp32.
+    // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
+    // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
+    const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
+    const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
     const at::Tensor iq =
-        rope_part_half_split(at::linear(c_q, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
+        rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
     at::Tensor ik = rope_part_half_split(
-        at::layer_norm(at::linear(h, l.indexer.wk), {id}, l.indexer.k_norm_weight, l.indexer.k_norm_bias,
+        at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight, l.indexer.k_norm_bias,
                        kLatentNormEps),
         rope, st.cos, st.sin);
-    const at::Tensor iw = at::linear(h.to(at::kFloat), l.indexer.weights_proj) * (1.0 / std::sqrt(double(ih)));
+    at::Tensor iw;
+    {
+        Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
+        iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * (1.0 / std::sqrt(double(ih)));
+    }
 
     if (cache != nullptr) {
         c_kv = append(cache->c_kv, c_kv, st.offset);
@@ -105,6 +114,10 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     const AttentionOutput att =
         st.dense ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
                  : sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, opt.query_chunk);
+    if (opt.return_attention) {
+        r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale,
+                       st.dense};
+    }
     const at::Tensor o = at::einsum("blhc,hvc->blhv", {att.out, w_kv.narrow(1, nope, v_dim)});
     r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
     return r;
@@ -234,6 +247,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         x = x + a.out;
         if (opt.return_topk) out.topk.push_back(a.topk);
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
+        if (opt.return_attention) out.attention.push_back(std::move(a.attention));
         const at::Tensor h = rms_norm(x, l.post_attention_layernorm, c.rms_norm_eps).view({-1, c.hidden_size});
         at::Tensor y;
         if (l.is_moe) {

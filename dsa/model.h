@@ -13,6 +13,9 @@
 // Attention: when every query sees at most index_topk keys the exact dense causal path runs; otherwise the
 // indexer's top-k selects the keys and attention runs over the gathered entries only (memory O(L·k)).
 //
+// DSA training stages (SPEC §3): return_indexer / return_attention / return_topk give the inputs of the losses in
+// dsa/indexer_loss.h; detach_indexer_inputs keeps the indexer's graph apart from the rest of the model.
+//
 // Decode: with a KvCache, forward() appends the new tokens' MLA latents (c_kv, k_pe) and indexer keys and
 // attends over everything cached; prefill followed by one-token steps equals one full forward.
 #pragma once
@@ -63,6 +66,12 @@ struct ForwardOptions {
     bool return_routes = false;      ///< routing record per MoE layer
     bool return_topk = false;        ///< indexer top-k per layer
     bool return_indexer = false;     ///< indexer q/k/w per layer (DSA training stages)
+    /// Main-attention inputs per layer in the absorbed MQA form, detached, with the lse of the attention that
+    /// ran (targets of the indexer losses and the recall metric, dsa/indexer_loss.h).
+    bool return_attention = false;
+    /// The indexer's q/k/w are computed from detached h and c_q (SPEC §3 sparse_train): the indexer loss then
+    /// reaches only the indexer's weights, and the LM loss never reaches them (selection is gradient-free).
+    bool detach_indexer_inputs = false;
     /// kAuto: dense when every query sees <= index_topk keys, else sparse. kDense: dense causal attention
     /// everywhere (indexer warm-up stage). kSparse: indexer top-k selection everywhere (tests, benchmarks).
     AttentionPath path = AttentionPath::kAuto;
@@ -77,12 +86,27 @@ struct IndexerOutput {
     at::Tensor q, k, w;
 };
 
+/// Main-attention inputs of one layer in the absorbed MQA form (SPEC §2.1), all detached:
+///   score(t, h, s) = (q_lat[t, h] · c_kv[s] + q_pe[t, h] · k_pe[s]) · scale
+/// and the per-head log-sum-exp of the attention that actually ran: over every visible key on the dense path
+/// (`dense` true), over the selected top-k set on the sparse path.
+struct AttentionInputs {
+    at::Tensor q_lat;    ///< [B, L, H, C] q̃ = q_nope · W_UK (kv_lora space), model dtype
+    at::Tensor q_pe;     ///< [B, L, H, R] rotated
+    at::Tensor c_kv;     ///< [B, S, C] normalized latent of every key (cache included)
+    at::Tensor k_pe;     ///< [B, S, R] rotated
+    at::Tensor lse;      ///< [B, L, H] fp32 log-sum-exp of the scaled scores (−inf: no key)
+    double scale = 0;    ///< softmax scale
+    bool dense = false;  ///< lse is over all visible keys (dense path); false: over the selected set
+};
+
 struct ForwardOutput {
     at::Tensor logits;                   ///< [B, L, V] fp32
     at::Tensor hidden;                   ///< [B, L, H] when return_hidden
     std::vector<at::Tensor> routes;      ///< per MoE layer [B, L, k] int64
     std::vector<at::Tensor> topk;        ///< per layer [B, L, index_topk] int32 (−1 invalid); key index space
     std::vector<IndexerOutput> indexer;  ///< per layer when return_indexer
+    std::vector<AttentionInputs> attention;  ///< per layer when return_attention
     at::Tensor query_pos;                ///< [B, L] int64 key index of each query (cache offset included)
     at::Tensor key_valid;                ///< [B, S] bool visibility of every key
 };

@@ -47,7 +47,8 @@ at::Tensor unpack_bits(const at::Tensor& bits, int64_t vocab) {
 // Tempered logits of a chunk, −inf outside the kept set.
 at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bits, int64_t start,
                         int64_t len, double temperature) {
-    at::Tensor logits = at::matmul(h.narrow(0, start, len), weight.t()).to(at::kFloat) / temperature;
+    // In the hidden states' dtype (bf16 under autocast, where backward may run without it), fp32 out.
+    at::Tensor logits = at::matmul(h.narrow(0, start, len), weight.t().to(h.scalar_type())).to(at::kFloat) / temperature;
     if (bits.defined()) {
         logits = at::where(unpack_bits(bits.narrow(0, start, len), weight.size(0)), logits,
                            at::full_like(logits, kNegInf));
@@ -104,7 +105,7 @@ public:
                 const at::Tensor idx = tokens.narrow(0, s, len).unsqueeze(1);
                 dlogits.scatter_add_(1, idx, at::ones_like(idx, dlogits.options()));
                 dlogits = dlogits * (g.narrow(0, s, len).to(at::kFloat).unsqueeze(1) / temperature);
-                grad_hidden.narrow(0, s, len).copy_(at::matmul(dlogits.to(weight.scalar_type()), weight));
+                grad_hidden.narrow(0, s, len).copy_(at::matmul(dlogits.to(hidden.scalar_type()), weight.to(hidden.scalar_type())));
                 grad_weight += at::matmul(dlogits.t(), hidden.narrow(0, s, len).to(at::kFloat));
             }
         }

@@ -12,6 +12,8 @@
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
+#include "core/precision.h"
+
 namespace dsrl::moe {
 namespace {
 
@@ -62,7 +64,10 @@ Route route(const at::Tensor& x,
     TORCH_CHECK(bias.dim() == 1 && bias.size(0) == opt.n_routed_experts, "router: e_score_correction_bias must be [",
                 opt.n_routed_experts, "], got ", bias.sizes());
     Route r;
-    r.logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
+    {
+        Fp32Region fp32;  // router logits stay fp32 under bf16 autocast (SPEC §2.4)
+        r.logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
+    }
     r.scores = at::sigmoid(r.logits);
     if (replay.defined()) {
         TORCH_CHECK(replay.dim() == 2 && replay.size(0) == x.size(0) && replay.size(1) == opt.num_experts_per_tok,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates the configuration reference in docs/config.md from the code (dsrl_train --print-schema).
+# Regenerates the configuration reference in docs/configuration.md from the code (dsrl_train --print-schema).
 # A test (ConfigDocsTest) fails when the two differ. Usage: scripts/gen_config_docs.sh [build-dir]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/build}/bin/dsrl_train
-doc=$root/docs/config.md
+doc=$root/docs/configuration.md
 table=$("$bin" --print-schema)
 python3 - "$doc" "$table" <<'PY'
 import sys

@@ -68,9 +68,14 @@ else
         rm -rf "$venv"
         "$python" -m venv "$venv"
         "$venv/bin/python" -m pip install -q --upgrade pip
-        "$venv/bin/python" -m pip install -q "torch==$torch_version" 'transformers>=5.17,<6' safetensors tensorboard numpy
+        "$venv/bin/python" -m pip install -q "torch==$torch_version" 'transformers>=5.17,<6' safetensors tensorboard matplotlib numpy
     fi
     check_venv "$venv" || { say "error: $venv lacks torch==$torch_version, transformers or safetensors"; exit 1; }
+fi
+# Extras (the demo's plot, TensorBoard's reader for the event-file test), added to a cached venv as well.
+if ! "$venv/bin/python" -c "import matplotlib, tensorboard" 2>/dev/null; then
+    "$venv/bin/python" -m pip install -q matplotlib tensorboard 2>/dev/null ||
+        say "warning: pip could not install matplotlib/tensorboard (no network?); the demo plot and the TensorBoard reader test need them"
 fi
 ln -sfn "$venv" "$root/.venv"
 say "done: .venv -> $venv ($("$root/.venv/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

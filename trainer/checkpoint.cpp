@@ -96,7 +96,7 @@ std::string save_checkpoint(const std::string& root,
                             const dist::Communicator* comm,
                             const dsa::Model* reference) {
     const int rank = comm != nullptr ? comm->rank() : 0;
-    const std::string name = step_dir_name(state.step);
+    const std::string name = step_dir_name(state.job_step());
     const std::string tmp = fs::join(root, absl::StrCat(".", name, ".tmp"));
     const std::string final_dir = fs::join(root, name);
     if (rank == 0) {
@@ -118,12 +118,13 @@ std::string save_checkpoint(const std::string& root,
             reference->save(fs::join(tmp, kReference),
                             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
         }
-        if (env::get_int("DSRL_FAULT_KILL_IN_CHECKPOINT") == state.step) {
-            DSRL_LOG(warn) << "DSRL_FAULT_KILL_IN_CHECKPOINT=" << state.step << ": killing this process mid-checkpoint";
+        if (env::get_int("DSRL_FAULT_KILL_IN_CHECKPOINT") == state.job_step()) {
+            DSRL_LOG(warn) << "DSRL_FAULT_KILL_IN_CHECKPOINT=" << state.job_step() << ": killing this process mid-checkpoint";
             std::raise(SIGKILL);
         }
         save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
         Json j = {{"step", state.step},
+                  {"sft_steps", state.sft_steps},
                   {"policy_version", state.policy_version},
                   {"skipped_steps", state.skipped_steps},
                   {"world_size", state.world_size},
@@ -177,6 +178,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     try {
         j = Json::parse(read_text(state_path));
         out.state.step = j.at("step").get<int64_t>();
+        out.state.sft_steps = j.value("sft_steps", int64_t{0});
         out.state.policy_version = j.at("policy_version").get<int64_t>();
         out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
         out.state.world_size = j.at("world_size").get<int>();

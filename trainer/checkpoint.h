@@ -29,15 +29,18 @@
 namespace dsrl::trainer {
 
 struct TrainingState {
-    int64_t step = 0;            ///< optimizer steps completed
+    int64_t step = 0;            ///< RL steps completed
+    int64_t sft_steps = 0;       ///< SFT steps completed
     int64_t policy_version = 0;
     int64_t skipped_steps = 0;   ///< steps skipped for non-finite loss or gradients
     std::map<std::string, std::string> cursors;  ///< this rank's data positions (opaque strings per source)
     int world_size = 1;
     std::string config_yaml;     ///< the resolved job config
+    /// Steps of the whole job (SFT + RL): checkpoint directories are numbered by it.
+    int64_t job_step() const { return sft_steps + step; }
 };
 
-/// Name of the directory of step `step`: "step-00000120".
+/// Name of the directory of job step `step` (TrainingState::job_step): "step-00000120".
 std::string step_dir_name(int64_t step);
 
 /// Saves a checkpoint collectively (every rank of `comm` calls it; `comm` may be null for one process).

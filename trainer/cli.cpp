@@ -62,7 +62,7 @@ options:
                        Repeatable; applied in order after the file. VALUE is YAML ([1, 2] is a list).
   --resume auto|PATH   resume from the latest checkpoint of the run (auto) or from PATH.
   --print-config       print the resolved configuration as YAML and exit.
-  --print-schema       print every configuration key (markdown table, as docs/config.md) and exit.
+  --print-schema       print every configuration key (markdown table, as docs/configuration.md) and exit.
   --check              validate the configuration and exit.
   --help               this text.
 

@@ -35,14 +35,11 @@ int run(int argc, char** argv) {
         return 0;
     }
     const std::string source = opt.config_path.empty() ? std::string("the embedded defaults") : opt.config_path;
-    // Start-up checks that need more than the YAML: reward plugins load (ABI checked), every domain's reward
-    // modules exist and accept their params, every domain's prompt data opens and parses.
+    // Start-up checks that need more than the YAML: reward plugins load (ABI checked), then check_job (stages
+    // and options this build runs, reward modules and params, data files).
     dsrl::rewards::Registry& registry = dsrl::rewards::Registry::global();
     dsrl::rewards::load_plugins(cfg.rewards.plugins, "", registry);
-    for (const dsrl::DomainConfig& d : cfg.domains) {
-        dsrl::rewards::DomainReward::create(registry, d.rewards, cfg.rewards.timeout_s);
-        dsrl::rewards::make_prompt_source(d.data, d.name, "");
-    }
+    dsrl::trainer::check_job(cfg);
     if (opt.check) {
         std::cout << "config OK: " << source << " (run '" << cfg.run.name << "', " << cfg.run.stages.size()
                   << " stage(s), " << cfg.domains.size() << " domain(s))\n";

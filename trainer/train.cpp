@@ -21,14 +21,17 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
+#include "core/precision.h"
 #include "core/rng.h"
 #include "dsa/model.h"
 #include "grpo/logprobs.h"
 #include "rewards/prompts.h"
 #include "rollout/tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/evaluate.h"
 #include "trainer/optimizer.h"
 #include "trainer/rl_step.h"
+#include "trainer/tensorboard.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -87,12 +90,15 @@ void restore_cursor(rewards::PromptSampler& s, const std::string& text, const st
     s.restore({epoch, position});
 }
 
+// Rank 0's metrics: one JSON line per step in metrics.jsonl and, with trainer.tensorboard, TensorBoard
+// scalars "<stage>/<key>" in <output_dir>/tb (a resumed run appends a new event file; TensorBoard merges them).
 class MetricsLog {
 public:
-    MetricsLog(const std::string& path, bool active) : active_(active) {
+    MetricsLog(const std::string& path, const std::string& tb_dir, bool active) : active_(active) {
         if (!active_) return;
         out_.open(path, std::ios::app);
         if (!out_) throw Error(absl::StrCat("cannot open the metrics file ", path));
+        if (!tb_dir.empty()) tb_ = std::make_unique<TensorBoardWriter>(tb_dir);
     }
     void write(const std::string& stage, int64_t step, const std::map<std::string, double>& m) {
         if (!active_) return;
@@ -101,28 +107,79 @@ public:
         j["step"] = step;
         out_ << j.dump() << "\n";
         out_.flush();
+        if (tb_) {
+            std::map<std::string, double> tagged;
+            for (const auto& [k, v] : m) tagged[stage + "/" + k] = v;
+            tb_->add_scalars(step, tagged);
+        }
     }
 
 private:
     bool active_;
     std::ofstream out_;
+    std::unique_ptr<TensorBoardWriter> tb_;
 };
 
 // One SFT batch: chat prompt + target response (meta "response", else "\boxed{answer}" when the prompt asks
 // for a boxed answer, else the answer) + EOS; NLL over the response tokens.
+// The SFT data: `sft.data`, or (when empty) every domain's training data mixed by the domain weights.
+struct SftSource {
+    std::string name;  // cursor key
+    double weight = 1.0;
+    std::string spec;
+    std::unique_ptr<rewards::PromptSampler> sampler;
+};
+
+std::vector<SftSource> sft_sources(const JobConfig& job, int rank) {
+    std::vector<SftSource> out;
+    const auto add = [&](const std::string& key, double weight, const std::string& spec, const std::string& domain) {
+        out.push_back({key, weight, spec,
+                       std::make_unique<rewards::PromptSampler>(rewards::make_prompt_source(spec, domain, ""),
+                                                                rng::derive_seed(job.run.seed, rank, key))});
+    };
+    if (!job.sft.data.empty()) {
+        add("prompts.sft", 1.0, job.sft.data, "sft");
+    } else {
+        for (const DomainConfig& d : job.domains) add("prompts.sft." + d.name, d.weight, d.data, d.name);
+    }
+    return out;
+}
+
+// The next SFT item of step `step`, slot `slot`: the source is drawn by weight, deterministically.
+rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int rank, int64_t step,
+                                  int64_t slot, std::string* spec) {
+    double total = 0;
+    for (const SftSource& s : sources) total += s.weight;
+    const uint64_t r = rng::mix64(rng::derive_seed(job.run.seed, rank, absl::StrCat("sft.mixture.", step)) +
+                                  static_cast<uint64_t>(slot) * 0x9E3779B97F4A7C15ull);
+    double x = static_cast<double>(r >> 11) / 9007199254740992.0 * total;
+    SftSource* chosen = &sources.back();
+    for (SftSource& s : sources) {
+        if (x < s.weight) {
+            chosen = &s;
+            break;
+        }
+        x -= s.weight;
+    }
+    *spec = chosen->spec;
+    return chosen->sampler->next();
+}
+
 std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const rollout::Tokenizer& tok,
-                                       rewards::PromptSampler& sampler, const JobConfig& job,
+                                       std::vector<SftSource>& sources, int64_t step, const JobConfig& job,
                                        const dist::Communicator& comm) {
     std::vector<rollout::Sample> samples(static_cast<size_t>(job.trainer.micro_batch_size));
-    for (rollout::Sample& s : samples) {
-        const rewards::PromptItem item = sampler.next();
+    for (size_t slot = 0; slot < samples.size(); ++slot) {
+        rollout::Sample& s = samples[slot];
+        std::string spec;
+        const rewards::PromptItem item = next_sft_item(sources, job, comm.rank(), step, static_cast<int64_t>(slot), &spec);
         std::string target;
         if (const auto it = item.meta.find("response"); it != item.meta.end()) {
             target = it->second;
         } else if (const auto a = item.meta.find("answer"); a != item.meta.end()) {
             target = item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
         } else {
-            throw DataError(absl::StrCat("sft: prompt ", item.id, " of ", job.sft.data,
+            throw DataError(absl::StrCat("sft: prompt ", item.id, " of ", spec,
                                          " has neither 'response' nor 'answer'"));
         }
         for (const int64_t id : tok.apply_chat({{"user", item.prompt}}, true)) s.prompt.push_back(static_cast<int32_t>(id));
@@ -155,16 +212,53 @@ std::string eta(double seconds_per_step, int64_t remaining) {
     return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
 }
 
-}  // namespace
+std::string eval_text(const std::map<std::string, double>& m) {
+    std::string text;
+    for (const auto& [k, v] : m) {
+        if (k.rfind("accuracy/", 0) == 0) absl::StrAppendFormat(&text, " %s %.3f", k.substr(9), v);
+    }
+    return text;
+}
 
-int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
-    const int rank = comm.rank();
+// Stages and keys the schema accepts for what later issues build: refused, never silently ignored.
+void check_supported(const JobConfig& job) {
     for (const std::string& stage : job.run.stages) {
         if (stage != "sft" && stage != "grpo") {
             throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build yet (",
                                            "indexer_warmup and sparse_train land with issue #9); runnable: sft, grpo"));
         }
     }
+    // Keys the schema accepts for what later issues build; refusing them beats silently running otherwise.
+    if (job.dist.mode == DistMode::kDisaggregated) {
+        throw ConfigError("dist.mode: disaggregated rollout/trainer ranks are not implemented in this build; "
+                          "use dist.mode: colocated (every rank rolls out, then trains)");
+    }
+    if (job.dist.expert_parallel_size != 1) {
+        throw ConfigError(absl::StrCat("dist.expert_parallel_size = ", job.dist.expert_parallel_size,
+                                       ": expert parallelism is not implemented in this build; use 1 ",
+                                       "(every rank holds all experts; ranks are data-parallel)"));
+    }
+    if (job.model.impl == Impl::kCuda) {
+        throw ConfigError("model.impl: cuda DSA kernels are not in this build yet; use auto or reference");
+    }
+}
+
+}  // namespace
+
+void check_job(const JobConfig& job) {
+    check_supported(job);
+    const rewards::Registry& registry = rewards::Registry::global();
+    for (const DomainConfig& d : job.domains) {
+        rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
+        rewards::make_prompt_source(d.data, d.name, "");
+        if (!d.eval_data.empty()) rewards::make_prompt_source(d.eval_data, d.name, "");
+    }
+    if (!job.sft.data.empty()) rewards::make_prompt_source(job.sft.data, "sft", "");
+}
+
+int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
+    const int rank = comm.rank();
+    check_supported(job);
     if (opt.handle_signals) {
         std::signal(SIGTERM, on_signal);
         std::signal(SIGINT, on_signal);
@@ -172,6 +266,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
     const c10::Device device = cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
     rng::seed_default_generators(static_cast<uint64_t>(job.run.seed), rank);
+    // bf16 autocast on CUDA for every forward (rollout, training, evaluation) and its backward.
+    const AutocastScope amp(device, job.trainer.autocast);
     // Every rank starts from the same weights (same seed), then stays in sync through averaged gradients.
     dsa::Model policy = job.model.path.empty()
                             ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
@@ -187,8 +283,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
     const std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(mcfg);
     std::vector<DomainRuntime> domains = build_domains(job, rank, "");
-    rewards::PromptSampler sft_sampler(rewards::make_prompt_source(job.sft.data, "sft", ""),
-                                       rng::derive_seed(job.run.seed, rank, "prompts.sft"));
+    std::vector<SftSource> sft_data = sft_sources(job, rank);
     const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
                                                                  : job.trainer.checkpoint.dir;
     if (rank == 0) fs::make_dirs(job.run.output_dir);
@@ -197,7 +292,6 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     TrainingState state;
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;
-    int64_t sft_done = 0;
     std::string reference_dir;
     if (!opt.resume.empty()) {
         const std::string dir = resolve_resume(root, opt.resume);
@@ -218,42 +312,100 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 const auto it = state.cursors.find("prompts." + d.name);
                 if (it != state.cursors.end()) restore_cursor(*d.sampler, it->second, it->first);
             }
-            if (const auto it = state.cursors.find("prompts.sft"); it != state.cursors.end()) {
-                restore_cursor(sft_sampler, it->second, it->first);
+            for (SftSource& src : sft_data) {
+                if (const auto it = state.cursors.find(src.name); it != state.cursors.end()) {
+                    restore_cursor(*src.sampler, it->second, it->first);
+                }
             }
-            if (const auto it = state.cursors.find("sft_steps"); it != state.cursors.end()) sft_done = std::stoll(it->second);
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
         }
     }
 
-    MetricsLog metrics(fs::join(job.run.output_dir, job.trainer.metrics_file), rank == 0);
+    MetricsLog metrics(fs::join(job.run.output_dir, job.trainer.metrics_file),
+                       job.trainer.tensorboard ? fs::join(job.run.output_dir, "tb") : "", rank == 0);
+    std::unique_ptr<Evaluator> evaluator;
+    if (job.trainer.eval_prompts > 0) evaluator = std::make_unique<Evaluator>(job, *tok, "");
+    // Evaluation at RL step `step`; the figures before RL are kept in the checkpoint state, so the final
+    // before/after summary survives a resume.
+    const auto evaluate = [&](int64_t step, const char* when) {
+        const auto t0 = Clock::now();
+        std::map<std::string, double> m = evaluator->run(policy, &comm);
+        m["eval_seconds"] = std::chrono::duration<double>(Clock::now() - t0).count();
+        metrics.write("eval", step, m);
+        if (rank == 0) {
+            std::printf("[eval] %s (step %ld): accuracy%s  (%ld prompts per domain, greedy, %.1fs)\n", when,
+                        long(step), eval_text(m).c_str(), long(job.trainer.eval_prompts), m["eval_seconds"]);
+            std::fflush(stdout);
+        }
+        return m;
+    };
     const auto checkpoint = [&] {
         for (const DomainRuntime& d : domains) state.cursors["prompts." + d.name] = cursor_of(*d.sampler);
-        state.cursors["prompts.sft"] = cursor_of(sft_sampler);
-        state.cursors["sft_steps"] = std::to_string(sft_done);
+        for (const SftSource& src : sft_data) state.cursors[src.name] = cursor_of(*src.sampler);
         state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
         save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
                         job.trainer.checkpoint.keep_last, &comm, reference.get());
     };
 
+    // Rank 0 prints accuracy before -> after RL per domain and writes <output_dir>/eval.json.
+    const auto final_summary = [&](const std::map<std::string, double>& after) {
+        if (rank != 0) return;
+        std::map<std::string, double> before;
+        if (const auto it = state.cursors.find("eval_before"); it != state.cursors.end()) {
+            for (absl::string_view line : absl::StrSplit(it->second, '\n', absl::SkipEmpty())) {
+                const size_t sp = line.rfind(' ');
+                double v = 0;
+                if (sp != absl::string_view::npos && absl::SimpleAtod(line.substr(sp + 1), &v)) {
+                    before[std::string(line.substr(0, sp))] = v;
+                }
+            }
+        }
+        Json j;
+        std::printf("[eval] accuracy before -> after RL (%ld held-out prompts per domain, greedy):\n",
+                    long(job.trainer.eval_prompts));
+        for (const auto& [k, v] : after) {
+            if (k.rfind("accuracy/", 0) != 0) continue;
+            const std::string domain = k.substr(9);
+            const auto b = before.find(k);
+            j[domain] = {{"before", b != before.end() ? Json(b->second) : Json(nullptr)}, {"after", v}};
+            if (b != before.end()) {
+                std::printf("[eval]   %-12s %.3f -> %.3f  (%+.3f)\n", domain.c_str(), b->second, v, v - b->second);
+            } else {
+                std::printf("[eval]   %-12s ? -> %.3f\n", domain.c_str(), v);
+            }
+        }
+        std::fflush(stdout);
+        const std::string text = j.dump(2) + "\n";
+        fs::write_file_atomic(fs::join(job.run.output_dir, "eval.json"), {text});
+    };
+
     for (const std::string& stage : job.run.stages) {
         if (stage == "sft") {
             const auto t0 = Clock::now();
-            while (sft_done < job.sft.steps) {
-                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_sampler, job, comm), comm);
-                ++sft_done;
+            const int64_t first = state.sft_steps;
+            while (state.sft_steps < job.sft.steps) {
+                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, state.sft_steps, job, comm), comm);
+                ++state.sft_steps;
                 state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
-                metrics.write("sft", sft_done, m);
-                const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(sft_done);
-                if (rank == 0 && (sft_done % job.trainer.log_every == 0 || sft_done == job.sft.steps)) {
-                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(sft_done),
+                metrics.write("sft", state.sft_steps, m);
+                const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
+                                        static_cast<double>(state.sft_steps - first);
+                if (rank == 0 && (state.sft_steps % job.trainer.log_every == 0 || state.sft_steps == job.sft.steps)) {
+                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(state.sft_steps),
                                 long(job.sft.steps), m.at("loss"), m.at("grad_norm"),
-                                eta(per_step, job.sft.steps - sft_done).c_str());
+                                eta(per_step, job.sft.steps - state.sft_steps).c_str());
                     std::fflush(stdout);
                 }
-                if (stop_requested(comm)) {
+                // Checkpoints every N steps and when the stage ends (an SFT-only job keeps its result).
+                const bool stop = stop_requested(comm);
+                if (stop || state.sft_steps % job.trainer.checkpoint.every_steps == 0 || state.sft_steps == job.sft.steps) {
                     checkpoint();
+                }
+                if (stop) {
+                    if (rank == 0) {
+                        DSRL_LOG(info) << "stopping after SFT step " << state.sft_steps << " (signal); resume with --resume auto";
+                    }
                     return 0;
                 }
             }
@@ -261,12 +413,19 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             // The KL reference is the policy as the GRPO stage starts (after SFT); checkpoints keep it, so a
             // resumed run uses the same one.
             if (any_kl && !reference) {
+                // grpo.ref_on_cpu keeps the frozen reference in host memory (its log-probs are computed there).
+                const c10::Device ref_device = job.grpo.ref_on_cpu ? c10::Device(c10::kCPU) : device;
                 reference = reference_dir.empty()
-                                ? std::make_unique<dsa::Model>(clone_model(policy, device))
-                                : std::make_unique<dsa::Model>(dsa::Model::load(reference_dir, job.model, device));
+                                ? std::make_unique<dsa::Model>(clone_model(policy, ref_device))
+                                : std::make_unique<dsa::Model>(dsa::Model::load(reference_dir, job.model, ref_device));
             }
             RlStep rl(job, policy, reference.get(), *tok, domains, optimizer, &comm);
             const int64_t total = job.trainer.total_steps;
+            if (evaluator && state.step == 0 && !state.cursors.count("eval_before")) {
+                std::string before;
+                for (const auto& [k, v] : evaluate(0, "before RL")) absl::StrAppendFormat(&before, "%s %.17g\n", k, v);
+                state.cursors["eval_before"] = before;
+            }
             const auto t0 = Clock::now();
             const int64_t first = state.step;
             while (state.step < total) {
@@ -290,10 +449,17 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                                 m["masked_seq_frac"], m["tokens_per_s"], eta(per_step, total - state.step).c_str());
                     std::fflush(stdout);
                 }
+                if (evaluator && state.step == total) {
+                    final_summary(evaluate(state.step, "after RL"));
+                } else if (evaluator && job.trainer.eval_every > 0 && state.step % job.trainer.eval_every == 0) {
+                    evaluate(state.step, "during RL");
+                }
                 const bool stop = stop_requested(comm);
                 if (stop || state.step % job.trainer.checkpoint.every_steps == 0 || state.step == total) checkpoint();
                 if (stop) {
-                    if (rank == 0) DSRL_LOG(info) << "stopping after step " << state.step << " (signal); resume with --resume auto";
+                    if (rank == 0) {
+                        DSRL_LOG(info) << "stopping after step " << state.step << " (signal); resume with --resume auto";
+                    }
                     return 0;
                 }
             }

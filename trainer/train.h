@@ -17,6 +17,12 @@ struct RunOptions {
     bool handle_signals = true;   ///< SIGTERM/SIGINT: finish the step, checkpoint, exit 0
 };
 
+/// Start-up checks beyond the YAML schema, before any compute (dsrl_train runs them before MPI starts): the
+/// stages and options this build can run, every domain's reward modules (plugins loaded first) and their
+/// params, and every data source (domains' data and eval_data, sft.data) opens and parses. Throws
+/// ConfigError / DataError naming the key or file.
+void check_job(const JobConfig& job);
+
 /// Runs the job; every rank of `comm` calls it. Returns the process exit code.
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm);
 

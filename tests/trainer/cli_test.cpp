@@ -45,10 +45,10 @@ TEST(CliTest, UsageDocumentsFlagsAndEnvironment) {
     }
 }
 
-// docs/config.md embeds the generated schema between markers; it must match the code.
+// docs/configuration.md embeds the generated schema between markers; it must match the code.
 TEST(ConfigDocsTest, DocsConfigMdMatchesTheSchema) {
-    std::ifstream in(dsrl::testing::source_dir() + "/docs/config.md");
-    ASSERT_TRUE(in) << "docs/config.md is missing";
+    std::ifstream in(dsrl::testing::source_dir() + "/docs/configuration.md");
+    ASSERT_TRUE(in) << "docs/configuration.md is missing";
     std::stringstream ss;
     ss << in.rdbuf();
     const std::string doc = ss.str();
@@ -60,7 +60,7 @@ TEST(ConfigDocsTest, DocsConfigMdMatchesTheSchema) {
     ASSERT_NE(e, std::string::npos);
     const std::string table = doc.substr(b + begin.size(), e - b - begin.size());
     EXPECT_EQ(table, config::schema_markdown(config::schema_of<JobConfig>()))
-        << "docs/config.md is out of date: regenerate with scripts/gen_config_docs.sh";
+        << "docs/configuration.md is out of date: regenerate with scripts/gen_config_docs.sh";
 }
 
 }  // namespace

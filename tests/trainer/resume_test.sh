@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Exact resume (issue 8): on 2 MPI ranks, run SFT + GRPO for 4 steps uninterrupted; separately run the same
-# job, kill it with SIGKILL in the middle of writing the step-3 checkpoint, resume from `latest` (step 2):
-# the final weights must equal the uninterrupted run's bit for bit, and no checkpoint directory may exist
-# half-written under its final name. Usage: resume_test.sh path/to/dsrl_train MPIEXEC
+# Exact resume (issue 8): on 2 MPI ranks, run 2 SFT + 4 GRPO steps (6 job steps) uninterrupted; separately
+# run the same job, kill it with SIGKILL in the middle of writing the job-step-5 checkpoint (RL step 3),
+# resume from `latest` (job step 4 = RL step 2): the final weights must equal the uninterrupted run's bit for
+# bit, and no checkpoint directory may exist half-written under its final name. Usage: resume_test.sh path/to/dsrl_train MPIEXEC
 set -u
 bin=$1
 mpiexec=$2
@@ -16,17 +16,17 @@ job=(--set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=
 run() { "$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set "run.output_dir=$1" "${@:2}"; }
 
 run "$tmp/a" >"$tmp/a.log" 2>&1 || { echo "FAIL: the uninterrupted run failed"; cat "$tmp/a.log"; exit 1; }
-DSRL_FAULT_KILL_IN_CHECKPOINT=3 run "$tmp/b" >"$tmp/b1.log" 2>&1
+DSRL_FAULT_KILL_IN_CHECKPOINT=5 run "$tmp/b" >"$tmp/b1.log" 2>&1
 rc=$?
 [ $rc -ne 0 ] || { echo "FAIL: the killed run exited 0"; cat "$tmp/b1.log"; exit 1; }
 latest=$(cat "$tmp/b/checkpoints/latest")
-[ "$latest" = "step-00000002" ] || { echo "FAIL: latest is '$latest' after the kill, want step-00000002"; exit 1; }
-[ ! -e "$tmp/b/checkpoints/step-00000003" ] || { echo "FAIL: a half-written step-00000003 exists"; exit 1; }
-echo "killed during the step-3 checkpoint (exit $rc); latest = $latest"
+[ "$latest" = "step-00000004" ] || { echo "FAIL: latest is '$latest' after the kill, want step-00000004"; exit 1; }
+[ ! -e "$tmp/b/checkpoints/step-00000005" ] || { echo "FAIL: a half-written step-00000005 exists"; exit 1; }
+echo "killed during the step-5 checkpoint (exit $rc); latest = $latest"
 run "$tmp/b" --resume auto >"$tmp/b2.log" 2>&1 || { echo "FAIL: the resumed run failed"; cat "$tmp/b2.log"; exit 1; }
 ls -a "$tmp/b/checkpoints" | grep -q '\.tmp' && { echo "FAIL: a .tmp directory survived the resumed run"; exit 1; }
-a="$tmp/a/checkpoints/step-00000004/model/model.safetensors"
-b="$tmp/b/checkpoints/step-00000004/model/model.safetensors"
+a="$tmp/a/checkpoints/step-00000006/model/model.safetensors"
+b="$tmp/b/checkpoints/step-00000006/model/model.safetensors"
 if cmp -s "$a" "$b"; then
     echo "ok: resumed weights equal the uninterrupted run's bit for bit ($(stat -c %s "$a") bytes)"
 else

@@ -1,0 +1,255 @@
+// dsrl_bench_dsa_stage: peak memory and time of the dense warm-up indexer loss (SPEC §3 indexer_warmup,
+// dsa/indexer_loss.h), forward + backward, for growing sequence lengths — the tiled custom autograd function
+// (O(tile · S · H)) beside the naive full-matrix computation (O(H · L²), what plain autograd would keep).
+//
+//   build/bin/dsrl_bench_dsa_stage [--lengths 1024,2048,4096,8192] [--tile 128] [--naive-max 4096]
+//                                  [--heads 8] [--index-heads 4]
+//
+// Each (length, mode) point runs in a fresh child process (this binary re-executed with --child), as in
+// bench/model_bench.cpp: the peak it reports is the growth of the resident set (ru_maxrss) during the
+// measured forward + backward, over the resident set just before it (inputs included in neither). Both modes
+// print the loss, which must agree. CPU, batch 1. Figures, not pass/fail.
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+#include <absl/strings/str_split.h>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <spawn.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/main_guard.h"
+#include "core/rng.h"
+#include "dsa/indexer_loss.h"
+#include "dsa/sparse_attention.h"
+
+extern char** environ;
+
+namespace {
+
+constexpr int64_t kLatent = 64;     // C (kv_lora)
+constexpr int64_t kRope = 32;       // R
+constexpr int64_t kIndexDim = 64;   // D_I
+
+long max_rss_kib() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss;
+}
+
+long current_rss_kib() {
+    FILE* f = std::fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f != nullptr) {
+        if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+        std::fclose(f);
+    }
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+struct Inputs {
+    dsrl::dsa::IndexerOutput ix;
+    dsrl::dsa::AttentionInputs att;
+    at::Tensor query_pos, key_valid;
+};
+
+// Random inputs of length L; the dense lse is computed 16 queries at a time so that building it leaves a peak
+// far below the measured one.
+Inputs make_inputs(int64_t length, int64_t heads, int64_t index_heads, uint64_t seed) {
+    at::Generator gen = dsrl::rng::make_cpu_generator(seed);
+    Inputs in;
+    in.att.q_lat = at::randn({1, length, heads, kLatent}, gen);
+    in.att.q_pe = at::randn({1, length, heads, kRope}, gen);
+    in.att.c_kv = at::randn({1, length, kLatent}, gen);
+    in.att.k_pe = at::randn({1, length, kRope}, gen);
+    in.att.scale = 1.0 / std::sqrt(double(kLatent + kRope));
+    in.att.dense = true;
+    in.query_pos = at::arange(length, at::kLong).unsqueeze(0);
+    in.key_valid = at::ones({1, length}, at::kBool);
+    in.att.lse = at::empty({1, length, heads}, at::kFloat);
+    {
+        at::NoGradGuard no_grad;
+        for (int64_t t0 = 0; t0 < length; t0 += 16) {
+            const int64_t n = std::min<int64_t>(16, length - t0);
+            in.att.lse.narrow(1, t0, n).copy_(dsrl::dsa::dense_mla_attention(
+                in.att.q_lat.narrow(1, t0, n), in.att.q_pe.narrow(1, t0, n), in.att.c_kv, in.att.k_pe,
+                in.query_pos.narrow(1, t0, n), in.key_valid, in.att.scale).lse);
+        }
+    }
+    in.ix.q = (at::randn({1, length, index_heads, kIndexDim}, gen)).requires_grad_(true);
+    in.ix.k = at::randn({1, length, kIndexDim}, gen).requires_grad_(true);
+    in.ix.w = (at::randn({1, length, index_heads}, gen) / std::sqrt(double(index_heads))).requires_grad_(true);
+    return in;
+}
+
+// The naive full-matrix loss: [H, L, S] attention probabilities and [H_I, L, S] indexer heads, plain autograd.
+at::Tensor naive_loss(const Inputs& in) {
+    const double neg_inf = -std::numeric_limits<double>::infinity();
+    const int64_t S = in.att.c_kv.size(1);
+    const at::Tensor visible = at::arange(S, at::kLong).view({1, 1, S}).le(in.query_pos.unsqueeze(-1));  // [1, L, S]
+    const at::Tensor scores = (at::einsum("bthc,bsc->bhts", {in.att.q_lat, in.att.c_kv}) +
+                               at::einsum("bthr,bsr->bhts", {in.att.q_pe, in.att.k_pe})) *
+                              in.att.scale;
+    const at::Tensor p = at::softmax(scores.masked_fill(visible.unsqueeze(1).logical_not(), neg_inf), -1).mean(1);
+    const at::Tensor heads = at::relu(at::einsum("btjd,bsd->btjs", {in.ix.q, in.ix.k}) / std::sqrt(double(kIndexDim)));
+    const at::Tensor logits = at::einsum("btjs,btj->bts", {heads, in.ix.w}).masked_fill(visible.logical_not(), neg_inf);
+    const at::Tensor logq = at::log_softmax(logits, -1);
+    const at::Tensor kl = at::where(p.gt(0), p * (at::log(p) - logq), at::zeros_like(p)).sum(-1);
+    return kl.mean();
+}
+
+at::Tensor loss_of(const Inputs& in, const std::string& mode, int64_t tile) {
+    return mode == "naive" ? naive_loss(in)
+                           : dsrl::dsa::indexer_warmup_loss(in.ix, in.att, in.query_pos, in.key_valid, tile).loss;
+}
+
+// Child: one forward + backward after a short warm-up; prints "RESULT seconds peak_mib loss".
+int child(int64_t length, const std::string& mode, int64_t tile, int64_t heads, int64_t index_heads) {
+    {
+        const Inputs warm = make_inputs(std::min<int64_t>(length, 256), heads, index_heads, 1);
+        loss_of(warm, mode, tile).backward();
+    }
+    const Inputs in = make_inputs(length, heads, index_heads, 2);
+    const long rss_before = current_rss_kib();
+    const long max_before = max_rss_kib();
+    const auto t0 = std::chrono::steady_clock::now();
+    const at::Tensor loss = loss_of(in, mode, tile);
+    loss.backward();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double peak_mib = (std::max(max_rss_kib(), max_before) - rss_before) / 1024.0;
+    std::printf("RESULT %.6f %.1f %.9f\n", seconds, peak_mib, loss.item<double>());
+    return 0;
+}
+
+struct Point {
+    bool ok = false;
+    double seconds = 0, peak_mib = 0, loss = 0;
+};
+
+// Runs this binary with --child and parses its RESULT line.
+Point measure(const std::string& self, const std::vector<std::string>& child_args) {
+    int fds[2];
+    if (pipe(fds) != 0) throw dsrl::Error("dsrl_bench_dsa_stage: pipe() failed");
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    std::vector<std::string> args = {self, "--child"};
+    args.insert(args.end(), child_args.begin(), child_args.end());
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    if (rc != 0) {
+        close(fds[0]);
+        throw dsrl::Error(absl::StrCat("dsrl_bench_dsa_stage: cannot spawn ", self));
+    }
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    Point p;
+    const size_t at = text.find("RESULT ");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || at == std::string::npos) return p;
+    p.ok = std::sscanf(text.c_str() + at, "RESULT %lf %lf %lf", &p.seconds, &p.peak_mib, &p.loss) == 3;
+    return p;
+}
+
+std::vector<int64_t> parse_lengths(const std::string& s) {
+    std::vector<int64_t> out;
+    for (absl::string_view part : absl::StrSplit(s, ',')) {
+        int64_t v = 0;
+        if (!absl::SimpleAtoi(part, &v) || v < 1) {
+            throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: bad --lengths entry '", std::string(part), "'"));
+        }
+        out.push_back(v);
+    }
+    return out;
+}
+
+int run(int argc, char** argv) {
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    if (!args.empty() && args[0] == "--child") {
+        return child(std::stoll(args.at(1)), args.at(2), std::stoll(args.at(3)), std::stoll(args.at(4)),
+                     std::stoll(args.at(5)));
+    }
+    std::string lengths = "1024,2048,4096,8192";
+    int64_t tile = 128, naive_max = 4096, heads = 8, index_heads = 4;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const auto value = [&]() -> const std::string& {
+            if (i + 1 >= args.size()) {
+                throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: ", args[i], " needs a value"));
+            }
+            return args[++i];
+        };
+        if (args[i] == "--lengths") lengths = value();
+        else if (args[i] == "--tile") tile = std::stoll(value());
+        else if (args[i] == "--naive-max") naive_max = std::stoll(value());
+        else if (args[i] == "--heads") heads = std::stoll(value());
+        else if (args[i] == "--index-heads") index_heads = std::stoll(value());
+        else throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: unknown argument '", args[i], "'"));
+    }
+    char resolved[4096];
+    const ssize_t n = readlink("/proc/self/exe", resolved, sizeof(resolved) - 1);
+    const std::string exe = n > 0 ? std::string(resolved, static_cast<size_t>(n)) : std::string(argv[0]);
+    std::printf("dsrl_bench_dsa_stage: dense warm-up indexer loss, forward + backward, CPU, batch 1, %ld heads "
+                "(C %ld, R %ld), indexer %ldx%ld, tile %ld\n",
+                long(heads), long(kLatent), long(kRope), long(index_heads), long(kIndexDim), long(tile));
+    std::printf("%7s | %10s %9s | %10s %9s | %9s | %12s\n", "L", "tiled MiB", "tiled s", "naive MiB", "naive s",
+                "mem ratio", "|loss diff|");
+    for (const int64_t L : parse_lengths(lengths)) {
+        const auto child_args = [&](const std::string& mode) {
+            return std::vector<std::string>{std::to_string(L), mode, std::to_string(tile), std::to_string(heads),
+                                            std::to_string(index_heads)};
+        };
+        const Point t = measure(exe, child_args("tiled"));
+        const Point v = L <= naive_max ? measure(exe, child_args("naive")) : Point{};
+        const std::string tc = t.ok ? absl::StrFormat("%10.1f %9.2f", t.peak_mib, t.seconds)
+                                    : absl::StrFormat("%10s %9s", "failed", "-");
+        const std::string vc = v.ok ? absl::StrFormat("%10.1f %9.2f", v.peak_mib, v.seconds)
+                                    : absl::StrFormat("%10s %9s", L > naive_max ? "skipped" : "failed", "-");
+        const std::string ratio = t.ok && v.ok ? absl::StrFormat("%8.1fx | %12.2e", v.peak_mib / std::max(t.peak_mib, 1e-9),
+                                                                 std::abs(v.loss - t.loss))
+                                               : absl::StrFormat("%9s | %12s", "-", "-");
+        std::printf("%7ld | %s | %s | %s\n", long(L), tc.c_str(), vc.c_str(), ratio.c_str());
+        std::fflush(stdout);
+    }
+    std::printf("mem ratio = naive peak over tiled peak. Naive above --naive-max (%ld) is skipped: its [H, L, L] "
+                "tensors outgrow this machine. Tiled working set ~ tile x S x max(H, H_I) x 4 B per live tensor.\n",
+                long(naive_max));
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return dsrl::guarded_main([&] { return run(argc, argv); });
+}

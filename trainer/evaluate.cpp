@@ -1,0 +1,100 @@
+#include "trainer/evaluate.h"
+
+#include <ATen/ops/tensor.h>
+
+#include <absl/strings/str_cat.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "rollout/generator.h"
+
+namespace dsrl::trainer {
+
+std::string eval_data_spec(const DomainConfig& d) {
+    const std::string spec = d.eval_data.empty() ? d.data : d.eval_data;
+    if (spec.rfind("synthetic:", 0) != 0 || spec.find("seed=") != std::string::npos) return spec;
+    return absl::StrCat(spec, spec.find('?') == std::string::npos ? "?" : "&", "seed=1000003");
+}
+
+Evaluator::Evaluator(const JobConfig& job, const rollout::Tokenizer& tokenizer, const std::string& base_dir)
+    : job_(job), tokenizer_(tokenizer) {
+    for (const DomainConfig& d : job.domains) {
+        Domain e;
+        e.name = d.name;
+        e.verifier = d.rewards.empty() ? "" : d.rewards.front().module;
+        e.source = rewards::make_prompt_source(eval_data_spec(d), d.name, base_dir);
+        e.reward = std::make_shared<rewards::DomainReward>(
+            rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        domains_.push_back(std::move(e));
+    }
+}
+
+std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dist::Communicator* comm) {
+    const int rank = comm != nullptr ? comm->rank() : 0;
+    const int world = comm != nullptr ? comm->size() : 1;
+    // Per domain: [accuracy sum, reward sum, count, failed] on this rank, summed over ranks below.
+    std::vector<double> sums;
+    for (Domain& d : domains_) {
+        int64_t n = job_.trainer.eval_prompts;
+        if (d.source->size() >= 0) n = std::min<int64_t>(n, d.source->size());
+        std::vector<rollout::GenerationRequest> requests;
+        std::vector<rewards::PromptItem> items;
+        for (int64_t i = rank; i < n; i += world) {
+            rewards::PromptItem item = d.source->get(i);
+            const std::vector<int64_t> toks = tokenizer_.apply_chat({{"user", item.prompt}}, true);
+            requests.push_back({.domain = d.name,
+                                .prompt_id = i,
+                                .sample_index = 0,
+                                .seed = 0,
+                                .prompt = std::vector<int32_t>(toks.begin(), toks.end())});
+            items.push_back(std::move(item));
+        }
+        double acc = 0, reward = 0, failed = 0;
+        if (!requests.empty()) {
+            rollout::GenerateOptions opt{.sampling = {.temperature = 0.0},
+                                         .max_new_tokens = job_.rollout.max_new_tokens,
+                                         .stop = job_.rollout.stop,
+                                         .max_batch_size = job_.rollout.max_batch_size,
+                                         .record_kept = false,
+                                         .record_routes = false};
+            const std::vector<rollout::Sample> samples = rollout::generate(policy, tokenizer_, requests, opt);
+            std::vector<rewards::RewardInput> inputs;
+            for (size_t i = 0; i < samples.size(); ++i) {
+                const rollout::Sample& s = samples[i];
+                inputs.push_back({.domain = d.name,
+                                  .prompt_id = s.prompt_id,
+                                  .prompt = items[i].prompt,
+                                  .response = tokenizer_.decode(std::vector<int64_t>(s.response.begin(), s.response.end())),
+                                  .response_tokens = static_cast<int64_t>(s.response.size()),
+                                  .finish_reason = rollout::finish_reason_name(s.finish),
+                                  .meta = items[i].meta});
+            }
+            for (const rewards::ScoredSample& r : d.reward->score(inputs)) {
+                if (!r.ok()) {
+                    ++failed;
+                    continue;
+                }
+                reward += r.value;
+                const auto it = r.components.find(d.verifier);
+                acc += it != r.components.end() ? it->second : 0.0;
+            }
+        }
+        sums.insert(sums.end(), {acc, reward, static_cast<double>(requests.size()) - failed, failed});
+    }
+    at::Tensor t = at::tensor(sums, at::TensorOptions().dtype(at::kDouble));
+    if (world > 1) comm->all_reduce(t, dist::ReduceOp::kSum);
+    std::map<std::string, double> out;
+    double failed = 0;
+    for (size_t i = 0; i < domains_.size(); ++i) {
+        const double* v = t.data_ptr<double>() + 4 * i;
+        const double count = std::max(1.0, v[2]);
+        out["accuracy/" + domains_[i].name] = v[0] / count;
+        out["eval_reward/" + domains_[i].name] = v[1] / count;
+        failed += v[3];
+    }
+    out["eval_failed"] = failed;
+    return out;
+}
+
+}  // namespace dsrl::trainer
