@@ -124,7 +124,7 @@ std::string save_checkpoint(const std::string& root,
         }
         save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
         Json j = {{"step", state.step},
-                  {"sft_steps", state.sft_steps},
+                  {"stage_steps", state.stage_steps},
                   {"policy_version", state.policy_version},
                   {"skipped_steps", state.skipped_steps},
                   {"world_size", state.world_size},
@@ -178,7 +178,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     try {
         j = Json::parse(read_text(state_path));
         out.state.step = j.at("step").get<int64_t>();
-        out.state.sft_steps = j.value("sft_steps", int64_t{0});
+        if (j.contains("stage_steps")) out.state.stage_steps = j.at("stage_steps").get<std::map<std::string, int64_t>>();
         out.state.policy_version = j.at("policy_version").get<int64_t>();
         out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
         out.state.world_size = j.at("world_size").get<int>();

@@ -49,17 +49,27 @@ void AdamW::step(double lr) {
         m_[i].mul_(opt_.beta1).add_(gf, 1.0 - opt_.beta1);
         v_[i].mul_(opt_.beta2).addcmul_(gf, gf, 1.0 - opt_.beta2);
         at::Tensor pf = p.to(at::kFloat);
-        if (params_[i].decay && opt_.weight_decay > 0) pf.mul_(1.0 - lr * opt_.weight_decay);  // decoupled
+        const double plr = lr * params_[i].lr_scale;
+        if (params_[i].decay && opt_.weight_decay > 0) pf.mul_(1.0 - plr * opt_.weight_decay);  // decoupled
         const at::Tensor denom = (v_[i] / bc2).sqrt_().add_(opt_.eps);
-        pf.addcdiv_(m_[i], denom, -lr / bc1);
+        pf.addcdiv_(m_[i], denom, -plr / bc1);
         if (pf.data_ptr() != p.data_ptr()) p.copy_(pf);
     }
 }
 
-void AdamW::zero_grad() {
+void AdamW::zero_grad(bool set_to_none) {
     for (Param& p : params_) {
-        if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
+        if (!p.tensor.grad().defined()) continue;
+        if (set_to_none) {
+            p.tensor.mutable_grad() = at::Tensor();
+        } else {
+            p.tensor.mutable_grad().zero_();
+        }
     }
+}
+
+void AdamW::set_lr_scales(const std::function<double(const std::string&)>& scale_of) {
+    for (Param& p : params_) p.lr_scale = scale_of(p.name);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -25,6 +26,7 @@ struct Param {
     std::string name;
     at::Tensor tensor;   ///< the parameter (requires_grad); updated in place
     bool decay = true;   ///< weight decay applies (false for norms and biases)
+    double lr_scale = 1.0;  ///< this parameter's learning rate = lr · lr_scale (parameter groups)
 };
 
 struct AdamWOptions {
@@ -46,7 +48,11 @@ public:
     /// One update with learning rate `lr`, in fp32 (parameters of other dtypes are updated through an fp32
     /// copy of the step). Parameters without a gradient are skipped.
     void step(double lr);
-    void zero_grad();
+    /// Zeroes the gradients; `set_to_none` drops them instead (a parameter without a gradient is not updated
+    /// at all — no moment decay, no weight decay — which is how a stage freezes parameters).
+    void zero_grad(bool set_to_none = false);
+    /// Sets each parameter's lr_scale from its name (e.g. the indexer's own learning rate in the DSA stages).
+    void set_lr_scales(const std::function<double(const std::string&)>& scale_of);
     int64_t steps() const { return step_; }
     const std::vector<Param>& params() const { return params_; }
 

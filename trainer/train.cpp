@@ -383,28 +383,29 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     for (const std::string& stage : job.run.stages) {
         if (stage == "sft") {
             const auto t0 = Clock::now();
-            const int64_t first = state.sft_steps;
-            while (state.sft_steps < job.sft.steps) {
-                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, state.sft_steps, job, comm), comm);
-                ++state.sft_steps;
+            int64_t& done = state.stage_steps["sft"];
+            const int64_t first = done;
+            while (done < job.sft.steps) {
+                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, done, job, comm), comm);
+                ++done;
                 state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
-                metrics.write("sft", state.sft_steps, m);
+                metrics.write("sft", done, m);
                 const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
-                                        static_cast<double>(state.sft_steps - first);
-                if (rank == 0 && (state.sft_steps % job.trainer.log_every == 0 || state.sft_steps == job.sft.steps)) {
-                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(state.sft_steps),
+                                        static_cast<double>(done - first);
+                if (rank == 0 && (done % job.trainer.log_every == 0 || done == job.sft.steps)) {
+                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(done),
                                 long(job.sft.steps), m.at("loss"), m.at("grad_norm"),
-                                eta(per_step, job.sft.steps - state.sft_steps).c_str());
+                                eta(per_step, job.sft.steps - done).c_str());
                     std::fflush(stdout);
                 }
                 // Checkpoints every N steps and when the stage ends (an SFT-only job keeps its result).
                 const bool stop = stop_requested(comm);
-                if (stop || state.sft_steps % job.trainer.checkpoint.every_steps == 0 || state.sft_steps == job.sft.steps) {
+                if (stop || done % job.trainer.checkpoint.every_steps == 0 || done == job.sft.steps) {
                     checkpoint();
                 }
                 if (stop) {
                     if (rank == 0) {
-                        DSRL_LOG(info) << "stopping after SFT step " << state.sft_steps << " (signal); resume with --resume auto";
+                        DSRL_LOG(info) << "stopping after SFT step " << done << " (signal); resume with --resume auto";
                     }
                     return 0;
                 }

@@ -5,6 +5,8 @@
 #include <torch/optim/adamw.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/ones_like.h>
 #include <ATen/ops/randn.h>
 
 #include <cmath>
@@ -40,6 +42,31 @@ TEST(OptimizerTest, AdamWMatchesTorchOptimAdamW) {
         oracle.step();
     }
     for (size_t i = 0; i < ours.size(); ++i) EXPECT_ALL_CLOSE(ours[i].name, ours[i].tensor, theirs[i].tensor, 1e-6);
+}
+
+TEST(OptimizerTest, LrScaleActsAsAParameterGroupAndDroppedGradsFreeze) {
+    // Parameter "w" at lr 1e-2 · 0.5 equals torch's AdamW at lr 5e-3; "b" keeps lr 1e-2.
+    std::vector<Param> ours = make_params(3), half = make_params(3), full = make_params(3);
+    AdamW opt(ours, {.weight_decay = 0.1});
+    opt.set_lr_scales([](const std::string& name) { return name == "w" ? 0.5 : 1.0; });
+    AdamW a(half, {.weight_decay = 0.1}), b(full, {.weight_decay = 0.1});
+    for (int step = 0; step < 4; ++step) {
+        fill_grads(ours, step);
+        fill_grads(half, step);
+        fill_grads(full, step);
+        opt.step(1e-2);
+        a.step(5e-3);
+        b.step(1e-2);
+    }
+    EXPECT_ALL_CLOSE("w", ours[0].tensor, half[0].tensor, 1e-7);
+    EXPECT_ALL_CLOSE("b", ours[1].tensor, full[1].tensor, 1e-7);
+    // zero_grad(set_to_none): the next step leaves the parameter exactly as it is (moments and decay too).
+    opt.zero_grad(/*set_to_none=*/true);
+    EXPECT_FALSE(ours[0].tensor.grad().defined());
+    const at::Tensor before = ours[0].tensor.detach().clone();
+    ours[1].tensor.mutable_grad() = at::ones_like(ours[1].tensor);
+    opt.step(1e-2);
+    EXPECT_TRUE(at::equal(ours[0].tensor, before));
 }
 
 TEST(OptimizerTest, NoDecayForNormsAndBiases) {
