@@ -229,6 +229,33 @@ void bind(Binder& b, SftConfig& c) {
     b.field("lr", c.lr, {.doc = "SFT learning rate.", .min = 0.0});
 }
 
+void bind(Binder& b, DsaTrainConfig& c) {
+    b.field("data", c.data,
+            {.doc = "Token stream of both DSA stages: synthetic:retrieval[?keys=K&seed=S] (a key->value dictionary, "
+                    "then a chain of lookups; trainer/token_data.h), or a JSONL file of {\"text\": ...} rows, "
+                    "tokenized with the job tokenizer and packed into seq_len windows."});
+    b.field("seq_len", c.seq_len, {.doc = "Tokens per training sequence.", .min = 2});
+    b.field("batch_size", c.batch_size, {.doc = "Sequences per rank and optimizer step.", .min = 1});
+    b.field("dense_lm_steps", c.dense_lm_steps,
+            {.doc = "Dense-attention LM steps on `data` at the start of indexer_warmup (stage \"dense_lm\"): turns a "
+                    "random model into a dense-trained one for experiments; 0 for a real dense checkpoint.",
+             .min = 0});
+    b.field("dense_lm_lr", c.dense_lm_lr, {.doc = "Learning rate of the dense_lm pre-phase.", .min = 0.0});
+    b.field("warmup_steps", c.warmup_steps, {.doc = "Optimizer steps of the indexer_warmup stage.", .min = 1});
+    b.field("sparse_steps", c.sparse_steps, {.doc = "Optimizer steps of the sparse_train stage.", .min = 1});
+    b.field("indexer_lr", c.indexer_lr, {.doc = "Learning rate of the indexer in both stages (SPEC §3: 1e-3).", .min = 0.0});
+    b.field("lr", c.lr,
+            {.doc = "Learning rate of the rest of the model in sparse_train. 1e-4 suits the tiny default model; "
+                    "real models want SPEC §3's 7.3e-6.",
+             .min = 0.0});
+    b.field("query_tile", c.query_tile,
+            {.doc = "Queries per tile of the indexer losses and the recall metric (memory O(tile·L)).", .min = 1});
+    b.field("eval_batches", c.eval_batches,
+            {.doc = "Held-out batches (of batch_size sequences per rank) of the evaluation at the start and end of each "
+                    "DSA stage (task loss, attention recall); 0 disables it.",
+             .min = 0});
+}
+
 void bind(Binder& b, JobConfig& c) {
     b.section("run", c.run, "Run identity, stages, seed.");
     b.section("model", c.model, "The DeepSeek-V3.2-style model (HF config.json names).");
@@ -239,6 +266,7 @@ void bind(Binder& b, JobConfig& c) {
     b.section("rewards", c.rewards, "Reward plugins and limits (SPEC §6).");
     b.list("domains", c.domains, "The task mixture of the RL stage.");
     b.section("sft", c.sft, "Supervised fine-tuning stage.");
+    b.section("dsa", c.dsa, "The DSA training stages indexer_warmup and sparse_train (SPEC §3).");
     if (!reading(b)) return;
     std::set<std::string> names;
     double total_weight = 0;

@@ -109,7 +109,7 @@ struct OptimizerConfig {
 };
 
 struct TrainerConfig {
-    int64_t total_steps = 200;
+    int64_t total_steps = 100;
     int64_t micro_batch_size = 8;
     int64_t log_every = 1;
     OptimizerConfig optimizer;
@@ -118,7 +118,7 @@ struct TrainerConfig {
     bool tensorboard = true;
     bool autocast = true;       ///< bf16 autocast on CUDA (fp32 parameters); no effect on CPU
     int64_t eval_prompts = 64;  ///< per domain; 0 disables evaluation
-    int64_t eval_every = 50;     ///< RL steps between evaluations; 0: before and after the grpo stage only
+    int64_t eval_every = 25;     ///< RL steps between evaluations; 0: before and after the grpo stage only
 };
 
 struct RolloutConfig {
@@ -173,9 +173,24 @@ struct RewardsConfig {
 
 struct SftConfig {
     std::string data;  ///< empty: the domains' data mixed by weight
-    int64_t steps = 500;
+    int64_t steps = 1000;
     int64_t max_seq_len = 256;
     double lr = 1e-3;
+};
+
+/// The DSA training stages (SPEC §3, docs/dsa_training.md): indexer_warmup and sparse_train.
+struct DsaTrainConfig {
+    std::string data = "synthetic:retrieval";  ///< token stream: synthetic:retrieval?... or a JSONL {"text"} file
+    int64_t seq_len = 64;
+    int64_t batch_size = 8;          ///< sequences per rank and step
+    int64_t dense_lm_steps = 0;      ///< dense LM steps before the warm-up (tests/experiments from scratch)
+    double dense_lm_lr = 1e-3;
+    int64_t warmup_steps = 200;      ///< steps of the indexer_warmup stage
+    int64_t sparse_steps = 200;      ///< steps of the sparse_train stage
+    double indexer_lr = 1e-3;        ///< SPEC §3
+    double lr = 1e-4;                ///< the rest of the model in sparse_train (tiny model; real models 7.3e-6)
+    int64_t query_tile = 128;
+    int64_t eval_batches = 4;
 };
 
 struct JobConfig {
@@ -188,6 +203,7 @@ struct JobConfig {
     RewardsConfig rewards;
     std::vector<DomainConfig> domains = default_domains();
     SftConfig sft;
+    DsaTrainConfig dsa;
 
     static std::vector<DomainConfig> default_domains();
 };
@@ -205,6 +221,7 @@ void bind(config::Binder& b, RewardTermConfig& c);
 void bind(config::Binder& b, DomainConfig& c);
 void bind(config::Binder& b, RewardsConfig& c);
 void bind(config::Binder& b, SftConfig& c);
+void bind(config::Binder& b, DsaTrainConfig& c);
 void bind(config::Binder& b, JobConfig& c);
 
 /// Every key path of the job schema (for "did you mean" across sections).

@@ -12,6 +12,7 @@
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/relu.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -325,28 +326,29 @@ IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
     return run_kl(indexer, attention, topk.to(p.kcat.device()), query_pos, p, /*sparse=*/true, query_tile);
 }
 
-double attention_recall(const AttentionInputs& attention,
-                        const at::Tensor& topk,
-                        const at::Tensor& query_pos,
-                        const at::Tensor& key_valid,
-                        int64_t query_tile) {
+namespace {
+
+// Mass of the head-averaged dense attention inside `topk` (defined) or inside each query's k heaviest keys.
+double recall_of(const char* what, const AttentionInputs& attention, const at::Tensor& topk, int64_t k,
+                 const at::Tensor& query_pos, const at::Tensor& key_valid, int64_t query_tile) {
     const AttentionInputs& a = attention;
     TORCH_CHECK(a.q_lat.dim() == 4 && a.q_pe.dim() == 4 && a.c_kv.dim() == 3 && a.k_pe.dim() == 3,
-                "attention_recall: attention inputs must be q_lat [B, L, H, C], q_pe [B, L, H, R], c_kv [B, S, C], "
+                what, ": attention inputs must be q_lat [B, L, H, C], q_pe [B, L, H, R], c_kv [B, S, C], "
                 "k_pe [B, S, R]; got ", a.q_lat.sizes(), ", ", a.q_pe.sizes(), ", ", a.c_kv.sizes(), ", ",
                 a.k_pe.sizes());
     // The shape checks of the losses, with a stand-in indexer of matching shape.
     const int64_t B = a.q_lat.size(0), L = a.q_lat.size(1), S = a.c_kv.size(1);
     const IndexerOutput stand_in{at::empty({B, L, 1, 1}, a.c_kv.options()), at::empty({B, S, 1}, a.c_kv.options()),
                                  at::empty({B, L, 1}, a.c_kv.options())};
-    check_inputs("attention_recall", stand_in, a, query_pos, key_valid, query_tile);
-    check_topk("attention_recall", topk, B, L);
+    check_inputs(what, stand_in, a, query_pos, key_valid, query_tile);
+    if (topk.defined()) check_topk(what, topk, B, L);
+    TORCH_CHECK(topk.defined() || k >= 1, what, ": k must be >= 1, got ", k);
     const at::ScalarType dt = compute_dtype({a.q_lat, a.q_pe, a.c_kv, a.k_pe});
     const at::Tensor kcat = at::cat({a.c_kv.detach(), a.k_pe.detach()}, -1).to(dt);
     const at::Tensor kv = key_valid_or_ones(key_valid, B, S, a.c_kv);
     const at::Tensor qpos = query_pos.to(a.c_kv.device(), at::kLong);
     const at::Tensor valid = real_queries(qpos, kv);
-    const at::Tensor tk = topk.to(a.c_kv.device());
+    const at::Tensor tk = topk.defined() ? topk.to(a.c_kv.device()) : at::Tensor();
     const bool use_lse = a.dense && a.lse.defined();
     at::Tensor mass = at::zeros({}, kcat.options());
     for (int64_t t0 = 0; t0 < L; t0 += query_tile) {
@@ -361,13 +363,31 @@ double attention_recall(const AttentionInputs& attention,
             const at::Tensor lse = at::logsumexp(scores, -1, /*keepdim=*/true);
             p = at::where(visible.unsqueeze(2), (scores - lse).exp(), at::zeros_like(scores)).mean(2);
         }
-        const Selection s = tile_selection(tk, t0, n, S);
-        const at::Tensor inside = p.gather(2, s.idx).masked_fill(s.sel.logical_not(), 0).sum(-1);  // [B, n]
+        at::Tensor inside;  // [B, n]
+        if (tk.defined()) {
+            const Selection s = tile_selection(tk, t0, n, S);
+            inside = p.gather(2, s.idx).masked_fill(s.sel.logical_not(), 0).sum(-1);
+        } else {
+            inside = std::get<0>(at::topk(p, std::min(k, S), -1)).sum(-1);  // invisible keys have p = 0
+        }
         mass += at::where(valid.narrow(1, t0, n), inside, at::zeros_like(inside)).sum();
     }
     const int64_t num = valid.sum().item<int64_t>();
     if (num == 0) return std::numeric_limits<double>::quiet_NaN();
     return mass.item<double>() / double(num);
+}
+
+}  // namespace
+
+double attention_recall(const AttentionInputs& attention, const at::Tensor& topk, const at::Tensor& query_pos,
+                        const at::Tensor& key_valid, int64_t query_tile) {
+    TORCH_CHECK(topk.defined(), "attention_recall: topk is undefined");
+    return recall_of("attention_recall", attention, topk, 0, query_pos, key_valid, query_tile);
+}
+
+double attention_recall_oracle(const AttentionInputs& attention, int64_t k, const at::Tensor& query_pos,
+                               const at::Tensor& key_valid, int64_t query_tile) {
+    return recall_of("attention_recall_oracle", attention, at::Tensor(), k, query_pos, key_valid, query_tile);
 }
 
 }  // namespace dsrl::dsa

@@ -73,4 +73,13 @@ double attention_recall(const AttentionInputs& attention,
                         const at::Tensor& key_valid,
                         int64_t query_tile = 128);
 
+/// The best recall any selection of `k` keys per query could reach: the mean head-averaged dense attention mass
+/// of each query's k heaviest visible keys (the ceiling of attention_recall at that k; a diffuse attention keeps
+/// it low whatever the indexer does). Same inputs and conventions as attention_recall.
+double attention_recall_oracle(const AttentionInputs& attention,
+                               int64_t k,
+                               const at::Tensor& query_pos,
+                               const at::Tensor& key_valid,
+                               int64_t query_tile = 128);
+
 }  // namespace dsrl::dsa

@@ -146,7 +146,7 @@ std::string save_checkpoint(const std::string& root,
         for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < dirs.size(); ++i) {
             fs::remove_tree(fs::join(root, dirs[i]));
         }
-        DSRL_LOG(info) << "checkpoint " << final_dir << " written (step " << state.step << ")";
+        DSRL_LOG(info) << "checkpoint " << final_dir << " written (job step " << state.job_step() << ")";
     }
     barrier(comm);
     return final_dir;

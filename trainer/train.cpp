@@ -4,6 +4,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/tensor.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -28,10 +29,12 @@
 #include "rewards/prompts.h"
 #include "rollout/tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/dsa_stages.h"
 #include "trainer/evaluate.h"
 #include "trainer/optimizer.h"
 #include "trainer/rl_step.h"
 #include "trainer/tensorboard.h"
+#include "trainer/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -220,12 +223,19 @@ std::string eval_text(const std::map<std::string, double>& m) {
     return text;
 }
 
+bool uses_dsa_stages(const JobConfig& job) {
+    for (const std::string& s : job.run.stages) {
+        if (s == "indexer_warmup" || s == "sparse_train") return true;
+    }
+    return false;
+}
+
 // Stages and keys the schema accepts for what later issues build: refused, never silently ignored.
 void check_supported(const JobConfig& job) {
     for (const std::string& stage : job.run.stages) {
-        if (stage != "sft" && stage != "grpo") {
-            throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build yet (",
-                                           "indexer_warmup and sparse_train land with issue #9); runnable: sft, grpo"));
+        if (stage != "sft" && stage != "grpo" && stage != "indexer_warmup" && stage != "sparse_train") {
+            throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build; runnable: sft, ",
+                                           "indexer_warmup, sparse_train, grpo"));
         }
     }
     // Keys the schema accepts for what later issues build; refusing them beats silently running otherwise.
@@ -254,6 +264,7 @@ void check_job(const JobConfig& job) {
         if (!d.eval_data.empty()) rewards::make_prompt_source(d.eval_data, d.name, "");
     }
     if (!job.sft.data.empty()) rewards::make_prompt_source(job.sft.data, "sft", "");
+    if (uses_dsa_stages(job)) make_token_source(job.dsa.data, job.dsa.seq_len, *rollout::make_tokenizer(job.model), "");
 }
 
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
@@ -284,6 +295,19 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     const std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(mcfg);
     std::vector<DomainRuntime> domains = build_domains(job, rank, "");
     std::vector<SftSource> sft_data = sft_sources(job, rank);
+    // The DSA stages' token stream and held-out batches: a synthetic task draws them from another seed; a file
+    // keeps its first eval_batches·batch_size·world windows for evaluation and trains on the rest.
+    std::unique_ptr<TokenStream> dsa_stream;
+    std::vector<TokenBatch> dsa_eval_batches;
+    if (uses_dsa_stages(job)) {
+        const bool synthetic = job.dsa.data.rfind("synthetic:", 0) == 0;
+        auto src = make_token_source(job.dsa.data, job.dsa.seq_len, *tok, "");
+        const int64_t held_out = synthetic ? 0 : job.dsa.eval_batches * job.dsa.batch_size * comm.size();
+        TokenStream eval_stream(synthetic ? make_token_source(job.dsa.data, job.dsa.seq_len, *tok, "", 1000003) : src,
+                                rank, comm.size());
+        for (int64_t i = 0; i < job.dsa.eval_batches; ++i) dsa_eval_batches.push_back(eval_stream.next(job.dsa.batch_size));
+        dsa_stream = std::make_unique<TokenStream>(src, rank, comm.size(), held_out);
+    }
     const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
                                                                  : job.trainer.checkpoint.dir;
     if (rank == 0) fs::make_dirs(job.run.output_dir);
@@ -317,6 +341,13 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                     restore_cursor(*src.sampler, it->second, it->first);
                 }
             }
+            if (const auto it = state.cursors.find("tokens.dsa"); dsa_stream && it != state.cursors.end()) {
+                int64_t cursor = 0;
+                if (!absl::SimpleAtoi(it->second, &cursor)) {
+                    throw CheckpointError(absl::StrCat("checkpoint cursor 'tokens.dsa' is malformed: '", it->second, "'"));
+                }
+                dsa_stream->restore(cursor);
+            }
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
         }
@@ -343,6 +374,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     const auto checkpoint = [&] {
         for (const DomainRuntime& d : domains) state.cursors["prompts." + d.name] = cursor_of(*d.sampler);
         for (const SftSource& src : sft_data) state.cursors[src.name] = cursor_of(*src.sampler);
+        if (dsa_stream) state.cursors["tokens.dsa"] = std::to_string(dsa_stream->cursor());
         state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
         save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
                         job.trainer.checkpoint.keep_last, &comm, reference.get());
@@ -380,8 +412,72 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         fs::write_file_atomic(fs::join(job.run.output_dir, "eval.json"), {text});
     };
 
+    // The DSA stages (SPEC §3): held-out task loss + attention recall at the start and end of each stage.
+    const auto dsa_eval = [&](const std::string& stage, bool at_end) {
+        if (dsa_eval_batches.empty()) return;
+        const auto t0 = Clock::now();
+        std::map<std::string, double> m = dsa_evaluate(policy, dsa_eval_batches, job, &comm);
+        m["stage_id"] = stage == "indexer_warmup" ? 1 : 2;
+        m["at_end"] = at_end ? 1 : 0;
+        m["eval_seconds"] = std::chrono::duration<double>(Clock::now() - t0).count();
+        metrics.write("dsa_eval", state.job_step(), m);
+        if (rank == 0) {
+            std::printf("[dsa_eval] %s %s: task_loss dense %.4f sparse %.4f  recall %.3f (best possible %.3f)  "
+                        "(k=%ld, %ld batches, %.1fs)\n",
+                        stage.c_str(), at_end ? "end" : "start", m["task_loss_dense"], m["task_loss_sparse"],
+                        m["recall_mean"], m["recall_oracle_mean"], long(mcfg.index_topk),
+                        long(dsa_eval_batches.size()), m["eval_seconds"]);
+            std::fflush(stdout);
+        }
+    };
+    // Runs `total` steps of a DSA stage (or the dense_lm pre-phase); false when a signal stopped the job.
+    using DsaStep = std::map<std::string, double> (*)(dsa::Model&, AdamW&, const TokenBatch&, const JobConfig&,
+                                                      const dist::Communicator*, double);
+    const auto run_dsa = [&](const std::string& stage, int64_t total, DsaStep step_fn, bool with_eval) {
+        int64_t& done = state.stage_steps[stage];
+        if (done >= total) return true;
+        if (with_eval && done == 0) dsa_eval(stage, false);
+        const auto t0 = Clock::now();
+        const int64_t first = done;
+        while (done < total) {
+            const TokenBatch batch = dsa_stream->next(job.dsa.batch_size);
+            const std::map<std::string, double> m = reduce_metrics(
+                step_fn(policy, optimizer, batch, job, &comm, dsa_lr_factor(job.trainer.optimizer, done, total)), comm);
+            ++done;
+            state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
+            metrics.write(stage, done, m);
+            const double per_step =
+                std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(done - first);
+            if (rank == 0 && (done % job.trainer.log_every == 0 || done == total)) {
+                std::string extra;
+                if (m.count("lm_loss")) absl::StrAppendFormat(&extra, " (lm %.4f indexer %.4f)", m.at("lm_loss"), m.at("indexer_loss"));
+                if (m.count("recall_mean")) absl::StrAppendFormat(&extra, "  recall %.3f", m.at("recall_mean"));
+                std::printf("[%s] step %ld/%ld  loss %.4f%s  grad_norm %.3f  eta %s\n", stage.c_str(), long(done),
+                            long(total), m.at("loss"), extra.c_str(), m.at("grad_norm"),
+                            eta(per_step, total - done).c_str());
+                std::fflush(stdout);
+            }
+            if (with_eval && done == total) dsa_eval(stage, true);
+            const bool stop = stop_requested(comm);
+            if (stop || done % job.trainer.checkpoint.every_steps == 0 || done == total) checkpoint();
+            if (stop) {
+                if (rank == 0) {
+                    DSRL_LOG(info) << "stopping after " << stage << " step " << done << " (signal); resume with --resume auto";
+                }
+                return false;
+            }
+        }
+        return true;
+    };
+
     for (const std::string& stage : job.run.stages) {
-        if (stage == "sft") {
+        if (stage == "indexer_warmup") {
+            // dsa.dense_lm_steps: dense LM training first (a dense-trained model to convert, for experiments).
+            if (!run_dsa("dense_lm", job.dsa.dense_lm_steps, &dense_lm_step, false)) return 0;
+            if (!run_dsa(stage, job.dsa.warmup_steps, &indexer_warmup_step, true)) return 0;
+        } else if (stage == "sparse_train") {
+            if (!run_dsa(stage, job.dsa.sparse_steps, &sparse_train_step, true)) return 0;
+        } else if (stage == "sft") {
             const auto t0 = Clock::now();
             int64_t& done = state.stage_steps["sft"];
             const int64_t first = done;
@@ -430,6 +526,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const auto t0 = Clock::now();
             const int64_t first = state.step;
             while (state.step < total) {
+                if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
                 const RlStepResult r = rl.run(state.step);
                 ++state.step;
                 state.policy_version = state.step;
@@ -437,6 +534,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 std::map<std::string, double> m = reduce_metrics(r.metrics, comm);
                 const double tokens = m["generated_tokens"] * comm.size();
                 m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
+                if (device.is_cuda()) {  // peak allocated during the step (averaged over ranks below)
+                    m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())
+                                                                    .allocated_bytes[0].peak) / double(1 << 30);
+                }
                 metrics.write("grpo", state.step, m);
                 if (rank == 0 && (state.step % job.trainer.log_every == 0 || state.step == total)) {
                     std::string rewards_text;
@@ -445,9 +546,11 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                     }
                     const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
                                             static_cast<double>(state.step - first);
-                    std::printf("[grpo] step %ld/%ld  reward%s  kl %.4f  clip %.3f  masked %.3f  %.0f tok/s  eta %s\n",
+                    const std::string mem =
+                        device.is_cuda() ? absl::StrFormat("  mem %.2f GiB", m["gpu_peak_mem_gib"]) : std::string();
+                    std::printf("[grpo] step %ld/%ld  reward%s  kl %.4f  clip %.3f  masked %.3f  %.0f tok/s%s  eta %s\n",
                                 long(state.step), long(total), rewards_text.c_str(), m["kl_mean"], m["clip_frac"],
-                                m["masked_seq_frac"], m["tokens_per_s"], eta(per_step, total - state.step).c_str());
+                                m["masked_seq_frac"], m["tokens_per_s"], mem.c_str(), eta(per_step, total - state.step).c_str());
                     std::fflush(stdout);
                 }
                 if (evaluator && state.step == total) {

@@ -18,6 +18,7 @@
 #include <ATen/ops/randn.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -308,6 +309,27 @@ TEST(IndexerLossTest, RecallIsOneWhenEveryVisibleKeyIsSelectedAndMatchesTheOracl
         sparse_att.dense = false;
         sparse_att.lse = at::zeros_like(c.att.lse);
         EXPECT_NEAR(attention_recall(sparse_att, topk, c.query_pos, c.key_valid, 4), expect, 1e-12);
+    }
+}
+
+TEST(IndexerLossTest, OracleRecallIsTheMassOfTheHeaviestKeysAndBoundsEverySelection) {
+    for (const bool padding : {false, true}) {
+        const Case c = random_case(13, 2, 4, 17, at::kDouble, padding);
+        const int64_t S = c.att.c_kv.size(1);
+        // The oracle's selection, built naively from the full [B, L, S] head-averaged attention.
+        const at::Tensor visible = visible_full(c.query_pos, c.key_valid);
+        const at::Tensor scores = full_scores(c.att).masked_fill(visible.unsqueeze(1).logical_not(), kNegInf);
+        const at::Tensor p = at::softmax(scores, -1).nan_to_num(0).mean(1);
+        for (const int64_t k : {1, 3, 6}) {
+            const at::Tensor best = std::get<1>(p.topk(k, -1));
+            // Invisible keys (p = 0) in the naive selection contribute nothing, as in the oracle.
+            const double expect = naive_recall(c, best);
+            for (const int64_t tile : {1, 5, 64}) {
+                EXPECT_NEAR(attention_recall_oracle(c.att, k, c.query_pos, c.key_valid, tile), expect, 1e-12);
+            }
+            EXPECT_GE(expect + 1e-12, attention_recall(c.att, topk_of(c, k), c.query_pos, c.key_valid));
+        }
+        EXPECT_NEAR(attention_recall_oracle(c.att, S + 3, c.query_pos, c.key_valid), 1.0, 1e-12);
     }
 }
 

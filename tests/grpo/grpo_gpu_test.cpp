@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/tensor.h>
 
+#include "core/precision.h"
 #include "core/rng.h"
 #include "grpo/logprobs.h"
 #include "grpo/loss.h"
@@ -65,6 +67,67 @@ TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
                                        adv.contributes.cuda(), {}}, {});
     loss.loss.backward();
     EXPECT_TRUE(m.weights().lm_head.grad().defined());
+    EXPECT_GT(m.weights().lm_head.grad().abs().sum().item<double>(), 0);
+}
+
+// bf16 autocast (trainer.autocast, the GPU default): fp32 parameters, bf16 matmuls. Rollout and teacher-forced
+// recomputation under the same autocast agree to bf16 precision; the logits differ from the fp32 forward (so
+// autocast is active) by a bf16-sized amount; the GRPO backward yields finite fp32 gradients.
+TEST(GrpoGpuTest, Bf16AutocastRolloutRecomputeAndBackward) {
+    DSRL_REQUIRE_CUDA();
+    ModelConfig c;
+    c.index_topk = 12;
+    c.max_position_embeddings = 128;
+    dsa::Model cpu = dsa::Model::random(c, 41, at::kCPU);
+    dsa::ModelWeights w = cpu.weights();
+    for (dsa::NamedTensor& t : dsa::named_tensors(w, c)) *t.tensor = t.tensor->cuda();
+    dsa::Model m(c, w);
+    const rollout::ByteTokenizer tok(c.vocab_size);
+    std::vector<rollout::Prompt> prompts;
+    for (int i = 0; i < 2; ++i) {
+        const auto ids = tok.apply_chat({{"user", std::string("autocast prompt ") + char('a' + i)}}, true);
+        prompts.push_back({"reasoning", i, std::vector<int32_t>(ids.begin(), ids.end())});
+    }
+    const auto ids = tok.apply_chat({{"user", "compare the logits"}}, true);
+    const at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0).cuda();
+    const at::Tensor fp32_logits = m.forward({input}).logits.cpu();
+    const AutocastScope amp(m.device(), true);
+    ASSERT_TRUE(amp.active());
+    const at::Tensor amp_logits = m.forward({input}).logits;
+    EXPECT_EQ(amp_logits.scalar_type(), at::kFloat);
+    const double diff = (amp_logits.cpu() - fp32_logits).abs().max().item<double>();
+    EXPECT_GT(diff, 0.0) << "autocast did not change the matmul precision";
+    EXPECT_LT(diff, 0.1);
+    const rollout::GenerateOptions opt{.sampling = {.temperature = 1.0}, .max_new_tokens = 10};
+    auto groups = rollout::generate_groups(m, tok, prompts, 4, opt, 9);
+    std::vector<const rollout::Sample*> all;
+    for (auto& g : groups) {
+        for (auto& s : g.samples) {
+            s.reward = static_cast<float>(s.sample_index % 2);
+            all.push_back(&s);
+        }
+    }
+    for (dsa::NamedTensor& t : m.named_tensors()) {
+        if (t.trainable) t.tensor->requires_grad_(true);
+    }
+    const PackedBatch b = pack_samples(all, tok.pad_id());
+    const LogprobResult pi = sequence_logprobs(m, b, {.temperature = 1.0, .chunk_tokens = 16});
+    EXPECT_LE(((pi.logp.detach().cpu() - b.logp_old) * b.valid).abs().max().item<double>(), 5e-2);
+    std::vector<float> rewards;
+    std::vector<int64_t> group;
+    for (const auto* s : all) {
+        rewards.push_back(s->reward);
+        group.push_back(s->prompt_id);
+    }
+    const Advantages adv = compute_advantages(at::tensor(rewards), at::tensor(group), AdvNorm::kNone);
+    const LossOutput loss = grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(),
+                                       adv.contributes.cuda(), {}}, {});
+    loss.loss.backward();
+    for (dsa::NamedTensor& t : m.named_tensors()) {
+        if (!t.trainable || !t.tensor->grad().defined()) continue;
+        EXPECT_EQ(t.tensor->grad().scalar_type(), at::kFloat) << t.name;
+        EXPECT_TRUE(t.tensor->grad().isfinite().all().item<bool>()) << t.name;
+    }
     EXPECT_GT(m.weights().lm_head.grad().abs().sum().item<double>(), 0);
 }
 

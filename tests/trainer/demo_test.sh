@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo in CI, shortened (issue 8): the embedded default job on 2 ranks with fewer SFT and GRPO steps.
-# Passes when the job succeeds, the mean reward over the last third of the GRPO steps exceeds the first
-# third's, eval.json has before/after accuracy for both domains, TensorBoard events exist, and the plot is
-# written. Usage: demo_test.sh path/to/dsrl_train MPIEXEC PYTHON
+# Passes when the job succeeds, the mean reward over the last 10 of 40 GRPO steps exceeds the first 10's,
+# eval.json has before/after accuracy for both domains, TensorBoard events exist, and the plot is written.
+# Usage: demo_test.sh path/to/dsrl_train MPIEXEC PYTHON
 set -u
 bin=$1
 mpiexec=$2
@@ -11,22 +11,22 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 DSRL_LOG_LEVEL=warn
-"$mpiexec" --oversubscribe -np 2 "$bin" --set run.output_dir="$tmp/demo" --set sft.steps=300 \
-    --set trainer.total_steps=60 --set trainer.eval_every=0 --set trainer.log_every=10 >"$tmp/log" 2>&1 ||
+"$mpiexec" --oversubscribe -np 2 "$bin" --set run.output_dir="$tmp/demo" --set sft.steps=800 \
+    --set trainer.total_steps=40 --set trainer.eval_every=0 --set trainer.log_every=10 >"$tmp/log" 2>&1 ||
     { echo "FAIL: the demo job failed"; cat "$tmp/log"; exit 1; }
-grep "^\[eval\]\|^\[grpo\] step 60" "$tmp/log"
+grep "^\[eval\]\|^\[grpo\] step 40/" "$tmp/log"
 "$python" - "$tmp/demo" <<'PY' || exit 1
 import json, sys
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
 grpo = [r for r in rows if r["stage"] == "grpo"]
-assert len(grpo) == 60, f"expected 60 GRPO steps in metrics.jsonl, got {len(grpo)}"
+assert len(grpo) == 40, f"expected 40 GRPO steps in metrics.jsonl, got {len(grpo)}"
 def reward(r):  # mean over the domains a step drew
     v = [x for k, x in r.items() if k.startswith("reward_mean/")]
     return sum(v) / len(v)
-first = sum(map(reward, grpo[:20])) / 20
-last = sum(map(reward, grpo[-20:])) / 20
-print(f"mean reward: steps 1-20 {first:.4f}, steps 41-60 {last:.4f}")
+first = sum(map(reward, grpo[:10])) / 10
+last = sum(map(reward, grpo[-10:])) / 10
+print(f"mean reward: steps 1-10 {first:.4f}, steps 31-40 {last:.4f}")
 ev = json.load(open(f"{out}/eval.json"))
 assert set(ev) == {"reasoning", "alignment"}, ev
 for d, v in ev.items():
