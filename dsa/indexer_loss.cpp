@@ -1,5 +1,7 @@
 #include "dsa/indexer_loss.h"
 
+#include "core/precision.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <ATen/TensorOperators.h>
@@ -102,7 +104,12 @@ at::Tensor dense_scores(const at::Tensor& q_lat, const at::Tensor& q_pe, const a
 at::Tensor dense_target(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat, const at::Tensor& lse,
                         const at::Tensor& visible, int64_t t0, int64_t n, double scale) {
     at::Tensor probs = dense_scores(q_lat, q_pe, kcat, t0, n, scale);
-    at::Tensor l = lse.narrow(1, t0, n).to(kcat.scalar_type());
+    at::Tensor l;
+    if (lse.numel() > 0) {
+        l = lse.narrow(1, t0, n).to(kcat.scalar_type());
+    } else {  // the forward's lse is not usable (reduced precision): this tile's own, from the same scores
+        l = at::logsumexp(probs.masked_fill(visible.unsqueeze(2).logical_not(), kNegInf), -1);
+    }
     l = at::where(l.isfinite(), l, at::zeros_like(l));  // a query without keys has no visible entry anyway
     probs.sub_(l.unsqueeze(-1)).exp_().masked_fill_(visible.unsqueeze(2).logical_not(), 0);
     return probs.mean(2);
@@ -168,6 +175,7 @@ public:
                                  const at::Tensor& lse, const at::Tensor& topk, const at::Tensor& query_pos,
                                  const at::Tensor& key_valid, const at::Tensor& row_weight, bool sparse,
                                  double scale, int64_t tile) {
+        const Fp32Region fp32;  // the losses are fp32/fp64 math even inside a bf16 autocast region
         const at::ScalarType dt = kcat.scalar_type();
         const double iscale = 1.0 / std::sqrt(double(q.size(3)));
         const at::Tensor kf = k.to(dt);
@@ -192,6 +200,7 @@ public:
     }
 
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        const Fp32Region fp32;  // backward threads inherit the forward's autocast state
         const auto v = ctx->get_saved_variables();
         const at::Tensor &q = v[0], &k = v[1], &w = v[2], &q_lat = v[3], &q_pe = v[4], &kcat = v[5], &lse = v[6],
                          &topk = v[7], &query_pos = v[8], &key_valid = v[9], &row_weight = v[10];
@@ -289,7 +298,11 @@ IndexerLoss run_kl(const IndexerOutput& ix, const AttentionInputs& a, const at::
     IndexerLoss r;
     r.num_queries = valid.sum().item<int64_t>();
     const at::Tensor row_weight = valid.to(p.dt) / double(std::max<int64_t>(r.num_queries, 1));
-    const at::Tensor lse = sparse ? at::empty({0}, p.kcat.options()) : a.lse.detach();
+    // The forward's per-head lse normalizes our recomputed scores only when the forward computed them in full
+    // precision; under bf16 autocast (q_lat bf16) each tile's lse is recomputed from the fp32 scores instead.
+    const bool forward_lse = !sparse && at::isFloatingType(a.q_lat.scalar_type()) &&
+                             c10::elementSize(a.q_lat.scalar_type()) >= 4;
+    const at::Tensor lse = forward_lse ? a.lse.detach() : at::empty({0}, p.kcat.options());
     const at::Tensor idx = sparse ? topk.to(at::kLong) : at::empty({0}, p.kcat.options().dtype(at::kLong));
     r.loss = IndexerKl::apply(ix.q, ix.k, ix.w, a.q_lat.detach(), a.q_pe.detach(), p.kcat, lse, idx,
                               query_pos.to(p.kcat.device(), at::kLong), p.key_valid, row_weight, sparse, a.scale,
@@ -331,6 +344,7 @@ namespace {
 // Mass of the head-averaged dense attention inside `topk` (defined) or inside each query's k heaviest keys.
 double recall_of(const char* what, const AttentionInputs& attention, const at::Tensor& topk, int64_t k,
                  const at::Tensor& query_pos, const at::Tensor& key_valid, int64_t query_tile) {
+    const Fp32Region fp32;
     const AttentionInputs& a = attention;
     TORCH_CHECK(a.q_lat.dim() == 4 && a.q_pe.dim() == 4 && a.c_kv.dim() == 3 && a.k_pe.dim() == 3,
                 what, ": attention inputs must be q_lat [B, L, H, C], q_pe [B, L, H, R], c_kv [B, S, C], "

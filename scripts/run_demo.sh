@@ -2,7 +2,7 @@
 # The README's first command: builds dsrl if needed, then runs the embedded default job on 2 CPU ranks — a
 # tiny DSA-MoE model, SFT on two synthetic domains (single-digit addition, echoing two words), then mixed
 # GRPO with rule-based rewards — and ends with the accuracy before and after RL and a plot of reward and KL
-# (runs/demo/metrics.png). About 5 minutes on 2 cores. Extra arguments go to dsrl_train, e.g.
+# (runs/demo/metrics.png). About 2.5 minutes on 2 cores once built. Extra arguments go to dsrl_train, e.g.
 #   bash scripts/run_demo.sh --set trainer.total_steps=50
 #   bash scripts/run_demo.sh --resume auto          # continue an interrupted demo
 set -euo pipefail

@@ -63,7 +63,7 @@ options:
   --resume auto|PATH   resume from the latest checkpoint of the run (auto) or from PATH.
   --print-config       print the resolved configuration as YAML and exit.
   --print-schema       print every configuration key (markdown table, as docs/configuration.md) and exit.
-  --check              validate the configuration and exit.
+  --check              validate the configuration, reward plugins and data files, and exit.
   --help               this text.
 
 environment:

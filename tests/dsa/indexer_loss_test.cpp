@@ -170,6 +170,26 @@ TEST(IndexerLossTest, WarmupLossEqualsTheFullMatrixOracleForEveryTile) {
     }
 }
 
+// Under bf16 autocast the forward's attention inputs are bf16 and its lse comes from bf16 scores: the loss
+// recomputes each tile's lse from its own fp32 scores (a stale lse must not leak in) and matches the oracle on
+// the same bf16-rounded inputs.
+TEST(IndexerLossTest, WarmupLossWithReducedPrecisionAttentionInputsRecomputesTheLse) {
+    Case c = random_case(11, 2, 4, 5, at::kFloat, true);
+    Case rounded = c;
+    for (at::Tensor* t : {&rounded.att.q_lat, &rounded.att.q_pe, &rounded.att.c_kv, &rounded.att.k_pe}) {
+        *t = t->to(at::kBFloat16).to(at::kFloat);
+    }
+    const Oracle expect = naive_loss(rounded, at::Tensor());
+    Case bf16 = c;
+    for (at::Tensor* t : {&bf16.att.q_lat, &bf16.att.q_pe, &bf16.att.c_kv, &bf16.att.k_pe}) *t = t->to(at::kBFloat16);
+    bf16.att.lse = at::zeros_like(c.att.lse);  // stale: must not be used
+    for (const int64_t tile : {1, 4, 64}) {
+        const IndexerLoss got = indexer_warmup_loss(bf16.ix, bf16.att, bf16.query_pos, bf16.key_valid, tile);
+        EXPECT_EQ(got.loss.scalar_type(), at::kFloat);
+        EXPECT_ALL_CLOSE("loss, tile " + std::to_string(tile), got.loss, expect.loss, 1e-5, 1e-4);
+    }
+}
+
 TEST(IndexerLossTest, SparseLossEqualsTheFullMatrixOracleForEveryTile) {
     for (const bool padding : {false, true}) {
         Case c = random_case(12, 3, 4, 2, at::kDouble, padding);

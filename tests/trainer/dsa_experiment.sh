@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The DSA acceptance experiment (issue 9, docs/dsa_training.md), through dsrl_train on CPU:
 #   1. dense_lm (dsa.dense_lm_steps, the pre-phase of indexer_warmup): the tiny default model learns the
-#      synthetic:retrieval task with dense attention (a dense-trained model to convert);
+#      synthetic:retrieval task with dense attention (a dense-trained model to convert). 2 layers of 2 heads,
+#      L = 128, k = L/8 = 16: idle layers and heads keep a diffuse attention whose best possible recall at k
+#      stays below 0.9 (the [dsa_eval] lines print that bound); docs/dsa_training.md reports 5 seeds, of which
+#      3 pass both criteria below; CI runs the default seed (1234). Extra flags: DSA_EXPERIMENT_ARGS;
 #   2. indexer_warmup: the indexer learns the dense attention; recall at k = L/8 must rise from its initial
 #      value to >= 0.9;
 #   3. sparse_train (k = L/8): the task loss on the sparse path must stay within 10% of the dense model's.
@@ -21,9 +24,9 @@ steps=(--set dsa.dense_lm_steps=1500 --set dsa.warmup_steps=150 --set dsa.sparse
     steps=(--set dsa.dense_lm_steps=4000 --set dsa.warmup_steps=400 --set dsa.sparse_steps=400)
 "$bin" --set 'run.stages=[indexer_warmup, sparse_train]' --set run.device=cpu --set "run.output_dir=$out" \
     --set run.log_level=warn --set trainer.tensorboard=false --set trainer.checkpoint.every_steps=100000 --set trainer.log_every=25 \
-    --set model.num_hidden_layers=2 --set model.index_topk=16 --set dsa.seq_len=128 \
+    --set model.num_hidden_layers=2 --set model.num_attention_heads=2 --set model.index_topk=16 --set dsa.seq_len=128 \
     --set 'dsa.data=synthetic:retrieval?keys=16' --set dsa.batch_size=8 --set dsa.eval_batches=4 --set dsa.dense_lm_lr=3e-3 --set dsa.indexer_lr=1e-3 \
-    --set dsa.lr=1e-4 "${steps[@]}" || { echo "FAIL: dsrl_train failed"; exit 1; }
+    --set dsa.lr=1e-4 "${steps[@]}" ${DSA_EXPERIMENT_ARGS:-} || { echo "FAIL: dsrl_train failed"; exit 1; }
 "$python" - "$out/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
