@@ -20,7 +20,7 @@ void bind(Binder& b, RunConfig& c) {
     b.field("seed", c.seed, {.doc = "Base seed; every rank derives its own streams from it.", .min = 0});
     b.field("stages", c.stages,
             {.doc = "Stages run in order.", .choices = {"sft", "indexer_warmup", "sparse_train", "grpo"}});
-    b.field("log_level", c.log_level, {.doc = "Console log level.", .choices = {"debug", "info", "warn", "error"}});
+    b.field("log_level", c.log_level, {.doc = "Console log level (the environment variable DSRL_LOG_LEVEL, when set, wins).", .choices = {"debug", "info", "warn", "error"}});
     b.field("device", c.device,
             {.doc = "auto: the GPU of the local rank when CUDA is available, else CPU.",
              .choices = {"auto", "cpu", "cuda"}});

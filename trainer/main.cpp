@@ -1,5 +1,6 @@
 // dsrl_train: the job binary (SPEC §7). `mpirun -np N build/bin/dsrl_train --config configs/x.yaml`.
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "core/config.h"
@@ -29,7 +30,10 @@ int run(int argc, char** argv) {
         return 0;
     }
     dsrl::JobConfig cfg = dsrl::load_job_config(opt.config_path, opt.overrides);
-    dsrl::log::set_level(dsrl::log::parse_level(cfg.run.log_level, "run.log_level"));
+    // DSRL_LOG_LEVEL, when set, overrides run.log_level (quiet a job without editing its config).
+    if (std::getenv("DSRL_LOG_LEVEL") == nullptr) {
+        dsrl::log::set_level(dsrl::log::parse_level(cfg.run.log_level, "run.log_level"));
+    }
     if (opt.print_config) {
         std::cout << dsrl::to_yaml(cfg);
         return 0;

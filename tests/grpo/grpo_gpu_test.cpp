@@ -19,6 +19,19 @@
 namespace dsrl::grpo {
 namespace {
 
+// The GRPO loss of the samples' rewards (group advantages without std division) on the packed batch.
+LossOutput group_loss(const std::vector<const rollout::Sample*>& all, const LogprobResult& pi, const PackedBatch& b) {
+    std::vector<float> rewards;
+    std::vector<int64_t> group;
+    for (const auto* s : all) {
+        rewards.push_back(s->reward);
+        group.push_back(s->prompt_id);
+    }
+    const Advantages adv = compute_advantages(at::tensor(rewards), at::tensor(group), AdvNorm::kNone);
+    return grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(), adv.contributes.cuda(), {}},
+                     {});
+}
+
 TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
     DSRL_REQUIRE_CUDA();
     ModelConfig c;
@@ -58,15 +71,7 @@ TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
     const LogprobResult pi = sequence_logprobs(m, b, {.temperature = 0.9, .chunk_tokens = 16, .entropy = true});
     EXPECT_TRUE(pi.logp.is_cuda());
     EXPECT_LE(((pi.logp.detach().cpu() - b.logp_old) * b.valid).abs().max().item<double>(), 1e-4);
-    std::vector<float> rewards;
-    std::vector<int64_t> group;
-    for (const auto* s : all) {
-        rewards.push_back(s->reward);
-        group.push_back(s->prompt_id);
-    }
-    const Advantages adv = compute_advantages(at::tensor(rewards), at::tensor(group), AdvNorm::kNone);
-    const LossOutput loss = grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(),
-                                       adv.contributes.cuda(), {}}, {});
+    const LossOutput loss = group_loss(all, pi, b);
     loss.loss.backward();
     EXPECT_TRUE(m.weights().lm_head.grad().defined());
     EXPECT_GT(m.weights().lm_head.grad().abs().sum().item<double>(), 0);
@@ -129,15 +134,7 @@ TEST(GrpoGpuTest, Bf16AutocastRolloutRecomputeAndBackward) {
     const PackedBatch b = pack_samples(all, tok.pad_id());
     const LogprobResult pi = sequence_logprobs(m, b, {.temperature = 1.0, .chunk_tokens = 16});
     EXPECT_LE(((pi.logp.detach().cpu() - b.logp_old) * b.valid).abs().max().item<double>(), 5e-2);
-    std::vector<float> rewards;
-    std::vector<int64_t> group;
-    for (const auto* s : all) {
-        rewards.push_back(s->reward);
-        group.push_back(s->prompt_id);
-    }
-    const Advantages adv = compute_advantages(at::tensor(rewards), at::tensor(group), AdvNorm::kNone);
-    const LossOutput loss = grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(),
-                                       adv.contributes.cuda(), {}}, {});
+    const LossOutput loss = group_loss(all, pi, b);
     loss.loss.backward();
     for (dsa::NamedTensor& t : m.named_tensors()) {
         if (!t.trainable || !t.tensor->grad().defined()) continue;
