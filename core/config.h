@@ -97,7 +97,7 @@ struct CheckpointConfig {
 };
 
 struct OptimizerConfig {
-    double lr = 2e-4;  ///< the tiny demo model's; real models want ~1e-6 (configs/single_gpu.yaml)
+    double lr = 5e-5;  ///< the tiny demo model's; real models want ~1e-6 (configs/single_gpu.yaml)
     double min_lr_ratio = 0.1;
     double weight_decay = 0.1;
     double beta1 = 0.9;

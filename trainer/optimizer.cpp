@@ -36,6 +36,15 @@ AdamW::AdamW(std::vector<Param> params, AdamWOptions opt) : params_(std::move(pa
     }
 }
 
+void AdamW::reset_state() {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < params_.size(); ++i) {
+        m_[i].zero_();
+        v_[i].zero_();
+    }
+    step_ = 0;
+}
+
 void AdamW::step(double lr) {
     at::NoGradGuard no_grad;
     ++step_;

@@ -53,6 +53,9 @@ public:
     void zero_grad(bool set_to_none = false);
     /// Sets each parameter's lr_scale from its name (e.g. the indexer's own learning rate in the DSA stages).
     void set_lr_scales(const std::function<double(const std::string&)>& scale_of);
+    /// Forgets the moments and the step count (a fresh optimizer over the same parameters): each training
+    /// stage starts with one, so SFT's moments and step count do not leak into RL's updates and schedule.
+    void reset_state();
     int64_t steps() const { return step_; }
     const std::vector<Param>& params() const { return params_; }
 

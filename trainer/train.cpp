@@ -436,6 +436,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     const auto run_dsa = [&](const std::string& stage, int64_t total, DsaStep step_fn, bool with_eval) {
         int64_t& done = state.stage_steps[stage];
         if (done >= total) return true;
+        if (done == 0) optimizer.reset_state();  // each stage starts with fresh moments and step count
         if (with_eval && done == 0) dsa_eval(stage, false);
         const auto t0 = Clock::now();
         const int64_t first = done;
@@ -481,6 +482,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const auto t0 = Clock::now();
             int64_t& done = state.stage_steps["sft"];
             const int64_t first = done;
+            if (done == 0) optimizer.reset_state();  // fresh moments and step count for the stage
             while (done < job.sft.steps) {
                 const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, done, job, comm), comm);
                 ++done;
@@ -516,6 +518,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                                 ? std::make_unique<dsa::Model>(clone_model(policy, ref_device))
                                 : std::make_unique<dsa::Model>(dsa::Model::load(reference_dir, job.model, ref_device));
             }
+            // Fresh moments and step count: the lr schedule (warm-up, cosine) counts the stage's own optimizer steps.
+            if (state.step == 0) optimizer.reset_state();
             RlStep rl(job, policy, reference.get(), *tok, domains, optimizer, &comm);
             const int64_t total = job.trainer.total_steps;
             if (evaluator && state.step == 0 && !state.cursors.count("eval_before")) {

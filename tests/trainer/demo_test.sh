@@ -27,6 +27,8 @@ def reward(r):  # mean over the domains a step drew
 first = sum(map(reward, grpo[:10])) / 10
 last = sum(map(reward, grpo[-10:])) / 10
 print(f"mean reward: steps 1-10 {first:.4f}, steps 31-40 {last:.4f}")
+# Each stage starts a fresh optimizer: GRPO's schedule warms up from its own step 0 (not from SFT's count).
+assert grpo[0]["lr"] < grpo[5]["lr"], ("GRPO did not warm up", grpo[0]["lr"], grpo[5]["lr"])
 ev = json.load(open(f"{out}/eval.json"))
 assert set(ev) == {"reasoning", "alignment"}, ev
 for d, v in ev.items():

@@ -44,6 +44,29 @@ TEST(OptimizerTest, AdamWMatchesTorchOptimAdamW) {
     for (size_t i = 0; i < ours.size(); ++i) EXPECT_ALL_CLOSE(ours[i].name, ours[i].tensor, theirs[i].tensor, 1e-6);
 }
 
+// A stage boundary: after reset_state the optimizer continues exactly like a new AdamW over the same weights.
+TEST(OptimizerTest, ResetStateActsLikeAFreshOptimizer) {
+    std::vector<Param> a = make_params(3);
+    AdamW opt(a, {.weight_decay = 0.1});
+    for (int step = 0; step < 4; ++step) {
+        fill_grads(a, step);
+        opt.step(1e-2);
+    }
+    opt.reset_state();
+    EXPECT_EQ(opt.steps(), 0);
+    std::vector<Param> b;
+    for (const Param& p : a) b.push_back({p.name, p.tensor.detach().clone().requires_grad_(true), p.decay});
+    AdamW fresh(b, {.weight_decay = 0.1});
+    for (int step = 10; step < 13; ++step) {
+        fill_grads(a, step);
+        fill_grads(b, step);
+        opt.step(1e-2);
+        fresh.step(1e-2);
+    }
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i].tensor, b[i].tensor)) << a[i].name;
+    EXPECT_EQ(opt.steps(), 3);
+}
+
 TEST(OptimizerTest, LrScaleActsAsAParameterGroupAndDroppedGradsFreeze) {
     // Parameter "w" at lr 1e-2 · 0.5 equals torch's AdamW at lr 5e-3; "b" keeps lr 1e-2.
     std::vector<Param> ours = make_params(3), half = make_params(3), full = make_params(3);
