@@ -93,6 +93,17 @@ void restore_cursor(rewards::PromptSampler& s, const std::string& text, const st
     s.restore({epoch, position});
 }
 
+// An integer cursor of a checkpoint (`fallback` when absent); a malformed one is a CheckpointError naming it.
+int64_t int_cursor(const std::map<std::string, std::string>& cursors, const std::string& name, int64_t fallback) {
+    const auto it = cursors.find(name);
+    if (it == cursors.end()) return fallback;
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(it->second, &value)) {
+        throw CheckpointError(absl::StrCat("checkpoint cursor '", name, "' is malformed: '", it->second, "'"));
+    }
+    return value;
+}
+
 // Rank 0's metrics: one JSON line per step in metrics.jsonl and, with trainer.tensorboard, TensorBoard
 // scalars "<stage>/<key>" in <output_dir>/tb (a resumed run appends a new event file; TensorBoard merges them).
 class MetricsLog {
@@ -321,10 +332,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         const std::string dir = resolve_resume(root, opt.resume);
         if (!dir.empty()) {
             LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank);
-            optimizer.load_state(ck.optimizer, std::stoll(ck.state.cursors.count("optimizer_steps")
-                                                                ? ck.state.cursors.at("optimizer_steps")
-                                                                : "0"),
-                                 dir);
+            optimizer.load_state(ck.optimizer, int_cursor(ck.state.cursors, "optimizer_steps", 0), dir);
             state = ck.state;
             reference_dir = ck.reference_dir;
             state.config_yaml = opt.config_yaml;
@@ -341,13 +349,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                     restore_cursor(*src.sampler, it->second, it->first);
                 }
             }
-            if (const auto it = state.cursors.find("tokens.dsa"); dsa_stream && it != state.cursors.end()) {
-                int64_t cursor = 0;
-                if (!absl::SimpleAtoi(it->second, &cursor)) {
-                    throw CheckpointError(absl::StrCat("checkpoint cursor 'tokens.dsa' is malformed: '", it->second, "'"));
-                }
-                dsa_stream->restore(cursor);
-            }
+            if (dsa_stream) dsa_stream->restore(int_cursor(state.cursors, "tokens.dsa", 0));
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
         }
