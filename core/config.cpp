@@ -44,7 +44,8 @@ void bind(Binder& b, ModelConfig& c) {
     b.choice("dtype", c.dtype, {{"float32", DType::kFloat32}, {"bfloat16", DType::kBFloat16}},
              {.doc = "Parameter dtype (float32: fp32 master weights, with trainer.autocast on GPU; bfloat16: bf16 parameters)."});
     b.choice("impl", c.impl, {{"auto", Impl::kAuto}, {"reference", Impl::kReference}, {"cuda", Impl::kCuda}},
-             {.doc = "DSA kernels: auto (CUDA when on GPU), reference (ATen), cuda (error if unsupported)."});
+             {.doc = "DSA kernels: auto (CUDA kernels for CUDA bf16 inputs of the full-size shapes, else ATen), "
+                     "reference (ATen always), cuda (the kernels or an error); docs/kernels.md."});
     const Rule pos{.min = 1};
     auto pos_doc = [&](const char* doc) {
         Rule r = pos;

@@ -14,6 +14,10 @@
 
 #include <limits>
 
+#ifdef DSRL_WITH_CUDA
+#include "dsa/indexer_cuda.h"
+#endif
+
 namespace dsrl::dsa {
 namespace {
 
@@ -78,6 +82,38 @@ at::Tensor indexer_topk(const at::Tensor& q,
         chunks.push_back(idx);
     }
     return at::cat(chunks, 1);
+}
+
+at::Tensor select_topk(const at::Tensor& q,
+                       const at::Tensor& k,
+                       const at::Tensor& w,
+                       double scale,
+                       const at::Tensor& query_pos,
+                       const at::Tensor& key_valid,
+                       int64_t topk,
+                       Impl impl,
+                       int64_t query_chunk) {
+    check_shapes(q, k, w);
+#ifdef DSRL_WITH_CUDA
+    constexpr bool built = true;
+#else
+    constexpr bool built = false;
+#endif
+    const bool fits = built && q.is_cuda() && k.device() == q.device() && w.device() == q.device() &&
+                      (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) && q.size(3) == 128 &&
+                      q.size(2) % 16 == 0 && q.size(2) <= 64 && topk <= 2048;
+    if (impl != Impl::kReference && fits) {
+#ifdef DSRL_WITH_CUDA
+        return cuda::indexer_topk(q.to(at::kBFloat16), k.to(at::kBFloat16), w, scale, query_pos, key_valid, topk,
+                                  query_chunk);
+#endif
+    }
+    TORCH_CHECK(impl != Impl::kCuda, "indexer top-k: model.impl is cuda but the kernels cannot take these inputs (",
+                built ? "" : "this build has no CUDA kernels; ",
+                "they need CUDA bf16 q with index_head_dim 128, index_n_heads a multiple of 16 up to 64, index_topk "
+                "<= 2048); got q ", q.sizes(), " ", q.scalar_type(), " on ", q.device(), ", topk ", topk,
+                "; use model.impl auto or reference");
+    return indexer_topk(q, k, w, scale, query_pos, key_valid, topk, query_chunk);
 }
 
 }  // namespace dsrl::dsa

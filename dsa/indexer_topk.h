@@ -13,6 +13,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/config.h"
+
 namespace dsrl::dsa {
 
 /// Unmasked indexer scores [B, T, S] fp32 (for tests, recall metrics and the indexer loss).
@@ -29,5 +31,20 @@ at::Tensor indexer_topk(const at::Tensor& q,
                         const at::Tensor& key_valid,
                         int64_t topk,
                         int64_t query_chunk = 1024);
+
+/// Dispatch (model.impl) of indexer_topk: kAuto runs the CUDA kernels (dsa/indexer_cuda.h: bf16 logits fused
+/// with the ReLU head sum, exact radix top-k) when the inputs are on a CUDA device in reduced precision (bf16
+/// under autocast) with D = 128 and H a multiple of 16 up to 64 — k is then scored in bf16 too — and the
+/// reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
+/// Same output either way (the kernels order ties like the reference; bf16 scoring may swap near-ties).
+at::Tensor select_topk(const at::Tensor& q,
+                       const at::Tensor& k,
+                       const at::Tensor& w,
+                       double scale,
+                       const at::Tensor& query_pos,
+                       const at::Tensor& key_valid,
+                       int64_t topk,
+                       Impl impl,
+                       int64_t query_chunk = 1024);
 
 }  // namespace dsrl::dsa

@@ -103,8 +103,8 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     if (opt.return_indexer) r.indexer = {iq, ik, iw};
     if (!st.dense || opt.return_topk) {
         at::NoGradGuard no_grad;  // a discrete selection: the indexer learns only through its own loss
-        r.topk = indexer_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk,
-                              opt.query_chunk);
+        r.topk = select_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk,
+                             c.impl, opt.query_chunk);
     }
 
     // Absorbed (MQA) form: q̃ = q_nope · W_UK in latent space; o_h = W_UV · o_lat.
@@ -113,7 +113,7 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     const double scale = mla_softmax_scale(c);
     const AttentionOutput att =
         st.dense ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
-                 : sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, opt.query_chunk);
+                 : sparse_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, c.impl, opt.query_chunk);
     if (opt.return_attention) {
         r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale,
                        st.dense};

@@ -109,4 +109,36 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
     return {at::einsum("bths,bsc->bthc", {probs, c_kv.to(at::kFloat)}).to(q_lat.scalar_type()), lse};
 }
 
+AttentionOutput sparse_attention(const at::Tensor& q_lat,
+                                 const at::Tensor& q_pe,
+                                 const at::Tensor& c_kv,
+                                 const at::Tensor& k_pe,
+                                 const at::Tensor& indices,
+                                 double scale,
+                                 Impl impl,
+                                 int64_t query_chunk) {
+    if (impl != Impl::kReference && cuda::sparse_mla_supported(q_lat, q_pe, c_kv, k_pe)) {
+        return cuda::sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale);
+    }
+    TORCH_CHECK(impl != Impl::kCuda, "sparse attention: model.impl is cuda but the kernels cannot take these inputs ",
+                "(they need a CUDA build", cuda::sparse_mla_available() ? "" : " — this one has none",
+                ", CUDA bf16 tensors and kv_lora_rank 512 + qk_rope_head_dim 64); got q_lat ", q_lat.sizes(), " ",
+                q_lat.scalar_type(), " on ", q_lat.device(), ", k_pe ", k_pe.sizes(),
+                "; use model.impl auto or reference");
+    return sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, query_chunk);
+}
+
+#ifndef DSRL_WITH_CUDA
+namespace cuda {
+bool sparse_mla_available() { return false; }
+bool sparse_mla_supported(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    return false;
+}
+AttentionOutput sparse_mla_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const at::Tensor&, double, MlaKernel) {
+    TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
+}  // namespace cuda
+#endif
+
 }  // namespace dsrl::dsa

@@ -15,6 +15,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/config.h"
+
 namespace dsrl::dsa {
 
 struct AttentionOutput {
@@ -37,5 +39,43 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     const at::Tensor& query_pos,
                                     const at::Tensor& key_valid,
                                     double scale);
+
+/// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA bf16, entry 512 + 64)
+/// and the reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
+AttentionOutput sparse_attention(const at::Tensor& q_lat,
+                                 const at::Tensor& q_pe,
+                                 const at::Tensor& c_kv,
+                                 const at::Tensor& k_pe,
+                                 const at::Tensor& indices,
+                                 double scale,
+                                 Impl impl,
+                                 int64_t query_chunk = 256);
+
+/// The CUDA kernels (dsa/kernels/sparse_mla.cuh) behind an autograd function; sm_90 builds only.
+namespace cuda {
+
+/// True when this build has the kernels.
+bool sparse_mla_available();
+
+/// True when the kernels take these inputs: CUDA bf16 on one device, entry 512 + 64 (the full-size MLA latent).
+bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,
+                          const at::Tensor& k_pe);
+
+/// Forward kernel: kWgmma (Hopper warpgroup MMA; the default, taken on sm_90) or kMmaSync (the portable
+/// mma.sync kernel, kept as the benchmark's baseline). The backward kernel is the same for both.
+enum class MlaKernel { kWgmma, kMmaSync };
+
+/// Same contract as dsa::sparse_mla_attention (out bf16, lse fp32, −1 = invalid entry), differentiable in q_lat,
+/// q_pe, c_kv and k_pe; lse is not differentiable. Small T (decode) splits each query's entries over several
+/// blocks. Throws c10::Error on unsupported inputs or an index >= S.
+AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
+                                     const at::Tensor& q_pe,
+                                     const at::Tensor& c_kv,
+                                     const at::Tensor& k_pe,
+                                     const at::Tensor& indices,
+                                     double scale,
+                                     MlaKernel kernel = MlaKernel::kWgmma);
+
+}  // namespace cuda
 
 }  // namespace dsrl::dsa

@@ -25,6 +25,7 @@
 #include "core/precision.h"
 #include "core/rng.h"
 #include "dsa/model.h"
+#include "dsa/sparse_attention.h"
 #include "grpo/logprobs.h"
 #include "rewards/prompts.h"
 #include "rollout/tokenizer.h"
@@ -259,8 +260,9 @@ void check_supported(const JobConfig& job) {
                                        ": expert parallelism is not implemented in this build; use 1 ",
                                        "(every rank holds all experts; ranks are data-parallel)"));
     }
-    if (job.model.impl == Impl::kCuda) {
-        throw ConfigError("model.impl: cuda DSA kernels are not in this build yet; use auto or reference");
+    if (job.model.impl == Impl::kCuda && !dsa::cuda::sparse_mla_available()) {
+        throw ConfigError("model.impl: cuda, but this build of dsrl has no CUDA kernels (configure with "
+                          "DSRL_WITH_CUDA=ON on a machine with nvcc); use auto or reference");
     }
 }
 

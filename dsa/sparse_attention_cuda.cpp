@@ -1,0 +1,185 @@
+// Sparse MLA attention on the CUDA kernels (dsa/kernels/sparse_mla.cuh) as an autograd function: forward saves
+// the inputs, out and lse; backward recomputes the probabilities from lse (no [T, H, K] tensor is kept).
+#include "dsa/sparse_attention.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <ATen/TensorOperators.h>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/max.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "dsa/kernels/sparse_mla.cuh"
+
+#include <limits>
+
+namespace dsrl::dsa::cuda {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+int num_sms(c10::DeviceIndex device) {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+}
+
+// c_kv / k_pe may be batch-strided views (a decode cache); rows must be dense.
+bool rows_dense(const at::Tensor& t) { return t.stride(2) == 1 && t.stride(1) == t.size(2); }
+
+at::Tensor dense_rows(const at::Tensor& t) { return rows_dense(t) ? t : t.contiguous(); }
+
+struct Inputs {
+    at::Tensor q_lat, q_pe, c_kv, k_pe, indices;
+};
+
+Inputs prepare(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
+               const at::Tensor& indices) {
+    TORCH_CHECK(sparse_mla_supported(q_lat, q_pe, c_kv, k_pe),
+                "sparse attention (cuda): needs CUDA bf16 inputs with q_lat [B, T, H, 512], q_pe [B, T, H, 64], "
+                "c_kv [B, S, 512], k_pe [B, S, 64] on one device; got q_lat ", q_lat.sizes(), " ",
+                q_lat.scalar_type(), " on ", q_lat.device(), ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type());
+    TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q_lat.size(0) && indices.size(1) == q_lat.size(1),
+                "sparse attention (cuda): indices must be [", q_lat.size(0), ", ", q_lat.size(1), ", K], got ",
+                indices.sizes());
+    TORCH_CHECK(indices.device() == q_lat.device(), "sparse attention (cuda): indices on ", indices.device(),
+                ", queries on ", q_lat.device());
+    const at::Tensor idx = indices.to(at::kInt).contiguous();
+    if (idx.numel() > 0) {  // one small reduction + sync: an out-of-range index would read past the cache
+        const int64_t top = idx.max().item<int64_t>();
+        TORCH_CHECK(top < c_kv.size(1), "sparse attention (cuda): index ", top, " out of range for ", c_kv.size(1),
+                    " keys");
+    }
+    return {q_lat.contiguous(), q_pe.contiguous(), dense_rows(c_kv), dense_rows(k_pe), idx};
+}
+
+class SparseMla : public torch::autograd::Function<SparseMla> {
+public:
+    static variable_list forward(AutogradContext* ctx, const at::Tensor& q_lat_in, const at::Tensor& q_pe_in,
+                                 const at::Tensor& c_kv_in, const at::Tensor& k_pe_in, const at::Tensor& indices_in,
+                                 double scale, int64_t kernel) {
+        const Inputs in = prepare(q_lat_in, q_pe_in, c_kv_in, k_pe_in, indices_in);
+        const c10::cuda::CUDAGuard guard(in.q_lat.device());
+        const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.q_lat.device().index()).stream();
+        const int64_t B = in.q_lat.size(0), T = in.q_lat.size(1), H = in.q_lat.size(2);
+        at::Tensor out = at::empty({B, T, H, kernels::kMlaLatentDim}, in.q_lat.options());
+        at::Tensor lse = at::empty({B, T, H}, in.q_lat.options().dtype(at::kFloat));
+        kernels::SparseMlaFwdParams p{};
+        p.q_lat = in.q_lat.data_ptr();
+        p.q_pe = in.q_pe.data_ptr();
+        p.c_kv = in.c_kv.data_ptr();
+        p.k_pe = in.k_pe.data_ptr();
+        p.indices = in.indices.data_ptr<int32_t>();
+        p.out = out.data_ptr();
+        p.lse = lse.data_ptr<float>();
+        p.batch = B;
+        p.num_queries = T;
+        p.num_heads = H;
+        p.num_keys = in.c_kv.size(1);
+        p.topk = in.indices.size(2);
+        p.ckv_batch_stride = in.c_kv.stride(0);
+        p.kpe_batch_stride = in.k_pe.stride(0);
+        p.scale = float(scale);
+        p.use_wgmma = kernel == int64_t(MlaKernel::kWgmma);
+        p.num_splits = kernels::sparse_mla_num_splits(B, T, H, p.topk, num_sms(in.q_lat.device().index()));
+        at::Tensor workspace;
+        if (p.num_splits > 1) {
+            const int64_t rows = B * T * H;
+            workspace = at::empty({p.num_splits * rows * (kernels::kMlaLatentDim + 1)}, lse.options());
+            p.partial_out = workspace.data_ptr<float>();
+            p.partial_lse = p.partial_out + p.num_splits * rows * kernels::kMlaLatentDim;
+        }
+        if (B * T * H > 0 && p.topk > 0) {
+            C10_CUDA_CHECK(kernels::launch_sparse_mla_fwd(p, stream));
+        } else {
+            out.zero_();
+            lse.fill_(-std::numeric_limits<float>::infinity());
+        }
+        ctx->save_for_backward({in.q_lat, in.q_pe, in.c_kv, in.k_pe, in.indices, out, lse});
+        ctx->saved_data["scale"] = scale;
+        ctx->mark_non_differentiable({lse});
+        return {out, lse};
+    }
+
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        const auto v = ctx->get_saved_variables();
+        const at::Tensor &q_lat = v[0], &q_pe = v[1], &c_kv = v[2], &k_pe = v[3], &indices = v[4], &out = v[5],
+                         &lse = v[6];
+        const double scale = ctx->saved_data["scale"].toDouble();
+        const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), S = c_kv.size(1);
+        at::Tensor grad_kv = at::zeros({B, S, kernels::kMlaLatentDim + kernels::kMlaRopeDim},
+                                       q_lat.options().dtype(at::kFloat));
+        at::Tensor grad_q_lat = at::empty_like(q_lat), grad_q_pe = at::empty_like(q_pe);
+        if (!grads[0].defined() || B * T * H == 0 || indices.size(2) == 0) {
+            grad_q_lat.zero_();
+            grad_q_pe.zero_();
+        } else {
+            const at::Tensor grad_out = grads[0].to(q_lat.scalar_type()).contiguous();
+            const c10::cuda::CUDAGuard guard(q_lat.device());
+            const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream();
+            const at::Tensor delta = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
+            C10_CUDA_CHECK(kernels::launch_sparse_mla_delta(grad_out.data_ptr(), out.data_ptr(),
+                                                            delta.data_ptr<float>(), B * T * H, stream));
+            kernels::SparseMlaBwdParams p{};
+            p.q_lat = q_lat.data_ptr();
+            p.q_pe = q_pe.data_ptr();
+            p.c_kv = c_kv.data_ptr();
+            p.k_pe = k_pe.data_ptr();
+            p.indices = indices.data_ptr<int32_t>();
+            p.grad_out = grad_out.data_ptr();
+            p.lse = lse.data_ptr<float>();
+            p.delta = delta.data_ptr<float>();
+            p.grad_q_lat = grad_q_lat.data_ptr();
+            p.grad_q_pe = grad_q_pe.data_ptr();
+            p.grad_kv = grad_kv.data_ptr<float>();
+            p.batch = B;
+            p.num_queries = T;
+            p.num_heads = H;
+            p.num_keys = S;
+            p.topk = indices.size(2);
+            p.ckv_batch_stride = c_kv.stride(0);
+            p.kpe_batch_stride = k_pe.stride(0);
+            p.scale = float(scale);
+            C10_CUDA_CHECK(kernels::launch_sparse_mla_bwd(p, stream));
+        }
+        const at::Tensor grad_c_kv = grad_kv.narrow(-1, 0, kernels::kMlaLatentDim).to(c_kv.scalar_type());
+        const at::Tensor grad_k_pe =
+            grad_kv.narrow(-1, kernels::kMlaLatentDim, kernels::kMlaRopeDim).to(k_pe.scalar_type());
+        return {grad_q_lat, grad_q_pe, grad_c_kv, grad_k_pe, at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+};
+
+}  // namespace
+
+bool sparse_mla_available() { return true; }
+
+bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,
+                          const at::Tensor& k_pe) {
+    const auto bf16_cuda = [&](const at::Tensor& t) {
+        return t.defined() && t.is_cuda() && t.scalar_type() == at::kBFloat16 && t.device() == q_lat.device();
+    };
+    return bf16_cuda(q_lat) && bf16_cuda(q_pe) && bf16_cuda(c_kv) && bf16_cuda(k_pe) && q_lat.dim() == 4 &&
+           q_pe.dim() == 4 && c_kv.dim() == 3 && k_pe.dim() == 3 && q_lat.size(3) == kernels::kMlaLatentDim &&
+           q_pe.size(3) == kernels::kMlaRopeDim && c_kv.size(2) == kernels::kMlaLatentDim &&
+           k_pe.size(2) == kernels::kMlaRopeDim && q_pe.sizes().slice(0, 3) == q_lat.sizes().slice(0, 3) &&
+           c_kv.size(0) == q_lat.size(0) && k_pe.size(0) == c_kv.size(0) && k_pe.size(1) == c_kv.size(1);
+}
+
+AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
+                                     const at::Tensor& q_pe,
+                                     const at::Tensor& c_kv,
+                                     const at::Tensor& k_pe,
+                                     const at::Tensor& indices,
+                                     double scale,
+                                     MlaKernel kernel) {
+    const variable_list r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices, scale, int64_t(kernel));
+    return {r[0], r[1]};
+}
+
+}  // namespace dsrl::dsa::cuda

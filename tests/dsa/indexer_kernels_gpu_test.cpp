@@ -1,0 +1,301 @@
+// CUDA indexer kernels (dsa/indexer_cuda.h) against the ATen oracle (dsa/indexer_topk.h) on fresh random
+// inputs: exact top-k (order included, same scores in), bf16 and FP8 logits with identical −inf masks, the
+// fused causal top-k, the logits backward vs autograd, and timings at full size (IndexerKernelBench, printed,
+// never asserted). Outputs are poisoned before each run (the caching allocator hands the poisoned block back).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/randint.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include "core/rng.h"
+#include "dsa/indexer_cuda.h"
+#include "dsa/indexer_topk.h"
+#include "tests/test_util.h"
+
+namespace dsrl::dsa {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Leaves a freed block of `bytes` filled with 0xFF (NaN as fp32, −1-ish garbage as int) in the caching
+// allocator, so that the next allocation of that size — the kernel's output — starts poisoned.
+void poison_next_alloc(int64_t bytes) {
+    at::Tensor junk = at::full({(bytes + 3) / 4}, std::numeric_limits<float>::quiet_NaN(),
+                               at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    junk.view(at::kInt).fill_(0x7FC0DEAD);
+}
+
+// The reference's top-k of each row of logits [R, S]: first topk of a stable descending sort, −1 where −inf.
+at::Tensor ref_topk_rows(const at::Tensor& logits, int64_t topk) {
+    auto [sorted, order] = at::sort(logits.cpu(), /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+    const int64_t kept = std::min(topk, logits.size(1));
+    at::Tensor idx = at::where(sorted.narrow(1, 0, kept) == -kInf, at::full({1}, -1, at::kLong),
+                               order.narrow(1, 0, kept)).to(at::kInt);
+    if (kept < topk) idx = at::cat({idx, at::full({logits.size(0), topk - kept}, -1, at::kInt)}, 1);
+    return idx;
+}
+
+// Masked reference logits [B, T, S] fp32 (on the inputs' device).
+at::Tensor ref_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale,
+                      const at::Tensor& pos, const at::Tensor& valid) {
+    const at::Tensor s = indexer_scores(q.to(at::kFloat), k.to(at::kFloat), w.to(at::kFloat), scale);
+    const int64_t S = k.size(1);
+    at::Tensor visible = at::arange(S, pos.options()).view({1, 1, S}) <= pos.unsqueeze(-1);
+    if (valid.defined()) visible = visible.logical_and(valid.unsqueeze(1));
+    return s.masked_fill(visible.logical_not(), -kInf);
+}
+
+// ‖a − e‖ / ‖e‖ over the finite entries of e, after checking that the −inf masks agree and a has no NaN.
+double masked_rel_err(const at::Tensor& actual, const at::Tensor& expected) {
+    const at::Tensor a = actual.cpu().to(at::kDouble), e = expected.cpu().to(at::kDouble);
+    EXPECT_FALSE(a.isnan().any().item<bool>()) << "NaN (unwritten?) in the kernel's output";
+    EXPECT_TRUE(at::equal(a == -kInf, e == -kInf)) << "−inf masks differ: " << (a == -kInf).sum().item<int64_t>()
+                                                   << " vs " << (e == -kInf).sum().item<int64_t>();
+    const at::Tensor finite = e.isfinite().logical_and(a.isfinite());
+    const at::Tensor diff = at::where(finite, a - e, at::zeros({1}, at::kDouble));
+    const at::Tensor ref = at::where(finite, e, at::zeros({1}, at::kDouble));
+    return diff.norm().item<double>() / std::max(ref.norm().item<double>(), 1e-30);
+}
+
+struct Inputs {
+    at::Tensor q, k, w, pos, valid;  // CUDA; q, k bf16
+    double scale;
+};
+
+// Decode-like inputs: T < S queries at the end of each sequence, batch 1 padded on the left.
+Inputs make_inputs(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t H, bool pad = true) {
+    at::Generator gen = rng::make_cpu_generator(seed);
+    Inputs in;
+    in.q = at::randn({B, T, H, 128}, gen, at::kFloat).to(at::kBFloat16).cuda();
+    in.k = at::randn({B, S, 128}, gen, at::kFloat).to(at::kBFloat16).cuda();
+    in.w = at::randn({B, T, H}, gen, at::kFloat).mul(1.0 / std::sqrt(double(H))).cuda();
+    in.pos = (at::arange(T, at::kLong) + (S - T)).unsqueeze(0).repeat({B, 1});
+    if (B > 1 && T > 2) in.pos[1].narrow(0, 0, T / 2).fill_(S / 3);  // some rows see far fewer keys
+    in.pos = in.pos.cuda();
+    at::Tensor valid = at::ones({B, S}, at::kBool);
+    if (pad && B > 1) valid[1].narrow(0, 0, std::min<int64_t>(13, S)).fill_(false);
+    if (pad && S > 40) valid[0][S / 2] = false;
+    in.valid = valid.cuda();
+    in.scale = 1.0 / std::sqrt(128.0);
+    return in;
+}
+
+TEST(IndexerKernelTest, TopkRowsEqualsTheStableSortSelection) {
+    DSRL_REQUIRE_CUDA();
+    at::Generator gen = rng::make_cpu_generator(11);
+    struct Case {
+        int64_t rows, cols, topk;
+    };
+    for (const Case c : {Case{3, 1, 4}, Case{4, 5, 3}, Case{5, 100, 2048}, Case{6, 3000, 64}, Case{4, 4097, 2048},
+                         Case{3, 4099, 1}, Case{4, 20011, 512}, Case{3, 70000, 2048}}) {
+        at::Tensor x = at::randn({c.rows, c.cols}, gen, at::kFloat);
+        // Row 1: heavy ties (values on a coarse grid, ±0 included); row 2: a −inf tail leaving fewer finite
+        // entries than topk; the last row: exact zeros from a ReLU-like clamp, negated (−0) in part.
+        if (c.rows > 1) x[1] = (x[1] * 2).round() / 2 * (at::randint(2, {c.cols}, gen, at::kLong) * 2 - 1);
+        if (c.rows > 2) x[2].narrow(0, c.cols / 3, c.cols - c.cols / 3).fill_(-kInf);
+        x[c.rows - 1] = x[c.rows - 1].clamp_min(0.5) - 0.5;
+        x[c.rows - 1].narrow(0, 0, c.cols / 2).mul_(-1.0);
+        poison_next_alloc(c.rows * c.topk * 4);
+        const at::Tensor got = cuda::topk_rows(x.cuda(), c.topk).cpu();
+        const at::Tensor want = ref_topk_rows(x, c.topk);
+        EXPECT_TRUE(at::equal(got, want)) << "rows " << c.rows << " cols " << c.cols << " topk " << c.topk
+                                          << "; first differing row: "
+                                          << (got != want).any(1).to(at::kInt).argmax().item<int64_t>();
+        EXPECT_TRUE(at::equal(cuda::topk_rows(x.cuda(), c.topk).cpu(), got)) << "not deterministic";
+    }
+}
+
+TEST(IndexerKernelTest, TopkRowsFullLengthRows) {
+    DSRL_REQUIRE_CUDA();
+    at::Generator gen = rng::make_cpu_generator(12);
+    const int64_t R = 6, S = 131072, K = 2048;
+    at::Tensor x = at::randn({R, S}, gen, at::kFloat);
+    x[1] = (x[1] * 4).round();                          // a few hundred distinct values: big threshold ties
+    x[2].narrow(0, 1000, S - 1000).fill_(-kInf);        // fewer finite entries than topk
+    x[3] = x[3].clamp_min(2.5) - 2.5;                   // ~0.6% positive, then ties at exact zero
+    x[4] = x[4] * 1e-3 + 7.0;                           // one exponent: the first radix digit is one bin
+    x[5].fill_(1.5);                                    // all equal: the first topk keys
+    poison_next_alloc(R * K * 4);
+    const at::Tensor got = cuda::topk_rows(x.cuda(), K).cpu();
+    const at::Tensor want = ref_topk_rows(x, K);
+    for (int64_t r = 0; r < R; ++r) EXPECT_TRUE(at::equal(got[r], want[r])) << "row " << r;
+}
+
+TEST(IndexerKernelTest, LogitsMatchTheReference) {
+    DSRL_REQUIRE_CUDA();
+    struct Case {
+        int64_t B, T, S, H;
+    };
+    for (const Case c : {Case{2, 37, 300, 64}, Case{1, 5, 1000, 16}, Case{2, 64, 64, 32}, Case{1, 130, 2049, 48}}) {
+        const Inputs in = make_inputs(20 + c.S, c.B, c.T, c.S, c.H);
+        poison_next_alloc(c.B * c.T * c.S * 4);
+        const at::Tensor got = cuda::indexer_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid);
+        const at::Tensor want = ref_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid);
+        const double err = masked_rel_err(got, want);
+        EXPECT_LE(err, 1e-2) << "B " << c.B << " T " << c.T << " S " << c.S << " H " << c.H;
+        EXPECT_LE(err, 1e-4) << "fp32 accumulation of bf16 products should be near-exact";
+        EXPECT_TRUE(at::equal(cuda::indexer_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid), got))
+            << "not deterministic";
+    }
+    // Without key_valid, and w in bf16.
+    const Inputs in = make_inputs(33, 1, 20, 90, 64);
+    const at::Tensor got = cuda::indexer_logits(in.q, in.k, in.w.to(at::kBFloat16), in.scale, in.pos, {});
+    EXPECT_LE(masked_rel_err(got, ref_logits(in.q, in.k, in.w.to(at::kBFloat16), in.scale, in.pos, {})), 1e-4);
+}
+
+TEST(IndexerKernelTest, Fp8LogitsMatchTheReference) {
+    DSRL_REQUIRE_CUDA();
+    const Inputs in = make_inputs(41, 2, 45, 700, 64);
+    const cuda::Fp8Rows q8 = cuda::quantize_fp8_rows(in.q), k8 = cuda::quantize_fp8_rows(in.k);
+    EXPECT_EQ(q8.values.scalar_type(), at::kFloat8_e4m3fn);
+    EXPECT_EQ(q8.scales.sizes(), in.w.sizes());
+    poison_next_alloc(2 * 45 * 700 * 4);
+    const at::Tensor got =
+        cuda::indexer_logits_fp8(q8.values, q8.scales, k8.values, k8.scales, in.w, in.scale, in.pos, in.valid);
+    const double err = masked_rel_err(got, ref_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid));
+    EXPECT_LE(err, 5e-2);
+    std::printf("[fp8 logits] rel err vs bf16 reference %.3g\n", err);
+    // Against a reference that simulates the quantization: only accumulation order differs.
+    const at::Tensor dq = q8.values.to(at::kFloat) * q8.scales.unsqueeze(-1);
+    const at::Tensor dk = k8.values.to(at::kFloat) * k8.scales.unsqueeze(-1);
+    EXPECT_LE(masked_rel_err(got, ref_logits(dq, dk, in.w, in.scale, in.pos, in.valid)), 1e-4);
+}
+
+// Per row: at least `min_agree` of the reference's valid indices are selected, the valid counts are equal,
+// and the selected set's reference-score sum is within a rounding tolerance of the reference set's.
+void expect_topk_sets_close(const at::Tensor& got_t, const at::Tensor& want_t, const at::Tensor& scores_t,
+                            double min_agree, double sum_rtol) {
+    const at::Tensor got = got_t.cpu().reshape({-1, got_t.size(-1)}), want = want_t.cpu().reshape({-1, got_t.size(-1)});
+    const at::Tensor scores = scores_t.cpu().reshape({got.size(0), -1});
+    const auto g = got.accessor<int32_t, 2>(), w = want.accessor<int32_t, 2>();
+    const auto sc = scores.accessor<float, 2>();
+    const int64_t R = got.size(0), K = got.size(1), S = scores.size(1);
+    int64_t agree = 0, total = 0, bad_sum_rows = 0, bad_count_rows = 0, bad_index = 0;
+    std::vector<char> mark(S);
+    for (int64_t r = 0; r < R; ++r) {
+        std::fill(mark.begin(), mark.end(), 0);
+        double sum_w = 0, abs_w = 0, sum_g = 0;
+        int64_t n_w = 0, n_g = 0;
+        for (int64_t i = 0; i < K; ++i) {
+            if (w[r][i] >= 0) {
+                mark[w[r][i]] = 1;
+                sum_w += sc[r][w[r][i]];
+                abs_w += std::abs(sc[r][w[r][i]]);
+                ++n_w;
+            }
+        }
+        for (int64_t i = 0; i < K; ++i) {
+            const int32_t j = g[r][i];
+            if (j < 0) continue;
+            if (j >= S || sc[r][j] == -kInf) {
+                ++bad_index;
+                continue;
+            }
+            agree += mark[j];
+            sum_g += sc[r][j];
+            ++n_g;
+        }
+        total += n_w;
+        bad_count_rows += n_g != n_w;
+        bad_sum_rows += std::abs(sum_g - sum_w) > sum_rtol * (abs_w + 1e-6);
+    }
+    EXPECT_EQ(bad_index, 0) << "indices out of range or of invisible keys";
+    EXPECT_EQ(bad_count_rows, 0) << "rows whose number of valid indices differs";
+    EXPECT_EQ(bad_sum_rows, 0) << "rows whose selected score sum is off";
+    EXPECT_GE(double(agree), min_agree * double(total)) << agree << " of " << total << " indices agree";
+    std::printf("[topk sets] %lld of %lld indices agree\n", static_cast<long long>(agree), static_cast<long long>(total));
+}
+
+TEST(IndexerKernelTest, FusedTopkMatchesTheReference) {
+    DSRL_REQUIRE_CUDA();
+    struct Case {
+        int64_t B, T, S, H, K, chunk;
+    };
+    for (const Case c : {Case{2, 50, 3000, 64, 256, 24}, Case{1, 7, 5, 16, 8, 1024}, Case{1, 1024, 4096, 64, 2048, 512}}) {
+        const Inputs in = make_inputs(50 + c.S, c.B, c.T, c.S, c.H);
+        poison_next_alloc(c.B * c.T * c.K * 4);
+        const at::Tensor got = cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk);
+        ASSERT_EQ(got.sizes(), (std::vector<int64_t>{c.B, c.T, c.K}));
+        const at::Tensor want = indexer_topk(in.q.to(at::kFloat), in.k.to(at::kFloat), in.w, in.scale, in.pos,
+                                             in.valid, c.K, c.chunk);
+        const at::Tensor scores = ref_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid);
+        expect_topk_sets_close(got, want, scores, 0.99, 1e-5);
+        EXPECT_TRUE(at::equal(cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk), got))
+            << "not deterministic";
+        // FP8: same contract, looser agreement (quantization moves scores near the threshold).
+        const at::Tensor got8 = cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk, true);
+        expect_topk_sets_close(got8, want, scores, 0.7, 5e-2);
+    }
+}
+
+TEST(IndexerKernelTest, BackwardMatchesAutograd) {
+    DSRL_REQUIRE_CUDA();
+    struct Case {
+        int64_t B, T, S, H;
+        bool bf16;
+    };
+    for (const Case c : {Case{2, 19, 150, 32, true}, Case{2, 131, 700, 64, true}, Case{1, 64, 64, 48, true},
+                         Case{1, 7, 300, 16, true}, Case{2, 19, 150, 32, false}}) {
+        Inputs in = make_inputs(61 + c.T, c.B, c.T, c.S, c.H);
+        if (!c.bf16) {
+            in.q = in.q.to(at::kFloat);
+            in.k = in.k.to(at::kFloat);
+        }
+        at::Generator gen = rng::make_cpu_generator(62 + c.S);
+        const at::Tensor g = at::randn({c.B, c.T, c.S}, gen, at::kFloat).cuda();
+        const cuda::IndexerGrads got = cuda::indexer_logits_backward(in.q, in.k, in.w, in.scale, in.pos, in.valid, g);
+        at::Tensor q = in.q.to(at::kFloat).detach().requires_grad_(true);
+        at::Tensor k = in.k.to(at::kFloat).detach().requires_grad_(true);
+        at::Tensor w = in.w.detach().requires_grad_(true);
+        const at::Tensor visible = ref_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid).isfinite().to(at::kFloat);
+        (indexer_scores(q, k, w, in.scale) * g * visible).sum().backward();
+        auto rel = [](const at::Tensor& a, const at::Tensor& e) {
+            EXPECT_FALSE(a.isnan().any().item<bool>());
+            return (a.to(at::kDouble) - e.to(at::kDouble)).norm().item<double>() /
+                   e.to(at::kDouble).norm().item<double>();
+        };
+        EXPECT_EQ(got.dq.scalar_type(), in.q.scalar_type());
+        EXPECT_EQ(got.dk.scalar_type(), in.k.scalar_type());
+        EXPECT_EQ(got.dw.scalar_type(), at::kFloat);
+        const double eq = rel(got.dq, q.grad()), ek = rel(got.dk, k.grad()), ew = rel(got.dw, w.grad());
+        EXPECT_LE(eq, 1e-2) << "dq; T " << c.T << " S " << c.S << " H " << c.H;
+        EXPECT_LE(ek, 1e-2) << "dk; T " << c.T << " S " << c.S << " H " << c.H;
+        EXPECT_LE(ew, 1e-2) << "dw; T " << c.T << " S " << c.S << " H " << c.H;
+        std::printf("[backward] %s T=%lld S=%lld H=%lld: rel err dq %.2g dk %.2g dw %.2g\n", c.bf16 ? "bf16" : "fp32",
+                    (long long)c.T, (long long)c.S, (long long)c.H, eq, ek, ew);
+        const cuda::IndexerGrads again =
+            cuda::indexer_logits_backward(in.q, in.k, in.w, in.scale, in.pos, in.valid, g);
+        EXPECT_TRUE(at::equal(again.dq, got.dq) && at::equal(again.dk, got.dk) && at::equal(again.dw, got.dw))
+            << "not deterministic";
+    }
+}
+
+TEST(IndexerKernelTest, RejectsBadArguments) {
+    DSRL_REQUIRE_CUDA();
+    const Inputs in = make_inputs(71, 1, 4, 8, 16);
+    EXPECT_THROW(cuda::indexer_logits(in.q.to(at::kFloat), in.k, in.w, in.scale, in.pos, in.valid), c10::Error);
+    EXPECT_THROW(cuda::indexer_logits(in.q.narrow(3, 0, 64), in.k, in.w, in.scale, in.pos, in.valid), c10::Error);
+    EXPECT_THROW(cuda::indexer_logits(in.q, in.k.narrow(1, 0, 7), in.w, in.scale, in.pos, in.valid), c10::Error);
+    EXPECT_THROW(cuda::topk_rows(at::zeros({2, 8}, at::kFloat).cuda(), 4096), c10::Error);
+    EXPECT_THROW(cuda::topk_rows(at::zeros({2, 8}, at::kDouble).cuda(), 4), c10::Error);
+}
+
+}  // namespace
+}  // namespace dsrl::dsa
