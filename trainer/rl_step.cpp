@@ -18,7 +18,7 @@
 
 namespace dsrl::trainer {
 
-std::vector<DomainRuntime> build_domains(const JobConfig& job, int rank, const std::string& base_dir) {
+std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string& base_dir) {
     std::vector<DomainRuntime> out;
     for (const DomainConfig& d : job.domains) {
         DomainRuntime r;
@@ -26,7 +26,7 @@ std::vector<DomainRuntime> build_domains(const JobConfig& job, int rank, const s
         r.weight = d.weight;
         r.beta = d.beta;
         r.sampler = std::make_shared<rewards::PromptSampler>(rewards::make_prompt_source(d.data, d.name, base_dir),
-                                                             rng::derive_seed(job.run.seed, rank, "prompts." + d.name));
+                                                             rng::derive_seed(job.run.seed, 0, "prompts." + d.name));
         r.reward = std::make_shared<rewards::DomainReward>(
             rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
         out.push_back(std::move(r));
@@ -62,15 +62,20 @@ RlStep::RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* refer
 RlStepResult RlStep::run(int64_t step) {
     const auto t0 = std::chrono::steady_clock::now();
     const int rank = comm_ != nullptr ? comm_->rank() : 0;
+    const int world = comm_ != nullptr ? comm_->size() : 1;
     const RolloutConfig& ro = job_.rollout;
-    // 1. Prompts from the domain mixture (weights), deterministic in (seed, rank, step).
+    // 1. Prompts from the domain mixture (weights). The step's global batch is world × prompts_per_step slots,
+    // deterministic in (seed, step, global slot) only: every rank draws all of them (its samplers advance
+    // alike, so checkpoint cursors agree) and keeps slots [rank · P, (rank + 1) · P). A job on N ranks thus sees
+    // the same prompts, prompt ids and sample seeds as one rank with N times prompts_per_step.
     double total_weight = 0;
     for (const DomainRuntime& d : domains_) total_weight += d.weight;
-    uint64_t state = rng::derive_seed(job_.run.seed, rank, absl::StrCat("mixture.", step));
+    uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
     std::vector<rollout::Prompt> prompts;
     std::map<int64_t, rewards::PromptItem> items;  // by prompt id
     std::map<std::string, const DomainRuntime*> by_name;
-    for (int64_t i = 0; i < ro.prompts_per_step; ++i) {
+    const int64_t first = rank * ro.prompts_per_step, end = first + ro.prompts_per_step;
+    for (int64_t i = 0; i < world * ro.prompts_per_step; ++i) {
         state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
         double x = static_cast<double>(state >> 11) / 9007199254740992.0 * total_weight;
         DomainRuntime* chosen = &domains_.back();
@@ -82,8 +87,9 @@ RlStepResult RlStep::run(int64_t step) {
             x -= d.weight;
         }
         rewards::PromptItem item = chosen->sampler->next();
-        // Prompt ids unique within the step: (step, rank, slot).
-        const int64_t id = (step * 1000003 + rank) * 1000 + i;
+        if (i < first || i >= end) continue;  // another rank's slot
+        // Prompt ids unique within the job: (step, global slot).
+        const int64_t id = step * 100000007 + i;
         const std::vector<int64_t> toks = tokenizer_.apply_chat({{"user", item.prompt}}, true);
         prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
         item.domain = chosen->name;
@@ -99,7 +105,7 @@ RlStepResult RlStep::run(int64_t step) {
     rollout::GenerationStats gstats;
     RlStepResult out;
     out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt,
-                                          rng::derive_seed(job_.run.seed, rank, absl::StrCat("rollout.", step)),
+                                          rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step)),
                                           &gstats);
     // 3. Rewards, per domain.
     std::map<std::string, std::vector<rollout::Sample*>> per_domain;

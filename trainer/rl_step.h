@@ -32,9 +32,10 @@ struct DomainRuntime {
     std::shared_ptr<rewards::DomainReward> reward;
 };
 
-/// Builds every domain of `job` (prompt source + sampler seeded per rank, reward modules) from the global
+/// Builds every domain of `job` (prompt source + sampler seeded by the job, the same on every rank: each rank
+/// draws the whole global batch and keeps its slots; reward modules) from the global
 /// registry (plugins must be loaded first).
-std::vector<DomainRuntime> build_domains(const JobConfig& job, int rank, const std::string& base_dir);
+std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string& base_dir);
 
 struct RlStepResult {
     std::map<std::string, double> metrics;  ///< averaged over mini-batch steps and ranks where noted

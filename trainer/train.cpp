@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/tensor.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -145,12 +146,13 @@ struct SftSource {
     std::unique_ptr<rewards::PromptSampler> sampler;
 };
 
-std::vector<SftSource> sft_sources(const JobConfig& job, int rank) {
+// Seeded by the job alone: every rank holds the same streams and draws the whole global batch (next_sft_item).
+std::vector<SftSource> sft_sources(const JobConfig& job) {
     std::vector<SftSource> out;
     const auto add = [&](const std::string& key, double weight, const std::string& spec, const std::string& domain) {
         out.push_back({key, weight, spec,
                        std::make_unique<rewards::PromptSampler>(rewards::make_prompt_source(spec, domain, ""),
-                                                                rng::derive_seed(job.run.seed, rank, key))});
+                                                                rng::derive_seed(job.run.seed, 0, key))});
     };
     if (!job.sft.data.empty()) {
         add("prompts.sft", 1.0, job.sft.data, "sft");
@@ -160,12 +162,12 @@ std::vector<SftSource> sft_sources(const JobConfig& job, int rank) {
     return out;
 }
 
-// The next SFT item of step `step`, slot `slot`: the source is drawn by weight, deterministically.
-rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int rank, int64_t step,
-                                  int64_t slot, std::string* spec) {
+// The next SFT item of step `step`, global slot `slot`: the source is drawn by weight, deterministically.
+rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int64_t step, int64_t slot,
+                                  std::string* spec) {
     double total = 0;
     for (const SftSource& s : sources) total += s.weight;
-    const uint64_t r = rng::mix64(rng::derive_seed(job.run.seed, rank, absl::StrCat("sft.mixture.", step)) +
+    const uint64_t r = rng::mix64(rng::derive_seed(job.run.seed, 0, absl::StrCat("sft.mixture.", step)) +
                                   static_cast<uint64_t>(slot) * 0x9E3779B97F4A7C15ull);
     double x = static_cast<double>(r >> 11) / 9007199254740992.0 * total;
     SftSource* chosen = &sources.back();
@@ -183,11 +185,15 @@ rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConf
 std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const rollout::Tokenizer& tok,
                                        std::vector<SftSource>& sources, int64_t step, const JobConfig& job,
                                        const dist::Communicator& comm) {
-    std::vector<rollout::Sample> samples(static_cast<size_t>(job.trainer.micro_batch_size));
-    for (size_t slot = 0; slot < samples.size(); ++slot) {
-        rollout::Sample& s = samples[slot];
+    // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
+    // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
+    const int64_t per_rank = job.trainer.micro_batch_size;
+    std::vector<rollout::Sample> samples(static_cast<size_t>(per_rank));
+    for (int64_t g = 0; g < comm.size() * per_rank; ++g) {
         std::string spec;
-        const rewards::PromptItem item = next_sft_item(sources, job, comm.rank(), step, static_cast<int64_t>(slot), &spec);
+        const rewards::PromptItem item = next_sft_item(sources, job, step, g, &spec);
+        if (g / per_rank != comm.rank()) continue;
+        rollout::Sample& s = samples[static_cast<size_t>(g % per_rank)];
         std::string target;
         if (const auto it = item.meta.find("response"); it != item.meta.end()) {
             target = it->second;
@@ -208,7 +214,12 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     const grpo::LogprobResult lp = grpo::sequence_logprobs(
         model, b, {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens});
     const at::Tensor valid = b.valid.to(lp.logp.device());
-    const at::Tensor loss = -(lp.logp * valid).sum() / valid.sum().clamp_min(1);
+    // Mean over the global batch's target tokens: each rank's sum over the global count, × world because
+    // average_gradients divides by it; reduce_metrics' mean over ranks then reports the global mean.
+    at::Tensor count = valid.sum().to(at::kDouble).cpu().reshape({1});
+    if (comm.size() > 1) comm.all_reduce(count);
+    const double global_tokens = std::max(count.item<double>(), 1.0);
+    const at::Tensor loss = -(lp.logp * valid).sum() * (static_cast<double>(comm.size()) / global_tokens);
     loss.backward();
     average_gradients(opt.params(), &comm);
     const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);
@@ -221,6 +232,9 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     opt.zero_grad();
     return m;
 }
+
+// A periodic checkpoint after `step`; every_steps 0 means none (only at the end of a stage and on a signal).
+bool checkpoint_due(int64_t step, int64_t every_steps) { return every_steps > 0 && step % every_steps == 0; }
 
 std::string eta(double seconds_per_step, int64_t remaining) {
     const int64_t s = static_cast<int64_t>(seconds_per_step * static_cast<double>(remaining));
@@ -288,7 +302,9 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         std::signal(SIGINT, on_signal);
     }
     const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
-    const c10::Device device = cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+    // One GPU per process: dist::Bootstrap made the local rank's GPU the current device (cuda:0 for every rank
+    // would put all ranks on one GPU, and NCCL refuses tensors off its communicator's device).
+    const c10::Device device = cuda ? c10::Device(c10::kCUDA, c10::cuda::current_device()) : c10::Device(c10::kCPU);
     rng::seed_default_generators(static_cast<uint64_t>(job.run.seed), rank);
     // bf16 autocast on CUDA for every forward (rollout, training, evaluation) and its backward.
     const AutocastScope amp(device, job.trainer.autocast);
@@ -306,8 +322,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     }
     AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
     const std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(mcfg);
-    std::vector<DomainRuntime> domains = build_domains(job, rank, "");
-    std::vector<SftSource> sft_data = sft_sources(job, rank);
+    std::vector<DomainRuntime> domains = build_domains(job, "");
+    std::vector<SftSource> sft_data = sft_sources(job);
     // The DSA stages' token stream and held-out batches: a synthetic task draws them from another seed; a file
     // keeps its first eval_batches·batch_size·world windows for evaluation and trains on the rest.
     std::unique_ptr<TokenStream> dsa_stream;
@@ -464,7 +480,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             }
             if (with_eval && done == total) dsa_eval(stage, true);
             const bool stop = stop_requested(comm);
-            if (stop || done % job.trainer.checkpoint.every_steps == 0 || done == total) checkpoint();
+            if (stop || checkpoint_due(done, job.trainer.checkpoint.every_steps) || done == total) checkpoint();
             if (stop) {
                 if (rank == 0) {
                     DSRL_LOG(info) << "stopping after " << stage << " step " << done << " (signal); resume with --resume auto";
@@ -502,7 +518,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 }
                 // Checkpoints every N steps and when the stage ends (an SFT-only job keeps its result).
                 const bool stop = stop_requested(comm);
-                if (stop || done % job.trainer.checkpoint.every_steps == 0 || done == job.sft.steps) {
+                if (stop || checkpoint_due(done, job.trainer.checkpoint.every_steps) || done == job.sft.steps) {
                     checkpoint();
                 }
                 if (stop) {
@@ -567,7 +583,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                     evaluate(state.step, "during RL");
                 }
                 const bool stop = stop_requested(comm);
-                if (stop || state.step % job.trainer.checkpoint.every_steps == 0 || state.step == total) checkpoint();
+                if (stop || checkpoint_due(state.step, job.trainer.checkpoint.every_steps) || state.step == total) checkpoint();
                 if (stop) {
                     if (rank == 0) {
                         DSRL_LOG(info) << "stopping after step " << state.step << " (signal); resume with --resume auto";

@@ -49,7 +49,7 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
     }
     AdamW opt(params, AdamWOptions::from(job.trainer.optimizer));
     const auto tok = rollout::make_tokenizer(job.model);
-    std::vector<DomainRuntime> domains = build_domains(job, rank, "");
+    std::vector<DomainRuntime> domains = build_domains(job, "");
     RlStep step(job, policy, &reference, *tok, domains, opt, comm);
     const at::Tensor before = policy.weights().lm_head.detach().clone();
     RlStepResult r;

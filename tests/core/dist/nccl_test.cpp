@@ -7,6 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <c10/cuda/CUDAFunctions.h>
+
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
 #include "core/dist/watchdog.h"
@@ -22,7 +24,9 @@ using testing::filled;
 
 std::string dtype_name(c10::ScalarType t) { return std::string(c10::toString(t)); }
 
-at::Tensor cuda(const at::Tensor& t) { return t.to(at::Device(at::kCUDA, 0)); }
+// This process's GPU: dist::Bootstrap makes the local rank's GPU current (cuda:0 would be another rank's GPU
+// on a machine with several, and NCCL refuses tensors off its communicator's device).
+at::Tensor cuda(const at::Tensor& t) { return t.to(at::Device(at::kCUDA, c10::cuda::current_device())); }
 
 class NcclTest : public ::testing::Test {
 protected:

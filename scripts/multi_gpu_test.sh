@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue 11 in one command on a machine with several GPUs (one MPI process per GPU):
+#   1. the NCCL collective tests on N ranks and dsrl_bench_comm at 256 MiB (bus bandwidth);
+#   2. configs/single_gpu.yaml on 1 GPU and data-parallel on N GPUs with the same global batch: SFT and GRPO
+#      step-1 figures side by side, tokens/s and scaling efficiency;
+#   3. SIGKILL one rank in the middle of a GRPO step: how long the other ranks take to exit and what they say;
+#      then --resume auto from the last checkpoint on N GPUs.
+#   bash scripts/multi_gpu_test.sh          # N = number of visible GPUs; logs in $OUT (or build-gpu/multi_gpu)
+# Environment: DSRL_MGPU_SFT_STEPS (20), DSRL_MGPU_RL_STEPS (3): steps of the 1-GPU / N-GPU comparison.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${DSRL_BUILD_DIR:-build-gpu}
+logs=${OUT:-$build/multi_gpu}
+mkdir -p "$logs"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+n=$(nvidia-smi -L | wc -l)
+echo "[mgpu] $n GPUs"; nvidia-smi -L | tee "$logs/gpus.txt"
+nvidia-smi topo -m >"$logs/topo.txt" 2>&1 || true
+bash scripts/setup.sh >"$logs/setup.log" 2>&1 || { tail -20 "$logs/setup.log"; exit 1; }
+python=$(readlink -f "$root/.venv")/bin/python
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_WITH_CUDA=ON -DDSRL_PYTHON="$python" \
+    >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target dsrl_train dsrl_bench_comm dsrl_dist_gpu_tests >"$logs/build.log" 2>&1 ||
+    { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
+bin=$(dirname "$(find "$build" -name dsrl_train -type f -perm -u+x | head -1)")
+tests_bin=$(find "$build" -name dsrl_dist_gpu_tests -type f -perm -u+x | head -1)
+status=0
+mpi=(mpirun --oversubscribe -np "$n" -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS=4)
+
+# 1. Collectives.
+if timeout 120 "${mpi[@]}" "$tests_bin" >"$logs/nccl_tests.log" 2>&1; then
+    echo "[mgpu] NCCL tests on $n ranks: $(grep -c '^\[       OK' "$logs/nccl_tests.log") OK lines, passed"
+else
+    echo "[mgpu] NCCL tests on $n ranks FAILED"; tail -30 "$logs/nccl_tests.log"; status=1
+fi
+timeout 120 "${mpi[@]}" "$bin/dsrl_bench_comm" --device cuda --min-size 256M --max-size 256M --iters 20 \
+    >"$logs/bench_comm.txt" 2>&1 || status=1
+cat "$logs/bench_comm.txt"
+
+# 2. One GPU vs N GPUs, same global batch.
+sft=${DSRL_MGPU_SFT_STEPS:-20}
+rl=${DSRL_MGPU_RL_STEPS:-3}
+job=(--config configs/single_gpu.yaml --set sft.steps=$sft --set trainer.total_steps=$rl --set trainer.eval_prompts=0
+     --set trainer.checkpoint.every_steps=0 --set trainer.log_every=1)
+timeout 300 mpirun --oversubscribe -np 1 "$bin/dsrl_train" "${job[@]}" --set run.output_dir="$logs/one" \
+    --set trainer.micro_batch_size=16 --set rollout.prompts_per_step=16 >"$logs/one.log" 2>&1 || { status=1; tail -20 "$logs/one.log"; }
+timeout 300 "${mpi[@]}" "$bin/dsrl_train" "${job[@]}" --set run.output_dir="$logs/many" \
+    --set trainer.micro_batch_size=$((16 / n)) --set rollout.prompts_per_step=$((16 / n)) >"$logs/many.log" 2>&1 ||
+    { status=1; tail -20 "$logs/many.log"; }
+"$python" - "$logs/one/metrics.jsonl" "$logs/many/metrics.jsonl" "$n" <<'PY' | tee "$logs/scaling.txt"
+import json, sys
+def load(p):
+    try:
+        return [json.loads(l) for l in open(p)]
+    except OSError:
+        return []
+one, many, n = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+def pick(rows, stage, step):
+    return next((r for r in rows if r["stage"] == stage and r["step"] == step), {})
+for stage, keys in (("sft", ("loss", "grad_norm")), ("grpo", ("entropy_mean", "grad_norm", "policy_loss", "kl_mean"))):
+    a, b = pick(one, stage, 1), pick(many, stage, 1)
+    for k in keys:
+        if k in a and k in b:
+            rel = abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+            print(f"{stage} step 1 {k}: 1 GPU {a[k]:.6g}, {n} GPUs {b[k]:.6g} (rel diff {rel:.1e})")
+def rate(rows, stage, key):
+    xs = [r[key] for r in rows if r["stage"] == stage and key in r][1:]  # the first step warms up
+    return sum(xs) / len(xs) if xs else float("nan")
+t1, tn = rate(one, "grpo", "tokens_per_s"), rate(many, "grpo", "tokens_per_s")
+s1, sn = rate(one, "grpo", "seconds"), rate(many, "grpo", "seconds")
+print(f"grpo: 1 GPU {t1:.0f} tok/s ({s1:.2f} s/step), {n} GPUs {tn:.0f} tok/s ({sn:.2f} s/step): "
+      f"speed-up {tn / t1:.2f}x, scaling efficiency {tn / t1 / n:.0%} (steps 2..)")
+PY
+
+# 3. Kill one rank mid-step; then resume on N GPUs.
+kill_job=("${job[@]}" --set 'run.stages=[grpo]' --set trainer.total_steps=4 --set trainer.checkpoint.every_steps=1
+          --set dist.timeout_s=60 --set run.output_dir="$logs/kill" --set trainer.micro_batch_size=$((16 / n))
+          --set rollout.prompts_per_step=$((16 / n)))
+"${mpi[@]}" "$bin/dsrl_train" "${kill_job[@]}" >"$logs/kill.log" 2>&1 &
+launcher=$!
+for _ in $(seq 1 240); do  # wait for the first checkpoint, then kill the last rank mid-step
+    [ -f "$logs/kill/checkpoints/latest" ] && break
+    sleep 0.5
+done
+sleep 2
+victim=$(pgrep -f "dsrl_train.*$logs/kill" | grep -v "^$launcher$" | sort -n | tail -1)
+killed_at=$(date +%s.%N)
+kill -9 "$victim" 2>/dev/null && echo "[mgpu] SIGKILL to pid $victim (latest checkpoint $(cat "$logs/kill/checkpoints/latest" 2>/dev/null))"
+timeout 120 tail --pid=$launcher -f /dev/null
+wait $launcher; rc=$?
+left=$(pgrep -f "dsrl_train.*$logs/kill" | wc -l)
+echo "[mgpu] job exited with $rc, $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $killed_at}") s after the kill; $left process(es) left"
+grep -E "error|timeout|abort|signal|killed|exited" "$logs/kill.log" | head -8
+[ "$left" = 0 ] || status=1
+if timeout 300 "${mpi[@]}" "$bin/dsrl_train" "${kill_job[@]}" --resume auto >"$logs/resume.log" 2>&1; then
+    echo "[mgpu] resumed and finished: $(grep -iE "resum" "$logs/resume.log" | head -2 | tr '\n' ' ')"
+    tail -2 "$logs/resume.log"
+else
+    echo "[mgpu] resume FAILED"; tail -20 "$logs/resume.log"; status=1
+fi
+[ "$status" = 0 ] && echo "[mgpu] all passed" || echo "[mgpu] FAILURES"
+exit $status
