@@ -136,11 +136,12 @@ LossOutput grpo_loss(const LossInputs& in, const LossOptions& opt) {
     const at::Tensor kl_tok = beta * kl * valid;
 
     // Aggregation: per-sequence token mean then mean over sequences (SPEC), or one token mean.
+    TORCH_CHECK(opt.denominator >= 0, "grpo_loss: denominator must be >= 0, got ", opt.denominator);
     const auto aggregate = [&](const at::Tensor& per_token) {
-        if (opt.agg == LossAgg::kTokenMean) {
-            return (per_token.sum(1) * weight).sum() / (lens * weight).sum().clamp_min(1);
-        }
-        return (per_token.sum(1) / safe_lens * weight).sum() / weight.sum().clamp_min(1);
+        const bool tokens = opt.agg == LossAgg::kTokenMean;
+        const at::Tensor sum = tokens ? (per_token.sum(1) * weight).sum() : (per_token.sum(1) / safe_lens * weight).sum();
+        if (opt.denominator > 0) return sum / opt.denominator;
+        return sum / (tokens ? (lens * weight).sum() : weight.sum()).clamp_min(1);
     };
     const at::Tensor policy_obj = aggregate(policy_tok);
     const at::Tensor kl_obj = aggregate(kl_tok);
@@ -171,6 +172,13 @@ LossOutput grpo_loss(const LossInputs& in, const LossOptions& opt) {
     m["sequences"] = seqs;
     m["loss"] = item(out.loss);
     return out;
+}
+
+double loss_denominator(const at::Tensor& valid, const at::Tensor& contributes, LossAgg agg) {
+    const at::Tensor lens = valid.ne(0).sum(1).to(at::kDouble).cpu();
+    at::Tensor weight = lens.gt(0).to(at::kDouble);
+    if (contributes.defined()) weight = weight * contributes.to(at::kDouble).cpu();
+    return (agg == LossAgg::kTokenMean ? (lens * weight).sum() : weight.sum()).item<double>();
 }
 
 }  // namespace dsrl::grpo

@@ -38,6 +38,10 @@ struct LossOptions {
     double delta = 0.1;
     bool off_policy_mask = true;
     LossAgg agg = LossAgg::kSeqMean;
+    /// > 0: the aggregated sums are divided by this instead of this batch's own count (Σ contributing sequences,
+    /// or their tokens for token_mean). Data-parallel ranks pass (the count summed over ranks) / world, so that
+    /// averaging the ranks' gradients gives the global batch's mean (loss_denominator, grpo_update).
+    double denominator = 0;
     static LossOptions from(const GrpoConfig& g) {
         return {.eps_low = g.eps_low, .eps_high = g.eps_high, .delta = g.delta, .off_policy_mask = g.off_policy_mask,
                 .agg = g.loss_agg};
@@ -64,5 +68,9 @@ struct LossOutput {
 /// masked_seq_frac, ratio_min, ratio_mean, ratio_max, adv_mean, response_len_mean, tokens, sequences.
 /// NaN or Inf in an input at a valid position is a DataError naming the tensor (never silently used).
 LossOutput grpo_loss(const LossInputs& in, const LossOptions& opt);
+
+/// The count grpo_loss divides by for `agg` (before any forward): the sequences with tokens that contribute, or
+/// their tokens. valid [N, T] 0/1, contributes [N] bool (undefined = all).
+double loss_denominator(const at::Tensor& valid, const at::Tensor& contributes, LossAgg agg);
 
 }  // namespace dsrl::grpo

@@ -22,6 +22,14 @@ namespace dsrl::grpo {
 
 using Metrics = std::map<std::string, double>;
 
+/// Data-parallel ranks of one update (each holding its share of the global batch): `sum` adds a number over the
+/// ranks (an all-reduce). The loss of each mini-batch is then normalized by the global batch's count, so the
+/// averaged gradient is the global mean whatever the number of ranks (without it: a mean of per-rank means).
+struct DataParallel {
+    int world = 1;
+    std::function<double(double)> sum;  ///< unset: one rank
+};
+
 /// Runs the update phase. `reference` may be null when every beta is 0. `domain_beta` maps a sample's
 /// domain to its KL coefficient (a domain missing from the map is a ConfigError). `step` is called after
 /// each mini-batch's backward. Returns one metrics map per mini-batch step (loss terms, kl, clip and mask
@@ -33,6 +41,7 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const GrpoConfig& cfg,
                                  const std::map<std::string, double>& domain_beta,
                                  double temperature,
-                                 const std::function<void()>& step);
+                                 const std::function<void()>& step,
+                                 const DataParallel& dp = {});
 
 }  // namespace dsrl::grpo

@@ -3,6 +3,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros_like.h>
 
@@ -149,8 +150,17 @@ RlStepResult RlStep::run(int64_t step) {
         }
         optimizer_.zero_grad();
     };
+    grpo::DataParallel dp;
+    if (comm_ != nullptr && comm_->size() > 1) {
+        dp.world = comm_->size();
+        dp.sum = [this](double x) {
+            at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
+            comm_->all_reduce(t, dist::ReduceOp::kSum);
+            return t.item<double>();
+        };
+    }
     const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
-                                                            ro.temperature, opt_step);
+                                                            ro.temperature, opt_step, dp);
     for (const grpo::Metrics& m : mb) {
         for (const auto& [k, v] : m) out.metrics[k] += v / static_cast<double>(mb.size());
     }

@@ -116,6 +116,32 @@ TEST(GrpoLossTest, MatchesTheScalarReferenceForEveryOption) {
     }
 }
 
+// Data-parallel normalization: two halves of a batch, each divided by (the whole batch's count) / 2 as two
+// ranks would, average to the whole batch's loss — for both aggregations, with uneven lengths and a
+// non-contributing sequence; the default (no denominator) equals dividing by loss_denominator of the batch.
+TEST(GrpoLossTest, GlobalDenominatorMakesRankHalvesAverageToTheWholeBatch) {
+    for (const LossAgg agg : {LossAgg::kSeqMean, LossAgg::kTokenMean}) {
+        const Batch b = random_batch(11);
+        const at::Tensor contributes = at::tensor({1, 1, 0, 1, 1}, at::kLong).to(at::kBool);
+        const LossOptions o{.eps_low = 0.2, .eps_high = 0.28, .delta = 0.05, .agg = agg};
+        const double whole = grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, contributes, b.beta}, o).loss.item<double>();
+        const double count = loss_denominator(b.valid, contributes, agg);
+        LossOptions with = o;
+        with.denominator = count;
+        EXPECT_NEAR(grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, contributes, b.beta}, with).loss.item<double>(),
+                    whole, 1e-12);
+        with.denominator = count / 2;  // 2 ranks
+        double mean_of_halves = 0;
+        for (const auto& [start, len] : {std::pair<int64_t, int64_t>{0, 2}, {2, 3}}) {
+            const auto part = [&](const at::Tensor& x) { return x.narrow(0, start, len); };
+            mean_of_halves += grpo_loss({part(b.lp), part(b.old), part(b.ref), part(b.valid), part(b.adv),
+                                         part(contributes), part(b.beta)},
+                                        with).loss.item<double>() / 2;
+        }
+        EXPECT_NEAR(mean_of_halves, whole, 1e-12) << "agg " << static_cast<int>(agg);
+    }
+}
+
 TEST(GrpoLossTest, GradientMatchesFiniteDifferences) {
     const Batch b = random_batch(7);
     const LossOptions o{.eps_low = 0.2, .eps_high = 0.28, .delta = 0.05};
