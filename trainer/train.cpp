@@ -556,8 +556,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 state.policy_version = state.step;
                 state.skipped_steps += r.skipped_steps;
                 std::map<std::string, double> m = reduce_metrics(r.metrics, comm);
-                const double tokens = m["generated_tokens"] * comm.size();
-                m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
+                // Counts are totals over the ranks (reduce_metrics averages): tokens and sequences of the global batch.
+                m["generated_tokens"] *= comm.size();
+                if (m.count("sequences")) m["sequences"] *= comm.size();
+                m["tokens_per_s"] = m["generated_tokens"] / std::max(1e-9, m["seconds"]);
                 if (device.is_cuda()) {  // peak allocated during the step (averaged over ranks below)
                     m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())
                                                                     .allocated_bytes[0].peak) / double(1 << 30);
