@@ -40,7 +40,7 @@ struct LossOptions {
     LossAgg agg = LossAgg::kSeqMean;
     /// > 0: the aggregated sums are divided by this instead of this batch's own count (Σ contributing sequences,
     /// or their tokens for token_mean). Data-parallel ranks pass (the count summed over ranks) / world, so that
-    /// averaging the ranks' gradients gives the global batch's mean (loss_denominator, grpo_update).
+    /// averaging the ranks' gradients gives the global batch's mean (loss_denominator, grpo_update's denominator).
     double denominator = 0;
     static LossOptions from(const GrpoConfig& g) {
         return {.eps_low = g.eps_low, .eps_high = g.eps_high, .delta = g.delta, .off_policy_mask = g.off_policy_mask,

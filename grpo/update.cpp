@@ -20,7 +20,7 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const std::map<std::string, double>& domain_beta,
                                  double temperature,
                                  const std::function<void()>& step,
-                                 const DataParallel& dp) {
+                                 const std::function<double(double)>& denominator) {
     TORCH_CHECK(cfg.updates_per_batch >= 1 && cfg.mini_batches >= 1, "grpo_update: updates_per_batch and ",
                 "mini_batches must be >= 1");
     // Flatten, with group ids, rewards and betas.
@@ -97,9 +97,8 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                           .contributes = adv.contributes.index_select(0, idx).to(dev),
                           .beta = beta_all.index_select(0, idx).to(dev)};
             LossOptions lopt = LossOptions::from(cfg);
-            if (dp.world > 1 && dp.sum) {  // the global mini-batch's count, / world (gradients are averaged)
-                const double global = dp.sum(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
-                lopt.denominator = std::max(global, 1.0) / static_cast<double>(dp.world);
+            if (denominator) {
+                lopt.denominator = denominator(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
             }
             LossOutput loss = grpo_loss(in, lopt);
             loss.loss.backward();

@@ -22,17 +22,11 @@ namespace dsrl::grpo {
 
 using Metrics = std::map<std::string, double>;
 
-/// Data-parallel ranks of one update (each holding its share of the global batch): `sum` adds a number over the
-/// ranks (an all-reduce). The loss of each mini-batch is then normalized by the global batch's count, so the
-/// averaged gradient is the global mean whatever the number of ranks (without it: a mean of per-rank means).
-struct DataParallel {
-    int world = 1;
-    std::function<double(double)> sum;  ///< unset: one rank
-};
-
 /// Runs the update phase. `reference` may be null when every beta is 0. `domain_beta` maps a sample's
 /// domain to its KL coefficient (a domain missing from the map is a ConfigError). `step` is called after
-/// each mini-batch's backward. Returns one metrics map per mini-batch step (loss terms, kl, clip and mask
+/// each mini-batch's backward. `denominator`, when set, maps this rank's count of a mini-batch (loss_denominator)
+/// to what its loss sum is divided by — under data parallelism the global count over the number of ranks, so
+/// the ranks' averaged gradient is the global mini-batch's mean (trainer::data_parallel_denominator). Returns one metrics map per mini-batch step (loss terms, kl, clip and mask
 /// fractions, ratio statistics, entropy_mean, failed_samples, dropped_groups, reward_mean/<domain> and
 /// reward_std/<domain> over valid rewards).
 std::vector<Metrics> grpo_update(dsa::Model& policy,
@@ -42,6 +36,6 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const std::map<std::string, double>& domain_beta,
                                  double temperature,
                                  const std::function<void()>& step,
-                                 const DataParallel& dp = {});
+                                 const std::function<double(double)>& denominator = {});
 
 }  // namespace dsrl::grpo

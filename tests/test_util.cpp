@@ -7,6 +7,7 @@
 #include <ATen/ops/abs.h>
 #include <ATen/ops/argmax.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 
@@ -79,5 +80,10 @@ std::string source_dir() {
 }
 
 bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
+
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+    const at::Tensor g = got.detach().to(at::kDouble).cpu(), w = want.detach().to(at::kDouble).cpu();
+    return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
+}
 
 }  // namespace dsrl::testing

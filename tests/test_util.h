@@ -38,6 +38,9 @@ std::string source_dir();
 /// True when a CUDA device is usable by this process.
 bool cuda_available();
 
+/// ‖got − want‖ / ‖want‖ in fp64 on the CPU (any dtype and device): the relative error the kernel tests bound.
+double rel_err(const at::Tensor& got, const at::Tensor& want);
+
 }  // namespace dsrl::testing
 
 #define EXPECT_ALL_CLOSE(what, actual, expected, ...) \

@@ -9,7 +9,9 @@
 
 #include <absl/strings/str_cat.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cmath>
 
 #include "core/error.h"
@@ -34,6 +36,13 @@ std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string
     }
     if (out.empty()) throw ConfigError("a grpo stage needs at least one entry in domains");
     return out;
+}
+
+double data_parallel_denominator(double count, const dist::Communicator* comm) {
+    if (comm == nullptr || comm->size() <= 1) return std::max(count, 1.0);
+    at::Tensor t = at::full({1}, count, at::TensorOptions().dtype(at::kDouble));
+    comm->all_reduce(t, dist::ReduceOp::kSum);
+    return std::max(t.item<double>(), 1.0) / static_cast<double>(comm->size());
 }
 
 void average_gradients(const std::vector<Param>& params, const dist::Communicator* comm) {
@@ -150,17 +159,12 @@ RlStepResult RlStep::run(int64_t step) {
         }
         optimizer_.zero_grad();
     };
-    grpo::DataParallel dp;
+    std::function<double(double)> denominator;  // one rank: grpo_loss's own count
     if (comm_ != nullptr && comm_->size() > 1) {
-        dp.world = comm_->size();
-        dp.sum = [this](double x) {
-            at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
-            comm_->all_reduce(t, dist::ReduceOp::kSum);
-            return t.item<double>();
-        };
+        denominator = [this](double count) { return data_parallel_denominator(count, comm_); };
     }
     const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
-                                                            ro.temperature, opt_step, dp);
+                                                            ro.temperature, opt_step, denominator);
     for (const grpo::Metrics& m : mb) {
         for (const auto& [k, v] : m) out.metrics[k] += v / static_cast<double>(mb.size());
     }

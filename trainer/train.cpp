@@ -214,12 +214,10 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     const grpo::LogprobResult lp = grpo::sequence_logprobs(
         model, b, {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens});
     const at::Tensor valid = b.valid.to(lp.logp.device());
-    // Mean over the global batch's target tokens: each rank's sum over the global count, × world because
-    // average_gradients divides by it; reduce_metrics' mean over ranks then reports the global mean.
-    at::Tensor count = valid.sum().to(at::kDouble).cpu().reshape({1});
-    if (comm.size() > 1) comm.all_reduce(count);
-    const double global_tokens = std::max(count.item<double>(), 1.0);
-    const at::Tensor loss = -(lp.logp * valid).sum() * (static_cast<double>(comm.size()) / global_tokens);
+    // Mean over the global batch's target tokens (data_parallel_denominator: every rank's loss sum over the
+    // global count / world, so the averaged gradient and the ranks' mean of `loss` are the global mean).
+    const double denominator = data_parallel_denominator(valid.sum().item<double>(), &comm);
+    const at::Tensor loss = -(lp.logp * valid).sum() / denominator;
     loss.backward();
     average_gradients(opt.params(), &comm);
     const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);

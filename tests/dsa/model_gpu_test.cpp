@@ -68,10 +68,7 @@ TEST(ModelGpuTest, CudaForwardMatchesTheCpuReference) {
 }
 
 
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-    const at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
-    return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
-}
+using ::dsrl::testing::rel_err;
 
 // A bf16 model with the full-size MLA latent (512 + 64) and indexer head (128): the DSA kernels run (model.impl
 // auto) and match the ATen reference path (model.impl reference) on the same weights — top-k selection, logits,

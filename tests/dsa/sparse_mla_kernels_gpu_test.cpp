@@ -39,10 +39,7 @@ void poison_allocator(int64_t bytes) {
     (void)junk;
 }
 
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-    const at::Tensor g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
-    return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
-}
+using ::dsrl::testing::rel_err;
 
 struct Case {
     at::Tensor q_lat, q_pe, c_kv, k_pe, indices;  // bf16 on CUDA, indices int32 on CUDA
