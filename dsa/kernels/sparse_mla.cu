@@ -326,6 +326,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
 // chunk c ^ (r mod 8). Warpgroup g computes S for entries 32g..32g+31 of each tile (m64n32k16, Q and K both
 // K-major), the two exchange row maxima, write P (bf16) to shared memory, and warpgroup g accumulates latent
 // columns 256g..256g+255 of O (m64n256k16, P K-major, V = the K tile read MN-major).
+// Warp-specialized: a third warpgroup (40 registers, setmaxnreg) only gathers — Q once, then each tile's 64
+// entries into one of two K buffers by cp.async, announced on an mbarrier — while the two compute warpgroups
+// (232 registers) never issue a load; they hand a buffer back on a second mbarrier when both are done with it.
 // ---------------------------------------------------------------------------------------------------------------
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DSRL_WGMMA 1
@@ -370,36 +373,79 @@ __device__ __forceinline__ uint32_t atom_off(int row, int col) {
     return uint32_t((col >> 6) * 8192 + row * 128 + ((((col >> 3) & 7) ^ (row & 7)) << 4) + (col & 7) * 2);
 }
 
-template <typename RowFn>
-__device__ __forceinline__ void stage_rows_atoms(uint32_t tile, const __nv_bfloat16* lat, const __nv_bfloat16* pe,
-                                                 RowFn row_src) {
-    for (int i = threadIdx.x; i < kBlockK * kChunksQK; i += kThreads) {
-        const int r = i / kChunksQK, c = i % kChunksQK;
-        const int64_t src = row_src(r);
-        const bool ok = src >= 0;
-        const __nv_bfloat16* ptr = !ok          ? lat
-                                   : c < kChunksV ? lat + src * kMlaLatentDim + c * 8
-                                                  : pe + src * kMlaRopeDim + (c - kChunksV) * 8;
-        cp_async16(tile + atom_off(r, c * 8), ptr, ok);
+// mbarrier and register-budget primitives of the warp-specialized forward.
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {  // release: this thread's prior writes go with it
+    asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival once every cp.async this thread issued before has landed (the count was set for it: noinc).
+__device__ __forceinline__ void mbar_arrive_on_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {  // acquire
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+template <int N>
+__device__ __forceinline__ void regs_increase() {
+#ifdef DSRL_WGMMA
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_decrease() {
+#ifdef DSRL_WGMMA
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// Warp-specialized layout: warpgroups 0 and 1 compute (as described above), warpgroup 2 only gathers. The
+// producer owns two K buffers; "full" phases say a tile (and, for the first, Q) has landed, "empty" phases that
+// both consumer warpgroups are done reading one.
+constexpr int kWsThreads = 384;
+constexpr int kWsConsumers = 256;
+constexpr int kWsOffK0 = kTileQKBytes;
+constexpr int kWsOffK1 = 2 * kTileQKBytes;
+constexpr int kWsOffP = 3 * kTileQKBytes;
+constexpr int kWsOffIdx = kWsOffP + kTilePBytes;         // int32 [2][64]: the indices of each K buffer's tile
+constexpr int kWsOffMax = kWsOffIdx + 2 * kBlockK * 4;   // float [2][64]; row sums reuse it after the loop
+constexpr int kWsOffBar = kWsOffMax + 2 * kBlockH * 4;   // uint64 full[2], empty[2]
+constexpr int kWgSmem = kWsOffBar + 4 * 8 + 1024;        // + slack to align the base to 1024 B
+static_assert(kWgSmem <= 227 * 1024, "wgmma forward shared memory over the sm_90 limit");
+constexpr int kWsConsumerRegs = 232;  // 2 × 128 × 232 + 128 × 40 ≤ 65536
+constexpr int kWsProducerRegs = 40;
+
+// Producer thread pt (0..127) stages row pt / 2 of a 64-row tile: 16-byte chunks (pt & 1) + 2m, m = 0..35, so
+// one warp instruction covers 32 contiguous bytes of 16 rows. src < 0: a zero row.
+__device__ __forceinline__ void gather_row_half(uint32_t tile, const __nv_bfloat16* lat, const __nv_bfloat16* pe,
+                                                int64_t src, int pt) {
+    const int r = pt >> 1, half = pt & 1;
+    const bool ok = src >= 0;
+    const __nv_bfloat16* lat_row = lat + (ok ? src * kMlaLatentDim : 0);
+    const __nv_bfloat16* pe_row = pe + (ok ? src * kMlaRopeDim : 0);
+    const uint32_t row_base = tile + r * 128;
+#pragma unroll
+    for (int m = 0; m < kChunksQK / 2; ++m) {
+        const int c = half + 2 * m;  // (c >> 3) == m >> 2, (c & 7) == half + 2 (m & 3)
+        const uint32_t dst = row_base + (m >> 2) * 8192 + (((half + 2 * (m & 3)) ^ (r & 7)) << 4);
+        const __nv_bfloat16* src_ptr = m < kChunksV / 2 ? lat_row + c * 8 : pe_row + (c - kChunksV) * 8;
+        cp_async16(dst, ok ? src_ptr : lat, ok);
     }
 }
 
-constexpr int kWgOffK0 = kTileQKBytes;
-constexpr int kWgOffK1 = 2 * kTileQKBytes;
-constexpr int kWgOffP = 3 * kTileQKBytes;
-constexpr int kWgOffIdx = kWgOffP + kTilePBytes;        // int32 [3][64]: tiles j, j + 1, j + 2
-constexpr int kWgOffMax = kWgOffIdx + 3 * kBlockK * 4;  // float [2][64]; row sums reuse it after the loop
-constexpr int kWgSmem = kWgOffMax + 2 * kBlockH * 4 + 1024;  // + slack to align the base to 1024 B
-static_assert(kWgSmem <= 227 * 1024, "wgmma forward shared memory over the sm_90 limit");
-
 template <bool kSplit>
-__global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_wgmma_kernel(const SparseMlaFwdParams p) {
+__global__ void __launch_bounds__(kWsThreads, 1) sparse_mla_fwd_wgmma_kernel(const SparseMlaFwdParams p) {
 #ifdef DSRL_WGMMA
     extern __shared__ __align__(1024) uint8_t smem_raw[];
     // Swizzled operands need 1024-byte-aligned tiles.
     uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int rg = warp & 3, kh = warp >> 2;  // kh: the warpgroup
     const int64_t num_hblocks = (p.num_heads + kBlockH - 1) / kBlockH;
     const int64_t hb = blockIdx.x % num_hblocks;
     const int64_t bt = blockIdx.x / num_hblocks;
@@ -411,50 +457,49 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_wgmma_kernel(const
     const int t_begin = min(num_tiles, split * per_split);
     const int t_end = min(num_tiles, t_begin + per_split);
 
-    const auto* q_lat = static_cast<const __nv_bfloat16*>(p.q_lat);
-    const auto* q_pe = static_cast<const __nv_bfloat16*>(p.q_pe);
-    const auto* c_kv = static_cast<const __nv_bfloat16*>(p.c_kv) + b * p.ckv_batch_stride;
-    const auto* k_pe = static_cast<const __nv_bfloat16*>(p.k_pe) + b * p.kpe_batch_stride;
-    const int32_t* idx_row = p.indices + bt * p.topk;
-    int32_t* idx_s = reinterpret_cast<int32_t*>(smem + kWgOffIdx);
-    float* red_max = reinterpret_cast<float*>(smem + kWgOffMax);
+    int32_t* idx_s = reinterpret_cast<int32_t*>(smem + kWsOffIdx);
+    float* red_max = reinterpret_cast<float*>(smem + kWsOffMax);
     float* red_sum = red_max;
-    const uint32_t q_tile = smem_addr(smem), p_tile = smem_addr(smem + kWgOffP);
-    const uint32_t k_tile0 = smem_addr(smem + kWgOffK0), k_tile1 = smem_addr(smem + kWgOffK1);
-    const uint32_t idx_tile = smem_addr(idx_s);
-    // Whole 64-entry tiles with 16-byte-aligned rows: the indices of tile j + 2 travel by cp.async during tile j,
-    // so issuing tile j + 1's gather never waits on an index load. Otherwise plain loads (small configs).
-    const bool async_idx = p.topk % kBlockK == 0;
-
-    // Indices of `tile` into slot (tile − t_begin) mod 3 (−1 past topk).
-    auto load_idx = [&](int tile) {
-        const int slot = (tile - t_begin) % 3;
-        const int64_t base = int64_t(tile) * kBlockK;
-        if (async_idx) {
-            if (tid < kBlockK / 4) cp_async16(idx_tile + (slot * kBlockK + tid * 4) * 4, idx_row + base + tid * 4, true);
-        } else if (tid < kBlockK) {
-            idx_s[slot * kBlockK + tid] = base + tid < p.topk ? __ldg(idx_row + base + tid) : -1;
+    const uint32_t q_tile = smem_addr(smem), p_tile = smem_addr(smem + kWsOffP);
+    const uint32_t k_tile0 = smem_addr(smem + kWsOffK0), k_tile1 = smem_addr(smem + kWsOffK1);
+    const uint32_t bar_full = smem_addr(smem + kWsOffBar), bar_empty = bar_full + 16;  // [2] each, 8 B apart
+    if (tid == 0) {
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(bar_full + 8 * s, 2 * 128);  // per producer thread: its cp.async landing + its index stores
+            mbar_init(bar_empty + 8 * s, kWsConsumers);
         }
-    };
-    // Gathers the entries of `tile` (its indices already in shared memory) into K buffer buf.
-    auto load_tile = [&](int tile, int buf) {
-        const int32_t* idx = idx_s + ((tile - t_begin) % 3) * kBlockK;
-        stage_rows_atoms(buf ? k_tile1 : k_tile0, c_kv, k_pe, [&](int r) -> int64_t { return idx[r]; });
-    };
-
-    stage_rows_atoms(q_tile, q_lat, q_pe, [&](int r) -> int64_t {
-        return h0 + r < p.num_heads ? bt * p.num_heads + h0 + r : -1;
-    });
-    if (t_begin < t_end) {
-        load_idx(t_begin);
-        cp_async_commit();
-        cp_async_wait_all();
-        __syncthreads();
-        load_tile(t_begin, 0);
-        if (t_begin + 1 < t_end) load_idx(t_begin + 1);
     }
-    cp_async_commit();
+    __syncthreads();
 
+    if (warp >= kWsConsumers / 32) {
+        // ---- producer warpgroup: Q once, then each tile's entries into the buffer its consumers released ----
+        regs_decrease<kWsProducerRegs>();
+        const int pt = tid - kWsConsumers;
+        const int r = pt >> 1;
+        const auto* c_kv = static_cast<const __nv_bfloat16*>(p.c_kv) + b * p.ckv_batch_stride;
+        const auto* k_pe = static_cast<const __nv_bfloat16*>(p.k_pe) + b * p.kpe_batch_stride;
+        const int32_t* idx_row = p.indices + bt * p.topk;
+        if (t_begin < t_end) {
+            gather_row_half(q_tile, static_cast<const __nv_bfloat16*>(p.q_lat), static_cast<const __nv_bfloat16*>(p.q_pe),
+                            h0 + r < p.num_heads ? bt * p.num_heads + h0 + r : -1, pt);
+        }
+        for (int tile = t_begin; tile < t_end; ++tile) {
+            const int n = tile - t_begin, s = n & 1;
+            if (n >= 2) mbar_wait(bar_empty + 8 * s, ((n >> 1) + 1) & 1);  // tile n − 2's readers are done
+            const int64_t e = int64_t(tile) * kBlockK + r;
+            const int32_t src = e < p.topk ? __ldg(idx_row + e) : -1;
+            if ((pt & 1) == 0) idx_s[s * kBlockK + r] = src;
+            gather_row_half(s ? k_tile1 : k_tile0, c_kv, k_pe, src, pt);
+            mbar_arrive_on_cp_async(bar_full + 8 * s);
+            mbar_arrive(bar_full + 8 * s);
+        }
+        cp_async_wait_all();
+        return;
+    }
+
+    // ---- consumer warpgroups ----
+    regs_increase<kWsConsumerRegs>();
+    const int rg = warp & 3, kh = warp >> 2;  // kh: the warpgroup
     const float scale_log2 = p.scale * kLog2e;
     float m_run[2] = {-INFINITY, -INFINITY};
     float l_run[2] = {0.f, 0.f};
@@ -465,18 +510,16 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_wgmma_kernel(const
     const uint64_t desc_q = smem_desc(q_tile, 16, 1024), desc_p = smem_desc(p_tile, 16, 1024);
 
     for (int tile = t_begin; tile < t_end; ++tile) {
-        const int buf = (tile - t_begin) & 1;
-        const int32_t* idx_t = idx_s + ((tile - t_begin) % 3) * kBlockK;
-        cp_async_wait_all();
-        fence_async_smem();  // cp.async wrote the tile through the generic proxy; wgmma reads through the async one
-        // A barrier that also says whether the tile holds any valid entry (top-k rows end in −1 padding).
-        const bool any_valid = __syncthreads_or(tid < kBlockK && idx_t[tid] >= 0);
-        const uint32_t k_tile = buf ? k_tile1 : k_tile0;
-
-        // S = Q · Kᵀ for this warpgroup's 32 entries: 36 k-steps of m64n32k16, issued before the next gather so
-        // that the tensor cores run while the gather is being issued.
-        float acc_s[16];
+        const int n = tile - t_begin, s = n & 1;
+        const int32_t* idx_t = idx_s + s * kBlockK;
+        mbar_wait(bar_full + 8 * s, (n >> 1) & 1);
+        fence_async_smem();  // the tile arrived through the generic proxy; wgmma reads through the async one
+        // Every consumer warp sees the same indices, so all of them take the same branch (top-k rows end in −1).
+        const bool any_valid = __any_sync(0xffffffffu, idx_t[lane] >= 0 || idx_t[lane + 32] >= 0);
         if (any_valid) {
+            const uint32_t k_tile = s ? k_tile1 : k_tile0;
+            // S = Q · Kᵀ for this warpgroup's 32 entries: 36 k-steps of m64n32k16.
+            float acc_s[16];
             wgmma_fence();
             const uint64_t desc_k = smem_desc(k_tile + kh * 32 * 128, 16, 1024);
 #pragma unroll
@@ -485,91 +528,90 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_wgmma_kernel(const
                 wgmma_m64n32_kk(acc_s, desc_q + koff, desc_k + koff, kk > 0);
             }
             wgmma_commit();
-        }
-        if (tile + 1 < t_end) load_tile(tile + 1, buf ^ 1);
-        if (tile + 2 < t_end) load_idx(tile + 2);
-        cp_async_commit();
-        if (!any_valid) continue;
-        wgmma_wait0();
-        fence_regs(acc_s);
-        fence_regs(acc_o);
+            wgmma_wait0();
+            fence_regs(acc_s);
+            fence_regs(acc_o);
 
-        float mx[2] = {-INFINITY, -INFINITY};
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+            for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = kh * 32 + nt * 8 + 2 * (lane & 3) + (e & 1);
-                const float v = idx_t[col] >= 0 ? acc_s[nt * 4 + e] * scale_log2 : -INFINITY;
-                acc_s[nt * 4 + e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                for (int e = 0; e < 4; ++e) {
+                    const int col = kh * 32 + nt * 8 + 2 * (lane & 3) + (e & 1);
+                    const float v = idx_t[col] >= 0 ? acc_s[nt * 4 + e] * scale_log2 : -INFINITY;
+                    acc_s[nt * 4 + e] = v;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                }
             }
-        }
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        }
-        if ((lane & 3) == 0) {
-            red_max[kh * kBlockH + r0] = mx[0];
-            red_max[kh * kBlockH + r0 + 8] = mx[1];
-        }
-        named_barrier(1 + rg, 64);
-        float alpha[2], m_use[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const float other = red_max[(kh ^ 1) * kBlockH + r0 + 8 * i];
-            const float m_new = fmaxf(m_run[i], fmaxf(mx[i], other));
-            m_use[i] = m_new == -INFINITY ? 0.f : m_new;
-            alpha[i] = exp2f(m_run[i] - m_use[i]);
-            m_run[i] = m_new;
-            l_run[i] *= alpha[i];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            const float p0 = exp2f(acc_s[nt * 4 + 0] - m_use[0]), p1 = exp2f(acc_s[nt * 4 + 1] - m_use[0]);
-            const float p2 = exp2f(acc_s[nt * 4 + 2] - m_use[1]), p3 = exp2f(acc_s[nt * 4 + 3] - m_use[1]);
-            l_run[0] += p0 + p1;
-            l_run[1] += p2 + p3;
-            const int col = kh * 32 + nt * 8 + 2 * (lane & 3);
-            st_shared_u32(p_tile + atom_off(r0, col), pack_bf16(p0, p1));
-            st_shared_u32(p_tile + atom_off(r0 + 8, col), pack_bf16(p2, p3));
-        }
-        if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {  // the running max moved
-#pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                acc_o[4 * j + 0] *= alpha[0];
-                acc_o[4 * j + 1] *= alpha[0];
-                acc_o[4 * j + 2] *= alpha[1];
-                acc_o[4 * j + 3] *= alpha[1];
+            for (int i = 0; i < 2; ++i) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
             }
-        }
-        fence_async_smem();  // P was written with ordinary stores; the O product reads it through the async proxy
-        named_barrier(5, kThreads);  // all 64 rows × 64 entries of P are in shared memory
+            if ((lane & 3) == 0) {
+                red_max[kh * kBlockH + r0] = mx[0];
+                red_max[kh * kBlockH + r0 + 8] = mx[1];
+            }
+            // Both halves' row maxima are in; also every consumer finished the previous tile's O product, so P
+            // may be overwritten.
+            named_barrier(1, kWsConsumers);
+            float alpha[2], m_use[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const float other = red_max[(kh ^ 1) * kBlockH + r0 + 8 * i];
+                const float m_new = fmaxf(m_run[i], fmaxf(mx[i], other));
+                m_use[i] = m_new == -INFINITY ? 0.f : m_new;
+                alpha[i] = exp2f(m_run[i] - m_use[i]);
+                m_run[i] = m_new;
+                l_run[i] *= alpha[i];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const float p0 = exp2f(acc_s[nt * 4 + 0] - m_use[0]), p1 = exp2f(acc_s[nt * 4 + 1] - m_use[0]);
+                const float p2 = exp2f(acc_s[nt * 4 + 2] - m_use[1]), p3 = exp2f(acc_s[nt * 4 + 3] - m_use[1]);
+                l_run[0] += p0 + p1;
+                l_run[1] += p2 + p3;
+                const int col = kh * 32 + nt * 8 + 2 * (lane & 3);
+                st_shared_u32(p_tile + atom_off(r0, col), pack_bf16(p0, p1));
+                st_shared_u32(p_tile + atom_off(r0 + 8, col), pack_bf16(p2, p3));
+            }
+            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {  // the running max moved
+#pragma unroll
+                for (int j = 0; j < 32; ++j) {
+                    acc_o[4 * j + 0] *= alpha[0];
+                    acc_o[4 * j + 1] *= alpha[0];
+                    acc_o[4 * j + 2] *= alpha[1];
+                    acc_o[4 * j + 3] *= alpha[1];
+                }
+            }
+            fence_async_smem();  // P was written with ordinary stores; the O product reads it through the async proxy
+            named_barrier(2, kWsConsumers);  // all 64 rows × 64 entries of P are in shared memory
 
-        // O += P · V: 4 k-steps of m64n256k16 over this warpgroup's 256 latent columns (V read MN-major).
-        wgmma_fence();
-        const uint64_t desc_v = smem_desc(k_tile + kh * 4 * 8192, 8192, 1024);
+            // O += P · V: 4 k-steps of m64n256k16 over this warpgroup's 256 latent columns (V read MN-major).
+            wgmma_fence();
+            const uint64_t desc_v = smem_desc(k_tile + kh * 4 * 8192, 8192, 1024);
 #pragma unroll
-        for (int kk = 0; kk < kBlockK / 16; ++kk) {
-            wgmma_m64n256_kt(acc_o, desc_p + kk * 2, desc_v + kk * 128, 1);
+            for (int kk = 0; kk < kBlockK / 16; ++kk) {
+                wgmma_m64n256_kt(acc_o, desc_p + kk * 2, desc_v + kk * 128, 1);
+            }
+            wgmma_commit();
+            wgmma_wait0();
+            fence_regs(acc_o);
         }
-        wgmma_commit();
-        wgmma_wait0();
-        fence_regs(acc_o);
+        fence_async_smem();  // the tensor cores' reads of this buffer are ordered before the producer's next writes
+        mbar_arrive(bar_empty + 8 * s);
     }
-    cp_async_wait_all();
 
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
         l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
     }
-    if ((lane & 3) == 0) {
+    if ((lane & 3) == 0) {  // every read of red_max happened before this thread's last barrier 2
         red_sum[kh * kBlockH + r0] = l_run[0];
         red_sum[kh * kBlockH + r0 + 8] = l_run[1];
     }
-    __syncthreads();
+    named_barrier(1, kWsConsumers);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int row = r0 + 8 * i;
@@ -891,7 +933,7 @@ cudaError_t launch_sparse_mla_fwd(const SparseMlaFwdParams& p, cudaStream_t stre
     const int smem = wgmma ? kWgSmem : kFwdSmem;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
-    kernel<<<dim3(unsigned(blocks), unsigned(p.num_splits)), kThreads, smem, stream>>>(p);
+    kernel<<<dim3(unsigned(blocks), unsigned(p.num_splits)), wgmma ? kWsThreads : kThreads, smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess || !split) return err;
     const int64_t rows = p.batch * p.num_queries * p.num_heads;

@@ -5,7 +5,8 @@
 //   out[t, h]      = Σ_s softmax_s(score) · c_kv[s];  lse[t, h] = log Σ_s exp(score)
 // Fixed entry shape: c_kv 512 | k_pe 64 (d_v 512), bf16 operands, fp32 accumulation (tensor cores, mma.sync).
 // A block owns one query token and 64 heads; the token's selected entries are gathered 64 at a time into shared
-// memory (cp.async, double-buffered) and shared by all 64 heads. A row with no valid entry gets out 0, lse −inf.
+// memory (cp.async, double-buffered; on sm_90a by a producer warpgroup of its own) and shared by all 64 heads.
+// A row with no valid entry gets out 0, lse −inf.
 // Tensors contiguous (c_kv and k_pe: dense rows, any batch stride, e.g. a decode cache): q_lat [B, T, H, 512], q_pe [B, T, H, 64], c_kv [B, S, 512], k_pe [B, S, 64],
 // indices [B, T, K] int32, out [B, T, H, 512] bf16, lse [B, T, H] fp32.
 #pragma once
