@@ -1,7 +1,7 @@
 // dsrl_bench_dsa: the DSA CUDA kernels at full-size head shapes (SPEC §9), figures not pass/fail.
 //
 //   build/bin/dsrl_bench_dsa [--lengths 4096,8192,16384,32768,65536,131072] [--topk 2048] [--heads 128]
-//                            [--dense-max 65536] [--reps 5] [--decode-batch 64]
+//                            [--dense-max 65536] [--reps 5] [--decode-batch 64] [--warmup-max 16384]
 //
 // 1. The device's bf16 matmul ceiling: an 8192³ at::matmul on random data (median of --reps after warm-up).
 // 2. Per length L (batch 1, causal, k = --topk entries per query — min(k, t + 1) valid for query t, spread over
@@ -14,6 +14,8 @@
 //    forward + backward), in the same run, with each side's peak of allocated memory. Dense runs up to
 //    --dense-max.
 // 4. Decode: --decode-batch sequences, one query each, over an L-entry latent cache (split-KV kernel).
+// 5. The dense warm-up's indexer loss (dsa::indexer_warmup_loss, forward + backward) with its indexer logits on
+//    the kernels vs its ATen path, time and peak memory, up to --warmup-max.
 // FLOPs: attention 2·H·(576 + 512) per (query, valid entry) forward, 2.5× that backward (recompute of S, dP, dQ,
 // dKV); indexer 2·64·128 per visible (query, key) pair, 3× that backward (q·k recompute, dq, dk); dense
 // attention 2·H·(192 + 128) per causal pair forward, 2.5× backward. Times are medians of CUDA-event-timed repetitions after one warm-up.
@@ -48,6 +50,7 @@
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "dsa/indexer_cuda.h"
+#include "dsa/indexer_loss.h"
 #include "dsa/sparse_attention.h"
 
 namespace {
@@ -59,6 +62,7 @@ struct Options {
     int64_t dense_max = 65536;
     int reps = 5;
     int64_t decode_batch = 64;
+    int64_t warmup_max = 16384;
 };
 
 Options parse(int argc, char** argv) {
@@ -96,9 +100,11 @@ Options parse(int argc, char** argv) {
             o.reps = int(integer(1));
         } else if (a == "--decode-batch") {
             o.decode_batch = integer(0);
+        } else if (a == "--warmup-max") {
+            o.warmup_max = integer(0);
         } else if (a == "--help" || a == "-h") {
             std::printf("usage: dsrl_bench_dsa [--lengths 4096,...,131072] [--topk 2048] [--heads 128] "
-                        "[--dense-max 65536] [--reps 5] [--decode-batch 64]\n");
+                        "[--dense-max 65536] [--reps 5] [--decode-batch 64] [--warmup-max 16384]\n");
             std::exit(0);
         } else {
             throw dsrl::ConfigError(absl::StrCat("unknown flag '", a, "' (see --help)"));
@@ -185,6 +191,11 @@ int main(int argc, char** argv) {
         std::printf("\n%8s %-26s %10s %8s %7s %10s\n", "L", "kernel", "ms", "TFLOPS", "ceil%", "peak GiB");
         auto row = [&](int64_t L, const char* name, double ms, double flops, double gib) {
             const double tf = flops / (ms * 1e-3) / 1e12;
+            if (flops <= 0) {
+                std::printf("%8ld %-26s %10.3f %8s %7s %10.2f\n", long(L), name, ms, "-", "-", gib);
+                std::fflush(stdout);
+                return;
+            }
             std::printf("%8ld %-26s %10.3f %8.1f %6.1f%% %10.2f\n", long(L), name, ms, tf, 100.0 * tf / ceiling, gib);
             std::fflush(stdout);
         };
@@ -311,6 +322,30 @@ int main(int argc, char** argv) {
                 const double gbs = entries * 576.0 * 2.0 / (dec_ms * 1e-3) / 1e9;
                 row(L, "decode (batch x 1 query)", dec_ms, entries * 2.0 * double(H) * 1088.0, 0.0);
                 std::printf("%8ld decode: %.0f GB/s of gathered entries\n", long(L), gbs);
+            }
+
+            // 5. The dense warm-up's indexer loss (query tiles of 128), forward + backward: its indexer logits
+            // and their backward on the kernels (model.impl auto) vs the ATen path (reference), same inputs.
+            if (L <= o.warmup_max) {
+                dsrl::dsa::AttentionInputs att{q_lat, q_pe, c_kv, k_pe, at::zeros({1, L, H}, f32), scale, true};
+                const at::Tensor wq = iq.clone().requires_grad_(), wk = ik.clone().requires_grad_();
+                const at::Tensor ww = iw.clone().requires_grad_();
+                double ms[2], gib[2], loss[2];
+                for (const int path : {0, 1}) {
+                    const dsrl::Impl impl = path == 0 ? dsrl::Impl::kReference : dsrl::Impl::kCuda;
+                    auto step = [&] {
+                        const at::Tensor l =
+                            dsrl::dsa::indexer_warmup_loss({wq, wk, ww}, att, pos, at::Tensor(), 128, impl).loss;
+                        (void)torch::autograd::grad({l}, {wq, wk, ww});
+                        loss[path] = l.item<double>();
+                    };
+                    gib[path] = peak_gib_of(step);
+                    ms[path] = time_ms(step, o.reps);
+                }
+                row(L, "warm-up loss fwd+bwd ATen", ms[0], 0.0, gib[0]);
+                row(L, "warm-up loss fwd+bwd kern", ms[1], 0.0, gib[1]);
+                std::printf("%8ld warm-up loss: kernels %.2fx faster, loss %.6g vs %.6g (ATen)\n", long(L),
+                            ms[0] / ms[1], loss[1], loss[0]);
             }
         }
         return 0;

@@ -1,6 +1,9 @@
 #include "dsa/indexer_loss.h"
 
 #include "core/precision.h"
+#ifdef DSRL_WITH_CUDA
+#include "dsa/indexer_cuda.h"
+#endif
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -160,6 +163,46 @@ at::Tensor indexer_log_probs(const at::Tensor& a, const at::Tensor& w_t, const a
     return logits - at::logsumexp(logits, -1, /*keepdim=*/true);
 }
 
+// The dense warm-up's indexer logits and their backward run on the CUDA kernels (dsa/indexer_cuda.h) when these
+// take the inputs: CUDA bf16 q and k, fp32/bf16 w on one device, D_I = 128, H_I a multiple of 16 up to 64.
+const char* warmup_kernels_fit_needs() {
+#ifdef DSRL_WITH_CUDA
+    return "they need CUDA bf16 q and k with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, w fp32 "
+           "or bf16";
+#else
+    return "this build of dsrl has no CUDA kernels";
+#endif
+}
+
+bool warmup_kernels_fit(const IndexerOutput& ix) {
+#ifdef DSRL_WITH_CUDA
+    return ix.q.is_cuda() && ix.k.device() == ix.q.device() && ix.w.device() == ix.q.device() &&
+           ix.q.scalar_type() == at::kBFloat16 && ix.k.scalar_type() == at::kBFloat16 &&
+           (ix.w.scalar_type() == at::kFloat || ix.w.scalar_type() == at::kBFloat16) && ix.q.size(3) == 128 &&
+           ix.q.size(2) % 16 == 0 && ix.q.size(2) <= 64;
+#else
+    (void)ix;
+    return false;
+#endif
+}
+
+#ifdef DSRL_WITH_CUDA
+// The kernels' side of a query tile: q_t [B, n, H_I, 128] bf16, pos_t [B, n] of the tile.
+struct KernelTile {
+    at::Tensor q_t, w_t, pos_t;
+    KernelTile(const at::Tensor& q, const at::Tensor& w, const at::Tensor& query_pos, int64_t t0, int64_t n)
+        : q_t(q.narrow(1, t0, n).contiguous()),
+          w_t(w.narrow(1, t0, n).contiguous()),
+          pos_t(query_pos.narrow(1, t0, n).contiguous()) {}
+    // log softmax over the visible keys of the fused logits [B, n, S] (fp32; −inf invisible, NaN rows without
+    // a visible key, as indexer_log_probs).
+    at::Tensor log_probs(const at::Tensor& k, const at::Tensor& key_valid, double iscale) const {
+        const at::Tensor logits = cuda::indexer_logits(q_t, k, w_t, iscale, pos_t, key_valid);
+        return logits - at::logsumexp(logits, -1, /*keepdim=*/true);
+    }
+};
+#endif
+
 // Note [Indexer KL recompute]: one autograd function serves both losses. Forward loops over query tiles,
 // building the tile's target p and the indexer's log-probs, and keeps only the scalar; backward rebuilds each
 // tile and applies dL/dI_t = row_weight_t · (softmax(I_t) − p_t), then, with a = d_I^-1/2 · q·k and
@@ -174,18 +217,24 @@ public:
                                  const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat,
                                  const at::Tensor& lse, const at::Tensor& topk, const at::Tensor& query_pos,
                                  const at::Tensor& key_valid, const at::Tensor& row_weight, bool sparse,
-                                 double scale, int64_t tile) {
+                                 bool kernels, double scale, int64_t tile) {
         const Fp32Region fp32;  // the losses are fp32/fp64 math even inside a bf16 autocast region
         const at::ScalarType dt = kcat.scalar_type();
         const double iscale = 1.0 / std::sqrt(double(q.size(3)));
-        const at::Tensor kf = k.to(dt);
+        const at::Tensor kf = kernels ? k : k.to(dt);
         at::Tensor loss = at::zeros({}, kcat.options());
         for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
             const int64_t n = std::min(tile, q.size(1) - t0);
             const Tile tl = make_tile(q_lat, q_pe, kcat, lse, topk, query_pos, key_valid, kf, sparse, scale, t0, n);
-            const at::Tensor logq =
-                indexer_log_probs(indexer_heads(q.narrow(1, t0, n).to(dt), tl.keys, iscale), w.narrow(1, t0, n).to(dt),
-                                  tl.mask);
+            at::Tensor logq;
+            if (kernels) {
+#ifdef DSRL_WITH_CUDA
+                logq = KernelTile(q, w, query_pos, t0, n).log_probs(kf, key_valid, iscale).to(dt);
+#endif
+            } else {
+                logq = indexer_log_probs(indexer_heads(q.narrow(1, t0, n).to(dt), tl.keys, iscale),
+                                         w.narrow(1, t0, n).to(dt), tl.mask);
+            }
             const at::Tensor pos = tl.p.gt(0);
             // p · (log p − log q) where p > 0 (0 · log 0 = 0; masked-out keys have p = 0 and log q = −inf).
             const at::Tensor kl = at::where(pos, tl.p * (at::log(tl.p) - logq), at::zeros_like(tl.p)).sum(-1);
@@ -194,6 +243,7 @@ public:
         }
         ctx->save_for_backward({q, k, w, q_lat, q_pe, kcat, lse, topk, query_pos, key_valid, row_weight});
         ctx->saved_data["sparse"] = sparse;
+        ctx->saved_data["kernels"] = kernels;
         ctx->saved_data["scale"] = scale;
         ctx->saved_data["tile"] = tile;
         return {loss};
@@ -205,6 +255,7 @@ public:
         const at::Tensor &q = v[0], &k = v[1], &w = v[2], &q_lat = v[3], &q_pe = v[4], &kcat = v[5], &lse = v[6],
                          &topk = v[7], &query_pos = v[8], &key_valid = v[9], &row_weight = v[10];
         const bool sparse = ctx->saved_data["sparse"].toBool();
+        const bool kernels = ctx->saved_data["kernels"].toBool();
         const double scale = ctx->saved_data["scale"].toDouble();
         const int64_t tile = ctx->saved_data["tile"].toInt();
         const at::ScalarType dt = kcat.scalar_type();
@@ -215,11 +266,26 @@ public:
         at::Tensor dw = at::zeros(w.sizes(), w.options().dtype(dt));
         const at::Tensor& g = grads[0];
         if (g.defined()) {
-            const at::Tensor kf = k.to(dt);
+            const at::Tensor kf = kernels ? k : k.to(dt);
             const at::Tensor gs = g.to(dt);
             for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
                 const int64_t n = std::min(tile, q.size(1) - t0);
                 const Tile tl = make_tile(q_lat, q_pe, kcat, lse, topk, query_pos, key_valid, kf, sparse, scale, t0, n);
+                if (kernels) {  // the same G, through the fused logits' backward kernel: no [B, n, H_I, S] tensor
+#ifdef DSRL_WITH_CUDA
+                    const KernelTile kt(q, w, query_pos, t0, n);
+                    const at::Tensor logq = kt.log_probs(kf, key_valid, iscale).to(dt);
+                    const at::Tensor soft = at::where(tl.mask, logq.exp(), at::zeros_like(logq));
+                    const at::Tensor rw = (row_weight.narrow(1, t0, n) * gs).unsqueeze(-1);
+                    const at::Tensor G = at::where(rw.ne(0), (soft - tl.p) * rw, at::zeros_like(soft)).to(at::kFloat);
+                    const cuda::IndexerGrads gr =
+                        cuda::indexer_logits_backward(kt.q_t, kf, kt.w_t, iscale, kt.pos_t, key_valid, G);
+                    dq.narrow(1, t0, n).copy_(gr.dq);
+                    dk += gr.dk;
+                    dw.narrow(1, t0, n).copy_(gr.dw);
+#endif
+                    continue;
+                }
                 const at::Tensor q_t = q.narrow(1, t0, n).to(dt);
                 const at::Tensor w_t = w.narrow(1, t0, n).to(dt);
                 const at::Tensor a = indexer_heads(q_t, tl.keys, iscale);
@@ -245,7 +311,7 @@ public:
         (void)S;
         return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dw.to(w.scalar_type()), at::Tensor(), at::Tensor(),
                 at::Tensor(),           at::Tensor(),           at::Tensor(),           at::Tensor(), at::Tensor(),
-                at::Tensor(),           at::Tensor(),           at::Tensor(),           at::Tensor()};
+                at::Tensor(),           at::Tensor(),           at::Tensor(),           at::Tensor(), at::Tensor()};
     }
 
 private:
@@ -292,7 +358,7 @@ Prepared prepare(const IndexerOutput& ix, const AttentionInputs& a, const at::Te
 }
 
 IndexerLoss run_kl(const IndexerOutput& ix, const AttentionInputs& a, const at::Tensor& topk,
-                   const at::Tensor& query_pos, const Prepared& p, bool sparse, int64_t query_tile) {
+                   const at::Tensor& query_pos, const Prepared& p, bool sparse, bool kernels, int64_t query_tile) {
     at::Tensor valid = p.valid;
     if (sparse) valid = valid.logical_and(topk.ge(0).any(-1));
     IndexerLoss r;
@@ -305,7 +371,7 @@ IndexerLoss run_kl(const IndexerOutput& ix, const AttentionInputs& a, const at::
     const at::Tensor lse = forward_lse ? a.lse.detach() : at::empty({0}, p.kcat.options());
     const at::Tensor idx = sparse ? topk.to(at::kLong) : at::empty({0}, p.kcat.options().dtype(at::kLong));
     r.loss = IndexerKl::apply(ix.q, ix.k, ix.w, a.q_lat.detach(), a.q_pe.detach(), p.kcat, lse, idx,
-                              query_pos.to(p.kcat.device(), at::kLong), p.key_valid, row_weight, sparse, a.scale,
+                              query_pos.to(p.kcat.device(), at::kLong), p.key_valid, row_weight, sparse, kernels, a.scale,
                               query_tile)[0];
     return r;
 }
@@ -316,15 +382,22 @@ IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                                 const AttentionInputs& attention,
                                 const at::Tensor& query_pos,
                                 const at::Tensor& key_valid,
-                                int64_t query_tile) {
+                                int64_t query_tile,
+                                Impl impl) {
     check_inputs("indexer_warmup_loss", indexer, attention, query_pos, key_valid, query_tile);
+    const bool fits = warmup_kernels_fit(indexer);
+    TORCH_CHECK(impl != Impl::kCuda || fits, "indexer_warmup_loss: model.impl is cuda but the indexer kernels cannot "
+                "take these inputs (", warmup_kernels_fit_needs(), "); got q ", indexer.q.sizes(), " ",
+                indexer.q.scalar_type(), " on ", indexer.q.device(), ", k ", indexer.k.scalar_type(), ", w ",
+                indexer.w.scalar_type(), "; use model.impl auto or reference");
     TORCH_CHECK(attention.dense, "indexer_warmup_loss: attention.lse must be over all visible keys (a forward with "
                 "AttentionPath::kDense), got the lse of the sparse path; use indexer_sparse_loss for the sparse stage");
     TORCH_CHECK(attention.lse.dim() == 3 && attention.lse.sizes() == attention.q_lat.sizes().slice(0, 3),
                 "indexer_warmup_loss: attention lse must be ", attention.q_lat.sizes().slice(0, 3), ", got ",
                 attention.lse.sizes());
     const Prepared p = prepare(indexer, attention, query_pos, key_valid);
-    return run_kl(indexer, attention, at::Tensor(), query_pos, p, /*sparse=*/false, query_tile);
+    return run_kl(indexer, attention, at::Tensor(), query_pos, p, /*sparse=*/false,
+                  /*kernels=*/fits && impl != Impl::kReference, query_tile);
 }
 
 IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
@@ -336,7 +409,8 @@ IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
     check_inputs("indexer_sparse_loss", indexer, attention, query_pos, key_valid, query_tile);
     check_topk("indexer_sparse_loss", topk, attention.q_lat.size(0), attention.q_lat.size(1));
     const Prepared p = prepare(indexer, attention, query_pos, key_valid);
-    return run_kl(indexer, attention, topk.to(p.kcat.device()), query_pos, p, /*sparse=*/true, query_tile);
+    return run_kl(indexer, attention, topk.to(p.kcat.device()), query_pos, p, /*sparse=*/true, /*kernels=*/false,
+                  query_tile);
 }
 
 namespace {

@@ -1,4 +1,5 @@
-// The losses and the metric of the two DSA training stages (SPEC §3), pure ATen, CPU and GPU.
+// The losses and the metric of the two DSA training stages (SPEC §3), ATen on CPU and GPU (the warm-up loss's
+// indexer logits on the CUDA kernels where they fit, see indexer_warmup_loss).
 //   score(t, h, s) = (q_lat[t, h] · c_kv[s] + q_pe[t, h] · k_pe[s]) · scale      (main attention, MQA form)
 //   I(t, s)        = Σ_j w[t, j] · d_I^-1/2 · ReLU(q[t, j] · k[s])                (lightning indexer, §2.2)
 //  - indexer_warmup_loss (dense warm-up): p_t = (1/H) Σ_h exp(score(t, h, ·) − lse[t, h]) over the keys visible
@@ -49,14 +50,20 @@ struct IndexerLoss {
 
 /// Dense warm-up loss (SPEC §3 indexer_warmup). `attention.lse` must be over all visible keys (a dense
 /// forward: attention.dense); throws c10::Error otherwise or on inconsistent shapes.
+/// impl (model.impl): kAuto computes the indexer logits of each tile and their backward with the CUDA kernels
+/// (dsa::cuda::indexer_logits / indexer_logits_backward: no [tile, H_I, S] tensor, bf16 operands, fp32
+/// accumulation) when they take the inputs — CUDA bf16 q and k, index_head_dim 128, index_n_heads a multiple of
+/// 16 up to 64 — and the ATen path otherwise; kReference always ATen; kCuda the kernels or a c10::Error.
 IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                                 const AttentionInputs& attention,
                                 const at::Tensor& query_pos,
                                 const at::Tensor& key_valid,
-                                int64_t query_tile = 128);
+                                int64_t query_tile = 128,
+                                Impl impl = Impl::kAuto);
 
 /// Sparse-stage loss (SPEC §3 sparse_train) over the selected sets `topk` [B, L, K] (−1 = invalid). The per-head
 /// normalizer over S_t is recomputed from the scores, so `attention.lse` is not used (either path works).
+/// ATen on every device (its work is O(L · K) gathers; the fused logits kernels would score all S keys).
 IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
                                 const AttentionInputs& attention,
                                 const at::Tensor& topk,

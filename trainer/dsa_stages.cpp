@@ -104,7 +104,7 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt,
         at::Tensor loss = at::zeros({}, at::TensorOptions().device(model.device()));
         for (size_t i = 0; i < out.indexer.size(); ++i) {
             loss = loss + dsa::indexer_warmup_loss(out.indexer[i], out.attention[i], out.query_pos, out.key_valid,
-                                                   job.dsa.query_tile)
+                                                   job.dsa.query_tile, model.config().impl)
                               .loss;
         }
         loss = loss / static_cast<double>(std::max<size_t>(1, out.indexer.size()));

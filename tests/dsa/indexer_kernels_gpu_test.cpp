@@ -1,8 +1,9 @@
 // CUDA indexer kernels (dsa/indexer_cuda.h) against the ATen oracle (dsa/indexer_topk.h) on fresh random
 // inputs: exact top-k (order included, same scores in), bf16 and FP8 logits with identical −inf masks, the
-// fused causal top-k, the logits backward vs autograd, and timings at full size (IndexerKernelBench, printed,
-// never asserted). Outputs are poisoned before each run (the caching allocator hands the poisoned block back).
+// fused causal top-k, the logits backward vs autograd, the warm-up loss on the kernels vs its ATen path, and
+// timings at full size (IndexerKernelBench, printed, never asserted). Outputs are poisoned before each run (the caching allocator hands the poisoned block back).
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/sort.h>
@@ -26,6 +28,7 @@
 
 #include "core/rng.h"
 #include "dsa/indexer_cuda.h"
+#include "dsa/indexer_loss.h"
 #include "dsa/indexer_topk.h"
 #include "tests/test_util.h"
 
@@ -283,6 +286,62 @@ TEST(IndexerKernelTest, BackwardMatchesAutograd) {
         EXPECT_TRUE(at::equal(again.dq, got.dq) && at::equal(again.dk, got.dk) && at::equal(again.dw, got.dw))
             << "not deterministic";
     }
+}
+
+// The dense warm-up loss with its indexer logits and backward on the kernels (model.impl auto/cuda) against the
+// ATen path (reference) on the same bf16 inputs: loss, valid-query count and the gradients of q, k, w; query
+// tiles that do not divide L, padding on both sides, two indexer head counts.
+TEST(IndexerKernelTest, WarmupLossKernelPathMatchesTheReferencePath) {
+    DSRL_REQUIRE_CUDA();
+    for (const int64_t HI : {int64_t(64), int64_t(32)}) {
+        const int64_t B = 2, L = 300, H = 16, C = 64, R = 16;
+        at::Generator gen = rng::make_cpu_generator(81 + HI);
+        auto randn = [&](at::IntArrayRef shape, double mul) {
+            return at::randn(shape, gen, at::kFloat).mul(mul).to(at::kBFloat16).cuda();
+        };
+        IndexerOutput ix{randn({B, L, HI, 128}, 1.0), randn({B, L, 128}, 1.0), randn({B, L, HI}, 0.3).to(at::kFloat)};
+        AttentionInputs att;
+        att.q_lat = randn({B, L, H, C}, 0.5);
+        att.q_pe = randn({B, L, H, R}, 0.5);
+        att.c_kv = randn({B, L, C}, 0.5);
+        att.k_pe = randn({B, L, R}, 0.5);
+        att.lse = at::zeros({B, L, H}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));  // bf16: recomputed
+        att.scale = 1.0 / std::sqrt(double(C + R));
+        att.dense = true;
+        const at::Tensor pos = at::arange(L, at::kLong).unsqueeze(0).repeat({B, 1}).cuda();
+        at::Tensor valid = at::ones({B, L}, at::kBool);
+        valid[0].narrow(0, 0, 5).fill_(false);
+        valid[1].narrow(0, L - 7, 7).fill_(false);
+        valid = valid.cuda();
+        auto run = [&](Impl impl) {
+            IndexerOutput x{ix.q.detach().requires_grad_(true), ix.k.detach().requires_grad_(true),
+                            ix.w.detach().requires_grad_(true)};
+            const IndexerLoss l = indexer_warmup_loss(x, att, pos, valid, /*query_tile=*/64, impl);
+            std::vector<at::Tensor> out = torch::autograd::grad({l.loss}, {x.q, x.k, x.w});
+            out.insert(out.begin(), l.loss.detach());
+            return std::make_pair(out, l.num_queries);
+        };
+        const auto [want, want_n] = run(Impl::kReference);
+        const auto [got, got_n] = run(Impl::kCuda);
+        EXPECT_EQ(got_n, want_n);
+        const char* names[] = {"loss", "dq", "dk", "dw"};
+        for (int i = 0; i < 4; ++i) {
+            EXPECT_FALSE(got[i].isnan().any().item<bool>()) << names[i];
+            const double err = ::dsrl::testing::rel_err(got[i].to(at::kFloat), want[i].to(at::kFloat));
+            EXPECT_LE(err, 1e-2) << names[i] << " H_I " << HI;
+            std::printf("[warmup loss kernels] H_I=%lld %s rel err %.2e\n", (long long)HI, names[i], err);
+        }
+        EXPECT_GT(want[0].item<double>(), 0.0);
+        const auto [auto_out, auto_n] = run(Impl::kAuto);  // auto takes the kernels for these inputs
+        EXPECT_TRUE(at::equal(auto_out[0], got[0]));
+    }
+    // kCuda on inputs the kernels cannot take: a clear error, not a silent fallback.
+    IndexerOutput f32{at::randn({1, 8, 16, 128}).cuda(), at::randn({1, 8, 128}).cuda(), at::randn({1, 8, 16}).cuda()};
+    AttentionInputs att{at::randn({1, 8, 2, 4}).cuda(), at::randn({1, 8, 2, 2}).cuda(), at::randn({1, 8, 4}).cuda(),
+                        at::randn({1, 8, 2}).cuda(),    at::zeros({1, 8, 2}).cuda(),    0.5, true};
+    const at::Tensor pos = at::arange(8, at::kLong).unsqueeze(0).cuda();
+    EXPECT_THROW(indexer_warmup_loss(f32, att, pos, at::Tensor(), 4, Impl::kCuda), c10::Error);
+    EXPECT_NO_THROW(indexer_warmup_loss(f32, att, pos, at::Tensor(), 4, Impl::kAuto));
 }
 
 TEST(IndexerKernelTest, RejectsBadArguments) {
