@@ -9,7 +9,7 @@
 //
 // Backward, per block (one token, 64 heads): recompute P from the saved lse, dP = dO·Vᵀ, dS = P ∘ (dP − δ)·scale,
 // dQ += dS·K held in registers, and the entries' gradient dKV = dSᵀ·Q + Pᵀ·dO (summed over the block's 64 heads
-// by the tensor cores) added to grad_kv with float2 atomics.
+// by the tensor cores) added to grad_kv with float4 atomics.
 #include "dsa/kernels/sparse_mla.cuh"
 
 #include <cuda_bf16.h>
@@ -677,6 +677,27 @@ __global__ void __launch_bounds__(128) sparse_mla_combine_kernel(const SparseMla
 constexpr int kDqCols = kDimQK / 2;  // 288 dQ columns per warp
 constexpr int kDkvChunk = 48;        // dKV columns per register pass (3 ldmatrix pairs)
 
+// Adds an m16n8 accumulator fragment c (rows: entries key_lo / key_hi, −1 = skip; columns col8 + 2 (lane mod 4)
+// and + 1) to the fp32 [S, 576] rows of grad_kv. sm_90: float4 atomics — lane pairs swap halves so that the even
+// lane holds 4 adjacent columns of row lo and the odd lane 4 of row hi, half the operations of float2.
+__device__ __forceinline__ void add_fragment_atomic(float* grad_kv, int32_t key_lo, int32_t key_hi, int col8,
+                                                    const float (&c)[4], int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const bool odd = lane & 1;
+    const int32_t key = odd ? key_hi : key_lo;
+    const float s0 = odd ? c[0] : c[2], s1 = odd ? c[1] : c[3];
+    const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+    const float4 v = odd ? make_float4(r0, r1, c[2], c[3]) : make_float4(c[0], c[1], r0, r1);
+    if (key >= 0) atomicAdd(reinterpret_cast<float4*>(grad_kv + int64_t(key) * kDimQK + col8 + 4 * ((lane & 3) >> 1)), v);
+#else
+    const int col = col8 + 2 * (lane & 3);  // vector float atomics need sm_90
+    for (int i = 0; i < 2; ++i) {
+        if (key_lo >= 0) atomicAdd(grad_kv + int64_t(key_lo) * kDimQK + col + i, c[i]);
+        if (key_hi >= 0) atomicAdd(grad_kv + int64_t(key_hi) * kDimQK + col + i, c[2 + i]);
+    }
+#endif
+}
+
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_bwd_kernel(const SparseMlaBwdParams p) {
     extern __shared__ __align__(128) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -839,11 +860,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_bwd_kernel(const Spars
             }
 #pragma unroll
             for (int nt = 0; nt < kDkvChunk / 8; ++nt) {
-                const int col = c0 + nt * 8 + 2 * (lane & 3);
-                if (key_lo >= 0) atomicAdd(reinterpret_cast<float2*>(grad_kv + int64_t(key_lo) * kDimQK + col),
-                                           make_float2(acc[nt][0], acc[nt][1]));
-                if (key_hi >= 0) atomicAdd(reinterpret_cast<float2*>(grad_kv + int64_t(key_hi) * kDimQK + col),
-                                           make_float2(acc[nt][2], acc[nt][3]));
+                add_fragment_atomic(grad_kv, key_lo, key_hi, c0 + nt * 8, acc[nt], lane);
             }
         }
         __syncthreads();  // K, P and dS are rewritten by the next tile
