@@ -122,6 +122,130 @@ __device__ __forceinline__ void stage_rows(uint32_t tile, const __nv_bfloat16* l
 // ---------------------------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------------------------
+// Both forward kernels share the block shape (one token, 64 heads, two halves kh of 4 warps each: warp rg of a
+// half owns head rows 16·rg .. 16·rg + 15) and their accumulator layout: a thread holds rows r0 = 16·rg +
+// lane / 4 and r0 + 8; of S, half kh's 32 entries as 4 n-tiles × {r0: e0, e1; r0 + 8: e2, e3} at columns
+// kh·32 + 8·nt + 2(lane mod 4) + (e mod 2); of O, the half's 256 latent columns the same way (32 n-tiles).
+
+// One tile's online-softmax step on the S fragment s: masks invalid entries (idx_t[col] < 0), moves to the log2
+// domain, exchanges row maxima with the other half through red_max (exchange() must make the two halves'
+// writes visible to each other), updates m_run / l_run, hands P = exp2(s − m) to store_p(row, col, bf16 pair)
+// and returns in alpha the factors by which this thread's O rows must be rescaled.
+template <typename Exchange, typename StoreP>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[16], const int32_t* idx_t, int kh, int lane, int r0,
+                                                    float scale_log2, float* red_max, float (&m_run)[2],
+                                                    float (&l_run)[2], float (&alpha)[2], Exchange exchange,
+                                                    StoreP store_p) {
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = kh * 32 + nt * 8 + 2 * (lane & 3) + (e & 1);
+            const float v = idx_t[col] >= 0 ? s[nt * 4 + e] * scale_log2 : -INFINITY;
+            s[nt * 4 + e] = v;
+            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+    if ((lane & 3) == 0) {
+        red_max[kh * kBlockH + r0] = mx[0];
+        red_max[kh * kBlockH + r0 + 8] = mx[1];
+    }
+    exchange();
+    float m_use[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const float other = red_max[(kh ^ 1) * kBlockH + r0 + 8 * i];
+        const float m_new = fmaxf(m_run[i], fmaxf(mx[i], other));
+        m_use[i] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing valid yet: exp2(−inf) = 0
+        alpha[i] = exp2f(m_run[i] - m_use[i]);
+        m_run[i] = m_new;
+        l_run[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        const float p0 = exp2f(s[nt * 4 + 0] - m_use[0]), p1 = exp2f(s[nt * 4 + 1] - m_use[0]);
+        const float p2 = exp2f(s[nt * 4 + 2] - m_use[1]), p3 = exp2f(s[nt * 4 + 3] - m_use[1]);
+        l_run[0] += p0 + p1;
+        l_run[1] += p2 + p3;
+        const int col = kh * 32 + nt * 8 + 2 * (lane & 3);
+        store_p(r0, col, pack_bf16(p0, p1));
+        store_p(r0 + 8, col, pack_bf16(p2, p3));
+    }
+}
+
+// O rows r0 (even slots) and r0 + 8 (odd pairs) times alpha, skipped when no row max of the warp moved.
+__device__ __forceinline__ void rescale_rows(float (&o)[128], const float (&alpha)[2]) {
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            o[4 * j + 0] *= alpha[0];
+            o[4 * j + 1] *= alpha[0];
+            o[4 * j + 2] *= alpha[1];
+            o[4 * j + 3] *= alpha[1];
+        }
+    }
+}
+
+// The forward's end: adds the two halves' row sums through red_sum (exchange() as above, after every read of
+// red_max), then writes O / l and lse (or, split-KV, the fp32 partials) for this thread's rows.
+template <bool kSplit, typename Exchange>
+__device__ __forceinline__ void store_forward_rows(const SparseMlaFwdParams& p, const float (&o)[128],
+                                                   float (&l_run)[2], const float (&m_run)[2], float* red_sum, int kh,
+                                                   int lane, int r0, int64_t bt, int64_t h0, int split,
+                                                   Exchange exchange) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    }
+    if ((lane & 3) == 0) {
+        red_sum[kh * kBlockH + r0] = l_run[0];
+        red_sum[kh * kBlockH + r0 + 8] = l_run[1];
+    }
+    exchange();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int row = r0 + 8 * i;
+        const int64_t h = h0 + row;
+        if (h >= p.num_heads) continue;
+        const float l = red_sum[row] + red_sum[kBlockH + row];
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float lse = l > 0.f ? (m_run[i] + log2f(l)) * kLn2 : -INFINITY;
+        const int64_t row_index = bt * p.num_heads + h;  // (b, t, h)
+        if constexpr (kSplit) {
+            const int64_t plane = p.batch * p.num_queries * p.num_heads;
+            float* dst = p.partial_out + (int64_t(split) * plane + row_index) * kMlaLatentDim + kh * 256;
+#pragma unroll
+            for (int nt = 0; nt < 32; ++nt) {
+                const int col = nt * 8 + 2 * (lane & 3);
+                *reinterpret_cast<float2*>(dst + col) = make_float2(o[nt * 4 + 2 * i] * inv, o[nt * 4 + 2 * i + 1] * inv);
+            }
+            if (kh == 0 && (lane & 3) == 0) p.partial_lse[int64_t(split) * plane + row_index] = lse;
+        } else {
+            auto* dst = static_cast<__nv_bfloat16*>(p.out) + row_index * kMlaLatentDim + kh * 256;
+#pragma unroll
+            for (int nt = 0; nt < 32; ++nt) {
+                const int col = nt * 8 + 2 * (lane & 3);
+                *reinterpret_cast<__nv_bfloat162*>(dst + col) =
+                    __floats2bfloat162_rn(o[nt * 4 + 2 * i] * inv, o[nt * 4 + 2 * i + 1] * inv);
+            }
+            if (kh == 0 && (lane & 3) == 0) p.lse[row_index] = lse;
+        }
+    }
+}
+
+// The 4-float accumulator of m16n8 tile n inside a flat fragment array.
+template <int N>
+__device__ __forceinline__ float (&frag4(float (&a)[N], int n))[4] {
+    return *reinterpret_cast<float(*)[4]>(a + 4 * n);
+}
+
 template <bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const SparseMlaFwdParams p) {
     extern __shared__ __align__(128) uint8_t smem[];
@@ -170,9 +294,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
     const float scale_log2 = p.scale * kLog2e;
     float m_run[2] = {-INFINITY, -INFINITY};
     float l_run[2] = {0.f, 0.f};
-    float acc_o[32][4];
+    float acc_o[128];
 #pragma unroll
-    for (int i = 0; i < 32; ++i) acc_o[i][0] = acc_o[i][1] = acc_o[i][2] = acc_o[i][3] = 0.f;
+    for (int i = 0; i < 128; ++i) acc_o[i] = 0.f;
 
     const int a_row = rg * 16 + (lane & 15);                          // ldmatrix row of the A operand
     const int b_row_s = kh * 32 + (lane & 7) + ((lane >> 4) << 3);   // entry row of the B operand in S
@@ -190,9 +314,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
         const uint32_t k_tile = buf ? k_tile1 : k_tile0;
 
         // S = Q · Kᵀ over 576 dims: 16 rows × 32 entries per warp.
-        float acc_s[4][4];
+        float acc_s[16];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc_s[i][0] = acc_s[i][1] = acc_s[i][2] = acc_s[i][3] = 0.f;
+        for (int i = 0; i < 16; ++i) acc_s[i] = 0.f;
 #pragma unroll 4
         for (int kk = 0; kk < kDimQK / 16; ++kk) {
             uint32_t a[4];
@@ -201,62 +325,17 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
             for (int np = 0; np < 2; ++np) {
                 uint32_t bf[4];
                 ldsm_x4(bf, k_tile + swz(b_row_s + np * 16, kk * 16 + b_col_s, kChunksQK));
-                mma16816(acc_s[2 * np], a, bf[0], bf[1]);
-                mma16816(acc_s[2 * np + 1], a, bf[2], bf[3]);
+                mma16816(frag4(acc_s, 2 * np), a, bf[0], bf[1]);
+                mma16816(frag4(acc_s, 2 * np + 1), a, bf[2], bf[3]);
             }
         }
 
-        // Mask invalid entries, scale into the log2 domain, row maxima (quad, then the partner warp).
-        const int32_t* idx_t = idx_s + buf * kBlockK;
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = kh * 32 + nt * 8 + 2 * (lane & 3) + (e & 1);
-                const float v = idx_t[col] >= 0 ? acc_s[nt][e] * scale_log2 : -INFINITY;
-                acc_s[nt][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        }
-        if ((lane & 3) == 0) {
-            red_max[kh * kBlockH + r0] = mx[0];
-            red_max[kh * kBlockH + r0 + 8] = mx[1];
-        }
-        named_barrier(1 + rg, 64);
-        float alpha[2], m_use[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const float other = red_max[(kh ^ 1) * kBlockH + r0 + 8 * i];
-            const float m_new = fmaxf(m_run[i], fmaxf(mx[i], other));
-            m_use[i] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing valid yet: exp2(−inf) = 0
-            alpha[i] = exp2f(m_run[i] - m_use[i]);
-            m_run[i] = m_new;
-            l_run[i] *= alpha[i];
-        }
-        // P = exp2(S − m) to shared memory (bf16), row sums in fp32.
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            const float p0 = exp2f(acc_s[nt][0] - m_use[0]), p1 = exp2f(acc_s[nt][1] - m_use[0]);
-            const float p2 = exp2f(acc_s[nt][2] - m_use[1]), p3 = exp2f(acc_s[nt][3] - m_use[1]);
-            l_run[0] += p0 + p1;
-            l_run[1] += p2 + p3;
-            const int col = kh * 32 + nt * 8 + 2 * (lane & 3);
-            st_shared_u32(p_tile + swz(r0, col, kChunksP), pack_bf16(p0, p1));
-            st_shared_u32(p_tile + swz(r0 + 8, col, kChunksP), pack_bf16(p2, p3));
-        }
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-            acc_o[i][0] *= alpha[0];
-            acc_o[i][1] *= alpha[0];
-            acc_o[i][2] *= alpha[1];
-            acc_o[i][3] *= alpha[1];
-        }
+        // Online softmax: row maxima across the row group's two warps, P (bf16) to shared memory.
+        float alpha[2];
+        online_softmax_tile(acc_s, idx_s + buf * kBlockK, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
+                            [&] { named_barrier(1 + rg, 64); },
+                            [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + swz(row, col, kChunksP), v); });
+        rescale_rows(acc_o, alpha);
         named_barrier(1 + rg, 64);  // the row group's P (both entry halves) is in shared memory
 
         // O += P · V over the tile's 64 entries: 16 rows × 256 latent columns per warp.
@@ -269,55 +348,14 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
             for (int np = 0; np < 16; ++np) {
                 uint32_t bf[4];
                 ldsm_x4_t(bf, k_tile + swz(v_row, kh * 256 + np * 16 + ((lane >> 4) << 3), kChunksQK));
-                mma16816(acc_o[2 * np], a, bf[0], bf[1]);
-                mma16816(acc_o[2 * np + 1], a, bf[2], bf[3]);
+                mma16816(frag4(acc_o, 2 * np), a, bf[0], bf[1]);
+                mma16816(frag4(acc_o, 2 * np + 1), a, bf[2], bf[3]);
             }
         }
     }
     cp_async_wait_all();
-
-    // Row sums: quad, then the partner warp's half of the entries.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    }
-    if ((lane & 3) == 0) {
-        red_sum[kh * kBlockH + r0] = l_run[0];
-        red_sum[kh * kBlockH + r0 + 8] = l_run[1];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = r0 + 8 * i;
-        const int64_t h = h0 + row;
-        if (h >= p.num_heads) continue;
-        const float l = red_sum[row] + red_sum[kBlockH + row];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        const float lse = l > 0.f ? (m_run[i] + log2f(l)) * kLn2 : -INFINITY;
-        const int64_t row_index = bt * p.num_heads + h;  // (b, t, h)
-        if constexpr (kSplit) {
-            const int64_t plane = p.batch * p.num_queries * p.num_heads;
-            float* dst = p.partial_out + (int64_t(split) * plane + row_index) * kMlaLatentDim + kh * 256;
-#pragma unroll
-            for (int nt = 0; nt < 32; ++nt) {
-                const int col = nt * 8 + 2 * (lane & 3);
-                *reinterpret_cast<float2*>(dst + col) = make_float2(acc_o[nt][2 * i] * inv, acc_o[nt][2 * i + 1] * inv);
-            }
-            if (kh == 0 && (lane & 3) == 0) p.partial_lse[int64_t(split) * plane + row_index] = lse;
-        } else {
-            auto* dst = static_cast<__nv_bfloat16*>(p.out) + row_index * kMlaLatentDim + kh * 256;
-#pragma unroll
-            for (int nt = 0; nt < 32; ++nt) {
-                const int col = nt * 8 + 2 * (lane & 3);
-                *reinterpret_cast<__nv_bfloat162*>(dst + col) =
-                    __floats2bfloat162_rn(acc_o[nt][2 * i] * inv, acc_o[nt][2 * i + 1] * inv);
-            }
-            if (kh == 0 && (lane & 3) == 0) p.lse[row_index] = lse;
-        }
-    }
+    store_forward_rows<kSplit>(p, acc_o, l_run, m_run, red_sum, kh, lane, r0, bt, h0, split, [] { __syncthreads(); });
 }
-
 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward with Hopper warpgroup MMA (wgmma, sm_90a). Same block shape as above (one token, 64 heads, two
@@ -532,58 +570,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) sparse_mla_fwd_wgmma_kernel(con
             fence_regs(acc_s);
             fence_regs(acc_o);
 
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col = kh * 32 + nt * 8 + 2 * (lane & 3) + (e & 1);
-                    const float v = idx_t[col] >= 0 ? acc_s[nt * 4 + e] * scale_log2 : -INFINITY;
-                    acc_s[nt * 4 + e] = v;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], v);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            }
-            if ((lane & 3) == 0) {
-                red_max[kh * kBlockH + r0] = mx[0];
-                red_max[kh * kBlockH + r0 + 8] = mx[1];
-            }
-            // Both halves' row maxima are in; also every consumer finished the previous tile's O product, so P
-            // may be overwritten.
-            named_barrier(1, kWsConsumers);
-            float alpha[2], m_use[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const float other = red_max[(kh ^ 1) * kBlockH + r0 + 8 * i];
-                const float m_new = fmaxf(m_run[i], fmaxf(mx[i], other));
-                m_use[i] = m_new == -INFINITY ? 0.f : m_new;
-                alpha[i] = exp2f(m_run[i] - m_use[i]);
-                m_run[i] = m_new;
-                l_run[i] *= alpha[i];
-            }
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-                const float p0 = exp2f(acc_s[nt * 4 + 0] - m_use[0]), p1 = exp2f(acc_s[nt * 4 + 1] - m_use[0]);
-                const float p2 = exp2f(acc_s[nt * 4 + 2] - m_use[1]), p3 = exp2f(acc_s[nt * 4 + 3] - m_use[1]);
-                l_run[0] += p0 + p1;
-                l_run[1] += p2 + p3;
-                const int col = kh * 32 + nt * 8 + 2 * (lane & 3);
-                st_shared_u32(p_tile + atom_off(r0, col), pack_bf16(p0, p1));
-                st_shared_u32(p_tile + atom_off(r0 + 8, col), pack_bf16(p2, p3));
-            }
-            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {  // the running max moved
-#pragma unroll
-                for (int j = 0; j < 32; ++j) {
-                    acc_o[4 * j + 0] *= alpha[0];
-                    acc_o[4 * j + 1] *= alpha[0];
-                    acc_o[4 * j + 2] *= alpha[1];
-                    acc_o[4 * j + 3] *= alpha[1];
-                }
-            }
+            // Both halves' row maxima; the barrier also says every consumer finished the previous tile's O
+            // product, so P may be overwritten.
+            float alpha[2];
+            online_softmax_tile(acc_s, idx_t, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
+                                [] { named_barrier(1, kWsConsumers); },
+                                [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + atom_off(row, col), v); });
+            rescale_rows(acc_o, alpha);
             fence_async_smem();  // P was written with ordinary stores; the O product reads it through the async proxy
             named_barrier(2, kWsConsumers);  // all 64 rows × 64 entries of P are in shared memory
 
@@ -602,46 +595,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) sparse_mla_fwd_wgmma_kernel(con
         mbar_arrive(bar_empty + 8 * s);
     }
 
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-        l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    }
-    if ((lane & 3) == 0) {  // every read of red_max happened before this thread's last barrier 2
-        red_sum[kh * kBlockH + r0] = l_run[0];
-        red_sum[kh * kBlockH + r0 + 8] = l_run[1];
-    }
-    named_barrier(1, kWsConsumers);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = r0 + 8 * i;
-        const int64_t h = h0 + row;
-        if (h >= p.num_heads) continue;
-        const float l = red_sum[row] + red_sum[kBlockH + row];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        const float lse = l > 0.f ? (m_run[i] + log2f(l)) * kLn2 : -INFINITY;
-        const int64_t row_index = bt * p.num_heads + h;
-        if constexpr (kSplit) {
-            const int64_t plane = p.batch * p.num_queries * p.num_heads;
-            float* dst = p.partial_out + (int64_t(split) * plane + row_index) * kMlaLatentDim + kh * 256;
-#pragma unroll
-            for (int nt = 0; nt < 32; ++nt) {
-                const int col = nt * 8 + 2 * (lane & 3);
-                *reinterpret_cast<float2*>(dst + col) =
-                    make_float2(acc_o[nt * 4 + 2 * i] * inv, acc_o[nt * 4 + 2 * i + 1] * inv);
-            }
-            if (kh == 0 && (lane & 3) == 0) p.partial_lse[int64_t(split) * plane + row_index] = lse;
-        } else {
-            auto* dst = static_cast<__nv_bfloat16*>(p.out) + row_index * kMlaLatentDim + kh * 256;
-#pragma unroll
-            for (int nt = 0; nt < 32; ++nt) {
-                const int col = nt * 8 + 2 * (lane & 3);
-                *reinterpret_cast<__nv_bfloat162*>(dst + col) =
-                    __floats2bfloat162_rn(acc_o[nt * 4 + 2 * i] * inv, acc_o[nt * 4 + 2 * i + 1] * inv);
-            }
-            if (kh == 0 && (lane & 3) == 0) p.lse[row_index] = lse;
-        }
-    }
+    // Every read of red_max happened before this thread's last barrier 2.
+    store_forward_rows<kSplit>(p, acc_o, l_run, m_run, red_sum, kh, lane, r0, bt, h0, split,
+                               [] { named_barrier(1, kWsConsumers); });
 #endif
 }
 
