@@ -221,7 +221,8 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     loss.backward();
     average_gradients(opt.params(), &comm);
     const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);
-    std::map<std::string, double> m{{"loss", loss.item<double>()}, {"grad_norm", c.norm}, {"skipped_steps", 0}};
+    std::map<std::string, double> m{
+        {"loss", loss.item<double>()}, {"grad_norm", c.norm}, {"skipped_steps", 0}, {"tokens", denominator}};
     if (c.finite) {
         opt.step(job.sft.lr);
     } else {
@@ -230,6 +231,38 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     opt.zero_grad();
     return m;
 }
+
+// Step time, throughput and the GPU's allocation peak for a step's metrics (console and metrics.jsonl): built
+// before the step (it resets the peak), applied to the step's rank-averaged metrics after it.
+class StepMeter {
+public:
+    explicit StepMeter(c10::Device device) : device_(device), t0_(Clock::now()) {
+        if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
+    }
+    /// gpu_peak_mem_gib: this rank's peak of allocated memory during the step (CUDA only).
+    void memory(std::map<std::string, double>& m) const {
+        if (!device_.is_cuda()) return;
+        m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index())
+                                                        .allocated_bytes[0].peak) / double(1 << 30);
+    }
+    /// seconds (this rank's wall time of the step), tokens_per_s = tokens / seconds (tokens: the global
+    /// batch's), and memory().
+    void finish(std::map<std::string, double>& m, double tokens) const {
+        m["seconds"] = std::chrono::duration<double>(Clock::now() - t0_).count();
+        m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
+        memory(m);
+    }
+    /// "  1234 tok/s  mem 1.23 GiB" for the console line.
+    std::string text(const std::map<std::string, double>& m) const {
+        std::string out = absl::StrFormat("  %.0f tok/s", m.at("tokens_per_s"));
+        if (device_.is_cuda()) absl::StrAppendFormat(&out, "  mem %.2f GiB", m.at("gpu_peak_mem_gib"));
+        return out;
+    }
+
+private:
+    c10::Device device_;
+    Clock::time_point t0_;
+};
 
 // A periodic checkpoint after `step`; every_steps 0 means none (only at the end of a stage and on a signal).
 bool checkpoint_due(int64_t step, int64_t every_steps) { return every_steps > 0 && step % every_steps == 0; }
@@ -460,8 +493,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         const int64_t first = done;
         while (done < total) {
             const TokenBatch batch = dsa_stream->next(job.dsa.batch_size);
-            const std::map<std::string, double> m = reduce_metrics(
+            const StepMeter meter(device);
+            std::map<std::string, double> m = reduce_metrics(
                 step_fn(policy, optimizer, batch, job, &comm, dsa_lr_factor(job.trainer.optimizer, done, total)), comm);
+            meter.finish(m, static_cast<double>(batch.input_ids.numel() * comm.size()));
             ++done;
             state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
             metrics.write(stage, done, m);
@@ -471,8 +506,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 std::string extra;
                 if (m.count("lm_loss")) absl::StrAppendFormat(&extra, " (lm %.4f indexer %.4f)", m.at("lm_loss"), m.at("indexer_loss"));
                 if (m.count("recall_mean")) absl::StrAppendFormat(&extra, "  recall %.3f", m.at("recall_mean"));
-                std::printf("[%s] step %ld/%ld  loss %.4f%s  grad_norm %.3f  eta %s\n", stage.c_str(), long(done),
-                            long(total), m.at("loss"), extra.c_str(), m.at("grad_norm"),
+                std::printf("[%s] step %ld/%ld  loss %.4f%s  grad_norm %.3f%s  eta %s\n", stage.c_str(), long(done),
+                            long(total), m.at("loss"), extra.c_str(), m.at("grad_norm"), meter.text(m).c_str(),
                             eta(per_step, total - done).c_str());
                 std::fflush(stdout);
             }
@@ -502,15 +537,19 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const int64_t first = done;
             if (done == 0) optimizer.reset_state();  // fresh moments and step count for the stage
             while (done < job.sft.steps) {
-                const std::map<std::string, double> m = reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, done, job, comm), comm);
+                const StepMeter meter(device);
+                std::map<std::string, double> m =
+                    reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, done, job, comm), comm);
+                m["tokens"] *= comm.size();  // the global batch's target tokens (reduce_metrics averages)
+                meter.finish(m, m["tokens"]);
                 ++done;
                 state.skipped_steps += static_cast<int64_t>(m.at("skipped_steps"));
                 metrics.write("sft", done, m);
                 const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
                                         static_cast<double>(done - first);
                 if (rank == 0 && (done % job.trainer.log_every == 0 || done == job.sft.steps)) {
-                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f  eta %s\n", long(done),
-                                long(job.sft.steps), m.at("loss"), m.at("grad_norm"),
+                    std::printf("[sft] step %ld/%ld  loss %.4f  grad_norm %.3f%s  eta %s\n", long(done),
+                                long(job.sft.steps), m.at("loss"), m.at("grad_norm"), meter.text(m).c_str(),
                                 eta(per_step, job.sft.steps - done).c_str());
                     std::fflush(stdout);
                 }
@@ -548,7 +587,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const auto t0 = Clock::now();
             const int64_t first = state.step;
             while (state.step < total) {
-                if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+                const StepMeter meter(device);
                 const RlStepResult r = rl.run(state.step);
                 ++state.step;
                 state.policy_version = state.step;
@@ -558,10 +597,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 m["generated_tokens"] *= comm.size();
                 if (m.count("sequences")) m["sequences"] *= comm.size();
                 m["tokens_per_s"] = m["generated_tokens"] / std::max(1e-9, m["seconds"]);
-                if (device.is_cuda()) {  // peak allocated during the step (averaged over ranks below)
-                    m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device.index())
-                                                                    .allocated_bytes[0].peak) / double(1 << 30);
-                }
+                meter.memory(m);  // this rank's peak allocated during the step
                 metrics.write("grpo", state.step, m);
                 if (rank == 0 && (state.step % job.trainer.log_every == 0 || state.step == total)) {
                     std::string rewards_text;
