@@ -1,9 +1,16 @@
 #include "dsa/sparse_attention.h"
 
+#include "core/precision.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/gather.h>
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/softmax.h>
@@ -11,6 +18,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <limits>
 
 namespace dsrl::dsa {
@@ -90,23 +98,121 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
     return {at::cat(outs, 1), at::cat(lses, 1)};
 }
 
+namespace {
+
+// Note [Dense MLA in query chunks]: the dense path is an autograd function that never holds more than one query
+// chunk's scores [B, n, H, S]: forward keeps out and lse, backward recomputes each chunk's probabilities from lse
+// (P = exp(s − lse)) and applies dS = P ∘ (dP − δ), δ = Σ_c dO · O, dP = dO · c_kvᵀ:
+//   dq_lat = scale · dS · c_kv,  dq_pe = scale · dS · k_pe,
+//   dc_kv  = scale · dSᵀ · q_lat + Pᵀ · dO   (c_kv is both key and value),  dk_pe = scale · dSᵀ · q_pe.
+// Memory O(n · H · S) instead of the O(T · H · S) that plain autograd would keep. fp32 math (fp64 for fp64
+// inputs), autocast off inside.
+class DenseMla : public torch::autograd::Function<DenseMla> {
+public:
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q_lat,
+                                                  const at::Tensor& q_pe, const at::Tensor& c_kv,
+                                                  const at::Tensor& k_pe, const at::Tensor& query_pos,
+                                                  const at::Tensor& key_valid, double scale, int64_t chunk) {
+        const Fp32Region fp32;
+        const at::ScalarType dt = math_dtype(q_lat);
+        const at::Tensor kv = c_kv.to(dt), pe = k_pe.to(dt);
+        const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2);
+        at::Tensor out = at::empty({B, T, H, c_kv.size(2)}, q_lat.options());
+        at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(dt == at::kDouble ? at::kDouble : at::kFloat));
+        for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+            const int64_t n = std::min(chunk, T - t0);
+            const at::Tensor s = scores(q_lat, q_pe, kv, pe, query_pos, key_valid, scale, t0, n, dt);
+            auto [probs, l] = masked_softmax(s);
+            out.narrow(1, t0, n).copy_(at::einsum("bths,bsc->bthc", {probs, kv}));
+            lse.narrow(1, t0, n).copy_(l);
+        }
+        ctx->save_for_backward({q_lat, q_pe, c_kv, k_pe, query_pos, key_valid, out, lse});
+        ctx->saved_data["scale"] = scale;
+        ctx->saved_data["chunk"] = chunk;
+        ctx->mark_non_differentiable({lse});
+        return {out, lse};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        const Fp32Region fp32;
+        const auto v = ctx->get_saved_variables();
+        const at::Tensor &q_lat = v[0], &q_pe = v[1], &c_kv = v[2], &k_pe = v[3], &query_pos = v[4],
+                         &key_valid = v[5], &out = v[6], &lse = v[7];
+        const double scale = ctx->saved_data["scale"].toDouble();
+        const int64_t chunk = ctx->saved_data["chunk"].toInt();
+        const at::ScalarType dt = math_dtype(q_lat);
+        const at::Tensor kv = c_kv.to(dt), pe = k_pe.to(dt);
+        at::Tensor dq_lat = at::zeros(q_lat.sizes(), q_lat.options().dtype(dt));
+        at::Tensor dq_pe = at::zeros(q_pe.sizes(), q_pe.options().dtype(dt));
+        at::Tensor dkv = at::zeros(kv.sizes(), kv.options());
+        at::Tensor dpe = at::zeros(pe.sizes(), pe.options());
+        if (grads[0].defined()) {
+            const at::Tensor d_out = grads[0].to(dt);
+            const at::Tensor delta = (d_out * out.to(dt)).sum(-1);  // [B, T, H]
+            for (int64_t t0 = 0; t0 < q_lat.size(1); t0 += chunk) {
+                const int64_t n = std::min(chunk, q_lat.size(1) - t0);
+                const at::Tensor s = scores(q_lat, q_pe, kv, pe, query_pos, key_valid, scale, t0, n, dt);
+                // exp(s − lse) on finite entries; masked entries and key-less rows (lse = −inf) give 0, not NaN.
+                const at::Tensor probs = at::where(s.isfinite(), (s - lse.narrow(1, t0, n).to(dt).unsqueeze(-1)).exp(),
+                                                   at::zeros({}, s.options()));
+                const at::Tensor d_o = d_out.narrow(1, t0, n);
+                const at::Tensor dp = at::einsum("bthc,bsc->bths", {d_o, kv});
+                const at::Tensor ds = (probs * (dp - delta.narrow(1, t0, n).unsqueeze(-1))).mul_(scale);
+                const at::Tensor q1 = q_lat.narrow(1, t0, n).to(dt), q2 = q_pe.narrow(1, t0, n).to(dt);
+                dq_lat.narrow(1, t0, n).copy_(at::einsum("bths,bsc->bthc", {ds, kv}));
+                dq_pe.narrow(1, t0, n).copy_(at::einsum("bths,bsr->bthr", {ds, pe}));
+                dkv += at::einsum("bths,bthc->bsc", {ds, q1}) + at::einsum("bths,bthc->bsc", {probs, d_o});
+                dpe += at::einsum("bths,bthr->bsr", {ds, q2});
+            }
+        }
+        return {dq_lat.to(q_lat.scalar_type()), dq_pe.to(q_pe.scalar_type()), dkv.to(c_kv.scalar_type()),
+                dpe.to(k_pe.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+
+private:
+    static at::ScalarType math_dtype(const at::Tensor& q) {
+        return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    }
+
+    // Masked scaled scores of queries [t0, t0 + n) over every key: [B, n, H, S] in dt, −inf where invisible.
+    static at::Tensor scores(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kv,
+                             const at::Tensor& pe, const at::Tensor& query_pos, const at::Tensor& key_valid,
+                             double scale, int64_t t0, int64_t n, at::ScalarType dt) {
+        const int64_t num_keys = kv.size(1);
+        at::Tensor s = (at::einsum("bthc,bsc->bths", {q_lat.narrow(1, t0, n).to(dt), kv}) +
+                        at::einsum("bthr,bsr->bths", {q_pe.narrow(1, t0, n).to(dt), pe}))
+                           .mul_(scale);
+        at::Tensor visible =
+            at::arange(num_keys, query_pos.options()).view({1, 1, num_keys}) <= query_pos.narrow(1, t0, n).unsqueeze(-1);
+        if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
+        return s.masked_fill_(visible.unsqueeze(2).logical_not(), kNegInf);
+    }
+};
+
+}  // namespace
+
 AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     const at::Tensor& q_pe,
                                     const at::Tensor& c_kv,
                                     const at::Tensor& k_pe,
                                     const at::Tensor& query_pos,
                                     const at::Tensor& key_valid,
-                                    double scale) {
+                                    double scale,
+                                    int64_t query_chunk) {
     check_qkv(q_lat, q_pe, c_kv, k_pe);
-    const int64_t num_keys = c_kv.size(1);
-    at::Tensor scores = (at::einsum("bthc,bsc->bths", {q_lat.to(at::kFloat), c_kv.to(at::kFloat)}) +
-                         at::einsum("bthr,bsr->bths", {q_pe.to(at::kFloat), k_pe.to(at::kFloat)})) *
-                        scale;
-    at::Tensor visible = at::arange(num_keys, query_pos.options()).view({1, 1, num_keys}) <= query_pos.unsqueeze(-1);
-    if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
-    scores = scores.masked_fill(visible.unsqueeze(2).logical_not(), kNegInf);  // [B, T, H, S]
-    auto [probs, lse] = masked_softmax(scores);
-    return {at::einsum("bths,bsc->bthc", {probs, c_kv.to(at::kFloat)}).to(q_lat.scalar_type()), lse};
+    TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == q_lat.size(0) && query_pos.size(1) == q_lat.size(1),
+                "dense attention: query_pos must be [", q_lat.size(0), ", ", q_lat.size(1), "], got ",
+                query_pos.sizes());
+    TORCH_CHECK(query_chunk >= 0, "dense attention: query_chunk must be >= 0, got ", query_chunk);
+    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), S = c_kv.size(1);
+    if (query_chunk == 0) {  // about 2^27 scores per chunk (512 MiB in fp32)
+        query_chunk = std::max<int64_t>(1, (int64_t(1) << 27) / std::max<int64_t>(1, B * H * S));
+    }
+    query_chunk = std::max<int64_t>(1, std::min(query_chunk, T));
+    const auto r = DenseMla::apply(q_lat, q_pe, c_kv, k_pe, query_pos.to(at::kLong),
+                                   key_valid.defined() ? key_valid.to(at::kBool) : at::Tensor(), scale, query_chunk);
+    return {r[0], r[1]};
 }
 
 AttentionOutput sparse_attention(const at::Tensor& q_lat,

@@ -4,8 +4,10 @@
 // Every key entry [c_kv | k_pe] is shared by all heads.
 //  - sparse_mla_attention: over the entries selected per query (top-k indices, −1 = invalid), gathered,
 //    so memory is O(T · k), never O(T · S); computed in query chunks.
-//  - dense_mla_attention: all causal, non-padding keys (the exact "masked MHA" path for short sequences and
-//    the oracle of the sparse path).
+//  - dense_mla_attention: all causal, non-padding keys (the exact "masked MHA" path for short sequences, the
+//    indexer warm-up, and the oracle of the sparse path). An autograd function over query chunks (query_chunk
+//    queries; 0 = about 2^27 scores per chunk) that recomputes each chunk's probabilities in backward, so
+//    memory is O(chunk · H · S) plus the inputs and outputs, never O(T · H · S).
 // Shapes: q_lat [B, T, H, C], q_pe [B, T, H, R], c_kv [B, S, C], k_pe [B, S, R], indices [B, T, K] int32/int64,
 // query_pos [B, T] int64, key_valid [B, S] bool (optional). Outputs in the dtype of q_lat; lse fp32.
 // A query with no valid key gets out = 0 and lse = −inf.
@@ -38,7 +40,8 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     const at::Tensor& k_pe,
                                     const at::Tensor& query_pos,
                                     const at::Tensor& key_valid,
-                                    double scale);
+                                    double scale,
+                                    int64_t query_chunk = 0);
 
 /// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA bf16, entry 512 + 64)
 /// and the reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.

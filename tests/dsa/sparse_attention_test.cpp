@@ -11,6 +11,8 @@
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "core/rng.h"
 #include "dsa/indexer_topk.h"
 #include "tests/test_util.h"
@@ -109,6 +111,50 @@ TEST(SparseAttentionTest, QueriesWithoutValidKeysGiveZerosNotNaN) {
     EXPECT_TRUE(ckv.grad().isfinite().all().item<bool>());
     idx[0][1][0] = 4;  // out of range
     EXPECT_THROW(sparse_mla_attention(x.q_lat, x.q_pe, x.c_kv, x.k_pe, idx, 1.0), c10::Error);
+}
+
+// The dense path (an autograd function over query chunks that recomputes probabilities in backward) against
+// plain autograd through the full [B, T, H, S] matrices, in fp64: outputs, lse and all four gradients for
+// several chunk sizes, with left padding, an invalid key in the middle and queries that see no key at all.
+TEST(DenseAttentionTest, QueryChunksAndRecomputeMatchFullMatrixAutograd) {
+    Qkv base = random_qkv(2, 11, 3, 8, 4, 9);
+    for (at::Tensor* t : {&base.q_lat, &base.q_pe, &base.c_kv, &base.k_pe}) *t = t->to(at::kDouble);
+    base.valid[0].narrow(0, 0, 3).fill_(false);  // row 0: queries 0..2 see no key (left padding)
+    base.valid[1][5] = false;
+    const double scale = 0.35;
+    auto leaves = [&] {
+        Qkv x = base;
+        for (at::Tensor* t : {&x.q_lat, &x.q_pe, &x.c_kv, &x.k_pe}) *t = t->clone().requires_grad_(true);
+        return x;
+    };
+    const at::Tensor weights = at::randn({2, 11, 3, 8}, rng::make_cpu_generator(10)).to(at::kDouble);
+    // Oracle: full matrices, softmax with key-less rows set to 0.
+    Qkv o = leaves();
+    at::Tensor scores = (at::einsum("bthc,bsc->bths", {o.q_lat, o.c_kv}) +
+                         at::einsum("bthr,bsr->bths", {o.q_pe, o.k_pe})) * scale;
+    const at::Tensor visible = (at::arange(11, at::kLong).view({1, 1, 11}) <= o.pos.unsqueeze(-1))
+                                   .logical_and(o.valid.unsqueeze(1)).unsqueeze(2);
+    const at::Tensor any = visible.any(-1, true);
+    scores = scores.masked_fill(visible.logical_not(), -INFINITY).masked_fill(any.logical_not(), 0.0);
+    const at::Tensor probs = at::softmax(scores, -1) * any.to(at::kDouble);
+    const at::Tensor want = at::einsum("bths,bsc->bthc", {probs, o.c_kv});
+    (want * weights).sum().backward();
+    for (const int64_t chunk : {1, 4, 11, 0}) {
+        Qkv x = leaves();
+        const AttentionOutput got = dense_mla_attention(x.q_lat, x.q_pe, x.c_kv, x.k_pe, x.pos, x.valid, scale, chunk);
+        const std::string c = " (chunk " + std::to_string(chunk) + ")";
+        EXPECT_ALL_CLOSE("out" + c, got.out, want, 1e-12, 1e-12);
+        EXPECT_TRUE(got.lse[0].narrow(0, 0, 3).isneginf().all().item<bool>()) << c;
+        EXPECT_FALSE(got.lse.requires_grad()) << c;
+        (got.out * weights).sum().backward();
+        EXPECT_ALL_CLOSE("dq_lat" + c, x.q_lat.grad(), o.q_lat.grad(), 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dq_pe" + c, x.q_pe.grad(), o.q_pe.grad(), 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dc_kv" + c, x.c_kv.grad(), o.c_kv.grad(), 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dk_pe" + c, x.k_pe.grad(), o.k_pe.grad(), 1e-12, 1e-10);
+        EXPECT_TRUE(x.q_lat.grad().isfinite().all().item<bool>()) << c;
+    }
+    EXPECT_THROW(dense_mla_attention(base.q_lat, base.q_pe, base.c_kv, base.k_pe, base.pos, base.valid, scale, -1),
+                 c10::Error);
 }
 
 }  // namespace
