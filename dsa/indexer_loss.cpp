@@ -167,7 +167,7 @@ at::Tensor indexer_log_probs(const at::Tensor& a, const at::Tensor& w_t, const a
 // take the inputs: CUDA bf16 q and k, fp32/bf16 w on one device, D_I = 128, H_I a multiple of 16 up to 64.
 const char* warmup_kernels_fit_needs() {
 #ifdef DSRL_WITH_CUDA
-    return "they need CUDA bf16 q and k with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, w fp32 "
+    return "they need CUDA bf16 q (k bf16 or fp32) with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, w fp32 "
            "or bf16";
 #else
     return "this build of dsrl has no CUDA kernels";
@@ -176,8 +176,10 @@ const char* warmup_kernels_fit_needs() {
 
 bool warmup_kernels_fit(const IndexerOutput& ix) {
 #ifdef DSRL_WITH_CUDA
+    // k may be fp32 under bf16 autocast (its LayerNorm); it is cast to bf16 for the kernels, as for the top-k.
     return ix.q.is_cuda() && ix.k.device() == ix.q.device() && ix.w.device() == ix.q.device() &&
-           ix.q.scalar_type() == at::kBFloat16 && ix.k.scalar_type() == at::kBFloat16 &&
+           ix.q.scalar_type() == at::kBFloat16 &&
+           (ix.k.scalar_type() == at::kBFloat16 || ix.k.scalar_type() == at::kFloat) &&
            (ix.w.scalar_type() == at::kFloat || ix.w.scalar_type() == at::kBFloat16) && ix.q.size(3) == 128 &&
            ix.q.size(2) % 16 == 0 && ix.q.size(2) <= 64;
 #else
@@ -221,7 +223,7 @@ public:
         const Fp32Region fp32;  // the losses are fp32/fp64 math even inside a bf16 autocast region
         const at::ScalarType dt = kcat.scalar_type();
         const double iscale = 1.0 / std::sqrt(double(q.size(3)));
-        const at::Tensor kf = kernels ? k : k.to(dt);
+        const at::Tensor kf = k.to(kernels ? at::kBFloat16 : dt);
         at::Tensor loss = at::zeros({}, kcat.options());
         for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
             const int64_t n = std::min(tile, q.size(1) - t0);
@@ -266,7 +268,7 @@ public:
         at::Tensor dw = at::zeros(w.sizes(), w.options().dtype(dt));
         const at::Tensor& g = grads[0];
         if (g.defined()) {
-            const at::Tensor kf = kernels ? k : k.to(dt);
+            const at::Tensor kf = k.to(kernels ? at::kBFloat16 : dt);
             const at::Tensor gs = g.to(dt);
             for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
                 const int64_t n = std::min(tile, q.size(1) - t0);

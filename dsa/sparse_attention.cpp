@@ -223,12 +223,22 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  double scale,
                                  Impl impl,
                                  int64_t query_chunk) {
-    if (impl != Impl::kReference && cuda::sparse_mla_supported(q_lat, q_pe, c_kv, k_pe)) {
-        return cuda::sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale);
+    // Under bf16 autocast the projections come out bf16 while the normalized latent and the RoPE parts may stay
+    // fp32: the kernels take every operand in bf16 (cast here, as autocast would cast a matmul's), whenever
+    // q_lat is bf16. An fp32 q_lat (an fp32 model without autocast) keeps the fp32 reference.
+    if (impl != Impl::kReference && q_lat.scalar_type() == at::kBFloat16) {
+        const auto bf16 = [](const at::Tensor& t) {
+            return t.scalar_type() == at::kFloat ? t.to(at::kBFloat16) : t;
+        };
+        const at::Tensor qp = bf16(q_pe), kv = bf16(c_kv), kp = bf16(k_pe);
+        if (cuda::sparse_mla_supported(q_lat, qp, kv, kp)) {
+            return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
+        }
     }
     TORCH_CHECK(impl != Impl::kCuda, "sparse attention: model.impl is cuda but the kernels cannot take these inputs ",
                 "(they need a CUDA build", cuda::sparse_mla_available() ? "" : " — this one has none",
-                ", CUDA bf16 tensors and kv_lora_rank 512 + qk_rope_head_dim 64); got q_lat ", q_lat.sizes(), " ",
+                ", CUDA tensors with q_lat bf16 — a bf16 model or bf16 autocast — and kv_lora_rank 512 + qk_rope_head_dim "
+                "64); got q_lat ", q_lat.sizes(), " ",
                 q_lat.scalar_type(), " on ", q_lat.device(), ", k_pe ", k_pe.sizes(),
                 "; use model.impl auto or reference");
     return sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, query_chunk);

@@ -43,8 +43,8 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     double scale,
                                     int64_t query_chunk = 0);
 
-/// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA bf16, entry 512 + 64)
-/// and the reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
+/// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA, entry 512 + 64) with
+/// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
 AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& q_pe,
                                  const at::Tensor& c_kv,

@@ -300,6 +300,7 @@ TEST(IndexerKernelTest, WarmupLossKernelPathMatchesTheReferencePath) {
             return at::randn(shape, gen, at::kFloat).mul(mul).to(at::kBFloat16).cuda();
         };
         IndexerOutput ix{randn({B, L, HI, 128}, 1.0), randn({B, L, 128}, 1.0), randn({B, L, HI}, 0.3).to(at::kFloat)};
+        if (HI == 32) ix.k = ix.k.to(at::kFloat);  // as under bf16 autocast (k leaves a LayerNorm in fp32)
         AttentionInputs att;
         att.q_lat = randn({B, L, H, C}, 0.5);
         att.q_pe = randn({B, L, H, R}, 0.5);
@@ -324,6 +325,7 @@ TEST(IndexerKernelTest, WarmupLossKernelPathMatchesTheReferencePath) {
         const auto [want, want_n] = run(Impl::kReference);
         const auto [got, got_n] = run(Impl::kCuda);
         EXPECT_EQ(got_n, want_n);
+        EXPECT_EQ(got[2].scalar_type(), ix.k.scalar_type());
         const char* names[] = {"loss", "dq", "dk", "dw"};
         for (int i = 0; i < 4; ++i) {
             EXPECT_FALSE(got[i].isnan().any().item<bool>()) << names[i];

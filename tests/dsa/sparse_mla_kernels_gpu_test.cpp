@@ -153,6 +153,16 @@ TEST(SparseMlaKernelTest, DispatchFollowsModelImpl) {
     const AttentionOutput aut = sparse_attention(c.q_lat, c.q_pe, c.c_kv, c.k_pe, c.indices, 0.1, Impl::kAuto);
     EXPECT_TRUE(at::equal(aut.out, ker.out));  // auto takes the kernels for CUDA bf16 512 + 64
     EXPECT_LE(rel_err(ker.out, ref.out), 1e-2);
+    // bf16 autocast: q_lat bf16 but the normalized latent and the rope parts fp32 — the kernels, on the
+    // operands cast to bf16, and gradients reach the fp32 leaves.
+    const at::Tensor kv32 = c.c_kv.to(at::kFloat).requires_grad_(true), pe32 = c.k_pe.to(at::kFloat).requires_grad_(true);
+    const AttentionOutput mixed =
+        sparse_attention(c.q_lat, c.q_pe.to(at::kFloat), kv32, pe32, c.indices, 0.1, Impl::kCuda);
+    EXPECT_TRUE(at::equal(mixed.out, ker.out));
+    mixed.out.to(at::kFloat).sum().backward();
+    ASSERT_TRUE(kv32.grad().defined() && pe32.grad().defined());
+    EXPECT_EQ(kv32.grad().scalar_type(), at::kFloat);
+    EXPECT_TRUE(kv32.grad().isfinite().all().item<bool>());
     // fp32 inputs: auto falls back to the reference, cuda refuses with a message naming the inputs.
     const at::Tensor q32 = c.q_lat.to(at::kFloat);
     const AttentionOutput f32 = sparse_attention(q32, c.q_pe.to(at::kFloat), c.c_kv.to(at::kFloat),
