@@ -49,6 +49,104 @@ std::pair<at::Tensor, at::Tensor> masked_softmax(const at::Tensor& scores) {
 
 }  // namespace
 
+namespace {
+
+// The sparse reference as an autograd function over query chunks (see Note [Dense MLA in query chunks] below for
+// the backward formulas, here over each query's gathered entries): forward keeps out and lse, backward
+// re-gathers a chunk's entries, recomputes P = exp(s − lse) and scatter-adds the entries' gradients into
+// dc_kv / dk_pe. Memory O(chunk · K · (C + R + H)), never the O(T · K · C) of every query's gathered entries
+// that plain autograd would keep for backward.
+class SparseMla : public torch::autograd::Function<SparseMla> {
+public:
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q_lat,
+                                                  const at::Tensor& q_pe, const at::Tensor& c_kv,
+                                                  const at::Tensor& k_pe, const at::Tensor& indices, double scale,
+                                                  int64_t chunk) {
+        const Fp32Region fp32;
+        const at::ScalarType dt = q_lat.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+        const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2);
+        at::Tensor out = at::empty({B, T, H, c_kv.size(2)}, q_lat.options());
+        at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(dt));
+        for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+            const int64_t n = std::min(chunk, T - t0);
+            const Chunk c(q_lat, q_pe, c_kv, k_pe, indices, scale, t0, n, dt);
+            auto [probs, l] = masked_softmax(c.s);
+            out.narrow(1, t0, n).copy_(at::einsum("bthk,btkc->bthc", {probs, c.ckv}));
+            lse.narrow(1, t0, n).copy_(l);
+        }
+        ctx->save_for_backward({q_lat, q_pe, c_kv, k_pe, indices, out, lse});
+        ctx->saved_data["scale"] = scale;
+        ctx->saved_data["chunk"] = chunk;
+        ctx->mark_non_differentiable({lse});
+        return {out, lse};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        const Fp32Region fp32;
+        const auto v = ctx->get_saved_variables();
+        const at::Tensor &q_lat = v[0], &q_pe = v[1], &c_kv = v[2], &k_pe = v[3], &indices = v[4], &out = v[5],
+                         &lse = v[6];
+        const double scale = ctx->saved_data["scale"].toDouble();
+        const int64_t chunk = ctx->saved_data["chunk"].toInt();
+        const at::ScalarType dt = lse.scalar_type();
+        const int64_t B = q_lat.size(0), C = c_kv.size(2), R = k_pe.size(2);
+        at::Tensor dq_lat = at::zeros(q_lat.sizes(), q_lat.options().dtype(dt));
+        at::Tensor dq_pe = at::zeros(q_pe.sizes(), q_pe.options().dtype(dt));
+        at::Tensor dkv = at::zeros(c_kv.sizes(), c_kv.options().dtype(dt));
+        at::Tensor dpe = at::zeros(k_pe.sizes(), k_pe.options().dtype(dt));
+        if (grads[0].defined()) {
+            const at::Tensor d_out = grads[0].to(dt);
+            const at::Tensor delta = (d_out * out.to(dt)).sum(-1);  // [B, T, H]
+            for (int64_t t0 = 0; t0 < q_lat.size(1); t0 += chunk) {
+                const int64_t n = std::min(chunk, q_lat.size(1) - t0);
+                const Chunk c(q_lat, q_pe, c_kv, k_pe, indices, scale, t0, n, dt);
+                const at::Tensor probs = at::where(c.s.isfinite(),
+                                                   (c.s - lse.narrow(1, t0, n).unsqueeze(-1)).exp(),
+                                                   at::zeros({}, c.s.options()));
+                const at::Tensor d_o = d_out.narrow(1, t0, n);
+                const at::Tensor dp = at::einsum("bthc,btkc->bthk", {d_o, c.ckv});
+                const at::Tensor ds = (probs * (dp - delta.narrow(1, t0, n).unsqueeze(-1))).mul_(scale);
+                dq_lat.narrow(1, t0, n).copy_(at::einsum("bthk,btkc->bthc", {ds, c.ckv}));
+                dq_pe.narrow(1, t0, n).copy_(at::einsum("bthk,btkr->bthr", {ds, c.kpe}));
+                const int64_t K = c.flat.size(1);
+                const at::Tensor d_ckv = at::einsum("bthk,bthc->btkc", {ds, q_lat.narrow(1, t0, n).to(dt)}) +
+                                         at::einsum("bthk,bthc->btkc", {probs, d_o});
+                const at::Tensor d_kpe = at::einsum("bthk,bthr->btkr", {ds, q_pe.narrow(1, t0, n).to(dt)});
+                // Invalid slots point at entry 0 with zero probability: they add zeros.
+                dkv.scatter_add_(1, c.flat.unsqueeze(-1).expand({B, K, C}), d_ckv.reshape({B, K, C}));
+                dpe.scatter_add_(1, c.flat.unsqueeze(-1).expand({B, K, R}), d_kpe.reshape({B, K, R}));
+            }
+        }
+        return {dq_lat.to(q_lat.scalar_type()), dq_pe.to(q_pe.scalar_type()), dkv.to(c_kv.scalar_type()),
+                dpe.to(k_pe.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+
+private:
+    // One chunk's gathered entries and masked scaled scores: ckv [B, n, K, C], kpe [B, n, K, R] (in dt),
+    // s [B, n, H, K] (−inf on invalid slots), flat [B, n·K] the clamped entry indices.
+    struct Chunk {
+        at::Tensor ckv, kpe, s, flat;
+        Chunk(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
+              const at::Tensor& indices, double scale, int64_t t0, int64_t n, at::ScalarType dt) {
+            const int64_t B = q_lat.size(0), S = c_kv.size(1), C = c_kv.size(2), R = k_pe.size(2);
+            const at::Tensor idx = indices.narrow(1, t0, n);  // [B, n, K] int64
+            TORCH_CHECK(idx.numel() == 0 || idx.max().item<int64_t>() < S, "sparse attention: index ",
+                        idx.numel() ? idx.max().item<int64_t>() : 0, " out of range for ", S, " keys");
+            const int64_t K = idx.size(2);
+            flat = idx.clamp_min(0).reshape({B, n * K});
+            ckv = at::gather(c_kv, 1, flat.unsqueeze(-1).expand({B, n * K, C})).view({B, n, K, C}).to(dt);
+            kpe = at::gather(k_pe, 1, flat.unsqueeze(-1).expand({B, n * K, R})).view({B, n, K, R}).to(dt);
+            s = (at::einsum("bthc,btkc->bthk", {q_lat.narrow(1, t0, n).to(dt), ckv}) +
+                 at::einsum("bthr,btkr->bthk", {q_pe.narrow(1, t0, n).to(dt), kpe}))
+                    .mul_(scale)
+                    .masked_fill_(idx.lt(0).unsqueeze(2), kNegInf);
+        }
+    };
+};
+
+}  // namespace
+
 AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& q_pe,
                                      const at::Tensor& c_kv,
@@ -61,41 +159,9 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                 "sparse attention: indices must be [", q_lat.size(0), ", ", q_lat.size(1), ", K], got ",
                 indices.sizes());
     TORCH_CHECK(query_chunk >= 1, "sparse attention: query_chunk must be >= 1, got ", query_chunk);
-    const int64_t batch = q_lat.size(0);
-    const int64_t num_queries = q_lat.size(1);
-    const int64_t num_keys = c_kv.size(1);
-    const int64_t kv_lora = c_kv.size(2);
-    const int64_t rope = k_pe.size(2);
-    std::vector<at::Tensor> outs, lses;
-    for (int64_t t0 = 0; t0 < num_queries; t0 += query_chunk) {
-        const int64_t len = std::min(query_chunk, num_queries - t0);
-        const at::Tensor idx = indices.narrow(1, t0, len).to(at::kLong);  // [B, c, K]
-        TORCH_CHECK(idx.numel() == 0 || idx.max().item<int64_t>() < num_keys, "sparse attention: index ",
-                    idx.numel() ? idx.max().item<int64_t>() : 0, " out of range for ", num_keys, " keys");
-        const at::Tensor valid = idx.ge(0);
-        const at::Tensor safe = idx.clamp_min(0);
-        const int64_t k = idx.size(2);
-        // Gather the selected entries: [B, c·K, C] and [B, c·K, R] -> [B, c, K, ·].
-        const at::Tensor flat = safe.reshape({batch, len * k});
-        const at::Tensor ckv = at::gather(c_kv, 1, flat.unsqueeze(-1).expand({batch, len * k, kv_lora}))
-                                   .view({batch, len, k, kv_lora});
-        const at::Tensor kpe =
-            at::gather(k_pe, 1, flat.unsqueeze(-1).expand({batch, len * k, rope})).view({batch, len, k, rope});
-        const at::Tensor q1 = q_lat.narrow(1, t0, len).to(at::kFloat);
-        const at::Tensor q2 = q_pe.narrow(1, t0, len).to(at::kFloat);
-        at::Tensor scores = (at::einsum("bthc,btkc->bthk", {q1, ckv.to(at::kFloat)}) +
-                             at::einsum("bthr,btkr->bthk", {q2, kpe.to(at::kFloat)})) *
-                            scale;
-        scores = scores.masked_fill(valid.unsqueeze(2).logical_not(), kNegInf);
-        auto [probs, lse] = masked_softmax(scores);
-        outs.push_back(at::einsum("bthk,btkc->bthc", {probs, ckv.to(at::kFloat)}).to(q_lat.scalar_type()));
-        lses.push_back(lse);
-    }
-    if (outs.empty()) {
-        return {q_lat.new_zeros({batch, 0, q_lat.size(2), kv_lora}),
-                q_lat.new_zeros({batch, 0, q_lat.size(2)}, q_lat.options().dtype(at::kFloat))};
-    }
-    return {at::cat(outs, 1), at::cat(lses, 1)};
+    const auto r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices.to(at::kLong), scale,
+                                    std::max<int64_t>(1, std::min(query_chunk, q_lat.size(1))));
+    return {r[0], r[1]};
 }
 
 namespace {

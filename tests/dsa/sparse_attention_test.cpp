@@ -75,23 +75,31 @@ TEST(SparseAttentionTest, MatchesMaskedAttentionOverTheSelectedSet) {
     }
 }
 
+// The sparse path (an autograd function that re-gathers each chunk in backward) against plain autograd through
+// the masked full-matrix oracle, in fp64, all four gradients, for chunk sizes that split the queries unevenly.
 TEST(SparseAttentionTest, GradientsMatchTheMaskedOracle) {
-    const Qkv base = random_qkv(1, 12, 2, 8, 4, 5);
-    const at::Tensor idx = random_topk(base, 4, 6);
-    auto grads = [&](bool sparse) {
+    Qkv base = random_qkv(2, 12, 2, 8, 4, 5);
+    const at::Tensor idx = random_topk(base, 4, 6);  // early queries see < 4 keys: −1 slots
+    for (at::Tensor* t : {&base.q_lat, &base.q_pe, &base.c_kv, &base.k_pe}) *t = t->to(at::kDouble);
+    const at::Tensor weights = at::randn({2, 12, 2, 8}, rng::make_cpu_generator(11)).to(at::kDouble);
+    auto grads = [&](int64_t chunk) {  // chunk 0: the oracle
         Qkv x = base;
-        x.q_lat = base.q_lat.clone().requires_grad_(true);
-        x.c_kv = base.c_kv.clone().requires_grad_(true);
-        x.k_pe = base.k_pe.clone().requires_grad_(true);
-        const at::Tensor out = sparse ? sparse_mla_attention(x.q_lat, x.q_pe, x.c_kv, x.k_pe, idx, 0.4, 5).out
-                                      : masked_oracle(x, idx, 0.4);
-        (out * out).sum().backward();
-        return std::vector<at::Tensor>{x.q_lat.grad(), x.c_kv.grad(), x.k_pe.grad()};
+        for (at::Tensor* t : {&x.q_lat, &x.q_pe, &x.c_kv, &x.k_pe}) *t = t->clone().requires_grad_(true);
+        const at::Tensor out = chunk > 0 ? sparse_mla_attention(x.q_lat, x.q_pe, x.c_kv, x.k_pe, idx, 0.4, chunk).out
+                                         : masked_oracle(x, idx, 0.4);
+        (out * weights).sum().backward();
+        return std::vector<at::Tensor>{out.detach(), x.q_lat.grad(), x.q_pe.grad(), x.c_kv.grad(), x.k_pe.grad()};
     };
-    const auto a = grads(true), b = grads(false);
-    EXPECT_ALL_CLOSE("dq_lat", a[0], b[0], 1e-5, 1e-4);
-    EXPECT_ALL_CLOSE("dc_kv", a[1], b[1], 1e-5, 1e-4);
-    EXPECT_ALL_CLOSE("dk_pe", a[2], b[2], 1e-5, 1e-4);
+    const auto want = grads(0);
+    for (const int64_t chunk : {1, 5, 12}) {
+        const auto got = grads(chunk);
+        const std::string c = " (chunk " + std::to_string(chunk) + ")";
+        EXPECT_ALL_CLOSE("out" + c, got[0], want[0], 1e-12, 1e-12);
+        EXPECT_ALL_CLOSE("dq_lat" + c, got[1], want[1], 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dq_pe" + c, got[2], want[2], 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dc_kv" + c, got[3], want[3], 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("dk_pe" + c, got[4], want[4], 1e-12, 1e-10);
+    }
 }
 
 TEST(SparseAttentionTest, QueriesWithoutValidKeysGiveZerosNotNaN) {
