@@ -2,8 +2,9 @@
 //   score(t, h, s) = (q̃[t, h] · c_kv[s] + q_pe[t, h] · k_pe[s]) · scale
 //   o_lat[t, h]    = Σ_s softmax_s(score) · c_kv[s]          (then o_h = W_UV · o_lat outside)
 // Every key entry [c_kv | k_pe] is shared by all heads.
-//  - sparse_mla_attention: over the entries selected per query (top-k indices, −1 = invalid), gathered,
-//    so memory is O(T · k), never O(T · S); computed in query chunks.
+//  - sparse_mla_attention: over the entries selected per query (top-k indices, −1 = invalid), gathered per
+//    query chunk; an autograd function that re-gathers each chunk in backward, so memory is O(chunk · k ·
+//    (C + R + H)) plus the inputs and outputs, never O(T · S) nor every query's gathered entries.
 //  - dense_mla_attention: all causal, non-padding keys (the exact "masked MHA" path for short sequences, the
 //    indexer warm-up, and the oracle of the sparse path). An autograd function over query chunks (query_chunk
 //    queries; 0 = about 2^27 scores per chunk) that recomputes each chunk's probabilities in backward, so
