@@ -29,6 +29,14 @@ last = sum(map(reward, grpo[-10:])) / 10
 print(f"mean reward: steps 1-10 {first:.4f}, steps 31-40 {last:.4f}")
 # Each stage starts a fresh optimizer: GRPO's schedule warms up from its own step 0 (not from SFT's count).
 assert grpo[0]["lr"] < grpo[5]["lr"], ("GRPO did not warm up", grpo[0]["lr"], grpo[5]["lr"])
+# Every step row has its time and a throughput that matches its global count (SFT: target tokens of both ranks).
+for r in rows:
+    if r["stage"] in ("sft", "grpo"):
+        count = r["tokens"] if r["stage"] == "sft" else r["generated_tokens"]
+        assert r["seconds"] > 0 and count > 0, r
+        assert abs(r["tokens_per_s"] * r["seconds"] - count) <= 1e-6 * count, r
+sft = [r for r in rows if r["stage"] == "sft"]
+assert all(r["tokens"] == int(r["tokens"]) for r in sft), "SFT token counts must be whole global totals"
 ev = json.load(open(f"{out}/eval.json"))
 assert set(ev) == {"reasoning", "alignment"}, ev
 for d, v in ev.items():

@@ -40,6 +40,12 @@ print(f"indexer_warmup: recall@k=L/8 {w0['recall_mean']:.3f} -> {w1['recall_mean
 print(f"sparse_train: task loss sparse {s1['task_loss_sparse']:.4f} vs dense model {dense:.4f} "
       f"(ratio {s1['task_loss_sparse'] / dense:.3f}); recall {s1['recall_mean']:.3f}")
 ok = True
+# Every step row reports its time and the throughput of its 8 × 128-token batch (1 rank).
+for r in rows:
+    if r["stage"] in ("dense_lm", "indexer_warmup", "sparse_train"):
+        if not (r["seconds"] > 0 and abs(r["tokens_per_s"] * r["seconds"] - 8 * 128) < 1e-6 * 8 * 128):
+            print("FAIL: step metrics seconds/tokens_per_s", r); ok = False
+            break
 if not w1["recall_mean"] >= 0.9 or not w1["recall_mean"] > w0["recall_mean"]:
     print("FAIL: recall after indexer_warmup must be >= 0.9 and above its initial value"); ok = False
 if not s1["task_loss_sparse"] <= 1.1 * dense:
