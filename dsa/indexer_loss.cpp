@@ -1,6 +1,7 @@
 #include "dsa/indexer_loss.h"
 
 #include "core/precision.h"
+#include "dsa/indexer_topk.h"
 #ifdef DSRL_WITH_CUDA
 #include "dsa/indexer_cuda.h"
 #endif
@@ -163,47 +164,13 @@ at::Tensor indexer_log_probs(const at::Tensor& a, const at::Tensor& w_t, const a
     return logits - at::logsumexp(logits, -1, /*keepdim=*/true);
 }
 
-// The dense warm-up's indexer logits and their backward run on the CUDA kernels (dsa/indexer_cuda.h) when these
-// take the inputs: CUDA bf16 q and k, fp32/bf16 w on one device, D_I = 128, H_I a multiple of 16 up to 64.
-const char* warmup_kernels_fit_needs() {
-#ifdef DSRL_WITH_CUDA
-    return "they need CUDA bf16 q (k bf16 or fp32) with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, w fp32 "
-           "or bf16";
-#else
-    return "this build of dsrl has no CUDA kernels";
-#endif
-}
-
-bool warmup_kernels_fit(const IndexerOutput& ix) {
-#ifdef DSRL_WITH_CUDA
-    // k may be fp32 under bf16 autocast (its LayerNorm); it is cast to bf16 for the kernels, as for the top-k.
-    return ix.q.is_cuda() && ix.k.device() == ix.q.device() && ix.w.device() == ix.q.device() &&
-           ix.q.scalar_type() == at::kBFloat16 &&
-           (ix.k.scalar_type() == at::kBFloat16 || ix.k.scalar_type() == at::kFloat) &&
-           (ix.w.scalar_type() == at::kFloat || ix.w.scalar_type() == at::kBFloat16) && ix.q.size(3) == 128 &&
-           ix.q.size(2) % 16 == 0 && ix.q.size(2) <= 64;
-#else
-    (void)ix;
-    return false;
-#endif
-}
-
-#ifdef DSRL_WITH_CUDA
-// The kernels' side of a query tile: q_t [B, n, H_I, 128] bf16, pos_t [B, n] of the tile.
-struct KernelTile {
-    at::Tensor q_t, w_t, pos_t;
-    KernelTile(const at::Tensor& q, const at::Tensor& w, const at::Tensor& query_pos, int64_t t0, int64_t n)
-        : q_t(q.narrow(1, t0, n).contiguous()),
-          w_t(w.narrow(1, t0, n).contiguous()),
-          pos_t(query_pos.narrow(1, t0, n).contiguous()) {}
-    // log softmax over the visible keys of the fused logits [B, n, S] (fp32; −inf invisible, NaN rows without
-    // a visible key, as indexer_log_probs).
-    at::Tensor log_probs(const at::Tensor& k, const at::Tensor& key_valid, double iscale) const {
-        const at::Tensor logits = cuda::indexer_logits(q_t, k, w_t, iscale, pos_t, key_valid);
-        return logits - at::logsumexp(logits, -1, /*keepdim=*/true);
-    }
+// One query tile's indexer side: its log-probs over the tile's mask and what backward needs. The kernels
+// (dense warm-up; dsa/indexer_cuda.h) fuse the ReLU head sum, so only the ATen path has per-head pre-activations.
+struct IndexerTile {
+    at::Tensor q_t, w_t, pos_t;  // the tile's q (bf16 for the kernels, else the math dtype), w, query positions
+    at::Tensor a;                // ATen path: d_I^-1/2 · q·k per head, [B, n, H_I, S|K]
+    at::Tensor logq;             // [B, n, S|K] in the math dtype (−inf outside the mask)
 };
-#endif
 
 // Note [Indexer KL recompute]: one autograd function serves both losses. Forward loops over query tiles,
 // building the tile's target p and the indexer's log-probs, and keeps only the scalar; backward rebuilds each
@@ -228,15 +195,8 @@ public:
         for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
             const int64_t n = std::min(tile, q.size(1) - t0);
             const Tile tl = make_tile(q_lat, q_pe, kcat, lse, topk, query_pos, key_valid, kf, sparse, scale, t0, n);
-            at::Tensor logq;
-            if (kernels) {
-#ifdef DSRL_WITH_CUDA
-                logq = KernelTile(q, w, query_pos, t0, n).log_probs(kf, key_valid, iscale).to(dt);
-#endif
-            } else {
-                logq = indexer_log_probs(indexer_heads(q.narrow(1, t0, n).to(dt), tl.keys, iscale),
-                                         w.narrow(1, t0, n).to(dt), tl.mask);
-            }
+            const at::Tensor logq =
+                indexer_tile(q, w, kf, query_pos, key_valid, tl.mask, tl.keys, kernels, iscale, dt, t0, n).logq;
             const at::Tensor pos = tl.p.gt(0);
             // p · (log p − log q) where p > 0 (0 · log 0 = 0; masked-out keys have p = 0 and log q = −inf).
             const at::Tensor kl = at::where(pos, tl.p * (at::log(tl.p) - logq), at::zeros_like(tl.p)).sum(-1);
@@ -273,29 +233,23 @@ public:
             for (int64_t t0 = 0; t0 < q.size(1); t0 += tile) {
                 const int64_t n = std::min(tile, q.size(1) - t0);
                 const Tile tl = make_tile(q_lat, q_pe, kcat, lse, topk, query_pos, key_valid, kf, sparse, scale, t0, n);
-                if (kernels) {  // the same G, through the fused logits' backward kernel: no [B, n, H_I, S] tensor
+                const IndexerTile it =
+                    indexer_tile(q, w, kf, query_pos, key_valid, tl.mask, tl.keys, kernels, iscale, dt, t0, n);
+                const at::Tensor soft = at::where(tl.mask, it.logq.exp(), at::zeros_like(it.logq));
+                const at::Tensor rw = (row_weight.narrow(1, t0, n) * gs).unsqueeze(-1);
+                // Rows of weight 0 (padding) may hold NaN (no key at all): they contribute nothing.
+                const at::Tensor G = at::where(rw.ne(0), (soft - tl.p) * rw, at::zeros_like(soft));  // [B, n, S|K]
+                if (kernels) {  // the same G through the fused logits' backward kernel: no [B, n, H_I, S] tensor
 #ifdef DSRL_WITH_CUDA
-                    const KernelTile kt(q, w, query_pos, t0, n);
-                    const at::Tensor logq = kt.log_probs(kf, key_valid, iscale).to(dt);
-                    const at::Tensor soft = at::where(tl.mask, logq.exp(), at::zeros_like(logq));
-                    const at::Tensor rw = (row_weight.narrow(1, t0, n) * gs).unsqueeze(-1);
-                    const at::Tensor G = at::where(rw.ne(0), (soft - tl.p) * rw, at::zeros_like(soft)).to(at::kFloat);
-                    const cuda::IndexerGrads gr =
-                        cuda::indexer_logits_backward(kt.q_t, kf, kt.w_t, iscale, kt.pos_t, key_valid, G);
+                    const cuda::IndexerGrads gr = cuda::indexer_logits_backward(it.q_t, kf, it.w_t, iscale, it.pos_t,
+                                                                                key_valid, G.to(at::kFloat));
                     dq.narrow(1, t0, n).copy_(gr.dq);
                     dk += gr.dk;
                     dw.narrow(1, t0, n).copy_(gr.dw);
 #endif
                     continue;
                 }
-                const at::Tensor q_t = q.narrow(1, t0, n).to(dt);
-                const at::Tensor w_t = w.narrow(1, t0, n).to(dt);
-                const at::Tensor a = indexer_heads(q_t, tl.keys, iscale);
-                const at::Tensor logq = indexer_log_probs(a, w_t, tl.mask);
-                const at::Tensor soft = at::where(tl.mask, logq.exp(), at::zeros_like(logq));
-                const at::Tensor rw = (row_weight.narrow(1, t0, n) * gs).unsqueeze(-1);
-                // Rows of weight 0 (padding) may hold NaN (no key at all): they contribute nothing.
-                const at::Tensor G = at::where(rw.ne(0), (soft - tl.p) * rw, at::zeros_like(soft));  // [B, n, S|K]
+                const at::Tensor &q_t = it.q_t, &w_t = it.w_t, &a = it.a;
                 dw.narrow(1, t0, n).copy_(at::einsum("bts,btjs->btj", {G, at::relu(a)}));
                 const at::Tensor da = (G.unsqueeze(2) * w_t.unsqueeze(-1)).mul_(a.gt(0));  // [B, n, H_I, S|K]
                 if (!sparse) {
@@ -317,6 +271,29 @@ public:
     }
 
 private:
+    // kf: k in bf16 (kernels) or the math dtype dt.
+    static IndexerTile indexer_tile(const at::Tensor& q, const at::Tensor& w, const at::Tensor& kf,
+                                    const at::Tensor& query_pos, const at::Tensor& key_valid, const at::Tensor& mask,
+                                    const at::Tensor& keys, bool kernels, double iscale, at::ScalarType dt, int64_t t0,
+                                    int64_t n) {
+        IndexerTile it;
+        if (kernels) {
+#ifdef DSRL_WITH_CUDA
+            it.q_t = q.narrow(1, t0, n).to(at::kBFloat16).contiguous();
+            it.w_t = w.narrow(1, t0, n).contiguous();
+            it.pos_t = query_pos.narrow(1, t0, n).contiguous();
+            const at::Tensor logits = cuda::indexer_logits(it.q_t, kf, it.w_t, iscale, it.pos_t, key_valid);
+            it.logq = (logits - at::logsumexp(logits, -1, /*keepdim=*/true)).to(dt);
+#endif
+        } else {
+            it.q_t = q.narrow(1, t0, n).to(dt);
+            it.w_t = w.narrow(1, t0, n).to(dt);
+            it.a = indexer_heads(it.q_t, keys, iscale);
+            it.logq = indexer_log_probs(it.a, it.w_t, mask);
+        }
+        return it;
+    }
+
     struct Tile {
         at::Tensor p;     // [B, n, S|K] target (0 outside mask)
         at::Tensor mask;  // [B, n, S|K] bool: visible keys (dense) or selected slots (sparse)
@@ -387,9 +364,9 @@ IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                                 int64_t query_tile,
                                 Impl impl) {
     check_inputs("indexer_warmup_loss", indexer, attention, query_pos, key_valid, query_tile);
-    const bool fits = warmup_kernels_fit(indexer);
+    const bool fits = indexer_kernels_fit(indexer.q, indexer.k, indexer.w);
     TORCH_CHECK(impl != Impl::kCuda || fits, "indexer_warmup_loss: model.impl is cuda but the indexer kernels cannot "
-                "take these inputs (", warmup_kernels_fit_needs(), "); got q ", indexer.q.sizes(), " ",
+                "take these inputs (", indexer_kernels_requirements(), "); got q ", indexer.q.sizes(), " ",
                 indexer.q.scalar_type(), " on ", indexer.q.device(), ", k ", indexer.k.scalar_type(), ", w ",
                 indexer.w.scalar_type(), "; use model.impl auto or reference");
     TORCH_CHECK(attention.dense, "indexer_warmup_loss: attention.lse must be over all visible keys (a forward with "

@@ -52,8 +52,9 @@ struct IndexerLoss {
 /// forward: attention.dense); throws c10::Error otherwise or on inconsistent shapes.
 /// impl (model.impl): kAuto computes the indexer logits of each tile and their backward with the CUDA kernels
 /// (dsa::cuda::indexer_logits / indexer_logits_backward: no [tile, H_I, S] tensor, bf16 operands, fp32
-/// accumulation) when they take the inputs — CUDA bf16 q (k bf16, or fp32 under autocast: cast), index_head_dim 128, index_n_heads a multiple of
-/// 16 up to 64 — and the ATen path otherwise; kReference always ATen; kCuda the kernels or a c10::Error.
+/// accumulation) when they take the inputs (dsa::indexer_kernels_fit, as for the top-k: CUDA bf16 q — k is cast —
+/// index_head_dim 128, index_n_heads a multiple of 16 up to 64) and the ATen path otherwise; kReference always
+/// ATen; kCuda the kernels or a c10::Error.
 IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                                 const AttentionInputs& attention,
                                 const at::Tensor& query_pos,

@@ -84,6 +84,27 @@ at::Tensor indexer_topk(const at::Tensor& q,
     return at::cat(chunks, 1);
 }
 
+bool indexer_kernels_fit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+#ifdef DSRL_WITH_CUDA
+    return q.is_cuda() && k.device() == q.device() && w.device() == q.device() &&
+           (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) &&
+           (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) && q.dim() == 4 && q.size(3) == 128 &&
+           q.size(2) % 16 == 0 && q.size(2) <= 64;
+#else
+    (void)q, (void)k, (void)w;
+    return false;
+#endif
+}
+
+const char* indexer_kernels_requirements() {
+#ifdef DSRL_WITH_CUDA
+    return "they need CUDA bf16 q (bf16 model or autocast) with index_head_dim 128 and index_n_heads a multiple of 16 "
+           "up to 64, w fp32 or bf16";
+#else
+    return "this build of dsrl has no CUDA kernels";
+#endif
+}
+
 at::Tensor select_topk(const at::Tensor& q,
                        const at::Tensor& k,
                        const at::Tensor& w,
@@ -94,14 +115,7 @@ at::Tensor select_topk(const at::Tensor& q,
                        Impl impl,
                        int64_t query_chunk) {
     check_shapes(q, k, w);
-#ifdef DSRL_WITH_CUDA
-    constexpr bool built = true;
-#else
-    constexpr bool built = false;
-#endif
-    const bool fits = built && q.is_cuda() && k.device() == q.device() && w.device() == q.device() &&
-                      (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) && q.size(3) == 128 &&
-                      q.size(2) % 16 == 0 && q.size(2) <= 64 && topk <= 2048;
+    const bool fits = indexer_kernels_fit(q, k, w) && topk <= 2048;
     if (impl != Impl::kReference && fits) {
 #ifdef DSRL_WITH_CUDA
         return cuda::indexer_topk(q.to(at::kBFloat16), k.to(at::kBFloat16), w, scale, query_pos, key_valid, topk,
@@ -109,10 +123,8 @@ at::Tensor select_topk(const at::Tensor& q,
 #endif
     }
     TORCH_CHECK(impl != Impl::kCuda, "indexer top-k: model.impl is cuda but the kernels cannot take these inputs (",
-                built ? "" : "this build has no CUDA kernels; ",
-                "they need CUDA bf16 q with index_head_dim 128, index_n_heads a multiple of 16 up to 64, index_topk "
-                "<= 2048); got q ", q.sizes(), " ", q.scalar_type(), " on ", q.device(), ", topk ", topk,
-                "; use model.impl auto or reference");
+                indexer_kernels_requirements(), ", and index_topk <= 2048); got q ", q.sizes(), " ", q.scalar_type(),
+                " on ", q.device(), ", w ", w.scalar_type(), ", topk ", topk, "; use model.impl auto or reference");
     return indexer_topk(q, k, w, scale, query_pos, key_valid, topk, query_chunk);
 }
 

@@ -32,6 +32,13 @@ at::Tensor indexer_topk(const at::Tensor& q,
                         int64_t topk,
                         int64_t query_chunk = 1024);
 
+/// True when the indexer CUDA kernels take these inputs: a build with the kernels, q [B, T, H, 128] bf16 or fp16
+/// on a CUDA device with H a multiple of 16 up to 64, k (any float dtype; the kernels score it in bf16) and w
+/// (fp32 or bf16) on q's device. Shared by select_topk and the warm-up loss (dsa/indexer_loss.h).
+bool indexer_kernels_fit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
+/// What the kernels need, for the error of model.impl cuda on inputs that do not fit.
+const char* indexer_kernels_requirements();
+
 /// Dispatch (model.impl) of indexer_topk: kAuto runs the CUDA kernels (dsa/indexer_cuda.h: bf16 logits fused
 /// with the ReLU head sum, exact radix top-k) when the inputs are on a CUDA device in reduced precision (bf16
 /// under autocast) with D = 128 and H a multiple of 16 up to 64 — k is then scored in bf16 too — and the

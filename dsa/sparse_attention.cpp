@@ -47,9 +47,18 @@ std::pair<at::Tensor, at::Tensor> masked_softmax(const at::Tensor& scores) {
     return {probs, lse};
 }
 
-}  // namespace
+// The chunked functions' arithmetic: fp64 for fp64 inputs (exact gradient checks), else fp32.
+at::ScalarType math_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-namespace {
+// Backward of one query chunk's softmax from its masked scores s (−inf = masked) and saved lse: P = exp(s − lse)
+// (0 on masked entries and on rows without any, where lse = −inf too) and dS = scale · P ∘ (dP − δ), with
+// dP = dO · Vᵀ and δ = Σ_c dO · O per row. Returns {P, dS}.
+std::pair<at::Tensor, at::Tensor> softmax_backward(const at::Tensor& s, const at::Tensor& lse, const at::Tensor& dp,
+                                                   const at::Tensor& delta, double scale) {
+    const at::Tensor probs = at::where(s.isfinite(), (s - lse.unsqueeze(-1)).exp(), at::zeros({}, s.options()));
+    return {probs, (probs * (dp - delta.unsqueeze(-1))).mul_(scale)};
+}
+
 
 // The sparse reference as an autograd function over query chunks (see Note [Dense MLA in query chunks] below for
 // the backward formulas, here over each query's gathered entries): forward keeps out and lse, backward
@@ -63,7 +72,7 @@ public:
                                                   const at::Tensor& k_pe, const at::Tensor& indices, double scale,
                                                   int64_t chunk) {
         const Fp32Region fp32;
-        const at::ScalarType dt = q_lat.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+        const at::ScalarType dt = math_dtype(q_lat);
         const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2);
         at::Tensor out = at::empty({B, T, H, c_kv.size(2)}, q_lat.options());
         at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(dt));
@@ -101,12 +110,10 @@ public:
             for (int64_t t0 = 0; t0 < q_lat.size(1); t0 += chunk) {
                 const int64_t n = std::min(chunk, q_lat.size(1) - t0);
                 const Chunk c(q_lat, q_pe, c_kv, k_pe, indices, scale, t0, n, dt);
-                const at::Tensor probs = at::where(c.s.isfinite(),
-                                                   (c.s - lse.narrow(1, t0, n).unsqueeze(-1)).exp(),
-                                                   at::zeros({}, c.s.options()));
                 const at::Tensor d_o = d_out.narrow(1, t0, n);
-                const at::Tensor dp = at::einsum("bthc,btkc->bthk", {d_o, c.ckv});
-                const at::Tensor ds = (probs * (dp - delta.narrow(1, t0, n).unsqueeze(-1))).mul_(scale);
+                const auto [probs, ds] = softmax_backward(c.s, lse.narrow(1, t0, n),
+                                                          at::einsum("bthc,btkc->bthk", {d_o, c.ckv}),
+                                                          delta.narrow(1, t0, n), scale);
                 dq_lat.narrow(1, t0, n).copy_(at::einsum("bthk,btkc->bthc", {ds, c.ckv}));
                 dq_pe.narrow(1, t0, n).copy_(at::einsum("bthk,btkr->bthr", {ds, c.kpe}));
                 const int64_t K = c.flat.size(1);
@@ -129,10 +136,8 @@ private:
         at::Tensor ckv, kpe, s, flat;
         Chunk(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
               const at::Tensor& indices, double scale, int64_t t0, int64_t n, at::ScalarType dt) {
-            const int64_t B = q_lat.size(0), S = c_kv.size(1), C = c_kv.size(2), R = k_pe.size(2);
-            const at::Tensor idx = indices.narrow(1, t0, n);  // [B, n, K] int64
-            TORCH_CHECK(idx.numel() == 0 || idx.max().item<int64_t>() < S, "sparse attention: index ",
-                        idx.numel() ? idx.max().item<int64_t>() : 0, " out of range for ", S, " keys");
+            const int64_t B = q_lat.size(0), C = c_kv.size(2), R = k_pe.size(2);
+            const at::Tensor idx = indices.narrow(1, t0, n);  // [B, n, K] int64, checked < S at the entry
             const int64_t K = idx.size(2);
             flat = idx.clamp_min(0).reshape({B, n * K});
             ckv = at::gather(c_kv, 1, flat.unsqueeze(-1).expand({B, n * K, C})).view({B, n, K, C}).to(dt);
@@ -159,6 +164,10 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                 "sparse attention: indices must be [", q_lat.size(0), ", ", q_lat.size(1), ", K], got ",
                 indices.sizes());
     TORCH_CHECK(query_chunk >= 1, "sparse attention: query_chunk must be >= 1, got ", query_chunk);
+    // Once for the whole call (one host sync), not per chunk in forward and again in backward.
+    const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
+    TORCH_CHECK(max_index < c_kv.size(1), "sparse attention: index ", max_index, " out of range for ", c_kv.size(1),
+                " keys");
     const auto r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices.to(at::kLong), scale,
                                     std::max<int64_t>(1, std::min(query_chunk, q_lat.size(1))));
     return {r[0], r[1]};
@@ -219,12 +228,10 @@ public:
             for (int64_t t0 = 0; t0 < q_lat.size(1); t0 += chunk) {
                 const int64_t n = std::min(chunk, q_lat.size(1) - t0);
                 const at::Tensor s = scores(q_lat, q_pe, kv, pe, query_pos, key_valid, scale, t0, n, dt);
-                // exp(s − lse) on finite entries; masked entries and key-less rows (lse = −inf) give 0, not NaN.
-                const at::Tensor probs = at::where(s.isfinite(), (s - lse.narrow(1, t0, n).to(dt).unsqueeze(-1)).exp(),
-                                                   at::zeros({}, s.options()));
                 const at::Tensor d_o = d_out.narrow(1, t0, n);
-                const at::Tensor dp = at::einsum("bthc,bsc->bths", {d_o, kv});
-                const at::Tensor ds = (probs * (dp - delta.narrow(1, t0, n).unsqueeze(-1))).mul_(scale);
+                const auto [probs, ds] = softmax_backward(s, lse.narrow(1, t0, n).to(dt),
+                                                          at::einsum("bthc,bsc->bths", {d_o, kv}),
+                                                          delta.narrow(1, t0, n), scale);
                 const at::Tensor q1 = q_lat.narrow(1, t0, n).to(dt), q2 = q_pe.narrow(1, t0, n).to(dt);
                 dq_lat.narrow(1, t0, n).copy_(at::einsum("bths,bsc->bthc", {ds, kv}));
                 dq_pe.narrow(1, t0, n).copy_(at::einsum("bths,bsr->bthr", {ds, pe}));
@@ -237,10 +244,6 @@ public:
     }
 
 private:
-    static at::ScalarType math_dtype(const at::Tensor& q) {
-        return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    }
-
     // Masked scaled scores of queries [t0, t0 + n) over every key: [B, n, H, S] in dt, −inf where invisible.
     static at::Tensor scores(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kv,
                              const at::Tensor& pe, const at::Tensor& query_pos, const at::Tensor& key_valid,

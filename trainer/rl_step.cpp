@@ -10,7 +10,6 @@
 #include <absl/strings/str_cat.h>
 
 #include <algorithm>
-#include <chrono>
 #include <functional>
 #include <cmath>
 
@@ -70,7 +69,6 @@ RlStep::RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* refer
       optimizer_(optimizer), comm_(comm) {}
 
 RlStepResult RlStep::run(int64_t step) {
-    const auto t0 = std::chrono::steady_clock::now();
     const int rank = comm_ != nullptr ? comm_->rank() : 0;
     const int world = comm_ != nullptr ? comm_->size() : 1;
     const RolloutConfig& ro = job_.rollout;
@@ -175,7 +173,6 @@ RlStepResult RlStep::run(int64_t step) {
     out.metrics["skipped_steps"] = static_cast<double>(out.skipped_steps);
     out.metrics["reward_failed"] = static_cast<double>(failed);
     out.metrics["generated_tokens"] = static_cast<double>(gstats.generated_tokens);
-    out.metrics["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out.metrics.erase("update");
     out.metrics.erase("mini_batch");
     return out;

@@ -239,18 +239,15 @@ public:
     explicit StepMeter(c10::Device device) : device_(device), t0_(Clock::now()) {
         if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
     }
-    /// gpu_peak_mem_gib: this rank's peak of allocated memory during the step (CUDA only).
-    void memory(std::map<std::string, double>& m) const {
-        if (!device_.is_cuda()) return;
-        m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index())
-                                                        .allocated_bytes[0].peak) / double(1 << 30);
-    }
     /// seconds (this rank's wall time of the step), tokens_per_s = tokens / seconds (tokens: the global
-    /// batch's), and memory().
+    /// batch's) and, on a GPU, gpu_peak_mem_gib (this rank's peak of allocated memory during the step).
     void finish(std::map<std::string, double>& m, double tokens) const {
         m["seconds"] = std::chrono::duration<double>(Clock::now() - t0_).count();
         m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
-        memory(m);
+        if (device_.is_cuda()) {
+            m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index())
+                                                            .allocated_bytes[0].peak) / double(1 << 30);
+        }
     }
     /// "  1234 tok/s  mem 1.23 GiB" for the console line.
     std::string text(const std::map<std::string, double>& m) const {
@@ -596,8 +593,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 // Counts are totals over the ranks (reduce_metrics averages): tokens and sequences of the global batch.
                 m["generated_tokens"] *= comm.size();
                 if (m.count("sequences")) m["sequences"] *= comm.size();
-                m["tokens_per_s"] = m["generated_tokens"] / std::max(1e-9, m["seconds"]);
-                meter.memory(m);  // this rank's peak allocated during the step
+                meter.finish(m, m["generated_tokens"]);
                 metrics.write("grpo", state.step, m);
                 if (rank == 0 && (state.step % job.trainer.log_every == 0 || state.step == total)) {
                     std::string rewards_text;
@@ -606,11 +602,9 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                     }
                     const double per_step = std::chrono::duration<double>(Clock::now() - t0).count() /
                                             static_cast<double>(state.step - first);
-                    const std::string mem =
-                        device.is_cuda() ? absl::StrFormat("  mem %.2f GiB", m["gpu_peak_mem_gib"]) : std::string();
-                    std::printf("[grpo] step %ld/%ld  reward%s  kl %.4f  clip %.3f  masked %.3f  %.0f tok/s%s  eta %s\n",
+                    std::printf("[grpo] step %ld/%ld  reward%s  kl %.4f  clip %.3f  masked %.3f%s  eta %s\n",
                                 long(state.step), long(total), rewards_text.c_str(), m["kl_mean"], m["clip_frac"],
-                                m["masked_seq_frac"], m["tokens_per_s"], mem.c_str(), eta(per_step, total - state.step).c_str());
+                                m["masked_seq_frac"], meter.text(m).c_str(), eta(per_step, total - state.step).c_str());
                     std::fflush(stdout);
                 }
                 if (evaluator && state.step == total) {
