@@ -24,6 +24,10 @@ void bind(Binder& b, RunConfig& c) {
     b.field("device", c.device,
             {.doc = "auto: the GPU of the local rank when CUDA is available, else CPU.",
              .choices = {"auto", "cpu", "cuda"}});
+    b.field("lock_wait_s", c.lock_wait_s,
+            {.doc = "One job per run directory: a job whose output_dir (or checkpoint dir) is locked by another "
+                    "running job waits this many seconds for it to end, then refuses to start, naming the holder.",
+             .min = 0.0});
     if (reading(b) && c.stages.empty()) b.fail("stages", "at least one stage is required");
 }
 

@@ -33,6 +33,7 @@ struct RunConfig {
     std::vector<std::string> stages = {"sft", "grpo"};
     std::string log_level = "info";
     std::string device = "auto";  ///< auto | cpu | cuda
+    double lock_wait_s = 30.0;     ///< how long a job waits for another job's lock on output_dir
 };
 
 struct RopeScalingConfig {

@@ -17,9 +17,14 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_DIST_CHECK_PEERS", "1",
          "1: every collective first checks (one small MPI allgather) that all ranks of the group called the same op "
          "with matching tensors, raising a DistError instead of hanging; 0 skips the check."},
-        {"DSRL_FAULT_KILL_IN_CHECKPOINT", "-1",
-         "Fault injection for tests: the process kills itself (SIGKILL) in the middle of writing the checkpoint of "
-         "this step, after the model is written and before the rename. -1 disables."},
+        {"DSRL_EXIT_WITH_LAUNCHER", "1",
+         "1: a rank whose launcher (mpirun, srun) died exits within a second instead of running on unsupervised "
+         "(Open MPI's ranks outlive a killed mpirun); 0 lets it run on."},
+        {"DSRL_FAULT_KILL", "",
+         "Fault injection for tests (core/fault.h): <point>:<job step>[:<rank>] makes that rank (any rank when "
+         "omitted) SIGKILL itself at the point of that job step. Points: step_start, in_checkpoint (after the "
+         "model of the checkpoint is written, before its rename), before_latest_rename (`latest.tmp.<pid>` "
+         "written, not yet renamed). Empty disables."},
     };
     return knobs;
 }

@@ -1,6 +1,8 @@
 #include "core/fs.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/logging.h"
 
 namespace dsrl::fs {
 namespace {
@@ -86,6 +89,18 @@ int write_pieces(int fd, const std::vector<std::string_view>& pieces) {
     return 0;
 }
 
+// pwrite from offset 0 (the lock file's descriptor is shared by truncate and write; no file position needed).
+int write_pieces_at(int fd, std::string_view text) {
+    size_t done = 0;
+    while (done < text.size()) {
+        const ssize_t w = ::pwrite(fd, text.data() + done, text.size() - done, static_cast<off_t>(done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? errno : EIO;
+        done += static_cast<size_t>(w);
+    }
+    return 0;
+}
+
 }  // namespace
 
 std::string read_file(const std::string& path) {
@@ -123,10 +138,13 @@ void write_file_synced(const std::string& path, const std::vector<std::string_vi
     if (::close(fd) != 0) fail("close failed on", path, errno);
 }
 
-void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces) {
+void write_file_atomic(const std::string& path,
+                       const std::vector<std::string_view>& pieces,
+                       const std::function<void()>& before_rename) {
     const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
     try {
         write_file_synced(tmp, pieces);
+        if (before_rename) before_rename();
     } catch (...) {
         ::unlink(tmp.c_str());
         throw;
@@ -147,6 +165,122 @@ void fsync_dir(const std::string& dir) {
     const int err = errno;
     ::close(fd);
     if (rc != 0) fail("fsync failed on the directory", dir, err);
+}
+
+namespace {
+
+bool all_digits(const std::string& s, size_t from) {
+    if (from >= s.size()) return false;
+    for (size_t i = from; i < s.size(); ++i) {
+        if (s[i] < '0' || s[i] > '9') return false;
+    }
+    return true;
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+bool is_temporary_name(const std::string& name) {
+    if (name == "." || name == "..") return false;
+    // <file>.tmp.<pid> (write_file_atomic)
+    if (const size_t p = name.rfind(".tmp."); p != std::string::npos && p > 0 && all_digits(name, p + 5)) return true;
+    if (name.size() < 2 || name[0] != '.') return false;
+    // .<name>.tmp (training checkpoint step directories)
+    if (ends_with(name, ".tmp") && name.size() > 5) return true;
+    // .<name>.tmp-XXXXXX and .<name>.tmp-XXXXXX.old (mkdtemp directories of Hugging Face saves)
+    const std::string base = ends_with(name, ".old") ? name.substr(0, name.size() - 4) : name;
+    const size_t p = base.rfind(".tmp-");
+    return p != std::string::npos && p > 1 && base.size() == p + 5 + 6;
+}
+
+int remove_temporaries(const std::string& dir) {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return 0;
+    std::vector<std::string> stale;
+    while (const dirent* e = ::readdir(d)) {
+        if (is_temporary_name(e->d_name)) stale.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+    for (const std::string& name : stale) {
+        const std::string path = join(dir, name);
+        DSRL_LOG(warn) << "removing " << path << " (left behind by a writer that was interrupted)";
+        remove_tree(path);
+    }
+    return static_cast<int>(stale.size());
+}
+
+FileLock::FileLock(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("cannot open the lock file", path, errno);
+}
+
+FileLock::~FileLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the lock
+}
+
+FileLock::FileLock(FileLock&& other) noexcept
+    : path_(std::move(other.path_)), fd_(other.fd_), held_(other.held_), last_errno_(other.last_errno_) {
+    other.fd_ = -1;
+    other.held_ = false;
+}
+
+FileLock& FileLock::operator=(FileLock&& other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0) ::close(fd_);
+        path_ = std::move(other.path_);
+        fd_ = other.fd_;
+        held_ = other.held_;
+        last_errno_ = other.last_errno_;
+        other.fd_ = -1;
+        other.held_ = false;
+    }
+    return *this;
+}
+
+FileLock::Result FileLock::try_lock(Mode mode) {
+    DSRL_INTERNAL_ASSERT(fd_ >= 0, "FileLock::try_lock on a closed lock");
+    const int op = (mode == Mode::kExclusive ? LOCK_EX : LOCK_SH) | LOCK_NB;
+    while (true) {
+        if (::flock(fd_, op) == 0) {
+            held_ = true;
+            return Result::kAcquired;
+        }
+        last_errno_ = errno;
+        if (last_errno_ == EINTR) continue;
+        if (last_errno_ == EWOULDBLOCK) {
+            held_ = false;  // a failed conversion has dropped the lock held before (flock(2))
+            return Result::kBusy;
+        }
+        if (last_errno_ == ENOLCK || last_errno_ == ENOSYS || last_errno_ == EOPNOTSUPP || last_errno_ == EINVAL) {
+            return Result::kUnsupported;
+        }
+        fail("cannot lock", path_, last_errno_);
+    }
+}
+
+void FileLock::unlock() {
+    if (fd_ >= 0 && held_) ::flock(fd_, LOCK_UN);
+    held_ = false;
+}
+
+std::string FileLock::error_text() const { return last_errno_ != 0 ? std::strerror(last_errno_) : ""; }
+
+void FileLock::write_content(const std::string& text) {
+    DSRL_INTERNAL_ASSERT(fd_ >= 0, "FileLock::write_content on a closed lock");
+    if (::ftruncate(fd_, 0) != 0) fail("cannot truncate the lock file", path_, errno);
+    if (const int err = write_pieces_at(fd_, text); err != 0) fail("write failed on the lock file", path_, err);
+    ::fsync(fd_);
+}
+
+std::string FileLock::read_content() const {
+    try {
+        return read_file(path_);
+    } catch (const Error&) {
+        return "";
+    }
 }
 
 }  // namespace dsrl::fs

@@ -4,6 +4,7 @@
 // Errors are dsrl::Error naming the path and the system's reason.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,12 +30,70 @@ void write_file_synced(const std::string& path, const std::vector<std::string_vi
 
 /// Writes `pieces` (concatenated) to `path` atomically: a temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory. On failure `path` is untouched and the temporary file removed.
-void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
+/// `before_rename` (may be empty) runs between the write and the rename: the fault-injection point of tests.
+void write_file_atomic(const std::string& path,
+                       const std::vector<std::string_view>& pieces,
+                       const std::function<void()>& before_rename = {});
 
 /// fsync of a directory (makes renames and new entries in it durable).
 void fsync_dir(const std::string& dir);
 
 /// `dir + "/" + name`, without doubling the separator.
 std::string join(const std::string& dir, const std::string& name);
+
+/// True when `name` (an entry name, not a path) is a temporary file or directory that dsrl's own writers
+/// create and rename into place: `<file>.tmp.<pid>` (write_file_atomic), `.<name>.tmp` (training checkpoints'
+/// step directories) and `.<name>.tmp-XXXXXX[.old]` (Hugging Face checkpoint saves). Left behind only by a
+/// writer that was killed between creating and renaming it.
+bool is_temporary_name(const std::string& name);
+
+/// Removes every entry of `dir` (not recursive) for which is_temporary_name holds, with one warning each;
+/// returns how many. Call it only while no other writer can use `dir` (under a run lock).
+int remove_temporaries(const std::string& dir);
+
+/// An advisory lock (flock(2)) on a file, held while this object lives. The kernel releases it when the
+/// process dies, however it dies, so a killed holder never leaves a stale lock. The descriptor is
+/// close-on-exec. Two FileLock objects on one path conflict even inside one process.
+///
+///   fs::FileLock lock(fs::join(dir, ".lock"));
+///   if (lock.try_lock(fs::FileLock::Mode::kExclusive) == fs::FileLock::Result::kBusy) { ... }
+class FileLock {
+public:
+    enum class Mode { kShared, kExclusive };
+    enum class Result {
+        kAcquired,
+        kBusy,         ///< another open file description holds a conflicting lock
+        kUnsupported,  ///< the file system does not implement flock (ENOLCK, ENOSYS, EOPNOTSUPP, EINVAL)
+    };
+
+    FileLock() = default;
+    /// Opens (creating it, mode 0644) the lock file at `path`; dsrl::Error naming it when that fails.
+    explicit FileLock(const std::string& path);
+    ~FileLock();
+    FileLock(FileLock&& other) noexcept;
+    FileLock& operator=(FileLock&& other) noexcept;
+    FileLock(const FileLock&) = delete;
+    FileLock& operator=(const FileLock&) = delete;
+
+    /// Non-blocking. A lock already held in the other mode is converted; flock's conversion is not atomic, and
+    /// a conversion that fails (kBusy) leaves no lock held.
+    /// Other errors are a dsrl::Error naming the file. After kUnsupported, error_text() gives the reason.
+    Result try_lock(Mode mode);
+    void unlock();
+    bool held() const { return held_; }
+    const std::string& path() const { return path_; }
+    std::string error_text() const;
+
+    /// Replaces the lock file's content (e.g. who holds it) and fsyncs it. Hold the exclusive lock.
+    void write_content(const std::string& text);
+    /// The lock file's content ("" when it cannot be read).
+    std::string read_content() const;
+
+private:
+    std::string path_;
+    int fd_ = -1;
+    bool held_ = false;
+    int last_errno_ = 0;
+};
 
 }  // namespace dsrl::fs

@@ -13,13 +13,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
-#include "core/env.h"
+#include "core/fault.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
@@ -62,23 +61,6 @@ std::vector<std::string> step_dirs(const std::string& root) {
     return out;
 }
 
-void remove_stale_tmp(const std::string& root) {
-    DIR* d = ::opendir(root.c_str());
-    if (d == nullptr) return;
-    std::vector<std::string> stale;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name.rfind(".step-", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
-            stale.push_back(name);
-        }
-    }
-    ::closedir(d);
-    for (const std::string& name : stale) {
-        DSRL_LOG(warn) << "removing " << fs::join(root, name) << " (left by an interrupted checkpoint save)";
-        fs::remove_tree(fs::join(root, name));
-    }
-}
-
 void barrier(const dist::Communicator* comm) {
     if (comm != nullptr && comm->size() > 1) comm->barrier();
 }
@@ -101,7 +83,7 @@ std::string save_checkpoint(const std::string& root,
     const std::string final_dir = fs::join(root, name);
     if (rank == 0) {
         fs::make_dirs(root);
-        remove_stale_tmp(root);
+        fs::remove_temporaries(root);  // under the run lock (trainer/run_dir.h): no other writer is here
         fs::make_dirs(tmp);
     }
     barrier(comm);
@@ -118,10 +100,7 @@ std::string save_checkpoint(const std::string& root,
             reference->save(fs::join(tmp, kReference),
                             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
         }
-        if (env::get_int("DSRL_FAULT_KILL_IN_CHECKPOINT") == state.job_step()) {
-            DSRL_LOG(warn) << "DSRL_FAULT_KILL_IN_CHECKPOINT=" << state.job_step() << ": killing this process mid-checkpoint";
-            std::raise(SIGKILL);
-        }
+        fault::kill_point("in_checkpoint", state.job_step(), rank);
         save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
         Json j = {{"step", state.step},
                   {"stage_steps", state.stage_steps},
@@ -141,7 +120,8 @@ std::string save_checkpoint(const std::string& root,
                                                std::strerror(errno)));
         }
         fs::fsync_dir(root);
-        fs::write_file_atomic(fs::join(root, kLatest), {name + "\n"});
+        fs::write_file_atomic(fs::join(root, kLatest), {name + "\n"},
+                              [&] { fault::kill_point("before_latest_rename", state.job_step(), rank); });
         const std::vector<std::string> dirs = step_dirs(root);
         for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < dirs.size(); ++i) {
             fs::remove_tree(fs::join(root, dirs[i]));

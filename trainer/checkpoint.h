@@ -12,7 +12,7 @@
 // Writing: rank 0 prepares <root>/.step-00000120.tmp, every rank writes its own files into it (so <root>
 // must be on a file system all ranks share), then rank 0 fsyncs, renames it into place, updates `latest`
 // and keeps the newest `keep_last`. Leftover .tmp directories of an interrupted save are removed by the
-// next save and ignored by resume.
+// job start (trainer/run_dir.h, under the run lock) and by the next save, and ignored by resume.
 #pragma once
 
 #include <cstdint>

@@ -21,6 +21,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/fault.h"
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/precision.h"
@@ -35,6 +36,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/optimizer.h"
 #include "trainer/rl_step.h"
+#include "trainer/run_dir.h"
 #include "trainer/tensorboard.h"
 #include "trainer/token_data.h"
 
@@ -325,6 +327,15 @@ void check_job(const JobConfig& job) {
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
     const int rank = comm.rank();
     check_supported(job);
+    fault::check_environment();
+    // One job per run directory, held until run_job returns (before MPI_Finalize); stale temporary files of
+    // killed writers are removed under it (trainer/run_dir.h).
+    const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
+                                                                 : job.trainer.checkpoint.dir;
+    std::vector<RunDirLock::Dir> lock_dirs{{job.run.output_dir, "run.output_dir"}};
+    if (!job.trainer.checkpoint.dir.empty()) lock_dirs.push_back({root, "trainer.checkpoint.dir"});
+    const RunDirLock run_lock = RunDirLock::acquire(lock_dirs, job.run.lock_wait_s, job.run.name, comm);
+    if (rank == 0 && fs::is_dir(root)) fs::remove_temporaries(root);
     if (opt.handle_signals) {
         std::signal(SIGTERM, on_signal);
         std::signal(SIGINT, on_signal);
@@ -365,10 +376,6 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         for (int64_t i = 0; i < job.dsa.eval_batches; ++i) dsa_eval_batches.push_back(eval_stream.next(job.dsa.batch_size));
         dsa_stream = std::make_unique<TokenStream>(src, rank, comm.size(), held_out);
     }
-    const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
-                                                                 : job.trainer.checkpoint.dir;
-    if (rank == 0) fs::make_dirs(job.run.output_dir);
-    comm.barrier();
 
     TrainingState state;
     state.world_size = comm.size();
@@ -489,6 +496,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         const auto t0 = Clock::now();
         const int64_t first = done;
         while (done < total) {
+            fault::kill_point("step_start", state.job_step() + 1, rank);
             const TokenBatch batch = dsa_stream->next(job.dsa.batch_size);
             const StepMeter meter(device);
             std::map<std::string, double> m = reduce_metrics(
@@ -534,6 +542,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const int64_t first = done;
             if (done == 0) optimizer.reset_state();  // fresh moments and step count for the stage
             while (done < job.sft.steps) {
+                fault::kill_point("step_start", state.job_step() + 1, rank);
                 const StepMeter meter(device);
                 std::map<std::string, double> m =
                     reduce_metrics(sft_step(policy, optimizer, *tok, sft_data, done, job, comm), comm);
@@ -584,6 +593,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             const auto t0 = Clock::now();
             const int64_t first = state.step;
             while (state.step < total) {
+                fault::kill_point("step_start", state.job_step() + 1, rank);
                 const StepMeter meter(device);
                 const RlStepResult r = rl.run(state.step);
                 ++state.step;

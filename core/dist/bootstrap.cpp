@@ -2,8 +2,12 @@
 
 #include <mpi.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <exception>
+#include <thread>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -49,6 +53,39 @@ int64_t effective_timeout_s(const DistConfig& cfg) {
     return t;
 }
 
+namespace {
+
+// Note [Launcher death]: Open MPI starts every rank in its own process group, so when mpirun (or a node's
+// daemon) dies by SIGKILL — a launcher or node failure, a scheduler killing the launcher — nothing kills the
+// ranks: they run on unsupervised, writing checkpoints into a run directory that a restarted job may already
+// want (issue 26). Seen: orphaned ranks finishing the whole job after their mpirun was killed. A rank whose
+// parent changes has lost its launcher; it says so and exits. Polled, not PR_SET_PDEATHSIG: that signal
+// follows the death of the parent *thread* that forked us, which a launcher's helper thread can be.
+void watch_launcher(int rank) {
+    const pid_t launcher = ::getppid();
+    std::thread([launcher, rank] {
+        while (true) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));
+            if (::getppid() != launcher) {
+                const std::string line = absl::StrCat("[rank ", rank, "] the launcher (pid ", launcher,
+                                                      ") died: ending this rank (DSRL_EXIT_WITH_LAUNCHER=0 keeps it)\n");
+                (void)!::write(STDERR_FILENO, line.data(), line.size());
+                ::_exit(1);
+            }
+        }
+    }).detach();
+}
+
+// Started by a launcher (mpirun, srun, a PMIx/PMI server) rather than as a singleton from a shell.
+bool launched() {
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_STEP_ID"}) {
+        if (std::getenv(v) != nullptr) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
 Bootstrap::Bootstrap(int* argc, char*** argv) : uncaught_at_start_(std::uncaught_exceptions()) {
     int initialized = 0;
     MPI_Initialized(&initialized);
@@ -74,6 +111,7 @@ Bootstrap::Bootstrap(int* argc, char*** argv) : uncaught_at_start_(std::uncaught
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
     log::set_rank(world_rank_);
+    if (owns_mpi_ && launched() && env::get_bool("DSRL_EXIT_WITH_LAUNCHER")) watch_launcher(world_rank_);
     local_rank_ = detect_local_rank(&local_size_);
 #ifdef DSRL_WITH_CUDA
     const int num_gpus = detail::cuda_device_count();

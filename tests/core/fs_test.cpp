@@ -64,5 +64,77 @@ TEST(FsTest, AtomicWriteReplacesWholeFilesAndLeavesNothingOnFailure) {
     remove_tree(dir);
 }
 
+TEST(FsTest, TemporaryNamesAreTheWritersOwn) {
+    for (const char* name : {"latest.tmp.123", "model.safetensors.tmp.98765", "eval.json.tmp.1", ".step-00000005.tmp",
+                             ".model.tmp-Ab12Cd", ".model.tmp-Ab12Cd.old"}) {
+        EXPECT_TRUE(is_temporary_name(name)) << name;
+    }
+    for (const char* name : {"latest", "step-00000005", "metrics.jsonl", ".dsrl.lock", ".dsrl.ranks.lock", "a.tmp",
+                             "x.tmp.", "x.tmp.12a", ".tmp", "model.tmp-Ab12Cd", ".model.tmp-Ab12", "tb", ".", ".."}) {
+        EXPECT_FALSE(is_temporary_name(name)) << name;
+    }
+}
+
+TEST(FsTest, RemoveTemporariesKeepsEverythingElse) {
+    const std::string dir = make_temp_dir("dsrl_fs_test_");
+    make_dirs(join(dir, ".step-00000003.tmp/model"));
+    std::ofstream(join(dir, ".step-00000003.tmp/model/x")) << "x";
+    std::ofstream(join(dir, "latest.tmp.4242")) << "step-00000003\n";
+    std::ofstream(join(dir, "latest")) << "step-00000002\n";
+    make_dirs(join(dir, "step-00000002"));
+    EXPECT_EQ(remove_temporaries(dir), 2);
+    EXPECT_FALSE(exists(join(dir, ".step-00000003.tmp")));
+    EXPECT_FALSE(exists(join(dir, "latest.tmp.4242")));
+    EXPECT_TRUE(exists(join(dir, "latest")));
+    EXPECT_TRUE(is_dir(join(dir, "step-00000002")));
+    EXPECT_EQ(remove_temporaries(dir), 0);
+    EXPECT_EQ(remove_temporaries(join(dir, "missing")), 0);
+    remove_tree(dir);
+}
+
+TEST(FsTest, WriteFileAtomicRunsTheHookBeforeTheRename) {
+    const std::string dir = make_temp_dir("dsrl_fs_test_");
+    const std::string path = join(dir, "latest");
+    bool ran = false;
+    write_file_atomic(path, {"a"}, [&] {
+        ran = true;
+        EXPECT_FALSE(exists(path));
+        EXPECT_TRUE(exists(path + ".tmp." + std::to_string(::getpid())));
+    });
+    EXPECT_TRUE(ran);
+    EXPECT_EQ(read_file(path), "a");
+    remove_tree(dir);
+}
+
+TEST(FsTest, FileLocksConflictAcrossDescriptorsAndRecordTheHolder) {
+    const std::string dir = make_temp_dir("dsrl_fs_test_");
+    const std::string path = join(dir, ".lock");
+    FileLock a(path), b(path);
+    EXPECT_EQ(a.try_lock(FileLock::Mode::kExclusive), FileLock::Result::kAcquired);
+    a.write_content("host=h pid=1\n");
+    EXPECT_EQ(b.try_lock(FileLock::Mode::kExclusive), FileLock::Result::kBusy);
+    EXPECT_EQ(b.try_lock(FileLock::Mode::kShared), FileLock::Result::kBusy);
+    EXPECT_EQ(b.read_content(), "host=h pid=1\n");
+    a.write_content("short\n");  // replaced, not overwritten in place
+    EXPECT_EQ(b.read_content(), "short\n");
+    a.unlock();
+    EXPECT_EQ(b.try_lock(FileLock::Mode::kShared), FileLock::Result::kAcquired);
+    EXPECT_EQ(a.try_lock(FileLock::Mode::kShared), FileLock::Result::kAcquired);  // shared with shared
+    EXPECT_EQ(a.try_lock(FileLock::Mode::kExclusive), FileLock::Result::kBusy);   // b still shares it
+    EXPECT_FALSE(a.held());  // the failed conversion dropped a's shared lock
+    {
+        FileLock moved = std::move(b);  // the lock travels with the descriptor; destruction releases it
+        EXPECT_TRUE(moved.held());
+    }
+    EXPECT_EQ(a.try_lock(FileLock::Mode::kExclusive), FileLock::Result::kAcquired);
+    try {
+        FileLock bad(join(dir, "missing/.lock"));
+        FAIL() << "a lock file in a missing directory must be an error";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("missing/.lock"));
+    }
+    remove_tree(dir);
+}
+
 }  // namespace
 }  // namespace dsrl::fs

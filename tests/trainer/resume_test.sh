@@ -16,7 +16,7 @@ job=(--set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=
 run() { "$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set "run.output_dir=$1" "${@:2}"; }
 
 run "$tmp/a" >"$tmp/a.log" 2>&1 || { echo "FAIL: the uninterrupted run failed"; cat "$tmp/a.log"; exit 1; }
-DSRL_FAULT_KILL_IN_CHECKPOINT=5 run "$tmp/b" >"$tmp/b1.log" 2>&1
+DSRL_FAULT_KILL=in_checkpoint:5 run "$tmp/b" >"$tmp/b1.log" 2>&1
 rc=$?
 [ $rc -ne 0 ] || { echo "FAIL: the killed run exited 0"; cat "$tmp/b1.log"; exit 1; }
 latest=$(cat "$tmp/b/checkpoints/latest")

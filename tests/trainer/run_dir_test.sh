@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One job per run directory (issue 26), with real dsrl_train jobs on 2 MPI ranks:
+#  1. a second job on a directory a running job holds waits run.lock_wait_s, then refuses naming the holder
+#     (host and pid of the first job's rank 0), and the first job runs on untouched;
+#  2. a third job started with a long lock_wait_s waits while the first runs and starts once it is killed;
+#  3. a kill between the write of `latest.tmp.<pid>` and its rename (DSRL_FAULT_KILL=before_latest_rename)
+#     leaves the temporary file; `--resume auto` removes it with one warning and finishes the job, and nothing
+#     temporary is left in the checkpoint directory.
+# Usage: run_dir_test.sh path/to/dsrl_train MPIEXEC
+set -u
+bin=$1
+mpiexec=$2
+tmp=$(mktemp -d)
+first=""
+third=""
+cleanup() {
+    for p in $first $third; do pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 DSRL_LOG_LEVEL=info
+fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; exit 1; }
+job=(--set 'run.stages=[grpo]' --set rollout.prompts_per_step=2 --set rollout.group_size=2
+     --set rollout.max_new_tokens=8 --set trainer.eval_prompts=0 --set "run.output_dir=$tmp/run")
+
+# 1. The first job runs long (it is killed below); wait until it holds the lock (the holder is recorded).
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set trainer.total_steps=100000 \
+    --set trainer.checkpoint.every_steps=0 >"$tmp/first.log" 2>&1 &
+first=$!
+for _ in $(seq 1 600); do grep -q "pid=" "$tmp/run/.dsrl.lock" 2>/dev/null && break; sleep 0.1; done
+holder=$(cat "$tmp/run/.dsrl.lock" 2>/dev/null)
+[[ "$holder" == *pid=* ]] || fail "the first job recorded no holder in $tmp/run/.dsrl.lock"
+echo "first job holds the run directory: $holder"
+t0=$(date +%s%N)
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set trainer.total_steps=1 --set run.lock_wait_s=2 \
+    >"$tmp/second.log" 2>&1 && fail "the second job ran on a locked run directory"
+waited_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+grep -q "is in use by another dsrl job (${holder% started=*}" "$tmp/second.log" ||
+    fail "the refusal does not name the holder '${holder% started=*}'"
+grep -m1 "is in use by another dsrl job" "$tmp/second.log"
+[ "$waited_ms" -ge 2000 ] || fail "the second job gave up after ${waited_ms} ms, before run.lock_wait_s = 2 s"
+kill -0 "$first" 2>/dev/null || fail "the first job did not survive the second's attempt"
+echo "ok: the second job waited ${waited_ms} ms and was refused, naming the holder"
+
+# 2. A third job waits for the lock; killing the first job (mpirun and its ranks) lets it start.
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set trainer.total_steps=2 --set run.lock_wait_s=120 \
+    >"$tmp/third.log" 2>&1 &
+third=$!
+for _ in $(seq 1 600); do grep -q "is locked by another job" "$tmp/third.log" && break; sleep 0.1; done
+grep -q "is locked by another job" "$tmp/third.log" || fail "the third job did not report that it waits"
+pkill -9 -P "$first"
+kill -9 "$first"
+wait "$first" 2>/dev/null
+first=""
+wait "$third" || fail "the third job failed after the first was killed"
+third=""
+[ "$(cat "$tmp/run/checkpoints/latest")" = "step-00000002" ] || fail "the third job did not finish"
+echo "ok: the third job waited for the first and ran once it was killed"
+
+# 3. Killed between writing latest.tmp.<pid> and renaming it.
+rm -rf "$tmp/run"
+job3=("${job[@]}" --set trainer.total_steps=4 --set trainer.checkpoint.every_steps=1)
+DSRL_FAULT_KILL=before_latest_rename:3 "$mpiexec" --oversubscribe -np 2 "$bin" "${job3[@]}" >"$tmp/killed.log" 2>&1 &&
+    fail "the job killed before the rename of latest exited 0"
+left=$(ls "$tmp/run/checkpoints" | grep '^latest\.tmp\.')
+[ -n "$left" ] || fail "the kill left no latest.tmp.<pid> (the fault point did not fire where expected)"
+[ "$(cat "$tmp/run/checkpoints/latest")" = "step-00000002" ] || fail "latest moved although its rename never ran"
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job3[@]}" --resume auto >"$tmp/resume.log" 2>&1 || fail "the resume failed"
+[ "$(grep -c "removing .*$left" "$tmp/resume.log")" = 1 ] || fail "no single warning about $left"
+grep -m1 "removing .*$left" "$tmp/resume.log"
+leftovers=$(ls -a "$tmp/run/checkpoints" "$tmp/run" | grep -E '\.tmp($|[.-])')
+[ -z "$leftovers" ] || fail "temporary files left after the resume: $leftovers"
+[ "$(cat "$tmp/run/checkpoints/latest")" = "step-00000004" ] || fail "the resumed job did not finish"
+echo "ok: $left was removed by the resume, which finished the job"

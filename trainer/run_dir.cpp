@@ -1,0 +1,176 @@
+#include "trainer/run_dir.h"
+
+#include <unistd.h>
+
+#include <ATen/ops/tensor.h>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+#include <absl/strings/strip.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <thread>
+
+#include "core/error.h"
+#include "core/logging.h"
+
+namespace dsrl::trainer {
+namespace {
+
+constexpr const char* kJobLock = ".dsrl.lock";
+constexpr const char* kRanksLock = ".dsrl.ranks.lock";
+constexpr auto kPoll = std::chrono::milliseconds(100);
+
+// Rank 0's progress, broadcast after every poll so that all ranks leave the wait together (the other ranks
+// never sit in one long collective, which dist.timeout_s would end).
+enum Status : int32_t { kWaiting = 0, kLocked = 1, kUnsupported = 2, kTimedOut = 3 };
+
+int32_t share_status(int32_t status, const dist::Communicator& comm) {
+    if (comm.size() <= 1) return status;
+    at::Tensor t = at::tensor(std::vector<int32_t>{status});
+    comm.broadcast(t, 0);
+    return t.item<int32_t>();
+}
+
+std::string holder_of(const fs::FileLock& lock) {
+    std::string text(absl::StripAsciiWhitespace(lock.read_content()));
+    return text.empty() ? "an unknown process (the lock file is empty)" : text;
+}
+
+// Rank 0's side for one directory: a small state machine advanced by one non-blocking attempt per poll.
+class Acquirer {
+public:
+    Acquirer(const std::string& dir, const std::string& key, const std::string& holder, bool will_wait)
+        : dir_(dir),
+          key_(key),
+          holder_(holder),
+          job_(fs::join(dir, kJobLock)),
+          ranks_(fs::join(dir, kRanksLock)),
+          said_waiting_(!will_wait),
+          said_ranks_(!will_wait) {}
+
+    int32_t poll() {
+        if (!have_job_) {
+            const fs::FileLock::Result r = job_.try_lock(fs::FileLock::Mode::kExclusive);
+            if (r == fs::FileLock::Result::kUnsupported) return unsupported(job_);
+            if (r == fs::FileLock::Result::kBusy) {
+                if (!said_waiting_) {
+                    DSRL_LOG(warn) << key_ << " " << dir_ << " is locked by another job (" << holder_of(job_)
+                                   << "); waiting for it to end";
+                    said_waiting_ = true;
+                }
+                return kWaiting;
+            }
+            have_job_ = true;
+        }
+        // Every process of an earlier job holds .dsrl.ranks.lock shared until it exits.
+        const fs::FileLock::Result r = ranks_.try_lock(fs::FileLock::Mode::kExclusive);
+        if (r == fs::FileLock::Result::kUnsupported) return unsupported(ranks_);
+        if (r == fs::FileLock::Result::kBusy) {
+            if (!said_ranks_) {
+                DSRL_LOG(warn) << key_ << " " << dir_ << ": processes of an earlier job are still running there; "
+                               << "waiting for them to exit";
+                said_ranks_ = true;
+            }
+            return kWaiting;
+        }
+        ranks_.try_lock(fs::FileLock::Mode::kShared);  // this rank's own share, like every other rank's
+        job_.write_content(holder_ + "\n");
+        return kLocked;
+    }
+
+    std::string refusal(double wait_s) const {
+        if (!have_job_) {
+            return absl::StrCat(key_, ": ", dir_, " is in use by another dsrl job (", holder_of(job_), "); waited ",
+                                wait_s, " s (run.lock_wait_s). Wait for that job to end or stop it, or choose another ",
+                                key_);
+        }
+        return absl::StrCat(key_, ": processes of an earlier job still run in ", dir_, " (they hold ",
+                            ranks_.path(), "; its launcher may have died); waited ", wait_s,
+                            " s (run.lock_wait_s). Stop them (e.g. pkill -f dsrl_train), then start this job again");
+    }
+
+    fs::FileLock take_job() { return std::move(job_); }
+    fs::FileLock take_ranks() { return std::move(ranks_); }
+
+private:
+    int32_t unsupported(const fs::FileLock& lock) {
+        DSRL_LOG(warn) << key_ << " " << dir_ << ": the file system does not support flock (" << lock.error_text()
+                       << " on " << lock.path() << "): dsrl cannot keep a second job out of this directory; make "
+                       << "sure only one job uses it";
+        return kUnsupported;
+    }
+
+    std::string dir_, key_, holder_;
+    fs::FileLock job_, ranks_;
+    bool have_job_ = false;
+    bool said_waiting_, said_ranks_;  // the "waiting" warnings, once each (not at all when the job will not wait)
+};
+
+}  // namespace
+
+std::string lock_holder_text(const std::string& run_name, int ranks) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::snprintf(host, sizeof(host), "unknown");
+    const std::time_t now = std::time(nullptr);
+    std::tm utc{};
+    ::gmtime_r(&now, &utc);
+    char started[32] = {};
+    std::strftime(started, sizeof(started), "%Y-%m-%dT%H:%M:%SZ", &utc);
+    return absl::StrCat("host=", host, " pid=", ::getpid(), " started=", started, " run=", run_name, " ranks=", ranks);
+}
+
+RunDirLock RunDirLock::acquire(std::vector<Dir> dirs,
+                               double wait_s,
+                               const std::string& run_name,
+                               const dist::Communicator& comm) {
+    // One order for every job, so two jobs never end up holding one lock each.
+    std::sort(dirs.begin(), dirs.end(), [](const Dir& a, const Dir& b) { return a.path < b.path; });
+    dirs.erase(std::unique(dirs.begin(), dirs.end(), [](const Dir& a, const Dir& b) { return a.path == b.path; }),
+               dirs.end());
+    const bool root = comm.rank() == 0;
+    const std::string holder = lock_holder_text(run_name, comm.size());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
+    RunDirLock out;
+    for (const Dir& d : dirs) {
+        const std::string& dir = d.path;
+        std::unique_ptr<Acquirer> acq;
+        if (root) {
+            fs::make_dirs(dir);
+            acq = std::make_unique<Acquirer>(dir, d.key, holder, wait_s > 0);
+        }
+        int32_t status = kWaiting;
+        while (status == kWaiting) {
+            if (root) {
+                status = acq->poll();
+                if (status == kWaiting && std::chrono::steady_clock::now() >= deadline) status = kTimedOut;
+            }
+            status = share_status(status, comm);
+            if (status == kWaiting) std::this_thread::sleep_for(kPoll);
+        }
+        if (status == kTimedOut) {
+            std::string message = root ? acq->refusal(wait_s) : std::string();
+            if (comm.size() > 1) comm.broadcast_bytes(message, 0);
+            throw ConfigError(message);
+        }
+        if (status == kUnsupported) continue;
+        out.dirs_.push_back(dir);
+        if (root) {
+            out.locks_.push_back(acq->take_job());
+            out.locks_.push_back(acq->take_ranks());
+            fs::remove_temporaries(dir);  // nobody else writes here now
+        } else {
+            fs::FileLock ranks(fs::join(dir, kRanksLock));
+            if (ranks.try_lock(fs::FileLock::Mode::kShared) == fs::FileLock::Result::kAcquired) {
+                out.locks_.push_back(std::move(ranks));
+            }
+        }
+    }
+    if (comm.size() > 1) comm.barrier();
+    return out;
+}
+
+}  // namespace dsrl::trainer
