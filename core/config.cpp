@@ -28,6 +28,10 @@ void bind(Binder& b, RunConfig& c) {
             {.doc = "One job per run directory: a job whose output_dir (or checkpoint dir) is locked by another "
                     "running job waits this many seconds for it to end, then refuses to start, naming the holder.",
              .min = 0.0});
+    b.field("overwrite", c.overwrite,
+            {.doc = "A fresh start (no --resume) in a run directory holding an earlier job's checkpoints is refused "
+                    "unless this is true; then that job's checkpoints, metrics file, eval.json and tb/ are deleted "
+                    "first."});
     if (reading(b) && c.stages.empty()) b.fail("stages", "at least one stage is required");
 }
 

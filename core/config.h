@@ -34,6 +34,7 @@ struct RunConfig {
     std::string log_level = "info";
     std::string device = "auto";  ///< auto | cpu | cuda
     double lock_wait_s = 30.0;     ///< how long a job waits for another job's lock on output_dir
+    bool overwrite = false;        ///< a fresh start may delete an earlier job's checkpoints and outputs
 };
 
 struct RopeScalingConfig {

@@ -66,6 +66,22 @@ std::string make_temp_dir(const std::string& prefix) {
     return std::string(buf.data());
 }
 
+int64_t file_size(const std::string& path) {
+    struct stat st{};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : -1;
+}
+
+void truncate_file(const std::string& path, int64_t size) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fail("cannot open for truncation", path, errno);
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0 || ::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        fail("cannot truncate", path, err);
+    }
+    ::close(fd);
+}
+
 std::string join(const std::string& dir, const std::string& name) {
     if (dir.empty()) return name;
     return dir.back() == '/' ? dir + name : dir + "/" + name;

@@ -4,6 +4,7 @@
 // Errors are dsrl::Error naming the path and the system's reason.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -37,6 +38,11 @@ void write_file_atomic(const std::string& path,
 
 /// fsync of a directory (makes renames and new entries in it durable).
 void fsync_dir(const std::string& dir);
+
+/// The size of the file at `path` in bytes, -1 when it does not exist.
+int64_t file_size(const std::string& path);
+/// Cuts the file at `path` to `size` bytes and fsyncs it; dsrl::Error naming it on failure.
+void truncate_file(const std::string& path, int64_t size);
 
 /// `dir + "/" + name`, without doubling the separator.
 std::string join(const std::string& dir, const std::string& name);

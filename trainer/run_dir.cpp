@@ -8,6 +8,8 @@
 #include <absl/strings/str_format.h>
 #include <absl/strings/strip.h>
 
+#include <dirent.h>
+
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -171,6 +173,44 @@ RunDirLock RunDirLock::acquire(std::vector<Dir> dirs,
     }
     if (comm.size() > 1) comm.barrier();
     return out;
+}
+
+void prepare_fresh_start(const std::string& checkpoint_root,
+                         const std::vector<std::string>& outputs,
+                         bool overwrite,
+                         const dist::Communicator& comm) {
+    const std::string latest_path = fs::join(checkpoint_root, "latest");
+    std::string message;
+    int32_t earlier = 0;
+    if (comm.rank() == 0 && fs::exists(latest_path)) {
+        earlier = 1;
+        const std::string latest(absl::StripAsciiWhitespace(fs::read_file(latest_path)));
+        message = absl::StrCat(checkpoint_root, " holds the checkpoints of an earlier job (latest: ", latest,
+                               "); this job starts fresh (no --resume). Pass --resume auto to continue that job, "
+                               "--set run.overwrite=true to delete its checkpoints and outputs and start over, or "
+                               "choose another run.output_dir");
+    }
+    earlier = share_status(earlier, comm);
+    if (earlier == 0) return;
+    if (!overwrite) {
+        if (comm.size() > 1) comm.broadcast_bytes(message, 0);
+        throw ConfigError(message);
+    }
+    if (comm.rank() == 0) {
+        DSRL_LOG(warn) << "run.overwrite: deleting the earlier job's checkpoints in " << checkpoint_root
+                       << " and its outputs before starting fresh";
+        std::vector<std::string> doomed;
+        if (DIR* d = ::opendir(checkpoint_root.c_str())) {
+            while (const dirent* e = ::readdir(d)) {
+                const std::string name = e->d_name;
+                if (name.rfind("step-", 0) == 0 || name == "latest") doomed.push_back(fs::join(checkpoint_root, name));
+            }
+            ::closedir(d);
+        }
+        for (const std::string& p : outputs) doomed.push_back(p);
+        for (const std::string& p : doomed) fs::remove_tree(p);
+    }
+    if (comm.size() > 1) comm.barrier();
 }
 
 }  // namespace dsrl::trainer

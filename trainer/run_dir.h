@@ -48,6 +48,16 @@ private:
     std::vector<fs::FileLock> locks_;
 };
 
+/// A fresh start (no --resume) where an earlier job left checkpoints (`<checkpoint_root>/latest`): saving into
+/// them would mix two jobs' steps (and keep_last would delete the new job's first checkpoint, the oldest by
+/// number). Refused with a ConfigError naming the directory and the ways out, unless `overwrite`
+/// (run.overwrite): then rank 0 deletes the earlier checkpoints and `outputs` (metrics, eval.json, tb/) first,
+/// with a warning. Collective; call it under the run lock.
+void prepare_fresh_start(const std::string& checkpoint_root,
+                         const std::vector<std::string>& outputs,
+                         bool overwrite,
+                         const dist::Communicator& comm);
+
 /// "host=<host> pid=<pid> started=<UTC time> run=<name> ranks=<n>": what .dsrl.lock records.
 std::string lock_holder_text(const std::string& run_name, int ranks);
 

@@ -108,6 +108,16 @@ int64_t int_cursor(const std::map<std::string, std::string>& cursors, const std:
     return value;
 }
 
+// Cuts the metrics file back to `bytes` (its size when the checkpoint being resumed was written); -1 (a
+// checkpoint of an older dsrl) or a file already that short leave it as it is.
+void truncate_metrics(const std::string& path, int64_t bytes) {
+    const int64_t size = fs::file_size(path);
+    if (bytes < 0 || size <= bytes) return;
+    DSRL_LOG(warn) << path << ": dropping " << size - bytes << " bytes of rows written after the checkpoint "
+                   << "(the steps run again from it)";
+    fs::truncate_file(path, bytes);
+}
+
 // Rank 0's metrics: one JSON line per step in metrics.jsonl and, with trainer.tensorboard, TensorBoard
 // scalars "<stage>/<key>" in <output_dir>/tb (a resumed run appends a new event file; TensorBoard merges them).
 class MetricsLog {
@@ -336,6 +346,11 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     if (!job.trainer.checkpoint.dir.empty()) lock_dirs.push_back({root, "trainer.checkpoint.dir"});
     const RunDirLock run_lock = RunDirLock::acquire(lock_dirs, job.run.lock_wait_s, job.run.name, comm);
     if (rank == 0 && fs::is_dir(root)) fs::remove_temporaries(root);
+    const std::string metrics_path = fs::join(job.run.output_dir, job.trainer.metrics_file);
+    if (opt.resume.empty()) {
+        prepare_fresh_start(root, {metrics_path, fs::join(job.run.output_dir, "eval.json"),
+                                   fs::join(job.run.output_dir, "tb")}, job.run.overwrite, comm);
+    }
     if (opt.handle_signals) {
         std::signal(SIGTERM, on_signal);
         std::signal(SIGINT, on_signal);
@@ -403,12 +418,15 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                 }
             }
             if (dsa_stream) dsa_stream->restore(int_cursor(state.cursors, "tokens.dsa", 0));
+            // Rows the killed job appended after this checkpoint describe steps that are about to run again
+            // (bit for bit): drop them, so every step has one row.
+            if (rank == 0) truncate_metrics(metrics_path, int_cursor(state.cursors, "metrics_bytes", -1));
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
         }
     }
 
-    MetricsLog metrics(fs::join(job.run.output_dir, job.trainer.metrics_file),
+    MetricsLog metrics(metrics_path,
                        job.trainer.tensorboard ? fs::join(job.run.output_dir, "tb") : "", rank == 0);
     std::unique_ptr<Evaluator> evaluator;
     if (job.trainer.eval_prompts > 0) evaluator = std::make_unique<Evaluator>(job, *tok, "");
@@ -431,6 +449,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         for (const SftSource& src : sft_data) state.cursors[src.name] = cursor_of(*src.sampler);
         if (dsa_stream) state.cursors["tokens.dsa"] = std::to_string(dsa_stream->cursor());
         state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
+        if (rank == 0) state.cursors["metrics_bytes"] = std::to_string(fs::file_size(metrics_path));
         save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
                         job.trainer.checkpoint.keep_last, &comm, reference.get());
     };

@@ -25,6 +25,14 @@ latest=$(cat "$tmp/b/checkpoints/latest")
 echo "killed during the step-5 checkpoint (exit $rc); latest = $latest"
 run "$tmp/b" --resume auto >"$tmp/b2.log" 2>&1 || { echo "FAIL: the resumed run failed"; cat "$tmp/b2.log"; exit 1; }
 ls -a "$tmp/b/checkpoints" | grep -q '\.tmp' && { echo "FAIL: a .tmp directory survived the resumed run"; exit 1; }
+# One metrics row per step: rows the killed job wrote after its last checkpoint were dropped on resume.
+grep -q "metrics.jsonl: dropping .* bytes of rows written after the checkpoint" "$tmp/b2.log" ||
+    { echo "FAIL: the resume did not drop the killed job's rows after its checkpoint"; cat "$tmp/b2.log"; exit 1; }
+rows() { sed -E 's/.*"stage":"([a-z_]+)".*"step":([0-9]+).*/\1 \2/' "$1" | sort; }
+dups=$(rows "$tmp/b/metrics.jsonl" | uniq -d | tr '\n' ' ')
+[ -z "$dups" ] || { echo "FAIL: metrics.jsonl repeats steps after the resume: $dups"; exit 1; }
+[ "$(rows "$tmp/a/metrics.jsonl")" = "$(rows "$tmp/b/metrics.jsonl")" ] ||
+    { echo "FAIL: the resumed run's metrics.jsonl has other steps than the uninterrupted run's"; exit 1; }
 a="$tmp/a/checkpoints/step-00000006/model/model.safetensors"
 b="$tmp/b/checkpoints/step-00000006/model/model.safetensors"
 if cmp -s "$a" "$b"; then

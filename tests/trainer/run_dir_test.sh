@@ -5,7 +5,9 @@
 #  2. a third job started with a long lock_wait_s waits while the first runs and starts once it is killed;
 #  3. a kill between the write of `latest.tmp.<pid>` and its rename (DSRL_FAULT_KILL=before_latest_rename)
 #     leaves the temporary file; `--resume auto` removes it with one warning and finishes the job, and nothing
-#     temporary is left in the checkpoint directory.
+#     temporary is left in the checkpoint directory;
+#  4. a fresh start (no --resume) where an earlier job left checkpoints is refused, saying what to do;
+#     run.overwrite=true deletes them and starts over.
 # Usage: run_dir_test.sh path/to/dsrl_train MPIEXEC
 set -u
 bin=$1
@@ -72,3 +74,15 @@ leftovers=$(ls -a "$tmp/run/checkpoints" "$tmp/run" | grep -E '\.tmp($|[.-])')
 [ -z "$leftovers" ] || fail "temporary files left after the resume: $leftovers"
 [ "$(cat "$tmp/run/checkpoints/latest")" = "step-00000004" ] || fail "the resumed job did not finish"
 echo "ok: $left was removed by the resume, which finished the job"
+
+# 4. A fresh start (no --resume) on the earlier job's checkpoints is refused; run.overwrite=true starts over.
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job3[@]}" >"$tmp/fresh.log" 2>&1 && fail "a fresh start overwrote a job's checkpoints"
+grep -q "holds the checkpoints of an earlier job (latest: step-00000004).*--resume auto.*run.overwrite=true" "$tmp/fresh.log" ||
+    fail "the refusal of a fresh start does not say why and what to do"
+[ "$(cat "$tmp/run/checkpoints/latest")" = "step-00000004" ] || fail "the refused fresh start changed latest"
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job3[@]}" --set trainer.total_steps=2 --set run.overwrite=true \
+    >"$tmp/overwrite.log" 2>&1 || fail "run.overwrite=true did not start over"
+[ "$(ls "$tmp/run/checkpoints" | grep -c '^step-')" = 2 ] && [ "$(cat "$tmp/run/checkpoints/latest")" = step-00000002 ] ||
+    fail "run.overwrite=true left the earlier job's checkpoints: $(ls "$tmp/run/checkpoints")"
+[ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 2 ] || fail "run.overwrite=true kept the earlier metrics rows"
+echo "ok: a fresh start on an earlier job's checkpoints was refused; run.overwrite=true started over"
