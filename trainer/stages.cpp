@@ -1,0 +1,56 @@
+#include "trainer/stages.h"
+
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
+
+#include "core/error.h"
+
+namespace dsrl::trainer {
+
+std::string cursor_of(const rewards::PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
+
+void restore_cursor(rewards::PromptSampler& s, const std::string& text, const std::string& what) {
+    const std::vector<std::string> parts = absl::StrSplit(text, ':');
+    int64_t epoch = 0, position = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &epoch) || !absl::SimpleAtoi(parts[1], &position)) {
+        throw CheckpointError(absl::StrCat("checkpoint cursor '", what, "' is malformed: '", text, "'"));
+    }
+    s.restore({epoch, position});
+}
+
+void restore_cursor_if_present(rewards::PromptSampler& s,
+                               const std::map<std::string, std::string>& cursors,
+                               const std::string& key) {
+    if (const auto it = cursors.find(key); it != cursors.end()) restore_cursor(s, it->second, it->first);
+}
+
+bool uses_dsa_stages(const JobConfig& job) {
+    for (const std::string& s : job.run.stages) {
+        if (s == "indexer_warmup" || s == "sparse_train") return true;
+    }
+    return false;
+}
+
+std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const rollout::Tokenizer& tok) {
+    std::vector<std::unique_ptr<Stage>> out;
+    std::vector<std::unique_ptr<Stage>> dsa = uses_dsa_stages(ctx.job) ? make_dsa_stages(ctx, tok)
+                                                                      : std::vector<std::unique_ptr<Stage>>{};
+    for (const std::string& name : ctx.job.run.stages) {
+        if (name == "sft") {
+            out.push_back(make_sft_stage(ctx, tok));
+        } else if (name == "grpo") {
+            out.push_back(make_grpo_stage(ctx, tok));
+        } else {
+            // make_dsa_stages returned the DSA phases in run.stages order; move this name's phases over.
+            for (auto& s : dsa) {
+                if (s && (s->name() == name || (name == "indexer_warmup" && s->name() == "dense_lm"))) {
+                    out.push_back(std::move(s));
+                }
+            }
+        }
+    }
+    return out;
+}
+
+}  // namespace dsrl::trainer

@@ -1,0 +1,42 @@
+// The stages of a job (SPEC §7), each a Stage of the one stage loop (trainer/stage_loop.h):
+//   sft             supervised fine-tuning on sft.data, or on the domains' training data mixed by weight;
+//   dense_lm        the optional dense LM pre-phase of indexer_warmup (dsa.dense_lm_steps);
+//   indexer_warmup  DSA stage 1: the indexer learns the dense attention (trainer/dsa_stages.h);
+//   sparse_train    DSA stage 2: top-k sparse attention, LM loss + indexer KL;
+//   grpo            mixed RL: rollouts per domain, rewards, the GRPO update (trainer/rl_step.h), held-out
+//                   evaluation before, during and after.
+// Each stage builds and owns its data (prompt samplers, token streams) and saves its cursors in checkpoints.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rewards/prompts.h"
+#include "rollout/tokenizer.h"
+#include "trainer/stage_loop.h"
+
+namespace dsrl::trainer {
+
+/// Every stage of run.stages, in order ("indexer_warmup" is dense_lm, then indexer_warmup). Data sources are
+/// opened here, so bad data fails before any step. `ctx` and `tok` must outlive the stages.
+std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const rollout::Tokenizer& tok);
+
+std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const rollout::Tokenizer& tok);
+std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const rollout::Tokenizer& tok);
+/// The DSA phases of run.stages, sharing one token stream and one set of held-out batches.
+std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const rollout::Tokenizer& tok);
+
+/// True when run.stages has indexer_warmup or sparse_train.
+bool uses_dsa_stages(const JobConfig& job);
+
+/// A prompt sampler's position as a checkpoint cursor ("epoch:position") and back; a malformed cursor is a
+/// CheckpointError naming `what`.
+std::string cursor_of(const rewards::PromptSampler& s);
+void restore_cursor(rewards::PromptSampler& s, const std::string& text, const std::string& what);
+/// Restores `s` from cursors[key] when the checkpoint has it.
+void restore_cursor_if_present(rewards::PromptSampler& s,
+                               const std::map<std::string, std::string>& cursors,
+                               const std::string& key);
+
+}  // namespace dsrl::trainer
