@@ -30,7 +30,7 @@ struct Result {
     int64_t tokens = 0, all_tokens = 0;
 };
 
-Result run_once(const dsrl::dsa::Model& m, const dsrl::rollout::Tokenizer& tok, int64_t batch, int64_t new_tokens,
+Result run_once(const dsrl::dsa::Model& m, const dsrl::text::Tokenizer& tok, int64_t batch, int64_t new_tokens,
                 double top_p) {
     std::vector<dsrl::rollout::GenerationRequest> reqs;
     at::Generator gen = dsrl::rng::make_cpu_generator(batch);
@@ -86,7 +86,7 @@ int run(int argc, char** argv) {
             t.tensor->copy_(at::empty(t.tensor->sizes(), at::kFloat).normal_(0.0, scale, gen));
         }
     }
-    const dsrl::rollout::ByteTokenizer tok(vocab);
+    const dsrl::text::ByteTokenizer tok(vocab);
     std::printf("dsrl_bench_rollout: device %s, model %ld layers (%ld MoE, %ld experts top-%ld), vocab %ld, prompt 32 "
                 "tokens, %ld new tokens per sample, temperature 1\n",
                 device.c_str(), long(c.num_hidden_layers), long(c.num_hidden_layers - c.first_k_dense_replace),

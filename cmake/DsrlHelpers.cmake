@@ -64,6 +64,22 @@ function(dsrl_add_library folder)
     target_link_libraries(${target} PUBLIC CUDA::cudart)
   endif()
   _dsrl_use_pch(${target})
+  # Record the direct dsrl dependencies for the architecture test (docs/architecture.md must draw the same DAG).
+  set(_dsrl_deps "")
+  foreach(_d IN LISTS ARG_DEPS)
+    if(_d MATCHES "^dsrl::(.+)$")
+      list(APPEND _dsrl_deps ${CMAKE_MATCH_1})
+    endif()
+  endforeach()
+  list(JOIN _dsrl_deps "," _dsrl_deps)
+  set_property(GLOBAL APPEND PROPERTY DSRL_LIBRARY_DAG "${folder}:${_dsrl_deps}")
+endfunction()
+
+# dsrl_write_library_dag(<file>): one line "<library>:<dep>,<dep>" per dsrl library (call after all of them).
+function(dsrl_write_library_dag file)
+  get_property(_dag GLOBAL PROPERTY DSRL_LIBRARY_DAG)
+  list(JOIN _dag "\n" _text)
+  file(WRITE ${file} "${_text}\n")
 endfunction()
 
 # dsrl_add_executable(<name> SRCS ... DEPS ...): a binary in build/bin.

@@ -241,7 +241,7 @@ void bind(Binder& b, SftConfig& c) {
 void bind(Binder& b, DsaTrainConfig& c) {
     b.field("data", c.data,
             {.doc = "Token stream of both DSA stages: synthetic:retrieval[?keys=K&seed=S] (a key->value dictionary, "
-                    "then a chain of lookups; trainer/token_data.h), or a JSONL file of {\"text\": ...} rows, "
+                    "then a chain of lookups; data/token_data.h), or a JSONL file of {\"text\": ...} rows, "
                     "tokenized with the job tokenizer and packed into seq_len windows."});
     b.field("seq_len", c.seq_len, {.doc = "Tokens per training sequence.", .min = 2});
     b.field("batch_size", c.batch_size, {.doc = "Sequences per rank and optimizer step.", .min = 1});

@@ -7,7 +7,6 @@
 #include <regex>
 
 #include "core/error.h"
-#include "rollout/generator.h"
 
 namespace dsrl::rewards {
 
@@ -19,9 +18,8 @@ const std::string& default_judge_template() {
     return t;
 }
 
-GenerativeJudge::GenerativeJudge(std::shared_ptr<const dsa::Model> model,
-                                 std::shared_ptr<const rollout::Tokenizer> tokenizer, JudgeOptions opt)
-    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), opt_(std::move(opt)) {
+GenerativeJudge::GenerativeJudge(std::shared_ptr<JudgeBackend> backend, JudgeOptions opt)
+    : backend_(std::move(backend)), opt_(std::move(opt)) {
     if (opt_.prompt_template.empty()) opt_.prompt_template = default_judge_template();
     if (!(opt_.max_score > opt_.min_score)) {
         throw ConfigError(absl::StrCat("reward module 'judge': max_score (", opt_.max_score, ") must exceed min_score (",
@@ -48,35 +46,23 @@ std::string GenerativeJudge::render(const RewardInput& in) const {
 
 std::vector<RewardResult> GenerativeJudge::score(const std::vector<RewardInput>& batch) {
     std::vector<RewardResult> out(batch.size());
-    std::vector<rollout::GenerationRequest> reqs;
+    std::vector<std::string> prompts;
     std::vector<size_t> which;
-    const int64_t context = model_->config().max_position_embeddings;
     for (size_t i = 0; i < batch.size(); ++i) {
         if (opt_.require_rubric && !batch[i].meta.count("rubric")) {
             out[i] = RewardResult::failure("judge: the sample has no rubric (meta 'rubric')");
             continue;
         }
-        const std::vector<int64_t> ids = tokenizer_->encode(render(batch[i]));
-        std::vector<int32_t> prompt{static_cast<int32_t>(tokenizer_->bos_id())};
-        // Keep the end of an over-long judge prompt (the instruction and "Score:" are last).
-        const int64_t room = context - opt_.max_new_tokens - 1;
-        if (room < 1) throw ConfigError("reward module 'judge': max_new_tokens leaves no room for the prompt");
-        const size_t start = ids.size() > static_cast<size_t>(room) ? ids.size() - static_cast<size_t>(room) : 0;
-        for (size_t k = start; k < ids.size(); ++k) prompt.push_back(static_cast<int32_t>(ids[k]));
-        reqs.push_back({batch[i].domain, batch[i].prompt_id, 0, 0, std::move(prompt)});
+        prompts.push_back(render(batch[i]));
         which.push_back(i);
     }
-    if (reqs.empty()) return out;
-    rollout::GenerateOptions gopt{.sampling = {.temperature = 0.0},
-                                  .max_new_tokens = opt_.max_new_tokens,
-                                  .max_batch_size = opt_.max_batch_size,
-                                  .record_kept = false,
-                                  .record_routes = false};
-    const std::vector<rollout::Sample> samples = rollout::generate(*model_, *tokenizer_, reqs, gopt);
+    if (prompts.empty()) return out;
+    const std::vector<std::string> texts = backend_->generate(prompts, opt_.max_new_tokens, opt_.max_batch_size);
+    DSRL_INTERNAL_ASSERT(texts.size() == prompts.size(), "judge backend returned ", texts.size(), " completions for ",
+                         prompts.size(), " prompts");
     const std::regex re(opt_.score_pattern);
-    for (size_t j = 0; j < samples.size(); ++j) {
-        const std::string text =
-            tokenizer_->decode(std::vector<int64_t>(samples[j].response.begin(), samples[j].response.end()));
+    for (size_t j = 0; j < texts.size(); ++j) {
+        const std::string& text = texts[j];
         std::smatch m;
         double s = 0;
         RewardResult& r = out[which[j]];
@@ -93,10 +79,10 @@ std::vector<RewardResult> GenerativeJudge::score(const std::vector<RewardInput>&
     return out;
 }
 
-void register_judge(Registry& reg) {
+void register_judge(Registry& reg, JudgeBackendFactory open) {
     if (reg.contains("judge")) return;
-    reg.add("judge", "generative reward model: a dsrl checkpoint grades the response against the rubric",
-            [](const Params& p) -> std::unique_ptr<RewardModule> {
+    reg.add("judge", "generative reward model: an LLM grades the response against the rubric",
+            [open = std::move(open)](const Params& p) -> std::unique_ptr<RewardModule> {
                 const std::string path = p.str("model", "");
                 if (path.empty()) throw ConfigError("reward module 'judge': param 'model' (a checkpoint directory) is required");
                 JudgeOptions o;
@@ -114,9 +100,7 @@ void register_judge(Registry& reg) {
                 if (o.max_new_tokens < 1 || o.max_batch_size < 1) {
                     throw ConfigError("reward module 'judge': max_new_tokens and max_batch_size must be >= 1");
                 }
-                auto model = std::make_shared<const dsa::Model>(dsa::Model::load(path, ModelConfig{}, c10::Device(device)));
-                std::shared_ptr<const rollout::Tokenizer> tok = rollout::make_tokenizer(model->config());
-                return std::make_unique<GenerativeJudge>(std::move(model), std::move(tok), std::move(o));
+                return std::make_unique<GenerativeJudge>(open(path, device), std::move(o));
             });
 }
 

@@ -13,7 +13,6 @@
 
 #include "core/error.h"
 #include "core/logging.h"
-#include "rewards/judge.h"
 
 namespace dsrl::rewards {
 namespace {
@@ -99,8 +98,7 @@ void Params::check_all_used() const {
 Registry& Registry::global() {
     static Registry* reg = [] {
         auto* r = new Registry();
-        register_builtins(*r);
-        register_judge(*r);
+        register_builtins(*r);  // `judge` needs a model: the trainer registers it (trainer/judge_backend.h)
         return r;
     }();
     return *reg;

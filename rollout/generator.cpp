@@ -36,7 +36,7 @@ struct Row {
     bool finished = false;
 };
 
-bool ends_with_stop(const Tokenizer& tok, const std::vector<int32_t>& response, const std::vector<std::string>& stop,
+bool ends_with_stop(const text::Tokenizer& tok, const std::vector<int32_t>& response, const std::vector<std::string>& stop,
                     size_t longest_stop) {
     if (stop.empty()) return false;
     // Decode a tail long enough for any stop string (a token is at least one byte).
@@ -49,7 +49,7 @@ bool ends_with_stop(const Tokenizer& tok, const std::vector<int32_t>& response, 
     return false;
 }
 
-void generate_batch(const dsa::Model& model, const Tokenizer& tok, std::vector<Row>& rows, const GenerateOptions& opt,
+void generate_batch(const dsa::Model& model, const text::Tokenizer& tok, std::vector<Row>& rows, const GenerateOptions& opt,
                     GenerationStats& stats) {
     const ModelConfig& cfg = model.config();
     const int64_t batch = static_cast<int64_t>(rows.size());
@@ -160,7 +160,7 @@ uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index
 }
 
 std::vector<Sample> generate(const dsa::Model& model,
-                             const Tokenizer& tokenizer,
+                             const text::Tokenizer& tokenizer,
                              const std::vector<GenerationRequest>& requests,
                              const GenerateOptions& opt,
                              GenerationStats* stats_out) {
@@ -227,7 +227,7 @@ std::vector<Sample> generate(const dsa::Model& model,
 }
 
 std::vector<SampleGroup> generate_groups(const dsa::Model& model,
-                                         const Tokenizer& tokenizer,
+                                         const text::Tokenizer& tokenizer,
                                          const std::vector<Prompt>& prompts,
                                          int64_t group_size,
                                          const GenerateOptions& opt,

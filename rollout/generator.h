@@ -19,7 +19,7 @@
 #include "dsa/model.h"
 #include "rollout/record.h"
 #include "rollout/sampling.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace dsrl::rollout {
 
@@ -53,7 +53,7 @@ struct GenerationStats {
 
 /// Generates one sample per request, in request order.
 std::vector<Sample> generate(const dsa::Model& model,
-                             const Tokenizer& tokenizer,
+                             const text::Tokenizer& tokenizer,
                              const std::vector<GenerationRequest>& requests,
                              const GenerateOptions& opt,
                              GenerationStats* stats = nullptr);
@@ -69,7 +69,7 @@ uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index
 
 /// G samples per prompt, grouped; samples of one prompt may share batches with any other.
 std::vector<SampleGroup> generate_groups(const dsa::Model& model,
-                                         const Tokenizer& tokenizer,
+                                         const text::Tokenizer& tokenizer,
                                          const std::vector<Prompt>& prompts,
                                          int64_t group_size,
                                          const GenerateOptions& opt,

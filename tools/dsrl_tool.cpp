@@ -37,7 +37,7 @@
 #include "grpo/loss.h"
 #include "core/config.h"
 #include "rollout/record.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace {
 
@@ -176,7 +176,7 @@ int forward(const std::map<std::string, std::string>& flags) {
 }
 
 void print_sample(const dsrl::rollout::Sample& s, bool tokens) {
-    using dsrl::rollout::ByteTokenizer;
+    using dsrl::text::ByteTokenizer;
     const size_t n = s.response.size();
     std::cout << absl::StrFormat(
         "  sample %d: finish %s, policy version %d, prompt %d tokens, response %d tokens, reward %g, seed %d\n",

@@ -8,7 +8,7 @@
 
 #include "trainer/dsa_stages.h"
 #include "trainer/stages.h"
-#include "trainer/token_data.h"
+#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -18,21 +18,21 @@ using Clock = std::chrono::steady_clock;
 // The DSA phases' token stream and held-out batches: a synthetic task draws them from another seed; a file keeps
 // its first eval_batches·batch_size·world windows for evaluation and trains on the rest.
 struct DsaData {
-    std::unique_ptr<TokenStream> stream;
-    std::vector<TokenBatch> eval_batches;
+    std::unique_ptr<data::TokenStream> stream;
+    std::vector<data::TokenBatch> eval_batches;
 
-    DsaData(const JobConfig& job, const rollout::Tokenizer& tok, const dist::Communicator& comm) {
+    DsaData(const JobConfig& job, const text::Tokenizer& tok, const dist::Communicator& comm) {
         const bool synthetic = job.dsa.data.rfind("synthetic:", 0) == 0;
-        auto src = make_token_source(job.dsa.data, job.dsa.seq_len, tok, "");
+        auto src = data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "");
         const int64_t held_out = synthetic ? 0 : job.dsa.eval_batches * job.dsa.batch_size * comm.size();
-        TokenStream eval_stream(synthetic ? make_token_source(job.dsa.data, job.dsa.seq_len, tok, "", 1000003) : src,
+        data::TokenStream eval_stream(synthetic ? data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "", 1000003) : src,
                                 comm.rank(), comm.size());
         for (int64_t i = 0; i < job.dsa.eval_batches; ++i) eval_batches.push_back(eval_stream.next(job.dsa.batch_size));
-        stream = std::make_unique<TokenStream>(src, comm.rank(), comm.size(), held_out);
+        stream = std::make_unique<data::TokenStream>(src, comm.rank(), comm.size(), held_out);
     }
 };
 
-using DsaStepFn = std::map<std::string, double> (*)(dsa::Model&, AdamW&, const TokenBatch&, const JobConfig&,
+using DsaStepFn = std::map<std::string, double> (*)(dsa::Model&, AdamW&, const data::TokenBatch&, const JobConfig&,
                                                     const dist::Communicator*, double);
 
 class DsaStage final : public Stage {
@@ -49,7 +49,7 @@ public:
         if (with_eval_) evaluate(false);
     }
     StepOutput step(int64_t step) override {
-        const TokenBatch batch = data_->stream->next(ctx_.job.dsa.batch_size);
+        const data::TokenBatch batch = data_->stream->next(ctx_.job.dsa.batch_size);
         batch_tokens_ = static_cast<double>(batch.input_ids.numel());
         StepOutput out;
         out.metrics = fn_(ctx_.policy, ctx_.optimizer, batch, ctx_.job, &ctx_.comm,
@@ -105,7 +105,7 @@ private:
 
 }  // namespace
 
-std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const rollout::Tokenizer& tok) {
+std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text::Tokenizer& tok) {
     const JobConfig& job = ctx.job;
     auto data = std::make_shared<DsaData>(job, tok, ctx.comm);
     std::vector<std::unique_ptr<Stage>> out;

@@ -43,7 +43,7 @@ private:
     std::vector<Param> params_;
 };
 
-dsa::ForwardInput input_of(const TokenBatch& b, const dsa::Model& model) {
+dsa::ForwardInput input_of(const data::TokenBatch& b, const dsa::Model& model) {
     return {.input_ids = b.input_ids.to(model.device())};
 }
 
@@ -80,7 +80,7 @@ double dsa_lr_factor(const OptimizerConfig& c, int64_t step, int64_t total) {
 
 bool is_indexer_param(const std::string& name) { return name.find(".self_attn.indexer.") != std::string::npos; }
 
-std::pair<at::Tensor, int64_t> masked_nll_sum(const at::Tensor& logits, const TokenBatch& batch) {
+std::pair<at::Tensor, int64_t> masked_nll_sum(const at::Tensor& logits, const data::TokenBatch& batch) {
     const int64_t L = logits.size(1);
     const at::Tensor ids = batch.input_ids.to(logits.device());
     const at::Tensor mask = batch.loss_mask.to(logits.device()).narrow(1, 0, L - 1);
@@ -89,7 +89,7 @@ std::pair<at::Tensor, int64_t> masked_nll_sum(const at::Tensor& logits, const To
     return {(nll * mask.to(nll.scalar_type())).sum(), mask.sum().item<int64_t>()};
 }
 
-std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt, const TokenBatch& batch,
+std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
                                                   const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
@@ -116,7 +116,7 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt,
     return m;
 }
 
-std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, const TokenBatch& batch,
+std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
                                                 const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     const double lr = lr_factor * job.dsa.lr;
@@ -148,7 +148,7 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, c
     return m;
 }
 
-std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const TokenBatch& batch,
+std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
                                             const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
@@ -165,14 +165,14 @@ std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const
     return m;
 }
 
-std::map<std::string, double> dsa_evaluate(const dsa::Model& model, const std::vector<TokenBatch>& batches,
+std::map<std::string, double> dsa_evaluate(const dsa::Model& model, const std::vector<data::TokenBatch>& batches,
                                            const JobConfig& job, const dist::Communicator* comm) {
     at::NoGradGuard no_grad;
     const int64_t layers = model.config().num_hidden_layers;
     // [nll dense, nll sparse, target count, queries, recall·queries per layer, oracle recall·queries per layer]
     std::vector<double> sums(static_cast<size_t>(4 + 2 * layers), 0.0);
     const int64_t k = model.config().index_topk;
-    for (const TokenBatch& b : batches) {
+    for (const data::TokenBatch& b : batches) {
         const dsa::ForwardOutput dense = model.forward(
             input_of(b, model), {.return_topk = true, .return_attention = true, .path = dsa::AttentionPath::kDense});
         const auto [nll_d, count] = masked_nll_sum(dense.logits, b);

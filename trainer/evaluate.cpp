@@ -17,13 +17,13 @@ std::string eval_data_spec(const DomainConfig& d) {
     return absl::StrCat(spec, spec.find('?') == std::string::npos ? "?" : "&", "seed=1000003");
 }
 
-Evaluator::Evaluator(const JobConfig& job, const rollout::Tokenizer& tokenizer, const std::string& base_dir)
+Evaluator::Evaluator(const JobConfig& job, const text::Tokenizer& tokenizer, const std::string& base_dir)
     : job_(job), tokenizer_(tokenizer) {
     for (const DomainConfig& d : job.domains) {
         Domain e;
         e.name = d.name;
         e.verifier = d.rewards.empty() ? "" : d.rewards.front().module;
-        e.source = rewards::make_prompt_source(eval_data_spec(d), d.name, base_dir);
+        e.source = data::make_prompt_source(eval_data_spec(d), d.name, base_dir);
         e.reward = std::make_shared<rewards::DomainReward>(
             rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
         domains_.push_back(std::move(e));
@@ -39,9 +39,9 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
         int64_t n = job_.trainer.eval_prompts;
         if (d.source->size() >= 0) n = std::min<int64_t>(n, d.source->size());
         std::vector<rollout::GenerationRequest> requests;
-        std::vector<rewards::PromptItem> items;
+        std::vector<data::PromptItem> items;
         for (int64_t i = rank; i < n; i += world) {
-            rewards::PromptItem item = d.source->get(i);
+            data::PromptItem item = d.source->get(i);
             const std::vector<int64_t> toks = tokenizer_.apply_chat({{"user", item.prompt}}, true);
             requests.push_back({.domain = d.name,
                                 .prompt_id = i,

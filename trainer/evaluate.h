@@ -19,16 +19,16 @@
 #include "core/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 #include "rewards/reward.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace dsrl::trainer {
 
 class Evaluator {
 public:
     /// Builds each domain's eval source and reward modules (plugins must be loaded first).
-    Evaluator(const JobConfig& job, const rollout::Tokenizer& tokenizer, const std::string& base_dir);
+    Evaluator(const JobConfig& job, const text::Tokenizer& tokenizer, const std::string& base_dir);
     /// Greedy generation + scoring; keys "accuracy/<domain>", "eval_reward/<domain>", "eval_failed".
     std::map<std::string, double> run(const dsa::Model& policy, const dist::Communicator* comm);
 
@@ -36,11 +36,11 @@ private:
     struct Domain {
         std::string name;
         std::string verifier;  ///< the first reward term's module
-        std::shared_ptr<const rewards::PromptSource> source;
+        std::shared_ptr<const data::PromptSource> source;
         std::shared_ptr<rewards::DomainReward> reward;
     };
     const JobConfig& job_;
-    const rollout::Tokenizer& tokenizer_;
+    const text::Tokenizer& tokenizer_;
     std::vector<Domain> domains_;
 };
 

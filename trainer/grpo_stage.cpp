@@ -41,7 +41,7 @@ dsa::Model clone_model(const dsa::Model& m, c10::Device device) {
 
 class GrpoStage final : public Stage {
 public:
-    GrpoStage(JobContext& ctx, const rollout::Tokenizer& tok)
+    GrpoStage(JobContext& ctx, const text::Tokenizer& tok)
         : ctx_(ctx), tok_(tok), domains_(build_domains(ctx.job, "")) {}
 
     std::string name() const override { return "grpo"; }
@@ -159,7 +159,7 @@ private:
     }
 
     JobContext& ctx_;
-    const rollout::Tokenizer& tok_;
+    const text::Tokenizer& tok_;
     std::vector<DomainRuntime> domains_;
     std::unique_ptr<Evaluator> evaluator_;
     std::unique_ptr<RlStep> rl_;
@@ -167,7 +167,7 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const rollout::Tokenizer& tok) {
+std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const text::Tokenizer& tok) {
     return std::make_unique<GrpoStage>(ctx, tok);
 }
 

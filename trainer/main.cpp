@@ -7,9 +7,10 @@
 #include "core/logging.h"
 #include "core/main_guard.h"
 #include "rewards/plugin.h"
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 #include "rewards/reward.h"
 #include "trainer/cli.h"
+#include "trainer/judge_backend.h"
 #include "trainer/train.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
@@ -42,6 +43,7 @@ int run(int argc, char** argv) {
     // Start-up checks that need more than the YAML: reward plugins load (ABI checked), then check_job (stages
     // and options this build runs, reward modules and params, data files).
     dsrl::rewards::Registry& registry = dsrl::rewards::Registry::global();
+    dsrl::trainer::register_model_judge(registry);  // `judge`: rewards/ knows no model, the trainer injects it
     dsrl::rewards::load_plugins(cfg.rewards.plugins, "", registry);
     dsrl::trainer::check_job(cfg);
     if (opt.check) {

@@ -27,7 +27,7 @@ std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string
         r.name = d.name;
         r.weight = d.weight;
         r.beta = d.beta;
-        r.sampler = std::make_shared<rewards::PromptSampler>(rewards::make_prompt_source(d.data, d.name, base_dir),
+        r.sampler = std::make_shared<data::PromptSampler>(data::make_prompt_source(d.data, d.name, base_dir),
                                                              rng::derive_seed(job.run.seed, 0, "prompts." + d.name));
         r.reward = std::make_shared<rewards::DomainReward>(
             rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
@@ -63,7 +63,7 @@ void average_gradients(const std::vector<Param>& params, const dist::Communicato
 }
 
 RlStep::RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference,
-               const rollout::Tokenizer& tokenizer, std::vector<DomainRuntime>& domains, AdamW& optimizer,
+               const text::Tokenizer& tokenizer, std::vector<DomainRuntime>& domains, AdamW& optimizer,
                const dist::Communicator* comm)
     : job_(job), policy_(policy), reference_(reference), tokenizer_(tokenizer), domains_(domains),
       optimizer_(optimizer), comm_(comm) {}
@@ -80,7 +80,7 @@ RlStepResult RlStep::run(int64_t step) {
     for (const DomainRuntime& d : domains_) total_weight += d.weight;
     uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
     std::vector<rollout::Prompt> prompts;
-    std::map<int64_t, rewards::PromptItem> items;  // by prompt id
+    std::map<int64_t, data::PromptItem> items;  // by prompt id
     std::map<std::string, const DomainRuntime*> by_name;
     const int64_t first = rank * ro.prompts_per_step, end = first + ro.prompts_per_step;
     for (int64_t i = 0; i < world * ro.prompts_per_step; ++i) {
@@ -94,7 +94,7 @@ RlStepResult RlStep::run(int64_t step) {
             }
             x -= d.weight;
         }
-        rewards::PromptItem item = chosen->sampler->next();
+        data::PromptItem item = chosen->sampler->next();
         if (i < first || i >= end) continue;  // another rank's slot
         // Prompt ids unique within the job: (step, global slot).
         const int64_t id = step * 100000007 + i;
@@ -124,7 +124,7 @@ RlStepResult RlStep::run(int64_t step) {
     for (auto& [name, samples] : per_domain) {
         std::vector<rewards::RewardInput> inputs;
         for (const rollout::Sample* s : samples) {
-            const rewards::PromptItem& item = items.at(s->prompt_id);
+            const data::PromptItem& item = items.at(s->prompt_id);
             inputs.push_back({.domain = name,
                               .prompt_id = s->prompt_id,
                               .prompt = item.prompt,

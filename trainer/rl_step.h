@@ -16,10 +16,10 @@
 #include "core/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 #include "rewards/reward.h"
 #include "rollout/record.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 #include "trainer/optimizer.h"
 
 namespace dsrl::trainer {
@@ -28,7 +28,7 @@ struct DomainRuntime {
     std::string name;
     double weight = 1.0;
     double beta = 0.0;
-    std::shared_ptr<rewards::PromptSampler> sampler;
+    std::shared_ptr<data::PromptSampler> sampler;
     std::shared_ptr<rewards::DomainReward> reward;
 };
 
@@ -46,7 +46,7 @@ struct RlStepResult {
 
 class RlStep {
 public:
-    RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference, const rollout::Tokenizer& tokenizer,
+    RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference, const text::Tokenizer& tokenizer,
            std::vector<DomainRuntime>& domains, AdamW& optimizer, const dist::Communicator* comm);
     /// Runs RL step `step` (0-based) of job.trainer.total_steps.
     RlStepResult run(int64_t step);
@@ -55,7 +55,7 @@ private:
     const JobConfig& job_;
     dsa::Model& policy_;
     const dsa::Model* reference_;
-    const rollout::Tokenizer& tokenizer_;
+    const text::Tokenizer& tokenizer_;
     std::vector<DomainRuntime>& domains_;
     AdamW& optimizer_;
     const dist::Communicator* comm_;

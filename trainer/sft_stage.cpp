@@ -23,7 +23,7 @@ struct SftSource {
     std::string name;  // cursor key
     double weight = 1.0;
     std::string spec;
-    std::unique_ptr<rewards::PromptSampler> sampler;
+    std::unique_ptr<data::PromptSampler> sampler;
 };
 
 // Seeded by the job alone: every rank holds the same streams and draws the whole global batch (next_sft_item).
@@ -31,7 +31,7 @@ std::vector<SftSource> sft_sources(const JobConfig& job) {
     std::vector<SftSource> out;
     const auto add = [&](const std::string& key, double weight, const std::string& spec, const std::string& domain) {
         out.push_back({key, weight, spec,
-                       std::make_unique<rewards::PromptSampler>(rewards::make_prompt_source(spec, domain, ""),
+                       std::make_unique<data::PromptSampler>(data::make_prompt_source(spec, domain, ""),
                                                                 rng::derive_seed(job.run.seed, 0, key))});
     };
     if (!job.sft.data.empty()) {
@@ -43,7 +43,7 @@ std::vector<SftSource> sft_sources(const JobConfig& job) {
 }
 
 // The next SFT item of step `step`, global slot `slot`: the source is drawn by weight, deterministically.
-rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int64_t step, int64_t slot,
+data::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int64_t step, int64_t slot,
                                   std::string* spec) {
     double total = 0;
     for (const SftSource& s : sources) total += s.weight;
@@ -62,7 +62,7 @@ rewards::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConf
     return chosen->sampler->next();
 }
 
-std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const rollout::Tokenizer& tok,
+std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text::Tokenizer& tok,
                                        std::vector<SftSource>& sources, int64_t step, const JobConfig& job,
                                        const dist::Communicator& comm) {
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
@@ -71,7 +71,7 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
     std::vector<rollout::Sample> samples(static_cast<size_t>(per_rank));
     for (int64_t g = 0; g < comm.size() * per_rank; ++g) {
         std::string spec;
-        const rewards::PromptItem item = next_sft_item(sources, job, step, g, &spec);
+        const data::PromptItem item = next_sft_item(sources, job, step, g, &spec);
         if (g / per_rank != comm.rank()) continue;
         rollout::Sample& s = samples[static_cast<size_t>(g % per_rank)];
         std::string target;
@@ -115,7 +115,7 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const roll
 
 class SftStage final : public Stage {
 public:
-    SftStage(JobContext& ctx, const rollout::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_sources(ctx.job)) {}
+    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_sources(ctx.job)) {}
 
     std::string name() const override { return "sft"; }
     int64_t total_steps() const override { return ctx_.job.sft.steps; }
@@ -144,13 +144,13 @@ public:
 
 private:
     JobContext& ctx_;
-    const rollout::Tokenizer& tok_;
+    const text::Tokenizer& tok_;
     std::vector<SftSource> sources_;
 };
 
 }  // namespace
 
-std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const rollout::Tokenizer& tok) {
+std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const text::Tokenizer& tok) {
     return std::make_unique<SftStage>(ctx, tok);
 }
 

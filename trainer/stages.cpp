@@ -8,9 +8,9 @@
 
 namespace dsrl::trainer {
 
-std::string cursor_of(const rewards::PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
+std::string cursor_of(const data::PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
 
-void restore_cursor(rewards::PromptSampler& s, const std::string& text, const std::string& what) {
+void restore_cursor(data::PromptSampler& s, const std::string& text, const std::string& what) {
     const std::vector<std::string> parts = absl::StrSplit(text, ':');
     int64_t epoch = 0, position = 0;
     if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &epoch) || !absl::SimpleAtoi(parts[1], &position)) {
@@ -19,7 +19,7 @@ void restore_cursor(rewards::PromptSampler& s, const std::string& text, const st
     s.restore({epoch, position});
 }
 
-void restore_cursor_if_present(rewards::PromptSampler& s,
+void restore_cursor_if_present(data::PromptSampler& s,
                                const std::map<std::string, std::string>& cursors,
                                const std::string& key) {
     if (const auto it = cursors.find(key); it != cursors.end()) restore_cursor(s, it->second, it->first);
@@ -32,7 +32,7 @@ bool uses_dsa_stages(const JobConfig& job) {
     return false;
 }
 
-std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const rollout::Tokenizer& tok) {
+std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const text::Tokenizer& tok) {
     std::vector<std::unique_ptr<Stage>> out;
     std::vector<std::unique_ptr<Stage>> dsa = uses_dsa_stages(ctx.job) ? make_dsa_stages(ctx, tok)
                                                                       : std::vector<std::unique_ptr<Stage>>{};

@@ -12,30 +12,30 @@
 #include <string>
 #include <vector>
 
-#include "rewards/prompts.h"
-#include "rollout/tokenizer.h"
+#include "data/prompts.h"
+#include "text/tokenizer.h"
 #include "trainer/stage_loop.h"
 
 namespace dsrl::trainer {
 
 /// Every stage of run.stages, in order ("indexer_warmup" is dense_lm, then indexer_warmup). Data sources are
 /// opened here, so bad data fails before any step. `ctx` and `tok` must outlive the stages.
-std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const rollout::Tokenizer& tok);
+std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const text::Tokenizer& tok);
 
-std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const rollout::Tokenizer& tok);
-std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const rollout::Tokenizer& tok);
+std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const text::Tokenizer& tok);
+std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const text::Tokenizer& tok);
 /// The DSA phases of run.stages, sharing one token stream and one set of held-out batches.
-std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const rollout::Tokenizer& tok);
+std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text::Tokenizer& tok);
 
 /// True when run.stages has indexer_warmup or sparse_train.
 bool uses_dsa_stages(const JobConfig& job);
 
 /// A prompt sampler's position as a checkpoint cursor ("epoch:position") and back; a malformed cursor is a
 /// CheckpointError naming `what`.
-std::string cursor_of(const rewards::PromptSampler& s);
-void restore_cursor(rewards::PromptSampler& s, const std::string& text, const std::string& what);
+std::string cursor_of(const data::PromptSampler& s);
+void restore_cursor(data::PromptSampler& s, const std::string& text, const std::string& what);
 /// Restores `s` from cursors[key] when the checkpoint has it.
-void restore_cursor_if_present(rewards::PromptSampler& s,
+void restore_cursor_if_present(data::PromptSampler& s,
                                const std::map<std::string, std::string>& cursors,
                                const std::string& key);
 

@@ -16,15 +16,15 @@
 #include "core/rng.h"
 #include "dsa/model.h"
 #include "dsa/sparse_attention.h"
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 #include "rewards/reward.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_dir.h"
 #include "trainer/stage_loop.h"
 #include "trainer/stages.h"
-#include "trainer/token_data.h"
+#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -70,11 +70,11 @@ void check_job(const JobConfig& job) {
     const rewards::Registry& registry = rewards::Registry::global();
     for (const DomainConfig& d : job.domains) {
         rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
-        rewards::make_prompt_source(d.data, d.name, "");
-        if (!d.eval_data.empty()) rewards::make_prompt_source(d.eval_data, d.name, "");
+        data::make_prompt_source(d.data, d.name, "");
+        if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "");
     }
-    if (!job.sft.data.empty()) rewards::make_prompt_source(job.sft.data, "sft", "");
-    if (uses_dsa_stages(job)) make_token_source(job.dsa.data, job.dsa.seq_len, *rollout::make_tokenizer(job.model), "");
+    if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "");
+    if (uses_dsa_stages(job)) data::make_token_source(job.dsa.data, job.dsa.seq_len, *text::make_tokenizer(job.model), "");
 }
 
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
@@ -111,7 +111,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
     AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
-    const std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(policy.config());
+    const std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(policy.config());
     TrainingState state;
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;

@@ -45,7 +45,7 @@ TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
     dsa::ModelWeights w = cpu.weights();
     for (dsa::NamedTensor& t : dsa::named_tensors(w, c)) *t.tensor = t.tensor->cuda();
     dsa::Model m(c, w);
-    const rollout::ByteTokenizer tok(c.vocab_size);
+    const text::ByteTokenizer tok(c.vocab_size);
     std::vector<rollout::Prompt> prompts;
     for (int i = 0; i < 3; ++i) {
         const auto ids = tok.apply_chat({{"user", std::string("gpu question ") + char('a' + i)}}, true);
@@ -89,7 +89,7 @@ TEST(GrpoGpuTest, Bf16AutocastRolloutRecomputeAndBackward) {
     dsa::ModelWeights w = cpu.weights();
     for (dsa::NamedTensor& t : dsa::named_tensors(w, c)) *t.tensor = t.tensor->cuda();
     dsa::Model m(c, w);
-    const rollout::ByteTokenizer tok(c.vocab_size);
+    const text::ByteTokenizer tok(c.vocab_size);
     std::vector<rollout::Prompt> prompts;
     for (int i = 0; i < 2; ++i) {
         const auto ids = tok.apply_chat({{"user", std::string("autocast prompt ") + char('a' + i)}}, true);

@@ -71,7 +71,7 @@ Rollout make_rollout() {
     for (dsa::NamedTensor& t : m.named_tensors()) {
         if (t.name.find("norm") == std::string::npos) t.tensor->normal_(0.0, 0.08, gen);
     }
-    const rollout::ByteTokenizer tok(c.vocab_size);
+    const text::ByteTokenizer tok(c.vocab_size);
     std::vector<rollout::Prompt> prompts;
     for (int i = 0; i < 3; ++i) {
         const auto ids = tok.apply_chat({{"user", std::string("question ") + char('a' + i)}}, true);

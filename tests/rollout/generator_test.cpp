@@ -31,7 +31,7 @@ dsa::Model make_model(const ModelConfig& c, double scale = 0.08) {
     return m;
 }
 
-std::vector<Prompt> prompts(const Tokenizer& tok) {
+std::vector<Prompt> prompts(const text::Tokenizer& tok) {
     std::vector<Prompt> out;
     const char* texts[] = {"What is 2+3?", "Name a prime.", "Hi"};
     for (int i = 0; i < 3; ++i) {
@@ -51,7 +51,7 @@ double max_abs_diff(const at::Tensor& a, const std::vector<float>& b) {
 
 TEST(GeneratorTest, TeacherForcingWithReplayedRoutesAndKeptSetsReproducesTheRecordedLogprobs) {
     const dsa::Model m = make_model(tiny());
-    const ByteTokenizer tok(m.config().vocab_size);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     GenerationStats stats;
     const auto groups = generate_groups(m, tok, prompts(tok), 4, options(), 1234, &stats);
     ASSERT_EQ(groups.size(), 3u);
@@ -75,7 +75,7 @@ TEST(GeneratorTest, TeacherForcingWithReplayedRoutesAndKeptSetsReproducesTheReco
 
 TEST(GeneratorTest, WithoutReplayAPerturbedRouterBreaksTheLogprobsWithReplayTheyHold) {
     dsa::Model m = make_model(tiny());
-    const ByteTokenizer tok(m.config().vocab_size);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     const auto groups = generate_groups(m, tok, prompts(tok), 2, options(), 99);
     // The balancing bias moves after every step (aux-loss-free balancing). It only selects experts, so with the
     // recorded routes replayed nothing changes; a fresh routing picks other experts.
@@ -96,7 +96,7 @@ TEST(GeneratorTest, WithoutReplayAPerturbedRouterBreaksTheLogprobsWithReplayThey
 
 TEST(GeneratorTest, SamplesDependOnTheirSeedNotOnTheBatch) {
     const dsa::Model m = make_model(tiny());
-    const ByteTokenizer tok(m.config().vocab_size);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     GenerateOptions one = options(), eight = options();
     one.max_batch_size = 1;
     eight.max_batch_size = 8;
@@ -117,9 +117,9 @@ TEST(GeneratorTest, SamplesDependOnTheirSeedNotOnTheBatch) {
 }
 
 // A tokenizer whose EOS is a chosen id (to make EOS happen on a known step).
-class EosAt final : public Tokenizer {
+class EosAt final : public text::Tokenizer {
 public:
-    EosAt(const ByteTokenizer& base, int64_t eos) : base_(base), eos_(eos) {}
+    EosAt(const text::ByteTokenizer& base, int64_t eos) : base_(base), eos_(eos) {}
     int64_t vocab_size() const override { return base_.vocab_size(); }
     int64_t bos_id() const override { return base_.bos_id(); }
     int64_t eos_id() const override { return eos_; }
@@ -128,18 +128,18 @@ public:
     std::string decode(const std::vector<int64_t>& ids, bool keep) const override { return base_.decode(ids, keep); }
     std::string token_string(int64_t id) const override { return base_.token_string(id); }
     bool is_special(int64_t id) const override { return base_.is_special(id); }
-    std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& m, bool g) const override {
+    std::vector<int64_t> apply_chat(const std::vector<text::ChatMessage>& m, bool g) const override {
         return base_.apply_chat(m, g);
     }
 
 private:
-    const ByteTokenizer& base_;
+    const text::ByteTokenizer& base_;
     int64_t eos_;
 };
 
 TEST(GeneratorTest, FinishReasonsEosStopLengthAndContext) {
     const dsa::Model m = make_model(tiny());
-    const ByteTokenizer tok(m.config().vocab_size);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     const GenerationRequest req{"reasoning", 1, 0, 42, {0, 4, 30, 40, 50, 6, 5}};
     GenerateOptions opt = options();
     opt.sampling = {.temperature = 0};  // greedy: deterministic continuation
@@ -175,7 +175,7 @@ TEST(GeneratorTest, FinishReasonsEosStopLengthAndContext) {
 
 TEST(GeneratorTest, BadPromptsAreClearErrors) {
     const dsa::Model m = make_model(tiny());
-    const ByteTokenizer tok(m.config().vocab_size);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     try {
         generate(m, tok, {{"agent", 7, 0, 1, {}}}, options());
         FAIL() << "an empty prompt must be rejected";

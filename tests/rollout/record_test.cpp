@@ -29,7 +29,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace dsrl::rollout {
@@ -635,14 +635,14 @@ TEST(RecordTest, DsrlToolPrintsAFile) {
     ASSERT_TRUE(::access(tool, X_OK) == 0)
         << "no dsrl_tool at '" << tool_str << "' (build it, or set DSRL_TOOL=build/bin/dsrl_tool)";
     testing::TempDir dir;
-    const ByteTokenizer tok(320);
+    const text::ByteTokenizer tok(320);
     Sample s;
     s.domain = "math";
     s.prompt_id = 42;
     s.policy_version = 7;
     for (const int64_t id : tok.apply_chat({{"user", "2+3?"}}, true)) s.prompt.push_back(static_cast<int32_t>(id));
     for (const int64_t id : tok.encode("5\n")) s.response.push_back(static_cast<int32_t>(id));
-    s.response.push_back(ByteTokenizer::kEos);
+    s.response.push_back(text::ByteTokenizer::kEos);
     s.finish = FinishReason::kEos;
     s.vocab_size = 320;
     s.logprobs = {-0.25f, -0.5f, -0.75f};

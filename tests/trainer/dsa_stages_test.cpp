@@ -13,9 +13,9 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "dsa/indexer_loss.h"
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 #include "trainer/dsa_stages.h"
-#include "trainer/token_data.h"
+#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -40,7 +40,7 @@ struct StageSetup {
     JobConfig job = dsa_job();
     dsa::Model model = dsa::Model::random(job.model, 7, at::kCPU);
     std::unique_ptr<AdamW> opt;
-    std::unique_ptr<rollout::Tokenizer> tok = rollout::make_tokenizer(job.model);
+    std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(job.model);
     StageSetup() {
         std::vector<Param> params;
         for (dsa::NamedTensor& t : model.named_tensors()) {
@@ -48,8 +48,8 @@ struct StageSetup {
         }
         opt = std::make_unique<AdamW>(params, AdamWOptions::from(job.trainer.optimizer));
     }
-    TokenBatch batch(int64_t index = 0) {
-        TokenStream s(make_token_source(job.dsa.data, job.dsa.seq_len, *tok, ""), 0, 1, index);
+    data::TokenBatch batch(int64_t index = 0) {
+        data::TokenStream s(data::make_token_source(job.dsa.data, job.dsa.seq_len, *tok, ""), 0, 1, index);
         return s.next(job.dsa.batch_size);
     }
 };
@@ -68,12 +68,12 @@ std::pair<int, int> changed(const std::map<std::string, at::Tensor>& before, dsa
 
 TEST(TokenDataTest, RetrievalIsDeterministicAndWellFormed) {
     JobConfig job = dsa_job();
-    const auto tok = rollout::make_tokenizer(job.model);
-    const auto a = make_token_source(job.dsa.data, 40, *tok, "");
-    const auto b = make_token_source(job.dsa.data, 40, *tok, "");
+    const auto tok = text::make_tokenizer(job.model);
+    const auto a = data::make_token_source(job.dsa.data, 40, *tok, "");
+    const auto b = data::make_token_source(job.dsa.data, 40, *tok, "");
     const int64_t K = 12;
     for (int64_t i = 0; i < 5; ++i) {
-        const TokenWindow w = a->get(i);
+        const data::TokenWindow w = a->get(i);
         EXPECT_EQ(w.ids, b->get(i).ids);
         EXPECT_EQ(w.loss_mask, b->get(i).loss_mask);
         ASSERT_EQ(w.ids.size(), 40u);
@@ -94,47 +94,47 @@ TEST(TokenDataTest, RetrievalIsDeterministicAndWellFormed) {
         EXPECT_EQ(w.loss_mask[39], 0);
     }
     EXPECT_NE(a->get(0).ids, a->get(1).ids);
-    EXPECT_NE(a->get(0).ids, make_token_source(job.dsa.data, 40, *tok, "", 1000003)->get(0).ids);
+    EXPECT_NE(a->get(0).ids, data::make_token_source(job.dsa.data, 40, *tok, "", 1000003)->get(0).ids);
 }
 
 TEST(TokenDataTest, CursorRestoreContinuesTheStreamAndRanksAreDisjoint) {
     JobConfig job = dsa_job();
-    const auto tok = rollout::make_tokenizer(job.model);
-    const auto src = make_token_source(job.dsa.data, 40, *tok, "");
-    TokenStream a(src, 0, 1), b(src, 0, 1);
+    const auto tok = text::make_tokenizer(job.model);
+    const auto src = data::make_token_source(job.dsa.data, 40, *tok, "");
+    data::TokenStream a(src, 0, 1), b(src, 0, 1);
     a.next(3);
     const int64_t cursor = a.cursor();
     EXPECT_EQ(cursor, 3);
     b.restore(cursor);
     EXPECT_TRUE(at::equal(a.next(2).input_ids, b.next(2).input_ids));
-    TokenStream r0(src, 0, 2), r1(src, 1, 2);
+    data::TokenStream r0(src, 0, 2), r1(src, 1, 2);
     EXPECT_FALSE(at::equal(r0.next(1).input_ids, r1.next(1).input_ids));
     EXPECT_THROW(b.restore(-1), DataError);
 }
 
 TEST(TokenDataTest, JsonlTextIsPackedIntoWindowsAndErrorsNameTheSource) {
     JobConfig job = dsa_job();
-    const auto tok = rollout::make_tokenizer(job.model);
+    const auto tok = text::make_tokenizer(job.model);
     const std::string dir = fs::make_temp_dir("dsa_tokens");
     const std::string path = fs::join(dir, "t.jsonl");
     fs::write_file_atomic(path, {"{\"text\": \"hello world\"}\n\n{\"text\": \"abc\"}\n"});
-    const auto src = make_token_source(path, 8, *tok, "");
-    const TokenWindow w = src->get(0);
+    const auto src = data::make_token_source(path, 8, *tok, "");
+    const data::TokenWindow w = src->get(0);
     ASSERT_EQ(w.ids.size(), 8u);
     EXPECT_EQ(w.ids[0], 16 + 'h');
     EXPECT_EQ(w.loss_mask[7], 0);
     EXPECT_EQ(src->get(2).ids, src->get(0).ids);  // 16 tokens: two windows per epoch
-    EXPECT_THROW(make_token_source(path, 64, *tok, ""), DataError);
+    EXPECT_THROW(data::make_token_source(path, 64, *tok, ""), DataError);
     fs::write_file_atomic(path, {"{\"txt\": 1}\n"});
     try {
-        make_token_source(path, 4, *tok, "");
+        data::make_token_source(path, 4, *tok, "");
         FAIL() << "expected DataError";
     } catch (const DataError& e) {
         EXPECT_NE(std::string(e.what()).find(path + ":1"), std::string::npos) << e.what();
     }
-    EXPECT_THROW(make_token_source("synthetic:retrieval?keys=40", 64, *tok, ""), ConfigError);  // vocab too small
-    EXPECT_THROW(make_token_source("synthetic:retrieval?nope=1", 64, *tok, ""), ConfigError);
-    EXPECT_THROW(make_token_source("synthetic:lookup", 64, *tok, ""), ConfigError);
+    EXPECT_THROW(data::make_token_source("synthetic:retrieval?keys=40", 64, *tok, ""), ConfigError);  // vocab too small
+    EXPECT_THROW(data::make_token_source("synthetic:retrieval?nope=1", 64, *tok, ""), ConfigError);
+    EXPECT_THROW(data::make_token_source("synthetic:lookup", 64, *tok, ""), ConfigError);
     fs::remove_tree(dir);
 }
 
@@ -163,7 +163,7 @@ TEST(DsaStagesTest, WarmupChangesOnlyIndexerTensors) {
 
 TEST(DsaStagesTest, WarmupLowersTheIndexerLossOnAFixedBatch) {
     StageSetup s;
-    const TokenBatch b = s.batch();
+    const data::TokenBatch b = s.batch();
     const double first = indexer_warmup_step(s.model, *s.opt, b, s.job, nullptr).at("loss");
     double last = first;
     for (int i = 0; i < 15; ++i) last = indexer_warmup_step(s.model, *s.opt, b, s.job, nullptr).at("loss");
@@ -172,7 +172,7 @@ TEST(DsaStagesTest, WarmupLowersTheIndexerLossOnAFixedBatch) {
 
 TEST(DsaStagesTest, SparseTrainChangesBothGroupsAndEachLossReachesOnlyItsGroup) {
     StageSetup s;
-    const TokenBatch b = s.batch();
+    const data::TokenBatch b = s.batch();
     // Wiring of the two loss terms: the LM loss of the sparse forward gives the indexer no gradient, the indexer
     // loss gives the rest none (what sparse_train_step sums).
     for (int term = 0; term < 2; ++term) {

@@ -1,4 +1,4 @@
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -19,7 +19,7 @@
 #include "core/fs.h"
 #include "core/rng.h"
 
-namespace dsrl::rewards {
+namespace dsrl::data {
 namespace {
 
 using Json = nlohmann::json;
@@ -500,4 +500,4 @@ void PromptSampler::restore(const SamplerState& state) {
     if (rebuild) build_order();
 }
 
-}  // namespace dsrl::rewards
+}  // namespace dsrl::data

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-namespace dsrl::rewards {
+namespace dsrl::data {
 
 /// One prompt of a dataset.
 struct PromptItem {
@@ -114,4 +114,4 @@ class PromptSampler {
     std::vector<int64_t> order_;  // finite sources only
 };
 
-}  // namespace dsrl::rewards
+}  // namespace dsrl::data

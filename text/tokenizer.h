@@ -13,7 +13,7 @@
 
 #include "core/config.h"
 
-namespace dsrl::rollout {
+namespace dsrl::text {
 
 struct ChatMessage {
     std::string role;     ///< "system", "user" or "assistant"
@@ -71,4 +71,4 @@ private:
 /// tokenized as bytes.
 std::unique_ptr<Tokenizer> make_tokenizer(const ModelConfig& model);
 
-}  // namespace dsrl::rollout
+}  // namespace dsrl::text

@@ -1,4 +1,4 @@
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
@@ -6,7 +6,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 
-namespace dsrl::rollout {
+namespace dsrl::text {
 namespace {
 
 // Names of ids 0..6; ids 7..15 are "<reserved_N>".
@@ -97,10 +97,10 @@ std::unique_ptr<Tokenizer> make_tokenizer(const ModelConfig& model) {
         if (fs::exists(file)) {
             throw ConfigError(absl::StrCat(file,
                                            ": Hugging Face tokenizer.json is not supported yet (dsrl has only the "
-                                           "byte-level tokenizer, rollout/tokenizer.h)"));
+                                           "byte-level tokenizer, text/tokenizer.h)"));
         }
     }
     return std::make_unique<ByteTokenizer>(model.vocab_size);
 }
 
-}  // namespace dsrl::rollout
+}  // namespace dsrl::text

@@ -25,9 +25,9 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
-namespace dsrl::trainer {
+namespace dsrl::data {
 
 struct TokenWindow {
     std::vector<int64_t> ids;        ///< seq_len token ids
@@ -54,7 +54,7 @@ public:
 /// `seed_offset` shifts the synthetic seed (held-out streams); a relative path is resolved against base_dir.
 std::shared_ptr<const TokenSource> make_token_source(const std::string& spec,
                                                      int64_t seq_len,
-                                                     const rollout::Tokenizer& tokenizer,
+                                                     const text::Tokenizer& tokenizer,
                                                      const std::string& base_dir,
                                                      int64_t seed_offset = 0);
 
@@ -78,4 +78,4 @@ private:
 /// Stacks windows into a batch.
 TokenBatch make_batch(const std::vector<TokenWindow>& windows);
 
-}  // namespace dsrl::trainer
+}  // namespace dsrl::data

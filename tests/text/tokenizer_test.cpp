@@ -1,4 +1,4 @@
-#include "rollout/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <absl/strings/str_cat.h>
 #include <gmock/gmock.h>
@@ -10,7 +10,7 @@
 #include "core/fs.h"
 #include "tests/test_util.h"
 
-namespace dsrl::rollout {
+namespace dsrl::text {
 namespace {
 
 using ::testing::ElementsAre;
@@ -146,4 +146,4 @@ TEST(TokenizerTest, MakeTokenizerIsByteLevelUnlessACheckpointHasTokenizerJson) {
 }
 
 }  // namespace
-}  // namespace dsrl::rollout
+}  // namespace dsrl::text

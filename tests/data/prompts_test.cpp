@@ -1,6 +1,6 @@
-// Prompt datasets (rewards/prompts.h): JSONL parsing and its file:line errors, the per-epoch shuffled sampler
+// Prompt datasets (data/prompts.h): JSONL parsing and its file:line errors, the per-epoch shuffled sampler
 // and exact resume, the synthetic tasks (answers re-derived from the prompt text), data-spec parsing.
-#include "rewards/prompts.h"
+#include "data/prompts.h"
 
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "tests/test_util.h"
 
-namespace dsrl::rewards {
+namespace dsrl::data {
 namespace {
 
 using ::dsrl::testing::TempDir;
@@ -368,4 +368,4 @@ TEST(PromptSpecTest, PathsResolveAgainstTheBaseDir) {
 }
 
 }  // namespace
-}  // namespace dsrl::rewards
+}  // namespace dsrl::data

@@ -1,4 +1,4 @@
-#include "trainer/token_data.h"
+#include "data/token_data.h"
 
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/stack.h>
@@ -16,7 +16,7 @@
 #include "core/fs.h"
 #include "core/rng.h"
 
-namespace dsrl::trainer {
+namespace dsrl::data {
 namespace {
 
 constexpr int64_t kFirstId = 16;  // ids below are the tokenizer's specials
@@ -98,7 +98,7 @@ private:
 };
 
 std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec, int64_t seq_len,
-                                                  const rollout::Tokenizer& tok, int64_t seed_offset) {
+                                                  const text::Tokenizer& tok, int64_t seed_offset) {
     const std::string body = spec.substr(std::string("synthetic:").size());
     const size_t q = body.find('?');
     const std::string task = body.substr(0, q);
@@ -136,7 +136,7 @@ std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec, int64
 }
 
 std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t seq_len,
-                                               const rollout::Tokenizer& tok) {
+                                               const text::Tokenizer& tok) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw DataError(absl::StrCat("dsa.data: cannot open the token data file ", path));
     std::vector<int64_t> tokens;
@@ -167,7 +167,7 @@ std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t 
 }  // namespace
 
 std::shared_ptr<const TokenSource> make_token_source(const std::string& spec, int64_t seq_len,
-                                                     const rollout::Tokenizer& tokenizer, const std::string& base_dir,
+                                                     const text::Tokenizer& tokenizer, const std::string& base_dir,
                                                      int64_t seed_offset) {
     if (spec.rfind("synthetic:", 0) == 0) return make_retrieval(spec, seq_len, tokenizer, seed_offset);
     if (spec.empty()) throw ConfigError("dsa.data: empty; give synthetic:retrieval or a JSONL file");
@@ -200,4 +200,4 @@ TokenBatch make_batch(const std::vector<TokenWindow>& windows) {
     return {at::stack(ids), at::stack(mask)};
 }
 
-}  // namespace dsrl::trainer
+}  // namespace dsrl::data
