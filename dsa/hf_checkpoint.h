@@ -22,7 +22,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "dsa/config.h"
 #include "core/safetensors.h"
 
 namespace dsrl::dsa {

@@ -237,7 +237,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     ForwardOutput out;
     out.query_pos = st.query_pos;
     out.key_valid = st.key_valid;
-    const moe::RouterOptions router = moe::RouterOptions::from(c);
+    const moe::RouterOptions router = router_options(c);
     at::Tensor x = at::embedding(w_.embed_tokens, ids);
     int64_t moe_layer = 0;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

@@ -27,7 +27,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include "core/config.h"
+#include "dsa/config.h"
 #include "dsa/rope.h"
 #include "dsa/weights.h"
 

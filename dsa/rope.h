@@ -14,7 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "dsa/config.h"
 
 namespace dsrl::dsa {
 

@@ -17,7 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include "core/config.h"
+#include "dsa/config.h"
 #include "dsa/hf_checkpoint.h"
 #include "moe/moe_block.h"
 

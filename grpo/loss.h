@@ -17,7 +17,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "grpo/config.h"
 
 namespace dsrl::grpo {
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
+#include "grpo/config.h"
 #include "dsa/model.h"
 #include "grpo/logprobs.h"
 #include "grpo/loss.h"

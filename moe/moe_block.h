@@ -4,7 +4,7 @@
 // received tokens), never token by token. Differentiable in x and every weight; CPU and GPU.
 //
 //   MoeWeights w{...};                                  // stacked expert weights, HF-named pieces
-//   MoeOutput out = moe_forward(x, w, RouterOptions::from(cfg));          // out.route.indices recorded
+//   MoeOutput out = moe_forward(x, w, router_options(cfg));          // out.route.indices recorded
 //   MoeOutput again = moe_forward(x, w, opt, decode_route(record, E));    // keep-routing replay
 #pragma once
 

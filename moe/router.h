@@ -14,7 +14,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
 
 namespace dsrl::moe {
 
@@ -26,15 +25,6 @@ struct RouterOptions {
     double routed_scaling_factor = 1.0;
     bool norm_topk_prob = true;
 
-    /// The routing fields of a model config (HF names).
-    static RouterOptions from(const ModelConfig& m) {
-        return {.n_routed_experts = m.n_routed_experts,
-                .num_experts_per_tok = m.num_experts_per_tok,
-                .n_group = m.n_group,
-                .topk_group = m.topk_group,
-                .routed_scaling_factor = m.routed_scaling_factor,
-                .norm_topk_prob = m.norm_topk_prob};
-    }
 };
 
 struct Route {

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
+#include "rewards/config.h"
 
 namespace dsrl::rewards {
 

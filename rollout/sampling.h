@@ -15,7 +15,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "rollout/config.h"
 
 namespace dsrl::rollout {
 

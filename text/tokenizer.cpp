@@ -91,16 +91,16 @@ std::vector<int64_t> ByteTokenizer::apply_chat(const std::vector<ChatMessage>& m
     return ids;
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const ModelConfig& model) {
-    if (!model.path.empty()) {
-        const std::string file = fs::join(model.path, "tokenizer.json");
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size) {
+    if (!model_path.empty()) {
+        const std::string file = fs::join(model_path, "tokenizer.json");
         if (fs::exists(file)) {
             throw ConfigError(absl::StrCat(file,
                                            ": Hugging Face tokenizer.json is not supported yet (dsrl has only the "
                                            "byte-level tokenizer, text/tokenizer.h)"));
         }
     }
-    return std::make_unique<ByteTokenizer>(model.vocab_size);
+    return std::make_unique<ByteTokenizer>(vocab_size);
 }
 
 }  // namespace dsrl::text

@@ -1,7 +1,7 @@
 // Tokenizers (SPEC §4): the interface rollout, rewards and SFT use, and the byte-level tokenizer of the
 // embedded default job. A Hugging Face tokenizer.json implementation can be added behind the same interface.
 //
-//   auto tok = make_tokenizer(job.model);               // byte-level unless a checkpoint provides one
+//   auto tok = make_tokenizer(job.model.path, job.model.vocab_size);   // byte-level unless the checkpoint has one
 //   std::vector<int64_t> ids = tok->apply_chat({{"user", "2+3?"}}, /*add_generation_prompt=*/true);
 //   std::string text = tok->decode(response_ids);       // special tokens skipped
 #pragma once
@@ -11,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 
 namespace dsrl::text {
 
@@ -66,9 +65,9 @@ private:
     int64_t vocab_size_;
 };
 
-/// The tokenizer for a model config: today the byte-level tokenizer (vocab_size >= 272). A checkpoint with a
-/// tokenizer.json is reported as not supported yet (ConfigError naming the file) rather than silently
-/// tokenized as bytes.
-std::unique_ptr<Tokenizer> make_tokenizer(const ModelConfig& model);
+/// The tokenizer of a model (`model_path`: its checkpoint directory, "" for a random init): today the byte-level
+/// tokenizer (vocab_size >= 272). A checkpoint with a tokenizer.json is reported as not supported yet
+/// (ConfigError naming the file) rather than silently tokenized as bytes.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size);
 
 }  // namespace dsrl::text

@@ -35,7 +35,7 @@
 #include "dsa/model.h"
 #include "dsa/weights.h"
 #include "grpo/loss.h"
-#include "core/config.h"
+#include "trainer/config.h"
 #include "rollout/record.h"
 #include "text/tokenizer.h"
 

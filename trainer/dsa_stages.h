@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
 #include "trainer/optimizer.h"

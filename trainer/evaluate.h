@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
 #include "data/prompts.h"

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/logging.h"
 #include "core/main_guard.h"
 #include "rewards/plugin.h"

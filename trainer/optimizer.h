@@ -18,7 +18,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "trainer/config.h"
 
 namespace dsrl::trainer {
 

@@ -18,7 +18,7 @@
 
 #include <c10/core/Device.h>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
 #include "trainer/checkpoint.h"

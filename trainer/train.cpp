@@ -74,7 +74,7 @@ void check_job(const JobConfig& job) {
         if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "");
     }
     if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "");
-    if (uses_dsa_stages(job)) data::make_token_source(job.dsa.data, job.dsa.seq_len, *text::make_tokenizer(job.model), "");
+    if (uses_dsa_stages(job)) data::make_token_source(job.dsa.data, job.dsa.seq_len, *text::make_tokenizer(job.model.path, job.model.vocab_size), "");
 }
 
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
@@ -111,7 +111,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
     AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
-    const std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(policy.config());
+    const std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(policy.config().path, policy.config().vocab_size);
     TrainingState state;
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;

@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/dist/communicator.h"
 
 namespace dsrl::trainer {

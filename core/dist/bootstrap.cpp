@@ -12,7 +12,7 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 
-#include "core/config.h"
+#include "core/dist/config.h"
 #include "core/dist/backend.h"
 #include "core/env.h"
 #include "core/error.h"

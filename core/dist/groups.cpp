@@ -2,7 +2,7 @@
 
 #include <absl/strings/str_cat.h>
 
-#include "core/config.h"
+#include "core/dist/config.h"
 #include "core/error.h"
 
 namespace dsrl::dist {

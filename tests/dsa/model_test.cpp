@@ -7,6 +7,7 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn_like.h>
 #include <ATen/ops/zeros.h>
@@ -17,6 +18,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "dsa/model.h"
+#include "moe/router.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
@@ -238,6 +240,21 @@ TEST(ModelTest, BadCheckpointsNameTheFileAndTensor) {
     save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
     const Model back = Model::load(dir, ModelConfig{}, at::kCPU);
     EXPECT_EQ(back.config().num_hidden_layers, 3);
+}
+
+TEST(ModelConfigTest, RouterOptionsFromModelConfig) {
+    ModelConfig m;
+    m.n_routed_experts = 64;
+    m.n_group = 8;
+    m.topk_group = 4;
+    m.num_experts_per_tok = 6;
+    const moe::RouterOptions o = router_options(m);
+    EXPECT_EQ(o.n_routed_experts, 64);
+    EXPECT_EQ(o.n_group, 8);
+    EXPECT_EQ(o.topk_group, 4);
+    EXPECT_EQ(o.num_experts_per_tok, 6);
+    EXPECT_DOUBLE_EQ(o.routed_scaling_factor, m.routed_scaling_factor);
+    EXPECT_EQ(moe::select_experts(at::rand({3, 64}), o).size(1), 6);
 }
 
 }  // namespace

@@ -132,21 +132,6 @@ TEST(RouterTest, RouteEncodingUsesUint8UpTo256ExpertsAnd16BitAbove) {
     }
 }
 
-TEST(RouterTest, OptionsFromModelConfig) {
-    ModelConfig m;
-    m.n_routed_experts = 64;
-    m.n_group = 8;
-    m.topk_group = 4;
-    m.num_experts_per_tok = 6;
-    const RouterOptions o = RouterOptions::from(m);
-    EXPECT_EQ(o.n_routed_experts, 64);
-    EXPECT_EQ(o.n_group, 8);
-    EXPECT_EQ(o.topk_group, 4);
-    EXPECT_EQ(o.num_experts_per_tok, 6);
-    EXPECT_DOUBLE_EQ(o.routed_scaling_factor, m.routed_scaling_factor);
-    EXPECT_EQ(select_experts(at::rand({3, 64}), o).size(1), 6);
-}
-
 TEST(RouterTest, BiasUpdateMovesTowardBalance) {
     at::Tensor bias = at::zeros({4});
     const at::Tensor indices = at::tensor({0, 0, 0, 1, 2, 0}, at::kLong).view({3, 2});

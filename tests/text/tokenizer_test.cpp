@@ -122,27 +122,23 @@ TEST(ByteTokenizerTest, RejectsUnknownRoleOutOfRangeIdsAndSmallVocab) {
 }
 
 TEST(TokenizerTest, MakeTokenizerIsByteLevelUnlessACheckpointHasTokenizerJson) {
-    ModelConfig model;
-    model.vocab_size = 320;
-    auto tok = make_tokenizer(model);
+    auto tok = make_tokenizer("", 320);
     ASSERT_NE(dynamic_cast<ByteTokenizer*>(tok.get()), nullptr);
     EXPECT_EQ(tok->vocab_size(), 320);
 
     testing::TempDir dir;
-    model.path = dir.path();  // a checkpoint directory without tokenizer.json: byte-level
-    EXPECT_EQ(make_tokenizer(model)->vocab_size(), 320);
+    // a checkpoint directory without tokenizer.json: byte-level
+    EXPECT_EQ(make_tokenizer(dir.path(), 320)->vocab_size(), 320);
     dir.write("tokenizer.json", "{}");
     try {
-        make_tokenizer(model);
+        make_tokenizer(dir.path(), 320);
         FAIL() << "expected a ConfigError";
     } catch (const ConfigError& e) {
         EXPECT_THAT(e.what(), HasSubstr(fs::join(dir.path(), "tokenizer.json")));
         EXPECT_THAT(e.what(), HasSubstr("not supported"));
     }
 
-    ModelConfig small;
-    small.vocab_size = 100;
-    EXPECT_THROW(make_tokenizer(small), ConfigError);
+    EXPECT_THROW(make_tokenizer("", 100), ConfigError);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/error.h"
 #include "tests/test_util.h"
 

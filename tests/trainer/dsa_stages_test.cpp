@@ -40,7 +40,7 @@ struct StageSetup {
     JobConfig job = dsa_job();
     dsa::Model model = dsa::Model::random(job.model, 7, at::kCPU);
     std::unique_ptr<AdamW> opt;
-    std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(job.model);
+    std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     StageSetup() {
         std::vector<Param> params;
         for (dsa::NamedTensor& t : model.named_tensors()) {
@@ -68,7 +68,7 @@ std::pair<int, int> changed(const std::map<std::string, at::Tensor>& before, dsa
 
 TEST(TokenDataTest, RetrievalIsDeterministicAndWellFormed) {
     JobConfig job = dsa_job();
-    const auto tok = text::make_tokenizer(job.model);
+    const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     const auto a = data::make_token_source(job.dsa.data, 40, *tok, "");
     const auto b = data::make_token_source(job.dsa.data, 40, *tok, "");
     const int64_t K = 12;
@@ -99,7 +99,7 @@ TEST(TokenDataTest, RetrievalIsDeterministicAndWellFormed) {
 
 TEST(TokenDataTest, CursorRestoreContinuesTheStreamAndRanksAreDisjoint) {
     JobConfig job = dsa_job();
-    const auto tok = text::make_tokenizer(job.model);
+    const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     const auto src = data::make_token_source(job.dsa.data, 40, *tok, "");
     data::TokenStream a(src, 0, 1), b(src, 0, 1);
     a.next(3);
@@ -114,7 +114,7 @@ TEST(TokenDataTest, CursorRestoreContinuesTheStreamAndRanksAreDisjoint) {
 
 TEST(TokenDataTest, JsonlTextIsPackedIntoWindowsAndErrorsNameTheSource) {
     JobConfig job = dsa_job();
-    const auto tok = text::make_tokenizer(job.model);
+    const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     const std::string dir = fs::make_temp_dir("dsa_tokens");
     const std::string path = fs::join(dir, "t.jsonl");
     fs::write_file_atomic(path, {"{\"text\": \"hello world\"}\n\n{\"text\": \"abc\"}\n"});

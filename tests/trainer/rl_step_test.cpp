@@ -9,7 +9,7 @@
 
 #include <cmath>
 
-#include "core/config.h"
+#include "trainer/config.h"
 #include "core/dist/communicator.h"
 #include "trainer/rl_step.h"
 
@@ -48,7 +48,7 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
     AdamW opt(params, AdamWOptions::from(job.trainer.optimizer));
-    const auto tok = text::make_tokenizer(job.model);
+    const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     std::vector<DomainRuntime> domains = build_domains(job, "");
     RlStep step(job, policy, &reference, *tok, domains, opt, comm);
     const at::Tensor before = policy.weights().lm_head.detach().clone();

@@ -7,7 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "core/config.h"
+#include "core/dist/config.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
 #include "core/error.h"

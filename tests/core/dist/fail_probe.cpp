@@ -9,7 +9,7 @@
 
 #include <ATen/ops/ones.h>
 
-#include "core/config.h"
+#include "core/dist/config.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
 #include "core/dist/groups.h"

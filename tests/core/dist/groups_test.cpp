@@ -2,7 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "core/config.h"
+#include "core/dist/config.h"
 #include "core/dist/groups.h"
 #include "core/error.h"
 #include "tests/core/dist/dist_test_util.h"

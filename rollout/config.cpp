@@ -1,0 +1,31 @@
+#include "rollout/config.h"
+
+#include <absl/strings/str_cat.h>
+
+#include <limits>
+#include "core/error.h"
+
+namespace dsrl {
+
+using config::Binder;
+using config::Rule;
+
+namespace {
+[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
+[[maybe_unused]] bool reading(Binder& b) { return b.mode() == Binder::Mode::kRead; }
+}  // namespace
+
+void bind(Binder& b, RolloutConfig& c) {
+    b.field("group_size", c.group_size, {.doc = "Samples per prompt (G).", .min = 1});
+    b.field("prompts_per_step", c.prompts_per_step, {.doc = "Prompts per RL step, per data-parallel rank.", .min = 1});
+    b.field("max_new_tokens", c.max_new_tokens, {.doc = "Response length limit.", .min = 1});
+    b.field("temperature", c.temperature, {.doc = "Sampling temperature (0: greedy).", .min = 0.0});
+    b.field("top_p", c.top_p, {.doc = "Nucleus truncation.", .min = 0.0, .max = 1.0, .min_open = true});
+    b.field("top_k", c.top_k, {.doc = "Top-k truncation (0: off).", .min = 0});
+    b.field("min_p", c.min_p, {.doc = "Min-p truncation relative to the top probability (0: off).", .min = 0.0,
+                               .max = 1.0, .max_open = true});
+    b.field("max_batch_size", c.max_batch_size, {.doc = "Sequences decoded together.", .min = 1});
+    b.field("stop", c.stop, {.doc = "Stop strings (the response ends after the first match)."});
+}
+
+}  // namespace dsrl
