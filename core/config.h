@@ -4,7 +4,6 @@
 // trainer/config.h assembles the job (JobConfig, load_job_config). docs/configuration.md is generated from them.
 #pragma once
 
-
 namespace dsrl {
 
 enum class DType { kFloat32, kBFloat16 };

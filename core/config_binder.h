@@ -100,6 +100,9 @@ public:
         leave_list();
     }
 
+    /// True while reading YAML into the structs (cross-field checks run then, not while writing or documenting).
+    bool reading() const { return mode() == Mode::kRead; }
+
     /// Reports a cross-field problem found after reading (e.g. topk_group > n_group) at `key` (a path
     /// relative to the current section): throws ConfigError with the location of that key.
     [[noreturn]] virtual void fail(const std::string& key, const std::string& message) = 0;

@@ -1,5 +1,7 @@
 #include "core/rng.h"
 
+#include "core/error.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 
@@ -10,6 +12,18 @@ uint64_t mix64(uint64_t x) {
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+size_t weighted_index(const std::vector<double>& weights, uint64_t r) {
+    DSRL_INTERNAL_ASSERT(!weights.empty(), "weighted_index of no weights");
+    double total = 0;
+    for (const double w : weights) total += w;
+    double x = static_cast<double>(r >> 11) / 9007199254740992.0 * total;  // 2^53
+    for (size_t i = 0; i < weights.size(); ++i) {
+        if (x < weights[i]) return i;
+        x -= weights[i];
+    }
+    return weights.size() - 1;
 }
 
 uint64_t derive_seed(uint64_t base_seed, int64_t rank, std::string_view stream) {

@@ -500,4 +500,15 @@ void PromptSampler::restore(const SamplerState& state) {
     if (rebuild) build_order();
 }
 
+std::string cursor_of(const PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
+
+void restore_cursor(PromptSampler& s, const std::string& text, const std::string& what) {
+    const std::vector<std::string> parts = absl::StrSplit(text, ':');
+    int64_t epoch = 0, position = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &epoch) || !absl::SimpleAtoi(parts[1], &position)) {
+        throw CheckpointError(absl::StrCat("checkpoint cursor '", what, "' is malformed: '", text, "'"));
+    }
+    s.restore({epoch, position});
+}
+
 }  // namespace dsrl::data

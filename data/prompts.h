@@ -114,4 +114,9 @@ class PromptSampler {
     std::vector<int64_t> order_;  // finite sources only
 };
 
+/// A sampler's position as a checkpoint cursor ("epoch:position") and back; a malformed cursor is a
+/// CheckpointError naming `what` (the cursor's key).
+std::string cursor_of(const PromptSampler& s);
+void restore_cursor(PromptSampler& s, const std::string& text, const std::string& what);
+
 }  // namespace dsrl::data

@@ -2,18 +2,12 @@
 
 #include <absl/strings/str_cat.h>
 
-#include <limits>
 #include "core/error.h"
 
 namespace dsrl {
 
 using config::Binder;
 using config::Rule;
-
-namespace {
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] bool reading(Binder& b) { return b.mode() == Binder::Mode::kRead; }
-}  // namespace
 
 void bind(Binder& b, RopeScalingConfig& c) {
     b.field("type", c.type, {.doc = "RoPE scaling: yarn (DeepSeek-V3.2) or none.", .choices = {"yarn", "none"}});
@@ -72,7 +66,7 @@ void bind(Binder& b, ModelConfig& c) {
     b.field("tie_word_embeddings", c.tie_word_embeddings, {.doc = "Share embed_tokens and lm_head."});
     b.field("bos_token_id", c.bos_token_id, {.doc = "Beginning-of-sequence token.", .min = 0});
     b.field("eos_token_id", c.eos_token_id, {.doc = "End-of-sequence token.", .min = 0});
-    if (!reading(b)) return;
+    if (!b.reading()) return;
     if (c.topk_group > c.n_group) {
         b.fail("topk_group", absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
     }

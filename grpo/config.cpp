@@ -2,18 +2,11 @@
 
 #include <absl/strings/str_cat.h>
 
-#include <limits>
 #include "core/error.h"
 
 namespace dsrl {
 
 using config::Binder;
-using config::Rule;
-
-namespace {
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] bool reading(Binder& b) { return b.mode() == Binder::Mode::kRead; }
-}  // namespace
 
 void bind(Binder& b, GrpoConfig& c) {
     b.choice("adv_norm", c.adv_norm, {{"none", AdvNorm::kNone}, {"std", AdvNorm::kStd}},

@@ -2,7 +2,6 @@
 
 #include <absl/strings/str_cat.h>
 
-#include <limits>
 #include <set>
 
 #include "core/env.h"
@@ -11,12 +10,6 @@
 namespace dsrl {
 
 using config::Binder;
-using config::Rule;
-
-namespace {
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] bool reading(Binder& b) { return b.mode() == Binder::Mode::kRead; }
-}  // namespace
 
 void bind(Binder& b, RunConfig& c) {
     b.field("name", c.name, {.doc = "Run name, shown in logs and metrics."});
@@ -36,7 +29,7 @@ void bind(Binder& b, RunConfig& c) {
             {.doc = "A fresh start (no --resume) in a run directory holding an earlier job's checkpoints is refused "
                     "unless this is true; then that job's checkpoints, metrics file, eval.json and tb/ are deleted "
                     "first."});
-    if (reading(b) && c.stages.empty()) b.fail("stages", "at least one stage is required");
+    if (b.reading() && c.stages.empty()) b.fail("stages", "at least one stage is required");
 }
 
 void bind(Binder& b, CheckpointConfig& c) {
@@ -132,7 +125,7 @@ void bind(Binder& b, JobConfig& c) {
     b.list("domains", c.domains, "The task mixture of the RL stage.");
     b.section("sft", c.sft, "Supervised fine-tuning stage.");
     b.section("dsa", c.dsa, "The DSA training stages indexer_warmup and sparse_train (SPEC §3).");
-    if (!reading(b)) return;
+    if (!b.reading()) return;
     std::set<std::string> names;
     double total_weight = 0;
     for (size_t i = 0; i < c.domains.size(); ++i) {
@@ -200,6 +193,5 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
 }
 
 std::string to_yaml(JobConfig& cfg) { return config::to_yaml(cfg); }
-
 
 }  // namespace dsrl

@@ -104,7 +104,7 @@ public:
     }
 
     void save_cursors(std::map<std::string, std::string>& cursors) const override {
-        for (const DomainRuntime& d : domains_) cursors["prompts." + d.name] = cursor_of(*d.sampler);
+        for (const DomainRuntime& d : domains_) cursors["prompts." + d.name] = data::cursor_of(*d.sampler);
     }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
         for (DomainRuntime& d : domains_) restore_cursor_if_present(*d.sampler, cursors, "prompts." + d.name);

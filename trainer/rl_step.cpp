@@ -76,8 +76,8 @@ RlStepResult RlStep::run(int64_t step) {
     // deterministic in (seed, step, global slot) only: every rank draws all of them (its samplers advance
     // alike, so checkpoint cursors agree) and keeps slots [rank · P, (rank + 1) · P). A job on N ranks thus sees
     // the same prompts, prompt ids and sample seeds as one rank with N times prompts_per_step.
-    double total_weight = 0;
-    for (const DomainRuntime& d : domains_) total_weight += d.weight;
+    std::vector<double> weights;
+    for (const DomainRuntime& d : domains_) weights.push_back(d.weight);
     uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
     std::vector<rollout::Prompt> prompts;
     std::map<int64_t, data::PromptItem> items;  // by prompt id
@@ -85,15 +85,7 @@ RlStepResult RlStep::run(int64_t step) {
     const int64_t first = rank * ro.prompts_per_step, end = first + ro.prompts_per_step;
     for (int64_t i = 0; i < world * ro.prompts_per_step; ++i) {
         state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
-        double x = static_cast<double>(state >> 11) / 9007199254740992.0 * total_weight;
-        DomainRuntime* chosen = &domains_.back();
-        for (DomainRuntime& d : domains_) {
-            if (x < d.weight) {
-                chosen = &d;
-                break;
-            }
-            x -= d.weight;
-        }
+        DomainRuntime* chosen = &domains_[rng::weighted_index(weights, state)];
         data::PromptItem item = chosen->sampler->next();
         if (i < first || i >= end) continue;  // another rank's slot
         // Prompt ids unique within the job: (step, global slot).

@@ -9,61 +9,28 @@
 #include <absl/strings/str_split.h>
 
 #include "core/error.h"
-#include "core/rng.h"
+#include "data/sft_data.h"
 #include "grpo/logprobs.h"
 #include "trainer/rl_step.h"
 
 namespace dsrl::trainer {
 namespace {
 
+// The SFT data: `sft.data`, or (when empty) every domain's training data mixed by the domain weights.
+data::SftMixture sft_mixture(const JobConfig& job) {
+    std::vector<data::SftMixture::SourceSpec> sources;
+    if (!job.sft.data.empty()) {
+        sources.push_back({"prompts.sft", 1.0, job.sft.data, "sft"});
+    } else {
+        for (const DomainConfig& d : job.domains) sources.push_back({"prompts.sft." + d.name, d.weight, d.data, d.name});
+    }
+    return data::SftMixture(sources, static_cast<uint64_t>(job.run.seed));
+}
+
 // One SFT batch: chat prompt + target response (meta "response", else "\boxed{answer}" when the prompt asks
 // for a boxed answer, else the answer) + EOS; NLL over the response tokens.
-// The SFT data: `sft.data`, or (when empty) every domain's training data mixed by the domain weights.
-struct SftSource {
-    std::string name;  // cursor key
-    double weight = 1.0;
-    std::string spec;
-    std::unique_ptr<data::PromptSampler> sampler;
-};
-
-// Seeded by the job alone: every rank holds the same streams and draws the whole global batch (next_sft_item).
-std::vector<SftSource> sft_sources(const JobConfig& job) {
-    std::vector<SftSource> out;
-    const auto add = [&](const std::string& key, double weight, const std::string& spec, const std::string& domain) {
-        out.push_back({key, weight, spec,
-                       std::make_unique<data::PromptSampler>(data::make_prompt_source(spec, domain, ""),
-                                                                rng::derive_seed(job.run.seed, 0, key))});
-    };
-    if (!job.sft.data.empty()) {
-        add("prompts.sft", 1.0, job.sft.data, "sft");
-    } else {
-        for (const DomainConfig& d : job.domains) add("prompts.sft." + d.name, d.weight, d.data, d.name);
-    }
-    return out;
-}
-
-// The next SFT item of step `step`, global slot `slot`: the source is drawn by weight, deterministically.
-data::PromptItem next_sft_item(std::vector<SftSource>& sources, const JobConfig& job, int64_t step, int64_t slot,
-                                  std::string* spec) {
-    double total = 0;
-    for (const SftSource& s : sources) total += s.weight;
-    const uint64_t r = rng::mix64(rng::derive_seed(job.run.seed, 0, absl::StrCat("sft.mixture.", step)) +
-                                  static_cast<uint64_t>(slot) * 0x9E3779B97F4A7C15ull);
-    double x = static_cast<double>(r >> 11) / 9007199254740992.0 * total;
-    SftSource* chosen = &sources.back();
-    for (SftSource& s : sources) {
-        if (x < s.weight) {
-            chosen = &s;
-            break;
-        }
-        x -= s.weight;
-    }
-    *spec = chosen->spec;
-    return chosen->sampler->next();
-}
-
 std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text::Tokenizer& tok,
-                                       std::vector<SftSource>& sources, int64_t step, const JobConfig& job,
+                                       data::SftMixture& sources, int64_t step, const JobConfig& job,
                                        const dist::Communicator& comm) {
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
@@ -71,7 +38,7 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text
     std::vector<rollout::Sample> samples(static_cast<size_t>(per_rank));
     for (int64_t g = 0; g < comm.size() * per_rank; ++g) {
         std::string spec;
-        const data::PromptItem item = next_sft_item(sources, job, step, g, &spec);
+        const data::PromptItem item = sources.next(step, g, &spec);
         if (g / per_rank != comm.rank()) continue;
         rollout::Sample& s = samples[static_cast<size_t>(g % per_rank)];
         std::string target;
@@ -115,7 +82,7 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text
 
 class SftStage final : public Stage {
 public:
-    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_sources(ctx.job)) {}
+    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_mixture(ctx.job)) {}
 
     std::string name() const override { return "sft"; }
     int64_t total_steps() const override { return ctx_.job.sft.steps; }
@@ -136,16 +103,16 @@ public:
         return absl::StrFormat("loss %.4f  grad_norm %.3f", m.at("loss"), m.at("grad_norm"));
     }
     void save_cursors(std::map<std::string, std::string>& cursors) const override {
-        for (const SftSource& src : sources_) cursors[src.name] = cursor_of(*src.sampler);
+        sources_.save_cursors(cursors);
     }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
-        for (SftSource& src : sources_) restore_cursor_if_present(*src.sampler, cursors, src.name);
+        sources_.restore_cursors(cursors);
     }
 
 private:
     JobContext& ctx_;
     const text::Tokenizer& tok_;
-    std::vector<SftSource> sources_;
+    data::SftMixture sources_;
 };
 
 }  // namespace

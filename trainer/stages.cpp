@@ -8,21 +8,10 @@
 
 namespace dsrl::trainer {
 
-std::string cursor_of(const data::PromptSampler& s) { return absl::StrCat(s.epoch(), ":", s.position()); }
-
-void restore_cursor(data::PromptSampler& s, const std::string& text, const std::string& what) {
-    const std::vector<std::string> parts = absl::StrSplit(text, ':');
-    int64_t epoch = 0, position = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &epoch) || !absl::SimpleAtoi(parts[1], &position)) {
-        throw CheckpointError(absl::StrCat("checkpoint cursor '", what, "' is malformed: '", text, "'"));
-    }
-    s.restore({epoch, position});
-}
-
 void restore_cursor_if_present(data::PromptSampler& s,
                                const std::map<std::string, std::string>& cursors,
                                const std::string& key) {
-    if (const auto it = cursors.find(key); it != cursors.end()) restore_cursor(s, it->second, it->first);
+    if (const auto it = cursors.find(key); it != cursors.end()) data::restore_cursor(s, it->second, it->first);
 }
 
 bool uses_dsa_stages(const JobConfig& job) {

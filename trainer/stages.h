@@ -30,11 +30,7 @@ std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text:
 /// True when run.stages has indexer_warmup or sparse_train.
 bool uses_dsa_stages(const JobConfig& job);
 
-/// A prompt sampler's position as a checkpoint cursor ("epoch:position") and back; a malformed cursor is a
-/// CheckpointError naming `what`.
-std::string cursor_of(const data::PromptSampler& s);
-void restore_cursor(data::PromptSampler& s, const std::string& text, const std::string& what);
-/// Restores `s` from cursors[key] when the checkpoint has it.
+/// Restores `s` from cursors[key] when the checkpoint has it (data::restore_cursor).
 void restore_cursor_if_present(data::PromptSampler& s,
                                const std::map<std::string, std::string>& cursors,
                                const std::string& key);

@@ -2,18 +2,11 @@
 
 #include <absl/strings/str_cat.h>
 
-#include <limits>
 #include "core/error.h"
 
 namespace dsrl {
 
 using config::Binder;
-using config::Rule;
-
-namespace {
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] bool reading(Binder& b) { return b.mode() == Binder::Mode::kRead; }
-}  // namespace
 
 void bind(Binder& b, DistConfig& c) {
     b.choice("mode", c.mode, {{"colocated", DistMode::kColocated}, {"disaggregated", DistMode::kDisaggregated}},
@@ -25,7 +18,7 @@ void bind(Binder& b, DistConfig& c) {
     b.field("rollout_ranks", c.rollout_ranks, {.doc = "disaggregated: the first N ranks are rollout workers.", .min = 0});
     b.field("max_policy_lag", c.max_policy_lag,
             {.doc = "disaggregated: maximum policy versions a sample may lag the trainer.", .min = 0});
-    if (reading(b) && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {
+    if (b.reading() && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {
         b.fail("rollout_ranks", "rollout_ranks is only meaningful with mode: disaggregated");
     }
 }

@@ -42,5 +42,21 @@ TEST(RngTest, SeedDefaultGeneratorsIsReproducible) {
     EXPECT_FALSE(at::equal(a, c));
 }
 
+TEST(RngTest, WeightedIndexFollowsTheWeights) {
+    const std::vector<double> w = {1.0, 0.0, 3.0};
+    std::vector<int> count(3, 0);
+    uint64_t state = 7;
+    for (int i = 0; i < 40000; ++i) {
+        state = mix64(state + 0x9E3779B97F4A7C15ull);
+        ++count[weighted_index(w, state)];
+    }
+    EXPECT_EQ(count[1], 0);                          // a zero weight is never drawn
+    EXPECT_NEAR(count[0] / 40000.0, 0.25, 0.01);     // 1 / 4
+    EXPECT_NEAR(count[2] / 40000.0, 0.75, 0.01);     // 3 / 4
+    EXPECT_EQ(weighted_index(w, 0), 0u);             // the bottom of [0, 1)
+    EXPECT_EQ(weighted_index(w, ~uint64_t{0}), 2u);  // the top
+    EXPECT_EQ(weighted_index({2.0}, 12345), 0u);
+}
+
 }  // namespace
 }  // namespace dsrl::rng

@@ -1,6 +1,7 @@
 // Prompt datasets (data/prompts.h): JSONL parsing and its file:line errors, the per-epoch shuffled sampler
 // and exact resume, the synthetic tasks (answers re-derived from the prompt text), data-spec parsing.
 #include "data/prompts.h"
+#include "data/sft_data.h"
 
 #include <gtest/gtest.h>
 
@@ -365,6 +366,38 @@ TEST(PromptSpecTest, PathsResolveAgainstTheBaseDir) {
     // A missing relative file names the resolved path.
     const std::string msg = error_of<DataError>([&] { make_prompt_source("nope.jsonl", "d", dir.path()); });
     EXPECT_NE(msg.find(dir.path() + "/nope.jsonl"), std::string::npos) << msg;
+}
+
+TEST(SftMixtureTest, DrawsByWeightDeterministicallyAndResumesFromCursors) {
+    const std::vector<SftMixture::SourceSpec> specs = {
+        {"prompts.sft.reasoning", 3.0, "synthetic:arithmetic?digits=1&ops=+", "reasoning"},
+        {"prompts.sft.alignment", 1.0, "synthetic:echo?words=2", "alignment"}};
+    SftMixture a(specs, 1234), b(specs, 1234);
+    std::map<std::string, std::string> cursors;
+    int reasoning = 0;
+    for (int64_t step = 0; step < 50; ++step) {
+        for (int64_t slot = 0; slot < 4; ++slot) {
+            std::string spec_a, spec_b;
+            const PromptItem x = a.next(step, slot, &spec_a), y = b.next(step, slot, &spec_b);
+            EXPECT_EQ(x.prompt, y.prompt);  // the same job seed draws the same data
+            EXPECT_EQ(spec_a, spec_b);
+            reasoning += spec_a == specs[0].spec;
+        }
+        if (step == 24) a.save_cursors(cursors);
+    }
+    EXPECT_NEAR(reasoning / 200.0, 0.75, 0.08);
+    ASSERT_EQ(cursors.size(), 2u);
+    // A fresh mixture restored from the cursors of step 25 continues as the original did.
+    SftMixture original(specs, 1234), resumed(specs, 1234);
+    for (int64_t step = 0; step < 25; ++step) {
+        for (int64_t slot = 0; slot < 4; ++slot) original.next(step, slot, nullptr);
+    }
+    resumed.restore_cursors(cursors);
+    for (int64_t step = 25; step < 30; ++step) {
+        for (int64_t slot = 0; slot < 4; ++slot) {
+            EXPECT_EQ(original.next(step, slot, nullptr).prompt, resumed.next(step, slot, nullptr).prompt);
+        }
+    }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 # uninterrupted run's bit for bit; no process of either job may be left running.
 # Usage: mpirun_kill_test.sh path/to/dsrl_train MPIEXEC
 set -u
+source "$(dirname "$0")/crash_checks.sh"
 bin=$1
 mpiexec=$2
 tmp=$(mktemp -d)
@@ -46,13 +47,5 @@ echo "$from"
 grep -m2 "waiting\|removing" "$tmp/b2.log"
 [ "$(cat "$tmp/b/checkpoints/latest")" = "$final" ] || fail "the resumed run did not finish"
 pgrep -f "$tmp/b" >/dev/null && fail "processes of the killed job are still running"
-# One metrics row per step: rows the killed job wrote after its last checkpoint were dropped on resume.
-rows() { sed -E 's/.*"stage":"([a-z_]+)".*"step":([0-9]+).*/\1 \2/' "$1" | sort; }
-dups=$(rows "$tmp/b/metrics.jsonl" | uniq -d | tr '\n' ' ')
-[ -z "$dups" ] || { echo "FAIL: metrics.jsonl repeats steps after the resume: $dups"; exit 1; }
-[ "$(rows "$tmp/a/metrics.jsonl")" = "$(rows "$tmp/b/metrics.jsonl")" ] ||
-    { echo "FAIL: the resumed run's metrics.jsonl has other steps than the uninterrupted run's"; exit 1; }
-a="$tmp/a/checkpoints/$final/model/model.safetensors"
-b="$tmp/b/checkpoints/$final/model/model.safetensors"
-cmp -s "$a" "$b" || fail "the resumed run's final weights differ from the uninterrupted run's"
-echo "ok: resumed right after mpirun was killed; final weights equal the uninterrupted run's bit for bit ($(stat -c %s "$a") bytes)"
+same_steps_and_weights "$tmp/a" "$tmp/b" "$final" || fail "the resumed run differs from the uninterrupted one"
+echo "ok: resumed right after mpirun was killed and matched the uninterrupted run"

@@ -4,6 +4,7 @@
 # resume from `latest` (job step 4 = RL step 2): the final weights must equal the uninterrupted run's bit for
 # bit, and no checkpoint directory may exist half-written under its final name. Usage: resume_test.sh path/to/dsrl_train MPIEXEC
 set -u
+source "$(dirname "$0")/crash_checks.sh"
 bin=$1
 mpiexec=$2
 tmp=$(mktemp -d)
@@ -28,15 +29,5 @@ ls -a "$tmp/b/checkpoints" | grep -q '\.tmp' && { echo "FAIL: a .tmp directory s
 # One metrics row per step: rows the killed job wrote after its last checkpoint were dropped on resume.
 grep -q "metrics.jsonl: dropping .* bytes of rows written after the checkpoint" "$tmp/b2.log" ||
     { echo "FAIL: the resume did not drop the killed job's rows after its checkpoint"; cat "$tmp/b2.log"; exit 1; }
-rows() { sed -E 's/.*"stage":"([a-z_]+)".*"step":([0-9]+).*/\1 \2/' "$1" | sort; }
-dups=$(rows "$tmp/b/metrics.jsonl" | uniq -d | tr '\n' ' ')
-[ -z "$dups" ] || { echo "FAIL: metrics.jsonl repeats steps after the resume: $dups"; exit 1; }
-[ "$(rows "$tmp/a/metrics.jsonl")" = "$(rows "$tmp/b/metrics.jsonl")" ] ||
-    { echo "FAIL: the resumed run's metrics.jsonl has other steps than the uninterrupted run's"; exit 1; }
-a="$tmp/a/checkpoints/step-00000006/model/model.safetensors"
-b="$tmp/b/checkpoints/step-00000006/model/model.safetensors"
-if cmp -s "$a" "$b"; then
-    echo "ok: resumed weights equal the uninterrupted run's bit for bit ($(stat -c %s "$a") bytes)"
-else
-    echo "FAIL: resumed weights differ from the uninterrupted run"; exit 1
-fi
+same_steps_and_weights "$tmp/a" "$tmp/b" step-00000006 || exit 1
+echo "ok: resumed from the checkpoint before the kill and matched the uninterrupted run"
