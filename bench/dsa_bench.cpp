@@ -47,6 +47,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "dsa/indexer_cuda.h"
@@ -82,14 +83,7 @@ Options parse(int argc, char** argv) {
             return v;
         };
         if (a == "--lengths") {
-            o.lengths.clear();
-            for (absl::string_view part : absl::StrSplit(value(), ',')) {
-                int64_t v = 0;
-                if (!absl::SimpleAtoi(part, &v) || v < 1) {
-                    throw dsrl::ConfigError(absl::StrCat("--lengths: '", part, "' is not a positive integer"));
-                }
-                o.lengths.push_back(v);
-            }
+            o.lengths = dsrl::bench::parse_lengths(value(), "dsrl_bench_dsa");
         } else if (a == "--topk") {
             o.topk = integer(1);
         } else if (a == "--heads") {

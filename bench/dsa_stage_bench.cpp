@@ -29,8 +29,6 @@
 #include <absl/strings/str_split.h>
 
 #include <sys/resource.h>
-#include <sys/wait.h>
-#include <spawn.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -40,13 +38,13 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/rng.h"
 #include "dsa/indexer_loss.h"
 #include "dsa/sparse_attention.h"
 
-extern char** environ;
 
 namespace {
 
@@ -151,48 +149,11 @@ struct Point {
 
 // Runs this binary with --child and parses its RESULT line.
 Point measure(const std::string& self, const std::vector<std::string>& child_args) {
-    int fds[2];
-    if (pipe(fds) != 0) throw dsrl::Error("dsrl_bench_dsa_stage: pipe() failed");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::vector<std::string> args = {self, "--child"};
+    std::vector<std::string> args = {"--child"};
     args.insert(args.end(), child_args.begin(), child_args.end());
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    if (rc != 0) {
-        close(fds[0]);
-        throw dsrl::Error(absl::StrCat("dsrl_bench_dsa_stage: cannot spawn ", self));
-    }
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    Point p;
-    const size_t at = text.find("RESULT ");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || at == std::string::npos) return p;
-    p.ok = std::sscanf(text.c_str() + at, "RESULT %lf %lf %lf", &p.seconds, &p.peak_mib, &p.loss) == 3;
-    return p;
-}
-
-std::vector<int64_t> parse_lengths(const std::string& s) {
-    std::vector<int64_t> out;
-    for (absl::string_view part : absl::StrSplit(s, ',')) {
-        int64_t v = 0;
-        if (!absl::SimpleAtoi(part, &v) || v < 1) {
-            throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: bad --lengths entry '", std::string(part), "'"));
-        }
-        out.push_back(v);
-    }
-    return out;
+    const auto r = dsrl::bench::run_child(self, args, "dsrl_bench_dsa_stage");
+    if (!r || r->size() != 3) return Point{};
+    return {true, (*r)[0], (*r)[1], (*r)[2]};
 }
 
 int run(int argc, char** argv) {
@@ -225,7 +186,7 @@ int run(int argc, char** argv) {
                 long(heads), long(kLatent), long(kRope), long(index_heads), long(kIndexDim), long(tile));
     std::printf("%7s | %10s %9s | %10s %9s | %9s | %12s\n", "L", "tiled MiB", "tiled s", "naive MiB", "naive s",
                 "mem ratio", "|loss diff|");
-    for (const int64_t L : parse_lengths(lengths)) {
+    for (const int64_t L : dsrl::bench::parse_lengths(lengths, "dsrl_bench_dsa_stage")) {
         const auto child_args = [&](const std::string& mode) {
             return std::vector<std::string>{std::to_string(L), mode, std::to_string(tile), std::to_string(heads),
                                             std::to_string(index_heads)};

@@ -18,8 +18,6 @@
 #include <absl/strings/str_split.h>
 
 #include <sys/resource.h>
-#include <sys/wait.h>
-#include <spawn.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -28,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/rng.h"
@@ -38,7 +37,6 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-extern char** environ;
 
 namespace {
 
@@ -131,46 +129,12 @@ int child(int64_t length, const std::string& path, int64_t topk, const std::stri
 // Runs this binary with --child and parses its RESULT line; false when the child failed.
 bool measure(const std::string& self, int64_t length, const std::string& path, int64_t topk,
              const std::string& device, int repeats, double* seconds, double* peak_mib) {
-    int fds[2];
-    if (pipe(fds) != 0) throw dsrl::Error("dsrl_bench_model: pipe() failed");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    const std::vector<std::string> args = {self, "--child", std::to_string(length), path, std::to_string(topk), device,
-                                           std::to_string(repeats)};
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    if (rc != 0) {
-        close(fds[0]);
-        throw dsrl::Error(absl::StrCat("dsrl_bench_model: cannot spawn ", self));
-    }
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    const size_t at = text.find("RESULT ");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || at == std::string::npos) return false;
-    return std::sscanf(text.c_str() + at, "RESULT %lf %lf", seconds, peak_mib) == 2;
-}
-
-std::vector<int64_t> parse_lengths(const std::string& s) {
-    std::vector<int64_t> out;
-    for (absl::string_view part : absl::StrSplit(s, ',')) {
-        int64_t v = 0;
-        if (!absl::SimpleAtoi(part, &v) || v < 1) {
-            throw dsrl::ConfigError(absl::StrCat("dsrl_bench_model: bad --lengths entry '", std::string(part), "'"));
-        }
-        out.push_back(v);
-    }
-    return out;
+    const auto r = dsrl::bench::run_child(self, {"--child", std::to_string(length), path, std::to_string(topk), device,
+                                                 std::to_string(repeats)}, "dsrl_bench_model");
+    if (!r || r->size() != 2) return false;
+    *seconds = (*r)[0];
+    *peak_mib = (*r)[1];
+    return true;
 }
 
 int run(int argc, char** argv) {
@@ -204,7 +168,7 @@ int run(int argc, char** argv) {
                 long(c.kv_lora_rank), long(c.index_n_heads), long(c.index_head_dim), long(topk), repeats);
     std::printf("%8s | %14s %12s | %14s %12s | %12s %10s\n", "L", "sparse tok/s", "sparse MiB", "dense tok/s",
                 "dense MiB", "speed ratio", "mem ratio");
-    for (const int64_t L : parse_lengths(lengths)) {
+    for (const int64_t L : dsrl::bench::parse_lengths(lengths, "dsrl_bench_model")) {
         double ts = 0, ms = 0, td = 0, md = 0;
         const bool ok_s = measure(exe, L, "sparse", topk, device, repeats, &ts, &ms);
         const bool ok_d = L <= dense_max && measure(exe, L, "dense", topk, device, repeats, &td, &md);

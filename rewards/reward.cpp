@@ -11,29 +11,11 @@
 #include <mutex>
 #include <thread>
 
+#include "core/config_binder.h"
 #include "core/error.h"
 #include "core/logging.h"
 
 namespace dsrl::rewards {
-namespace {
-
-// Levenshtein distance, for "did you mean" on unknown module names.
-size_t edit_distance(const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= b.size(); ++j) {
-            const size_t up = row[j];
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-            diag = up;
-        }
-    }
-    return row[b.size()];
-}
-
-}  // namespace
 
 // --- Params ------------------------------------------------------------------------------------------------
 
@@ -120,7 +102,7 @@ std::unique_ptr<RewardModule> Registry::create(const std::string& name, const Pa
         size_t best_d = 3;
         for (const auto& [n, e] : entries_) {
             names.push_back(n);
-            const size_t d = edit_distance(n, name);
+            const size_t d = config::edit_distance(n, name);
             if (d < best_d) {
                 best_d = d;
                 best = n;
