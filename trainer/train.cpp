@@ -29,8 +29,9 @@
 namespace dsrl::trainer {
 namespace {
 
-// Cuts the metrics file back to `bytes` (its size when the checkpoint being resumed was written); -1 (a
-// checkpoint of an older dsrl) or a file already that short leave it as it is.
+// Cuts the metrics file back to `bytes` (its size when the checkpoint being resumed was written; 0 when the job
+// being resumed left no checkpoint, so every step runs again); -1 (a checkpoint of an older dsrl) or a file
+// already that short leave it as it is.
 void truncate_metrics(const std::string& path, int64_t bytes) {
     const int64_t size = fs::file_size(path);
     if (bytes < 0 || size <= bytes) return;
@@ -136,6 +137,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             if (rank == 0) truncate_metrics(metrics_path, int_cursor(state.cursors, "metrics_bytes", -1));
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
+            truncate_metrics(metrics_path, 0);  // the resumed job's rows before its first checkpoint run again
         }
     }
 

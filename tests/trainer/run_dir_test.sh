@@ -7,7 +7,8 @@
 #     leaves the temporary file; `--resume auto` removes it with one warning and finishes the job, and nothing
 #     temporary is left in the checkpoint directory;
 #  4. a fresh start (no --resume) where an earlier job left checkpoints is refused, saying what to do;
-#     run.overwrite=true deletes them and starts over.
+#     run.overwrite=true deletes them and starts over;
+#  5. `--resume auto` of a job killed before its first checkpoint starts fresh without repeating its metrics rows.
 # Usage: run_dir_test.sh path/to/dsrl_train MPIEXEC
 set -u
 bin=$1
@@ -86,3 +87,16 @@ grep -q "holds the checkpoints of an earlier job (latest: step-00000004).*--resu
     fail "run.overwrite=true left the earlier job's checkpoints: $(ls "$tmp/run/checkpoints")"
 [ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 2 ] || fail "run.overwrite=true kept the earlier metrics rows"
 echo "ok: a fresh start on an earlier job's checkpoints was refused; run.overwrite=true started over"
+
+# 5. Killed before its first checkpoint (every_steps 0: only at the end); --resume auto starts fresh and the
+#    rows of the killed job's steps are not kept twice.
+rm -rf "$tmp/run"
+job5=("${job[@]}" --set trainer.total_steps=3 --set trainer.checkpoint.every_steps=0)
+DSRL_FAULT_KILL=step_start:3 "$mpiexec" --oversubscribe -np 2 "$bin" "${job5[@]}" >"$tmp/early.log" 2>&1 &&
+    fail "the job killed at step 3 exited 0"
+[ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 2 ] || fail "the killed job did not write 2 rows"
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job5[@]}" --resume auto >"$tmp/early_resume.log" 2>&1 ||
+    fail "the resume of a job without checkpoints failed"
+[ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 3 ] ||
+    fail "metrics.jsonl has $(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl") GRPO rows after the resume, want 3"
+echo "ok: a job killed before its first checkpoint resumed from scratch with one metrics row per step"
