@@ -105,18 +105,6 @@ int write_pieces(int fd, const std::vector<std::string_view>& pieces) {
     return 0;
 }
 
-// pwrite from offset 0 (the lock file's descriptor is shared by truncate and write; no file position needed).
-int write_pieces_at(int fd, std::string_view text) {
-    size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t w = ::pwrite(fd, text.data() + done, text.size() - done, static_cast<off_t>(done));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return w < 0 ? errno : EIO;
-        done += static_cast<size_t>(w);
-    }
-    return 0;
-}
-
 }  // namespace
 
 std::string read_file(const std::string& path) {
@@ -286,8 +274,8 @@ std::string FileLock::error_text() const { return last_errno_ != 0 ? std::strerr
 
 void FileLock::write_content(const std::string& text) {
     DSRL_INTERNAL_ASSERT(fd_ >= 0, "FileLock::write_content on a closed lock");
-    if (::ftruncate(fd_, 0) != 0) fail("cannot truncate the lock file", path_, errno);
-    if (const int err = write_pieces_at(fd_, text); err != 0) fail("write failed on the lock file", path_, err);
+    if (::ftruncate(fd_, 0) != 0 || ::lseek(fd_, 0, SEEK_SET) != 0) fail("cannot truncate the lock file", path_, errno);
+    if (const int err = write_pieces(fd_, {text}); err != 0) fail("write failed on the lock file", path_, err);
     ::fsync(fd_);
 }
 

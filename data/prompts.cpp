@@ -511,4 +511,8 @@ void restore_cursor(PromptSampler& s, const std::string& text, const std::string
     s.restore({epoch, position});
 }
 
+void restore_cursor(PromptSampler& s, const std::map<std::string, std::string>& cursors, const std::string& key) {
+    if (const auto it = cursors.find(key); it != cursors.end()) restore_cursor(s, it->second, it->first);
+}
+
 }  // namespace dsrl::data

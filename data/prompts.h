@@ -118,5 +118,7 @@ class PromptSampler {
 /// CheckpointError naming `what` (the cursor's key).
 std::string cursor_of(const PromptSampler& s);
 void restore_cursor(PromptSampler& s, const std::string& text, const std::string& what);
+/// Restores `s` from cursors[key] when the checkpoint has that cursor (else leaves it where it is).
+void restore_cursor(PromptSampler& s, const std::map<std::string, std::string>& cursors, const std::string& key);
 
 }  // namespace dsrl::data

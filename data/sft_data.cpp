@@ -27,9 +27,7 @@ void SftMixture::save_cursors(std::map<std::string, std::string>& cursors) const
 }
 
 void SftMixture::restore_cursors(const std::map<std::string, std::string>& cursors) {
-    for (Source& s : sources_) {
-        if (const auto it = cursors.find(s.spec.key); it != cursors.end()) restore_cursor(*s.sampler, it->second, it->first);
-    }
+    for (Source& s : sources_) restore_cursor(*s.sampler, cursors, s.spec.key);
 }
 
 }  // namespace dsrl::data

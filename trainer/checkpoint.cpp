@@ -47,7 +47,12 @@ std::string read_text(const std::string& path) {
     }
 }
 
-// Step directories under `root`, oldest first.
+void barrier(const dist::Communicator* comm) {
+    if (comm != nullptr && comm->size() > 1) comm->barrier();
+}
+
+}  // namespace
+
 std::vector<std::string> step_dirs(const std::string& root) {
     std::vector<std::string> out;
     DIR* d = ::opendir(root.c_str());
@@ -60,12 +65,6 @@ std::vector<std::string> step_dirs(const std::string& root) {
     std::sort(out.begin(), out.end());
     return out;
 }
-
-void barrier(const dist::Communicator* comm) {
-    if (comm != nullptr && comm->size() > 1) comm->barrier();
-}
-
-}  // namespace
 
 std::string step_dir_name(int64_t step) { return absl::StrFormat("step-%08d", step); }
 

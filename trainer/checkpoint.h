@@ -47,6 +47,8 @@ struct TrainingState {
 
 /// Name of the directory of job step `step` (TrainingState::job_step): "step-00000120".
 std::string step_dir_name(int64_t step);
+/// The names of the step directories under `root` ("step-NNNNNNNN"), oldest first; none when `root` is missing.
+std::vector<std::string> step_dirs(const std::string& root);
 
 /// Saves a checkpoint collectively (every rank of `comm` calls it; `comm` may be null for one process).
 /// `rng_state` is this rank's generator state. Returns the final directory.

@@ -107,7 +107,7 @@ public:
         for (const DomainRuntime& d : domains_) cursors["prompts." + d.name] = data::cursor_of(*d.sampler);
     }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
-        for (DomainRuntime& d : domains_) restore_cursor_if_present(*d.sampler, cursors, "prompts." + d.name);
+        for (DomainRuntime& d : domains_) data::restore_cursor(*d.sampler, cursors, "prompts." + d.name);
     }
 
 private:

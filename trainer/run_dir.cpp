@@ -8,8 +8,6 @@
 #include <absl/strings/str_format.h>
 #include <absl/strings/strip.h>
 
-#include <dirent.h>
-
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -18,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "trainer/checkpoint.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -199,15 +198,9 @@ void prepare_fresh_start(const std::string& checkpoint_root,
     if (comm.rank() == 0) {
         DSRL_LOG(warn) << "run.overwrite: deleting the earlier job's checkpoints in " << checkpoint_root
                        << " and its outputs before starting fresh";
-        std::vector<std::string> doomed;
-        if (DIR* d = ::opendir(checkpoint_root.c_str())) {
-            while (const dirent* e = ::readdir(d)) {
-                const std::string name = e->d_name;
-                if (name.rfind("step-", 0) == 0 || name == "latest") doomed.push_back(fs::join(checkpoint_root, name));
-            }
-            ::closedir(d);
-        }
-        for (const std::string& p : outputs) doomed.push_back(p);
+        std::vector<std::string> doomed = outputs;
+        doomed.push_back(latest_path);
+        for (const std::string& name : step_dirs(checkpoint_root)) doomed.push_back(fs::join(checkpoint_root, name));
         for (const std::string& p : doomed) fs::remove_tree(p);
     }
     if (comm.size() > 1) comm.barrier();

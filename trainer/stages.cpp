@@ -8,12 +8,6 @@
 
 namespace dsrl::trainer {
 
-void restore_cursor_if_present(data::PromptSampler& s,
-                               const std::map<std::string, std::string>& cursors,
-                               const std::string& key) {
-    if (const auto it = cursors.find(key); it != cursors.end()) data::restore_cursor(s, it->second, it->first);
-}
-
 bool uses_dsa_stages(const JobConfig& job) {
     for (const std::string& s : job.run.stages) {
         if (s == "indexer_warmup" || s == "sparse_train") return true;

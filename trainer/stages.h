@@ -30,9 +30,4 @@ std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text:
 /// True when run.stages has indexer_warmup or sparse_train.
 bool uses_dsa_stages(const JobConfig& job);
 
-/// Restores `s` from cursors[key] when the checkpoint has it (data::restore_cursor).
-void restore_cursor_if_present(data::PromptSampler& s,
-                               const std::map<std::string, std::string>& cursors,
-                               const std::string& key);
-
 }  // namespace dsrl::trainer
