@@ -166,7 +166,7 @@ double valid_pairs(int64_t L, int64_t k) {
 int main(int argc, char** argv) {
     return dsrl::guarded_main([&] {
         const Options o = parse(argc, argv);
-        if (!dsrl::dsa::cuda::sparse_mla_available() || c10::cuda::device_count() == 0) {
+        if (!dsrl::built_with_cuda() || c10::cuda::device_count() == 0) {
             throw dsrl::ConfigError("dsrl_bench_dsa needs a CUDA build and a visible GPU");
         }
         const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);

@@ -4,7 +4,6 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -14,6 +13,8 @@
 #include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
 #include <yaml-cpp/yaml.h>
+
+#include "core/fs.h"
 
 namespace dsrl::config {
 
@@ -596,13 +597,13 @@ Document Document::from_string(const std::string& text, const std::string& sourc
 }
 
 Document Document::from_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw ConfigError(absl::StrCat("config file '", path, "' cannot be read: ", std::strerror(errno)));
+    std::string text;
+    try {
+        text = fs::read_file(path);
+    } catch (const fs::IoError& e) {
+        throw ConfigError(absl::StrCat("config file '", path, "' cannot be read: ", e.reason()));
     }
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    return from_string(buffer.str(), path);
+    return from_string(text, path);
 }
 
 void Document::apply_override(const std::string& assignment) {

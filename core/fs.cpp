@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -19,7 +20,7 @@ namespace dsrl::fs {
 namespace {
 
 [[noreturn]] void fail(const char* what, const std::string& path, int err) {
-    throw Error(absl::StrCat(what, " '", path, "': ", std::strerror(err)));
+    throw IoError(absl::StrCat(what, " '", path, "': ", std::strerror(err)), std::strerror(err));
 }
 
 int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
@@ -125,6 +126,58 @@ std::string read_file(const std::string& path) {
     }
     ::close(fd);
     return out;
+}
+
+LineReader::LineReader(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) fail("cannot open", path, errno);
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0 && S_ISDIR(st.st_mode)) {
+        ::close(fd_);
+        fd_ = -1;
+        fail("cannot open", path, EISDIR);
+    }
+}
+
+LineReader::~LineReader() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+bool LineReader::fill() {
+    if (eof_) return false;
+    if (pos_ > 0) {
+        buf_.erase(0, pos_);
+        pos_ = 0;
+    }
+    char chunk[1 << 16];
+    while (true) {
+        const ssize_t r = ::read(fd_, chunk, sizeof(chunk));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) fail("read failed on", path_, errno);
+        if (r == 0) {
+            eof_ = true;
+            return false;
+        }
+        buf_.append(chunk, static_cast<size_t>(r));
+        return true;
+    }
+}
+
+bool LineReader::next(std::string& line) {
+    size_t nl;
+    while ((nl = buf_.find('\n', pos_)) == std::string::npos) {
+        if (!fill()) break;
+    }
+    if (nl == std::string::npos) {
+        if (pos_ >= buf_.size()) return false;  // the end, after a final '\n' or of an empty file
+        nl = buf_.size();                       // a last line without '\n'
+    }
+    line.assign(buf_, pos_, nl - pos_);
+    pos_ = std::min(nl + 1, buf_.size());
+    ++line_;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line_ == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    return true;
 }
 
 void write_file_synced(const std::string& path, const std::vector<std::string_view>& pieces) {

@@ -1,7 +1,8 @@
 // File-system helpers on POSIX calls. dsrl does not call std::filesystem operations: the PyPI libtorch.so
 // exports its own copies of most of them (create_directories, remove_all, rename, status, ...), and where
 // the loader binds our calls to those copies they crash (docs/architecture.md, Note [libstdc++ first]).
-// Errors are dsrl::Error naming the path and the system's reason.
+// Errors are fs::IoError (a dsrl::Error) naming the operation and the path; reason() is the system's reason,
+// for callers that word their own message ("config file 'x' cannot be read: <reason>").
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,19 @@
 #include <string_view>
 #include <vector>
 
+#include "core/error.h"
+
 namespace dsrl::fs {
+
+/// A failed file operation: what() is "<operation> '<path>': <reason>", reason() the system's reason alone.
+class IoError : public Error {
+public:
+    IoError(const std::string& message, std::string reason) : Error(message), reason_(std::move(reason)) {}
+    const std::string& reason() const { return reason_; }
+
+private:
+    std::string reason_;
+};
 
 /// True when `path` exists (any file type; symlinks are followed).
 bool exists(const std::string& path);
@@ -22,8 +35,37 @@ void make_dirs(const std::string& path);
 void remove_tree(const std::string& path);
 /// A new private directory under $TMPDIR (or /tmp) whose name starts with `prefix`.
 std::string make_temp_dir(const std::string& prefix);
-/// The whole content of the file at `path`; dsrl::Error naming the path and the reason when it cannot be read.
+/// The whole content of the file at `path`; IoError naming the path and the reason when it cannot be read.
 std::string read_file(const std::string& path);
+
+/// Streams the lines of a text file (JSONL data, prompts): '\n' ends a line; a trailing '\r' (CRLF files) and a
+/// UTF-8 byte-order mark before the first line are dropped. IoError when the file cannot be opened (a directory
+/// included) or read.
+///
+///   fs::LineReader in(path);
+///   for (std::string line; in.next(line);) use(in.line_number(), line);
+class LineReader {
+public:
+    explicit LineReader(const std::string& path);
+    ~LineReader();
+    LineReader(const LineReader&) = delete;
+    LineReader& operator=(const LineReader&) = delete;
+
+    /// The next line into `line`; false at the end of the file.
+    bool next(std::string& line);
+    /// 1-based number of the line `next` returned last.
+    int64_t line_number() const { return line_; }
+    const std::string& path() const { return path_; }
+
+private:
+    bool fill();  // reads more bytes into buf_; false at the end of the file
+    std::string path_;
+    int fd_ = -1;
+    std::string buf_;
+    size_t pos_ = 0;
+    bool eof_ = false;
+    int64_t line_ = 0;
+};
 
 /// Writes `pieces` (concatenated) to `path` and fsyncs it (not atomic: for files inside a directory that is
 /// itself published atomically).

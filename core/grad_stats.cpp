@@ -1,6 +1,9 @@
 #include "core/grad_stats.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
+
+#include "core/dispatch.h"
 
 namespace dsrl {
 
@@ -15,21 +18,15 @@ GradStats grad_stats(const std::vector<at::Tensor>& tensors, Impl impl) {
         TORCH_CHECK(t.device() == device, "grad_stats: all tensors must be on one device; tensor 0 is on ", device,
                     ", tensor ", i, " on ", t.device());
     }
-    const bool on_cuda = device.is_cuda();
-    switch (impl) {
-        case Impl::kReference: return ref::grad_stats(tensors);
-        case Impl::kCuda:
-            TORCH_CHECK(on_cuda && cuda::available(), "grad_stats: impl=cuda needs CUDA tensors and a CUDA build; got ",
-                        device, (cuda::available() ? "" : " (this build has no CUDA kernels)"));
-            return cuda::grad_stats(tensors);
-        case Impl::kAuto: return on_cuda && cuda::available() ? cuda::grad_stats(tensors) : ref::grad_stats(tensors);
+    const bool fits = built_with_cuda() && device.is_cuda();
+    if (use_kernels(impl, fits, "grad_stats", [&] { return KernelMismatch{"CUDA tensors", c10::str("tensors on ", device)}; })) {
+        return cuda::grad_stats(tensors);
     }
     return ref::grad_stats(tensors);
 }
 
 #ifndef DSRL_WITH_CUDA
 namespace cuda {
-bool available() { return false; }
 GradStats grad_stats(const std::vector<at::Tensor>&) {
     TORCH_CHECK(false, "grad_stats: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }

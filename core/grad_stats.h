@@ -35,8 +35,6 @@ GradStats grad_stats(const std::vector<at::Tensor>& tensors);
 namespace cuda {
 /// The CUDA path (requires CUDA tensors); defined only when built with CUDA.
 GradStats grad_stats(const std::vector<at::Tensor>& tensors);
-/// True when this build has the CUDA kernels.
-bool available();
 }  // namespace cuda
 
 }  // namespace dsrl

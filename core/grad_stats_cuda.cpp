@@ -12,7 +12,6 @@
 
 namespace dsrl::cuda {
 
-bool available() { return true; }
 
 GradStats grad_stats(const std::vector<at::Tensor>& tensors) {
     if (tensors.empty()) return {};

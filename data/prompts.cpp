@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -94,18 +93,19 @@ std::optional<std::string> optional_string(const Json& obj, const char* key, con
 }  // namespace
 
 std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::string& path, const std::string& domain) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw DataError(absl::StrCat("prompts file ", path, ": cannot open: ", std::strerror(errno)));
+    std::unique_ptr<fs::LineReader> in;
+    try {
+        in = std::make_unique<fs::LineReader>(path);
+    } catch (const fs::IoError& e) {
+        throw DataError(absl::StrCat("prompts file ", path, ": cannot open: ", e.reason()));
+    }
 
     std::shared_ptr<JsonlPromptSource> src(new JsonlPromptSource());
     src->path_ = path;
     std::map<int64_t, int64_t> line_of_id;
     std::string text;
-    int64_t line = 0;
-    while (std::getline(in, text)) {
-        ++line;
-        if (line == 1 && text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // UTF-8 byte-order mark
-        if (!text.empty() && text.back() == '\r') text.pop_back();
+    while (in->next(text)) {
+        const int64_t line = in->line_number();
         if (text.find_first_not_of(" \t\r\n\f\v") == std::string::npos) continue;
 
         Json obj;
@@ -170,12 +170,11 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
         }
         src->items_.push_back(std::move(item));
     }
-    if (in.bad()) throw DataError(absl::StrCat("prompts file ", path, ": read failed after line ", line));
     if (src->items_.empty()) {
         throw DataError(absl::StrCat("prompts file ",
                                      path,
                                      ": no prompts (",
-                                     line == 0 ? "the file is empty" : "only blank lines",
+                                     in->line_number() == 0 ? "the file is empty" : "only blank lines",
                                      "); expected one JSON object per line with a string 'prompt'"));
     }
     return src;

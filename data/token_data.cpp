@@ -8,7 +8,6 @@
 #include <absl/strings/str_split.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <map>
 #include <utility>
 
@@ -137,13 +136,16 @@ std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec, int64
 
 std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t seq_len,
                                                const text::Tokenizer& tok) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw DataError(absl::StrCat("dsa.data: cannot open the token data file ", path));
+    std::unique_ptr<fs::LineReader> in;
+    try {
+        in = std::make_unique<fs::LineReader>(path);
+    } catch (const fs::IoError& e) {
+        throw DataError(absl::StrCat("dsa.data: cannot open the token data file ", path, ": ", e.reason()));
+    }
     std::vector<int64_t> tokens;
     std::string text;
-    int64_t line = 0;
-    while (std::getline(in, text)) {
-        ++line;
+    while (in->next(text)) {
+        const int64_t line = in->line_number();
         if (text.find_first_not_of(" \t\r\n") == std::string::npos) continue;
         nlohmann::json row;
         try {

@@ -20,7 +20,7 @@ void bind(Binder& b, RopeScalingConfig& c) {
     b.field("mscale_all_dim", c.mscale_all_dim, {.doc = "YaRN mscale applied to the softmax scale.", .min = 0.0});
 }
 
-void bind(Binder& b, ModelConfig& c) {
+void bind(Binder& b, ModelRuntime& c) {
     b.field("path", c.path, {.doc = "Hugging Face checkpoint directory (config.json + safetensors). Empty: random "
                                     "init from the fields below."});
     b.choice("dtype", c.dtype, {{"float32", DType::kFloat32}, {"bfloat16", DType::kBFloat16}},
@@ -28,6 +28,9 @@ void bind(Binder& b, ModelConfig& c) {
     b.choice("impl", c.impl, {{"auto", Impl::kAuto}, {"reference", Impl::kReference}, {"cuda", Impl::kCuda}},
              {.doc = "DSA kernels: auto (CUDA kernels for CUDA bf16 inputs of the full-size shapes, else ATen), "
                      "reference (ATen always), cuda (the kernels or an error); docs/kernels.md."});
+}
+
+void bind(Binder& b, ModelArch& c) {
     const Rule pos{.min = 1};
     auto pos_doc = [&](const char* doc) {
         Rule r = pos;
@@ -67,42 +70,54 @@ void bind(Binder& b, ModelConfig& c) {
     b.field("bos_token_id", c.bos_token_id, {.doc = "Beginning-of-sequence token.", .min = 0});
     b.field("eos_token_id", c.eos_token_id, {.doc = "End-of-sequence token.", .min = 0});
     if (!b.reading()) return;
-    if (c.topk_group > c.n_group) {
-        b.fail("topk_group", absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
-    }
-    if (c.n_routed_experts % c.n_group != 0) {
-        b.fail("n_group", absl::StrCat("n_routed_experts (", c.n_routed_experts, ") must be divisible by n_group (",
-                                       c.n_group, ")"));
-    }
-    if (c.num_experts_per_tok > c.topk_group * (c.n_routed_experts / c.n_group)) {
-        b.fail("num_experts_per_tok",
-               absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok, ") exceeds the experts in topk_group (",
-                            c.topk_group, ") groups of ", c.n_routed_experts / c.n_group));
-    }
-    if (c.n_routed_experts / c.n_group < 2 && c.n_group > 1) {
-        b.fail("n_group", "group-limited routing scores each group by its top-2 experts: need >= 2 experts per group");
-    }
-    if (c.qk_rope_head_dim % 2 != 0) b.fail("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
-    if (c.index_head_dim < c.qk_rope_head_dim) {
-        b.fail("index_head_dim", absl::StrCat("index_head_dim (", c.index_head_dim, ") must be >= qk_rope_head_dim (",
-                                              c.qk_rope_head_dim, "): the indexer's rope part comes first"));
-    }
-    if (c.first_k_dense_replace > c.num_hidden_layers) {
-        b.fail("first_k_dense_replace", absl::StrCat("first_k_dense_replace (", c.first_k_dense_replace,
-                                                     ") exceeds num_hidden_layers (", c.num_hidden_layers, ")"));
-    }
-    if (c.bos_token_id >= c.vocab_size || c.eos_token_id >= c.vocab_size) {
-        b.fail("eos_token_id", absl::StrCat("bos/eos token ids must be < vocab_size (", c.vocab_size, ")"));
+    if (const std::vector<ArchProblem> problems = arch_problems(c); !problems.empty()) {
+        b.fail(problems[0].key, problems[0].message);
     }
 }
 
-moe::RouterOptions router_options(const ModelConfig& m) {
-    return {.n_routed_experts = m.n_routed_experts,
-            .num_experts_per_tok = m.num_experts_per_tok,
-            .n_group = m.n_group,
-            .topk_group = m.topk_group,
-            .routed_scaling_factor = m.routed_scaling_factor,
-            .norm_topk_prob = m.norm_topk_prob};
+void bind(Binder& b, ModelConfig& c) {
+    bind(b, static_cast<ModelRuntime&>(c));
+    bind(b, static_cast<ModelArch&>(c));
+}
+
+std::vector<ArchProblem> arch_problems(const ModelArch& c) {
+    std::vector<ArchProblem> out;
+    auto problem = [&](const char* key, std::string message) { out.push_back({key, std::move(message)}); };
+    if (c.n_routed_experts % c.n_group != 0) {
+        problem("n_group", absl::StrCat("n_routed_experts (", c.n_routed_experts, ") must be divisible by n_group (",
+                                        c.n_group, ")"));
+    }
+    if (c.topk_group > c.n_group) {
+        problem("topk_group", absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
+    }
+    if (c.num_experts_per_tok > c.n_routed_experts) {
+        problem("num_experts_per_tok", absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok,
+                                                    ") must not exceed n_routed_experts (", c.n_routed_experts, ")"));
+    }
+    if (c.num_experts_per_tok > c.topk_group * (c.n_routed_experts / c.n_group)) {
+        problem("num_experts_per_tok",
+                absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok, ") exceeds the experts in topk_group (",
+                             c.topk_group, ") groups of ", c.n_routed_experts / c.n_group));
+    }
+    if (c.n_group > 1 && c.n_routed_experts / c.n_group < 2) {
+        problem("n_group", "group-limited routing scores each group by its top-2 experts: need >= 2 experts per group");
+    }
+    if (c.qk_rope_head_dim % 2 != 0) problem("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
+    if (c.index_head_dim < c.qk_rope_head_dim) {
+        problem("index_head_dim", absl::StrCat("index_head_dim (", c.index_head_dim, ") must be >= qk_rope_head_dim (",
+                                               c.qk_rope_head_dim, "): the indexer's rope part comes first"));
+    }
+    if (c.first_k_dense_replace > c.num_hidden_layers) {
+        problem("first_k_dense_replace", absl::StrCat("first_k_dense_replace (", c.first_k_dense_replace,
+                                                      ") exceeds num_hidden_layers (", c.num_hidden_layers, ")"));
+    }
+    if (c.bos_token_id >= c.vocab_size) {
+        problem("bos_token_id", absl::StrCat("must be < vocab_size (", c.vocab_size, "), got ", c.bos_token_id));
+    }
+    if (c.eos_token_id >= c.vocab_size) {
+        problem("eos_token_id", absl::StrCat("must be < vocab_size (", c.vocab_size, "), got ", c.eos_token_id));
+    }
+    return out;
 }
 
 }  // namespace dsrl

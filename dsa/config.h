@@ -1,5 +1,9 @@
-// The model's configuration (`model:` in a job): the Hugging Face config.json fields of DeepSeek-V3.2 (same
-// names) and, for now in the same struct, the runtime choices path, dtype and impl. Owned by the dsa library.
+// The model's configuration, owned by the dsa library, in two parts:
+//   ModelArch     the architecture: DeepSeek-V3.2's Hugging Face config.json fields (same names). A checkpoint's
+//                 config.json is read into one and written from one (dsa/hf_config.h); nothing else lives there.
+//   ModelRuntime  how this process runs a model: where it came from, parameter dtype, kernel choice.
+//   ModelConfig   the job's `model:` section: both, flat in YAML. With `path` set, the architecture comes from
+//                 the checkpoint's config.json and the section's architecture fields are not used.
 #pragma once
 
 #include <cstdint>
@@ -21,12 +25,19 @@ struct RopeScalingConfig {
     double beta_slow = 1.0;
     double mscale = 1.0;
     double mscale_all_dim = 1.0;
+
+    bool operator==(const RopeScalingConfig&) const = default;
 };
 
-struct ModelConfig {
-    std::string path;  ///< HF checkpoint directory; empty: random init from the fields below
+struct ModelRuntime {
+    std::string path;  ///< HF checkpoint directory; empty: random init from the architecture fields
     DType dtype = DType::kFloat32;
     Impl impl = Impl::kAuto;
+};
+
+/// The routing fields (n_routed_experts, num_experts_per_tok, n_group, topk_group, routed_scaling_factor,
+/// norm_topk_prob) and their defaults are moe::RouterOptions', inherited.
+struct ModelArch : moe::RouterOptions {
     int64_t vocab_size = 320;
     int64_t hidden_size = 64;
     int64_t intermediate_size = 128;
@@ -39,13 +50,7 @@ struct ModelConfig {
     int64_t qk_nope_head_dim = 16;
     int64_t qk_rope_head_dim = 8;
     int64_t v_head_dim = 16;
-    int64_t n_routed_experts = 8;
     int64_t n_shared_experts = 1;
-    int64_t num_experts_per_tok = 2;
-    int64_t n_group = 2;
-    int64_t topk_group = 1;
-    double routed_scaling_factor = 2.5;
-    bool norm_topk_prob = true;
     int64_t index_n_heads = 4;
     int64_t index_head_dim = 16;
     int64_t index_topk = 32;
@@ -57,12 +62,28 @@ struct ModelConfig {
     bool tie_word_embeddings = false;
     int64_t bos_token_id = 0;
     int64_t eos_token_id = 1;
+
+    bool operator==(const ModelArch&) const = default;
 };
 
+/// The job's `model:` section (and what a dsa::Model runs with): runtime choices plus architecture.
+struct ModelConfig : ModelRuntime, ModelArch {};
+
 void bind(config::Binder& b, RopeScalingConfig& c);
+void bind(config::Binder& b, ModelRuntime& c);
+void bind(config::Binder& b, ModelArch& c);
 void bind(config::Binder& b, ModelConfig& c);
 
-/// The routing fields of a model config (HF names) as the MoE router's options.
-moe::RouterOptions router_options(const ModelConfig& m);
+/// One problem of an architecture that is not self-consistent: the key to blame and what is wrong.
+struct ArchProblem {
+    std::string key;
+    std::string message;
+};
+/// The cross-field checks of an architecture (topk_group <= n_group, even rope dims, ...), in a fixed order;
+/// empty when consistent. The YAML binder and the config.json reader both report the first one.
+std::vector<ArchProblem> arch_problems(const ModelArch& a);
+
+/// The routing fields of an architecture (HF names) as the MoE router's options.
+inline const moe::RouterOptions& router_options(const ModelArch& m) { return m; }
 
 }  // namespace dsrl

@@ -10,9 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string_view>
 
 #include <ATen/ops/constant_pad_nd.h>
@@ -40,343 +38,6 @@ constexpr const char* kScaleSuffix = "_scale_inv";  // "X.weight" + kScaleSuffix
 
 [[noreturn]] void fail(const std::string& file, const std::string& what) {
     throw CheckpointError(absl::StrCat(file, ": ", what));
-}
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path, absl::StrCat("cannot open: ", std::strerror(errno)));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) fail(path, "read failed");
-    return ss.str();
-}
-
-Json parse_json_file(const std::string& path) {
-    const std::string text = read_text(path);
-    Json root;
-    try {
-        root = Json::parse(text);
-    } catch (const Json::exception& e) {
-        fail(path, absl::StrCat("not valid JSON: ", e.what()));
-    }
-    if (!root.is_object()) fail(path, absl::StrCat("expected a JSON object at the top level, got ", root.type_name()));
-    return root;
-}
-
-std::string short_dump(const Json& v) {
-    std::string s = v.dump();
-    if (s.size() > 80) s = s.substr(0, 77) + "...";
-    return s;
-}
-
-// Typed access to the keys of one JSON object. `prefix` names a nested object in errors ("rope_parameters.").
-// A key whose value is null counts as absent (transformers writes e.g. "pad_token_id": null).
-class Fields {
-public:
-    Fields(std::string file, const Json& obj, std::string prefix)
-        : file_(std::move(file)), obj_(obj), prefix_(std::move(prefix)) {}
-
-    const Json* find(const std::string& key) const {
-        const auto it = obj_.find(key);
-        return it == obj_.end() || it->is_null() ? nullptr : &*it;
-    }
-    bool has(const std::string& key) const { return find(key) != nullptr; }
-
-    [[noreturn]] void bad(const std::string& key, const std::string& what) const {
-        fail(file_, absl::StrCat("key '", prefix_, key, "': ", what));
-    }
-    const Json& required(const std::string& key) const {
-        const Json* v = find(key);
-        if (v == nullptr) fail(file_, absl::StrCat("missing required key '", prefix_, key, "'"));
-        return *v;
-    }
-
-    int64_t integer(const std::string& key) const { return as_integer(key, required(key)); }
-    int64_t integer(const std::string& key, int64_t dflt) const {
-        const Json* v = find(key);
-        return v == nullptr ? dflt : as_integer(key, *v);
-    }
-    int64_t positive(const std::string& key) const { return check_positive(key, integer(key)); }
-    int64_t positive(const std::string& key, int64_t dflt) const { return check_positive(key, integer(key, dflt)); }
-    int64_t non_negative(const std::string& key, int64_t dflt) const {
-        const int64_t v = integer(key, dflt);
-        if (v < 0) bad(key, absl::StrCat("expected a non-negative integer, got ", v));
-        return v;
-    }
-    double number(const std::string& key) const { return as_number(key, required(key)); }
-    double number(const std::string& key, double dflt) const {
-        const Json* v = find(key);
-        return v == nullptr ? dflt : as_number(key, *v);
-    }
-    bool boolean(const std::string& key, bool dflt) const {
-        const Json* v = find(key);
-        if (v == nullptr) return dflt;
-        if (!v->is_boolean()) bad(key, absl::StrCat("expected true or false, got ", short_dump(*v)));
-        return v->get<bool>();
-    }
-    std::string string(const std::string& key) const { return as_string(key, required(key)); }
-    std::string string(const std::string& key, const std::string& dflt) const {
-        const Json* v = find(key);
-        return v == nullptr ? dflt : as_string(key, *v);
-    }
-    /// A string that, when present, must equal `expected` (a setting dsrl implements only one way).
-    void expect_string(const std::string& key, const std::string& expected, const std::string& hint) const {
-        if (!has(key)) return;
-        const std::string v = string(key);
-        if (v != expected) bad(key, absl::StrCat("expected \"", expected, "\", got \"", v, "\"", hint));
-    }
-    const Json* object(const std::string& key) const {
-        const Json* v = find(key);
-        if (v != nullptr && !v->is_object()) bad(key, absl::StrCat("expected an object, got ", short_dump(*v)));
-        return v;
-    }
-    const std::string& file() const { return file_; }
-
-private:
-    int64_t as_integer(const std::string& key, const Json& v) const {
-        if (!v.is_number_integer()) bad(key, absl::StrCat("expected an integer, got ", short_dump(v)));
-        if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
-            bad(key, absl::StrCat("integer out of range: ", short_dump(v)));
-        }
-        return v.get<int64_t>();
-    }
-    double as_number(const std::string& key, const Json& v) const {
-        if (!v.is_number()) bad(key, absl::StrCat("expected a number, got ", short_dump(v)));
-        return v.get<double>();
-    }
-    std::string as_string(const std::string& key, const Json& v) const {
-        if (!v.is_string()) bad(key, absl::StrCat("expected a string, got ", short_dump(v)));
-        return v.get<std::string>();
-    }
-    int64_t check_positive(const std::string& key, int64_t v) const {
-        if (v <= 0) bad(key, absl::StrCat("expected a positive integer, got ", v));
-        return v;
-    }
-
-    std::string file_;
-    const Json& obj_;
-    std::string prefix_;
-};
-
-// YaRN or plain RoPE from transformers 5.x `rope_parameters`, or the legacy `rope_scaling` + `rope_theta`
-// (deepseek-ai/DeepSeek-V3.2's own config.json). Absent mscale/mscale_all_dim read as 0, which dsa/rope.h
-// treats as "not set", as transformers does.
-void read_rope(const Fields& top, ModelConfig& c) {
-    c.rope_theta = top.number("rope_theta", 10000.0);
-    c.rope_scaling = RopeScalingConfig{};
-    c.rope_scaling.type = "none";
-    const Json* params = top.object("rope_parameters");
-    std::string prefix = "rope_parameters.";
-    const char* type_key = "rope_type";
-    if (params == nullptr) {
-        params = top.object("rope_scaling");
-        prefix = "rope_scaling.";
-        if (params != nullptr && params->contains("type")) type_key = "type";
-    }
-    if (params == nullptr) return;
-    const Fields r(top.file(), *params, prefix);
-    c.rope_theta = r.number("rope_theta", c.rope_theta);
-    if (!(c.rope_theta > 0)) r.bad("rope_theta", absl::StrCat("expected a positive number, got ", c.rope_theta));
-    if (r.has("partial_rotary_factor") && r.number("partial_rotary_factor") != 1.0) {
-        r.bad("partial_rotary_factor", "only 1.0 is supported: DeepSeek-V3.2 rotates all qk_rope_head_dim dims");
-    }
-    const std::string type = r.string(type_key, "default");
-    if (type == "default") return;
-    if (type != "yarn") {
-        r.bad(type_key, absl::StrCat("unsupported RoPE type \"", type, "\"; expected \"yarn\" or \"default\""));
-    }
-    RopeScalingConfig& y = c.rope_scaling;
-    y.type = "yarn";
-    y.original_max_position_embeddings = r.positive("original_max_position_embeddings");
-    // transformers: a null factor means max_position_embeddings / original_max_position_embeddings.
-    y.factor = r.has("factor") ? r.number("factor")
-                               : static_cast<double>(c.max_position_embeddings) /
-                                     static_cast<double>(y.original_max_position_embeddings);
-    if (!(y.factor >= 1.0)) r.bad("factor", absl::StrCat("expected a number >= 1, got ", y.factor));
-    y.beta_fast = r.number("beta_fast", 32.0);
-    y.beta_slow = r.number("beta_slow", 1.0);
-    y.mscale = r.number("mscale", 0.0);
-    y.mscale_all_dim = r.number("mscale_all_dim", 0.0);
-    for (const char* key : {"beta_fast", "beta_slow", "mscale", "mscale_all_dim"}) {
-        const double v = r.number(key, 0.0);
-        if (!(v >= 0)) r.bad(key, absl::StrCat("expected a non-negative number, got ", v));
-    }
-    if (r.has("attention_factor")) {
-        r.bad("attention_factor", "an explicit YaRN attention_factor is not supported; dsrl derives it from factor, "
-                                  "mscale and mscale_all_dim as transformers does when it is absent");
-    }
-    if (!r.boolean("truncate", true)) r.bad("truncate", "only truncate = true (the DeepSeek YaRN ramp) is supported");
-}
-
-// `mlp_layer_types` (transformers 5.x) must be dense layers first, then MoE layers: the shape dsrl's
-// first_k_dense_replace describes. Returns the number of leading dense layers.
-int64_t read_mlp_layer_types(const Fields& top, const Json& types, int64_t num_layers) {
-    const std::string key = "mlp_layer_types";
-    if (!types.is_array()) {
-        top.bad(key, absl::StrCat("expected a list of \"dense\"/\"sparse\", got ", short_dump(types)));
-    }
-    if (static_cast<int64_t>(types.size()) != num_layers) {
-        top.bad(key, absl::StrCat("expected num_hidden_layers (", num_layers, ") entries, got ", types.size()));
-    }
-    int64_t num_dense = 0;
-    bool seen_sparse = false;
-    for (const Json& t : types) {
-        const std::string s = t.is_string() ? t.get<std::string>() : "";
-        if (s == "dense" && !seen_sparse) {
-            ++num_dense;
-        } else if (s == "sparse") {
-            seen_sparse = true;
-        } else {
-            top.bad(key, absl::StrCat("expected dense layers first, then \"sparse\" (MoE) layers; got ",
-                                      short_dump(types)));
-        }
-    }
-    return num_dense;
-}
-
-struct HfConfig {
-    ModelConfig model;
-    Fp8Format fp8;
-};
-
-HfConfig parse_hf_config(const std::string& path, const ModelConfig& base) {
-    const Json root = parse_json_file(path);
-    const Fields f(path, root, "");
-    const std::string model_type = f.string("model_type");
-    if (model_type != "deepseek_v32") {
-        f.bad("model_type", absl::StrCat("expected \"deepseek_v32\" (DeepSeek-V3.2), got \"", model_type, "\"",
-                                         model_type == "deepseek_v3"
-                                             ? "; DeepSeek-V3 has no lightning indexer, which DSA training needs"
-                                             : ""));
-    }
-    HfConfig out;
-    ModelConfig& c = out.model;
-    c = base;  // path, dtype and impl stay; every model field is set below
-    c.vocab_size = f.positive("vocab_size");
-    c.hidden_size = f.positive("hidden_size");
-    c.intermediate_size = f.positive("intermediate_size");
-    c.moe_intermediate_size = f.positive("moe_intermediate_size");
-    c.num_hidden_layers = f.positive("num_hidden_layers");
-    c.num_attention_heads = f.positive("num_attention_heads");
-    c.q_lora_rank = f.positive("q_lora_rank");
-    c.kv_lora_rank = f.positive("kv_lora_rank");
-    c.qk_nope_head_dim = f.positive("qk_nope_head_dim");
-    c.qk_rope_head_dim = f.positive("qk_rope_head_dim");
-    c.v_head_dim = f.positive("v_head_dim");
-    c.n_routed_experts = f.positive("n_routed_experts");
-    c.num_experts_per_tok = f.positive("num_experts_per_tok");
-    c.index_n_heads = f.positive("index_n_heads");
-    c.index_head_dim = f.positive("index_head_dim");
-    c.index_topk = f.positive("index_topk");
-    // Optional keys take DeepseekV32Config's defaults (n_group/topk_group: 1, as its docstring says).
-    c.first_k_dense_replace = f.non_negative("first_k_dense_replace", 3);
-    if (const Json* types = f.find("mlp_layer_types")) {
-        const int64_t num_dense = read_mlp_layer_types(f, *types, c.num_hidden_layers);
-        if (f.has("first_k_dense_replace") && num_dense != c.first_k_dense_replace) {
-            f.bad("mlp_layer_types", absl::StrCat("has ", num_dense, " leading dense layers but "
-                                                  "first_k_dense_replace is ", c.first_k_dense_replace));
-        }
-        c.first_k_dense_replace = num_dense;
-    }
-    c.n_shared_experts = f.non_negative("n_shared_experts", 1);
-    c.n_group = f.positive("n_group", 1);
-    c.topk_group = f.positive("topk_group", 1);
-    c.routed_scaling_factor = f.number("routed_scaling_factor", 2.5);
-    c.norm_topk_prob = f.boolean("norm_topk_prob", true);
-    c.rms_norm_eps = f.number("rms_norm_eps", 1e-6);
-    c.max_position_embeddings = f.positive("max_position_embeddings", 163840);
-    c.initializer_range = f.number("initializer_range", 0.02);
-    c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
-    c.bos_token_id = f.non_negative("bos_token_id", 0);
-    if (const Json* eos = f.find("eos_token_id"); eos != nullptr && eos->is_array()) {
-        // generation may stop on several ids; the model config keeps the first
-        if (eos->empty() || !(*eos)[0].is_number_integer() || (*eos)[0].get<int64_t>() < 0) {
-            f.bad("eos_token_id", absl::StrCat("expected a non-negative integer or a non-empty list of them, got ",
-                                               short_dump(*eos)));
-        }
-        c.eos_token_id = (*eos)[0].get<int64_t>();
-    } else {
-        c.eos_token_id = f.non_negative("eos_token_id", 1);
-    }
-    read_rope(f, c);
-
-    // Settings dsrl implements one way only: when present they must say so.
-    f.expect_string("hidden_act", "silu", "");
-    f.expect_string("scoring_func", "sigmoid", " (DeepSeek-V3.2 routes with sigmoid scores)");
-    f.expect_string("topk_method", "noaux_tc", " (group-limited routing with e_score_correction_bias)");
-    if (f.has("moe_layer_freq") && f.integer("moe_layer_freq") != 1) {
-        f.bad("moe_layer_freq", absl::StrCat("only 1 is supported (every layer after first_k_dense_replace is MoE), "
-                                             "got ", f.integer("moe_layer_freq")));
-    }
-    if (f.has("num_key_value_heads") && f.integer("num_key_value_heads") != c.num_attention_heads) {
-        f.bad("num_key_value_heads", absl::StrCat("MLA expects num_key_value_heads == num_attention_heads (",
-                                                  c.num_attention_heads, "), got ", f.integer("num_key_value_heads")));
-    }
-
-    // Cross-field checks (as core/config.cpp's bind(ModelConfig)).
-    if (!(c.routed_scaling_factor > 0)) {
-        f.bad("routed_scaling_factor", absl::StrCat("expected a positive number, got ", c.routed_scaling_factor));
-    }
-    if (!(c.rms_norm_eps > 0)) f.bad("rms_norm_eps", absl::StrCat("expected a positive number, got ", c.rms_norm_eps));
-    if (!(c.initializer_range >= 0)) {
-        f.bad("initializer_range", absl::StrCat("expected a non-negative number, got ", c.initializer_range));
-    }
-    if (c.n_routed_experts % c.n_group != 0) {
-        f.bad("n_group", absl::StrCat("n_routed_experts (", c.n_routed_experts, ") must be divisible by n_group (",
-                                      c.n_group, ")"));
-    }
-    if (c.topk_group > c.n_group) {
-        f.bad("topk_group", absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
-    }
-    if (c.num_experts_per_tok > c.n_routed_experts) {
-        f.bad("num_experts_per_tok", absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok,
-                                                  ") must not exceed n_routed_experts (", c.n_routed_experts, ")"));
-    }
-    if (c.num_experts_per_tok > c.topk_group * (c.n_routed_experts / c.n_group)) {
-        f.bad("num_experts_per_tok",
-              absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok, ") exceeds the experts in topk_group (",
-                           c.topk_group, ") groups of ", c.n_routed_experts / c.n_group));
-    }
-    if (c.qk_rope_head_dim % 2 != 0) f.bad("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
-    if (c.qk_rope_head_dim > c.index_head_dim) {
-        f.bad("index_head_dim", absl::StrCat("index_head_dim (", c.index_head_dim, ") must be >= qk_rope_head_dim (",
-                                             c.qk_rope_head_dim, "): the indexer's rope part comes first"));
-    }
-    if (c.first_k_dense_replace > c.num_hidden_layers) {
-        f.bad("first_k_dense_replace", absl::StrCat("first_k_dense_replace (", c.first_k_dense_replace,
-                                                    ") exceeds num_hidden_layers (", c.num_hidden_layers, ")"));
-    }
-    if (c.bos_token_id >= c.vocab_size) {
-        f.bad("bos_token_id", absl::StrCat("must be < vocab_size (", c.vocab_size, "), got ", c.bos_token_id));
-    }
-    if (c.eos_token_id >= c.vocab_size) {
-        f.bad("eos_token_id", absl::StrCat("must be < vocab_size (", c.vocab_size, "), got ", c.eos_token_id));
-    }
-
-    if (const Json* q = f.object("quantization_config")) {
-        const Fields qf(path, *q, "quantization_config.");
-        qf.expect_string("quant_method", "fp8", " (only block-wise FP8 checkpoints are supported)");
-        qf.expect_string("fmt", "e4m3", "");
-        if (const Json* block = qf.find("weight_block_size")) {
-            auto positive_int = [](const Json& v) { return v.is_number_integer() && v.get<int64_t>() > 0; };
-            if (!block->is_array() || block->size() != 2 || !positive_int((*block)[0]) || !positive_int((*block)[1])) {
-                qf.bad("weight_block_size", absl::StrCat("expected [rows, cols] of positive integers, got ",
-                                                         short_dump(*block)));
-            }
-            out.fp8.block_rows = (*block)[0].get<int64_t>();
-            out.fp8.block_cols = (*block)[1].get<int64_t>();
-        }
-    }
-    return out;
-}
-
-const char* hf_dtype_name(at::ScalarType dtype) {
-    switch (dtype) {
-        case at::kFloat: return "float32";
-        case at::kBFloat16: return "bfloat16";
-        case at::kHalf: return "float16";
-        default: return nullptr;
-    }
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -459,82 +120,6 @@ void publish_dir(const std::string& tmp, const std::string& dir, const std::stri
 
 }  // namespace
 
-ModelConfig read_hf_config(const std::string& config_json_path, const ModelConfig& base) {
-    return parse_hf_config(config_json_path, base).model;
-}
-
-std::string hf_config_json(const ModelConfig& cfg, at::ScalarType dtype) {
-    const char* dtype_name = hf_dtype_name(dtype);
-    TORCH_CHECK(dtype_name != nullptr, "hf_config_json: dtype must be float32, bfloat16 or float16, got ", dtype);
-    // Keys as DeepseekV32Config.to_json_string() writes them (sorted, like its json.dumps(sort_keys=True)).
-    Json j = Json::object();
-    j["architectures"] = {"DeepseekV32ForCausalLM"};
-    j["model_type"] = "deepseek_v32";
-    j["attention_bias"] = false;
-    j["attention_dropout"] = 0.0;
-    j["bos_token_id"] = cfg.bos_token_id;
-    j["dtype"] = dtype_name;
-    j["eos_token_id"] = cfg.eos_token_id;
-    j["first_k_dense_replace"] = cfg.first_k_dense_replace;
-    j["head_dim"] = cfg.qk_rope_head_dim;  // transformers points head_dim at the rope slice
-    j["hidden_act"] = "silu";
-    j["hidden_size"] = cfg.hidden_size;
-    j["index_head_dim"] = cfg.index_head_dim;
-    j["index_n_heads"] = cfg.index_n_heads;
-    j["index_topk"] = cfg.index_topk;
-    j["initializer_range"] = cfg.initializer_range;
-    j["intermediate_size"] = cfg.intermediate_size;
-    j["kv_lora_rank"] = cfg.kv_lora_rank;
-    // No `layer_types`: transformers derives it, and its value changed between 5.x releases
-    // ("deepseek_sparse_attention" in 5.17, "indexed_attention" in 5.24); each rejects the other's.
-    j["max_position_embeddings"] = cfg.max_position_embeddings;
-    j["mlp_bias"] = false;
-    std::vector<std::string> mlp_types(cfg.num_hidden_layers, "sparse");
-    for (int64_t i = 0; i < std::min(cfg.first_k_dense_replace, cfg.num_hidden_layers); ++i) mlp_types[i] = "dense";
-    j["mlp_layer_types"] = mlp_types;
-    j["moe_intermediate_size"] = cfg.moe_intermediate_size;
-    j["n_group"] = cfg.n_group;
-    j["n_routed_experts"] = cfg.n_routed_experts;
-    j["n_shared_experts"] = cfg.n_shared_experts;
-    j["norm_topk_prob"] = cfg.norm_topk_prob;
-    j["num_attention_heads"] = cfg.num_attention_heads;
-    j["num_experts_per_tok"] = cfg.num_experts_per_tok;
-    j["num_hidden_layers"] = cfg.num_hidden_layers;
-    j["num_key_value_heads"] = cfg.num_attention_heads;
-    j["output_router_logits"] = false;
-    j["pad_token_id"] = nullptr;
-    j["q_lora_rank"] = cfg.q_lora_rank;
-    j["qk_head_dim"] = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
-    j["qk_nope_head_dim"] = cfg.qk_nope_head_dim;
-    j["qk_rope_head_dim"] = cfg.qk_rope_head_dim;
-    j["rms_norm_eps"] = cfg.rms_norm_eps;
-    Json rope = Json::object();
-    rope["rope_theta"] = cfg.rope_theta;
-    const RopeScalingConfig& y = cfg.rope_scaling;
-    if (y.type == "yarn") {
-        rope["rope_type"] = "yarn";
-        rope["factor"] = y.factor;
-        rope["original_max_position_embeddings"] = y.original_max_position_embeddings;
-        rope["beta_fast"] = y.beta_fast;
-        rope["beta_slow"] = y.beta_slow;
-        // 0 means "not set" (dsa/rope.h); transformers reads an absent key the same way
-        if (y.mscale != 0) rope["mscale"] = y.mscale;
-        if (y.mscale_all_dim != 0) rope["mscale_all_dim"] = y.mscale_all_dim;
-    } else {
-        TORCH_CHECK(y.type == "none", "hf_config_json: rope_scaling.type must be \"yarn\" or \"none\", got \"", y.type,
-                    "\"");
-        rope["rope_type"] = "default";
-    }
-    j["rope_parameters"] = rope;
-    j["routed_scaling_factor"] = cfg.routed_scaling_factor;
-    j["tie_word_embeddings"] = cfg.tie_word_embeddings;
-    j["topk_group"] = cfg.topk_group;
-    j["use_cache"] = true;
-    j["v_head_dim"] = cfg.v_head_dim;
-    j["vocab_size"] = cfg.vocab_size;
-    return j.dump(2) + "\n";
-}
-
 at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8,
                                     const at::Tensor& scale_inv,
                                     const Fp8Format& fmt,
@@ -577,25 +162,26 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
     r.dir_ = dir;
     const std::string config_path = fs::join(dir, kConfigFile);
     if (!fs::exists(config_path)) fail(dir, "missing config.json");
-    HfConfig parsed = parse_hf_config(config_path, ModelConfig{});
-    r.config_ = std::move(parsed.model);
-    r.config_.path = dir;
+    HfConfig parsed = read_hf_config_file(config_path);
+    r.arch_ = std::move(parsed.arch);
     r.fp8_ = parsed.fp8;
 
     // Every stored tensor: name -> (file index). Built from the index when there is one.
     std::map<std::string, size_t> stored;
     const std::string index_path = fs::join(dir, kIndexFile);
     if (fs::exists(index_path)) {
-        const Json index = parse_json_file(index_path);
-        const Fields f(index_path, index, "");
-        const Json* map = f.object("weight_map");
-        if (map == nullptr) fail(index_path, "missing required key 'weight_map'");
+        const Json index = read_json_object(index_path);
+        const auto map = index.find("weight_map");
+        if (map == index.end() || map->is_null()) fail(index_path, "missing required key 'weight_map'");
+        if (!map->is_object()) {
+            fail(index_path, absl::StrCat("key 'weight_map': expected an object, got ", json_excerpt(*map)));
+        }
         std::map<std::string, size_t> file_ids;  // shard file name -> index into files_
         std::map<std::string, std::string> indexed;  // tensor -> shard file name
         for (const auto& [name, file] : map->items()) {
             if (!file.is_string()) {
                 fail(index_path,
-                     absl::StrCat("weight_map['", name, "']: expected a file name, got ", short_dump(file)));
+                     absl::StrCat("weight_map['", name, "']: expected a file name, got ", json_excerpt(file)));
             }
             indexed[name] = file.get<std::string>();
             file_ids.emplace(file.get<std::string>(), 0);
@@ -733,11 +319,11 @@ bool HfCheckpointReader::is_extra_layer(const std::string& name) const {
     if (dot == std::string::npos) return false;
     int64_t layer = 0;
     if (!absl::SimpleAtoi(name.substr(kPrefix.size(), dot - kPrefix.size()), &layer)) return false;
-    return layer >= config_.num_hidden_layers;
+    return layer >= arch_.num_hidden_layers;
 }
 
 void save_hf_checkpoint(const std::string& dir,
-                        const ModelConfig& cfg,
+                        const ModelArch& arch,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                         const SaveOptions& opt) {
     TORCH_CHECK(hf_dtype_name(opt.dtype) != nullptr,
@@ -749,7 +335,7 @@ void save_hf_checkpoint(const std::string& dir,
     if (target.empty() || target == "/" || target == "." || target == "..") {
         throw CheckpointError(absl::StrCat("save_hf_checkpoint: invalid checkpoint directory '", dir, "'"));
     }
-    const std::string config_text = hf_config_json(cfg, opt.dtype);
+    const std::string config_text = hf_config_json(arch, opt.dtype);
 
     // Shards as transformers cuts them: in the given order, a new shard when the next tensor would overflow.
     auto out_dtype = [&](const at::Tensor& t) {

@@ -1,4 +1,4 @@
-// Hugging Face checkpoint IO for DeepSeek-V3.2 (SPEC §2.5): config.json <-> ModelConfig, single or sharded
+// Hugging Face checkpoint IO for DeepSeek-V3.2 (SPEC §2.5): config.json (dsa/hf_config.h), single or sharded
 // safetensors (model.safetensors.index.json), FP8 e4m3 weights with block-wise `weight_scale_inv`
 // (dequantized on load), and an atomic writer of the same layout that `transformers` loads.
 //
@@ -6,9 +6,9 @@
 // (dsa/weights.h) decides which names it expects and reports missing/unexpected ones.
 //
 //   auto ckpt = HfCheckpointReader::open("/models/DeepSeek-V3.2");
-//   ModelConfig cfg = ckpt.config();
+//   ModelArch arch = ckpt.arch();
 //   at::Tensor w = ckpt.load("model.layers.3.self_attn.q_a_proj.weight", at::kFloat);   // FP8 dequantized
-//   save_hf_checkpoint("/out/policy", cfg, named_tensors, at::kBFloat16);
+//   save_hf_checkpoint("/out/policy", arch, named_tensors, {.dtype = at::kBFloat16});
 //
 // Reads are memory-mapped: load() makes the one converted copy of a tensor; nothing else holds the file's
 // bytes. Every problem is a dsrl::CheckpointError naming the file (and tensor or key).
@@ -22,29 +22,10 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "dsa/config.h"
+#include "dsa/hf_config.h"
 #include "core/safetensors.h"
 
 namespace dsrl::dsa {
-
-/// Reads the model fields of an HF `config.json` (model_type deepseek_v32 only: DeepSeek-V3 has no indexer)
-/// into a copy of `base` (path/dtype/impl are kept from `base`). RoPE scaling comes from `rope_parameters`
-/// (transformers 5.x: rope_type, rope_theta, factor, ...) or the legacy `rope_scaling` (type, factor, ...) plus
-/// top-level `rope_theta`; absent means plain RoPE (type "none"). Optional keys that are absent take
-/// DeepseekV32Config's defaults; unknown keys are ignored. A missing required key, a value of the wrong JSON
-/// type, or an invalid value (e.g. n_routed_experts not divisible by n_group) is a CheckpointError naming the
-/// file and key.
-ModelConfig read_hf_config(const std::string& config_json_path, const ModelConfig& base = {});
-
-/// config.json text (pretty-printed) for `cfg` that transformers 5.x loads as DeepseekV32Config:
-/// architectures ["DeepseekV32ForCausalLM"], model_type "deepseek_v32", rope_parameters, torch dtype name.
-std::string hf_config_json(const ModelConfig& cfg, at::ScalarType dtype);
-
-/// FP8 block quantization parameters from config.json's `quantization_config` (weight_block_size).
-struct Fp8Format {
-    int64_t block_rows = 128;
-    int64_t block_cols = 128;
-};
 
 /// W = W8 · scale_inv[r / block_rows, c / block_cols] for a 2-D e4m3 weight [R, C] and scale_inv
 /// [ceil(R/block_rows), ceil(C/block_cols)] fp32, returned in `dtype`. Shapes are checked (`what` names the
@@ -60,7 +41,8 @@ public:
     static HfCheckpointReader open(const std::string& dir);
 
     const std::string& dir() const { return dir_; }
-    const ModelConfig& config() const { return config_; }
+    /// The architecture of its config.json.
+    const ModelArch& arch() const { return arch_; }
     /// Logical tensor names, sorted; `*.weight_scale_inv` companions are folded into their weight.
     std::vector<std::string> names() const;
     bool contains(const std::string& name) const;
@@ -84,7 +66,7 @@ private:
     };
     const Entry& entry(const std::string& name) const;  // throws CheckpointError naming dir and tensor
     std::string dir_;
-    ModelConfig config_;
+    ModelArch arch_;
     Fp8Format fp8_;
     std::vector<std::shared_ptr<SafetensorsFile>> files_;
     std::map<std::string, Entry> entries_;
@@ -100,7 +82,7 @@ struct SaveOptions {
 /// (an existing `dir` is replaced only after the new one is complete). Tensors may live on any device; they
 /// are converted one at a time. Names must be unique.
 void save_hf_checkpoint(const std::string& dir,
-                        const ModelConfig& cfg,
+                        const ModelArch& arch,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                         const SaveOptions& opt = {});
 

@@ -2,9 +2,7 @@
 
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
-#ifdef DSRL_WITH_CUDA
 #include "dsa/indexer_cuda.h"
-#endif
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -240,13 +238,11 @@ public:
                 // Rows of weight 0 (padding) may hold NaN (no key at all): they contribute nothing.
                 const at::Tensor G = at::where(rw.ne(0), (soft - tl.p) * rw, at::zeros_like(soft));  // [B, n, S|K]
                 if (kernels) {  // the same G through the fused logits' backward kernel: no [B, n, H_I, S] tensor
-#ifdef DSRL_WITH_CUDA
                     const cuda::IndexerGrads gr = cuda::indexer_logits_backward(it.q_t, kf, it.w_t, iscale, it.pos_t,
                                                                                 key_valid, G.to(at::kFloat));
                     dq.narrow(1, t0, n).copy_(gr.dq);
                     dk += gr.dk;
                     dw.narrow(1, t0, n).copy_(gr.dw);
-#endif
                     continue;
                 }
                 const at::Tensor &q_t = it.q_t, &w_t = it.w_t, &a = it.a;
@@ -278,13 +274,11 @@ private:
                                     int64_t n) {
         IndexerTile it;
         if (kernels) {
-#ifdef DSRL_WITH_CUDA
             it.q_t = q.narrow(1, t0, n).to(at::kBFloat16).contiguous();
             it.w_t = w.narrow(1, t0, n).contiguous();
             it.pos_t = query_pos.narrow(1, t0, n).contiguous();
             const at::Tensor logits = cuda::indexer_logits(it.q_t, kf, it.w_t, iscale, it.pos_t, key_valid);
             it.logq = (logits - at::logsumexp(logits, -1, /*keepdim=*/true)).to(dt);
-#endif
         } else {
             it.q_t = q.narrow(1, t0, n).to(dt);
             it.w_t = w.narrow(1, t0, n).to(dt);
@@ -364,11 +358,8 @@ IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                                 int64_t query_tile,
                                 Impl impl) {
     check_inputs("indexer_warmup_loss", indexer, attention, query_pos, key_valid, query_tile);
-    const bool fits = indexer_kernels_fit(indexer.q, indexer.k, indexer.w);
-    TORCH_CHECK(impl != Impl::kCuda || fits, "indexer_warmup_loss: model.impl is cuda but the indexer kernels cannot "
-                "take these inputs (", indexer_kernels_requirements(), "); got q ", indexer.q.sizes(), " ",
-                indexer.q.scalar_type(), " on ", indexer.q.device(), ", k ", indexer.k.scalar_type(), ", w ",
-                indexer.w.scalar_type(), "; use model.impl auto or reference");
+    const bool kernels = use_kernels(impl, indexer_kernels_fit(indexer.q, indexer.k, indexer.w), "indexer_warmup_loss",
+                                     [&] { return indexer_kernels_mismatch(indexer.q, indexer.k, indexer.w); });
     TORCH_CHECK(attention.dense, "indexer_warmup_loss: attention.lse must be over all visible keys (a forward with "
                 "AttentionPath::kDense), got the lse of the sparse path; use indexer_sparse_loss for the sparse stage");
     TORCH_CHECK(attention.lse.dim() == 3 && attention.lse.sizes() == attention.q_lat.sizes().slice(0, 3),
@@ -376,7 +367,7 @@ IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
                 attention.lse.sizes());
     const Prepared p = prepare(indexer, attention, query_pos, key_valid);
     return run_kl(indexer, attention, at::Tensor(), query_pos, p, /*sparse=*/false,
-                  /*kernels=*/fits && impl != Impl::kReference, query_tile);
+                  kernels, query_tile);
 }
 
 IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,

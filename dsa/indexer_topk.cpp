@@ -1,27 +1,16 @@
+// Dispatch of the indexer's top-k (dsa/indexer_topk.h; core/dispatch.h): the CUDA kernels (indexer_cuda.cpp)
+// or the ATen reference (indexer_topk_ref.cpp). The kernels' entry points of a build without CUDA are here too.
 #include "dsa/indexer_topk.h"
 
-#include <ATen/TensorOperators.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/einsum.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/full_like.h>
-#include <ATen/ops/relu.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
-#include <limits>
-
-#ifdef DSRL_WITH_CUDA
+#include "core/dispatch.h"
 #include "dsa/indexer_cuda.h"
-#endif
 
 namespace dsrl::dsa {
-namespace {
 
-void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+void check_indexer_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
     TORCH_CHECK(q.dim() == 4, "indexer: q must be [B, T, H, D], got ", q.sizes());
     TORCH_CHECK(k.dim() == 3 && k.size(0) == q.size(0) && k.size(2) == q.size(3), "indexer: k must be [",
                 q.size(0), ", S, ", q.size(3), "], got ", k.sizes());
@@ -29,80 +18,18 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w)
                 "indexer: w must be [", q.size(0), ", ", q.size(1), ", ", q.size(2), "], got ", w.sizes());
 }
 
-}  // namespace
-
-at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale) {
-    check_shapes(q, k, w);
-    // [B, T, H, S]: per-head ReLU(q·k), then the weighted sum over heads.
-    const at::Tensor per_head = at::relu(at::einsum("bthd,bsd->bths", {q.to(at::kFloat), k.to(at::kFloat)}) * scale);
-    return at::einsum("bths,bth->bts", {per_head, w.to(at::kFloat)});
-}
-
-at::Tensor indexer_topk(const at::Tensor& q,
-                        const at::Tensor& k,
-                        const at::Tensor& w,
-                        double scale,
-                        const at::Tensor& query_pos,
-                        const at::Tensor& key_valid,
-                        int64_t topk,
-                        int64_t query_chunk) {
-    check_shapes(q, k, w);
-    const int64_t batch = q.size(0);
-    const int64_t num_queries = q.size(1);
-    const int64_t num_keys = k.size(1);
-    TORCH_CHECK(topk >= 1, "indexer_topk: topk must be >= 1, got ", topk);
-    TORCH_CHECK(query_chunk >= 1, "indexer_topk: query_chunk must be >= 1, got ", query_chunk);
-    TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == batch && query_pos.size(1) == num_queries,
-                "indexer_topk: query_pos must be [", batch, ", ", num_queries, "], got ", query_pos.sizes());
-    TORCH_CHECK(!key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == batch &&
-                                         key_valid.size(1) == num_keys),
-                "indexer_topk: key_valid must be [", batch, ", ", num_keys, "], got ", key_valid.sizes());
-    const auto int_opts = q.options().dtype(at::kInt);
-    if (num_queries == 0) return at::empty({batch, 0, topk}, int_opts);
-    const int64_t kept = std::min(topk, num_keys);
-    const at::Tensor key_index = at::arange(num_keys, q.options().dtype(at::kLong));  // [S]
-    std::vector<at::Tensor> chunks;
-    for (int64_t t0 = 0; t0 < num_queries; t0 += query_chunk) {
-        const int64_t len = std::min(query_chunk, num_queries - t0);
-        at::Tensor scores = indexer_scores(q.narrow(1, t0, len), k, w.narrow(1, t0, len), scale);  // [B, c, S]
-        at::Tensor visible = key_index.view({1, 1, num_keys}) <= query_pos.narrow(1, t0, len).unsqueeze(-1);
-        if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
-        scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-        // A stable descending sort, not topk: equal scores (ReLU makes exact zeros common) resolve to the
-        // earlier key, whatever the padding or chunking — so padded, unpadded and decoded runs select alike.
-        auto [sorted, order] = at::sort(scores, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
-        const at::Tensor values = sorted.narrow(-1, 0, kept);
-        const at::Tensor indices = order.narrow(-1, 0, kept);
-        // Slots that landed on invisible keys are invalid: −1, never attended.
-        at::Tensor idx = at::where(values == -std::numeric_limits<float>::infinity(),
-                                   at::full_like(indices, -1), indices).to(at::kInt);
-        if (kept < topk) {
-            idx = at::cat({idx, at::full({batch, len, topk - kept}, -1, int_opts)}, -1);
-        }
-        chunks.push_back(idx);
-    }
-    return at::cat(chunks, 1);
-}
-
 bool indexer_kernels_fit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
-#ifdef DSRL_WITH_CUDA
-    return q.is_cuda() && k.device() == q.device() && w.device() == q.device() &&
+    return built_with_cuda() && q.is_cuda() && k.device() == q.device() && w.device() == q.device() &&
            (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) &&
            (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) && q.dim() == 4 && q.size(3) == 128 &&
            q.size(2) % 16 == 0 && q.size(2) <= 64;
-#else
-    (void)q, (void)k, (void)w;
-    return false;
-#endif
 }
 
-const char* indexer_kernels_requirements() {
-#ifdef DSRL_WITH_CUDA
-    return "they need CUDA bf16 q (bf16 model or autocast) with index_head_dim 128 and index_n_heads a multiple of 16 "
-           "up to 64, w fp32 or bf16";
-#else
-    return "this build of dsrl has no CUDA kernels";
-#endif
+KernelMismatch indexer_kernels_mismatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+    return {"CUDA bf16 q (bf16 model or autocast) with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, "
+            "w fp32 or bf16",
+            c10::str("q ", q.sizes(), " ", q.scalar_type(), " on ", q.device(), ", k ", k.scalar_type(), ", w ",
+                     w.scalar_type())};
 }
 
 at::Tensor select_topk(const at::Tensor& q,
@@ -114,18 +41,41 @@ at::Tensor select_topk(const at::Tensor& q,
                        int64_t topk,
                        Impl impl,
                        int64_t query_chunk) {
-    check_shapes(q, k, w);
+    check_indexer_inputs(q, k, w);
     const bool fits = indexer_kernels_fit(q, k, w) && topk <= 2048;
-    if (impl != Impl::kReference && fits) {
-#ifdef DSRL_WITH_CUDA
+    const auto mismatch = [&] {
+        KernelMismatch m = indexer_kernels_mismatch(q, k, w);
+        m.needs += ", and index_topk <= 2048";
+        m.got += c10::str(", topk ", topk);
+        return m;
+    };
+    if (use_kernels(impl, fits, "indexer top-k", mismatch)) {
         return cuda::indexer_topk(q.to(at::kBFloat16), k.to(at::kBFloat16), w, scale, query_pos, key_valid, topk,
                                   query_chunk);
-#endif
     }
-    TORCH_CHECK(impl != Impl::kCuda, "indexer top-k: model.impl is cuda but the kernels cannot take these inputs (",
-                indexer_kernels_requirements(), ", and index_topk <= 2048); got q ", q.sizes(), " ", q.scalar_type(),
-                " on ", q.device(), ", w ", w.scalar_type(), ", topk ", topk, "; use model.impl auto or reference");
     return indexer_topk(q, k, w, scale, query_pos, key_valid, topk, query_chunk);
 }
+
+#ifndef DSRL_WITH_CUDA
+namespace cuda {
+namespace {
+[[noreturn]] void no_kernels(const char* op) {
+    TORCH_CHECK(false, op, ": this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
+}  // namespace
+at::Tensor indexer_logits(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
+                          const at::Tensor&) {
+    no_kernels("indexer logits");
+}
+at::Tensor indexer_topk(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
+                        const at::Tensor&, int64_t, int64_t, bool) {
+    no_kernels("indexer top-k");
+}
+IndexerGrads indexer_logits_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                     const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    no_kernels("indexer logits backward");
+}
+}  // namespace cuda
+#endif
 
 }  // namespace dsrl::dsa

@@ -13,7 +13,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "core/dispatch.h"
 
 namespace dsrl::dsa {
 
@@ -36,8 +36,10 @@ at::Tensor indexer_topk(const at::Tensor& q,
 /// on a CUDA device with H a multiple of 16 up to 64, k (any float dtype; the kernels score it in bf16) and w
 /// (fp32 or bf16) on q's device. Shared by select_topk and the warm-up loss (dsa/indexer_loss.h).
 bool indexer_kernels_fit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
-/// What the kernels need, for the error of model.impl cuda on inputs that do not fit.
-const char* indexer_kernels_requirements();
+/// Shapes of the indexer's inputs: q [B, T, H, D], k [B, S, D], w [B, T, H]; c10::Error naming the bad one.
+void check_indexer_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
+/// What the kernels need and what they were given, for the error of impl cuda on inputs that do not fit.
+KernelMismatch indexer_kernels_mismatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
 
 /// Dispatch (model.impl) of indexer_topk: kAuto runs the CUDA kernels (dsa/indexer_cuda.h: bf16 logits fused
 /// with the ReLU head sum, exact radix top-k) when the inputs are on a CUDA device in reduced precision (bf16

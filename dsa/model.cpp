@@ -139,12 +139,9 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, c10::Device device) {
     return Model(cfg, init_weights(cfg, seed, device));
 }
 
-Model Model::load(const std::string& dir, const ModelConfig& job, c10::Device device) {
+Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device device) {
     const HfCheckpointReader reader = HfCheckpointReader::open(dir);
-    ModelConfig cfg = reader.config();
-    cfg.path = dir;
-    cfg.dtype = job.dtype;
-    cfg.impl = job.impl;
+    const ModelConfig cfg{ModelRuntime{.path = dir, .dtype = run.dtype, .impl = run.impl}, reader.arch()};
     return Model(cfg, load_weights(reader, cfg, device));
 }
 

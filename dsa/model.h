@@ -116,9 +116,9 @@ public:
     Model(ModelConfig cfg, ModelWeights weights);
     /// Random HF-like init (deterministic in seed).
     static Model random(const ModelConfig& cfg, uint64_t seed, c10::Device device);
-    /// Loads an HF checkpoint directory; `job` supplies dtype (and must agree with config.json where a job
-    /// config sets the architecture: the checkpoint's config.json wins and the job's fields are ignored).
-    static Model load(const std::string& dir, const ModelConfig& job, c10::Device device);
+    /// Loads an HF checkpoint directory: the architecture from its config.json, dtype and impl from `run`
+    /// (a job's ModelConfig passes as its runtime part; its architecture fields are not used).
+    static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
     /// Writes config.json + safetensors in the HF layout (atomically).
     void save(const std::string& dir, const SaveOptions& opt = {}) const;
 

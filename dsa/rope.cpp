@@ -25,7 +25,7 @@ double correction_dim(double rotations, double dim, double base, double max_pos)
 
 double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
 
-RopeTable rope_table(const ModelConfig& cfg) {
+RopeTable rope_table(const ModelArch& cfg) {
     const int64_t dim = cfg.qk_rope_head_dim;
     TORCH_CHECK(dim > 0 && dim % 2 == 0, "rope: qk_rope_head_dim must be positive and even, got ", dim);
     const double base = cfg.rope_theta;
@@ -80,7 +80,7 @@ at::Tensor apply_rope_half_split(const at::Tensor& x, const at::Tensor& cos, con
     return at::cat({lo * c - hi * s, hi * c + lo * s}, -1);
 }
 
-double mla_softmax_scale(const ModelConfig& cfg) {
+double mla_softmax_scale(const ModelArch& cfg) {
     double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim));
     if (cfg.rope_scaling.type == "yarn" && cfg.rope_scaling.mscale_all_dim != 0) {
         const double m = yarn_mscale(cfg.rope_scaling.factor, cfg.rope_scaling.mscale_all_dim);

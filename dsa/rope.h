@@ -25,7 +25,7 @@ struct RopeTable {
 
 /// Inverse frequencies for `dim` rotary dims: plain RoPE, or YaRN (rope_scaling.type == "yarn") with the
 /// ramp between beta_fast and beta_slow rotations over original_max_position_embeddings (truncated).
-RopeTable rope_table(const ModelConfig& cfg);
+RopeTable rope_table(const ModelArch& cfg);
 
 /// cos/sin of position × inv_freq, times the attention factor: [..., d/2] fp32 each.
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const RopeTable& table, const at::Tensor& positions);
@@ -40,6 +40,6 @@ at::Tensor apply_rope_half_split(const at::Tensor& x, const at::Tensor& cos, con
 double yarn_mscale(double scale, double mscale);
 
 /// MLA softmax scale: (qk_nope + qk_rope)^-1/2, times yarn_mscale(factor, mscale_all_dim)^2 under YaRN.
-double mla_softmax_scale(const ModelConfig& cfg);
+double mla_softmax_scale(const ModelArch& cfg);
 
 }  // namespace dsrl::dsa

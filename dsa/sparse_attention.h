@@ -18,7 +18,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/config.h"
+#include "core/dispatch.h"
 
 namespace dsrl::dsa {
 
@@ -57,9 +57,6 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
 
 /// The CUDA kernels (dsa/kernels/sparse_mla.cuh) behind an autograd function; sm_90 builds only.
 namespace cuda {
-
-/// True when this build has the kernels.
-bool sparse_mla_available();
 
 /// True when the kernels take these inputs: CUDA bf16 on one device, entry 512 + 64 (the full-size MLA latent).
 bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,

@@ -157,8 +157,6 @@ public:
 
 }  // namespace
 
-bool sparse_mla_available() { return true; }
-
 bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,
                           const at::Tensor& k_pe) {
     const auto bf16_cuda = [&](const at::Tensor& t) {

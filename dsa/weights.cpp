@@ -22,7 +22,7 @@ using Shape = std::vector<int64_t>;
 
 std::string layer_prefix(int64_t i) { return absl::StrCat("model.layers.", i, "."); }
 
-bool is_moe_layer(const ModelConfig& cfg, int64_t i) { return i >= cfg.first_k_dense_replace; }
+bool is_moe_layer(const ModelArch& cfg, int64_t i) { return i >= cfg.first_k_dense_replace; }
 
 constexpr const char* kExpertProjs[] = {"gate_proj", "up_proj", "down_proj"};
 
@@ -46,11 +46,11 @@ std::string shape_str(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoi
 
 }  // namespace
 
-at::ScalarType model_dtype(const ModelConfig& cfg) {
+at::ScalarType model_dtype(const ModelRuntime& cfg) {
     return cfg.dtype == DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
 }
 
-at::ScalarType tensor_dtype(const std::string& name, const ModelConfig& cfg) {
+at::ScalarType tensor_dtype(const std::string& name, const ModelRuntime& cfg) {
     const auto ends_with = [&](const std::string& suffix) {
         return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
@@ -61,7 +61,7 @@ at::ScalarType tensor_dtype(const std::string& name, const ModelConfig& cfg) {
     return model_dtype(cfg);
 }
 
-std::vector<std::pair<std::string, Shape>> expected_shapes(const ModelConfig& c) {
+std::vector<std::pair<std::string, Shape>> expected_shapes(const ModelArch& c) {
     const int64_t H = c.hidden_size;
     const int64_t heads = c.num_attention_heads;
     std::vector<std::pair<std::string, Shape>> out;
@@ -110,7 +110,7 @@ std::vector<std::pair<std::string, Shape>> expected_shapes(const ModelConfig& c)
     return out;
 }
 
-std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelConfig& cfg) {
+std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelArch& cfg) {
     TORCH_CHECK(static_cast<int64_t>(w.layers.size()) == cfg.num_hidden_layers, "model weights have ",
                 w.layers.size(), " layers, the config ", cfg.num_hidden_layers);
     std::vector<NamedTensor> out;
@@ -257,7 +257,7 @@ ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& c
     return w;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelConfig& cfg) {
+std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelArch& cfg) {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (const NamedTensor& t : named_tensors(const_cast<ModelWeights&>(w), cfg)) {
         std::string prefix, proj;
@@ -272,7 +272,7 @@ std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeig
     return out;
 }
 
-ParamCounts count_parameters(const ModelConfig& cfg) {
+ParamCounts count_parameters(const ModelArch& cfg) {
     ParamCounts c;
     for (const auto& [name, shape] : expected_shapes(cfg)) {
         int64_t n = 1;

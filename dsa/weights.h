@@ -66,27 +66,27 @@ struct NamedTensor {
 };
 
 /// Every tensor in a fixed order (embeddings, layers in order, norm, lm_head; lm_head omitted when tied).
-std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelConfig& cfg);
+std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelArch& cfg);
 
 /// The expected shape of every internal tensor for `cfg`, in named_tensors order.
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes(const ModelConfig& cfg);
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes(const ModelArch& cfg);
 
 /// The model dtype (`cfg.dtype`) as an ATen scalar type, and the dtype a given internal tensor is kept in.
-at::ScalarType model_dtype(const ModelConfig& cfg);
-at::ScalarType tensor_dtype(const std::string& internal_name, const ModelConfig& cfg);
+at::ScalarType model_dtype(const ModelRuntime& cfg);
+at::ScalarType tensor_dtype(const std::string& internal_name, const ModelRuntime& cfg);
 
 /// HF-like random init: linear weights and embeddings N(0, initializer_range), norms one, biases zero.
 /// Deterministic in `seed` (independent of the device).
 ModelWeights init_weights(const ModelConfig& cfg, uint64_t seed, c10::Device device);
 
-/// Loads an HF checkpoint directory into weights shaped for `cfg` (normally `reader.config()` with the
-/// job's dtype). Tensors of extra layers (the MTP layer) are skipped; a missing or unexpected tensor, a
+/// Loads an HF checkpoint directory into weights shaped for `cfg` (normally `reader.arch()` with the
+/// job's runtime). Tensors of extra layers (the MTP layer) are skipped; a missing or unexpected tensor, a
 /// wrong shape or a non-floating dtype is a CheckpointError naming the file and the tensor. Each tensor is
 /// read from the mapping, converted once and moved to `device`. Logs progress per layer.
 ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& cfg, c10::Device device);
 
 /// The tensors under their HF names (experts unstacked as views), for save_hf_checkpoint.
-std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelConfig& cfg);
+std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelArch& cfg);
 
 /// Total parameters and parameters activated per token (embedding + lm_head counted; routed experts
 /// counted num_experts_per_tok of n_routed_experts).
@@ -94,6 +94,6 @@ struct ParamCounts {
     int64_t total = 0;
     int64_t activated = 0;
 };
-ParamCounts count_parameters(const ModelConfig& cfg);
+ParamCounts count_parameters(const ModelArch& cfg);
 
 }  // namespace dsrl::dsa

@@ -32,22 +32,6 @@ struct Advantages {
 /// DataError naming the sample.
 Advantages compute_advantages(const at::Tensor& rewards, const at::Tensor& group, AdvNorm norm);
 
-struct LossOptions {
-    double eps_low = 0.2;
-    double eps_high = 0.2;
-    double delta = 0.1;
-    bool off_policy_mask = true;
-    LossAgg agg = LossAgg::kSeqMean;
-    /// > 0: the aggregated sums are divided by this instead of this batch's own count (Σ contributing sequences,
-    /// or their tokens for token_mean). Data-parallel ranks pass (the count summed over ranks) / world, so that
-    /// averaging the ranks' gradients gives the global batch's mean (loss_denominator, grpo_update's denominator).
-    double denominator = 0;
-    static LossOptions from(const GrpoConfig& g) {
-        return {.eps_low = g.eps_low, .eps_high = g.eps_high, .delta = g.delta, .off_policy_mask = g.off_policy_mask,
-                .agg = g.loss_agg};
-    }
-};
-
 struct LossInputs {
     at::Tensor logp;         ///< [N, T] log π_θ (in the graph)
     at::Tensor logp_old;     ///< [N, T] behaviour log-probs (recorded or recomputed)

@@ -96,7 +96,7 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                           .adv = adv.adv.index_select(0, idx).to(dev),
                           .contributes = adv.contributes.index_select(0, idx).to(dev),
                           .beta = beta_all.index_select(0, idx).to(dev)};
-            LossOptions lopt = LossOptions::from(cfg);
+            LossOptions lopt = cfg.loss;
             if (denominator) {
                 lopt.denominator = denominator(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
             }

@@ -17,14 +17,17 @@
 
 namespace dsrl::moe {
 
+/// Routing knobs under their Hugging Face names. dsa's ModelArch inherits them (they are config.json fields), so
+/// the defaults below — the tiny demo model's — are the only ones.
 struct RouterOptions {
     int64_t n_routed_experts = 8;
     int64_t num_experts_per_tok = 2;
-    int64_t n_group = 1;
+    int64_t n_group = 2;
     int64_t topk_group = 1;
-    double routed_scaling_factor = 1.0;
+    double routed_scaling_factor = 2.5;
     bool norm_topk_prob = true;
 
+    bool operator==(const RouterOptions&) const = default;
 };
 
 struct Route {

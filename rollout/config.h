@@ -10,14 +10,25 @@
 
 namespace dsrl {
 
+namespace rollout {
+
+/// How the next token is drawn (rollout/sampling.h). A job's `rollout:` section holds one
+/// (RolloutConfig::sampling, bound flat: temperature, top_p, top_k, min_p); the defaults below are the only ones.
+struct SamplingParams {
+    double temperature = 1.0;  ///< 0 = greedy
+    double top_p = 1.0;        ///< keep the smallest prefix (by probability) whose mass reaches top_p
+    int64_t top_k = 0;         ///< keep the k most likely tokens; 0 = off
+    double min_p = 0.0;        ///< keep tokens with p >= min_p · p_max; 0 = off
+    bool greedy() const { return temperature == 0.0; }
+};
+
+}  // namespace rollout
+
 struct RolloutConfig {
     int64_t group_size = 8;
     int64_t prompts_per_step = 8;
     int64_t max_new_tokens = 24;
-    double temperature = 1.0;
-    double top_p = 1.0;
-    int64_t top_k = 0;  ///< 0 disables top-k truncation
-    double min_p = 0.0;
+    rollout::SamplingParams sampling;
     int64_t max_batch_size = 64;
     std::vector<std::string> stop;
 };

@@ -1,6 +1,6 @@
 // Batched generation with recorded log-probs, kept sets and routing paths (SPEC §4).
 //
-//   GenerateOptions opt{.sampling = SamplingParams::from(job.rollout), .max_new_tokens = 256};
+//   GenerateOptions opt{.sampling = job.rollout.sampling, .max_new_tokens = 256};
 //   std::vector<SampleGroup> groups = generate_groups(model, *tokenizer, prompts, /*group_size=*/8, opt, seed);
 //
 // Requests run in batches of at most `max_batch_size`: prompts are left-padded and prefilled together, then

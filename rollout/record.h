@@ -13,32 +13,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "rollout/kept_set.h"
+
 namespace dsrl::rollout {
-
-/// The kept set of one sampling step: the token ids that survived temperature + top-k/top-p/min-p
-/// truncation. Encoded compactly: "all" (no truncation: 1 byte), sorted ids as delta varints, or a bitmap
-/// over the vocabulary — whichever is smallest.
-class KeptSet {
-public:
-    KeptSet() = default;
-    /// From sorted, unique ids in [0, vocab). `ids.size() == vocab` encodes as "all".
-    static KeptSet from_ids(const std::vector<int32_t>& sorted_ids, int64_t vocab);
-    /// From a bool mask [vocab] (CPU).
-    static KeptSet from_mask(const at::Tensor& mask);
-    /// From encoded bytes (validated: a DataError when malformed or out of range).
-    static KeptSet from_bytes(std::string bytes, int64_t vocab);
-    std::vector<int32_t> ids() const;
-    int64_t size() const;          ///< number of kept ids
-    int64_t vocab() const { return vocab_; }
-    bool contains(int32_t id) const;
-    /// Writes the set into `row` (bool [vocab], CPU), true = kept.
-    void fill_mask(at::Tensor row) const;
-    const std::string& bytes() const { return bytes_; }
-
-private:
-    std::string bytes_;  ///< tag byte (0 all, 1 delta varints, 2 bitmap) + payload
-    int64_t vocab_ = 0;
-};
 
 enum class FinishReason : uint8_t { kEos = 0, kStop = 1, kLength = 2, kContext = 3 };
 const char* finish_reason_name(FinishReason r);

@@ -3,7 +3,7 @@
 // processing gives the behaviour log-prob a rollout records and the log-prob GRPO recomputes under the
 // recorded kept set (keep-sampling-mask), so the two agree by construction.
 //
-//   SamplingParams p = SamplingParams::from(job.rollout);
+//   const SamplingParams& p = job.rollout.sampling;
 //   at::Tensor logp = processed_logprobs(logits, p);       // [B, V]; -inf outside each row's kept set
 //   at::Tensor tok = sample_rows(logp, generators);          // [B] int64, one draw per row generator
 //   at::Tensor lp = token_logprobs(logits, tokens, kept_mask, p.temperature);   // recomputation
@@ -18,17 +18,6 @@
 #include "rollout/config.h"
 
 namespace dsrl::rollout {
-
-struct SamplingParams {
-    double temperature = 1.0;  ///< 0 = greedy
-    double top_p = 1.0;        ///< keep the smallest prefix (by probability) whose mass reaches top_p
-    int64_t top_k = 0;         ///< keep the k most likely tokens; 0 = off
-    double min_p = 0.0;        ///< keep tokens with p >= min_p · p_max; 0 = off
-    bool greedy() const { return temperature == 0.0; }
-    static SamplingParams from(const RolloutConfig& r) {
-        return {.temperature = r.temperature, .top_p = r.top_p, .top_k = r.top_k, .min_p = r.min_p};
-    }
-};
 
 /// The processed distribution of each row of `logits` [B, V]: log-softmax of logits / T restricted to the
 /// kept set (top-k, then min-p, then top-p on the tempered probabilities; the most likely token is always

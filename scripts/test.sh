@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The test command (README, CI): sets up if needed, configures (Release, ccache, precompiled header), builds,
 # and runs every test with CTest: unit tests, mpirun tests (-np 2 and 3), the transformers parity tests.
-# GPU tests are skipped with a printed reason on machines without a GPU. Exits non-zero on any failure.
+# GPU tests are skipped with a printed reason on machines without a GPU. Checks that every C++/CUDA source
+# matches .clang-format (scripts/format.sh --check). Exits non-zero on any failure, an unformatted file included.
 # Environment: DSRL_BUILD_DIR (default build), DSRL_CTEST_ARGS (extra ctest arguments, e.g. "-L cpu").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$(date +%s)
 bash scripts/setup.sh
+# Formatting first (seconds), but the build and tests still run so one run reports everything.
+format_rc=0
+bash scripts/format.sh --check || format_rc=$?
 build=${DSRL_BUILD_DIR:-build}
 jobs=$(nproc)
 
@@ -40,4 +44,8 @@ if [ -f "$log" ] && grep -q "GPU test skipped" "$log"; then
 fi
 end=$(date +%s)
 echo "[test] configure $((configured - start))s, build $((built - configured))s, tests $((end - built))s, total $((end - start))s"
+if [ "$format_rc" -ne 0 ]; then
+    echo "[test] FAILED: unformatted sources (listed above; fix with bash scripts/format.sh)"
+    [ "$rc" -eq 0 ] && rc=$format_rc
+fi
 exit $rc

@@ -95,7 +95,7 @@ std::string human(int64_t n) {
 int info(const std::map<std::string, std::string>& flags) {
     const std::string& dir = required(flags, "model");
     const dsrl::dsa::HfCheckpointReader reader = dsrl::dsa::HfCheckpointReader::open(dir);
-    const dsrl::ModelConfig& c = reader.config();
+    const dsrl::ModelArch& c = reader.arch();
     std::cout << "checkpoint: " << dir << "\n";
     std::cout << dsrl::dsa::hf_config_json(c, at::kFloat) << "\n";
     const dsrl::dsa::ParamCounts n = dsrl::dsa::count_parameters(c);
@@ -127,7 +127,7 @@ int forward(const std::map<std::string, std::string>& flags) {
     if (device_name != "cpu" && device_name != "cuda") {
         throw ConfigError(absl::StrCat("dsrl_tool: --device must be cpu or cuda, got '", device_name, "'"));
     }
-    dsrl::ModelConfig job;
+    dsrl::ModelRuntime job;
     const std::string dtype = flags.count("dtype") ? flags.at("dtype") : "fp32";
     if (dtype != "fp32" && dtype != "bf16") {
         throw ConfigError(absl::StrCat("dsrl_tool: --dtype must be fp32 or bf16, got '", dtype, "'"));
@@ -337,7 +337,7 @@ int grpo_loss_cmd(const std::vector<std::string>& args) {
                                     .adv = adv.adv,
                                     .contributes = adv.contributes,
                                     .beta = at::full({n}, beta, at::kFloat)};
-    dsrl::grpo::LossOutput out = dsrl::grpo::grpo_loss(li, dsrl::grpo::LossOptions::from(job.grpo));
+    dsrl::grpo::LossOutput out = dsrl::grpo::grpo_loss(li, job.grpo.loss);
     out.loss.backward();
     dsrl::save_safetensors(grad_output, {{"grad_logp", logp.grad().contiguous()}},
                            {{"format", "pt"}, {"producer", "dsrl_tool grpo-loss"}});

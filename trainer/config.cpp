@@ -43,10 +43,10 @@ void bind(Binder& b, CheckpointConfig& c) {
 void bind(Binder& b, OptimizerConfig& c) {
     b.field("lr", c.lr, {.doc = "Peak learning rate (AdamW).", .min = 0.0});
     b.field("min_lr_ratio", c.min_lr_ratio, {.doc = "Cosine floor as a fraction of lr.", .min = 0.0, .max = 1.0});
-    b.field("weight_decay", c.weight_decay, {.doc = "Decoupled weight decay.", .min = 0.0});
-    b.field("beta1", c.beta1, {.doc = "AdamW beta1.", .min = 0.0, .max = 1.0, .max_open = true});
-    b.field("beta2", c.beta2, {.doc = "AdamW beta2.", .min = 0.0, .max = 1.0, .max_open = true});
-    b.field("eps", c.eps, {.doc = "AdamW epsilon.", .min = 0.0, .min_open = true});
+    b.field("weight_decay", c.adamw.weight_decay, {.doc = "Decoupled weight decay.", .min = 0.0});
+    b.field("beta1", c.adamw.beta1, {.doc = "AdamW beta1.", .min = 0.0, .max = 1.0, .max_open = true});
+    b.field("beta2", c.adamw.beta2, {.doc = "AdamW beta2.", .min = 0.0, .max = 1.0, .max_open = true});
+    b.field("eps", c.adamw.eps, {.doc = "AdamW epsilon.", .min = 0.0, .min_open = true});
     b.field("warmup_steps", c.warmup_steps, {.doc = "Linear warm-up steps.", .min = 0});
     b.choice("schedule", c.schedule, {{"cosine", LrSchedule::kCosine}, {"constant", LrSchedule::kConstant}},
              {.doc = "Learning-rate schedule after warm-up."});

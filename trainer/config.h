@@ -45,13 +45,19 @@ struct CheckpointConfig {
     DType save_dtype = DType::kBFloat16;
 };
 
-struct OptimizerConfig {
-    double lr = 5e-5;  ///< the tiny demo model's; real models want ~1e-6 (configs/single_gpu.yaml)
-    double min_lr_ratio = 0.1;
-    double weight_decay = 0.1;
+/// AdamW's constants (trainer/optimizer.h). `trainer.optimizer` holds one (OptimizerConfig::adamw, bound flat:
+/// weight_decay, beta1, beta2, eps); the defaults below are the only ones.
+struct AdamWOptions {
     double beta1 = 0.9;
     double beta2 = 0.95;
     double eps = 1e-8;
+    double weight_decay = 0.1;
+};
+
+struct OptimizerConfig {
+    double lr = 5e-5;  ///< the tiny demo model's; real models want ~1e-6 (configs/single_gpu.yaml)
+    double min_lr_ratio = 0.1;
+    AdamWOptions adamw;
     int64_t warmup_steps = 5;
     LrSchedule schedule = LrSchedule::kCosine;
     double grad_clip = 1.0;

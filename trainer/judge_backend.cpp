@@ -10,7 +10,7 @@ ModelJudgeBackend::ModelJudgeBackend(std::shared_ptr<const dsa::Model> model,
     : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {}
 
 std::shared_ptr<ModelJudgeBackend> ModelJudgeBackend::open(const std::string& path, const std::string& device) {
-    auto model = std::make_shared<const dsa::Model>(dsa::Model::load(path, ModelConfig{}, c10::Device(device)));
+    auto model = std::make_shared<const dsa::Model>(dsa::Model::load(path, ModelRuntime{}, c10::Device(device)));
     std::shared_ptr<const text::Tokenizer> tok = text::make_tokenizer(model->config().path, model->config().vocab_size);
     return std::make_shared<ModelJudgeBackend>(std::move(model), std::move(tok));
 }

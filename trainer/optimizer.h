@@ -3,7 +3,7 @@
 // reports non-finite gradients so the step can be skipped. State is plain named fp32 tensors, so a
 // checkpoint stores and restores it exactly.
 //
-//   AdamW opt(params, AdamWOptions::from(job.trainer.optimizer));
+//   AdamW opt(params, job.trainer.optimizer.adamw);
 //   loss.backward();
 //   if (clip_grad_norm(opt.params(), cfg.grad_clip).finite) opt.step(lr_at(cfg, step, total)); else ++skipped;
 //   opt.zero_grad();
@@ -27,16 +27,6 @@ struct Param {
     at::Tensor tensor;   ///< the parameter (requires_grad); updated in place
     bool decay = true;   ///< weight decay applies (false for norms and biases)
     double lr_scale = 1.0;  ///< this parameter's learning rate = lr · lr_scale (parameter groups)
-};
-
-struct AdamWOptions {
-    double beta1 = 0.9;
-    double beta2 = 0.95;
-    double eps = 1e-8;
-    double weight_decay = 0.1;
-    static AdamWOptions from(const OptimizerConfig& c) {
-        return {.beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay};
-    }
 };
 
 /// Whether a parameter of that name gets weight decay: not norms, biases or the router's balancing bias.

@@ -97,7 +97,7 @@ RlStepResult RlStep::run(int64_t step) {
         by_name[chosen->name] = chosen;
     }
     // 2. Rollout.
-    rollout::GenerateOptions gopt{.sampling = rollout::SamplingParams::from(ro),
+    rollout::GenerateOptions gopt{.sampling = ro.sampling,
                                   .max_new_tokens = ro.max_new_tokens,
                                   .stop = ro.stop,
                                   .max_batch_size = ro.max_batch_size,
@@ -154,7 +154,7 @@ RlStepResult RlStep::run(int64_t step) {
         denominator = [this](double count) { return data_parallel_denominator(count, comm_); };
     }
     const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
-                                                            ro.temperature, opt_step, denominator);
+                                                            ro.sampling.temperature, opt_step, denominator);
     for (const grpo::Metrics& m : mb) {
         for (const auto& [k, v] : m) out.metrics[k] += v / static_cast<double>(mb.size());
     }

@@ -58,7 +58,7 @@ void check_supported(const JobConfig& job) {
                                        ": expert parallelism is not implemented in this build; use 1 ",
                                        "(every rank holds all experts; ranks are data-parallel)"));
     }
-    if (job.model.impl == Impl::kCuda && !dsa::cuda::sparse_mla_available()) {
+    if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
         throw ConfigError("model.impl: cuda, but this build of dsrl has no CUDA kernels (configure with "
                           "DSRL_WITH_CUDA=ON on a machine with nvcc); use auto or reference");
     }
@@ -111,7 +111,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    AdamW optimizer(params, AdamWOptions::from(job.trainer.optimizer));
+    AdamW optimizer(params, job.trainer.optimizer.adamw);
     const std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(policy.config().path, policy.config().vocab_size);
     TrainingState state;
     state.world_size = comm.size();

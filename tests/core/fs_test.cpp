@@ -48,9 +48,7 @@ TEST(FsTest, AtomicWriteReplacesWholeFilesAndLeavesNothingOnFailure) {
     const std::string path = join(dir, "f.bin");
     write_file_atomic(path, {"hello ", "world"});
     write_file_atomic(path, {"second"});
-    std::ifstream in(path);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EXPECT_EQ(text, "second");
+    EXPECT_EQ(read_file(path), "second");
     try {
         write_file_atomic(join(dir, "missing/f.bin"), {"x"});
         FAIL() << "a missing directory must be an error";

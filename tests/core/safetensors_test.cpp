@@ -11,6 +11,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/fs.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "tests/test_util.h"
@@ -20,16 +21,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
+std::string read_bytes(const std::string& path) { return fs::read_file(path); }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
+void write_bytes(const std::string& path, const std::string& bytes) { fs::write_file_atomic(path, {bytes}); }
 
 // A raw safetensors file from a header string and a data section.
 std::string raw_file(const std::string& header, const std::string& data) {

@@ -78,7 +78,8 @@ ModelConfig tiny_config(bool yarn) {
     return c;
 }
 
-void expect_same_model(const ModelConfig& a, const ModelConfig& b) {
+void expect_same_model(const ModelArch& a, const ModelArch& b) {
+    EXPECT_TRUE(a == b);  // every field; the lines below name the one that differs
 #define DSRL_EXPECT_FIELD(f) EXPECT_EQ(a.f, b.f) << #f
     DSRL_EXPECT_FIELD(vocab_size);
     DSRL_EXPECT_FIELD(hidden_size);
@@ -129,13 +130,6 @@ std::string error_of(const std::function<void()>& fn) {
         return e.what();
     }
     return "";
-}
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {
@@ -209,15 +203,8 @@ TEST(HfCheckpointConfigTest, RoundTripsYarnAndPlainRope) {
         EXPECT_FALSE(j.contains("rope_scaling"));
         EXPECT_THAT(hf_config_json(cfg, at::kFloat), HasSubstr("\"dtype\": \"float32\""));
 
-        ModelConfig base;
-        base.path = "/some/where";
-        base.dtype = DType::kBFloat16;
-        base.impl = Impl::kReference;
-        const ModelConfig back = read_hf_config(dir.write("config.json", text), base);
+        const ModelArch back = read_hf_config(dir.write("config.json", text));
         expect_same_model(back, cfg);
-        EXPECT_EQ(back.path, "/some/where");
-        EXPECT_EQ(back.dtype, DType::kBFloat16);
-        EXPECT_EQ(back.impl, Impl::kReference);
     }
     // mscale 0 means "not set": the key is omitted and reads back as 0.
     ModelConfig cfg = tiny_config(true);
@@ -250,7 +237,7 @@ constexpr const char* kDeepSeekV32Config = R"({
 
 TEST(HfCheckpointConfigTest, ReadsTheLegacyDeepSeekV32Config) {
     testing::TempDir dir;
-    const ModelConfig c = read_hf_config(dir.write("config.json", kDeepSeekV32Config));
+    const ModelArch c = read_hf_config(dir.write("config.json", kDeepSeekV32Config));
     EXPECT_EQ(c.vocab_size, 129280);
     EXPECT_EQ(c.hidden_size, 7168);
     EXPECT_EQ(c.num_hidden_layers, 61);
@@ -281,7 +268,7 @@ TEST(HfCheckpointConfigTest, ReadsTheLegacyDeepSeekV32Config) {
         j.erase(key);
     }
     j["eos_token_id"] = {7, 1};
-    const ModelConfig d = read_hf_config(dir.write("config.json", j.dump()));
+    const ModelArch d = read_hf_config(dir.write("config.json", j.dump()));
     EXPECT_EQ(d.n_group, 1);
     EXPECT_EQ(d.topk_group, 1);
     EXPECT_EQ(d.first_k_dense_replace, 3);
@@ -297,7 +284,7 @@ TEST(HfCheckpointConfigTest, ReadsTheLegacyDeepSeekV32Config) {
     // transformers 5.x rope_parameters with rope_type "default"; it wins over a legacy rope_scaling.
     j = Json::parse(kDeepSeekV32Config);
     j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}};
-    const ModelConfig e = read_hf_config(dir.write("config.json", j.dump()));
+    const ModelArch e = read_hf_config(dir.write("config.json", j.dump()));
     EXPECT_EQ(e.rope_scaling.type, "none");
     EXPECT_DOUBLE_EQ(e.rope_theta, 5e5);
 }
@@ -422,8 +409,8 @@ TEST(HfCheckpointIoTest, SingleFileRoundTripInBf16AndFp32) {
         EXPECT_EQ(list_dir(dir), (std::vector<std::string>{"config.json", "model.safetensors"}));
         EXPECT_EQ(SafetensorsFile::open(fs::join(dir, "model.safetensors")).metadata().at("format"), "pt");
         const HfCheckpointReader r = HfCheckpointReader::open(dir);
-        expect_same_model(r.config(), cfg);
-        EXPECT_EQ(r.config().path, dir);
+        expect_same_model(r.arch(), cfg);
+        EXPECT_EQ(r.dir(), dir);
         EXPECT_EQ(r.file_of("lm_head.weight"), fs::join(dir, "model.safetensors"));
         expect_loads_back(r, tensors, dtype);
         const at::Tensor a = r.load("model.norm.weight", at::kFloat);
@@ -449,7 +436,7 @@ TEST(HfCheckpointIoTest, ShardedRoundTripWritesTheTransformersIndex) {
         "model.safetensors.index.json",
     };
     EXPECT_EQ(files, expected_files);
-    const Json index = Json::parse(read_text(fs::join(dir, "model.safetensors.index.json")));
+    const Json index = Json::parse(fs::read_file(fs::join(dir, "model.safetensors.index.json")));
     int64_t total = 0;
     for (const auto& [name, t] : tensors) total += t.numel() * (at::isFloatingType(t.scalar_type()) ? 4 : 8);
     EXPECT_EQ(index["metadata"]["total_size"], total);
@@ -478,7 +465,7 @@ TEST(HfCheckpointIoTest, ReplacesAnExistingCheckpointAndLeavesNoTemporaryDirecto
     EXPECT_EQ(list_dir(tmp.path()), std::vector<std::string>{"policy"});
     EXPECT_EQ(list_dir(dir), (std::vector<std::string>{"config.json", "model.safetensors"}));
     const HfCheckpointReader r = HfCheckpointReader::open(dir);
-    EXPECT_EQ(r.config().rope_scaling.type, "none");
+    EXPECT_EQ(r.arch().rope_scaling.type, "none");
     expect_loads_back(r, fresh, at::kFloat);
 
     // A save that fails midway (complex tensors cannot be stored) leaves the old checkpoint and no temp dir.

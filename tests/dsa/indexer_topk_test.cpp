@@ -60,7 +60,9 @@ void expect_topk_property(const Inputs& in, const at::Tensor& idx, int64_t topk,
             float min_chosen = INFINITY;
             for (int64_t s : chosen) min_chosen = std::min(min_chosen, scores[b][t][s].item<float>());
             for (int64_t s : visible) {
-                if (!chosen.count(s)) EXPECT_LE(scores[b][t][s].item<float>(), min_chosen) << "b=" << b << " t=" << t;
+                if (!chosen.count(s)) {
+                    EXPECT_LE(scores[b][t][s].item<float>(), min_chosen) << "b=" << b << " t=" << t;
+                }
             }
         }
     }

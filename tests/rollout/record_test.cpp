@@ -27,6 +27,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/fs.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "text/tokenizer.h"
@@ -38,16 +39,9 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
+std::string read_bytes(const std::string& path) { return fs::read_file(path); }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
+void write_bytes(const std::string& path, const std::string& bytes) { fs::write_file_atomic(path, {bytes}); }
 
 std::vector<std::string> list_dir(const std::string& dir) {
     std::vector<std::string> names;

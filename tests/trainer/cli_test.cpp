@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/fs.h"
 #include "trainer/config.h"
 #include "core/error.h"
 #include "tests/test_util.h"
@@ -47,11 +48,7 @@ TEST(CliTest, UsageDocumentsFlagsAndEnvironment) {
 
 // docs/configuration.md embeds the generated schema between markers; it must match the code.
 TEST(ConfigDocsTest, DocsConfigMdMatchesTheSchema) {
-    std::ifstream in(dsrl::testing::source_dir() + "/docs/configuration.md");
-    ASSERT_TRUE(in) << "docs/configuration.md is missing";
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string doc = ss.str();
+    const std::string doc = dsrl::fs::read_file(dsrl::testing::source_dir() + "/docs/configuration.md");
     const std::string begin = "<!-- schema:begin -->\n";
     const std::string end = "<!-- schema:end -->";
     const size_t b = doc.find(begin);

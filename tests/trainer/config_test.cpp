@@ -29,7 +29,7 @@ TEST(ConfigTest, EmbeddedDefaultsAreValid) {
     EXPECT_EQ(cfg.run.name, "demo");
     EXPECT_EQ(cfg.domains.size(), 2u);
     EXPECT_EQ(cfg.model.index_topk, 32);
-    EXPECT_EQ(cfg.grpo.loss_agg, LossAgg::kSeqMean);
+    EXPECT_EQ(cfg.grpo.loss.agg, LossAgg::kSeqMean);
 }
 
 TEST(ConfigTest, ReadsTypedValuesAndEnums) {
@@ -46,9 +46,9 @@ domains:
     EXPECT_EQ(cfg.model.hidden_size, 128);
     EXPECT_EQ(cfg.model.dtype, DType::kBFloat16);
     EXPECT_DOUBLE_EQ(cfg.model.rope_scaling.factor, 4.0);
-    EXPECT_EQ(cfg.grpo.loss_agg, LossAgg::kTokenMean);
+    EXPECT_EQ(cfg.grpo.loss.agg, LossAgg::kTokenMean);
     EXPECT_EQ(cfg.grpo.adv_norm, AdvNorm::kStd);
-    EXPECT_DOUBLE_EQ(cfg.grpo.eps_high, 0.28);
+    EXPECT_DOUBLE_EQ(cfg.grpo.loss.eps_high, 0.28);
     ASSERT_EQ(cfg.domains.size(), 1u);  // a list in the file replaces the default list entirely
     EXPECT_EQ(cfg.domains[0].name, "math");
     ASSERT_EQ(cfg.domains[0].rewards.size(), 1u);
@@ -127,7 +127,7 @@ TEST(ConfigTest, OverridesApplyInOrderAndReachLists) {
     JobConfig cfg = load_job_config("", {"grpo.eps_high=0.3", "grpo.eps_high=0.28", "domains.1.weight=3",
                                          "domains[0].rewards[0].params={digits: 2}", "run.stages=[grpo]",
                                          "run.name="});
-    EXPECT_DOUBLE_EQ(cfg.grpo.eps_high, 0.28);
+    EXPECT_DOUBLE_EQ(cfg.grpo.loss.eps_high, 0.28);
     EXPECT_DOUBLE_EQ(cfg.domains[1].weight, 3.0);
     EXPECT_EQ(cfg.domains[0].rewards[0].params.at("digits"), "2");
     EXPECT_EQ(cfg.run.stages, std::vector<std::string>{"grpo"});
@@ -150,7 +150,7 @@ TEST(ConfigTest, ResolvedYamlRoundTrips) {
     testing::TempDir dir;
     JobConfig again = load_job_config(dir.write("resolved.yaml", yaml), {});
     EXPECT_EQ(to_yaml(again), yaml);
-    EXPECT_DOUBLE_EQ(again.grpo.eps_high, 0.28);
+    EXPECT_DOUBLE_EQ(again.grpo.loss.eps_high, 0.28);
     EXPECT_DOUBLE_EQ(again.model.rms_norm_eps, 1e-5);
     EXPECT_DOUBLE_EQ(again.domains[0].beta, 0.125);
     EXPECT_THAT(yaml, Not(HasSubstr("1.0000000")));  // shortest round-trip formatting

@@ -46,7 +46,7 @@ struct StageSetup {
         for (dsa::NamedTensor& t : model.named_tensors()) {
             if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
         }
-        opt = std::make_unique<AdamW>(params, AdamWOptions::from(job.trainer.optimizer));
+        opt = std::make_unique<AdamW>(params, job.trainer.optimizer.adamw);
     }
     data::TokenBatch batch(int64_t index = 0) {
         data::TokenStream s(data::make_token_source(job.dsa.data, job.dsa.seq_len, *tok, ""), 0, 1, index);
@@ -219,7 +219,7 @@ TEST(DsaStagesTest, SparseTrainRunsTheIndexerAtItsOwnLearningRate) {
     // indexer_lr / lr), the rest's by the tiny dsa.lr.
     StageSetup s;
     s.job.dsa.lr = 1e-7;
-    s.job.trainer.optimizer.weight_decay = 0;
+    s.job.trainer.optimizer.adamw.weight_decay = 0;
     *s.opt = AdamW(s.opt->params(), {.weight_decay = 0});
     const auto before = snapshot(s.model);
     sparse_train_step(s.model, *s.opt, s.batch(), s.job, nullptr);

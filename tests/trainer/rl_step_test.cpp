@@ -39,7 +39,6 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
     MPI_Initialized(&initialized);
     const dist::Communicator world = initialized ? dist::Communicator::world(60) : dist::Communicator();
     const dist::Communicator* comm = initialized ? &world : nullptr;
-    const int rank = comm != nullptr ? comm->rank() : 0;
     const JobConfig job = small_job();
     dsa::Model policy = dsa::Model::random(job.model, 5, at::kCPU);  // same init on every rank
     const dsa::Model reference = clone(policy);
@@ -47,7 +46,7 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    AdamW opt(params, AdamWOptions::from(job.trainer.optimizer));
+    AdamW opt(params, job.trainer.optimizer.adamw);
     const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     std::vector<DomainRuntime> domains = build_domains(job, "");
     RlStep step(job, policy, &reference, *tok, domains, opt, comm);

@@ -54,7 +54,7 @@ TEST(StageLoopTest, RunsStepsAveragesMetricsAndCheckpointsOnCadence) {
     job.trainer.checkpoint.every_steps = 2;
     job.trainer.log_every = 1;
     dsa::Model policy = dsa::Model::random(job.model, 1, at::kCPU);
-    AdamW optimizer({}, AdamWOptions::from(job.trainer.optimizer));
+    AdamW optimizer({}, job.trainer.optimizer.adamw);
     TrainingState state;
     JobContext ctx{job, world, c10::Device(c10::kCPU), policy, optimizer, state};
     MetricsLog log(fs::join(dir, "metrics.jsonl"), "", world.rank() == 0);
@@ -71,10 +71,10 @@ TEST(StageLoopTest, RunsStepsAveragesMetricsAndCheckpointsOnCadence) {
     EXPECT_EQ(state.stage_steps["scripted"], 5);
     EXPECT_EQ(state.skipped_steps, 1);
     if (world.rank() == 0) {
-        std::ifstream in(fs::join(dir, "metrics.jsonl"));
+        fs::LineReader in(fs::join(dir, "metrics.jsonl"));
         std::string line;
         int64_t n = 0;
-        while (std::getline(in, line)) {
+        while (in.next(line)) {
             const nlohmann::json j = nlohmann::json::parse(line);
             EXPECT_EQ(j.at("stage"), "scripted");
             EXPECT_EQ(j.at("step"), n + 1);
