@@ -4,6 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
@@ -13,6 +17,76 @@
 extern char** environ;
 
 namespace dsrl::bench {
+
+Flags& Flags::text(const std::string& name, std::string* v, const std::string& help) {
+    flags_.push_back({name, help, *v, [v](const std::string& s) { *v = s; }});
+    return *this;
+}
+
+Flags& Flags::integer(const std::string& name, int64_t* v, int64_t min, const std::string& help) {
+    const std::string program = program_;
+    flags_.push_back({name, help, std::to_string(*v), [=](const std::string& s) {
+                          int64_t x = 0;
+                          if (!absl::SimpleAtoi(s, &x) || x < min) {
+                              throw ConfigError(
+                                  absl::StrCat(program, ": ", name, " '", s, "' must be an integer >= ", min));
+                          }
+                          *v = x;
+                      }});
+    return *this;
+}
+
+Flags& Flags::integer(const std::string& name, int* v, int min, const std::string& help) {
+    auto wide = std::make_shared<int64_t>(*v);
+    integer(name, wide.get(), min, help);
+    flags_.back().set = [set = flags_.back().set, wide, v](const std::string& s) {
+        set(s);
+        *v = static_cast<int>(*wide);
+    };
+    return *this;
+}
+
+Flags& Flags::number(const std::string& name, double* v, const std::string& help) {
+    const std::string program = program_;
+    flags_.push_back({name, help, absl::StrCat(*v), [=](const std::string& s) {
+                          if (!absl::SimpleAtod(s, v)) {
+                              throw ConfigError(absl::StrCat(program, ": ", name, " '", s, "' must be a number"));
+                          }
+                      }});
+    return *this;
+}
+
+Flags& Flags::custom(const std::string& name,
+                     std::function<void(const std::string&)> set,
+                     const std::string& help,
+                     const std::string& shown_default) {
+    flags_.push_back({name, help, shown_default, std::move(set)});
+    return *this;
+}
+
+bool Flags::parse(int argc, char** argv) const {
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--help" || a == "-h") {
+            std::printf("usage: %s [flags]\n", program_.c_str());
+            for (const Flag& f : flags_) {
+                std::printf("  %-16s %s (default %s)\n", f.name.c_str(), f.help.c_str(), f.shown_default.c_str());
+            }
+            return false;
+        }
+        const auto it = std::find_if(flags_.begin(), flags_.end(), [&](const Flag& f) { return f.name == a; });
+        if (it == flags_.end()) throw ConfigError(absl::StrCat(program_, ": unknown flag '", a, "' (see --help)"));
+        if (i + 1 >= argc) throw ConfigError(absl::StrCat(program_, ": ", a, " needs a value"));
+        it->set(argv[++i]);
+    }
+    return true;
+}
+
+std::string self_exe(const char* argv0) {
+    char resolved[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", resolved, sizeof(resolved) - 1);
+    return n > 0 ? std::string(resolved, static_cast<size_t>(n)) : std::string(argv0);
+}
 
 std::optional<std::vector<double>> run_child(const std::string& self,
                                              const std::vector<std::string>& args,
@@ -46,8 +120,8 @@ std::optional<std::vector<double>> run_child(const std::string& self,
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || at == std::string::npos) return std::nullopt;
     const size_t end = text.find('\n', at);
     std::vector<double> out;
-    for (absl::string_view field : absl::StrSplit(text.substr(at + 7, end == std::string::npos ? end : end - at - 7), ' ',
-                                                  absl::SkipEmpty())) {
+    for (absl::string_view field :
+         absl::StrSplit(text.substr(at + 7, end == std::string::npos ? end : end - at - 7), ' ', absl::SkipEmpty())) {
         double v = 0;
         if (!absl::SimpleAtod(field, &v)) return std::nullopt;
         out.push_back(v);

@@ -1,10 +1,14 @@
-// What the benchmarks share: measuring in a fresh child process (so each point's peak memory is its own) and the
-// --lengths flag. A child prints one line "RESULT v1 v2 ..."; the parent parses it.
+// What the benchmarks share: their flags, measuring in a fresh child process (so each point's peak memory is its
+// own) and the --lengths flag. A child prints one line "RESULT v1 v2 ..."; the parent parses it.
 //
-//   std::optional<std::vector<double>> r = bench::run_child(self, {"--child", "4096"}, "dsrl_bench_model");
+//   bench::Flags flags("dsrl_bench_model");
+//   flags.text("--device", &device, "cpu or cuda").integer("--topk", &topk, 1, "index_topk");
+//   if (!flags.parse(argc, argv)) return 0;   // --help printed the usage
+//   std::optional<std::vector<double>> r = bench::run_child(bench::self_exe(argv[0]), {"--child", "4096"}, "...");
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +21,35 @@ namespace dsrl::bench {
 std::optional<std::vector<double>> run_child(const std::string& self,
                                              const std::vector<std::string>& args,
                                              const std::string& bench);
+
+/// A benchmark's `--name value` flags, each bound to a variable that holds its default.
+class Flags {
+public:
+    explicit Flags(std::string program) : program_(std::move(program)) {}
+    Flags& text(const std::string& name, std::string* v, const std::string& help);
+    Flags& integer(const std::string& name, int64_t* v, int64_t min, const std::string& help);
+    Flags& integer(const std::string& name, int* v, int min, const std::string& help);
+    Flags& number(const std::string& name, double* v, const std::string& help);
+    /// A flag of its own syntax: `set` parses the value (throwing ConfigError on a bad one).
+    Flags& custom(const std::string& name,
+                  std::function<void(const std::string&)> set,
+                  const std::string& help,
+                  const std::string& shown_default);
+    /// Parses argv[1..]; false after printing the usage for --help/-h. A ConfigError naming the program and the flag
+    /// for an unknown flag, a missing value or a value that is not a number or below its minimum.
+    bool parse(int argc, char** argv) const;
+
+private:
+    struct Flag {
+        std::string name, help, shown_default;
+        std::function<void(const std::string&)> set;
+    };
+    std::string program_;
+    std::vector<Flag> flags_;
+};
+
+/// The running executable's path (/proc/self/exe; `argv0` where that cannot be read), to start child measurements.
+std::string self_exe(const char* argv0);
 
 /// "1024,2048,4096" -> {1024, 2048, 4096}; a ConfigError naming `bench` and the bad entry otherwise.
 std::vector<int64_t> parse_lengths(const std::string& text, const std::string& bench);

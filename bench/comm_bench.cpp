@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include "bench/bench_util.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
 #include "core/env.h"
@@ -61,32 +62,19 @@ int64_t parse_size(const std::string& flag, const std::string& text) {
 
 Options parse(int argc, char** argv) {
     Options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw dsrl::ConfigError(absl::StrCat(a, " needs a value"));
-            return argv[++i];
-        };
-        if (a == "--device") {
-            o.device = value();
-        } else if (a == "--min-size") {
-            o.min_size = parse_size(a, value());
-        } else if (a == "--max-size") {
-            o.max_size = parse_size(a, value());
-        } else if (a == "--iters") {
-            if (!absl::SimpleAtoi(value(), &o.iters) || o.iters < 1) throw dsrl::ConfigError("--iters must be >= 1");
-        } else if (a == "--warmup") {
-            if (!absl::SimpleAtoi(value(), &o.warmup) || o.warmup < 0) throw dsrl::ConfigError("--warmup must be >= 0");
-        } else if (a == "--dtype") {
-            o.dtype = value();
-        } else if (a == "--help" || a == "-h") {
-            std::printf("usage: dsrl_bench_comm [--device cpu|cuda] [--min-size 1K] [--max-size 1M] [--iters 20] "
-                        "[--warmup 3] [--dtype float|bf16]\n");
-            o.help = true;
-        } else {
-            throw dsrl::ConfigError(absl::StrCat("unknown flag '", a, "' (see --help)"));
-        }
-    }
+    auto size = [](int64_t* v, const char* flag) {
+        return [v, flag](const std::string& text) { *v = parse_size(flag, text); };
+    };
+    o.help =
+        !dsrl::bench::Flags("dsrl_bench_comm")
+             .text("--device", &o.device, "cpu or cuda")
+             .custom("--min-size", size(&o.min_size, "--min-size"), "smallest message (bytes, or with K/M/G)", "1K")
+             .custom("--max-size", size(&o.max_size, "--max-size"), "largest message", "1M on cpu, 256M on cuda")
+             .integer("--iters", &o.iters, 1, "timed calls per size")
+             .integer("--warmup", &o.warmup, 0, "untimed calls per size")
+             .text("--dtype", &o.dtype, "float or bf16")
+             .parse(argc, argv);
+    if (o.help) return o;
     if (o.device != "cpu" && o.device != "cuda") {
         throw dsrl::ConfigError(absl::StrCat("--device='", o.device, "' must be cpu or cuda"));
     }

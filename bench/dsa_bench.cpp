@@ -18,7 +18,8 @@
 //    the kernels vs its ATen path, time and peak memory, up to --warmup-max.
 // FLOPs: attention 2·H·(576 + 512) per (query, valid entry) forward, 2.5× that backward (recompute of S, dP, dQ,
 // dKV); indexer 2·64·128 per visible (query, key) pair, 3× that backward (q·k recompute, dq, dk); dense
-// attention 2·H·(192 + 128) per causal pair forward, 2.5× backward. Times are medians of CUDA-event-timed repetitions after one warm-up.
+// attention 2·H·(192 + 128) per causal pair forward, 2.5× backward. Times are medians of CUDA-event-timed repetitions
+// after one warm-up.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
@@ -66,44 +67,22 @@ struct Options {
     int64_t warmup_max = 16384;
 };
 
+// Parses the flags; exits 0 after --help.
 Options parse(int argc, char** argv) {
     Options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw dsrl::ConfigError(absl::StrCat(a, " needs a value"));
-            return argv[++i];
-        };
-        auto integer = [&](int64_t min) {
-            int64_t v = 0;
-            const std::string text = value();
-            if (!absl::SimpleAtoi(text, &v) || v < min) {
-                throw dsrl::ConfigError(absl::StrCat(a, "='", text, "' must be an integer >= ", min));
-            }
-            return v;
-        };
-        if (a == "--lengths") {
-            o.lengths = dsrl::bench::parse_lengths(value(), "dsrl_bench_dsa");
-        } else if (a == "--topk") {
-            o.topk = integer(1);
-        } else if (a == "--heads") {
-            o.heads = integer(1);
-        } else if (a == "--dense-max") {
-            o.dense_max = integer(0);
-        } else if (a == "--reps") {
-            o.reps = int(integer(1));
-        } else if (a == "--decode-batch") {
-            o.decode_batch = integer(0);
-        } else if (a == "--warmup-max") {
-            o.warmup_max = integer(0);
-        } else if (a == "--help" || a == "-h") {
-            std::printf("usage: dsrl_bench_dsa [--lengths 4096,...,131072] [--topk 2048] [--heads 128] "
-                        "[--dense-max 65536] [--reps 5] [--decode-batch 64] [--warmup-max 16384]\n");
-            std::exit(0);
-        } else {
-            throw dsrl::ConfigError(absl::StrCat("unknown flag '", a, "' (see --help)"));
-        }
-    }
+    const bool go =
+        dsrl::bench::Flags("dsrl_bench_dsa")
+            .custom(
+                "--lengths", [&](const std::string& v) { o.lengths = dsrl::bench::parse_lengths(v, "dsrl_bench_dsa"); },
+                "comma-separated sequence lengths", "4096,...,131072")
+            .integer("--topk", &o.topk, 1, "index_topk")
+            .integer("--heads", &o.heads, 1, "attention heads")
+            .integer("--dense-max", &o.dense_max, 0, "longest length measured with dense SDPA")
+            .integer("--reps", &o.reps, 1, "timed runs per point (median)")
+            .integer("--decode-batch", &o.decode_batch, 0, "decode batch size (0: no decode rows)")
+            .integer("--warmup-max", &o.warmup_max, 0, "longest length of the warm-up loss rows")
+            .parse(argc, argv);
+    if (!go) std::exit(0);
     return o;
 }
 
@@ -201,8 +180,8 @@ int main(int argc, char** argv) {
             const double attn_flops = valid_pairs(L, K) * 2.0 * double(H) * (576.0 + 512.0);
 
             // 2. Kernels alone.
-            const double fwd_ms =
-                time_ms([&] { (void)dsrl::dsa::cuda::sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, idx, scale); }, o.reps);
+            const double fwd_ms = time_ms(
+                [&] { (void)dsrl::dsa::cuda::sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, idx, scale); }, o.reps);
             row(L, "sparse_mla fwd (wgmma)", fwd_ms, attn_flops, 0.0);
             const double fwd_mma_ms = time_ms(
                 [&] {
@@ -215,7 +194,8 @@ int main(int argc, char** argv) {
             const at::Tensor cl = c_kv.clone().requires_grad_(), kp = k_pe.clone().requires_grad_();
             const at::Tensor grad_out = at::randn({1, L, H, 512}, bf16);
             {  // the retained graph holds out and the inputs: released before the layer runs
-                const dsrl::dsa::AttentionOutput fwd = dsrl::dsa::cuda::sparse_mla_attention(ql, qp, cl, kp, idx, scale);
+                const dsrl::dsa::AttentionOutput fwd =
+                    dsrl::dsa::cuda::sparse_mla_attention(ql, qp, cl, kp, idx, scale);
                 const double bwd_ms = time_ms(
                     [&] {
                         (void)torch::autograd::grad({fwd.out}, {ql, qp, cl, kp}, {grad_out}, /*retain_graph=*/true);
@@ -264,7 +244,9 @@ int main(int argc, char** argv) {
                             "topk_rows (4K rows)", tk_ms, "-", "-", "-", double(Tc) * double(L) * 4.0 / (tk_ms * 1e6));
             }
             const double topk_ms = time_ms(
-                [&] { (void)dsrl::dsa::cuda::indexer_topk(iq, ik, iw, 1.0 / std::sqrt(double(DI)), pos, at::Tensor(), K); },
+                [&] {
+                    (void)dsrl::dsa::cuda::indexer_topk(iq, ik, iw, 1.0 / std::sqrt(double(DI)), pos, at::Tensor(), K);
+                },
                 o.reps);
             row(L, "indexer logits+topk bf16", topk_ms, idx_flops, 0.0);
             const double topk8_ms = time_ms(

@@ -45,12 +45,11 @@
 #include "dsa/indexer_loss.h"
 #include "dsa/sparse_attention.h"
 
-
 namespace {
 
-constexpr int64_t kLatent = 64;     // C (kv_lora)
-constexpr int64_t kRope = 32;       // R
-constexpr int64_t kIndexDim = 64;   // D_I
+constexpr int64_t kLatent = 64;    // C (kv_lora)
+constexpr int64_t kRope = 32;      // R
+constexpr int64_t kIndexDim = 64;  // D_I
 
 long max_rss_kib() {
     rusage u{};
@@ -92,9 +91,10 @@ Inputs make_inputs(int64_t length, int64_t heads, int64_t index_heads, uint64_t 
         at::NoGradGuard no_grad;
         for (int64_t t0 = 0; t0 < length; t0 += 16) {
             const int64_t n = std::min<int64_t>(16, length - t0);
-            in.att.lse.narrow(1, t0, n).copy_(dsrl::dsa::dense_mla_attention(
-                in.att.q_lat.narrow(1, t0, n), in.att.q_pe.narrow(1, t0, n), in.att.c_kv, in.att.k_pe,
-                in.query_pos.narrow(1, t0, n), in.key_valid, in.att.scale).lse);
+            in.att.lse.narrow(1, t0, n).copy_(
+                dsrl::dsa::dense_mla_attention(in.att.q_lat.narrow(1, t0, n), in.att.q_pe.narrow(1, t0, n), in.att.c_kv,
+                                               in.att.k_pe, in.query_pos.narrow(1, t0, n), in.key_valid, in.att.scale)
+                    .lse);
         }
     }
     in.ix.q = (at::randn({1, length, index_heads, kIndexDim}, gen)).requires_grad_(true);
@@ -164,26 +164,19 @@ int run(int argc, char** argv) {
     }
     std::string lengths = "1024,2048,4096,8192";
     int64_t tile = 128, naive_max = 4096, heads = 8, index_heads = 4;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const auto value = [&]() -> const std::string& {
-            if (i + 1 >= args.size()) {
-                throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: ", args[i], " needs a value"));
-            }
-            return args[++i];
-        };
-        if (args[i] == "--lengths") lengths = value();
-        else if (args[i] == "--tile") tile = std::stoll(value());
-        else if (args[i] == "--naive-max") naive_max = std::stoll(value());
-        else if (args[i] == "--heads") heads = std::stoll(value());
-        else if (args[i] == "--index-heads") index_heads = std::stoll(value());
-        else throw dsrl::ConfigError(absl::StrCat("dsrl_bench_dsa_stage: unknown argument '", args[i], "'"));
-    }
-    char resolved[4096];
-    const ssize_t n = readlink("/proc/self/exe", resolved, sizeof(resolved) - 1);
-    const std::string exe = n > 0 ? std::string(resolved, static_cast<size_t>(n)) : std::string(argv[0]);
-    std::printf("dsrl_bench_dsa_stage: dense warm-up indexer loss, forward + backward, CPU, batch 1, %ld heads "
-                "(C %ld, R %ld), indexer %ldx%ld, tile %ld\n",
-                long(heads), long(kLatent), long(kRope), long(index_heads), long(kIndexDim), long(tile));
+    const bool go = dsrl::bench::Flags("dsrl_bench_dsa_stage")
+                        .text("--lengths", &lengths, "comma-separated sequence lengths")
+                        .integer("--tile", &tile, 1, "query tile")
+                        .integer("--naive-max", &naive_max, 0, "longest length measured with the naive loss")
+                        .integer("--heads", &heads, 1, "attention heads")
+                        .integer("--index-heads", &index_heads, 1, "indexer heads")
+                        .parse(argc, argv);
+    if (!go) return 0;
+    const std::string exe = dsrl::bench::self_exe(argv[0]);
+    std::printf(
+        "dsrl_bench_dsa_stage: dense warm-up indexer loss, forward + backward, CPU, batch 1, %ld heads "
+        "(C %ld, R %ld), indexer %ldx%ld, tile %ld\n",
+        long(heads), long(kLatent), long(kRope), long(index_heads), long(kIndexDim), long(tile));
     std::printf("%7s | %10s %9s | %10s %9s | %9s | %12s\n", "L", "tiled MiB", "tiled s", "naive MiB", "naive s",
                 "mem ratio", "|loss diff|");
     for (const int64_t L : dsrl::bench::parse_lengths(lengths, "dsrl_bench_dsa_stage")) {
@@ -193,19 +186,21 @@ int run(int argc, char** argv) {
         };
         const Point t = measure(exe, child_args("tiled"));
         const Point v = L <= naive_max ? measure(exe, child_args("naive")) : Point{};
-        const std::string tc = t.ok ? absl::StrFormat("%10.1f %9.2f", t.peak_mib, t.seconds)
-                                    : absl::StrFormat("%10s %9s", "failed", "-");
+        const std::string tc =
+            t.ok ? absl::StrFormat("%10.1f %9.2f", t.peak_mib, t.seconds) : absl::StrFormat("%10s %9s", "failed", "-");
         const std::string vc = v.ok ? absl::StrFormat("%10.1f %9.2f", v.peak_mib, v.seconds)
                                     : absl::StrFormat("%10s %9s", L > naive_max ? "skipped" : "failed", "-");
-        const std::string ratio = t.ok && v.ok ? absl::StrFormat("%8.1fx | %12.2e", v.peak_mib / std::max(t.peak_mib, 1e-9),
-                                                                 std::abs(v.loss - t.loss))
-                                               : absl::StrFormat("%9s | %12s", "-", "-");
+        const std::string ratio =
+            t.ok && v.ok
+                ? absl::StrFormat("%8.1fx | %12.2e", v.peak_mib / std::max(t.peak_mib, 1e-9), std::abs(v.loss - t.loss))
+                : absl::StrFormat("%9s | %12s", "-", "-");
         std::printf("%7ld | %s | %s | %s\n", long(L), tc.c_str(), vc.c_str(), ratio.c_str());
         std::fflush(stdout);
     }
-    std::printf("mem ratio = naive peak over tiled peak. Naive above --naive-max (%ld) is skipped: its [H, L, L] "
-                "tensors outgrow this machine. Tiled working set ~ tile x S x max(H, H_I) x 4 B per live tensor.\n",
-                long(naive_max));
+    std::printf(
+        "mem ratio = naive peak over tiled peak. Naive above --naive-max (%ld) is skipped: its [H, L, L] "
+        "tensors outgrow this machine. Tiled working set ~ tile x S x max(H, H_I) x 4 B per live tensor.\n",
+        long(naive_max));
     return 0;
 }
 

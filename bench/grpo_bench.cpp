@@ -10,9 +10,9 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/log_softmax.h>
-#include <ATen/ops/tensor.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
+#include <ATen/ops/tensor.h>
 
 #include <absl/strings/str_cat.h>
 
@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/rng.h"
@@ -56,7 +57,10 @@ dsrl::ModelConfig small_config() {
 }
 
 // Synthetic rollout samples with records produced by the model itself (routes, kept sets by top-p 0.95).
-std::vector<dsrl::rollout::Sample> make_samples(const dsrl::dsa::Model& m, int64_t n, int64_t prompt, int64_t response) {
+std::vector<dsrl::rollout::Sample> make_samples(const dsrl::dsa::Model& m,
+                                                int64_t n,
+                                                int64_t prompt,
+                                                int64_t response) {
     const dsrl::ModelConfig& c = m.config();
     at::Generator gen = dsrl::rng::make_cpu_generator(9);
     std::vector<dsrl::rollout::Sample> out(static_cast<size_t>(n));
@@ -89,8 +93,13 @@ std::vector<dsrl::rollout::Sample> make_samples(const dsrl::dsa::Model& m, int64
 
 double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-void bench(const char* name, const dsrl::ModelConfig& cfg, const std::string& device, int64_t n, int64_t prompt,
-           int64_t response, int repeats) {
+void bench(const char* name,
+           const dsrl::ModelConfig& cfg,
+           const std::string& device,
+           int64_t n,
+           int64_t prompt,
+           int64_t response,
+           int repeats) {
     dsrl::dsa::Model policy = dsrl::dsa::Model::random(cfg, 1, c10::Device(device));
     const dsrl::dsa::Model reference = dsrl::dsa::Model::random(cfg, 1, c10::Device(device));
     for (auto& t : policy.named_tensors()) {
@@ -119,11 +128,16 @@ void bench(const char* name, const dsrl::ModelConfig& cfg, const std::string& de
             at::NoGradGuard no_grad;
             ref_logp = dsrl::grpo::sequence_logprobs(reference, b, opt).logp;
         }
-        const auto adv = dsrl::grpo::compute_advantages(at::tensor(std::vector<float>(n, 0.5f)) + at::rand({n}), 
+        const auto adv = dsrl::grpo::compute_advantages(at::tensor(std::vector<float>(n, 0.5f)) + at::rand({n}),
                                                         at::arange(n, at::kLong).div(4, "floor"), dsrl::AdvNorm::kNone);
         const c10::Device dev = pi.logp.device();
-        dsrl::grpo::LossInputs in{pi.logp, b.logp_old.to(dev), ref_logp, b.valid.to(dev), adv.adv.to(dev),
-                                  adv.contributes.to(dev), at::full({n}, 0.01, at::kFloat).to(dev)};
+        dsrl::grpo::LossInputs in{pi.logp,
+                                  b.logp_old.to(dev),
+                                  ref_logp,
+                                  b.valid.to(dev),
+                                  adv.adv.to(dev),
+                                  adv.contributes.to(dev),
+                                  at::full({n}, 0.01, at::kFloat).to(dev)};
         dsrl::grpo::grpo_loss(in, {}).loss.backward();
         sync();
         if (r > 0) best_grpo = std::min(best_grpo, seconds(t0));
@@ -143,26 +157,22 @@ void bench(const char* name, const dsrl::ModelConfig& cfg, const std::string& de
 }
 
 int run(int argc, char** argv) {
-    const std::vector<std::string> args(argv + 1, argv + argc);
     std::string device = "cpu";
     int64_t n = 16, prompt = 32, response = 96;
     int repeats = 3;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const auto value = [&]() -> const std::string& {
-            if (i + 1 >= args.size()) throw dsrl::ConfigError(absl::StrCat("dsrl_bench_grpo: ", args[i], " needs a value"));
-            return args[++i];
-        };
-        if (args[i] == "--device") device = value();
-        else if (args[i] == "--samples") n = std::stoll(value());
-        else if (args[i] == "--prompt") prompt = std::stoll(value());
-        else if (args[i] == "--response") response = std::stoll(value());
-        else if (args[i] == "--repeats") repeats = std::stoi(value());
-        else throw dsrl::ConfigError(absl::StrCat("dsrl_bench_grpo: unknown argument '", args[i], "'"));
-    }
-    std::printf("dsrl_bench_grpo: device %s, %ld samples x (%ld prompt + %ld response) tokens, best of %d; GRPO = "
-                "policy logp (keep-routing, keep-sampling-mask) + reference logp + loss + backward; NLL = forward + "
-                "full log-softmax + backward\n",
-                device.c_str(), long(n), long(prompt), long(response), repeats);
+    const bool go = dsrl::bench::Flags("dsrl_bench_grpo")
+                        .text("--device", &device, "cpu or cuda")
+                        .integer("--samples", &n, 1, "samples per batch")
+                        .integer("--prompt", &prompt, 1, "prompt tokens per sample")
+                        .integer("--response", &response, 1, "response tokens per sample")
+                        .integer("--repeats", &repeats, 1, "best of this many runs")
+                        .parse(argc, argv);
+    if (!go) return 0;
+    std::printf(
+        "dsrl_bench_grpo: device %s, %ld samples x (%ld prompt + %ld response) tokens, best of %d; GRPO = "
+        "policy logp (keep-routing, keep-sampling-mask) + reference logp + loss + backward; NLL = forward + "
+        "full log-softmax + backward\n",
+        device.c_str(), long(n), long(prompt), long(response), repeats);
     std::printf("%-6s | %16s | %6s | %14s | %14s | %9s\n", "model", "size", "tokens", "GRPO ms/1K tok", "NLL ms/1K tok",
                 "GRPO/NLL");
     dsrl::ModelConfig tiny;

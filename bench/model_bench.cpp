@@ -9,8 +9,8 @@
 // On CUDA the peak comes from the caching allocator's statistics. Figures, not pass/fail.
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/randint.h>
-#include <c10/core/Device.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/Device.h>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -36,7 +36,6 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
-
 
 namespace {
 
@@ -127,10 +126,17 @@ int child(int64_t length, const std::string& path, int64_t topk, const std::stri
 }
 
 // Runs this binary with --child and parses its RESULT line; false when the child failed.
-bool measure(const std::string& self, int64_t length, const std::string& path, int64_t topk,
-             const std::string& device, int repeats, double* seconds, double* peak_mib) {
-    const auto r = dsrl::bench::run_child(self, {"--child", std::to_string(length), path, std::to_string(topk), device,
-                                                 std::to_string(repeats)}, "dsrl_bench_model");
+bool measure(const std::string& self,
+             int64_t length,
+             const std::string& path,
+             int64_t topk,
+             const std::string& device,
+             int repeats,
+             double* seconds,
+             double* peak_mib) {
+    const auto r = dsrl::bench::run_child(
+        self, {"--child", std::to_string(length), path, std::to_string(topk), device, std::to_string(repeats)},
+        "dsrl_bench_model");
     if (!r || r->size() != 2) return false;
     *seconds = (*r)[0];
     *peak_mib = (*r)[1];
@@ -145,34 +151,29 @@ int run(int argc, char** argv) {
     std::string lengths = "1024,2048,4096,8192,16384", device = "cpu";
     int64_t topk = 256, dense_max = 8192;
     int repeats = 1;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const auto value = [&]() -> const std::string& {
-            if (i + 1 >= args.size()) throw dsrl::ConfigError(absl::StrCat("dsrl_bench_model: ", args[i], " needs a value"));
-            return args[++i];
-        };
-        if (args[i] == "--lengths") lengths = value();
-        else if (args[i] == "--topk") topk = std::stoll(value());
-        else if (args[i] == "--device") device = value();
-        else if (args[i] == "--dense-max") dense_max = std::stoll(value());
-        else if (args[i] == "--repeats") repeats = std::stoi(value());
-        else throw dsrl::ConfigError(absl::StrCat("dsrl_bench_model: unknown argument '", args[i], "'"));
-    }
-    const std::string self = "/proc/self/exe";
-    char resolved[4096];
-    const ssize_t n = readlink(self.c_str(), resolved, sizeof(resolved) - 1);
-    const std::string exe = n > 0 ? std::string(resolved, static_cast<size_t>(n)) : std::string(argv[0]);
+    const bool go = dsrl::bench::Flags("dsrl_bench_model")
+                        .text("--lengths", &lengths, "comma-separated sequence lengths")
+                        .integer("--topk", &topk, 1, "index_topk")
+                        .text("--device", &device, "cpu or cuda")
+                        .integer("--dense-max", &dense_max, 0, "longest length measured on the dense path")
+                        .integer("--repeats", &repeats, 1, "best of this many runs per point")
+                        .parse(argc, argv);
+    if (!go) return 0;
+    const std::string exe = dsrl::bench::self_exe(argv[0]);
     const dsrl::ModelConfig c = bench_config(topk);
-    std::printf("dsrl_bench_model: device %s, batch 1, %ld layers (hidden %ld, %ld heads, kv_lora %ld, indexer %ldx%ld), "
-                "index_topk %ld, best of %d\n",
-                device.c_str(), long(c.num_hidden_layers), long(c.hidden_size), long(c.num_attention_heads),
-                long(c.kv_lora_rank), long(c.index_n_heads), long(c.index_head_dim), long(topk), repeats);
+    std::printf(
+        "dsrl_bench_model: device %s, batch 1, %ld layers (hidden %ld, %ld heads, kv_lora %ld, indexer %ldx%ld), "
+        "index_topk %ld, best of %d\n",
+        device.c_str(), long(c.num_hidden_layers), long(c.hidden_size), long(c.num_attention_heads),
+        long(c.kv_lora_rank), long(c.index_n_heads), long(c.index_head_dim), long(topk), repeats);
     std::printf("%8s | %14s %12s | %14s %12s | %12s %10s\n", "L", "sparse tok/s", "sparse MiB", "dense tok/s",
                 "dense MiB", "speed ratio", "mem ratio");
     for (const int64_t L : dsrl::bench::parse_lengths(lengths, "dsrl_bench_model")) {
         double ts = 0, ms = 0, td = 0, md = 0;
         const bool ok_s = measure(exe, L, "sparse", topk, device, repeats, &ts, &ms);
         const bool ok_d = L <= dense_max && measure(exe, L, "dense", topk, device, repeats, &td, &md);
-        const std::string sparse_cols = ok_s ? absl::StrFormat("%14.0f %12.1f", L / ts, ms) : absl::StrFormat("%14s %12s", "failed", "-");
+        const std::string sparse_cols =
+            ok_s ? absl::StrFormat("%14.0f %12.1f", L / ts, ms) : absl::StrFormat("%14s %12s", "failed", "-");
         const std::string dense_cols = ok_d ? absl::StrFormat("%14.0f %12.1f", L / td, md)
                                             : absl::StrFormat("%14s %12s", L > dense_max ? "skipped" : "failed", "-");
         const std::string ratios = ok_s && ok_d ? absl::StrFormat("%11.2fx %9.2fx", td / ts, md / std::max(ms, 1e-9))
@@ -180,8 +181,10 @@ int run(int argc, char** argv) {
         std::printf("%8ld | %s | %s | %s\n", long(L), sparse_cols.c_str(), dense_cols.c_str(), ratios.c_str());
         std::fflush(stdout);
     }
-    std::printf("speed ratio = sparse tokens/s over dense; mem ratio = dense peak over sparse peak. Dense above "
-                "--dense-max (%ld) is skipped: its L x L scores outgrow this machine.\n", long(dense_max));
+    std::printf(
+        "speed ratio = sparse tokens/s over dense; mem ratio = dense peak over sparse peak. Dense above "
+        "--dense-max (%ld) is skipped: its L x L scores outgrow this machine.\n",
+        long(dense_max));
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/rng.h"
@@ -30,8 +31,8 @@ struct Result {
     int64_t tokens = 0, all_tokens = 0;
 };
 
-Result run_once(const dsrl::dsa::Model& m, const dsrl::text::Tokenizer& tok, int64_t batch, int64_t new_tokens,
-                double top_p) {
+Result run_once(
+    const dsrl::dsa::Model& m, const dsrl::text::Tokenizer& tok, int64_t batch, int64_t new_tokens, double top_p) {
     std::vector<dsrl::rollout::GenerationRequest> reqs;
     at::Generator gen = dsrl::rng::make_cpu_generator(batch);
     for (int64_t i = 0; i < batch; ++i) {
@@ -39,9 +40,8 @@ Result run_once(const dsrl::dsa::Model& m, const dsrl::text::Tokenizer& tok, int
         for (int j = 0; j < 31; ++j) prompt.push_back(static_cast<int32_t>(16 + (i * 31 + j * 7) % 256));
         reqs.push_back({"bench", i, 0, dsrl::rollout::sample_seed(1, i, 0), prompt});
     }
-    dsrl::rollout::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = top_p},
-                                       .max_new_tokens = new_tokens,
-                                       .max_batch_size = batch};
+    dsrl::rollout::GenerateOptions opt{
+        .sampling = {.temperature = 1.0, .top_p = top_p}, .max_new_tokens = new_tokens, .max_batch_size = batch};
     dsrl::rollout::GenerationStats stats;
     const auto samples = dsrl::rollout::generate(m, tok, reqs, opt, &stats);
     Result r;
@@ -59,21 +59,16 @@ Result run_once(const dsrl::dsa::Model& m, const dsrl::text::Tokenizer& tok, int
 }
 
 int run(int argc, char** argv) {
-    const std::vector<std::string> args(argv + 1, argv + argc);
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const auto value = [&]() -> const std::string& {
-            if (i + 1 >= args.size()) throw dsrl::ConfigError(absl::StrCat("dsrl_bench_rollout: ", args[i], " needs a value"));
-            return args[++i];
-        };
-        if (args[i] == "--device") device = value();
-        else if (args[i] == "--new-tokens") new_tokens = std::stoll(value());
-        else if (args[i] == "--vocab") vocab = std::stoll(value());
-        else if (args[i] == "--scale") scale = std::stod(value());
-        else throw dsrl::ConfigError(absl::StrCat("dsrl_bench_rollout: unknown argument '", args[i], "'"));
-    }
+    const bool go = dsrl::bench::Flags("dsrl_bench_rollout")
+                        .text("--device", &device, "cpu or cuda")
+                        .integer("--new-tokens", &new_tokens, 1, "tokens generated per sample")
+                        .integer("--vocab", &vocab, 2, "vocabulary size")
+                        .number("--scale", &scale, "std of the random weights")
+                        .parse(argc, argv);
+    if (!go) return 0;
     dsrl::ModelConfig c;
     c.vocab_size = vocab;
     c.max_position_embeddings = 4096;
@@ -87,25 +82,28 @@ int run(int argc, char** argv) {
         }
     }
     const dsrl::text::ByteTokenizer tok(vocab);
-    std::printf("dsrl_bench_rollout: device %s, model %ld layers (%ld MoE, %ld experts top-%ld), vocab %ld, prompt 32 "
-                "tokens, %ld new tokens per sample, temperature 1\n",
-                device.c_str(), long(c.num_hidden_layers), long(c.num_hidden_layers - c.first_k_dense_replace),
-                long(c.n_routed_experts), long(c.num_experts_per_tok), long(vocab), long(new_tokens));
+    std::printf(
+        "dsrl_bench_rollout: device %s, model %ld layers (%ld MoE, %ld experts top-%ld), vocab %ld, prompt 32 "
+        "tokens, %ld new tokens per sample, temperature 1\n",
+        device.c_str(), long(c.num_hidden_layers), long(c.num_hidden_layers - c.first_k_dense_replace),
+        long(c.n_routed_experts), long(c.num_experts_per_tok), long(vocab), long(new_tokens));
     run_once(m, tok, 2, 4, 1.0);  // warm-up
-    std::printf("%6s %6s | %12s %10s | %14s %16s %16s\n", "top_p", "batch", "decode tok/s", "vs batch1", "mean kept ids",
-                "kept B/token", "route B/token");
+    std::printf("%6s %6s | %12s %10s | %14s %16s %16s\n", "top_p", "batch", "decode tok/s", "vs batch1",
+                "mean kept ids", "kept B/token", "route B/token");
     for (const double top_p : {0.95, 1.0}) {
         double base = 0;
         for (const int64_t batch : {1, 8, 32}) {
             const Result r = run_once(m, tok, batch, new_tokens, top_p);
             if (batch == 1) base = r.tok_per_s;
             std::printf("%6.2f %6ld | %12.0f %9.2fx | %14.1f %16.2f %16.2f\n", top_p, long(batch), r.tok_per_s,
-                        r.tok_per_s / base, r.kept_size / r.tokens, r.kept_bytes / r.tokens, r.route_bytes / r.all_tokens);
+                        r.tok_per_s / base, r.kept_size / r.tokens, r.kept_bytes / r.tokens,
+                        r.route_bytes / r.all_tokens);
             std::fflush(stdout);
         }
     }
-    std::printf("kept B/token: encoded kept set per sampled token; route B/token: routing path per prompt or "
-                "response token (MoE layers x top-k x id bytes).\n");
+    std::printf(
+        "kept B/token: encoded kept set per sampled token; route B/token: routing path per prompt or "
+        "response token (MoE layers x top-k x id bytes).\n");
     return 0;
 }
 

@@ -83,11 +83,16 @@ std::string describe_bounds(const Rule& r) {
 
 std::string node_kind(const YAML::Node& n) {
     switch (n.Type()) {
-        case YAML::NodeType::Null: return "an empty value";
-        case YAML::NodeType::Scalar: return absl::StrCat("'", n.Scalar(), "'");
-        case YAML::NodeType::Sequence: return "a list";
-        case YAML::NodeType::Map: return "a mapping";
-        default: return "nothing";
+        case YAML::NodeType::Null:
+            return "an empty value";
+        case YAML::NodeType::Scalar:
+            return absl::StrCat("'", n.Scalar(), "'");
+        case YAML::NodeType::Sequence:
+            return "a list";
+        case YAML::NodeType::Map:
+            return "a mapping";
+        default:
+            return "nothing";
     }
 }
 
@@ -109,8 +114,8 @@ public:
         // Node assignment writes through to the shared document in yaml-cpp; reset() rebinds the handle.
         if (!root.IsDefined() || root.IsNull()) root.reset(YAML::Node(YAML::NodeType::Map));
         if (!root.IsMap()) {
-            throw ConfigError(absl::StrCat(where(root, ""), "the top level must be a mapping of sections, got ",
-                                           node_kind(root)));
+            throw ConfigError(
+                absl::StrCat(where(root, ""), "the top level must be a mapping of sections, got ", node_kind(root)));
         }
         stack_.push_back({root, "", {}});
     }
@@ -168,29 +173,38 @@ public:
     }
 
     void field(const std::string& key, std::vector<std::string>& value, const Rule& rule) override {
-        read_list(key, rule, "a list of strings", [&](const YAML::Node& item, const std::string& path) {
-            if (!item.IsScalar()) type_error(item, path, "a string");
-            check_choice(item, path, item.Scalar(), rule);
-            return item.Scalar();
-        }, value);
+        read_list(
+            key, rule, "a list of strings",
+            [&](const YAML::Node& item, const std::string& path) {
+                if (!item.IsScalar()) type_error(item, path, "a string");
+                check_choice(item, path, item.Scalar(), rule);
+                return item.Scalar();
+            },
+            value);
     }
 
     void field(const std::string& key, std::vector<double>& value, const Rule& rule) override {
-        read_list(key, rule, "a list of numbers", [&](const YAML::Node& item, const std::string& path) {
-            double v = 0;
-            if (!item.IsScalar() || !parse_double(item.Scalar(), v)) type_error(item, path, "a number");
-            check_bounds(item, path, v, rule);
-            return v;
-        }, value);
+        read_list(
+            key, rule, "a list of numbers",
+            [&](const YAML::Node& item, const std::string& path) {
+                double v = 0;
+                if (!item.IsScalar() || !parse_double(item.Scalar(), v)) type_error(item, path, "a number");
+                check_bounds(item, path, v, rule);
+                return v;
+            },
+            value);
     }
 
     void field(const std::string& key, std::vector<int64_t>& value, const Rule& rule) override {
-        read_list(key, rule, "a list of integers", [&](const YAML::Node& item, const std::string& path) {
-            int64_t v = 0;
-            if (!item.IsScalar() || !absl::SimpleAtoi(item.Scalar(), &v)) type_error(item, path, "an integer");
-            check_bounds(item, path, static_cast<double>(v), rule);
-            return v;
-        }, value);
+        read_list(
+            key, rule, "a list of integers",
+            [&](const YAML::Node& item, const std::string& path) {
+                int64_t v = 0;
+                if (!item.IsScalar() || !absl::SimpleAtoi(item.Scalar(), &v)) type_error(item, path, "an integer");
+                check_bounds(item, path, static_cast<double>(v), rule);
+                return v;
+            },
+            value);
     }
 
     void field(const std::string& key, std::map<std::string, std::string>& value, const Rule& rule) override {
@@ -232,8 +246,8 @@ protected:
         // Absent: defaults stand, but required keys inside are still checked against an empty mapping.
         const YAML::Node n = found.IsDefined() && !found.IsNull() ? found : YAML::Node(YAML::NodeType::Map);
         if (!n.IsMap()) {
-            throw ConfigError(absl::StrCat(where(n, path), path, ": expected a section (a mapping of keys), got ",
-                                           node_kind(n)));
+            throw ConfigError(
+                absl::StrCat(where(n, path), path, ": expected a section (a mapping of keys), got ", node_kind(n)));
         }
         stack_.push_back({n, path, {}, parent.defaults_only});
         return true;
@@ -312,7 +326,8 @@ private:
     // The origin of a node: "file:line:col: " or "--set a.b=c: " for values that came from an override.
     std::string where(const YAML::Node& n, const std::string& path) const {
         for (const auto& [opath, text] : overrides_) {
-            if (!path.empty() && (path == opath || path.rfind(opath + ".", 0) == 0 || path.rfind(opath + "[", 0) == 0)) {
+            if (!path.empty() &&
+                (path == opath || path.rfind(opath + ".", 0) == 0 || path.rfind(opath + "[", 0) == 0)) {
                 return absl::StrCat("--set ", text, ": ");
             }
         }
@@ -346,8 +361,8 @@ private:
         const bool below = r.min && (r.min_open ? v <= *r.min : v < *r.min);
         const bool above = r.max && (r.max_open ? v >= *r.max : v > *r.max);
         if (below || above) {
-            throw ConfigError(absl::StrCat(where(n, path), path, " = ", n.Scalar(),
-                                           " is out of range; allowed ", describe_bounds(r)));
+            throw ConfigError(absl::StrCat(where(n, path), path, " = ", n.Scalar(), " is out of range; allowed ",
+                                           describe_bounds(r)));
         }
     }
 
@@ -421,7 +436,9 @@ public:
     Writer() { out_ << YAML::BeginMap; }
     Mode mode() const override { return Mode::kWrite; }
 
-    void field(const std::string& key, int64_t& v, const Rule&) override { out_ << YAML::Key << std::string(key) << YAML::Value << v; }
+    void field(const std::string& key, int64_t& v, const Rule&) override {
+        out_ << YAML::Key << std::string(key) << YAML::Value << v;
+    }
     void field(const std::string& key, double& v, const Rule&) override {
         out_ << YAML::Key << std::string(key) << YAML::Value << format_double(v);
     }
@@ -430,8 +447,10 @@ public:
     }
     void field(const std::string& key, std::string& v, const Rule&) override {
         out_ << YAML::Key << std::string(key) << YAML::Value;
-        if (v.empty()) out_ << YAML::DoubleQuoted << "";
-        else out_ << v;
+        if (v.empty())
+            out_ << YAML::DoubleQuoted << "";
+        else
+            out_ << v;
     }
     void field(const std::string& key, std::vector<std::string>& v, const Rule&) override {
         out_ << YAML::Key << std::string(key) << YAML::Value << YAML::Flow << v;
@@ -527,8 +546,8 @@ protected:
 private:
     std::string prefix() const { return stack_.empty() ? "" : stack_.back(); }
     void add(const std::string& key, const std::string& type, const std::string& def, const Rule& r) {
-        rows_.push_back({join_path(prefix(), key), type, r.required ? "(required)" : def, describe_bounds(r), r.doc,
-                         r.required});
+        rows_.push_back(
+            {join_path(prefix(), key), type, r.required ? "(required)" : def, describe_bounds(r), r.doc, r.required});
     }
     std::vector<std::string> stack_;
     std::vector<SchemaRow> rows_;
@@ -556,9 +575,12 @@ std::string schema_markdown(const std::vector<SchemaRow>& rows) {
     auto cell = [](std::string s) {
         std::string out;
         for (char c : s) {
-            if (c == '|') out += "\\|";
-            else if (c == '\n') out += ' ';
-            else out += c;
+            if (c == '|')
+                out += "\\|";
+            else if (c == '\n')
+                out += ' ';
+            else
+                out += c;
         }
         return out;
     };
@@ -590,8 +612,8 @@ Document Document::from_string(const std::string& text, const std::string& sourc
     try {
         doc.impl_->root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
-        throw ConfigError(absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ",
-                                       e.msg));
+        throw ConfigError(
+            absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg));
     }
     return doc;
 }

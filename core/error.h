@@ -52,9 +52,9 @@ namespace detail {
 }  // namespace dsrl
 
 /// DSRL_INTERNAL_ASSERT(cond, parts...): throws dsrl::InternalError("dsrl bug: file:line: cond: parts").
-#define DSRL_INTERNAL_ASSERT(cond, ...)                                                             \
-    do {                                                                                            \
-        if (!(cond)) [[unlikely]] {                                                                 \
+#define DSRL_INTERNAL_ASSERT(cond, ...)                                                                         \
+    do {                                                                                                        \
+        if (!(cond)) [[unlikely]] {                                                                             \
             ::dsrl::detail::throw_internal(__FILE__, __LINE__, #cond, ::absl::StrCat(__VA_OPT__(__VA_ARGS__))); \
-        }                                                                                           \
+        }                                                                                                       \
     } while (0)

@@ -2,8 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <ftw.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,12 +30,12 @@ int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
 }  // namespace
 
 bool exists(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0;
 }
 
 bool is_dir(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
@@ -49,7 +49,7 @@ void make_dirs(const std::string& path) {
 }
 
 void remove_tree(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     if (::lstat(path.c_str(), &st) != 0) {
         if (errno == ENOENT) return;
         fail("cannot remove", path, errno);
@@ -68,7 +68,7 @@ std::string make_temp_dir(const std::string& prefix) {
 }
 
 int64_t file_size(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : -1;
 }
 
@@ -253,14 +253,25 @@ bool is_temporary_name(const std::string& name) {
     return p != std::string::npos && p > 1 && base.size() == p + 5 + 6;
 }
 
-int remove_temporaries(const std::string& dir) {
+std::vector<std::string> list_dir(const std::string& dir) {
     DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) return 0;
-    std::vector<std::string> stale;
+    if (d == nullptr) fail("cannot list the directory", dir, errno);
+    std::vector<std::string> out;
     while (const dirent* e = ::readdir(d)) {
-        if (is_temporary_name(e->d_name)) stale.emplace_back(e->d_name);
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") out.push_back(name);
     }
     ::closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+int remove_temporaries(const std::string& dir) {
+    if (!is_dir(dir)) return 0;
+    std::vector<std::string> stale;
+    for (const std::string& name : list_dir(dir)) {
+        if (is_temporary_name(name)) stale.push_back(name);
+    }
     for (const std::string& name : stale) {
         const std::string path = join(dir, name);
         DSRL_LOG(warn) << "removing " << path << " (left behind by a writer that was interrupted)";

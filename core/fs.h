@@ -35,6 +35,8 @@ void make_dirs(const std::string& path);
 void remove_tree(const std::string& path);
 /// A new private directory under $TMPDIR (or /tmp) whose name starts with `prefix`.
 std::string make_temp_dir(const std::string& prefix);
+/// The names in directory `dir` (not "." and ".."), sorted; IoError naming it when it cannot be listed.
+std::vector<std::string> list_dir(const std::string& dir);
 /// The whole content of the file at `path`; IoError naming the path and the reason when it cannot be read.
 std::string read_file(const std::string& path);
 

@@ -19,7 +19,9 @@ GradStats grad_stats(const std::vector<at::Tensor>& tensors, Impl impl) {
                     ", tensor ", i, " on ", t.device());
     }
     const bool fits = built_with_cuda() && device.is_cuda();
-    if (use_kernels(impl, fits, "grad_stats", [&] { return KernelMismatch{"CUDA tensors", c10::str("tensors on ", device)}; })) {
+    if (use_kernels(impl, fits, "grad_stats", [&] {
+            return KernelMismatch{"CUDA tensors", c10::str("tensors on ", device)};
+        })) {
         return cuda::grad_stats(tensors);
     }
     return ref::grad_stats(tensors);

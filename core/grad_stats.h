@@ -18,8 +18,8 @@
 namespace dsrl {
 
 struct GradStats {
-    double sum_sq = 0.0;         ///< sum of x^2 over the finite elements
-    int64_t num_nonfinite = 0;   ///< elements that are NaN or +-inf
+    double sum_sq = 0.0;        ///< sum of x^2 over the finite elements
+    int64_t num_nonfinite = 0;  ///< elements that are NaN or +-inf
     double norm() const { return std::sqrt(sum_sq); }
 };
 

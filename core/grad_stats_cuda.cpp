@@ -12,7 +12,6 @@
 
 namespace dsrl::cuda {
 
-
 GradStats grad_stats(const std::vector<at::Tensor>& tensors) {
     if (tensors.empty()) return {};
     const c10::Device device = tensors.front().device();

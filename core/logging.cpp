@@ -17,9 +17,7 @@ namespace {
 
 std::atomic<int> g_rank{-1};
 
-Level level_from_env() {
-    return parse_level(env::get_string("DSRL_LOG_LEVEL"), "environment variable DSRL_LOG_LEVEL");
-}
+Level level_from_env() { return parse_level(env::get_string("DSRL_LOG_LEVEL"), "environment variable DSRL_LOG_LEVEL"); }
 
 std::atomic<int>& level_storage() {
     static std::atomic<int> level{static_cast<int>(level_from_env())};
@@ -38,10 +36,14 @@ std::mutex& write_mutex() {
 
 char level_letter(Level level) {
     switch (level) {
-        case Level::kDebug: return 'D';
-        case Level::kInfo: return 'I';
-        case Level::kWarn: return 'W';
-        case Level::kError: return 'E';
+        case Level::kDebug:
+            return 'D';
+        case Level::kInfo:
+            return 'I';
+        case Level::kWarn:
+            return 'W';
+        case Level::kError:
+            return 'E';
     }
     return '?';
 }

@@ -48,6 +48,7 @@ private:
 #define DSRL_LOG_LEVEL_warn ::dsrl::log::Level::kWarn
 #define DSRL_LOG_LEVEL_error ::dsrl::log::Level::kError
 /// DSRL_LOG(info) << ...; the stream expression is not evaluated when the level is disabled.
-#define DSRL_LOG(level) \
+#define DSRL_LOG(level)                                  \
     if (!::dsrl::log::enabled(DSRL_LOG_LEVEL_##level)) { \
-    } else ::dsrl::log::Line(DSRL_LOG_LEVEL_##level)
+    } else                                               \
+        ::dsrl::log::Line(DSRL_LOG_LEVEL_##level)

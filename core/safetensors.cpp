@@ -27,10 +27,21 @@ struct DtypeEntry {
     at::ScalarType type;
 };
 const DtypeEntry kDtypes[] = {
-    {"F64", at::kDouble},  {"F32", at::kFloat},   {"F16", at::kHalf},      {"BF16", at::kBFloat16},
-    {"I64", at::kLong},    {"I32", at::kInt},     {"I16", at::kShort},     {"I8", at::kChar},
-    {"U8", at::kByte},     {"BOOL", at::kBool},   {"U16", at::kUInt16},    {"U32", at::kUInt32},
-    {"U64", at::kUInt64},  {"F8_E4M3", at::kFloat8_e4m3fn}, {"F8_E5M2", at::kFloat8_e5m2},
+    {"F64", at::kDouble},
+    {"F32", at::kFloat},
+    {"F16", at::kHalf},
+    {"BF16", at::kBFloat16},
+    {"I64", at::kLong},
+    {"I32", at::kInt},
+    {"I16", at::kShort},
+    {"I8", at::kChar},
+    {"U8", at::kByte},
+    {"BOOL", at::kBool},
+    {"U16", at::kUInt16},
+    {"U32", at::kUInt32},
+    {"U64", at::kUInt64},
+    {"F8_E4M3", at::kFloat8_e4m3fn},
+    {"F8_E5M2", at::kFloat8_e5m2},
 };
 
 const char* dtype_name(at::ScalarType t) {
@@ -99,7 +110,8 @@ std::vector<SafetensorInfo> parse_safetensors_header(const std::string& header_j
                 bad(path, absl::StrCat(where, ": shape entries must be non-negative integers, got ", dim.dump()));
             }
             const auto d = static_cast<uint64_t>(dim.get<int64_t>());
-            if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / d) bad(path, absl::StrCat(where, ": shape overflows"));
+            if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / d)
+                bad(path, absl::StrCat(where, ": shape overflows"));
             numel *= d;
             info.shape.push_back(static_cast<int64_t>(d));
         }
@@ -136,7 +148,7 @@ std::vector<SafetensorInfo> parse_safetensors_header(const std::string& header_j
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) bad(path, absl::StrCat("cannot open: ", std::strerror(errno)));
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) != 0) {
         const int err = errno;
         ::close(fd);
@@ -187,7 +199,8 @@ at::Tensor SafetensorsFile::get(const std::string& name) const {
         return copy;
     }
     std::shared_ptr<Mapping> keep = mapping_;
-    return at::from_blob(ptr, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+    return at::from_blob(
+        ptr, t.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
 void save_safetensors(const std::string& path,
@@ -195,8 +208,8 @@ void save_safetensors(const std::string& path,
                       const std::map<std::string, std::string>& metadata) {
     std::vector<std::pair<std::string, at::Tensor>> sorted;
     for (const auto& [name, t] : tensors) {
-        TORCH_CHECK(dtype_name(t.scalar_type()) != nullptr, "save_safetensors: tensor '", name,
-                    "' has dtype ", t.scalar_type(), ", which safetensors cannot store");
+        TORCH_CHECK(dtype_name(t.scalar_type()) != nullptr, "save_safetensors: tensor '", name, "' has dtype ",
+                    t.scalar_type(), ", which safetensors cannot store");
         sorted.emplace_back(name, t.detach().to(at::kCPU).contiguous());
     }
     std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -205,7 +218,8 @@ void save_safetensors(const std::string& path,
     uint64_t offset = 0;
     for (const auto& [name, t] : sorted) {
         const uint64_t bytes = t.numel() * t.element_size();
-        header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()},
+        header[name] = {{"dtype", dtype_name(t.scalar_type())},
+                        {"shape", t.sizes().vec()},
                         {"data_offsets", {offset, offset + bytes}}};
         offset += bytes;
     }

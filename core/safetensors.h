@@ -21,10 +21,10 @@ namespace dsrl {
 
 struct SafetensorInfo {
     std::string name;
-    std::string dtype;            ///< as written in the header: F32, BF16, F8_E4M3, ...
+    std::string dtype;  ///< as written in the header: F32, BF16, F8_E4M3, ...
     at::ScalarType scalar_type;
     std::vector<int64_t> shape;
-    uint64_t begin = 0;           ///< byte offsets into the data section
+    uint64_t begin = 0;  ///< byte offsets into the data section
     uint64_t end = 0;
 };
 

@@ -27,7 +27,7 @@ using Json = nlohmann::json;
 // "resume is exact" promises, so they use this fixed generator and our own bounded draw instead of
 // std::uniform_int_distribution / std::shuffle, whose algorithms differ between standard libraries.
 class SplitMix {
-  public:
+public:
     explicit SplitMix(uint64_t seed) : state_(seed) {}
     uint64_t next() {
         state_ += 0x9E3779B97F4A7C15ull;
@@ -47,7 +47,7 @@ class SplitMix {
         return static_cast<uint64_t>(m >> 64);
     }
 
-  private:
+private:
     uint64_t state_;
 };
 
@@ -77,14 +77,8 @@ std::optional<std::string> optional_string(const Json& obj, const char* key, con
     // Numeric answers (GSM8K-style files) are accepted as their JSON text: 42 -> "42", 0.5 -> "0.5".
     if (std::string_view(key) == "answer" && it->is_number()) return it->dump();
     if (!it->is_string()) {
-        fail_line(path,
-                  line,
-                  absl::StrCat("expected '",
-                               key,
-                               "' to be a string, but got ",
-                               it->type_name(),
-                               " ",
-                               short_dump(*it),
+        fail_line(path, line,
+                  absl::StrCat("expected '", key, "' to be a string, but got ", it->type_name(), " ", short_dump(*it),
                                " (hint: quote the value)"));
     }
     return it->get<std::string>();
@@ -118,8 +112,8 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
             fail_line(path, line, absl::StrCat("invalid JSON: ", why));
         }
         if (!obj.is_object()) {
-            fail_line(
-                path, line, absl::StrCat("expected a JSON object, but got ", obj.type_name(), " ", short_dump(obj)));
+            fail_line(path, line,
+                      absl::StrCat("expected a JSON object, but got ", obj.type_name(), " ", short_dump(obj)));
         }
 
         PromptItem item;
@@ -127,10 +121,9 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
         const auto prompt = obj.find("prompt");
         if (prompt == obj.end() || prompt->is_null()) fail_line(path, line, "missing the required string 'prompt'");
         if (!prompt->is_string()) {
-            fail_line(path,
-                      line,
-                      absl::StrCat(
-                          "expected 'prompt' to be a string, but got ", prompt->type_name(), " ", short_dump(*prompt)));
+            fail_line(path, line,
+                      absl::StrCat("expected 'prompt' to be a string, but got ", prompt->type_name(), " ",
+                                   short_dump(*prompt)));
         }
         item.prompt = prompt->get<std::string>();
         if (item.prompt.empty()) fail_line(path, line, "'prompt' is empty");
@@ -147,10 +140,9 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
                               !(id->is_number_unsigned() &&
                                 id->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
             if (!fits) {
-                fail_line(path,
-                          line,
-                          absl::StrCat(
-                              "expected 'id' to be a 64-bit integer, but got ", id->type_name(), " ", short_dump(*id)));
+                fail_line(path, line,
+                          absl::StrCat("expected 'id' to be a 64-bit integer, but got ", id->type_name(), " ",
+                                       short_dump(*id)));
             }
             item.id = id->get<int64_t>();
         }
@@ -171,9 +163,7 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
         src->items_.push_back(std::move(item));
     }
     if (src->items_.empty()) {
-        throw DataError(absl::StrCat("prompts file ",
-                                     path,
-                                     ": no prompts (",
+        throw DataError(absl::StrCat("prompts file ", path, ": no prompts (",
                                      in->line_number() == 0 ? "the file is empty" : "only blank lines",
                                      "); expected one JSON object per line with a string 'prompt'"));
     }
@@ -181,8 +171,8 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
 }
 
 PromptItem JsonlPromptSource::get(int64_t index) const {
-    DSRL_INTERNAL_ASSERT(
-        index >= 0 && index < size(), "prompt index ", index, " out of range [0, ", size(), ") of ", path_);
+    DSRL_INTERNAL_ASSERT(index >= 0 && index < size(), "prompt index ", index, " out of range [0, ", size(), ") of ",
+                         path_);
     return items_[static_cast<size_t>(index)];
 }
 
@@ -222,7 +212,7 @@ constexpr const char* kBoxedHint = " Put the final answer in \\boxed{}.";
 constexpr const char* kOpOrder = "+-*";
 
 class SyntheticPromptSource final : public PromptSource {
-  public:
+public:
     SyntheticPromptSource(
         Task task, std::string domain, std::string name, int64_t digits, std::string ops, int64_t words, uint64_t seed)
         : task_(task),
@@ -258,12 +248,8 @@ class SyntheticPromptSource final : public PromptSource {
                 char letter = ' ';
                 while (letter == ' ') letter = text[r.below(text.size())];
                 const auto n = std::count(text.begin(), text.end(), letter);
-                item.prompt = absl::StrCat("How many times does the letter '",
-                                           std::string(1, letter),
-                                           "' appear in \"",
-                                           text,
-                                           "\"?",
-                                           kBoxedHint);
+                item.prompt = absl::StrCat("How many times does the letter '", std::string(1, letter), "' appear in \"",
+                                           text, "\"?", kBoxedHint);
                 item.meta["answer"] = std::to_string(n);
                 break;
             }
@@ -271,7 +257,7 @@ class SyntheticPromptSource final : public PromptSource {
         return item;
     }
 
-  private:
+private:
     void arithmetic(SplitMix& r, PromptItem& item) const {
         int64_t hi = 1;
         for (int64_t i = 0; i < digits_; ++i) hi *= 10;
@@ -311,17 +297,8 @@ int64_t int_param(const std::string& spec,
     if (it == kv.end()) return fallback;
     int64_t v = 0;
     if (!absl::SimpleAtoi(it->second, &v) || v < lo || v > hi) {
-        throw ConfigError(absl::StrCat("data spec '",
-                                       spec,
-                                       "': expected ",
-                                       key,
-                                       " to be an integer in [",
-                                       lo,
-                                       ", ",
-                                       hi,
-                                       "], but got '",
-                                       it->second,
-                                       "'"));
+        throw ConfigError(absl::StrCat("data spec '", spec, "': expected ", key, " to be an integer in [", lo, ", ", hi,
+                                       "], but got '", it->second, "'"));
     }
     return v;
 }
@@ -339,13 +316,8 @@ std::shared_ptr<const PromptSource> make_synthetic(const std::string& spec, cons
         std::string hint;
         if (auto near = config::nearest(task_name, synthetic_task_names()))
             hint = absl::StrCat("; did you mean '", *near, "'?");
-        throw ConfigError(absl::StrCat("data spec '",
-                                       spec,
-                                       "': unknown synthetic task '",
-                                       task_name,
-                                       "'; known tasks: ",
-                                       absl::StrJoin(synthetic_task_names(), ", "),
-                                       hint));
+        throw ConfigError(absl::StrCat("data spec '", spec, "': unknown synthetic task '", task_name,
+                                       "'; known tasks: ", absl::StrJoin(synthetic_task_names(), ", "), hint));
     }
 
     std::map<std::string, std::string> kv;
@@ -354,14 +326,8 @@ std::shared_ptr<const PromptSource> make_synthetic(const std::string& spec, cons
         for (const std::string& part : parts) {
             const size_t eq = part.find('=');
             if (eq == std::string::npos || eq == 0) {
-                throw ConfigError(absl::StrCat("data spec '",
-                                               spec,
-                                               "': expected key=value parameters after '?', ",
-                                               "but got '",
-                                               part,
-                                               "'; parameters of ",
-                                               info->name,
-                                               ": ",
+                throw ConfigError(absl::StrCat("data spec '", spec, "': expected key=value parameters after '?', ",
+                                               "but got '", part, "'; parameters of ", info->name, ": ",
                                                absl::StrJoin(info->params, ", ")));
             }
             const std::string key = part.substr(0, eq);
@@ -369,14 +335,8 @@ std::shared_ptr<const PromptSource> make_synthetic(const std::string& spec, cons
                 std::string hint;
                 if (auto near = config::nearest(key, info->params))
                     hint = absl::StrCat("; did you mean '", *near, "'?");
-                throw ConfigError(absl::StrCat("data spec '",
-                                               spec,
-                                               "': unknown parameter '",
-                                               key,
-                                               "' of task ",
-                                               info->name,
-                                               "; known parameters: ",
-                                               absl::StrJoin(info->params, ", "),
+                throw ConfigError(absl::StrCat("data spec '", spec, "': unknown parameter '", key, "' of task ",
+                                               info->name, "; known parameters: ", absl::StrJoin(info->params, ", "),
                                                hint));
             }
             if (!kv.emplace(key, part.substr(eq + 1)).second) {
@@ -403,13 +363,8 @@ std::shared_ptr<const PromptSource> make_synthetic(const std::string& spec, cons
             if (n == 1) ops += *c;
         }
         if (ops.empty() || ops.size() != given.size()) {
-            throw ConfigError(absl::StrCat("data spec '",
-                                           spec,
-                                           "': expected ops to be a non-empty subset of \"",
-                                           kOpOrder,
-                                           "\", but got '",
-                                           given,
-                                           "'"));
+            throw ConfigError(absl::StrCat("data spec '", spec, "': expected ops to be a non-empty subset of \"",
+                                           kOpOrder, "\", but got '", given, "'"));
         }
         normalized = {absl::StrCat("digits=", digits), absl::StrCat("ops=", ops)};
     } else {
@@ -419,8 +374,8 @@ std::shared_ptr<const PromptSource> make_synthetic(const std::string& spec, cons
     normalized.push_back(absl::StrCat("seed=", seed));
     std::sort(normalized.begin(), normalized.end());
     const std::string name = absl::StrCat("synthetic:", info->name, "?", absl::StrJoin(normalized, "&"));
-    return std::make_shared<SyntheticPromptSource>(
-        info->task, domain, name, digits, ops, words, static_cast<uint64_t>(seed));
+    return std::make_shared<SyntheticPromptSource>(info->task, domain, name, digits, ops, words,
+                                                   static_cast<uint64_t>(seed));
 }
 
 }  // namespace
@@ -435,12 +390,8 @@ std::shared_ptr<const PromptSource> make_prompt_source(const std::string& spec,
                                                        const std::string& domain,
                                                        const std::string& base_dir) {
     if (spec.empty()) {
-        throw ConfigError(absl::StrCat("domain '",
-                                       domain,
-                                       "': empty data spec; expected a JSONL path or ",
-                                       "synthetic:<task> (tasks: ",
-                                       absl::StrJoin(synthetic_task_names(), ", "),
-                                       ")"));
+        throw ConfigError(absl::StrCat("domain '", domain, "': empty data spec; expected a JSONL path or ",
+                                       "synthetic:<task> (tasks: ", absl::StrJoin(synthetic_task_names(), ", "), ")"));
     }
     if (spec.rfind("synthetic:", 0) == 0) return make_synthetic(spec, domain);
     const std::string path = spec.front() == '/' ? spec : fs::join(base_dir, spec);
@@ -483,13 +434,8 @@ void PromptSampler::restore(const SamplerState& state) {
     const int64_t n = source_->size();
     const bool ok = state.epoch >= 0 && state.position >= 0 && (n < 0 ? state.epoch == 0 : state.position < n);
     if (!ok) {
-        throw DataError(absl::StrCat("prompt sampler of ",
-                                     source_->name(),
-                                     ": cannot restore cursor {epoch ",
-                                     state.epoch,
-                                     ", position ",
-                                     state.position,
-                                     "}: expected ",
+        throw DataError(absl::StrCat("prompt sampler of ", source_->name(), ": cannot restore cursor {epoch ",
+                                     state.epoch, ", position ", state.position, "}: expected ",
                                      n < 0 ? "epoch 0 and position >= 0 (infinite source)"
                                            : absl::StrCat("epoch >= 0 and position in [0, ", n, ")"),
                                      " (hint: did the dataset change since the checkpoint?)"));

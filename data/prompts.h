@@ -29,7 +29,7 @@ struct PromptItem {
 
 /// A dataset of prompts, addressed by index.
 class PromptSource {
-  public:
+public:
     virtual ~PromptSource() = default;
     /// The file path, or the normalized synthetic spec ("synthetic:arithmetic?digits=3&ops=+-*&seed=0").
     virtual std::string name() const = 0;
@@ -45,7 +45,7 @@ class PromptSource {
 /// among non-blank lines). Every other field goes to meta (strings as-is, other values as compact JSON).
 /// A null optional field counts as absent.
 class JsonlPromptSource final : public PromptSource {
-  public:
+public:
     /// Reads and validates the whole file. Throws DataError naming "path:line" on invalid JSON (with the
     /// parser's message), a line that is not an object, a missing/non-string/empty prompt, a non-string
     /// answer/rubric/domain, a non-integer id, a duplicate id (naming the first line); and naming the path
@@ -56,7 +56,7 @@ class JsonlPromptSource final : public PromptSource {
     int64_t size() const override { return static_cast<int64_t>(items_.size()); }
     PromptItem get(int64_t index) const override;
 
-  private:
+private:
     JsonlPromptSource() = default;
     std::string path_;
     std::vector<PromptItem> items_;
@@ -91,7 +91,7 @@ struct SamplerState {
 /// restored to a saved state continues exactly as the original would have. Infinite sources are read
 /// sequentially (epoch stays 0, position is the next index). Not thread-safe.
 class PromptSampler {
-  public:
+public:
     PromptSampler(std::shared_ptr<const PromptSource> source, uint64_t seed);
 
     PromptItem next();
@@ -105,7 +105,7 @@ class PromptSampler {
     void restore(const SamplerState& state);
     const PromptSource& source() const { return *source_; }
 
-  private:
+private:
     void build_order();  // order_ := the permutation of epoch state_.epoch
 
     std::shared_ptr<const PromptSource> source_;

@@ -9,7 +9,7 @@ namespace dsrl::data {
 SftMixture::SftMixture(const std::vector<SourceSpec>& sources, uint64_t seed) : seed_(seed) {
     for (const SourceSpec& s : sources) {
         sources_.push_back({s, std::make_unique<PromptSampler>(make_prompt_source(s.spec, s.domain, ""),
-                                                              rng::derive_seed(seed, 0, s.key))});
+                                                               rng::derive_seed(seed, 0, s.key))});
         weights_.push_back(s.weight);
     }
 }

@@ -20,7 +20,7 @@ namespace dsrl::data {
 class SftMixture {
 public:
     struct SourceSpec {
-        std::string key;     ///< cursor key in checkpoints, e.g. "prompts.sft.reasoning"
+        std::string key;  ///< cursor key in checkpoints, e.g. "prompts.sft.reasoning"
         double weight = 1.0;
         std::string spec;    ///< JSONL path or synthetic:<task>
         std::string domain;  ///< the domain name items carry

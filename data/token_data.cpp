@@ -96,8 +96,10 @@ private:
     int64_t seq_len_;
 };
 
-std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec, int64_t seq_len,
-                                                  const text::Tokenizer& tok, int64_t seed_offset) {
+std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec,
+                                                  int64_t seq_len,
+                                                  const text::Tokenizer& tok,
+                                                  int64_t seed_offset) {
     const std::string body = spec.substr(std::string("synthetic:").size());
     const size_t q = body.find('?');
     const std::string task = body.substr(0, q);
@@ -126,16 +128,15 @@ std::shared_ptr<const TokenSource> make_retrieval(const std::string& spec, int64
                                        tok.vocab_size(), "; lower keys or raise model.vocab_size"));
     }
     if (seq_len < K + 3) {
-        throw ConfigError(absl::StrCat("dsa.seq_len = ", seq_len, " is too short for '", spec, "': need >= keys + 3 = ",
-                                       K + 3, " (BOS, the dictionary, a chain of >= 2)"));
+        throw ConfigError(absl::StrCat("dsa.seq_len = ", seq_len, " is too short for '", spec,
+                                       "': need >= keys + 3 = ", K + 3, " (BOS, the dictionary, a chain of >= 2)"));
     }
     const uint64_t seed = static_cast<uint64_t>(params["seed"] + seed_offset);
     return std::make_shared<RetrievalSource>(absl::StrCat("synthetic:retrieval?keys=", K, "&seed=", seed), seq_len, K,
                                              rng::mix64(seed ^ 0xD5A7ull), tok.bos_id());
 }
 
-std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t seq_len,
-                                               const text::Tokenizer& tok) {
+std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t seq_len, const text::Tokenizer& tok) {
     std::unique_ptr<fs::LineReader> in;
     try {
         in = std::make_unique<fs::LineReader>(path);
@@ -160,16 +161,18 @@ std::shared_ptr<const TokenSource> make_packed(const std::string& path, int64_t 
         tokens.push_back(tok.eos_id());
     }
     if (static_cast<int64_t>(tokens.size()) < seq_len + 1) {
-        throw DataError(absl::StrCat("dsa.data: ", path, " holds ", tokens.size(), " tokens, fewer than dsa.seq_len + 1 = ",
-                                     seq_len + 1));
+        throw DataError(absl::StrCat("dsa.data: ", path, " holds ", tokens.size(),
+                                     " tokens, fewer than dsa.seq_len + 1 = ", seq_len + 1));
     }
     return std::make_shared<PackedTextSource>(path, std::move(tokens), seq_len);
 }
 
 }  // namespace
 
-std::shared_ptr<const TokenSource> make_token_source(const std::string& spec, int64_t seq_len,
-                                                     const text::Tokenizer& tokenizer, const std::string& base_dir,
+std::shared_ptr<const TokenSource> make_token_source(const std::string& spec,
+                                                     int64_t seq_len,
+                                                     const text::Tokenizer& tokenizer,
+                                                     const std::string& base_dir,
                                                      int64_t seed_offset) {
     if (spec.rfind("synthetic:", 0) == 0) return make_retrieval(spec, seq_len, tokenizer, seed_offset);
     if (spec.empty()) throw ConfigError("dsa.data: empty; give synthetic:retrieval or a JSONL file");

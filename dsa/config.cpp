@@ -21,10 +21,12 @@ void bind(Binder& b, RopeScalingConfig& c) {
 }
 
 void bind(Binder& b, ModelRuntime& c) {
-    b.field("path", c.path, {.doc = "Hugging Face checkpoint directory (config.json + safetensors). Empty: random "
-                                    "init from the fields below."});
+    b.field("path", c.path,
+            {.doc = "Hugging Face checkpoint directory (config.json + safetensors). Empty: random "
+                    "init from the fields below."});
     b.choice("dtype", c.dtype, {{"float32", DType::kFloat32}, {"bfloat16", DType::kBFloat16}},
-             {.doc = "Parameter dtype (float32: fp32 master weights, with trainer.autocast on GPU; bfloat16: bf16 parameters)."});
+             {.doc = "Parameter dtype (float32: fp32 master weights, with trainer.autocast on GPU; bfloat16: bf16 "
+                     "parameters)."});
     b.choice("impl", c.impl, {{"auto", Impl::kAuto}, {"reference", Impl::kReference}, {"cuda", Impl::kCuda}},
              {.doc = "DSA kernels: auto (CUDA kernels for CUDA bf16 inputs of the full-size shapes, else ATen), "
                      "reference (ATen always), cuda (the kernels or an error); docs/kernels.md."});
@@ -88,7 +90,8 @@ std::vector<ArchProblem> arch_problems(const ModelArch& c) {
                                         c.n_group, ")"));
     }
     if (c.topk_group > c.n_group) {
-        problem("topk_group", absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
+        problem("topk_group",
+                absl::StrCat("topk_group (", c.topk_group, ") must not exceed n_group (", c.n_group, ")"));
     }
     if (c.num_experts_per_tok > c.n_routed_experts) {
         problem("num_experts_per_tok", absl::StrCat("num_experts_per_tok (", c.num_experts_per_tok,
@@ -102,7 +105,8 @@ std::vector<ArchProblem> arch_problems(const ModelArch& c) {
     if (c.n_group > 1 && c.n_routed_experts / c.n_group < 2) {
         problem("n_group", "group-limited routing scores each group by its top-2 experts: need >= 2 experts per group");
     }
-    if (c.qk_rope_head_dim % 2 != 0) problem("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
+    if (c.qk_rope_head_dim % 2 != 0)
+        problem("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
     if (c.index_head_dim < c.qk_rope_head_dim) {
         problem("index_head_dim", absl::StrCat("index_head_dim (", c.index_head_dim, ") must be >= qk_rope_head_dim (",
                                                c.qk_rope_head_dim, "): the indexer's rope part comes first"));

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config_binder.h"
 #include "core/config.h"
+#include "core/config_binder.h"
 #include "moe/router.h"
 
 namespace dsrl {

@@ -1,6 +1,5 @@
 #include "dsa/hf_checkpoint.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,17 +60,18 @@ void fsync_dir(const std::string& dir) {
 
 // Names of the regular files in `dir` ending in `suffix`, sorted.
 std::vector<std::string> list_files(const std::string& dir, const std::string& suffix) {
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) fail(dir, absl::StrCat("cannot list the directory: ", std::strerror(errno)));
+    std::vector<std::string> names;
+    try {
+        names = fs::list_dir(dir);
+    } catch (const fs::IoError& e) {
+        fail(dir, absl::StrCat("cannot list the directory: ", e.reason()));
+    }
     std::vector<std::string> out;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
+    for (const std::string& name : names) {
         if (name.size() > suffix.size() && absl::EndsWith(name, suffix) && !fs::is_dir(fs::join(dir, name))) {
             out.push_back(name);
         }
     }
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
     return out;
 }
 
@@ -86,8 +86,8 @@ std::string shard_name(size_t i, size_t n) { return absl::StrFormat("model-%05d-
 void publish_dir(const std::string& tmp, const std::string& dir, const std::string& parent) {
     if (!fs::exists(dir)) {
         if (::rename(tmp.c_str(), dir.c_str()) != 0) {
-            fail(dir, absl::StrCat("cannot rename the temporary directory ", tmp, " into place: ",
-                                   std::strerror(errno)));
+            fail(dir,
+                 absl::StrCat("cannot rename the temporary directory ", tmp, " into place: ", std::strerror(errno)));
         }
         fsync_dir(parent);
         return;
@@ -141,8 +141,8 @@ at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8,
     const int64_t nc = ceil_div(cols, bc);
     if (!at::isFloatingType(scale_inv.scalar_type()) || scale_inv.dim() != 2 || scale_inv.size(0) != nr ||
         scale_inv.size(1) != nc) {
-        throw CheckpointError(absl::StrCat(what, ": expected weight_scale_inv of shape [", nr, ", ", nc,
-                                           "] (ceil of [", rows, ", ", cols, "] / [", br, ", ", bc, "]), got ",
+        throw CheckpointError(absl::StrCat(what, ": expected weight_scale_inv of shape [", nr, ", ", nc, "] (ceil of [",
+                                           rows, ", ", cols, "] / [", br, ", ", bc, "]), got ",
                                            c10::toString(scale_inv.scalar_type()), " [",
                                            absl::StrJoin(scale_inv.sizes(), ", "), "]"));
     }
@@ -176,7 +176,7 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
         if (!map->is_object()) {
             fail(index_path, absl::StrCat("key 'weight_map': expected an object, got ", json_excerpt(*map)));
         }
-        std::map<std::string, size_t> file_ids;  // shard file name -> index into files_
+        std::map<std::string, size_t> file_ids;      // shard file name -> index into files_
         std::map<std::string, std::string> indexed;  // tensor -> shard file name
         for (const auto& [name, file] : map->items()) {
             if (!file.is_string()) {
@@ -249,17 +249,18 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
         const SafetensorInfo& info = r.files_[id]->info(name);
         if (const auto s = stored.find(scale); s != stored.end()) {
             const SafetensorInfo& sinfo = r.files_[s->second]->info(scale);
-            const bool ok_scale = info.scalar_type == at::kFloat8_e4m3fn && info.shape.size() == 2 &&
-                                  sinfo.shape.size() == 2 &&
-                                  sinfo.shape[0] == ceil_div(info.shape[0], r.fp8_.block_rows) &&
-                                  sinfo.shape[1] == ceil_div(info.shape[1], r.fp8_.block_cols) &&
-                                  at::isFloatingType(sinfo.scalar_type);
+            const bool ok_scale =
+                info.scalar_type == at::kFloat8_e4m3fn && info.shape.size() == 2 && sinfo.shape.size() == 2 &&
+                sinfo.shape[0] == ceil_div(info.shape[0], r.fp8_.block_rows) &&
+                sinfo.shape[1] == ceil_div(info.shape[1], r.fp8_.block_cols) && at::isFloatingType(sinfo.scalar_type);
             if (!ok_scale) {
                 fail(r.files_[id]->path(),
                      absl::StrCat("tensor '", name, "' (", info.dtype, " [", absl::StrJoin(info.shape, ", "),
                                   "]) does not match its scale '", scale, "' (", sinfo.dtype, " [",
-                                  absl::StrJoin(sinfo.shape, ", "), "]): expected a 2-D F8_E4M3 weight and a scale of "
-                                  "[ceil(rows/", r.fp8_.block_rows, "), ceil(cols/", r.fp8_.block_cols, ")]"));
+                                  absl::StrJoin(sinfo.shape, ", "),
+                                  "]): expected a 2-D F8_E4M3 weight and a scale of "
+                                  "[ceil(rows/",
+                                  r.fp8_.block_rows, "), ceil(cols/", r.fp8_.block_cols, ")]"));
             }
             e.scale_name = scale;
             e.scale_file = s->second;
@@ -388,9 +389,8 @@ void save_hf_checkpoint(const std::string& dir,
                 weight_map[name] = file;
             }
             save_safetensors(fs::join(tmp, file), converted, {{"format", "pt"}});
-            DSRL_LOG(info) << "  wrote " << file << " (" << s + 1 << "/" << shards.size() << ", "
-                           << converted.size() << " tensors, " << absl::StrFormat("%.1f", bytes / 1048576.0)
-                           << " MiB)";
+            DSRL_LOG(info) << "  wrote " << file << " (" << s + 1 << "/" << shards.size() << ", " << converted.size()
+                           << " tensors, " << absl::StrFormat("%.1f", bytes / 1048576.0) << " MiB)";
         }
         if (shards.size() > 1) {
             Json index = {{"metadata", {{"total_parameters", total_params}, {"total_size", total_bytes}}},

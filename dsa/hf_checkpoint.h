@@ -22,16 +22,19 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "dsa/hf_config.h"
 #include "core/safetensors.h"
+#include "dsa/hf_config.h"
 
 namespace dsrl::dsa {
 
 /// W = W8 · scale_inv[r / block_rows, c / block_cols] for a 2-D e4m3 weight [R, C] and scale_inv
 /// [ceil(R/block_rows), ceil(C/block_cols)] fp32, returned in `dtype`. Shapes are checked (`what` names the
 /// tensor in errors).
-at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8, const at::Tensor& scale_inv, const Fp8Format& fmt,
-                                    at::ScalarType dtype, const std::string& what);
+at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8,
+                                    const at::Tensor& scale_inv,
+                                    const Fp8Format& fmt,
+                                    at::ScalarType dtype,
+                                    const std::string& what);
 
 class HfCheckpointReader {
 public:

@@ -234,8 +234,9 @@ void read_rope(const Fields& top, ModelArch& c) {
         if (!(v >= 0)) r.bad(key, absl::StrCat("expected a non-negative number, got ", v));
     }
     if (r.has("attention_factor")) {
-        r.bad("attention_factor", "an explicit YaRN attention_factor is not supported; dsrl derives it from factor, "
-                                  "mscale and mscale_all_dim as transformers does when it is absent");
+        r.bad("attention_factor",
+              "an explicit YaRN attention_factor is not supported; dsrl derives it from factor, "
+              "mscale and mscale_all_dim as transformers does when it is absent");
     }
     if (!r.boolean("truncate", true)) r.bad("truncate", "only truncate = true (the DeepSeek YaRN ramp) is supported");
 }
@@ -335,17 +336,19 @@ HfConfig read_hf_config_file(const std::string& path) {
     Json root = read_json_object(path);
     const std::string model_type = Fields(path, root, "").string("model_type");
     if (model_type != "deepseek_v32") {
-        Fields(path, root, "").bad("model_type",
-                                   absl::StrCat("expected \"deepseek_v32\" (DeepSeek-V3.2), got \"", model_type, "\"",
-                                                model_type == "deepseek_v3"
-                                                    ? "; DeepSeek-V3 has no lightning indexer, which DSA training needs"
-                                                    : ""));
+        Fields(path, root, "")
+            .bad("model_type", absl::StrCat("expected \"deepseek_v32\" (DeepSeek-V3.2), got \"", model_type, "\"",
+                                            model_type == "deepseek_v3"
+                                                ? "; DeepSeek-V3 has no lightning indexer, which DSA training needs"
+                                                : ""));
     }
     // Generation may stop on several ids; the architecture keeps the first.
     if (auto eos = root.find("eos_token_id"); eos != root.end() && eos->is_array()) {
         if (eos->empty() || !(*eos)[0].is_number_integer() || (*eos)[0].get<int64_t>() < 0) {
-            Fields(path, root, "").bad("eos_token_id", absl::StrCat("expected a non-negative integer or a non-empty "
-                                                                    "list of them, got ", json_excerpt(*eos)));
+            Fields(path, root, "")
+                .bad("eos_token_id", absl::StrCat("expected a non-negative integer or a non-empty "
+                                                  "list of them, got ",
+                                                  json_excerpt(*eos)));
         }
         *eos = Json((*eos)[0]);
     }
@@ -356,8 +359,10 @@ HfConfig read_hf_config_file(const std::string& path) {
     if (const Json* types = f.find("mlp_layer_types")) {
         const int64_t num_dense = read_mlp_layer_types(f, *types, c.num_hidden_layers);
         if (f.has("first_k_dense_replace") && num_dense != c.first_k_dense_replace) {
-            f.bad("mlp_layer_types", absl::StrCat("has ", num_dense, " leading dense layers but "
-                                                  "first_k_dense_replace is ", c.first_k_dense_replace));
+            f.bad("mlp_layer_types", absl::StrCat("has ", num_dense,
+                                                  " leading dense layers but "
+                                                  "first_k_dense_replace is ",
+                                                  c.first_k_dense_replace));
         }
         c.first_k_dense_replace = num_dense;
     }
@@ -369,7 +374,8 @@ HfConfig read_hf_config_file(const std::string& path) {
     f.expect_string("topk_method", "noaux_tc", " (group-limited routing with e_score_correction_bias)");
     if (f.has("moe_layer_freq") && f.integer("moe_layer_freq") != 1) {
         f.bad("moe_layer_freq", absl::StrCat("only 1 is supported (every layer after first_k_dense_replace is MoE), "
-                                             "got ", f.integer("moe_layer_freq")));
+                                             "got ",
+                                             f.integer("moe_layer_freq")));
     }
     if (f.has("num_key_value_heads") && f.integer("num_key_value_heads") != c.num_attention_heads) {
         f.bad("num_key_value_heads", absl::StrCat("MLA expects num_key_value_heads == num_attention_heads (",
@@ -387,10 +393,14 @@ ModelArch read_hf_config(const std::string& config_json_path) { return read_hf_c
 
 const char* hf_dtype_name(at::ScalarType dtype) {
     switch (dtype) {
-        case at::kFloat: return "float32";
-        case at::kBFloat16: return "bfloat16";
-        case at::kHalf: return "float16";
-        default: return nullptr;
+        case at::kFloat:
+            return "float32";
+        case at::kBFloat16:
+            return "bfloat16";
+        case at::kHalf:
+            return "float16";
+        default:
+            return nullptr;
     }
 }
 

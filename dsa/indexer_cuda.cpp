@@ -7,6 +7,7 @@
 #include <limits>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/cuda/CUDAContextLight.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/einsum.h>
@@ -14,7 +15,6 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -49,18 +49,18 @@ Dims check_indexer_args(const char* op,
     check_cuda(op, "q", q, device);
     const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
     TORCH_CHECK(D == kIndexerDim, op, ": the kernels need head dim D = ", kIndexerDim, ", got q of shape ", q.sizes());
-    TORCH_CHECK(H % 16 == 0 && H >= 16 && H <= kIndexerMaxHeads, op,
-                ": the kernels need H a multiple of 16 in [16, ", kIndexerMaxHeads, "], got q of shape ", q.sizes());
+    TORCH_CHECK(H % 16 == 0 && H >= 16 && H <= kIndexerMaxHeads, op, ": the kernels need H a multiple of 16 in [16, ",
+                kIndexerMaxHeads, "], got q of shape ", q.sizes());
     TORCH_CHECK(k.defined() && k.dim() == 3 && k.size(0) == B && k.size(2) == D, op, ": k must be [", B, ", S, ", D,
                 "], got ", k.defined() ? k.sizes() : c10::IntArrayRef{});
     check_cuda(op, "k", k, device);
     const int64_t S = k.size(1);
     TORCH_CHECK(S < std::numeric_limits<int32_t>::max(), op, ": at most 2^31 - 1 keys, got k of shape ", k.sizes());
-    TORCH_CHECK(w.defined() && w.dim() == 3 && w.size(0) == B && w.size(1) == T && w.size(2) == H, op,
-                ": w must be [", B, ", ", T, ", ", H, "], got ", w.defined() ? w.sizes() : c10::IntArrayRef{});
+    TORCH_CHECK(w.defined() && w.dim() == 3 && w.size(0) == B && w.size(1) == T && w.size(2) == H, op, ": w must be [",
+                B, ", ", T, ", ", H, "], got ", w.defined() ? w.sizes() : c10::IntArrayRef{});
     check_cuda(op, "w", w, device);
-    TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16, op,
-                ": w must be fp32 or bf16, got ", w.scalar_type());
+    TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16, op, ": w must be fp32 or bf16, got ",
+                w.scalar_type());
     TORCH_CHECK(query_pos.defined() && query_pos.dim() == 2 && query_pos.size(0) == B && query_pos.size(1) == T, op,
                 ": query_pos must be [", B, ", ", T, "], got ",
                 query_pos.defined() ? query_pos.sizes() : c10::IntArrayRef{});
@@ -161,10 +161,10 @@ at::Tensor indexer_logits_fp8(const at::Tensor& q8,
     const Dims d = check_indexer_args(op, q8, k8, w, query_pos, key_valid);
     TORCH_CHECK(q8.scalar_type() == at::kFloat8_e4m3fn, op, ": q8 must be float8_e4m3fn, got ", q8.scalar_type());
     TORCH_CHECK(k8.scalar_type() == at::kFloat8_e4m3fn, op, ": k8 must be float8_e4m3fn, got ", k8.scalar_type());
-    TORCH_CHECK(q_scale.defined() && q_scale.sizes() == w.sizes(), op, ": q_scale must be [", d.batch, ", ",
-                d.queries, ", ", d.heads, "], got ", q_scale.defined() ? q_scale.sizes() : c10::IntArrayRef{});
-    TORCH_CHECK(k_scale.defined() && k_scale.dim() == 2 && k_scale.size(0) == d.batch && k_scale.size(1) == d.keys,
-                op, ": k_scale must be [", d.batch, ", ", d.keys, "], got ",
+    TORCH_CHECK(q_scale.defined() && q_scale.sizes() == w.sizes(), op, ": q_scale must be [", d.batch, ", ", d.queries,
+                ", ", d.heads, "], got ", q_scale.defined() ? q_scale.sizes() : c10::IntArrayRef{});
+    TORCH_CHECK(k_scale.defined() && k_scale.dim() == 2 && k_scale.size(0) == d.batch && k_scale.size(1) == d.keys, op,
+                ": k_scale must be [", d.batch, ", ", d.keys, "], got ",
                 k_scale.defined() ? k_scale.sizes() : c10::IntArrayRef{});
     check_cuda(op, "q_scale", q_scale, q8.device());
     check_cuda(op, "k_scale", k_scale, q8.device());
@@ -367,8 +367,8 @@ IndexerGrads indexer_logits_backward(const at::Tensor& q,
         const at::Tensor qc = qf.narrow(1, t0, len);
         at::Tensor visible = key_index.view({1, 1, d.keys}) <= pos.narrow(1, t0, len).unsqueeze(-1);
         if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
-        const at::Tensor g = grad_logits.narrow(1, t0, len).to(at::kFloat) * visible;          // [B, c, S]
-        const at::Tensor a = at::einsum("bthd,bsd->bths", {qc, kf}) * scale;                    // [B, c, H, S]
+        const at::Tensor g = grad_logits.narrow(1, t0, len).to(at::kFloat) * visible;  // [B, c, S]
+        const at::Tensor a = at::einsum("bthd,bsd->bths", {qc, kf}) * scale;           // [B, c, H, S]
         dw.narrow(1, t0, len).copy_(at::einsum("bths,bts->bth", {at::relu(a), g}));
         const at::Tensor gh = (a > 0).to(at::kFloat) * g.unsqueeze(2) * (wf.narrow(1, t0, len).unsqueeze(-1) * scale);
         dq.narrow(1, t0, len).copy_(at::einsum("bths,bsd->bthd", {gh, kf}));

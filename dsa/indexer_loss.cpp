@@ -1,8 +1,8 @@
 #include "dsa/indexer_loss.h"
 
 #include "core/precision.h"
-#include "dsa/indexer_topk.h"
 #include "dsa/indexer_cuda.h"
+#include "dsa/indexer_topk.h"
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -43,8 +43,12 @@ at::ScalarType compute_dtype(std::initializer_list<at::Tensor> ts) {
     return t;
 }
 
-void check_inputs(const char* fn, const IndexerOutput& ix, const AttentionInputs& a, const at::Tensor& query_pos,
-                  const at::Tensor& key_valid, int64_t query_tile) {
+void check_inputs(const char* fn,
+                  const IndexerOutput& ix,
+                  const AttentionInputs& a,
+                  const at::Tensor& query_pos,
+                  const at::Tensor& key_valid,
+                  int64_t query_tile) {
     TORCH_CHECK(a.q_lat.dim() == 4 && a.q_pe.dim() == 4 && a.q_pe.sizes().slice(0, 3) == a.q_lat.sizes().slice(0, 3),
                 fn, ": attention q_lat must be [B, L, H, C] and q_pe [B, L, H, R] with equal B, L, H; got ",
                 a.q_lat.sizes(), " and ", a.q_pe.sizes());
@@ -52,8 +56,8 @@ void check_inputs(const char* fn, const IndexerOutput& ix, const AttentionInputs
     TORCH_CHECK(a.c_kv.dim() == 3 && a.c_kv.size(0) == B && a.c_kv.size(2) == a.q_lat.size(3), fn,
                 ": attention c_kv must be [", B, ", S, ", a.q_lat.size(3), "], got ", a.c_kv.sizes());
     const int64_t S = a.c_kv.size(1);
-    TORCH_CHECK(a.k_pe.dim() == 3 && a.k_pe.size(0) == B && a.k_pe.size(1) == S && a.k_pe.size(2) == a.q_pe.size(3),
-                fn, ": attention k_pe must be [", B, ", ", S, ", ", a.q_pe.size(3), "], got ", a.k_pe.sizes());
+    TORCH_CHECK(a.k_pe.dim() == 3 && a.k_pe.size(0) == B && a.k_pe.size(1) == S && a.k_pe.size(2) == a.q_pe.size(3), fn,
+                ": attention k_pe must be [", B, ", ", S, ", ", a.q_pe.size(3), "], got ", a.k_pe.sizes());
     TORCH_CHECK(a.scale > 0, fn, ": attention scale must be > 0, got ", a.scale);
     TORCH_CHECK(ix.q.dim() == 4 && ix.q.size(0) == B && ix.q.size(1) == L, fn, ": indexer q must be [", B, ", ", L,
                 ", H_I, D_I], got ", ix.q.sizes());
@@ -61,10 +65,10 @@ void check_inputs(const char* fn, const IndexerOutput& ix, const AttentionInputs
                 ": indexer k must be [", B, ", ", S, ", ", ix.q.size(3), "], got ", ix.k.sizes());
     TORCH_CHECK(ix.w.dim() == 3 && ix.w.size(0) == B && ix.w.size(1) == L && ix.w.size(2) == ix.q.size(2), fn,
                 ": indexer w must be [", B, ", ", L, ", ", ix.q.size(2), "], got ", ix.w.sizes());
-    TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == B && query_pos.size(1) == L, fn,
-                ": query_pos must be [", B, ", ", L, "], got ", query_pos.sizes());
-    TORCH_CHECK(!key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == B && key_valid.size(1) == S),
-                fn, ": key_valid must be [", B, ", ", S, "], got ", key_valid.sizes());
+    TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == B && query_pos.size(1) == L, fn, ": query_pos must be [",
+                B, ", ", L, "], got ", query_pos.sizes());
+    TORCH_CHECK(!key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == B && key_valid.size(1) == S), fn,
+                ": key_valid must be [", B, ", ", S, "], got ", key_valid.sizes());
     TORCH_CHECK(query_tile >= 1, fn, ": query_tile must be >= 1, got ", query_tile);
     (void)H;
 }
@@ -96,15 +100,21 @@ at::Tensor visible_tile(const at::Tensor& query_pos_t, const at::Tensor& key_val
 }
 
 // Main-attention scores of a query tile over every key: [B, n, H, S] (× scale), in kcat's dtype.
-at::Tensor dense_scores(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat, int64_t t0,
-                        int64_t n, double scale) {
+at::Tensor dense_scores(
+    const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat, int64_t t0, int64_t n, double scale) {
     const at::Tensor q = at::cat({q_lat.narrow(1, t0, n), q_pe.narrow(1, t0, n)}, -1).to(kcat.scalar_type());
     return at::einsum("bthe,bse->bths", {q, kcat}).mul_(scale);
 }
 
 // Dense target of a tile: head average of exp(score − lse) on visible keys, [B, n, S].
-at::Tensor dense_target(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat, const at::Tensor& lse,
-                        const at::Tensor& visible, int64_t t0, int64_t n, double scale) {
+at::Tensor dense_target(const at::Tensor& q_lat,
+                        const at::Tensor& q_pe,
+                        const at::Tensor& kcat,
+                        const at::Tensor& lse,
+                        const at::Tensor& visible,
+                        int64_t t0,
+                        int64_t n,
+                        double scale) {
     at::Tensor probs = dense_scores(q_lat, q_pe, kcat, t0, n, scale);
     at::Tensor l;
     if (lse.numel() > 0) {
@@ -137,8 +147,13 @@ at::Tensor gather_keys(const at::Tensor& x, const at::Tensor& idx) {
 }
 
 // Sparse target of a tile: per-head softmax over the selected set, head-averaged, [B, n, K].
-at::Tensor sparse_target(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat, const Selection& s,
-                         int64_t t0, int64_t n, double scale) {
+at::Tensor sparse_target(const at::Tensor& q_lat,
+                         const at::Tensor& q_pe,
+                         const at::Tensor& kcat,
+                         const Selection& s,
+                         int64_t t0,
+                         int64_t n,
+                         double scale) {
     const at::Tensor q = at::cat({q_lat.narrow(1, t0, n), q_pe.narrow(1, t0, n)}, -1).to(kcat.scalar_type());
     at::Tensor scores = at::einsum("bthe,btke->bthk", {q, gather_keys(kcat, s.idx)}).mul_(scale);
     const at::Tensor sel = s.sel.unsqueeze(2);
@@ -157,8 +172,7 @@ at::Tensor indexer_heads(const at::Tensor& q_t, const at::Tensor& keys, double i
 
 // log softmax of the indexer logits over `mask` (−inf outside; NaN rows without a masked-in entry).
 at::Tensor indexer_log_probs(const at::Tensor& a, const at::Tensor& w_t, const at::Tensor& mask) {
-    const at::Tensor logits =
-        at::einsum("btjs,btj->bts", {at::relu(a), w_t}).masked_fill(mask.logical_not(), kNegInf);
+    const at::Tensor logits = at::einsum("btjs,btj->bts", {at::relu(a), w_t}).masked_fill(mask.logical_not(), kNegInf);
     return logits - at::logsumexp(logits, -1, /*keepdim=*/true);
 }
 
@@ -180,11 +194,22 @@ public:
     // q, k, w: the indexer (differentiable). q_lat, q_pe: attention queries; kcat [B, S, C+R] attention keys in
     // the compute dtype; lse [B, L, H] (dense) or empty; topk [B, L, K] (sparse) or empty; key_valid [B, S] bool;
     // row_weight [B, L] (1/n for valid queries, else 0).
-    static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& w,
-                                 const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat,
-                                 const at::Tensor& lse, const at::Tensor& topk, const at::Tensor& query_pos,
-                                 const at::Tensor& key_valid, const at::Tensor& row_weight, bool sparse,
-                                 bool kernels, double scale, int64_t tile) {
+    static variable_list forward(AutogradContext* ctx,
+                                 const at::Tensor& q,
+                                 const at::Tensor& k,
+                                 const at::Tensor& w,
+                                 const at::Tensor& q_lat,
+                                 const at::Tensor& q_pe,
+                                 const at::Tensor& kcat,
+                                 const at::Tensor& lse,
+                                 const at::Tensor& topk,
+                                 const at::Tensor& query_pos,
+                                 const at::Tensor& key_valid,
+                                 const at::Tensor& row_weight,
+                                 bool sparse,
+                                 bool kernels,
+                                 double scale,
+                                 int64_t tile) {
         const Fp32Region fp32;  // the losses are fp32/fp64 math even inside a bf16 autocast region
         const at::ScalarType dt = kcat.scalar_type();
         const double iscale = 1.0 / std::sqrt(double(q.size(3)));
@@ -268,9 +293,17 @@ public:
 
 private:
     // kf: k in bf16 (kernels) or the math dtype dt.
-    static IndexerTile indexer_tile(const at::Tensor& q, const at::Tensor& w, const at::Tensor& kf,
-                                    const at::Tensor& query_pos, const at::Tensor& key_valid, const at::Tensor& mask,
-                                    const at::Tensor& keys, bool kernels, double iscale, at::ScalarType dt, int64_t t0,
+    static IndexerTile indexer_tile(const at::Tensor& q,
+                                    const at::Tensor& w,
+                                    const at::Tensor& kf,
+                                    const at::Tensor& query_pos,
+                                    const at::Tensor& key_valid,
+                                    const at::Tensor& mask,
+                                    const at::Tensor& keys,
+                                    bool kernels,
+                                    double iscale,
+                                    at::ScalarType dt,
+                                    int64_t t0,
                                     int64_t n) {
         IndexerTile it;
         if (kernels) {
@@ -295,9 +328,17 @@ private:
         at::Tensor idx;   // sparse: clamped indices [B, n, K]
     };
 
-    static Tile make_tile(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kcat,
-                          const at::Tensor& lse, const at::Tensor& topk, const at::Tensor& query_pos,
-                          const at::Tensor& key_valid, const at::Tensor& k, bool sparse, double scale, int64_t t0,
+    static Tile make_tile(const at::Tensor& q_lat,
+                          const at::Tensor& q_pe,
+                          const at::Tensor& kcat,
+                          const at::Tensor& lse,
+                          const at::Tensor& topk,
+                          const at::Tensor& query_pos,
+                          const at::Tensor& key_valid,
+                          const at::Tensor& k,
+                          bool sparse,
+                          double scale,
+                          int64_t t0,
                           int64_t n) {
         Tile tl;
         if (!sparse) {
@@ -320,7 +361,9 @@ struct Prepared {
     at::ScalarType dt;
 };
 
-Prepared prepare(const IndexerOutput& ix, const AttentionInputs& a, const at::Tensor& query_pos,
+Prepared prepare(const IndexerOutput& ix,
+                 const AttentionInputs& a,
+                 const at::Tensor& query_pos,
                  const at::Tensor& key_valid) {
     Prepared p;
     p.dt = compute_dtype({ix.q, ix.k, ix.w, a.q_lat, a.q_pe, a.c_kv, a.k_pe});
@@ -330,8 +373,14 @@ Prepared prepare(const IndexerOutput& ix, const AttentionInputs& a, const at::Te
     return p;
 }
 
-IndexerLoss run_kl(const IndexerOutput& ix, const AttentionInputs& a, const at::Tensor& topk,
-                   const at::Tensor& query_pos, const Prepared& p, bool sparse, bool kernels, int64_t query_tile) {
+IndexerLoss run_kl(const IndexerOutput& ix,
+                   const AttentionInputs& a,
+                   const at::Tensor& topk,
+                   const at::Tensor& query_pos,
+                   const Prepared& p,
+                   bool sparse,
+                   bool kernels,
+                   int64_t query_tile) {
     at::Tensor valid = p.valid;
     if (sparse) valid = valid.logical_and(topk.ge(0).any(-1));
     IndexerLoss r;
@@ -339,13 +388,13 @@ IndexerLoss run_kl(const IndexerOutput& ix, const AttentionInputs& a, const at::
     const at::Tensor row_weight = valid.to(p.dt) / double(std::max<int64_t>(r.num_queries, 1));
     // The forward's per-head lse normalizes our recomputed scores only when the forward computed them in full
     // precision; under bf16 autocast (q_lat bf16) each tile's lse is recomputed from the fp32 scores instead.
-    const bool forward_lse = !sparse && at::isFloatingType(a.q_lat.scalar_type()) &&
-                             c10::elementSize(a.q_lat.scalar_type()) >= 4;
+    const bool forward_lse =
+        !sparse && at::isFloatingType(a.q_lat.scalar_type()) && c10::elementSize(a.q_lat.scalar_type()) >= 4;
     const at::Tensor lse = forward_lse ? a.lse.detach() : at::empty({0}, p.kcat.options());
     const at::Tensor idx = sparse ? topk.to(at::kLong) : at::empty({0}, p.kcat.options().dtype(at::kLong));
     r.loss = IndexerKl::apply(ix.q, ix.k, ix.w, a.q_lat.detach(), a.q_pe.detach(), p.kcat, lse, idx,
-                              query_pos.to(p.kcat.device(), at::kLong), p.key_valid, row_weight, sparse, kernels, a.scale,
-                              query_tile)[0];
+                              query_pos.to(p.kcat.device(), at::kLong), p.key_valid, row_weight, sparse, kernels,
+                              a.scale, query_tile)[0];
     return r;
 }
 
@@ -360,14 +409,14 @@ IndexerLoss indexer_warmup_loss(const IndexerOutput& indexer,
     check_inputs("indexer_warmup_loss", indexer, attention, query_pos, key_valid, query_tile);
     const bool kernels = use_kernels(impl, indexer_kernels_fit(indexer.q, indexer.k, indexer.w), "indexer_warmup_loss",
                                      [&] { return indexer_kernels_mismatch(indexer.q, indexer.k, indexer.w); });
-    TORCH_CHECK(attention.dense, "indexer_warmup_loss: attention.lse must be over all visible keys (a forward with "
+    TORCH_CHECK(attention.dense,
+                "indexer_warmup_loss: attention.lse must be over all visible keys (a forward with "
                 "AttentionPath::kDense), got the lse of the sparse path; use indexer_sparse_loss for the sparse stage");
     TORCH_CHECK(attention.lse.dim() == 3 && attention.lse.sizes() == attention.q_lat.sizes().slice(0, 3),
                 "indexer_warmup_loss: attention lse must be ", attention.q_lat.sizes().slice(0, 3), ", got ",
                 attention.lse.sizes());
     const Prepared p = prepare(indexer, attention, query_pos, key_valid);
-    return run_kl(indexer, attention, at::Tensor(), query_pos, p, /*sparse=*/false,
-                  kernels, query_tile);
+    return run_kl(indexer, attention, at::Tensor(), query_pos, p, /*sparse=*/false, kernels, query_tile);
 }
 
 IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
@@ -386,14 +435,19 @@ IndexerLoss indexer_sparse_loss(const IndexerOutput& indexer,
 namespace {
 
 // Mass of the head-averaged dense attention inside `topk` (defined) or inside each query's k heaviest keys.
-double recall_of(const char* what, const AttentionInputs& attention, const at::Tensor& topk, int64_t k,
-                 const at::Tensor& query_pos, const at::Tensor& key_valid, int64_t query_tile) {
+double recall_of(const char* what,
+                 const AttentionInputs& attention,
+                 const at::Tensor& topk,
+                 int64_t k,
+                 const at::Tensor& query_pos,
+                 const at::Tensor& key_valid,
+                 int64_t query_tile) {
     const Fp32Region fp32;
     const AttentionInputs& a = attention;
-    TORCH_CHECK(a.q_lat.dim() == 4 && a.q_pe.dim() == 4 && a.c_kv.dim() == 3 && a.k_pe.dim() == 3,
-                what, ": attention inputs must be q_lat [B, L, H, C], q_pe [B, L, H, R], c_kv [B, S, C], "
-                "k_pe [B, S, R]; got ", a.q_lat.sizes(), ", ", a.q_pe.sizes(), ", ", a.c_kv.sizes(), ", ",
-                a.k_pe.sizes());
+    TORCH_CHECK(a.q_lat.dim() == 4 && a.q_pe.dim() == 4 && a.c_kv.dim() == 3 && a.k_pe.dim() == 3, what,
+                ": attention inputs must be q_lat [B, L, H, C], q_pe [B, L, H, R], c_kv [B, S, C], "
+                "k_pe [B, S, R]; got ",
+                a.q_lat.sizes(), ", ", a.q_pe.sizes(), ", ", a.c_kv.sizes(), ", ", a.k_pe.sizes());
     // The shape checks of the losses, with a stand-in indexer of matching shape.
     const int64_t B = a.q_lat.size(0), L = a.q_lat.size(1), S = a.c_kv.size(1);
     const IndexerOutput stand_in{at::empty({B, L, 1, 1}, a.c_kv.options()), at::empty({B, S, 1}, a.c_kv.options()),
@@ -437,14 +491,20 @@ double recall_of(const char* what, const AttentionInputs& attention, const at::T
 
 }  // namespace
 
-double attention_recall(const AttentionInputs& attention, const at::Tensor& topk, const at::Tensor& query_pos,
-                        const at::Tensor& key_valid, int64_t query_tile) {
+double attention_recall(const AttentionInputs& attention,
+                        const at::Tensor& topk,
+                        const at::Tensor& query_pos,
+                        const at::Tensor& key_valid,
+                        int64_t query_tile) {
     TORCH_CHECK(topk.defined(), "attention_recall: topk is undefined");
     return recall_of("attention_recall", attention, topk, 0, query_pos, key_valid, query_tile);
 }
 
-double attention_recall_oracle(const AttentionInputs& attention, int64_t k, const at::Tensor& query_pos,
-                               const at::Tensor& key_valid, int64_t query_tile) {
+double attention_recall_oracle(const AttentionInputs& attention,
+                               int64_t k,
+                               const at::Tensor& query_pos,
+                               const at::Tensor& key_valid,
+                               int64_t query_tile) {
     return recall_of("attention_recall_oracle", attention, at::Tensor(), k, query_pos, key_valid, query_tile);
 }
 

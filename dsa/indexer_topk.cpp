@@ -12,8 +12,8 @@ namespace dsrl::dsa {
 
 void check_indexer_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
     TORCH_CHECK(q.dim() == 4, "indexer: q must be [B, T, H, D], got ", q.sizes());
-    TORCH_CHECK(k.dim() == 3 && k.size(0) == q.size(0) && k.size(2) == q.size(3), "indexer: k must be [",
-                q.size(0), ", S, ", q.size(3), "], got ", k.sizes());
+    TORCH_CHECK(k.dim() == 3 && k.size(0) == q.size(0) && k.size(2) == q.size(3), "indexer: k must be [", q.size(0),
+                ", S, ", q.size(3), "], got ", k.sizes());
     TORCH_CHECK(w.dim() == 3 && w.size(0) == q.size(0) && w.size(1) == q.size(1) && w.size(2) == q.size(2),
                 "indexer: w must be [", q.size(0), ", ", q.size(1), ", ", q.size(2), "], got ", w.sizes());
 }
@@ -26,10 +26,11 @@ bool indexer_kernels_fit(const at::Tensor& q, const at::Tensor& k, const at::Ten
 }
 
 KernelMismatch indexer_kernels_mismatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
-    return {"CUDA bf16 q (bf16 model or autocast) with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, "
-            "w fp32 or bf16",
-            c10::str("q ", q.sizes(), " ", q.scalar_type(), " on ", q.device(), ", k ", k.scalar_type(), ", w ",
-                     w.scalar_type())};
+    return {
+        "CUDA bf16 q (bf16 model or autocast) with index_head_dim 128 and index_n_heads a multiple of 16 up to 64, "
+        "w fp32 or bf16",
+        c10::str("q ", q.sizes(), " ", q.scalar_type(), " on ", q.device(), ", k ", k.scalar_type(), ", w ",
+                 w.scalar_type())};
 }
 
 at::Tensor select_topk(const at::Tensor& q,
@@ -63,16 +64,28 @@ namespace {
     TORCH_CHECK(false, op, ": this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 }  // namespace
-at::Tensor indexer_logits(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
-                          const at::Tensor&) {
+at::Tensor indexer_logits(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&, const at::Tensor&) {
     no_kernels("indexer logits");
 }
-at::Tensor indexer_topk(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
-                        const at::Tensor&, int64_t, int64_t, bool) {
+at::Tensor indexer_topk(const at::Tensor&,
+                        const at::Tensor&,
+                        const at::Tensor&,
+                        double,
+                        const at::Tensor&,
+                        const at::Tensor&,
+                        int64_t,
+                        int64_t,
+                        bool) {
     no_kernels("indexer top-k");
 }
-IndexerGrads indexer_logits_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                     const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+IndexerGrads indexer_logits_backward(const at::Tensor&,
+                                     const at::Tensor&,
+                                     const at::Tensor&,
+                                     double,
+                                     const at::Tensor&,
+                                     const at::Tensor&,
+                                     const at::Tensor&) {
     no_kernels("indexer logits backward");
 }
 }  // namespace cuda

@@ -39,9 +39,9 @@ at::Tensor indexer_topk(const at::Tensor& q,
     TORCH_CHECK(query_chunk >= 1, "indexer_topk: query_chunk must be >= 1, got ", query_chunk);
     TORCH_CHECK(query_pos.dim() == 2 && query_pos.size(0) == batch && query_pos.size(1) == num_queries,
                 "indexer_topk: query_pos must be [", batch, ", ", num_queries, "], got ", query_pos.sizes());
-    TORCH_CHECK(!key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == batch &&
-                                         key_valid.size(1) == num_keys),
-                "indexer_topk: key_valid must be [", batch, ", ", num_keys, "], got ", key_valid.sizes());
+    TORCH_CHECK(
+        !key_valid.defined() || (key_valid.dim() == 2 && key_valid.size(0) == batch && key_valid.size(1) == num_keys),
+        "indexer_topk: key_valid must be [", batch, ", ", num_keys, "], got ", key_valid.sizes());
     const auto int_opts = q.options().dtype(at::kInt);
     if (num_queries == 0) return at::empty({batch, 0, topk}, int_opts);
     const int64_t kept = std::min(topk, num_keys);
@@ -59,8 +59,9 @@ at::Tensor indexer_topk(const at::Tensor& q,
         const at::Tensor values = sorted.narrow(-1, 0, kept);
         const at::Tensor indices = order.narrow(-1, 0, kept);
         // Slots that landed on invisible keys are invalid: −1, never attended.
-        at::Tensor idx = at::where(values == -std::numeric_limits<float>::infinity(),
-                                   at::full_like(indices, -1), indices).to(at::kInt);
+        at::Tensor idx =
+            at::where(values == -std::numeric_limits<float>::infinity(), at::full_like(indices, -1), indices)
+                .to(at::kInt);
         if (kept < topk) {
             idx = at::cat({idx, at::full({batch, len, topk - kept}, -1, int_opts)}, -1);
         }

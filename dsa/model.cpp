@@ -34,17 +34,16 @@ constexpr double kLatentNormEps = 1e-6;
 // Everything a layer needs about the current call.
 struct Step {
     int64_t batch = 0;
-    int64_t len = 0;         // new tokens
-    int64_t offset = 0;      // cached positions before them
-    at::Tensor cos, sin;     // [B, L, R/2] fp32
-    at::Tensor query_pos;    // [B, L] int64 key index of each query
-    at::Tensor key_valid;    // [B, S] bool
+    int64_t len = 0;       // new tokens
+    int64_t offset = 0;    // cached positions before them
+    at::Tensor cos, sin;   // [B, L, R/2] fp32
+    at::Tensor query_pos;  // [B, L] int64 key index of each query
+    at::Tensor key_valid;  // [B, S] bool
     bool dense = false;
 };
 
 at::Tensor rope_part_half_split(const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin) {
-    return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)},
-                   -1);
+    return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
 }
 
 // Writes `value` ([B, L, D]) into cache slots [offset, offset + L) and returns the filled prefix [B, S, D].
@@ -60,8 +59,12 @@ struct AttentionResult {
     AttentionInputs attention;
 };
 
-AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const ModelConfig& c, const Step& st,
-                          const ForwardOptions& opt, LayerCache* cache) {
+AttentionResult attention(const at::Tensor& h,
+                          const LayerWeights& l,
+                          const ModelConfig& c,
+                          const Step& st,
+                          const ForwardOptions& opt,
+                          LayerCache* cache) {
     const int64_t B = st.batch, L = st.len;
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int64_t v_dim = c.v_head_dim, lora = c.kv_lora_rank;
@@ -83,10 +86,9 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
     const at::Tensor iq =
         rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
-    at::Tensor ik = rope_part_half_split(
-        at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight, l.indexer.k_norm_bias,
-                       kLatentNormEps),
-        rope, st.cos, st.sin);
+    at::Tensor ik = rope_part_half_split(at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
+                                                        l.indexer.k_norm_bias, kLatentNormEps),
+                                         rope, st.cos, st.sin);
     at::Tensor iw;
     {
         Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
@@ -103,20 +105,19 @@ AttentionResult attention(const at::Tensor& h, const LayerWeights& l, const Mode
     if (opt.return_indexer) r.indexer = {iq, ik, iw};
     if (!st.dense || opt.return_topk) {
         at::NoGradGuard no_grad;  // a discrete selection: the indexer learns only through its own loss
-        r.topk = select_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk,
-                             c.impl, opt.query_chunk);
+        r.topk = select_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk, c.impl,
+                             opt.query_chunk);
     }
 
     // Absorbed (MQA) form: q̃ = q_nope · W_UK in latent space; o_h = W_UV · o_lat.
     const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v_dim, lora});
     const at::Tensor q_lat = at::einsum("blhn,hnc->blhc", {q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope)});
     const double scale = mla_softmax_scale(c);
-    const AttentionOutput att =
-        st.dense ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
-                 : sparse_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, c.impl, opt.query_chunk);
+    const AttentionOutput att = st.dense
+                                    ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
+                                    : sparse_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, c.impl, opt.query_chunk);
     if (opt.return_attention) {
-        r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale,
-                       st.dense};
+        r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale, st.dense};
     }
     const at::Tensor o = at::einsum("blhc,hvc->blhv", {att.out, w_kv.narrow(1, nope, v_dim)});
     r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
@@ -131,7 +132,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     return weight * normed.to(x.scalar_type());
 }
 
-Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(std::move(cfg)), w_(std::move(weights)), rope_(rope_table(cfg_)) {
+Model::Model(ModelConfig cfg, ModelWeights weights)
+    : cfg_(std::move(cfg)), w_(std::move(weights)), rope_(rope_table(cfg_)) {
     rope_.inv_freq = rope_.inv_freq.to(w_.embed_tokens.device());
 }
 
@@ -150,8 +152,7 @@ void Model::save(const std::string& dir, const SaveOptions& opt) const {
 }
 
 KvCache Model::new_cache(int64_t batch, int64_t capacity) const {
-    TORCH_CHECK(batch >= 1 && capacity >= 1, "new_cache: batch and capacity must be >= 1, got ", batch, ", ",
-                capacity);
+    TORCH_CHECK(batch >= 1 && capacity >= 1, "new_cache: batch and capacity must be >= 1, got ", batch, ", ", capacity);
     const auto opts = at::TensorOptions().device(device()).dtype(model_dtype(cfg_));
     KvCache cache;
     cache.capacity = capacity;
@@ -176,9 +177,7 @@ void KvCache::select_rows(const at::Tensor& rows) {
     next_pos = next_pos.index_select(0, idx);
 }
 
-at::Tensor Model::logits(const at::Tensor& hidden) const {
-    return at::linear(hidden, w_.lm_head).to(at::kFloat);
-}
+at::Tensor Model::logits(const at::Tensor& hidden) const { return at::linear(hidden, w_.lm_head).to(at::kFloat); }
 
 ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, KvCache* cache) const {
     const ModelConfig& c = cfg_;
@@ -195,9 +194,8 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         }
     }
     const auto long_opts = ids.options();
-    const at::Tensor mask = in.attention_mask.defined()
-                                ? in.attention_mask.to(device()).ne(0)
-                                : at::ones({st.batch, st.len}, long_opts.dtype(at::kBool));
+    const at::Tensor mask = in.attention_mask.defined() ? in.attention_mask.to(device()).ne(0)
+                                                        : at::ones({st.batch, st.len}, long_opts.dtype(at::kBool));
     TORCH_CHECK(mask.sizes() == ids.sizes(), "forward: attention_mask must be ", ids.sizes(), ", got ",
                 in.attention_mask.sizes());
     if (cache != nullptr) {
@@ -250,11 +248,12 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         if (l.is_moe) {
             at::Tensor replay;
             if (opt.replay_routes != nullptr) {
-                TORCH_CHECK(moe_layer < static_cast<int64_t>(opt.replay_routes->size()), "forward: ",
-                            opt.replay_routes->size(), " replayed routes for more MoE layers");
+                TORCH_CHECK(moe_layer < static_cast<int64_t>(opt.replay_routes->size()),
+                            "forward: ", opt.replay_routes->size(), " replayed routes for more MoE layers");
                 const at::Tensor& r = (*opt.replay_routes)[moe_layer];
-                TORCH_CHECK(r.dim() == 3 && r.size(0) == st.batch && r.size(1) == st.len, "forward: replayed route of MoE layer ",
-                            moe_layer, " must be [", st.batch, ", ", st.len, ", k], got ", r.sizes());
+                TORCH_CHECK(r.dim() == 3 && r.size(0) == st.batch && r.size(1) == st.len,
+                            "forward: replayed route of MoE layer ", moe_layer, " must be [", st.batch, ", ", st.len,
+                            ", k], got ", r.sizes());
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
             moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay);

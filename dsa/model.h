@@ -61,11 +61,11 @@ struct ForwardInput {
 };
 
 struct ForwardOptions {
-    bool return_logits = true;       ///< false: only hidden states (e.g. chunked loss computed outside)
-    bool return_hidden = false;      ///< the final-normed hidden states [B, L, H]
-    bool return_routes = false;      ///< routing record per MoE layer
-    bool return_topk = false;        ///< indexer top-k per layer
-    bool return_indexer = false;     ///< indexer q/k/w per layer (DSA training stages)
+    bool return_logits = true;    ///< false: only hidden states (e.g. chunked loss computed outside)
+    bool return_hidden = false;   ///< the final-normed hidden states [B, L, H]
+    bool return_routes = false;   ///< routing record per MoE layer
+    bool return_topk = false;     ///< indexer top-k per layer
+    bool return_indexer = false;  ///< indexer q/k/w per layer (DSA training stages)
     /// Main-attention inputs per layer in the absorbed MQA form, detached, with the lse of the attention that
     /// ran (targets of the indexer losses and the recall metric, dsa/indexer_loss.h).
     bool return_attention = false;
@@ -77,7 +77,7 @@ struct ForwardOptions {
     AttentionPath path = AttentionPath::kAuto;
     /// Keep-routing replay: expert ids per MoE layer ([B, L, k] integer, e.g. decode_route of a record).
     const std::vector<at::Tensor>* replay_routes = nullptr;
-    int64_t query_chunk = 256;       ///< queries per attention / indexer chunk (bounds memory)
+    int64_t query_chunk = 256;  ///< queries per attention / indexer chunk (bounds memory)
 };
 
 /// Indexer inputs of one layer (for the DSA losses): q [B, L, H_I, D_I], k [B, S, D_I] over all keys,
@@ -101,14 +101,14 @@ struct AttentionInputs {
 };
 
 struct ForwardOutput {
-    at::Tensor logits;                   ///< [B, L, V] fp32
-    at::Tensor hidden;                   ///< [B, L, H] when return_hidden
-    std::vector<at::Tensor> routes;      ///< per MoE layer [B, L, k] int64
-    std::vector<at::Tensor> topk;        ///< per layer [B, L, index_topk] int32 (−1 invalid); key index space
-    std::vector<IndexerOutput> indexer;  ///< per layer when return_indexer
+    at::Tensor logits;                       ///< [B, L, V] fp32
+    at::Tensor hidden;                       ///< [B, L, H] when return_hidden
+    std::vector<at::Tensor> routes;          ///< per MoE layer [B, L, k] int64
+    std::vector<at::Tensor> topk;            ///< per layer [B, L, index_topk] int32 (−1 invalid); key index space
+    std::vector<IndexerOutput> indexer;      ///< per layer when return_indexer
     std::vector<AttentionInputs> attention;  ///< per layer when return_attention
-    at::Tensor query_pos;                ///< [B, L] int64 key index of each query (cache offset included)
-    at::Tensor key_valid;                ///< [B, S] bool visibility of every key
+    at::Tensor query_pos;                    ///< [B, L] int64 key index of each query (cache offset included)
+    at::Tensor key_valid;                    ///< [B, S] bool visibility of every key
 };
 
 class Model {

@@ -19,8 +19,8 @@
 namespace dsrl::dsa {
 
 struct RopeTable {
-    at::Tensor inv_freq;           ///< [qk_rope_head_dim / 2] fp32
-    double attention_factor = 1;   ///< multiplies cos and sin (YaRN mscale ratio; 1 for DeepSeek-V3.2)
+    at::Tensor inv_freq;          ///< [qk_rope_head_dim / 2] fp32
+    double attention_factor = 1;  ///< multiplies cos and sin (YaRN mscale ratio; 1 for DeepSeek-V3.2)
 };
 
 /// Inverse frequencies for `dim` rotary dims: plain RoPE, or YaRN (rope_scaling.type == "yarn") with the

@@ -27,10 +27,11 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
     const at::Tensor qp = to_bf16(q_pe), kv = to_bf16(c_kv), kp = to_bf16(k_pe);
     const bool fits = bf16 && cuda::sparse_mla_supported(q_lat, qp, kv, kp);
     const auto mismatch = [&] {
-        return KernelMismatch{"CUDA tensors with q_lat bf16 — a bf16 model or bf16 autocast — and kv_lora_rank 512 + "
-                              "qk_rope_head_dim 64",
-                              c10::str("q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(), " on ", q_lat.device(),
-                                       ", k_pe ", k_pe.sizes())};
+        return KernelMismatch{
+            "CUDA tensors with q_lat bf16 — a bf16 model or bf16 autocast — and kv_lora_rank 512 + "
+            "qk_rope_head_dim 64",
+            c10::str("q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(), " on ", q_lat.device(), ", k_pe ",
+                     k_pe.sizes())};
     };
     if (use_kernels(impl, fits, "sparse attention", mismatch)) {
         return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
@@ -40,11 +41,9 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
 
 #ifndef DSRL_WITH_CUDA
 namespace cuda {
-bool sparse_mla_supported(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
-    return false;
-}
-AttentionOutput sparse_mla_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const at::Tensor&, double, MlaKernel) {
+bool sparse_mla_supported(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+AttentionOutput sparse_mla_attention(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, MlaKernel) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 }  // namespace cuda

@@ -45,7 +45,8 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     int64_t query_chunk = 0);
 
 /// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA, entry 512 + 64) with
-/// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
+/// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise;
+/// kReference always the reference; kCuda the kernels or a c10::Error saying why not.
 AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& q_pe,
                                  const at::Tensor& c_kv,
@@ -59,7 +60,9 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
 namespace cuda {
 
 /// True when the kernels take these inputs: CUDA bf16 on one device, entry 512 + 64 (the full-size MLA latent).
-bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,
+bool sparse_mla_supported(const at::Tensor& q_lat,
+                          const at::Tensor& q_pe,
+                          const at::Tensor& c_kv,
                           const at::Tensor& k_pe);
 
 /// Forward kernel: kWgmma (Hopper warpgroup MMA; the default, taken on sm_90) or kMmaSync (the portable

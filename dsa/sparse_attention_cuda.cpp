@@ -39,12 +39,16 @@ struct Inputs {
     at::Tensor q_lat, q_pe, c_kv, k_pe, indices;
 };
 
-Inputs prepare(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
+Inputs prepare(const at::Tensor& q_lat,
+               const at::Tensor& q_pe,
+               const at::Tensor& c_kv,
+               const at::Tensor& k_pe,
                const at::Tensor& indices) {
     TORCH_CHECK(sparse_mla_supported(q_lat, q_pe, c_kv, k_pe),
                 "sparse attention (cuda): needs CUDA bf16 inputs with q_lat [B, T, H, 512], q_pe [B, T, H, 64], "
-                "c_kv [B, S, 512], k_pe [B, S, 64] on one device; got q_lat ", q_lat.sizes(), " ",
-                q_lat.scalar_type(), " on ", q_lat.device(), ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type());
+                "c_kv [B, S, 512], k_pe [B, S, 64] on one device; got q_lat ",
+                q_lat.sizes(), " ", q_lat.scalar_type(), " on ", q_lat.device(), ", c_kv ", c_kv.sizes(), " ",
+                c_kv.scalar_type());
     TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q_lat.size(0) && indices.size(1) == q_lat.size(1),
                 "sparse attention (cuda): indices must be [", q_lat.size(0), ", ", q_lat.size(1), ", K], got ",
                 indices.sizes());
@@ -61,9 +65,14 @@ Inputs prepare(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor
 
 class SparseMla : public torch::autograd::Function<SparseMla> {
 public:
-    static variable_list forward(AutogradContext* ctx, const at::Tensor& q_lat_in, const at::Tensor& q_pe_in,
-                                 const at::Tensor& c_kv_in, const at::Tensor& k_pe_in, const at::Tensor& indices_in,
-                                 double scale, int64_t kernel) {
+    static variable_list forward(AutogradContext* ctx,
+                                 const at::Tensor& q_lat_in,
+                                 const at::Tensor& q_pe_in,
+                                 const at::Tensor& c_kv_in,
+                                 const at::Tensor& k_pe_in,
+                                 const at::Tensor& indices_in,
+                                 double scale,
+                                 int64_t kernel) {
         const Inputs in = prepare(q_lat_in, q_pe_in, c_kv_in, k_pe_in, indices_in);
         const c10::cuda::CUDAGuard guard(in.q_lat.device());
         const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.q_lat.device().index()).stream();
@@ -113,8 +122,8 @@ public:
                          &lse = v[6];
         const double scale = ctx->saved_data["scale"].toDouble();
         const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), S = c_kv.size(1);
-        at::Tensor grad_kv = at::zeros({B, S, kernels::kMlaLatentDim + kernels::kMlaRopeDim},
-                                       q_lat.options().dtype(at::kFloat));
+        at::Tensor grad_kv =
+            at::zeros({B, S, kernels::kMlaLatentDim + kernels::kMlaRopeDim}, q_lat.options().dtype(at::kFloat));
         at::Tensor grad_q_lat = at::empty_like(q_lat), grad_q_pe = at::empty_like(q_pe);
         if (!grads[0].defined() || B * T * H == 0 || indices.size(2) == 0) {
             grad_q_lat.zero_();
@@ -157,7 +166,9 @@ public:
 
 }  // namespace
 
-bool sparse_mla_supported(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv,
+bool sparse_mla_supported(const at::Tensor& q_lat,
+                          const at::Tensor& q_pe,
+                          const at::Tensor& c_kv,
                           const at::Tensor& k_pe) {
     const auto bf16_cuda = [&](const at::Tensor& t) {
         return t.defined() && t.is_cuda() && t.scalar_type() == at::kBFloat16 && t.device() == q_lat.device();

@@ -11,11 +11,11 @@
 #include <ATen/ops/einsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/gather.h>
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
@@ -33,10 +33,9 @@ void check_qkv(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor
                 q_lat.sizes(), " and ", q_pe.sizes());
     TORCH_CHECK(c_kv.dim() == 3 && c_kv.size(0) == q_lat.size(0) && c_kv.size(2) == q_lat.size(3),
                 "mla attention: c_kv must be [", q_lat.size(0), ", S, ", q_lat.size(3), "], got ", c_kv.sizes());
-    TORCH_CHECK(k_pe.dim() == 3 && k_pe.size(0) == c_kv.size(0) && k_pe.size(1) == c_kv.size(1) &&
-                    k_pe.size(2) == q_pe.size(3),
-                "mla attention: k_pe must be [", c_kv.size(0), ", ", c_kv.size(1), ", ", q_pe.size(3), "], got ",
-                k_pe.sizes());
+    TORCH_CHECK(
+        k_pe.dim() == 3 && k_pe.size(0) == c_kv.size(0) && k_pe.size(1) == c_kv.size(1) && k_pe.size(2) == q_pe.size(3),
+        "mla attention: k_pe must be [", c_kv.size(0), ", ", c_kv.size(1), ", ", q_pe.size(3), "], got ", k_pe.sizes());
 }
 
 // Softmax over the last dim of fp32 scores [.., K] with −inf for masked entries; rows with no finite entry
@@ -54,12 +53,11 @@ at::ScalarType math_dtype(const at::Tensor& q) { return q.scalar_type() == at::k
 // Backward of one query chunk's softmax from its masked scores s (−inf = masked) and saved lse: P = exp(s − lse)
 // (0 on masked entries and on rows without any, where lse = −inf too) and dS = scale · P ∘ (dP − δ), with
 // dP = dO · Vᵀ and δ = Σ_c dO · O per row. Returns {P, dS}.
-std::pair<at::Tensor, at::Tensor> softmax_backward(const at::Tensor& s, const at::Tensor& lse, const at::Tensor& dp,
-                                                   const at::Tensor& delta, double scale) {
+std::pair<at::Tensor, at::Tensor> softmax_backward(
+    const at::Tensor& s, const at::Tensor& lse, const at::Tensor& dp, const at::Tensor& delta, double scale) {
     const at::Tensor probs = at::where(s.isfinite(), (s - lse.unsqueeze(-1)).exp(), at::zeros({}, s.options()));
     return {probs, (probs * (dp - delta.unsqueeze(-1))).mul_(scale)};
 }
-
 
 // The sparse reference as an autograd function over query chunks (see Note [Dense MLA in query chunks] below for
 // the backward formulas, here over each query's gathered entries): forward keeps out and lse, backward
@@ -68,9 +66,13 @@ std::pair<at::Tensor, at::Tensor> softmax_backward(const at::Tensor& s, const at
 // that plain autograd would keep for backward.
 class SparseMla : public torch::autograd::Function<SparseMla> {
 public:
-    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q_lat,
-                                                  const at::Tensor& q_pe, const at::Tensor& c_kv,
-                                                  const at::Tensor& k_pe, const at::Tensor& indices, double scale,
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                  const at::Tensor& q_lat,
+                                                  const at::Tensor& q_pe,
+                                                  const at::Tensor& c_kv,
+                                                  const at::Tensor& k_pe,
+                                                  const at::Tensor& indices,
+                                                  double scale,
                                                   int64_t chunk) {
         const Fp32Region fp32;
         const at::ScalarType dt = math_dtype(q_lat);
@@ -112,9 +114,9 @@ public:
                 const int64_t n = std::min(chunk, q_lat.size(1) - t0);
                 const Chunk c(q_lat, q_pe, c_kv, k_pe, indices, scale, t0, n, dt);
                 const at::Tensor d_o = d_out.narrow(1, t0, n);
-                const auto [probs, ds] = softmax_backward(c.s, lse.narrow(1, t0, n),
-                                                          at::einsum("bthc,btkc->bthk", {d_o, c.ckv}),
-                                                          delta.narrow(1, t0, n), scale);
+                const auto [probs, ds] =
+                    softmax_backward(c.s, lse.narrow(1, t0, n), at::einsum("bthc,btkc->bthk", {d_o, c.ckv}),
+                                     delta.narrow(1, t0, n), scale);
                 dq_lat.narrow(1, t0, n).copy_(at::einsum("bthk,btkc->bthc", {ds, c.ckv}));
                 dq_pe.narrow(1, t0, n).copy_(at::einsum("bthk,btkr->bthr", {ds, c.kpe}));
                 const int64_t K = c.flat.size(1);
@@ -126,8 +128,13 @@ public:
                 dpe.scatter_add_(1, c.flat.unsqueeze(-1).expand({B, K, R}), d_kpe.reshape({B, K, R}));
             }
         }
-        return {dq_lat.to(q_lat.scalar_type()), dq_pe.to(q_pe.scalar_type()), dkv.to(c_kv.scalar_type()),
-                dpe.to(k_pe.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+        return {dq_lat.to(q_lat.scalar_type()),
+                dq_pe.to(q_pe.scalar_type()),
+                dkv.to(c_kv.scalar_type()),
+                dpe.to(k_pe.scalar_type()),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor()};
     }
 
 private:
@@ -135,8 +142,15 @@ private:
     // s [B, n, H, K] (−inf on invalid slots), flat [B, n·K] the clamped entry indices.
     struct Chunk {
         at::Tensor ckv, kpe, s, flat;
-        Chunk(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& c_kv, const at::Tensor& k_pe,
-              const at::Tensor& indices, double scale, int64_t t0, int64_t n, at::ScalarType dt) {
+        Chunk(const at::Tensor& q_lat,
+              const at::Tensor& q_pe,
+              const at::Tensor& c_kv,
+              const at::Tensor& k_pe,
+              const at::Tensor& indices,
+              double scale,
+              int64_t t0,
+              int64_t n,
+              at::ScalarType dt) {
             const int64_t B = q_lat.size(0), C = c_kv.size(2), R = k_pe.size(2);
             const at::Tensor idx = indices.narrow(1, t0, n);  // [B, n, K] int64, checked < S at the entry
             const int64_t K = idx.size(2);
@@ -185,10 +199,15 @@ namespace {
 // inputs), autocast off inside.
 class DenseMla : public torch::autograd::Function<DenseMla> {
 public:
-    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q_lat,
-                                                  const at::Tensor& q_pe, const at::Tensor& c_kv,
-                                                  const at::Tensor& k_pe, const at::Tensor& query_pos,
-                                                  const at::Tensor& key_valid, double scale, int64_t chunk) {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                  const at::Tensor& q_lat,
+                                                  const at::Tensor& q_pe,
+                                                  const at::Tensor& c_kv,
+                                                  const at::Tensor& k_pe,
+                                                  const at::Tensor& query_pos,
+                                                  const at::Tensor& key_valid,
+                                                  double scale,
+                                                  int64_t chunk) {
         const Fp32Region fp32;
         const at::ScalarType dt = math_dtype(q_lat);
         const at::Tensor kv = c_kv.to(dt), pe = k_pe.to(dt);
@@ -213,8 +232,8 @@ public:
                                                    torch::autograd::variable_list grads) {
         const Fp32Region fp32;
         const auto v = ctx->get_saved_variables();
-        const at::Tensor &q_lat = v[0], &q_pe = v[1], &c_kv = v[2], &k_pe = v[3], &query_pos = v[4],
-                         &key_valid = v[5], &out = v[6], &lse = v[7];
+        const at::Tensor &q_lat = v[0], &q_pe = v[1], &c_kv = v[2], &k_pe = v[3], &query_pos = v[4], &key_valid = v[5],
+                         &out = v[6], &lse = v[7];
         const double scale = ctx->saved_data["scale"].toDouble();
         const int64_t chunk = ctx->saved_data["chunk"].toInt();
         const at::ScalarType dt = math_dtype(q_lat);
@@ -230,9 +249,9 @@ public:
                 const int64_t n = std::min(chunk, q_lat.size(1) - t0);
                 const at::Tensor s = scores(q_lat, q_pe, kv, pe, query_pos, key_valid, scale, t0, n, dt);
                 const at::Tensor d_o = d_out.narrow(1, t0, n);
-                const auto [probs, ds] = softmax_backward(s, lse.narrow(1, t0, n).to(dt),
-                                                          at::einsum("bthc,bsc->bths", {d_o, kv}),
-                                                          delta.narrow(1, t0, n), scale);
+                const auto [probs, ds] =
+                    softmax_backward(s, lse.narrow(1, t0, n).to(dt), at::einsum("bthc,bsc->bths", {d_o, kv}),
+                                     delta.narrow(1, t0, n), scale);
                 const at::Tensor q1 = q_lat.narrow(1, t0, n).to(dt), q2 = q_pe.narrow(1, t0, n).to(dt);
                 dq_lat.narrow(1, t0, n).copy_(at::einsum("bths,bsc->bthc", {ds, kv}));
                 dq_pe.narrow(1, t0, n).copy_(at::einsum("bths,bsr->bthr", {ds, pe}));
@@ -240,21 +259,34 @@ public:
                 dpe += at::einsum("bths,bthr->bsr", {ds, q2});
             }
         }
-        return {dq_lat.to(q_lat.scalar_type()), dq_pe.to(q_pe.scalar_type()), dkv.to(c_kv.scalar_type()),
-                dpe.to(k_pe.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        return {dq_lat.to(q_lat.scalar_type()),
+                dq_pe.to(q_pe.scalar_type()),
+                dkv.to(c_kv.scalar_type()),
+                dpe.to(k_pe.scalar_type()),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor()};
     }
 
 private:
     // Masked scaled scores of queries [t0, t0 + n) over every key: [B, n, H, S] in dt, −inf where invisible.
-    static at::Tensor scores(const at::Tensor& q_lat, const at::Tensor& q_pe, const at::Tensor& kv,
-                             const at::Tensor& pe, const at::Tensor& query_pos, const at::Tensor& key_valid,
-                             double scale, int64_t t0, int64_t n, at::ScalarType dt) {
+    static at::Tensor scores(const at::Tensor& q_lat,
+                             const at::Tensor& q_pe,
+                             const at::Tensor& kv,
+                             const at::Tensor& pe,
+                             const at::Tensor& query_pos,
+                             const at::Tensor& key_valid,
+                             double scale,
+                             int64_t t0,
+                             int64_t n,
+                             at::ScalarType dt) {
         const int64_t num_keys = kv.size(1);
         at::Tensor s = (at::einsum("bthc,bsc->bths", {q_lat.narrow(1, t0, n).to(dt), kv}) +
                         at::einsum("bthr,bsr->bths", {q_pe.narrow(1, t0, n).to(dt), pe}))
                            .mul_(scale);
-        at::Tensor visible =
-            at::arange(num_keys, query_pos.options()).view({1, 1, num_keys}) <= query_pos.narrow(1, t0, n).unsqueeze(-1);
+        at::Tensor visible = at::arange(num_keys, query_pos.options()).view({1, 1, num_keys}) <=
+                             query_pos.narrow(1, t0, n).unsqueeze(-1);
         if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
         return s.masked_fill_(visible.unsqueeze(2).logical_not(), kNegInf);
     }

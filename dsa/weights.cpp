@@ -73,7 +73,8 @@ std::vector<std::pair<std::string, Shape>> expected_shapes(const ModelArch& c) {
         const std::string a = p + "self_attn.";
         out.emplace_back(a + "q_a_proj.weight", Shape{c.q_lora_rank, H});
         out.emplace_back(a + "q_a_layernorm.weight", Shape{c.q_lora_rank});
-        out.emplace_back(a + "q_b_proj.weight", Shape{heads * (c.qk_nope_head_dim + c.qk_rope_head_dim), c.q_lora_rank});
+        out.emplace_back(a + "q_b_proj.weight",
+                         Shape{heads * (c.qk_nope_head_dim + c.qk_rope_head_dim), c.q_lora_rank});
         out.emplace_back(a + "kv_a_proj_with_mqa.weight", Shape{c.kv_lora_rank + c.qk_rope_head_dim, H});
         out.emplace_back(a + "kv_a_layernorm.weight", Shape{c.kv_lora_rank});
         out.emplace_back(a + "kv_b_proj.weight", Shape{heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
@@ -111,8 +112,8 @@ std::vector<std::pair<std::string, Shape>> expected_shapes(const ModelArch& c) {
 }
 
 std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelArch& cfg) {
-    TORCH_CHECK(static_cast<int64_t>(w.layers.size()) == cfg.num_hidden_layers, "model weights have ",
-                w.layers.size(), " layers, the config ", cfg.num_hidden_layers);
+    TORCH_CHECK(static_cast<int64_t>(w.layers.size()) == cfg.num_hidden_layers, "model weights have ", w.layers.size(),
+                " layers, the config ", cfg.num_hidden_layers);
     std::vector<NamedTensor> out;
     out.push_back({"model.embed_tokens.weight", &w.embed_tokens});
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
@@ -215,8 +216,8 @@ ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& c
         }
         if (at::IntArrayRef(info.shape) != shape) {
             throw CheckpointError(absl::StrCat("checkpoint ", reader.file_of(hf_name), ": tensor '", hf_name,
-                                               "' has shape ", shape_str(info.shape), ", the config (",
-                                               reader.dir(), "/config.json) implies ", shape_str(shape)));
+                                               "' has shape ", shape_str(info.shape), ", the config (", reader.dir(),
+                                               "/config.json) implies ", shape_str(shape)));
         }
         consumed.insert(hf_name);
         return reader.load(hf_name, dtype);

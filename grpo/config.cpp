@@ -15,7 +15,8 @@ void bind(Binder& b, GrpoConfig& c) {
              {.doc = "seq_mean: token mean per sequence, then mean over sequences (SPEC §5)."});
     b.field("eps_low", c.loss.eps_low, {.doc = "Clip range below 1.", .min = 0.0, .max = 1.0, .max_open = true});
     b.field("eps_high", c.loss.eps_high, {.doc = "Clip range above 1.", .min = 0.0});
-    b.field("delta", c.loss.delta, {.doc = "Off-policy sequence masking threshold on mean log(pi_old/pi_theta).", .min = 0.0});
+    b.field("delta", c.loss.delta,
+            {.doc = "Off-policy sequence masking threshold on mean log(pi_old/pi_theta).", .min = 0.0});
     b.field("off_policy_mask", c.loss.off_policy_mask, {.doc = "Enable off-policy sequence masking."});
     b.field("keep_routing", c.keep_routing, {.doc = "Policy forwards replay the recorded MoE routes."});
     b.field("keep_sampling_mask", c.keep_sampling_mask,

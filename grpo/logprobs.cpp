@@ -9,14 +9,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/ones_like.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <absl/strings/str_cat.h>
@@ -35,33 +35,49 @@ at::Tensor pack_bits(const at::Tensor& mask) {
     const int64_t vocab = mask.size(1);
     const int64_t pad = (8 - vocab % 8) % 8;
     const at::Tensor m = at::constant_pad_nd(mask.to(at::kByte), {0, pad}).view({mask.size(0), -1, 8});
-    const at::Tensor weights = at::tensor(std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128}, at::kLong).to(mask.device());
+    const at::Tensor weights =
+        at::tensor(std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128}, at::kLong).to(mask.device());
     return (m.to(at::kLong) * weights).sum(-1).to(at::kByte);
 }
 
 at::Tensor unpack_bits(const at::Tensor& bits, int64_t vocab) {
     const at::Tensor shifts = at::arange(8, bits.options().dtype(at::kByte));
-    return bits.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1).view({bits.size(0), -1}).narrow(1, 0, vocab).to(at::kBool);
+    return bits.unsqueeze(-1)
+        .bitwise_right_shift(shifts)
+        .bitwise_and(1)
+        .view({bits.size(0), -1})
+        .narrow(1, 0, vocab)
+        .to(at::kBool);
 }
 
 // Tempered logits of a chunk, −inf outside the kept set.
-at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bits, int64_t start,
-                        int64_t len, double temperature) {
+at::Tensor chunk_logits(const at::Tensor& h,
+                        const at::Tensor& weight,
+                        const at::Tensor& bits,
+                        int64_t start,
+                        int64_t len,
+                        double temperature) {
     // In the hidden states' dtype (bf16 under autocast, where backward may run without it), fp32 out.
-    at::Tensor logits = at::matmul(h.narrow(0, start, len), weight.t().to(h.scalar_type())).to(at::kFloat) / temperature;
+    at::Tensor logits =
+        at::matmul(h.narrow(0, start, len), weight.t().to(h.scalar_type())).to(at::kFloat) / temperature;
     if (bits.defined()) {
-        logits = at::where(unpack_bits(bits.narrow(0, start, len), weight.size(0)), logits,
-                           at::full_like(logits, kNegInf));
+        logits =
+            at::where(unpack_bits(bits.narrow(0, start, len), weight.size(0)), logits, at::full_like(logits, kNegInf));
     }
     return logits;
 }
 
 class ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
 public:
-    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
-                                                  const at::Tensor& weight, const at::Tensor& tokens,
-                                                  const at::Tensor& bits, bool has_kept, double temperature,
-                                                  int64_t chunk, bool entropy) {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                  const at::Tensor& hidden,
+                                                  const at::Tensor& weight,
+                                                  const at::Tensor& tokens,
+                                                  const at::Tensor& bits,
+                                                  bool has_kept,
+                                                  double temperature,
+                                                  int64_t chunk,
+                                                  bool entropy) {
         const int64_t m = hidden.size(0);
         at::Tensor logp = at::empty({m}, hidden.options().dtype(at::kFloat));
         at::Tensor ent = entropy ? at::empty({m}, logp.options()) : at::empty({0}, logp.options());
@@ -105,22 +121,30 @@ public:
                 const at::Tensor idx = tokens.narrow(0, s, len).unsqueeze(1);
                 dlogits.scatter_add_(1, idx, at::ones_like(idx, dlogits.options()));
                 dlogits = dlogits * (g.narrow(0, s, len).to(at::kFloat).unsqueeze(1) / temperature);
-                grad_hidden.narrow(0, s, len).copy_(at::matmul(dlogits.to(hidden.scalar_type()), weight.to(hidden.scalar_type())));
+                grad_hidden.narrow(0, s, len).copy_(
+                    at::matmul(dlogits.to(hidden.scalar_type()), weight.to(hidden.scalar_type())));
                 grad_weight += at::matmul(dlogits.t(), hidden.narrow(0, s, len).to(at::kFloat));
             }
         }
-        return {grad_hidden, grad_weight.to(weight.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(),
-                at::Tensor(), at::Tensor(), at::Tensor()};
+        return {grad_hidden,  grad_weight.to(weight.scalar_type()),
+                at::Tensor(), at::Tensor(),
+                at::Tensor(), at::Tensor(),
+                at::Tensor(), at::Tensor()};
     }
 };
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidden, const at::Tensor& weight,
-                                                         const at::Tensor& tokens, const KeptChunkFn& kept,
-                                                         double temperature, int64_t chunk_tokens, bool entropy) {
-    TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1), "chunked_token_logprobs: ",
-                "hidden must be [M, H] and weight [V, H]; got ", hidden.sizes(), " and ", weight.sizes());
+std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidden,
+                                                         const at::Tensor& weight,
+                                                         const at::Tensor& tokens,
+                                                         const KeptChunkFn& kept,
+                                                         double temperature,
+                                                         int64_t chunk_tokens,
+                                                         bool entropy) {
+    TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
+                "chunked_token_logprobs: ", "hidden must be [M, H] and weight [V, H]; got ", hidden.sizes(), " and ",
+                weight.sizes());
     TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == hidden.size(0), "chunked_token_logprobs: tokens must be [",
                 hidden.size(0), "], got ", tokens.sizes());
     TORCH_CHECK(chunk_tokens >= 1, "chunked_token_logprobs: chunk_tokens must be >= 1, got ", chunk_tokens);
@@ -133,14 +157,16 @@ std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidde
             const int64_t len = std::min(chunk_tokens, m - s);
             const at::Tensor mask = kept(s, len);
             TORCH_CHECK(mask.dim() == 2 && mask.size(0) == len && mask.size(1) == weight.size(0),
-                        "chunked_token_logprobs: kept chunk must be [", len, ", ", weight.size(0), "], got ", mask.sizes());
+                        "chunked_token_logprobs: kept chunk must be [", len, ", ", weight.size(0), "], got ",
+                        mask.sizes());
             parts.push_back(pack_bits(mask.to(hidden.device())));
         }
-        bits = parts.empty() ? at::empty({0, (weight.size(0) + 7) / 8}, hidden.options().dtype(at::kByte)) : at::cat(parts, 0);
+        bits = parts.empty() ? at::empty({0, (weight.size(0) + 7) / 8}, hidden.options().dtype(at::kByte))
+                             : at::cat(parts, 0);
     }
     const double t = temperature > 0 ? temperature : 1.0;
-    auto out = ChunkedLogprob::apply(hidden, weight, tokens.to(hidden.device(), at::kLong), bits, static_cast<bool>(kept), t,
-                                     chunk_tokens, entropy);
+    auto out = ChunkedLogprob::apply(hidden, weight, tokens.to(hidden.device(), at::kLong), bits,
+                                     static_cast<bool>(kept), t, chunk_tokens, entropy);
     return {out[0], entropy ? out[1] : at::Tensor()};
 }
 
@@ -150,7 +176,8 @@ PackedBatch pack_samples(const std::vector<const rollout::Sample*>& samples, int
     int64_t max_len = 1, max_resp = 1;
     for (const rollout::Sample* s : samples) {
         if (s->prompt.empty()) {
-            throw DataError(absl::StrCat("grpo: sample ", s->sample_index, " of prompt ", s->prompt_id, " has an empty prompt"));
+            throw DataError(
+                absl::StrCat("grpo: sample ", s->sample_index, " of prompt ", s->prompt_id, " has an empty prompt"));
         }
         max_len = std::max(max_len, s->num_tokens());
         max_resp = std::max<int64_t>(max_resp, static_cast<int64_t>(s->response.size()));
@@ -174,7 +201,8 @@ PackedBatch pack_samples(const std::vector<const rollout::Sample*>& samples, int
         b.input_ids[i].narrow(0, 0, np + nr).copy_(at::tensor(ids, at::kLong));
         b.attention_mask[i].narrow(0, 0, np + nr).fill_(1);
         if (nr > 0) {
-            b.targets[i].narrow(0, 0, nr).copy_(at::tensor(std::vector<int64_t>(s.response.begin(), s.response.end()), at::kLong));
+            b.targets[i].narrow(0, 0, nr).copy_(
+                at::tensor(std::vector<int64_t>(s.response.begin(), s.response.end()), at::kLong));
             b.valid[i].narrow(0, 0, nr).fill_(1);
             if (!s.logprobs.empty()) b.logp_old[i].narrow(0, 0, nr).copy_(at::tensor(s.logprobs, at::kFloat));
             b.predict_pos[i].narrow(0, 0, nr).copy_(at::arange(np - 1, np + nr - 1, at::kLong));
@@ -196,9 +224,10 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
     dsa::ForwardOptions fopt{.return_logits = false, .return_hidden = true};
     std::vector<at::Tensor> routes;
     if (opt.replay_routes) {
-        if (static_cast<int64_t>(batch.routes.size()) != cfg.num_hidden_layers - std::min(cfg.first_k_dense_replace, cfg.num_hidden_layers)) {
-            throw DataError(absl::StrCat("grpo: keep_routing needs the routing path of every sample (", batch.routes.size(),
-                                         " recorded MoE layers, the model has ",
+        if (static_cast<int64_t>(batch.routes.size()) !=
+            cfg.num_hidden_layers - std::min(cfg.first_k_dense_replace, cfg.num_hidden_layers)) {
+            throw DataError(absl::StrCat("grpo: keep_routing needs the routing path of every sample (",
+                                         batch.routes.size(), " recorded MoE layers, the model has ",
                                          cfg.num_hidden_layers - cfg.first_k_dense_replace, ")"));
         }
         for (const at::Tensor& r : batch.routes) routes.push_back(r.to(device));
@@ -218,14 +247,14 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
             }
         }
     }
-    const dsa::ForwardOutput out =
-        model.forward({batch.input_ids.to(device), batch.attention_mask.to(device)}, fopt);
+    const dsa::ForwardOutput out = model.forward({batch.input_ids.to(device), batch.attention_mask.to(device)}, fopt);
     // The hidden state of every valid (sample, token) prediction, flattened.
     const at::Tensor valid_b = batch.valid.gt(0);
     const at::Tensor flat_valid = valid_b.reshape({-1}).nonzero().squeeze(1);  // indices into [N*T]
     const int64_t len = batch.input_ids.size(1);
     const at::Tensor rows = (at::arange(n, at::kLong).unsqueeze(1) * len + batch.predict_pos).reshape({-1});
-    const at::Tensor hidden = out.hidden.reshape({n * len, -1}).index_select(0, rows.index_select(0, flat_valid).to(device));
+    const at::Tensor hidden =
+        out.hidden.reshape({n * len, -1}).index_select(0, rows.index_select(0, flat_valid).to(device));
     const at::Tensor tokens = batch.targets.reshape({-1}).index_select(0, flat_valid);
     // (sample, token) of each flattened entry, for the kept sets.
     std::vector<std::pair<int64_t, int64_t>> where;

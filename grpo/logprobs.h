@@ -42,9 +42,9 @@ PackedBatch pack_samples(const std::vector<const rollout::Sample*>& samples, int
 struct LogprobOptions {
     bool replay_routes = true;
     bool apply_kept = true;
-    double temperature = 1.0;    ///< the rollout temperature (0 = greedy counts as 1)
+    double temperature = 1.0;  ///< the rollout temperature (0 = greedy counts as 1)
     int64_t chunk_tokens = 1024;
-    bool entropy = false;        ///< also the entropy of each token's (kept-set) distribution
+    bool entropy = false;  ///< also the entropy of each token's (kept-set) distribution
 };
 
 struct LogprobResult {
@@ -59,8 +59,12 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
 /// The chunked autograd function on its own: log softmax(hidden·Wᵀ / T) at `tokens`, renormalized over
 /// `kept(start, len)` ([len, V] bool; an empty callback = full vocabulary). hidden [M, H], weight [V, H].
 using KeptChunkFn = std::function<at::Tensor(int64_t start, int64_t len)>;
-std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidden, const at::Tensor& weight,
-                                                         const at::Tensor& tokens, const KeptChunkFn& kept,
-                                                         double temperature, int64_t chunk_tokens, bool entropy);
+std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidden,
+                                                         const at::Tensor& weight,
+                                                         const at::Tensor& tokens,
+                                                         const KeptChunkFn& kept,
+                                                         double temperature,
+                                                         int64_t chunk_tokens,
+                                                         bool entropy);
 
 }  // namespace dsrl::grpo

@@ -40,7 +40,8 @@ double item(const at::Tensor& t) { return t.item<double>(); }
 
 Advantages compute_advantages(const at::Tensor& rewards, const at::Tensor& group, AdvNorm norm) {
     TORCH_CHECK(rewards.dim() == 1 && group.dim() == 1 && rewards.size(0) == group.size(0),
-                "compute_advantages: rewards and group must both be [N]; got ", rewards.sizes(), " and ", group.sizes());
+                "compute_advantages: rewards and group must both be [N]; got ", rewards.sizes(), " and ",
+                group.sizes());
     const at::Tensor r = rewards.to(at::kDouble).cpu().contiguous();
     const at::Tensor g = group.to(at::kLong).cpu().contiguous();
     const int64_t n = r.size(0);
@@ -91,8 +92,8 @@ LossOutput grpo_loss(const LossInputs& in, const LossOptions& opt) {
     const auto shape = in.logp.sizes();
     TORCH_CHECK(in.logp_old.sizes() == shape && in.valid.sizes() == shape, "grpo_loss: logp_old and valid must be ",
                 shape, "; got ", in.logp_old.sizes(), " and ", in.valid.sizes());
-    TORCH_CHECK(!in.logp_ref.defined() || in.logp_ref.sizes() == shape, "grpo_loss: logp_ref must be ", shape,
-                ", got ", in.logp_ref.sizes());
+    TORCH_CHECK(!in.logp_ref.defined() || in.logp_ref.sizes() == shape, "grpo_loss: logp_ref must be ", shape, ", got ",
+                in.logp_ref.sizes());
     const int64_t n = shape[0];
     TORCH_CHECK(in.adv.dim() == 1 && in.adv.size(0) == n, "grpo_loss: adv must be [", n, "], got ", in.adv.sizes());
     TORCH_CHECK(!in.beta.defined() || (in.beta.dim() == 1 && in.beta.size(0) == n), "grpo_loss: beta must be [", n,
@@ -139,7 +140,8 @@ LossOutput grpo_loss(const LossInputs& in, const LossOptions& opt) {
     TORCH_CHECK(opt.denominator >= 0, "grpo_loss: denominator must be >= 0, got ", opt.denominator);
     const auto aggregate = [&](const at::Tensor& per_token) {
         const bool tokens = opt.agg == LossAgg::kTokenMean;
-        const at::Tensor sum = tokens ? (per_token.sum(1) * weight).sum() : (per_token.sum(1) / safe_lens * weight).sum();
+        const at::Tensor sum =
+            tokens ? (per_token.sum(1) * weight).sum() : (per_token.sum(1) / safe_lens * weight).sum();
         if (opt.denominator > 0) return sum / opt.denominator;
         return sum / (tokens ? (lens * weight).sum() : weight.sum()).clamp_min(1);
     };

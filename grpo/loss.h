@@ -43,8 +43,8 @@ struct LossInputs {
 };
 
 struct LossOutput {
-    at::Tensor loss;        ///< scalar
-    at::Tensor seq_mask;    ///< [N] M_i as 0/1 fp32 (detached)
+    at::Tensor loss;      ///< scalar
+    at::Tensor seq_mask;  ///< [N] M_i as 0/1 fp32 (detached)
     std::map<std::string, double> metrics;
 };
 

@@ -40,19 +40,28 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
         }
     }
     const int64_t n = static_cast<int64_t>(samples.size());
-    const Advantages adv = compute_advantages(at::tensor(rewards, at::kFloat), at::tensor(group_ids, at::kLong), cfg.adv_norm);
+    const Advantages adv =
+        compute_advantages(at::tensor(rewards, at::kFloat), at::tensor(group_ids, at::kLong), cfg.adv_norm);
     bool any_kl = false;
     for (const float b : betas) any_kl |= b > 0;
-    if (any_kl && reference == nullptr) throw ConfigError("grpo: a domain has beta > 0 but no reference model was given");
+    if (any_kl && reference == nullptr)
+        throw ConfigError("grpo: a domain has beta > 0 but no reference model was given");
     const at::Tensor beta_all = at::tensor(betas, at::kFloat);
-    const LogprobOptions pol{.replay_routes = cfg.keep_routing, .apply_kept = cfg.keep_sampling_mask,
-                             .temperature = temperature, .chunk_tokens = cfg.logp_chunk_tokens, .entropy = true};
-    const LogprobOptions ref{.replay_routes = cfg.ref_keep_routing, .apply_kept = cfg.ref_keep_sampling_mask,
-                             .temperature = temperature, .chunk_tokens = cfg.logp_chunk_tokens};
+    const LogprobOptions pol{.replay_routes = cfg.keep_routing,
+                             .apply_kept = cfg.keep_sampling_mask,
+                             .temperature = temperature,
+                             .chunk_tokens = cfg.logp_chunk_tokens,
+                             .entropy = true};
+    const LogprobOptions ref{.replay_routes = cfg.ref_keep_routing,
+                             .apply_kept = cfg.ref_keep_sampling_mask,
+                             .temperature = temperature,
+                             .chunk_tokens = cfg.logp_chunk_tokens};
     const int64_t pad = 0;
     // Mini-batches of whole groups, in order.
-    std::vector<std::vector<int64_t>> batches(static_cast<size_t>(std::min<int64_t>(cfg.mini_batches, std::max<int64_t>(1, static_cast<int64_t>(groups.size())))));
-    for (int64_t i = 0; i < n; ++i) batches[static_cast<size_t>(group_ids[i] % static_cast<int64_t>(batches.size()))].push_back(i);
+    std::vector<std::vector<int64_t>> batches(static_cast<size_t>(
+        std::min<int64_t>(cfg.mini_batches, std::max<int64_t>(1, static_cast<int64_t>(groups.size())))));
+    for (int64_t i = 0; i < n; ++i)
+        batches[static_cast<size_t>(group_ids[i] % static_cast<int64_t>(batches.size()))].push_back(i);
 
     // π_old: recorded by rollout, or recomputed once with the current policy before any update.
     std::vector<at::Tensor> old_logp(batches.size());
@@ -62,10 +71,13 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
         for (const int64_t i : batches[b]) part.push_back(samples[i]);
         const PackedBatch packed = pack_samples(part, pad);
         at::NoGradGuard no_grad;
-        old_logp[b] = cfg.logp_old == LogpOld::kRecompute
-                          ? sequence_logprobs(policy, packed, {.replay_routes = pol.replay_routes, .apply_kept = pol.apply_kept,
-                                                               .temperature = temperature, .chunk_tokens = pol.chunk_tokens}).logp.cpu()
-                          : packed.logp_old;
+        old_logp[b] = cfg.logp_old == LogpOld::kRecompute ? sequence_logprobs(policy, packed,
+                                                                              {.replay_routes = pol.replay_routes,
+                                                                               .apply_kept = pol.apply_kept,
+                                                                               .temperature = temperature,
+                                                                               .chunk_tokens = pol.chunk_tokens})
+                                                                .logp.cpu()
+                                                          : packed.logp_old;
         if (any_kl) ref_logp[b] = sequence_logprobs(*reference, packed, ref).logp.cpu();
     }
 
@@ -98,7 +110,8 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                           .beta = beta_all.index_select(0, idx).to(dev)};
             LossOptions lopt = cfg.loss;
             if (denominator) {
-                lopt.denominator = denominator(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
+                lopt.denominator =
+                    denominator(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
             }
             LossOutput loss = grpo_loss(in, lopt);
             loss.loss.backward();

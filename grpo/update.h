@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "grpo/config.h"
 #include "dsa/model.h"
+#include "grpo/config.h"
 #include "grpo/logprobs.h"
 #include "grpo/loss.h"
 #include "rollout/record.h"
@@ -26,9 +26,9 @@ using Metrics = std::map<std::string, double>;
 /// domain to its KL coefficient (a domain missing from the map is a ConfigError). `step` is called after
 /// each mini-batch's backward. `denominator`, when set, maps this rank's count of a mini-batch (loss_denominator)
 /// to what its loss sum is divided by — under data parallelism the global count over the number of ranks, so
-/// the ranks' averaged gradient is the global mini-batch's mean (trainer::data_parallel_denominator). Returns one metrics map per mini-batch step (loss terms, kl, clip and mask
-/// fractions, ratio statistics, entropy_mean, failed_samples, dropped_groups, reward_mean/<domain> and
-/// reward_std/<domain> over valid rewards).
+/// the ranks' averaged gradient is the global mini-batch's mean (trainer::data_parallel_denominator). Returns one
+/// metrics map per mini-batch step (loss terms, kl, clip and mask fractions, ratio statistics, entropy_mean,
+/// failed_samples, dropped_groups, reward_mean/<domain> and reward_std/<domain> over valid rewards).
 std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const dsa::Model* reference,
                                  const std::vector<rollout::SampleGroup>& groups,

@@ -10,12 +10,16 @@
 
 namespace dsrl::moe {
 
-at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_proj, const at::Tensor& up_proj,
+at::Tensor swiglu(const at::Tensor& x,
+                  const at::Tensor& gate_proj,
+                  const at::Tensor& up_proj,
                   const at::Tensor& down_proj) {
     return at::linear(at::silu(at::linear(x, gate_proj)) * at::linear(x, up_proj), down_proj);
 }
 
-at::Tensor routed_experts(const at::Tensor& x, const at::Tensor& indices, const at::Tensor& weights,
+at::Tensor routed_experts(const at::Tensor& x,
+                          const at::Tensor& indices,
+                          const at::Tensor& weights,
                           const SwiGluWeights& experts) {
     TORCH_CHECK(x.dim() == 2, "moe: x must be [T, H], got ", x.sizes());
     TORCH_CHECK(indices.sizes() == weights.sizes() && indices.dim() == 2 && indices.size(0) == x.size(0),
@@ -25,9 +29,8 @@ at::Tensor routed_experts(const at::Tensor& x, const at::Tensor& indices, const 
     TORCH_CHECK(experts.gate_proj.dim() == 3 && experts.gate_proj.size(2) == x.size(1) &&
                     experts.up_proj.sizes() == experts.gate_proj.sizes() && experts.down_proj.dim() == 3 &&
                     experts.down_proj.size(0) == num_experts && experts.down_proj.size(1) == x.size(1),
-                "moe: expert weights must be gate/up [E, I, ", x.size(1), "] and down [E, ", x.size(1),
-                ", I]; got ", experts.gate_proj.sizes(), ", ", experts.up_proj.sizes(), ", ",
-                experts.down_proj.sizes());
+                "moe: expert weights must be gate/up [E, I, ", x.size(1), "] and down [E, ", x.size(1), ", I]; got ",
+                experts.gate_proj.sizes(), ", ", experts.up_proj.sizes(), ", ", experts.down_proj.sizes());
     at::Tensor y = at::zeros_like(x);
     if (x.size(0) == 0) return y;
     // Group the (token, slot) pairs by expert: one sort, then contiguous runs per expert.
@@ -43,8 +46,8 @@ at::Tensor routed_experts(const at::Tensor& x, const at::Tensor& indices, const 
         const int64_t n = count[e];
         if (n == 0) continue;
         const at::Tensor tokens = token_of.narrow(0, start, n);
-        const at::Tensor out = swiglu(x.index_select(0, tokens), experts.gate_proj[e], experts.up_proj[e],
-                                      experts.down_proj[e]);
+        const at::Tensor out =
+            swiglu(x.index_select(0, tokens), experts.gate_proj[e], experts.up_proj[e], experts.down_proj[e]);
         // Weighted in fp32 (the gate weights' dtype), then cast, as transformers does.
         y = y.index_add(0, tokens, (out * weight_of.narrow(0, start, n).unsqueeze(1)).to(y.scalar_type()));
         start += n;

@@ -23,27 +23,33 @@ struct SwiGluWeights {
 };
 
 struct MoeWeights {
-    at::Tensor gate;                ///< router weight [E, H] fp32 (mlp.gate.weight)
-    at::Tensor bias;                ///< e_score_correction_bias [E] fp32 (a buffer: selection only)
-    SwiGluWeights experts;          ///< [E, I, H], [E, I, H], [E, H, I]
-    SwiGluWeights shared;           ///< [I_s, H], [I_s, H], [H, I_s]; undefined when n_shared_experts == 0
+    at::Tensor gate;        ///< router weight [E, H] fp32 (mlp.gate.weight)
+    at::Tensor bias;        ///< e_score_correction_bias [E] fp32 (a buffer: selection only)
+    SwiGluWeights experts;  ///< [E, I, H], [E, I, H], [E, H, I]
+    SwiGluWeights shared;   ///< [I_s, H], [I_s, H], [H, I_s]; undefined when n_shared_experts == 0
 };
 
 struct MoeOutput {
-    at::Tensor y;   ///< [T, H], dtype of x
-    Route route;    ///< the routing decision (indices are the record for keep-routing)
+    at::Tensor y;  ///< [T, H], dtype of x
+    Route route;   ///< the routing decision (indices are the record for keep-routing)
 };
 
 /// down(silu(gate(x)) ⊙ up(x)) for x [T, H] and one expert's weights.
-at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_proj, const at::Tensor& up_proj,
+at::Tensor swiglu(const at::Tensor& x,
+                  const at::Tensor& gate_proj,
+                  const at::Tensor& up_proj,
                   const at::Tensor& down_proj);
 
 /// Σ_k weights[t, k] · Expert_{indices[t, k]}(x[t]) for x [T, H], indices/weights [T, k].
-at::Tensor routed_experts(const at::Tensor& x, const at::Tensor& indices, const at::Tensor& weights,
+at::Tensor routed_experts(const at::Tensor& x,
+                          const at::Tensor& indices,
+                          const at::Tensor& weights,
                           const SwiGluWeights& experts);
 
 /// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes.
-MoeOutput moe_forward(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt,
+MoeOutput moe_forward(const at::Tensor& x,
+                      const MoeWeights& w,
+                      const RouterOptions& opt,
                       const at::Tensor& replay = {});
 
 }  // namespace dsrl::moe

@@ -21,8 +21,8 @@ void check_options(const RouterOptions& o) {
     TORCH_CHECK(o.n_routed_experts > 0 && o.n_group > 0 && o.n_routed_experts % o.n_group == 0,
                 "router: n_routed_experts (", o.n_routed_experts, ") must be a positive multiple of n_group (",
                 o.n_group, ")");
-    TORCH_CHECK(o.topk_group >= 1 && o.topk_group <= o.n_group, "router: topk_group must be in [1, n_group=",
-                o.n_group, "], got ", o.topk_group);
+    TORCH_CHECK(o.topk_group >= 1 && o.topk_group <= o.n_group, "router: topk_group must be in [1, n_group=", o.n_group,
+                "], got ", o.topk_group);
     const int64_t per_group = o.n_routed_experts / o.n_group;
     TORCH_CHECK(o.n_group == 1 || per_group >= 2, "router: group scores use the top-2 experts of a group; got ",
                 per_group, " expert(s) per group");

@@ -14,7 +14,6 @@
 
 #include <ATen/core/Tensor.h>
 
-
 namespace dsrl::moe {
 
 /// Routing knobs under their Hugging Face names. dsa's ModelArch inherits them (they are config.json fields), so

@@ -16,18 +16,11 @@
 namespace dsrl::rewards {
 namespace {
 
-
 constexpr int kMaxTextDepth = 16;  // nesting of \text{\text{...}} unwrapped recursively; deeper is kept raw
 
-bool is_space(char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-bool is_digit(char c) {
-    return c >= '0' && c <= '9';
-}
-bool is_alpha(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
 bool equals_ignore_case(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
@@ -39,7 +32,6 @@ bool equals_ignore_case(std::string_view a, std::string_view b) {
     }
     return true;
 }
-
 
 // Index of the '}' closing the '{' at `open`, or npos when unbalanced. `\{` and `\}` are escaped braces.
 size_t matching_brace(std::string_view s, size_t open) {
@@ -203,8 +195,8 @@ std::optional<ParsedNumber> parse_plain_number(std::string_view s) {
     }
     ParsedNumber n;
     n.is_integer = dot == std::string_view::npos;
-    const std::string plain = absl::StrCat(
-        negative ? "-" : "", digits.empty() ? "0" : digits, frac_part.empty() ? "" : ".", std::string(frac_part));
+    const std::string plain = absl::StrCat(negative ? "-" : "", digits.empty() ? "0" : digits,
+                                           frac_part.empty() ? "" : ".", std::string(frac_part));
     if (!absl::SimpleAtod(plain, &n.value)) return std::nullopt;
     if (n.is_integer) {
         const size_t nz = digits.find_first_not_of('0');
@@ -339,8 +331,7 @@ std::optional<ParsedNumber> normalize_number(std::string_view s) {
         const size_t b_end = matching_brace(body, a_end + 1);
         if (b_end != body.size() - 1) return std::nullopt;
         return make_fraction(parse_plain_number(body.substr(1, a_end - 1)),
-                             parse_plain_number(body.substr(a_end + 2, b_end - a_end - 2)),
-                             negate);
+                             parse_plain_number(body.substr(a_end + 2, b_end - a_end - 2)), negate);
     }
     const size_t slash = s.find('/');
     if (slash != std::string_view::npos) {

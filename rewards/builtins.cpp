@@ -18,9 +18,10 @@
 
 // Note [Untrusted responses]
 // A response is model output: any bytes, any length, adversarial by construction (RL optimizes against the
-// reward). Every parser (here and in rewards/answer.cpp) is a single forward scan with bounded recursion (kMaxTextDepth), never throws on
-// response text, and each sample is scored in its own try block, so one pathological sample cannot take its
-// batch down. Only configuration (params, at creation) and data (meta of the sample) produce errors.
+// reward). Every parser (here and in rewards/answer.cpp) is a single forward scan with bounded recursion
+// (kMaxTextDepth), never throws on response text, and each sample is scored in its own try block, so one pathological
+// sample cannot take its batch down. Only configuration (params, at creation) and data (meta of the sample) produce
+// errors.
 //
 // Note [Regex engine]
 // libstdc++'s std::regex matches ECMAScript patterns with a recursive backtracking executor whose depth grows
@@ -38,7 +39,7 @@ namespace {
 
 // Scores each sample on its own (Note [Untrusted responses]): an unexpected exception fails that sample only.
 class PerSampleModule : public RewardModule {
-  public:
+public:
     explicit PerSampleModule(std::string name) : name_(std::move(name)) {}
 
     std::vector<RewardResult> score(const std::vector<RewardInput>& batch) override {
@@ -54,24 +55,17 @@ class PerSampleModule : public RewardModule {
         return out;
     }
 
-  protected:
+protected:
     virtual RewardResult score_one(const RewardInput& in) = 0;
     const std::string& name() const { return name_; }
 
     RewardResult missing_meta(const RewardInput& in, const char* key) const {
-        return RewardResult::failure(absl::StrCat(name_,
-                                                  ": sample (domain '",
-                                                  in.domain,
-                                                  "', prompt_id ",
-                                                  in.prompt_id,
-                                                  ") has no meta[\"",
-                                                  key,
-                                                  "\"]; check the dataset's '",
-                                                  key,
+        return RewardResult::failure(absl::StrCat(name_, ": sample (domain '", in.domain, "', prompt_id ", in.prompt_id,
+                                                  ") has no meta[\"", key, "\"]; check the dataset's '", key,
                                                   "' field"));
     }
 
-  private:
+private:
     std::string name_;
 };
 
@@ -80,7 +74,7 @@ class PerSampleModule : public RewardModule {
 }
 
 class MathAnswer final : public PerSampleModule {
-  public:
+public:
     explicit MathAnswer(const Params& p)
         : PerSampleModule(p.module()),
           tol_(p.num("tol", 1e-6)),
@@ -95,8 +89,8 @@ class MathAnswer final : public PerSampleModule {
         const auto ref = in.meta.find("answer");
         if (ref == in.meta.end()) return missing_meta(in, "answer");
         if (normalize_answer(ref->second).empty()) {
-            return RewardResult::failure(absl::StrCat(
-                name(), ": sample (prompt_id ", in.prompt_id, ") has an empty reference answer '", ref->second, "'"));
+            return RewardResult::failure(absl::StrCat(name(), ": sample (prompt_id ", in.prompt_id,
+                                                      ") has an empty reference answer '", ref->second, "'"));
         }
         const std::optional<std::string> got = extract_final_answer(strip_reasoning(in.response), !require_boxed_);
         const bool right = got && answers_equal(*got, ref->second, tol_);
@@ -105,13 +99,13 @@ class MathAnswer final : public PerSampleModule {
         return r;
     }
 
-  private:
+private:
     double tol_, correct_, wrong_;
     bool require_boxed_;
 };
 
 class ExactMatch final : public PerSampleModule {
-  public:
+public:
     explicit ExactMatch(const Params& p)
         : PerSampleModule(p.module()),
           strip_reasoning_(p.flag("strip_reasoning", true)),
@@ -127,7 +121,7 @@ class ExactMatch final : public PerSampleModule {
         return RewardResult::of(canonical(response) == canonical(ref->second) ? 1.0 : 0.0);
     }
 
-  private:
+private:
     std::string canonical(std::string_view s) const {
         s = trim_ascii(s);
         std::string out;
@@ -157,7 +151,7 @@ std::regex compile_pattern(const std::string& pattern) {
 }
 
 class RegexMatch final : public PerSampleModule {
-  public:
+public:
     explicit RegexMatch(const Params& p)
         : PerSampleModule(p.module()),
           pattern_(p.str("pattern", "")),
@@ -167,12 +161,8 @@ class RegexMatch final : public PerSampleModule {
             try {
                 regex_ = std::make_unique<std::regex>(compile_pattern(pattern_));
             } catch (const std::regex_error& e) {
-                bad_param(p,
-                          "pattern",
-                          absl::StrCat("is not a usable ECMAScript regex (",
-                                       e.what(),
-                                       "): '",
-                                       pattern_,
+                bad_param(p, "pattern",
+                          absl::StrCat("is not a usable ECMAScript regex (", e.what(), "): '", pattern_,
                                        "'; back-references are not supported"));
             }
         }
@@ -184,20 +174,15 @@ class RegexMatch final : public PerSampleModule {
         if (re == nullptr) {
             const auto it = in.meta.find("pattern");
             if (it == in.meta.end() || it->second.empty()) {
-                return RewardResult::failure(absl::StrCat(
-                    name(), ": no param 'pattern' and sample (prompt_id ", in.prompt_id, ") has no meta[\"pattern\"]"));
+                return RewardResult::failure(absl::StrCat(name(), ": no param 'pattern' and sample (prompt_id ",
+                                                          in.prompt_id, ") has no meta[\"pattern\"]"));
             }
             try {
                 per_sample = std::make_unique<std::regex>(compile_pattern(it->second));
             } catch (const std::regex_error& e) {
-                return RewardResult::failure(absl::StrCat(name(),
-                                                          ": meta[\"pattern\"] of prompt_id ",
-                                                          in.prompt_id,
-                                                          " is not a usable ECMAScript regex (",
-                                                          e.what(),
-                                                          "): '",
-                                                          it->second,
-                                                          "'"));
+                return RewardResult::failure(absl::StrCat(name(), ": meta[\"pattern\"] of prompt_id ", in.prompt_id,
+                                                          " is not a usable ECMAScript regex (", e.what(), "): '",
+                                                          it->second, "'"));
             }
             re = per_sample.get();
         }
@@ -205,7 +190,7 @@ class RegexMatch final : public PerSampleModule {
         return RewardResult::of(std::regex_search(text.begin(), text.end(), *re) ? 1.0 : 0.0);
     }
 
-  private:
+private:
     std::string pattern_;
     bool strip_reasoning_;
     std::unique_ptr<std::regex> regex_;  // null: the pattern comes from each sample's meta
@@ -218,7 +203,7 @@ size_t count_occurrences(std::string_view s, std::string_view what) {
 }
 
 class Format final : public PerSampleModule {
-  public:
+public:
     explicit Format(const Params& p)
         : PerSampleModule(p.module()),
           open_(p.str("open_tag", "<think>")),
@@ -229,10 +214,9 @@ class Format final : public PerSampleModule {
         if (open_.empty()) bad_param(p, "open_tag", "must be non-empty");
         if (close_.empty()) bad_param(p, "close_tag", "must be non-empty");
         if (open_ == close_ || absl::StrContains(open_, close_) || absl::StrContains(close_, open_)) {
-            bad_param(p,
-                      "close_tag",
-                      absl::StrCat(
-                          "'", close_, "' must differ from open_tag '", open_, "' and neither may contain the other"));
+            bad_param(p, "close_tag",
+                      absl::StrCat("'", close_, "' must differ from open_tag '", open_,
+                                   "' and neither may contain the other"));
         }
     }
 
@@ -250,13 +234,13 @@ class Format final : public PerSampleModule {
         return RewardResult::of(require_answer_ && answer.empty() ? 0.0 : 1.0);
     }
 
-  private:
+private:
     std::string open_, close_;
     bool require_answer_, open_in_prompt_;
 };
 
 class LengthPenalty final : public PerSampleModule {
-  public:
+public:
     enum class Shape { kLinear, kQuadratic, kStep };
 
     explicit LengthPenalty(const Params& p)
@@ -313,22 +297,22 @@ class LengthPenalty final : public PerSampleModule {
         return RewardResult::of(penalty);
     }
 
-  private:
+private:
     int64_t target_, limit_;
     double scale_, truncated_;
     Shape shape_ = Shape::kLinear;
 };
 
 class LanguageConsistency final : public PerSampleModule {
-  public:
+public:
     explicit LanguageConsistency(const Params& p)
         : PerSampleModule(p.module()),
           strip_reasoning_(p.flag("strip_reasoning", true)),
           threshold_(p.num("threshold", 0.0)) {
         p.check_all_used();
         if (threshold_ < 0 || threshold_ > 1) {
-            bad_param(
-                p, "threshold", absl::StrCat("must be in [0, 1] (0 = reward the share itself), got ", threshold_));
+            bad_param(p, "threshold",
+                      absl::StrCat("must be in [0, 1] (0 = reward the share itself), got ", threshold_));
         }
     }
 
@@ -359,7 +343,7 @@ class LanguageConsistency final : public PerSampleModule {
         return result(static_cast<double>(consistent) / static_cast<double>(resp.letters()));
     }
 
-  private:
+private:
     RewardResult result(double share) const {
         RewardResult r = RewardResult::of(threshold_ > 0 ? (share >= threshold_ ? 1.0 : 0.0) : share);
         r.components["share"] = share;
@@ -381,11 +365,9 @@ void register_builtins(Registry& reg) {
     const auto add = [&reg](const std::string& name, const std::string& description, ModuleFactory f) {
         if (!reg.contains(name)) reg.add(name, description, std::move(f));
     };
-    add("math_answer",
-        "final \\boxed{} (or 'Answer:' line) vs meta answer; params tol, correct, wrong, require_boxed",
+    add("math_answer", "final \\boxed{} (or 'Answer:' line) vs meta answer; params tol, correct, wrong, require_boxed",
         factory<MathAnswer>());
-    add("exact_match",
-        "answer part equals meta answer; params strip_reasoning, case_sensitive, normalize_whitespace",
+    add("exact_match", "answer part equals meta answer; params strip_reasoning, case_sensitive, normalize_whitespace",
         factory<ExactMatch>());
     add("regex_match",
         "ECMAScript regex (param pattern or meta pattern) found in the answer part; param strip_reasoning",
@@ -394,8 +376,7 @@ void register_builtins(Registry& reg) {
         "one reasoning block at the start, then an answer; params open_tag, close_tag, require_answer, "
         "open_in_prompt",
         factory<Format>());
-    add("length_penalty",
-        "penalty in [-scale, 0] over a token target; params target, limit, shape, scale, truncated",
+    add("length_penalty", "penalty in [-scale, 0] over a token target; params target, limit, shape, scale, truncated",
         factory<LengthPenalty>());
     add("language_consistency",
         "share of response letters in the prompt's dominant script; params threshold, strip_reasoning",

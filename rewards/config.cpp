@@ -16,7 +16,8 @@ void bind(Binder& b, RewardTermConfig& c) {
 
 void bind(Binder& b, RewardsConfig& c) {
     b.field("plugins", c.plugins, {.doc = "Shared libraries that register reward modules."});
-    b.field("timeout_s", c.timeout_s, {.doc = "Per-batch time limit of a reward module.", .min = 0.0, .min_open = true});
+    b.field("timeout_s", c.timeout_s,
+            {.doc = "Per-batch time limit of a reward module.", .min = 0.0, .min_open = true});
 }
 
 }  // namespace dsrl

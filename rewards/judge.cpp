@@ -22,8 +22,8 @@ GenerativeJudge::GenerativeJudge(std::shared_ptr<JudgeBackend> backend, JudgeOpt
     : backend_(std::move(backend)), opt_(std::move(opt)) {
     if (opt_.prompt_template.empty()) opt_.prompt_template = default_judge_template();
     if (!(opt_.max_score > opt_.min_score)) {
-        throw ConfigError(absl::StrCat("reward module 'judge': max_score (", opt_.max_score, ") must exceed min_score (",
-                                       opt_.min_score, ")"));
+        throw ConfigError(absl::StrCat("reward module 'judge': max_score (", opt_.max_score,
+                                       ") must exceed min_score (", opt_.min_score, ")"));
     }
     try {
         const std::regex re(opt_.score_pattern);
@@ -39,9 +39,9 @@ GenerativeJudge::GenerativeJudge(std::shared_ptr<JudgeBackend> backend, JudgeOpt
 
 std::string GenerativeJudge::render(const RewardInput& in) const {
     const auto it = in.meta.find("rubric");
-    return absl::StrReplaceAll(opt_.prompt_template, {{"{prompt}", in.prompt},
-                                                      {"{response}", in.response},
-                                                      {"{rubric}", it == in.meta.end() ? "" : it->second}});
+    return absl::StrReplaceAll(
+        opt_.prompt_template,
+        {{"{prompt}", in.prompt}, {"{response}", in.response}, {"{rubric}", it == in.meta.end() ? "" : it->second}});
 }
 
 std::vector<RewardResult> GenerativeJudge::score(const std::vector<RewardInput>& batch) {
@@ -69,8 +69,8 @@ std::vector<RewardResult> GenerativeJudge::score(const std::vector<RewardInput>&
         if (!std::regex_search(text, m, re) || !absl::SimpleAtod(m[1].str(), &s)) {
             r = RewardResult::failure(absl::StrCat("judge: no score in its output '", text.substr(0, 80), "'"));
         } else if (s < opt_.min_score || s > opt_.max_score) {
-            r = RewardResult::failure(absl::StrCat("judge: score ", s, " outside [", opt_.min_score, ", ",
-                                                   opt_.max_score, "]"));
+            r = RewardResult::failure(
+                absl::StrCat("judge: score ", s, " outside [", opt_.min_score, ", ", opt_.max_score, "]"));
         } else {
             r = RewardResult::of((s - opt_.min_score) / (opt_.max_score - opt_.min_score));
             r.components["score"] = s;
@@ -84,7 +84,8 @@ void register_judge(Registry& reg, JudgeBackendFactory open) {
     reg.add("judge", "generative reward model: an LLM grades the response against the rubric",
             [open = std::move(open)](const Params& p) -> std::unique_ptr<RewardModule> {
                 const std::string path = p.str("model", "");
-                if (path.empty()) throw ConfigError("reward module 'judge': param 'model' (a checkpoint directory) is required");
+                if (path.empty())
+                    throw ConfigError("reward module 'judge': param 'model' (a checkpoint directory) is required");
                 JudgeOptions o;
                 o.prompt_template = p.str("template", "");
                 o.score_pattern = p.str("score_pattern", o.score_pattern);
@@ -95,7 +96,8 @@ void register_judge(Registry& reg, JudgeBackendFactory open) {
                 o.require_rubric = p.flag("require_rubric", o.require_rubric);
                 const std::string device = p.str("device", "cpu");
                 if (device != "cpu" && device != "cuda") {
-                    throw ConfigError(absl::StrCat("reward module 'judge': device must be cpu or cuda, got '", device, "'"));
+                    throw ConfigError(
+                        absl::StrCat("reward module 'judge': device must be cpu or cuda, got '", device, "'"));
                 }
                 if (o.max_new_tokens < 1 || o.max_batch_size < 1) {
                     throw ConfigError("reward module 'judge': max_new_tokens and max_batch_size must be >= 1");

@@ -36,13 +36,13 @@ using JudgeBackendFactory =
     std::function<std::shared_ptr<JudgeBackend>(const std::string& model, const std::string& device)>;
 
 struct JudgeOptions {
-    std::string prompt_template;   ///< with {prompt}, {response}, {rubric}; empty = the default template
+    std::string prompt_template;  ///< with {prompt}, {response}, {rubric}; empty = the default template
     std::string score_pattern = R"(Score:\s*(-?[0-9]+(?:\.[0-9]+)?))";  ///< first capture group = the score
     double min_score = 0;
     double max_score = 10;
     int64_t max_new_tokens = 32;
     int64_t max_batch_size = 16;
-    bool require_rubric = true;    ///< a sample without meta "rubric" fails (rubrics are per prompt)
+    bool require_rubric = true;  ///< a sample without meta "rubric" fails (rubrics are per prompt)
 };
 
 /// The default judge prompt.

@@ -34,8 +34,8 @@ double Params::num(const std::string& key, double fallback) const {
     if (it == values_.end()) return fallback;
     double v = 0;
     if (!absl::SimpleAtod(it->second, &v) || !std::isfinite(v)) {
-        throw ConfigError(absl::StrCat("reward module '", module_, "': param '", key, "' must be a number, got '",
-                                       it->second, "'"));
+        throw ConfigError(
+            absl::StrCat("reward module '", module_, "': param '", key, "' must be a number, got '", it->second, "'"));
     }
     return v;
 }
@@ -58,8 +58,8 @@ bool Params::flag(const std::string& key, bool fallback) const {
     if (it == values_.end()) return fallback;
     if (it->second == "true" || it->second == "1") return true;
     if (it->second == "false" || it->second == "0") return false;
-    throw ConfigError(absl::StrCat("reward module '", module_, "': param '", key, "' must be true or false, got '",
-                                   it->second, "'"));
+    throw ConfigError(
+        absl::StrCat("reward module '", module_, "': param '", key, "' must be true or false, got '", it->second, "'"));
 }
 
 void Params::check_all_used() const {
@@ -88,7 +88,8 @@ Registry& Registry::global() {
 
 void Registry::add(const std::string& name, const std::string& description, ModuleFactory factory) {
     if (name.empty()) throw ConfigError("reward registry: a module needs a non-empty name");
-    if (entries_.count(name)) throw ConfigError(absl::StrCat("reward registry: module '", name, "' is already registered"));
+    if (entries_.count(name))
+        throw ConfigError(absl::StrCat("reward registry: module '", name, "' is already registered"));
     entries_[name] = {description, std::move(factory)};
 }
 
@@ -137,7 +138,9 @@ struct Guarded {
     std::shared_ptr<std::atomic<bool>> busy = std::make_shared<std::atomic<bool>>(false);
 };
 
-std::vector<RewardResult> run_guarded(const std::string& name, Guarded& g, const std::vector<RewardInput>& batch,
+std::vector<RewardResult> run_guarded(const std::string& name,
+                                      Guarded& g,
+                                      const std::vector<RewardInput>& batch,
                                       double timeout_s) {
     const auto fail_all = [&](const std::string& why) {
         return std::vector<RewardResult>(batch.size(), RewardResult::failure(absl::StrCat(name, ": ", why)));
@@ -161,8 +164,8 @@ std::vector<RewardResult> run_guarded(const std::string& name, Guarded& g, const
             std::future<std::vector<RewardResult>> fut = task.get_future();
             std::thread(std::move(task)).detach();
             if (fut.wait_for(std::chrono::duration<double>(timeout_s)) != std::future_status::ready) {
-                DSRL_LOG(warn) << "reward module '" << name << "' exceeded its " << timeout_s << " s limit on a batch of "
-                               << batch.size() << "; those samples are marked failed";
+                DSRL_LOG(warn) << "reward module '" << name << "' exceeded its " << timeout_s
+                               << " s limit on a batch of " << batch.size() << "; those samples are marked failed";
                 return fail_all(absl::StrCat("timed out after ", timeout_s, " s"));
             }
             out = fut.get();
@@ -189,7 +192,8 @@ DomainReward DomainReward::create(const Registry& reg, const std::vector<RewardT
     DomainReward d;
     d.timeout_s_ = timeout_s;
     for (const RewardTermConfig& t : terms) {
-        if (!std::isfinite(t.weight)) throw ConfigError(absl::StrCat("reward module '", t.module, "': weight must be finite"));
+        if (!std::isfinite(t.weight))
+            throw ConfigError(absl::StrCat("reward module '", t.module, "': weight must be finite"));
         d.terms_.push_back({t.module, t.weight, reg.create(t.module, Params(t.module, t.params)),
                             std::make_shared<std::atomic<bool>>(false)});
     }

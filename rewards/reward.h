@@ -27,18 +27,20 @@ struct RewardInput {
     std::string prompt;
     std::string response;
     int64_t response_tokens = 0;
-    std::string finish_reason;                  ///< "eos", "stop", "length", "context"
-    std::map<std::string, std::string> meta;    ///< "answer", "rubric" and free metadata from the dataset
+    std::string finish_reason;                ///< "eos", "stop", "length", "context"
+    std::map<std::string, std::string> meta;  ///< "answer", "rubric" and free metadata from the dataset
 };
 
 /// A module's verdict for one sample: a finite value, or an error (the sample then counts as failed).
 struct RewardResult {
     double value = std::numeric_limits<double>::quiet_NaN();
-    std::string error;                          ///< non-empty = failed
-    std::map<std::string, double> components;   ///< optional named parts, for logging
+    std::string error;                         ///< non-empty = failed
+    std::map<std::string, double> components;  ///< optional named parts, for logging
     bool ok() const { return error.empty() && std::isfinite(value); }
     static RewardResult of(double v) { return {v, "", {}}; }
-    static RewardResult failure(std::string why) { return {std::numeric_limits<double>::quiet_NaN(), std::move(why), {}}; }
+    static RewardResult failure(std::string why) {
+        return {std::numeric_limits<double>::quiet_NaN(), std::move(why), {}};
+    }
 };
 
 class RewardModule {
@@ -95,8 +97,8 @@ void register_builtins(Registry& reg);
 /// A sample's combined reward in one domain.
 struct ScoredSample {
     double value = std::numeric_limits<double>::quiet_NaN();  ///< Σ weight · term; NaN when failed
-    std::string error;                                         ///< first failing term's reason
-    std::map<std::string, double> components;                  ///< "<module>" and "<module>.<part>"
+    std::string error;                                        ///< first failing term's reason
+    std::map<std::string, double> components;                 ///< "<module>" and "<module>.<part>"
     bool ok() const { return error.empty() && std::isfinite(value); }
 };
 

@@ -15,8 +15,11 @@ void bind(Binder& b, RolloutConfig& c) {
     b.field("temperature", c.sampling.temperature, {.doc = "Sampling temperature (0: greedy).", .min = 0.0});
     b.field("top_p", c.sampling.top_p, {.doc = "Nucleus truncation.", .min = 0.0, .max = 1.0, .min_open = true});
     b.field("top_k", c.sampling.top_k, {.doc = "Top-k truncation (0: off).", .min = 0});
-    b.field("min_p", c.sampling.min_p, {.doc = "Min-p truncation relative to the top probability (0: off).", .min = 0.0,
-                               .max = 1.0, .max_open = true});
+    b.field("min_p", c.sampling.min_p,
+            {.doc = "Min-p truncation relative to the top probability (0: off).",
+             .min = 0.0,
+             .max = 1.0,
+             .max_open = true});
     b.field("max_batch_size", c.max_batch_size, {.doc = "Sequences decoded together.", .min = 1});
     b.field("stop", c.stop, {.doc = "Stop strings (the response ends after the first match)."});
 }

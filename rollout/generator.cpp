@@ -36,7 +36,9 @@ struct Row {
     bool finished = false;
 };
 
-bool ends_with_stop(const text::Tokenizer& tok, const std::vector<int32_t>& response, const std::vector<std::string>& stop,
+bool ends_with_stop(const text::Tokenizer& tok,
+                    const std::vector<int32_t>& response,
+                    const std::vector<std::string>& stop,
                     size_t longest_stop) {
     if (stop.empty()) return false;
     // Decode a tail long enough for any stop string (a token is at least one byte).
@@ -44,12 +46,16 @@ bool ends_with_stop(const text::Tokenizer& tok, const std::vector<int32_t>& resp
     const std::vector<int64_t> tail(response.end() - static_cast<std::ptrdiff_t>(n), response.end());
     const std::string text = tok.decode(tail);
     for (const std::string& s : stop) {
-        if (!s.empty() && text.size() >= s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0) return true;
+        if (!s.empty() && text.size() >= s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0)
+            return true;
     }
     return false;
 }
 
-void generate_batch(const dsa::Model& model, const text::Tokenizer& tok, std::vector<Row>& rows, const GenerateOptions& opt,
+void generate_batch(const dsa::Model& model,
+                    const text::Tokenizer& tok,
+                    std::vector<Row>& rows,
+                    const GenerateOptions& opt,
                     GenerationStats& stats) {
     const ModelConfig& cfg = model.config();
     const int64_t batch = static_cast<int64_t>(rows.size());
@@ -79,7 +85,8 @@ void generate_batch(const dsa::Model& model, const text::Tokenizer& tok, std::ve
     for (int64_t b = 0; b < batch; ++b) {
         const int64_t len = static_cast<int64_t>(rows[b].req->prompt.size());
         rows[b].routes.resize(num_moe);
-        for (int64_t j = 0; j < num_moe; ++j) rows[b].routes[j].push_back(out.routes[j][b].narrow(0, padded - len, len).cpu());
+        for (int64_t j = 0; j < num_moe; ++j)
+            rows[b].routes[j].push_back(out.routes[j][b].narrow(0, padded - len, len).cpu());
     }
     at::Tensor last_logits = out.logits.select(1, padded - 1);  // [A, V]
 
@@ -121,7 +128,8 @@ void generate_batch(const dsa::Model& model, const text::Tokenizer& tok, std::ve
         ++stats.decode_steps;
         stats.decode_row_steps += static_cast<int64_t>(active.size());
         for (size_t i = 0; i < active.size(); ++i) {
-            for (int64_t j = 0; j < num_moe; ++j) rows[active[i]].routes[j].push_back(out.routes[j][static_cast<int64_t>(i)].cpu());
+            for (int64_t j = 0; j < num_moe; ++j)
+                rows[active[i]].routes[j].push_back(out.routes[j][static_cast<int64_t>(i)].cpu());
         }
         // 3. Finished rows leave the batch.
         std::vector<int64_t> keep_pos, still;
@@ -156,7 +164,8 @@ void generate_batch(const dsa::Model& model, const text::Tokenizer& tok, std::ve
 }  // namespace
 
 uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index) {
-    return rng::mix64(rng::derive_seed(base_seed, prompt_id, "rollout-sample") ^ rng::mix64(static_cast<uint64_t>(sample_index) + 1));
+    return rng::mix64(rng::derive_seed(base_seed, prompt_id, "rollout-sample") ^
+                      rng::mix64(static_cast<uint64_t>(sample_index) + 1));
 }
 
 std::vector<Sample> generate(const dsa::Model& model,
@@ -251,8 +260,8 @@ std::vector<SampleGroup> generate_groups(const dsa::Model& model,
     return groups;
 }
 
-at::Tensor recompute_logprobs(const dsa::Model& model, const Sample& sample, double temperature, bool replay_routes,
-                              bool apply_kept) {
+at::Tensor recompute_logprobs(
+    const dsa::Model& model, const Sample& sample, double temperature, bool replay_routes, bool apply_kept) {
     const int64_t np = static_cast<int64_t>(sample.prompt.size());
     const int64_t nr = static_cast<int64_t>(sample.response.size());
     TORCH_CHECK(np >= 1, "recompute_logprobs: empty prompt");
@@ -276,7 +285,8 @@ at::Tensor recompute_logprobs(const dsa::Model& model, const Sample& sample, dou
         kept = at::zeros({nr, logits.size(1)}, at::kBool);
         for (int64_t t = 0; t < nr; ++t) sample.kept[t].fill_mask(kept[t]);
     }
-    const at::Tensor tokens = at::tensor(std::vector<int64_t>(sample.response.begin(), sample.response.end()), at::kLong);
+    const at::Tensor tokens =
+        at::tensor(std::vector<int64_t>(sample.response.begin(), sample.response.end()), at::kLong);
     return token_logprobs(logits, tokens, kept, temperature).cpu();
 }
 

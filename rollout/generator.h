@@ -79,7 +79,7 @@ std::vector<SampleGroup> generate_groups(const dsa::Model& model,
 /// Teacher-forced behaviour log-probs of a sample's response under `model`: one forward over prompt +
 /// response with (optionally) the recorded routes replayed and the recorded kept sets applied — what GRPO
 /// computes for π. Returns fp32 [response.size()] on the CPU.
-at::Tensor recompute_logprobs(const dsa::Model& model, const Sample& sample, double temperature,
-                              bool replay_routes, bool apply_kept);
+at::Tensor recompute_logprobs(
+    const dsa::Model& model, const Sample& sample, double temperature, bool replay_routes, bool apply_kept);
 
 }  // namespace dsrl::rollout

@@ -19,7 +19,7 @@ namespace {
 
 constexpr uint8_t kTagAll = 0, kTagIds = 1, kTagBitmap = 2;
 constexpr int64_t kMaxVocab = int64_t{1} << 31;  // ids are int32
-constexpr int kMaxVarintBytes = 5;                 // a delta <= 2^31 fits 5 × 7 bits
+constexpr int kMaxVarintBytes = 5;               // a delta <= 2^31 fits 5 × 7 bits
 
 int varint_len(uint32_t v) {
     int n = 1;
@@ -87,8 +87,8 @@ void validate_kept(const std::string& bytes, int64_t vocab) {
         case kTagBitmap: {
             const int64_t n = bitmap_bytes(vocab);
             if (static_cast<int64_t>(bytes.size()) != 1 + n) {
-                bad_kept(absl::StrCat("tag 2 (bitmap) over ", vocab, " ids needs ", n, " bytes, got ",
-                                      bytes.size() - 1));
+                bad_kept(
+                    absl::StrCat("tag 2 (bitmap) over ", vocab, " ids needs ", n, " bytes, got ", bytes.size() - 1));
             }
             if (vocab % 8 != 0 && (static_cast<uint8_t>(bytes.back()) >> (vocab % 8)) != 0) {
                 bad_kept(absl::StrCat("bitmap sets bits beyond the vocabulary size ", vocab));
@@ -99,8 +99,8 @@ void validate_kept(const std::string& bytes, int64_t vocab) {
             return;
         }
         default:
-            bad_kept(absl::StrCat("unknown encoding tag ", static_cast<int>(tag),
-                                  " (expected 0 all, 1 ids, 2 bitmap)"));
+            bad_kept(
+                absl::StrCat("unknown encoding tag ", static_cast<int>(tag), " (expected 0 all, 1 ids, 2 bitmap)"));
     }
 }
 

@@ -26,7 +26,7 @@ public:
     /// From encoded bytes (validated: a DataError when malformed or out of range).
     static KeptSet from_bytes(std::string bytes, int64_t vocab);
     std::vector<int32_t> ids() const;
-    int64_t size() const;          ///< number of kept ids
+    int64_t size() const;  ///< number of kept ids
     int64_t vocab() const { return vocab_; }
     bool contains(int32_t id) const;
     /// Writes the set into `row` (bool [vocab], CPU), true = kept.

@@ -260,7 +260,6 @@ void write_sample(Writer& w, const Sample& s) {
 
 }  // namespace
 
-
 const char* finish_reason_name(FinishReason r) {
     switch (r) {
         case FinishReason::kEos:
@@ -312,9 +311,9 @@ void Sample::set_routes(const std::vector<at::Tensor>& per_layer, int64_t n_rout
         }
         TORCH_CHECK(r.size(0) == t && r.size(1) == k, "Sample::set_routes: layer ", l, " routes must be [", t, ", ", k,
                     "] (num_tokens = prompt + response, top_k of layer 0), got ", r.sizes());
-        TORCH_CHECK(!at::isFloatingType(r.scalar_type()) && !at::isComplexType(r.scalar_type()) &&
-                        r.scalar_type() != at::kBool,
-                    "Sample::set_routes: layer ", l, " routes must be integer expert ids, got ", r.scalar_type());
+        TORCH_CHECK(
+            !at::isFloatingType(r.scalar_type()) && !at::isComplexType(r.scalar_type()) && r.scalar_type() != at::kBool,
+            "Sample::set_routes: layer ", l, " routes must be integer expert ids, got ", r.scalar_type());
         const at::Tensor c = r.to(at::kCPU, at::kLong).contiguous();
         const int64_t* p = c.data_ptr<int64_t>();
         for (int64_t i = 0; i < c.numel(); ++i) {

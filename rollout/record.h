@@ -23,22 +23,22 @@ const char* finish_reason_name(FinishReason r);
 struct Sample {
     std::string domain;
     int64_t prompt_id = 0;
-    int32_t sample_index = 0;      ///< 0..G-1 within the group
-    uint64_t seed = 0;             ///< the sampling seed of this sample
+    int32_t sample_index = 0;  ///< 0..G-1 within the group
+    uint64_t seed = 0;         ///< the sampling seed of this sample
     int64_t policy_version = 0;
-    std::vector<int32_t> prompt;   ///< prompt token ids
-    std::vector<int32_t> response; ///< generated ids (including the final EOS when finished by EOS)
+    std::vector<int32_t> prompt;    ///< prompt token ids
+    std::vector<int32_t> response;  ///< generated ids (including the final EOS when finished by EOS)
     FinishReason finish = FinishReason::kLength;
-    std::vector<float> logprobs;   ///< [response.size()] behaviour log-prob of each response token
-    std::vector<KeptSet> kept;     ///< [response.size()] kept set of each sampling step
-    int64_t vocab_size = 0;        ///< vocabulary of the kept sets
+    std::vector<float> logprobs;  ///< [response.size()] behaviour log-prob of each response token
+    std::vector<KeptSet> kept;    ///< [response.size()] kept set of each sampling step
+    int64_t vocab_size = 0;       ///< vocabulary of the kept sets
     /// Routing path: [num_moe_layers, prompt.size() + response.size(), top_k] expert ids, row-major,
     /// stored as uint8 when n_routed_experts <= 256 else uint16 (route_bytes says which: 1 or 2).
     int32_t num_moe_layers = 0;
     int32_t route_top_k = 0;
     int32_t route_bytes = 1;
-    std::vector<uint8_t> routes;   ///< raw little-endian ids, route_bytes per id
-    float reward = 0.0f;           ///< filled by the reward stage (NaN = failed)
+    std::vector<uint8_t> routes;  ///< raw little-endian ids, route_bytes per id
+    float reward = 0.0f;          ///< filled by the reward stage (NaN = failed)
 
     int64_t num_tokens() const { return static_cast<int64_t>(prompt.size() + response.size()); }
     /// Routes of MoE layer `layer` as int64 [num_tokens, top_k].
@@ -51,7 +51,7 @@ struct Sample {
 struct SampleGroup {
     std::string domain;
     int64_t prompt_id = 0;
-    std::vector<Sample> samples;   ///< G samples of one prompt
+    std::vector<Sample> samples;  ///< G samples of one prompt
 };
 
 /// Serialization of a batch of groups.

@@ -59,8 +59,8 @@ at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p)
 }
 
 at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens) {
-    TORCH_CHECK(logp.dim() == 2 && static_cast<int64_t>(gens.size()) == logp.size(0), "sample_rows: ",
-                gens.size(), " generators for logp of shape ", logp.sizes());
+    TORCH_CHECK(logp.dim() == 2 && static_cast<int64_t>(gens.size()) == logp.size(0), "sample_rows: ", gens.size(),
+                " generators for logp of shape ", logp.sizes());
     const int64_t rows = logp.size(0);
     at::Tensor u = at::empty({rows, 1}, at::kDouble);
     for (int64_t b = 0; b < rows; ++b) {
@@ -76,15 +76,18 @@ at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens)
     return at::where(tokens > last_kept, last_kept, tokens);
 }
 
-at::Tensor token_logprobs(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& kept,
-                         double temperature) {
+at::Tensor token_logprobs(const at::Tensor& logits,
+                          const at::Tensor& tokens,
+                          const at::Tensor& kept,
+                          double temperature) {
     TORCH_CHECK(logits.dim() == 2 && tokens.dim() == 1 && tokens.size(0) == logits.size(0),
                 "token_logprobs: logits must be [N, V] and tokens [N]; got ", logits.sizes(), " and ", tokens.sizes());
     TORCH_CHECK(!kept.defined() || kept.sizes() == logits.sizes(), "token_logprobs: kept must be ", logits.sizes(),
                 ", got ", kept.sizes());
     const double t = temperature > 0 ? temperature : 1.0;
     at::Tensor scaled = logits.to(at::kFloat) / t;
-    if (kept.defined()) scaled = at::where(kept.to(scaled.device()).to(at::kBool), scaled, at::full_like(scaled, kNegInf));
+    if (kept.defined())
+        scaled = at::where(kept.to(scaled.device()).to(at::kBool), scaled, at::full_like(scaled, kNegInf));
     const at::Tensor idx = tokens.to(scaled.device(), at::kLong).unsqueeze(1);
     return scaled.gather(1, idx).squeeze(1) - at::logsumexp(scaled, -1);
 }

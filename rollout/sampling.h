@@ -32,7 +32,9 @@ at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens)
 /// log π(tokens) under logits / T renormalized over `kept` (bool [N, V], true = kept; undefined = full
 /// vocabulary): logit/T of the token minus logsumexp of logit/T over the kept ids. logits [N, V] (any float
 /// dtype; computed in fp32), tokens [N] integer. T = 0 (greedy) counts as 1. Differentiable in logits.
-at::Tensor token_logprobs(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& kept,
-                         double temperature);
+at::Tensor token_logprobs(const at::Tensor& logits,
+                          const at::Tensor& tokens,
+                          const at::Tensor& kept,
+                          double temperature);
 
 }  // namespace dsrl::rollout

@@ -16,14 +16,11 @@
 
 namespace dsrl::testing {
 
-::testing::AssertionResult all_close(const std::string& what,
-                                     const at::Tensor& actual,
-                                     const at::Tensor& expected,
-                                     double atol,
-                                     double rtol) {
+::testing::AssertionResult all_close(
+    const std::string& what, const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol) {
     if (actual.sizes() != expected.sizes()) {
-        return ::testing::AssertionFailure() << what << ": shape " << actual.sizes() << " != expected "
-                                             << expected.sizes();
+        return ::testing::AssertionFailure()
+               << what << ": shape " << actual.sizes() << " != expected " << expected.sizes();
     }
     if (actual.numel() == 0) return ::testing::AssertionSuccess();
     const at::Tensor a = actual.detach().to(at::kCPU, at::kDouble).contiguous();
@@ -46,10 +43,11 @@ namespace dsrl::testing {
     const double max_abs = err.nan_to_num(1e300).max().item<double>();
     const double max_rel = rel.nan_to_num(1e300).max().item<double>();
     if (num_bad == 0) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << what << ": " << num_bad << " of " << a.numel() << " elements differ (atol " << atol << ", rtol " << rtol
-           << "); max abs err " << max_abs << ", max rel err " << max_rel << "; worst at " << unravel(worst)
-           << ": actual " << a.flatten()[worst].item<double>() << ", expected " << e.flatten()[worst].item<double>();
+    return ::testing::AssertionFailure() << what << ": " << num_bad << " of " << a.numel() << " elements differ (atol "
+                                         << atol << ", rtol " << rtol << "); max abs err " << max_abs
+                                         << ", max rel err " << max_rel << "; worst at " << unravel(worst)
+                                         << ": actual " << a.flatten()[worst].item<double>() << ", expected "
+                                         << e.flatten()[worst].item<double>();
 }
 
 TempDir::TempDir() : path_(fs::make_temp_dir("dsrl_test_")) {}

@@ -11,11 +11,8 @@ namespace dsrl::testing {
 
 /// Compares two tensors elementwise (after upcasting to float64 on the CPU). On failure the result names
 /// `what`, the max-abs and max-rel error, the worst index and both values there.
-::testing::AssertionResult all_close(const std::string& what,
-                                     const at::Tensor& actual,
-                                     const at::Tensor& expected,
-                                     double atol,
-                                     double rtol = 0.0);
+::testing::AssertionResult all_close(
+    const std::string& what, const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol = 0.0);
 
 /// A fresh directory under the system temp dir, removed at destruction (core/fs.h, no std::filesystem).
 class TempDir {
@@ -48,9 +45,9 @@ double rel_err(const at::Tensor& got, const at::Tensor& want);
 
 /// Skips the current GPU test, printing why, when no CUDA device is visible (tests stay listed and run as
 /// "skipped" on CPU machines; on the GPU machine they run).
-#define DSRL_REQUIRE_CUDA()                                                            \
-    do {                                                                               \
-        if (!::dsrl::testing::cuda_available()) {                                      \
+#define DSRL_REQUIRE_CUDA()                                                             \
+    do {                                                                                \
+        if (!::dsrl::testing::cuda_available()) {                                       \
             GTEST_SKIP() << "no CUDA device visible to this process; GPU test skipped"; \
-        }                                                                              \
+        }                                                                               \
     } while (0)

@@ -10,8 +10,8 @@ namespace dsrl::text {
 namespace {
 
 // Names of ids 0..6; ids 7..15 are "<reserved_N>".
-constexpr const char* kSpecialNames[] = {"<bos>", "<eos>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>",
-                                         "<|end|>"};
+constexpr const char* kSpecialNames[] = {"<bos>",    "<eos>",         "<pad>",  "<|system|>",
+                                         "<|user|>", "<|assistant|>", "<|end|>"};
 constexpr int64_t kNumNamed = sizeof(kSpecialNames) / sizeof(kSpecialNames[0]);
 
 }  // namespace

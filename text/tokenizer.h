@@ -11,11 +11,10 @@
 #include <string>
 #include <vector>
 
-
 namespace dsrl::text {
 
 struct ChatMessage {
-    std::string role;     ///< "system", "user" or "assistant"
+    std::string role;  ///< "system", "user" or "assistant"
     std::string content;
 };
 
@@ -59,7 +58,8 @@ public:
     std::string decode(const std::vector<int64_t>& ids, bool keep_special = false) const override;
     std::string token_string(int64_t id) const override;
     bool is_special(int64_t id) const override;
-    std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const override;
+    std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& messages,
+                                    bool add_generation_prompt) const override;
 
 private:
     int64_t vocab_size_;

@@ -35,9 +35,9 @@
 #include "dsa/model.h"
 #include "dsa/weights.h"
 #include "grpo/loss.h"
-#include "trainer/config.h"
 #include "rollout/record.h"
 #include "text/tokenizer.h"
+#include "trainer/config.h"
 
 namespace {
 
@@ -65,7 +65,8 @@ grpo-loss computes dsrl's GRPO loss (SPEC §5) on `logp`, `logp_old`, `logp_ref`
          grpo.delta, grpo.eps_low, grpo.eps_high, grpo.loss_agg, grpo.adv_norm, grpo.off_policy_mask).
 )";
 
-std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args, size_t first,
+std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args,
+                                               size_t first,
                                                const std::vector<std::string>& allowed) {
     std::map<std::string, std::string> out;
     for (size_t i = first; i < args.size(); ++i) {
@@ -167,7 +168,8 @@ int forward(const std::map<std::string, std::string>& flags) {
     const dsrl::dsa::ForwardOutput out = model.forward(fin, opt);
     const auto t2 = std::chrono::steady_clock::now();
     std::vector<std::pair<std::string, at::Tensor>> tensors{{"logits", out.logits.cpu()}};
-    for (size_t i = 0; i < out.topk.size(); ++i) tensors.emplace_back(absl::StrCat("topk_indices.", i), out.topk[i].cpu());
+    for (size_t i = 0; i < out.topk.size(); ++i)
+        tensors.emplace_back(absl::StrCat("topk_indices.", i), out.topk[i].cpu());
     dsrl::save_safetensors(output, tensors, {{"format", "pt"}, {"producer", "dsrl_tool forward"}});
     const auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     std::cerr << absl::StrFormat("dsrl_tool: loaded %s in %.2fs, forward [%d, %d] in %.2fs, wrote %s\n", dir,
@@ -282,7 +284,8 @@ int grpo_loss_cmd(const std::vector<std::string>& args) {
     double beta = 0.0;
     for (size_t i = 1; i < args.size(); ++i) {
         const std::string& a = args[i];
-        if (i + 1 >= args.size()) throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: ", a, " needs a value\n", kUsage));
+        if (i + 1 >= args.size())
+            throw ConfigError(absl::StrCat("dsrl_tool grpo-loss: ", a, " needs a value\n", kUsage));
         const std::string& v = args[++i];
         if (a == "--input") {
             input = v;
@@ -313,7 +316,8 @@ int grpo_loss_cmd(const std::vector<std::string>& args) {
         if (!in.contains(name)) throw dsrl::DataError(absl::StrCat(input, ": missing tensor '", name, "'"));
         const at::Tensor t = in.get(name);
         if (t.dim() != dim) {
-            throw dsrl::DataError(absl::StrCat(input, ": tensor '", name, "' must have ", dim, " dimensions, got ", t.dim()));
+            throw dsrl::DataError(
+                absl::StrCat(input, ": tensor '", name, "' must have ", dim, " dimensions, got ", t.dim()));
         }
         return t;
     };
@@ -358,7 +362,8 @@ int run(int argc, char** argv) {
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "info") return info(parse_flags(args, 1, {"model"}));
-    if (args[0] == "forward") return forward(parse_flags(args, 1, {"model", "input", "output", "device", "dtype", "path"}));
+    if (args[0] == "forward")
+        return forward(parse_flags(args, 1, {"model", "input", "output", "device", "dtype", "path"}));
     if (args[0] == "rollouts") return rollouts(args);
     if (args[0] == "grpo-loss") return grpo_loss_cmd(args);
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));

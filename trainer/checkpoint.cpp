@@ -1,7 +1,5 @@
 #include "trainer/checkpoint.h"
 
-#include <dirent.h>
-
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -18,8 +16,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/fault.h"
 #include "core/error.h"
+#include "core/fault.h"
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/safetensors.h"
@@ -55,14 +53,10 @@ void barrier(const dist::Communicator* comm) {
 
 std::vector<std::string> step_dirs(const std::string& root) {
     std::vector<std::string> out;
-    DIR* d = ::opendir(root.c_str());
-    if (d == nullptr) return out;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
+    if (!fs::is_dir(root)) return out;
+    for (const std::string& name : fs::list_dir(root)) {
         if (name.rfind("step-", 0) == 0 && name.size() == 13 && fs::is_dir(fs::join(root, name))) out.push_back(name);
     }
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
     return out;
 }
 
@@ -94,7 +88,8 @@ std::string save_checkpoint(const std::string& root,
     fs::write_file_synced(fs::join(tmp, cursors_file(rank)), {Json(state.cursors).dump(2) + "\n"});
     if (rank == 0) {
         // The model at its training dtype (bit-exact resume), then the optimizer and the state.
-        model.save(fs::join(tmp, kModel), {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30});
+        model.save(fs::join(tmp, kModel),
+                   {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30});
         if (reference != nullptr) {
             reference->save(fs::join(tmp, kReference),
                             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
@@ -115,8 +110,8 @@ std::string save_checkpoint(const std::string& root,
         fs::fsync_dir(tmp);
         if (fs::exists(final_dir)) fs::remove_tree(final_dir);  // re-saving the same step replaces it
         if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-            throw CheckpointError(absl::StrCat("checkpoint ", final_dir, ": cannot rename ", tmp, " into place: ",
-                                               std::strerror(errno)));
+            throw CheckpointError(
+                absl::StrCat("checkpoint ", final_dir, ": cannot rename ", tmp, " into place: ", std::strerror(errno)));
         }
         fs::fsync_dir(root);
         fs::write_file_atomic(fs::join(root, kLatest), {name + "\n"},
@@ -144,7 +139,8 @@ std::string resolve_resume(const std::string& root, const std::string& spec) {
     }
     for (const char* need : {kState, kOptimizer, kModel}) {
         if (!fs::exists(fs::join(dir, need))) {
-            throw CheckpointError(absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need));
+            throw CheckpointError(
+                absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need));
         }
     }
     return dir;
@@ -157,7 +153,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     try {
         j = Json::parse(read_text(state_path));
         out.state.step = j.at("step").get<int64_t>();
-        if (j.contains("stage_steps")) out.state.stage_steps = j.at("stage_steps").get<std::map<std::string, int64_t>>();
+        if (j.contains("stage_steps"))
+            out.state.stage_steps = j.at("stage_steps").get<std::map<std::string, int64_t>>();
         out.state.policy_version = j.at("policy_version").get<int64_t>();
         out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
         out.state.world_size = j.at("world_size").get<int>();
@@ -177,7 +174,9 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     if (a != b) {
         std::vector<std::string> diff;
         for (const auto& [k, v] : b.items()) {
-            if (!a.contains(k) || a[k] != v) diff.push_back(absl::StrCat(k, " (checkpoint ", a.contains(k) ? a[k].dump() : "absent", ", job ", v.dump(), ")"));
+            if (!a.contains(k) || a[k] != v)
+                diff.push_back(
+                    absl::StrCat(k, " (checkpoint ", a.contains(k) ? a[k].dump() : "absent", ", job ", v.dump(), ")"));
         }
         throw CheckpointError(absl::StrCat("checkpoint ", dir, " holds another model: ", absl::StrJoin(diff, "; ")));
     }

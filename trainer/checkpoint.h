@@ -29,14 +29,14 @@
 namespace dsrl::trainer {
 
 struct TrainingState {
-    int64_t step = 0;            ///< RL steps completed
+    int64_t step = 0;  ///< RL steps completed
     /// Steps completed by the other stages: "sft", "indexer_warmup", "sparse_train".
     std::map<std::string, int64_t> stage_steps;
     int64_t policy_version = 0;
-    int64_t skipped_steps = 0;   ///< steps skipped for non-finite loss or gradients
+    int64_t skipped_steps = 0;                   ///< steps skipped for non-finite loss or gradients
     std::map<std::string, std::string> cursors;  ///< this rank's data positions (opaque strings per source)
     int world_size = 1;
-    std::string config_yaml;     ///< the resolved job config
+    std::string config_yaml;  ///< the resolved job config
     /// Steps of the whole job (every stage's): checkpoint directories are numbered by it.
     int64_t job_step() const {
         int64_t n = step;

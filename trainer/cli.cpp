@@ -7,7 +7,7 @@
 namespace dsrl::trainer {
 
 namespace {
-const std::vector<std::string> kFlags = {"--config", "--set",   "--resume", "--print-config",
+const std::vector<std::string> kFlags = {"--config",       "--set",   "--resume", "--print-config",
                                          "--print-schema", "--check", "--help"};
 }  // namespace
 

@@ -17,7 +17,9 @@ void bind(Binder& b, RunConfig& c) {
     b.field("seed", c.seed, {.doc = "Base seed; every rank derives its own streams from it.", .min = 0});
     b.field("stages", c.stages,
             {.doc = "Stages run in order.", .choices = {"sft", "indexer_warmup", "sparse_train", "grpo"}});
-    b.field("log_level", c.log_level, {.doc = "Console log level (the environment variable DSRL_LOG_LEVEL, when set, wins).", .choices = {"debug", "info", "warn", "error"}});
+    b.field("log_level", c.log_level,
+            {.doc = "Console log level (the environment variable DSRL_LOG_LEVEL, when set, wins).",
+             .choices = {"debug", "info", "warn", "error"}});
     b.field("device", c.device,
             {.doc = "auto: the GPU of the local rank when CUDA is available, else CPU.",
              .choices = {"auto", "cpu", "cuda"}});
@@ -62,7 +64,8 @@ void bind(Binder& b, TrainerConfig& c) {
     b.field("metrics_file", c.metrics_file, {.doc = "JSON-lines metrics file, relative to run.output_dir."});
     b.field("tensorboard", c.tensorboard, {.doc = "Write TensorBoard event files to <run.output_dir>/tb."});
     b.field("autocast", c.autocast,
-            {.doc = "bf16 autocast on CUDA: fp32 parameters, bf16 matmuls (router and indexer weights stay fp32). No effect on CPU."});
+            {.doc = "bf16 autocast on CUDA: fp32 parameters, bf16 matmuls (router and indexer weights stay fp32). No "
+                    "effect on CPU."});
     b.field("eval_prompts", c.eval_prompts,
             {.doc = "Held-out prompts per domain for greedy accuracy (trainer/evaluate.h); 0 disables.", .min = 0});
     b.field("eval_every", c.eval_every,
@@ -81,7 +84,8 @@ void bind(Binder& b, DomainConfig& c) {
 
 void bind(Binder& b, SftConfig& c) {
     b.field("data", c.data,
-            {.doc = "(prompt, response) JSONL file, or synthetic:<task>. Empty: every domain's data, mixed by the domain weights."});
+            {.doc = "(prompt, response) JSONL file, or synthetic:<task>. Empty: every domain's data, mixed by the "
+                    "domain weights."});
     b.field("steps", c.steps, {.doc = "Optimizer steps of the SFT stage.", .min = 1});
     b.field("max_seq_len", c.max_seq_len, {.doc = "Longer examples are truncated.", .min = 2});
     b.field("lr", c.lr, {.doc = "SFT learning rate.", .min = 0.0});
@@ -101,17 +105,19 @@ void bind(Binder& b, DsaTrainConfig& c) {
     b.field("dense_lm_lr", c.dense_lm_lr, {.doc = "Learning rate of the dense_lm pre-phase.", .min = 0.0});
     b.field("warmup_steps", c.warmup_steps, {.doc = "Optimizer steps of the indexer_warmup stage.", .min = 1});
     b.field("sparse_steps", c.sparse_steps, {.doc = "Optimizer steps of the sparse_train stage.", .min = 1});
-    b.field("indexer_lr", c.indexer_lr, {.doc = "Learning rate of the indexer in both stages (SPEC §3: 1e-3).", .min = 0.0});
+    b.field("indexer_lr", c.indexer_lr,
+            {.doc = "Learning rate of the indexer in both stages (SPEC §3: 1e-3).", .min = 0.0});
     b.field("lr", c.lr,
             {.doc = "Learning rate of the rest of the model in sparse_train. 1e-4 suits the tiny default model; "
                     "real models want SPEC §3's 7.3e-6.",
              .min = 0.0});
     b.field("query_tile", c.query_tile,
             {.doc = "Queries per tile of the indexer losses and the recall metric (memory O(tile·L)).", .min = 1});
-    b.field("eval_batches", c.eval_batches,
-            {.doc = "Held-out batches (of batch_size sequences per rank) of the evaluation at the start and end of each "
-                    "DSA stage (task loss, attention recall); 0 disables it.",
-             .min = 0});
+    b.field(
+        "eval_batches", c.eval_batches,
+        {.doc = "Held-out batches (of batch_size sequences per rank) of the evaluation at the start and end of each "
+                "DSA stage (task loss, attention recall); 0 disables it.",
+         .min = 0});
 }
 
 void bind(Binder& b, JobConfig& c) {
@@ -142,7 +148,8 @@ void bind(Binder& b, JobConfig& c) {
 std::vector<DomainConfig> JobConfig::default_domains() {
     // The demo's two domains: small enough that a tiny model learns them in minutes on 2 CPU cores, hard
     // enough that SFT leaves room for RL to raise the accuracy.
-    DomainConfig reasoning{.name = "reasoning", .weight = 1.0, .data = "synthetic:arithmetic?digits=1&ops=+", .beta = 0.0};
+    DomainConfig reasoning{
+        .name = "reasoning", .weight = 1.0, .data = "synthetic:arithmetic?digits=1&ops=+", .beta = 0.0};
     reasoning.rewards = {{.module = "math_answer", .weight = 1.0}, {.module = "format", .weight = 0.1}};
     DomainConfig alignment{.name = "alignment", .weight = 1.0, .data = "synthetic:echo?words=2", .beta = 0.01};
     alignment.rewards = {{.module = "exact_match", .weight = 1.0}};

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config_binder.h"
 #include "core/config.h"
+#include "core/config_binder.h"
 #include "core/dist/config.h"
 #include "dsa/config.h"
 #include "grpo/config.h"
@@ -34,8 +34,8 @@ struct RunConfig {
     std::vector<std::string> stages = {"sft", "grpo"};
     std::string log_level = "info";
     std::string device = "auto";  ///< auto | cpu | cuda
-    double lock_wait_s = 30.0;     ///< how long a job waits for another job's lock on output_dir
-    bool overwrite = false;        ///< a fresh start may delete an earlier job's checkpoints and outputs
+    double lock_wait_s = 30.0;    ///< how long a job waits for another job's lock on output_dir
+    bool overwrite = false;       ///< a fresh start may delete an earlier job's checkpoints and outputs
 };
 
 struct CheckpointConfig {
@@ -73,15 +73,15 @@ struct TrainerConfig {
     bool tensorboard = true;
     bool autocast = true;       ///< bf16 autocast on CUDA (fp32 parameters); no effect on CPU
     int64_t eval_prompts = 64;  ///< per domain; 0 disables evaluation
-    int64_t eval_every = 25;     ///< RL steps between evaluations; 0: before and after the grpo stage only
+    int64_t eval_every = 25;    ///< RL steps between evaluations; 0: before and after the grpo stage only
 };
 
 struct DomainConfig {
     std::string name;
     double weight = 1.0;
-    std::string data;  ///< JSONL file, or synthetic:<task>
+    std::string data;       ///< JSONL file, or synthetic:<task>
     std::string eval_data;  ///< held-out prompts for accuracy; empty: `data` (another stream when synthetic)
-    double beta = 0.0;  ///< KL coefficient for this domain
+    double beta = 0.0;      ///< KL coefficient for this domain
     std::vector<RewardTermConfig> rewards;
 };
 
@@ -96,13 +96,13 @@ struct SftConfig {
 struct DsaTrainConfig {
     std::string data = "synthetic:retrieval";  ///< token stream: synthetic:retrieval?... or a JSONL {"text"} file
     int64_t seq_len = 64;
-    int64_t batch_size = 8;          ///< sequences per rank and step
-    int64_t dense_lm_steps = 0;      ///< dense LM steps before the warm-up (tests/experiments from scratch)
+    int64_t batch_size = 8;      ///< sequences per rank and step
+    int64_t dense_lm_steps = 0;  ///< dense LM steps before the warm-up (tests/experiments from scratch)
     double dense_lm_lr = 1e-3;
-    int64_t warmup_steps = 200;      ///< steps of the indexer_warmup stage
-    int64_t sparse_steps = 200;      ///< steps of the sparse_train stage
-    double indexer_lr = 1e-3;        ///< SPEC §3
-    double lr = 1e-4;                ///< the rest of the model in sparse_train (tiny model; real models 7.3e-6)
+    int64_t warmup_steps = 200;  ///< steps of the indexer_warmup stage
+    int64_t sparse_steps = 200;  ///< steps of the sparse_train stage
+    double indexer_lr = 1e-3;    ///< SPEC §3
+    double lr = 1e-4;            ///< the rest of the model in sparse_train (tiny model; real models 7.3e-6)
     int64_t query_tile = 128;
     int64_t eval_batches = 4;
 };
@@ -140,6 +140,5 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
 
 /// The job config as resolved YAML.
 std::string to_yaml(JobConfig& cfg);
-
 
 }  // namespace dsrl

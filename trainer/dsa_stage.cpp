@@ -6,9 +6,9 @@
 #include <chrono>
 #include <cstdio>
 
+#include "data/token_data.h"
 #include "trainer/dsa_stages.h"
 #include "trainer/stages.h"
-#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -25,20 +25,21 @@ struct DsaData {
         const bool synthetic = job.dsa.data.rfind("synthetic:", 0) == 0;
         auto src = data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "");
         const int64_t held_out = synthetic ? 0 : job.dsa.eval_batches * job.dsa.batch_size * comm.size();
-        data::TokenStream eval_stream(synthetic ? data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "", 1000003) : src,
-                                comm.rank(), comm.size());
+        data::TokenStream eval_stream(
+            synthetic ? data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "", 1000003) : src, comm.rank(),
+            comm.size());
         for (int64_t i = 0; i < job.dsa.eval_batches; ++i) eval_batches.push_back(eval_stream.next(job.dsa.batch_size));
         stream = std::make_unique<data::TokenStream>(src, comm.rank(), comm.size(), held_out);
     }
 };
 
-using DsaStepFn = std::map<std::string, double> (*)(dsa::Model&, AdamW&, const data::TokenBatch&, const JobConfig&,
-                                                    const dist::Communicator*, double);
+using DsaStepFn = std::map<std::string, double> (*)(
+    dsa::Model&, AdamW&, const data::TokenBatch&, const JobConfig&, const dist::Communicator*, double);
 
 class DsaStage final : public Stage {
 public:
-    DsaStage(JobContext& ctx, std::shared_ptr<DsaData> data, std::string name, int64_t total, DsaStepFn fn,
-             bool with_eval)
+    DsaStage(
+        JobContext& ctx, std::shared_ptr<DsaData> data, std::string name, int64_t total, DsaStepFn fn, bool with_eval)
         : ctx_(ctx), data_(std::move(data)), name_(std::move(name)), total_(total), fn_(fn), with_eval_(with_eval) {}
 
     std::string name() const override { return name_; }
@@ -60,7 +61,8 @@ public:
     double globalize(std::map<std::string, double>&, int world) const override { return batch_tokens_ * world; }
     std::string console_text(const std::map<std::string, double>& m) const override {
         std::string extra;
-        if (m.count("lm_loss")) absl::StrAppendFormat(&extra, " (lm %.4f indexer %.4f)", m.at("lm_loss"), m.at("indexer_loss"));
+        if (m.count("lm_loss"))
+            absl::StrAppendFormat(&extra, " (lm %.4f indexer %.4f)", m.at("lm_loss"), m.at("indexer_loss"));
         if (m.count("recall_mean")) absl::StrAppendFormat(&extra, "  recall %.3f", m.at("recall_mean"));
         return absl::StrFormat("loss %.4f%s  grad_norm %.3f", m.at("loss"), extra, m.at("grad_norm"));
     }
@@ -85,11 +87,12 @@ private:
         m["eval_seconds"] = std::chrono::duration<double>(Clock::now() - t0).count();
         ctx_.metrics->write("dsa_eval", ctx_.state.job_step(), m);
         if (ctx_.comm.rank() == 0) {
-            std::printf("[dsa_eval] %s %s: task_loss dense %.4f sparse %.4f  recall %.3f (best possible %.3f)  "
-                        "(k=%ld, %ld batches, %.1fs)\n",
-                        name_.c_str(), at_end ? "end" : "start", m["task_loss_dense"], m["task_loss_sparse"],
-                        m["recall_mean"], m["recall_oracle_mean"], long(ctx_.policy.config().index_topk),
-                        long(data_->eval_batches.size()), m["eval_seconds"]);
+            std::printf(
+                "[dsa_eval] %s %s: task_loss dense %.4f sparse %.4f  recall %.3f (best possible %.3f)  "
+                "(k=%ld, %ld batches, %.1fs)\n",
+                name_.c_str(), at_end ? "end" : "start", m["task_loss_dense"], m["task_loss_sparse"], m["recall_mean"],
+                m["recall_oracle_mean"], long(ctx_.policy.config().index_topk), long(data_->eval_batches.size()),
+                m["eval_seconds"]);
             std::fflush(stdout);
         }
     }
@@ -112,7 +115,8 @@ std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text:
     for (const std::string& name : job.run.stages) {
         if (name == "indexer_warmup") {
             // dsa.dense_lm_steps: dense LM training first (a dense-trained model to convert, for experiments).
-            out.push_back(std::make_unique<DsaStage>(ctx, data, "dense_lm", job.dsa.dense_lm_steps, &dense_lm_step, false));
+            out.push_back(
+                std::make_unique<DsaStage>(ctx, data, "dense_lm", job.dsa.dense_lm_steps, &dense_lm_step, false));
             out.push_back(
                 std::make_unique<DsaStage>(ctx, data, name, job.dsa.warmup_steps, &indexer_warmup_step, true));
         } else if (name == "sparse_train") {

@@ -60,8 +60,12 @@ void add_recall(const dsa::ForwardOutput& out, int64_t tile, std::map<std::strin
 
 // Averages, clips and steps `trained` (a subset of opt.params(); the rest have no gradient); then drops every
 // gradient and restores lr scale 1 (a later stage must not inherit this stage's parameter groups).
-void finish_step(AdamW& opt, const std::vector<Param>& trained, double lr, const JobConfig& job,
-                 const dist::Communicator* comm, std::map<std::string, double>* m) {
+void finish_step(AdamW& opt,
+                 const std::vector<Param>& trained,
+                 double lr,
+                 const JobConfig& job,
+                 const dist::Communicator* comm,
+                 std::map<std::string, double>* m) {
     average_gradients(trained, comm);
     const ClipResult c = clip_grad_norm(trained, job.trainer.optimizer.grad_clip);
     (*m)["grad_norm"] = c.norm;
@@ -89,18 +93,24 @@ std::pair<at::Tensor, int64_t> masked_nll_sum(const at::Tensor& logits, const da
     return {(nll * mask.to(nll.scalar_type())).sum(), mask.sum().item<int64_t>()};
 }
 
-std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                                  const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
+std::map<std::string, double> indexer_warmup_step(dsa::Model& model,
+                                                  AdamW& opt,
+                                                  const data::TokenBatch& batch,
+                                                  const JobConfig& job,
+                                                  const dist::Communicator* comm,
+                                                  double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
     const std::vector<Param> indexer = select(opt.params(), true);
     std::map<std::string, double> m;
     {
         FreezeScope frozen(select(opt.params(), false));
-        const dsa::ForwardOutput out = model.forward(
-            input_of(batch, model), {.return_logits = false, .return_topk = true, .return_indexer = true,
-                                     .return_attention = true, .detach_indexer_inputs = true,
-                                     .path = dsa::AttentionPath::kDense});
+        const dsa::ForwardOutput out = model.forward(input_of(batch, model), {.return_logits = false,
+                                                                              .return_topk = true,
+                                                                              .return_indexer = true,
+                                                                              .return_attention = true,
+                                                                              .detach_indexer_inputs = true,
+                                                                              .path = dsa::AttentionPath::kDense});
         at::Tensor loss = at::zeros({}, at::TensorOptions().device(model.device()));
         for (size_t i = 0; i < out.indexer.size(); ++i) {
             loss = loss + dsa::indexer_warmup_loss(out.indexer[i], out.attention[i], out.query_pos, out.key_valid,
@@ -116,17 +126,23 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt,
     return m;
 }
 
-std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                                const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
+std::map<std::string, double> sparse_train_step(dsa::Model& model,
+                                                AdamW& opt,
+                                                const data::TokenBatch& batch,
+                                                const JobConfig& job,
+                                                const dist::Communicator* comm,
+                                                double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     const double lr = lr_factor * job.dsa.lr;
     const double indexer_scale = lr > 0 ? job.dsa.indexer_lr / lr : 0.0;
     opt.set_lr_scales([&](const std::string& name) { return is_indexer_param(name) ? indexer_scale : 1.0; });
     std::map<std::string, double> m;
     {
-        const dsa::ForwardOutput out = model.forward(
-            input_of(batch, model), {.return_topk = true, .return_indexer = true, .return_attention = true,
-                                     .detach_indexer_inputs = true, .path = dsa::AttentionPath::kSparse});
+        const dsa::ForwardOutput out = model.forward(input_of(batch, model), {.return_topk = true,
+                                                                              .return_indexer = true,
+                                                                              .return_attention = true,
+                                                                              .detach_indexer_inputs = true,
+                                                                              .path = dsa::AttentionPath::kSparse});
         const auto [nll_sum, count] = masked_nll_sum(out.logits, batch);
         const at::Tensor lm = nll_sum / static_cast<double>(std::max<int64_t>(1, count));
         at::Tensor l_i = at::zeros({}, at::TensorOptions().device(model.device()));
@@ -148,8 +164,12 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, c
     return m;
 }
 
-std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                            const JobConfig& job, const dist::Communicator* comm, double lr_factor) {
+std::map<std::string, double> dense_lm_step(dsa::Model& model,
+                                            AdamW& opt,
+                                            const data::TokenBatch& batch,
+                                            const JobConfig& job,
+                                            const dist::Communicator* comm,
+                                            double lr_factor) {
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
     std::map<std::string, double> m;
@@ -165,8 +185,10 @@ std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const
     return m;
 }
 
-std::map<std::string, double> dsa_evaluate(const dsa::Model& model, const std::vector<data::TokenBatch>& batches,
-                                           const JobConfig& job, const dist::Communicator* comm) {
+std::map<std::string, double> dsa_evaluate(const dsa::Model& model,
+                                           const std::vector<data::TokenBatch>& batches,
+                                           const JobConfig& job,
+                                           const dist::Communicator* comm) {
     at::NoGradGuard no_grad;
     const int64_t layers = model.config().num_hidden_layers;
     // [nll dense, nll sparse, target count, queries, recall·queries per layer, oracle recall·queries per layer]
@@ -181,12 +203,12 @@ std::map<std::string, double> dsa_evaluate(const dsa::Model& model, const std::v
         sums[2] += static_cast<double>(count);
         sums[3] += static_cast<double>(queries);
         for (int64_t i = 0; i < layers; ++i) {
-            sums[4 + i] += static_cast<double>(queries) *
-                           dsa::attention_recall(dense.attention[i], dense.topk[i], dense.query_pos, dense.key_valid,
-                                                 job.dsa.query_tile);
-            sums[4 + layers + i] += static_cast<double>(queries) *
-                                    dsa::attention_recall_oracle(dense.attention[i], k, dense.query_pos,
-                                                                 dense.key_valid, job.dsa.query_tile);
+            sums[4 + i] +=
+                static_cast<double>(queries) * dsa::attention_recall(dense.attention[i], dense.topk[i], dense.query_pos,
+                                                                     dense.key_valid, job.dsa.query_tile);
+            sums[4 + layers + i] +=
+                static_cast<double>(queries) * dsa::attention_recall_oracle(dense.attention[i], k, dense.query_pos,
+                                                                            dense.key_valid, job.dsa.query_tile);
         }
         const dsa::ForwardOutput sparse = model.forward(input_of(b, model), {.path = dsa::AttentionPath::kSparse});
         sums[1] += masked_nll_sum(sparse.logits, b).first.item<double>();

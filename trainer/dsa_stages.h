@@ -18,28 +18,37 @@
 #include <string>
 #include <vector>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
-#include "dsa/model.h"
-#include "trainer/optimizer.h"
 #include "data/token_data.h"
+#include "dsa/model.h"
+#include "trainer/config.h"
+#include "trainer/optimizer.h"
 
 namespace dsrl::trainer {
 
 /// True for the lightning indexer's tensors (HF names containing ".self_attn.indexer.").
 bool is_indexer_param(const std::string& name);
 
-std::map<std::string, double> indexer_warmup_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                                  const JobConfig& job, const dist::Communicator* comm,
-    double lr_factor = 1.0);
+std::map<std::string, double> indexer_warmup_step(dsa::Model& model,
+                                                  AdamW& opt,
+                                                  const data::TokenBatch& batch,
+                                                  const JobConfig& job,
+                                                  const dist::Communicator* comm,
+                                                  double lr_factor = 1.0);
 
-std::map<std::string, double> sparse_train_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                                const JobConfig& job, const dist::Communicator* comm,
-    double lr_factor = 1.0);
+std::map<std::string, double> sparse_train_step(dsa::Model& model,
+                                                AdamW& opt,
+                                                const data::TokenBatch& batch,
+                                                const JobConfig& job,
+                                                const dist::Communicator* comm,
+                                                double lr_factor = 1.0);
 
-std::map<std::string, double> dense_lm_step(dsa::Model& model, AdamW& opt, const data::TokenBatch& batch,
-                                            const JobConfig& job, const dist::Communicator* comm,
-    double lr_factor = 1.0);
+std::map<std::string, double> dense_lm_step(dsa::Model& model,
+                                            AdamW& opt,
+                                            const data::TokenBatch& batch,
+                                            const JobConfig& job,
+                                            const dist::Communicator* comm,
+                                            double lr_factor = 1.0);
 
 /// The schedule of the DSA stages: lr_at(trainer.optimizer, step, total) / trainer.optimizer.lr (linear warm-up
 /// over trainer.optimizer.warmup_steps, then cosine to min_lr_ratio, or constant), 1 when that lr is 0.
@@ -50,8 +59,10 @@ double dsa_lr_factor(const OptimizerConfig& c, int64_t step, int64_t total);
 /// "recall_mean" (dense attention mass inside the indexer's top-k), "recall_oracle/layer<i>" and
 /// "recall_oracle_mean" (the mass of the k heaviest keys: the ceiling of the recall at k = model.index_topk);
 /// every rank returns the same figures.
-std::map<std::string, double> dsa_evaluate(const dsa::Model& model, const std::vector<data::TokenBatch>& batches,
-                                           const JobConfig& job, const dist::Communicator* comm);
+std::map<std::string, double> dsa_evaluate(const dsa::Model& model,
+                                           const std::vector<data::TokenBatch>& batches,
+                                           const JobConfig& job,
+                                           const dist::Communicator* comm);
 
 /// Next-token NLL over the loss mask: (sum, count) of −log p(ids[t + 1]) at positions with loss_mask[t].
 /// logits [B, L, V] fp32; returns a differentiable scalar sum and the count.

@@ -62,13 +62,14 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
             std::vector<rewards::RewardInput> inputs;
             for (size_t i = 0; i < samples.size(); ++i) {
                 const rollout::Sample& s = samples[i];
-                inputs.push_back({.domain = d.name,
-                                  .prompt_id = s.prompt_id,
-                                  .prompt = items[i].prompt,
-                                  .response = tokenizer_.decode(std::vector<int64_t>(s.response.begin(), s.response.end())),
-                                  .response_tokens = static_cast<int64_t>(s.response.size()),
-                                  .finish_reason = rollout::finish_reason_name(s.finish),
-                                  .meta = items[i].meta});
+                inputs.push_back(
+                    {.domain = d.name,
+                     .prompt_id = s.prompt_id,
+                     .prompt = items[i].prompt,
+                     .response = tokenizer_.decode(std::vector<int64_t>(s.response.begin(), s.response.end())),
+                     .response_tokens = static_cast<int64_t>(s.response.size()),
+                     .finish_reason = rollout::finish_reason_name(s.finish),
+                     .meta = items[i].meta});
             }
             for (const rewards::ScoredSample& r : d.reward->score(inputs)) {
                 if (!r.ok()) {

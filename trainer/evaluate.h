@@ -16,12 +16,12 @@
 #include <string>
 #include <vector>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
-#include "dsa/model.h"
 #include "data/prompts.h"
+#include "dsa/model.h"
 #include "rewards/reward.h"
 #include "text/tokenizer.h"
+#include "trainer/config.h"
 
 namespace dsrl::trainer {
 

@@ -56,14 +56,16 @@ public:
         // run uses the same one. grpo.ref_on_cpu keeps it in host memory (its log-probs are computed there).
         if (any_kl && !ctx_.reference) {
             const c10::Device ref_device = job.grpo.ref_on_cpu ? c10::Device(c10::kCPU) : ctx_.device;
-            ctx_.reference = ctx_.reference_dir.empty()
-                                 ? std::make_unique<dsa::Model>(clone_model(ctx_.policy, ref_device))
-                                 : std::make_unique<dsa::Model>(dsa::Model::load(ctx_.reference_dir, job.model, ref_device));
+            ctx_.reference =
+                ctx_.reference_dir.empty()
+                    ? std::make_unique<dsa::Model>(clone_model(ctx_.policy, ref_device))
+                    : std::make_unique<dsa::Model>(dsa::Model::load(ctx_.reference_dir, job.model, ref_device));
         }
         // Fresh moments and step count: the lr schedule (warm-up, cosine) counts the stage's own optimizer steps.
         if (fresh) ctx_.optimizer.reset_state();
         if (job.trainer.eval_prompts > 0) evaluator_ = std::make_unique<Evaluator>(job, tok_, "");
-        rl_ = std::make_unique<RlStep>(job, ctx_.policy, ctx_.reference.get(), tok_, domains_, ctx_.optimizer, &ctx_.comm);
+        rl_ = std::make_unique<RlStep>(job, ctx_.policy, ctx_.reference.get(), tok_, domains_, ctx_.optimizer,
+                                       &ctx_.comm);
         if (evaluator_ && fresh && !ctx_.state.cursors.count("eval_before")) {
             // The figures before RL are kept in the checkpoint state, so the final summary survives a resume.
             std::string before;

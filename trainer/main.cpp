@@ -3,17 +3,17 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "trainer/config.h"
-#include "core/logging.h"
-#include "core/main_guard.h"
-#include "rewards/plugin.h"
-#include "data/prompts.h"
-#include "rewards/reward.h"
-#include "trainer/cli.h"
-#include "trainer/judge_backend.h"
-#include "trainer/train.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
+#include "core/logging.h"
+#include "core/main_guard.h"
+#include "data/prompts.h"
+#include "rewards/plugin.h"
+#include "rewards/reward.h"
+#include "trainer/cli.h"
+#include "trainer/config.h"
+#include "trainer/judge_backend.h"
+#include "trainer/train.h"
 
 #include <absl/strings/str_join.h>
 

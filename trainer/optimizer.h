@@ -24,8 +24,8 @@ namespace dsrl::trainer {
 
 struct Param {
     std::string name;
-    at::Tensor tensor;   ///< the parameter (requires_grad); updated in place
-    bool decay = true;   ///< weight decay applies (false for norms and biases)
+    at::Tensor tensor;      ///< the parameter (requires_grad); updated in place
+    bool decay = true;      ///< weight decay applies (false for norms and biases)
     double lr_scale = 1.0;  ///< this parameter's learning rate = lr · lr_scale (parameter groups)
 };
 
@@ -66,8 +66,8 @@ private:
 double lr_at(const OptimizerConfig& c, int64_t step, int64_t total);
 
 struct ClipResult {
-    double norm = 0;      ///< global L2 norm of the finite gradient elements, before clipping
-    bool finite = true;   ///< false when any gradient element is NaN/Inf (then nothing is scaled)
+    double norm = 0;     ///< global L2 norm of the finite gradient elements, before clipping
+    bool finite = true;  ///< false when any gradient element is NaN/Inf (then nothing is scaled)
 };
 /// Scales all gradients so their global norm is at most `max_norm` (<= 0: no clipping, norm still reported).
 ClipResult clip_grad_norm(const std::vector<Param>& params, double max_norm);

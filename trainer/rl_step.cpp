@@ -10,8 +10,8 @@
 #include <absl/strings/str_cat.h>
 
 #include <algorithm>
-#include <functional>
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -28,7 +28,7 @@ std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string
         r.weight = d.weight;
         r.beta = d.beta;
         r.sampler = std::make_shared<data::PromptSampler>(data::make_prompt_source(d.data, d.name, base_dir),
-                                                             rng::derive_seed(job.run.seed, 0, "prompts." + d.name));
+                                                          rng::derive_seed(job.run.seed, 0, "prompts." + d.name));
         r.reward = std::make_shared<rewards::DomainReward>(
             rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
         out.push_back(std::move(r));
@@ -62,11 +62,20 @@ void average_gradients(const std::vector<Param>& params, const dist::Communicato
     }
 }
 
-RlStep::RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference,
-               const text::Tokenizer& tokenizer, std::vector<DomainRuntime>& domains, AdamW& optimizer,
+RlStep::RlStep(const JobConfig& job,
+               dsa::Model& policy,
+               const dsa::Model* reference,
+               const text::Tokenizer& tokenizer,
+               std::vector<DomainRuntime>& domains,
+               AdamW& optimizer,
                const dist::Communicator* comm)
-    : job_(job), policy_(policy), reference_(reference), tokenizer_(tokenizer), domains_(domains),
-      optimizer_(optimizer), comm_(comm) {}
+    : job_(job),
+      policy_(policy),
+      reference_(reference),
+      tokenizer_(tokenizer),
+      domains_(domains),
+      optimizer_(optimizer),
+      comm_(comm) {}
 
 RlStepResult RlStep::run(int64_t step) {
     const int rank = comm_ != nullptr ? comm_->rank() : 0;
@@ -105,8 +114,7 @@ RlStepResult RlStep::run(int64_t step) {
     rollout::GenerationStats gstats;
     RlStepResult out;
     out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt,
-                                          rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step)),
-                                          &gstats);
+                                          rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step)), &gstats);
     // 3. Rewards, per domain.
     std::map<std::string, std::vector<rollout::Sample*>> per_domain;
     for (rollout::SampleGroup& g : out.groups) {
@@ -117,13 +125,14 @@ RlStepResult RlStep::run(int64_t step) {
         std::vector<rewards::RewardInput> inputs;
         for (const rollout::Sample* s : samples) {
             const data::PromptItem& item = items.at(s->prompt_id);
-            inputs.push_back({.domain = name,
-                              .prompt_id = s->prompt_id,
-                              .prompt = item.prompt,
-                              .response = tokenizer_.decode(std::vector<int64_t>(s->response.begin(), s->response.end())),
-                              .response_tokens = static_cast<int64_t>(s->response.size()),
-                              .finish_reason = rollout::finish_reason_name(s->finish),
-                              .meta = item.meta});
+            inputs.push_back(
+                {.domain = name,
+                 .prompt_id = s->prompt_id,
+                 .prompt = item.prompt,
+                 .response = tokenizer_.decode(std::vector<int64_t>(s->response.begin(), s->response.end())),
+                 .response_tokens = static_cast<int64_t>(s->response.size()),
+                 .finish_reason = rollout::finish_reason_name(s->finish),
+                 .meta = item.meta});
         }
         const std::vector<rewards::ScoredSample> scores = by_name.at(name)->reward->score(inputs);
         for (size_t i = 0; i < samples.size(); ++i) {
@@ -134,8 +143,7 @@ RlStepResult RlStep::run(int64_t step) {
     // 4. The GRPO update phase; every optimizer step averages gradients over the ranks first.
     std::map<std::string, double> betas;
     for (const DomainRuntime& d : domains_) betas[d.name] = d.beta;
-    const int64_t total_opt_steps =
-        job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
+    const int64_t total_opt_steps = job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
     std::vector<double> norms;
     const auto opt_step = [&] {
         average_gradients(optimizer_.params(), comm_);

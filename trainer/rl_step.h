@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
-#include "dsa/model.h"
 #include "data/prompts.h"
+#include "dsa/model.h"
 #include "rewards/reward.h"
 #include "rollout/record.h"
 #include "text/tokenizer.h"
+#include "trainer/config.h"
 #include "trainer/optimizer.h"
 
 namespace dsrl::trainer {
@@ -38,7 +38,7 @@ struct DomainRuntime {
 std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string& base_dir);
 
 struct RlStepResult {
-    std::map<std::string, double> metrics;  ///< averaged over mini-batch steps and ranks where noted
+    std::map<std::string, double> metrics;     ///< averaged over mini-batch steps and ranks where noted
     std::vector<rollout::SampleGroup> groups;  ///< this rank's groups (for --dump-rollouts)
     int64_t optimizer_steps = 0;
     int64_t skipped_steps = 0;
@@ -46,8 +46,13 @@ struct RlStepResult {
 
 class RlStep {
 public:
-    RlStep(const JobConfig& job, dsa::Model& policy, const dsa::Model* reference, const text::Tokenizer& tokenizer,
-           std::vector<DomainRuntime>& domains, AdamW& optimizer, const dist::Communicator* comm);
+    RlStep(const JobConfig& job,
+           dsa::Model& policy,
+           const dsa::Model* reference,
+           const text::Tokenizer& tokenizer,
+           std::vector<DomainRuntime>& domains,
+           AdamW& optimizer,
+           const dist::Communicator* comm);
     /// Runs RL step `step` (0-based) of job.trainer.total_steps.
     RlStepResult run(int64_t step);
 

@@ -89,8 +89,8 @@ public:
                                 wait_s, " s (run.lock_wait_s). Wait for that job to end or stop it, or choose another ",
                                 key_);
         }
-        return absl::StrCat(key_, ": processes of an earlier job still run in ", dir_, " (they hold ",
-                            ranks_.path(), "; its launcher may have died); waited ", wait_s,
+        return absl::StrCat(key_, ": processes of an earlier job still run in ", dir_, " (they hold ", ranks_.path(),
+                            "; its launcher may have died); waited ", wait_s,
                             " s (run.lock_wait_s). Stop them (e.g. pkill -f dsrl_train), then start this job again");
     }
 

@@ -22,15 +22,20 @@ data::SftMixture sft_mixture(const JobConfig& job) {
     if (!job.sft.data.empty()) {
         sources.push_back({"prompts.sft", 1.0, job.sft.data, "sft"});
     } else {
-        for (const DomainConfig& d : job.domains) sources.push_back({"prompts.sft." + d.name, d.weight, d.data, d.name});
+        for (const DomainConfig& d : job.domains)
+            sources.push_back({"prompts.sft." + d.name, d.weight, d.data, d.name});
     }
     return data::SftMixture(sources, static_cast<uint64_t>(job.run.seed));
 }
 
 // One SFT batch: chat prompt + target response (meta "response", else "\boxed{answer}" when the prompt asks
 // for a boxed answer, else the answer) + EOS; NLL over the response tokens.
-std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text::Tokenizer& tok,
-                                       data::SftMixture& sources, int64_t step, const JobConfig& job,
+std::map<std::string, double> sft_step(dsa::Model& model,
+                                       AdamW& opt,
+                                       const text::Tokenizer& tok,
+                                       data::SftMixture& sources,
+                                       int64_t step,
+                                       const JobConfig& job,
                                        const dist::Communicator& comm) {
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
@@ -45,12 +50,14 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text
         if (const auto it = item.meta.find("response"); it != item.meta.end()) {
             target = it->second;
         } else if (const auto a = item.meta.find("answer"); a != item.meta.end()) {
-            target = item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
+            target =
+                item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
         } else {
-            throw DataError(absl::StrCat("sft: prompt ", item.id, " of ", spec,
-                                         " has neither 'response' nor 'answer'"));
+            throw DataError(
+                absl::StrCat("sft: prompt ", item.id, " of ", spec, " has neither 'response' nor 'answer'"));
         }
-        for (const int64_t id : tok.apply_chat({{"user", item.prompt}}, true)) s.prompt.push_back(static_cast<int32_t>(id));
+        for (const int64_t id : tok.apply_chat({{"user", item.prompt}}, true))
+            s.prompt.push_back(static_cast<int32_t>(id));
         for (const int64_t id : tok.encode(target)) s.response.push_back(static_cast<int32_t>(id));
         s.response.push_back(static_cast<int32_t>(tok.eos_id()));
         s.vocab_size = job.model.vocab_size;
@@ -79,7 +86,6 @@ std::map<std::string, double> sft_step(dsa::Model& model, AdamW& opt, const text
     return m;
 }
 
-
 class SftStage final : public Stage {
 public:
     SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_mixture(ctx.job)) {}
@@ -102,9 +108,7 @@ public:
     std::string console_text(const std::map<std::string, double>& m) const override {
         return absl::StrFormat("loss %.4f  grad_norm %.3f", m.at("loss"), m.at("grad_norm"));
     }
-    void save_cursors(std::map<std::string, std::string>& cursors) const override {
-        sources_.save_cursors(cursors);
-    }
+    void save_cursors(std::map<std::string, std::string>& cursors) const override { sources_.save_cursors(cursors); }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
         sources_.restore_cursors(cursors);
     }

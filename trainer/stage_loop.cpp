@@ -48,8 +48,10 @@ public:
         m["seconds"] = std::chrono::duration<double>(Clock::now() - t0_).count();
         m["tokens_per_s"] = tokens / std::max(1e-9, m["seconds"]);
         if (device_.is_cuda()) {
-            m["gpu_peak_mem_gib"] = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index())
-                                                            .allocated_bytes[0].peak) / double(1 << 30);
+            m["gpu_peak_mem_gib"] =
+                static_cast<double>(
+                    c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index()).allocated_bytes[0].peak) /
+                double(1 << 30);
         }
     }
     /// "  1234 tok/s  mem 1.23 GiB" for the console line.
@@ -165,7 +167,8 @@ bool run_stage(Stage& stage, JobContext& ctx) {
         if (stop || checkpoint_due(done, job.trainer.checkpoint.every_steps) || done == total) ctx.checkpoint();
         if (stop) {
             if (rank == 0) {
-                DSRL_LOG(info) << "stopping after " << name << " step " << done << " (signal); resume with --resume auto";
+                DSRL_LOG(info) << "stopping after " << name << " step " << done
+                               << " (signal); resume with --resume auto";
             }
             return false;
         }

@@ -18,10 +18,10 @@
 
 #include <c10/core/Device.h>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
 #include "dsa/model.h"
 #include "trainer/checkpoint.h"
+#include "trainer/config.h"
 #include "trainer/optimizer.h"
 
 namespace dsrl::trainer {

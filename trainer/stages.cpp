@@ -17,8 +17,8 @@ bool uses_dsa_stages(const JobConfig& job) {
 
 std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const text::Tokenizer& tok) {
     std::vector<std::unique_ptr<Stage>> out;
-    std::vector<std::unique_ptr<Stage>> dsa = uses_dsa_stages(ctx.job) ? make_dsa_stages(ctx, tok)
-                                                                      : std::vector<std::unique_ptr<Stage>>{};
+    std::vector<std::unique_ptr<Stage>> dsa =
+        uses_dsa_stages(ctx.job) ? make_dsa_stages(ctx, tok) : std::vector<std::unique_ptr<Stage>>{};
     for (const std::string& name : ctx.job.run.stages) {
         if (name == "sft") {
             out.push_back(make_sft_stage(ctx, tok));

@@ -71,7 +71,9 @@ public:
     const std::string& str() const { return out_; }
 
 private:
-    void key(int field, int wire_type) { varint((static_cast<uint64_t>(field) << 3) | static_cast<uint64_t>(wire_type)); }
+    void key(int field, int wire_type) {
+        varint((static_cast<uint64_t>(field) << 3) | static_cast<uint64_t>(wire_type));
+    }
     void varint(uint64_t v) {
         while (v >= 0x80) {
             out_.push_back(static_cast<char>((v & 0x7f) | 0x80));
@@ -125,8 +127,8 @@ uint32_t crc32c(const void* data, size_t n) {
 TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
     fs::make_dirs(log_dir);
     const double wall_time = now_seconds();
-    path_ = fs::join(log_dir, absl::StrCat("events.out.tfevents.", static_cast<int64_t>(wall_time), ".",
-                                           hostname(), ".", ::getpid(), ".", g_file_counter.fetch_add(1)));
+    path_ = fs::join(log_dir, absl::StrCat("events.out.tfevents.", static_cast<int64_t>(wall_time), ".", hostname(),
+                                           ".", ::getpid(), ".", g_file_counter.fetch_add(1)));
     // "x": a new file, never an existing one; "e": O_CLOEXEC.
     file_ = std::fopen(path_.c_str(), "wbxe");
     if (file_ == nullptr) {

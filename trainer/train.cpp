@@ -14,9 +14,10 @@
 #include "core/logging.h"
 #include "core/precision.h"
 #include "core/rng.h"
+#include "data/prompts.h"
+#include "data/token_data.h"
 #include "dsa/model.h"
 #include "dsa/sparse_attention.h"
-#include "data/prompts.h"
 #include "rewards/reward.h"
 #include "text/tokenizer.h"
 #include "trainer/checkpoint.h"
@@ -24,7 +25,6 @@
 #include "trainer/run_dir.h"
 #include "trainer/stage_loop.h"
 #include "trainer/stages.h"
-#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -50,8 +50,9 @@ void check_supported(const JobConfig& job) {
     }
     // Keys the schema accepts for what later issues build; refusing them beats silently running otherwise.
     if (job.dist.mode == DistMode::kDisaggregated) {
-        throw ConfigError("dist.mode: disaggregated rollout/trainer ranks are not implemented in this build; "
-                          "use dist.mode: colocated (every rank rolls out, then trains)");
+        throw ConfigError(
+            "dist.mode: disaggregated rollout/trainer ranks are not implemented in this build; "
+            "use dist.mode: colocated (every rank rolls out, then trains)");
     }
     if (job.dist.expert_parallel_size != 1) {
         throw ConfigError(absl::StrCat("dist.expert_parallel_size = ", job.dist.expert_parallel_size,
@@ -59,8 +60,9 @@ void check_supported(const JobConfig& job) {
                                        "(every rank holds all experts; ranks are data-parallel)"));
     }
     if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
-        throw ConfigError("model.impl: cuda, but this build of dsrl has no CUDA kernels (configure with "
-                          "DSRL_WITH_CUDA=ON on a machine with nvcc); use auto or reference");
+        throw ConfigError(
+            "model.impl: cuda, but this build of dsrl has no CUDA kernels (configure with "
+            "DSRL_WITH_CUDA=ON on a machine with nvcc); use auto or reference");
     }
 }
 
@@ -75,7 +77,9 @@ void check_job(const JobConfig& job) {
         if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "");
     }
     if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "");
-    if (uses_dsa_stages(job)) data::make_token_source(job.dsa.data, job.dsa.seq_len, *text::make_tokenizer(job.model.path, job.model.vocab_size), "");
+    if (uses_dsa_stages(job))
+        data::make_token_source(job.dsa.data, job.dsa.seq_len,
+                                *text::make_tokenizer(job.model.path, job.model.vocab_size), "");
 }
 
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
@@ -84,16 +88,17 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     fault::check_environment();
     // One job per run directory, held until run_job returns (before MPI_Finalize); stale temporary files of
     // killed writers are removed under it (trainer/run_dir.h).
-    const std::string root = job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints")
-                                                                 : job.trainer.checkpoint.dir;
+    const std::string root =
+        job.trainer.checkpoint.dir.empty() ? fs::join(job.run.output_dir, "checkpoints") : job.trainer.checkpoint.dir;
     std::vector<RunDirLock::Dir> lock_dirs{{job.run.output_dir, "run.output_dir"}};
     if (!job.trainer.checkpoint.dir.empty()) lock_dirs.push_back({root, "trainer.checkpoint.dir"});
     const RunDirLock run_lock = RunDirLock::acquire(lock_dirs, job.run.lock_wait_s, job.run.name, comm);
     if (rank == 0 && fs::is_dir(root)) fs::remove_temporaries(root);
     const std::string metrics_path = fs::join(job.run.output_dir, job.trainer.metrics_file);
     if (opt.resume.empty()) {
-        prepare_fresh_start(root, {metrics_path, fs::join(job.run.output_dir, "eval.json"),
-                                   fs::join(job.run.output_dir, "tb")}, job.run.overwrite, comm);
+        prepare_fresh_start(
+            root, {metrics_path, fs::join(job.run.output_dir, "eval.json"), fs::join(job.run.output_dir, "tb")},
+            job.run.overwrite, comm);
     }
     if (opt.handle_signals) install_stop_handlers();
     const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());

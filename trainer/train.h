@@ -6,15 +6,15 @@
 
 #include <string>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
+#include "trainer/config.h"
 
 namespace dsrl::trainer {
 
 struct RunOptions {
-    std::string resume;           ///< "", "auto" or a checkpoint directory
-    std::string config_yaml;      ///< the resolved config, stored in checkpoints
-    bool handle_signals = true;   ///< SIGTERM/SIGINT: finish the step, checkpoint, exit 0
+    std::string resume;          ///< "", "auto" or a checkpoint directory
+    std::string config_yaml;     ///< the resolved config, stored in checkpoints
+    bool handle_signals = true;  ///< SIGTERM/SIGINT: finish the step, checkpoint, exit 0
 };
 
 /// Start-up checks beyond the YAML schema, before any compute (dsrl_train runs them before MPI starts): the

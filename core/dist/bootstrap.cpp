@@ -12,8 +12,8 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 
-#include "core/dist/config.h"
 #include "core/dist/backend.h"
+#include "core/dist/config.h"
 #include "core/env.h"
 #include "core/error.h"
 #include "core/logging.h"
@@ -67,8 +67,9 @@ void watch_launcher(int rank) {
         while (true) {
             std::this_thread::sleep_for(std::chrono::milliseconds(250));
             if (::getppid() != launcher) {
-                const std::string line = absl::StrCat("[rank ", rank, "] the launcher (pid ", launcher,
-                                                      ") died: ending this rank (DSRL_EXIT_WITH_LAUNCHER=0 keeps it)\n");
+                const std::string line =
+                    absl::StrCat("[rank ", rank, "] the launcher (pid ", launcher,
+                                 ") died: ending this rank (DSRL_EXIT_WITH_LAUNCHER=0 keeps it)\n");
                 (void)!::write(STDERR_FILENO, line.data(), line.size());
                 ::_exit(1);
             }

@@ -23,10 +23,14 @@ namespace dsrl::dist {
 
 const char* reduce_op_name(ReduceOp op) {
     switch (op) {
-        case ReduceOp::kSum: return "sum";
-        case ReduceOp::kAvg: return "avg";
-        case ReduceOp::kMax: return "max";
-        case ReduceOp::kMin: return "min";
+        case ReduceOp::kSum:
+            return "sum";
+        case ReduceOp::kAvg:
+            return "avg";
+        case ReduceOp::kMax:
+            return "max";
+        case ReduceOp::kMin:
+            return "min";
     }
     return "?";
 }
@@ -91,16 +95,26 @@ enum class OpCode : int64_t {
 
 const char* op_name(int64_t code) {
     switch (static_cast<OpCode>(code)) {
-        case OpCode::kAllReduce: return "all_reduce";
-        case OpCode::kBroadcast: return "broadcast";
-        case OpCode::kAllGather: return "all_gather";
-        case OpCode::kAllGatherV: return "all_gather_v";
-        case OpCode::kReduceScatter: return "reduce_scatter";
-        case OpCode::kAllToAll: return "all_to_all";
-        case OpCode::kAllToAllV: return "all_to_all_v";
-        case OpCode::kBarrier: return "barrier";
-        case OpCode::kBroadcastBytes: return "broadcast_bytes";
-        case OpCode::kAllGatherBytes: return "all_gather_bytes";
+        case OpCode::kAllReduce:
+            return "all_reduce";
+        case OpCode::kBroadcast:
+            return "broadcast";
+        case OpCode::kAllGather:
+            return "all_gather";
+        case OpCode::kAllGatherV:
+            return "all_gather_v";
+        case OpCode::kReduceScatter:
+            return "reduce_scatter";
+        case OpCode::kAllToAll:
+            return "all_to_all";
+        case OpCode::kAllToAllV:
+            return "all_to_all_v";
+        case OpCode::kBarrier:
+            return "barrier";
+        case OpCode::kBroadcastBytes:
+            return "broadcast_bytes";
+        case OpCode::kAllGatherBytes:
+            return "all_gather_bytes";
     }
     return "unknown op";
 }
@@ -150,13 +164,13 @@ void verify(const GroupState& g, const std::vector<Sig>& all, const SigNames& na
         for (int i = 0; same && i < 3; ++i) same = !names.agree[i] || s.v[3 + i] == first.v[3 + i];
         if (same) continue;
         const bool same_op = s.v[0] == first.v[0];
-        throw DistError(absl::StrCat(
-            "dist ", op_name(g.info.rank < g.info.size ? all[g.info.rank].v[0] : first.v[0]), " on group '",
-            g.info.name, "' (size ", g.info.size, "): ranks disagree: rank 0 (world rank ", g.info.world_ranks[0],
-            ") called ", describe(first, names), " but rank ", r, " (world rank ", g.info.world_ranks[r],
-            ") called ", describe(s, names), "; ",
-            same_op ? "every rank must pass matching tensors"
-                    : "every rank of a group must call the same collectives in the same order"));
+        throw DistError(
+            absl::StrCat("dist ", op_name(g.info.rank < g.info.size ? all[g.info.rank].v[0] : first.v[0]),
+                         " on group '", g.info.name, "' (size ", g.info.size, "): ranks disagree: rank 0 (world rank ",
+                         g.info.world_ranks[0], ") called ", describe(first, names), " but rank ", r, " (world rank ",
+                         g.info.world_ranks[r], ") called ", describe(s, names), "; ",
+                         same_op ? "every rank must pass matching tensors"
+                                 : "every rank of a group must call the same collectives in the same order"));
     }
 }
 
@@ -190,8 +204,10 @@ bool supported_dtype(c10::ScalarType t) {
         case at::kHalf:
         case at::kLong:
         case at::kInt:
-        case at::kByte: return true;
-        default: return false;
+        case at::kByte:
+            return true;
+        default:
+            return false;
     }
 }
 
@@ -202,8 +218,9 @@ void check_tensor(const char* op, const at::Tensor& t, bool needs_contiguous) {
     TORCH_CHECK(t.device().is_cpu() || t.device().is_cuda(), "dist ", op, ": expected a CPU or CUDA tensor, got ",
                 t.device());
     if (needs_contiguous) {
-        TORCH_CHECK(t.is_contiguous(), "dist ", op, ": expected a contiguous tensor (it is updated in place), got sizes ",
-                    t.sizes(), " strides ", t.strides());
+        TORCH_CHECK(t.is_contiguous(), "dist ", op,
+                    ": expected a contiguous tensor (it is updated in place), got sizes ", t.sizes(), " strides ",
+                    t.strides());
     }
 }
 
@@ -241,7 +258,8 @@ detail::Backend& backend_for(GroupState& g, const at::Tensor& t, const char* op)
     }
     return *g.nccl;
 #else
-    throw DistError(absl::StrCat("dist ", op, " on group '", g.info.name, "': got a CUDA tensor but dsrl was built "
+    throw DistError(absl::StrCat("dist ", op, " on group '", g.info.name,
+                                 "': got a CUDA tensor but dsrl was built "
                                  "without CUDA (configure with -DDSRL_WITH_CUDA=ON for the NCCL backend)"));
 #endif
 }
@@ -282,7 +300,8 @@ template <class Buf>
 void send_bytes_impl(const GroupState& g, const Buf& buf, int dst, int tag) {
     check_rank_arg(g, "send_bytes", "dst", dst);
     check_tag("send_bytes", tag);
-    TORCH_CHECK(dst != g.info.rank, "dist send_bytes on group '", g.info.name, "': cannot send to self (rank ", dst, ")");
+    TORCH_CHECK(dst != g.info.rank, "dist send_bytes on group '", g.info.name, "': cannot send to self (rank ", dst,
+                ")");
     Watchdog::Scope scope("send_bytes", g.info.name, static_cast<double>(g.info.timeout_s));
     const uint64_t n = buf.size();
     check_mpi(MPI_Send(&n, 1, MPI_UINT64_T, dst, tag, g.info.comm), "send_bytes", g.info.name);
@@ -308,8 +327,7 @@ Buf recv_bytes_impl(const GroupState& g, int src, int tag) {
     constexpr uint64_t kChunk = uint64_t{1} << 30;
     for (uint64_t off = 0; off < n; off += kChunk) {
         const int len = static_cast<int>(std::min(kChunk, n - off));
-        check_mpi(MPI_Recv(buf.data() + off, len, MPI_BYTE, src, tag, g.info.comm, &status), "recv_bytes",
-                  g.info.name);
+        check_mpi(MPI_Recv(buf.data() + off, len, MPI_BYTE, src, tag, g.info.comm, &status), "recv_bytes", g.info.name);
     }
     return buf;
 }
@@ -352,8 +370,9 @@ Communicator Communicator::world(int64_t timeout_s) {
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
     if (!initialized || finalized) {
-        throw DistError("dist: Communicator::world() needs MPI to be initialized (create a dsrl::dist::Bootstrap "
-                        "first, and keep it alive while communicators are in use)");
+        throw DistError(
+            "dist: Communicator::world() needs MPI to be initialized (create a dsrl::dist::Bootstrap "
+            "first, and keep it alive while communicators are in use)");
     }
     MPI_Comm comm = MPI_COMM_NULL;
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm), "world", "world");
@@ -436,7 +455,8 @@ at::Tensor Communicator::all_gather(const at::Tensor& t) const {
 at::Tensor Communicator::all_gather_v(const at::Tensor& t, std::vector<int64_t>* counts) const {
     GroupState& g = checked_state("all_gather_v");
     check_tensor("all_gather_v", t, /*needs_contiguous=*/false);
-    TORCH_CHECK(t.dim() >= 1, "dist all_gather_v: expected a tensor with at least one dimension [n, ...], got a scalar");
+    TORCH_CHECK(t.dim() >= 1,
+                "dist all_gather_v: expected a tensor with at least one dimension [n, ...], got a scalar");
     const at::Tensor in = t.contiguous();
     const int64_t row = trailing_numel(t);
     Watchdog::Scope scope("all_gather_v", g.info.name, timeout_of(g));
@@ -495,7 +515,8 @@ at::Tensor Communicator::all_to_all_v(const at::Tensor& t,
                                       std::vector<int64_t>* recv_counts) const {
     GroupState& g = checked_state("all_to_all_v");
     check_tensor("all_to_all_v", t, /*needs_contiguous=*/false);
-    TORCH_CHECK(t.dim() >= 1, "dist all_to_all_v: expected a tensor with at least one dimension [n, ...], got a scalar");
+    TORCH_CHECK(t.dim() >= 1,
+                "dist all_to_all_v: expected a tensor with at least one dimension [n, ...], got a scalar");
     TORCH_CHECK(static_cast<int64_t>(send_counts.size()) == g.info.size, "dist all_to_all_v on group '", g.info.name,
                 "': expected ", g.info.size, " send counts (one per rank), got ", send_counts.size());
     int64_t sum = 0;
@@ -503,8 +524,8 @@ at::Tensor Communicator::all_to_all_v(const at::Tensor& t,
         TORCH_CHECK(send_counts[j] >= 0, "dist all_to_all_v: send_counts[", j, "] must be >= 0, got ", send_counts[j]);
         sum += send_counts[j];
     }
-    TORCH_CHECK(sum == t.size(0), "dist all_to_all_v: send counts sum to ", sum, " rows but the tensor has ",
-                t.size(0), " rows (sizes ", t.sizes(), ")");
+    TORCH_CHECK(sum == t.size(0), "dist all_to_all_v: send counts sum to ", sum, " rows but the tensor has ", t.size(0),
+                " rows (sizes ", t.sizes(), ")");
     const at::Tensor in = t.contiguous();
     const int64_t row = trailing_numel(t);
     Watchdog::Scope scope("all_to_all_v", g.info.name, timeout_of(g));

@@ -14,8 +14,10 @@ void bind(Binder& b, DistConfig& c) {
                      "trainer ranks."});
     b.field("timeout_s", c.timeout_s,
             {.doc = "A collective stuck this long aborts the job, naming the operation and group.", .min = 1});
-    b.field("expert_parallel_size", c.expert_parallel_size, {.doc = "Ranks sharing one MoE layer's experts.", .min = 1});
-    b.field("rollout_ranks", c.rollout_ranks, {.doc = "disaggregated: the first N ranks are rollout workers.", .min = 0});
+    b.field("expert_parallel_size", c.expert_parallel_size,
+            {.doc = "Ranks sharing one MoE layer's experts.", .min = 1});
+    b.field("rollout_ranks", c.rollout_ranks,
+            {.doc = "disaggregated: the first N ranks are rollout workers.", .min = 0});
     b.field("max_policy_lag", c.max_policy_lag,
             {.doc = "disaggregated: maximum policy versions a sample may lag the trainer.", .min = 0});
     if (b.reading() && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {

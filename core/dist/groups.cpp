@@ -15,9 +15,10 @@ std::vector<GroupSpec> standard_layout(const DistConfig& cfg, int world_size) {
                                        world_size, "); at least one rank must train"));
     }
     if (disaggregated && cfg.rollout_ranks == 0) {
-        throw ConfigError(absl::StrCat("dist.rollout_ranks=0 with dist.mode=disaggregated: set rollout_ranks to the "
-                                       "number of rollout-worker ranks (1..",
-                                       world_size - 1, ") or use dist.mode=colocated"));
+        throw ConfigError(
+            absl::StrCat("dist.rollout_ranks=0 with dist.mode=disaggregated: set rollout_ranks to the "
+                         "number of rollout-worker ranks (1..",
+                         world_size - 1, ") or use dist.mode=colocated"));
     }
     const int num_rollout = disaggregated ? static_cast<int>(cfg.rollout_ranks) : world_size;
     const int first_trainer = disaggregated ? num_rollout : 0;
@@ -26,8 +27,9 @@ std::vector<GroupSpec> standard_layout(const DistConfig& cfg, int world_size) {
     if (ep < 1 || num_trainer % ep != 0) {
         throw ConfigError(absl::StrCat(
             "dist.expert_parallel_size=", ep, " must be >= 1 and divide the number of trainer ranks ", num_trainer,
-            disaggregated ? absl::StrCat(" (world size ", world_size, " minus dist.rollout_ranks=", cfg.rollout_ranks, ")")
-                          : absl::StrCat(" (world size ", world_size, ")")));
+            disaggregated
+                ? absl::StrCat(" (world size ", world_size, " minus dist.rollout_ranks=", cfg.rollout_ranks, ")")
+                : absl::StrCat(" (world size ", world_size, ")")));
     }
     std::vector<GroupSpec> out;
     out.push_back({"world", std::vector<int>(world_size, 0)});

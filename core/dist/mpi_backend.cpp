@@ -12,14 +12,21 @@ namespace dsrl::dist::detail {
 
 MPI_Datatype mpi_move_type(c10::ScalarType dtype) {
     switch (dtype) {
-        case at::kFloat: return MPI_FLOAT;
-        case at::kDouble: return MPI_DOUBLE;
+        case at::kFloat:
+            return MPI_FLOAT;
+        case at::kDouble:
+            return MPI_DOUBLE;
         case at::kBFloat16:
-        case at::kHalf: return MPI_UINT16_T;
-        case at::kLong: return MPI_INT64_T;
-        case at::kInt: return MPI_INT32_T;
-        case at::kByte: return MPI_UINT8_T;
-        default: break;
+        case at::kHalf:
+            return MPI_UINT16_T;
+        case at::kLong:
+            return MPI_INT64_T;
+        case at::kInt:
+            return MPI_INT32_T;
+        case at::kByte:
+            return MPI_UINT8_T;
+        default:
+            break;
     }
     DSRL_INTERNAL_ASSERT(false, "mpi_move_type: dtype ", std::string(c10::toString(dtype)),
                          " passed the front-half check");
@@ -31,9 +38,12 @@ namespace {
 MPI_Op mpi_op(ReduceOp op) {
     switch (op) {
         case ReduceOp::kSum:
-        case ReduceOp::kAvg: return MPI_SUM;
-        case ReduceOp::kMax: return MPI_MAX;
-        case ReduceOp::kMin: return MPI_MIN;
+        case ReduceOp::kAvg:
+            return MPI_SUM;
+        case ReduceOp::kMax:
+            return MPI_MAX;
+        case ReduceOp::kMin:
+            return MPI_MIN;
     }
     return MPI_SUM;
 }
@@ -65,9 +75,9 @@ public:
     void all_reduce(at::Tensor& t, ReduceOp op) override {
         at::Tensor work = is_half(t) ? t.to(at::kFloat) : t;
         const int n = mpi_count(work.numel(), "all_reduce", g_.name);
-        check_mpi(MPI_Allreduce(MPI_IN_PLACE, work.data_ptr(), n, mpi_move_type(work.scalar_type()), mpi_op(op),
-                                g_.comm),
-                  "all_reduce", g_.name);
+        check_mpi(
+            MPI_Allreduce(MPI_IN_PLACE, work.data_ptr(), n, mpi_move_type(work.scalar_type()), mpi_op(op), g_.comm),
+            "all_reduce", g_.name);
         if (op == ReduceOp::kAvg) work.div_(g_.size);
         if (!work.is_same(t)) t.copy_(work);
     }
@@ -134,11 +144,11 @@ public:
         MPI_Get_count(&status, MPI_BYTE, &bytes);
         const int64_t expected = t.numel() * static_cast<int64_t>(t.element_size());
         if (bytes != expected) {
-            throw DistError(absl::StrCat("dist recv on group '", g_.name, "': rank ", g_.rank, " (world rank ",
-                                         g_.world_ranks[g_.rank], ") expected ", expected, " bytes (", t.numel(), " x ",
-                                         std::string(c10::toString(t.scalar_type())), ") from rank ", src,
-                                         " (world rank ", g_.world_ranks[src], ") with tag ", tag, " but the message has ",
-                                         bytes, " bytes; send and recv must agree on numel and dtype"));
+            throw DistError(absl::StrCat(
+                "dist recv on group '", g_.name, "': rank ", g_.rank, " (world rank ", g_.world_ranks[g_.rank],
+                ") expected ", expected, " bytes (", t.numel(), " x ", std::string(c10::toString(t.scalar_type())),
+                ") from rank ", src, " (world rank ", g_.world_ranks[src], ") with tag ", tag, " but the message has ",
+                bytes, " bytes; send and recv must agree on numel and dtype"));
         }
         check_mpi(MPI_Recv(t.data_ptr(), n, type, src, tag, g_.comm, MPI_STATUS_IGNORE), "recv", g_.name);
     }

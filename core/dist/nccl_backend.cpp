@@ -34,14 +34,22 @@ void check_nccl(ncclResult_t rc, const char* what, const std::string& group) {
 
 ncclDataType_t nccl_type(c10::ScalarType dtype) {
     switch (dtype) {
-        case at::kFloat: return ncclFloat32;
-        case at::kDouble: return ncclFloat64;
-        case at::kBFloat16: return ncclBfloat16;
-        case at::kHalf: return ncclFloat16;
-        case at::kLong: return ncclInt64;
-        case at::kInt: return ncclInt32;
-        case at::kByte: return ncclUint8;
-        default: break;
+        case at::kFloat:
+            return ncclFloat32;
+        case at::kDouble:
+            return ncclFloat64;
+        case at::kBFloat16:
+            return ncclBfloat16;
+        case at::kHalf:
+            return ncclFloat16;
+        case at::kLong:
+            return ncclInt64;
+        case at::kInt:
+            return ncclInt32;
+        case at::kByte:
+            return ncclUint8;
+        default:
+            break;
     }
     DSRL_INTERNAL_ASSERT(false, "nccl_type: dtype ", std::string(c10::toString(dtype)), " passed the front-half check");
     __builtin_unreachable();
@@ -49,10 +57,14 @@ ncclDataType_t nccl_type(c10::ScalarType dtype) {
 
 ncclRedOp_t nccl_op(ReduceOp op) {
     switch (op) {
-        case ReduceOp::kSum: return ncclSum;
-        case ReduceOp::kAvg: return ncclAvg;
-        case ReduceOp::kMax: return ncclMax;
-        case ReduceOp::kMin: return ncclMin;
+        case ReduceOp::kSum:
+            return ncclSum;
+        case ReduceOp::kAvg:
+            return ncclAvg;
+        case ReduceOp::kMax:
+            return ncclMax;
+        case ReduceOp::kMin:
+            return ncclMin;
     }
     return ncclSum;
 }
@@ -80,8 +92,8 @@ public:
                     ncclResult_t async = ncclSuccess;
                     if (ncclCommGetAsyncError(comm_, &async) != ncclSuccess) return "";
                     if (async == ncclSuccess || async == ncclInProgress) return "";
-                    return absl::StrCat("NCCL asynchronous error on group '", g_.name, "': ",
-                                        ncclGetErrorString(async), " (communicator aborted)");
+                    return absl::StrCat("NCCL asynchronous error on group '", g_.name, "': ", ncclGetErrorString(async),
+                                        " (communicator aborted)");
                 },
                 [this] { abort_comm(); });
         }
@@ -120,7 +132,8 @@ public:
             if (rc != ncclSuccess) return rc;
             int64_t off = 0;
             for (int r = 0; r < g_.size; ++r) {
-                rc = ncclBroadcast(in.data_ptr(), at_elem(out, off), counts[r], nccl_type(in.scalar_type()), r, comm_, s);
+                rc = ncclBroadcast(in.data_ptr(), at_elem(out, off), counts[r], nccl_type(in.scalar_type()), r, comm_,
+                                   s);
                 if (rc != ncclSuccess) break;
                 off += counts[r];
             }

@@ -42,7 +42,7 @@ int world_rank_or_zero() {
 
 std::string format_seconds(double s) {
     return s == static_cast<double>(static_cast<int64_t>(s)) ? absl::StrFormat("%d", static_cast<int64_t>(s))
-                                                            : absl::StrFormat("%.3g", s);
+                                                             : absl::StrFormat("%.3g", s);
 }
 
 }  // namespace

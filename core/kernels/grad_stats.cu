@@ -13,11 +13,17 @@ constexpr int kThreads = 256;
 template <class T>
 __device__ __forceinline__ float to_float(T v);
 template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
+__device__ __forceinline__ float to_float<float>(float v) {
+    return v;
+}
 template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
 template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float<__half>(__half v) {
+    return __half2float(v);
+}
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) grad_stats_kernel(const T* __restrict__ x,
@@ -49,8 +55,7 @@ template <class T>
 cudaError_t launch_typed(const GradStatsParams& p, cudaStream_t stream) {
     const int64_t blocks_needed = (p.n + kThreads - 1) / kThreads;
     const int blocks = static_cast<int>(blocks_needed < 4LL * p.num_sms ? blocks_needed : 4LL * p.num_sms);
-    grad_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(p.x), p.n, p.sum_sq,
-                                                          p.num_nonfinite);
+    grad_stats_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(p.x), p.n, p.sum_sq, p.num_nonfinite);
     return cudaGetLastError();
 }
 
@@ -59,9 +64,12 @@ cudaError_t launch_typed(const GradStatsParams& p, cudaStream_t stream) {
 cudaError_t launch_grad_stats(const GradStatsParams& params, cudaStream_t stream) {
     if (params.n == 0) return cudaSuccess;
     switch (params.dtype) {
-        case GradDType::kFloat32: return launch_typed<float>(params, stream);
-        case GradDType::kBFloat16: return launch_typed<__nv_bfloat16>(params, stream);
-        case GradDType::kFloat16: return launch_typed<__half>(params, stream);
+        case GradDType::kFloat32:
+            return launch_typed<float>(params, stream);
+        case GradDType::kBFloat16:
+            return launch_typed<__nv_bfloat16>(params, stream);
+        case GradDType::kFloat16:
+            return launch_typed<__half>(params, stream);
     }
     return cudaErrorInvalidValue;
 }

@@ -12,12 +12,12 @@ namespace dsrl::kernels {
 enum class GradDType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 struct GradStatsParams {
-    const void* x;                     // [n] fp32 | bf16 | fp16, contiguous
-    int64_t n;                         // elements
+    const void* x;  // [n] fp32 | bf16 | fp16, contiguous
+    int64_t n;      // elements
     GradDType dtype;
-    double* sum_sq;                    // [1] fp64 accumulator (added to, not overwritten)
-    unsigned long long* num_nonfinite; // [1] u64 accumulator (added to)
-    int num_sms;                       // grid sizing
+    double* sum_sq;                     // [1] fp64 accumulator (added to, not overwritten)
+    unsigned long long* num_nonfinite;  // [1] u64 accumulator (added to)
+    int num_sms;                        // grid sizing
 };
 
 /// Adds the statistics of params.x into the accumulators. An empty buffer launches nothing.

@@ -125,7 +125,8 @@ __global__ void __launch_bounds__(kThreads, 2) indexer_logits_kernel(const Index
             const int row = id / G::kChunks, c = id % G::kChunks;
             const int qq = row / H, h = row % H;
             const bool ok = t0 + qq < T;
-            const int64_t elem = b * p.q_batch_stride + ((ok ? t0 + qq : 0) * H + h) * static_cast<int64_t>(kIndexerDim);
+            const int64_t elem =
+                b * p.q_batch_stride + ((ok ? t0 + qq : 0) * H + h) * static_cast<int64_t>(kIndexerDim);
             const unsigned char* src = q_bytes + elem * (kFp8 ? 1 : 2) + c * 16;
             cp_async16(q_smem + swz<G::kRowBytes>(qq * kHeadRows + h, c), src, ok);
         }
@@ -265,13 +266,13 @@ __global__ void __launch_bounds__(kThreads, 2) indexer_logits_kernel(const Index
 template <bool kFp8>
 cudaError_t launch_typed(const IndexerLogitsParams& p, cudaStream_t stream) {
     const int smem = Geometry<kFp8>::kSmem;
-    cudaError_t err = cudaFuncSetAttribute(indexer_logits_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t err =
+        cudaFuncSetAttribute(indexer_logits_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(static_cast<unsigned>((p.num_queries + kQueries - 1) / kQueries), static_cast<unsigned>(p.batch));
     indexer_logits_kernel<kFp8><<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
-
 
 // ---- Backward (bf16) -----------------------------------------------------------------------------------
 // Note [Indexer backward]: with P = q·kᵀ per head and G[t, h, s] = g[t, s]·w[t, h]·scale·1[P > 0] (g zeroed
@@ -286,8 +287,8 @@ constexpr int kBwdKeys = 64;
 constexpr int kBwdRowBytes = kIndexerDim * 2;
 constexpr int kBwdTileBytes = 64 * kBwdRowBytes;  // 64 rows (keys, or one query's heads)
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                                  uint32_t& r3) {
+__device__ __forceinline__ void ldmatrix_x4_trans(
+    uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
@@ -389,8 +390,8 @@ __global__ void __launch_bounds__(kBwdThreads, 2) indexer_dq_kernel(const Indexe
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
                 const int r = np * 16 + ((lane >> 4) << 3) + (lane & 7);
-                ldmatrix_x4(k_stage + swz<kBwdRowBytes>(r, ks * 2 + ((lane >> 3) & 1)), bf[2 * np][0],
-                            bf[2 * np][1], bf[2 * np + 1][0], bf[2 * np + 1][1]);
+                ldmatrix_x4(k_stage + swz<kBwdRowBytes>(r, ks * 2 + ((lane >> 3) & 1)), bf[2 * np][0], bf[2 * np][1],
+                            bf[2 * np + 1][0], bf[2 * np + 1][1]);
             }
 #pragma unroll
             for (int mf = 0; mf < 2; ++mf) {
@@ -413,7 +414,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) indexer_dq_kernel(const Indexe
                 const bool vis = t_ok && s < S && s <= qpos && (key_valid == nullptr || key_valid[s]);
                 gv[nf][e] = vis ? g_row[s] : 0.f;
             }
-        // Per 16-key step j: G → A fragments, dw, then dq += G · k.
+            // Per 16-key step j: G → A fragments, dw, then dq += G · k.
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             uint32_t a[2][4];
@@ -474,7 +475,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) indexer_dq_kernel(const Indexe
 __global__ void __launch_bounds__(kBwdThreads, 2) indexer_dk_kernel(const IndexerBackwardParams p) {
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    const uint32_t q_smem = k_smem + kBwdTileBytes;                 // 2 stages × 2 × 64 rows
+    const uint32_t q_smem = k_smem + kBwdTileBytes;                      // 2 stages × 2 × 64 rows
     float* w_smem = reinterpret_cast<float*>(smem + 5 * kBwdTileBytes);  // 2 stages × 128 weights
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t b = blockIdx.y, T = p.num_queries, S = p.num_keys;
@@ -487,14 +488,20 @@ __global__ void __launch_bounds__(kBwdThreads, 2) indexer_dk_kernel(const Indexe
     int64_t lo = 0, hi = num_qt;
     while (lo < hi) {
         const int64_t mid = (lo + hi) / 2;
-        if (prefix[mid] >= s0) hi = mid; else lo = mid + 1;
+        if (prefix[mid] >= s0)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
     const int64_t first = lo;
     lo = 0;
     hi = num_qt;
     while (lo < hi) {
         const int64_t mid = (lo + hi) / 2;
-        if (suffix[mid] >= s0) lo = mid + 1; else hi = mid;
+        if (suffix[mid] >= s0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     const int64_t last = lo - 1;
 

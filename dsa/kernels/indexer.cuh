@@ -13,18 +13,18 @@
 
 namespace dsrl::dsa::kernels {
 
-constexpr int kIndexerDim = 128;     // d_I supported by the kernels
-constexpr int kIndexerMaxHeads = 64; // H_I <= 64, a multiple of 16
+constexpr int kIndexerDim = 128;      // d_I supported by the kernels
+constexpr int kIndexerMaxHeads = 64;  // H_I <= 64, a multiple of 16
 
 struct IndexerLogitsParams {
-    const void* q;              // [B, T, H, D] bf16 | e4m3; batch stride q_batch_stride, token stride H*D
-    const void* k;              // [B, S, D] bf16 | e4m3, contiguous
-    const float* w;             // [B, T, H] fp32; batch stride w_batch_stride, token stride H
-    const float* q_scale;       // fp8 only: [B, T, H] fp32, strides as w
-    const float* k_scale;       // fp8 only: [B, S] fp32, contiguous
-    const int64_t* query_pos;   // [B, T] int64; batch stride qpos_batch_stride
-    const bool* key_valid;      // [B, S] bool, contiguous; nullptr: every key valid
-    float* out;                 // [B, T, S] fp32, contiguous (T = num_queries)
+    const void* q;             // [B, T, H, D] bf16 | e4m3; batch stride q_batch_stride, token stride H*D
+    const void* k;             // [B, S, D] bf16 | e4m3, contiguous
+    const float* w;            // [B, T, H] fp32; batch stride w_batch_stride, token stride H
+    const float* q_scale;      // fp8 only: [B, T, H] fp32, strides as w
+    const float* k_scale;      // fp8 only: [B, S] fp32, contiguous
+    const int64_t* query_pos;  // [B, T] int64; batch stride qpos_batch_stride
+    const bool* key_valid;     // [B, S] bool, contiguous; nullptr: every key valid
+    float* out;                // [B, T, S] fp32, contiguous (T = num_queries)
     int64_t batch;
     int64_t num_queries;        // T
     int64_t num_keys;           // S
@@ -43,24 +43,24 @@ struct IndexerLogitsParams {
 cudaError_t launch_indexer_logits(const IndexerLogitsParams& params, cudaStream_t stream);
 
 struct IndexerBackwardParams {
-    const void* q;               // [B, T, H, D] bf16, contiguous
-    const void* k;               // [B, S, D] bf16, contiguous
-    const float* w;              // [B, T, H] fp32, contiguous
-    const int64_t* query_pos;    // [B, T] int64, contiguous
-    const bool* key_valid;       // [B, S] bool, contiguous; nullptr: every key valid
-    const float* grad;           // [B, T, S] fp32, contiguous: dL/dI (ignored where invisible)
+    const void* q;             // [B, T, H, D] bf16, contiguous
+    const void* k;             // [B, S, D] bf16, contiguous
+    const float* w;            // [B, T, H] fp32, contiguous
+    const int64_t* query_pos;  // [B, T] int64, contiguous
+    const bool* key_valid;     // [B, S] bool, contiguous; nullptr: every key valid
+    const float* grad;         // [B, T, S] fp32, contiguous: dL/dI (ignored where invisible)
     // Per pair of queries (the dk kernel's query tile): the running max of query_pos from the left and from
     // the right, [B, ceil(T / 2)] int64 each (a dk block visits only query tiles that can see its keys).
     const int64_t* tile_prefix_max;
     const int64_t* tile_suffix_max;
-    float* dq;                   // [B, T, H, D] fp32, written
-    float* dk;                   // [B, S, D] fp32, written
-    float* dw;                   // [B, T, H] fp32, written
+    float* dq;  // [B, T, H, D] fp32, written
+    float* dk;  // [B, S, D] fp32, written
+    float* dw;  // [B, T, H] fp32, written
     int64_t batch;
-    int64_t num_queries;         // T
-    int64_t num_keys;            // S
-    int heads;                   // H: multiple of 16, <= kIndexerMaxHeads
-    float scale;                 // >= 0
+    int64_t num_queries;  // T
+    int64_t num_keys;     // S
+    int heads;            // H: multiple of 16, <= kIndexerMaxHeads
+    float scale;          // >= 0
 };
 constexpr int kIndexerBwdQueryTile = 2;  // queries per tile_max entry
 

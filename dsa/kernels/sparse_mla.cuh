@@ -7,8 +7,8 @@
 // A block owns one query token and 64 heads; the token's selected entries are gathered 64 at a time into shared
 // memory (cp.async, double-buffered; on sm_90a by a producer warpgroup of its own) and shared by all 64 heads.
 // A row with no valid entry gets out 0, lse −inf.
-// Tensors contiguous (c_kv and k_pe: dense rows, any batch stride, e.g. a decode cache): q_lat [B, T, H, 512], q_pe [B, T, H, 64], c_kv [B, S, 512], k_pe [B, S, 64],
-// indices [B, T, K] int32, out [B, T, H, 512] bf16, lse [B, T, H] fp32.
+// Tensors contiguous (c_kv and k_pe: dense rows, any batch stride, e.g. a decode cache): q_lat [B, T, H, 512], q_pe [B,
+// T, H, 64], c_kv [B, S, 512], k_pe [B, S, 64], indices [B, T, K] int32, out [B, T, H, 512] bf16, lse [B, T, H] fp32.
 #pragma once
 
 #include <cstdint>
@@ -21,13 +21,13 @@ inline constexpr int kMlaLatentDim = 512;  ///< c_kv width (= d_v)
 inline constexpr int kMlaRopeDim = 64;     ///< k_pe width
 
 struct SparseMlaFwdParams {
-    const void* q_lat;  // bf16 [B, T, H, 512]
-    const void* q_pe;   // bf16 [B, T, H, 64]
-    const void* c_kv;   // bf16 [B, S, 512]
-    const void* k_pe;   // bf16 [B, S, 64]
+    const void* q_lat;       // bf16 [B, T, H, 512]
+    const void* q_pe;        // bf16 [B, T, H, 64]
+    const void* c_kv;        // bf16 [B, S, 512]
+    const void* k_pe;        // bf16 [B, S, 64]
     const int32_t* indices;  // [B, T, K], entries in [-1, S)
-    void* out;          // bf16 [B, T, H, 512]
-    float* lse;         // [B, T, H]
+    void* out;               // bf16 [B, T, H, 512]
+    float* lse;              // [B, T, H]
     int64_t batch, num_queries, num_heads, num_keys, topk;
     int64_t ckv_batch_stride, kpe_batch_stride;  // elements between batches (rows themselves are dense)
     float scale;
@@ -41,10 +41,10 @@ struct SparseMlaFwdParams {
 };
 
 struct SparseMlaBwdParams {
-    const void* q_lat;  // bf16 [B, T, H, 512]
-    const void* q_pe;   // bf16 [B, T, H, 64]
-    const void* c_kv;   // bf16 [B, S, 512]
-    const void* k_pe;   // bf16 [B, S, 64]
+    const void* q_lat;       // bf16 [B, T, H, 512]
+    const void* q_pe;        // bf16 [B, T, H, 64]
+    const void* c_kv;        // bf16 [B, S, 512]
+    const void* k_pe;        // bf16 [B, S, 64]
     const int32_t* indices;  // [B, T, K]
     const void* grad_out;    // bf16 [B, T, H, 512]
     const float* lse;        // [B, T, H] (forward's)
@@ -64,8 +64,8 @@ cudaError_t launch_sparse_mla_fwd(const SparseMlaFwdParams& p, cudaStream_t stre
 cudaError_t launch_sparse_mla_bwd(const SparseMlaBwdParams& p, cudaStream_t stream);
 
 /// δ[row] = Σ_c grad_out[row, c] · out[row, c] for rows × 512 bf16 (the backward's softmax correction), fp32.
-cudaError_t launch_sparse_mla_delta(const void* grad_out, const void* out, float* delta, int64_t rows,
-                                    cudaStream_t stream);
+cudaError_t launch_sparse_mla_delta(
+    const void* grad_out, const void* out, float* delta, int64_t rows, cudaStream_t stream);
 
 /// Splits worth using for a forward of this size on `num_sms` multiprocessors (1 when the grid already
 /// fills the device, e.g. prefill; more for decode).

@@ -14,15 +14,16 @@ constexpr int kDkvChunk = 48;        // dKV columns per register pass (3 ldmatri
 // Adds an m16n8 accumulator fragment c (rows: entries key_lo / key_hi, −1 = skip; columns col8 + 2 (lane mod 4)
 // and + 1) to the fp32 [S, 576] rows of grad_kv. sm_90: float4 atomics — lane pairs swap halves so that the even
 // lane holds 4 adjacent columns of row lo and the odd lane 4 of row hi, half the operations of float2.
-__device__ __forceinline__ void add_fragment_atomic(float* grad_kv, int32_t key_lo, int32_t key_hi, int col8,
-                                                    const float (&c)[4], int lane) {
+__device__ __forceinline__ void add_fragment_atomic(
+    float* grad_kv, int32_t key_lo, int32_t key_hi, int col8, const float (&c)[4], int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const bool odd = lane & 1;
     const int32_t key = odd ? key_hi : key_lo;
     const float s0 = odd ? c[0] : c[2], s1 = odd ? c[1] : c[3];
     const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
     const float4 v = odd ? make_float4(r0, r1, c[2], c[3]) : make_float4(c[0], c[1], r0, r1);
-    if (key >= 0) atomicAdd(reinterpret_cast<float4*>(grad_kv + int64_t(key) * kDimQK + col8 + 4 * ((lane & 3) >> 1)), v);
+    if (key >= 0)
+        atomicAdd(reinterpret_cast<float4*>(grad_kv + int64_t(key) * kDimQK + col8 + 4 * ((lane & 3) >> 1)), v);
 #else
     const int col = col8 + 2 * (lane & 3);  // vector float atomics need sm_90
     for (int i = 0; i < 2; ++i) {
@@ -85,8 +86,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_bwd_kernel(const Spars
     const int r0 = rg * 16 + (lane >> 2);
     const int t_row = (lane & 7) + (((lane >> 3) & 1) << 3);  // row of an x4.trans load over a 16 × 16 block
     const int t_col = (lane >> 4) << 3;
-    const int at_row = (lane & 7) + ((lane >> 4) << 3);      // transposed-A load: stored row (head)
-    const int at_col = ((lane >> 3) & 1) << 3;               // stored column (entry) offset
+    const int at_row = (lane & 7) + ((lane >> 4) << 3);  // transposed-A load: stored row (head)
+    const int at_col = ((lane >> 3) & 1) << 3;           // stored column (entry) offset
 
     for (int tile = 0; tile < num_tiles; ++tile) {
         const int64_t base = int64_t(tile) * kBlockK;
@@ -222,8 +223,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_bwd_kernel(const Spars
 }
 
 // δ[row] = Σ_c grad_out[row, c] · out[row, c] over the 512 latent columns: one warp per row, 16 columns per lane.
-__global__ void __launch_bounds__(256) sparse_mla_delta_kernel(const __nv_bfloat16* grad_out,
-                                                               const __nv_bfloat16* out, float* delta, int64_t rows) {
+__global__ void __launch_bounds__(256)
+    sparse_mla_delta_kernel(const __nv_bfloat16* grad_out, const __nv_bfloat16* out, float* delta, int64_t rows) {
     const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -248,8 +249,8 @@ __global__ void __launch_bounds__(256) sparse_mla_delta_kernel(const __nv_bfloat
 
 }  // namespace
 
-cudaError_t launch_sparse_mla_delta(const void* grad_out, const void* out, float* delta, int64_t rows,
-                                    cudaStream_t stream) {
+cudaError_t launch_sparse_mla_delta(
+    const void* grad_out, const void* out, float* delta, int64_t rows, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     sparse_mla_delta_kernel<<<unsigned((rows + 7) / 8), 256, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(grad_out), static_cast<const __nv_bfloat16*>(out), delta, rows);

@@ -27,10 +27,9 @@
 namespace dsrl::kernels {
 namespace {
 
-
-constexpr int kThreads = 256;        // 8 warps
-constexpr int kBlockH = 64;          // heads per block
-constexpr int kBlockK = 64;          // entries per tile
+constexpr int kThreads = 256;                        // 8 warps
+constexpr int kBlockH = 64;                          // heads per block
+constexpr int kBlockK = 64;                          // entries per tile
 constexpr int kDimQK = kMlaLatentDim + kMlaRopeDim;  // 576
 constexpr int kChunksQK = kDimQK / 8;                // 16-byte chunks per Q/K row (72)
 constexpr int kChunksV = kMlaLatentDim / 8;          // 64
@@ -114,13 +113,15 @@ __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
 // Stages 64 rows of [lat | pe] (bf16, 576 wide) into a swizzled tile. row_src(r) returns the row index into the
 // [rows, 512] / [rows, 64] sources, or -1 for a zero row.
 template <typename RowFn>
-__device__ __forceinline__ void stage_rows(uint32_t tile, const __nv_bfloat16* lat, const __nv_bfloat16* pe,
+__device__ __forceinline__ void stage_rows(uint32_t tile,
+                                           const __nv_bfloat16* lat,
+                                           const __nv_bfloat16* pe,
                                            RowFn row_src) {
     for (int i = threadIdx.x; i < kBlockK * kChunksQK; i += kThreads) {
         const int r = i / kChunksQK, c = i % kChunksQK;
         const int64_t src = row_src(r);
         const bool ok = src >= 0;
-        const __nv_bfloat16* ptr = !ok          ? lat
+        const __nv_bfloat16* ptr = !ok            ? lat
                                    : c < kChunksV ? lat + src * kMlaLatentDim + c * 8
                                                   : pe + src * kMlaRopeDim + (c - kChunksV) * 8;
         cp_async16(tile + swz(r, c * 8, kChunksQK), ptr, ok);
@@ -140,9 +141,17 @@ __device__ __forceinline__ void stage_rows(uint32_t tile, const __nv_bfloat16* l
 // writes visible to each other), updates m_run / l_run, hands P = exp2(s − m) to store_p(row, col, bf16 pair)
 // and returns in alpha the factors by which this thread's O rows must be rescaled.
 template <typename Exchange, typename StoreP>
-__device__ __forceinline__ void online_softmax_tile(float (&s)[16], const int32_t* idx_t, int kh, int lane, int r0,
-                                                    float scale_log2, float* red_max, float (&m_run)[2],
-                                                    float (&l_run)[2], float (&alpha)[2], Exchange exchange,
+__device__ __forceinline__ void online_softmax_tile(float (&s)[16],
+                                                    const int32_t* idx_t,
+                                                    int kh,
+                                                    int lane,
+                                                    int r0,
+                                                    float scale_log2,
+                                                    float* red_max,
+                                                    float (&m_run)[2],
+                                                    float (&l_run)[2],
+                                                    float (&alpha)[2],
+                                                    Exchange exchange,
                                                     StoreP store_p) {
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -203,9 +212,17 @@ __device__ __forceinline__ void rescale_rows(float (&o)[128], const float (&alph
 // The forward's end: adds the two halves' row sums through red_sum (exchange() as above, after every read of
 // red_max), then writes O / l and lse (or, split-KV, the fp32 partials) for this thread's rows.
 template <bool kSplit, typename Exchange>
-__device__ __forceinline__ void store_forward_rows(const SparseMlaFwdParams& p, const float (&o)[128],
-                                                   float (&l_run)[2], const float (&m_run)[2], float* red_sum, int kh,
-                                                   int lane, int r0, int64_t bt, int64_t h0, int split,
+__device__ __forceinline__ void store_forward_rows(const SparseMlaFwdParams& p,
+                                                   const float (&o)[128],
+                                                   float (&l_run)[2],
+                                                   const float (&m_run)[2],
+                                                   float* red_sum,
+                                                   int kh,
+                                                   int lane,
+                                                   int r0,
+                                                   int64_t bt,
+                                                   int64_t h0,
+                                                   int split,
                                                    Exchange exchange) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -232,7 +249,8 @@ __device__ __forceinline__ void store_forward_rows(const SparseMlaFwdParams& p, 
 #pragma unroll
             for (int nt = 0; nt < 32; ++nt) {
                 const int col = nt * 8 + 2 * (lane & 3);
-                *reinterpret_cast<float2*>(dst + col) = make_float2(o[nt * 4 + 2 * i] * inv, o[nt * 4 + 2 * i + 1] * inv);
+                *reinterpret_cast<float2*>(dst + col) =
+                    make_float2(o[nt * 4 + 2 * i] * inv, o[nt * 4 + 2 * i + 1] * inv);
             }
             if (kh == 0 && (lane & 3) == 0) p.partial_lse[int64_t(split) * plane + row_index] = lse;
         } else {

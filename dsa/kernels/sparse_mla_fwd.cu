@@ -33,9 +33,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
     const uint32_t k_tile0 = smem_addr(smem + kFwdOffK0), k_tile1 = smem_addr(smem + kFwdOffK1);
 
     // Q rows (zero rows past the last head).
-    stage_rows(q_tile, q_lat, q_pe, [&](int r) -> int64_t {
-        return h0 + r < p.num_heads ? bt * p.num_heads + h0 + r : -1;
-    });
+    stage_rows(q_tile, q_lat, q_pe,
+               [&](int r) -> int64_t { return h0 + r < p.num_heads ? bt * p.num_heads + h0 + r : -1; });
     auto load_tile = [&](int tile, int buf) {
         const int64_t base = int64_t(tile) * kBlockK;
         stage_rows(buf ? k_tile1 : k_tile0, c_kv, k_pe, [&](int r) -> int64_t {
@@ -57,10 +56,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
 #pragma unroll
     for (int i = 0; i < 128; ++i) acc_o[i] = 0.f;
 
-    const int a_row = rg * 16 + (lane & 15);                          // ldmatrix row of the A operand
-    const int b_row_s = kh * 32 + (lane & 7) + ((lane >> 4) << 3);   // entry row of the B operand in S
+    const int a_row = rg * 16 + (lane & 15);                        // ldmatrix row of the A operand
+    const int b_row_s = kh * 32 + (lane & 7) + ((lane >> 4) << 3);  // entry row of the B operand in S
     const int b_col_s = ((lane >> 3) & 1) << 3;
-    const int r0 = rg * 16 + (lane >> 2);                             // accumulator rows r0, r0 + 8
+    const int r0 = rg * 16 + (lane >> 2);  // accumulator rows r0, r0 + 8
 
     for (int tile = t_begin; tile < t_end; ++tile) {
         const int buf = (tile - t_begin) & 1;
@@ -91,9 +90,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
 
         // Online softmax: row maxima across the row group's two warps, P (bf16) to shared memory.
         float alpha[2];
-        online_softmax_tile(acc_s, idx_s + buf * kBlockK, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
-                            [&] { named_barrier(1 + rg, 64); },
-                            [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + swz(row, col, kChunksP), v); });
+        online_softmax_tile(
+            acc_s, idx_s + buf * kBlockK, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
+            [&] { named_barrier(1 + rg, 64); },
+            [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + swz(row, col, kChunksP), v); });
         rescale_rows(acc_o, alpha);
         named_barrier(1 + rg, 64);  // the row group's P (both entry halves) is in shared memory
 
@@ -134,16 +134,40 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_fwd_kernel(const Spars
 __device__ __forceinline__ void wgmma_m64n32_kk(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
+        "%13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 __device__ __forceinline__ void wgmma_m64n256_kt(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
+        "%13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, "
+        "%35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, "
+        "%57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, "
+        "%79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, "
+        "%100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, "
+        "%118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+          "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+          "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+          "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+          "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+          "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+          "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+          "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]),
+          "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),
+          "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]),
+          "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
+          "+f"(d[126]), "+f"(d[127])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
@@ -210,18 +234,18 @@ constexpr int kWsConsumers = 256;
 constexpr int kWsOffK0 = kTileQKBytes;
 constexpr int kWsOffK1 = 2 * kTileQKBytes;
 constexpr int kWsOffP = 3 * kTileQKBytes;
-constexpr int kWsOffIdx = kWsOffP + kTilePBytes;         // int32 [2][64]: the indices of each K buffer's tile
-constexpr int kWsOffMax = kWsOffIdx + 2 * kBlockK * 4;   // float [2][64]; row sums reuse it after the loop
-constexpr int kWsOffBar = kWsOffMax + 2 * kBlockH * 4;   // uint64 full[2], empty[2]
-constexpr int kWgSmem = kWsOffBar + 4 * 8 + 1024;        // + slack to align the base to 1024 B
+constexpr int kWsOffIdx = kWsOffP + kTilePBytes;        // int32 [2][64]: the indices of each K buffer's tile
+constexpr int kWsOffMax = kWsOffIdx + 2 * kBlockK * 4;  // float [2][64]; row sums reuse it after the loop
+constexpr int kWsOffBar = kWsOffMax + 2 * kBlockH * 4;  // uint64 full[2], empty[2]
+constexpr int kWgSmem = kWsOffBar + 4 * 8 + 1024;       // + slack to align the base to 1024 B
 static_assert(kWgSmem <= 227 * 1024, "wgmma forward shared memory over the sm_90 limit");
 constexpr int kWsConsumerRegs = 232;  // 2 × 128 × 232 + 128 × 40 ≤ 65536
 constexpr int kWsProducerRegs = 40;
 
 // Producer thread pt (0..127) stages row pt / 2 of a 64-row tile: 16-byte chunks (pt & 1) + 2m, m = 0..35, so
 // one warp instruction covers 32 contiguous bytes of 16 rows. src < 0: a zero row.
-__device__ __forceinline__ void gather_row_half(uint32_t tile, const __nv_bfloat16* lat, const __nv_bfloat16* pe,
-                                                int64_t src, int pt) {
+__device__ __forceinline__ void gather_row_half(
+    uint32_t tile, const __nv_bfloat16* lat, const __nv_bfloat16* pe, int64_t src, int pt) {
     const int r = pt >> 1, half = pt & 1;
     const bool ok = src >= 0;
     const __nv_bfloat16* lat_row = lat + (ok ? src * kMlaLatentDim : 0);
@@ -277,7 +301,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) sparse_mla_fwd_wgmma_kernel(con
         const auto* k_pe = static_cast<const __nv_bfloat16*>(p.k_pe) + b * p.kpe_batch_stride;
         const int32_t* idx_row = p.indices + bt * p.topk;
         if (t_begin < t_end) {
-            gather_row_half(q_tile, static_cast<const __nv_bfloat16*>(p.q_lat), static_cast<const __nv_bfloat16*>(p.q_pe),
+            gather_row_half(q_tile, static_cast<const __nv_bfloat16*>(p.q_lat),
+                            static_cast<const __nv_bfloat16*>(p.q_pe),
                             h0 + r < p.num_heads ? bt * p.num_heads + h0 + r : -1, pt);
         }
         for (int tile = t_begin; tile < t_end; ++tile) {
@@ -332,9 +357,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) sparse_mla_fwd_wgmma_kernel(con
             // Both halves' row maxima; the barrier also says every consumer finished the previous tile's O
             // product, so P may be overwritten.
             float alpha[2];
-            online_softmax_tile(acc_s, idx_t, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
-                                [] { named_barrier(1, kWsConsumers); },
-                                [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + atom_off(row, col), v); });
+            online_softmax_tile(
+                acc_s, idx_t, kh, lane, r0, scale_log2, red_max, m_run, l_run, alpha,
+                [] { named_barrier(1, kWsConsumers); },
+                [&](int row, int col, uint32_t v) { st_shared_u32(p_tile + atom_off(row, col), v); });
             rescale_rows(acc_o, alpha);
             fence_async_smem();  // P was written with ordinary stores; the O product reads it through the async proxy
             named_barrier(2, kWsConsumers);  // all 64 rows × 64 entries of P are in shared memory
@@ -372,7 +398,8 @@ __global__ void __launch_bounds__(128) sparse_mla_combine_kernel(const SparseMla
         for (int s = 0; s < p.num_splits; ++s) {
             const float w = expf(p.partial_lse[s * plane + row] - m);
             total += w;
-            const float4 v = reinterpret_cast<const float4*>(p.partial_out + (s * plane + row) * kMlaLatentDim)[threadIdx.x];
+            const float4 v =
+                reinterpret_cast<const float4*>(p.partial_out + (s * plane + row) * kMlaLatentDim)[threadIdx.x];
             acc.x += w * v.x;
             acc.y += w * v.y;
             acc.z += w * v.z;

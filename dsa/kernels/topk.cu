@@ -17,9 +17,9 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBins = 2048;          // 11-bit digits
-constexpr int kCandCap = 4096;       // candidate buffer (keys + columns)
-constexpr int kVec = 16;             // consecutive keys per thread per tile (4 float4 loads in flight)
+constexpr int kBins = 2048;     // 11-bit digits
+constexpr int kCandCap = 4096;  // candidate buffer (keys + columns)
+constexpr int kVec = 16;        // consecutive keys per thread per tile (4 float4 loads in flight)
 constexpr int kTile = kThreads * kVec;
 
 struct TopkSmem {
@@ -29,7 +29,7 @@ struct TopkSmem {
     int hist[kBins];
     int scan[kWarps];
     int n_sel;
-    int n_cand;                        // candidates seen (may exceed kCandCap only for a single-value bucket)
+    int n_cand;  // candidates seen (may exceed kCandCap only for a single-value bucket)
     int found_bin, found_above, found_count;
 };
 
@@ -137,10 +137,10 @@ __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p)
     const bool aligned = (reinterpret_cast<uintptr_t>(row) & 15u) == 0;
 
     uint32_t prefix = 0;
-    int bits = 0;            // leading bits of the threshold known so far
-    int need = p.topk;       // winners still needed from the current bucket
+    int bits = 0;              // leading bits of the threshold known so far
+    int need = p.topk;         // winners still needed from the current bucket
     bool take_bucket = false;  // the whole current bucket wins
-    int target = -1;         // min(topk, #selectable), once known
+    int target = -1;           // min(topk, #selectable), once known
     if (tid == 0) {
         s.n_sel = 0;
         s.n_cand = 0;

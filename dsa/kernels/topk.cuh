@@ -15,18 +15,18 @@ namespace dsrl::dsa::kernels {
 constexpr int kTopkMax = 2048;
 
 struct TopkParams {
-    const float* logits;       // [num_rows, row_stride] fp32; row r's keys are columns [0, len_r)
+    const float* logits;  // [num_rows, row_stride] fp32; row r's keys are columns [0, len_r)
     int64_t num_rows;
-    int64_t num_cols;          // columns per row (S), < 2^31
-    int64_t row_stride;        // elements between consecutive rows (>= num_cols)
+    int64_t num_cols;    // columns per row (S), < 2^31
+    int64_t row_stride;  // elements between consecutive rows (>= num_cols)
     // Rows come in groups of rows_per_group (e.g. the queries of one batch element of a chunk). Row r is
     // group g = r / rows_per_group, member i = r % rows_per_group.
     int64_t rows_per_group;
-    const int64_t* row_last;   // optional: len_r = clamp(row_last[g * last_group_stride + i] + 1, 0, num_cols);
-    int64_t last_group_stride; // nullptr row_last: len_r = num_cols
-    int topk;                  // 1..kTopkMax
-    int32_t* out;              // output row of r: out + (g * out_group_stride + i) * topk, topk int32
-    int64_t out_group_stride;  // in rows
+    const int64_t* row_last;    // optional: len_r = clamp(row_last[g * last_group_stride + i] + 1, 0, num_cols);
+    int64_t last_group_stride;  // nullptr row_last: len_r = num_cols
+    int topk;                   // 1..kTopkMax
+    int32_t* out;               // output row of r: out + (g * out_group_stride + i) * topk, topk int32
+    int64_t out_group_stride;   // in rows
 };
 
 /// Launches one block per row on `stream`. Empty input launches nothing.

@@ -33,7 +33,8 @@ public:
             if (words.empty()) {
                 const auto it = in.meta.find("keywords");
                 if (it == in.meta.end()) {
-                    out.push_back(dsrl::rewards::RewardResult::failure("no words param and no 'keywords' in the sample"));
+                    out.push_back(
+                        dsrl::rewards::RewardResult::failure("no words param and no 'keywords' in the sample"));
                     continue;
                 }
                 words = split(it->second);
@@ -56,8 +57,7 @@ private:
 DSRL_REWARD_PLUGIN_EXPORT int dsrl_reward_plugin_abi_version() { return DSRL_REWARD_PLUGIN_ABI_VERSION; }
 
 DSRL_REWARD_PLUGIN_EXPORT void dsrl_register_rewards(dsrl::rewards::Registry* registry) {
-    registry->add("keyword", "fraction of the given keywords present in the response (example plugin)",
-                  [](const dsrl::rewards::Params& p) {
-                      return std::make_unique<KeywordReward>(split(p.str("words", "")));
-                  });
+    registry->add(
+        "keyword", "fraction of the given keywords present in the response (example plugin)",
+        [](const dsrl::rewards::Params& p) { return std::make_unique<KeywordReward>(split(p.str("words", ""))); });
 }

@@ -1,12 +1,14 @@
 #include "core/fs.h"
 
-#include <unistd.h>
-
-#include <fstream>
-#include <iterator>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <vector>
 
 #include "core/error.h"
 
@@ -131,6 +133,44 @@ TEST(FsTest, FileLocksConflictAcrossDescriptorsAndRecordTheHolder) {
     } catch (const Error& e) {
         EXPECT_THAT(e.what(), ::testing::HasSubstr("missing/.lock"));
     }
+    remove_tree(dir);
+}
+
+TEST(FsTest, LineReaderStreamsLinesOfAnyEndingAndNamesThePathOnErrors) {
+    const std::string dir = make_temp_dir("dsrl_fs_lines_");
+    auto lines_of = [&](const std::string& text) {
+        const std::string path = join(dir, "f.txt");
+        write_file_atomic(path, {text});
+        LineReader in(path);
+        std::vector<std::string> out;
+        for (std::string line; in.next(line);) {
+            EXPECT_EQ(in.line_number(), static_cast<int64_t>(out.size()) + 1);
+            out.push_back(line);
+        }
+        return out;
+    };
+    using V = std::vector<std::string>;
+    EXPECT_EQ(lines_of(""), V{});
+    EXPECT_EQ(lines_of("a\nb\n"), (V{"a", "b"}));
+    EXPECT_EQ(lines_of("a\nb"), (V{"a", "b"})) << "a last line without a newline";
+    EXPECT_EQ(lines_of("a\r\n\r\nc\r\n"), (V{"a", "", "c"})) << "CRLF";
+    EXPECT_EQ(lines_of("\xEF\xBB\xBF"
+                       "a\n\xEF\xBB\xBF"
+                       "b\n"),
+              (V{"a",
+                 "\xEF\xBB\xBF"
+                 "b"}))
+        << "BOM on line 1 only";
+    std::string big(200000, 'x');  // longer than one read
+    EXPECT_EQ(lines_of(big + "\n" + big), (V{big, big}));
+    try {
+        LineReader in(dir);
+        FAIL() << "a directory must be an error";
+    } catch (const IoError& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("cannot open '" + dir + "'"));
+        EXPECT_EQ(e.reason(), std::strerror(EISDIR));
+    }
+    EXPECT_THROW(LineReader(join(dir, "missing")), IoError);
     remove_tree(dir);
 }
 

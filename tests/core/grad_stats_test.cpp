@@ -44,7 +44,9 @@ TEST(GradStatsTest, RejectsBadInputsWithClearMessages) {
         grad_stats({at::zeros({3})}, Impl::kCuda);
         FAIL();
     } catch (const c10::Error& e) {
-        EXPECT_NE(std::string(e.what_without_backtrace()).find("grad_stats: impl is cuda but the kernels cannot take these inputs"), std::string::npos);
+        EXPECT_NE(std::string(e.what_without_backtrace())
+                      .find("grad_stats: impl is cuda but the kernels cannot take these inputs"),
+                  std::string::npos);
     }
     EXPECT_EQ(grad_stats({}).num_nonfinite, 0);
 }

@@ -40,7 +40,8 @@ TEST(LoggingTest, WritesOneLinePerMessage) {
     DSRL_LOG(info) << "step " << 3 << " of " << 10;
     DSRL_LOG(debug) << "hidden";
     const std::string out = ::testing::internal::GetCapturedStderr();
-    EXPECT_THAT(out, MatchesRegex(R"(\[[-0-9: .]*\] \[rank 0\] I step 3 of 10)" "\n"));
+    EXPECT_THAT(out, MatchesRegex(R"(\[[-0-9: .]*\] \[rank 0\] I step 3 of 10)"
+                                  "\n"));
     log::set_rank(-1);
 }
 
@@ -50,7 +51,8 @@ TEST(LoggingTest, ParseLevelRejectsUnknown) {
         log::parse_level("verbose", "run.log_level");
         FAIL();
     } catch (const ConfigError& e) {
-        EXPECT_THAT(std::string(e.what()), HasSubstr("run.log_level: expected one of debug, info, warn, error, got 'verbose'"));
+        EXPECT_THAT(std::string(e.what()),
+                    HasSubstr("run.log_level: expected one of debug, info, warn, error, got 'verbose'"));
     }
 }
 

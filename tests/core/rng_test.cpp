@@ -1,7 +1,7 @@
 #include "core/rng.h"
 
-#include <ATen/ops/randn.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
 
 #include <set>

@@ -11,8 +11,8 @@
 #include <random>
 #include <sstream>
 
-#include "core/fs.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/rng.h"
 #include "tests/test_util.h"
 
@@ -82,9 +82,7 @@ TEST(SafetensorsTest, ViewsOutliveTheFileObject) {
     const std::string path = fs_path(dir, "x.safetensors");
     save_safetensors(path, {{"a", at::arange(1000, at::kFloat)}});
     at::Tensor a;
-    {
-        a = SafetensorsFile::open(path).get("a");
-    }
+    { a = SafetensorsFile::open(path).get("a"); }
     EXPECT_EQ(a[999].item<float>(), 999.0f);
 }
 
@@ -106,9 +104,11 @@ TEST(SafetensorsTest, EachBadInputHasAClearError) {
                 HasSubstr("exceed the 16-byte data section (truncated file?)"));
     EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", data16),
                 HasSubstr("16 bytes do not hold F32 shape [3] (12 bytes)"));
-    EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                          data16),
-                HasSubstr("overlap"));
+    EXPECT_THAT(
+        error_for(
+            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            data16),
+        HasSubstr("overlap"));
     EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[4]}})", data16), HasSubstr("data_offsets must be"));
     write_bytes(path, "abc");
     EXPECT_THAT(open_error(path), HasSubstr("truncated: 3 bytes"));

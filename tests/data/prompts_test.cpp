@@ -73,9 +73,8 @@ TEST(PromptJsonlTest, ReadsFieldsMetaOverridesAndIds) {
     EXPECT_EQ(b.domain, "poetry");  // the line's domain overrides the config's
     EXPECT_EQ(b.id, 70);
     EXPECT_EQ(b.prompt, "Write a haiku.");  // CRLF stripped
-    EXPECT_EQ(b.meta,
-              (std::map<std::string, std::string>{
-                  {"rubric", "5-7-5"}, {"level", "3"}, {"tags", "[\"a\",\"b\"]"}, {"x", "null"}}));
+    EXPECT_EQ(b.meta, (std::map<std::string, std::string>{
+                          {"rubric", "5-7-5"}, {"level", "3"}, {"tags", "[\"a\",\"b\"]"}, {"x", "null"}}));
 
     const PromptItem c = src->get(2);
     EXPECT_EQ(c.id, 2);           // index among non-blank lines, not the line number
@@ -97,41 +96,27 @@ struct BadLine {
 TEST(PromptJsonlTest, EveryErrorNamesFileAndLine) {
     const std::vector<BadLine> cases = {
         {"invalid_json", "{\"prompt\": \"a\"}\n{\"prompt\": \"b\",}\n", 2, "invalid JSON: [json.exception.parse_error"},
-        {"comment",
-         "\n# a comment\n{\"prompt\": \"a\"}\n",
-         2,
+        {"comment", "\n# a comment\n{\"prompt\": \"a\"}\n", 2,
          "invalid JSON: [json.exception.parse_error.101] parse error at column 1:"},
         {"not_object", "{\"prompt\": \"a\"}\n\n[\"prompt\", \"b\"]\n", 3, "expected a JSON object, but got array"},
         {"missing_prompt", "{\"answer\": \"4\"}\n", 1, "missing the required string 'prompt'"},
         {"null_prompt", "{\"prompt\": null}\n", 1, "missing the required string 'prompt'"},
-        {"number_prompt",
-         "{\"prompt\": \"a\"}\n{\"prompt\": 12}\n",
-         2,
+        {"number_prompt", "{\"prompt\": \"a\"}\n{\"prompt\": 12}\n", 2,
          "expected 'prompt' to be a string, but got number 12"},
         {"empty_prompt", "{\"prompt\": \"\"}\n", 1, "'prompt' is empty"},
-        {"bool_answer",
-         "{\"prompt\": \"a\", \"answer\": true}\n",
-         1,
+        {"bool_answer", "{\"prompt\": \"a\", \"answer\": true}\n", 1,
          "expected 'answer' to be a string, but got boolean true"},
         {"object_rubric", "{\"prompt\": \"a\", \"rubric\": {}}\n", 1, "expected 'rubric' to be a string"},
         {"number_domain", "{\"prompt\": \"a\", \"domain\": 1}\n", 1, "expected 'domain' to be a string"},
-        {"float_id",
-         "{\"prompt\": \"a\", \"id\": 1.5}\n",
-         1,
+        {"float_id", "{\"prompt\": \"a\", \"id\": 1.5}\n", 1,
          "expected 'id' to be a 64-bit integer, but got number 1.5"},
-        {"string_id",
-         "{\"prompt\": \"a\", \"id\": \"7\"}\n",
-         1,
+        {"string_id", "{\"prompt\": \"a\", \"id\": \"7\"}\n", 1,
          "expected 'id' to be a 64-bit integer, but got string"},
         {"huge_id", "{\"prompt\": \"a\", \"id\": 18446744073709551615}\n", 1, "64-bit integer"},
-        {"duplicate_id",
-         "{\"prompt\": \"a\", \"id\": 5}\n\n{\"prompt\": \"b\", \"id\": 5}\n",
-         3,
+        {"duplicate_id", "{\"prompt\": \"a\", \"id\": 5}\n\n{\"prompt\": \"b\", \"id\": 5}\n", 3,
          "duplicate id 5 (first used at line 1)"},
         // A default id (the index among non-blank lines) collides with an explicit one.
-        {"duplicate_default_id",
-         "{\"prompt\": \"a\", \"id\": 1}\n{\"prompt\": \"b\"}\n",
-         2,
+        {"duplicate_default_id", "{\"prompt\": \"a\", \"id\": 1}\n{\"prompt\": \"b\"}\n", 2,
          "duplicate id 1 (first used at line 1)"},
     };
     for (const BadLine& c : cases) {

@@ -1,7 +1,5 @@
 #include "dsa/hf_checkpoint.h"
 
-#include <dirent.h>
-
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
@@ -133,16 +131,7 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {
-    std::vector<std::string> out;
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) return out;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") out.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
-    return out;
+    return fs::is_dir(dir) ? fs::list_dir(dir) : std::vector<std::string>{};
 }
 
 bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
@@ -317,11 +306,16 @@ TEST(HfCheckpointConfigTest, BadConfigsNameTheFileAndKey) {
         {[](Json& j) { j["rope_scaling"]["factor"] = "40"; }, "key 'rope_scaling.factor': expected a number"},
         {[](Json& j) { j["rope_scaling"].erase("original_max_position_embeddings"); },
          "missing required key 'rope_scaling.original_max_position_embeddings'"},
-        {[](Json& j) { j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 1e4}}; },
+        {[](Json& j) {
+             j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 1e4}};
+         },
          "key 'rope_parameters.rope_type'"},
         {[](Json& j) { j["rope_parameters"] = 3; }, "key 'rope_parameters': expected an object"},
         {[](Json& j) { j["scoring_func"] = "softmax"; }, "key 'scoring_func'"},
-        {[](Json& j) { j["mlp_layer_types"] = Json::array({"sparse", "dense"}); }, "key 'mlp_layer_types'"},
+        {[](Json& j) {
+             j["mlp_layer_types"] = Json::array({"sparse", "dense"});
+         },
+         "key 'mlp_layer_types'"},
         {[](Json& j) { j["quantization_config"]["weight_block_size"] = {128}; },
          "key 'quantization_config.weight_block_size'"},
         {[](Json& j) { j["quantization_config"]["quant_method"] = "gptq"; }, "key 'quantization_config.quant_method'"},
@@ -366,12 +360,15 @@ TEST(HfCheckpointFp8Test, DequantizesPartialBlocksLikeAnElementwiseReference) {
 TEST(HfCheckpointFp8Test, RejectsAScaleOfTheWrongShape) {
     const at::Tensor w8 = at::randn({5, 7}).to(at::kFloat8_e4m3fn);
     const Fp8Format fmt{.block_rows = 2, .block_cols = 4};
-    const std::string msg =
-        error_of([&] { dequantize_fp8_blockwise(w8, at::ones({2, 2}), fmt, at::kFloat, "f: tensor 'w'"); });
+    const std::string msg = error_of([&] {
+        dequantize_fp8_blockwise(w8, at::ones({2, 2}), fmt, at::kFloat, "f: tensor 'w'");
+    });
     EXPECT_THAT(msg, HasSubstr("f: tensor 'w'"));
     EXPECT_THAT(msg, HasSubstr("expected weight_scale_inv of shape [3, 2]"));
     EXPECT_THAT(msg, HasSubstr("got Float [2, 2]"));
-    EXPECT_THAT(error_of([&] { dequantize_fp8_blockwise(at::randn({5, 7}), at::rand({3, 2}), fmt, at::kFloat, "w"); }),
+    EXPECT_THAT(error_of([&] {
+                    dequantize_fp8_blockwise(at::randn({5, 7}), at::rand({3, 2}), fmt, at::kFloat, "w");
+                }),
                 HasSubstr("expected a 2-D F8_E4M3 weight, got Float"));
 }
 
@@ -568,8 +565,8 @@ TEST(HfCheckpointReaderTest, RejectsOrphanScalesAndUnscaledFp8) {
     {
         HandMade c;
         c.config();
-        c.shard("model.safetensors", {{"w.weight", at::ones({200, 4}).to(at::kFloat8_e4m3fn)},
-                                      {"w.weight_scale_inv", at::ones({1, 1})}});
+        c.shard("model.safetensors",
+                {{"w.weight", at::ones({200, 4}).to(at::kFloat8_e4m3fn)}, {"w.weight_scale_inv", at::ones({1, 1})}});
         EXPECT_THAT(c.open_error(), HasSubstr("does not match its scale 'w.weight_scale_inv'"));
     }
 }

@@ -1,7 +1,8 @@
 // CUDA indexer kernels (dsa/indexer_cuda.h) against the ATen oracle (dsa/indexer_topk.h) on fresh random
 // inputs: exact top-k (order included, same scores in), bf16 and FP8 logits with identical −inf masks, the
 // fused causal top-k, the logits backward vs autograd, the warm-up loss on the kernels vs its ATen path, and
-// timings at full size (IndexerKernelBench, printed, never asserted). Outputs are poisoned before each run (the caching allocator hands the poisoned block back).
+// timings at full size (IndexerKernelBench, printed, never asserted). Outputs are poisoned before each run (the caching
+// allocator hands the poisoned block back).
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -49,15 +50,20 @@ void poison_next_alloc(int64_t bytes) {
 at::Tensor ref_topk_rows(const at::Tensor& logits, int64_t topk) {
     auto [sorted, order] = at::sort(logits.cpu(), /*stable=*/true, /*dim=*/-1, /*descending=*/true);
     const int64_t kept = std::min(topk, logits.size(1));
-    at::Tensor idx = at::where(sorted.narrow(1, 0, kept) == -kInf, at::full({1}, -1, at::kLong),
-                               order.narrow(1, 0, kept)).to(at::kInt);
+    at::Tensor idx =
+        at::where(sorted.narrow(1, 0, kept) == -kInf, at::full({1}, -1, at::kLong), order.narrow(1, 0, kept))
+            .to(at::kInt);
     if (kept < topk) idx = at::cat({idx, at::full({logits.size(0), topk - kept}, -1, at::kInt)}, 1);
     return idx;
 }
 
 // Masked reference logits [B, T, S] fp32 (on the inputs' device).
-at::Tensor ref_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w, double scale,
-                      const at::Tensor& pos, const at::Tensor& valid) {
+at::Tensor ref_logits(const at::Tensor& q,
+                      const at::Tensor& k,
+                      const at::Tensor& w,
+                      double scale,
+                      const at::Tensor& pos,
+                      const at::Tensor& valid) {
     const at::Tensor s = indexer_scores(q.to(at::kFloat), k.to(at::kFloat), w.to(at::kFloat), scale);
     const int64_t S = k.size(1);
     at::Tensor visible = at::arange(S, pos.options()).view({1, 1, S}) <= pos.unsqueeze(-1);
@@ -69,8 +75,8 @@ at::Tensor ref_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 double masked_rel_err(const at::Tensor& actual, const at::Tensor& expected) {
     const at::Tensor a = actual.cpu().to(at::kDouble), e = expected.cpu().to(at::kDouble);
     EXPECT_FALSE(a.isnan().any().item<bool>()) << "NaN (unwritten?) in the kernel's output";
-    EXPECT_TRUE(at::equal(a == -kInf, e == -kInf)) << "−inf masks differ: " << (a == -kInf).sum().item<int64_t>()
-                                                   << " vs " << (e == -kInf).sum().item<int64_t>();
+    EXPECT_TRUE(at::equal(a == -kInf, e == -kInf))
+        << "−inf masks differ: " << (a == -kInf).sum().item<int64_t>() << " vs " << (e == -kInf).sum().item<int64_t>();
     const at::Tensor finite = e.isfinite().logical_and(a.isfinite());
     const at::Tensor zero = at::zeros({1}, at::kDouble);
     return ::dsrl::testing::rel_err(at::where(finite, a, zero), at::where(finite, e, zero));
@@ -117,9 +123,9 @@ TEST(IndexerKernelTest, TopkRowsEqualsTheStableSortSelection) {
         poison_next_alloc(c.rows * c.topk * 4);
         const at::Tensor got = cuda::topk_rows(x.cuda(), c.topk).cpu();
         const at::Tensor want = ref_topk_rows(x, c.topk);
-        EXPECT_TRUE(at::equal(got, want)) << "rows " << c.rows << " cols " << c.cols << " topk " << c.topk
-                                          << "; first differing row: "
-                                          << (got != want).any(1).to(at::kInt).argmax().item<int64_t>();
+        EXPECT_TRUE(at::equal(got, want))
+            << "rows " << c.rows << " cols " << c.cols << " topk " << c.topk
+            << "; first differing row: " << (got != want).any(1).to(at::kInt).argmax().item<int64_t>();
         EXPECT_TRUE(at::equal(cuda::topk_rows(x.cuda(), c.topk).cpu(), got)) << "not deterministic";
     }
 }
@@ -129,11 +135,11 @@ TEST(IndexerKernelTest, TopkRowsFullLengthRows) {
     at::Generator gen = rng::make_cpu_generator(12);
     const int64_t R = 6, S = 131072, K = 2048;
     at::Tensor x = at::randn({R, S}, gen, at::kFloat);
-    x[1] = (x[1] * 4).round();                          // a few hundred distinct values: big threshold ties
-    x[2].narrow(0, 1000, S - 1000).fill_(-kInf);        // fewer finite entries than topk
-    x[3] = x[3].clamp_min(2.5) - 2.5;                   // ~0.6% positive, then ties at exact zero
-    x[4] = x[4] * 1e-3 + 7.0;                           // one exponent: the first radix digit is one bin
-    x[5].fill_(1.5);                                    // all equal: the first topk keys
+    x[1] = (x[1] * 4).round();                    // a few hundred distinct values: big threshold ties
+    x[2].narrow(0, 1000, S - 1000).fill_(-kInf);  // fewer finite entries than topk
+    x[3] = x[3].clamp_min(2.5) - 2.5;             // ~0.6% positive, then ties at exact zero
+    x[4] = x[4] * 1e-3 + 7.0;                     // one exponent: the first radix digit is one bin
+    x[5].fill_(1.5);                              // all equal: the first topk keys
     poison_next_alloc(R * K * 4);
     const at::Tensor got = cuda::topk_rows(x.cuda(), K).cpu();
     const at::Tensor want = ref_topk_rows(x, K);
@@ -182,8 +188,8 @@ TEST(IndexerKernelTest, Fp8LogitsMatchTheReference) {
 
 // Per row: at least `min_agree` of the reference's valid indices are selected, the valid counts are equal,
 // and the selected set's reference-score sum is within a rounding tolerance of the reference set's.
-void expect_topk_sets_close(const at::Tensor& got_t, const at::Tensor& want_t, const at::Tensor& scores_t,
-                            double min_agree, double sum_rtol) {
+void expect_topk_sets_close(
+    const at::Tensor& got_t, const at::Tensor& want_t, const at::Tensor& scores_t, double min_agree, double sum_rtol) {
     const at::Tensor got = got_t.cpu().reshape({-1, got_t.size(-1)}), want = want_t.cpu().reshape({-1, got_t.size(-1)});
     const at::Tensor scores = scores_t.cpu().reshape({got.size(0), -1});
     const auto g = got.accessor<int32_t, 2>(), w = want.accessor<int32_t, 2>();
@@ -222,7 +228,8 @@ void expect_topk_sets_close(const at::Tensor& got_t, const at::Tensor& want_t, c
     EXPECT_EQ(bad_count_rows, 0) << "rows whose number of valid indices differs";
     EXPECT_EQ(bad_sum_rows, 0) << "rows whose selected score sum is off";
     EXPECT_GE(double(agree), min_agree * double(total)) << agree << " of " << total << " indices agree";
-    std::printf("[topk sets] %lld of %lld indices agree\n", static_cast<long long>(agree), static_cast<long long>(total));
+    std::printf("[topk sets] %lld of %lld indices agree\n", static_cast<long long>(agree),
+                static_cast<long long>(total));
 }
 
 TEST(IndexerKernelTest, FusedTopkMatchesTheReference) {
@@ -230,13 +237,14 @@ TEST(IndexerKernelTest, FusedTopkMatchesTheReference) {
     struct Case {
         int64_t B, T, S, H, K, chunk;
     };
-    for (const Case c : {Case{2, 50, 3000, 64, 256, 24}, Case{1, 7, 5, 16, 8, 1024}, Case{1, 1024, 4096, 64, 2048, 512}}) {
+    for (const Case c :
+         {Case{2, 50, 3000, 64, 256, 24}, Case{1, 7, 5, 16, 8, 1024}, Case{1, 1024, 4096, 64, 2048, 512}}) {
         const Inputs in = make_inputs(50 + c.S, c.B, c.T, c.S, c.H);
         poison_next_alloc(c.B * c.T * c.K * 4);
         const at::Tensor got = cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk);
         ASSERT_EQ(got.sizes(), (std::vector<int64_t>{c.B, c.T, c.K}));
-        const at::Tensor want = indexer_topk(in.q.to(at::kFloat), in.k.to(at::kFloat), in.w, in.scale, in.pos,
-                                             in.valid, c.K, c.chunk);
+        const at::Tensor want =
+            indexer_topk(in.q.to(at::kFloat), in.k.to(at::kFloat), in.w, in.scale, in.pos, in.valid, c.K, c.chunk);
         const at::Tensor scores = ref_logits(in.q, in.k, in.w, in.scale, in.pos, in.valid);
         expect_topk_sets_close(got, want, scores, 0.99, 1e-5);
         EXPECT_TRUE(at::equal(cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk), got))
@@ -281,8 +289,7 @@ TEST(IndexerKernelTest, BackwardMatchesAutograd) {
         EXPECT_LE(ew, 1e-2) << "dw; T " << c.T << " S " << c.S << " H " << c.H;
         std::printf("[backward] %s T=%lld S=%lld H=%lld: rel err dq %.2g dk %.2g dw %.2g\n", c.bf16 ? "bf16" : "fp32",
                     (long long)c.T, (long long)c.S, (long long)c.H, eq, ek, ew);
-        const cuda::IndexerGrads again =
-            cuda::indexer_logits_backward(in.q, in.k, in.w, in.scale, in.pos, in.valid, g);
+        const cuda::IndexerGrads again = cuda::indexer_logits_backward(in.q, in.k, in.w, in.scale, in.pos, in.valid, g);
         EXPECT_TRUE(at::equal(again.dq, got.dq) && at::equal(again.dk, got.dk) && at::equal(again.dw, got.dw))
             << "not deterministic";
     }
@@ -339,8 +346,13 @@ TEST(IndexerKernelTest, WarmupLossKernelPathMatchesTheReferencePath) {
     }
     // kCuda on inputs the kernels cannot take: a clear error, not a silent fallback.
     IndexerOutput f32{at::randn({1, 8, 16, 128}).cuda(), at::randn({1, 8, 128}).cuda(), at::randn({1, 8, 16}).cuda()};
-    AttentionInputs att{at::randn({1, 8, 2, 4}).cuda(), at::randn({1, 8, 2, 2}).cuda(), at::randn({1, 8, 4}).cuda(),
-                        at::randn({1, 8, 2}).cuda(),    at::zeros({1, 8, 2}).cuda(),    0.5, true};
+    AttentionInputs att{at::randn({1, 8, 2, 4}).cuda(),
+                        at::randn({1, 8, 2, 2}).cuda(),
+                        at::randn({1, 8, 4}).cuda(),
+                        at::randn({1, 8, 2}).cuda(),
+                        at::zeros({1, 8, 2}).cuda(),
+                        0.5,
+                        true};
     const at::Tensor pos = at::arange(8, at::kLong).unsqueeze(0).cuda();
     EXPECT_THROW(indexer_warmup_loss(f32, att, pos, at::Tensor(), 4, Impl::kCuda), c10::Error);
     EXPECT_NO_THROW(indexer_warmup_loss(f32, att, pos, at::Tensor(), 4, Impl::kAuto));

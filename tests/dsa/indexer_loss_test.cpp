@@ -34,6 +34,7 @@
 #include "dsa/indexer_topk.h"
 #include "dsa/model.h"
 #include "dsa/sparse_attention.h"
+#include "tests/model_fixtures.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
@@ -55,13 +56,12 @@ at::Tensor visible_full(const at::Tensor& query_pos, const at::Tensor& key_valid
 
 // [B, H, L, S] scaled attention scores.
 at::Tensor full_scores(const AttentionInputs& a) {
-    return (at::einsum("bthc,bsc->bhts", {a.q_lat, a.c_kv}) + at::einsum("bthr,bsr->bhts", {a.q_pe, a.k_pe})) *
-           a.scale;
+    return (at::einsum("bthc,bsc->bhts", {a.q_lat, a.c_kv}) + at::einsum("bthr,bsr->bhts", {a.q_pe, a.k_pe})) * a.scale;
 }
 
 // Row 0: 2 left-padding tokens; row 1: an invalid key in the middle and 2 right-padding tokens (B = 2).
-Case random_case(int64_t L, int64_t HI, int64_t D, uint64_t seed, at::ScalarType dt = at::kDouble,
-                 bool padding = true) {
+Case random_case(
+    int64_t L, int64_t HI, int64_t D, uint64_t seed, at::ScalarType dt = at::kDouble, bool padding = true) {
     const int64_t B = 2, H = 3, C = 5, R = 2;
     auto gen = rng::make_cpu_generator(seed);
     const auto o = at::TensorOptions().dtype(dt);
@@ -211,8 +211,9 @@ TEST(IndexerLossTest, SparseLossEqualsTheFullMatrixOracleForEveryTile) {
         // The sparse lse of the attention is not needed: any lse (here the dense one, flagged sparse) gives the same.
         AttentionInputs sparse_att = c.att;
         sparse_att.dense = false;
-        EXPECT_ALL_CLOSE("sparse-flagged inputs", indexer_sparse_loss(c.ix, sparse_att, topk, c.query_pos, c.key_valid).loss,
-                         expect.loss, 1e-12, 1e-10);
+        EXPECT_ALL_CLOSE("sparse-flagged inputs",
+                         indexer_sparse_loss(c.ix, sparse_att, topk, c.query_pos, c.key_valid).loss, expect.loss, 1e-12,
+                         1e-10);
     }
 }
 
@@ -224,7 +225,8 @@ TEST(IndexerLossTest, SparseLossEqualsWarmupLossWhenEveryVisibleKeyIsSelected) {
 }
 
 // Central finite differences over every element of q, k and w.
-void expect_matches_finite_differences(const std::string& what, const std::function<at::Tensor(const Case&)>& f,
+void expect_matches_finite_differences(const std::string& what,
+                                       const std::function<at::Tensor(const Case&)>& f,
                                        Case& c) {
     require_grad(c);
     const auto analytic = grads_of(f(c), c);
@@ -355,25 +357,11 @@ TEST(IndexerLossTest, OracleRecallIsTheMassOfTheHeaviestKeysAndBoundsEverySelect
 
 // --- With the model ---------------------------------------------------------------------------------------------
 
-ModelConfig tiny(int64_t index_topk) {
-    ModelConfig c;
-    c.vocab_size = 50;
-    c.num_hidden_layers = 3;
-    c.first_k_dense_replace = 1;
-    c.index_topk = index_topk;
-    c.max_position_embeddings = 64;
-    c.rope_scaling.factor = 4;
-    c.rope_scaling.original_max_position_embeddings = 16;
-    return c;
-}
+ModelConfig tiny(int64_t index_topk) { return testing::toy_model_config(index_topk); }
 
 Model make_model(const ModelConfig& c, uint64_t seed = 3) {
     Model m = Model::random(c, seed, at::kCPU);
-    at::Generator gen = rng::make_cpu_generator(seed + 1);
-    for (NamedTensor& t : m.named_tensors()) {
-        if (t.name.find("norm") != std::string::npos) continue;
-        t.tensor->normal_(0.0, t.name.find("e_score_correction_bias") != std::string::npos ? 0.05 : 0.15, gen);
-    }
+    testing::scale_weights(m, seed + 1, 0.15, 0.05);
     return m;
 }
 
@@ -387,8 +375,8 @@ TEST(IndexerLossModelTest, ReturnsTheAttentionInputsOfEachLayer) {
     at::Tensor mask = at::ones({2, 10}, at::kLong);
     mask[1].narrow(0, 0, 3).fill_(0);  // left padding
     for (const AttentionPath path : {AttentionPath::kDense, AttentionPath::kSparse}) {
-        const ForwardOutput out =
-            m.forward({ids, mask}, {.return_topk = true, .return_indexer = true, .return_attention = true, .path = path});
+        const ForwardOutput out = m.forward(
+            {ids, mask}, {.return_topk = true, .return_indexer = true, .return_attention = true, .path = path});
         ASSERT_EQ(out.attention.size(), 3u);
         const AttentionInputs& a = out.attention[1];
         EXPECT_EQ(a.dense, path == AttentionPath::kDense);
@@ -408,9 +396,10 @@ TEST(IndexerLossModelTest, ReturnsTheAttentionInputsOfEachLayer) {
         const double recall = attention_recall(a, out.topk[1], out.query_pos, out.key_valid);
         EXPECT_GT(recall, 0.0);
         EXPECT_LT(recall, 1.0);
-        const IndexerLoss l = path == AttentionPath::kDense
-                                  ? indexer_warmup_loss(out.indexer[1], a, out.query_pos, out.key_valid, 4)
-                                  : indexer_sparse_loss(out.indexer[1], a, out.topk[1], out.query_pos, out.key_valid, 4);
+        const IndexerLoss l =
+            path == AttentionPath::kDense
+                ? indexer_warmup_loss(out.indexer[1], a, out.query_pos, out.key_valid, 4)
+                : indexer_sparse_loss(out.indexer[1], a, out.topk[1], out.query_pos, out.key_valid, 4);
         EXPECT_EQ(l.num_queries, 17);
         EXPECT_TRUE(std::isfinite(l.loss.item<double>()));
         EXPECT_GE(l.loss.item<double>(), 0.0);
@@ -441,8 +430,10 @@ TEST(IndexerLossModelTest, DetachedIndexerInputsSeparateTheLmLossFromTheIndexerL
     mask[0].narrow(0, 0, 2).fill_(0);
     const at::Tensor targets = at::randint(c.vocab_size, {2, 12, 1}, gen, at::kLong);
     auto losses = [&](bool detach) {
-        const ForwardOutput out = m.forward({ids, mask}, {.return_topk = true, .return_indexer = true,
-                                                          .return_attention = true, .detach_indexer_inputs = detach,
+        const ForwardOutput out = m.forward({ids, mask}, {.return_topk = true,
+                                                          .return_indexer = true,
+                                                          .return_attention = true,
+                                                          .detach_indexer_inputs = detach,
                                                           .path = AttentionPath::kSparse});
         const at::Tensor lm = at::log_softmax(out.logits, -1).gather(-1, targets).sum();
         at::Tensor indexer = at::zeros({});

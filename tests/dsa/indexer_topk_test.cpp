@@ -111,7 +111,7 @@ TEST(IndexerTopkTest, FewVisibleKeysSelectsAllOfThem) {
 
 TEST(IndexerTopkTest, PaddingKeysAreNeverSelectedAndChunkingDoesNotMatter) {
     Inputs in = random_inputs(2, 12, 16, 2, 4, 4);
-    in.valid[0].narrow(0, 0, 5).fill_(false);  // left padding in row 0
+    in.valid[0].narrow(0, 0, 5).fill_(false);   // left padding in row 0
     in.valid[1].narrow(0, 13, 3).fill_(false);  // right padding in row 1
     for (const int64_t chunk : {1, 5, 12, 100}) {
         const at::Tensor idx = indexer_topk(in.q, in.k, in.w, 0.5, in.pos, in.valid, 6, chunk);

@@ -50,7 +50,8 @@ TEST(ModelGpuTest, CudaForwardMatchesTheCpuReference) {
     }
     // Decode on the GPU equals the GPU's full forward.
     KvCache cache = gpu.new_cache(2, 40);
-    std::vector<at::Tensor> steps{gpu.forward({ids.narrow(1, 0, 10).cuda(), mask.narrow(1, 0, 10).cuda()}, {}, &cache).logits};
+    std::vector<at::Tensor> steps{
+        gpu.forward({ids.narrow(1, 0, 10).cuda(), mask.narrow(1, 0, 10).cuda()}, {}, &cache).logits};
     for (int64_t t = 10; t < 40; ++t) {
         steps.push_back(gpu.forward({ids.narrow(1, t, 1).cuda(), mask.narrow(1, t, 1).cuda()}, {}, &cache).logits);
     }
@@ -66,7 +67,6 @@ TEST(ModelGpuTest, CudaForwardMatchesTheCpuReference) {
     EXPECT_EQ(lb.scalar_type(), at::kFloat);
     EXPECT_FALSE(lb.isnan().any().item<bool>());
 }
-
 
 using ::dsrl::testing::rel_err;
 
@@ -146,8 +146,7 @@ TEST(ModelGpuTest, KernelPathMatchesTheReferencePath) {
     {
         at::NoGradGuard no_grad;
         KvCache cache = kern.new_cache(2, 160);
-        std::vector<at::Tensor> steps{
-            kern.forward({ids.narrow(1, 0, 100), mask.narrow(1, 0, 100)}, {}, &cache).logits};
+        std::vector<at::Tensor> steps{kern.forward({ids.narrow(1, 0, 100), mask.narrow(1, 0, 100)}, {}, &cache).logits};
         for (int64_t t = 100; t < 160; ++t) {
             steps.push_back(kern.forward({ids.narrow(1, t, 1), mask.narrow(1, t, 1)}, {}, &cache).logits);
         }

@@ -22,9 +22,7 @@ using testing::oracle_path;
 
 struct Oracle {
     SafetensorsFile file;
-    ForwardInput input() const {
-        return {file.get("input_ids"), file.get("attention_mask"), file.get("position_ids")};
-    }
+    ForwardInput input() const { return {file.get("input_ids"), file.get("attention_mask"), file.get("position_ids")}; }
 };
 
 Oracle oracle() { return {SafetensorsFile::open(oracle_path("model.safetensors"))}; }

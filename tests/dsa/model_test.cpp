@@ -19,6 +19,7 @@
 #include "core/safetensors.h"
 #include "dsa/model.h"
 #include "moe/router.h"
+#include "tests/model_fixtures.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
@@ -26,27 +27,11 @@ namespace {
 
 using testing::TempDir;
 
-ModelConfig tiny(int64_t index_topk = 6) {
-    ModelConfig c;  // the embedded default: every mechanism at toy size
-    c.vocab_size = 50;
-    c.num_hidden_layers = 3;
-    c.first_k_dense_replace = 1;
-    c.index_topk = index_topk;
-    c.max_position_embeddings = 64;
-    c.rope_scaling.factor = 4;
-    c.rope_scaling.original_max_position_embeddings = 16;
-    return c;
-}
+ModelConfig tiny(int64_t index_topk = 6) { return testing::toy_model_config(index_topk); }
 
-// Default init is N(0, 0.02): too small to make attention or routing interesting. Scale weights up.
 Model make_model(const ModelConfig& c, uint64_t seed = 3) {
     Model m = Model::random(c, seed, at::kCPU);
-    at::Generator gen = rng::make_cpu_generator(seed + 1);
-    for (NamedTensor& t : m.named_tensors()) {
-        if (t.name.find("norm") != std::string::npos) continue;
-        at::Tensor& v = *t.tensor;
-        v.normal_(0.0, t.name.find("e_score_correction_bias") != std::string::npos ? 0.05 : 0.15, gen);
-    }
+    testing::scale_weights(m, seed + 1, 0.15, 0.05);
     return m;
 }
 
@@ -221,14 +206,21 @@ TEST(ModelTest, BadCheckpointsNameTheFileAndTensor) {
     const std::string q = "model.layers.1.self_attn.q_a_proj.weight";
     expect_load_error([&](auto& ts) { std::erase_if(ts, [&](auto& p) { return p.first == q; }); },
                       {"missing tensor", q});
-    expect_load_error([&](auto& ts) { ts.emplace_back("model.layers.1.mlp.experts.99.up_proj.weight", at::zeros({2})); },
-                      {"unexpected tensor", "experts.99.up_proj", "model.safetensors"});
-    expect_load_error([&](auto& ts) {
-        for (auto& [n, t] : ts) if (n == q) t = at::zeros({t.size(0) + 1, t.size(1)});
-    }, {"shape", q, "model.safetensors"});
-    expect_load_error([&](auto& ts) {
-        for (auto& [n, t] : ts) if (n == q) t = t.to(at::kInt);
-    }, {"dtype", q});
+    expect_load_error(
+        [&](auto& ts) { ts.emplace_back("model.layers.1.mlp.experts.99.up_proj.weight", at::zeros({2})); },
+        {"unexpected tensor", "experts.99.up_proj", "model.safetensors"});
+    expect_load_error(
+        [&](auto& ts) {
+            for (auto& [n, t] : ts)
+                if (n == q) t = at::zeros({t.size(0) + 1, t.size(1)});
+        },
+        {"shape", q, "model.safetensors"});
+    expect_load_error(
+        [&](auto& ts) {
+            for (auto& [n, t] : ts)
+                if (n == q) t = t.to(at::kInt);
+        },
+        {"dtype", q});
     // The MTP layer (index num_hidden_layers) is skipped, not unexpected.
     const ModelConfig c = tiny();
     const Model m = make_model(c);

@@ -40,7 +40,7 @@ TEST(RopeParityTest, MatchesTransformersDeepseekV32Rope) {
 
         const at::Tensor positions = nested_to_tensor(c["positions"]).to(at::kLong);  // [S]
         const at::Tensor q = nested_to_tensor(c["q"]).to(at::kFloat);                 // [H, S, 16]
-        auto [cos, sin] = rope_cos_sin(t, positions);                                  // [S, 8]
+        auto [cos, sin] = rope_cos_sin(t, positions);                                 // [S, 8]
         const at::Tensor inter = apply_rope_interleaved(q, cos, sin);
         const at::Tensor inter_hf_layout = at::cat({inter.slice(-1, 0, 16, 2), inter.slice(-1, 1, 16, 2)}, -1);
         EXPECT_ALL_CLOSE("interleaved " + name, inter_hf_layout, nested_to_tensor(c["interleaved"]), 1e-5, 1e-5);

@@ -32,7 +32,8 @@ TEST(RopeTest, RotationPreservesNormsAndDependsOnlyOnRelativePosition) {
     const at::Tensor k = at::randn({16}, gen);
     auto rot = [&](const at::Tensor& x, int64_t pos, bool interleaved) {
         auto [c, s] = rope_cos_sin(t, at::tensor({pos}, at::kLong));
-        return interleaved ? apply_rope_interleaved(x.unsqueeze(0), c, s)[0] : apply_rope_half_split(x.unsqueeze(0), c, s)[0];
+        return interleaved ? apply_rope_interleaved(x.unsqueeze(0), c, s)[0]
+                           : apply_rope_half_split(x.unsqueeze(0), c, s)[0];
     };
     for (const bool interleaved : {true, false}) {
         EXPECT_NEAR(rot(q, 37, interleaved).norm().item<double>(), q.norm().item<double>(), 1e-5);

@@ -26,8 +26,11 @@ struct Qkv {
 
 Qkv random_qkv(int64_t b, int64_t t, int64_t h, int64_t c, int64_t r, uint64_t seed) {
     auto gen = rng::make_cpu_generator(seed);
-    return {at::randn({b, t, h, c}, gen), at::randn({b, t, h, r}, gen), at::randn({b, t, c}, gen),
-            at::randn({b, t, r}, gen), at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous(),
+    return {at::randn({b, t, h, c}, gen),
+            at::randn({b, t, h, r}, gen),
+            at::randn({b, t, c}, gen),
+            at::randn({b, t, r}, gen),
+            at::arange(t, at::kLong).unsqueeze(0).expand({b, t}).contiguous(),
             at::ones({b, t}, at::kBool)};
 }
 
@@ -43,7 +46,8 @@ at::Tensor masked_oracle(const Qkv& x, const at::Tensor& indices, double scale) 
             }
         }
     }
-    at::Tensor scores = (at::einsum("bthc,bsc->bths", {x.q_lat, x.c_kv}) + at::einsum("bthr,bsr->bths", {x.q_pe, x.k_pe})) * scale;
+    at::Tensor scores =
+        (at::einsum("bthc,bsc->bths", {x.q_lat, x.c_kv}) + at::einsum("bthr,bsr->bths", {x.q_pe, x.k_pe})) * scale;
     scores = scores.masked_fill(mask.unsqueeze(2).logical_not(), -INFINITY);
     return at::einsum("bths,bsc->bthc", {at::softmax(scores, -1), x.c_kv});
 }
@@ -138,10 +142,11 @@ TEST(DenseAttentionTest, QueryChunksAndRecomputeMatchFullMatrixAutograd) {
     const at::Tensor weights = at::randn({2, 11, 3, 8}, rng::make_cpu_generator(10)).to(at::kDouble);
     // Oracle: full matrices, softmax with key-less rows set to 0.
     Qkv o = leaves();
-    at::Tensor scores = (at::einsum("bthc,bsc->bths", {o.q_lat, o.c_kv}) +
-                         at::einsum("bthr,bsr->bths", {o.q_pe, o.k_pe})) * scale;
+    at::Tensor scores =
+        (at::einsum("bthc,bsc->bths", {o.q_lat, o.c_kv}) + at::einsum("bthr,bsr->bths", {o.q_pe, o.k_pe})) * scale;
     const at::Tensor visible = (at::arange(11, at::kLong).view({1, 1, 11}) <= o.pos.unsqueeze(-1))
-                                   .logical_and(o.valid.unsqueeze(1)).unsqueeze(2);
+                                   .logical_and(o.valid.unsqueeze(1))
+                                   .unsqueeze(2);
     const at::Tensor any = visible.any(-1, true);
     scores = scores.masked_fill(visible.logical_not(), -INFINITY).masked_fill(any.logical_not(), 0.0);
     const at::Tensor probs = at::softmax(scores, -1) * any.to(at::kDouble);

@@ -72,23 +72,23 @@ AttentionOutput reference(const Case& c, double scale) {
 void expect_forward_matches(const Case& c, double scale) {
     const AttentionOutput want = reference(c, scale);
     for (const cuda::MlaKernel kernel : {cuda::MlaKernel::kWgmma, cuda::MlaKernel::kMmaSync}) {
-    const char* name = kernel == cuda::MlaKernel::kWgmma ? "wgmma" : "mma.sync";
-    SCOPED_TRACE(name);
-    poison_allocator(int64_t(1) << 30);
-    const AttentionOutput got = cuda::sparse_mla_attention(c.q_lat, c.q_pe, c.c_kv, c.k_pe, c.indices, scale, kernel);
-    ASSERT_EQ(got.out.sizes(), want.out.sizes());
-    EXPECT_EQ(got.out.scalar_type(), at::kBFloat16);
-    EXPECT_FALSE(at::isnan(got.out).any().item<bool>()) << "unwritten (NaN) output elements";
-    EXPECT_FALSE(at::isnan(got.lse).any().item<bool>()) << "unwritten (NaN) lse elements";
-    EXPECT_LE(rel_err(got.out, want.out), 1e-2);
-    // lse: −inf exactly where the reference has it (queries with no valid entry), close elsewhere.
-    const at::Tensor finite = at::isfinite(want.lse.cpu());
-    EXPECT_TRUE(at::equal(at::isfinite(got.lse).cpu(), finite));
-    const at::Tensor diff = (got.lse.cpu().to(at::kDouble) - want.lse.cpu()).abs().masked_fill(~finite, 0.0);
-    EXPECT_LE(diff.max().item<double>(), 2e-2);
-    std::printf("[sparse_mla fwd] %s B=%ld T=%ld H=%ld K=%ld out rel err %.2e\n",
-                name, long(c.q_lat.size(0)),
-                long(c.q_lat.size(1)), long(c.q_lat.size(2)), long(c.indices.size(2)), rel_err(got.out, want.out));
+        const char* name = kernel == cuda::MlaKernel::kWgmma ? "wgmma" : "mma.sync";
+        SCOPED_TRACE(name);
+        poison_allocator(int64_t(1) << 30);
+        const AttentionOutput got =
+            cuda::sparse_mla_attention(c.q_lat, c.q_pe, c.c_kv, c.k_pe, c.indices, scale, kernel);
+        ASSERT_EQ(got.out.sizes(), want.out.sizes());
+        EXPECT_EQ(got.out.scalar_type(), at::kBFloat16);
+        EXPECT_FALSE(at::isnan(got.out).any().item<bool>()) << "unwritten (NaN) output elements";
+        EXPECT_FALSE(at::isnan(got.lse).any().item<bool>()) << "unwritten (NaN) lse elements";
+        EXPECT_LE(rel_err(got.out, want.out), 1e-2);
+        // lse: −inf exactly where the reference has it (queries with no valid entry), close elsewhere.
+        const at::Tensor finite = at::isfinite(want.lse.cpu());
+        EXPECT_TRUE(at::equal(at::isfinite(got.lse).cpu(), finite));
+        const at::Tensor diff = (got.lse.cpu().to(at::kDouble) - want.lse.cpu()).abs().masked_fill(~finite, 0.0);
+        EXPECT_LE(diff.max().item<double>(), 2e-2);
+        std::printf("[sparse_mla fwd] %s B=%ld T=%ld H=%ld K=%ld out rel err %.2e\n", name, long(c.q_lat.size(0)),
+                    long(c.q_lat.size(1)), long(c.q_lat.size(2)), long(c.indices.size(2)), rel_err(got.out, want.out));
     }
 }
 
@@ -107,7 +107,8 @@ TEST(SparseMlaKernelTest, DecodeSplitsMatchReference) {
     expect_forward_matches(make_case(1, 2, 16, 3000, 1000, 4), 0.1);
     // A decode cache: c_kv / k_pe are batch-strided views into a longer buffer.
     Case c = make_case(2, 1, 64, 700, 512, 5);
-    const at::Tensor ckv_buf = at::randn({2, 900, kC}, c.c_kv.options()), kpe_buf = at::randn({2, 900, kR}, c.k_pe.options());
+    const at::Tensor ckv_buf = at::randn({2, 900, kC}, c.c_kv.options()),
+                     kpe_buf = at::randn({2, 900, kR}, c.k_pe.options());
     ckv_buf.narrow(1, 0, 700).copy_(c.c_kv);
     kpe_buf.narrow(1, 0, 700).copy_(c.k_pe);
     Case strided = c;
@@ -126,7 +127,8 @@ TEST(SparseMlaKernelTest, BackwardMatchesReference) {
         std::vector<at::Tensor> leaves = {c.q_lat.clone().requires_grad_(), c.q_pe.clone().requires_grad_(),
                                           c.c_kv.clone().requires_grad_(), c.k_pe.clone().requires_grad_()};
         poison_allocator(int64_t(1) << 30);
-        const AttentionOutput got = cuda::sparse_mla_attention(leaves[0], leaves[1], leaves[2], leaves[3], c.indices, scale);
+        const AttentionOutput got =
+            cuda::sparse_mla_attention(leaves[0], leaves[1], leaves[2], leaves[3], c.indices, scale);
         const auto g = torch::autograd::grad({got.out}, leaves, {grad_out});
         std::vector<at::Tensor> ref_leaves;
         for (const at::Tensor& t : leaves) ref_leaves.push_back(t.detach().to(at::kDouble).requires_grad_());
@@ -155,7 +157,8 @@ TEST(SparseMlaKernelTest, DispatchFollowsModelImpl) {
     EXPECT_LE(rel_err(ker.out, ref.out), 1e-2);
     // bf16 autocast: q_lat bf16 but the normalized latent and the rope parts fp32 — the kernels, on the
     // operands cast to bf16, and gradients reach the fp32 leaves.
-    const at::Tensor kv32 = c.c_kv.to(at::kFloat).requires_grad_(true), pe32 = c.k_pe.to(at::kFloat).requires_grad_(true);
+    const at::Tensor kv32 = c.c_kv.to(at::kFloat).requires_grad_(true),
+                     pe32 = c.k_pe.to(at::kFloat).requires_grad_(true);
     const AttentionOutput mixed =
         sparse_attention(c.q_lat, c.q_pe.to(at::kFloat), kv32, pe32, c.indices, 0.1, Impl::kCuda);
     EXPECT_TRUE(at::equal(mixed.out, ker.out));
@@ -172,7 +175,11 @@ TEST(SparseMlaKernelTest, DispatchFollowsModelImpl) {
         sparse_attention(q32, c.q_pe, c.c_kv, c.k_pe, c.indices, 0.1, Impl::kCuda);
         ADD_FAILURE() << "impl cuda accepted fp32 inputs";
     } catch (const c10::Error& e) {
-        EXPECT_NE(std::string(e.what()).find("model.impl is cuda"), std::string::npos) << e.what();
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("sparse attention: impl is cuda but the kernels cannot take these inputs"),
+                  std::string::npos)
+            << msg;
+        EXPECT_NE(msg.find("got q_lat [1, 5, 16, 512] Float on cuda"), std::string::npos) << msg;
     }
     // An index past the keys is refused, not read.
     Case bad = c;

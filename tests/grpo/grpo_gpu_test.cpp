@@ -28,8 +28,7 @@ LossOutput group_loss(const std::vector<const rollout::Sample*>& all, const Logp
         group.push_back(s->prompt_id);
     }
     const Advantages adv = compute_advantages(at::tensor(rewards), at::tensor(group), AdvNorm::kNone);
-    return grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(), adv.contributes.cuda(), {}},
-                     {});
+    return grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(), adv.contributes.cuda(), {}}, {});
 }
 
 TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {

@@ -77,7 +77,8 @@ Rollout make_rollout() {
         const auto ids = tok.apply_chat({{"user", std::string("question ") + char('a' + i)}}, true);
         prompts.push_back({i == 2 ? "alignment" : "reasoning", i, std::vector<int32_t>(ids.begin(), ids.end())});
     }
-    const rollout::GenerateOptions opt{.sampling = {.temperature = 0.9, .top_p = 0.9, .top_k = 40}, .max_new_tokens = 10};
+    const rollout::GenerateOptions opt{.sampling = {.temperature = 0.9, .top_p = 0.9, .top_k = 40},
+                                       .max_new_tokens = 10};
     auto groups = rollout::generate_groups(m, tok, prompts, 4, opt, 5);
     for (auto& g : groups) {
         for (auto& s : g.samples) s.reward = static_cast<float>(s.sample_index % 2);  // two winners per group
@@ -100,7 +101,8 @@ TEST(SequenceLogprobsTest, KeepRoutingAndKeepSamplingMaskReproduceTheBehaviourPo
     const at::Tensor lp = sequence_logprobs(r.model, b, both).logp.detach();
     EXPECT_ALL_CLOSE("recorded behaviour log-probs", lp * b.valid, b.logp_old, 1e-5);
     // keep-sampling-mask: renormalizing over the kept set raises every truncated token's log-prob.
-    const at::Tensor full = sequence_logprobs(r.model, b, {.replay_routes = true, .apply_kept = false, .temperature = 0.9}).logp;
+    const at::Tensor full =
+        sequence_logprobs(r.model, b, {.replay_routes = true, .apply_kept = false, .temperature = 0.9}).logp;
     EXPECT_TRUE((lp >= full.detach() - 1e-6).logical_or(b.valid.eq(0)).all().item<bool>());
     EXPECT_GT((lp - full.detach()).max().item<double>(), 1e-3);
     // keep-routing: the router moves (bias), the replayed forward still reproduces the records...
@@ -159,14 +161,15 @@ TEST(GrpoUpdateTest, AnUpdateRaisesTheLogprobsOfBetterSamples) {
     r.groups[1].samples[3].reward = std::nanf("");  // a failed reward is excluded and counted
     const auto before_b = pack_samples(all_samples(r.groups), 2);
     const at::Tensor before = sequence_logprobs(r.model, before_b, {.temperature = 0.9}).logp.detach();
-    const auto metrics = grpo_update(r.model, &reference, r.groups, cfg, {{"reasoning", 0.0}, {"alignment", 0.05}}, 0.9, sgd);
+    const auto metrics =
+        grpo_update(r.model, &reference, r.groups, cfg, {{"reasoning", 0.0}, {"alignment", 0.05}}, 0.9, sgd);
     EXPECT_EQ(steps, 6);
     ASSERT_EQ(metrics.size(), 6u);
     EXPECT_NEAR(metrics[0].at("ratio_mean"), 1.0, 1e-4) << "first step: π_θ = π_old";
     EXPECT_GT(std::abs(metrics[3].at("ratio_mean") - 1.0), 1e-5) << "second pass sees the moved policy";
     EXPECT_EQ(metrics[0].at("failed_samples"), 1.0);
     EXPECT_GT(metrics[0].at("entropy_mean"), 0.0);
-    EXPECT_DOUBLE_EQ(metrics[0].at("reward_mean/alignment"), 0.5);   // rewards 0,1,0,1
+    EXPECT_DOUBLE_EQ(metrics[0].at("reward_mean/alignment"), 0.5);  // rewards 0,1,0,1
     EXPECT_DOUBLE_EQ(metrics[0].at("reward_std/alignment"), 0.5);
     EXPECT_NEAR(metrics[0].at("reward_mean/reasoning"), 3.0 / 7.0, 1e-12);  // one failed sample excluded
     const at::Tensor after = sequence_logprobs(r.model, before_b, {.temperature = 0.9}).logp.detach();

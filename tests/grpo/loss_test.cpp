@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
-#include <torch/csrc/autograd/autograd.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <cmath>
 
@@ -40,8 +40,12 @@ TEST(AdvantagesTest, GroupMeanWithoutStdFailedSamplesAndDegenerateGroups) {
 TEST(GrpoLossTest, OneTokenByHand) {
     // r = 0.5/0.4 = 1.25 clipped to 1.2 (A > 0); KL = r·(0.6/0.5 − ln(0.6/0.5) − 1).
     const auto t = [](double v) { return at::tensor(std::vector<double>{v}).view({1, 1}); };
-    LossInputs in{.logp = t(std::log(0.5)), .logp_old = t(std::log(0.4)), .logp_ref = t(std::log(0.6)),
-                  .valid = t(1), .adv = at::tensor(std::vector<double>{1.0}), .beta = at::tensor(std::vector<double>{0.1})};
+    LossInputs in{.logp = t(std::log(0.5)),
+                  .logp_old = t(std::log(0.4)),
+                  .logp_ref = t(std::log(0.6)),
+                  .valid = t(1),
+                  .adv = at::tensor(std::vector<double>{1.0}),
+                  .beta = at::tensor(std::vector<double>{0.1})};
     const LossOutput out = grpo_loss(in, {.eps_low = 0.2, .eps_high = 0.2});
     const double kl = 1.25 * (1.2 - std::log(1.2) - 1);
     EXPECT_NEAR(out.metrics.at("kl_mean"), kl, 1e-6);
@@ -52,8 +56,13 @@ TEST(GrpoLossTest, OneTokenByHand) {
 }
 
 // Scalar reference of SPEC §5 (independent loops, double precision).
-double reference_loss(const at::Tensor& lp, const at::Tensor& old, const at::Tensor& ref, const at::Tensor& valid,
-                      const at::Tensor& adv, const at::Tensor& beta, const LossOptions& o) {
+double reference_loss(const at::Tensor& lp,
+                      const at::Tensor& old,
+                      const at::Tensor& ref,
+                      const at::Tensor& valid,
+                      const at::Tensor& adv,
+                      const at::Tensor& beta,
+                      const LossOptions& o) {
     const int64_t n = lp.size(0), T = lp.size(1);
     double total = 0, weight = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -107,9 +116,11 @@ TEST(GrpoLossTest, MatchesTheScalarReferenceForEveryOption) {
         for (const bool mask : {true, false}) {
             for (uint64_t seed = 1; seed <= 3; ++seed) {
                 const Batch b = random_batch(seed);
-                const LossOptions o{.eps_low = 0.2, .eps_high = 0.28, .delta = 0.05, .off_policy_mask = mask, .agg = agg};
+                const LossOptions o{
+                    .eps_low = 0.2, .eps_high = 0.28, .delta = 0.05, .off_policy_mask = mask, .agg = agg};
                 const LossOutput out = grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, {}, b.beta}, o);
-                EXPECT_NEAR(out.loss.item<double>(), reference_loss(b.lp, b.old, b.ref, b.valid, b.adv, b.beta, o), 1e-6)
+                EXPECT_NEAR(out.loss.item<double>(), reference_loss(b.lp, b.old, b.ref, b.valid, b.adv, b.beta, o),
+                            1e-6)
                     << "agg " << static_cast<int>(agg) << " mask " << mask << " seed " << seed;
             }
         }
@@ -124,7 +135,8 @@ TEST(GrpoLossTest, GlobalDenominatorMakesRankHalvesAverageToTheWholeBatch) {
         const Batch b = random_batch(11);
         const at::Tensor contributes = at::tensor({1, 1, 0, 1, 1}, at::kLong).to(at::kBool);
         const LossOptions o{.eps_low = 0.2, .eps_high = 0.28, .delta = 0.05, .agg = agg};
-        const double whole = grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, contributes, b.beta}, o).loss.item<double>();
+        const double whole =
+            grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, contributes, b.beta}, o).loss.item<double>();
         const double count = loss_denominator(b.valid, contributes, agg);
         LossOptions with = o;
         with.denominator = count;
@@ -136,7 +148,9 @@ TEST(GrpoLossTest, GlobalDenominatorMakesRankHalvesAverageToTheWholeBatch) {
             const auto part = [&](const at::Tensor& x) { return x.narrow(0, start, len); };
             mean_of_halves += grpo_loss({part(b.lp), part(b.old), part(b.ref), part(b.valid), part(b.adv),
                                          part(contributes), part(b.beta)},
-                                        with).loss.item<double>() / 2;
+                                        with)
+                                  .loss.item<double>() /
+                              2;
         }
         EXPECT_NEAR(mean_of_halves, whole, 1e-12) << "agg " << static_cast<int>(agg);
     }
@@ -145,7 +159,9 @@ TEST(GrpoLossTest, GlobalDenominatorMakesRankHalvesAverageToTheWholeBatch) {
 TEST(GrpoLossTest, GradientMatchesFiniteDifferences) {
     const Batch b = random_batch(7);
     const LossOptions o{.eps_low = 0.2, .eps_high = 0.28, .delta = 0.05};
-    const auto f = [&](const at::Tensor& lp) { return grpo_loss({lp, b.old, b.ref, b.valid, b.adv, {}, b.beta}, o).loss; };
+    const auto f = [&](const at::Tensor& lp) {
+        return grpo_loss({lp, b.old, b.ref, b.valid, b.adv, {}, b.beta}, o).loss;
+    };
     const at::Tensor grad = torch::autograd::grad({f(b.lp)}, {b.lp})[0];
     const double h = 1e-6;
     at::Tensor fd = at::zeros_like(grad);
@@ -210,8 +226,14 @@ TEST(GrpoLossTest, EdgeCases) {
     // Sequences that do not contribute are left out of the mean.
     const at::Tensor only_first = at::tensor(std::vector<int64_t>{1, 0, 0, 0, 0}).to(at::kBool);
     const LossOutput one = grpo_loss({b.lp, b.old, b.ref, b.valid, b.adv, only_first, b.beta}, {});
-    const LossOutput first = grpo_loss({b.lp.narrow(0, 0, 1), b.old.narrow(0, 0, 1), b.ref.narrow(0, 0, 1),
-                                        b.valid.narrow(0, 0, 1), b.adv.narrow(0, 0, 1), {}, b.beta.narrow(0, 0, 1)}, {});
+    const LossOutput first = grpo_loss({b.lp.narrow(0, 0, 1),
+                                        b.old.narrow(0, 0, 1),
+                                        b.ref.narrow(0, 0, 1),
+                                        b.valid.narrow(0, 0, 1),
+                                        b.adv.narrow(0, 0, 1),
+                                        {},
+                                        b.beta.narrow(0, 0, 1)},
+                                       {});
     EXPECT_NEAR(one.loss.item<double>(), first.loss.item<double>(), 1e-12);
     EXPECT_EQ(one.metrics.at("sequences"), 1.0);
     // NaN at a valid position is an error naming the tensor; at padding it is ignored.

@@ -29,8 +29,8 @@ at::Tensor naive(const at::Tensor& x, const MoeWeights& w, const Route& r) {
         at::Tensor acc = at::zeros({x.size(1)});
         for (int64_t j = 0; j < r.indices.size(1); ++j) {
             const int64_t e = r.indices[t][j].item<int64_t>();
-            acc = acc + r.weights[t][j] *
-                            swiglu(x[t].unsqueeze(0), w.experts.gate_proj[e], w.experts.up_proj[e], w.experts.down_proj[e])[0];
+            acc = acc + r.weights[t][j] * swiglu(x[t].unsqueeze(0), w.experts.gate_proj[e], w.experts.up_proj[e],
+                                                 w.experts.down_proj[e])[0];
         }
         if (w.shared.gate_proj.defined()) {
             acc = acc + swiglu(x[t].unsqueeze(0), w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj)[0];
@@ -40,8 +40,8 @@ at::Tensor naive(const at::Tensor& x, const MoeWeights& w, const Route& r) {
     return at::stack(rows);
 }
 
-const RouterOptions kOpt{.n_routed_experts = 8, .num_experts_per_tok = 2, .n_group = 2, .topk_group = 1,
-                         .routed_scaling_factor = 2.5};
+const RouterOptions kOpt{
+    .n_routed_experts = 8, .num_experts_per_tok = 2, .n_group = 2, .topk_group = 1, .routed_scaling_factor = 2.5};
 
 TEST(MoeBlockTest, GroupedExpertsMatchTokenByTokenFormula) {
     auto gen = rng::make_cpu_generator(21);

@@ -20,8 +20,12 @@ TEST(MoeParityTest, MatchesTransformersDeepseekV32MoE) {
                  json_to_tensor(c["experts_down_proj"])};
     w.shared = {json_to_tensor(c["shared_gate_proj"]), json_to_tensor(c["shared_up_proj"]),
                 json_to_tensor(c["shared_down_proj"])};
-    const RouterOptions opt{.n_routed_experts = 8, .num_experts_per_tok = 2, .n_group = 2, .topk_group = 1,
-                            .routed_scaling_factor = 2.5, .norm_topk_prob = true};
+    const RouterOptions opt{.n_routed_experts = 8,
+                            .num_experts_per_tok = 2,
+                            .n_group = 2,
+                            .topk_group = 1,
+                            .routed_scaling_factor = 2.5,
+                            .norm_topk_prob = true};
     const MoeOutput out = moe_forward(json_to_tensor(c["x"]), w, opt);
     EXPECT_ALL_CLOSE("moe block y", out.y, json_to_tensor(c["y"]), 1e-5, 1e-5);
 }

@@ -46,8 +46,12 @@ std::set<int64_t> row_set(const at::Tensor& idx, int64_t t) {
     return out;
 }
 
-const RouterOptions kOpt{.n_routed_experts = 16, .num_experts_per_tok = 3, .n_group = 4, .topk_group = 2,
-                         .routed_scaling_factor = 2.5, .norm_topk_prob = true};
+const RouterOptions kOpt{.n_routed_experts = 16,
+                         .num_experts_per_tok = 3,
+                         .n_group = 4,
+                         .topk_group = 2,
+                         .routed_scaling_factor = 2.5,
+                         .norm_topk_prob = true};
 
 TEST(RouterTest, GroupLimitedSelectionMatchesBruteForce) {
     auto gen = rng::make_cpu_generator(3);
@@ -68,8 +72,8 @@ TEST(RouterTest, BiasSelectsButDoesNotWeight) {
     auto gen = rng::make_cpu_generator(5);
     const at::Tensor x = at::randn({8, 12}, gen);
     const at::Tensor w = at::randn({16, 12}, gen);
-    const RouterOptions opt{.n_routed_experts = 16, .num_experts_per_tok = 2, .n_group = 1, .topk_group = 1,
-                            .routed_scaling_factor = 2.5};
+    const RouterOptions opt{
+        .n_routed_experts = 16, .num_experts_per_tok = 2, .n_group = 1, .topk_group = 1, .routed_scaling_factor = 2.5};
     at::Tensor bias = at::zeros({16});
     bias[7] = 100.0;  // expert 7 is always selected, whatever its score
     const Route r = route(x, w, bias, opt);
@@ -116,8 +120,8 @@ TEST(RouterTest, ReplayRejectsBadIds) {
         EXPECT_THAT(e.what_without_backtrace(), ::testing::HasSubstr("replayed expert ids must be in [0, 16)"));
     }
     EXPECT_THROW(route(x, w, bias, kOpt, at::zeros({2, 2}, at::kLong)), c10::Error);
-    EXPECT_THROW(route(x, w, bias, RouterOptions{.n_routed_experts = 16, .num_experts_per_tok = 9, .n_group = 4,
-                                                 .topk_group = 2}),
+    EXPECT_THROW(route(x, w, bias,
+                       RouterOptions{.n_routed_experts = 16, .num_experts_per_tok = 9, .n_group = 4, .topk_group = 2}),
                  c10::Error);
 }
 

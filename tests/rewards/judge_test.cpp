@@ -17,7 +17,8 @@ namespace {
 class ScriptedBackend final : public JudgeBackend {
 public:
     explicit ScriptedBackend(std::string reply) : reply_(std::move(reply)) {}
-    std::vector<std::string> generate(const std::vector<std::string>& prompts, int64_t max_new_tokens,
+    std::vector<std::string> generate(const std::vector<std::string>& prompts,
+                                      int64_t max_new_tokens,
                                       int64_t max_batch_size) override {
         asked.insert(asked.end(), prompts.begin(), prompts.end());
         last_max_new_tokens = max_new_tokens;
@@ -38,7 +39,8 @@ std::vector<RewardInput> batch() {
 }
 
 // A registry whose judge backends answer `reply`; `opened` records the params the factory was called with.
-Registry registry_replying(const std::string& reply, std::vector<std::string>* opened,
+Registry registry_replying(const std::string& reply,
+                           std::vector<std::string>* opened,
                            std::shared_ptr<ScriptedBackend>* last = nullptr) {
     Registry reg;
     register_judge(reg, [=](const std::string& model, const std::string& device) {
@@ -54,8 +56,9 @@ TEST(JudgeTest, ScoresFromTheBackendsOutputAndFailsWithoutRubricOrScore) {
     std::vector<std::string> opened;
     std::shared_ptr<ScriptedBackend> backend;
     Registry reg = registry_replying(" Score: 7\n", &opened, &backend);
-    const auto judge = reg.create("judge", Params("judge", {{"model", "/ckpt/j"}, {"max_new_tokens", "4"},
-                                                            {"max_batch_size", "2"}, {"device", "cpu"}}));
+    const auto judge = reg.create(
+        "judge",
+        Params("judge", {{"model", "/ckpt/j"}, {"max_new_tokens", "4"}, {"max_batch_size", "2"}, {"device", "cpu"}}));
     EXPECT_EQ(opened, std::vector<std::string>{"/ckpt/j@cpu"});
     const auto r = judge->score(batch());
     ASSERT_EQ(r.size(), 3u);
@@ -81,8 +84,11 @@ TEST(JudgeTest, MissingOrOutOfRangeScoresAreFailuresNotZeros) {
     Registry high = registry_replying("Score: 9", &opened);
     const auto narrow = high.create("judge", Params("judge", {{"model", "m"}, {"max_score", "2"}}))->score(batch());
     EXPECT_THAT(narrow[0].error, ::testing::HasSubstr("outside [0, 2]"));
-    const auto lenient = digits.create("judge", Params("judge", {{"model", "m"}, {"score_pattern", "([0-9])"},
-                                                                 {"require_rubric", "false"}}))->score(batch());
+    const auto lenient =
+        digits
+            .create("judge",
+                    Params("judge", {{"model", "m"}, {"score_pattern", "([0-9])"}, {"require_rubric", "false"}}))
+            ->score(batch());
     EXPECT_TRUE(lenient[2].ok()) << lenient[2].error;
     EXPECT_DOUBLE_EQ(lenient[2].value, 0.3);
 }
@@ -94,7 +100,8 @@ TEST(JudgeTest, TemplateAndConfigErrors) {
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", "m"}, {"score_pattern", "no group"}})), ConfigError);
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", "m"}, {"template", "no slot"}})), ConfigError);
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", "m"}, {"device", "tpu"}})), ConfigError);
-    const auto j = reg.create("judge", Params("judge", {{"model", "m"}, {"template", "P={prompt} R={response} U={rubric}"}}));
+    const auto j =
+        reg.create("judge", Params("judge", {{"model", "m"}, {"template", "P={prompt} R={response} U={rubric}"}}));
     EXPECT_EQ(dynamic_cast<GenerativeJudge&>(*j).render(batch()[0]), "P=Say hi. R=hi U=Greets politely.");
 }
 

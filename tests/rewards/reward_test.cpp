@@ -78,9 +78,10 @@ TEST(RewardRegistryTest, CreatesByNameAndRejectsUnknownNamesAndParams) {
 
 TEST(DomainRewardTest, WeightedSumWithComponents) {
     const Registry reg = make_registry();
-    DomainReward d = DomainReward::create(
-        reg, {{.module = "scripted", .weight = 1.0, .params = {{"value", "1"}}},
-              {.module = "scripted2", .weight = 0.5, .params = {{"value", "10"}}}}, 0);
+    DomainReward d = DomainReward::create(reg,
+                                          {{.module = "scripted", .weight = 1.0, .params = {{"value", "1"}}},
+                                           {.module = "scripted2", .weight = 0.5, .params = {{"value", "10"}}}},
+                                          0);
     const auto s = d.score(inputs({"ab", ""}));
     ASSERT_EQ(s.size(), 2u);
     EXPECT_DOUBLE_EQ(s[0].value, 1.0 * 3 + 0.5 * 12);
@@ -92,8 +93,8 @@ TEST(DomainRewardTest, WeightedSumWithComponents) {
 TEST(DomainRewardTest, ThrowingNanShortAndErroringModulesFailOnlyWhatTheyMust) {
     const Registry reg = make_registry();
     const auto run = [&](const std::string& mode) {
-        DomainReward d = DomainReward::create(reg, {{.module = "scripted", .params = {{"mode", mode}}},
-                                                    {.module = "scripted2"}}, 0);
+        DomainReward d =
+            DomainReward::create(reg, {{.module = "scripted", .params = {{"mode", mode}}}, {.module = "scripted2"}}, 0);
         return d.score(inputs({"good", "bad"}));
     };
     auto s = run("throw");

@@ -9,13 +9,14 @@
 
 #include "core/rng.h"
 #include "rollout/generator.h"
+#include "tests/model_fixtures.h"
 #include "tests/test_util.h"
 
 namespace dsrl::rollout {
 namespace {
 
 ModelConfig tiny() {
-    ModelConfig c;  // the embedded default: vocab 320, 3 layers (2 MoE)
+    ModelConfig c;      // the embedded default: vocab 320, 3 layers (2 MoE)
     c.index_topk = 12;  // prompts + responses cross from the dense into the sparse regime
     c.max_position_embeddings = 128;
     return c;
@@ -23,11 +24,7 @@ ModelConfig tiny() {
 
 dsa::Model make_model(const ModelConfig& c, double scale = 0.08) {
     dsa::Model m = dsa::Model::random(c, 17, at::kCPU);
-    at::Generator gen = rng::make_cpu_generator(18);
-    for (dsa::NamedTensor& t : m.named_tensors()) {
-        if (t.name.find("norm") != std::string::npos) continue;
-        t.tensor->normal_(0.0, t.name.find("e_score_correction_bias") != std::string::npos ? 0.02 : scale, gen);
-    }
+    testing::scale_weights(m, 18, scale, 0.02);
     return m;
 }
 

@@ -1,7 +1,5 @@
 #include "rollout/record.h"
 
-#include <dirent.h>
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
@@ -27,11 +25,11 @@
 #include <random>
 #include <sstream>
 
-#include "core/fs.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/rng.h"
-#include "text/tokenizer.h"
 #include "tests/test_util.h"
+#include "text/tokenizer.h"
 
 namespace dsrl::rollout {
 namespace {
@@ -44,16 +42,7 @@ std::string read_bytes(const std::string& path) { return fs::read_file(path); }
 void write_bytes(const std::string& path, const std::string& bytes) { fs::write_file_atomic(path, {bytes}); }
 
 std::vector<std::string> list_dir(const std::string& dir) {
-    std::vector<std::string> names;
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) return names;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(names.begin(), names.end());
-    return names;
+    return fs::is_dir(dir) ? fs::list_dir(dir) : std::vector<std::string>{};
 }
 
 // A random sorted subset of [0, vocab) of about `density` · vocab ids (at least one).
@@ -73,7 +62,7 @@ size_t smallest_encoding(const std::vector<int32_t>& ids, int64_t vocab) {
     size_t varints = 1;
     int64_t prev = -1;
     for (const int32_t id : ids) {
-        for (uint64_t d = id - prev; ; d >>= 7) {
+        for (uint64_t d = id - prev;; d >>= 7) {
             ++varints;
             if (d < 0x80) break;
         }
@@ -92,8 +81,8 @@ std::string kept_error(const std::string& bytes, int64_t vocab) {
 }
 
 // A sample with random contents: `n_experts` > 256 gives uint16 routes.
-Sample random_sample(std::mt19937_64& rng, int64_t vocab, int64_t n_experts, int layers, int top_k, int prompt_len,
-                     int response_len) {
+Sample random_sample(
+    std::mt19937_64& rng, int64_t vocab, int64_t n_experts, int layers, int top_k, int prompt_len, int response_len) {
     Sample s;
     s.domain = absl::StrCat("dom", rng() % 5, "\xE2\x88\x91");
     s.prompt_id = static_cast<int64_t>(rng() >> 1) - (int64_t{1} << 62);
@@ -178,9 +167,9 @@ std::vector<SampleGroup> example_groups(uint64_t seed) {
     groups[0].samples[2].reward = -std::numeric_limits<float>::infinity();
     groups[1].domain = "code";
     groups[1].prompt_id = -3;
-    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 9));   // uint16 routes
-    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 0));   // empty response
-    Sample bare;  // nothing recorded beyond the tokens
+    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 9));  // uint16 routes
+    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 0));  // empty response
+    Sample bare;                                                             // nothing recorded beyond the tokens
     bare.prompt = {1, 2, 3};
     bare.response = {4};
     bare.finish = FinishReason::kStop;

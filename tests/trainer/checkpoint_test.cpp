@@ -44,7 +44,11 @@ TEST(CheckpointTest, ResumeContinuesBitForBit) {
     AdamW opt_a(params_of(a), {});
     for (int s = 0; s < 3; ++s) train_step(a, opt_a, s);
     at::Generator gen = rng::make_cpu_generator(77);
-    TrainingState st{.step = 3, .stage_steps = {{"sft", 2}}, .policy_version = 3, .skipped_steps = 1, .cursors = {{"reasoning", "0:12"}}};
+    TrainingState st{.step = 3,
+                     .stage_steps = {{"sft", 2}},
+                     .policy_version = 3,
+                     .skipped_steps = 1,
+                     .cursors = {{"reasoning", "0:12"}}};
     st.config_yaml = "run: {name: t}\n";
     const std::string dir = save_checkpoint(root, a, opt_a, st, gen.get_state(), 2, nullptr);
     EXPECT_EQ(dir, root + "/step-00000005") << "numbered by job steps (SFT + RL)";

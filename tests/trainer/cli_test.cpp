@@ -6,10 +6,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "core/fs.h"
-#include "trainer/config.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "tests/test_util.h"
+#include "trainer/config.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -17,8 +17,8 @@ namespace {
 using ::testing::HasSubstr;
 
 TEST(CliTest, ParsesFlagsInBothForms) {
-    const CliOptions opt = parse_cli({"--config", "a.yaml", "--set", "grpo.beta=1", "--set=run.seed=3",
-                                      "--resume=auto", "--print-config", "--check"});
+    const CliOptions opt = parse_cli({"--config", "a.yaml", "--set", "grpo.beta=1", "--set=run.seed=3", "--resume=auto",
+                                      "--print-config", "--check"});
     EXPECT_EQ(opt.config_path, "a.yaml");
     EXPECT_EQ(opt.overrides, (std::vector<std::string>{"grpo.beta=1", "run.seed=3"}));
     EXPECT_EQ(opt.resume, "auto");

@@ -125,8 +125,7 @@ TEST(ConfigTest, MissingFileAndSyntaxError) {
 
 TEST(ConfigTest, OverridesApplyInOrderAndReachLists) {
     JobConfig cfg = load_job_config("", {"grpo.eps_high=0.3", "grpo.eps_high=0.28", "domains.1.weight=3",
-                                         "domains[0].rewards[0].params={digits: 2}", "run.stages=[grpo]",
-                                         "run.name="});
+                                         "domains[0].rewards[0].params={digits: 2}", "run.stages=[grpo]", "run.name="});
     EXPECT_DOUBLE_EQ(cfg.grpo.loss.eps_high, 0.28);
     EXPECT_DOUBLE_EQ(cfg.domains[1].weight, 3.0);
     EXPECT_EQ(cfg.domains[0].rewards[0].params.at("digits"), "2");
@@ -135,9 +134,11 @@ TEST(ConfigTest, OverridesApplyInOrderAndReachLists) {
 }
 
 TEST(ConfigTest, OverrideErrorsCiteTheOverride) {
-    EXPECT_THAT(load_error("{}", {"model.hiden_size=3"}),
-                HasSubstr("--set model.hiden_size=3: unknown key 'model.hiden_size'; did you mean 'model.hidden_size'"));
-    EXPECT_THAT(load_error("{}", {"grpo.eps_low=abc"}), HasSubstr("--set grpo.eps_low=abc: grpo.eps_low: expected a number"));
+    EXPECT_THAT(
+        load_error("{}", {"model.hiden_size=3"}),
+        HasSubstr("--set model.hiden_size=3: unknown key 'model.hiden_size'; did you mean 'model.hidden_size'"));
+    EXPECT_THAT(load_error("{}", {"grpo.eps_low=abc"}),
+                HasSubstr("--set grpo.eps_low=abc: grpo.eps_low: expected a number"));
     EXPECT_THAT(load_error("{}", {"noequals"}), HasSubstr("expected key.path=value"));
     EXPECT_THAT(load_error("{}", {"grpo.eps_low.x=1"}), HasSubstr("'grpo.eps_low' is a value, not a section"));
     EXPECT_THAT(load_error("domains: [{name: a, data: x}]\n", {"domains.5.weight=1"}),

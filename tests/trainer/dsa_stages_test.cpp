@@ -12,10 +12,10 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "data/token_data.h"
 #include "dsa/indexer_loss.h"
 #include "text/tokenizer.h"
 #include "trainer/dsa_stages.h"
-#include "data/token_data.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -177,15 +177,18 @@ TEST(DsaStagesTest, SparseTrainChangesBothGroupsAndEachLossReachesOnlyItsGroup) 
     // loss gives the rest none (what sparse_train_step sums).
     for (int term = 0; term < 2; ++term) {
         s.opt->zero_grad(true);
-        const dsa::ForwardOutput out = s.model.forward(
-            {.input_ids = b.input_ids}, {.return_topk = true, .return_indexer = true, .return_attention = true,
-                                         .detach_indexer_inputs = true, .path = dsa::AttentionPath::kSparse});
+        const dsa::ForwardOutput out =
+            s.model.forward({.input_ids = b.input_ids}, {.return_topk = true,
+                                                         .return_indexer = true,
+                                                         .return_attention = true,
+                                                         .detach_indexer_inputs = true,
+                                                         .path = dsa::AttentionPath::kSparse});
         at::Tensor loss;
         if (term == 0) {
             loss = masked_nll_sum(out.logits, b).first;
         } else {
-            loss = dsa::indexer_sparse_loss(out.indexer[1], out.attention[1], out.topk[1], out.query_pos,
-                                            out.key_valid, 16)
+            loss = dsa::indexer_sparse_loss(out.indexer[1], out.attention[1], out.topk[1], out.query_pos, out.key_valid,
+                                            16)
                        .loss;
         }
         loss.backward();

@@ -5,9 +5,9 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
-#include "trainer/judge_backend.h"
-#include "text/tokenizer.h"
 #include "tests/test_util.h"
+#include "text/tokenizer.h"
+#include "trainer/judge_backend.h"
 
 namespace dsrl::trainer {
 using namespace rewards;
@@ -38,8 +38,8 @@ TEST(ModelJudgeTest, ParsesAScoreFromTheJudgesOutputAndFailsWhenThereIsNone) {
     const std::string dir = save_digit_judge(tmp);
     Registry reg;
     register_model_judge(reg);
-    const auto digit = reg.create("judge", Params("judge", {{"model", dir}, {"score_pattern", "([0-9])"},
-                                                            {"max_new_tokens", "4"}}));
+    const auto digit =
+        reg.create("judge", Params("judge", {{"model", dir}, {"score_pattern", "([0-9])"}, {"max_new_tokens", "4"}}));
     const auto ok = digit->score(batch());
     ASSERT_EQ(ok.size(), 3u);
     for (int i = 0; i < 2; ++i) {
@@ -56,8 +56,9 @@ TEST(ModelJudgeTest, ParsesAScoreFromTheJudgesOutputAndFailsWhenThereIsNone) {
     EXPECT_TRUE(std::isnan(bad[0].value));
     EXPECT_NE(bad[0].error.find("no score in its output"), std::string::npos) << bad[0].error;
     // Out of range is a failure too.
-    const auto narrow = reg.create("judge", Params("judge", {{"model", dir}, {"score_pattern", "([0-9])"},
-                                                             {"max_score", "2"}, {"max_new_tokens", "2"}}));
+    const auto narrow = reg.create(
+        "judge",
+        Params("judge", {{"model", dir}, {"score_pattern", "([0-9])"}, {"max_score", "2"}, {"max_new_tokens", "2"}}));
     EXPECT_NE(narrow->score(batch())[0].error.find("outside [0, 2]"), std::string::npos);
 }
 
@@ -70,7 +71,8 @@ TEST(ModelJudgeTest, TemplateAndConfigErrors) {
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", dir}, {"score_pattern", "no group"}})), ConfigError);
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", dir}, {"template", "no slot"}})), ConfigError);
     EXPECT_THROW(reg.create("judge", Params("judge", {{"model", tmp.path() + "/missing"}})), CheckpointError);
-    const auto j = reg.create("judge", Params("judge", {{"model", dir}, {"template", "P={prompt} R={response} U={rubric}"}}));
+    const auto j =
+        reg.create("judge", Params("judge", {{"model", dir}, {"template", "P={prompt} R={response} U={rubric}"}}));
     const std::string text = dynamic_cast<GenerativeJudge&>(*j).render(batch()[0]);
     EXPECT_EQ(text, "P=Say hi. R=hi U=Greets politely.");
 }

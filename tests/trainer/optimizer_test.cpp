@@ -117,11 +117,13 @@ TEST(OptimizerTest, ScheduleWarmsUpThenDecays) {
 TEST(OptimizerTest, ClippingScalesToMaxNormAndReportsNonFinite) {
     std::vector<Param> ps = make_params(2);
     fill_grads(ps, 0);
-    const double before = std::sqrt(ps[0].tensor.grad().pow(2).sum().item<double>() + ps[1].tensor.grad().pow(2).sum().item<double>());
+    const double before =
+        std::sqrt(ps[0].tensor.grad().pow(2).sum().item<double>() + ps[1].tensor.grad().pow(2).sum().item<double>());
     const ClipResult r = clip_grad_norm(ps, 0.5);
     EXPECT_NEAR(r.norm, before, 1e-5);
     EXPECT_TRUE(r.finite);
-    const double after = std::sqrt(ps[0].tensor.grad().pow(2).sum().item<double>() + ps[1].tensor.grad().pow(2).sum().item<double>());
+    const double after =
+        std::sqrt(ps[0].tensor.grad().pow(2).sum().item<double>() + ps[1].tensor.grad().pow(2).sum().item<double>());
     EXPECT_NEAR(after, 0.5, 1e-5);
     ps[1].tensor.mutable_grad()[0] = NAN;
     const at::Tensor kept = ps[0].tensor.grad().clone();

@@ -9,8 +9,8 @@
 
 #include <cmath>
 
-#include "trainer/config.h"
 #include "core/dist/communicator.h"
+#include "trainer/config.h"
 #include "trainer/rl_step.h"
 
 namespace dsrl::trainer {
@@ -61,7 +61,8 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
     EXPECT_EQ(r.groups.size(), 2u);
     for (const rollout::SampleGroup& g : r.groups) {
         EXPECT_EQ(g.samples.size(), 4u);
-        for (const rollout::Sample& s : g.samples) EXPECT_TRUE(std::isfinite(s.reward)) << "synthetic rewards never fail";
+        for (const rollout::Sample& s : g.samples)
+            EXPECT_TRUE(std::isfinite(s.reward)) << "synthetic rewards never fail";
     }
     if (comm != nullptr && comm->size() > 1) {
         // Identical weights everywhere (gradients averaged), though every rank drew its own prompts.

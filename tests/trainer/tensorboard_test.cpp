@@ -3,7 +3,6 @@
 // TensorBoard.WritesForPythonReader also feeds tests/trainer/tensorboard_read.py (ctest dsrl_tensorboard_*).
 #include <gtest/gtest.h>
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,7 +50,8 @@ std::vector<std::string> read_records(const std::string& file) {
         pos += 12;
         if (file.size() - pos < len + 4) throw std::runtime_error("truncated data");
         std::string data = file.substr(pos, len);
-        if (masked(crc32c(data.data(), data.size())) != get_le(file, pos + len, 4)) throw std::runtime_error("data crc");
+        if (masked(crc32c(data.data(), data.size())) != get_le(file, pos + len, 4))
+            throw std::runtime_error("data crc");
         pos += len + 4;
         out.push_back(std::move(data));
     }
@@ -82,9 +82,17 @@ std::vector<Field> parse_message(const std::string& s) {
         const uint64_t key = read_varint(s, pos);
         Field f{.number = static_cast<int>(key >> 3), .wire_type = static_cast<int>(key & 7)};
         switch (f.wire_type) {
-            case 0: f.scalar = read_varint(s, pos); break;
-            case 1: f.scalar = get_le(s, pos, 8); pos += 8; break;
-            case 5: f.scalar = get_le(s, pos, 4); pos += 4; break;
+            case 0:
+                f.scalar = read_varint(s, pos);
+                break;
+            case 1:
+                f.scalar = get_le(s, pos, 8);
+                pos += 8;
+                break;
+            case 5:
+                f.scalar = get_le(s, pos, 4);
+                pos += 4;
+                break;
             case 2: {
                 const uint64_t n = read_varint(s, pos);
                 if (pos + n > s.size()) throw std::runtime_error("truncated field");
@@ -92,7 +100,8 @@ std::vector<Field> parse_message(const std::string& s) {
                 pos += n;
                 break;
             }
-            default: throw std::runtime_error(absl::StrCat("unexpected wire type ", f.wire_type));
+            default:
+                throw std::runtime_error(absl::StrCat("unexpected wire type ", f.wire_type));
         }
         out.push_back(std::move(f));
     }
@@ -149,16 +158,7 @@ std::vector<Event> read_events(const std::string& path) {
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {
-    std::vector<std::string> out;
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) return out;
-    while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") out.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
-    return out;
+    return fs::is_dir(dir) ? fs::list_dir(dir) : std::vector<std::string>{};
 }
 
 bool same_float(float a, float b) { return std::isnan(a) ? std::isnan(b) : a == b; }
@@ -214,12 +214,12 @@ TEST(TensorBoard, ScalarsRoundTripIncludingNonFiniteAndStepOrder) {
     w.add_scalar("loss", 1, std::nan(""), 1700000001.5);
     w.add_scalar("loss", 2, kInf, 1700000002.0);
     w.add_scalar("loss", 3, -kInf, 1700000003.0);
-    w.add_scalar("neg", -7, -2.5, 1.0);                                  // negative step
-    w.add_scalar("order", 10, 1.0, 2.0);                                 // steps going backwards
+    w.add_scalar("neg", -7, -2.5, 1.0);   // negative step
+    w.add_scalar("order", 10, 1.0, 2.0);  // steps going backwards
     w.add_scalar("order", 5, 2.0, 3.0);
-    w.add_scalar("order", int64_t{1} << 40, 3.0, 4.0);                   // large step (multi-byte varint)
+    w.add_scalar("order", int64_t{1} << 40, 3.0, 4.0);  // large step (multi-byte varint)
     const double t0 = static_cast<double>(std::time(nullptr));
-    w.add_scalar("now", 4, 1e30);                                        // current wall time
+    w.add_scalar("now", 4, 1e30);  // current wall time
     w.add_scalars(5, {{"b/x", 1.0 / 3.0}, {"a/y", std::nan("")}, {"c/z", 1e-30}});
     w.flush();
 
@@ -233,10 +233,14 @@ TEST(TensorBoard, ScalarsRoundTripIncludingNonFiniteAndStepOrder) {
         float value;
     };
     const std::vector<Want> want = {
-        {0, 1700000000.25, "loss", 0.1f},   {1, 1700000001.5, "loss", kNaN},
-        {2, 1700000002.0, "loss", INFINITY}, {3, 1700000003.0, "loss", -INFINITY},
-        {-7, 1.0, "neg", -2.5f},            {10, 2.0, "order", 1.0f},
-        {5, 3.0, "order", 2.0f},            {int64_t{1} << 40, 4.0, "order", 3.0f},
+        {0, 1700000000.25, "loss", 0.1f},
+        {1, 1700000001.5, "loss", kNaN},
+        {2, 1700000002.0, "loss", INFINITY},
+        {3, 1700000003.0, "loss", -INFINITY},
+        {-7, 1.0, "neg", -2.5f},
+        {10, 2.0, "order", 1.0f},
+        {5, 3.0, "order", 2.0f},
+        {int64_t{1} << 40, 4.0, "order", 3.0f},
     };
     for (size_t i = 0; i < want.size(); ++i) {
         const Event& e = ev[i + 1];
@@ -279,12 +283,14 @@ TEST(TensorBoard, RecordFramingAndCrcs) {
     EXPECT_EQ(file.size(), records[0].size() + records[1].size() + 2 * 16);
 
     // The second record byte by byte: Event{wall_time=5.0, step=1, summary{value{tag="x", simple_value=1.0f}}}.
-    const std::string want_data("\x09\x00\x00\x00\x00\x00\x00\x14\x40"  // wall_time: fixed64 5.0
-                                "\x10\x01"                              // step: varint 1
-                                "\x2a\x0a" "\x0a\x08"                   // summary { value {
-                                "\x0a\x01x"                             //   tag "x"
-                                "\x15\x00\x00\x80\x3f",                 //   simple_value fixed32 1.0f }}
-                                23);
+    const std::string want_data(
+        "\x09\x00\x00\x00\x00\x00\x00\x14\x40"  // wall_time: fixed64 5.0
+        "\x10\x01"                              // step: varint 1
+        "\x2a\x0a"
+        "\x0a\x08"               // summary { value {
+        "\x0a\x01x"              //   tag "x"
+        "\x15\x00\x00\x80\x3f",  //   simple_value fixed32 1.0f }}
+        23);
     EXPECT_EQ(records[1], want_data);
 
     // A flipped bit in the length or in the data is caught by the matching CRC.
@@ -358,7 +364,7 @@ TEST(TensorBoard, WritesForPythonReader) {
             } else {
                 w.add_scalar(s.tag, s.step, s.value);
             }
-            const std::string value = std::isnan(s.value)  ? "\"nan\""
+            const std::string value = std::isnan(s.value)   ? "\"nan\""
                                       : std::isinf(s.value) ? (s.value > 0 ? "\"inf\"" : "\"-inf\"")
                                                             : absl::StrFormat("%.17g", s.value);
             absl::StrAppend(&json, i == 0 ? "" : ",", "\n  {\"tag\": \"", s.tag, "\", \"step\": ", s.step,

@@ -7,9 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "core/dist/config.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
+#include "core/dist/config.h"
 #include "core/error.h"
 #include "tests/core/dist/dist_test_util.h"
 #include "tests/test_util.h"
@@ -17,9 +17,9 @@
 namespace dsrl::dist {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::all_dtypes;
 using testing::filled;
+using ::testing::HasSubstr;
 
 const std::vector<int64_t> kSizes = {0, 1, 7, 1003};
 
@@ -102,7 +102,8 @@ TEST(CommunicatorTest, AllReduceEveryDtypeOpAndSize) {
             const std::string what = absl::StrCat(dtype_name(dtype), " len ", len);
             at::Tensor t = mine();
             w.all_reduce(t, ReduceOp::kSum);
-            EXPECT_ALL_CLOSE("sum " + what, t, filled({len}, dtype, [&](int64_t i) { return n * (n + 1) / 2 + n * (i % 5); }), 0);
+            EXPECT_ALL_CLOSE("sum " + what, t,
+                             filled({len}, dtype, [&](int64_t i) { return n * (n + 1) / 2 + n * (i % 5); }), 0);
             t = mine();
             w.all_reduce(t, ReduceOp::kMax);
             EXPECT_ALL_CLOSE("max " + what, t, filled({len}, dtype, [&](int64_t i) { return n + (i % 5); }), 0);
@@ -112,7 +113,8 @@ TEST(CommunicatorTest, AllReduceEveryDtypeOpAndSize) {
             if (at::isFloatingType(dtype)) {
                 t = mine();
                 w.all_reduce(t, ReduceOp::kAvg);
-                EXPECT_ALL_CLOSE("avg " + what, t, filled({len}, dtype, [&](int64_t i) { return (n + 1) / 2 + (i % 5); }), 0);
+                EXPECT_ALL_CLOSE("avg " + what, t,
+                                 filled({len}, dtype, [&](int64_t i) { return (n + 1) / 2 + (i % 5); }), 0);
             }
         }
     }
@@ -152,8 +154,9 @@ TEST(CommunicatorTest, AllGatherStacksRanks) {
         for (int64_t len : kSizes) {
             const at::Tensor mine = filled({len}, dtype, [&](int64_t i) { return w.rank() * 10 + (i % 7); });
             const at::Tensor out = w.all_gather(mine);
-            const at::Tensor expected =
-                filled({n, len}, dtype, [&](int64_t k) { return (len == 0 ? 0 : k / len) * 10 + ((k % std::max<int64_t>(len, 1)) % 7); });
+            const at::Tensor expected = filled({n, len}, dtype, [&](int64_t k) {
+                return (len == 0 ? 0 : k / len) * 10 + ((k % std::max<int64_t>(len, 1)) % 7);
+            });
             EXPECT_ALL_CLOSE(absl::StrCat(dtype_name(dtype), " len ", len), out, expected, 0);
         }
     }
@@ -197,7 +200,8 @@ TEST(CommunicatorTest, ReduceScatterGivesEachRankItsReducedBlock) {
     for (c10::ScalarType dtype : all_dtypes()) {
         for (int64_t block : {0, 1, 3}) {
             // Row j of rank q holds (q + 1) * (j % 4 + 1): sums, maxima and minima stay exact in every dtype.
-            const at::Tensor in = filled({w.size() * block, 2}, dtype, [&](int64_t i) { return (r + 1) * ((i / 2) % 4 + 1); });
+            const at::Tensor in =
+                filled({w.size() * block, 2}, dtype, [&](int64_t i) { return (r + 1) * ((i / 2) % 4 + 1); });
             auto global_row = [&](int64_t i) { return (r * block + i / 2) % 4 + 1; };
             const std::string what = absl::StrCat(dtype_name(dtype), " block ", block);
             EXPECT_ALL_CLOSE("sum " + what, w.reduce_scatter(in, ReduceOp::kSum),
@@ -250,8 +254,9 @@ TEST(CommunicatorTest, AllToAllVRoutesVariableRows) {
             EXPECT_EQ(recv_counts[i], count(i, r));
             for (int64_t p = 0; p < count(i, r) * 2; ++p) expect.push_back(i * 16 + r * 4 + p);
         }
-        EXPECT_ALL_CLOSE(dtype_name(dtype), out,
-                         filled({static_cast<int64_t>(expect.size()) / 2, 2}, dtype, [&](int64_t e) { return expect[e]; }), 0);
+        EXPECT_ALL_CLOSE(
+            dtype_name(dtype), out,
+            filled({static_cast<int64_t>(expect.size()) / 2, 2}, dtype, [&](int64_t e) { return expect[e]; }), 0);
     }
 }
 
@@ -272,7 +277,8 @@ TEST(CommunicatorTest, SendRecvAroundARing) {
             w.recv(got, prev, /*tag=*/7);
             w.send(mine, next, /*tag=*/7);
         }
-        EXPECT_ALL_CLOSE(dtype_name(dtype), got, filled({5 + prev}, dtype, [&](int64_t i) { return prev * 10 + i; }), 0);
+        EXPECT_ALL_CLOSE(dtype_name(dtype), got, filled({5 + prev}, dtype, [&](int64_t i) { return prev * 10 + i; }),
+                         0);
     }
     // Empty messages work too.
     at::Tensor empty = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
@@ -316,7 +322,8 @@ TEST(CommunicatorTest, ByteBuffers) {
         std::string s = r == root ? record(root + 1) : std::string("stale");
         w.broadcast_bytes(s, root);
         EXPECT_EQ(s, record(root + 1));
-        std::vector<uint8_t> v = r == root ? std::vector<uint8_t>{1, 2, 3, static_cast<uint8_t>(root)} : std::vector<uint8_t>{};
+        std::vector<uint8_t> v =
+            r == root ? std::vector<uint8_t>{1, 2, 3, static_cast<uint8_t>(root)} : std::vector<uint8_t>{};
         w.broadcast_bytes(v, root);
         EXPECT_EQ(v, (std::vector<uint8_t>{1, 2, 3, static_cast<uint8_t>(root)}));
     }
@@ -346,7 +353,8 @@ TEST(CommunicatorTest, PeersThatDisagreeGetADistErrorNotAHang) {
         ADD_FAILURE() << "expected a DistError";
     } catch (const DistError& e) {
         EXPECT_THAT(e.what(), HasSubstr("dist all_reduce on group 'world'"));
-        EXPECT_THAT(e.what(), HasSubstr("rank 0 (world rank 0) called all_reduce(dtype=Float, device=cpu, numel=4, op=0)"));
+        EXPECT_THAT(e.what(),
+                    HasSubstr("rank 0 (world rank 0) called all_reduce(dtype=Float, device=cpu, numel=4, op=0)"));
         EXPECT_THAT(e.what(), HasSubstr("rank 1 (world rank 1) called all_reduce(dtype=Float, device=cpu, numel=5"));
     }
     // Different operations in the same slot.
@@ -421,7 +429,8 @@ TEST(CommunicatorTest, SplitFormsIndependentGroups) {
     EXPECT_ALL_CLOSE("parity sum", t, filled({3}, at::kLong, [&](int64_t i) { return sum + members.size() * i; }), 0);
     const at::Tensor g = parity.all_gather(filled({1}, at::kInt, [&](int64_t) { return r; }));
     EXPECT_ALL_CLOSE("parity gather", g.flatten(),
-                     filled({static_cast<int64_t>(members.size())}, at::kInt, [&](int64_t k) { return members[k]; }), 0);
+                     filled({static_cast<int64_t>(members.size())}, at::kInt, [&](int64_t k) { return members[k]; }),
+                     0);
     // Rank 0 opts out of a group.
     Communicator others = w.split("others", r == 0 ? -1 : 0, r);
     EXPECT_EQ(others.is_member(), r != 0);

@@ -9,9 +9,9 @@
 
 #include <ATen/ops/ones.h>
 
-#include "core/dist/config.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
+#include "core/dist/config.h"
 #include "core/dist/groups.h"
 #include "core/error.h"
 #include "core/main_guard.h"

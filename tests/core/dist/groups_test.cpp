@@ -12,8 +12,8 @@ namespace dsrl::dist {
 namespace {
 
 using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using testing::filled;
+using ::testing::HasSubstr;
 
 const GroupSpec& find(const std::vector<GroupSpec>& layout, const std::string& name) {
     for (const GroupSpec& g : layout) {

@@ -85,7 +85,8 @@ TEST_F(NcclTest, DataMovementMatchesMpi) {
             EXPECT_ALL_CLOSE("all_gather_v " + what, world_.all_gather_v(cuda(rows), &c_dev).cpu(),
                              world_.all_gather_v(rows, &c_host), 0);
             EXPECT_EQ(c_dev, c_host);
-            EXPECT_ALL_CLOSE("reduce_scatter " + what, world_.reduce_scatter(cuda(host)).cpu(), world_.reduce_scatter(host), 0);
+            EXPECT_ALL_CLOSE("reduce_scatter " + what, world_.reduce_scatter(cuda(host)).cpu(),
+                             world_.reduce_scatter(host), 0);
             EXPECT_ALL_CLOSE("all_to_all " + what, world_.all_to_all(cuda(host)).cpu(), world_.all_to_all(host), 0);
             std::vector<int64_t> send_counts(n, k);
             send_counts[0] = 2 * k;
