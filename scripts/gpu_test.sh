@@ -5,6 +5,9 @@
 #   bash scripts/gpu_test.sh                       # build in build-gpu, tests + sanitizer + bench
 #   DSRL_GPU_BENCH_ARGS="--lengths 4096,32768" bash scripts/gpu_test.sh
 #   DSRL_GPU_SKIP_BENCH=1 bash scripts/gpu_test.sh  # tests and sanitizer only
+# On the lent GPU machine (no network) stage the packages it lacks first — here: bash ../shared/device-kit/stage.sh
+# && bash scripts/device_deps.sh; there: carry [".device-kit", ".device-deps"] and start the command with
+# source .device-kit/env.sh && source .device-deps/env.sh && ...
 # Logs go to $OUT (the device tool's output folder) when set, else build-gpu/gpu_test/. Exits non-zero on any
 # failure (a benchmark failure included).
 set -euo pipefail

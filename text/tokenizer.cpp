@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "text/hf_tokenizer.h"
 
 namespace dsrl::text {
 namespace {
@@ -92,13 +93,13 @@ std::vector<int64_t> ByteTokenizer::apply_chat(const std::vector<ChatMessage>& m
 }
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size) {
-    if (!model_path.empty()) {
-        const std::string file = fs::join(model_path, "tokenizer.json");
-        if (fs::exists(file)) {
-            throw ConfigError(absl::StrCat(file,
-                                           ": Hugging Face tokenizer.json is not supported yet (dsrl has only the "
-                                           "byte-level tokenizer, text/tokenizer.h)"));
+    if (!model_path.empty() && fs::exists(fs::join(model_path, "tokenizer.json"))) {
+        std::unique_ptr<HfTokenizer> tok = HfTokenizer::load(model_path);
+        if (tok->vocab_size() > vocab_size) {
+            throw ConfigError(absl::StrCat(fs::join(model_path, "tokenizer.json"), " has ", tok->vocab_size(),
+                                           " token ids but the model's vocab_size is ", vocab_size));
         }
+        return tok;
     }
     return std::make_unique<ByteTokenizer>(vocab_size);
 }

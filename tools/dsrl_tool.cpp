@@ -6,6 +6,7 @@
 //                      [--dtype fp32|bf16] [--path auto|dense|sparse]
 //   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
 //   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
+//   dsrl_tool tokenize --tokenizer DIR [--decode]
 //
 // forward reads `input_ids` (int64 [B, L]) and optional `attention_mask` (int64/bool [B, L], 1 = real token)
 // and writes `logits` (fp32 [B, L, V]) and, per layer i, `topk_indices.{i}` (int32 [B, L, index_topk], −1 for
@@ -28,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/safetensors.h"
@@ -37,6 +39,8 @@
 #include "grpo/loss.h"
 #include "rollout/record.h"
 #include "text/tokenizer.h"
+
+#include "text/hf_tokenizer.h"
 #include "trainer/config.h"
 
 namespace {
@@ -49,6 +53,7 @@ constexpr const char* kUsage = R"(usage:
                      [--device cpu|cuda] [--dtype fp32|bf16] [--path auto|dense|sparse]
   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
+  dsrl_tool tokenize --tokenizer DIR [--decode]
 
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
@@ -63,6 +68,9 @@ grpo-loss computes dsrl's GRPO loss (SPEC §5) on `logp`, `logp_old`, `logp_ref`
          `rewards` (fp32 [N], NaN = failed) and `group` (int64 [N]); writes `grad_logp` (fp32 [N, T]) = d loss /
          d logp and prints one JSON line with `loss` and every metric. --set takes grpo keys (grpo.beta,
          grpo.delta, grpo.eps_low, grpo.eps_high, grpo.loss_agg, grpo.adv_norm, grpo.off_policy_mask).
+tokenize reads standard input, one JSON value per line, with DIR's tokenizer.json (+ tokenizer_config.json).
+         Encode: a JSON string -> a JSON array of ids on one line (no BOS or EOS added; special-token strings in
+         the text become their ids). --decode: a JSON array of ids -> a JSON string (special tokens kept).
 )";
 
 std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args,
@@ -355,6 +363,57 @@ int grpo_loss_cmd(const std::vector<std::string>& args) {
     return 0;
 }
 
+int tokenize(const std::vector<std::string>& args) {
+    std::string dir;
+    bool decode = false;
+    for (size_t i = 1; i < args.size(); ++i) {
+        if (args[i] == "--decode") {
+            decode = true;
+        } else if (args[i] == "--tokenizer" && i + 1 < args.size()) {
+            dir = args[++i];
+        } else {
+            throw ConfigError(
+                absl::StrCat("dsrl_tool tokenize: unknown or incomplete argument '", args[i], "'\n", kUsage));
+        }
+    }
+    if (dir.empty()) throw ConfigError(absl::StrCat("dsrl_tool tokenize: --tokenizer DIR is required\n", kUsage));
+    const std::unique_ptr<dsrl::text::HfTokenizer> tok = dsrl::text::HfTokenizer::load(dir);
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(std::cin, line)) {
+        ++n;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        nlohmann::json v;
+        try {
+            v = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+            throw dsrl::DataError(absl::StrCat("dsrl_tool tokenize: stdin line ", n, ": not JSON: ", e.what()));
+        }
+        if (decode) {
+            if (!v.is_array()) {
+                throw dsrl::DataError(absl::StrCat("dsrl_tool tokenize --decode: stdin line ", n,
+                                                   ": expected a JSON array of ids, got ", v.type_name()));
+            }
+            std::vector<int64_t> ids;
+            for (const auto& id : v) {
+                if (!id.is_number_integer()) {
+                    throw dsrl::DataError(absl::StrCat("dsrl_tool tokenize --decode: stdin line ", n,
+                                                       ": ids must be integers, got ", id.dump()));
+                }
+                ids.push_back(id.get<int64_t>());
+            }
+            std::cout << nlohmann::json(tok->decode(ids, /*keep_special=*/true)).dump() << "\n";
+        } else {
+            if (!v.is_string()) {
+                throw dsrl::DataError(absl::StrCat("dsrl_tool tokenize: stdin line ", n,
+                                                   ": expected a JSON string, got ", v.type_name()));
+            }
+            std::cout << nlohmann::json(tok->encode(v.get<std::string>())).dump() << "\n";
+        }
+    }
+    return 0;
+}
+
 int run(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -366,6 +425,7 @@ int run(int argc, char** argv) {
         return forward(parse_flags(args, 1, {"model", "input", "output", "device", "dtype", "path"}));
     if (args[0] == "rollouts") return rollouts(args);
     if (args[0] == "grpo-loss") return grpo_loss_cmd(args);
+    if (args[0] == "tokenize") return tokenize(args);
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));
 }
 

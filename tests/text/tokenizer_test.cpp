@@ -1,4 +1,5 @@
 #include "text/tokenizer.h"
+#include "text/hf_tokenizer.h"
 
 #include <absl/strings/str_cat.h>
 #include <gmock/gmock.h>
@@ -134,11 +135,70 @@ TEST(TokenizerTest, MakeTokenizerIsByteLevelUnlessACheckpointHasTokenizerJson) {
         make_tokenizer(dir.path(), 320);
         FAIL() << "expected a ConfigError";
     } catch (const ConfigError& e) {
-        EXPECT_THAT(e.what(), HasSubstr(fs::join(dir.path(), "tokenizer.json")));
-        EXPECT_THAT(e.what(), HasSubstr("not supported"));
+        EXPECT_THAT(e.what(), HasSubstr(fs::join(dir.path(), "tokenizer.json") + ": model: missing"));
     }
 
     EXPECT_THROW(make_tokenizer("", 100), ConfigError);
+}
+
+// A hand-made byte-level BPE file: merges apply by rank (not left to right), added tokens are matched in the raw
+// text first, and every malformed field is an error naming the file and the field.
+constexpr const char* kTinyTokenizer = R"({
+  "added_tokens": [{"id": 9, "content": "<eos>", "special": true, "normalized": false},
+                   {"id": 10, "content": "<t>", "special": false, "normalized": false, "lstrip": true}],
+  "normalizer": null,
+  "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+  "decoder": {"type": "ByteLevel"},
+  "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "Ġ": 3, "ab": 4, "bc": 5, "abc": 6, "Ġa": 7, "Ġab": 8},
+            "merges": ["b c", "a b", "a bc", ["Ġ", "a"], "Ġa b"]}
+})";
+
+TEST(HfTokenizerTest, MergesByRankAddedTokensFirstAndNamedErrors) {
+    testing::TempDir dir;
+    dir.write("tokenizer.json", kTinyTokenizer);
+    dir.write("tokenizer_config.json", R"({"eos_token": "<eos>"})");
+    const std::unique_ptr<HfTokenizer> tok = HfTokenizer::load(dir.path());
+    EXPECT_EQ(tok->encode("abc"), (std::vector<int64_t>{6}));          // "b c" (rank 0) first, then "a bc"
+    EXPECT_EQ(tok->encode("ab ab"), (std::vector<int64_t>{4, 3, 4}));  // "a b" (rank 1) before "Ġ a" (rank 3)
+    EXPECT_EQ(tok->encode(" a"), (std::vector<int64_t>{7}));
+    EXPECT_EQ(tok->encode("ab <t>c<eos>"), (std::vector<int64_t>{4, 10, 2, 9}));  // lstrip takes the space
+    EXPECT_EQ(tok->encode("xa"), (std::vector<int64_t>{0}));  // 'x' is not in the vocabulary: dropped
+    EXPECT_EQ(tok->decode({4, 10, 2, 9}), "ab<t>c");
+    EXPECT_EQ(tok->decode({4, 10, 2, 9}, true), "ab<t>c<eos>");
+    EXPECT_EQ(tok->eos_id(), 9);
+    EXPECT_EQ(tok->bos_id(), -1);
+    EXPECT_EQ(tok->vocab_size(), 11);
+    EXPECT_THROW(tok->decode({11}), DataError);
+    EXPECT_THROW(tok->apply_chat({{"user", "hi"}}, true), ConfigError);
+
+    auto error_of = [&](const std::string& from, const std::string& to) {
+        std::string text = kTinyTokenizer;
+        const size_t at = text.find(from);
+        EXPECT_NE(at, std::string::npos) << from;
+        text.replace(at, from.size(), to);
+        dir.write("tokenizer.json", text);
+        try {
+            HfTokenizer::load(dir.path());
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    const std::string file = fs::join(dir.path(), "tokenizer.json");
+    EXPECT_THAT(error_of("\"a bc\"", "\"a zz\""), HasSubstr(file + ": model.merges[2]: \"a\" + \"zz\""));
+    EXPECT_THAT(error_of("\"a bc\"", "\"abc\""), HasSubstr("model.merges[2]: expected \"left right\""));
+    EXPECT_THAT(error_of("\"ByteLevel\", \"add", "\"Metaspace\", \"add"),
+                HasSubstr("pre_tokenizer.type: pre-tokenizer \"Metaspace\" is not supported"));
+    EXPECT_THAT(error_of("\"model\": {", "\"model: {"), HasSubstr(file + ": not valid JSON"));
+    EXPECT_THAT(error_of("\"normalizer\": null", "\"normalizer\": {\"type\": \"Precompiled\"}"),
+                HasSubstr("normalizer.type: normalizer \"Precompiled\" is not supported"));
+    EXPECT_THAT(
+        error_of(
+            "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}",
+            "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, \"behavior\": \"Isolated\"}"),
+        HasSubstr("pre_tokenizer.pattern: invalid regex"));
+    EXPECT_THAT(error_of("\"id\": 9,", "\"id\": -9,"), HasSubstr("added_tokens[0]"));
+    EXPECT_THAT(error_of("\"type\": \"BPE\"", "\"type\": \"Unigram\""), HasSubstr("only BPE models are supported"));
 }
 
 }  // namespace

@@ -1,0 +1,81 @@
+// A Hugging Face tokenizer.json behind the Tokenizer interface (SPEC §4; ../shared/DSV32_FORMAT.md §A):
+// added tokens (special or not) matched leftmost-longest in the raw text — normalized ones in the normalized
+// text — before the pipeline; then the normalizer, the pre-tokenizer and the BPE model (text/pipeline.h,
+// text/bpe.h); decoding through the ByteLevel decoder with invalid UTF-8 replaced. Same ids as Python
+// `tokenizers` on any text (tests/text/tokenizer_oracle.py); encode() adds no BOS/EOS.
+//
+//   auto tok = HfTokenizer::load("/models/DeepSeek-V3.2");   // the directory's tokenizer.json (+
+//   tokenizer_config.json) tok->encode("Hello, world!");                           // {19923, 14, 2058, 3}
+//
+// BOS, EOS and PAD come from tokenizer_config.json (bos_token, eos_token, pad_token) when it names them; -1
+// otherwise. Chat rendering (apply_chat) needs a chat format (issue 19 item 2) and is refused until then.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "text/bpe.h"
+#include "text/pipeline.h"
+#include "text/tokenizer.h"
+
+namespace dsrl::text {
+
+struct AddedToken {
+    int64_t id = 0;
+    std::string content;
+    bool special = false;
+    bool normalized = false;
+    bool lstrip = false;
+    bool rstrip = false;
+    bool single_word = false;
+};
+
+class HfTokenizer final : public Tokenizer {
+public:
+    /// `path`: a tokenizer.json file or a directory holding one (and optionally tokenizer_config.json).
+    /// ConfigError naming the file and field for a malformed or unsupported file.
+    static std::unique_ptr<HfTokenizer> load(const std::string& path);
+
+    int64_t vocab_size() const override { return size_; }
+    int64_t bos_id() const override { return bos_; }
+    int64_t eos_id() const override { return eos_; }
+    int64_t pad_id() const override { return pad_; }
+    std::vector<int64_t> encode(const std::string& text) const override;
+    std::string decode(const std::vector<int64_t>& ids, bool keep_special = false) const override;
+    std::string token_string(int64_t id) const override;
+    bool is_special(int64_t id) const override;
+    std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& messages,
+                                    bool add_generation_prompt) const override;
+
+    const std::vector<AddedToken>& added_tokens() const { return added_; }
+    /// The id of a token string (added or in the model's vocabulary), -1 when absent.
+    int64_t token_id(const std::string& token) const;
+
+private:
+    HfTokenizer() = default;
+    // Splits `text` at the added tokens of one kind (normalized or not), leftmost-longest; appends the ids of
+    // matches and calls `rest` for the text between them.
+    template <class Rest>
+    void split_added(const std::string& text, bool normalized, std::vector<int64_t>& out, Rest&& rest) const;
+    void encode_plain(const std::string& text, std::vector<int64_t>& out) const;
+
+    std::string file_;
+    std::unique_ptr<Normalizer> normalizer_;
+    std::unique_ptr<PreTokenizer> pre_tokenizer_;
+    std::unique_ptr<Bpe> model_;
+    std::vector<AddedToken> added_;
+    std::vector<int32_t> added_index_;  // id -> index into added_, -1 when not an added token
+    // Tries of added-token contents (one for raw text, one for normalized text): node -> (byte -> child).
+    struct Trie {
+        std::vector<absl::flat_hash_map<unsigned char, int32_t>> next{1};
+        std::vector<int32_t> token{-1};  // index into added_ ending at this node
+    };
+    Trie raw_trie_, normalized_trie_;
+    bool byte_level_decoder_ = false;
+    int64_t size_ = 0;
+    int64_t bos_ = -1, eos_ = -1, pad_ = -1;
+};
+
+}  // namespace dsrl::text
