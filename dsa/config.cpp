@@ -30,6 +30,14 @@ void bind(Binder& b, ModelRuntime& c) {
     b.choice("impl", c.impl, {{"auto", Impl::kAuto}, {"reference", Impl::kReference}, {"cuda", Impl::kCuda}},
              {.doc = "DSA kernels: auto (CUDA kernels for CUDA bf16 inputs of the full-size shapes, else ATen), "
                      "reference (ATen always), cuda (the kernels or an error); docs/kernels.md."});
+    b.field("chat_format", c.chat_format,
+            {.doc = "How conversations become tokens: auto (deepseek_v32 for a checkpoint whose config.json says "
+                    "model_type deepseek_v32 and ships tokenizer.json, else the byte-level template), byte, "
+                    "deepseek_v32 (DeepSeek's reference encoder; docs/text.md).",
+             .choices = {"auto", "byte", "deepseek_v32"}});
+    b.field("thinking", c.thinking,
+            {.doc = "Render prompts in thinking mode (<think> after the last user turn) where the chat format has "
+                    "one."});
 }
 
 void bind(Binder& b, ModelArch& c) {

@@ -33,6 +33,8 @@ struct ModelRuntime {
     std::string path;  ///< HF checkpoint directory; empty: random init from the architecture fields
     DType dtype = DType::kFloat32;
     Impl impl = Impl::kAuto;
+    std::string chat_format = "auto";  ///< auto (deepseek_v32 for such a checkpoint, else byte), byte, deepseek_v32
+    bool thinking = true;              ///< chat formats with a thinking mode render prompts in it
 };
 
 /// The routing fields (n_routed_experts, num_experts_per_tok, n_group, topk_group, routed_scaling_factor,

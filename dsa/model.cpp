@@ -143,7 +143,9 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, c10::Device device) {
 
 Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device device) {
     const HfCheckpointReader reader = HfCheckpointReader::open(dir);
-    const ModelConfig cfg{ModelRuntime{.path = dir, .dtype = run.dtype, .impl = run.impl}, reader.arch()};
+    ModelRuntime runtime = run;
+    runtime.path = dir;
+    const ModelConfig cfg{runtime, reader.arch()};
     return Model(cfg, load_weights(reader, cfg, device));
 }
 

@@ -55,11 +55,6 @@ bool is_word_char(char32_t c) {
     }
 }
 
-bool is_space(char32_t c) {
-    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
 // The code point ending just before byte `pos` and its start.
 char32_t previous_code_point(const std::string& s, size_t pos, size_t* start) {
     size_t b = pos;
@@ -225,14 +220,14 @@ void HfTokenizer::split_added(const std::string& text, bool normalized, std::vec
         if (tok->lstrip) {
             while (start > gap) {
                 size_t s = 0;
-                if (!is_space(previous_code_point(text, start, &s))) break;
+                if (!is_white_space(previous_code_point(text, start, &s))) break;
                 start = s;
             }
         }
         if (tok->rstrip) {
             while (end < text.size()) {
                 size_t p = end;
-                if (!is_space(next_code_point(text, p))) break;
+                if (!is_white_space(next_code_point(text, p))) break;
                 end = p;
             }
         }
@@ -296,11 +291,21 @@ std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool keep_speci
     return utf8_lossy(bytes);
 }
 
-std::vector<int64_t> HfTokenizer::apply_chat(const std::vector<ChatMessage>&, bool) const {
-    throw ConfigError(absl::StrCat(file_,
-                                   ": chat rendering for Hugging Face tokenizers needs a chat format "
-                                   "(DeepSeek-V3.2's is issue 19 item 2, not built yet); dsrl_tool tokenize "
-                                   "works, training on this model does not"));
+void HfTokenizer::set_chat_format(std::unique_ptr<ChatFormat> format, const ChatOptions& options) {
+    chat_ = std::move(format);
+    chat_options_ = options;
+}
+
+std::vector<int64_t> HfTokenizer::apply_chat(const std::vector<ChatMessage>& messages, bool) const {
+    if (!chat_) {
+        throw ConfigError(absl::StrCat(file_,
+                                       ": no chat format for this tokenizer; set model.chat_format "
+                                       "(deepseek_v32) or use a checkpoint whose config.json names one"));
+    }
+    OrderedJson conv = OrderedJson::array();
+    for (const ChatMessage& m : messages) conv.push_back({{"role", m.role}, {"content", m.content}});
+    // The format's own generation prompt: a conversation that ends with a user turn ends in <｜Assistant｜>.
+    return encode(join_segments(chat_->render(conv, chat_options_)));
 }
 
 }  // namespace dsrl::text

@@ -8,7 +8,8 @@
 //   tokenizer_config.json) tok->encode("Hello, world!");                           // {19923, 14, 2058, 3}
 //
 // BOS, EOS and PAD come from tokenizer_config.json (bos_token, eos_token, pad_token) when it names them; -1
-// otherwise. Chat rendering (apply_chat) needs a chat format (issue 19 item 2) and is refused until then.
+// otherwise. apply_chat renders with the chat format make_tokenizer chose (model.chat_format); without one it is a
+// ConfigError saying so.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "text/bpe.h"
+#include "text/chat_format.h"
 #include "text/pipeline.h"
 #include "text/tokenizer.h"
 
@@ -49,6 +51,9 @@ public:
     std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& messages,
                                     bool add_generation_prompt) const override;
 
+    /// The chat format apply_chat renders with (make_tokenizer sets it from model.chat_format).
+    void set_chat_format(std::unique_ptr<ChatFormat> format, const ChatOptions& options);
+
     const std::vector<AddedToken>& added_tokens() const { return added_; }
     /// The id of a token string (added or in the model's vocabulary), -1 when absent.
     int64_t token_id(const std::string& token) const;
@@ -76,6 +81,8 @@ private:
     bool byte_level_decoder_ = false;
     int64_t size_ = 0;
     int64_t bos_ = -1, eos_ = -1, pad_ = -1;
+    std::unique_ptr<ChatFormat> chat_;
+    ChatOptions chat_options_;
 };
 
 }  // namespace dsrl::text

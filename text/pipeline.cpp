@@ -43,11 +43,6 @@ std::string get_string(const Json& j, const char* key, const std::string& file, 
     return it->get<std::string>();
 }
 
-bool is_white_space(char32_t c) {  // Unicode White_Space
-    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
 bool is_numeric(char32_t c) {  // Rust char::is_numeric: general categories Nd, Nl, No
     const utf8proc_category_t cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
     return cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
@@ -446,6 +441,11 @@ std::unique_ptr<PreTokenizer> pre_tokenizer_of(const Json& j, const std::string&
 }  // namespace
 
 // ---- UTF-8 ------------------------------------------------------------------------------------------------
+
+bool is_white_space(char32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
 
 char32_t next_code_point(std::string_view s, size_t& pos) {
     const auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };

@@ -27,6 +27,8 @@ namespace dsrl::text {
 char32_t next_code_point(std::string_view s, size_t& pos);
 /// Appends the UTF-8 encoding of `cp`.
 void append_utf8(std::string& out, char32_t cp);
+/// Unicode White_Space (what `\s` and Rust's char::is_whitespace mean).
+bool is_white_space(char32_t c);
 /// `bytes` as valid UTF-8: every invalid sequence replaced by U+FFFD (as Rust's from_utf8_lossy).
 std::string utf8_lossy(std::string_view bytes);
 

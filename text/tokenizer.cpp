@@ -5,7 +5,10 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
+
+#include <nlohmann/json.hpp>
 
 namespace dsrl::text {
 namespace {
@@ -92,14 +95,40 @@ std::vector<int64_t> ByteTokenizer::apply_chat(const std::vector<ChatMessage>& m
     return ids;
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size) {
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size, const ChatChoice& chat) {
+    if (chat.format != "auto" && chat.format != "byte" && chat.format != "deepseek_v32") {
+        throw ConfigError(
+            absl::StrCat("model.chat_format: '", chat.format, "' is not known (auto, byte, deepseek_v32)"));
+    }
     if (!model_path.empty() && fs::exists(fs::join(model_path, "tokenizer.json"))) {
         std::unique_ptr<HfTokenizer> tok = HfTokenizer::load(model_path);
         if (tok->vocab_size() > vocab_size) {
             throw ConfigError(absl::StrCat(fs::join(model_path, "tokenizer.json"), " has ", tok->vocab_size(),
                                            " token ids but the model's vocab_size is ", vocab_size));
         }
+        std::string format = chat.format;
+        if (format == "auto") {
+            format = "";
+            const std::string config = fs::join(model_path, "config.json");
+            if (fs::exists(config)) {
+                try {
+                    const auto j = nlohmann::json::parse(fs::read_file(config));
+                    if (j.is_object() && j.value("model_type", "") == "deepseek_v32") format = "deepseek_v32";
+                } catch (const nlohmann::json::exception&) {
+                    // the checkpoint reader reports a malformed config.json, naming it
+                }
+            }
+        } else if (format == "byte") {
+            throw ConfigError(absl::StrCat("model.chat_format: byte is the byte-level tokenizer's template, but ",
+                                           model_path, " ships a tokenizer.json; use auto or deepseek_v32"));
+        }
+        if (!format.empty()) tok->set_chat_format(make_chat_format(format), {.thinking = chat.thinking});
         return tok;
+    }
+    if (chat.format == "deepseek_v32") {
+        throw ConfigError(
+            absl::StrCat("model.chat_format: deepseek_v32 needs the checkpoint's tokenizer.json (model.path ",
+                         model_path.empty() ? "is empty" : "= " + model_path + " has none", ")"));
     }
     return std::make_unique<ByteTokenizer>(vocab_size);
 }

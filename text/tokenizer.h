@@ -65,9 +65,18 @@ private:
     int64_t vocab_size_;
 };
 
-/// The tokenizer of a model (`model_path`: its checkpoint directory, "" for a random init): today the byte-level
-/// tokenizer (vocab_size >= 272). A checkpoint with a tokenizer.json is reported as not supported yet
-/// (ConfigError naming the file) rather than silently tokenized as bytes.
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t vocab_size);
+/// Which chat format a tokenizer renders conversations with (model.chat_format, model.thinking).
+struct ChatChoice {
+    std::string format = "auto";  ///< auto, byte or deepseek_v32
+    bool thinking = true;
+};
+
+/// The tokenizer of a model (`model_path`: its checkpoint directory, "" for a random init): its tokenizer.json
+/// (text/hf_tokenizer.h) when it ships one, else the byte-level tokenizer (vocab_size >= 272). The chat format:
+/// deepseek_v32 when chosen, or under auto for a checkpoint whose config.json says model_type deepseek_v32; the
+/// byte template for the byte-level tokenizer. A choice that does not fit the tokenizer is a ConfigError.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path,
+                                          int64_t vocab_size,
+                                          const ChatChoice& chat = {});
 
 }  // namespace dsrl::text

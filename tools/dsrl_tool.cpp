@@ -7,6 +7,8 @@
 //   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
 //   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
 //   dsrl_tool tokenize --tokenizer DIR [--decode]
+//   dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
+//   dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
 //
 // forward reads `input_ids` (int64 [B, L]) and optional `attention_mask` (int64/bool [B, L], 1 = real token)
 // and writes `logits` (fp32 [B, L, V]) and, per layer i, `topk_indices.{i}` (int32 [B, L, index_topk], −1 for
@@ -24,6 +26,7 @@
 #include <chrono>
 #include <cmath>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -40,6 +43,8 @@
 #include "rollout/record.h"
 #include "text/tokenizer.h"
 
+#include "core/fs.h"
+#include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
 #include "trainer/config.h"
 
@@ -54,6 +59,8 @@ constexpr const char* kUsage = R"(usage:
   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
   dsrl_tool tokenize --tokenizer DIR [--decode]
+  dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
+  dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
 
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
@@ -71,6 +78,12 @@ grpo-loss computes dsrl's GRPO loss (SPEC §5) on `logp`, `logp_old`, `logp_ref`
 tokenize reads standard input, one JSON value per line, with DIR's tokenizer.json (+ tokenizer_config.json).
          Encode: a JSON string -> a JSON array of ids on one line (no BOS or EOS added; special-token strings in
          the text become their ids). --decode: a JSON array of ids -> a JSON string (special tokens kept).
+chat-render renders CONV.json ({"messages": [...], "tools": [...]}, OpenAI layout; tools go to the first system
+         message) exactly as DeepSeek's reference encoder (BOS included, nothing appended; thinking mode unless
+         --no-thinking); --ids prints its ids as a JSON array instead.
+chat-parse reads a generated completion on stdin and prints {"reasoning_content", "content", "tool_calls":
+         [{"name", "arguments": {...}}]}; thinking mode when the text holds </think> unless --thinking or
+         --no-thinking says; lenient unless --strict (DeepSeek's reference grammar).
 )";
 
 std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args,
@@ -414,6 +427,79 @@ int tokenize(const std::vector<std::string>& args) {
     return 0;
 }
 
+struct ChatFlags {
+    std::string tokenizer, format, input;
+    int thinking = -1;  // -1: default
+    bool ids = false, strict = false;
+};
+
+ChatFlags chat_flags(const std::vector<std::string>& args, bool render) {
+    ChatFlags f;
+    for (size_t i = 1; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        const bool has_value = i + 1 < args.size();
+        if (a == "--tokenizer" && has_value) {
+            f.tokenizer = args[++i];
+        } else if (a == "--format" && has_value) {
+            f.format = args[++i];
+        } else if (render && a == "--input" && has_value) {
+            f.input = args[++i];
+        } else if (a == "--thinking" || a == "--no-thinking") {
+            f.thinking = a == "--thinking";
+        } else if (render && a == "--ids") {
+            f.ids = true;
+        } else if (!render && a == "--strict") {
+            f.strict = true;
+        } else {
+            throw ConfigError(
+                absl::StrCat("dsrl_tool ", args[0], ": unknown or incomplete argument '", a, "'\n", kUsage));
+        }
+    }
+    if (f.tokenizer.empty()) throw ConfigError(absl::StrCat("dsrl_tool ", args[0], ": --tokenizer DIR is required"));
+    if (f.format.empty())
+        throw ConfigError(absl::StrCat("dsrl_tool ", args[0], ": --format is required (deepseek_v32)"));
+    if (render && f.input.empty()) throw ConfigError("dsrl_tool chat-render: --input CONV.json is required");
+    return f;
+}
+
+int chat_render(const std::vector<std::string>& args) {
+    const ChatFlags f = chat_flags(args, /*render=*/true);
+    const auto fmt = dsrl::text::make_chat_format(f.format);
+    std::string text;
+    try {
+        text = dsrl::fs::read_file(f.input);
+    } catch (const dsrl::fs::IoError& e) {
+        throw ConfigError(absl::StrCat("dsrl_tool chat-render: --input ", f.input, ": cannot read: ", e.reason()));
+    }
+    dsrl::text::OrderedJson conv;
+    try {
+        conv = dsrl::text::OrderedJson::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+        throw dsrl::DataError(absl::StrCat(f.input, ": not valid JSON: ", e.what()));
+    }
+    const auto segments = fmt->render(conv, {.thinking = f.thinking != 0});
+    const std::string prompt = dsrl::text::join_segments(segments);
+    if (f.ids) {
+        const auto tok = dsrl::text::HfTokenizer::load(f.tokenizer);
+        std::cout << nlohmann::json(tok->encode(prompt)).dump() << "\n";
+    } else {
+        std::cout << prompt;
+    }
+    return 0;
+}
+
+int chat_parse(const std::vector<std::string>& args) {
+    const ChatFlags f = chat_flags(args, /*render=*/false);
+    const auto fmt = dsrl::text::make_chat_format(f.format);
+    if (!dsrl::fs::exists(f.tokenizer)) {
+        throw ConfigError(absl::StrCat("dsrl_tool chat-parse: --tokenizer ", f.tokenizer, ": no such directory"));
+    }
+    const std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    const bool thinking = f.thinking >= 0 ? f.thinking == 1 : text.find("</think>") != std::string::npos;
+    std::cout << fmt->parse(text, {.thinking = thinking}, f.strict).to_json().dump() << "\n";
+    return 0;
+}
+
 int run(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -426,6 +512,8 @@ int run(int argc, char** argv) {
     if (args[0] == "rollouts") return rollouts(args);
     if (args[0] == "grpo-loss") return grpo_loss_cmd(args);
     if (args[0] == "tokenize") return tokenize(args);
+    if (args[0] == "chat-render") return chat_render(args);
+    if (args[0] == "chat-parse") return chat_parse(args);
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));
 }
 

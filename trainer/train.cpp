@@ -29,6 +29,8 @@
 namespace dsrl::trainer {
 namespace {
 
+text::ChatChoice chat_choice(const ModelRuntime& m) { return {.format = m.chat_format, .thinking = m.thinking}; }
+
 // Cuts the metrics file back to `bytes` (its size when the checkpoint being resumed was written; 0 when the job
 // being resumed left no checkpoint, so every step runs again); -1 (a checkpoint of an older dsrl) or a file
 // already that short leave it as it is.
@@ -79,7 +81,8 @@ void check_job(const JobConfig& job) {
     if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "");
     if (uses_dsa_stages(job))
         data::make_token_source(job.dsa.data, job.dsa.seq_len,
-                                *text::make_tokenizer(job.model.path, job.model.vocab_size), "");
+                                *text::make_tokenizer(job.model.path, job.model.vocab_size, chat_choice(job.model)),
+                                "");
 }
 
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
@@ -117,7 +120,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
     AdamW optimizer(params, job.trainer.optimizer.adamw);
-    const std::unique_ptr<text::Tokenizer> tok = text::make_tokenizer(policy.config().path, policy.config().vocab_size);
+    const std::unique_ptr<text::Tokenizer> tok =
+        text::make_tokenizer(policy.config().path, policy.config().vocab_size, chat_choice(policy.config()));
     TrainingState state;
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;

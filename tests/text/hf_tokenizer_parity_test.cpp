@@ -7,8 +7,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "core/fs.h"
 #include "tests/oracle_util.h"
+#include "tests/test_util.h"
+#include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
 
 namespace dsrl::text {
@@ -96,6 +99,49 @@ TEST(HfTokenizerParityTest, DeepSeekKnownAnswers) {
     EXPECT_TRUE(tok->is_special(0));
     EXPECT_FALSE(tok->is_special(128798));  // <think> is an added, non-special token
     EXPECT_EQ(tok->decode({28927}), "\xEF\xBF\xBD") << "half an emoji decodes as U+FFFD";
+}
+
+// The official chat fixture through the real tokenizer: segment-wise ids (the loss mask's) equal the ids of the
+// whole prompt, the prompt starts with BOS id 0, and the generated ids decode back to the assistant turns.
+TEST(HfTokenizerParityTest, DeepSeekChatFixtureTokenizesSegmentWise) {
+    const std::unique_ptr<HfTokenizer> tok = HfTokenizer::load(testing::oracle_path("tokenizers/deepseek_v3"));
+    const OrderedJson conv =
+        OrderedJson::parse(fs::read_file(testing::source_dir() + "/tests/text/dsv32/test_input.json"));
+    const std::vector<ChatSegment> segs = make_chat_format("deepseek_v32")->render(conv, {});
+    const ChatIds ids = tokenize_segments(*tok, segs);
+    EXPECT_EQ(ids.ids, tok->encode(join_segments(segs)));
+    ASSERT_FALSE(ids.ids.empty());
+    EXPECT_EQ(ids.ids[0], 0);
+    std::vector<int64_t> generated;
+    for (size_t i = 0; i < ids.ids.size(); ++i) {
+        if (ids.generated[i]) generated.push_back(ids.ids[i]);
+    }
+    std::string want;
+    for (const ChatSegment& s : segs) {
+        if (s.generated) want += s.text;
+    }
+    EXPECT_EQ(tok->decode(generated, /*keep_special=*/true), want);
+}
+
+// model.chat_format: auto picks deepseek_v32 from config.json's model_type; apply_chat then renders DeepSeek's
+// prompt; choices that do not fit the tokenizer are errors.
+TEST(HfTokenizerParityTest, MakeTokenizerPicksTheChatFormat) {
+    const std::string src = testing::oracle_path("tokenizers/deepseek_v3");
+    testing::TempDir dir;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+        fs::write_file_atomic(fs::join(dir.path(), f), {fs::read_file(fs::join(src, f))});
+    }
+    EXPECT_THROW(make_tokenizer(dir.path(), 129280)->apply_chat({{"user", "hi"}}, true), ConfigError);  // no format
+    dir.write("config.json", R"({"model_type": "deepseek_v32"})");
+    const auto tok = make_tokenizer(dir.path(), 129280);
+    EXPECT_EQ(tok->apply_chat({{"user", "hi"}}, true),
+              tok->encode("<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>"));
+    EXPECT_EQ(make_tokenizer(dir.path(), 129280, {.thinking = false})->apply_chat({{"user", "hi"}}, true),
+              tok->encode("<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜></think>"));
+    EXPECT_THROW(make_tokenizer(dir.path(), 129280, {.format = "byte"}), ConfigError);
+    EXPECT_THROW(make_tokenizer(dir.path(), 1000), ConfigError);  // 128815 ids do not fit vocab_size 1000
+    EXPECT_THROW(make_tokenizer("", 320, {.format = "deepseek_v32"}), ConfigError);
+    EXPECT_THROW(make_tokenizer("", 320, {.format = "chatml"}), ConfigError);
 }
 
 }  // namespace
