@@ -119,14 +119,54 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
         PromptItem item;
         item.domain = domain;
         const auto prompt = obj.find("prompt");
-        if (prompt == obj.end() || prompt->is_null()) fail_line(path, line, "missing the required string 'prompt'");
-        if (!prompt->is_string()) {
-            fail_line(path, line,
-                      absl::StrCat("expected 'prompt' to be a string, but got ", prompt->type_name(), " ",
-                                   short_dump(*prompt)));
+        const auto messages = obj.find("messages");
+        const bool has_messages = messages != obj.end() && !messages->is_null();
+        if (has_messages && prompt != obj.end() && !prompt->is_null()) {
+            fail_line(path, line, "give either 'prompt' or 'messages', not both");
         }
-        item.prompt = prompt->get<std::string>();
-        if (item.prompt.empty()) fail_line(path, line, "'prompt' is empty");
+        if (has_messages) {
+            if (!messages->is_array() || messages->empty()) {
+                fail_line(path, line,
+                          absl::StrCat("expected 'messages' to be a non-empty list of {\"role\", "
+                                       "\"content\"} objects, but got ",
+                                       short_dump(*messages)));
+            }
+            for (size_t k = 0; k < messages->size(); ++k) {
+                const Json& m = (*messages)[k];
+                const bool ok = m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                                m["content"].is_string();
+                if (!ok) {
+                    fail_line(path, line,
+                              absl::StrCat("messages[", k,
+                                           "]: expected {\"role\": string, \"content\": "
+                                           "string}, but got ",
+                                           short_dump(m)));
+                }
+                const std::string role = m["role"].get<std::string>();
+                if (role != "system" && role != "user" && role != "assistant" && role != "developer") {
+                    fail_line(path, line,
+                              absl::StrCat("messages[", k, "]: role '", role,
+                                           "' (prompts hold system, developer, user and assistant "
+                                           "messages)"));
+                }
+                item.messages.push_back({role, m["content"].get<std::string>()});
+                if (role == "user" || role == "developer") item.prompt = item.messages.back().content;
+            }
+            if (item.messages.back().role != "user" && item.messages.back().role != "developer") {
+                fail_line(path, line, "'messages' must end with a user (or developer) message: the model answers it");
+            }
+        } else {
+            if (prompt == obj.end() || prompt->is_null()) {
+                fail_line(path, line, "missing the required string 'prompt' (or a list of chat 'messages')");
+            }
+            if (!prompt->is_string()) {
+                fail_line(path, line,
+                          absl::StrCat("expected 'prompt' to be a string, but got ", prompt->type_name(), " ",
+                                       short_dump(*prompt)));
+            }
+            item.prompt = prompt->get<std::string>();
+            if (item.prompt.empty()) fail_line(path, line, "'prompt' is empty");
+        }
 
         if (auto d = optional_string(obj, "domain", path, line)) {
             if (d->empty()) fail_line(path, line, "'domain' is empty (leave it out to use the config's domain)");
@@ -157,7 +197,10 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
             if (auto v = optional_string(obj, key, path, line)) item.meta[key] = std::move(*v);
         }
         for (const auto& [key, value] : obj.items()) {
-            if (key == "prompt" || key == "domain" || key == "id" || key == "answer" || key == "rubric") continue;
+            if (key == "prompt" || key == "messages" || key == "domain" || key == "id" || key == "answer" ||
+                key == "rubric") {
+                continue;
+            }
             item.meta[key] = value.is_string() ? value.get<std::string>() : value.dump();
         }
         src->items_.push_back(std::move(item));
@@ -168,6 +211,11 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
                                      "); expected one JSON object per line with a string 'prompt'"));
     }
     return src;
+}
+
+std::vector<text::ChatMessage> chat_of(const PromptItem& item) {
+    if (!item.messages.empty()) return item.messages;
+    return {{"user", item.prompt}};
 }
 
 PromptItem JsonlPromptSource::get(int64_t index) const {

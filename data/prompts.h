@@ -17,15 +17,21 @@
 #include <string>
 #include <vector>
 
+#include "text/tokenizer.h"
+
 namespace dsrl::data {
 
 /// One prompt of a dataset.
 struct PromptItem {
     std::string domain;
     int64_t id = 0;
-    std::string prompt;
+    std::string prompt;  ///< the text the rewards see: the row's "prompt", or the last user message of "messages"
+    std::vector<text::ChatMessage> messages;  ///< a row's chat messages (system, user, ...); empty for a "prompt" row
     std::map<std::string, std::string> meta;  ///< "answer", "rubric" and every other field of the JSONL line
 };
+
+/// The conversation a prompt starts: its messages, or one user message with its prompt.
+std::vector<text::ChatMessage> chat_of(const PromptItem& item);
 
 /// A dataset of prompts, addressed by index.
 class PromptSource {

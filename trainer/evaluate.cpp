@@ -42,7 +42,7 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
         std::vector<data::PromptItem> items;
         for (int64_t i = rank; i < n; i += world) {
             data::PromptItem item = d.source->get(i);
-            const std::vector<int64_t> toks = tokenizer_.apply_chat({{"user", item.prompt}}, true);
+            const std::vector<int64_t> toks = tokenizer_.apply_chat(data::chat_of(item), true);
             requests.push_back({.domain = d.name,
                                 .prompt_id = i,
                                 .sample_index = 0,

@@ -56,8 +56,7 @@ std::map<std::string, double> sft_step(dsa::Model& model,
             throw DataError(
                 absl::StrCat("sft: prompt ", item.id, " of ", spec, " has neither 'response' nor 'answer'"));
         }
-        for (const int64_t id : tok.apply_chat({{"user", item.prompt}}, true))
-            s.prompt.push_back(static_cast<int32_t>(id));
+        for (const int64_t id : tok.apply_chat(data::chat_of(item), true)) s.prompt.push_back(static_cast<int32_t>(id));
         for (const int64_t id : tok.encode(target)) s.response.push_back(static_cast<int32_t>(id));
         s.response.push_back(static_cast<int32_t>(tok.eos_id()));
         s.vocab_size = job.model.vocab_size;

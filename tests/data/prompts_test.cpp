@@ -100,6 +100,14 @@ TEST(PromptJsonlTest, EveryErrorNamesFileAndLine) {
          "invalid JSON: [json.exception.parse_error.101] parse error at column 1:"},
         {"not_object", "{\"prompt\": \"a\"}\n\n[\"prompt\", \"b\"]\n", 3, "expected a JSON object, but got array"},
         {"missing_prompt", "{\"answer\": \"4\"}\n", 1, "missing the required string 'prompt'"},
+        {"prompt_and_messages", "{\"prompt\": \"a\", \"messages\": [{\"role\": \"user\", \"content\": \"b\"}]}\n", 1,
+         "give either 'prompt' or 'messages', not both"},
+        {"empty_messages", "{\"messages\": []}\n", 1, "expected 'messages' to be a non-empty list"},
+        {"bad_message", "{\"messages\": [{\"role\": \"user\"}]}\n", 1, "messages[0]: expected {\"role\": string"},
+        {"tool_role", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}\n", 1, "messages[0]: role 'tool'"},
+        {"ends_with_assistant",
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\n",
+         1, "must end with a user (or developer) message"},
         {"null_prompt", "{\"prompt\": null}\n", 1, "missing the required string 'prompt'"},
         {"number_prompt", "{\"prompt\": \"a\"}\n{\"prompt\": 12}\n", 2,
          "expected 'prompt' to be a string, but got number 12"},
@@ -383,6 +391,26 @@ TEST(SftMixtureTest, DrawsByWeightDeterministicallyAndResumesFromCursors) {
             EXPECT_EQ(original.next(step, slot, nullptr).prompt, resumed.next(step, slot, nullptr).prompt);
         }
     }
+}
+
+TEST(JsonlPromptSourceTest, RowsMayHoldChatMessages) {
+    testing::TempDir dir;
+    const std::string path = dir.write(
+        "chat.jsonl",
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": "
+        "\"2+2?\"}], \"answer\": \"4\"}\n{\"prompt\": \"plain\"}\n");
+    const auto src = JsonlPromptSource::open(path, "reasoning");
+    const PromptItem a = src->get(0);
+    EXPECT_EQ(a.prompt, "2+2?");  // what the rewards see
+    ASSERT_EQ(a.messages.size(), 2u);
+    EXPECT_EQ(a.messages[0].role, "system");
+    EXPECT_EQ(a.meta.count("messages"), 0u);
+    EXPECT_EQ(a.meta.at("answer"), "4");
+    EXPECT_EQ(chat_of(a).size(), 2u);
+    const std::vector<text::ChatMessage> plain = chat_of(src->get(1));
+    ASSERT_EQ(plain.size(), 1u);
+    EXPECT_EQ(plain[0].role, "user");
+    EXPECT_EQ(plain[0].content, "plain");
 }
 
 }  // namespace
