@@ -8,7 +8,7 @@ namespace dsrl::trainer {
 
 namespace {
 const std::vector<std::string> kFlags = {"--config",       "--set",   "--resume", "--print-config",
-                                         "--print-schema", "--check", "--help"};
+                                         "--print-schema", "--check", "--help",   "--dump-rollouts"};
 }  // namespace
 
 CliOptions parse_cli(const std::vector<std::string>& args) {
@@ -38,6 +38,9 @@ CliOptions parse_cli(const std::vector<std::string>& args) {
             opt.print_config = true;
         } else if (flag == "--print-schema") {
             opt.print_schema = true;
+        } else if (flag == "--dump-rollouts") {
+            opt.dump_rollouts = take_value();
+            if (opt.dump_rollouts.empty()) throw ConfigError("--dump-rollouts needs a directory");
         } else if (flag == "--check") {
             opt.check = true;
         } else if (flag == "--help" || flag == "-h") {
@@ -61,6 +64,8 @@ options:
   --set KEY=VALUE      override one config key, e.g. --set grpo.beta=0.01 or --set domains.0.weight=2.
                        Repeatable; applied in order after the file. VALUE is YAML ([1, 2] is a list).
   --resume auto|PATH   resume from the latest checkpoint of the run (auto) or from PATH.
+  --dump-rollouts DIR  write every GRPO step's rollout groups to DIR/step-NNNNNNNN.rank-R.dsrlroll (one file per
+                       rank and step; print one with dsrl_tool rollouts FILE).
   --print-config       print the resolved configuration as YAML and exit.
   --print-schema       print every configuration key (markdown table, as docs/configuration.md) and exit.
   --check              validate the configuration, reward plugins and data files, and exit.

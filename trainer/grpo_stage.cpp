@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "core/fs.h"
+#include "rollout/record.h"
 #include "trainer/evaluate.h"
 #include "trainer/rl_step.h"
 #include "trainer/stages.h"
@@ -77,6 +78,12 @@ public:
     StepOutput step(int64_t step) override {
         RlStepResult r = rl_->run(step);
         ctx_.state.policy_version = step + 1;
+        if (!ctx_.dump_rollouts.empty()) {
+            fs::make_dirs(ctx_.dump_rollouts);
+            rollout::write_groups_file(
+                fs::join(ctx_.dump_rollouts, absl::StrFormat("step-%08d.rank-%d.dsrlroll", step + 1, ctx_.comm.rank())),
+                r.groups);
+        }
         return {std::move(r.metrics), r.skipped_steps};
     }
 

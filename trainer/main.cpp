@@ -58,7 +58,8 @@ int run(int argc, char** argv) {
         std::cout << "dsrl_train: " << source << " on " << world.size() << " rank(s), stages "
                   << absl::StrJoin(cfg.run.stages, " -> ") << ", output " << cfg.run.output_dir << "\n";
     }
-    return dsrl::trainer::run_job(cfg, {.resume = opt.resume, .config_yaml = dsrl::to_yaml(cfg)}, world);
+    return dsrl::trainer::run_job(
+        cfg, {.resume = opt.resume, .config_yaml = dsrl::to_yaml(cfg), .dump_rollouts = opt.dump_rollouts}, world);
 }
 
 }  // namespace

@@ -57,6 +57,8 @@ struct JobContext {
     /// checkpoint holds it.
     std::unique_ptr<dsa::Model> reference;
     std::string reference_dir;
+    /// --dump-rollouts: where the GRPO stage writes each step's rollout records ("" = nowhere).
+    std::string dump_rollouts;
 };
 
 /// One step's outcome on this rank.

@@ -126,6 +126,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;
     JobContext ctx{job, comm, device, policy, optimizer, state};
+    ctx.dump_rollouts = opt.dump_rollouts;
     std::vector<std::unique_ptr<Stage>> stages = make_stages(ctx, *tok);
 
     if (!opt.resume.empty()) {

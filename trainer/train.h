@@ -15,6 +15,7 @@ struct RunOptions {
     std::string resume;          ///< "", "auto" or a checkpoint directory
     std::string config_yaml;     ///< the resolved config, stored in checkpoints
     bool handle_signals = true;  ///< SIGTERM/SIGINT: finish the step, checkpoint, exit 0
+    std::string dump_rollouts;   ///< --dump-rollouts: directory for every GRPO step's records ("" = none)
 };
 
 /// Start-up checks beyond the YAML schema, before any compute (dsrl_train runs them before MPI starts): the

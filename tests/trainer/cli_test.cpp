@@ -18,8 +18,11 @@ using ::testing::HasSubstr;
 
 TEST(CliTest, ParsesFlagsInBothForms) {
     const CliOptions opt = parse_cli({"--config", "a.yaml", "--set", "grpo.beta=1", "--set=run.seed=3", "--resume=auto",
-                                      "--print-config", "--check"});
+                                      "--print-config", "--check", "--dump-rollouts", "/tmp/r"});
     EXPECT_EQ(opt.config_path, "a.yaml");
+    EXPECT_EQ(opt.dump_rollouts, "/tmp/r");
+    EXPECT_EQ(parse_cli({"--dump-rollouts=d"}).dump_rollouts, "d");
+    EXPECT_THROW(parse_cli({"--dump-rollouts"}), ConfigError);
     EXPECT_EQ(opt.overrides, (std::vector<std::string>{"grpo.beta=1", "run.seed=3"}));
     EXPECT_EQ(opt.resume, "auto");
     EXPECT_TRUE(opt.print_config);
