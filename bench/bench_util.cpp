@@ -23,27 +23,28 @@ Flags& Flags::text(const std::string& name, std::string* v, const std::string& h
     return *this;
 }
 
+namespace {
+
+// An integer flag value >= min (and within T's range), or a ConfigError naming program and flag.
+template <class T>
+std::function<void(const std::string&)> integer_setter(std::string program, std::string name, T* v, T min) {
+    return [=](const std::string& s) {
+        T x = 0;
+        if (!absl::SimpleAtoi(s, &x) || x < min) {
+            throw ConfigError(absl::StrCat(program, ": ", name, " '", s, "' must be an integer >= ", min));
+        }
+        *v = x;
+    };
+}
+
+}  // namespace
+
 Flags& Flags::integer(const std::string& name, int64_t* v, int64_t min, const std::string& help) {
-    const std::string program = program_;
-    flags_.push_back({name, help, std::to_string(*v), [=](const std::string& s) {
-                          int64_t x = 0;
-                          if (!absl::SimpleAtoi(s, &x) || x < min) {
-                              throw ConfigError(
-                                  absl::StrCat(program, ": ", name, " '", s, "' must be an integer >= ", min));
-                          }
-                          *v = x;
-                      }});
-    return *this;
+    return custom(name, integer_setter(program_, name, v, min), help, std::to_string(*v));
 }
 
 Flags& Flags::integer(const std::string& name, int* v, int min, const std::string& help) {
-    auto wide = std::make_shared<int64_t>(*v);
-    integer(name, wide.get(), min, help);
-    flags_.back().set = [set = flags_.back().set, wide, v](const std::string& s) {
-        set(s);
-        *v = static_cast<int>(*wide);
-    };
-    return *this;
+    return custom(name, integer_setter(program_, name, v, min), help, std::to_string(*v));
 }
 
 Flags& Flags::number(const std::string& name, double* v, const std::string& help) {

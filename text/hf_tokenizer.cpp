@@ -149,7 +149,10 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
     }
 
     // BOS / EOS / PAD by name from tokenizer_config.json.
-    const std::string config_file = fs::join(dir ? path : fs::join(file, ".."), "tokenizer_config.json");
+    // Beside tokenizer.json (given as a directory or as the file itself).
+    const size_t slash = file.find_last_of('/');
+    const std::string config_file =
+        fs::join(slash == std::string::npos ? "." : file.substr(0, slash), "tokenizer_config.json");
     if (fs::exists(config_file)) {
         const Json c = read_json(config_file);
         auto id_of = [&](const char* key) -> int64_t {

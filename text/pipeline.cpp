@@ -604,19 +604,23 @@ Regex::Regex(const std::string& source, const std::string& what) : what_(what) {
 Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
 std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) const {
-    // A JIT stack per thread, large enough for long runs (the default 32 KiB is not).
-    struct JitStack {
+    // Per thread, made once (this runs for every piece of every text): a JIT stack large enough for long runs (the
+    // default 32 KiB is not) and match data for the whole match only (pcre2_match returns 0 and still sets it
+    // when the pattern has capture groups).
+    struct MatchState {
         pcre2_jit_stack* stack = pcre2_jit_stack_create(32 << 10, 64 << 20, nullptr);
         pcre2_match_context* context = pcre2_match_context_create(nullptr);
-        JitStack() { pcre2_jit_stack_assign(context, nullptr, stack); }
-        ~JitStack() {
+        pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
+        MatchState() { pcre2_jit_stack_assign(context, nullptr, stack); }
+        ~MatchState() {
+            pcre2_match_data_free(data);
             pcre2_match_context_free(context);
             pcre2_jit_stack_free(stack);
         }
     };
-    thread_local JitStack jit;
+    thread_local MatchState jit;
     auto* code = static_cast<pcre2_code*>(code_);
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
+    pcre2_match_data* md = jit.data;
     std::vector<std::pair<size_t, size_t>> out;
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t start = 0;
@@ -628,7 +632,6 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
         }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
-            pcre2_match_data_free(md);
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof(msg));
             throw DataError(absl::StrCat(what_, ": regex match failed: ", reinterpret_cast<const char*>(msg)));
@@ -646,7 +649,6 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
             start = p;
         }
     }
-    pcre2_match_data_free(md);
     return out;
 }
 

@@ -167,6 +167,8 @@ TEST(HfTokenizerTest, MergesByRankAddedTokensFirstAndNamedErrors) {
     EXPECT_EQ(tok->decode({4, 10, 2, 9}, true), "ab<t>c<eos>");
     EXPECT_EQ(tok->eos_id(), 9);
     EXPECT_EQ(tok->bos_id(), -1);
+    // The file given directly: tokenizer_config.json beside it still names EOS.
+    EXPECT_EQ(HfTokenizer::load(fs::join(dir.path(), "tokenizer.json"))->eos_id(), 9);
     EXPECT_EQ(tok->vocab_size(), 11);
     EXPECT_THROW(tok->decode({11}), DataError);
     EXPECT_THROW(tok->apply_chat({{"user", "hi"}}, true), ConfigError);
