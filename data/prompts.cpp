@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/rng.h"
+#include "text/conversation.h"
 
 namespace dsrl::data {
 namespace {
@@ -84,9 +85,90 @@ std::optional<std::string> optional_string(const Json& obj, const char* key, con
     return it->get<std::string>();
 }
 
+// A row's chat `messages` (and `tools`) in the OpenAI layout: the conversation goes to item.conversation as given
+// (the chat format renders and checks tool calls, tool results and reasoning); the plain {role, content} view to
+// item.messages; the last user/developer message is the prompt the rewards see.
+void read_messages(
+    const Json& obj, const std::string& raw, const std::string& path, int64_t line, Rows rows, PromptItem& item) {
+    const Json& messages = obj["messages"];
+    if (!messages.is_array() || messages.empty()) {
+        fail_line(
+            path, line,
+            absl::StrCat("expected 'messages' to be a non-empty list of {\"role\", \"content\"} objects, but got ",
+                         short_dump(messages)));
+    }
+    for (size_t k = 0; k < messages.size(); ++k) {
+        const Json& m = messages[k];
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+            fail_line(path, line,
+                      absl::StrCat("messages[", k, "]: expected {\"role\": string, \"content\": string}, but got ",
+                                   short_dump(m)));
+        }
+        const std::string role = m["role"].get<std::string>();
+        if (role != "system" && role != "user" && role != "assistant" && role != "developer" && role != "tool") {
+            fail_line(path, line,
+                      absl::StrCat("messages[", k, "]: role '", role,
+                                   "' (expected system, developer, user, assistant or tool)"));
+        }
+        const auto content = m.find("content");
+        const bool calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
+        // An assistant turn that only calls tools may leave content out (or null), as OpenAI-layout data does.
+        const bool may_omit = role == "assistant" && calls;
+        if (content == m.end() || content->is_null() ? !may_omit : !content->is_string()) {
+            fail_line(path, line,
+                      absl::StrCat("messages[", k, "]: expected a string 'content', but got ",
+                                   content == m.end() ? std::string("none") : short_dump(*content)));
+        }
+        if (calls && (role != "assistant" || !m["tool_calls"].is_array())) {
+            fail_line(path, line,
+                      absl::StrCat("messages[", k, "]: 'tool_calls' must be a list, on an assistant message"));
+        }
+        for (const char* key : {"reasoning_content", "tool_call_id", "name"}) {
+            if (m.contains(key) && !m[key].is_null() && !m[key].is_string()) {
+                fail_line(path, line, absl::StrCat("messages[", k, "]: '", key, "' must be a string"));
+            }
+        }
+        if (role == "tool") {
+            const std::string& before = k == 0 ? std::string() : item.messages.back().role;
+            const bool after_calls =
+                before == "tool" || (before == "assistant" && messages[k - 1].contains("tool_calls") &&
+                                     !messages[k - 1]["tool_calls"].empty());
+            if (!after_calls) {
+                fail_line(
+                    path, line,
+                    absl::StrCat("messages[", k, "]: a tool result must follow an assistant message with tool_calls"));
+            }
+        }
+        item.messages.push_back({role, content != m.end() && content->is_string() ? content->get<std::string>() : ""});
+        if (role == "user" || role == "developer") item.prompt = item.messages.back().content;
+    }
+    if (obj.contains("tools") && !obj["tools"].is_null() && !obj["tools"].is_array()) {
+        fail_line(path, line,
+                  absl::StrCat("expected 'tools' to be a list of tool schemas, but got ", short_dump(obj["tools"])));
+    }
+    const std::string& last = item.messages.back().role;
+    if (rows == Rows::kPrompts && last != "user" && last != "developer" && last != "tool") {
+        fail_line(path, line,
+                  "'messages' must end with a user or developer message (or tool results): the model answers it");
+    }
+    if (rows == Rows::kConversations && last == "system") {
+        fail_line(path, line, "'messages' must not end with a system message");
+    }
+    // Parsed again keeping key order: tool schemas and call arguments render in their given order.
+    item.conversation = text::OrderedJson::parse(raw);
+    text::OrderedJson conv = text::OrderedJson::object();
+    conv["messages"] = std::move(item.conversation["messages"]);
+    if (item.conversation.contains("tools") && !item.conversation["tools"].is_null()) {
+        conv["tools"] = std::move(item.conversation["tools"]);
+    }
+    item.conversation = std::move(conv);
+}
+
 }  // namespace
 
-std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::string& path, const std::string& domain) {
+std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::string& path,
+                                                                 const std::string& domain,
+                                                                 Rows rows) {
     std::unique_ptr<fs::LineReader> in;
     try {
         in = std::make_unique<fs::LineReader>(path);
@@ -125,36 +207,7 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
             fail_line(path, line, "give either 'prompt' or 'messages', not both");
         }
         if (has_messages) {
-            if (!messages->is_array() || messages->empty()) {
-                fail_line(path, line,
-                          absl::StrCat("expected 'messages' to be a non-empty list of {\"role\", "
-                                       "\"content\"} objects, but got ",
-                                       short_dump(*messages)));
-            }
-            for (size_t k = 0; k < messages->size(); ++k) {
-                const Json& m = (*messages)[k];
-                const bool ok = m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
-                                m["content"].is_string();
-                if (!ok) {
-                    fail_line(path, line,
-                              absl::StrCat("messages[", k,
-                                           "]: expected {\"role\": string, \"content\": "
-                                           "string}, but got ",
-                                           short_dump(m)));
-                }
-                const std::string role = m["role"].get<std::string>();
-                if (role != "system" && role != "user" && role != "assistant" && role != "developer") {
-                    fail_line(path, line,
-                              absl::StrCat("messages[", k, "]: role '", role,
-                                           "' (prompts hold system, developer, user and assistant "
-                                           "messages)"));
-                }
-                item.messages.push_back({role, m["content"].get<std::string>()});
-                if (role == "user" || role == "developer") item.prompt = item.messages.back().content;
-            }
-            if (item.messages.back().role != "user" && item.messages.back().role != "developer") {
-                fail_line(path, line, "'messages' must end with a user (or developer) message: the model answers it");
-            }
+            read_messages(obj, text, path, line, rows, item);
         } else {
             if (prompt == obj.end() || prompt->is_null()) {
                 fail_line(path, line, "missing the required string 'prompt' (or a list of chat 'messages')");
@@ -197,8 +250,8 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
             if (auto v = optional_string(obj, key, path, line)) item.meta[key] = std::move(*v);
         }
         for (const auto& [key, value] : obj.items()) {
-            if (key == "prompt" || key == "messages" || key == "domain" || key == "id" || key == "answer" ||
-                key == "rubric") {
+            if (key == "prompt" || key == "messages" || key == "tools" || key == "domain" || key == "id" ||
+                key == "answer" || key == "rubric") {
                 continue;
             }
             item.meta[key] = value.is_string() ? value.get<std::string>() : value.dump();
@@ -216,6 +269,47 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
 std::vector<text::ChatMessage> chat_of(const PromptItem& item) {
     if (!item.messages.empty()) return item.messages;
     return {{"user", item.prompt}};
+}
+
+text::OrderedJson conversation_of(const PromptItem& item) {
+    if (!item.conversation.is_null()) return item.conversation;
+    text::OrderedJson conv = text::OrderedJson::object();
+    conv["messages"] = text::OrderedJson::array({{{"role", "user"}, {"content", item.prompt}}});
+    return conv;
+}
+
+std::vector<int64_t> prompt_ids(const text::Tokenizer& tokenizer, const PromptItem& item, const std::string& source) {
+    try {
+        return text::render_conversation(tokenizer, conversation_of(item)).ids;
+    } catch (const DataError& e) {
+        throw DataError(absl::StrCat(source, ": prompt ", item.id, ": ", e.what()));
+    }
+}
+
+void check_conversations(const PromptSource& source, const text::Tokenizer& tokenizer, Rows rows) {
+    text::ChatOptions options;
+    const text::ChatFormat* format = tokenizer.chat_format(&options);
+    for (int64_t i = 0; i < source.size(); ++i) {
+        const PromptItem item = source.get(i);
+        const bool learned = !item.messages.empty() && item.messages.back().role == "assistant";
+        if (rows == Rows::kConversations && !learned && item.meta.count("response") == 0 &&
+            item.meta.count("answer") == 0) {
+            throw DataError(absl::StrCat(source.name(), ": item ", item.id,
+                                         ": an SFT row needs 'response' or 'answer', or 'messages' ending with the "
+                                         "assistant turn to learn"));
+        }
+        if (item.conversation.is_null()) continue;
+        try {
+            if (format != nullptr) {
+                format->render(item.conversation, options);
+            } else {
+                const std::vector<text::ChatMessage> plain = text::plain_messages(item.conversation);
+                tokenizer.apply_chat(plain, !learned);
+            }
+        } catch (const DataError& e) {
+            throw DataError(absl::StrCat(source.name(), ": item ", item.id, ": ", e.what()));
+        }
+    }
 }
 
 PromptItem JsonlPromptSource::get(int64_t index) const {
@@ -436,14 +530,15 @@ std::vector<std::string> synthetic_task_names() {
 
 std::shared_ptr<const PromptSource> make_prompt_source(const std::string& spec,
                                                        const std::string& domain,
-                                                       const std::string& base_dir) {
+                                                       const std::string& base_dir,
+                                                       Rows rows) {
     if (spec.empty()) {
         throw ConfigError(absl::StrCat("domain '", domain, "': empty data spec; expected a JSONL path or ",
                                        "synthetic:<task> (tasks: ", absl::StrJoin(synthetic_task_names(), ", "), ")"));
     }
     if (spec.rfind("synthetic:", 0) == 0) return make_synthetic(spec, domain);
     const std::string path = spec.front() == '/' ? spec : fs::join(base_dir, spec);
-    return JsonlPromptSource::open(path, domain);
+    return JsonlPromptSource::open(path, domain, rows);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "text/chat_format.h"
 #include "text/tokenizer.h"
 
 namespace dsrl::data {
@@ -27,11 +28,23 @@ struct PromptItem {
     int64_t id = 0;
     std::string prompt;  ///< the text the rewards see: the row's "prompt", or the last user message of "messages"
     std::vector<text::ChatMessage> messages;  ///< a row's chat messages (system, user, ...); empty for a "prompt" row
+    /// A "messages" row as the chat formats take it: {"messages": [...], "tools": [...]} in the OpenAI layout (tool
+    /// calls, tool results, reasoning_content kept, keys in the file's order); null for a "prompt" row.
+    text::OrderedJson conversation;
     std::map<std::string, std::string> meta;  ///< "answer", "rubric" and every other field of the JSONL line
 };
 
 /// The conversation a prompt starts: its messages, or one user message with its prompt.
 std::vector<text::ChatMessage> chat_of(const PromptItem& item);
+/// The same as a chat-format conversation: item.conversation, or {"messages": [{"role": "user", ...}]}.
+text::OrderedJson conversation_of(const PromptItem& item);
+/// The prompt ids of an item: its conversation rendered with the tokenizer's chat format (text/conversation.h),
+/// ending with the generation prompt; DataError naming the item for a conversation the format cannot render.
+std::vector<int64_t> prompt_ids(const text::Tokenizer& tokenizer, const PromptItem& item, const std::string& source);
+
+/// What the rows of a JSONL file are for: prompts the model answers (a "messages" row ends with a user or developer
+/// message or tool results), or SFT conversations (a "messages" row may also end with the assistant turns to learn).
+enum class Rows { kPrompts, kConversations };
 
 /// A dataset of prompts, addressed by index.
 class PromptSource {
@@ -56,7 +69,9 @@ public:
     /// parser's message), a line that is not an object, a missing/non-string/empty prompt, a non-string
     /// answer/rubric/domain, a non-integer id, a duplicate id (naming the first line); and naming the path
     /// when it cannot be read or holds no items.
-    static std::shared_ptr<const JsonlPromptSource> open(const std::string& path, const std::string& domain);
+    static std::shared_ptr<const JsonlPromptSource> open(const std::string& path,
+                                                         const std::string& domain,
+                                                         Rows rows = Rows::kPrompts);
 
     std::string name() const override { return path_; }
     int64_t size() const override { return static_cast<int64_t>(items_.size()); }
@@ -83,7 +98,14 @@ std::vector<std::string> synthetic_task_names();
 /// parameter (listing the task's parameters), or an out-of-range value; DataError from JsonlPromptSource.
 std::shared_ptr<const PromptSource> make_prompt_source(const std::string& spec,
                                                        const std::string& domain,
-                                                       const std::string& base_dir);
+                                                       const std::string& base_dir,
+                                                       Rows rows = Rows::kPrompts);
+
+/// Renders every conversation of a finite source with the tokenizer's chat format (text only, no tokenization), so
+/// one the format cannot render fails before any step — a DataError naming the source and the item; for SFT rows
+/// (kConversations) a row that neither ends with an assistant turn nor has a `response` or `answer` too. Synthetic
+/// sources hold only plain prompts and are skipped.
+void check_conversations(const PromptSource& source, const text::Tokenizer& tokenizer, Rows rows);
 
 /// The cursor of a PromptSampler: `position` items of epoch `epoch` have been handed out.
 struct SamplerState {

@@ -8,8 +8,9 @@ namespace dsrl::data {
 
 SftMixture::SftMixture(const std::vector<SourceSpec>& sources, uint64_t seed) : seed_(seed) {
     for (const SourceSpec& s : sources) {
-        sources_.push_back({s, std::make_unique<PromptSampler>(make_prompt_source(s.spec, s.domain, ""),
-                                                               rng::derive_seed(seed, 0, s.key))});
+        sources_.push_back(
+            {s, std::make_unique<PromptSampler>(make_prompt_source(s.spec, s.domain, "", Rows::kConversations),
+                                                rng::derive_seed(seed, 0, s.key))});
         weights_.push_back(s.weight);
     }
 }
@@ -20,6 +21,10 @@ PromptItem SftMixture::next(int64_t step, int64_t slot, std::string* spec) {
     Source& chosen = sources_[rng::weighted_index(weights_, r)];
     if (spec != nullptr) *spec = chosen.spec.spec;
     return chosen.sampler->next();
+}
+
+void SftMixture::check(const text::Tokenizer& tokenizer) const {
+    for (const Source& s : sources_) check_conversations(s.sampler->source(), tokenizer, Rows::kConversations);
 }
 
 void SftMixture::save_cursors(std::map<std::string, std::string>& cursors) const {

@@ -33,6 +33,9 @@ public:
     /// slot); `*spec` receives the source's spec (for messages).
     PromptItem next(int64_t step, int64_t slot, std::string* spec);
 
+    /// check_conversations on every source (SFT rows), so bad rows fail before the first step.
+    void check(const text::Tokenizer& tokenizer) const;
+
     void save_cursors(std::map<std::string, std::string>& cursors) const;
     void restore_cursors(const std::map<std::string, std::string>& cursors);
 

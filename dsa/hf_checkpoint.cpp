@@ -392,6 +392,12 @@ void save_hf_checkpoint(const std::string& dir,
             DSRL_LOG(info) << "  wrote " << file << " (" << s + 1 << "/" << shards.size() << ", " << converted.size()
                            << " tensors, " << absl::StrFormat("%.1f", bytes / 1048576.0) << " MiB)";
         }
+        if (!opt.companion_dir.empty()) {
+            for (const char* name : kCompanionFiles) {
+                const std::string from = fs::join(opt.companion_dir, name);
+                if (fs::exists(from)) write_file_synced(fs::join(tmp, name), fs::read_file(from));
+            }
+        }
         if (shards.size() > 1) {
             Json index = {{"metadata", {{"total_parameters", total_params}, {"total_size", total_bytes}}},
                           {"weight_map", weight_map}};

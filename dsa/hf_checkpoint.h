@@ -78,7 +78,14 @@ private:
 struct SaveOptions {
     at::ScalarType dtype = at::kBFloat16;        ///< floating tensors are written in this dtype
     int64_t max_shard_bytes = int64_t{5} << 30;  ///< above: model-0000i-of-0000n.safetensors + index
+    /// A checkpoint directory whose tokenizer and generation files (kCompanionFiles) are copied in too, so the
+    /// saved checkpoint is complete for other tools; empty: none. Model::save uses the one it was loaded from.
+    std::string companion_dir;
 };
+
+/// The files of a checkpoint that are not weights or config.json and travel with it on save.
+inline constexpr const char* kCompanionFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                                  "generation_config.json", "chat_template.jinja"};
 
 /// Writes config.json, the safetensors file(s) and, when sharded, model.safetensors.index.json into `dir`
 /// atomically: everything goes to a sibling temporary directory, is fsynced, and replaces `dir` by rename

@@ -150,7 +150,9 @@ Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device d
 }
 
 void Model::save(const std::string& dir, const SaveOptions& opt) const {
-    save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), opt);
+    SaveOptions o = opt;
+    if (o.companion_dir.empty()) o.companion_dir = cfg_.path;  // the tokenizer of the checkpoint it came from
+    save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), o);
 }
 
 KvCache Model::new_cache(int64_t batch, int64_t capacity) const {

@@ -119,7 +119,8 @@ public:
     /// Loads an HF checkpoint directory: the architecture from its config.json, dtype and impl from `run`
     /// (a job's ModelConfig passes as its runtime part; its architecture fields are not used).
     static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
-    /// Writes config.json + safetensors in the HF layout (atomically).
+    /// Writes config.json + safetensors in the HF layout (atomically), with the tokenizer files of the checkpoint
+    /// it was loaded from (SaveOptions::companion_dir).
     void save(const std::string& dir, const SaveOptions& opt = {}) const;
 
     const ModelConfig& config() const { return cfg_; }

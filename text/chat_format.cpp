@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
+#include <string_view>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
+#include <absl/types/span.h>
 
 #include "core/error.h"
 #include "text/tokenizer.h"
@@ -126,7 +129,7 @@ size_t tool_calls_count(const OrderedJson& m) {
     return it == m.end() || !it->is_array() ? 0 : it->size();
 }
 
-// ---- Parsing ----------------------------------------------------------------------------------------------
+// ---- Parsing: strict, the reference grammar on the whole text ---------------------------------------------
 
 [[noreturn]] void bad_completion(const std::string& what) {
     throw DataError(absl::StrCat("chat format deepseek_v32: completion: ", what));
@@ -144,37 +147,24 @@ size_t find_first(const std::string& s, size_t from, std::initializer_list<const
     return best;
 }
 
-// A cursor over the tool-call block. Strict: the reference grammar byte for byte (DSV32_FORMAT.md §C.1, the
-// rendering of §B.4.4); lenient: whitespace between elements is skipped.
-class CallsReader {
+// A cursor over the tool-call block that follows DeepSeek's reference grammar byte for byte (DSV32_FORMAT.md
+// §C.1, the rendering of §B.4.4).
+class StrictReader {
 public:
-    CallsReader(const std::string& s, size_t pos, bool strict) : s_(s), pos_(pos), strict_(strict) {}
+    StrictReader(const std::string& s, size_t pos) : s_(s), pos_(pos) {}
     size_t pos() const { return pos_; }
-    bool at_end() const { return pos_ >= s_.size(); }
-    void skip_space() {
-        if (!strict_) {
-            while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\r' || s_[pos_] == '\t')) {
-                ++pos_;
-            }
-        }
-    }
-    // Consumes `lit` when it is next (after whitespace in lenient mode).
-    bool accept(const std::string& lit) {
-        const size_t save = pos_;
-        skip_space();
-        if (s_.compare(pos_, lit.size(), lit) == 0) {
-            pos_ += lit.size();
-            return true;
-        }
-        pos_ = save;
-        return false;
+    // Consumes `lit` when it is next.
+    bool accept(std::string_view lit) {
+        if (s_.compare(pos_, lit.size(), lit) != 0) return false;
+        pos_ += lit.size();
+        return true;
     }
     [[noreturn]] void fail(const std::string& what) const {
         bad_completion(absl::StrCat(what, " at byte ", pos_, " of the completion: \"", s_.substr(pos_, 40), "\""));
     }
-    // name="..." (and string="..."): the attribute's value.
+    // ` name="..."` (and ` string="..."`): the attribute's value.
     std::string attribute(const std::string& key) {
-        if (!accept(strict_ ? " " + key + "=\"" : key + "=\"")) fail(absl::StrCat("expected ", key, "=\"...\""));
+        if (!accept(absl::StrCat(" ", key, "=\""))) fail(absl::StrCat("expected ", key, "=\"...\""));
         const size_t end = s_.find('"', pos_);
         if (end == std::string::npos) fail("unterminated attribute");
         std::string v = s_.substr(pos_, end - pos_);
@@ -192,52 +182,43 @@ public:
 private:
     const std::string& s_;
     size_t pos_;
-    bool strict_;
 };
 
-// Parses the tool-call block after "\n\n<｜DSML｜function_calls"; returns the index past its closing tag, or npos
-// when the text ends inside the block (lenient mode keeps the complete invokes; strict mode fails).
-size_t parse_calls(const std::string& s, size_t pos, bool strict, std::vector<ToolCall>& calls) {
-    CallsReader r(s, pos, strict);
-    try {
-        if (!r.accept(">\n") && !(!strict && r.accept(">"))) r.fail("expected >\\n after <｜DSML｜function_calls");
+// Parses the tool-call block after "\n\n<｜DSML｜function_calls"; returns the index past its closing tag.
+size_t parse_calls_strict(const std::string& s, size_t pos, std::vector<ToolCall>& calls) {
+    StrictReader r(s, pos);
+    if (!r.accept(">\n")) r.fail("expected >\\n after <｜DSML｜function_calls");
+    while (true) {
+        if (r.accept(kCallsClose)) return r.pos();
+        if (!r.accept(kInvokeOpen)) r.fail("expected <｜DSML｜invoke or </｜DSML｜function_calls>");
+        ToolCall call{r.attribute("name"), OrderedJson::object()};
+        if (!r.accept(">\n")) r.fail("expected \">\\n\" after the invoke name");
+        bool first = true;
         while (true) {
-            if (r.accept(kCallsClose)) return r.pos();
-            if (!r.accept(kInvokeOpen)) r.fail("expected <｜DSML｜invoke or </｜DSML｜function_calls>");
-            ToolCall call{r.attribute("name"), OrderedJson::object()};
-            if (!r.accept(">\n") && !(!strict && r.accept(">"))) r.fail("expected \">\\n\" after the invoke name");
-            bool first = true;
-            while (true) {
-                if (!first && !r.accept("\n") && strict) r.fail("expected a newline between parameters");
-                if (r.accept(kInvokeClose) || (first && r.accept(std::string("\n") + kInvokeClose))) break;
-                if (!r.accept(kParamOpen)) r.fail("expected <｜DSML｜parameter or </｜DSML｜invoke>");
-                const std::string key = r.attribute("name");
-                const std::string flag = r.attribute("string");
-                if (!r.accept(">")) r.fail("expected > after the parameter's attributes");
-                const std::string raw = r.until(kParamClose);
-                if (call.arguments.contains(key)) r.fail(absl::StrCat("duplicate parameter \"", key, "\""));
-                if (flag == "true") {
-                    call.arguments[key] = raw;
-                } else if (flag == "false" || !strict) {
-                    try {
-                        call.arguments[key] = OrderedJson::parse(raw);
-                    } catch (const OrderedJson::exception&) {
-                        if (strict) r.fail(absl::StrCat("parameter \"", key, "\" is not valid JSON: ", raw));
-                        call.arguments[key] = raw;
-                    }
-                } else {
-                    r.fail(absl::StrCat("string=\"", flag, "\": expected true or false"));
+            if (!first && !r.accept("\n")) r.fail("expected a newline between parameters");
+            if (r.accept(kInvokeClose) || (first && r.accept(std::string("\n") + kInvokeClose))) break;
+            if (!r.accept(kParamOpen)) r.fail("expected <｜DSML｜parameter or </｜DSML｜invoke>");
+            const std::string key = r.attribute("name");
+            const std::string flag = r.attribute("string");
+            if (!r.accept(">")) r.fail("expected > after the parameter's attributes");
+            const std::string raw = r.until(kParamClose);
+            if (call.arguments.contains(key)) r.fail(absl::StrCat("duplicate parameter \"", key, "\""));
+            if (flag == "true") {
+                call.arguments[key] = raw;
+            } else if (flag == "false") {
+                try {
+                    call.arguments[key] = OrderedJson::parse(raw);
+                } catch (const OrderedJson::exception&) {
+                    r.fail(absl::StrCat("parameter \"", key, "\" is not valid JSON: ", raw));
                 }
-                first = false;
-                if (r.accept(std::string("\n") + kInvokeClose) || (!strict && r.accept(kInvokeClose))) break;
+            } else {
+                r.fail(absl::StrCat("string=\"", flag, "\": expected true or false"));
             }
-            calls.push_back(std::move(call));
-            if (!r.accept("\n") && strict) r.fail("expected a newline after </｜DSML｜invoke>");
+            first = false;
+            if (r.accept(std::string("\n") + kInvokeClose)) break;
         }
-    } catch (const DataError&) {
-        // Lenient: a text that ends inside the block (a stream cut off, a length limit) keeps its complete calls.
-        if (!strict && s.find(kCallsClose, pos) == std::string::npos) return std::string::npos;
-        throw;
+        calls.push_back(std::move(call));
+        if (!r.accept("\n")) r.fail("expected a newline after </｜DSML｜invoke>");
     }
 }
 
@@ -248,6 +229,387 @@ void reject_markers(const std::string& field, const std::string& text) {
         }
     }
 }
+
+ParsedMessage parse_strict(const std::string& text, const ChatOptions& opt) {
+    ParsedMessage msg;
+    size_t pos = 0;
+    const char* which = nullptr;
+    if (opt.thinking) {
+        const size_t at = find_first(text, 0, {kThinkClose, kCallsOpen}, &which);
+        if (at == std::string::npos || which != kThinkClose) {
+            bad_completion("thinking mode: no </think> before the answer");
+        }
+        msg.reasoning_content = text.substr(0, at);
+        pos = at + std::strlen(kThinkClose);
+    }
+    const size_t end = find_first(text, pos, {kEos, kCallsOpen}, &which);
+    if (end == std::string::npos) {
+        msg.content = text.substr(pos);
+    } else {
+        msg.content = text.substr(pos, end - pos);
+        if (which == kEos) {
+            msg.finished = true;
+            if (end + std::strlen(kEos) != text.size()) bad_completion("text after the end-of-sentence marker");
+        } else {
+            const size_t after = parse_calls_strict(text, end + std::strlen(kCallsOpen), msg.tool_calls);
+            const std::string rest = text.substr(after);
+            if (!(rest.empty() || rest == kEos)) {
+                bad_completion(absl::StrCat("text after the tool-call block: \"", rest, "\""));
+            }
+            msg.finished = !rest.empty();
+        }
+    }
+    reject_markers("reasoning_content", msg.reasoning_content);
+    reject_markers("content", msg.content);
+    return msg;
+}
+
+// ---- Parsing: lenient, incremental ------------------------------------------------------------------------
+
+// Note [Lenient stream parse]
+// The parser is a state machine over the text received so far (buf_, consumed up to pos_). It decides only what
+// that text decides, so the result never depends on where the stream was cut:
+//  - reasoning (thinking mode) runs to the first </think> (then content), "\n\n<｜DSML｜function_calls" or the
+//    end-of-sentence marker; content runs to the block opener or that marker. Markers are matched leftmost-first
+//    (the first position where one starts); a position where the text so far is a proper prefix of a marker stops
+//    the scan, and text from there on is held back until more text arrives. So is an incomplete UTF-8 character
+//    at the end. Only positions holding '<' or '\n' can start a marker, so scanning is a byte test per byte.
+//  - a leading <think> in thinking mode is skipped (an engine that echoes the prompt's last token).
+//  - inside the block, whitespace before each tag is skipped; a tag is taken when complete, refused when the
+//    text cannot become it (the block is abandoned: ParsedMessage::error, complete calls kept, the rest ignored);
+//    attribute values and parameter values run to their closing '"' / </｜DSML｜parameter>, found by a scan that
+//    resumes where it stopped. A tool call is handed out when its </｜DSML｜invoke> arrives.
+//  - the end-of-sentence marker ends the completion anywhere (an engine stops there); text after the block is
+//    ignored up to it. At finish(), held-back text is text, and an unterminated block keeps its complete calls.
+// Each byte is examined a bounded number of times (a held-back window is at most one marker long), and the
+// consumed prefix of buf_ is dropped as it grows, so feeding is linear in the completion's length.
+
+// Bytes at the end of `s` that start a UTF-8 character without completing it (0 at a character boundary).
+size_t incomplete_utf8_tail(std::string_view s) {
+    for (size_t k = 1; k <= 3 && k <= s.size(); ++k) {
+        const auto c = static_cast<unsigned char>(s[s.size() - k]);
+        if ((c & 0xC0) == 0x80) continue;  // a continuation byte: its lead byte is further back
+        const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return len > k ? k : 0;
+    }
+    return 0;
+}
+
+class DeepSeekV32Stream final : public ChatStreamParser {
+public:
+    explicit DeepSeekV32Stream(bool thinking) : state_(thinking ? State::kStart : State::kContent) {}
+
+    Delta feed(std::string_view chunk) override {
+        DSRL_INTERNAL_ASSERT(!closed_, "ChatStreamParser::feed after finish()");
+        Delta d;
+        if (state_ != State::kDone) {
+            buf_.append(chunk);
+            run(d, /*at_end=*/false);
+            // Drop the consumed prefix once it is most of the buffer (amortized linear).
+            if (pos_ >= 4096 && 2 * pos_ >= buf_.size()) {
+                buf_.erase(0, pos_);
+                base_ += pos_;
+                pos_ = 0;
+            }
+        }
+        d.finished = msg_.finished;
+        return d;
+    }
+
+    Delta finish() override {
+        Delta d;
+        if (!closed_) {
+            closed_ = true;
+            run(d, /*at_end=*/true);
+            state_ = State::kDone;
+            buf_.clear();
+        }
+        d.finished = msg_.finished;
+        return d;
+    }
+
+    const ParsedMessage& message() const override { return msg_; }
+
+private:
+    enum class State {
+        kStart,      // thinking mode, nothing decided yet: a leading <think> is skipped
+        kReasoning,  // reasoning text
+        kContent,    // content text
+        kIgnore,     // after the tool-call block (or an abandoned one): text ignored up to the end marker
+        kDone,       // the end-of-sentence marker was seen, or finish()
+        // Inside "\n\n<｜DSML｜function_calls":
+        kBlockOpen,   // ">"
+        kBlockTop,    // <｜DSML｜invoke or </｜DSML｜function_calls>
+        kInvokeName,  // name="..."
+        kInvokeEnd,   // ">"
+        kParams,      // <｜DSML｜parameter or </｜DSML｜invoke>
+        kParamName,   // name="..."
+        kParamFlag,   // string="..."
+        kParamEnd,    // ">"
+        kValue,       // the raw value up to </｜DSML｜parameter>
+    };
+    enum class Match { kYes, kNo, kMore };  // kMore: the text so far is a proper prefix; wait for more
+
+    // The literal of `lits` that starts at buf_[p], if the text so far decides it.
+    Match literal_at(size_t p, absl::Span<const std::string_view> lits, size_t* which) const {
+        const std::string_view rest = std::string_view(buf_).substr(p);
+        Match out = Match::kNo;
+        size_t i = 0;
+        for (const std::string_view lit : lits) {
+            if (rest.size() >= lit.size()) {
+                if (rest.compare(0, lit.size(), lit) == 0) {
+                    *which = i;
+                    return Match::kYes;
+                }
+            } else if (lit.compare(0, rest.size(), rest) == 0) {
+                out = Match::kMore;
+            }
+            ++i;
+        }
+        return out;
+    }
+
+    // Whitespace, then one of `lits` (consumed on kYes).
+    Match expect(absl::Span<const std::string_view> lits, size_t* which) {
+        while (pos_ < buf_.size() &&
+               (buf_[pos_] == ' ' || buf_[pos_] == '\n' || buf_[pos_] == '\r' || buf_[pos_] == '\t')) {
+            ++pos_;
+        }
+        const Match m = literal_at(pos_, lits, which);
+        if (m == Match::kYes) pos_ += lits[*which].size();
+        return m;
+    }
+
+    // The first `close` or end-of-sentence marker at or after pos_ (*at; *eos says which), resuming the scan
+    // where the previous call on this value stopped (scanned_).
+    Match scan(std::string_view close, size_t* at, bool* eos) {
+        const std::string_view eos_marker = kEos;
+        const size_t from = pos_ + scanned_;
+        const size_t c = buf_.find(close.data(), from, close.size());
+        // The end marker counts only when it starts before `close`: search no further (linear overall).
+        const size_t limit = c == std::string::npos ? buf_.size() : std::min(buf_.size(), c + eos_marker.size() - 1);
+        const size_t e = std::string_view(buf_).substr(0, limit).find(eos_marker, from);
+        if (c == std::string::npos && e == std::string::npos) {
+            const size_t keep = std::max(close.size(), eos_marker.size()) - 1;
+            scanned_ = buf_.size() - pos_ > keep ? buf_.size() - pos_ - keep : 0;
+            return Match::kMore;
+        }
+        *eos = e < c;
+        *at = std::min(c, e);
+        return Match::kYes;
+    }
+
+    // key="value": the value into *out.
+    Match attribute(std::string_view key, std::string* out) {
+        if (!in_attribute_) {
+            const std::string open = std::string(key) + "=\"";
+            size_t which = 0;
+            const Match m = expect({open}, &which);
+            if (m != Match::kYes) return m;
+            in_attribute_ = true;
+            scanned_ = 0;
+        }
+        size_t at = 0;
+        bool eos = false;
+        const Match m = scan("\"", &at, &eos);
+        if (m != Match::kYes) return m;
+        if (eos) return end_marker_inside(at);
+        *out = buf_.substr(pos_, at - pos_);
+        pos_ = at + 1;
+        in_attribute_ = false;
+        return Match::kYes;
+    }
+
+    Match end_marker_inside(size_t at) {
+        pos_ = at;
+        abandon("the end-of-sentence marker inside a tag or value");
+        return Match::kNo;
+    }
+
+    void abandon(const std::string& what) {
+        if (msg_.error.empty()) {
+            msg_.error = absl::StrCat("tool-call block abandoned at byte ", base_ + pos_, ": ", what);
+        }
+        state_ = State::kIgnore;
+        in_attribute_ = false;
+    }
+
+    void emit(size_t from, size_t to, Delta& d) {
+        if (to <= from) return;
+        const std::string_view text = std::string_view(buf_).substr(from, to - from);
+        if (state_ == State::kReasoning) {
+            msg_.reasoning_content.append(text);
+            d.reasoning_content.append(text);
+        } else if (state_ == State::kContent) {
+            msg_.content.append(text);
+            d.content.append(text);
+        }
+    }
+
+    // Reasoning, content or ignored text up to the state's first marker. True when a marker moved the state on;
+    // false when the text so far is used up (what may begin a marker held back unless `at_end`).
+    bool text(Delta& d, bool at_end) {
+        // Reasoning ends at any of the three, content at the last two, ignored text at the end marker only.
+        static constexpr std::string_view kMarkers[] = {kThinkClose, kCallsOpen, kEos};
+        static constexpr State kNext[] = {State::kContent, State::kBlockOpen, State::kDone};
+        const size_t first = state_ == State::kReasoning ? 0 : state_ == State::kContent ? 1 : 2;
+        const absl::Span<const std::string_view> markers(kMarkers + first, 3 - first);
+        for (size_t p = pos_; p < buf_.size(); ++p) {
+            if (buf_[p] != '<' && buf_[p] != '\n') continue;
+            size_t which = 0;
+            const Match m = literal_at(p, markers, &which);
+            if (m == Match::kYes) {
+                emit(pos_, p, d);
+                pos_ = p + markers[which].size();
+                state_ = kNext[first + which];
+                if (state_ == State::kDone) msg_.finished = true;
+                return true;
+            }
+            if (m == Match::kMore && !at_end) {
+                emit(pos_, p, d);
+                pos_ = p;
+                return false;
+            }
+        }
+        const size_t end = buf_.size() - (at_end ? 0 : incomplete_utf8_tail(std::string_view(buf_).substr(pos_)));
+        emit(pos_, end, d);
+        pos_ = end;
+        return false;
+    }
+
+    // Advances through the text as far as it decides; `at_end`: no more text will come.
+    void run(Delta& d, bool at_end) {
+        const std::string_view calls_close = kCallsClose, invoke_open = kInvokeOpen, invoke_close = kInvokeClose,
+                               param_open = kParamOpen, param_close = kParamClose;
+        while (true) {
+            size_t which = 0;
+            Match m = Match::kYes;
+            switch (state_) {
+                case State::kDone:
+                    return;
+                case State::kStart:
+                    m = literal_at(pos_, {kThinkOpen}, &which);
+                    if (m == Match::kMore && !at_end) return;
+                    if (m == Match::kYes) pos_ += std::strlen(kThinkOpen);
+                    state_ = State::kReasoning;
+                    continue;
+                case State::kReasoning:
+                case State::kContent:
+                case State::kIgnore:
+                    if (!text(d, at_end)) return;
+                    continue;
+                case State::kBlockOpen:
+                    m = expect({">"}, &which);
+                    if (m == Match::kYes) state_ = State::kBlockTop;
+                    break;
+                case State::kBlockTop:
+                    m = expect({calls_close, invoke_open}, &which);
+                    if (m == Match::kYes) {
+                        state_ = which == 0 ? State::kIgnore : State::kInvokeName;
+                        call_ = ToolCall{};
+                    }
+                    break;
+                case State::kInvokeName:
+                    m = attribute("name", &call_.name);
+                    if (m == Match::kYes) state_ = State::kInvokeEnd;
+                    break;
+                case State::kInvokeEnd:
+                    m = expect({">"}, &which);
+                    if (m == Match::kYes) state_ = State::kParams;
+                    break;
+                case State::kParams:
+                    m = expect({invoke_close, param_open}, &which);
+                    if (m == Match::kYes && which == 0) {
+                        d.tool_calls.push_back(call_);
+                        msg_.tool_calls.push_back(std::move(call_));
+                        state_ = State::kBlockTop;
+                    } else if (m == Match::kYes) {
+                        state_ = State::kParamName;
+                    }
+                    break;
+                case State::kParamName:
+                    m = attribute("name", &key_);
+                    if (m == Match::kYes) state_ = State::kParamFlag;
+                    break;
+                case State::kParamFlag:
+                    m = attribute("string", &flag_);
+                    if (m == Match::kYes) state_ = State::kParamEnd;
+                    break;
+                case State::kParamEnd:
+                    m = expect({">"}, &which);
+                    if (m == Match::kYes) {
+                        state_ = State::kValue;
+                        scanned_ = 0;
+                    }
+                    break;
+                case State::kValue: {
+                    size_t at = 0;
+                    bool eos = false;
+                    m = scan(param_close, &at, &eos);
+                    if (m != Match::kYes) break;
+                    if (eos) {
+                        end_marker_inside(at);
+                        continue;
+                    }
+                    std::string raw = buf_.substr(pos_, at - pos_);
+                    pos_ = at + param_close.size();
+                    if (call_.arguments.contains(key_)) {
+                        abandon(absl::StrCat("duplicate parameter \"", key_, "\""));
+                        continue;
+                    }
+                    OrderedJson value;
+                    if (flag_ != "true") {
+                        // string="false" (or garbled): JSON when it parses, else the raw text.
+                        value = OrderedJson::parse(raw, nullptr, /*allow_exceptions=*/false);
+                    }
+                    call_.arguments[key_] =
+                        value.is_discarded() || flag_ == "true" ? OrderedJson(std::move(raw)) : std::move(value);
+                    state_ = State::kParams;
+                    continue;
+                }
+            }
+            if (m == Match::kMore) {
+                if (!at_end) return;
+                state_ = State::kDone;  // cut off inside the block: its complete calls stay
+                return;
+            }
+            if (m == Match::kNo && state_ != State::kIgnore) abandon(expected());
+        }
+    }
+
+    // What the block state expects next (for ParsedMessage::error).
+    std::string expected() const {
+        switch (state_) {
+            case State::kBlockOpen:
+                return "expected > after <｜DSML｜function_calls";
+            case State::kBlockTop:
+                return "expected <｜DSML｜invoke or </｜DSML｜function_calls>";
+            case State::kInvokeName:
+            case State::kParamName:
+                return "expected name=\"...\"";
+            case State::kParamFlag:
+                return "expected string=\"...\"";
+            case State::kInvokeEnd:
+            case State::kParamEnd:
+                return "expected >";
+            case State::kParams:
+                return "expected <｜DSML｜parameter or </｜DSML｜invoke>";
+            default:
+                return "unexpected text";
+        }
+    }
+
+    State state_;
+    std::string buf_;     // the text not yet dropped; buf_[pos_] is the first byte not yet consumed
+    size_t pos_ = 0;      // into buf_
+    size_t base_ = 0;     // bytes dropped from the front of buf_ (for byte offsets in messages)
+    size_t scanned_ = 0;  // an attribute or value scan's progress, relative to pos_
+    bool in_attribute_ = false;
+    bool closed_ = false;  // finish() was called
+    ToolCall call_;        // the invoke being read
+    std::string key_, flag_;
+    ParsedMessage msg_;
+};
 
 class DeepSeekV32 final : public ChatFormat {
 public:
@@ -345,50 +707,15 @@ public:
     }
 
     ParsedMessage parse(const std::string& text, const ChatOptions& opt, bool strict) const override {
-        ParsedMessage msg;
-        size_t pos = 0;
-        const char* which = nullptr;
-        if (opt.thinking) {
-            const size_t at = find_first(text, 0, {kThinkClose, kCallsOpen}, &which);
-            if (at != std::string::npos && which == kThinkClose) {
-                msg.reasoning_content = text.substr(0, at);
-                pos = at + std::string(kThinkClose).size();
-            } else if (strict) {
-                bad_completion("thinking mode: no </think> before the answer");
-            } else if (at == std::string::npos) {
-                // still thinking (or cut off): everything so far is reasoning
-                const size_t eos = text.find(kEos);
-                msg.reasoning_content = text.substr(0, eos);
-                msg.finished = eos != std::string::npos;
-                return msg;
-            }
-        }
-        const size_t end = find_first(text, pos, {kEos, kCallsOpen}, &which);
-        if (end == std::string::npos) {
-            msg.content = text.substr(pos);
-        } else {
-            msg.content = text.substr(pos, end - pos);
-            if (which == kEos) {
-                msg.finished = true;
-                if (strict && end + std::string(kEos).size() != text.size()) {
-                    bad_completion("text after the end-of-sentence marker");
-                }
-            } else {
-                const size_t after = parse_calls(text, end + std::string(kCallsOpen).size(), strict, msg.tool_calls);
-                if (after != std::string::npos) {
-                    const std::string rest = text.substr(after);
-                    msg.finished = rest.rfind(kEos, 0) == 0;
-                    if (strict && !(rest.empty() || rest == kEos)) {
-                        bad_completion(absl::StrCat("text after the tool-call block: \"", rest, "\""));
-                    }
-                }
-            }
-        }
-        if (strict) {
-            reject_markers("reasoning_content", msg.reasoning_content);
-            reject_markers("content", msg.content);
-        }
-        return msg;
+        if (strict) return parse_strict(text, opt);
+        DeepSeekV32Stream stream(opt.thinking);
+        stream.feed(text);
+        stream.finish();
+        return stream.message();
+    }
+
+    std::unique_ptr<ChatStreamParser> stream_parser(const ChatOptions& opt) const override {
+        return std::make_unique<DeepSeekV32Stream>(opt.thinking);
     }
 };
 

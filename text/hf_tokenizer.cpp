@@ -137,16 +137,8 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
         }
         t->byte_level_decoder_ = true;
     }
-    const Json post = j.value("post_processor", Json());
-    if (!post.is_null()) {
-        const std::string type = post.is_object() ? post.value("type", "") : "";
-        static const char* kKnown[] = {"ByteLevel", "TemplateProcessing", "Sequence", "RobertaProcessing",
-                                       "BertProcessing"};
-        if (std::find(std::begin(kKnown), std::end(kKnown), type) == std::end(kKnown)) {
-            bad(file, "post_processor.type", absl::StrCat("unknown post-processor \"", type, "\""));
-        }
-        // encode() adds no special tokens, so the post-processor (which only adds them) does not apply.
-    }
+    t->post_ = make_post_processor(j.value("post_processor", Json()), file, t->size_);
+    t->post_without_special_ = t->post_ && !t->post_->plain_identity();
 
     // BOS / EOS / PAD by name from tokenizer_config.json.
     // Beside tokenizer.json (given as a directory or as the file itself).
@@ -249,7 +241,9 @@ void HfTokenizer::encode_plain(const std::string& text, std::vector<int64_t>& ou
     for (const std::string& piece : pre_tokenizer_->split({text})) model_->encode(piece, out);
 }
 
-std::vector<int64_t> HfTokenizer::encode(const std::string& text) const {
+std::vector<int64_t> HfTokenizer::encode(const std::string& text) const { return encode(text, false); }
+
+std::vector<int64_t> HfTokenizer::encode(const std::string& text, bool add_special_tokens) const {
     const std::string valid = utf8_lossy(text);
     std::vector<int64_t> out;
     split_added(valid, /*normalized=*/false, out, [&](const std::string& gap) {
@@ -260,7 +254,14 @@ std::vector<int64_t> HfTokenizer::encode(const std::string& text) const {
         split_added(normalizer_->apply(gap), /*normalized=*/true, out,
                     [&](const std::string& rest) { encode_plain(rest, out); });
     });
-    return out;
+    if (!post_ || !(add_special_tokens || post_without_special_)) return out;
+    std::vector<int64_t> ids;
+    PostProcessor::Sequences seqs;
+    seqs.push_back(std::move(out));
+    for (const std::vector<int64_t>& seq : post_->process(std::move(seqs), add_special_tokens)) {
+        ids.insert(ids.end(), seq.begin(), seq.end());
+    }
+    return ids;
 }
 
 std::string HfTokenizer::token_string(int64_t id) const {

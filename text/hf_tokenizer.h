@@ -2,7 +2,8 @@
 // added tokens (special or not) matched leftmost-longest in the raw text — normalized ones in the normalized
 // text — before the pipeline; then the normalizer, the pre-tokenizer and the BPE model (text/pipeline.h,
 // text/bpe.h); decoding through the ByteLevel decoder with invalid UTF-8 replaced. Same ids as Python
-// `tokenizers` on any text (tests/text/tokenizer_oracle.py); encode() adds no BOS/EOS.
+// `tokenizers` on any text (tests/text/tokenizer_oracle.py); encode() adds no BOS/EOS, encode(text, true) adds
+// what the post-processor adds (Python's encode(text, add_special_tokens=True)).
 //
 //   auto tok = HfTokenizer::load("/models/DeepSeek-V3.2");   // the directory's tokenizer.json (+
 //   tokenizer_config.json) tok->encode("Hello, world!");                           // {19923, 14, 2058, 3}
@@ -44,7 +45,12 @@ public:
     int64_t bos_id() const override { return bos_; }
     int64_t eos_id() const override { return eos_; }
     int64_t pad_id() const override { return pad_; }
+    /// encode(text, false): what the Tokenizer interface promises, no special tokens added.
     std::vector<int64_t> encode(const std::string& text) const override;
+    /// Python `tokenizers`' encode(text, add_special_tokens) for one sequence: with true, the post_processor's
+    /// special tokens (TemplateProcessing's "single" template, BertProcessing / RobertaProcessing cls + sep, a
+    /// Sequence of them; ByteLevel adds none). DeepSeek's prompts carry BOS as text: use false for them.
+    std::vector<int64_t> encode(const std::string& text, bool add_special_tokens) const;
     std::string decode(const std::vector<int64_t>& ids, bool keep_special = false) const override;
     std::string token_string(int64_t id) const override;
     bool is_special(int64_t id) const override;
@@ -53,6 +59,10 @@ public:
 
     /// The chat format apply_chat renders with (make_tokenizer sets it from model.chat_format).
     void set_chat_format(std::unique_ptr<ChatFormat> format, const ChatOptions& options);
+    const ChatFormat* chat_format(ChatOptions* options) const override {
+        if (options != nullptr) *options = chat_options_;
+        return chat_.get();
+    }
 
     const std::vector<AddedToken>& added_tokens() const { return added_; }
     /// The id of a token string (added or in the model's vocabulary), -1 when absent.
@@ -70,6 +80,8 @@ private:
     std::unique_ptr<Normalizer> normalizer_;
     std::unique_ptr<PreTokenizer> pre_tokenizer_;
     std::unique_ptr<Bpe> model_;
+    std::unique_ptr<PostProcessor> post_;  // nullptr: none
+    bool post_without_special_ = false;    // the post-processor changes ids even without special tokens
     std::vector<AddedToken> added_;
     std::vector<int32_t> added_index_;  // id -> index into added_, -1 when not an added token
     // Tries of added-token contents (one for raw text, one for normalized text): node -> (byte -> child).

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <utility>
 
 #include <absl/strings/str_cat.h>
@@ -438,6 +439,201 @@ std::unique_ptr<PreTokenizer> pre_tokenizer_of(const Json& j, const std::string&
                      "Sequence)"));
 }
 
+// ---- Post-processors --------------------------------------------------------------------------------------
+
+using Sequences = PostProcessor::Sequences;
+
+// ByteLevel: trims offsets only; the ids stay as they are.
+class KeepIds final : public PostProcessor {
+public:
+    Sequences process(Sequences seqs, bool) const override { return seqs; }
+    bool plain_identity() const override { return true; }
+};
+
+// BertProcessing and RobertaProcessing, as tokenizers applies them to every sequence of the list: the first
+// becomes cls + ids + sep, each later one ids + sep (Bert) or sep + ids + sep (Roberta).
+class ClsSep final : public PostProcessor {
+public:
+    ClsSep(int64_t cls, int64_t sep, bool roberta) : cls_(cls), sep_(sep), roberta_(roberta) {}
+    Sequences process(Sequences seqs, bool add_special) const override {
+        if (!add_special) return seqs;
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            std::vector<int64_t> s;
+            s.reserve(seqs[i].size() + 3);
+            if (i == 0) {
+                s.push_back(cls_);
+            } else if (roberta_) {
+                s.push_back(sep_);
+            }
+            s.insert(s.end(), seqs[i].begin(), seqs[i].end());
+            s.push_back(sep_);
+            seqs[i] = std::move(s);
+        }
+        return seqs;
+    }
+    bool plain_identity() const override { return true; }
+
+private:
+    int64_t cls_, sep_;
+    bool roberta_;
+};
+
+// TemplateProcessing: the "single" template for one sequence, "pair" for two; one output sequence per piece —
+// $A / $B a copy of that input, a special token its ids (only with add_special).
+class Template final : public PostProcessor {
+public:
+    struct Piece {
+        int sequence = -1;         // 0 for $A, 1 for $B, -1 for a special token
+        std::vector<int64_t> ids;  // the special token's ids
+    };
+    Template(std::vector<Piece> single, std::vector<Piece> pair, bool has_pair, std::string where)
+        : single_(std::move(single)), pair_(std::move(pair)), has_pair_(has_pair), where_(std::move(where)) {}
+    Sequences process(Sequences seqs, bool add_special) const override {
+        const std::vector<Piece>* t = seqs.size() == 1 ? &single_ : seqs.size() == 2 && has_pair_ ? &pair_ : nullptr;
+        if (t == nullptr) {
+            // tokenizers panics here (a TemplateProcessing after a processor that returned another count).
+            throw ConfigError(absl::StrCat(where_, ": TemplateProcessing was given ", seqs.size(),
+                                           " sequences; its templates take 1", has_pair_ ? " or 2" : ""));
+        }
+        Sequences out;
+        for (const Piece& p : *t) {
+            if (p.sequence >= 0) {
+                out.push_back(seqs[static_cast<size_t>(p.sequence)]);
+            } else if (add_special) {
+                out.push_back(p.ids);
+            }
+        }
+        return out;
+    }
+    bool plain_identity() const override {
+        return std::count_if(single_.begin(), single_.end(), [](const Piece& p) { return p.sequence >= 0; }) == 1;
+    }
+
+private:
+    std::vector<Piece> single_, pair_;
+    bool has_pair_;
+    std::string where_;
+};
+
+class PostProcessorSequence final : public PostProcessor {
+public:
+    explicit PostProcessorSequence(std::vector<std::unique_ptr<PostProcessor>> steps) : steps_(std::move(steps)) {}
+    Sequences process(Sequences seqs, bool add_special) const override {
+        for (const auto& s : steps_) seqs = s->process(std::move(seqs), add_special);
+        return seqs;
+    }
+    bool plain_identity() const override {
+        return std::all_of(steps_.begin(), steps_.end(), [](const auto& s) { return s->plain_identity(); });
+    }
+
+private:
+    std::vector<std::unique_ptr<PostProcessor>> steps_;
+};
+
+int64_t token_id_of(const Json& v, int64_t vocab_size, const std::string& file, const std::string& field) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab_size) {
+        bad(file, field, absl::StrCat("expected a token id in [0, ", vocab_size, "), got ", v.dump()));
+    }
+    return v.get<int64_t>();
+}
+
+std::vector<Template::Piece> template_of(const Json& j,
+                                         const char* key,
+                                         const std::map<std::string, std::vector<int64_t>>& specials,
+                                         const std::string& file,
+                                         const std::string& field) {
+    const std::string f = absl::StrCat(field, ".", key);
+    const auto list = j.find(key);
+    if (list == j.end() || !list->is_array()) {
+        bad(file, f, "expected a list of {\"Sequence\": {\"id\": \"A\"}} and {\"SpecialToken\": {\"id\": ...}} pieces");
+    }
+    std::vector<Template::Piece> pieces;
+    for (size_t i = 0; i < list->size(); ++i) {
+        const Json& p = (*list)[i];
+        const std::string pf = absl::StrCat(f, "[", i, "]");
+        if (!p.is_object() || p.size() != 1 || !(p.contains("Sequence") || p.contains("SpecialToken"))) {
+            bad(file, pf, absl::StrCat("expected {\"Sequence\": {...}} or {\"SpecialToken\": {...}}, got ", p.dump()));
+        }
+        const bool sequence = p.contains("Sequence");
+        const Json& body = sequence ? p["Sequence"] : p["SpecialToken"];
+        const std::string idf = absl::StrCat(pf, sequence ? ".Sequence" : ".SpecialToken", ".id");
+        if (!body.is_object() || !body.contains("id") || !body["id"].is_string())
+            bad(file, idf, "missing or not a string");
+        const std::string id = body["id"].get<std::string>();
+        if (sequence) {
+            if (id != "A" && id != "B") bad(file, idf, absl::StrCat("expected \"A\" or \"B\", got \"", id, "\""));
+            if (id == "B" && std::string(key) == "single") {
+                bad(file, idf, "the single template has one sequence, $A; it cannot use $B");
+            }
+            pieces.push_back({id == "A" ? 0 : 1, {}});
+        } else {
+            const auto it = specials.find(id);
+            if (it == specials.end()) {
+                bad(file, idf, absl::StrCat("\"", id, "\" is not one of ", field, ".special_tokens"));
+            }
+            pieces.push_back({-1, it->second});
+        }
+    }
+    return pieces;
+}
+
+std::unique_ptr<PostProcessor> post_processor_of(const Json& j,
+                                                 int64_t vocab_size,
+                                                 const std::string& file,
+                                                 const std::string& field) {
+    const std::string type = type_of(j, file, field);
+    if (type == "ByteLevel") {
+        for (const char* key : {"add_prefix_space", "trim_offsets", "use_regex"}) get_bool(j, key, true, file, field);
+        return std::make_unique<KeepIds>();
+    }
+    if (type == "BertProcessing" || type == "RobertaProcessing") {
+        auto token = [&](const char* key) {
+            const std::string f = absl::StrCat(field, ".", key);
+            const auto it = j.find(key);
+            if (it == j.end() || !it->is_array() || it->size() != 2 || !(*it)[0].is_string()) {
+                bad(file, f, "expected [\"token\", id]");
+            }
+            return token_id_of((*it)[1], vocab_size, file, f + "[1]");
+        };
+        for (const char* key : {"add_prefix_space", "trim_offsets"}) get_bool(j, key, true, file, field);
+        return std::make_unique<ClsSep>(token("cls"), token("sep"), type == "RobertaProcessing");
+    }
+    if (type == "TemplateProcessing") {
+        const auto sp = j.find("special_tokens");
+        if (sp == j.end() || !sp->is_object()) {
+            bad(file, field + ".special_tokens", "expected {\"name\": {\"id\": \"name\", \"ids\": [...], ...}}");
+        }
+        std::map<std::string, std::vector<int64_t>> specials;
+        for (const auto& [name, v] : sp->items()) {
+            const std::string f = absl::StrCat(field, ".special_tokens.", name, ".ids");
+            if (!v.is_object() || !v.contains("ids") || !v["ids"].is_array()) bad(file, f, "expected a list of ids");
+            std::vector<int64_t>& ids = specials[name];
+            for (size_t i = 0; i < v["ids"].size(); ++i) {
+                ids.push_back(token_id_of(v["ids"][i], vocab_size, file, absl::StrCat(f, "[", i, "]")));
+            }
+        }
+        const bool has_pair = j.contains("pair") && !j["pair"].is_null();
+        return std::make_unique<Template>(
+            template_of(j, "single", specials, file, field),
+            has_pair ? template_of(j, "pair", specials, file, field) : std::vector<Template::Piece>{}, has_pair,
+            absl::StrCat(file, ": ", field));
+    }
+    if (type == "Sequence") {
+        const auto list = j.find("processors");
+        if (list == j.end() || !list->is_array()) bad(file, field + ".processors", "expected a list");
+        std::vector<std::unique_ptr<PostProcessor>> steps;
+        for (size_t i = 0; i < list->size(); ++i) {
+            steps.push_back(
+                post_processor_of((*list)[i], vocab_size, file, absl::StrCat(field, ".processors[", i, "]")));
+        }
+        return std::make_unique<PostProcessorSequence>(std::move(steps));
+    }
+    bad(file, field + ".type",
+        absl::StrCat("post-processor \"", type,
+                     "\" is not supported (supported: ByteLevel, TemplateProcessing, BertProcessing, "
+                     "RobertaProcessing, Sequence)"));
+}
+
 }  // namespace
 
 // ---- UTF-8 ------------------------------------------------------------------------------------------------
@@ -662,6 +858,11 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& json, const std::string&
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& json, const std::string& file) {
     if (json.is_null()) return nullptr;
     return pre_tokenizer_of(json, file, "pre_tokenizer");
+}
+
+std::unique_ptr<PostProcessor> make_post_processor(const Json& json, const std::string& file, int64_t vocab_size) {
+    if (json.is_null()) return nullptr;
+    return post_processor_of(json, vocab_size, file, "post_processor");
 }
 
 }  // namespace dsrl::text

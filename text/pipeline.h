@@ -1,8 +1,8 @@
 // The text stages of a Hugging Face tokenizer.json around its model (SPEC §4; ../shared/DSV32_FORMAT.md §A):
 // normalizers (NFC, NFD, NFKC, NFKD, Lowercase, Sequence), pre-tokenizers (Split with a PCRE2 regex or a literal,
-// ByteLevel, Digits, Whitespace, WhitespaceSplit, Sequence) and the byte-level alphabet that ByteLevel and its
-// decoder share. Semantics are those of the Python `tokenizers` library, its test oracle
-// (tests/text/tokenizer_oracle.py).
+// ByteLevel, Digits, Whitespace, WhitespaceSplit, Sequence), post-processors (ByteLevel, TemplateProcessing,
+// BertProcessing, RobertaProcessing, Sequence) and the byte-level alphabet that ByteLevel and its decoder share.
+// Semantics are those of the Python `tokenizers` library, its test oracle (tests/text/tokenizer_oracle.py).
 //
 //   auto norm = make_normalizer(json["normalizer"], "tokenizer.json");          // nullptr: identity
 //   auto pre = make_pre_tokenizer(json["pre_tokenizer"], "tokenizer.json");
@@ -67,6 +67,29 @@ public:
 /// The pre-tokenizer of a tokenizer.json (null: the whole text is one piece). ConfigError naming `file` and
 /// the field for an unsupported type, an invalid regex or a malformed field.
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& json, const std::string& file);
+
+/// A post-processor (tokenizers' PostProcessor::process_encodings): the id sequences of the inputs (one for a single
+/// text) in, a list of sequences out; the encoding's ids are their concatenation. Special tokens are added only
+/// with `add_special`; a template's $A / $B pieces apply either way, as in `tokenizers`.
+class PostProcessor {
+public:
+    using Sequences = std::vector<std::vector<int64_t>>;
+    virtual ~PostProcessor() = default;
+    /// ConfigError when a TemplateProcessing is given a number of sequences its templates do not take (a
+    /// Sequence whose earlier step returned several; `tokenizers` panics there).
+    virtual Sequences process(Sequences seqs, bool add_special) const = 0;
+    /// Whether process({ids}, false) is {ids} for any ids: true unless a template repeats or omits $A.
+    virtual bool plain_identity() const = 0;
+};
+
+/// The post-processor of a tokenizer.json (null: nullptr, nothing is added): ByteLevel (ids unchanged),
+/// TemplateProcessing (its structured "single" / "pair" pieces and "special_tokens" ids), BertProcessing,
+/// RobertaProcessing, Sequence. ConfigError naming `file` and the field for an unsupported type, a malformed
+/// field, a template piece naming a special token the map lacks, $B in the single template, or an id outside
+/// [0, vocab_size).
+std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& json,
+                                                   const std::string& file,
+                                                   int64_t vocab_size);
 
 /// A compiled PCRE2 pattern (UTF, UCP: Unicode \s \d \w and \p{..} classes), JIT-compiled where possible.
 class Regex {

@@ -13,6 +13,9 @@
 
 namespace dsrl::text {
 
+class ChatFormat;
+struct ChatOptions;
+
 struct ChatMessage {
     std::string role;  ///< "system", "user" or "assistant"
     std::string content;
@@ -38,6 +41,12 @@ public:
     /// An unknown role is a DataError.
     virtual std::vector<int64_t> apply_chat(const std::vector<ChatMessage>& messages,
                                             bool add_generation_prompt) const = 0;
+    /// The chat format whole conversations (tools, tool calls, reasoning) render with (text/conversation.h), and
+    /// its options in `*options`; nullptr when the tokenizer has only apply_chat's fixed template (byte-level).
+    virtual const ChatFormat* chat_format(ChatOptions* options) const {
+        (void)options;
+        return nullptr;
+    }
 };
 
 /// Byte-level tokenizer: ids 0..15 are specials (0 <bos>, 1 <eos>, 2 <pad>, 3 <|system|>, 4 <|user|>,

@@ -4,11 +4,12 @@
 //   dsrl_tool info     --model DIR
 //   dsrl_tool forward  --model DIR --input in.safetensors --output out.safetensors [--device cpu|cuda]
 //                      [--dtype fp32|bf16] [--path auto|dense|sparse]
-//   dsrl_tool rollouts FILE [--max-groups N] [--tokens]
+//   dsrl_tool rollouts FILE [--max-groups N] [--tokens] [--tokenizer DIR] [--tokenizer DIR]
 //   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
 //   dsrl_tool tokenize --tokenizer DIR [--decode]
 //   dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
 //   dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
+//   dsrl_tool generate --model DIR --input PROMPTS.jsonl --output OUT.jsonl [--set KEY=VALUE ...] [--records FILE]
 //
 // forward reads `input_ids` (int64 [B, L]) and optional `attention_mask` (int64/bool [B, L], 1 = real token)
 // and writes `logits` (fp32 [B, L, V]) and, per layer i, `topk_indices.{i}` (int32 [B, L, index_topk], −1 for
@@ -46,6 +47,7 @@
 #include "core/fs.h"
 #include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
+#include "tools/generate.h"
 #include "trainer/config.h"
 
 namespace {
@@ -56,11 +58,12 @@ constexpr const char* kUsage = R"(usage:
   dsrl_tool info     --model DIR
   dsrl_tool forward  --model DIR --input IN.safetensors --output OUT.safetensors
                      [--device cpu|cuda] [--dtype fp32|bf16] [--path auto|dense|sparse]
-  dsrl_tool rollouts FILE [--max-groups N] [--tokens]
+  dsrl_tool rollouts FILE [--max-groups N] [--tokens] [--tokenizer DIR]
   dsrl_tool grpo-loss --input BATCH.safetensors --grad-output GRAD.safetensors [--set grpo.KEY=VALUE ...]
   dsrl_tool tokenize --tokenizer DIR [--decode]
   dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
   dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
+  dsrl_tool generate --model DIR --input PROMPTS.jsonl --output OUT.jsonl [--set KEY=VALUE ...] [--records FILE]
 
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
@@ -70,7 +73,8 @@ rollouts prints a rollout record file (--dump-rollouts, rollout/record.h): per g
          size G; per sample its finish reason, policy version, lengths, reward, decoded response, mean
          log-prob, kept-set sizes and the bytes per token of kept sets and routes. --max-groups N stops after
          N groups; --tokens adds one line per response token: id, text, log-prob, kept-set size and its
-         routes in every MoE layer.
+         routes in every MoE layer. Texts decode with DIR's tokenizer.json when --tokenizer DIR is given, with
+         the byte-level tokenizer for the demo's vocabulary, else ids are shown.
 grpo-loss computes dsrl's GRPO loss (SPEC §5) on `logp`, `logp_old`, `logp_ref`, `valid` (fp32 [N, T]),
          `rewards` (fp32 [N], NaN = failed) and `group` (int64 [N]); writes `grad_logp` (fp32 [N, T]) = d loss /
          d logp and prints one JSON line with `loss` and every metric. --set takes grpo keys (grpo.beta,
@@ -198,17 +202,25 @@ int forward(const std::map<std::string, std::string>& flags) {
     return 0;
 }
 
-void print_sample(const dsrl::rollout::Sample& s, bool tokens) {
+void print_sample(const dsrl::rollout::Sample& s, bool tokens, const dsrl::text::Tokenizer* given) {
     using dsrl::text::ByteTokenizer;
     const size_t n = s.response.size();
     std::cout << absl::StrFormat(
         "  sample %d: finish %s, policy version %d, prompt %d tokens, response %d tokens, reward %g, seed %d\n",
         s.sample_index, dsrl::rollout::finish_reason_name(s.finish), s.policy_version, s.prompt.size(), n, s.reward,
         s.seed);
-    std::unique_ptr<ByteTokenizer> tok;
-    if (s.vocab_size >= ByteTokenizer::kMinVocab) {
-        tok = std::make_unique<ByteTokenizer>(s.vocab_size);
-        std::cout << "    text: \"" << absl::Utf8SafeCEscape(tok->decode({s.response.begin(), s.response.end()}))
+    // The byte-level tokenizer decodes records of the demo's vocabulary (special tokens hidden); others need
+    // --tokenizer (special tokens shown: </think> and tool-call markers matter there).
+    std::unique_ptr<ByteTokenizer> bytes;
+    const dsrl::text::Tokenizer* tok = given;
+    if (tok == nullptr && s.vocab_size >= ByteTokenizer::kMinVocab && s.vocab_size <= 1024) {
+        bytes = std::make_unique<ByteTokenizer>(s.vocab_size);
+        tok = bytes.get();
+    }
+    if (tok != nullptr) {
+        std::cout << "    text: \""
+                  << absl::Utf8SafeCEscape(
+                         tok->decode({s.response.begin(), s.response.end()}, /*keep_special=*/given != nullptr))
                   << "\"\n";
     } else {
         std::cout << "    ids:";
@@ -260,13 +272,16 @@ void print_sample(const dsrl::rollout::Sample& s, bool tokens) {
 }
 
 int rollouts(const std::vector<std::string>& args) {
-    std::string file;
+    std::string file, tokenizer_dir;
     int64_t max_groups = -1;
     bool tokens = false;
     for (size_t i = 1; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "--tokens") {
             tokens = true;
+        } else if (a == "--tokenizer") {
+            if (i + 1 >= args.size()) throw ConfigError("dsrl_tool rollouts: --tokenizer needs a directory");
+            tokenizer_dir = args[++i];
         } else if (a == "--max-groups") {
             if (i + 1 >= args.size()) throw ConfigError("dsrl_tool rollouts: --max-groups needs a value");
             if (!absl::SimpleAtoi(args[++i], &max_groups) || max_groups < 0) {
@@ -281,6 +296,8 @@ int rollouts(const std::vector<std::string>& args) {
     }
     if (file.empty()) throw ConfigError(absl::StrCat("dsrl_tool rollouts: FILE is required\n", kUsage));
     const std::vector<dsrl::rollout::SampleGroup> groups = dsrl::rollout::read_groups_file(file);
+    const std::unique_ptr<dsrl::text::Tokenizer> tok =
+        tokenizer_dir.empty() ? nullptr : dsrl::text::HfTokenizer::load(tokenizer_dir);
     size_t num_samples = 0;
     for (const auto& g : groups) num_samples += g.samples.size();
     std::cout << file << ": " << groups.size() << " groups, " << num_samples << " samples\n";
@@ -292,7 +309,7 @@ int rollouts(const std::vector<std::string>& args) {
         const auto& group = groups[g];
         std::cout << "group " << g << ": domain '" << absl::Utf8SafeCEscape(group.domain) << "', prompt id "
                   << group.prompt_id << ", G " << group.samples.size() << "\n";
-        for (const auto& s : group.samples) print_sample(s, tokens);
+        for (const auto& s : group.samples) print_sample(s, tokens, tok.get());
     }
     return 0;
 }
@@ -503,7 +520,7 @@ int chat_parse(const std::vector<std::string>& args) {
 int run(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-        std::cout << kUsage;
+        std::cout << kUsage << dsrl::tools::kGenerateHelp;
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "info") return info(parse_flags(args, 1, {"model"}));
@@ -514,6 +531,7 @@ int run(int argc, char** argv) {
     if (args[0] == "tokenize") return tokenize(args);
     if (args[0] == "chat-render") return chat_render(args);
     if (args[0] == "chat-parse") return chat_parse(args);
+    if (args[0] == "generate") return dsrl::tools::generate_main({args.begin() + 1, args.end()});
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));
 }
 

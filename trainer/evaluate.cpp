@@ -24,6 +24,7 @@ Evaluator::Evaluator(const JobConfig& job, const text::Tokenizer& tokenizer, con
         e.name = d.name;
         e.verifier = d.rewards.empty() ? "" : d.rewards.front().module;
         e.source = data::make_prompt_source(eval_data_spec(d), d.name, base_dir);
+        data::check_conversations(*e.source, tokenizer, data::Rows::kPrompts);
         e.reward = std::make_shared<rewards::DomainReward>(
             rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
         domains_.push_back(std::move(e));
@@ -42,7 +43,7 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
         std::vector<data::PromptItem> items;
         for (int64_t i = rank; i < n; i += world) {
             data::PromptItem item = d.source->get(i);
-            const std::vector<int64_t> toks = tokenizer_.apply_chat(data::chat_of(item), true);
+            const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, d.source->name());
             requests.push_back({.domain = d.name,
                                 .prompt_id = i,
                                 .sample_index = 0,

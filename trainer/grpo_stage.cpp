@@ -43,7 +43,11 @@ dsa::Model clone_model(const dsa::Model& m, c10::Device device) {
 class GrpoStage final : public Stage {
 public:
     GrpoStage(JobContext& ctx, const text::Tokenizer& tok)
-        : ctx_(ctx), tok_(tok), domains_(build_domains(ctx.job, "")) {}
+        : ctx_(ctx), tok_(tok), domains_(build_domains(ctx.job, "")) {
+        // A conversation the chat format cannot render fails now, not at the step that draws it.
+        for (const DomainRuntime& d : domains_)
+            data::check_conversations(d.sampler->source(), tok, data::Rows::kPrompts);
+    }
 
     std::string name() const override { return "grpo"; }
     int64_t total_steps() const override { return ctx_.job.trainer.total_steps; }

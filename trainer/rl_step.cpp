@@ -99,7 +99,7 @@ RlStepResult RlStep::run(int64_t step) {
         if (i < first || i >= end) continue;  // another rank's slot
         // Prompt ids unique within the job: (step, global slot).
         const int64_t id = step * 100000007 + i;
-        const std::vector<int64_t> toks = tokenizer_.apply_chat(data::chat_of(item), true);
+        const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
         prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
         item.domain = chosen->name;
         items[id] = std::move(item);

@@ -2,6 +2,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -11,6 +12,7 @@
 #include "core/error.h"
 #include "data/sft_data.h"
 #include "grpo/logprobs.h"
+#include "text/conversation.h"
 #include "trainer/rl_step.h"
 
 namespace dsrl::trainer {
@@ -28,8 +30,61 @@ data::SftMixture sft_mixture(const JobConfig& job) {
     return data::SftMixture(sources, static_cast<uint64_t>(job.run.seed));
 }
 
-// One SFT batch: chat prompt + target response (meta "response", else "\boxed{answer}" when the prompt asks
-// for a boxed answer, else the answer) + EOS; NLL over the response tokens.
+}  // namespace
+
+SftExample sft_example(const text::Tokenizer& tok,
+                       const data::PromptItem& item,
+                       const std::string& spec,
+                       int64_t max_seq_len,
+                       int64_t vocab_size) {
+    std::vector<int64_t> ids;
+    std::vector<uint8_t> loss;
+    const bool conversation = !item.messages.empty() && item.messages.back().role == "assistant";
+    if (conversation) {
+        try {
+            text::ChatIds c = text::render_conversation(tok, data::conversation_of(item));
+            ids = std::move(c.ids);
+            loss = std::move(c.generated);
+        } catch (const DataError& e) {
+            throw DataError(absl::StrCat("sft: ", spec, ": item ", item.id, ": ", e.what()));
+        }
+    } else {
+        std::string target;
+        if (const auto it = item.meta.find("response"); it != item.meta.end()) {
+            target = it->second;
+        } else if (const auto a = item.meta.find("answer"); a != item.meta.end()) {
+            target =
+                item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
+        } else {
+            throw DataError(absl::StrCat("sft: ", spec, ": item ", item.id,
+                                         ": has neither 'response' nor 'answer' (nor ends with an assistant message)"));
+        }
+        ids = data::prompt_ids(tok, item, spec);
+        loss.assign(ids.size(), 0);
+        for (const int64_t id : tok.encode(target)) ids.push_back(id);
+        ids.push_back(tok.eos_id());
+        loss.resize(ids.size(), 1);
+    }
+    SftExample ex;
+    if (static_cast<int64_t>(ids.size()) > max_seq_len) {
+        ids.resize(static_cast<size_t>(max_seq_len));
+        loss.resize(ids.size());
+        ex.truncated = true;
+    }
+    // The first token is never a target (nothing predicts it).
+    size_t first = 1;
+    while (first < loss.size() && loss[first] == 0) ++first;
+    first = std::min(first, ids.size() - 1);
+    rollout::Sample& s = ex.sample;
+    s.prompt.assign(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(first));
+    s.response.assign(ids.begin() + static_cast<std::ptrdiff_t>(first), ids.end());
+    ex.loss.assign(loss.begin() + static_cast<std::ptrdiff_t>(first), loss.end());
+    s.vocab_size = vocab_size;
+    return ex;
+}
+
+namespace {
+
 std::map<std::string, double> sft_step(dsa::Model& model,
                                        AdamW& opt,
                                        const text::Tokenizer& tok,
@@ -40,42 +95,40 @@ std::map<std::string, double> sft_step(dsa::Model& model,
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
     const int64_t per_rank = job.trainer.micro_batch_size;
-    std::vector<rollout::Sample> samples(static_cast<size_t>(per_rank));
+    std::vector<SftExample> examples(static_cast<size_t>(per_rank));
+    double truncated = 0;
     for (int64_t g = 0; g < comm.size() * per_rank; ++g) {
         std::string spec;
         const data::PromptItem item = sources.next(step, g, &spec);
         if (g / per_rank != comm.rank()) continue;
-        rollout::Sample& s = samples[static_cast<size_t>(g % per_rank)];
-        std::string target;
-        if (const auto it = item.meta.find("response"); it != item.meta.end()) {
-            target = it->second;
-        } else if (const auto a = item.meta.find("answer"); a != item.meta.end()) {
-            target =
-                item.prompt.find("\\boxed") != std::string::npos ? absl::StrCat("\\boxed{", a->second, "}") : a->second;
-        } else {
-            throw DataError(
-                absl::StrCat("sft: prompt ", item.id, " of ", spec, " has neither 'response' nor 'answer'"));
-        }
-        for (const int64_t id : tok.apply_chat(data::chat_of(item), true)) s.prompt.push_back(static_cast<int32_t>(id));
-        for (const int64_t id : tok.encode(target)) s.response.push_back(static_cast<int32_t>(id));
-        s.response.push_back(static_cast<int32_t>(tok.eos_id()));
-        s.vocab_size = job.model.vocab_size;
+        SftExample& ex = examples[static_cast<size_t>(g % per_rank)];
+        ex = sft_example(tok, item, spec, job.sft.max_seq_len, job.model.vocab_size);
+        truncated += ex.truncated;
     }
     std::vector<const rollout::Sample*> ptrs;
-    for (const rollout::Sample& s : samples) ptrs.push_back(&s);
-    const grpo::PackedBatch b = grpo::pack_samples(ptrs, tok.pad_id());
+    for (const SftExample& ex : examples) ptrs.push_back(&ex.sample);
+    grpo::PackedBatch b = grpo::pack_samples(ptrs, tok.pad_id());
+    for (size_t i = 0; i < examples.size(); ++i) {
+        const std::vector<uint8_t>& l = examples[i].loss;
+        auto row = b.valid[static_cast<int64_t>(i)].narrow(0, 0, static_cast<int64_t>(l.size()));
+        row.mul_(at::tensor(std::vector<float>(l.begin(), l.end()), at::kFloat));
+    }
     const grpo::LogprobResult lp = grpo::sequence_logprobs(
         model, b, {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens});
     const at::Tensor valid = b.valid.to(lp.logp.device());
     // Mean over the global batch's target tokens (data_parallel_denominator: every rank's loss sum over the
     // global count / world, so the averaged gradient and the ranks' mean of `loss` are the global mean).
     const double denominator = data_parallel_denominator(valid.sum().item<double>(), &comm);
-    const at::Tensor loss = -(lp.logp * valid).sum() / denominator;
+    // A batch whose examples were all truncated before their first target token has nothing to learn.
+    const at::Tensor loss = -(lp.logp * valid).sum() / std::max(denominator, 1e-9);
     loss.backward();
     average_gradients(opt.params(), &comm);
     const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);
-    std::map<std::string, double> m{
-        {"loss", loss.item<double>()}, {"grad_norm", c.norm}, {"skipped_steps", 0}, {"tokens", denominator}};
+    std::map<std::string, double> m{{"loss", loss.item<double>()},
+                                    {"grad_norm", c.norm},
+                                    {"skipped_steps", 0},
+                                    {"tokens", denominator},
+                                    {"truncated", truncated}};
     if (c.finite) {
         opt.step(job.sft.lr);
     } else {
@@ -87,7 +140,9 @@ std::map<std::string, double> sft_step(dsa::Model& model,
 
 class SftStage final : public Stage {
 public:
-    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_mixture(ctx.job)) {}
+    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_mixture(ctx.job)) {
+        sources_.check(tok);  // bad rows fail before the first step
+    }
 
     std::string name() const override { return "sft"; }
     int64_t total_steps() const override { return ctx_.job.sft.steps; }
@@ -102,6 +157,7 @@ public:
     }
     double globalize(std::map<std::string, double>& m, int world) const override {
         m["tokens"] *= world;  // the global batch's target tokens (reduce_metrics averages)
+        m["truncated"] *= world;
         return m["tokens"];
     }
     std::string console_text(const std::map<std::string, double>& m) const override {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "data/prompts.h"
+#include "rollout/record.h"
 #include "text/tokenizer.h"
 #include "trainer/stage_loop.h"
 
@@ -26,6 +27,23 @@ std::unique_ptr<Stage> make_sft_stage(JobContext& ctx, const text::Tokenizer& to
 std::unique_ptr<Stage> make_grpo_stage(JobContext& ctx, const text::Tokenizer& tok);
 /// The DSA phases of run.stages, sharing one token stream and one set of held-out batches.
 std::vector<std::unique_ptr<Stage>> make_dsa_stages(JobContext& ctx, const text::Tokenizer& tok);
+
+/// One SFT example (the sft stage's unit): `sample.prompt` holds the tokens before the first target token,
+/// `sample.response` the rest, `loss[t]` whether response token t carries the loss. A "messages" row ending with
+/// an assistant turn learns every assistant turn through the chat format's mask (reasoning, content, tool calls,
+/// end of turn; user turns and tool results are context); any other row learns meta "response" (else the answer,
+/// as "\boxed{answer}" when the prompt asks for a boxed answer) + EOS after its chat prompt. Longer than
+/// `max_seq_len` tokens: the first max_seq_len are kept (truncated = true). DataError naming `spec` and the row.
+struct SftExample {
+    rollout::Sample sample;
+    std::vector<uint8_t> loss;
+    bool truncated = false;
+};
+SftExample sft_example(const text::Tokenizer& tok,
+                       const data::PromptItem& item,
+                       const std::string& spec,
+                       int64_t max_seq_len,
+                       int64_t vocab_size);
 
 /// True when run.stages has indexer_warmup or sparse_train.
 bool uses_dsa_stages(const JobConfig& job);

@@ -78,7 +78,7 @@ void check_job(const JobConfig& job) {
         data::make_prompt_source(d.data, d.name, "");
         if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "");
     }
-    if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "");
+    if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "", data::Rows::kConversations);
     if (uses_dsa_stages(job))
         data::make_token_source(job.dsa.data, job.dsa.seq_len,
                                 *text::make_tokenizer(job.model.path, job.model.vocab_size, chat_choice(job.model)),

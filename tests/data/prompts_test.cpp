@@ -103,11 +103,23 @@ TEST(PromptJsonlTest, EveryErrorNamesFileAndLine) {
         {"prompt_and_messages", "{\"prompt\": \"a\", \"messages\": [{\"role\": \"user\", \"content\": \"b\"}]}\n", 1,
          "give either 'prompt' or 'messages', not both"},
         {"empty_messages", "{\"messages\": []}\n", 1, "expected 'messages' to be a non-empty list"},
-        {"bad_message", "{\"messages\": [{\"role\": \"user\"}]}\n", 1, "messages[0]: expected {\"role\": string"},
-        {"tool_role", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}\n", 1, "messages[0]: role 'tool'"},
+        {"bad_message", "{\"messages\": [{\"content\": \"x\"}]}\n", 1, "messages[0]: expected {\"role\": string"},
+        {"no_content", "{\"messages\": [{\"role\": \"user\"}]}\n", 1, "messages[0]: expected a string 'content'"},
+        {"tool_first", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}\n", 1,
+         "messages[0]: a tool result must follow an assistant message with tool_calls"},
+        {"unknown_role", "{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n", 1, "messages[0]: role 'bot'"},
+        {"assistant_without_content",
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\"}, "
+         "{\"role\": \"user\", \"content\": \"q\"}]}\n",
+         1, "messages[1]: expected a string 'content', but got none"},
+        {"tool_calls_not_a_list",
+         "{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": {}}, {\"role\": \"user\", \"content\": \"q\"}]}\n",
+         1, "messages[0]: 'tool_calls' must be a list"},
+        {"tools_not_a_list", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": {}}\n", 1,
+         "expected 'tools' to be a list"},
         {"ends_with_assistant",
          "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\n",
-         1, "must end with a user (or developer) message"},
+         1, "must end with a user or developer message (or tool results)"},
         {"null_prompt", "{\"prompt\": null}\n", 1, "missing the required string 'prompt'"},
         {"number_prompt", "{\"prompt\": \"a\"}\n{\"prompt\": 12}\n", 2,
          "expected 'prompt' to be a string, but got number 12"},
@@ -411,6 +423,81 @@ TEST(JsonlPromptSourceTest, RowsMayHoldChatMessages) {
     ASSERT_EQ(plain.size(), 1u);
     EXPECT_EQ(plain[0].role, "user");
     EXPECT_EQ(plain[0].content, "plain");
+}
+
+// Tool-use conversations in the OpenAI layout: kept whole (key order included) for the chat formats; prompts may end
+// with tool results; SFT rows may end with the assistant turns to learn, prompt rows may not.
+TEST(JsonlPromptSourceTest, RowsMayHoldToolConversations) {
+    testing::TempDir dir;
+    const std::string row =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"weather?\"}, {\"role\": \"assistant\", "
+        "\"reasoning_content\": \"look it up\", \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": "
+        "\"get\", \"arguments\": {\"zone\": 1, \"city\": \"Paris\"}}}]}, {\"role\": \"tool\", \"content\": "
+        "\"sunny\"}], "
+        "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get\", \"parameters\": {}}}], \"id\": 3}\n";
+    const auto src = JsonlPromptSource::open(dir.write("tools.jsonl", row), "agent");
+    const PromptItem a = src->get(0);
+    EXPECT_EQ(a.prompt, "weather?");
+    ASSERT_EQ(a.messages.size(), 3u);
+    EXPECT_EQ(a.messages[1].content, "");  // an assistant turn that only calls tools
+    EXPECT_EQ(a.meta.count("tools"), 0u);
+    const text::OrderedJson conv = conversation_of(a);
+    ASSERT_TRUE(conv.contains("tools"));
+    EXPECT_EQ(conv["tools"][0]["function"]["name"], "get");
+    EXPECT_EQ(conv["messages"][1]["tool_calls"][0]["function"]["arguments"].dump(), "{\"zone\":1,\"city\":\"Paris\"}");
+    EXPECT_EQ(conv["messages"][1]["reasoning_content"], "look it up");
+    // A plain prompt row as a conversation.
+    const std::string plain = dir.write("plain.jsonl", "{\"prompt\": \"hi\"}\n");
+    EXPECT_EQ(conversation_of(JsonlPromptSource::open(plain, "d")->get(0)).dump(),
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+
+    const std::string sft = dir.write(
+        "sft.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\n");
+    EXPECT_EQ(JsonlPromptSource::open(sft, "d", Rows::kConversations)->get(0).messages.back().role, "assistant");
+    EXPECT_NE(error_of<DataError>([&] { JsonlPromptSource::open(sft, "d"); }).find("must end with a user"),
+              std::string::npos);
+    EXPECT_EQ(make_prompt_source(sft, "d", "", Rows::kConversations)->size(), 1);
+}
+
+// The prompt ids of an item: apply_chat for the byte-level template; a conversation it cannot show is a DataError
+// naming the source and the prompt.
+TEST(JsonlPromptSourceTest, PromptIdsOfTheByteTemplate) {
+    testing::TempDir dir;
+    const text::ByteTokenizer tok(320);
+    const auto src = JsonlPromptSource::open(
+        dir.write("p.jsonl",
+                  "{\"messages\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": "
+                  "\"q\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": [{\"type\": "
+                  "\"function\"}], \"id\": 9}\n"),
+        "d");
+    EXPECT_EQ(prompt_ids(tok, src->get(0), "p"), tok.apply_chat({{"system", "s"}, {"user", "q"}}, true));
+    const std::string msg = error_of<DataError>([&] { prompt_ids(tok, src->get(1), "p.jsonl"); });
+    EXPECT_NE(msg.find("p.jsonl: prompt 9"), std::string::npos) << msg;
+}
+
+// Every conversation of a file is checked against the tokenizer's chat format at start-up, naming file and item.
+TEST(JsonlPromptSourceTest, CheckConversationsBeforeTraining) {
+    testing::TempDir dir;
+    const text::ByteTokenizer tok(320);
+    const std::string good =
+        dir.write("good.jsonl",
+                  "{\"prompt\": \"p\", \"answer\": \"a\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+                  "{\"role\": \"assistant\", \"content\": \"a\"}]}\n");
+    check_conversations(*JsonlPromptSource::open(good, "d", Rows::kConversations), tok, Rows::kConversations);
+    const std::string tools =
+        dir.write("tools.jsonl",
+                  "{\"prompt\": \"p\"}\n{\"id\": 7, \"messages\": [{\"role\": \"developer\", \"content\": \"q\"}]}\n");
+    std::string msg =
+        error_of<DataError>([&] { check_conversations(*JsonlPromptSource::open(tools, "d"), tok, Rows::kPrompts); });
+    EXPECT_NE(msg.find(tools + ": item 7: "), std::string::npos) << msg;
+    EXPECT_NE(msg.find("role 'developer'"), std::string::npos) << msg;
+    const std::string bare = dir.write("bare.jsonl", "{\"prompt\": \"p\", \"id\": 3}\n");
+    msg = error_of<DataError>([&] {
+        check_conversations(*JsonlPromptSource::open(bare, "d", Rows::kConversations), tok, Rows::kConversations);
+    });
+    EXPECT_NE(msg.find(bare + ": item 3: an SFT row needs 'response' or 'answer'"), std::string::npos) << msg;
+    check_conversations(*make_prompt_source("synthetic:echo", "d", ""), tok, Rows::kConversations);  // skipped
 }
 
 }  // namespace

@@ -1,7 +1,12 @@
 // The DeepSeek-V3.2 chat format against DeepSeek's official fixture and DSV32_FORMAT.md's worked examples (§B.6),
-// and its parser (§C.1) on the completions they contain.
+// and its parser (§C.1) on the completions they contain; the stream parser fed those completions (and the edge
+// cases of §E.3) cut at every byte, at random places and byte by byte, against the whole-text lenient parse.
 #include "text/chat_format.h"
 
+#include <algorithm>
+#include <random>
+
+#include <absl/strings/str_cat.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -223,6 +228,251 @@ TEST(ChatFormatTest, BadConversationsNameTheMessage) {
     EXPECT_EQ(error_of({{{"role", "user"}, {"content", "x"}}, {{"role", "assistant"}, {"content", "y"}}}, false),
               "no error");
     EXPECT_THROW(make_chat_format("chatml"), ConfigError);
+}
+
+// ---- ChatStreamParser ----------------------------------------------------------------------------------------
+
+// Everything a parse says, as one comparable string.
+std::string describe(const ParsedMessage& m) {
+    OrderedJson calls = OrderedJson::array();
+    for (const ToolCall& c : m.tool_calls) calls.push_back({{"name", c.name}, {"arguments", c.arguments}});
+    return absl::StrCat("reasoning=", m.reasoning_content, "\ncontent=", m.content,
+                        "\ncalls=", calls.dump(-1, ' ', false, OrderedJson::error_handler_t::replace),
+                        "\nfinished=", m.finished, "\nerror=", m.error);
+}
+
+// The completion fed in pieces cut at `cuts` (ascending byte offsets), then finish(); the message rebuilt from
+// the deltas alone. Checks on the way that message() is always the sum of the deltas so far and that
+// Delta::finished never goes back.
+ParsedMessage stream_parse(const ChatFormat& fmt,
+                           const std::string& text,
+                           const ChatOptions& opt,
+                           const std::vector<size_t>& cuts) {
+    const std::unique_ptr<ChatStreamParser> parser = fmt.stream_parser(opt);
+    ParsedMessage sum;
+    auto add = [&](const ChatStreamParser::Delta& d) {
+        sum.reasoning_content += d.reasoning_content;
+        sum.content += d.content;
+        sum.tool_calls.insert(sum.tool_calls.end(), d.tool_calls.begin(), d.tool_calls.end());
+        EXPECT_TRUE(d.finished || !sum.finished) << "finished went back";
+        sum.finished = d.finished;
+        const ParsedMessage& m = parser->message();
+        EXPECT_EQ(m.reasoning_content, sum.reasoning_content);
+        EXPECT_EQ(m.content, sum.content);
+        EXPECT_EQ(m.tool_calls.size(), sum.tool_calls.size());
+    };
+    size_t from = 0;
+    for (const size_t cut : cuts) {
+        add(parser->feed(std::string_view(text).substr(from, cut - from)));
+        from = cut;
+    }
+    add(parser->feed(std::string_view(text).substr(from)));
+    add(parser->finish());
+    sum.error = parser->message().error;
+    EXPECT_EQ(describe(parser->message()), describe(sum));
+    return sum;
+}
+
+const std::string kEosText = "<｜end▁of▁sentence｜>";
+
+// Completions for the split tests: DSV32_FORMAT.md §B.6 and §E.3's cases, and the lenient rules' edge cases.
+std::vector<std::string> completions() {
+    std::vector<std::string> out = {
+        "Need the tool.</think>" + kCall + kEosText,
+        "Tool says 18.</think>It is 18°C in Paris." + kEosText,
+        "</think>ok\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"g\">\n\n</｜DSML｜invoke>\n<｜DSML｜invoke "
+        "name=\"h\">\n<｜DSML｜parameter name=\"x\" string=\"false\">[1, 2]</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+        "</｜DSML｜function_calls>" +
+            kEosText,
+        // values with <, >, quotes, newlines, non-ASCII, nested JSON, a partial closing tag
+        "r</think>Let me check.\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter "
+        "name=\"s\" string=\"true\">a\nb \"q\" <x> </｜DSML｜param 😀</｜DSML｜parameter>\n"
+        "<｜DSML｜parameter name=\"o\" string=\"false\">{\"a\": [1, {\"k\": \"ü\"}], \"b\": null}"
+        "</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+        "</｜DSML｜function_calls>" +
+            kEosText,
+        // sloppy whitespace, an unparsable non-string value, no end marker
+        "r</think>x\n\n<｜DSML｜function_calls>\n  <｜DSML｜invoke name=\"g\" >\n<｜DSML｜parameter name=\"a\" "
+        "string=\"false\">not json</｜DSML｜parameter>\n</｜DSML｜invoke></｜DSML｜function_calls>",
+        "still thinking",
+        "no close tag",
+        "a</think>b<think>c" + kEosText,
+        "a</think>b" + kEosText + "junk</think>more",
+        // DSML inside reasoning (no </think>): the block is read as calls
+        "thinking\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"g\">\n</｜DSML｜invoke>\n"
+        "</｜DSML｜function_calls>" +
+            kEosText,
+        // garbage after the block, then the end marker
+        "r</think>" + kCall + "\nI will wait." + kEosText,
+        // an unterminated block at the end marker (one complete call, one cut)
+        "r</think>c\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n<｜DSML｜invoke "
+        "name=\"b\">\n<｜DSML｜parameter name=\"k\" string=\"true\">v" +
+            kEosText,
+        // a malformed block that is closed: abandoned after its complete call
+        "r</think>c\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n<bogus>\n"
+        "</｜DSML｜function_calls>" +
+            kEosText,
+        // a duplicate parameter
+        "r</think>\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n<｜DSML｜parameter name=\"k\" "
+        "string=\"true\">1</｜DSML｜parameter>\n<｜DSML｜parameter name=\"k\" string=\"true\">2</｜DSML｜parameter>\n"
+        "</｜DSML｜invoke>\n</｜DSML｜function_calls>",
+        // held-back text that turns out not to be a marker, and cut-off markers at the end
+        "a</thinx>\n\n<｜DSML｜functionXcalls>\n<｜end▁of▁sentenc>\n\n\n</think>b\n\n<｜end",
+        "x</thi",
+        "<think>echoed</think>answer" + kEosText,
+        "<thin",
+        "😀😀 é\xC3",  // ends inside a character
+        "",
+    };
+    // The official fixture: each assistant turn, and the whole rendered conversation as one (marker-rich) text.
+    const std::string dir = testing::source_dir() + "/tests/text/dsv32";
+    const OrderedJson input = OrderedJson::parse(fs::read_file(dir + "/test_input.json"));
+    const std::vector<ChatSegment> segs = make_chat_format("deepseek_v32")->render(input, {});
+    for (const ChatSegment& s : segs) {
+        if (s.generated) out.push_back(s.text);
+    }
+    out.push_back(join_segments(segs));
+    return out;
+}
+
+TEST(ChatStreamParserTest, EverySplitEqualsTheWholeLenientParse) {
+    const auto fmt = make_chat_format("deepseek_v32");
+    for (const std::string& text : completions()) {
+        for (const bool thinking : {true, false}) {
+            SCOPED_TRACE(::testing::Message() << "thinking=" << thinking << " completion " << text.substr(0, 80));
+            const ChatOptions opt{.thinking = thinking};
+            const std::string whole = describe(fmt->parse(text, opt, /*strict=*/false));
+            for (size_t cut = 0; cut <= text.size(); ++cut) {
+                ASSERT_EQ(describe(stream_parse(*fmt, text, opt, {cut})), whole) << "cut at byte " << cut;
+            }
+            std::vector<size_t> every(text.size());
+            for (size_t i = 0; i < text.size(); ++i) every[i] = i;
+            ASSERT_EQ(describe(stream_parse(*fmt, text, opt, every)), whole) << "byte by byte";
+            std::mt19937 rng(7);
+            for (int trial = 0; trial < 200 && !text.empty(); ++trial) {
+                std::uniform_int_distribution<size_t> pick(0, text.size());
+                std::vector<size_t> cuts = {pick(rng), pick(rng)};
+                std::sort(cuts.begin(), cuts.end());
+                ASSERT_EQ(describe(stream_parse(*fmt, text, opt, cuts)), whole)
+                    << "cuts at " << cuts[0] << " and " << cuts[1];
+            }
+        }
+    }
+}
+
+TEST(ChatStreamParserTest, HandsOutTextAsSoonAsItIsUnambiguous) {
+    const auto fmt = make_chat_format("deepseek_v32");
+    const auto p = fmt->stream_parser({.thinking = true});
+    EXPECT_EQ(p->feed("Need").reasoning_content, "Need");  // the prompt ended in <think>: reasoning right away
+    EXPECT_EQ(p->feed(" the tool.</thi").reasoning_content, " the tool.");  // "</thi" may be </think>: held
+    ChatStreamParser::Delta d = p->feed("nk>Let me");
+    EXPECT_EQ(d.reasoning_content, "");
+    EXPECT_EQ(d.content, "Let me");
+    EXPECT_EQ(p->feed(" check\n").content, " check");  // "\n" may begin "\n\n<｜DSML｜function_calls"
+    EXPECT_EQ(p->feed("\n<｜DS").content, "");
+    EXPECT_EQ(p->feed("ML｜function_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" "
+                      "string=\"true\">Paris</｜DSML｜parameter>\n</｜DSML｜invoke")
+                  .tool_calls.size(),
+              0u);
+    d = p->feed(">");  // the invoke's end hands out the call, before the block closes
+    ASSERT_EQ(d.tool_calls.size(), 1u);
+    EXPECT_EQ(d.tool_calls[0].name, "get_weather");
+    EXPECT_EQ(d.tool_calls[0].arguments.dump(), R"({"city":"Paris"})");
+    EXPECT_FALSE(d.finished);
+    EXPECT_FALSE(p->feed("\n</｜DSML｜function_calls><｜end▁of").finished);
+    EXPECT_TRUE(p->feed("▁sentence｜>").finished);
+    EXPECT_EQ(p->feed("ignored after the end").content, "");
+    EXPECT_TRUE(p->finish().finished);
+    EXPECT_EQ(p->message().reasoning_content, "Need the tool.");
+    EXPECT_EQ(p->message().content, "Let me check");
+    EXPECT_THROW(p->feed("x"), InternalError);
+
+    // Chat mode: content at once; a character cut in two waits for its second byte; the end marker's start waits.
+    const auto c = fmt->stream_parser({.thinking = false});
+    EXPECT_EQ(c->feed("It is 18\xC2").content, "It is 18");
+    EXPECT_EQ(c->feed("\xB0"
+                      "C.<｜end")
+                  .content,
+              "°C.");
+    d = c->feed("▁of▁sentence｜>");
+    EXPECT_EQ(d.content, "");
+    EXPECT_TRUE(d.finished);
+
+    // An echoed leading <think> is skipped; finish() hands out held-back text as text.
+    const auto e = fmt->stream_parser({.thinking = true});
+    EXPECT_EQ(e->feed("<thi").reasoning_content, "");
+    EXPECT_EQ(e->feed("nk>abc</th").reasoning_content, "abc");
+    EXPECT_EQ(e->finish().reasoning_content, "</th");
+    EXPECT_FALSE(e->message().finished);
+}
+
+TEST(ChatStreamParserTest, LenientRules) {
+    const auto fmt = make_chat_format("deepseek_v32");
+    // DSML inside reasoning: the reasoning so far stays reasoning, the block is read as calls.
+    ParsedMessage m = fmt->parse(
+        "hmm\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"g\">\n</｜DSML｜invoke>\n</｜DSML｜function_calls>" +
+            kEosText,
+        {}, false);
+    EXPECT_EQ(m.reasoning_content, "hmm");
+    EXPECT_EQ(m.content, "");
+    ASSERT_EQ(m.tool_calls.size(), 1u);
+    EXPECT_TRUE(m.finished);
+    EXPECT_EQ(m.error, "");
+    // A malformed block keeps its complete calls and says where it was abandoned; text after it is ignored.
+    m = fmt->parse(
+        "r</think>c\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n<bogus>"
+        "</｜DSML｜function_calls>after" +
+            kEosText,
+        {}, false);
+    EXPECT_EQ(m.content, "c");
+    ASSERT_EQ(m.tool_calls.size(), 1u);
+    EXPECT_EQ(m.tool_calls[0].name, "a");
+    EXPECT_THAT(m.error, HasSubstr("expected <｜DSML｜invoke or </｜DSML｜function_calls>"));
+    EXPECT_TRUE(m.finished);
+    EXPECT_THROW(fmt->parse("r</think>c\n\n<｜DSML｜function_calls>\n<bogus></｜DSML｜function_calls>", {}, true),
+                 DataError);
+    // The end marker ends the completion anywhere, even inside a value; text after it is ignored.
+    m = fmt->parse(
+        "r</think>\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n<｜DSML｜parameter "
+        "name=\"k\" string=\"true\">v" +
+            kEosText + "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>",
+        {}, false);
+    EXPECT_TRUE(m.tool_calls.empty());
+    EXPECT_TRUE(m.finished);
+    EXPECT_THAT(m.error, HasSubstr("end-of-sentence marker inside"));
+    m = fmt->parse("a" + kEosText + "b</think>c", {}, false);
+    EXPECT_EQ(m.reasoning_content, "a");
+    EXPECT_EQ(m.content, "");
+    // Cut off inside the block: complete calls only, no error, not finished.
+    m = fmt->parse(
+        "r</think>\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n<｜DSML｜inv", {},
+        false);
+    EXPECT_EQ(m.tool_calls.size(), 1u);
+    EXPECT_EQ(m.error, "");
+    EXPECT_FALSE(m.finished);
+}
+
+// 200 KB fed one byte at a time: each byte is looked at a bounded number of times (no re-parse of the buffer),
+// so this takes milliseconds; a quadratic parser would take minutes. Not a timing assertion.
+TEST(ChatStreamParserTest, ByteByByteFeedingIsLinear) {
+    std::string reasoning, value;
+    while (reasoning.size() < 100000) reasoning += "a < b\n</th x\n\n<｜DS 😀 <｜end▁of ";
+    while (value.size() < 100000) value += "line <x> </｜DSML｜param \"q\"\n";
+    const std::string text = reasoning +
+                             "</think>ok\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n"
+                             "<｜DSML｜parameter name=\"v\" string=\"true\">" +
+                             value + "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>" + kEosText;
+    const auto fmt = make_chat_format("deepseek_v32");
+    const auto p = fmt->stream_parser({});
+    size_t calls = 0;
+    for (const char c : text) calls += p->feed(std::string_view(&c, 1)).tool_calls.size();
+    p->finish();
+    EXPECT_EQ(calls, 1u);
+    EXPECT_EQ(p->message().reasoning_content, reasoning);
+    EXPECT_EQ(p->message().content, "ok");
+    ASSERT_EQ(p->message().tool_calls.size(), 1u);
+    EXPECT_EQ(p->message().tool_calls[0].arguments["v"], value);
+    EXPECT_TRUE(p->message().finished);
 }
 
 }  // namespace

