@@ -36,6 +36,8 @@ constexpr const char* kReference = "reference";
 
 std::string rng_file(int rank) { return absl::StrCat("rng.rank", rank, ".bin"); }
 std::string cursors_file(int rank) { return absl::StrCat("cursors.rank", rank, ".json"); }
+// ZeRO 1/2: each rank's share of the optimizer state (the moments of the parameters it owns).
+std::string optimizer_shard_file(int rank) { return absl::StrCat("optimizer.rank", rank, ".safetensors"); }
 
 std::string read_text(const std::string& path) {
     try {
@@ -86,6 +88,12 @@ std::string save_checkpoint(const std::string& root,
                           {std::string_view(static_cast<const char*>(rng.data_ptr()), rng.nbytes())});
     // Every rank: its data cursors (each rank draws its own prompts).
     fs::write_file_synced(fs::join(tmp, cursors_file(rank)), {Json(state.cursors).dump(2) + "\n"});
+    // Every rank with sharded optimizer state: its shard, named by parameter (any layout loads it back).
+    const bool sharded = optimizer.zero_stage() > 0 && comm != nullptr && comm->size() > 1;
+    if (sharded) {
+        save_safetensors(fs::join(tmp, optimizer_shard_file(rank)), optimizer.state(),
+                         {{"step", std::to_string(optimizer.steps())}});
+    }
     if (rank == 0) {
         // The model at its training dtype (bit-exact resume), then the optimizer and the state.
         model.save(fs::join(tmp, kModel),
@@ -95,7 +103,10 @@ std::string save_checkpoint(const std::string& root,
                             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
         }
         fault::kill_point("in_checkpoint", state.job_step(), rank);
-        save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(), {{"step", std::to_string(optimizer.steps())}});
+        if (!sharded) {
+            save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(),
+                             {{"step", std::to_string(optimizer.steps())}});
+        }
         Json j = {{"step", state.step},
                   {"stage_steps", state.stage_steps},
                   {"policy_version", state.policy_version},
@@ -138,7 +149,8 @@ std::string resolve_resume(const std::string& root, const std::string& spec) {
         dir = spec;
     }
     for (const char* need : {kState, kOptimizer, kModel}) {
-        if (!fs::exists(fs::join(dir, need))) {
+        const bool shards = std::string(need) == kOptimizer && fs::exists(fs::join(dir, optimizer_shard_file(0)));
+        if (!shards && !fs::exists(fs::join(dir, need))) {
             throw CheckpointError(
                 absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need));
         }
@@ -188,8 +200,16 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
         auto from = dsa::named_tensors(src, model.config());
         for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor->copy_(*from[i].tensor);
     }
-    const SafetensorsFile opt = SafetensorsFile::open(fs::join(dir, kOptimizer));
-    for (const SafetensorInfo& t : opt.tensors()) out.optimizer[t.name] = opt.get(t.name).clone();
+    // The optimizer state by parameter name, whichever ZeRO stage wrote it: optimizer.safetensors (ZeRO 0) or one
+    // shard per rank of the writing job. Views of the mapped files: AdamW::load_state copies what this rank holds.
+    std::vector<std::string> files;
+    if (fs::exists(fs::join(dir, kOptimizer))) files.push_back(fs::join(dir, kOptimizer));
+    for (int r = 0; fs::exists(fs::join(dir, optimizer_shard_file(r))); ++r)
+        files.push_back(fs::join(dir, optimizer_shard_file(r)));
+    for (const std::string& file : files) {
+        const SafetensorsFile opt = SafetensorsFile::open(file);
+        for (const SafetensorInfo& t : opt.tensors()) out.optimizer[t.name] = opt.get(t.name);
+    }
     const std::string cursors_path = fs::join(dir, cursors_file(rank));
     try {
         out.state.cursors = Json::parse(read_text(cursors_path)).get<std::map<std::string, std::string>>();

@@ -2,7 +2,9 @@
 // leaves either the previous checkpoint or the new one, never a half-written one under its final name.
 //
 //   <root>/step-00000120/model/          the policy in the HF layout, at its training dtype (exact resume)
-//                        optimizer.safetensors   AdamW moments
+//                        optimizer.safetensors   AdamW moments (ZeRO 0), or with trainer.zero_stage 1/2
+//                        optimizer.rank<r>.safetensors   each rank's shard; by parameter name either way, so a
+//                                        checkpoint resumes at any ZeRO stage
 //                        state.json      step, policy version, skipped steps, world size, the resolved config
 //                        rng.rank<r>.bin each rank's generator state
 //                        cursors.rank<r>.json  each rank's data cursors (ranks draw their own prompts)

@@ -58,6 +58,12 @@ void bind(Binder& b, OptimizerConfig& c) {
 void bind(Binder& b, TrainerConfig& c) {
     b.field("total_steps", c.total_steps, {.doc = "Optimizer steps of the RL stage.", .min = 1});
     b.field("micro_batch_size", c.micro_batch_size, {.doc = "Sequences per rank per SFT step.", .min = 1});
+    b.field("zero_stage", c.zero_stage,
+            {.doc = "Sharded optimizer state over the data-parallel ranks: 0 every rank holds all AdamW moments; "
+                    "1 each parameter's moments on one rank (updated there, then all-gathered); 2 also the "
+                    "gradients (reduce-scattered).",
+             .min = 0,
+             .max = 2});
     b.field("log_every", c.log_every, {.doc = "Console line every N steps.", .min = 1});
     b.section("optimizer", c.optimizer, "AdamW and the learning-rate schedule.");
     b.section("checkpoint", c.checkpoint, "Atomic checkpoints (SPEC §7).");

@@ -66,6 +66,7 @@ struct OptimizerConfig {
 struct TrainerConfig {
     int64_t total_steps = 100;
     int64_t micro_batch_size = 8;
+    int64_t zero_stage = 0;  ///< sharded optimizer state over the data-parallel ranks (trainer/optimizer.h)
     int64_t log_every = 1;
     OptimizerConfig optimizer;
     CheckpointConfig checkpoint;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "dsa/indexer_loss.h"
 #include "trainer/rl_step.h"
@@ -66,8 +67,14 @@ void finish_step(AdamW& opt,
                  const JobConfig& job,
                  const dist::Communicator* comm,
                  std::map<std::string, double>* m) {
-    average_gradients(trained, comm);
-    const ClipResult c = clip_grad_norm(trained, job.trainer.optimizer.grad_clip);
+    (void)comm;  // the optimizer's own group averages
+    // Only `trained` is stepped: any other gradient is dropped, and reduce_and_clip skips parameters without one.
+    std::set<std::string> names;
+    for (const Param& p : trained) names.insert(p.name);
+    for (const Param& p : opt.params()) {
+        if (names.count(p.name) == 0) p.tensor.mutable_grad() = at::Tensor();
+    }
+    const ClipResult c = opt.reduce_and_clip(job.trainer.optimizer.grad_clip);
     (*m)["grad_norm"] = c.norm;
     (*m)["lr"] = lr;
     (*m)["skipped_steps"] = c.finite ? 0 : 1;

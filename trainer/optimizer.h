@@ -3,9 +3,21 @@
 // reports non-finite gradients so the step can be skipped. State is plain named fp32 tensors, so a
 // checkpoint stores and restores it exactly.
 //
-//   AdamW opt(params, job.trainer.optimizer.adamw);
+// Over data-parallel ranks the optimizer also owns the gradient exchange, with the optimizer state sharded
+// (trainer.zero_stage, docs/distributed.md "Sharded optimizer state"):
+//   0  every rank holds all moments; gradients all-reduced (averaged), every rank updates every parameter.
+//   1  each parameter's moments live on one owner rank (whole parameters, balanced by size); gradients
+//      all-reduced; each rank updates the parameters it owns, then the updated parameters are all-gathered.
+//   2  as 1, and gradients are reduce-scattered: a rank keeps only the averaged gradients of the parameters
+//      it owns (the others are freed); the clipping norm is summed over ranks.
+// Every stage reduces gradients the same way (reduce-scatter of per-owner blocks; ZeRO 0/1 then all-gather) and adds
+// the clipping norm in the same order, and the update of every element is the same arithmetic, so stages 0, 1 and 2
+// train the same weights bit for bit.
+//
+//   AdamW opt(params, job.trainer.optimizer.adamw, {.comm = &comm, .zero_stage = 1});
 //   loss.backward();
-//   if (clip_grad_norm(opt.params(), cfg.grad_clip).finite) opt.step(lr_at(cfg, step, total)); else ++skipped;
+//   const ClipResult c = opt.reduce_and_clip(cfg.grad_clip);     // averaged over the ranks, clipped
+//   if (c.finite) opt.step(lr_at(cfg, step, total)); else ++skipped;
 //   opt.zero_grad();
 #pragma once
 
@@ -20,6 +32,10 @@
 
 #include "trainer/config.h"
 
+namespace dsrl::dist {
+class Communicator;
+}
+
 namespace dsrl::trainer {
 
 struct Param {
@@ -32,11 +48,36 @@ struct Param {
 /// Whether a parameter of that name gets weight decay: not norms, biases or the router's balancing bias.
 bool decays(const std::string& name, const at::Tensor& t);
 
+struct ClipResult {
+    double norm = 0;     ///< global L2 norm of the finite gradient elements, before clipping
+    bool finite = true;  ///< false when any gradient element is NaN/Inf (then nothing is scaled)
+};
+
+/// How the optimizer spreads over data-parallel ranks.
+struct ShardOptions {
+    const dist::Communicator* comm = nullptr;  ///< the data-parallel group; null or one rank: nothing to exchange
+    int64_t zero_stage = 0;                    ///< 0, 1 or 2 (above)
+};
+
+/// Bytes a rank holds for training (dsrl_bench_zero's table).
+struct OptimizerMemory {
+    int64_t params = 0;     ///< the parameters
+    int64_t grads = 0;      ///< gradients held after reduce_and_clip
+    int64_t optimizer = 0;  ///< AdamW moments
+};
+
 class AdamW {
 public:
-    AdamW(std::vector<Param> params, AdamWOptions opt);
+    /// ConfigError for a zero_stage outside 0..2.
+    AdamW(std::vector<Param> params, AdamWOptions opt, ShardOptions shard = {});
+    /// Averages the gradients over the data-parallel ranks (all-reduce, or reduce-scatter at ZeRO 2) and clips
+    /// them to `max_norm` by their global norm (<= 0: no clipping, the norm still reported). A parameter with a
+    /// gradient on no rank stays without one (it is not updated); one with a gradient on some ranks gets zeros
+    /// on the others. Collective over the group.
+    ClipResult reduce_and_clip(double max_norm);
     /// One update with learning rate `lr`, in fp32 (parameters of other dtypes are updated through an fp32
-    /// copy of the step). Parameters without a gradient are skipped.
+    /// copy of the step). Parameters without a gradient are skipped. ZeRO 1/2: this rank updates the
+    /// parameters it owns, then every rank receives every updated parameter (collective).
     void step(double lr);
     /// Zeroes the gradients; `set_to_none` drops them instead (a parameter without a gradient is not updated
     /// at all — no moment decay, no weight decay — which is how a stage freezes parameters).
@@ -49,26 +90,41 @@ public:
     int64_t steps() const { return step_; }
     const std::vector<Param>& params() const { return params_; }
 
-    /// exp_avg.<name>, exp_avg_sq.<name> (fp32, CPU copies) and the step count, for checkpoints.
+    /// exp_avg.<name>, exp_avg_sq.<name> (fp32, CPU copies) of the parameters whose state this rank holds
+    /// (all at ZeRO 0, the owned ones at 1/2), for checkpoints.
     std::vector<std::pair<std::string, at::Tensor>> state() const;
-    /// Restores state(); a missing tensor or another shape is a CheckpointError naming it.
+    /// Restores the state this rank holds from `tensors` (which may hold more, e.g. every rank's shards: a
+    /// checkpoint of another ZeRO stage or layout loads by name); a missing tensor or another shape is a
+    /// CheckpointError naming it.
     void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t step, const std::string& source);
 
+    int64_t zero_stage() const { return zero_stage_; }
+    /// The data-parallel group gradients are averaged over; null when one rank.
+    const dist::Communicator* comm() const { return comm_; }
+    /// The rank of the data-parallel group holding parameter i's moments (ZeRO 1/2); -1 at ZeRO 0 (every rank).
+    int owner(size_t i) const { return zero_stage_ == 0 || owner_.empty() ? -1 : owner_[i]; }
+    OptimizerMemory memory() const;
+
 private:
+    bool holds(size_t i) const { return zero_stage_ == 0 || owner_.empty() || owner_[i] == rank_; }
+    void all_gather_params();
+
     std::vector<Param> params_;
     AdamWOptions opt_;
-    std::vector<at::Tensor> m_, v_;
+    std::vector<at::Tensor> m_, v_;  // undefined for parameters another rank owns
     int64_t step_ = 0;
+    const dist::Communicator* comm_ = nullptr;  // null when one rank
+    int64_t zero_stage_ = 0;
+    int rank_ = 0, world_ = 1;
+    // With several ranks: the owner of each parameter — of its moments (ZeRO 1/2) and, at every stage, of its block
+    // in the gradient reduction and the clipping norm's partial sums (so all stages add in the same order).
+    std::vector<int> owner_;
 };
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up over warmup_steps to lr, then
 /// cosine decay to min_lr_ratio·lr at `total` (or constant).
 double lr_at(const OptimizerConfig& c, int64_t step, int64_t total);
 
-struct ClipResult {
-    double norm = 0;     ///< global L2 norm of the finite gradient elements, before clipping
-    bool finite = true;  ///< false when any gradient element is NaN/Inf (then nothing is scaled)
-};
 /// Scales all gradients so their global norm is at most `max_norm` (<= 0: no clipping, norm still reported).
 ClipResult clip_grad_norm(const std::vector<Param>& params, double max_norm);
 

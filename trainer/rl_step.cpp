@@ -44,24 +44,6 @@ double data_parallel_denominator(double count, const dist::Communicator* comm) {
     return std::max(t.item<double>(), 1.0) / static_cast<double>(comm->size());
 }
 
-void average_gradients(const std::vector<Param>& params, const dist::Communicator* comm) {
-    if (comm == nullptr || comm->size() <= 1) return;
-    std::vector<at::Tensor> grads;
-    for (const Param& p : params) {
-        if (!p.tensor.grad().defined()) p.tensor.mutable_grad() = at::zeros_like(p.tensor);
-        grads.push_back(p.tensor.grad().reshape({-1}).to(at::kFloat));
-    }
-    at::Tensor flat = at::cat(grads);
-    comm->all_reduce(flat, dist::ReduceOp::kAvg);
-    int64_t offset = 0;
-    at::NoGradGuard no_grad;
-    for (const Param& p : params) {
-        const int64_t n = p.tensor.numel();
-        p.tensor.mutable_grad().copy_(flat.narrow(0, offset, n).view(p.tensor.sizes()));
-        offset += n;
-    }
-}
-
 RlStep::RlStep(const JobConfig& job,
                dsa::Model& policy,
                const dsa::Model* reference,
@@ -75,7 +57,11 @@ RlStep::RlStep(const JobConfig& job,
       tokenizer_(tokenizer),
       domains_(domains),
       optimizer_(optimizer),
-      comm_(comm) {}
+      comm_(comm) {
+    // Gradients are averaged by the optimizer: one built without the job's group would let the ranks diverge.
+    DSRL_INTERNAL_ASSERT(comm == nullptr || comm->size() <= 1 || optimizer.comm() == comm,
+                         "RlStep: the optimizer must average over the same group as the step (AdamW's ShardOptions)");
+}
 
 RlStepResult RlStep::run(int64_t step) {
     const int rank = comm_ != nullptr ? comm_->rank() : 0;
@@ -140,14 +126,14 @@ RlStepResult RlStep::run(int64_t step) {
             failed += !scores[i].ok();
         }
     }
-    // 4. The GRPO update phase; every optimizer step averages gradients over the ranks first.
+    // 4. The GRPO update phase; every optimizer step averages gradients over the ranks first (the optimizer's
+    // reduce_and_clip).
     std::map<std::string, double> betas;
     for (const DomainRuntime& d : domains_) betas[d.name] = d.beta;
     const int64_t total_opt_steps = job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
     std::vector<double> norms;
     const auto opt_step = [&] {
-        average_gradients(optimizer_.params(), comm_);
-        const ClipResult c = clip_grad_norm(optimizer_.params(), job_.trainer.optimizer.grad_clip);
+        const ClipResult c = optimizer_.reduce_and_clip(job_.trainer.optimizer.grad_clip);
         if (c.finite) {
             optimizer_.step(lr_at(job_.trainer.optimizer, optimizer_.steps(), total_opt_steps));
             norms.push_back(c.norm);

@@ -66,12 +66,10 @@ private:
     const dist::Communicator* comm_;
 };
 
-/// Averages the gradients of `params` over the ranks of `comm` (one flattened all-reduce).
-void average_gradients(const std::vector<Param>& params, const dist::Communicator* comm);
-
-/// What a rank divides its local loss sum by so that, after average_gradients, the step is the global batch's
-/// mean: `count` (this rank's tokens or sequences) summed over the ranks, over their number — one all-reduce of
-/// a number; max(count, 1) on one rank. SFT and GRPO use it, so N ranks train as one rank with N× the batch.
+/// What a rank divides its local loss sum by so that, after the optimizer averages the gradients, the step is the
+/// global batch's mean: `count` (this rank's tokens or sequences) summed over the ranks, over their number — one
+/// all-reduce of a number; max(count, 1) on one rank. SFT and GRPO use it, so N ranks train as one rank with N× the
+/// batch.
 double data_parallel_denominator(double count, const dist::Communicator* comm);
 
 }  // namespace dsrl::trainer

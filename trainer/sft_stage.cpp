@@ -95,6 +95,8 @@ std::map<std::string, double> sft_step(dsa::Model& model,
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
     const int64_t per_rank = job.trainer.micro_batch_size;
+    DSRL_INTERNAL_ASSERT(comm.size() <= 1 || opt.comm() == &comm,
+                         "sft: the optimizer must average over the job's group");
     std::vector<SftExample> examples(static_cast<size_t>(per_rank));
     double truncated = 0;
     for (int64_t g = 0; g < comm.size() * per_rank; ++g) {
@@ -122,8 +124,7 @@ std::map<std::string, double> sft_step(dsa::Model& model,
     // A batch whose examples were all truncated before their first target token has nothing to learn.
     const at::Tensor loss = -(lp.logp * valid).sum() / std::max(denominator, 1e-9);
     loss.backward();
-    average_gradients(opt.params(), &comm);
-    const ClipResult c = clip_grad_norm(opt.params(), job.trainer.optimizer.grad_clip);
+    const ClipResult c = opt.reduce_and_clip(job.trainer.optimizer.grad_clip);
     std::map<std::string, double> m{{"loss", loss.item<double>()},
                                     {"grad_norm", c.norm},
                                     {"skipped_steps", 0},

@@ -119,7 +119,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    AdamW optimizer(params, job.trainer.optimizer.adamw);
+    AdamW optimizer(params, job.trainer.optimizer.adamw, {.comm = &comm, .zero_stage = job.trainer.zero_stage});
     const std::unique_ptr<text::Tokenizer> tok =
         text::make_tokenizer(policy.config().path, policy.config().vocab_size, chat_choice(policy.config()));
     TrainingState state;

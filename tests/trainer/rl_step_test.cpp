@@ -46,7 +46,7 @@ TEST(RlStepTest, RollsOutScoresAndUpdatesWithIdenticalWeightsOnEveryRank) {
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    AdamW opt(params, job.trainer.optimizer.adamw);
+    AdamW opt(params, job.trainer.optimizer.adamw, {.comm = comm});
     const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
     std::vector<DomainRuntime> domains = build_domains(job, "");
     RlStep step(job, policy, &reference, *tok, domains, opt, comm);
