@@ -2,13 +2,14 @@
 //   mpirun -np 2 build/bin/dsrl_bench_comm                       # CPU (MPI backend), 1 KiB .. 1 MiB
 //   mpirun -np 8 build/bin/dsrl_bench_comm --device cuda         # GPU (NCCL backend), 1 KiB .. 256 MiB
 // Flags: --device cpu|cuda, --min-size / --max-size (bytes, K/M/G suffixes), --iters N, --warmup N,
-//        --dtype float|bf16.
+//        --dtype float|bf16, --moe-tokens LIST --moe-hidden H --moe-topk K (the all_to_all_v table: MoE dispatch).
 // Columns follow nccl-tests: size = bytes of the per-rank buffer (all_gather: its output), time = mean per
 // op (slowest rank), algbw = size / time, busbw = algbw * factor with factor 2(n-1)/n for all_reduce and
 // (n-1)/n for all_gather and all_to_all: busbw is comparable with the link's peak bandwidth. `vs_copy` is
 // busbw over the bandwidth of a local device copy of the same size, measured in this process (a baseline,
 // not a pass/fail). Prints figures only; never fails on speed.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -40,6 +41,9 @@ struct Options {
     int iters = 20;
     int warmup = 3;
     std::string dtype = "float";
+    std::string moe_tokens = "256,1024,4096";
+    int64_t moe_hidden = 1024;
+    int64_t moe_topk = 8;
     bool help = false;
 };
 
@@ -73,6 +77,9 @@ Options parse(int argc, char** argv) {
              .integer("--iters", &o.iters, 1, "timed calls per size")
              .integer("--warmup", &o.warmup, 0, "untimed calls per size")
              .text("--dtype", &o.dtype, "float or bf16")
+             .text("--moe-tokens", &o.moe_tokens, "tokens per rank of the MoE dispatch table (comma list)")
+             .integer("--moe-hidden", &o.moe_hidden, 1, "hidden size of a dispatched row")
+             .integer("--moe-topk", &o.moe_topk, 1, "experts per token (rows per token)")
              .parse(argc, argv);
     if (o.help) return o;
     if (o.device != "cpu" && o.device != "cuda") {
@@ -162,6 +169,38 @@ int run(int argc, char** argv) {
                             static_cast<long long>(count), seconds * 1e6, algbw, busbw, busbw / copy_bw);
                 std::fflush(stdout);
             }
+        }
+    }
+    // MoE dispatch: every rank sends T·top-k rows of H elements, split unevenly over the ranks as routing does
+    // (destination j of rank r gets a share ∝ 1 + 0.5·sin(r + 2j)); one all_to_all_v (counts exchanged inside).
+    if (rank0) {
+        std::printf("# all_to_all_v at MoE dispatch sizes: tokens x top-%lld rows of %lld elements per rank, skewed\n",
+                    static_cast<long long>(o.moe_topk), static_cast<long long>(o.moe_hidden));
+        std::printf("# %-14s %12s %12s %11s %11s %11s\n", "tokens/rank", "size(B)", "rows", "time(us)", "algbw(GB/s)",
+                    "busbw(GB/s)");
+    }
+    for (const int64_t tokens : dsrl::bench::parse_lengths(o.moe_tokens, "dsrl_bench_comm --moe-tokens")) {
+        const int64_t rows = tokens * o.moe_topk;
+        std::vector<double> share(static_cast<size_t>(n));
+        double total = 0;
+        for (int j = 0; j < n; ++j)
+            total += share[static_cast<size_t>(j)] = 1.0 + 0.5 * std::sin(world.rank() + 2.0 * j);
+        std::vector<int64_t> send(static_cast<size_t>(n));
+        int64_t given = 0;
+        for (int j = 0; j < n; ++j) {
+            send[static_cast<size_t>(j)] =
+                j + 1 == n ? rows - given : static_cast<int64_t>(rows * share[static_cast<size_t>(j)] / total);
+            given += send[static_cast<size_t>(j)];
+        }
+        at::Tensor buf = at::ones({rows, o.moe_hidden}, opts);
+        const double seconds = time_op(world, device, o.warmup, o.iters, [&] { (void)world.all_to_all_v(buf, send); });
+        const int64_t bytes = rows * o.moe_hidden * elem;
+        const double algbw = static_cast<double>(bytes) / seconds / 1e9;
+        if (rank0) {
+            std::printf("  %-14lld %12lld %12lld %11.1f %11.3f %11.3f\n", static_cast<long long>(tokens),
+                        static_cast<long long>(bytes), static_cast<long long>(rows), seconds * 1e6, algbw,
+                        algbw * (n - 1) / n);
+            std::fflush(stdout);
         }
     }
     return 0;
