@@ -18,6 +18,7 @@
 
 #include <cmath>
 
+#include "core/dist/communicator.h"
 #include "core/error.h"
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
@@ -135,6 +136,13 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 Model::Model(ModelConfig cfg, ModelWeights weights)
     : cfg_(std::move(cfg)), w_(std::move(weights)), rope_(rope_table(cfg_)) {
     rope_.inv_freq = rope_.inv_freq.to(w_.embed_tokens.device());
+    for (const LayerWeights& l : w_.layers) {
+        // All experts: a model holding a slice is made by set_expert_parallel, which also routes across the group.
+        TORCH_CHECK(
+            !l.is_moe || !l.moe.experts.gate_proj.defined() || l.moe.experts.gate_proj.size(0) == cfg_.n_routed_experts,
+            "Model: MoE weights hold ", l.moe.experts.gate_proj.size(0), " experts, the config ", cfg_.n_routed_experts,
+            " (a rank's experts only? use set_expert_parallel)");
+    }
 }
 
 Model Model::random(const ModelConfig& cfg, uint64_t seed, c10::Device device) {
@@ -150,9 +158,49 @@ Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device d
 }
 
 void Model::save(const std::string& dir, const SaveOptions& opt) const {
+    DSRL_INTERNAL_ASSERT(expert_parallel() == nullptr || ep_.size() == 1,
+                         "Model::save under expert parallelism: every rank of the group calls gather_hf_tensors(), "
+                         "one calls save_tensors()");
+    save_tensors(dir, hf_named_tensors(w_, cfg_), opt);
+}
+
+void Model::save_tensors(const std::string& dir,
+                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                         const SaveOptions& opt) const {
     SaveOptions o = opt;
     if (o.companion_dir.empty()) o.companion_dir = cfg_.path;  // the tokenizer of the checkpoint it came from
-    save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), o);
+    save_hf_checkpoint(dir, cfg_, tensors, o);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::gather_hf_tensors() const {
+    if (expert_parallel() == nullptr || ep_.size() == 1) return hf_named_tensors(w_, cfg_);
+    // Every layer's experts from every rank of the group, in rank order: [P, E/P, ...] -> [E, ...].
+    ModelWeights all = w_;
+    for (LayerWeights& l : all.layers) {
+        if (!l.is_moe) continue;
+        for (at::Tensor* t : {&l.moe.experts.gate_proj, &l.moe.experts.up_proj, &l.moe.experts.down_proj}) {
+            const at::Tensor local = t->detach().contiguous();
+            std::vector<int64_t> shape = local.sizes().vec();
+            shape[0] = cfg_.n_routed_experts;
+            *t = ep_.group->all_gather(local).reshape(shape);
+        }
+    }
+    return hf_named_tensors(all, cfg_);
+}
+
+void Model::set_expert_parallel(const moe::ExpertParallel& ep) {
+    DSRL_INTERNAL_ASSERT(ep_.group == nullptr, "Model::set_expert_parallel: already set");
+    moe::ExpertParallel e = ep;
+    e.num_experts = cfg_.n_routed_experts;
+    e.check();
+    if (e.size() == 1) return;
+    at::NoGradGuard no_grad;
+    for (LayerWeights& l : w_.layers) {
+        if (!l.is_moe) continue;
+        const moe::SwiGluWeights mine = e.local(l.moe.experts);
+        l.moe.experts = {mine.gate_proj.clone(), mine.up_proj.clone(), mine.down_proj.clone()};  // frees the rest
+    }
+    ep_ = e;
 }
 
 KvCache Model::new_cache(int64_t batch, int64_t capacity) const {
@@ -260,7 +308,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                             ", k], got ", r.sizes());
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
-            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay);
+            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel());
             y = m.y;
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
             ++moe_layer;

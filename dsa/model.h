@@ -30,6 +30,7 @@
 #include "dsa/config.h"
 #include "dsa/rope.h"
 #include "dsa/weights.h"
+#include "moe/expert_parallel.h"
 
 namespace dsrl::dsa {
 
@@ -120,8 +121,24 @@ public:
     /// (a job's ModelConfig passes as its runtime part; its architecture fields are not used).
     static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
     /// Writes config.json + safetensors in the HF layout (atomically), with the tokenizer files of the checkpoint
-    /// it was loaded from (SaveOptions::companion_dir).
+    /// it was loaded from (SaveOptions::companion_dir). Under expert parallelism a rank holds only its experts:
+    /// every rank of the group calls gather_hf_tensors() and one writes them with save_tensors().
     void save(const std::string& dir, const SaveOptions& opt = {}) const;
+    /// The weights in the HF layout with every routed expert (hf_named_tensors); under expert parallelism the
+    /// experts are all-gathered over the group (collective: every rank of the group calls it).
+    std::vector<std::pair<std::string, at::Tensor>> gather_hf_tensors() const;
+    /// save() of tensors from gather_hf_tensors().
+    void save_tensors(const std::string& dir,
+                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const SaveOptions& opt = {}) const;
+
+    /// Expert parallelism (moe/expert_parallel.h): keeps only this rank's routed experts [E/P, ...] of every MoE
+    /// layer (the rest is freed) and runs the MoE layers across `ep.group` from now on — a collective: every rank of
+    /// the group runs the same forwards (and backwards). `ep.group` must outlive the model. Call it before taking
+    /// the parameters for an optimizer. ConfigError when the group size does not divide n_routed_experts.
+    void set_expert_parallel(const moe::ExpertParallel& ep);
+    /// The expert-parallel group, or null (every expert local).
+    const moe::ExpertParallel* expert_parallel() const { return ep_.group != nullptr ? &ep_ : nullptr; }
 
     const ModelConfig& config() const { return cfg_; }
     ModelWeights& weights() { return w_; }
@@ -141,6 +158,7 @@ private:
     ModelConfig cfg_;
     ModelWeights w_;
     RopeTable rope_;
+    moe::ExpertParallel ep_;  // group null: every expert local
 };
 
 /// RMSNorm as in transformers: weight · (x / sqrt(mean(x²) + eps)) computed in fp32, cast back first.

@@ -1,5 +1,7 @@
 #include "moe/moe_block.h"
 
+#include "moe/expert_parallel.h"
+
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/bincount.h>
@@ -55,10 +57,15 @@ at::Tensor routed_experts(const at::Tensor& x,
     return y;
 }
 
-MoeOutput moe_forward(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, const at::Tensor& replay) {
+MoeOutput moe_forward(const at::Tensor& x,
+                      const MoeWeights& w,
+                      const RouterOptions& opt,
+                      const at::Tensor& replay,
+                      const ExpertParallel* ep) {
     MoeOutput out;
     out.route = route(x, w.gate, w.bias, opt, replay);
-    out.y = routed_experts(x, out.route.indices, out.route.weights, w.experts);
+    out.y = ep != nullptr && ep->size() > 1 ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
+                                            : routed_experts(x, out.route.indices, out.route.weights, w.experts);
     if (w.shared.gate_proj.defined()) {
         out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj);
     }

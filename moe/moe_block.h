@@ -14,6 +14,8 @@
 
 namespace dsrl::moe {
 
+struct ExpertParallel;
+
 /// SwiGLU weights in nn.Linear layout (out, in): gate/up [I, H], down [H, I]; stacked over experts with a
 /// leading [E] dimension for the routed experts.
 struct SwiGluWeights {
@@ -46,10 +48,13 @@ at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& weights,
                           const SwiGluWeights& experts);
 
-/// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes.
+/// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes. With `ep` (moe/expert_parallel.h)
+/// of more than one rank, w.experts holds this rank's experts only and the routed experts run across the group
+/// (collective).
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
-                      const at::Tensor& replay = {});
+                      const at::Tensor& replay = {},
+                      const ExpertParallel* ep = nullptr);
 
 }  // namespace dsrl::moe
