@@ -89,15 +89,26 @@ std::string save_checkpoint(const std::string& root,
     // Every rank: its data cursors (each rank draws its own prompts).
     fs::write_file_synced(fs::join(tmp, cursors_file(rank)), {Json(state.cursors).dump(2) + "\n"});
     // Every rank with sharded optimizer state: its shard, named by parameter (any layout loads it back).
-    const bool sharded = optimizer.zero_stage() > 0 && comm != nullptr && comm->size() > 1;
+    // (and with expert parallelism, where each rank holds other experts' moments: Note [Expert state names]).
+    const bool sharded =
+        (optimizer.zero_stage() > 0 || model.expert_parallel() != nullptr) && comm != nullptr && comm->size() > 1;
     if (sharded) {
         save_safetensors(fs::join(tmp, optimizer_shard_file(rank)), optimizer.state(),
                          {{"step", std::to_string(optimizer.steps())}});
     }
+    // Under expert parallelism a rank holds only its experts: every rank joins the gather, rank 0 writes.
+    const bool ep = model.expert_parallel() != nullptr;
+    const std::vector<std::pair<std::string, at::Tensor>> gathered =
+        ep ? model.gather_hf_tensors() : std::vector<std::pair<std::string, at::Tensor>>{};
     if (rank == 0) {
         // The model at its training dtype (bit-exact resume), then the optimizer and the state.
-        model.save(fs::join(tmp, kModel),
-                   {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30});
+        const dsa::SaveOptions model_opt{.dtype = dsa::model_dtype(model.config()),
+                                         .max_shard_bytes = int64_t{5} << 30};
+        if (ep) {
+            model.save_tensors(fs::join(tmp, kModel), gathered, model_opt);
+        } else {
+            model.save(fs::join(tmp, kModel), model_opt);
+        }
         if (reference != nullptr) {
             reference->save(fs::join(tmp, kReference),
                             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
@@ -198,7 +209,16 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
         dsa::ModelWeights src = w;
         auto dst = model.named_tensors();
         auto from = dsa::named_tensors(src, model.config());
-        for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor->copy_(*from[i].tensor);
+        const moe::ExpertParallel* ep = model.expert_parallel();
+        for (size_t i = 0; i < dst.size(); ++i) {
+            at::Tensor t = *from[i].tensor;
+            // Expert parallelism: the checkpoint holds every expert; this rank keeps its own.
+            if (ep != nullptr && t.dim() > 0 && t.size(0) != dst[i].tensor->size(0) &&
+                dst[i].name.find(".mlp.experts.") != std::string::npos) {
+                t = t.narrow(0, ep->first_expert(), ep->local_experts());
+            }
+            dst[i].tensor->copy_(t);
+        }
     }
     // The optimizer state by parameter name, whichever ZeRO stage wrote it: optimizer.safetensors (ZeRO 0) or one
     // shard per rank of the writing job. Views of the mapped files: AdamW::load_state copies what this rank holds.

@@ -57,6 +57,14 @@ struct ClipResult {
 struct ShardOptions {
     const dist::Communicator* comm = nullptr;  ///< the data-parallel group; null or one rank: nothing to exchange
     int64_t zero_stage = 0;                    ///< 0, 1 or 2 (above)
+    /// Expert parallelism (moe/expert_parallel.h): the parameters `is_expert` names are this rank's share of the
+    /// routed experts. Their gradients (each already the sum over the tokens of the rank's EP group) are averaged
+    /// over `expert_comm` — the ranks holding the same experts, dist's `dp` group — and divided by the EP size, so
+    /// the step is the replicated job's; their moments are sharded over expert_comm; their squares enter the
+    /// clipping norm summed over `ep_comm`. Null is_expert: no expert parallelism.
+    std::function<bool(const std::string&)> is_expert;
+    const dist::Communicator* expert_comm = nullptr;
+    const dist::Communicator* ep_comm = nullptr;
 };
 
 /// Bytes a rank holds for training (dsrl_bench_zero's table).
@@ -99,26 +107,44 @@ public:
     void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t step, const std::string& source);
 
     int64_t zero_stage() const { return zero_stage_; }
-    /// The data-parallel group gradients are averaged over; null when one rank.
-    const dist::Communicator* comm() const { return comm_; }
-    /// The rank of the data-parallel group holding parameter i's moments (ZeRO 1/2); -1 at ZeRO 0 (every rank).
-    int owner(size_t i) const { return zero_stage_ == 0 || owner_.empty() ? -1 : owner_[i]; }
+    /// The data-parallel group the (replicated) gradients are averaged over, as given; null when one rank.
+    const dist::Communicator* comm() const { return comm_given_; }
+    /// The rank holding parameter i's moments within its group (ZeRO 1/2: the data-parallel group, or for an
+    /// expert parameter the expert-data-parallel group); -1 when every rank of the group holds them.
+    int owner(size_t i) const;
     OptimizerMemory memory() const;
 
 private:
-    bool holds(size_t i) const { return zero_stage_ == 0 || owner_.empty() || owner_[i] == rank_; }
-    void all_gather_params();
+    // Parameters averaged over one group: the replicated ones over the data-parallel ranks, the experts over the
+    // ranks holding the same experts. With several ranks each parameter has an owner in its group — of its moments
+    // (ZeRO 1/2) and, at every stage, of its block in the gradient reduction and of the clipping norm's partial
+    // sums (so all stages add in the same order).
+    struct Domain {
+        const dist::Communicator* comm = nullptr;  // null: one rank
+        int rank = 0, world = 1;
+        std::vector<size_t> members;                    // indices into params_
+        double scale = 1.0;                             // applied to the averaged gradient (1 / EP size for experts)
+        const dist::Communicator* norm_comm = nullptr;  // sums the domain's squares over ranks holding other parts
+    };
+    bool holds(size_t i) const;
+    std::string state_key(const std::string& prefix, size_t i) const;
+    at::Tensor assemble_expert_state(const std::map<std::string, at::Tensor>& tensors,
+                                     const std::string& base,
+                                     size_t i) const;
+    void reduce_domain(const Domain& d, const std::vector<uint8_t>& active);
+    void all_gather_params(const Domain& d);
 
     std::vector<Param> params_;
     AdamWOptions opt_;
     std::vector<at::Tensor> m_, v_;  // undefined for parameters another rank owns
     int64_t step_ = 0;
-    const dist::Communicator* comm_ = nullptr;  // null when one rank
+    const dist::Communicator* comm_given_ = nullptr;
+    const dist::Communicator* world_comm_ = nullptr;  // agreement on which parameters have gradients
     int64_t zero_stage_ = 0;
-    int rank_ = 0, world_ = 1;
-    // With several ranks: the owner of each parameter — of its moments (ZeRO 1/2) and, at every stage, of its block
-    // in the gradient reduction and the clipping norm's partial sums (so all stages add in the same order).
-    std::vector<int> owner_;
+    std::vector<Domain> domains_;
+    std::vector<size_t> domain_of_;  // per parameter
+    std::vector<int> owner_;         // per parameter, within its domain (0 when the domain has one rank)
+    int ep_rank_ = -1;               // rank in the expert-parallel group; -1 without expert parallelism
 };
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up over warmup_steps to lr, then

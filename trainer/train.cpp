@@ -8,6 +8,7 @@
 
 #include <memory>
 
+#include "core/dist/groups.h"
 #include "core/error.h"
 #include "core/fault.h"
 #include "core/fs.h"
@@ -57,9 +58,19 @@ void check_supported(const JobConfig& job) {
             "use dist.mode: colocated (every rank rolls out, then trains)");
     }
     if (job.dist.expert_parallel_size != 1) {
-        throw ConfigError(absl::StrCat("dist.expert_parallel_size = ", job.dist.expert_parallel_size,
-                                       ": expert parallelism is not implemented in this build; use 1 ",
-                                       "(every rank holds all experts; ranks are data-parallel)"));
+        // The MoE layers exchange tokens across the EP group in every forward and backward, so every rank of the
+        // group must run the same forwards. SFT and the DSA stages do (one batch per rank and step); rollout and
+        // evaluation decode for as long as a rank's own sequences need, so the grpo stage needs lock-step decoding
+        // first (issue 21).
+        for (const std::string& stage : job.run.stages) {
+            if (stage == "grpo") {
+                throw ConfigError(absl::StrCat(
+                    "dist.expert_parallel_size = ", job.dist.expert_parallel_size,
+                    ": expert parallelism runs the sft, indexer_warmup and sparse_train stages in this build; the grpo "
+                    "stage (rollout under expert parallelism) is not implemented yet: use "
+                    "dist.expert_parallel_size: 1 for jobs with grpo"));
+            }
+        }
     }
     if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
         throw ConfigError(
@@ -115,11 +126,22 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     dsa::Model policy = job.model.path.empty()
                             ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
                             : dsa::Model::load(job.model.path, job.model, device);
+    // Expert parallelism: each rank keeps its share of the routed experts (the groups: core/dist/groups.h).
+    const bool expert_parallel = job.dist.expert_parallel_size > 1;
+    const dist::StandardGroups groups =
+        expert_parallel ? dist::make_standard_groups(comm, job.dist) : dist::StandardGroups{};
+    if (expert_parallel) policy.set_expert_parallel({.group = &groups.ep});
     std::vector<Param> params;
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    AdamW optimizer(params, job.trainer.optimizer.adamw, {.comm = &comm, .zero_stage = job.trainer.zero_stage});
+    ShardOptions shard{.comm = &comm, .zero_stage = job.trainer.zero_stage};
+    if (expert_parallel) {
+        shard.is_expert = [](const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; };
+        shard.expert_comm = &groups.dp;
+        shard.ep_comm = &groups.ep;
+    }
+    AdamW optimizer(params, job.trainer.optimizer.adamw, shard);
     const std::unique_ptr<text::Tokenizer> tok =
         text::make_tokenizer(policy.config().path, policy.config().vocab_size, chat_choice(policy.config()));
     TrainingState state;
