@@ -12,6 +12,8 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
 
+#include <c10/cuda/CUDAFunctions.h>
+
 #include "core/error.h"
 
 extern char** environ;
@@ -81,6 +83,10 @@ bool Flags::parse(int argc, char** argv) const {
         it->set(argv[++i]);
     }
     return true;
+}
+
+void sync_device(const c10::Device& device) {
+    if (device.is_cuda()) c10::cuda::device_synchronize();
 }
 
 std::string self_exe(const char* argv0) {

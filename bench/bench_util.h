@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 namespace dsrl::bench {
 
 /// Runs `self` with `args`, reads its standard output and returns the numbers of its "RESULT ..." line; nullopt
@@ -50,6 +52,9 @@ private:
 
 /// The running executable's path (/proc/self/exe; `argv0` where that cannot be read), to start child measurements.
 std::string self_exe(const char* argv0);
+
+/// Waits for the device's queued work (a no-op on the CPU), so a timer read after it covers that work.
+void sync_device(const c10::Device& device);
 
 /// "1024,2048,4096" -> {1024, 2048, 4096}; a ConfigError naming `bench` and the bad entry otherwise.
 std::vector<int64_t> parse_lengths(const std::string& text, const std::string& bench);

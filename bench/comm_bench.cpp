@@ -19,10 +19,6 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_format.h>
 
-#ifdef DSRL_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
-
 #include "bench/bench_util.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
@@ -95,21 +91,15 @@ Options parse(int argc, char** argv) {
     return o;
 }
 
-void sync(const at::Device& device) {
-#ifdef DSRL_WITH_CUDA
-    if (device.is_cuda()) cudaDeviceSynchronize();
-#endif
-}
-
 // Mean seconds per call of `op` on the slowest rank.
 template <class F>
 double time_op(const Communicator& world, const at::Device& device, int warmup, int iters, F&& op) {
     for (int i = 0; i < warmup; ++i) op();
-    sync(device);
+    dsrl::bench::sync_device(device);
     world.barrier();
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < iters; ++i) op();
-    sync(device);
+    dsrl::bench::sync_device(device);
     const double mine = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / iters;
     at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kDouble));
     t.fill_(mine);

@@ -19,10 +19,6 @@
 #include <cstdio>
 #include <string>
 
-#ifdef DSRL_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
-
 #include "bench/bench_util.h"
 #include "core/dist/bootstrap.h"
 #include "core/dist/communicator.h"
@@ -39,14 +35,6 @@ struct Options {
     int64_t tokens = 1024, hidden = 256, inter = 128, experts = 16, topk = 4;
     int iters = 5, warmup = 1;
 };
-
-void sync(const c10::Device& d) {
-#ifdef DSRL_WITH_CUDA
-    if (d.is_cuda()) cudaDeviceSynchronize();
-#else
-    (void)d;
-#endif
-}
 
 int run(int argc, char** argv) {
     dsrl::dist::Bootstrap boot(&argc, &argv);
@@ -86,11 +74,11 @@ int run(int argc, char** argv) {
 
     const auto time_it = [&](auto&& step) {
         for (int i = 0; i < o.warmup; ++i) step();
-        sync(device);
+        dsrl::bench::sync_device(device);
         world.barrier();
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < o.iters; ++i) step();
-        sync(device);
+        dsrl::bench::sync_device(device);
         at::Tensor t = at::full(
             {1}, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.iters, at::kDouble);
         world.all_reduce(t, dsrl::dist::ReduceOp::kMax);

@@ -23,8 +23,8 @@ std::vector<ChatMessage> plain_messages(const OrderedJson& conversation) {
         for (const char* key : {"tools", "response_format"}) {
             if (conversation.contains(key) && !conversation[key].is_null() && !conversation[key].empty()) {
                 throw DataError(absl::StrCat("conversation: '", key,
-                                             "' cannot be shown by the byte-level chat template; use a checkpoint "
-                                             "with a chat format (model.chat_format)"));
+                                             "' needs a chat format (model.chat_format, e.g. deepseek_v32); this "
+                                             "tokenizer's template shows only plain system/user/assistant text"));
             }
         }
     }
@@ -39,8 +39,8 @@ std::vector<ChatMessage> plain_messages(const OrderedJson& conversation) {
         for (const char* key : {"tool_calls", "reasoning_content"}) {
             if (m.contains(key) && !m[key].is_null() && !m[key].empty()) {
                 bad(absl::StrCat("'", key,
-                                 "' cannot be shown by the byte-level chat template; use a checkpoint with a chat "
-                                 "format (model.chat_format)"));
+                                 "' needs a chat format (model.chat_format, e.g. deepseek_v32); this tokenizer's "
+                                 "template shows only plain system/user/assistant text"));
             }
         }
         const OrderedJson content = m.value("content", OrderedJson());

@@ -111,7 +111,7 @@ void AdamW::reset_state() {
 // sums block r — and divided by the number of ranks; ZeRO 0/1 then all-gather the blocks, ZeRO 2 keeps its own
 // (the gradients of parameters another rank owns are freed).
 void AdamW::reduce_domain(const Domain& d, const std::vector<uint8_t>& active) {
-    if (d.comm == nullptr) return;
+    if (d.comm == nullptr || d.members.empty()) return;
     const auto owned_by = [&](int r) {
         std::vector<size_t> out;
         for (const size_t i : d.members) {
@@ -155,6 +155,7 @@ void AdamW::reduce_domain(const Domain& d, const std::vector<uint8_t>& active) {
 ClipResult AdamW::reduce_and_clip(double max_norm) {
     at::NoGradGuard no_grad;
     const size_t n = params_.size();
+    if (n == 0) return {};
     // 1. The parameters with a gradient on some rank (normally all ranks agree; a rank without one adds zeros).
     std::vector<uint8_t> active(n);
     for (size_t i = 0; i < n; ++i) active[i] = params_[i].tensor.grad().defined() ? 1 : 0;
@@ -238,6 +239,7 @@ ClipResult AdamW::reduce_and_clip(double max_norm) {
 
 void AdamW::all_gather_params(const Domain& d) {
     at::NoGradGuard no_grad;
+    if (d.members.empty()) return;
     std::vector<int64_t> block(static_cast<size_t>(d.world), 0);
     for (const size_t i : d.members) block[static_cast<size_t>(owner_[i])] += params_[i].tensor.numel();
     const int64_t width = std::max<int64_t>(1, *std::max_element(block.begin(), block.end()));

@@ -54,7 +54,7 @@ TEST(ConversationTest, ByteTemplateRefusesWhatItCannotShow) {
         return "";
     };
     EXPECT_NE(err(R"({"messages": [{"role": "user", "content": "q"}], "tools": [{"type": "function"}]})")
-                  .find("'tools' cannot be shown by the byte-level chat template"),
+                  .find("'tools' needs a chat format (model.chat_format"),
               std::string::npos);
     EXPECT_NE(err(R"([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [{}]}])")
                   .find("conversation message 1: 'tool_calls'"),

@@ -10,7 +10,6 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
-#include <mpi.h>
 
 #include <algorithm>
 #include <map>
@@ -21,21 +20,14 @@
 #include "core/fs.h"
 #include "dsa/model.h"
 #include "tests/model_fixtures.h"
+#include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
 namespace {
 
-const dist::Communicator& world() {
-    static const dist::Communicator w = dist::Communicator::world(60);
-    return w;
-}
-
-bool under_mpi() {
-    int initialized = 0;
-    MPI_Initialized(&initialized);
-    return initialized != 0;
-}
+using ::dsrl::testing::under_mpi;
+using ::dsrl::testing::world;
 
 Model make_model() {
     Model m = Model::random(testing::toy_model_config(/*index_topk=*/6), 3, at::kCPU);  // same on every rank

@@ -12,7 +12,6 @@
 #include <ATen/ops/randperm.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
-#include <mpi.h>
 
 #include <string>
 #include <vector>
@@ -20,9 +19,13 @@
 #include "core/dist/communicator.h"
 #include "core/error.h"
 #include "moe/expert_parallel.h"
+#include "tests/mpi_test_util.h"
 
 namespace dsrl::moe {
 namespace {
+
+using ::dsrl::testing::under_mpi;
+using ::dsrl::testing::world;
 
 constexpr int64_t kE = 8, kH = 16, kI = 8, kK = 2;
 
@@ -86,17 +89,6 @@ void check_against_replicated(const dist::Communicator& world, int64_t my_tokens
         // Experts of other ranks get nothing here.
         EXPECT_EQ(mine.grad().abs().sum().item<double>(), mine.grad().narrow(0, e0, n).abs().sum().item<double>());
     }
-}
-
-const dist::Communicator& world() {
-    static const dist::Communicator w = dist::Communicator::world(60);
-    return w;
-}
-
-bool under_mpi() {
-    int initialized = 0;
-    MPI_Initialized(&initialized);
-    return initialized != 0;
 }
 
 TEST(ExpertParallelTest, EqualsTheReplicatedBlockForwardAndBackward) {

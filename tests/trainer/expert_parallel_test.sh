@@ -31,41 +31,11 @@ for ep in 1 2; do
     run 2 "$tmp/dsa.ep$ep" "${dsa[@]}" --set "dist.expert_parallel_size=$ep" >"$tmp/dsa.ep$ep.log" 2>&1 ||
         { echo "FAIL: the DSA stages with EP $ep"; cat "$tmp/dsa.ep$ep.log"; exit 1; }
 done
-"$python" - "$tmp" <<'PY' || exit 1
-import json, os, sys
-import numpy as np
-from safetensors.numpy import load_file
-tmp = sys.argv[1]
-def rows(d):
-    return {(r["stage"], r["step"]): r for r in map(json.loads, open(f"{tmp}/{d}/metrics.jsonl"))}
-def weights(d):
-    ck = f"{tmp}/{d}/checkpoints"
-    return load_file(f"{ck}/{open(f'{ck}/latest').read().strip()}/model/model.safetensors")
-bad = 0
-for base, other in [("np2.ep1.z0", "np2.ep2.z0"), ("np2.ep1.z0", "np2.ep2.z2"), ("np4.ep1.z0", "np4.ep2.z1"),
-                    ("np4.ep1.z0", "np4.ep4.z0"), ("dsa.ep1", "dsa.ep2")]:
-    a, b = rows(base), rows(other)
-    worst, where = 0.0, ""
-    for key in a:
-        for name in ("loss", "grad_norm"):
-            if name not in a[key]:
-                continue
-            x, y = a[key][name], b[key][name]
-            rel = max(abs(x - y) - 1e-8, 0.0) / max(abs(x), 1e-12)
-            if rel >= worst:
-                worst, where = rel, f"{key[0]} step {key[1]} {name} {x:.9g} vs {y:.9g}"
-    wa, wb = weights(base), weights(other)
-    missing = set(wa) ^ set(wb)
-    # per tensor ||a - b|| / ||a||: AdamW's first steps divide by |g| + eps, so an element whose gradient is ~eps
-    # (a rounding-level sum) moves by a visible fraction of lr when the exchange regroups the sums' terms
-    wdiff = max(float(np.linalg.norm(wa[k].astype("float64") - wb[k]) / max(np.linalg.norm(wa[k].astype("float64")),
-                                                                            1e-12)) for k in wa)
-    ok = worst <= 1e-5 and wdiff <= 1e-5 and not missing and len(a) == len(b)
-    bad += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {other} vs {base}: {len(a)} steps, metrics rel diff {worst:.1e} (worst: {where}),"
-          f" final weights ({len(wa)} tensors) rel diff {wdiff:.1e}{'; tensors differ: ' + str(missing) if missing else ''}")
-sys.exit(1 if bad else 0)
-PY
+compare="$python $(dirname "$0")/compare_runs.py"
+for pair in "np2.ep1.z0 np2.ep2.z0" "np2.ep1.z0 np2.ep2.z2" "np4.ep1.z0 np4.ep2.z1" "np4.ep1.z0 np4.ep4.z0" \
+            "dsa.ep1 dsa.ep2"; do
+    $compare "$tmp" $pair || exit 1
+done
 # Exact resume with EP 2: killed while writing the job-step-2 checkpoint, resumed from step 1.
 DSRL_FAULT_KILL=in_checkpoint:2 run 2 "$tmp/kill" "${sft[@]}" --set dist.expert_parallel_size=2 >"$tmp/kill1.log" 2>&1
 [ $? -ne 0 ] || { echo "FAIL: the killed run exited 0"; exit 1; }
@@ -78,17 +48,7 @@ mkdir -p "$tmp/reshard/checkpoints"
 cp -r "$tmp/np2.ep2.z0/checkpoints/step-00000002" "$tmp/reshard/checkpoints/"
 run 2 "$tmp/reshard" "${sft[@]}" --set dist.expert_parallel_size=1 --resume "$tmp/reshard/checkpoints/step-00000002" \
     >"$tmp/reshard.log" 2>&1 || { echo "FAIL: resuming an EP 2 checkpoint at EP 1"; cat "$tmp/reshard.log"; exit 1; }
-"$python" - "$tmp/np2.ep2.z0" "$tmp/reshard" <<'PY' || exit 1
-import sys
-import numpy as np
-from safetensors.numpy import load_file
-a = load_file(f"{sys.argv[1]}/checkpoints/step-00000003/model/model.safetensors")
-b = load_file(f"{sys.argv[2]}/checkpoints/step-00000003/model/model.safetensors")
-d = max(float(np.linalg.norm(a[k].astype("float64") - b[k]) / max(np.linalg.norm(a[k].astype("float64")), 1e-12))
-        for k in a)
-print(f"{'ok  ' if d <= 1e-5 else 'FAIL'} EP 2 checkpoint resumed at EP 1: final weights rel diff {d:.1e}")
-sys.exit(0 if d <= 1e-5 else 1)
-PY
+$compare "$tmp" np2.ep2.z0 reshard || exit 1
 # Refused layouts, each naming its key.
 expect_error() {  # expect_error NP NEEDLE ARGS...
     local np=$1 needle=$2

@@ -1,0 +1,59 @@
+"""Compares two dsrl_train runs that should train the same weights (other parallel layouts of one job).
+
+  compare_runs.py ROOT BASE OTHER [--exact]
+
+ROOT/BASE and ROOT/OTHER are run directories. Compared: loss and grad_norm of every (stage, step) both
+metrics.jsonl files hold — relative difference with an absolute floor of 1e-8 (an on-policy GRPO loss is ~0 up to
+rounding) — and every tensor of the latest checkpoint's model/model.safetensors as ||a - b|| / ||a||. Passes within
+1e-5 (the issue's bound), or with --exact only when both are 0 (bit for bit). Prints one line; exits 1 on failure.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def rows(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return {(r["stage"], r["step"]): r for r in map(json.loads, f)}
+
+
+def weights(run):
+    ck = os.path.join(run, "checkpoints")
+    with open(os.path.join(ck, "latest")) as f:
+        return load_file(os.path.join(ck, f.read().strip(), "model", "model.safetensors"))
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--exact"]
+    exact = "--exact" in sys.argv[1:]
+    root, base, other = args
+    a, b = rows(os.path.join(root, base)), rows(os.path.join(root, other))
+    common = sorted(set(a) & set(b))
+    worst, where = 0.0, "-"
+    for key in common:
+        for name in ("loss", "grad_norm"):
+            if name not in a[key] or name not in b[key]:
+                continue
+            x, y = a[key][name], b[key][name]
+            rel = max(abs(x - y) - (0.0 if exact else 1e-8), 0.0) / max(abs(x), 1e-12)
+            if rel >= worst:
+                worst, where = rel, f"{key[0]} step {key[1]} {name} {x:.9g} vs {y:.9g}"
+    wa, wb = weights(os.path.join(root, base)), weights(os.path.join(root, other))
+    differ = set(wa) ^ set(wb)
+    wdiff = max(float(np.linalg.norm(wa[k].astype("float64") - wb[k]) /
+                      max(np.linalg.norm(wa[k].astype("float64")), 1e-12)) for k in wa if k in wb)
+    bound = 0.0 if exact else 1e-5
+    ok = common and not differ and worst <= bound and wdiff <= bound
+    print(f"{'ok  ' if ok else 'FAIL'} {other} vs {base}: {len(common)} steps, metrics rel diff {worst:.1e} "
+          f"(worst: {where}), final weights ({len(wa)} tensors) rel diff {wdiff:.1e}"
+          f"{' (want 0)' if exact else ''}{'; tensors differ: ' + str(differ) if differ else ''}")
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
