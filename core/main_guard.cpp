@@ -2,9 +2,13 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <string>
+#include <thread>
 
 #include <c10/util/Exception.h>
 
@@ -12,18 +16,36 @@
 
 namespace dsrl {
 
-int report_fatal(const char* kind, const char* message) {
+namespace {
+
+// The launcher's rank and size before MPI is up (a config error is found before MPI_Init): Open MPI, PMIx/PMI
+// (MPICH, Slurm's PMI) and Slurm set them in every process they start; none: one process.
+int env_int(std::initializer_list<const char*> names, int fallback) {
+    for (const char* name : names) {
+        const char* v = std::getenv(name);
+        if (v != nullptr && *v != '\0') return std::atoi(v);
+    }
+    return fallback;
+}
+
+}  // namespace
+
+int report_fatal(const char* kind, const char* message, bool same_on_every_rank) {
     int initialized = 0;
     int finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
-    int rank = 0;
-    int size = 1;
+    int rank = env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
+    int size = env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"}, 1);
     const bool mpi_live = initialized && !finalized;
     if (mpi_live) {
         MPI_Comm_rank(MPI_COMM_WORLD, &rank);
         MPI_Comm_size(MPI_COMM_WORLD, &size);
     }
+    // Note [One message per error]: every rank reads the same config, so every rank finds the same config error;
+    // rank 0 reports it and the launcher ends the job when rank 0 exits. The other ranks wait a moment first and
+    // report it only if they are still alive then — an error of their own, which must not be lost.
+    if (same_on_every_rank && rank != 0 && size > 1) std::this_thread::sleep_for(std::chrono::seconds(3));
     std::string line = std::string("[rank ") + std::to_string(rank) + "] " + kind + ": " + message;
     if (line.back() != '\n') line.push_back('\n');
     std::fwrite(line.data(), 1, line.size(), stderr);
@@ -36,7 +58,7 @@ int guarded_main(const std::function<int()>& body) {
     try {
         return body();
     } catch (const ConfigError& e) {
-        return report_fatal("config error", e.what());
+        return report_fatal("config error", e.what(), /*same_on_every_rank=*/true);
     } catch (const Error& e) {
         return report_fatal("error", e.what());
     } catch (const c10::Error& e) {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # dsrl_train on bad input: each case prints one clear line naming the problem and exits non-zero, with no
-# crash (exit codes >= 128 are signals). Usage: dsrl_train_cli_test.sh path/to/dsrl_train
+# crash (exit codes >= 128 are signals); under mpirun a config error is printed once, by rank 0, and a process
+# reports its real rank. Usage: dsrl_train_cli_test.sh path/to/dsrl_train [MPIEXEC]
 set -u
 bin=$1
+mpiexec=${2:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
@@ -62,4 +64,18 @@ diff <("$bin" --config "$(dirname "$0")/../../configs/demo.yaml" --print-config)
 # Keys for later issues are refused before any compute, not silently ignored.
 expect_error disaggregated "dist.mode: disaggregated rollout/trainer ranks are not implemented" \
     --set dist.mode=disaggregated --set dist.rollout_ranks=1 --set run.output_dir="$tmp/dis"
+# One message per error under mpirun (every rank finds the same config error; rank 0 reports it), and the label is
+# the process's real rank even before MPI is up (from the launcher's environment).
+if [ -n "$mpiexec" ]; then
+    out=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "$mpiexec" --oversubscribe -np 2 "$bin" \
+          --set trainer.zero_stage=7 2>&1)
+    n=$(grep -c "config error" <<<"$out")
+    if [ "$n" -ne 1 ] || ! grep -q "^\[rank 0\] config error: .*trainer.zero_stage" <<<"$out"; then
+        echo "FAIL mpirun config error: expected one '[rank 0] config error' line, got $n:"; echo "$out"; fail=1
+    else
+        echo "ok   mpirun -np 2: one config error line, from rank 0"
+    fi
+fi
+out=$(OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 "$bin" --set trainer.zero_stage=7 2>&1)
+grep -q "^\[rank 1\] config error" <<<"$out" || { echo "FAIL the launcher's rank 1 is not named: $out"; fail=1; }
 exit $fail
