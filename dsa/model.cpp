@@ -7,6 +7,7 @@
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/einsum.h>
 #include <ATen/ops/embedding.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
@@ -186,6 +187,53 @@ std::vector<std::pair<std::string, at::Tensor>> Model::gather_hf_tensors() const
         }
     }
     return hf_named_tensors(all, cfg_);
+}
+
+Model Model::clone(c10::Device device) const {
+    ModelWeights w = w_;
+    for (NamedTensor& t : dsa::named_tensors(w, cfg_)) *t.tensor = t.tensor->detach().to(device).clone();
+    if (cfg_.tie_word_embeddings) w.lm_head = w.embed_tokens;
+    if (expert_parallel() == nullptr) return Model(cfg_, w);
+    // Constructed with every expert's slot, then given this rank's experts (the constructor checks full layers).
+    ModelWeights shell = w;
+    for (LayerWeights& l : shell.layers) {
+        if (l.is_moe) l.moe.experts = {};
+    }
+    Model m(cfg_, shell);
+    for (size_t i = 0; i < w.layers.size(); ++i) m.w_.layers[i].moe.experts = w.layers[i].moe.experts;
+    m.ep_ = ep_;
+    return m;
+}
+
+void Model::idle_forward() const {
+    if (expert_parallel() == nullptr || ep_.size() == 1) return;
+    // Each MoE layer's three exchanges, in layer order, with no rows; chained so a backward (if any) runs them in
+    // reverse layer order, as a real one does.
+    const auto opts = w_.embed_tokens.options();
+    at::Tensor x = at::zeros({0, cfg_.hidden_size}, opts);
+    const at::Tensor idx = at::zeros({0, cfg_.num_experts_per_tok}, opts.dtype(at::kLong));
+    const at::Tensor weights = at::zeros({0, cfg_.num_experts_per_tok}, opts.dtype(at::kFloat));
+    for (const LayerWeights& l : w_.layers) {
+        if (l.is_moe) x = x + moe::routed_experts_ep(x, idx, weights, l.moe.experts, ep_);
+    }
+}
+
+bool ForwardLockstep::any_busy(bool mine) const {
+    const moe::ExpertParallel* ep = model_.expert_parallel();
+    at::Tensor t = at::full({1}, mine ? 1 : 0, at::kLong);
+    ep->group->all_reduce(t, dist::ReduceOp::kMax);
+    return t.item<int64_t>() != 0;
+}
+
+void ForwardLockstep::step() const {
+    const moe::ExpertParallel* ep = model_.expert_parallel();
+    if (ep != nullptr && ep->size() > 1) any_busy(true);
+}
+
+void ForwardLockstep::finish() const {
+    const moe::ExpertParallel* ep = model_.expert_parallel();
+    if (ep == nullptr || ep->size() == 1) return;
+    while (any_busy(false)) model_.idle_forward();
 }
 
 void Model::set_expert_parallel(const moe::ExpertParallel& ep) {

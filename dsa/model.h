@@ -139,6 +139,11 @@ public:
     void set_expert_parallel(const moe::ExpertParallel& ep);
     /// The expert-parallel group, or null (every expert local).
     const moe::ExpertParallel* expert_parallel() const { return ep_.group != nullptr ? &ep_ : nullptr; }
+    /// A copy of this model with its own tensors (detached, on `device`), under the same expert parallelism.
+    Model clone(c10::Device device) const;
+    /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
+    /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
+    void idle_forward() const;
 
     const ModelConfig& config() const { return cfg_; }
     ModelWeights& weights() { return w_; }
@@ -159,6 +164,25 @@ private:
     ModelWeights w_;
     RopeTable rope_;
     moe::ExpertParallel ep_;  // group null: every expert local
+};
+
+/// Lock-step forwards under expert parallelism (every rank of a group must run the same forwards): a loop whose
+/// number of forwards differs per rank (decoding until its own sequences end) calls step() before each forward
+/// and finish() when it has none left; finish() joins the others' forwards with idle ones until every rank of
+/// the group has finished. One all-reduce of a flag per forward; no-ops without expert parallelism.
+///
+///   ForwardLockstep lock(model);
+///   while (work) { lock.step(); model.forward(...); }
+///   lock.finish();
+class ForwardLockstep {
+public:
+    explicit ForwardLockstep(const Model& model) : model_(model) {}
+    void step() const;
+    void finish() const;
+
+private:
+    bool any_busy(bool mine) const;
+    const Model& model_;
 };
 
 /// RMSNorm as in transformers: weight · (x / sqrt(mean(x²) + eps)) computed in fp32, cast back first.

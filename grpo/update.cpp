@@ -42,8 +42,10 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
     const int64_t n = static_cast<int64_t>(samples.size());
     const Advantages adv =
         compute_advantages(at::tensor(rewards, at::kFloat), at::tensor(group_ids, at::kLong), cfg.adv_norm);
+    // From the configuration, not this rank's samples: every rank (of an expert-parallel group too) must run the
+    // same reference forwards.
     bool any_kl = false;
-    for (const float b : betas) any_kl |= b > 0;
+    for (const auto& [domain, b] : domain_beta) any_kl |= b > 0;
     if (any_kl && reference == nullptr)
         throw ConfigError("grpo: a domain has beta > 0 but no reference model was given");
     const at::Tensor beta_all = at::tensor(betas, at::kFloat);

@@ -79,6 +79,9 @@ void generate_batch(const dsa::Model& model,
     dsa::KvCache cache = model.new_cache(batch, padded + std::max<int64_t>(max_new, 1));
     const dsa::ForwardOptions fopt{.return_routes = opt.record_routes};
     auto t0 = Clock::now();
+    // Expert parallelism: each forward is joined by the group's ranks that have none of their own.
+    const dsa::ForwardLockstep lock(model);
+    lock.step();
     dsa::ForwardOutput out = model.forward({ids.to(device), mask.to(device)}, fopt, &cache);
     stats.prefill_seconds += seconds_since(t0);
     const int64_t num_moe = static_cast<int64_t>(out.routes.size());
@@ -124,6 +127,7 @@ void generate_batch(const dsa::Model& model,
             row.finished = true;
         }
         // 2. Feed the sampled tokens: the next logits for running rows, the last routes for finished ones.
+        lock.step();
         out = model.forward({next.to(device)}, fopt, &cache);
         ++stats.decode_steps;
         stats.decode_row_steps += static_cast<int64_t>(active.size());
@@ -223,6 +227,8 @@ std::vector<Sample> generate(const dsa::Model& model,
                                               stats.generated_tokens / std::max(secs, 1e-9));
         }
     }
+    // Expert parallelism: until every rank of the group has decoded all its sequences, join their forwards.
+    dsa::ForwardLockstep(model).finish();
     if (stats_out != nullptr) {
         stats_out->sequences += stats.sequences;
         stats_out->prompt_tokens += stats.prompt_tokens;

@@ -100,6 +100,9 @@ std::string save_checkpoint(const std::string& root,
     const bool ep = model.expert_parallel() != nullptr;
     const std::vector<std::pair<std::string, at::Tensor>> gathered =
         ep ? model.gather_hf_tensors() : std::vector<std::pair<std::string, at::Tensor>>{};
+    const bool ref_ep = reference != nullptr && reference->expert_parallel() != nullptr;
+    const std::vector<std::pair<std::string, at::Tensor>> ref_gathered =
+        ref_ep ? reference->gather_hf_tensors() : std::vector<std::pair<std::string, at::Tensor>>{};
     if (rank == 0) {
         // The model at its training dtype (bit-exact resume), then the optimizer and the state.
         const dsa::SaveOptions model_opt{.dtype = dsa::model_dtype(model.config()),
@@ -110,8 +113,13 @@ std::string save_checkpoint(const std::string& root,
             model.save(fs::join(tmp, kModel), model_opt);
         }
         if (reference != nullptr) {
-            reference->save(fs::join(tmp, kReference),
-                            {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30});
+            const dsa::SaveOptions ref_opt{.dtype = dsa::model_dtype(reference->config()),
+                                           .max_shard_bytes = int64_t{5} << 30};
+            if (ref_ep) {
+                reference->save_tensors(fs::join(tmp, kReference), ref_gathered, ref_opt);
+            } else {
+                reference->save(fs::join(tmp, kReference), ref_opt);
+            }
         }
         fault::kill_point("in_checkpoint", state.job_step(), rank);
         if (!sharded) {

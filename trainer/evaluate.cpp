@@ -52,7 +52,8 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
             items.push_back(std::move(item));
         }
         double acc = 0, reward = 0, failed = 0;
-        if (!requests.empty()) {
+        // Under expert parallelism a rank without prompts still joins its group's decoding (rollout::generate).
+        if (!requests.empty() || policy.expert_parallel() != nullptr) {
             rollout::GenerateOptions opt{.sampling = {.temperature = 0.0},
                                          .max_new_tokens = job_.rollout.max_new_tokens,
                                          .stop = job_.rollout.stop,
@@ -72,7 +73,8 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
                      .finish_reason = rollout::finish_reason_name(s.finish),
                      .meta = items[i].meta});
             }
-            for (const rewards::ScoredSample& r : d.reward->score(inputs)) {
+            for (const rewards::ScoredSample& r :
+                 inputs.empty() ? std::vector<rewards::ScoredSample>{} : d.reward->score(inputs)) {
                 if (!r.ok()) {
                     ++failed;
                     continue;

@@ -33,13 +33,6 @@ std::string eval_text(const std::map<std::string, double>& m) {
     return text;
 }
 
-dsa::Model clone_model(const dsa::Model& m, c10::Device device) {
-    dsa::ModelWeights w = m.weights();
-    for (dsa::NamedTensor& t : dsa::named_tensors(w, m.config())) *t.tensor = t.tensor->detach().to(device).clone();
-    if (m.config().tie_word_embeddings) w.lm_head = w.embed_tokens;
-    return dsa::Model(m.config(), w);
-}
-
 class GrpoStage final : public Stage {
 public:
     GrpoStage(JobContext& ctx, const text::Tokenizer& tok)
@@ -63,8 +56,11 @@ public:
             const c10::Device ref_device = job.grpo.ref_on_cpu ? c10::Device(c10::kCPU) : ctx_.device;
             ctx_.reference =
                 ctx_.reference_dir.empty()
-                    ? std::make_unique<dsa::Model>(clone_model(ctx_.policy, ref_device))
+                    ? std::make_unique<dsa::Model>(ctx_.policy.clone(ref_device))
                     : std::make_unique<dsa::Model>(dsa::Model::load(ctx_.reference_dir, job.model, ref_device));
+            // Under expert parallelism the reference keeps the same experts as the policy.
+            if (!ctx_.reference_dir.empty() && ctx_.policy.expert_parallel() != nullptr)
+                ctx_.reference->set_expert_parallel(*ctx_.policy.expert_parallel());
         }
         // Fresh moments and step count: the lr schedule (warm-up, cosine) counts the stage's own optimizer steps.
         if (fresh) ctx_.optimizer.reset_state();

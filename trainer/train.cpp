@@ -57,21 +57,6 @@ void check_supported(const JobConfig& job) {
             "dist.mode: disaggregated rollout/trainer ranks are not implemented in this build; "
             "use dist.mode: colocated (every rank rolls out, then trains)");
     }
-    if (job.dist.expert_parallel_size != 1) {
-        // The MoE layers exchange tokens across the EP group in every forward and backward, so every rank of the
-        // group must run the same forwards. SFT and the DSA stages do (one batch per rank and step); rollout and
-        // evaluation decode for as long as a rank's own sequences need, so the grpo stage needs lock-step decoding
-        // first (issue 21).
-        for (const std::string& stage : job.run.stages) {
-            if (stage == "grpo") {
-                throw ConfigError(absl::StrCat(
-                    "dist.expert_parallel_size = ", job.dist.expert_parallel_size,
-                    ": expert parallelism runs the sft, indexer_warmup and sparse_train stages in this build; the grpo "
-                    "stage (rollout under expert parallelism) is not implemented yet: use "
-                    "dist.expert_parallel_size: 1 for jobs with grpo"));
-            }
-        }
-    }
     if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
         throw ConfigError(
             "model.impl: cuda, but this build of dsrl has no CUDA kernels (configure with "

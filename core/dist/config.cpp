@@ -16,8 +16,7 @@ void bind(Binder& b, DistConfig& c) {
             {.doc = "A collective stuck this long aborts the job, naming the operation and group.", .min = 1});
     b.field("expert_parallel_size", c.expert_parallel_size,
             {.doc = "Ranks sharing one MoE layer's routed experts (each holds n_routed_experts / this; it divides "
-                    "the ranks and the experts). Runs the sft, indexer_warmup and sparse_train stages; grpo needs 1 "
-                    "in this build.",
+                    "the ranks and the experts).",
              .min = 1});
     b.field("rollout_ranks", c.rollout_ranks,
             {.doc = "disaggregated: the first N ranks are rollout workers.", .min = 0});

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Expert parallelism in dsrl_train (issue 21) on CPU ranks: the same SFT job (3 steps; each rank's own batch)
-# with dist.expert_parallel_size 1, 2 and 4 — on 2 and 4 ranks, also with ZeRO 2 — and the DSA stages with EP 2,
-# must train the same weights as EP 1 (losses and gradient norms of every step, and every final weight tensor —
+# with dist.expert_parallel_size 1, 2 and 4 — on 2 and 4 ranks, also with ZeRO 2 — the DSA stages with EP 2, and an
+# SFT + GRPO job with evaluation (rollout and greedy decoding in lock-step) with EP 2 and 4, must train the same
+# weights as EP 1 (losses and gradient norms of every step, and every final weight tensor —
 # written whole in the HF layout, experts gathered — within 1e-5 relative, the latter as ||a - b|| / ||a||); an EP 2 job killed mid-checkpoint resumes bit
-# for bit; its checkpoint continues at EP 1 (resharded); a grpo stage under EP, an EP size that does not divide the
-# ranks or the experts are config errors.
+# for bit (SFT, and GRPO with its KL reference); its checkpoint continues at EP 1 (resharded); an EP size that does
+# not divide the ranks or the experts is a config error.
 # Usage: expert_parallel_test.sh path/to/dsrl_train MPIEXEC PYTHON
 set -u
 source "$(dirname "$0")/crash_checks.sh"
@@ -16,6 +17,10 @@ trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 DSRL_LOG_LEVEL=warn
 sft=(--set 'run.stages=[sft]' --set sft.steps=3 --set trainer.micro_batch_size=4 --set trainer.tensorboard=false
      --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=3)
+# GRPO with held-out evaluation: rollout and greedy decoding run in lock-step across each EP group.
+grpo=(--set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=2 --set rollout.group_size=4
+      --set rollout.max_new_tokens=8 --set trainer.eval_prompts=4 --set trainer.eval_every=1 --set trainer.tensorboard=false
+      --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=2)
 dsa=(--set 'run.stages=[indexer_warmup, sparse_train]' --set run.device=cpu --set trainer.tensorboard=false
      --set model.index_topk=16 --set dsa.seq_len=64 --set 'dsa.data=synthetic:retrieval?keys=8' --set dsa.batch_size=2
      --set dsa.eval_batches=1 --set dsa.warmup_steps=2 --set dsa.sparse_steps=2 --set trainer.checkpoint.every_steps=100)
@@ -31,9 +36,14 @@ for ep in 1 2; do
     run 2 "$tmp/dsa.ep$ep" "${dsa[@]}" --set "dist.expert_parallel_size=$ep" >"$tmp/dsa.ep$ep.log" 2>&1 ||
         { echo "FAIL: the DSA stages with EP $ep"; cat "$tmp/dsa.ep$ep.log"; exit 1; }
 done
+for spec in "2 1" "2 2" "4 1" "4 4"; do
+    set -- $spec
+    run "$1" "$tmp/grpo.np$1.ep$2" "${grpo[@]}" --set "dist.expert_parallel_size=$2" >"$tmp/grpo.np$1.ep$2.log" 2>&1 ||
+        { echo "FAIL: GRPO on $1 ranks, EP $2"; cat "$tmp/grpo.np$1.ep$2.log"; exit 1; }
+done
 compare="$python $(dirname "$0")/compare_runs.py"
 for pair in "np2.ep1.z0 np2.ep2.z0" "np2.ep1.z0 np2.ep2.z2" "np4.ep1.z0 np4.ep2.z1" "np4.ep1.z0 np4.ep4.z0" \
-            "dsa.ep1 dsa.ep2"; do
+            "dsa.ep1 dsa.ep2" "grpo.np2.ep1 grpo.np2.ep2" "grpo.np4.ep1 grpo.np4.ep4"; do
     $compare "$tmp" $pair || exit 1
 done
 # Exact resume with EP 2: killed while writing the job-step-2 checkpoint, resumed from step 1.
@@ -42,6 +52,12 @@ DSRL_FAULT_KILL=in_checkpoint:2 run 2 "$tmp/kill" "${sft[@]}" --set dist.expert_
 run 2 "$tmp/kill" "${sft[@]}" --set dist.expert_parallel_size=2 --resume auto >"$tmp/kill2.log" 2>&1 ||
     { echo "FAIL: the resumed EP 2 run failed"; cat "$tmp/kill2.log"; exit 1; }
 same_steps_and_weights "$tmp/np2.ep2.z0" "$tmp/kill" step-00000003 || exit 1
+# The same for GRPO under EP 2 (the KL reference is saved gathered too): killed in the job-step-3 checkpoint.
+DSRL_FAULT_KILL=in_checkpoint:3 run 2 "$tmp/gkill" "${grpo[@]}" --set dist.expert_parallel_size=2 >"$tmp/gkill1.log" 2>&1
+[ $? -ne 0 ] || { echo "FAIL: the killed GRPO run exited 0"; exit 1; }
+run 2 "$tmp/gkill" "${grpo[@]}" --set dist.expert_parallel_size=2 --resume auto >"$tmp/gkill2.log" 2>&1 ||
+    { echo "FAIL: the resumed EP 2 GRPO run failed"; cat "$tmp/gkill2.log"; exit 1; }
+same_steps_and_weights "$tmp/grpo.np2.ep2" "$tmp/gkill" step-00000004 || exit 1
 # Another expert-parallel size at the same world size: the EP 2 job's step-2 checkpoint continued at EP 1 (the
 # model reloads whole; the experts' optimizer moments are assembled from the EP 2 slices).
 mkdir -p "$tmp/reshard/checkpoints"
@@ -56,7 +72,6 @@ expect_error() {  # expect_error NP NEEDLE ARGS...
     echo "$out" | grep -q -- "$needle" || { echo "FAIL: '${*:3}' did not say '$needle': $out"; exit 1; }
     echo "ok   refused ($np ranks, ${*: -1}): $needle"
 }
-expect_error 2 "the grpo stage" --set dist.expert_parallel_size=2
 expect_error 2 "dist.expert_parallel_size" "${sft[@]}" --set dist.expert_parallel_size=4
 expect_error 4 "model.n_routed_experts" "${sft[@]}" --set dist.expert_parallel_size=4 --set model.n_routed_experts=6
 echo "PASS"
