@@ -4,7 +4,11 @@
 #   2. configs/single_gpu.yaml on 1 GPU and data-parallel on N GPUs with the same global batch: SFT and GRPO
 #      step-1 figures side by side, tokens/s and scaling efficiency;
 #   3. SIGKILL one rank in the middle of a GRPO step (tests/trainer/kill_rank_test.sh on GPUs): the job must end
-#      by itself within dist.timeout_s, saying which rank died; then --resume auto finishes it.
+#      by itself within dist.timeout_s, saying which rank died; then --resume auto finishes it;
+#   4. issue 21 on GPUs: dsrl_bench_moe (one MoE layer, expert parallel vs replicated over NCCL all-to-all-v, outputs
+#      compared), dsrl_bench_zero (memory per rank at ZeRO 0/1/2), dsrl_bench_comm's all_to_all_v table at
+#      DeepSeek-V3.2's hidden size; with 4+ GPUs also the CPU tests' ZeRO and expert-parallel jobs
+#      (tests/trainer/zero_test.sh, expert_parallel_test.sh: 2 and 4 ranks, one GPU each).
 #   bash scripts/multi_gpu_test.sh          # N = number of visible GPUs; logs in $OUT (or build-gpu/multi_gpu)
 # On one GPU it runs what one GPU can: the collective tests and bench on 1 rank and the 1-GPU baseline of step 2
 # (steps 2's N-GPU run and step 3 need 2+ GPUs: NCCL takes one GPU per rank).
@@ -23,7 +27,7 @@ bash scripts/setup.sh >"$logs/setup.log" 2>&1 || { tail -20 "$logs/setup.log"; e
 python=$(readlink -f "$root/.venv")/bin/python
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_WITH_CUDA=ON -DDSRL_PYTHON="$python" \
     >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target dsrl_train dsrl_bench_comm dsrl_dist_gpu_tests >"$logs/build.log" 2>&1 ||
+cmake --build "$build" -j "$(nproc)" --target dsrl_train dsrl_bench_comm dsrl_bench_moe dsrl_bench_zero dsrl_dist_gpu_tests >"$logs/build.log" 2>&1 ||
     { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
 bin=$(dirname "$(find "$build" -name dsrl_train -type f -perm -u+x | head -1)")
 tests_bin=$(find "$build" -name dsrl_dist_gpu_tests -type f -perm -u+x | head -1)
@@ -92,6 +96,32 @@ elif timeout 300 bash tests/trainer/kill_rank_test.sh "$bin/dsrl_train" mpirun >
     echo "[mgpu] killed rank: $(tail -1 "$logs/kill_rank.log")"
 else
     echo "[mgpu] killed-rank test FAILED"; tail -30 "$logs/kill_rank.log"; status=1
+fi
+# 4. Expert parallelism and ZeRO over NCCL.
+if [ "$n" -lt 2 ]; then
+    echo "[mgpu] expert-parallel and ZeRO runs skipped: they need 2 GPUs (this machine has $n)"
+else
+    for bench in "dsrl_bench_moe --device cuda --tokens 4096 --hidden 2048 --inter 1024 --experts $((8 * n)) --topk 8" \
+                 "dsrl_bench_zero --device cuda --hidden 1024 --layers 8 --experts $((4 * n)) --vocab 32768" \
+                 "dsrl_bench_comm --device cuda --max-size 1K --moe-hidden 7168 --moe-tokens 1024,4096,16384"; do
+        name=${bench%% *}
+        if timeout 600 "${mpi[@]}" "$bin/"$bench >"$logs/$name.log" 2>&1; then
+            echo "[mgpu] $name:"; tail -8 "$logs/$name.log"
+        else
+            echo "[mgpu] $name FAILED"; tail -30 "$logs/$name.log"; status=1
+        fi
+    done
+    if [ "$n" -ge 4 ]; then
+        for t in zero_test expert_parallel_test; do
+            if timeout 900 bash "tests/trainer/$t.sh" "$bin/dsrl_train" mpirun "$python" >"$logs/$t.log" 2>&1; then
+                echo "[mgpu] $t: $(grep -c '^ok' "$logs/$t.log") comparisons ok"
+            else
+                echo "[mgpu] $t FAILED"; tail -30 "$logs/$t.log"; status=1
+            fi
+        done
+    else
+        echo "[mgpu] ZeRO / expert-parallel job tests skipped: their 4-rank runs need 4 GPUs (this machine has $n)"
+    fi
 fi
 [ "$status" = 0 ] && echo "[mgpu] all passed" || echo "[mgpu] FAILURES"
 exit $status
