@@ -280,6 +280,10 @@ text::OrderedJson conversation_of(const PromptItem& item) {
 
 std::vector<int64_t> prompt_ids(const text::Tokenizer& tokenizer, const PromptItem& item, const std::string& source) {
     try {
+        // A prompt ends with the generation prompt and carries no loss mask: the fixed template renders it directly.
+        if (tokenizer.chat_format(nullptr) == nullptr) {
+            return tokenizer.apply_chat(text::plain_messages(conversation_of(item)), /*add_generation_prompt=*/true);
+        }
         return text::render_conversation(tokenizer, conversation_of(item)).ids;
     } catch (const DataError& e) {
         throw DataError(absl::StrCat(source, ": prompt ", item.id, ": ", e.what()));

@@ -160,14 +160,15 @@ Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device d
 
 void Model::save(const std::string& dir, const SaveOptions& opt) const {
     DSRL_INTERNAL_ASSERT(expert_parallel() == nullptr || ep_.size() == 1,
-                         "Model::save under expert parallelism: every rank of the group calls gather_hf_tensors(), "
-                         "one calls save_tensors()");
-    save_tensors(dir, hf_named_tensors(w_, cfg_), opt);
+                         "Model::save under expert parallelism: every rank of the group calls save_gathered()");
+    save_gathered(dir, opt, /*write=*/true);
 }
 
-void Model::save_tensors(const std::string& dir,
-                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                         const SaveOptions& opt) const {
+void Model::save_gathered(const std::string& dir, const SaveOptions& opt, bool write) const {
+    const bool ep = expert_parallel() != nullptr && ep_.size() > 1;
+    if (!ep && !write) return;
+    const std::vector<std::pair<std::string, at::Tensor>> tensors = gather_hf_tensors();
+    if (!write) return;
     SaveOptions o = opt;
     if (o.companion_dir.empty()) o.companion_dir = cfg_.path;  // the tokenizer of the checkpoint it came from
     save_hf_checkpoint(dir, cfg_, tensors, o);

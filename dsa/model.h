@@ -122,15 +122,15 @@ public:
     static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
     /// Writes config.json + safetensors in the HF layout (atomically), with the tokenizer files of the checkpoint
     /// it was loaded from (SaveOptions::companion_dir). Under expert parallelism a rank holds only its experts:
-    /// every rank of the group calls gather_hf_tensors() and one writes them with save_tensors().
+    /// use save_gathered.
     void save(const std::string& dir, const SaveOptions& opt = {}) const;
+    /// save() whatever the layout: under expert parallelism a collective over the group (every rank calls it and
+    /// the experts are gathered), and only the ranks passing `write` write `dir`; otherwise just a save() by the
+    /// writers.
+    void save_gathered(const std::string& dir, const SaveOptions& opt, bool write) const;
     /// The weights in the HF layout with every routed expert (hf_named_tensors); under expert parallelism the
     /// experts are all-gathered over the group (collective: every rank of the group calls it).
     std::vector<std::pair<std::string, at::Tensor>> gather_hf_tensors() const;
-    /// save() of tensors from gather_hf_tensors().
-    void save_tensors(const std::string& dir,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                      const SaveOptions& opt = {}) const;
 
     /// Expert parallelism (moe/expert_parallel.h): keeps only this rank's routed experts [E/P, ...] of every MoE
     /// layer (the rest is freed) and runs the MoE layers across `ep.group` from now on — a collective: every rank of

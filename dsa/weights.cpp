@@ -273,6 +273,11 @@ std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeig
     return out;
 }
 
+bool is_routed_experts(const std::string& name) {
+    std::string prefix, proj;
+    return split_stacked(name, &prefix, &proj);
+}
+
 ParamCounts count_parameters(const ModelArch& cfg) {
     ParamCounts c;
     for (const auto& [name, shape] : expected_shapes(cfg)) {

@@ -67,6 +67,9 @@ struct NamedTensor {
 
 /// Every tensor in a fixed order (embeddings, layers in order, norm, lm_head; lm_head omitted when tied).
 std::vector<NamedTensor> named_tensors(ModelWeights& w, const ModelArch& cfg);
+/// Whether a named_tensors() name is a layer's stacked routed experts ("model.layers.i.mlp.experts.gate_proj", ...):
+/// the tensors expert parallelism shards.
+bool is_routed_experts(const std::string& name);
 
 /// The expected shape of every internal tensor for `cfg`, in named_tensors order.
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_shapes(const ModelArch& cfg);

@@ -64,8 +64,8 @@ MoeOutput moe_forward(const at::Tensor& x,
                       const ExpertParallel* ep) {
     MoeOutput out;
     out.route = route(x, w.gate, w.bias, opt, replay);
-    out.y = ep != nullptr && ep->size() > 1 ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
-                                            : routed_experts(x, out.route.indices, out.route.weights, w.experts);
+    out.y = ep != nullptr ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
+                          : routed_experts(x, out.route.indices, out.route.weights, w.experts);
     if (w.shared.gate_proj.defined()) {
         out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj);
     }

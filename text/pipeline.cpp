@@ -177,6 +177,18 @@ std::unique_ptr<Regex> read_pattern(const Json& j,
     bad(file, field + ".pattern", "expected {\"String\": ...} or {\"Regex\": ...}");
 }
 
+// The steps of a Sequence: j[key] must be a list; `step(element, field)` reads element i at "<field>.<key>[i]".
+template <class T, class Step>
+std::vector<std::unique_ptr<T>> sequence_steps(
+    const Json& j, const char* key, const std::string& file, const std::string& field, Step&& step) {
+    const auto list = j.find(key);
+    if (list == j.end() || !list->is_array()) bad(file, absl::StrCat(field, ".", key), "expected a list");
+    std::vector<std::unique_ptr<T>> steps;
+    for (size_t i = 0; i < list->size(); ++i)
+        steps.push_back(step((*list)[i], absl::StrCat(field, ".", key, "[", i, "]")));
+    return steps;
+}
+
 std::unique_ptr<Normalizer> normalizer_of(const Json& j, const std::string& file, const std::string& field) {
     const std::string type = type_of(j, file, field);
     const auto form = [](int options) {
@@ -198,13 +210,9 @@ std::unique_ptr<Normalizer> normalizer_of(const Json& j, const std::string& file
         return std::make_unique<Replace>(std::move(re), literal, get_string(j, "content", file, field));
     }
     if (type == "Sequence") {
-        const auto list = j.find("normalizers");
-        if (list == j.end() || !list->is_array()) bad(file, field + ".normalizers", "expected a list");
-        std::vector<std::unique_ptr<Normalizer>> steps;
-        for (size_t i = 0; i < list->size(); ++i) {
-            steps.push_back(normalizer_of((*list)[i], file, absl::StrCat(field, ".normalizers[", i, "]")));
-        }
-        return std::make_unique<NormalizerSequence>(std::move(steps));
+        return std::make_unique<NormalizerSequence>(
+            sequence_steps<Normalizer>(j, "normalizers", file, field,
+                                       [&](const Json& e, const std::string& f) { return normalizer_of(e, file, f); }));
     }
     bad(file, field + ".type",
         absl::StrCat("normalizer \"", type,
@@ -425,13 +433,9 @@ std::unique_ptr<PreTokenizer> pre_tokenizer_of(const Json& j, const std::string&
     if (type == "WhitespaceSplit") return std::make_unique<CharSplit>(is_white_space, Behavior::kRemoved);
     if (type == "Whitespace") return std::make_unique<Whitespace>(file + ": " + field);
     if (type == "Sequence") {
-        const auto list = j.find("pretokenizers");
-        if (list == j.end() || !list->is_array()) bad(file, field + ".pretokenizers", "expected a list");
-        std::vector<std::unique_ptr<PreTokenizer>> steps;
-        for (size_t i = 0; i < list->size(); ++i) {
-            steps.push_back(pre_tokenizer_of((*list)[i], file, absl::StrCat(field, ".pretokenizers[", i, "]")));
-        }
-        return std::make_unique<PreTokenizerSequence>(std::move(steps));
+        return std::make_unique<PreTokenizerSequence>(sequence_steps<PreTokenizer>(
+            j, "pretokenizers", file, field,
+            [&](const Json& e, const std::string& f) { return pre_tokenizer_of(e, file, f); }));
     }
     bad(file, field + ".type",
         absl::StrCat("pre-tokenizer \"", type,
@@ -619,14 +623,9 @@ std::unique_ptr<PostProcessor> post_processor_of(const Json& j,
             absl::StrCat(file, ": ", field));
     }
     if (type == "Sequence") {
-        const auto list = j.find("processors");
-        if (list == j.end() || !list->is_array()) bad(file, field + ".processors", "expected a list");
-        std::vector<std::unique_ptr<PostProcessor>> steps;
-        for (size_t i = 0; i < list->size(); ++i) {
-            steps.push_back(
-                post_processor_of((*list)[i], vocab_size, file, absl::StrCat(field, ".processors[", i, "]")));
-        }
-        return std::make_unique<PostProcessorSequence>(std::move(steps));
+        return std::make_unique<PostProcessorSequence>(sequence_steps<PostProcessor>(
+            j, "processors", file, field,
+            [&](const Json& e, const std::string& f) { return post_processor_of(e, vocab_size, file, f); }));
     }
     bad(file, field + ".type",
         absl::StrCat("post-processor \"", type,

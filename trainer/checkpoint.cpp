@@ -96,31 +96,17 @@ std::string save_checkpoint(const std::string& root,
         save_safetensors(fs::join(tmp, optimizer_shard_file(rank)), optimizer.state(),
                          {{"step", std::to_string(optimizer.steps())}});
     }
-    // Under expert parallelism a rank holds only its experts: every rank joins the gather, rank 0 writes.
-    const bool ep = model.expert_parallel() != nullptr;
-    const std::vector<std::pair<std::string, at::Tensor>> gathered =
-        ep ? model.gather_hf_tensors() : std::vector<std::pair<std::string, at::Tensor>>{};
-    const bool ref_ep = reference != nullptr && reference->expert_parallel() != nullptr;
-    const std::vector<std::pair<std::string, at::Tensor>> ref_gathered =
-        ref_ep ? reference->gather_hf_tensors() : std::vector<std::pair<std::string, at::Tensor>>{};
+    // The model (and the KL reference) at its training dtype (bit-exact resume), written by rank 0; under expert
+    // parallelism every rank joins the gather of the experts.
+    model.save_gathered(fs::join(tmp, kModel),
+                        {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);
+    if (reference != nullptr) {
+        reference->save_gathered(fs::join(tmp, kReference),
+                                 {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30},
+                                 rank == 0);
+    }
     if (rank == 0) {
-        // The model at its training dtype (bit-exact resume), then the optimizer and the state.
-        const dsa::SaveOptions model_opt{.dtype = dsa::model_dtype(model.config()),
-                                         .max_shard_bytes = int64_t{5} << 30};
-        if (ep) {
-            model.save_tensors(fs::join(tmp, kModel), gathered, model_opt);
-        } else {
-            model.save(fs::join(tmp, kModel), model_opt);
-        }
-        if (reference != nullptr) {
-            const dsa::SaveOptions ref_opt{.dtype = dsa::model_dtype(reference->config()),
-                                           .max_shard_bytes = int64_t{5} << 30};
-            if (ref_ep) {
-                reference->save_tensors(fs::join(tmp, kReference), ref_gathered, ref_opt);
-            } else {
-                reference->save(fs::join(tmp, kReference), ref_opt);
-            }
-        }
+        // Then the optimizer and the state.
         fault::kill_point("in_checkpoint", state.job_step(), rank);
         if (!sharded) {
             save_safetensors(fs::join(tmp, kOptimizer), optimizer.state(),
@@ -215,18 +201,15 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     {
         at::NoGradGuard no_grad;
         dsa::ModelWeights src = w;
+        // Expert parallelism: the checkpoint holds every expert; this rank keeps its own.
+        if (const moe::ExpertParallel* ep = model.expert_parallel()) {
+            for (dsa::LayerWeights& l : src.layers) {
+                if (l.is_moe) l.moe.experts = ep->local(l.moe.experts);
+            }
+        }
         auto dst = model.named_tensors();
         auto from = dsa::named_tensors(src, model.config());
-        const moe::ExpertParallel* ep = model.expert_parallel();
-        for (size_t i = 0; i < dst.size(); ++i) {
-            at::Tensor t = *from[i].tensor;
-            // Expert parallelism: the checkpoint holds every expert; this rank keeps its own.
-            if (ep != nullptr && t.dim() > 0 && t.size(0) != dst[i].tensor->size(0) &&
-                dst[i].name.find(".mlp.experts.") != std::string::npos) {
-                t = t.narrow(0, ep->first_expert(), ep->local_experts());
-            }
-            dst[i].tensor->copy_(t);
-        }
+        for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor->copy_(*from[i].tensor);
     }
     // The optimizer state by parameter name, whichever ZeRO stage wrote it: optimizer.safetensors (ZeRO 0) or one
     // shard per rank of the writing job. Views of the mapped files: AdamW::load_state copies what this rank holds.

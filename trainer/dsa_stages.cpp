@@ -61,13 +61,8 @@ void add_recall(const dsa::ForwardOutput& out, int64_t tile, std::map<std::strin
 
 // Averages, clips and steps `trained` (a subset of opt.params(); the rest have no gradient); then drops every
 // gradient and restores lr scale 1 (a later stage must not inherit this stage's parameter groups).
-void finish_step(AdamW& opt,
-                 const std::vector<Param>& trained,
-                 double lr,
-                 const JobConfig& job,
-                 const dist::Communicator* comm,
-                 std::map<std::string, double>* m) {
-    (void)comm;  // the optimizer's own group averages
+void finish_step(
+    AdamW& opt, const std::vector<Param>& trained, double lr, const JobConfig& job, std::map<std::string, double>* m) {
     // Only `trained` is stepped: any other gradient is dropped, and reduce_and_clip skips parameters without one.
     std::set<std::string> names;
     for (const Param& p : trained) names.insert(p.name);
@@ -129,7 +124,7 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model,
         m["loss"] = loss.item<double>();
         add_recall(out, job.dsa.query_tile, &m);
     }
-    finish_step(opt, indexer, lr_factor * job.dsa.indexer_lr, job, comm, &m);
+    finish_step(opt, indexer, lr_factor * job.dsa.indexer_lr, job, &m);
     return m;
 }
 
@@ -167,7 +162,7 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model,
         add_recall(out, job.dsa.query_tile, &m);
     }
     m["indexer_lr"] = lr_factor * job.dsa.indexer_lr;
-    finish_step(opt, opt.params(), lr, job, comm, &m);
+    finish_step(opt, opt.params(), lr, job, &m);
     return m;
 }
 
@@ -188,7 +183,7 @@ std::map<std::string, double> dense_lm_step(dsa::Model& model,
         loss.backward();
         m["loss"] = loss.item<double>();
     }
-    finish_step(opt, select(opt.params(), false), lr_factor * job.dsa.dense_lm_lr, job, comm, &m);
+    finish_step(opt, select(opt.params(), false), lr_factor * job.dsa.dense_lm_lr, job, &m);
     return m;
 }
 

@@ -40,7 +40,6 @@ AdamW::AdamW(std::vector<Param> params, AdamWOptions opt, ShardOptions shard)
         throw ConfigError(absl::StrCat("trainer.zero_stage must be 0, 1 or 2, got ", zero_stage_));
     }
     const auto several = [](const dist::Communicator* c) { return c != nullptr && c->size() > 1 ? c : nullptr; };
-    world_comm_ = several(shard.comm);  // with expert parallelism too: every rank, replicated and experts alike
     const bool ep = static_cast<bool>(shard.is_expert);
     // Domain 0: the replicated parameters over the data-parallel ranks; domain 1: the experts (EP only).
     domains_.resize(ep ? 2 : 1);
@@ -65,7 +64,7 @@ AdamW::AdamW(std::vector<Param> params, AdamWOptions opt, ShardOptions shard)
     // Owners: whole parameters, largest first, each onto the rank of its group holding the fewest elements so far
     // (ties: the lowest rank) — the same assignment on every rank, from the parameter list alone.
     owner_.assign(params_.size(), 0);
-    for (const Domain& d : domains_) {
+    for (Domain& d : domains_) {
         std::vector<size_t> order = d.members;
         std::stable_sort(order.begin(), order.end(),
                          [&](size_t a, size_t b) { return params_[a].tensor.numel() > params_[b].tensor.numel(); });
@@ -75,6 +74,8 @@ AdamW::AdamW(std::vector<Param> params, AdamWOptions opt, ShardOptions shard)
             owner_[i] = static_cast<int>(least - load.begin());
             *least += params_[i].tensor.numel();
         }
+        d.by_owner.resize(static_cast<size_t>(d.world));
+        for (const size_t i : d.members) d.by_owner[static_cast<size_t>(owner_[i])].push_back(i);
     }
     for (size_t i = 0; i < params_.size(); ++i) {
         const Param& p = params_[i];
@@ -112,13 +113,13 @@ void AdamW::reset_state() {
 // (the gradients of parameters another rank owns are freed).
 void AdamW::reduce_domain(const Domain& d, const std::vector<uint8_t>& active) {
     if (d.comm == nullptr || d.members.empty()) return;
-    const auto owned_by = [&](int r) {
-        std::vector<size_t> out;
-        for (const size_t i : d.members) {
-            if (active[i] && owner_[i] == r) out.push_back(i);
+    std::vector<std::vector<size_t>> owned(static_cast<size_t>(d.world));  // the active members by owner
+    for (int r = 0; r < d.world; ++r) {
+        for (const size_t i : d.by_owner[static_cast<size_t>(r)]) {
+            if (active[i]) owned[static_cast<size_t>(r)].push_back(i);
         }
-        return out;
-    };
+    }
+    const auto owned_by = [&](int r) -> const std::vector<size_t>& { return owned[static_cast<size_t>(r)]; };
     int64_t width = 1;
     for (int r = 0; r < d.world; ++r) {
         int64_t size = 0;
@@ -159,10 +160,11 @@ ClipResult AdamW::reduce_and_clip(double max_norm) {
     // 1. The parameters with a gradient on some rank (normally all ranks agree; a rank without one adds zeros).
     std::vector<uint8_t> active(n);
     for (size_t i = 0; i < n; ++i) active[i] = params_[i].tensor.grad().defined() ? 1 : 0;
-    if (world_comm_ != nullptr) {
+    // Over the data-parallel group: every rank (with expert parallelism too, which holds the same parameter list).
+    if (const dist::Communicator* all = domains_[0].comm) {
         at::Tensor any = at::empty({static_cast<int64_t>(n)}, at::kLong);
         for (size_t i = 0; i < n; ++i) any.data_ptr<int64_t>()[i] = active[i];
-        world_comm_->all_reduce(any, dist::ReduceOp::kMax);
+        all->all_reduce(any, dist::ReduceOp::kMax);
         for (size_t i = 0; i < n; ++i) active[i] = any.data_ptr<int64_t>()[i] != 0 ? 1 : 0;
     }
     for (size_t i = 0; i < n; ++i) {
@@ -192,9 +194,8 @@ ClipResult AdamW::reduce_and_clip(double max_norm) {
         for (int r = 0; r < d.world; ++r) {
             if (zero_stage_ == 2 && d.comm != nullptr && r != d.rank) continue;
             std::vector<at::Tensor> grads;
-            for (const size_t i : d.members) {
-                if (active[i] && owner_[i] == r && params_[i].tensor.grad().defined())
-                    grads.push_back(params_[i].tensor.grad());
+            for (const size_t i : d.by_owner[static_cast<size_t>(r)]) {
+                if (active[i] && params_[i].tensor.grad().defined()) grads.push_back(params_[i].tensor.grad());
             }
             if (grads.empty()) continue;
             const GradStats g = grad_stats(grads);
@@ -240,24 +241,29 @@ ClipResult AdamW::reduce_and_clip(double max_norm) {
 void AdamW::all_gather_params(const Domain& d) {
     at::NoGradGuard no_grad;
     if (d.members.empty()) return;
-    std::vector<int64_t> block(static_cast<size_t>(d.world), 0);
-    for (const size_t i : d.members) block[static_cast<size_t>(owner_[i])] += params_[i].tensor.numel();
-    const int64_t width = std::max<int64_t>(1, *std::max_element(block.begin(), block.end()));
+    // One block per owner (its parameters in order), padded to the largest.
+    int64_t width = 1;
+    for (const std::vector<size_t>& owned : d.by_owner) {
+        int64_t size = 0;
+        for (const size_t i : owned) size += params_[i].tensor.numel();
+        width = std::max(width, size);
+    }
     at::Tensor mine = at::zeros({width}, params_.front().tensor.options().dtype(at::kFloat));
     int64_t pos = 0;
-    for (const size_t i : d.members) {
-        if (owner_[i] != d.rank) continue;
+    for (const size_t i : d.by_owner[static_cast<size_t>(d.rank)]) {
         const at::Tensor& p = params_[i].tensor;
         mine.narrow(0, pos, p.numel()).copy_(p.reshape({-1}));
         pos += p.numel();
     }
     const at::Tensor all = d.comm->all_gather(mine);  // [world, width]
-    std::vector<int64_t> at_pos(static_cast<size_t>(d.world), 0);
-    for (const size_t i : d.members) {
-        at::Tensor& p = params_[i].tensor;
-        int64_t& o = at_pos[static_cast<size_t>(owner_[i])];
-        if (owner_[i] != d.rank) p.copy_(all[owner_[i]].narrow(0, o, p.numel()).view(p.sizes()));
-        o += p.numel();
+    for (int r = 0; r < d.world; ++r) {
+        if (r == d.rank) continue;
+        pos = 0;
+        for (const size_t i : d.by_owner[static_cast<size_t>(r)]) {
+            at::Tensor& p = params_[i].tensor;
+            p.copy_(all[r].narrow(0, pos, p.numel()).view(p.sizes()));
+            pos += p.numel();
+        }
     }
 }
 

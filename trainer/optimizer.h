@@ -123,6 +123,7 @@ private:
         const dist::Communicator* comm = nullptr;  // null: one rank
         int rank = 0, world = 1;
         std::vector<size_t> members;                    // indices into params_
+        std::vector<std::vector<size_t>> by_owner;      // members by owner rank, in parameter order
         double scale = 1.0;                             // applied to the averaged gradient (1 / EP size for experts)
         const dist::Communicator* norm_comm = nullptr;  // sums the domain's squares over ranks holding other parts
     };
@@ -139,7 +140,6 @@ private:
     std::vector<at::Tensor> m_, v_;  // undefined for parameters another rank owns
     int64_t step_ = 0;
     const dist::Communicator* comm_given_ = nullptr;
-    const dist::Communicator* world_comm_ = nullptr;  // agreement on which parameters have gradients
     int64_t zero_stage_ = 0;
     std::vector<Domain> domains_;
     std::vector<size_t> domain_of_;  // per parameter

@@ -122,7 +122,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     }
     ShardOptions shard{.comm = &comm, .zero_stage = job.trainer.zero_stage};
     if (expert_parallel) {
-        shard.is_expert = [](const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; };
+        shard.is_expert = dsa::is_routed_experts;
         shard.expert_comm = &groups.dp;
         shard.ep_comm = &groups.ep;
     }

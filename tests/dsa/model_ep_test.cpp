@@ -110,7 +110,7 @@ TEST(ModelExpertParallelTest, GatherSaveLoadRoundTrip) {
     // One rank writes the gathered model; every rank loads it and keeps its experts.
     std::string dir = world().rank() == 0 ? fs::make_temp_dir("dsrl_ep_test_") : std::string();
     world().broadcast_bytes(dir, 0);
-    if (world().rank() == 0) ep.save_tensors(dir + "/model", gathered, {.dtype = at::kFloat});
+    ep.save_gathered(dir + "/model", {.dtype = at::kFloat}, /*write=*/world().rank() == 0);
     world().barrier();
     Model back = Model::load(dir + "/model", rep.config(), at::kCPU);
     back.set_expert_parallel({.group = &world()});
