@@ -21,6 +21,7 @@
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
+#include "core/dist/communicator.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
@@ -323,6 +324,91 @@ bool HfCheckpointReader::is_extra_layer(const std::string& name) const {
     return layer >= arch_.num_hidden_layers;
 }
 
+namespace {
+
+// One writer's part of a save: its tensors cut into shard files in the given order, a new file when the next tensor
+// would overflow max_shard_bytes (as transformers cuts them).
+struct ShardPlan {
+    std::vector<std::vector<size_t>> files;
+    int64_t bytes = 0;
+    int64_t params = 0;
+};
+
+ShardPlan plan_shards(const std::string& target,
+                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const SaveOptions& opt) {
+    ShardPlan plan;
+    std::set<std::string> seen;
+    int64_t file_bytes = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+        const auto& [name, t] = tensors[i];
+        TORCH_CHECK(t.defined(), "save_hf_checkpoint: tensor '", name, "' is undefined");
+        if (!seen.insert(name).second) {
+            throw CheckpointError(absl::StrCat(target, ": tensor '", name, "' is given twice"));
+        }
+        const int64_t bytes = t.numel() * static_cast<int64_t>(c10::elementSize(saved_dtype(name, t, opt.dtype)));
+        if (plan.files.empty() || (!plan.files.back().empty() && file_bytes + bytes > opt.max_shard_bytes)) {
+            plan.files.emplace_back();
+            file_bytes = 0;
+        }
+        plan.files.back().push_back(i);
+        file_bytes += bytes;
+        plan.bytes += bytes;
+        plan.params += t.numel();
+    }
+    return plan;
+}
+
+// Writes the plan's file `s` as `file` into `tmp`; adds its tensors to `weight_map`.
+void write_shard(const std::string& tmp,
+                 const std::string& file,
+                 const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                 const std::vector<size_t>& members,
+                 const SaveOptions& opt,
+                 Json& weight_map) {
+    std::vector<std::pair<std::string, at::Tensor>> converted;
+    int64_t bytes = 0;
+    for (const size_t i : members) {
+        const auto& [name, t] = tensors[i];
+        converted.emplace_back(name, t.detach().to(saved_dtype(name, t, opt.dtype)).to(at::kCPU).contiguous());
+        bytes += converted.back().second.nbytes();
+        weight_map[name] = file;
+    }
+    save_safetensors(fs::join(tmp, file), converted, {{"format", "pt"}});
+    DSRL_LOG(info) << "  wrote " << file << " (" << converted.size() << " tensors, "
+                   << absl::StrFormat("%.1f", bytes / 1048576.0) << " MiB)";
+}
+
+void remove_quietly(const std::string& tmp) {
+    try {
+        fs::remove_tree(tmp);  // the partial new checkpoint, or the old one after a completed exchange
+    } catch (const std::exception& e) {
+        DSRL_LOG(warn) << "could not remove the temporary checkpoint directory " << tmp << ": " << e.what();
+    }
+}
+
+// A failure on any writer becomes the same CheckpointError on every writer (no rank is left waiting in a
+// collective); `mine` is this rank's message or "".
+void agree_on_failure(const dist::Communicator& group, const std::string& target, const std::string& mine) {
+    const std::vector<std::string> all = group.all_gather_bytes(mine);
+    for (size_t r = 0; r < all.size(); ++r) {
+        if (!all[r].empty()) {
+            throw CheckpointError(
+                absl::StrCat(target, ": writer rank ", r, " of group '", group.name(), "' failed: ", all[r]));
+        }
+    }
+}
+
+}  // namespace
+
+at::ScalarType saved_dtype(const std::string& name, const at::Tensor& t, at::ScalarType dtype) {
+    // The routing bias stays fp32 whatever the dtype (as in DeepSeek's checkpoints): its updates
+    // (moe.bias_update_speed, 1e-3) are below bf16's resolution at its magnitude, and a bf16 copy would change
+    // routing on resume.
+    if (absl::EndsWith(name, "e_score_correction_bias")) return at::kFloat;
+    return at::isFloatingType(t.scalar_type()) ? dtype : t.scalar_type();
+}
+
 void save_hf_checkpoint(const std::string& dir,
                         const ModelArch& arch,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
@@ -336,84 +422,119 @@ void save_hf_checkpoint(const std::string& dir,
     if (target.empty() || target == "/" || target == "." || target == "..") {
         throw CheckpointError(absl::StrCat("save_hf_checkpoint: invalid checkpoint directory '", dir, "'"));
     }
+    const dist::Communicator* group = opt.writers != nullptr && opt.writers->size() > 1 ? opt.writers : nullptr;
+    const bool leader = group == nullptr || group->rank() == 0;
     const std::string config_text = hf_config_json(arch, opt.dtype);
+    ShardPlan plan = plan_shards(target, tensors, opt);
+    if (group == nullptr && plan.files.empty()) plan.files.emplace_back();  // a model without tensors: one empty file
 
-    // Shards as transformers cuts them: in the given order, a new shard when the next tensor would overflow.
-    auto out_dtype = [&](const at::Tensor& t) {
-        return at::isFloatingType(t.scalar_type()) ? opt.dtype : t.scalar_type();
-    };
-    std::set<std::string> seen;
-    std::vector<std::vector<size_t>> shards(1);
-    int64_t shard_bytes = 0;
-    int64_t total_bytes = 0;
-    int64_t total_params = 0;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-        const auto& [name, t] = tensors[i];
-        TORCH_CHECK(t.defined(), "save_hf_checkpoint: tensor '", name, "' is undefined");
-        if (!seen.insert(name).second) {
-            throw CheckpointError(absl::StrCat(target, ": tensor '", name, "' is given twice"));
+    // Several writers: each numbers its files after the files of the ranks before it; names must be disjoint.
+    size_t first_file = 0, total_files = plan.files.size();
+    int64_t total_bytes = plan.bytes, total_params = plan.params;
+    if (group != nullptr) {
+        Json mine = {{"files", plan.files.size()}, {"bytes", plan.bytes}, {"params", plan.params}};
+        Json names = Json::array();
+        for (const auto& [name, t] : tensors) names.push_back(name);
+        mine["names"] = std::move(names);
+        const std::vector<std::string> parts = group->all_gather_bytes(mine.dump());
+        std::set<std::string> seen;
+        total_files = 0;
+        total_bytes = total_params = 0;
+        for (size_t r = 0; r < parts.size(); ++r) {
+            const Json p = Json::parse(parts[r]);
+            if (static_cast<int>(r) == group->rank()) first_file = total_files;
+            total_files += p.at("files").get<size_t>();
+            total_bytes += p.at("bytes").get<int64_t>();
+            total_params += p.at("params").get<int64_t>();
+            for (const auto& n : p.at("names")) {
+                if (!seen.insert(n.get<std::string>()).second) {
+                    throw CheckpointError(absl::StrCat(target, ": tensor '", n.get<std::string>(),
+                                                       "' is given by two writers (rank ", r, " of group '",
+                                                       group->name(), "' among them)"));
+                }
+            }
         }
-        const int64_t bytes = t.numel() * static_cast<int64_t>(c10::elementSize(out_dtype(t)));
-        if (!shards.back().empty() && shard_bytes + bytes > opt.max_shard_bytes) {
-            shards.emplace_back();
-            shard_bytes = 0;
-        }
-        shards.back().push_back(i);
-        shard_bytes += bytes;
-        total_bytes += bytes;
-        total_params += t.numel();
     }
+    const bool indexed = total_files > 1;
 
     const size_t slash = target.find_last_of('/');
     const std::string parent = slash == std::string::npos ? "." : (slash == 0 ? "/" : target.substr(0, slash));
     const std::string base = slash == std::string::npos ? target : target.substr(slash + 1);
-    fs::make_dirs(parent);
-    std::string pattern = fs::join(parent, absl::StrCat(".", base, ".tmp-XXXXXX"));
-    if (::mkdtemp(pattern.data()) == nullptr) {
-        fail(pattern, absl::StrCat("cannot create the temporary checkpoint directory: ", std::strerror(errno)));
-    }
-    const std::string tmp = pattern;
-    DSRL_LOG(info) << "saving HF checkpoint " << target << ": " << tensors.size() << " tensors, "
-                   << absl::StrFormat("%.1f", total_bytes / 1048576.0) << " MiB in " << shards.size() << " file(s)";
-    try {
-        write_file_synced(fs::join(tmp, kConfigFile), config_text);
-        Json weight_map = Json::object();
-        for (size_t s = 0; s < shards.size(); ++s) {
-            const std::string file = shards.size() == 1 ? kSingleFile : shard_name(s, shards.size());
-            std::vector<std::pair<std::string, at::Tensor>> converted;
-            int64_t bytes = 0;
-            for (const size_t i : shards[s]) {
-                const auto& [name, t] = tensors[i];
-                converted.emplace_back(name, t.detach().to(out_dtype(t)).to(at::kCPU).contiguous());
-                bytes += converted.back().second.nbytes();
-                weight_map[name] = file;
-            }
-            save_safetensors(fs::join(tmp, file), converted, {{"format", "pt"}});
-            DSRL_LOG(info) << "  wrote " << file << " (" << s + 1 << "/" << shards.size() << ", " << converted.size()
-                           << " tensors, " << absl::StrFormat("%.1f", bytes / 1048576.0) << " MiB)";
-        }
-        if (!opt.companion_dir.empty()) {
-            for (const char* name : kCompanionFiles) {
-                const std::string from = fs::join(opt.companion_dir, name);
-                if (fs::exists(from)) write_file_synced(fs::join(tmp, name), fs::read_file(from));
-            }
-        }
-        if (shards.size() > 1) {
-            Json index = {{"metadata", {{"total_parameters", total_params}, {"total_size", total_bytes}}},
-                          {"weight_map", weight_map}};
-            write_file_synced(fs::join(tmp, kIndexFile), index.dump(2) + "\n");
-        }
-        fsync_dir(tmp);
-        publish_dir(tmp, target, parent);
-    } catch (...) {
+    std::string tmp, failure;
+    if (leader) {
         try {
-            fs::remove_tree(tmp);  // the partial new checkpoint, or the old one after a completed exchange
+            fs::make_dirs(parent);
+            std::string pattern = fs::join(parent, absl::StrCat(".", base, ".tmp-XXXXXX"));
+            if (::mkdtemp(pattern.data()) == nullptr) {
+                fail(pattern, absl::StrCat("cannot create the temporary checkpoint directory: ", std::strerror(errno)));
+            }
+            tmp = pattern;
         } catch (const std::exception& e) {
-            DSRL_LOG(warn) << "could not remove the temporary checkpoint directory " << tmp << ": " << e.what();
+            if (group == nullptr) throw;
+            failure = e.what();
         }
-        throw;
+        DSRL_LOG(info) << "saving HF checkpoint " << target << ": " << absl::StrFormat("%.1f", total_bytes / 1048576.0)
+                       << " MiB in " << total_files << " file(s)"
+                       << (group != nullptr ? absl::StrCat(" from ", group->size(), " writers") : "");
     }
-    DSRL_LOG(info) << "saved HF checkpoint " << target;
+    if (group != nullptr) {
+        agree_on_failure(*group, target, failure);
+        group->broadcast_bytes(tmp, 0);
+    }
+    // This writer's shard files.
+    Json weight_map = Json::object();
+    try {
+        for (size_t s = 0; s < plan.files.size(); ++s) {
+            const std::string file = indexed ? shard_name(first_file + s, total_files) : kSingleFile;
+            write_shard(tmp, file, tensors, plan.files[s], opt, weight_map);
+        }
+    } catch (const std::exception& e) {
+        if (group == nullptr) {
+            remove_quietly(tmp);
+            throw;
+        }
+        failure = e.what();
+    }
+    if (group != nullptr) {
+        try {
+            agree_on_failure(*group, target, failure);
+        } catch (...) {
+            if (leader) remove_quietly(tmp);
+            throw;
+        }
+        // The leader's index covers every writer's tensors.
+        const std::vector<std::string> maps = group->all_gather_bytes(weight_map.dump());
+        if (leader) {
+            for (const std::string& m : maps) weight_map.update(Json::parse(m));
+        }
+    }
+    failure.clear();
+    if (leader) {
+        try {
+            write_file_synced(fs::join(tmp, kConfigFile), config_text);
+            if (!opt.companion_dir.empty()) {
+                for (const char* name : kCompanionFiles) {
+                    const std::string from = fs::join(opt.companion_dir, name);
+                    if (fs::exists(from)) write_file_synced(fs::join(tmp, name), fs::read_file(from));
+                }
+            }
+            if (indexed) {
+                Json index = {{"metadata", {{"total_parameters", total_params}, {"total_size", total_bytes}}},
+                              {"weight_map", weight_map}};
+                write_file_synced(fs::join(tmp, kIndexFile), index.dump(2) + "\n");
+            }
+            fsync_dir(tmp);
+            publish_dir(tmp, target, parent);
+        } catch (const std::exception& e) {
+            remove_quietly(tmp);
+            if (group == nullptr) throw;
+            failure = e.what();
+        }
+    }
+    if (group != nullptr) agree_on_failure(*group, target, failure);
+    if (leader) {
+        DSRL_LOG(info) << "saved HF checkpoint " << target;
+    }
 }
 
 }  // namespace dsrl::dsa

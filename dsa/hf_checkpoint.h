@@ -25,6 +25,10 @@
 #include "core/safetensors.h"
 #include "dsa/hf_config.h"
 
+namespace dsrl::dist {
+class Communicator;
+}
+
 namespace dsrl::dsa {
 
 /// W = W8 · scale_inv[r / block_rows, c / block_cols] for a 2-D e4m3 weight [R, C] and scale_inv
@@ -81,7 +85,19 @@ struct SaveOptions {
     /// A checkpoint directory whose tokenizer and generation files (kCompanionFiles) are copied in too, so the
     /// saved checkpoint is complete for other tools; empty: none. Model::save uses the one it was loaded from.
     std::string companion_dir;
+    /// Several writers (expert parallelism: each rank holds some experts): every rank of `writers` calls
+    /// save_hf_checkpoint with its own tensors (names disjoint over the ranks; the leader, group rank 0, usually
+    /// passes the rest of the model) and writes them to its own model-XXXXX-of-YYYYY.safetensors file(s), numbered
+    /// in rank order; the leader writes config.json, the companion files and the index of every tensor, and
+    /// publishes the directory once every writer's files are synced. Collective over the group; a failure on any
+    /// writer is the same CheckpointError on all of them, naming that rank. Null (or one rank): one writer.
+    /// The directory must be on a file system every writer sees.
+    const dist::Communicator* writers = nullptr;
 };
+
+/// The dtype `name` is saved in at SaveOptions::dtype: floating tensors in `dtype`, except the MoE routing bias
+/// (e_score_correction_bias), which stays fp32 as in DeepSeek's checkpoints; other tensors keep theirs.
+at::ScalarType saved_dtype(const std::string& name, const at::Tensor& t, at::ScalarType dtype);
 
 /// The files of a checkpoint that are not weights or config.json and travel with it on save.
 inline constexpr const char* kCompanionFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -90,7 +106,7 @@ inline constexpr const char* kCompanionFiles[] = {"tokenizer.json", "tokenizer_c
 /// Writes config.json, the safetensors file(s) and, when sharded, model.safetensors.index.json into `dir`
 /// atomically: everything goes to a sibling temporary directory, is fsynced, and replaces `dir` by rename
 /// (an existing `dir` is replaced only after the new one is complete). Tensors may live on any device; they
-/// are converted one at a time. Names must be unique.
+/// are converted one at a time. Names must be unique. More than one file (or SaveOptions::writers) writes an index.
 void save_hf_checkpoint(const std::string& dir,
                         const ModelArch& arch,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,

@@ -54,6 +54,19 @@ at::Tensor append(at::Tensor& slots, const at::Tensor& value, int64_t offset) {
     return slots.narrow(1, 0, offset + value.size(1));
 }
 
+// A replayed key set of one layer, checked: [B, L, index_topk] keys in [−1, S), none after its query.
+at::Tensor replayed_topk(const at::Tensor& given, int64_t layer, int64_t k, const Step& st, int64_t num_keys) {
+    TORCH_CHECK(given.defined() && given.dim() == 3 && given.size(0) == st.batch && given.size(1) == st.len &&
+                    given.size(2) == k && !at::isFloatingType(given.scalar_type()),
+                "forward: the replayed key sets of layer ", layer, " must be integer [", st.batch, ", ", st.len, ", ",
+                k, "] (index_topk ", k, "), got ", given.defined() ? given.sizes() : at::IntArrayRef{});
+    const at::Tensor t = given.to(st.query_pos.device(), at::kInt);
+    const at::Tensor bad = (t < -1).logical_or(t >= num_keys).logical_or(t > st.query_pos.unsqueeze(-1));
+    TORCH_CHECK(!bad.any().item<bool>(), "forward: the replayed key sets of layer ", layer, " hold a key outside [0, ",
+                num_keys, ") or after its query");
+    return t;
+}
+
 struct AttentionResult {
     at::Tensor out;   // [B, L, H]
     at::Tensor topk;  // [B, L, index_topk] int32, when computed
@@ -66,7 +79,8 @@ AttentionResult attention(const at::Tensor& h,
                           const ModelConfig& c,
                           const Step& st,
                           const ForwardOptions& opt,
-                          LayerCache* cache) {
+                          LayerCache* cache,
+                          int64_t layer) {
     const int64_t B = st.batch, L = st.len;
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int64_t v_dim = c.v_head_dim, lora = c.kv_lora_rank;
@@ -81,18 +95,22 @@ AttentionResult attention(const at::Tensor& h,
     at::Tensor c_kv = rms_norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps);
     at::Tensor k_pe = apply_rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin);
 
+    // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
+    // outputs or its cached keys are needed.
+    const bool replayed = static_cast<bool>(opt.replay_topk) && !st.dense;
+    const bool run_indexer = opt.return_indexer || cache != nullptr || (!replayed && (!st.dense || opt.return_topk));
+
     // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
     // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
-    const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
-    const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-    const at::Tensor iq =
-        rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
-    at::Tensor ik = rope_part_half_split(at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
-                                                        l.indexer.k_norm_bias, kLatentNormEps),
-                                         rope, st.cos, st.sin);
-    at::Tensor iw;
-    {
+    at::Tensor iq, ik, iw;
+    if (run_indexer) {
+        const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
+        const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
+        iq = rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
+        ik = rope_part_half_split(at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
+                                                 l.indexer.k_norm_bias, kLatentNormEps),
+                                  rope, st.cos, st.sin);
         Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
         iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * (1.0 / std::sqrt(double(ih)));
     }
@@ -105,7 +123,9 @@ AttentionResult attention(const at::Tensor& h,
 
     AttentionResult r;
     if (opt.return_indexer) r.indexer = {iq, ik, iw};
-    if (!st.dense || opt.return_topk) {
+    if (replayed) {
+        r.topk = replayed_topk(opt.replay_topk(layer), layer, c.index_topk, st, c_kv.size(1));
+    } else if (!st.dense || opt.return_topk) {
         at::NoGradGuard no_grad;  // a discrete selection: the indexer learns only through its own loss
         r.topk = select_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk, c.impl,
                              opt.query_chunk);
@@ -160,18 +180,26 @@ Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device d
 
 void Model::save(const std::string& dir, const SaveOptions& opt) const {
     DSRL_INTERNAL_ASSERT(expert_parallel() == nullptr || ep_.size() == 1,
-                         "Model::save under expert parallelism: every rank of the group calls save_gathered()");
-    save_gathered(dir, opt, /*write=*/true);
+                         "Model::save under expert parallelism: every rank of the group calls save_distributed()");
+    save_distributed(dir, opt, /*write=*/true);
 }
 
-void Model::save_gathered(const std::string& dir, const SaveOptions& opt, bool write) const {
-    const bool ep = expert_parallel() != nullptr && ep_.size() > 1;
-    if (!ep && !write) return;
-    const std::vector<std::pair<std::string, at::Tensor>> tensors = gather_hf_tensors();
-    if (!write) return;
+void Model::save_distributed(const std::string& dir, const SaveOptions& opt, bool write) const {
     SaveOptions o = opt;
     if (o.companion_dir.empty()) o.companion_dir = cfg_.path;  // the tokenizer of the checkpoint it came from
-    save_hf_checkpoint(dir, cfg_, tensors, o);
+    if (expert_parallel() == nullptr || ep_.size() == 1) {
+        if (write) save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), o);
+        return;
+    }
+    // Under expert parallelism a group writes when any of its ranks was asked to; each rank writes its own experts
+    // (nothing is gathered), the group's rank 0 also the rest of the model.
+    at::Tensor asked = at::full({1}, write ? 1 : 0, at::kLong);
+    ep_.group->all_reduce(asked, dist::ReduceOp::kMax);
+    if (asked.item<int64_t>() == 0) return;
+    o.writers = ep_.group;
+    save_hf_checkpoint(
+        dir, cfg_,
+        hf_named_tensors(w_, cfg_, ep_.first_expert(), ep_.rank() == 0 ? HfPart::kAll : HfPart::kRoutedExperts), o);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Model::gather_hf_tensors() const {
@@ -278,6 +306,35 @@ void KvCache::select_rows(const at::Tensor& rows) {
     next_pos = next_pos.index_select(0, idx);
 }
 
+at::Tensor MoeBalance::add_aux_loss(const at::Tensor& loss) {
+    if (!aux_loss.defined()) return loss;
+    aux_loss_sum += aux_loss.item<double>();
+    ++aux_loss_count;
+    at::Tensor total = loss + aux_loss.to(loss.device());
+    aux_loss = at::Tensor();
+    return total;
+}
+
+namespace {
+
+// One MoE layer's share of a training forward's MoeBalance: loads of the real tokens and, with α > 0, the
+// sequence-wise balance loss averaged over the forward's sequences.
+void track_balance(MoeBalance& b, const moe::Route& r, const at::Tensor& mask, int64_t layer, int64_t experts) {
+    if (static_cast<int64_t>(b.loads.size()) <= layer) b.loads.resize(static_cast<size_t>(layer) + 1);
+    at::Tensor& load = b.loads[static_cast<size_t>(layer)];
+    const at::Tensor add = moe::expert_load(r.indices, experts, mask.flatten());
+    load = load.defined() ? load + add : add;
+    if (b.seq_aux_alpha <= 0 || mask.size(0) == 0) return;
+    const int64_t batch = mask.size(0), len = mask.size(1);
+    const at::Tensor term =
+        moe::sequence_balance_loss(r.scores.view({batch, len, experts}), r.indices.view({batch, len, -1}), mask)
+            .mean() *
+        b.seq_aux_alpha;
+    b.aux_loss = b.aux_loss.defined() ? b.aux_loss + term : term;
+}
+
+}  // namespace
+
 at::Tensor Model::logits(const at::Tensor& hidden) const { return at::linear(hidden, w_.lm_head).to(at::kFloat); }
 
 ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, KvCache* cache) const {
@@ -339,7 +396,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const LayerWeights& l = w_.layers[i];
         AttentionResult a = attention(rms_norm(x, l.input_layernorm, c.rms_norm_eps), l, c, st, opt,
-                                      cache != nullptr ? &cache->layers[i] : nullptr);
+                                      cache != nullptr ? &cache->layers[i] : nullptr, i);
         x = x + a.out;
         if (opt.return_topk) out.topk.push_back(a.topk);
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
@@ -359,6 +416,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
             }
             moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel());
             y = m.y;
+            if (opt.balance != nullptr) track_balance(*opt.balance, m.route, mask, moe_layer, c.n_routed_experts);
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
             ++moe_layer;
         } else {

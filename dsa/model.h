@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -55,6 +56,20 @@ struct KvCache {
 
 enum class AttentionPath { kAuto, kDense, kSparse };
 
+/// Expert balance of training forwards (SPEC §2.4; the trainer's ExpertBalance fills and drains it): a forward
+/// given one adds, per MoE layer, the expert loads of its real tokens to `loads` and, when seq_aux_alpha > 0, the
+/// sequence-wise balance loss α · mean over its sequences of Σ_{MoE layers} Σ_e f_e·P_e to `aux_loss` — which the
+/// caller adds to its loss before backward (take_aux_loss).
+struct MoeBalance {
+    double seq_aux_alpha = 0;
+    std::vector<at::Tensor> loads;  ///< per MoE layer [E] int64 on the model's device, summed until drained
+    at::Tensor aux_loss;            ///< 0-dim fp32, differentiable; undefined while no forward added one
+    double aux_loss_sum = 0;        ///< the values taken so far (metrics), until drained
+    int64_t aux_loss_count = 0;
+    /// `loss` + the balance loss added since the last call (which is then cleared); `loss` itself when none.
+    at::Tensor add_aux_loss(const at::Tensor& loss);
+};
+
 struct ForwardInput {
     at::Tensor input_ids;       ///< [B, L] int64
     at::Tensor attention_mask;  ///< [B, L] int/bool, 1 = real token; undefined = all real
@@ -78,6 +93,13 @@ struct ForwardOptions {
     AttentionPath path = AttentionPath::kAuto;
     /// Keep-routing replay: expert ids per MoE layer ([B, L, k] integer, e.g. decode_route of a record).
     const std::vector<at::Tensor>* replay_routes = nullptr;
+    /// Training forwards: expert loads and the sequence-wise balance loss (MoeBalance); null: not tracked.
+    MoeBalance* balance = nullptr;
+    /// Keep-indexer replay: the key sets of decoder layer `layer` as [B, L, index_topk] integer key indices (−1 =
+    /// none), e.g. decoded from a rollout record; asked once per layer that takes the sparse path. The layer then
+    /// attends over these sets and its indexer is not evaluated at all (unless return_indexer or a decode cache
+    /// needs it). A key after its query, or outside [0, S), is an error.
+    std::function<at::Tensor(int64_t layer)> replay_topk;
     int64_t query_chunk = 256;  ///< queries per attention / indexer chunk (bounds memory)
 };
 
@@ -122,12 +144,14 @@ public:
     static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
     /// Writes config.json + safetensors in the HF layout (atomically), with the tokenizer files of the checkpoint
     /// it was loaded from (SaveOptions::companion_dir). Under expert parallelism a rank holds only its experts:
-    /// use save_gathered.
+    /// use save_distributed.
     void save(const std::string& dir, const SaveOptions& opt = {}) const;
-    /// save() whatever the layout: under expert parallelism a collective over the group (every rank calls it and
-    /// the experts are gathered), and only the ranks passing `write` write `dir`; otherwise just a save() by the
-    /// writers.
-    void save_gathered(const std::string& dir, const SaveOptions& opt, bool write) const;
+    /// save() whatever the layout, one checkpoint in the HF layout. Without expert parallelism the ranks passing
+    /// `write` save. Under expert parallelism it is a collective over the expert-parallel group: a group with a
+    /// rank passing `write` writes `dir` with every rank writing its own experts to its own shard files and the
+    /// group's rank 0 the rest and the index (SaveOptions::writers; nothing is gathered, so no rank ever holds the
+    /// whole model); `dir` must be on a file system the group shares.
+    void save_distributed(const std::string& dir, const SaveOptions& opt, bool write) const;
     /// The weights in the HF layout with every routed expert (hf_named_tensors); under expert parallelism the
     /// experts are all-gathered over the group (collective: every rank of the group calls it).
     std::vector<std::pair<std::string, at::Tensor>> gather_hf_tensors() const;

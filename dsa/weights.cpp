@@ -258,15 +258,18 @@ ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& c
     return w;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelArch& cfg) {
+std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w,
+                                                                 const ModelArch& cfg,
+                                                                 int64_t first_expert,
+                                                                 HfPart part) {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (const NamedTensor& t : named_tensors(const_cast<ModelWeights&>(w), cfg)) {
         std::string prefix, proj;
         if (split_stacked(t.name, &prefix, &proj)) {
             for (int64_t e = 0; e < t.tensor->size(0); ++e) {
-                out.emplace_back(absl::StrCat(prefix, e, ".", proj, ".weight"), (*t.tensor)[e]);
+                out.emplace_back(absl::StrCat(prefix, first_expert + e, ".", proj, ".weight"), (*t.tensor)[e]);
             }
-        } else {
+        } else if (part == HfPart::kAll) {
             out.emplace_back(t.name, *t.tensor);
         }
     }

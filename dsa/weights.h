@@ -88,8 +88,15 @@ ModelWeights init_weights(const ModelConfig& cfg, uint64_t seed, c10::Device dev
 /// read from the mapping, converted once and moved to `device`. Logs progress per layer.
 ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& cfg, c10::Device device);
 
-/// The tensors under their HF names (experts unstacked as views), for save_hf_checkpoint.
-std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w, const ModelArch& cfg);
+/// Which tensors hf_named_tensors gives.
+enum class HfPart { kAll, kRoutedExperts };
+
+/// The tensors under their HF names (experts unstacked as views), for save_hf_checkpoint. Under expert parallelism
+/// `w` holds experts [first_expert, first_expert + n) of every MoE layer, and their names carry those global ids.
+std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeights& w,
+                                                                 const ModelArch& cfg,
+                                                                 int64_t first_expert = 0,
+                                                                 HfPart part = HfPart::kAll);
 
 /// Total parameters and parameters activated per token (embedding + lm_head counted; routed experts
 /// counted num_experts_per_tok of n_routed_experts).

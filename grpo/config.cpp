@@ -23,6 +23,9 @@ void bind(Binder& b, GrpoConfig& c) {
             {.doc = "Policy log-probs renormalized over the recorded top-p/top-k kept set."});
     b.field("ref_keep_routing", c.ref_keep_routing, {.doc = "Reference forwards replay the recorded routes."});
     b.field("ref_keep_sampling_mask", c.ref_keep_sampling_mask, {.doc = "Apply the kept set to pi_ref too."});
+    b.field("keep_indexer", c.keep_indexer,
+            {.doc = "Policy and reference forwards replay the DSA key sets the rollout selected (needs "
+                    "rollout.record_indexer); the indexer is then not evaluated in those forwards."});
     b.choice("logp_old", c.logp_old, {{"recorded", LogpOld::kRecorded}, {"recompute", LogpOld::kRecompute}},
              {.doc = "pi_old from the rollout record, or recomputed by a forward before the updates."});
     b.field("updates_per_batch", c.updates_per_batch, {.doc = "Passes over each rollout batch.", .min = 1});

@@ -40,6 +40,7 @@ struct GrpoConfig {
     bool keep_sampling_mask = true;
     bool ref_keep_routing = true;
     bool ref_keep_sampling_mask = true;
+    bool keep_indexer = false;  ///< policy and reference forwards replay the recorded DSA key sets
     LogpOld logp_old = LogpOld::kRecorded;
     int64_t updates_per_batch = 1;
     int64_t mini_batches = 1;

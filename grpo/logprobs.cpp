@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "rollout/generator.h"
 
 namespace dsrl::grpo {
 namespace {
@@ -172,6 +173,7 @@ std::pair<at::Tensor, at::Tensor> chunked_token_logprobs(const at::Tensor& hidde
 
 PackedBatch pack_samples(const std::vector<const rollout::Sample*>& samples, int64_t pad_id) {
     PackedBatch b;
+    b.samples = samples;
     const int64_t n = static_cast<int64_t>(samples.size());
     int64_t max_len = 1, max_resp = 1;
     for (const rollout::Sample* s : samples) {
@@ -221,7 +223,7 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
     const ModelConfig& cfg = model.config();
     const int64_t n = batch.input_ids.size(0);
     const c10::Device device = model.device();
-    dsa::ForwardOptions fopt{.return_logits = false, .return_hidden = true};
+    dsa::ForwardOptions fopt{.return_logits = false, .return_hidden = true, .balance = opt.balance};
     std::vector<at::Tensor> routes;
     if (opt.replay_routes) {
         if (static_cast<int64_t>(batch.routes.size()) !=
@@ -233,6 +235,7 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
         for (const at::Tensor& r : batch.routes) routes.push_back(r.to(device));
         fopt.replay_routes = &routes;
     }
+    if (opt.replay_indexer) fopt.replay_topk = rollout::indexer_replay(cfg, batch.samples, batch.input_ids.size(1));
     if (opt.apply_kept) {
         for (int64_t i = 0; i < n; ++i) {
             const int64_t nr = static_cast<int64_t>(batch.valid[i].sum().item<double>());

@@ -32,6 +32,7 @@ struct PackedBatch {
     at::Tensor logp_old;             ///< [N, T] fp32 recorded behaviour log-probs
     at::Tensor predict_pos;          ///< [N, T] int64: position whose logits predict targets[i, t]
     std::vector<std::vector<const rollout::KeptSet*>> kept;  ///< [N][T_i]
+    std::vector<const rollout::Sample*> samples;             ///< the packed samples (keep-indexer decodes lazily)
     int64_t vocab = 0;
 };
 
@@ -44,7 +45,10 @@ struct LogprobOptions {
     bool apply_kept = true;
     double temperature = 1.0;  ///< the rollout temperature (0 = greedy counts as 1)
     int64_t chunk_tokens = 1024;
-    bool entropy = false;  ///< also the entropy of each token's (kept-set) distribution
+    bool entropy = false;         ///< also the entropy of each token's (kept-set) distribution
+    bool replay_indexer = false;  ///< keep-indexer: replay the recorded DSA key sets (the indexer is skipped)
+    /// Training forwards: expert loads and the balance loss (dsa::MoeBalance); null: not tracked.
+    dsa::MoeBalance* balance = nullptr;
 };
 
 struct LogprobResult {
@@ -52,8 +56,8 @@ struct LogprobResult {
     at::Tensor entropy;  ///< [N, T] fp32 detached, when requested
 };
 
-/// log π(targets) per token. A sample without routes (replay) or kept sets (apply_kept), or an empty kept
-/// set, is a DataError naming the sample.
+/// log π(targets) per token. A sample without routes (replay), kept sets (apply_kept) or indexer sets
+/// (replay_indexer), or an empty kept set, is a DataError naming the sample.
 LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batch, const LogprobOptions& opt);
 
 /// The chunked autograd function on its own: log softmax(hidden·Wᵀ / T) at `tokens`, renormalized over

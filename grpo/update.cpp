@@ -20,7 +20,8 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const std::map<std::string, double>& domain_beta,
                                  double temperature,
                                  const std::function<void()>& step,
-                                 const std::function<double(double)>& denominator) {
+                                 const std::function<double(double)>& denominator,
+                                 dsa::MoeBalance* balance) {
     TORCH_CHECK(cfg.updates_per_batch >= 1 && cfg.mini_batches >= 1, "grpo_update: updates_per_batch and ",
                 "mini_batches must be >= 1");
     // Flatten, with group ids, rewards and betas.
@@ -53,11 +54,14 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                              .apply_kept = cfg.keep_sampling_mask,
                              .temperature = temperature,
                              .chunk_tokens = cfg.logp_chunk_tokens,
-                             .entropy = true};
+                             .entropy = true,
+                             .replay_indexer = cfg.keep_indexer,
+                             .balance = balance};
     const LogprobOptions ref{.replay_routes = cfg.ref_keep_routing,
                              .apply_kept = cfg.ref_keep_sampling_mask,
                              .temperature = temperature,
-                             .chunk_tokens = cfg.logp_chunk_tokens};
+                             .chunk_tokens = cfg.logp_chunk_tokens,
+                             .replay_indexer = cfg.keep_indexer};
     const int64_t pad = 0;
     // Mini-batches of whole groups, in order.
     std::vector<std::vector<int64_t>> batches(static_cast<size_t>(
@@ -77,7 +81,8 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                                                               {.replay_routes = pol.replay_routes,
                                                                                .apply_kept = pol.apply_kept,
                                                                                .temperature = temperature,
-                                                                               .chunk_tokens = pol.chunk_tokens})
+                                                                               .chunk_tokens = pol.chunk_tokens,
+                                                                               .replay_indexer = pol.replay_indexer})
                                                                 .logp.cpu()
                                                           : packed.logp_old;
         if (any_kl) ref_logp[b] = sequence_logprobs(*reference, packed, ref).logp.cpu();
@@ -116,7 +121,7 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                     denominator(loss_denominator(packed.valid, adv.contributes.index_select(0, idx), lopt.agg));
             }
             LossOutput loss = grpo_loss(in, lopt);
-            loss.loss.backward();
+            (balance != nullptr ? balance->add_aux_loss(loss.loss) : loss.loss).backward();
             step();
             Metrics m = loss.metrics;
             const double tokens = packed.valid.sum().item<double>();

@@ -28,7 +28,9 @@ using Metrics = std::map<std::string, double>;
 /// to what its loss sum is divided by — under data parallelism the global count over the number of ranks, so
 /// the ranks' averaged gradient is the global mini-batch's mean (trainer::data_parallel_denominator). Returns one
 /// metrics map per mini-batch step (loss terms, kl, clip and mask fractions, ratio statistics, entropy_mean,
-/// failed_samples, dropped_groups, reward_mean/<domain> and reward_std/<domain> over valid rewards).
+/// failed_samples, dropped_groups, reward_mean/<domain> and reward_std/<domain> over valid rewards). `balance`, when
+/// set, tracks the policy's training forwards (expert loads; the MoE balance loss is added to each mini-batch's
+/// loss).
 std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const dsa::Model* reference,
                                  const std::vector<rollout::SampleGroup>& groups,
@@ -36,6 +38,7 @@ std::vector<Metrics> grpo_update(dsa::Model& policy,
                                  const std::map<std::string, double>& domain_beta,
                                  double temperature,
                                  const std::function<void()>& step,
-                                 const std::function<double(double)>& denominator = {});
+                                 const std::function<double(double)>& denominator = {},
+                                 dsa::MoeBalance* balance = nullptr);
 
 }  // namespace dsrl::grpo

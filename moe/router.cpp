@@ -8,6 +8,7 @@
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/sign.h>
 #include <ATen/ops/topk.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
@@ -89,8 +90,39 @@ Route route(const at::Tensor& x,
     return r;
 }
 
-at::Tensor expert_load(const at::Tensor& indices, int64_t n_routed_experts) {
-    return at::bincount(indices.flatten().to(at::kLong), /*weights=*/{}, n_routed_experts);
+at::Tensor expert_load(const at::Tensor& indices, int64_t n_routed_experts, const at::Tensor& valid) {
+    TORCH_CHECK(n_routed_experts > 0, "expert_load: n_routed_experts must be positive, got ", n_routed_experts);
+    const c10::NoGradGuard no_grad;
+    at::Tensor ids = indices.to(at::kLong);
+    if (valid.defined()) {
+        TORCH_CHECK(valid.numel() == (ids.dim() == 0 ? 1 : ids.size(0)), "expert_load: ", valid.numel(),
+                    " validity flags for ", ids.size(0), " rows of expert ids");
+        ids = ids.index_select(0, valid.flatten().to(ids.device()).ne(0).nonzero().flatten());
+    }
+    // bincount's minlength is not an upper bound: out-of-range ids would grow the result silently.
+    TORCH_CHECK(ids.numel() == 0 || (ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < n_routed_experts),
+                "expert_load: expert ids must be in [0, ", n_routed_experts, ")");
+    if (ids.numel() == 0) return at::zeros({n_routed_experts}, ids.options());
+    return at::bincount(ids.flatten(), /*weights=*/{}, n_routed_experts);
+}
+
+at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& indices, const at::Tensor& mask) {
+    TORCH_CHECK(scores.dim() == 3 && indices.dim() == 3 && mask.dim() == 2 && indices.size(0) == scores.size(0) &&
+                    indices.size(1) == scores.size(1) && mask.size(0) == scores.size(0) &&
+                    mask.size(1) == scores.size(1),
+                "sequence_balance_loss: scores [B, L, E], indices [B, L, k] and mask [B, L] must agree, got ",
+                scores.sizes(), ", ", indices.sizes(), ", ", mask.sizes());
+    const int64_t experts = scores.size(2);
+    const int64_t k = indices.size(2);
+    const at::Tensor m = mask.to(scores.device(), at::kFloat);                          // [B, L]
+    const at::Tensor tokens = m.sum(1).clamp_min(1);                                    // [B]
+    at::Tensor chosen = at::zeros_like(scores, scores.options().requires_grad(false));  // [B, L, E]
+    chosen.scatter_(2, indices.to(scores.device(), at::kLong), 1.0);
+    const at::Tensor f = (chosen * m.unsqueeze(-1)).sum(1) * (static_cast<double>(experts) / static_cast<double>(k)) /
+                         tokens.unsqueeze(-1);                                     // [B, E]
+    const at::Tensor share = scores / (scores.sum(-1, /*keepdim=*/true) + 1e-20);  // [B, L, E]
+    const at::Tensor p = (share * m.unsqueeze(-1)).sum(1) / tokens.unsqueeze(-1);  // [B, E]
+    return (f * p).sum(-1);
 }
 
 void update_bias(at::Tensor& bias, const at::Tensor& load, double gamma) {

@@ -48,8 +48,15 @@ Route route(const at::Tensor& x,
             const RouterOptions& opt,
             const at::Tensor& replay = {});
 
-/// Tokens routed to each expert: [E] int64 (the load used for bias balancing and metrics).
-at::Tensor expert_load(const at::Tensor& indices, int64_t n_routed_experts);
+/// Tokens routed to each expert: [E] int64 (the load used for bias balancing and metrics). With `valid` (one
+/// bool/0-1 entry per row of `indices`), only the valid rows count (padding is routed too but is no load).
+at::Tensor expert_load(const at::Tensor& indices, int64_t n_routed_experts, const at::Tensor& valid = {});
+
+/// DeepSeek-V3's sequence-wise balance loss, per sequence (SPEC §2.4): Σ_e f_e·P_e over the T_b real tokens of
+/// sequence b, with f_e = E/(k·T_b)·Σ_t 1(e ∈ indices_t) and P_e = (1/T_b)·Σ_t s_te/Σ_j s_tj (scores normalized
+/// per token). scores [B, L, E] fp32 (differentiable), indices [B, L, k], mask [B, L] (1 = real token) -> [B]
+/// fp32; a sequence without real tokens gives 0. Minimal (1) when every expert gets the same share.
+at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& indices, const at::Tensor& mask);
 
 /// Aux-loss-free balancing step, in place: b_e -= gamma · sign(load_e − mean(load)).
 void update_bias(at::Tensor& bias, const at::Tensor& load, double gamma);

@@ -22,6 +22,9 @@ void bind(Binder& b, RolloutConfig& c) {
              .max_open = true});
     b.field("max_batch_size", c.max_batch_size, {.doc = "Sequences decoded together.", .min = 1});
     b.field("stop", c.stop, {.doc = "Stop strings (the response ends after the first match)."});
+    b.field("record_indexer", c.record_indexer,
+            {.doc = "Record, for every prompt and response position and DSA layer, the key set the indexer's top-k "
+                    "selected (compact: a few bytes per token and layer; docs/rollout.md), for grpo.keep_indexer."});
 }
 
 }  // namespace dsrl

@@ -31,6 +31,7 @@ struct RolloutConfig {
     rollout::SamplingParams sampling;
     int64_t max_batch_size = 64;
     std::vector<std::string> stop;
+    bool record_indexer = false;  ///< keep-indexer: record every position's DSA top-k key sets
 };
 
 void bind(config::Binder& b, RolloutConfig& c);

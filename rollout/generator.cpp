@@ -1,5 +1,6 @@
 #include "rollout/generator.h"
 
+#include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -7,6 +8,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -33,6 +35,8 @@ struct Row {
     Sample sample;
     at::Generator gen;
     std::vector<std::vector<at::Tensor>> routes;  // [moe layer] -> pieces [n, k]
+    std::vector<std::vector<at::Tensor>> topk;    // [layer] -> pieces [n, index_topk], keys within the sample
+    int64_t pad = 0;                              // left padding: cache slot of the sample's first token
     bool finished = false;
 };
 
@@ -77,7 +81,11 @@ void generate_batch(const dsa::Model& model,
     }
     const c10::Device device = model.device();
     dsa::KvCache cache = model.new_cache(batch, padded + std::max<int64_t>(max_new, 1));
-    const dsa::ForwardOptions fopt{.return_routes = opt.record_routes};
+    const dsa::ForwardOptions fopt{.return_routes = opt.record_routes, .return_topk = opt.record_indexer};
+    // Selected cache slots -> key positions within the sample (−1 stays −1).
+    auto own_keys = [](const at::Tensor& slots, int64_t pad) {
+        return at::where(slots >= 0, slots - pad, at::full({}, -1, slots.options())).to(at::kCPU, at::kInt);
+    };
     auto t0 = Clock::now();
     // Expert parallelism: each forward is joined by the group's ranks that have none of their own.
     const dsa::ForwardLockstep lock(model);
@@ -90,6 +98,10 @@ void generate_batch(const dsa::Model& model,
         rows[b].routes.resize(num_moe);
         for (int64_t j = 0; j < num_moe; ++j)
             rows[b].routes[j].push_back(out.routes[j][b].narrow(0, padded - len, len).cpu());
+        rows[b].pad = padded - len;
+        rows[b].topk.resize(out.topk.size());
+        for (size_t j = 0; j < out.topk.size(); ++j)
+            rows[b].topk[j].push_back(own_keys(out.topk[j][b].narrow(0, padded - len, len), rows[b].pad));
     }
     at::Tensor last_logits = out.logits.select(1, padded - 1);  // [A, V]
 
@@ -132,8 +144,10 @@ void generate_batch(const dsa::Model& model,
         ++stats.decode_steps;
         stats.decode_row_steps += static_cast<int64_t>(active.size());
         for (size_t i = 0; i < active.size(); ++i) {
-            for (int64_t j = 0; j < num_moe; ++j)
-                rows[active[i]].routes[j].push_back(out.routes[j][static_cast<int64_t>(i)].cpu());
+            Row& row = rows[active[i]];
+            for (int64_t j = 0; j < num_moe; ++j) row.routes[j].push_back(out.routes[j][static_cast<int64_t>(i)].cpu());
+            for (size_t j = 0; j < out.topk.size(); ++j)
+                row.topk[j].push_back(own_keys(out.topk[j][static_cast<int64_t>(i)], row.pad));
         }
         // 3. Finished rows leave the batch.
         std::vector<int64_t> keep_pos, still;
@@ -160,6 +174,11 @@ void generate_batch(const dsa::Model& model,
             std::vector<at::Tensor> per_layer;
             for (auto& pieces : row.routes) per_layer.push_back(at::cat(pieces, 0));
             s.set_routes(per_layer, cfg.n_routed_experts);
+        }
+        if (opt.record_indexer) {
+            std::vector<at::Tensor> per_layer;
+            for (auto& pieces : row.topk) per_layer.push_back(at::cat(pieces, 0));
+            s.set_indexer(per_layer, cfg.index_topk);
         }
         stats.generated_tokens += static_cast<int64_t>(s.response.size());
     }
@@ -266,8 +285,42 @@ std::vector<SampleGroup> generate_groups(const dsa::Model& model,
     return groups;
 }
 
-at::Tensor recompute_logprobs(
-    const dsa::Model& model, const Sample& sample, double temperature, bool replay_routes, bool apply_kept) {
+std::function<at::Tensor(int64_t)> indexer_replay(const ModelConfig& cfg,
+                                                  std::vector<const Sample*> samples,
+                                                  int64_t len) {
+    const int64_t k = cfg.index_topk;
+    for (const Sample* s : samples) {
+        if (s->indexer.empty()) {
+            throw DataError(absl::StrCat("keep-indexer: sample ", s->sample_index, " of prompt ", s->prompt_id,
+                                         " has no recorded indexer sets (rollout.record_indexer was off)"));
+        }
+        if (static_cast<int64_t>(s->indexer.size()) != cfg.num_hidden_layers || s->indexer_topk != k) {
+            throw DataError(absl::StrCat("keep-indexer: sample ", s->sample_index, " of prompt ", s->prompt_id,
+                                         " holds sets of ", s->indexer.size(), " layers at k ", s->indexer_topk,
+                                         "; the model has ", cfg.num_hidden_layers, " layers at index_topk ", k));
+        }
+        TORCH_CHECK(s->num_tokens() <= len, "indexer_replay: a sample of ", s->num_tokens(), " tokens in rows of ",
+                    len);
+    }
+    return [samples = std::move(samples), len, k](int64_t layer) {
+        at::Tensor out = at::full({static_cast<int64_t>(samples.size()), len, k}, -1, at::kInt);
+        out.select(2, 0).fill_(0);  // padding positions: key 0 only (their outputs are never used)
+        for (size_t i = 0; i < samples.size(); ++i) {
+            const Sample& s = *samples[i];
+            out[static_cast<int64_t>(i)]
+                .narrow(0, 0, s.num_tokens())
+                .copy_(s.indexer_sets(static_cast<int32_t>(layer)));
+        }
+        return out;
+    };
+}
+
+at::Tensor recompute_logprobs(const dsa::Model& model,
+                              const Sample& sample,
+                              double temperature,
+                              bool replay_routes,
+                              bool apply_kept,
+                              bool replay_indexer) {
     const int64_t np = static_cast<int64_t>(sample.prompt.size());
     const int64_t nr = static_cast<int64_t>(sample.response.size());
     TORCH_CHECK(np >= 1, "recompute_logprobs: empty prompt");
@@ -283,6 +336,7 @@ at::Tensor recompute_logprobs(
         for (int32_t j = 0; j < sample.num_moe_layers; ++j) routes.push_back(sample.route_tensor(j).unsqueeze(0));
         fopt.replay_routes = &routes;
     }
+    if (replay_indexer) fopt.replay_topk = indexer_replay(model.config(), {&sample}, sample.num_tokens());
     const at::Tensor logits = model.forward({input}, fopt).logits[0].narrow(0, np - 1, nr);  // predicts the response
     at::Tensor kept;
     if (apply_kept) {

@@ -37,8 +37,9 @@ struct GenerateOptions {
     std::vector<std::string> stop;  ///< stop strings (matched on the decoded response; kept in it)
     int64_t max_batch_size = 64;
     int64_t policy_version = 0;
-    bool record_kept = true;    ///< kept sets (keep-sampling-mask)
-    bool record_routes = true;  ///< routing paths (keep-routing)
+    bool record_kept = true;      ///< kept sets (keep-sampling-mask)
+    bool record_routes = true;    ///< routing paths (keep-routing)
+    bool record_indexer = false;  ///< DSA top-k key sets of every position (keep-indexer; rollout/indexer_sets.h)
 };
 
 struct GenerationStats {
@@ -77,9 +78,21 @@ std::vector<SampleGroup> generate_groups(const dsa::Model& model,
                                          GenerationStats* stats = nullptr);
 
 /// Teacher-forced behaviour log-probs of a sample's response under `model`: one forward over prompt +
-/// response with (optionally) the recorded routes replayed and the recorded kept sets applied — what GRPO
-/// computes for π. Returns fp32 [response.size()] on the CPU.
-at::Tensor recompute_logprobs(
-    const dsa::Model& model, const Sample& sample, double temperature, bool replay_routes, bool apply_kept);
+/// response with (optionally) the recorded routes replayed, the recorded kept sets applied and the recorded DSA
+/// key sets replayed — what GRPO computes for π. Returns fp32 [response.size()] on the CPU.
+at::Tensor recompute_logprobs(const dsa::Model& model,
+                              const Sample& sample,
+                              double temperature,
+                              bool replay_routes,
+                              bool apply_kept,
+                              bool replay_indexer = false);
+
+/// Keep-indexer replay (ForwardOptions::replay_topk) for a batch whose row i holds samples[i]'s prompt + response
+/// from position 0, right-padded to `len`: each layer's sets are decoded when the forward asks for them, as
+/// [rows, len, index_topk] int32 (padding positions select key 0 only). A sample without indexer sets, or with
+/// sets of another layer count or index_topk than `cfg`, is a DataError naming it.
+std::function<at::Tensor(int64_t)> indexer_replay(const ModelConfig& cfg,
+                                                  std::vector<const Sample*> samples,
+                                                  int64_t len);
 
 }  // namespace dsrl::rollout

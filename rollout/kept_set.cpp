@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "core/error.h"
+#include "rollout/varint.h"
 
 // Note [Kept-set encoding]
 // Tag byte, then: 0 "all" (no payload); 1 the sorted ids as unsigned LEB128 varints of their deltas, the first
@@ -19,24 +20,6 @@ namespace {
 
 constexpr uint8_t kTagAll = 0, kTagIds = 1, kTagBitmap = 2;
 constexpr int64_t kMaxVocab = int64_t{1} << 31;  // ids are int32
-constexpr int kMaxVarintBytes = 5;               // a delta <= 2^31 fits 5 × 7 bits
-
-int varint_len(uint32_t v) {
-    int n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        ++n;
-    }
-    return n;
-}
-
-void put_varint(std::string& out, uint32_t v) {
-    while (v >= 0x80) {
-        out.push_back(static_cast<char>((v & 0x7F) | 0x80));
-        v >>= 7;
-    }
-    out.push_back(static_cast<char>(v));
-}
 
 int64_t bitmap_bytes(int64_t vocab) { return (vocab + 7) / 8; }
 
@@ -49,16 +32,8 @@ void for_each_varint_id(const std::string& bytes, int64_t vocab, Fn fn) {
     int64_t prev = -1;
     size_t i = 1;
     while (i < bytes.size()) {
-        uint64_t delta = 0;
-        int shift = 0;
-        while (true) {
-            if (i >= bytes.size()) bad_kept("truncated varint at the end of the id list");
-            if (shift >= 7 * kMaxVarintBytes) bad_kept(absl::StrCat("varint longer than ", kMaxVarintBytes, " bytes"));
-            const auto b = static_cast<uint8_t>(bytes[i++]);
-            delta |= static_cast<uint64_t>(b & 0x7F) << shift;
-            shift += 7;
-            if ((b & 0x80) == 0) break;
-        }
+        uint32_t delta = 0;
+        if (const char* bad = get_varint(bytes, &i, &delta)) bad_kept(absl::StrCat(bad, " in the id list"));
         if (delta == 0) bad_kept(absl::StrCat("zero delta after id ", prev, " (ids must be strictly increasing)"));
         const int64_t id = prev + static_cast<int64_t>(delta);
         if (delta > static_cast<uint64_t>(kMaxVocab) || id >= vocab) {

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "rollout/indexer_sets.h"
 
 // Note [Rollout record payload]
 // All integers little-endian; str = u64 length + bytes; vec<T> = u64 count + count × T.
@@ -26,7 +27,7 @@
 //   sample  := str domain, i64 prompt_id, i32 sample_index, u64 seed, i64 policy_version,
 //              vec<i32> prompt, vec<i32> response, u8 finish, vec<f32> logprobs, i64 vocab_size,
 //              vec<str> kept (KeptSet::bytes()), i32 num_moe_layers, i32 route_top_k, u8 route_bytes,
-//              vec<u8> routes, f32 reward
+//              vec<u8> routes, [version >= 2: i32 indexer_topk, vec<str> indexer], f32 reward
 // logprobs and kept hold either one entry per response token or none (not recorded). Every length is checked
 // against the bytes that remain before anything is allocated, so a malformed payload can neither read out of
 // bounds nor request an absurd allocation; the CRC catches corruption that stays structurally valid.
@@ -36,7 +37,7 @@ namespace dsrl::rollout {
 namespace {
 
 constexpr char kMagic[8] = {'D', 'S', 'R', 'L', 'R', 'O', 'L', 'L'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;            // 2: the keep-indexer fields
 constexpr size_t kHeaderBytes = 8 + 4 + 8;  // magic, version, payload size
 constexpr size_t kTrailerBytes = 4;         // CRC-32 of the payload
 
@@ -93,6 +94,16 @@ std::string sample_problem(const Sample& s) {
         return absl::StrCat("routes hold ", s.routes.size(), " bytes, expected num_moe_layers ", s.num_moe_layers,
                             " x num_tokens ", s.num_tokens(), " x route_top_k ", s.route_top_k, " x route_bytes ",
                             s.route_bytes);
+    }
+    if (!s.indexer.empty()) {
+        if (s.indexer_topk < 1) return absl::StrCat("indexer sets recorded with indexer_topk ", s.indexer_topk);
+        for (size_t l = 0; l < s.indexer.size(); ++l) {
+            try {
+                check_indexer_layer(s.indexer[l], s.num_tokens(), s.indexer_topk, absl::StrCat("layer ", l));
+            } catch (const DataError& e) {
+                return e.what();
+            }
+        }
     }
     return "";
 }
@@ -202,7 +213,7 @@ private:
     const std::string& what_;
 };
 
-Sample read_sample(Reader& r) {
+Sample read_sample(Reader& r, uint32_t version) {
     Sample s;
     s.domain = r.str("domain");
     s.prompt_id = r.i64("prompt_id");
@@ -232,6 +243,11 @@ Sample read_sample(Reader& r) {
     s.route_top_k = r.i32("route_top_k");
     s.route_bytes = r.u8("route_bytes");
     s.routes = r.u8s("routes");
+    if (version >= 2) {
+        s.indexer_topk = r.i32("indexer_topk");
+        const uint64_t layers = r.count("indexer layers", 8);
+        for (uint64_t l = 0; l < layers; ++l) s.indexer.push_back(r.str("indexer sets"));
+    }
     s.reward = r.f32("reward");
     const std::string problem = sample_problem(s);
     if (!problem.empty()) r.fail(problem);
@@ -255,6 +271,9 @@ void write_sample(Writer& w, const Sample& s) {
     w.i32(s.route_top_k);
     w.u8(static_cast<uint8_t>(s.route_bytes));
     w.u8s(s.routes);
+    w.i32(s.indexer_topk);
+    w.u64(s.indexer.size());
+    for (const std::string& l : s.indexer) w.str(l);
     w.f32(s.reward);
 }
 
@@ -327,6 +346,34 @@ void Sample::set_routes(const std::vector<at::Tensor>& per_layer, int64_t n_rout
     num_moe_layers = static_cast<int32_t>(per_layer.size());
     route_top_k = static_cast<int32_t>(k);
     route_bytes = bytes;
+}
+
+// ---- Sample indexer sets (keep-indexer) ---------------------------------------------------------------------
+
+at::Tensor Sample::indexer_sets(int32_t layer) const {
+    TORCH_CHECK(layer >= 0 && static_cast<size_t>(layer) < indexer.size(), "Sample::indexer_sets: layer ", layer,
+                " of ", indexer.size(), " recorded DSA layers");
+    return decode_indexer_layer(indexer[static_cast<size_t>(layer)], num_tokens(), indexer_topk,
+                                absl::StrCat("sample ", sample_index, " of prompt ", prompt_id, ", DSA layer ", layer));
+}
+
+void Sample::set_indexer(const std::vector<at::Tensor>& per_layer, int64_t k) {
+    TORCH_CHECK(k >= 1 && k <= std::numeric_limits<int32_t>::max(), "Sample::set_indexer: k must be >= 1, got ", k);
+    std::vector<std::string> out;
+    for (size_t l = 0; l < per_layer.size(); ++l) {
+        TORCH_CHECK(per_layer[l].defined() && per_layer[l].dim() == 2 && per_layer[l].size(0) == num_tokens(),
+                    "Sample::set_indexer: layer ", l, " must be [", num_tokens(), ", k], got ",
+                    per_layer[l].defined() ? per_layer[l].sizes() : at::IntArrayRef{});
+        out.push_back(encode_indexer_layer(per_layer[l], k));
+    }
+    indexer = std::move(out);
+    indexer_topk = static_cast<int32_t>(k);
+}
+
+int64_t Sample::indexer_bytes() const {
+    int64_t n = 0;
+    for (const std::string& l : indexer) n += static_cast<int64_t>(l.size());
+    return n;
 }
 
 // ---- Serialization ----------------------------------------------------------------------------------------
@@ -411,7 +458,7 @@ std::vector<SampleGroup> deserialize_groups(const std::string& bytes, const std:
         const uint64_t num_samples = r.count("sample count", 1);
         for (uint64_t i = 0; i < num_samples; ++i) {
             r.where = absl::StrCat("group ", g, " sample ", i, ": ");
-            group.samples.push_back(read_sample(r));
+            group.samples.push_back(read_sample(r, version));
         }
         groups.push_back(std::move(group));
     }

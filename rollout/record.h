@@ -1,9 +1,10 @@
 // Rollout records (SPEC §4): what a rollout worker keeps for every sample so GRPO stays consistent with the
 // behaviour policy — per response token the behaviour log-prob and the kept set of the top-p/top-k
-// truncation, per prompt+response token the MoE routing path — and their binary format.
+// truncation, per prompt+response token the MoE routing path and (keep-indexer) the DSA top-k key sets — and their
+// binary format.
 //
-// Format (little-endian): magic "DSRLROLL", u32 version (1), u64 payload size, payload, u32 CRC-32 (IEEE) of
-// the payload. Readers reject another magic, a newer version, a truncated file or a checksum mismatch with a
+// Format (little-endian): magic "DSRLROLL", u32 version (2; 1 is read too), u64 payload size, payload, u32 CRC-32
+// (IEEE) of the payload. Readers reject another magic, a newer version, a truncated file or a checksum mismatch with a
 // DataError naming the file (or "<buffer>") and what is wrong. Writing a file is atomic (tmp + fsync + rename).
 #pragma once
 
@@ -38,7 +39,11 @@ struct Sample {
     int32_t route_top_k = 0;
     int32_t route_bytes = 1;
     std::vector<uint8_t> routes;  ///< raw little-endian ids, route_bytes per id
-    float reward = 0.0f;          ///< filled by the reward stage (NaN = failed)
+    /// Keep-indexer: per DSA layer the top-k key sets of every prompt+response position, coded by
+    /// encode_indexer_layer (rollout/indexer_sets.h) with k = indexer_topk; empty when not recorded.
+    int32_t indexer_topk = 0;
+    std::vector<std::string> indexer;
+    float reward = 0.0f;  ///< filled by the reward stage (NaN = failed)
 
     int64_t num_tokens() const { return static_cast<int64_t>(prompt.size() + response.size()); }
     /// Routes of MoE layer `layer` as int64 [num_tokens, top_k].
@@ -46,6 +51,13 @@ struct Sample {
     /// Stores routes from per-layer int64 tensors [num_tokens, top_k] (checked), choosing route_bytes from
     /// `n_routed_experts`.
     void set_routes(const std::vector<at::Tensor>& per_layer, int64_t n_routed_experts);
+    /// The recorded key sets of DSA layer `layer` as int32 [num_tokens, indexer_topk] (rows p < k: keys 0..p then
+    /// −1); a malformed record is a DataError naming the sample and layer.
+    at::Tensor indexer_sets(int32_t layer) const;
+    /// Records per-layer key sets ([num_tokens, k] integer key positions within this sample, −1 ignored).
+    void set_indexer(const std::vector<at::Tensor>& per_layer, int64_t k);
+    /// Bytes of the indexer record (all layers).
+    int64_t indexer_bytes() const;
 };
 
 struct SampleGroup {

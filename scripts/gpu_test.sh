@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU tests in one command (issue: "GPU tests run in one device command"): on a machine with a CUDA GPU,
 # sets up (no apt with DSRL_SKIP_APT=1), builds with the kernels, runs every test labelled gpu, the kernel tests
-# under compute-sanitizer (memcheck, racecheck) on small shapes, and the DSA kernel benchmark.
+# under compute-sanitizer (memcheck, racecheck) on small shapes, the DSA kernel benchmark and the keep-indexer one.
 #   bash scripts/gpu_test.sh                       # build in build-gpu, tests + sanitizer + bench
 #   DSRL_GPU_BENCH_ARGS="--lengths 4096,32768" bash scripts/gpu_test.sh
 #   DSRL_GPU_SKIP_BENCH=1 bash scripts/gpu_test.sh  # tests and sanitizer only
@@ -55,6 +55,8 @@ fi
 
 if [ -z "${DSRL_GPU_SKIP_BENCH:-}" ]; then
     "$build/bin/dsrl_bench_dsa" ${DSRL_GPU_BENCH_ARGS:-} 2>&1 | tee "$logs/bench_dsa.txt" || status=1
+    # Keep-indexer (issue 24): the bf16 decode's DSA top-k against the training forward's, log-prob mismatch.
+    "$build/bin/dsrl_bench_keep_indexer" --device cuda 2>&1 | tee "$logs/bench_keep_indexer.txt" || status=1
 fi
 [ "$status" = 0 ] && echo "[gpu_test] all passed" || echo "[gpu_test] FAILURES"
 exit $status

@@ -71,7 +71,7 @@ forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_ma
          for every layer i.
 rollouts prints a rollout record file (--dump-rollouts, rollout/record.h): per group its domain, prompt id and
          size G; per sample its finish reason, policy version, lengths, reward, decoded response, mean
-         log-prob, kept-set sizes and the bytes per token of kept sets and routes. --max-groups N stops after
+         log-prob, kept-set sizes and the bytes per token of kept sets, routes and indexer sets. --max-groups N stops after
          N groups; --tokens adds one line per response token: id, text, log-prob, kept-set size and its
          routes in every MoE layer. Texts decode with DIR's tokenizer.json when --tokenizer DIR is given, with
          the byte-level tokenizer for the demo's vocabulary, else ids are shown.
@@ -250,7 +250,17 @@ void print_sample(const dsrl::rollout::Sample& s, bool tokens, const dsrl::text:
             ? absl::StrFormat("%d layers x top-%d, %.2f bytes/token", s.num_moe_layers, s.route_top_k,
                               static_cast<double>(s.routes.size()) / static_cast<double>(s.num_tokens()))
             : std::string("none");
-    std::cout << "    log-prob mean " << logprob << "; kept sets: " << kept << "; routes: " << routes << "\n";
+    // Keep-indexer: the coded sets over every position (also the implicit ones before the sparse regime).
+    const std::string indexer =
+        s.indexer.empty()
+            ? std::string("not recorded")
+            : absl::StrFormat("%d layers x top-%d, %.2f bytes/token (%.3f per token and layer)", s.indexer.size(),
+                              s.indexer_topk,
+                              static_cast<double>(s.indexer_bytes()) / static_cast<double>(s.num_tokens()),
+                              static_cast<double>(s.indexer_bytes()) /
+                                  static_cast<double>(s.num_tokens() * static_cast<int64_t>(s.indexer.size())));
+    std::cout << "    log-prob mean " << logprob << "; kept sets: " << kept << "; routes: " << routes
+              << "; indexer sets: " << indexer << "\n";
     if (!tokens) return;
     std::vector<at::Tensor> layer_routes;
     for (int32_t l = 0; l < s.num_moe_layers; ++l) layer_routes.push_back(s.route_tensor(l));

@@ -97,13 +97,13 @@ std::string save_checkpoint(const std::string& root,
                          {{"step", std::to_string(optimizer.steps())}});
     }
     // The model (and the KL reference) at its training dtype (bit-exact resume), written by rank 0; under expert
-    // parallelism every rank joins the gather of the experts.
-    model.save_gathered(fs::join(tmp, kModel),
-                        {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);
+    // parallelism rank 0's expert-parallel group writes it, each rank its own experts.
+    model.save_distributed(fs::join(tmp, kModel),
+                           {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);
     if (reference != nullptr) {
-        reference->save_gathered(fs::join(tmp, kReference),
-                                 {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30},
-                                 rank == 0);
+        reference->save_distributed(
+            fs::join(tmp, kReference),
+            {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);
     }
     if (rank == 0) {
         // Then the optimizer and the state.

@@ -126,6 +126,20 @@ void bind(Binder& b, DsaTrainConfig& c) {
          .min = 0});
 }
 
+void bind(Binder& b, MoeTrainConfig& c) {
+    b.field("bias_update_speed", c.bias_update_speed,
+            {.doc = "Aux-loss-free balancing: after every optimizer step each MoE layer's routing bias moves by this "
+                    "much against its expert's load, b_e -= speed * sign(load_e - mean load), with the loads of the "
+                    "step's training tokens summed over all ranks. 0 keeps the bias (DeepSeek-V3 pre-training used "
+                    "0.001).",
+             .min = 0.0});
+    b.field("seq_aux_loss_alpha", c.seq_aux_loss_alpha,
+            {.doc = "Weight of the sequence-wise balance loss alpha * sum_e f_e * P_e, averaged over sequences and "
+                    "summed over MoE layers, added to the training loss of every stage that trains the MoE "
+                    "(DeepSeek-V3: 1e-4). 0: off.",
+             .min = 0.0});
+}
+
 void bind(Binder& b, JobConfig& c) {
     b.section("run", c.run, "Run identity, stages, seed.");
     b.section("model", c.model, "The DeepSeek-V3.2-style model (HF config.json names).");
@@ -137,6 +151,7 @@ void bind(Binder& b, JobConfig& c) {
     b.list("domains", c.domains, "The task mixture of the RL stage.");
     b.section("sft", c.sft, "Supervised fine-tuning stage.");
     b.section("dsa", c.dsa, "The DSA training stages indexer_warmup and sparse_train (SPEC §3).");
+    b.section("moe", c.moe, "Expert balance in training: routing-bias update, balance loss (SPEC §2.4).");
     if (!b.reading()) return;
     std::set<std::string> names;
     double total_weight = 0;
@@ -148,6 +163,9 @@ void bind(Binder& b, JobConfig& c) {
     }
     if (c.domains.empty() || total_weight <= 0) {
         b.fail("domains", "need at least one domain with a positive weight");
+    }
+    if (c.grpo.keep_indexer && !c.rollout.record_indexer) {
+        b.fail("grpo.keep_indexer", "replays the recorded DSA key sets: set rollout.record_indexer: true too");
     }
 }
 

@@ -108,6 +108,13 @@ struct DsaTrainConfig {
     int64_t eval_batches = 4;
 };
 
+/// Expert balance in training (SPEC §2.4; trainer/moe_balance.h). Both off by default: post-training usually keeps
+/// the pre-trained routing bias (DeepSeek-V3 turned its bias update off for the last 500B pre-training tokens).
+struct MoeTrainConfig {
+    double bias_update_speed = 0.0;   ///< γ of the aux-loss-free bias update after each optimizer step (0 = off)
+    double seq_aux_loss_alpha = 0.0;  ///< α of the sequence-wise balance loss (0 = off; DeepSeek-V3: 1e-4)
+};
+
 struct JobConfig {
     RunConfig run;
     ModelConfig model;
@@ -119,6 +126,7 @@ struct JobConfig {
     std::vector<DomainConfig> domains = default_domains();
     SftConfig sft;
     DsaTrainConfig dsa;
+    MoeTrainConfig moe;
 
     static std::vector<DomainConfig> default_domains();
 };
@@ -130,6 +138,7 @@ void bind(config::Binder& b, TrainerConfig& c);
 void bind(config::Binder& b, DomainConfig& c);
 void bind(config::Binder& b, SftConfig& c);
 void bind(config::Binder& b, DsaTrainConfig& c);
+void bind(config::Binder& b, MoeTrainConfig& c);
 void bind(config::Binder& b, JobConfig& c);
 
 /// Every key path of the job schema (for "did you mean" across sections).

@@ -33,8 +33,13 @@ struct DsaData {
     }
 };
 
-using DsaStepFn = std::map<std::string, double> (*)(
-    dsa::Model&, AdamW&, const data::TokenBatch&, const JobConfig&, const dist::Communicator*, double);
+using DsaStepFn = std::map<std::string, double> (*)(dsa::Model&,
+                                                    AdamW&,
+                                                    const data::TokenBatch&,
+                                                    const JobConfig&,
+                                                    const dist::Communicator*,
+                                                    double,
+                                                    dsa::MoeBalance*);
 
 class DsaStage final : public Stage {
 public:
@@ -54,7 +59,7 @@ public:
         batch_tokens_ = static_cast<double>(batch.input_ids.numel());
         StepOutput out;
         out.metrics = fn_(ctx_.policy, ctx_.optimizer, batch, ctx_.job, &ctx_.comm,
-                          dsa_lr_factor(ctx_.job.trainer.optimizer, step, total_));
+                          dsa_lr_factor(ctx_.job.trainer.optimizer, step, total_), ctx_.balance());
         out.skipped_steps = static_cast<int64_t>(out.metrics.at("skipped_steps"));
         return out;
     }

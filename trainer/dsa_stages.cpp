@@ -100,7 +100,9 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model,
                                                   const data::TokenBatch& batch,
                                                   const JobConfig& job,
                                                   const dist::Communicator* comm,
-                                                  double lr_factor) {
+                                                  double lr_factor,
+                                                  dsa::MoeBalance* balance) {
+    (void)balance;  // the warm-up trains the indexer only: no expert load, no balance loss
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
     const std::vector<Param> indexer = select(opt.params(), true);
@@ -133,7 +135,8 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model,
                                                 const data::TokenBatch& batch,
                                                 const JobConfig& job,
                                                 const dist::Communicator* comm,
-                                                double lr_factor) {
+                                                double lr_factor,
+                                                dsa::MoeBalance* balance) {
     opt.zero_grad(/*set_to_none=*/true);
     const double lr = lr_factor * job.dsa.lr;
     const double indexer_scale = lr > 0 ? job.dsa.indexer_lr / lr : 0.0;
@@ -144,7 +147,8 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model,
                                                                               .return_indexer = true,
                                                                               .return_attention = true,
                                                                               .detach_indexer_inputs = true,
-                                                                              .path = dsa::AttentionPath::kSparse});
+                                                                              .path = dsa::AttentionPath::kSparse,
+                                                                              .balance = balance});
         const auto [nll_sum, count] = masked_nll_sum(out.logits, batch);
         const at::Tensor lm = nll_sum / static_cast<double>(std::max<int64_t>(1, count));
         at::Tensor l_i = at::zeros({}, at::TensorOptions().device(model.device()));
@@ -155,7 +159,7 @@ std::map<std::string, double> sparse_train_step(dsa::Model& model,
         }
         l_i = l_i / static_cast<double>(std::max<size_t>(1, out.indexer.size()));
         const at::Tensor loss = lm + l_i;
-        loss.backward();
+        (balance != nullptr ? balance->add_aux_loss(loss) : loss).backward();
         m["loss"] = loss.item<double>();
         m["lm_loss"] = lm.item<double>();
         m["indexer_loss"] = l_i.item<double>();
@@ -171,16 +175,18 @@ std::map<std::string, double> dense_lm_step(dsa::Model& model,
                                             const data::TokenBatch& batch,
                                             const JobConfig& job,
                                             const dist::Communicator* comm,
-                                            double lr_factor) {
+                                            double lr_factor,
+                                            dsa::MoeBalance* balance) {
     opt.zero_grad(/*set_to_none=*/true);
     opt.set_lr_scales([](const std::string&) { return 1.0; });
     std::map<std::string, double> m;
     {
         FreezeScope frozen(select(opt.params(), true));
-        const dsa::ForwardOutput out = model.forward(input_of(batch, model), {.path = dsa::AttentionPath::kDense});
+        const dsa::ForwardOutput out =
+            model.forward(input_of(batch, model), {.path = dsa::AttentionPath::kDense, .balance = balance});
         const auto [nll_sum, count] = masked_nll_sum(out.logits, batch);
         const at::Tensor loss = nll_sum / static_cast<double>(std::max<int64_t>(1, count));
-        loss.backward();
+        (balance != nullptr ? balance->add_aux_loss(loss) : loss).backward();
         m["loss"] = loss.item<double>();
     }
     finish_step(opt, select(opt.params(), false), lr_factor * job.dsa.dense_lm_lr, job, &m);

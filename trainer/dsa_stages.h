@@ -34,21 +34,24 @@ std::map<std::string, double> indexer_warmup_step(dsa::Model& model,
                                                   const data::TokenBatch& batch,
                                                   const JobConfig& job,
                                                   const dist::Communicator* comm,
-                                                  double lr_factor = 1.0);
+                                                  double lr_factor = 1.0,
+                                                  dsa::MoeBalance* balance = nullptr);
 
 std::map<std::string, double> sparse_train_step(dsa::Model& model,
                                                 AdamW& opt,
                                                 const data::TokenBatch& batch,
                                                 const JobConfig& job,
                                                 const dist::Communicator* comm,
-                                                double lr_factor = 1.0);
+                                                double lr_factor = 1.0,
+                                                dsa::MoeBalance* balance = nullptr);
 
 std::map<std::string, double> dense_lm_step(dsa::Model& model,
                                             AdamW& opt,
                                             const data::TokenBatch& batch,
                                             const JobConfig& job,
                                             const dist::Communicator* comm,
-                                            double lr_factor = 1.0);
+                                            double lr_factor = 1.0,
+                                            dsa::MoeBalance* balance = nullptr);
 
 /// The schedule of the DSA stages: lr_at(trainer.optimizer, step, total) / trainer.optimizer.lr (linear warm-up
 /// over trainer.optimizer.warmup_steps, then cosine to min_lr_ratio, or constant), 1 when that lr is 0.

@@ -66,7 +66,7 @@ public:
         if (fresh) ctx_.optimizer.reset_state();
         if (job.trainer.eval_prompts > 0) evaluator_ = std::make_unique<Evaluator>(job, tok_, "");
         rl_ = std::make_unique<RlStep>(job, ctx_.policy, ctx_.reference.get(), tok_, domains_, ctx_.optimizer,
-                                       &ctx_.comm);
+                                       &ctx_.comm, ctx_.balance());
         if (evaluator_ && fresh && !ctx_.state.cursors.count("eval_before")) {
             // The figures before RL are kept in the checkpoint state, so the final summary survives a resume.
             std::string before;

@@ -303,6 +303,7 @@ void AdamW::step(double lr) {
             if (d.comm != nullptr) all_gather_params(d);
         }
     }
+    if (after_step_) after_step_();
 }
 
 void AdamW::zero_grad(bool set_to_none) {

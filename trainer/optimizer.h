@@ -92,6 +92,9 @@ public:
     void zero_grad(bool set_to_none = false);
     /// Sets each parameter's lr_scale from its name (e.g. the indexer's own learning rate in the DSA stages).
     void set_lr_scales(const std::function<double(const std::string&)>& scale_of);
+    /// Runs `hook` at the end of every step() (on every rank: it may be collective), e.g. the MoE routing-bias
+    /// update from the step's expert loads (trainer/moe_balance.h). Empty: none.
+    void set_after_step(std::function<void()> hook) { after_step_ = std::move(hook); }
     /// Forgets the moments and the step count (a fresh optimizer over the same parameters): each training
     /// stage starts with one, so SFT's moments and step count do not leak into RL's updates and schedule.
     void reset_state();
@@ -137,6 +140,7 @@ private:
 
     std::vector<Param> params_;
     AdamWOptions opt_;
+    std::function<void()> after_step_;
     std::vector<at::Tensor> m_, v_;  // undefined for parameters another rank owns
     int64_t step_ = 0;
     const dist::Communicator* comm_given_ = nullptr;

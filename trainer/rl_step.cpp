@@ -50,14 +50,16 @@ RlStep::RlStep(const JobConfig& job,
                const text::Tokenizer& tokenizer,
                std::vector<DomainRuntime>& domains,
                AdamW& optimizer,
-               const dist::Communicator* comm)
+               const dist::Communicator* comm,
+               dsa::MoeBalance* balance)
     : job_(job),
       policy_(policy),
       reference_(reference),
       tokenizer_(tokenizer),
       domains_(domains),
       optimizer_(optimizer),
-      comm_(comm) {
+      comm_(comm),
+      balance_(balance) {
     // Gradients are averaged by the optimizer: one built without the job's group would let the ranks diverge.
     DSRL_INTERNAL_ASSERT(comm == nullptr || comm->size() <= 1 || optimizer.comm() == comm,
                          "RlStep: the optimizer must average over the same group as the step (AdamW's ShardOptions)");
@@ -96,7 +98,8 @@ RlStepResult RlStep::run(int64_t step) {
                                   .max_new_tokens = ro.max_new_tokens,
                                   .stop = ro.stop,
                                   .max_batch_size = ro.max_batch_size,
-                                  .policy_version = step};
+                                  .policy_version = step,
+                                  .record_indexer = ro.record_indexer};
     rollout::GenerationStats gstats;
     RlStepResult out;
     out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt,
@@ -148,7 +151,7 @@ RlStepResult RlStep::run(int64_t step) {
         denominator = [this](double count) { return data_parallel_denominator(count, comm_); };
     }
     const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
-                                                            ro.sampling.temperature, opt_step, denominator);
+                                                            ro.sampling.temperature, opt_step, denominator, balance_);
     for (const grpo::Metrics& m : mb) {
         for (const auto& [k, v] : m) out.metrics[k] += v / static_cast<double>(mb.size());
     }

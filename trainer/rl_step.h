@@ -52,7 +52,8 @@ public:
            const text::Tokenizer& tokenizer,
            std::vector<DomainRuntime>& domains,
            AdamW& optimizer,
-           const dist::Communicator* comm);
+           const dist::Communicator* comm,
+           dsa::MoeBalance* balance = nullptr);
     /// Runs RL step `step` (0-based) of job.trainer.total_steps.
     RlStepResult run(int64_t step);
 
@@ -64,6 +65,7 @@ private:
     std::vector<DomainRuntime>& domains_;
     AdamW& optimizer_;
     const dist::Communicator* comm_;
+    dsa::MoeBalance* balance_;
 };
 
 /// What a rank divides its local loss sum by so that, after the optimizer averages the gradients, the step is the

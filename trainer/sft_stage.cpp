@@ -91,7 +91,8 @@ std::map<std::string, double> sft_step(dsa::Model& model,
                                        data::SftMixture& sources,
                                        int64_t step,
                                        const JobConfig& job,
-                                       const dist::Communicator& comm) {
+                                       const dist::Communicator& comm,
+                                       dsa::MoeBalance* balance) {
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
     const int64_t per_rank = job.trainer.micro_batch_size;
@@ -116,14 +117,15 @@ std::map<std::string, double> sft_step(dsa::Model& model,
         row.mul_(at::tensor(std::vector<float>(l.begin(), l.end()), at::kFloat));
     }
     const grpo::LogprobResult lp = grpo::sequence_logprobs(
-        model, b, {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens});
+        model, b,
+        {.replay_routes = false, .apply_kept = false, .chunk_tokens = job.grpo.logp_chunk_tokens, .balance = balance});
     const at::Tensor valid = b.valid.to(lp.logp.device());
     // Mean over the global batch's target tokens (data_parallel_denominator: every rank's loss sum over the
     // global count / world, so the averaged gradient and the ranks' mean of `loss` are the global mean).
     const double denominator = data_parallel_denominator(valid.sum().item<double>(), &comm);
     // A batch whose examples were all truncated before their first target token has nothing to learn.
     const at::Tensor loss = -(lp.logp * valid).sum() / std::max(denominator, 1e-9);
-    loss.backward();
+    (balance != nullptr ? balance->add_aux_loss(loss) : loss).backward();
     const ClipResult c = opt.reduce_and_clip(job.trainer.optimizer.grad_clip);
     std::map<std::string, double> m{{"loss", loss.item<double>()},
                                     {"grad_norm", c.norm},
@@ -152,7 +154,7 @@ public:
     }
     StepOutput step(int64_t step) override {
         StepOutput out;
-        out.metrics = sft_step(ctx_.policy, ctx_.optimizer, tok_, sources_, step, ctx_.job, ctx_.comm);
+        out.metrics = sft_step(ctx_.policy, ctx_.optimizer, tok_, sources_, step, ctx_.job, ctx_.comm, ctx_.balance());
         out.skipped_steps = static_cast<int64_t>(out.metrics.at("skipped_steps"));
         return out;
     }

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/fault.h"
 #include "core/logging.h"
+#include "trainer/moe_balance.h"
 #include "trainer/tensorboard.h"
 
 namespace dsrl::trainer {
@@ -136,6 +137,8 @@ int64_t int_cursor(const std::map<std::string, std::string>& cursors, const std:
     return value;
 }
 
+dsa::MoeBalance* JobContext::balance() const { return expert_balance != nullptr ? expert_balance->tracker() : nullptr; }
+
 bool run_stage(Stage& stage, JobContext& ctx) {
     const JobConfig& job = ctx.job;
     const int rank = ctx.comm.rank();
@@ -150,6 +153,7 @@ bool run_stage(Stage& stage, JobContext& ctx) {
         fault::kill_point("step_start", ctx.state.job_step() + 1, rank);
         const StepMeter meter(ctx.device);
         StepOutput out = stage.step(done);
+        if (ctx.expert_balance != nullptr) ctx.expert_balance->take_metrics(out.metrics);
         ++done;
         ctx.state.skipped_steps += out.skipped_steps;
         std::map<std::string, double> m = reduce_metrics(out.metrics, ctx.comm);

@@ -26,6 +26,7 @@
 
 namespace dsrl::trainer {
 
+class ExpertBalance;
 class TensorBoardWriter;
 
 /// Rank 0's metrics: one JSON line per step in metrics.jsonl and, with a TensorBoard directory, scalars
@@ -59,6 +60,10 @@ struct JobContext {
     std::string reference_dir;
     /// --dump-rollouts: where the GRPO stage writes each step's rollout records ("" = nowhere).
     std::string dump_rollouts;
+    /// MoE balance in training (trainer/moe_balance.h); run_stage adds its metrics to every step's. Null: none.
+    ExpertBalance* expert_balance = nullptr;
+    /// What the stages' training forwards pass as ForwardOptions::balance (null without MoE layers).
+    dsa::MoeBalance* balance() const;
 };
 
 /// One step's outcome on this rank.

@@ -22,6 +22,7 @@
 #include "rewards/reward.h"
 #include "text/tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/moe_balance.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_dir.h"
 #include "trainer/stage_loop.h"
@@ -134,6 +135,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     state.config_yaml = opt.config_yaml;
     JobContext ctx{job, comm, device, policy, optimizer, state};
     ctx.dump_rollouts = opt.dump_rollouts;
+    // The routing-bias update and expert-load metrics after every optimizer step of every stage.
+    ExpertBalance expert_balance(policy, job.moe, comm);
+    optimizer.set_after_step([&expert_balance] { expert_balance.after_step(); });
+    ctx.expert_balance = &expert_balance;
     std::vector<std::unique_ptr<Stage>> stages = make_stages(ctx, *tok);
 
     if (!opt.resume.empty()) {

@@ -2,6 +2,7 @@
 // every MoE layer's experts; logits, routes and the gradients of replicated weights equal the replicated model's
 // on each rank's own tokens, expert gradients equal the replicated model's gradient of all ranks' summed loss,
 // recorded routes replay, and gather_hf_tensors + save + load + set_expert_parallel round-trips.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
@@ -10,9 +11,11 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 
 #include "core/dist/communicator.h"
@@ -95,7 +98,7 @@ TEST(ModelExpertParallelTest, EqualsTheReplicatedModel) {
     expect_close(r.logits, b.logits, "replayed logits");
 }
 
-TEST(ModelExpertParallelTest, GatherSaveLoadRoundTrip) {
+TEST(ModelExpertParallelTest, GatherAndShardedSaveRoundTrip) {
     if (!under_mpi() || !divides()) GTEST_SKIP() << "needs mpirun with 2 or 4 ranks";
     const Model rep = make_model();
     Model ep = make_model();
@@ -107,16 +110,42 @@ TEST(ModelExpertParallelTest, GatherSaveLoadRoundTrip) {
         EXPECT_EQ(gathered[i].first, full[i].first);
         EXPECT_TRUE(at::equal(gathered[i].second, full[i].second)) << full[i].first;
     }
-    // One rank writes the gathered model; every rank loads it and keeps its experts.
+    // Every rank writes its own experts (rank 0 also the rest and the index); the checkpoint loads whole and at the
+    // same EP size.
     std::string dir = world().rank() == 0 ? fs::make_temp_dir("dsrl_ep_test_") : std::string();
     world().broadcast_bytes(dir, 0);
-    ep.save_gathered(dir + "/model", {.dtype = at::kFloat}, /*write=*/world().rank() == 0);
+    ep.save_distributed(dir + "/model", {.dtype = at::kFloat}, /*write=*/world().rank() == 0);
     world().barrier();
+    const nlohmann::json index = nlohmann::json::parse(fs::read_file(dir + "/model/model.safetensors.index.json"));
+    std::set<std::string> files;
+    for (const auto& [name, file] : index.at("weight_map").items()) files.insert(file.get<std::string>());
+    EXPECT_EQ(files.size(), static_cast<size_t>(world().size())) << "one file per writer";
+    EXPECT_EQ(index.at("weight_map").size(), full.size()) << "the index describes the whole model";
+    const Model whole = Model::load(dir + "/model", rep.config(), at::kCPU);
+    const auto loaded = hf_named_tensors(whole.weights(), whole.config());
+    ASSERT_EQ(loaded.size(), full.size());
+    for (size_t i = 0; i < full.size(); ++i) EXPECT_TRUE(at::equal(loaded[i].second, full[i].second)) << full[i].first;
     Model back = Model::load(dir + "/model", rep.config(), at::kCPU);
     back.set_expert_parallel({.group = &world()});
     auto a = ep.named_tensors();
     auto b = back.named_tensors();
     for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(*a[i].tensor, *b[i].tensor)) << a[i].name;
+    // Asked on the last rank only, with small files: the group still writes, each rank several numbered files.
+    ep.save_distributed(dir + "/small", {.dtype = at::kFloat, .max_shard_bytes = 4096},
+                        /*write=*/world().rank() == world().size() - 1);
+    world().barrier();
+    const Model small = Model::load(dir + "/small", rep.config(), at::kCPU);
+    const auto small_tensors = hf_named_tensors(small.weights(), small.config());
+    for (size_t i = 0; i < full.size(); ++i) EXPECT_TRUE(at::equal(small_tensors[i].second, full[i].second));
+    // A writer that fails (here the leader: the target's parent is a file) fails every writer with the same error.
+    if (world().rank() == 0) fs::write_file_atomic(dir + "/blocked", {"not a directory\n"});
+    world().barrier();
+    try {
+        ep.save_distributed(dir + "/blocked/model", {.dtype = at::kFloat}, /*write=*/true);
+        ADD_FAILURE() << "saving under a file succeeded";
+    } catch (const CheckpointError& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("writer rank 0"));
+    }
     world().barrier();
     if (world().rank() == 0) fs::remove_tree(dir);
     EXPECT_THROW(ep.save(dir + "/x"), InternalError);  // a rank alone cannot write the whole model

@@ -62,7 +62,7 @@ struct Rollout {
     std::vector<rollout::SampleGroup> groups;
 };
 
-Rollout make_rollout() {
+Rollout make_rollout(bool record_indexer = false) {
     ModelConfig c;
     c.index_topk = 12;
     c.max_position_embeddings = 128;
@@ -78,7 +78,8 @@ Rollout make_rollout() {
         prompts.push_back({i == 2 ? "alignment" : "reasoning", i, std::vector<int32_t>(ids.begin(), ids.end())});
     }
     const rollout::GenerateOptions opt{.sampling = {.temperature = 0.9, .top_p = 0.9, .top_k = 40},
-                                       .max_new_tokens = 10};
+                                       .max_new_tokens = 10,
+                                       .record_indexer = record_indexer};
     auto groups = rollout::generate_groups(m, tok, prompts, 4, opt, 5);
     for (auto& g : groups) {
         for (auto& s : g.samples) s.reward = static_cast<float>(s.sample_index % 2);  // two winners per group
@@ -120,6 +121,35 @@ TEST(SequenceLogprobsTest, KeepRoutingAndKeepSamplingMaskReproduceTheBehaviourPo
     sequence_logprobs(r.model, b, both).logp.sum().backward();
     ASSERT_TRUE(moe.moe.gate.grad().defined());
     EXPECT_GT(moe.moe.gate.grad().abs().sum().item<double>(), 0);
+}
+
+TEST(SequenceLogprobsTest, KeepIndexerReplaysEachSamplesSetsInAPaddedBatch) {
+    Rollout r = make_rollout(/*record_indexer=*/true);
+    const PackedBatch b = pack_samples(all_samples(r.groups), 2);
+    const LogprobOptions replay{
+        .replay_routes = true, .apply_kept = true, .temperature = 0.9, .chunk_tokens = 7, .replay_indexer = true};
+    EXPECT_ALL_CLOSE("recorded behaviour log-probs", sequence_logprobs(r.model, b, replay).logp.detach() * b.valid,
+                     b.logp_old, 1e-5);
+    // The indexer moves: the replayed forward (which never evaluates it) holds, a fresh selection does not.
+    {
+        at::NoGradGuard no_grad;
+        for (dsa::LayerWeights& l : r.model.weights().layers) l.indexer.wk.add_(at::randn_like(l.indexer.wk) * 0.5);
+    }
+    EXPECT_ALL_CLOSE("replayed after the indexer moved", sequence_logprobs(r.model, b, replay).logp.detach() * b.valid,
+                     b.logp_old, 1e-5);
+    LogprobOptions fresh = replay;
+    fresh.replay_indexer = false;
+    EXPECT_GT(((sequence_logprobs(r.model, b, fresh).logp.detach() - b.logp_old) * b.valid).abs().max().item<double>(),
+              1e-3);
+    // Gradients still reach the attention (the replayed sets select what is attended, not how).
+    dsa::LayerWeights& l0 = r.model.weights().layers[0];
+    l0.attn.kv_a_proj_with_mqa.requires_grad_(true);
+    sequence_logprobs(r.model, b, replay).logp.sum().backward();
+    ASSERT_TRUE(l0.attn.kv_a_proj_with_mqa.grad().defined());
+    EXPECT_GT(l0.attn.kv_a_proj_with_mqa.grad().abs().sum().item<double>(), 0);
+    // Samples without sets cannot be replayed.
+    Rollout plain = make_rollout();
+    EXPECT_THROW(sequence_logprobs(plain.model, pack_samples(all_samples(plain.groups), 2), replay), DataError);
 }
 
 TEST(SequenceLogprobsTest, MissingRecordsAreClearErrors) {

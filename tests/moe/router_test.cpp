@@ -4,8 +4,10 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/zeros.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -143,6 +145,48 @@ TEST(RouterTest, BiasUpdateMovesTowardBalance) {
     EXPECT_TRUE(at::equal(load, at::tensor({4, 1, 1, 0}, at::kLong)));
     update_bias(bias, load, 0.001);
     EXPECT_ALL_CLOSE("bias", bias, at::tensor({-0.001f, 0.001f, 0.001f, 0.001f}), 1e-9);
+}
+
+TEST(RouterTest, ExpertLoadCountsOnlyValidRows) {
+    const at::Tensor indices = at::tensor({0, 1, 2, 3, 0, 3}, at::kLong).view({3, 2});
+    const at::Tensor valid = at::tensor({1, 0, 1}, at::kLong);
+    EXPECT_TRUE(at::equal(expert_load(indices, 4, valid), at::tensor({2, 1, 0, 1}, at::kLong)));
+    EXPECT_TRUE(at::equal(expert_load(indices, 4, at::zeros({3}, at::kBool)), at::zeros({4}, at::kLong)));
+    EXPECT_THROW(expert_load(indices, 3), c10::Error);  // id 3 is outside [0, 3): not a silently longer result
+    EXPECT_THROW(expert_load(indices, 4, at::ones({2}, at::kBool)), c10::Error);
+}
+
+TEST(RouterTest, SequenceBalanceLossMatchesTheDefinition) {
+    const int64_t B = 3, L = 5, E = 6, k = 2;
+    auto gen = rng::make_cpu_generator(3);
+    const at::Tensor scores = at::rand({B, L, E}, gen).requires_grad_(true);
+    const at::Tensor indices = std::get<1>(at::topk(at::rand({B, L, E}, gen), k, -1));
+    const at::Tensor mask = at::tensor({1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0}, at::kLong).view({B, L});
+    const at::Tensor loss = sequence_balance_loss(scores, indices, mask);
+    ASSERT_EQ(loss.sizes(), at::IntArrayRef({B}));
+    // Loops over the definition: f_e = E/(k·T)·count_e, P_e = mean_t s_te/Σ_j s_tj over the real tokens.
+    const at::Tensor s = scores.detach();
+    for (int64_t b = 0; b < B; ++b) {
+        double t = 0;
+        std::vector<double> count(E, 0), share(E, 0);
+        for (int64_t l = 0; l < L; ++l) {
+            if (mask[b][l].item<int64_t>() == 0) continue;
+            t += 1;
+            for (int64_t j = 0; j < k; ++j) count[indices[b][l][j].item<int64_t>()] += 1;
+            const double total = s[b][l].sum().item<double>();
+            for (int64_t e = 0; e < E; ++e) share[e] += s[b][l][e].item<double>() / total;
+        }
+        double want = 0;
+        for (int64_t e = 0; e < E && t > 0; ++e) want += (E / (k * t)) * count[e] * (share[e] / t);
+        EXPECT_NEAR(loss[b].item<double>(), want, 1e-6) << "sequence " << b;
+    }
+    EXPECT_EQ(loss[2].item<double>(), 0.0);  // no real token
+    loss.sum().backward();  // differentiable in the scores (the router learns from it), not in the choice
+    ASSERT_TRUE(scores.grad().defined());
+    EXPECT_GT(scores.grad().abs().sum().item<double>(), 0.0);
+    // Perfect balance (every expert chosen equally, equal scores) gives 1.
+    const at::Tensor even = at::arange(E, at::kLong).view({1, 3, 2});
+    EXPECT_NEAR(sequence_balance_loss(at::ones({1, 3, E}), even, at::ones({1, 3})).item<double>(), 1.0, 1e-6);
 }
 
 }  // namespace

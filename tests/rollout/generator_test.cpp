@@ -4,9 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/randn_like.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/tensor.h>
+#include <absl/strings/str_cat.h>
+#include <gmock/gmock.h>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "rollout/generator.h"
 #include "tests/model_fixtures.h"
@@ -89,6 +95,96 @@ TEST(GeneratorTest, WithoutReplayAPerturbedRouterBreaksTheLogprobsWithReplayThey
     EXPECT_LE(replayed, 1e-5);
     EXPECT_GT(fresh, 1e-3) << "re-routing should change the log-probs";
     RecordProperty("fresh_routing_logprob_diff", std::to_string(fresh));
+}
+
+// Keep-indexer (issue 24), the mirror of the routing test: the indexer is not trained in RL, but its weights can
+// move (a DSA stage, another checkpoint's indexer) and its decode-time top-k can differ from the training forward's.
+// With the recorded key sets replayed the recomputed log-probs hold; with a fresh selection they do not.
+void perturb_indexer(dsa::Model& m) {
+    at::NoGradGuard no_grad;
+    for (dsa::LayerWeights& l : m.weights().layers) {
+        for (at::Tensor* t : {&l.indexer.wq_b, &l.indexer.wk, &l.indexer.weights_proj})
+            t->add_(at::randn_like(*t) * 0.5);
+    }
+}
+
+GenerateOptions indexer_options() {
+    GenerateOptions o = options();
+    o.record_indexer = true;
+    return o;
+}
+
+TEST(KeepIndexerTest, ReplayedKeySetsHoldTheLogprobsWhenTheIndexerMovesAFreshSelectionDoesNot) {
+    dsa::Model m = make_model(tiny());
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    const auto groups = generate_groups(m, tok, prompts(tok), 2, indexer_options(), 7);
+    int64_t sparse_positions = 0;
+    double before = 0;
+    for (const SampleGroup& g : groups) {
+        for (const Sample& s : g.samples) {
+            ASSERT_EQ(s.indexer.size(), static_cast<size_t>(m.config().num_hidden_layers));
+            EXPECT_EQ(s.indexer_topk, m.config().index_topk);
+            sparse_positions += std::max<int64_t>(0, s.num_tokens() - s.indexer_topk);
+            before = std::max(before, max_abs_diff(recompute_logprobs(m, s, 0.9, true, true, true), s.logprobs));
+        }
+    }
+    ASSERT_GT(sparse_positions, 20) << "the samples must reach the sparse regime";
+    EXPECT_LE(before, 1e-5) << "replaying the sets the decode chose reproduces the behaviour log-probs";
+    perturb_indexer(m);
+    double replayed = 0, fresh = 0;
+    for (const SampleGroup& g : groups) {
+        for (const Sample& s : g.samples) {
+            replayed = std::max(replayed, max_abs_diff(recompute_logprobs(m, s, 0.9, true, true, true), s.logprobs));
+            fresh = std::max(fresh, max_abs_diff(recompute_logprobs(m, s, 0.9, true, true, false), s.logprobs));
+        }
+    }
+    EXPECT_LE(replayed, 1e-5);
+    EXPECT_GT(fresh, 1e-3) << "a new top-k should change the log-probs";
+    RecordProperty("fresh_selection_logprob_diff", std::to_string(fresh));
+}
+
+TEST(KeepIndexerTest, RecordedSetsAreTheTeacherForcedSelections) {
+    // The decode's top-k (one query against the cache) against the training forward's (all queries at once): on the
+    // CPU in fp32 they agree except at near-ties of the k-th score.
+    const dsa::Model m = make_model(tiny());
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    const auto groups = generate_groups(m, tok, prompts(tok), 2, indexer_options(), 11);
+    int64_t same = 0, total = 0;
+    for (const SampleGroup& g : groups) {
+        for (const Sample& s : g.samples) {
+            std::vector<int64_t> ids(s.prompt.begin(), s.prompt.end());
+            ids.insert(ids.end(), s.response.begin(), s.response.end());
+            const dsa::ForwardOutput out =
+                m.forward({at::tensor(ids, at::kLong).unsqueeze(0)}, {.return_logits = false, .return_topk = true});
+            for (int32_t l = 0; l < static_cast<int32_t>(s.indexer.size()); ++l) {
+                const at::Tensor recorded = s.indexer_sets(l);
+                const at::Tensor forward = std::get<0>(out.topk[static_cast<size_t>(l)][0].sort(1));
+                for (int64_t p = s.indexer_topk; p < s.num_tokens(); ++p) {
+                    same += at::equal(recorded[p], forward[p].to(at::kInt)) ? 1 : 0;
+                    ++total;
+                }
+            }
+        }
+    }
+    ASSERT_GT(total, 0);
+    EXPECT_GE(static_cast<double>(same) / static_cast<double>(total), 0.95) << same << " of " << total;
+    RecordProperty("same_sets", absl::StrCat(same, "/", total));
+}
+
+TEST(KeepIndexerTest, ReplayNeedsMatchingRecords) {
+    const dsa::Model m = make_model(tiny());
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    const auto plain = generate_groups(m, tok, prompts(tok), 1, options(), 3);
+    EXPECT_THROW(recompute_logprobs(m, plain[0].samples[0], 0.9, true, true, true), DataError);
+    auto groups = generate_groups(m, tok, prompts(tok), 1, indexer_options(), 3);
+    Sample s = groups[0].samples[0];
+    s.indexer.pop_back();
+    try {
+        recompute_logprobs(m, s, 0.9, true, true, true);
+        ADD_FAILURE() << "a record of fewer layers was replayed";
+    } catch (const DataError& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("holds sets of 2 layers at k 12; the model has 3 layers"));
+    }
 }
 
 TEST(GeneratorTest, SamplesDependOnTheirSeedNotOnTheBatch) {

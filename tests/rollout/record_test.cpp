@@ -1,10 +1,13 @@
 #include "rollout/record.h"
 
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randint.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <absl/strings/escaping.h>
 #include <absl/strings/str_cat.h>
@@ -22,12 +25,15 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/rng.h"
+#include "rollout/indexer_sets.h"
 #include "tests/test_util.h"
 #include "text/tokenizer.h"
 
@@ -80,9 +86,43 @@ std::string kept_error(const std::string& bytes, int64_t vocab) {
     return "<accepted>";
 }
 
-// A sample with random contents: `n_experts` > 256 gives uint16 routes.
-Sample random_sample(
-    std::mt19937_64& rng, int64_t vocab, int64_t n_experts, int layers, int top_k, int prompt_len, int response_len) {
+// Random DSA key sets over `n` positions at k: each position keeps most of the previous set and swaps a few keys
+// (what consecutive queries do), now and then a fresh random set. Row p < k: keys 0..p, then −1.
+at::Tensor random_key_sets(std::mt19937_64& rng, int64_t n, int64_t k) {
+    at::Tensor t = at::full({n, k}, -1, at::kInt);
+    std::vector<int32_t> cur;
+    for (int64_t p = 0; p < n; ++p) {
+        if (p < k) {
+            for (int64_t j = 0; j <= p; ++j) t[p][j] = static_cast<int32_t>(j);
+            cur.push_back(static_cast<int32_t>(p));
+            continue;
+        }
+        std::set<int32_t> next(cur.begin(), cur.end());
+        const int changes = rng() % 7 == 0 ? static_cast<int>(k) : static_cast<int>(rng() % 3);
+        for (int c = 0; c < changes; ++c) {
+            next.erase(std::next(next.begin(), static_cast<std::ptrdiff_t>(rng() % next.size())));
+            int32_t key;
+            do key = static_cast<int32_t>(rng() % (p + 1));
+            while (next.count(key));
+            next.insert(key);
+        }
+        cur.assign(next.begin(), next.end());
+        std::shuffle(cur.begin(), cur.end(), rng);  // any order in, sorted out
+        for (int64_t j = 0; j < k; ++j) t[p][j] = cur[static_cast<size_t>(j)];
+        std::sort(cur.begin(), cur.end());
+    }
+    return t;
+}
+
+// A sample with random contents: `n_experts` > 256 gives uint16 routes; `index_topk` > 0 adds key sets of 2 layers.
+Sample random_sample(std::mt19937_64& rng,
+                     int64_t vocab,
+                     int64_t n_experts,
+                     int layers,
+                     int top_k,
+                     int prompt_len,
+                     int response_len,
+                     int64_t index_topk = 0) {
     Sample s;
     s.domain = absl::StrCat("dom", rng() % 5, "\xE2\x88\x91");
     s.prompt_id = static_cast<int64_t>(rng() >> 1) - (int64_t{1} << 62);
@@ -109,6 +149,10 @@ Sample random_sample(
         per_layer.push_back(at::randint(n_experts, {s.num_tokens(), top_k}, gen, at::kLong));
     }
     s.set_routes(per_layer, n_experts);
+    if (index_topk > 0)
+        s.set_indexer(
+            {random_key_sets(rng, s.num_tokens(), index_topk), random_key_sets(rng, s.num_tokens(), index_topk)},
+            index_topk);
     s.reward = static_cast<float>(rng() % 3) - 1.0f;
     return s;
 }
@@ -137,7 +181,8 @@ void expect_same_sample(const Sample& a, const Sample& b, const std::string& whe
     EXPECT_EQ(a.route_top_k, b.route_top_k);
     EXPECT_EQ(a.route_bytes, b.route_bytes);
     EXPECT_EQ(a.routes, b.routes);
-    EXPECT_EQ(std::bit_cast<uint32_t>(a.reward), std::bit_cast<uint32_t>(b.reward));
+    EXPECT_EQ(a.indexer_topk, b.indexer_topk);
+    EXPECT_EQ(a.indexer, b.indexer);
 }
 
 void expect_same_groups(const std::vector<SampleGroup>& a, const std::vector<SampleGroup>& b) {
@@ -160,16 +205,16 @@ std::vector<SampleGroup> example_groups(uint64_t seed) {
     groups[0].domain = "math";
     groups[0].prompt_id = 17;
     for (int i = 0; i < 4; ++i) {
-        groups[0].samples.push_back(random_sample(rng, 320, 64, 3, 2, 5 + i, 3 + 2 * i));
+        groups[0].samples.push_back(random_sample(rng, 320, 64, 3, 2, 5 + i, 3 + 2 * i, /*index_topk=*/i % 2 ? 4 : 0));
         groups[0].samples.back().sample_index = i;
     }
     groups[0].samples[1].reward = std::numeric_limits<float>::quiet_NaN();
     groups[0].samples[2].reward = -std::numeric_limits<float>::infinity();
     groups[1].domain = "code";
     groups[1].prompt_id = -3;
-    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 9));  // uint16 routes
-    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 0));  // empty response
-    Sample bare;                                                             // nothing recorded beyond the tokens
+    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 9, 3));  // uint16 routes, key sets
+    groups[1].samples.push_back(random_sample(rng, 4000, 300, 2, 8, 7, 0));     // empty response
+    Sample bare;                                                                // nothing recorded beyond the tokens
     bare.prompt = {1, 2, 3};
     bare.response = {4};
     bare.finish = FinishReason::kStop;
@@ -526,8 +571,8 @@ TEST(RecordTest, WrongMagicOrNewerVersionIsRejected) {
     bad.replace(0, 8, "SAFETENS");
     EXPECT_THAT(deserialize_error(bad, "f.bin"), HasSubstr("f.bin: bad magic \"SAFETENS\""));
     bad = bytes;
-    bad[8] = 2;
-    EXPECT_THAT(deserialize_error(bad), HasSubstr("<buffer>: format version 2 is newer than the supported version 1"));
+    bad[8] = 3;
+    EXPECT_THAT(deserialize_error(bad), HasSubstr("<buffer>: format version 3 is newer than the supported version 2"));
     bad[8] = 0;
     EXPECT_THAT(deserialize_error(bad), HasSubstr("format version 0"));
     EXPECT_THAT(deserialize_error("DSRL"), HasSubstr("truncated: 4 bytes"));
@@ -688,6 +733,128 @@ TEST(RecordTest, DsrlToolPrintsAFile) {
     EXPECT_NE(status, 0);
     EXPECT_THAT(read_bytes(dir.path() + "/err"), HasSubstr("checksum"));
     EXPECT_THAT(read_bytes(dir.path() + "/err"), HasSubstr(path));
+}
+
+// ---- Indexer sets (keep-indexer) ------------------------------------------------------------------------
+
+std::string indexer_error(const std::string& bytes, int64_t n, int64_t k) {
+    try {
+        decode_indexer_layer(bytes, n, k, "s");
+    } catch (const DataError& e) {
+        return e.what();
+    }
+    return "<accepted>";
+}
+
+TEST(IndexerSetsTest, RandomSelectionsRoundTripSortedWithImplicitEarlyPositions) {
+    std::mt19937_64 rng(5);
+    for (const int64_t k : {1, 3, 16}) {
+        for (const int64_t n : {int64_t{0}, k - 1, k, k + 1, 5 * k + 7}) {
+            const at::Tensor sets = random_key_sets(rng, n, k);
+            const std::string bytes = encode_indexer_layer(sets, k);
+            const at::Tensor back = decode_indexer_layer(bytes, n, k, "s");
+            ASSERT_EQ(back.sizes(), at::IntArrayRef({n, k}));
+            EXPECT_EQ(back.scalar_type(), at::kInt);
+            for (int64_t p = 0; p < n; ++p) {
+                at::Tensor want = std::get<0>(sets[p].sort());
+                if (p < k) want = at::cat({at::arange(p + 1, at::kInt), at::full({k - p - 1}, -1, at::kInt)});
+                EXPECT_TRUE(at::equal(back[p], want.to(at::kInt))) << "k " << k << " position " << p;
+            }
+            if (n <= k) {
+                EXPECT_TRUE(bytes.empty()) << "positions before the sparse regime are implicit";
+            }
+        }
+    }
+}
+
+TEST(IndexerSetsTest, SlidingSelectionsCostAFewBytesAndRandomOnesFallBackToRaw) {
+    // A window of the k most recent keys: each position drops one key and adds itself.
+    const int64_t k = 64, n = 1000;
+    at::Tensor window = at::full({n, k}, -1, at::kInt);
+    for (int64_t p = 0; p < n; ++p) {
+        const int64_t first = std::max<int64_t>(0, p - k + 1);
+        window[p].narrow(0, 0, p - first + 1).copy_(at::arange(first, p + 1, at::kInt));
+    }
+    const std::string slide = encode_indexer_layer(window, k);
+    EXPECT_LE(slide.size(), static_cast<size_t>(5 * (n - k))) << "header + removed + added gaps";
+    // Unrelated sets: the raw coding (header + k gaps) bounds the size.
+    std::mt19937_64 rng(9);
+    at::Tensor fresh = at::full({n, k}, -1, at::kInt);
+    for (int64_t p = k; p < n; ++p) {
+        std::vector<int32_t> keys(static_cast<size_t>(p + 1));
+        std::iota(keys.begin(), keys.end(), 0);
+        std::shuffle(keys.begin(), keys.end(), rng);
+        for (int64_t j = 0; j < k; ++j) fresh[p][j] = keys[static_cast<size_t>(j)];
+    }
+    const std::string raw = encode_indexer_layer(fresh, k);
+    EXPECT_LE(raw.size(), static_cast<size_t>((n - k) * (1 + 2 * k)));
+    EXPECT_TRUE(at::equal(decode_indexer_layer(raw, n, k, "s").narrow(0, k, n - k),
+                          std::get<0>(fresh.narrow(0, k, n - k).sort(1))));
+    EXPECT_GT(raw.size(), static_cast<size_t>((n - k) * k / 2)) << "unrelated sets cost about k gaps each";
+    // 4-byte keys of every sparse position would be far larger.
+    EXPECT_GT(static_cast<double>((n - k) * k * 4) / static_cast<double>(slide.size()), 50.0);
+}
+
+TEST(IndexerSetsTest, EncoderRejectsSetsThatAreNotKDistinctEarlierKeys) {
+    const int64_t k = 2;
+    at::Tensor sets = at::tensor({0, -1, 0, 1, 0, 1}, at::kInt).view({3, 2});
+    EXPECT_NO_THROW(encode_indexer_layer(sets, k));
+    sets[2][1] = 3;  // after position 2
+    EXPECT_THROW(encode_indexer_layer(sets, k), c10::Error);
+    sets[2][1] = 0;  // repeated
+    EXPECT_THROW(encode_indexer_layer(sets, k), c10::Error);
+    sets[2][1] = -1;  // too few
+    EXPECT_THROW(encode_indexer_layer(sets, k), c10::Error);
+}
+
+TEST(IndexerSetsTest, MalformedEncodingsAreDataErrorsNamingThePosition) {
+    // k = 2, positions 0..3: positions 2 and 3 are coded.
+    const at::Tensor sets = at::tensor({0, -1, 0, 1, 0, 2, 2, 3}, at::kInt).view({4, 2});
+    const std::string good = encode_indexer_layer(sets, 2);
+    ASSERT_EQ(indexer_error(good, 4, 2), "<accepted>");
+    EXPECT_THAT(indexer_error(good.substr(0, good.size() - 1), 4, 2), HasSubstr("truncated varint"));
+    EXPECT_THAT(indexer_error(good + std::string(1, '\x02'), 4, 2), HasSubstr("1 trailing bytes"));
+    EXPECT_THAT(indexer_error(std::string("\x03", 1), 3, 2), HasSubstr("s: indexer set of position 2: header 3"));
+    EXPECT_THAT(indexer_error(std::string("\x01\x01\x00", 3), 3, 2), HasSubstr("zero gap"));
+    EXPECT_THAT(indexer_error(std::string("\x01\x01\x03", 3), 3, 2), HasSubstr("key 3 is after the position"));
+    // Delta of 1: remove key 2 (not selected: the implicit set is {0, 1}), add key 2.
+    EXPECT_THAT(indexer_error(std::string("\x02\x03\x03", 3), 3, 2), HasSubstr("removed key 2 was not selected"));
+    // Delta of 1: remove key 0, add key 1 (already selected).
+    EXPECT_THAT(indexer_error(std::string("\x02\x01\x02", 3), 3, 2), HasSubstr("added key 1 was already selected"));
+    EXPECT_THAT(indexer_error(std::string("\x80\x80\x80\x80\x80\x01", 6), 3, 2), HasSubstr("longer than 5 bytes"));
+    EXPECT_THAT(indexer_error("", 3, 0), HasSubstr("not a valid shape"));
+    // Inside a record: the reader names the group, sample and layer.
+    std::mt19937_64 rng(3);
+    std::vector<SampleGroup> groups(1);
+    groups[0].samples.push_back(random_sample(rng, 50, 8, 1, 2, 6, 6, /*index_topk=*/3));
+    groups[0].samples[0].indexer[1] = std::string("\x05", 1);
+    try {
+        serialize_groups(groups);
+        ADD_FAILURE() << "a malformed indexer record was written";
+    } catch (const DataError& e) {
+        EXPECT_THAT(e.what(), HasSubstr("group 0 sample 0: layer 1: indexer set of position 3: header 5"));
+    }
+    groups[0].samples[0].indexer_topk = 0;
+    EXPECT_THROW(serialize_groups(groups), DataError);
+}
+
+TEST(IndexerSetsTest, Version1RecordsStillRead) {
+    // A version-1 payload is a version-2 one without the two keep-indexer fields (i32 indexer_topk, u64 count).
+    std::mt19937_64 rng(4);
+    std::vector<SampleGroup> groups(1);
+    groups[0].domain = "d";
+    groups[0].samples.push_back(random_sample(rng, 50, 8, 1, 2, 4, 3));
+    std::string v2 = serialize_groups(groups);
+    const size_t payload = v2.size() - 24;
+    // The sample's last fields: ... routes, i32 indexer_topk (0), u64 count (0), f32 reward, then the CRC.
+    std::string v1 = v2.substr(0, v2.size() - 4 - 4 - 12) + v2.substr(v2.size() - 8, 4);
+    v1[8] = 1;
+    const uint64_t p1 = payload - 12;
+    for (int i = 0; i < 8; ++i) v1[12 + i] = static_cast<char>(p1 >> (8 * i));
+    v1 += std::string(4, '\0');
+    reseal(v1);
+    const std::vector<SampleGroup> back = deserialize_groups(v1, "v1.bin");
+    expect_same_groups(back, groups);
 }
 
 }  // namespace

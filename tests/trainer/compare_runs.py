@@ -4,7 +4,7 @@
 
 ROOT/BASE and ROOT/OTHER are run directories. Compared: loss and grad_norm of every (stage, step) both
 metrics.jsonl files hold — relative difference with an absolute floor of 1e-8 (an on-policy GRPO loss is ~0 up to
-rounding) — and every tensor of the latest checkpoint's model/model.safetensors as ||a - b|| / ||a||. Passes within
+rounding) — and every tensor of the latest checkpoint's model (model.safetensors or its shard files) as ||a - b|| / ||a||. Passes within
 1e-5 (the issue's bound), or with --exact only when both are 0 (bit for bit). Prints one line; exits 1 on failure.
 """
 
@@ -22,9 +22,15 @@ def rows(run):
 
 
 def weights(run):
+    """Every tensor of the latest checkpoint's model, whichever files hold it (one file, or one per writer)."""
     ck = os.path.join(run, "checkpoints")
     with open(os.path.join(ck, "latest")) as f:
-        return load_file(os.path.join(ck, f.read().strip(), "model", "model.safetensors"))
+        model = os.path.join(ck, f.read().strip(), "model")
+    out = {}
+    for name in sorted(os.listdir(model)):
+        if name.endswith(".safetensors"):
+            out.update(load_file(os.path.join(model, name)))
+    return out
 
 
 def main():

@@ -11,7 +11,14 @@ same_steps_and_weights() {
     [ -z "$dups" ] || { echo "FAIL: metrics.jsonl repeats steps after the resume: $dups"; return 1; }
     [ "$(rows "$a/metrics.jsonl")" = "$(rows "$b/metrics.jsonl")" ] ||
         { echo "FAIL: the resumed run's metrics.jsonl has other steps than the uninterrupted run's"; return 1; }
-    local wa="$a/checkpoints/$step/model/model.safetensors" wb="$b/checkpoints/$step/model/model.safetensors"
-    cmp -s "$wa" "$wb" || { echo "FAIL: the resumed run's final weights differ from the uninterrupted run's"; return 1; }
-    echo "one metrics row per step; final weights equal the uninterrupted run's bit for bit ($(stat -c %s "$wa") bytes)"
+    # Every weight file (model.safetensors, or one per writer under expert parallelism), and the index.
+    local ma="$a/checkpoints/$step/model" mb="$b/checkpoints/$step/model" f bytes=0
+    [ "$(cd "$ma" && ls ./*.safetensors* | sort)" = "$(cd "$mb" && ls ./*.safetensors* | sort)" ] ||
+        { echo "FAIL: the resumed run's model files differ from the uninterrupted run's"; return 1; }
+    for f in "$ma"/*.safetensors*; do
+        cmp -s "$f" "$mb/$(basename "$f")" ||
+            { echo "FAIL: the resumed run's final weights differ from the uninterrupted run's ($(basename "$f"))"; return 1; }
+        bytes=$((bytes + $(stat -c %s "$f")))
+    done
+    echo "one metrics row per step; final weights equal the uninterrupted run's bit for bit ($bytes bytes)"
 }

@@ -5,7 +5,9 @@
 # weights as EP 1 (losses and gradient norms of every step, and every final weight tensor —
 # written whole in the HF layout, experts gathered — within 1e-5 relative, the latter as ||a - b|| / ||a||); an EP 2 job killed mid-checkpoint resumes bit
 # for bit (SFT, and GRPO with its KL reference); its checkpoint continues at EP 1 (resharded); an EP size that does
-# not divide the ranks or the experts is a config error.
+# not divide the ranks or the experts is a config error. The MoE balance is on throughout (routing-bias update from
+# the loads of every rank, sequence-wise balance loss): its biases are among the compared weights. Under EP each rank
+# writes its own experts' shard files.
 # Usage: expert_parallel_test.sh path/to/dsrl_train MPIEXEC PYTHON
 set -u
 source "$(dirname "$0")/crash_checks.sh"
@@ -15,13 +17,14 @@ python=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 DSRL_LOG_LEVEL=warn
-sft=(--set 'run.stages=[sft]' --set sft.steps=3 --set trainer.micro_batch_size=4 --set trainer.tensorboard=false
+balance=(--set moe.bias_update_speed=0.01 --set moe.seq_aux_loss_alpha=0.001)
+sft=("${balance[@]}" --set 'run.stages=[sft]' --set sft.steps=3 --set trainer.micro_batch_size=4 --set trainer.tensorboard=false
      --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=3)
 # GRPO with held-out evaluation: rollout and greedy decoding run in lock-step across each EP group.
-grpo=(--set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=2 --set rollout.group_size=4
+grpo=("${balance[@]}" --set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=2 --set rollout.group_size=4
       --set rollout.max_new_tokens=8 --set trainer.eval_prompts=4 --set trainer.eval_every=1 --set trainer.tensorboard=false
       --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=2)
-dsa=(--set 'run.stages=[indexer_warmup, sparse_train]' --set run.device=cpu --set trainer.tensorboard=false
+dsa=("${balance[@]}" --set 'run.stages=[indexer_warmup, sparse_train]' --set run.device=cpu --set trainer.tensorboard=false
      --set model.index_topk=16 --set dsa.seq_len=64 --set 'dsa.data=synthetic:retrieval?keys=8' --set dsa.batch_size=2
      --set dsa.eval_batches=1 --set dsa.warmup_steps=2 --set dsa.sparse_steps=2 --set trainer.checkpoint.every_steps=100)
 run() {  # run NP OUT_DIR [arguments]
@@ -41,6 +44,9 @@ for spec in "2 1" "2 2" "4 1" "4 4"; do
     run "$1" "$tmp/grpo.np$1.ep$2" "${grpo[@]}" --set "dist.expert_parallel_size=$2" >"$tmp/grpo.np$1.ep$2.log" 2>&1 ||
         { echo "FAIL: GRPO on $1 ranks, EP $2"; cat "$tmp/grpo.np$1.ep$2.log"; exit 1; }
 done
+grep -q '"moe/max_load"' "$tmp/np2.ep2.z0/metrics.jsonl" || { echo "FAIL: no expert-load metrics"; exit 1; }
+ls "$tmp/np2.ep2.z0/checkpoints/step-00000003/model/" | grep -q "model-00002-of-00002.safetensors" ||
+    { echo "FAIL: EP 2 did not write one shard file per rank"; ls "$tmp/np2.ep2.z0/checkpoints/step-00000003/model/"; exit 1; }
 compare="$python $(dirname "$0")/compare_runs.py"
 for pair in "np2.ep1.z0 np2.ep2.z0" "np2.ep1.z0 np2.ep2.z2" "np4.ep1.z0 np4.ep2.z1" "np4.ep1.z0 np4.ep4.z0" \
             "dsa.ep1 dsa.ep2" "grpo.np2.ep1 grpo.np2.ep2" "grpo.np4.ep1 grpo.np4.ep4"; do
