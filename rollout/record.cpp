@@ -16,6 +16,7 @@
 #include <absl/strings/str_format.h>
 #include <c10/util/Exception.h>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "rollout/indexer_sets.h"
@@ -40,17 +41,6 @@ constexpr char kMagic[8] = {'D', 'S', 'R', 'L', 'R', 'O', 'L', 'L'};
 constexpr uint32_t kVersion = 2;            // 2: the keep-indexer fields
 constexpr size_t kHeaderBytes = 8 + 4 + 8;  // magic, version, payload size
 constexpr size_t kTrailerBytes = 4;         // CRC-32 of the payload
-
-constexpr std::array<uint32_t, 256> make_crc_table() {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        t[i] = c;
-    }
-    return t;
-}
-constexpr std::array<uint32_t, 256> kCrcTable = make_crc_table();
 
 bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
@@ -378,12 +368,7 @@ int64_t Sample::indexer_bytes() const {
 
 // ---- Serialization ----------------------------------------------------------------------------------------
 
-uint32_t crc32(const void* data, size_t size) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < size; ++i) c = kCrcTable[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
+uint32_t crc32(const void* data, size_t size) { return dsrl::crc32(data, size); }
 
 std::string serialize_groups(const std::vector<SampleGroup>& groups) {
     Writer w;

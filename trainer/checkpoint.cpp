@@ -16,6 +16,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/fault.h"
 #include "core/fs.h"
@@ -33,6 +34,7 @@ constexpr const char* kState = "state.json";
 constexpr const char* kOptimizer = "optimizer.safetensors";
 constexpr const char* kModel = "model";
 constexpr const char* kReference = "reference";
+constexpr const char* kManifest = "manifest.json";
 
 std::string rng_file(int rank) { return absl::StrCat("rng.rank", rank, ".bin"); }
 std::string cursors_file(int rank) { return absl::StrCat("cursors.rank", rank, ".json"); }
@@ -51,7 +53,110 @@ void barrier(const dist::Communicator* comm) {
     if (comm != nullptr && comm->size() > 1) comm->barrier();
 }
 
+// Note [Checkpoint manifest]
+// The last file of a checkpoint: manifest.json lists every other file (relative path, size, CRC-32C), written by
+// rank 0 once every rank's files are complete and just before the directory is renamed into place. The ranks hash
+// the files in parallel (file i by rank i mod world; the directory is on a shared file system). state.json says
+// "manifest": true, so a checkpoint that lost its manifest is told apart from one written before manifests
+// existed (accepted unverified). Resume verifies the same way, in parallel, before loading anything.
+
+// Every regular file under `dir` as a path relative to it, sorted; the manifest itself left out.
+std::vector<std::string> files_under(const std::string& dir, const std::string& prefix = "") {
+    std::vector<std::string> out;
+    std::vector<std::string> names = fs::list_dir(dir);
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+        const std::string rel = prefix.empty() ? name : fs::join(prefix, name);
+        if (fs::is_dir(fs::join(dir, name))) {
+            for (std::string& f : files_under(fs::join(dir, name), rel)) out.push_back(std::move(f));
+        } else if (rel != kManifest) {
+            out.push_back(rel);
+        }
+    }
+    return out;
+}
+
+int rank_of(const dist::Communicator* comm) { return comm != nullptr && comm->size() > 1 ? comm->rank() : 0; }
+int world_of(const dist::Communicator* comm) { return comm != nullptr && comm->size() > 1 ? comm->size() : 1; }
+
+// This rank's share of `files` hashed, merged over the ranks: path -> {"bytes", "crc32c"} on every rank.
+Json digests(const std::string& dir, const std::vector<std::string>& files, const dist::Communicator* comm) {
+    Json mine = Json::object();
+    for (size_t i = static_cast<size_t>(rank_of(comm)); i < files.size(); i += static_cast<size_t>(world_of(comm))) {
+        const FileDigest d = crc32c_file(fs::join(dir, files[i]));
+        mine[files[i]] = {{"bytes", d.size}, {"crc32c", absl::StrFormat("%08x", d.crc32c)}};
+    }
+    if (world_of(comm) == 1) return mine;
+    Json all = Json::object();
+    for (const std::string& part : comm->all_gather_bytes(mine.dump())) all.update(Json::parse(part));
+    return all;
+}
+
+void write_manifest(const std::string& tmp, const dist::Communicator* comm) {
+    const Json files = digests(tmp, files_under(tmp), comm);
+    if (rank_of(comm) != 0) return;
+    const Json manifest = {{"format", "dsrl checkpoint manifest"}, {"version", 1}, {"files", files}};
+    fs::write_file_synced(fs::join(tmp, kManifest), {manifest.dump(1) + "\n"});
+}
+
 }  // namespace
+
+std::string verify_checkpoint(const std::string& dir, const dist::Communicator* comm, bool* legacy) {
+    if (legacy != nullptr) *legacy = false;
+    const std::string manifest_path = fs::join(dir, kManifest);
+    if (!fs::exists(manifest_path)) {
+        bool expected = true;
+        try {
+            expected = Json::parse(fs::read_file(fs::join(dir, kState))).value("manifest", false);
+        } catch (const std::exception&) {
+            return absl::StrCat(fs::join(dir, kState), " is unreadable and there is no ", kManifest);
+        }
+        if (expected) return absl::StrCat(manifest_path, " is missing");
+        if (legacy != nullptr) *legacy = true;  // written before manifests existed
+        return "";
+    }
+    Json listed;
+    try {
+        listed = Json::parse(fs::read_file(manifest_path)).at("files");
+        if (!listed.is_object()) throw std::runtime_error("\"files\" is not an object");
+    } catch (const std::exception& e) {
+        return absl::StrCat(manifest_path, " is corrupt: ", e.what());
+    }
+    std::vector<std::string> files;
+    for (const auto& [path, info] : listed.items()) files.push_back(path);
+    // Each rank checks its share; the first problem in file order wins on every rank.
+    std::string problem;
+    for (size_t i = static_cast<size_t>(rank_of(comm)); i < files.size(); i += static_cast<size_t>(world_of(comm))) {
+        const std::string path = fs::join(dir, files[i]);
+        const Json& info = listed[files[i]];
+        try {
+            if (!fs::exists(path)) {
+                problem = absl::StrCat(path, " is missing");
+                break;
+            }
+            const FileDigest d = crc32c_file(path);
+            const int64_t bytes = info.at("bytes").get<int64_t>();
+            const std::string crc = info.at("crc32c").get<std::string>();
+            if (d.size != bytes) {
+                problem = absl::StrCat(path, " has ", d.size, " bytes, the manifest says ", bytes, " (truncated?)");
+                break;
+            }
+            if (absl::StrFormat("%08x", d.crc32c) != crc) {
+                problem = absl::StrCat(path, " fails its checksum (CRC-32C ", absl::StrFormat("%08x", d.crc32c),
+                                       ", the manifest says ", crc, "): the file is corrupt");
+                break;
+            }
+        } catch (const std::exception& e) {
+            problem = absl::StrCat(path, ": ", e.what());
+            break;
+        }
+    }
+    if (world_of(comm) == 1) return problem;
+    for (const std::string& p : comm->all_gather_bytes(problem)) {
+        if (!p.empty()) return p;
+    }
+    return "";
+}
 
 std::vector<std::string> step_dirs(const std::string& root) {
     std::vector<std::string> out;
@@ -118,10 +223,13 @@ std::string save_checkpoint(const std::string& root,
                   {"skipped_steps", state.skipped_steps},
                   {"world_size", state.world_size},
                   {"optimizer_steps", optimizer.steps()},
-                  {"config_yaml", state.config_yaml}};
+                  {"config_yaml", state.config_yaml},
+                  {"manifest", true}};
         fs::write_file_synced(fs::join(tmp, kState), {j.dump(2) + "\n"});
     }
     barrier(comm);
+    // Last: the manifest of every file (Note [Checkpoint manifest]); then the directory is published.
+    write_manifest(tmp, comm);
     if (rank == 0) {
         fs::fsync_dir(tmp);
         if (fs::exists(final_dir)) fs::remove_tree(final_dir);  // re-saving the same step replaces it
@@ -142,25 +250,59 @@ std::string save_checkpoint(const std::string& root,
     return final_dir;
 }
 
-std::string resolve_resume(const std::string& root, const std::string& spec) {
-    std::string dir;
-    if (spec == "auto") {
-        const std::string latest = fs::join(root, kLatest);
-        if (!fs::exists(latest)) return "";
-        std::string name = read_text(latest);
-        while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-        dir = fs::join(root, name);
-    } else {
-        dir = spec;
-    }
+namespace {
+
+// "" when `dir` holds every file a resume reads and they verify against its manifest; else what is wrong.
+std::string checkpoint_problem(const std::string& dir, const dist::Communicator* comm) {
     for (const char* need : {kState, kOptimizer, kModel}) {
         const bool shards = std::string(need) == kOptimizer && fs::exists(fs::join(dir, optimizer_shard_file(0)));
         if (!shards && !fs::exists(fs::join(dir, need))) {
-            throw CheckpointError(
-                absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need));
+            return absl::StrCat("checkpoint ", dir, " is incomplete or not a dsrl checkpoint: no ", need);
         }
     }
-    return dir;
+    bool legacy = false;
+    const std::string problem = verify_checkpoint(dir, comm, &legacy);
+    if (legacy && rank_of(comm) == 0) {
+        DSRL_LOG(warn) << "checkpoint " << dir << " predates checkpoint manifests: resuming from it unverified";
+    }
+    return problem;
+}
+
+}  // namespace
+
+std::string resolve_resume(const std::string& root, const std::string& spec, const dist::Communicator* comm) {
+    if (spec != "auto") {
+        const std::string problem = checkpoint_problem(spec, comm);
+        if (!problem.empty()) throw CheckpointError(absl::StrCat("--resume ", spec, ": ", problem));
+        return spec;
+    }
+    // The checkpoint `latest` names first, then every other one newest first: a corrupt checkpoint is skipped.
+    std::vector<std::string> candidates;
+    const std::string latest = fs::join(root, kLatest);
+    if (fs::exists(latest)) {
+        std::string name = read_text(latest);
+        while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+        candidates.push_back(name);
+    }
+    std::vector<std::string> dirs = step_dirs(root);
+    for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+        if (candidates.empty() || *it != candidates.front()) candidates.push_back(*it);
+    }
+    std::vector<std::string> skipped;
+    for (const std::string& name : candidates) {
+        const std::string dir = fs::join(root, name);
+        const std::string problem = checkpoint_problem(dir, comm);
+        if (problem.empty()) return dir;
+        if (rank_of(comm) == 0) {
+            DSRL_LOG(warn) << "--resume auto: skipping checkpoint " << dir << ": " << problem
+                           << "; trying an older one";
+        }
+        skipped.push_back(problem);
+    }
+    if (skipped.empty()) return "";  // no checkpoint yet: a fresh start
+    throw CheckpointError(absl::StrCat("--resume auto: no checkpoint under ", root, " verifies (",
+                                       absl::StrJoin(skipped, "; "),
+                                       "); remove them or pass --resume PATH to one, or start without --resume"));
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int world_size, int rank) {

@@ -9,6 +9,7 @@
 //                        rng.rank<r>.bin each rank's generator state
 //                        cursors.rank<r>.json  each rank's data cursors (ranks draw their own prompts)
 //                        reference/      the frozen KL reference of the GRPO stage, when there is one
+//                        manifest.json   written last: size and CRC-32C of every other file (verified on resume)
 //   <root>/latest                        "step-00000120", replaced atomically after the rename
 //
 // Writing: rank 0 prepares <root>/.step-00000120.tmp, every rank writes its own files into it (so <root>
@@ -63,9 +64,18 @@ std::string save_checkpoint(const std::string& root,
                             const dist::Communicator* comm,
                             const dsa::Model* reference = nullptr);
 
-/// `--resume auto|PATH`: auto = <root>/latest if present, else "" (a fresh start); a path must be a
-/// complete checkpoint directory. Errors (CheckpointError) name the path.
-std::string resolve_resume(const std::string& root, const std::string& spec);
+/// `--resume auto|PATH`, collective over `comm` (null: one process). Every candidate is verified against its
+/// manifest (verify_checkpoint) before it is chosen. auto: <root>/latest's checkpoint, or when that is corrupt or
+/// incomplete the newest other one that verifies (each skipped one is a warning naming it and its bad file); "" when
+/// there is no checkpoint (a fresh start); a CheckpointError when checkpoints exist but none verifies. PATH: a
+/// complete checkpoint that verifies, else a CheckpointError naming the path and the bad file.
+std::string resolve_resume(const std::string& root, const std::string& spec, const dist::Communicator* comm = nullptr);
+
+/// Checks `dir` against its manifest.json (every listed file present, with its size and CRC-32C): "" when it
+/// verifies, else what is wrong, naming the file. Collective over `comm` (the ranks hash a share each; null: one
+/// process). A checkpoint written before manifests existed (state.json without "manifest") is accepted with
+/// `*legacy` set; one whose manifest is missing or corrupt is not.
+std::string verify_checkpoint(const std::string& dir, const dist::Communicator* comm, bool* legacy = nullptr);
 
 struct LoadedCheckpoint {
     TrainingState state;

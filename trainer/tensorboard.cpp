@@ -11,22 +11,12 @@
 
 #include <absl/strings/str_cat.h>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/fs.h"
 
 namespace dsrl::trainer {
 namespace {
-
-constexpr std::array<uint32_t, 256> make_crc32c_table() {
-    std::array<uint32_t, 256> table{};
-    for (uint32_t i = 0; i < 256; ++i) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; ++k) c = (c & 1) != 0 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        table[i] = c;
-    }
-    return table;
-}
-constexpr std::array<uint32_t, 256> kCrc32cTable = make_crc32c_table();
 
 // TFRecord's masking of stored CRCs (a CRC of data that contains CRCs is then not degenerate).
 uint32_t masked_crc32c(const void* data, size_t n) {
@@ -117,12 +107,7 @@ std::atomic<uint64_t> g_file_counter{0};
 
 }  // namespace
 
-uint32_t crc32c(const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    uint32_t crc = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; ++i) crc = kCrc32cTable[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return crc ^ 0xFFFFFFFFu;
-}
+uint32_t crc32c(const void* data, size_t n) { return dsrl::crc32c(data, n); }
 
 TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
     fs::make_dirs(log_dir);

@@ -142,7 +142,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     std::vector<std::unique_ptr<Stage>> stages = make_stages(ctx, *tok);
 
     if (!opt.resume.empty()) {
-        const std::string dir = resolve_resume(root, opt.resume);
+        const std::string dir = resolve_resume(root, opt.resume, &comm);
         if (!dir.empty()) {
             LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank);
             optimizer.load_state(ck.optimizer, int_cursor(ck.state.cursors, "optimizer_steps", 0), dir);

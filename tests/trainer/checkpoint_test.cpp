@@ -1,5 +1,6 @@
 // Training checkpoints (issue 8): exact continuation after save/load, `latest` and keep_last, leftovers of an
 // interrupted save, and refusal of a checkpoint of another model or world size.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <ATen/ops/randint.h>
@@ -112,6 +113,82 @@ TEST(CheckpointTest, RefusesAnotherModelOrWorldSize) {
     } catch (const CheckpointError& e) {
         EXPECT_NE(std::string(e.what()).find("hidden_size (checkpoint 64, job 32)"), std::string::npos) << e.what();
     }
+}
+
+// Verified checkpoints (issue 25 item 7): a manifest with the size and CRC-32C of every file is written last;
+// resume checks it. Truncated, bit-flipped and missing files are caught, naming the file; --resume auto falls back
+// to the newest checkpoint that verifies; --resume PATH to a corrupt one is an error.
+std::string resume_error(const std::string& root, const std::string& spec) {
+    try {
+        resolve_resume(root, spec);
+    } catch (const CheckpointError& e) {
+        return e.what();
+    }
+    return "<accepted>";
+}
+
+void flip_byte(const std::string& path, int64_t offset) {
+    std::string bytes = fs::read_file(path);
+    bytes[static_cast<size_t>(offset)] = static_cast<char>(bytes[static_cast<size_t>(offset)] ^ 0x10);
+    fs::write_file_atomic(path, {bytes});
+}
+
+TEST(CheckpointTest, ManifestCatchesTruncatedBitFlippedAndMissingFiles) {
+    testing::TempDir tmp;
+    const std::string root = tmp.path() + "/ckpt";
+    dsa::Model m = dsa::Model::random(tiny(), 1, at::kCPU);
+    AdamW opt(params_of(m), {});
+    at::Generator gen = rng::make_cpu_generator(1);
+    const std::string dir = save_checkpoint(root, m, opt, {.step = 1}, gen.get_state(), 3, nullptr);
+    ASSERT_TRUE(fs::exists(dir + "/manifest.json"));
+    EXPECT_EQ(verify_checkpoint(dir, nullptr), "");
+    const std::string weights = dir + "/model/model.safetensors";
+    const std::string pristine = fs::read_file(weights);
+    // One bit flipped in the middle of the weights (the safetensors header still parses).
+    flip_byte(weights, static_cast<int64_t>(pristine.size() / 2));
+    EXPECT_THAT(verify_checkpoint(dir, nullptr), ::testing::HasSubstr(weights + " fails its checksum"));
+    EXPECT_THAT(resume_error(root, dir),
+                ::testing::HasSubstr("--resume " + dir + ": " + weights + " fails its checksum"));
+    // Truncated.
+    fs::write_file_atomic(weights, {pristine.substr(0, pristine.size() - 100)});
+    EXPECT_THAT(verify_checkpoint(dir, nullptr), ::testing::HasSubstr("truncated"));
+    // Missing.
+    fs::write_file_atomic(weights, {pristine});
+    EXPECT_EQ(verify_checkpoint(dir, nullptr), "");
+    fs::remove_tree(dir + "/rng.rank0.bin");
+    EXPECT_THAT(verify_checkpoint(dir, nullptr), ::testing::HasSubstr(dir + "/rng.rank0.bin is missing"));
+    // A lost or damaged manifest is not mistaken for an old checkpoint.
+    fs::write_file_atomic(dir + "/rng.rank0.bin", {std::string(1, 'x')});
+    fs::remove_tree(dir + "/manifest.json");
+    EXPECT_THAT(verify_checkpoint(dir, nullptr), ::testing::HasSubstr("manifest.json is missing"));
+    fs::write_file_atomic(dir + "/manifest.json", {"{not json"});
+    EXPECT_THAT(verify_checkpoint(dir, nullptr), ::testing::HasSubstr("manifest.json is corrupt"));
+}
+
+TEST(CheckpointTest, AutoResumeFallsBackToTheNewestCheckpointThatVerifies) {
+    testing::TempDir tmp;
+    const std::string root = tmp.path() + "/ckpt";
+    dsa::Model m = dsa::Model::random(tiny(), 1, at::kCPU);
+    AdamW opt(params_of(m), {});
+    at::Generator gen = rng::make_cpu_generator(1);
+    for (int64_t step : {10, 20, 30}) save_checkpoint(root, m, opt, {.step = step}, gen.get_state(), 3, nullptr);
+    EXPECT_EQ(resolve_resume(root, "auto"), root + "/step-00000030");
+    flip_byte(root + "/step-00000030/optimizer.safetensors", 200);
+    EXPECT_EQ(resolve_resume(root, "auto"), root + "/step-00000020") << "the corrupt latest is skipped";
+    fs::remove_tree(root + "/step-00000020/state.json");
+    EXPECT_EQ(resolve_resume(root, "auto"), root + "/step-00000010") << "an incomplete one too";
+    flip_byte(root + "/step-00000010/model/model.safetensors", 300);
+    EXPECT_THAT(resume_error(root, "auto"), ::testing::HasSubstr("no checkpoint under " + root + " verifies"));
+    // A checkpoint written before manifests existed (no "manifest" in state.json) resumes unverified.
+    const std::string old = save_checkpoint(root, m, opt, {.step = 40}, gen.get_state(), 5, nullptr);
+    fs::remove_tree(old + "/manifest.json");
+    std::string state = fs::read_file(old + "/state.json");
+    state.replace(state.find("\"manifest\": true"), std::string("\"manifest\": true").size(), "\"old\": 1");
+    fs::write_file_atomic(old + "/state.json", {state});
+    bool legacy = false;
+    EXPECT_EQ(verify_checkpoint(old, nullptr, &legacy), "");
+    EXPECT_TRUE(legacy);
+    EXPECT_EQ(resolve_resume(root, "auto"), old);
 }
 
 }  // namespace
