@@ -12,7 +12,11 @@
 #include <set>
 #include <string_view>
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/amax.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
 #include <absl/strings/match.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -121,6 +125,31 @@ void publish_dir(const std::string& tmp, const std::string& dir, const std::stri
 
 }  // namespace
 
+std::pair<at::Tensor, at::Tensor> quantize_fp8_blockwise(const at::Tensor& w, const Fp8Format& fmt) {
+    TORCH_CHECK(w.dim() == 2 && at::isFloatingType(w.scalar_type()), "quantize_fp8_blockwise: expected a 2-D floating ",
+                "weight, got ", w.sizes());
+    const int64_t br = fmt.block_rows, bc = fmt.block_cols;
+    const int64_t rows = w.size(0), cols = w.size(1);
+    const int64_t nr = ceil_div(rows, br), nc = ceil_div(cols, bc);
+    // Whole blocks (zero padding changes no block's amax), each scaled so its largest magnitude maps to e4m3's 448.
+    const at::Tensor padded = at::constant_pad_nd(w.to(at::kFloat), {0, nc * bc - cols, 0, nr * br - rows});
+    const at::Tensor blocks = padded.view({nr, br, nc, bc});
+    const at::Tensor amax = blocks.abs().amax({1, 3});                                // [nr, nc]
+    const at::Tensor scale = at::where(amax > 0, amax / 448.0, at::ones_like(amax));  // W = W8 · scale
+    const at::Tensor q = (blocks / scale.view({nr, 1, nc, 1})).clamp(-448.0, 448.0).view({nr * br, nc * bc});
+    return {q.narrow(0, 0, rows).narrow(1, 0, cols).to(at::kFloat8_e4m3fn).contiguous(), scale.contiguous()};
+}
+
+bool fp8_quantizable(const std::string& name, const at::Tensor& t) {
+    // DeepSeek's FP8 checkpoints quantize the linear layers' weights; embeddings, the LM head, norms, the router
+    // (mlp.gate), its bias and the indexer's head weights stay in higher precision.
+    if (t.dim() != 2 || !at::isFloatingType(t.scalar_type()) || !absl::EndsWith(name, ".weight")) return false;
+    for (const char* keep : {"embed_tokens.", "lm_head.", "norm.", "mlp.gate.weight", "weights_proj."}) {
+        if (name.find(keep) != std::string::npos) return false;
+    }
+    return true;
+}
+
 at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8,
                                     const at::Tensor& scale_inv,
                                     const Fp8Format& fmt,
@@ -166,6 +195,7 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
     HfConfig parsed = read_hf_config_file(config_path);
     r.arch_ = std::move(parsed.arch);
     r.fp8_ = parsed.fp8;
+    r.nextn_layers_ = parsed.nextn_layers;
 
     // Every stored tensor: name -> (file index). Built from the index when there is one.
     std::map<std::string, size_t> stored;
@@ -314,6 +344,17 @@ at::Tensor HfCheckpointReader::load(const std::string& name, at::ScalarType dtyp
     return stored.clone();  // integer/bool buffers keep their dtype
 }
 
+std::vector<std::pair<std::string, at::Tensor>> HfCheckpointReader::extra_tensors() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const std::string& name : names()) {
+        if (!is_extra_layer(name)) continue;
+        const Entry& e = entry(name);
+        out.emplace_back(name, files_[e.file]->get(name));
+        if (!e.scale_name.empty()) out.emplace_back(e.scale_name, files_[e.scale_file]->get(e.scale_name));
+    }
+    return out;
+}
+
 bool HfCheckpointReader::is_extra_layer(const std::string& name) const {
     constexpr std::string_view kPrefix = "model.layers.";
     if (name.compare(0, kPrefix.size(), kPrefix) != 0) return false;
@@ -326,7 +367,69 @@ bool HfCheckpointReader::is_extra_layer(const std::string& name) const {
 
 namespace {
 
-// One writer's part of a save: its tensors cut into shard files in the given order, a new file when the next tensor
+// What one writer saves, in order: the model's tensors (converted to the save dtype; with float8 the quantizable
+// weights become an e4m3 weight plus its weight_scale_inv, converted lazily per file) and the passthrough tensors,
+// written exactly as given.
+struct SaveItem {
+    std::string name;
+    at::Tensor tensor;
+    enum Kind { kConverted, kExact, kFp8Weight, kFp8Scale } kind = kConverted;
+};
+
+bool fp8_export(const SaveOptions& opt) { return opt.dtype == at::kFloat8_e4m3fn; }
+
+std::vector<SaveItem> save_items(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                 const SaveOptions& opt) {
+    std::vector<SaveItem> items;
+    for (const auto& [name, t] : tensors) {
+        if (fp8_export(opt) && fp8_quantizable(name, t)) {
+            items.push_back({name, t, SaveItem::kFp8Weight});
+            items.push_back({absl::StrCat(name, "_scale_inv"), t, SaveItem::kFp8Scale});
+        } else {
+            items.push_back({name, t, SaveItem::kConverted});
+        }
+    }
+    if (opt.passthrough != nullptr) {
+        for (const auto& [name, t] : *opt.passthrough) items.push_back({name, t, SaveItem::kExact});
+    }
+    return items;
+}
+
+// The bytes an item takes in the file (without converting it).
+int64_t saved_bytes(const SaveItem& it, const SaveOptions& opt) {
+    const Fp8Format fmt;
+    switch (it.kind) {
+        case SaveItem::kExact:
+            return it.tensor.numel() * static_cast<int64_t>(it.tensor.element_size());
+        case SaveItem::kFp8Weight:
+            return it.tensor.numel();
+        case SaveItem::kFp8Scale:
+            return ceil_div(it.tensor.size(0), fmt.block_rows) * ceil_div(it.tensor.size(1), fmt.block_cols) * 4;
+        case SaveItem::kConverted:
+            break;
+    }
+    const at::ScalarType base = fp8_export(opt) ? at::kBFloat16 : opt.dtype;
+    return it.tensor.numel() * static_cast<int64_t>(c10::elementSize(saved_dtype(it.name, it.tensor, base)));
+}
+
+// The item as written: a contiguous CPU tensor.
+at::Tensor saved_tensor(const SaveItem& it, const SaveOptions& opt) {
+    const at::Tensor t = it.tensor.detach();
+    switch (it.kind) {
+        case SaveItem::kExact:
+            return t.to(at::kCPU).contiguous();
+        case SaveItem::kFp8Weight:
+            return quantize_fp8_blockwise(t.to(at::kCPU), Fp8Format{}).first;
+        case SaveItem::kFp8Scale:
+            return quantize_fp8_blockwise(t.to(at::kCPU), Fp8Format{}).second;
+        case SaveItem::kConverted:
+            break;
+    }
+    const at::ScalarType base = fp8_export(opt) ? at::kBFloat16 : opt.dtype;
+    return t.to(saved_dtype(it.name, t, base)).to(at::kCPU).contiguous();
+}
+
+// One writer's part of a save: its items cut into shard files in the given order, a new file when the next item
 // would overflow max_shard_bytes (as transformers cuts them).
 struct ShardPlan {
     std::vector<std::vector<size_t>> files;
@@ -334,19 +437,17 @@ struct ShardPlan {
     int64_t params = 0;
 };
 
-ShardPlan plan_shards(const std::string& target,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                      const SaveOptions& opt) {
+ShardPlan plan_shards(const std::string& target, const std::vector<SaveItem>& items, const SaveOptions& opt) {
     ShardPlan plan;
     std::set<std::string> seen;
     int64_t file_bytes = 0;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-        const auto& [name, t] = tensors[i];
-        TORCH_CHECK(t.defined(), "save_hf_checkpoint: tensor '", name, "' is undefined");
-        if (!seen.insert(name).second) {
-            throw CheckpointError(absl::StrCat(target, ": tensor '", name, "' is given twice"));
+    for (size_t i = 0; i < items.size(); ++i) {
+        const SaveItem& it = items[i];
+        TORCH_CHECK(it.tensor.defined(), "save_hf_checkpoint: tensor '", it.name, "' is undefined");
+        if (!seen.insert(it.name).second) {
+            throw CheckpointError(absl::StrCat(target, ": tensor '", it.name, "' is given twice"));
         }
-        const int64_t bytes = t.numel() * static_cast<int64_t>(c10::elementSize(saved_dtype(name, t, opt.dtype)));
+        const int64_t bytes = saved_bytes(it, opt);
         if (plan.files.empty() || (!plan.files.back().empty() && file_bytes + bytes > opt.max_shard_bytes)) {
             plan.files.emplace_back();
             file_bytes = 0;
@@ -354,7 +455,7 @@ ShardPlan plan_shards(const std::string& target,
         plan.files.back().push_back(i);
         file_bytes += bytes;
         plan.bytes += bytes;
-        plan.params += t.numel();
+        if (it.kind != SaveItem::kFp8Scale) plan.params += it.tensor.numel();
     }
     return plan;
 }
@@ -362,17 +463,16 @@ ShardPlan plan_shards(const std::string& target,
 // Writes the plan's file `s` as `file` into `tmp`; adds its tensors to `weight_map`.
 void write_shard(const std::string& tmp,
                  const std::string& file,
-                 const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                 const std::vector<SaveItem>& items,
                  const std::vector<size_t>& members,
                  const SaveOptions& opt,
                  Json& weight_map) {
     std::vector<std::pair<std::string, at::Tensor>> converted;
     int64_t bytes = 0;
     for (const size_t i : members) {
-        const auto& [name, t] = tensors[i];
-        converted.emplace_back(name, t.detach().to(saved_dtype(name, t, opt.dtype)).to(at::kCPU).contiguous());
-        bytes += converted.back().second.nbytes();
-        weight_map[name] = file;
+        converted.emplace_back(items[i].name, saved_tensor(items[i], opt));
+        bytes += static_cast<int64_t>(converted.back().second.nbytes());
+        weight_map[items[i].name] = file;
     }
     save_safetensors(fs::join(tmp, file), converted, {{"format", "pt"}});
     DSRL_LOG(info) << "  wrote " << file << " (" << converted.size() << " tensors, "
@@ -413,8 +513,8 @@ void save_hf_checkpoint(const std::string& dir,
                         const ModelArch& arch,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                         const SaveOptions& opt) {
-    TORCH_CHECK(hf_dtype_name(opt.dtype) != nullptr,
-                "save_hf_checkpoint: dtype must be float32, bfloat16 or float16, got ", opt.dtype);
+    TORCH_CHECK(hf_dtype_name(opt.dtype) != nullptr || fp8_export(opt),
+                "save_hf_checkpoint: dtype must be float32, bfloat16, float16 or float8_e4m3fn, got ", opt.dtype);
     TORCH_CHECK(opt.max_shard_bytes > 0, "save_hf_checkpoint: max_shard_bytes must be positive, got ",
                 opt.max_shard_bytes);
     std::string target = dir;
@@ -424,8 +524,10 @@ void save_hf_checkpoint(const std::string& dir,
     }
     const dist::Communicator* group = opt.writers != nullptr && opt.writers->size() > 1 ? opt.writers : nullptr;
     const bool leader = group == nullptr || group->rank() == 0;
-    const std::string config_text = hf_config_json(arch, opt.dtype);
-    ShardPlan plan = plan_shards(target, tensors, opt);
+    const std::string config_text = hf_config_json(arch, fp8_export(opt) ? at::kBFloat16 : opt.dtype,
+                                                   {.nextn_layers = opt.nextn_layers, .fp8 = fp8_export(opt)});
+    const std::vector<SaveItem> items = save_items(tensors, opt);
+    ShardPlan plan = plan_shards(target, items, opt);
     if (group == nullptr && plan.files.empty()) plan.files.emplace_back();  // a model without tensors: one empty file
 
     // Several writers: each numbers its files after the files of the ranks before it; names must be disjoint.
@@ -434,7 +536,7 @@ void save_hf_checkpoint(const std::string& dir,
     if (group != nullptr) {
         Json mine = {{"files", plan.files.size()}, {"bytes", plan.bytes}, {"params", plan.params}};
         Json names = Json::array();
-        for (const auto& [name, t] : tensors) names.push_back(name);
+        for (const SaveItem& it : items) names.push_back(it.name);
         mine["names"] = std::move(names);
         const std::vector<std::string> parts = group->all_gather_bytes(mine.dump());
         std::set<std::string> seen;
@@ -486,7 +588,7 @@ void save_hf_checkpoint(const std::string& dir,
     try {
         for (size_t s = 0; s < plan.files.size(); ++s) {
             const std::string file = indexed ? shard_name(first_file + s, total_files) : kSingleFile;
-            write_shard(tmp, file, tensors, plan.files[s], opt, weight_map);
+            write_shard(tmp, file, items, plan.files[s], opt, weight_map);
         }
     } catch (const std::exception& e) {
         if (group == nullptr) {

@@ -64,6 +64,11 @@ public:
     /// True for tensors of layers >= num_hidden_layers (the multi-token-prediction layer), which the
     /// model skips.
     bool is_extra_layer(const std::string& name) const;
+    /// Every tensor of the extra layers exactly as stored (FP8 weights with their weight_scale_inv), as CPU views of
+    /// the mapped files (which they keep alive): what a model loaded from here writes back unchanged.
+    std::vector<std::pair<std::string, at::Tensor>> extra_tensors() const;
+    /// config.json's num_nextn_predict_layers (0 when absent).
+    int64_t nextn_layers() const { return nextn_layers_; }
 
 private:
     struct Entry {
@@ -75,12 +80,16 @@ private:
     std::string dir_;
     ModelArch arch_;
     Fp8Format fp8_;
+    int64_t nextn_layers_ = 0;
     std::vector<std::shared_ptr<SafetensorsFile>> files_;
     std::map<std::string, Entry> entries_;
 };
 
 struct SaveOptions {
-    at::ScalarType dtype = at::kBFloat16;        ///< floating tensors are written in this dtype
+    /// Floating tensors are written in this dtype: float32, bfloat16, float16, or float8_e4m3fn — DeepSeek's FP8
+    /// layout: fp8_quantizable weights as e4m3 with 128×128 block scales (weight_scale_inv), the rest in bfloat16,
+    /// config.json with its quantization_config.
+    at::ScalarType dtype = at::kBFloat16;
     int64_t max_shard_bytes = int64_t{5} << 30;  ///< above: model-0000i-of-0000n.safetensors + index
     /// A checkpoint directory whose tokenizer and generation files (kCompanionFiles) are copied in too, so the
     /// saved checkpoint is complete for other tools; empty: none. Model::save uses the one it was loaded from.
@@ -93,7 +102,18 @@ struct SaveOptions {
     /// writer is the same CheckpointError on all of them, naming that rank. Null (or one rank): one writer.
     /// The directory must be on a file system every writer sees.
     const dist::Communicator* writers = nullptr;
+    /// Tensors written exactly as given, whatever `dtype` (a loaded checkpoint's MTP layer); null: none.
+    const std::vector<std::pair<std::string, at::Tensor>>* passthrough = nullptr;
+    /// config.json's num_nextn_predict_layers (written when > 0: the MTP layers among the passthrough tensors).
+    int64_t nextn_layers = 0;
 };
+
+/// DeepSeek's FP8 layout of a 2-D weight: e4m3 values and fp32 weight_scale_inv [ceil(R/br), ceil(C/bc)] with
+/// W ≈ W8 · scale_inv per block, each block's largest magnitude mapped to 448. dequantize_fp8_blockwise inverts it.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_blockwise(const at::Tensor& w, const Fp8Format& fmt);
+/// True for the tensors a float8 export quantizes: the linear layers' 2-D weights (attention projections, the
+/// indexer's wq_b and wk, dense and expert MLPs), not embeddings, the LM head, norms, the router or weights_proj.
+bool fp8_quantizable(const std::string& name, const at::Tensor& t);
 
 /// The dtype `name` is saved in at SaveOptions::dtype: floating tensors in `dtype`, except the MoE routing bias
 /// (e_score_correction_bias), which stays fp32 as in DeepSeek's checkpoints; other tensors keep theirs.

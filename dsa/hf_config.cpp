@@ -386,6 +386,10 @@ HfConfig read_hf_config_file(const std::string& path) {
         f.bad(problems[0].key, problems[0].message);
     }
     out.fp8 = read_fp8(f);
+    if (f.has("num_nextn_predict_layers")) {
+        out.nextn_layers = f.integer("num_nextn_predict_layers");
+        if (out.nextn_layers < 0) f.bad("num_nextn_predict_layers", "must be >= 0");
+    }
     return out;
 }
 
@@ -404,7 +408,7 @@ const char* hf_dtype_name(at::ScalarType dtype) {
     }
 }
 
-std::string hf_config_json(const ModelArch& a, at::ScalarType dtype) {
+std::string hf_config_json(const ModelArch& a, at::ScalarType dtype, const HfConfigExtras& extras) {
     const char* dtype_name = hf_dtype_name(dtype);
     TORCH_CHECK(dtype_name != nullptr, "hf_config_json: dtype must be float32, bfloat16 or float16, got ", dtype);
     // Keys as DeepseekV32Config.to_json_string() writes them (sorted, like its json.dumps(sort_keys=True)).
@@ -431,6 +435,13 @@ std::string hf_config_json(const ModelArch& a, at::ScalarType dtype) {
     // No `layer_types`: transformers derives it, and its value changed between 5.x releases
     // ("deepseek_sparse_attention" in 5.17, "indexed_attention" in 5.24); each rejects the other's.
     j["rope_parameters"] = rope_json(a);
+    if (extras.nextn_layers > 0) j["num_nextn_predict_layers"] = extras.nextn_layers;
+    if (extras.fp8) {
+        j["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                    {"fmt", "e4m3"},
+                                    {"quant_method", "fp8"},
+                                    {"weight_block_size", {128, 128}}};
+    }
     return j.dump(2) + "\n";
 }
 

@@ -26,6 +26,13 @@ struct Fp8Format {
 struct HfConfig {
     ModelArch arch;
     Fp8Format fp8;
+    int64_t nextn_layers = 0;  ///< num_nextn_predict_layers: multi-token-prediction layers stored after the model's
+};
+
+/// What config.json says beyond the architecture.
+struct HfConfigExtras {
+    int64_t nextn_layers = 0;  ///< written as num_nextn_predict_layers when > 0
+    bool fp8 = false;          ///< quantization_config of DeepSeek's FP8 layout (e4m3, 128×128 blocks)
 };
 
 /// Reads an HF `config.json` (model_type deepseek_v32 only: DeepSeek-V3 has no indexer). RoPE scaling comes from
@@ -40,7 +47,7 @@ ModelArch read_hf_config(const std::string& config_json_path);
 
 /// config.json text (pretty-printed) for `arch` that transformers 5.x loads as DeepseekV32Config:
 /// architectures ["DeepseekV32ForCausalLM"], model_type "deepseek_v32", rope_parameters, torch dtype name.
-std::string hf_config_json(const ModelArch& arch, at::ScalarType dtype);
+std::string hf_config_json(const ModelArch& arch, at::ScalarType dtype, const HfConfigExtras& extras = {});
 
 /// transformers' name of a checkpoint dtype ("float32", "bfloat16", "float16"); nullptr for any other.
 const char* hf_dtype_name(at::ScalarType dtype);

@@ -21,6 +21,7 @@
 
 #include "core/dist/communicator.h"
 #include "core/error.h"
+#include "core/logging.h"
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
 #include "dsa/sparse_attention.h"
@@ -175,7 +176,14 @@ Model Model::load(const std::string& dir, const ModelRuntime& run, c10::Device d
     ModelRuntime runtime = run;
     runtime.path = dir;
     const ModelConfig cfg{runtime, reader.arch()};
-    return Model(cfg, load_weights(reader, cfg, device));
+    Model m(cfg, load_weights(reader, cfg, device));
+    m.passthrough_ = reader.extra_tensors();
+    m.nextn_layers_ = reader.nextn_layers();
+    if (!m.passthrough_.empty()) {
+        DSRL_LOG(info) << dir << ": " << m.passthrough_.size()
+                       << " tensors of the multi-token-prediction layer kept unchanged for saving";
+    }
+    return m;
 }
 
 void Model::save(const std::string& dir, const SaveOptions& opt) const {
@@ -187,6 +195,8 @@ void Model::save(const std::string& dir, const SaveOptions& opt) const {
 void Model::save_distributed(const std::string& dir, const SaveOptions& opt, bool write) const {
     SaveOptions o = opt;
     if (o.companion_dir.empty()) o.companion_dir = cfg_.path;  // the tokenizer of the checkpoint it came from
+    o.nextn_layers = nextn_layers_;
+    if (!passthrough_.empty()) o.passthrough = &passthrough_;
     if (expert_parallel() == nullptr || ep_.size() == 1) {
         if (write) save_hf_checkpoint(dir, cfg_, hf_named_tensors(w_, cfg_), o);
         return;
@@ -197,6 +207,7 @@ void Model::save_distributed(const std::string& dir, const SaveOptions& opt, boo
     ep_.group->all_reduce(asked, dist::ReduceOp::kMax);
     if (asked.item<int64_t>() == 0) return;
     o.writers = ep_.group;
+    if (ep_.rank() != 0) o.passthrough = nullptr;  // the leader writes them
     save_hf_checkpoint(
         dir, cfg_,
         hf_named_tensors(w_, cfg_, ep_.first_expert(), ep_.rank() == 0 ? HfPart::kAll : HfPart::kRoutedExperts), o);
@@ -222,7 +233,12 @@ Model Model::clone(c10::Device device) const {
     ModelWeights w = w_;
     for (NamedTensor& t : dsa::named_tensors(w, cfg_)) *t.tensor = t.tensor->detach().to(device).clone();
     if (cfg_.tie_word_embeddings) w.lm_head = w.embed_tokens;
-    if (expert_parallel() == nullptr) return Model(cfg_, w);
+    if (expert_parallel() == nullptr) {
+        Model m(cfg_, w);
+        m.passthrough_ = passthrough_;  // views of the mapped files: shared, never modified
+        m.nextn_layers_ = nextn_layers_;
+        return m;
+    }
     // Constructed with every expert's slot, then given this rank's experts (the constructor checks full layers).
     ModelWeights shell = w;
     for (LayerWeights& l : shell.layers) {
@@ -231,6 +247,8 @@ Model Model::clone(c10::Device device) const {
     Model m(cfg_, shell);
     for (size_t i = 0; i < w.layers.size(); ++i) m.w_.layers[i].moe.experts = w.layers[i].moe.experts;
     m.ep_ = ep_;
+    m.passthrough_ = passthrough_;
+    m.nextn_layers_ = nextn_layers_;
     return m;
 }
 

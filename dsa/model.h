@@ -140,7 +140,8 @@ public:
     /// Random HF-like init (deterministic in seed).
     static Model random(const ModelConfig& cfg, uint64_t seed, c10::Device device);
     /// Loads an HF checkpoint directory: the architecture from its config.json, dtype and impl from `run`
-    /// (a job's ModelConfig passes as its runtime part; its architecture fields are not used).
+    /// (a job's ModelConfig passes as its runtime part; its architecture fields are not used). Tensors the model
+    /// does not use — the multi-token-prediction layer — are kept as stored and written back by every save.
     static Model load(const std::string& dir, const ModelRuntime& run, c10::Device device);
     /// Writes config.json + safetensors in the HF layout (atomically), with the tokenizer files of the checkpoint
     /// it was loaded from (SaveOptions::companion_dir). Under expert parallelism a rank holds only its experts:
@@ -161,6 +162,8 @@ public:
     /// the group runs the same forwards (and backwards). `ep.group` must outlive the model. Call it before taking
     /// the parameters for an optimizer. ConfigError when the group size does not divide n_routed_experts.
     void set_expert_parallel(const moe::ExpertParallel& ep);
+    /// The checkpoint tensors kept unchanged for saving (see load()).
+    const std::vector<std::pair<std::string, at::Tensor>>& passthrough() const { return passthrough_; }
     /// The expert-parallel group, or null (every expert local).
     const moe::ExpertParallel* expert_parallel() const { return ep_.group != nullptr ? &ep_ : nullptr; }
     /// A copy of this model with its own tensors (detached, on `device`), under the same expert parallelism.
@@ -186,6 +189,10 @@ public:
 private:
     ModelConfig cfg_;
     ModelWeights w_;
+    // The checkpoint's tensors the model does not use (its multi-token-prediction layer) as stored — views of the
+    // mapped files — written back unchanged by every save, with num_nextn_predict_layers.
+    std::vector<std::pair<std::string, at::Tensor>> passthrough_;
+    int64_t nextn_layers_ = 0;
     RopeTable rope_;
     moe::ExpertParallel ep_;  // group null: every expert local
 };

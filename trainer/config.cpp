@@ -38,8 +38,11 @@ void bind(Binder& b, CheckpointConfig& c) {
     b.field("dir", c.dir, {.doc = "Checkpoint directory (default: <run.output_dir>/checkpoints)."});
     b.field("every_steps", c.every_steps, {.doc = "Save every N steps (0: only at the end and on SIGTERM).", .min = 0});
     b.field("keep_last", c.keep_last, {.doc = "Checkpoints kept; older ones are deleted.", .min = 1});
-    b.choice("save_dtype", c.save_dtype, {{"float32", DType::kFloat32}, {"bfloat16", DType::kBFloat16}},
-             {.doc = "Dtype of the saved HF weights (optimizer state is always fp32)."});
+    b.choice("save_dtype", c.save_dtype,
+             {{"float32", SaveDType::kFloat32}, {"bfloat16", SaveDType::kBFloat16}, {"float8", SaveDType::kFloat8}},
+             {.doc = "Dtype of the model exported to <run.output_dir>/final when the job completes (HF layout with the "
+                     "tokenizer files; float8: DeepSeek's e4m3 weights with 128x128 block scales, weight_scale_inv). "
+                     "Training checkpoints keep the training dtype, so resume is exact."});
 }
 
 void bind(Binder& b, OptimizerConfig& c) {

@@ -38,11 +38,14 @@ struct RunConfig {
     bool overwrite = false;       ///< a fresh start may delete an earlier job's checkpoints and outputs
 };
 
+/// The dtype of the exported model (<run.output_dir>/final).
+enum class SaveDType { kFloat32, kBFloat16, kFloat8 };
+
 struct CheckpointConfig {
     std::string dir;  ///< default: <run.output_dir>/checkpoints
     int64_t every_steps = 50;
     int64_t keep_last = 3;
-    DType save_dtype = DType::kBFloat16;
+    SaveDType save_dtype = SaveDType::kBFloat16;
 };
 
 /// AdamW's constants (trainer/optimizer.h). `trainer.optimizer` holds one (OptimizerConfig::adamw, bound flat:

@@ -82,6 +82,18 @@ void check_job(const JobConfig& job) {
                                 "");
 }
 
+at::ScalarType save_scalar_type(SaveDType d) {
+    switch (d) {
+        case SaveDType::kFloat32:
+            return at::kFloat;
+        case SaveDType::kFloat8:
+            return at::kFloat8_e4m3fn;
+        case SaveDType::kBFloat16:
+            break;
+    }
+    return at::kBFloat16;
+}
+
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
     const int rank = comm.rank();
     check_supported(job);
@@ -96,9 +108,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     if (rank == 0 && fs::is_dir(root)) fs::remove_temporaries(root);
     const std::string metrics_path = fs::join(job.run.output_dir, job.trainer.metrics_file);
     if (opt.resume.empty()) {
-        prepare_fresh_start(
-            root, {metrics_path, fs::join(job.run.output_dir, "eval.json"), fs::join(job.run.output_dir, "tb")},
-            job.run.overwrite, comm);
+        prepare_fresh_start(root,
+                            {metrics_path, fs::join(job.run.output_dir, "eval.json"),
+                             fs::join(job.run.output_dir, "tb"), fs::join(job.run.output_dir, kFinalModelDir)},
+                            job.run.overwrite, comm);
     }
     if (opt.handle_signals) install_stop_handlers();
     const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
@@ -175,6 +188,13 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     };
     for (const auto& stage : stages) {
         if (!run_stage(*stage, ctx)) return 0;  // stopped by a signal, checkpointed
+    }
+    // The trained policy for other tools, at trainer.checkpoint.save_dtype (under expert parallelism each rank of
+    // rank 0's group writes its own experts).
+    const std::string final_dir = fs::join(job.run.output_dir, kFinalModelDir);
+    policy.save_distributed(final_dir, {.dtype = save_scalar_type(job.trainer.checkpoint.save_dtype)}, rank == 0);
+    if (rank == 0) {
+        DSRL_LOG(info) << "exported the trained policy to " << final_dir;
     }
     return 0;
 }

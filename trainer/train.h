@@ -1,10 +1,13 @@
 // The job runner of dsrl_train (SPEC §7): builds the model, reference, tokenizer, optimizer and domains,
 // resumes from a checkpoint when asked, and runs the configured stages (`sft`, `grpo`) on every rank,
 // printing one line per step on rank 0, appending to metrics.jsonl, checkpointing every N steps, at the end
-// and after SIGTERM/SIGINT (then exiting 0).
+// and after SIGTERM/SIGINT (then exiting 0); a completed job exports the policy to <run.output_dir>/final (HF
+// layout at trainer.checkpoint.save_dtype, with the tokenizer files of model.path).
 #pragma once
 
 #include <string>
+
+#include <c10/core/ScalarType.h>
 
 #include "core/dist/communicator.h"
 #include "trainer/config.h"
@@ -23,6 +26,12 @@ struct RunOptions {
 /// params, and every data source (domains' data and eval_data, sft.data) opens and parses. Throws
 /// ConfigError / DataError naming the key or file.
 void check_job(const JobConfig& job);
+
+/// Where a completed job exports the trained policy, under run.output_dir.
+inline constexpr const char* kFinalModelDir = "final";
+
+/// trainer.checkpoint.save_dtype as the dtype save_hf_checkpoint writes (float8: at::kFloat8_e4m3fn).
+at::ScalarType save_scalar_type(SaveDType d);
 
 /// Runs the job; every rank of `comm` calls it. Returns the process exit code.
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm);

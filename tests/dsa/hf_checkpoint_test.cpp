@@ -17,6 +17,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -25,6 +26,7 @@
 #include "core/fs.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "dsa/model.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
@@ -639,6 +641,120 @@ TEST(HfCheckpointReaderTest, FlagsLayersPastNumHiddenLayersAsExtra) {
     EXPECT_FALSE(r.is_extra_layer("model.embed_tokens.weight"));
     EXPECT_FALSE(r.is_extra_layer("lm_head.weight"));
     EXPECT_FALSE(r.is_extra_layer("model.layers.x.weight"));
+}
+
+// ---- MTP passthrough and FP8 export (issue 25 items 2, 3) ----------------------------------------------
+
+// Every tensor of a checkpoint directory by name: (dtype, shape, raw bytes).
+std::map<std::string, std::tuple<at::ScalarType, std::vector<int64_t>, std::string>> raw_tensors(
+    const std::string& dir) {
+    std::map<std::string, std::tuple<at::ScalarType, std::vector<int64_t>, std::string>> out;
+    for (const std::string& f : fs::list_dir(dir)) {
+        if (!absl::EndsWith(f, ".safetensors")) continue;
+        const SafetensorsFile file = SafetensorsFile::open(fs::join(dir, f));
+        for (const SafetensorInfo& t : file.tensors()) {
+            const at::Tensor v = file.get(t.name).contiguous();
+            out[t.name] = {t.scalar_type, t.shape,
+                           std::string(static_cast<const char*>(v.data_ptr()), static_cast<size_t>(v.nbytes()))};
+        }
+    }
+    return out;
+}
+
+TEST(HfCheckpointMtpTest, LoadThenSaveReproducesEveryTensorOfACheckpointWithAnMtpLayer) {
+    testing::TempDir tmp;
+    ModelConfig cfg = tiny_config(false);
+    const Model base = Model::random(cfg, 3, at::kCPU);
+    // A DeepSeek-style MTP layer at index num_hidden_layers: its own norms and projection, a decoder layer's
+    // attention weights, and an FP8 weight with its block scale.
+    const std::string mtp = absl::StrCat("model.layers.", cfg.num_hidden_layers, ".");
+    at::Generator gen = rng::make_cpu_generator(5);
+    Named extra = {{mtp + "enorm.weight", at::randn({cfg.hidden_size}, gen).to(at::kBFloat16)},
+                   {mtp + "hnorm.weight", at::randn({cfg.hidden_size}, gen).to(at::kBFloat16)},
+                   {mtp + "eh_proj.weight", at::randn({cfg.hidden_size, 2 * cfg.hidden_size}, gen).to(at::kBFloat16)},
+                   {mtp + "self_attn.kv_a_layernorm.weight", at::randn({cfg.kv_lora_rank}, gen).to(at::kBFloat16)}};
+    const auto [w8, scale] = quantize_fp8_blockwise(at::randn({200, 130}, gen), Fp8Format{});
+    extra.push_back({mtp + "mlp.shared_experts.down_proj.weight", w8});
+    extra.push_back({mtp + "mlp.shared_experts.down_proj.weight_scale_inv", scale});
+    const std::string src = tmp.path() + "/src";
+    save_hf_checkpoint(src, cfg, hf_named_tensors(base.weights(), cfg),
+                       {.dtype = at::kBFloat16, .passthrough = &extra, .nextn_layers = 1});
+    const Model loaded = Model::load(src, cfg, at::kCPU);
+    EXPECT_EQ(loaded.passthrough().size(), extra.size());
+    // bf16 -> the model's fp32 -> bf16 is exact, and the MTP tensors are written as stored: byte for byte.
+    loaded.save(tmp.path() + "/out", {.dtype = at::kBFloat16});
+    const auto a = raw_tensors(src), b = raw_tensors(tmp.path() + "/out");
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [name, t] : a) {
+        ASSERT_TRUE(b.count(name)) << name << " was lost";
+        EXPECT_TRUE(t == b.at(name)) << name << " changed";
+    }
+    EXPECT_EQ(read_hf_config_file(tmp.path() + "/out/config.json").nextn_layers, 1);
+    // At another save dtype the MTP tensors still keep theirs (FP8 stays FP8 with its scale).
+    loaded.save(tmp.path() + "/fp32", {.dtype = at::kFloat});
+    const auto c = raw_tensors(tmp.path() + "/fp32");
+    for (const auto& [name, t] : extra) EXPECT_TRUE(c.at(name) == a.at(name)) << name;
+    EXPECT_EQ(std::get<0>(c.at("model.embed_tokens.weight")), at::kFloat);
+    // A model without an MTP layer writes no num_nextn_predict_layers.
+    base.save(tmp.path() + "/plain", {.dtype = at::kBFloat16});
+    EXPECT_EQ(read_hf_config_file(tmp.path() + "/plain/config.json").nextn_layers, 0);
+}
+
+TEST(HfCheckpointFp8Test, QuantizationStaysWithinE4m3PrecisionPerBlock) {
+    at::Generator gen = rng::make_cpu_generator(9);
+    at::Tensor w = at::randn({300, 200}, gen);
+    w.narrow(0, 0, 128).narrow(1, 0, 128).mul_(100.0);  // blocks of very different magnitudes
+    w.narrow(0, 128, 128).narrow(1, 128, 72).zero_();   // an all-zero block
+    const auto [w8, scale] = quantize_fp8_blockwise(w, Fp8Format{});
+    EXPECT_EQ(w8.scalar_type(), at::kFloat8_e4m3fn);
+    EXPECT_EQ(scale.sizes(), at::IntArrayRef({3, 2}));
+    const at::Tensor back = dequantize_fp8_blockwise(w8, scale, Fp8Format{}, at::kFloat, "w");
+    // e4m3 keeps 3 mantissa bits: |error| <= 2^-4 |w| for normal values, plus the subnormal step 2^-9 · scale.
+    const at::Tensor per_elem =
+        scale.repeat_interleave(128, 0).repeat_interleave(128, 1).narrow(0, 0, 300).narrow(1, 0, 200);
+    EXPECT_TRUE(((back - w).abs() <= w.abs() * 0.0625 + per_elem * (1.0 / 512) + 1e-12).all().item<bool>());
+    EXPECT_TRUE(back.narrow(0, 128, 128).narrow(1, 128, 72).eq(0).all().item<bool>());
+    EXPECT_TRUE(fp8_quantizable("model.layers.1.self_attn.q_b_proj.weight", w));
+    EXPECT_TRUE(fp8_quantizable("model.layers.1.mlp.experts.3.down_proj.weight", w));
+    EXPECT_TRUE(fp8_quantizable("model.layers.1.self_attn.indexer.wk.weight", w));
+    for (const char* keep :
+         {"model.embed_tokens.weight", "lm_head.weight", "model.layers.1.mlp.gate.weight",
+          "model.layers.1.self_attn.indexer.weights_proj.weight", "model.layers.1.self_attn.indexer.k_norm.weight"}) {
+        EXPECT_FALSE(fp8_quantizable(keep, w)) << keep;
+    }
+}
+
+TEST(HfCheckpointFp8Test, Float8ExportRoundTripsThroughTheLoader) {
+    testing::TempDir tmp;
+    ModelConfig cfg = tiny_config(false);
+    const Model m = Model::random(cfg, 4, at::kCPU);
+    m.save(tmp.path() + "/fp8", {.dtype = at::kFloat8_e4m3fn});
+    const Json config = read_json_object(tmp.path() + "/fp8/config.json");
+    EXPECT_EQ(config.at("quantization_config").at("quant_method"), "fp8");
+    EXPECT_EQ(config.at("quantization_config").at("weight_block_size"), Json::array({128, 128}));
+    EXPECT_EQ(config.at("dtype"), "bfloat16");
+    const HfCheckpointReader r = HfCheckpointReader::open(tmp.path() + "/fp8");
+    const Model back = Model::load(tmp.path() + "/fp8", cfg, at::kCPU);
+    const auto want = hf_named_tensors(m.weights(), cfg);
+    const auto got = hf_named_tensors(back.weights(), cfg);
+    ASSERT_EQ(want.size(), got.size());
+    int quantized = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const auto& [name, w] = want[i];
+        SCOPED_TRACE(name);
+        at::Tensor expect;
+        if (fp8_quantizable(name, w)) {
+            ++quantized;
+            EXPECT_TRUE(r.is_quantized(name));
+            const auto [q, s] = quantize_fp8_blockwise(w, Fp8Format{});
+            expect = dequantize_fp8_blockwise(q, s, Fp8Format{}, at::kFloat, name);
+        } else {
+            EXPECT_FALSE(r.is_quantized(name));
+            expect = w.to(saved_dtype(name, w, at::kBFloat16)).to(at::kFloat);
+        }
+        EXPECT_TRUE(bitwise_equal(got[i].second.to(at::kFloat), expect));
+    }
+    EXPECT_GT(quantized, 10);
 }
 
 }  // namespace

