@@ -103,6 +103,7 @@ void MetricsLog::write(const std::string& stage, int64_t step, const std::map<st
 void install_stop_handlers() {
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
+    std::signal(SIGUSR1, on_signal);  // what mpirun forwards to every rank (scripts/dsrl_mpirun sends it)
 }
 
 std::map<std::string, double> reduce_metrics(const std::map<std::string, double>& local,

@@ -1,7 +1,7 @@
 // The one stage loop (SPEC §7): every stage of a job — `sft`, the DSA phases (`dense_lm`, `indexer_warmup`,
 // `sparse_train`) and `grpo` — is a Stage, and run_stage owns what they share, once: the fault point, the step
 // meter, metrics averaged over the ranks, metrics.jsonl and TensorBoard, the console line with ETA, stop
-// requests (SIGTERM/SIGINT on any rank), the checkpoint cadence and the step counters that resume reads. A new
+// requests (SIGTERM/SIGINT/SIGUSR1 on any rank), the checkpoint cadence and the step counters that resume reads. A new
 // stage (multi-turn agentic GRPO, a disaggregated role) implements Stage; it never copies the loop.
 //
 //   JobContext ctx{job, comm, device, policy, optimizer, state};
@@ -100,7 +100,8 @@ public:
 /// (after checkpointing); true when the stage is complete.
 bool run_stage(Stage& stage, JobContext& ctx);
 
-/// SIGTERM/SIGINT set a flag that run_stage polls after every step (the job checkpoints and exits 0).
+/// SIGTERM, SIGINT and SIGUSR1 (which mpirun forwards to every rank; scripts/dsrl_mpirun turns SIGTERM/SIGINT to
+/// itself into it) set a flag that run_stage polls after every step: the job checkpoints and exits 0.
 void install_stop_handlers();
 
 /// Per-rank metrics averaged on every rank (keys a rank lacks, e.g. a domain it did not draw, are averaged over

@@ -106,6 +106,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     if (!job.trainer.checkpoint.dir.empty()) lock_dirs.push_back({root, "trainer.checkpoint.dir"});
     const RunDirLock run_lock = RunDirLock::acquire(lock_dirs, job.run.lock_wait_s, job.run.name, comm);
     if (rank == 0 && fs::is_dir(root)) fs::remove_temporaries(root);
+    // A killed export leaves <output_dir>/.final.tmp-XXXXXX.
+    if (rank == 0 && fs::is_dir(job.run.output_dir)) fs::remove_temporaries(job.run.output_dir);
     const std::string metrics_path = fs::join(job.run.output_dir, job.trainer.metrics_file);
     if (opt.resume.empty()) {
         prepare_fresh_start(root,
