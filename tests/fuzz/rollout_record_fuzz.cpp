@@ -2,7 +2,8 @@
 // magic "DSRLROLL" is read as it is; any other input is a payload that the harness frames (magic, version 2 — or 1
 // when the first byte is odd — payload size, CRC-32), so mutations reach the payload parser instead of stopping at
 // the checksum. Every accepted record is then used as the trainer uses it: routes and (for a k a model could have)
-// the keep-indexer key sets decoded, the kept sets expanded, and serialize → deserialize must give the same bytes.
+// the keep-indexer key sets decoded, the kept sets expanded, and serialize → deserialize must give the same bytes —
+// none of which may throw once the reader has accepted the record.
 // Corpus: tests/fuzz/rollout_record/. docs/fuzzing.md.
 #include <algorithm>
 #include <cstdint>
@@ -29,10 +30,17 @@ std::string frame(const uint8_t* data, size_t size) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    return dsrl::fuzz::run([&] {
-        const bool raw = size >= 8 && std::memcmp(data, "DSRLROLL", 8) == 0;
-        const std::string bytes = raw ? dsrl::fuzz::bytes_of(data, size) : frame(data, size);
-        const std::vector<dsrl::rollout::SampleGroup> groups = dsrl::rollout::deserialize_groups(bytes, "<fuzz>");
+    const bool raw = size >= 8 && std::memcmp(data, "DSRLROLL", 8) == 0;
+    const std::string bytes = raw ? dsrl::fuzz::bytes_of(data, size) : frame(data, size);
+    std::vector<dsrl::rollout::SampleGroup> groups;
+    bool accepted = false;
+    dsrl::fuzz::run([&] {
+        groups = dsrl::rollout::deserialize_groups(bytes, "<fuzz>");
+        accepted = true;
+    });
+    if (!accepted) return 0;
+    // The reader validated the record: using it must not throw at all.
+    {
         int64_t sum = 0;
         for (const dsrl::rollout::SampleGroup& g : groups) {
             for (const dsrl::rollout::Sample& s : g.samples) {
@@ -56,5 +64,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             std::abort();
         }
         if (sum == -1) std::printf(" ");
-    });
+    }
+    return 0;
 }
