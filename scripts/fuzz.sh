@@ -32,14 +32,17 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_FUZZ=ON \
         -DDSRL_PYTHON="$python" >/dev/null
 fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/dsrl_fuzz.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
-cmake --build "$build" -j "$(nproc)" --target dsrl_fuzzers | grep -vE '^\[[0-9]+/[0-9]+\] ' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { say "error: the fuzz build failed"; exit 1; }
+if ! cmake --build "$build" -j "$(nproc)" --target dsrl_fuzzers >"$work/build.log" 2>&1; then
+    grep -vE '^\[[0-9]+/[0-9]+\] ' "$work/build.log" | tail -40
+    say "error: the fuzz build failed"
+    exit 1
+fi
 say "build $(( $(date +%s) - start ))s"
 
 # --- Run ----------------------------------------------------------------------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/dsrl_fuzz.XXXXXX")
-trap 'rm -rf "$work"' EXIT
 # Sanitizers: stop at the first report (the fuzzer keeps the input); symbolized stacks. One thread each: two
 # harnesses share the two cores.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:symbolize=1}
