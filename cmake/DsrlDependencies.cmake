@@ -45,7 +45,9 @@ if(DSRL_CUDA_ENABLED)
   find_package(CUDAToolkit REQUIRED)
 endif()
 
-if(DSRL_CUDA_ENABLED AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT TORCH_CUDA_ARCH_LIST)
+# Without our CUDA (DSRL_WITH_CUDA=OFF, the fuzz build) a CUDA wheel's config still runs that probe, which fails
+# without a GPU: the same list quiets it (no CUDA target is built then).
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT TORCH_CUDA_ARCH_LIST)
   # Torch's config otherwise probes the (absent) GPU and adds flags for a dozen architectures: 90a -> 9.0a.
   set(TORCH_CUDA_ARCH_LIST "")
   foreach(_arch IN LISTS DSRL_CUDA_ARCHS)

@@ -20,6 +20,16 @@ if(DSRL_SANITIZE)
     $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer>)
   target_link_options(dsrl_build_flags INTERFACE -fsanitize=address,undefined)
 endif()
+if(DSRL_FUZZ)
+  # libFuzzer's coverage instrumentation plus ASan + UBSan in every dsrl library; a UBSan report aborts (so the
+  # fuzzer keeps the input) instead of printing and going on. Harnesses link -fsanitize=fuzzer (tests/fuzz).
+  # LibTorch itself stays uninstrumented. The GCC-only warning flags above are unknown to clang: not a warning.
+  target_compile_options(dsrl_build_flags INTERFACE
+    $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined
+                              -fno-omit-frame-pointer -gline-tables-only -Wno-unknown-warning-option
+                              -Xclang -fno-pch-timestamp>)
+  target_link_options(dsrl_build_flags INTERFACE -fsanitize=address,undefined)
+endif()
 
 # Everything a dsrl library links: LibTorch, Abseil strings/containers, MPI.
 add_library(dsrl_base_deps INTERFACE)

@@ -104,16 +104,23 @@ std::vector<SafetensorInfo> parse_safetensors_header(const std::string& header_j
             }
         }
         if (!known) bad(path, absl::StrCat(where, ": unsupported dtype '", info.dtype, "'"));
+        // ATen computes strides from the non-zero sizes, so even an empty tensor's other sizes must multiply to at
+        // most 2^63 - 1 (found by fuzzing, tests/fuzz/safetensors/regressions/empty_huge_shape: [0, 2^40, 2^40]
+        // opened, then get() failed with c10's "Stride calculation overflowed", naming neither file nor tensor).
         uint64_t numel = 1;
+        uint64_t span = 1;  // the product of the sizes, zeros counted as 1
         for (const auto& dim : entry["shape"]) {
             if (!dim.is_number_integer() || dim.get<int64_t>() < 0) {
                 bad(path, absl::StrCat(where, ": shape entries must be non-negative integers, got ", dim.dump()));
             }
             const auto d = static_cast<uint64_t>(dim.get<int64_t>());
-            if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / d)
-                bad(path, absl::StrCat(where, ": shape overflows"));
-            numel *= d;
             info.shape.push_back(static_cast<int64_t>(d));
+            if (d != 0 && span > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / d) {
+                bad(path, absl::StrCat(where, ": shape ", entry["shape"].dump(),
+                                       " overflows: the product of its non-zero sizes exceeds 2^63 - 1"));
+            }
+            span *= std::max<uint64_t>(d, 1);
+            numel *= d;  // <= span
         }
         for (const auto& o : entry["data_offsets"]) {
             if (!o.is_number_unsigned() && !(o.is_number_integer() && o.get<int64_t>() >= 0)) {

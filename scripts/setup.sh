@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything dsrl needs on a fresh Debian 12 machine. Idempotent: a second run takes seconds.
 #  1. Debian packages (compiler, cmake, ninja, ccache, Open MPI, yaml-cpp, Abseil, GoogleTest, nlohmann-json,
-#     clang-format, PCRE2 and utf8proc for tokenizer.json).
+#     clang-format, PCRE2 and utf8proc for tokenizer.json, clang + libFuzzer + llvm-symbolizer for scripts/fuzz.sh).
 #  2. A Python virtual environment with torch==2.11.0 (LibTorch comes from its cmake prefix) and the test
 #     oracles (transformers, safetensors, tensorboard). It lives outside the clone, in $DSRL_CACHE
 #     (default ~/.cache/dsrl), so fresh clones reuse it; .venv in the clone is a symlink to it.
@@ -17,7 +17,7 @@ say() { printf '[setup] %s\n' "$*"; }
 # --- 1. Debian packages ----------------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build ccache pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev
           libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev python3-venv clang-format
-          libpcre2-dev libutf8proc-dev)
+          libpcre2-dev libutf8proc-dev clang libclang-rt-14-dev llvm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

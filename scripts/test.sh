@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test command (README, CI): sets up if needed, configures (Release, ccache, precompiled header), builds,
 # and runs every test with CTest: unit tests, mpirun tests (-np 2 and 3), the transformers parity tests.
-# GPU tests are skipped with a printed reason on machines without a GPU. Checks that every C++/CUDA source
-# matches .clang-format (scripts/format.sh --check). Exits non-zero on any failure, an unformatted file included.
-# Environment: DSRL_BUILD_DIR (default build), DSRL_CTEST_ARGS (extra ctest arguments, e.g. "-L cpu").
+# GPU tests are skipped with a printed reason on machines without a GPU. Then every libFuzzer harness runs for
+# DSRL_FUZZ_SECONDS (default 30; scripts/fuzz.sh, its own clang build in build-fuzz; 0 skips it). Checks that every
+# C++/CUDA source matches .clang-format (scripts/format.sh --check). Exits non-zero on any failure, an unformatted
+# file or a fuzzing finding included.
+# Environment: DSRL_BUILD_DIR (default build), DSRL_CTEST_ARGS (extra ctest arguments, e.g. "-L cpu"),
+# DSRL_FUZZ_SECONDS.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -42,8 +45,20 @@ if [ -f "$log" ] && grep -q "GPU test skipped" "$log"; then
     n=$(grep -c "GPU test skipped" "$log")
     echo "[test] $n GPU test(s) skipped: no CUDA device visible on this machine"
 fi
+tested=$(date +%s)
+# Fuzzing: each harness for at least 30 s in CI (docs/fuzzing.md).
+fuzz_seconds=${DSRL_FUZZ_SECONDS:-30}
+fuzz_rc=0
+if [ "$fuzz_seconds" -gt 0 ]; then
+    bash scripts/fuzz.sh "$fuzz_seconds" || fuzz_rc=$?
+fi
 end=$(date +%s)
-echo "[test] configure $((configured - start))s, build $((built - configured))s, tests $((end - built))s, total $((end - start))s"
+echo "[test] configure $((configured - start))s, build $((built - configured))s, tests $((tested - built))s," \
+     "fuzz $((end - tested))s, total $((end - start))s"
+if [ "$fuzz_rc" -ne 0 ]; then
+    echo "[test] FAILED: fuzzing found a problem (above; inputs in fuzz-findings/)"
+    [ "$rc" -eq 0 ] && rc=$fuzz_rc
+fi
 if [ "$format_rc" -ne 0 ]; then
     echo "[test] FAILED: unformatted sources (listed above; fix with bash scripts/format.sh)"
     [ "$rc" -eq 0 ] && rc=$format_rc

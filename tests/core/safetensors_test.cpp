@@ -100,6 +100,10 @@ TEST(SafetensorsTest, EachBadInputHasAClearError) {
                 HasSubstr("tensor 'a': unsupported dtype 'F48'"));
     EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", data16),
                 HasSubstr("tensor 'a': shape entries must be non-negative"));
+    // Empty, but with strides no tensor can have (found by fuzzing: tests/fuzz/safetensors/regressions/).
+    EXPECT_THAT(
+        error_for(R"({"a":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}})", data16),
+        HasSubstr("tensor 'a': shape [0,1099511627776,1099511627776] overflows"));
     EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}})", data16),
                 HasSubstr("exceed the 16-byte data section (truncated file?)"));
     EXPECT_THAT(error_for(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", data16),
