@@ -309,14 +309,28 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
     LoadedCheckpoint out;
     const std::string state_path = fs::join(dir, kState);
     Json j;
+    // A count: a JSON integer in [0, max] (a float such as 1e300 or 3.7 is an error, not a cast).
+    auto count = [&](const Json& v, const std::string& key, int64_t max) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > max) {
+            throw CheckpointError(
+                absl::StrCat(state_path, ": \"", key, "\" must be an integer in [0, ", max, "], got ", v.dump()));
+        }
+        return v.get<int64_t>();
+    };
+    constexpr int64_t kMaxCount = int64_t{1} << 53;
     try {
         j = Json::parse(read_text(state_path));
-        out.state.step = j.at("step").get<int64_t>();
-        if (j.contains("stage_steps"))
-            out.state.stage_steps = j.at("stage_steps").get<std::map<std::string, int64_t>>();
-        out.state.policy_version = j.at("policy_version").get<int64_t>();
-        out.state.skipped_steps = j.at("skipped_steps").get<int64_t>();
-        out.state.world_size = j.at("world_size").get<int>();
+        out.state.step = count(j.at("step"), "step", kMaxCount);
+        if (j.contains("stage_steps")) {
+            if (!j.at("stage_steps").is_object()) {
+                throw CheckpointError(absl::StrCat(state_path, ": \"stage_steps\" must be an object"));
+            }
+            for (const auto& [stage, v] : j.at("stage_steps").items())
+                out.state.stage_steps[stage] = count(v, "stage_steps." + stage, kMaxCount);
+        }
+        out.state.policy_version = count(j.at("policy_version"), "policy_version", kMaxCount);
+        out.state.skipped_steps = count(j.at("skipped_steps"), "skipped_steps", kMaxCount);
+        out.state.world_size = static_cast<int>(count(j.at("world_size"), "world_size", 1 << 24));
         out.state.config_yaml = j.at("config_yaml").get<std::string>();
     } catch (const nlohmann::json::exception& e) {
         throw CheckpointError(absl::StrCat(state_path, ": ", e.what()));

@@ -25,6 +25,11 @@ void bind(Binder& b, DistConfig& c) {
     if (b.reading() && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {
         b.fail("rollout_ranks", "rollout_ranks is only meaningful with mode: disaggregated");
     }
+    if (b.reading() && c.mode == DistMode::kColocated && c.max_policy_lag != DistConfig{}.max_policy_lag) {
+        b.fail("max_policy_lag",
+               "max_policy_lag is only meaningful with mode: disaggregated (colocated training is "
+               "on-policy up to grpo.updates_per_batch)");
+    }
 }
 
 }  // namespace dsrl

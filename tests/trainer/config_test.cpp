@@ -111,6 +111,7 @@ TEST(ConfigTest, CrossFieldChecksNameTheKey) {
     EXPECT_THAT(load_error("model: {n_routed_experts: 9}\n"), HasSubstr("must be divisible by n_group"));
     EXPECT_THAT(load_error("domains: [{name: a, data: x}, {name: a, data: y}]\n"), HasSubstr("'a' appears twice"));
     EXPECT_THAT(load_error("dist: {rollout_ranks: 2}\n"), HasSubstr("only meaningful with mode: disaggregated"));
+    EXPECT_THAT(load_error("dist: {max_policy_lag: 3}\n"), HasSubstr("dist.max_policy_lag"));
 }
 
 TEST(ConfigTest, MissingFileAndSyntaxError) {
