@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -88,13 +89,15 @@ TEST_F(SandboxTest, CpuMemoryAndWallLimits) {
 }
 
 TEST_F(SandboxTest, PrivateDirectoryEmptyEnvironmentAndErrors) {
-    const SandboxResult r =
-        py("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n"
-           "print(sorted(k for k in os.environ if k != 'LC_CTYPE'))");
+    ::setenv("DSRL_SANDBOX_TEST_SECRET", "1", 1);  // the trainer's environment must not reach the program
+    const SandboxResult r = py(
+        "import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n"
+        "print('secret' if 'DSRL_SANDBOX_TEST_SECRET' in os.environ else 'clean', os.environ['HOME'] == os.getcwd())");
+    ::unsetenv("DSRL_SANDBOX_TEST_SECRET");
     const std::string cwd = r.out.substr(0, r.out.find('\n'));
     EXPECT_THAT(cwd, HasSubstr("dsrl_sandbox_"));
     EXPECT_FALSE(fs::exists(cwd)) << "the working directory is removed afterwards";
-    EXPECT_THAT(r.out, HasSubstr("['HOME', 'PATH', 'TMPDIR']"));
+    EXPECT_THAT(r.out, HasSubstr("clean True")) << r.out << r.err;
     EXPECT_THROW(run_sandboxed({"/no/such/program"}), SandboxError);
     EXPECT_THROW(run_sandboxed({}), SandboxError);
 }
