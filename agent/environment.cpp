@@ -1,5 +1,6 @@
 #include "agent/environment.h"
 
+#include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
@@ -24,7 +25,38 @@ std::string excerpt(const Json& j) {
     return s;
 }
 
+std::string collapsed(const std::string& s) {
+    std::string out;
+    bool space = false;
+    for (const char ch : s) {
+        if (absl::ascii_isspace(static_cast<unsigned char>(ch))) {
+            space = !out.empty();
+            continue;
+        }
+        if (space) out.push_back(' ');
+        space = false;
+        out.push_back(absl::ascii_tolower(static_cast<unsigned char>(ch)));
+    }
+    return out;
+}
+
 }  // namespace
+
+bool contains_answer(const std::string& text, const std::string& answer) {
+    const std::string a = collapsed(answer);
+    return !a.empty() && collapsed(text).find(a) != std::string::npos;
+}
+
+std::string final_answer(const Json& trajectory) {
+    std::string last;
+    if (!trajectory.is_object() || !trajectory.contains("messages") || !trajectory["messages"].is_array()) return last;
+    for (const Json& m : trajectory["messages"]) {
+        if (m.is_object() && m.value("role", "") == "assistant" && m.contains("content") && m["content"].is_string()) {
+            last = m["content"].get<std::string>();
+        }
+    }
+    return last;
+}
 
 void EnvRegistry::add(const std::string& name, const std::string& description, EnvFactory factory) {
     if (name.empty()) throw ConfigError("environment registry: an environment needs a name");

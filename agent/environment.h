@@ -106,6 +106,13 @@ private:
     bool poisoned_ = false;
 };
 
+/// The built-in verifiers' rule: whether `text` contains `answer`, both lower-cased with whitespace collapsed (an
+/// empty answer is never contained).
+bool contains_answer(const std::string& text, const std::string& answer);
+
+/// The content of the last assistant message of a trajectory ({"messages": [...]}), "" when there is none.
+std::string final_answer(const Json& trajectory);
+
 /// The answers' shapes, checked (EnvironmentError naming `name`, the operation and what is wrong); exposed for
 /// environments that want to check themselves.
 Json check_reset(const Json& answer, const std::string& name);

@@ -1,5 +1,7 @@
 #include "agent/search_env.h"
 
+#include "agent/code_env.h"
+
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
 
@@ -12,21 +14,6 @@ namespace dsrl::agent {
 namespace {
 
 constexpr double kK1 = 1.2, kB = 0.75;
-
-std::string normalized(const std::string& s) {
-    std::string out;
-    bool space = false;
-    for (const char c : s) {
-        if (absl::ascii_isspace(static_cast<unsigned char>(c))) {
-            space = !out.empty();
-            continue;
-        }
-        if (space) out.push_back(' ');
-        space = false;
-        out.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
-    }
-    return out;
-}
 
 Json tool_schema(const std::string& name,
                  const std::string& description,
@@ -66,16 +53,7 @@ public:
     }
 
     Json verify(const Json& trajectory) override {
-        std::string final;
-        if (trajectory.is_object() && trajectory.contains("messages") && trajectory["messages"].is_array()) {
-            for (const Json& m : trajectory["messages"]) {
-                if (m.is_object() && m.value("role", "") == "assistant" && m.contains("content") &&
-                    m["content"].is_string()) {
-                    final = m["content"].get<std::string>();
-                }
-            }
-        }
-        const bool right = !answer_.empty() && normalized(final).find(normalized(answer_)) != std::string::npos;
+        const bool right = contains_answer(final_answer(trajectory), answer_);
         return {{"reward", right ? 1.0 : 0.0}, {"details", {{"answer", answer_}, {"found", right}}}};
     }
 
@@ -192,6 +170,11 @@ const std::string* SearchIndex::text(const std::string& id) const {
 }
 
 void register_builtin_environments(EnvRegistry& reg) {
+    register_search_environment(reg);
+    register_code_environment(reg);
+}
+
+void register_search_environment(EnvRegistry& reg) {
     reg.add("search", "BM25 search over a local JSONL collection: tools search(query, k) and open(id)",
             [](const Json& params) -> std::unique_ptr<Environment> {
                 if (!params.is_object() || !params.contains("corpus") || !params["corpus"].is_string()) {

@@ -5,7 +5,7 @@
 // (case-insensitive, whitespace collapsed), else 0, with the details. A bad tool call (unknown tool, malformed
 // arguments, unknown id) is answered as a tool result saying so — the model's mistake, not the environment's.
 //
-//   EnvRegistry reg; register_builtin_environments(reg);
+//   EnvRegistry reg; register_builtin_environments(reg);     // search and code_interpreter
 //   auto env = reg.create("search", {{"corpus", "docs.jsonl"}, {"top_k", 5}});
 #pragma once
 
@@ -49,7 +49,10 @@ private:
 /// Words for BM25: lower-cased runs of ASCII letters and digits (other bytes separate words).
 std::vector<std::string> search_words(const std::string& text);
 
-/// Registers the built-in environments ("search") in `reg`.
+/// Registers "search" in `reg` (register_builtin_environments calls it).
+void register_search_environment(EnvRegistry& reg);
+
+/// Registers every built-in environment in `reg`: "search" (this file) and "code_interpreter" (agent/code_env.h).
 void register_builtin_environments(EnvRegistry& reg);
 
 }  // namespace dsrl::agent
