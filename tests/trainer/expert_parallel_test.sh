@@ -7,7 +7,8 @@
 # for bit (SFT, and GRPO with its KL reference); its checkpoint continues at EP 1 (resharded); an EP size that does
 # not divide the ranks or the experts is a config error. The MoE balance is on throughout (routing-bias update from
 # the loads of every rank, sequence-wise balance loss): its biases are among the compared weights. Under EP each rank
-# writes its own experts' shard files.
+# writes its own experts' shard files. The GRPO runs record and replay the DSA key sets (keep-indexer, at index_topk
+# 16 so prompts reach the sparse regime).
 # Usage: expert_parallel_test.sh path/to/dsrl_train MPIEXEC PYTHON
 set -u
 source "$(dirname "$0")/crash_checks.sh"
@@ -21,7 +22,8 @@ balance=(--set moe.bias_update_speed=0.01 --set moe.seq_aux_loss_alpha=0.001)
 sft=("${balance[@]}" --set 'run.stages=[sft]' --set sft.steps=3 --set trainer.micro_batch_size=4 --set trainer.tensorboard=false
      --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=3)
 # GRPO with held-out evaluation: rollout and greedy decoding run in lock-step across each EP group.
-grpo=("${balance[@]}" --set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=2 --set rollout.group_size=4
+grpo=("${balance[@]}" --set model.index_topk=16 --set rollout.record_indexer=true --set grpo.keep_indexer=true
+      --set 'run.stages=[sft, grpo]' --set sft.steps=2 --set trainer.total_steps=2 --set rollout.group_size=4
       --set rollout.max_new_tokens=8 --set trainer.eval_prompts=4 --set trainer.eval_every=1 --set trainer.tensorboard=false
       --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=2)
 dsa=("${balance[@]}" --set 'run.stages=[indexer_warmup, sparse_train]' --set run.device=cpu --set trainer.tensorboard=false
