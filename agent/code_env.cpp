@@ -5,62 +5,27 @@
 #include <csignal>
 #include <cstring>
 
+#include "agent/question_env.h"
 #include "agent/sandbox.h"
 
 namespace dsrl::agent {
 namespace {
 
-class CodeEnvironment : public Environment {
+class CodeEnvironment : public QuestionEnvironment {
 public:
     CodeEnvironment(std::string python, SandboxLimits limits)
-        : python_(std::move(python)), limits_(std::move(limits)) {}
-
-    Json reset(const Json& task) override {
-        if (!task.is_object() || !task.contains("question") || !task["question"].is_string() ||
-            !task.contains("answer") || !task["answer"].is_string()) {
-            throw DataError(absl::StrCat("code_interpreter: a task needs string \"question\" and \"answer\", got ",
-                                         task.dump().substr(0, 200)));
-        }
-        answer_ = task["answer"].get<std::string>();
-        const Json tool = {
-            {"type", "function"},
-            {"function",
-             {{"name", "python"},
-              {"description", "Run Python 3 code (no network, limited time and memory); returns what it prints."},
-              {"parameters",
-               {{"type", "object"}, {"properties", {{"code", {{"type", "string"}}}}}, {"required", {"code"}}}}}}};
-        return {{"messages", Json::array({{{"role", "user"}, {"content", task["question"]}}})},
-                {"tools", Json::array({tool})}};
-    }
-
-    Json step(const Json& tool_calls) override {
-        Json results = Json::array();
-        for (const Json& call : tool_calls) {
-            results.push_back({{"tool_call_id", call.value("id", std::string())}, {"content", run(call)}});
-        }
-        return {{"results", results}, {"done", false}};
-    }
-
-    Json verify(const Json& trajectory) override {
-        const bool right = contains_answer(final_answer(trajectory), answer_);
-        return {{"reward", right ? 1.0 : 0.0}, {"details", {{"answer", answer_}, {"found", right}}}};
-    }
+        : QuestionEnvironment("code_interpreter"), python_(std::move(python)), limits_(std::move(limits)) {}
 
 private:
-    std::string run(const Json& call) const {
-        if (call.value("name", std::string()) != "python") {
-            return absl::StrCat("error: unknown tool '", call.value("name", std::string()), "' (tools: python)");
-        }
-        Json args;
-        try {
-            const Json& a = call.contains("arguments") ? call["arguments"] : Json::object();
-            args = a.is_string() ? Json::parse(a.get<std::string>()) : a;
-        } catch (const Json::exception&) {
-            return "error: the arguments are not valid JSON";
-        }
-        if (!args.is_object() || !args.contains("code") || !args["code"].is_string()) {
-            return "error: python needs a string \"code\"";
-        }
+    Json tools() const override {
+        return Json::array(
+            {tool_schema("python", "Run Python 3 code (no network, limited time and memory); returns what it prints.",
+                         {{"code", {{"type", "string"}}}}, {"code"})});
+    }
+
+    std::string answer(const std::string& name, const Json& args) const override {
+        if (name != "python") return absl::StrCat("error: unknown tool '", name, "' (tools: python)");
+        if (!args.contains("code") || !args["code"].is_string()) return "error: python needs a string \"code\"";
         const SandboxResult r = run_sandboxed({python_, "-I", "-c", args["code"].get<std::string>()}, limits_);
         std::string out = r.out;
         if (!r.err.empty()) absl::StrAppend(&out, out.empty() || out.back() == '\n' ? "" : "\n", r.err);
@@ -81,7 +46,6 @@ private:
 
     std::string python_;
     SandboxLimits limits_;
-    std::string answer_;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "agent/search_env.h"
 
 #include "agent/code_env.h"
+#include "agent/question_env.h"
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
@@ -15,59 +16,20 @@ namespace {
 
 constexpr double kK1 = 1.2, kB = 0.75;
 
-Json tool_schema(const std::string& name,
-                 const std::string& description,
-                 const Json& properties,
-                 const std::vector<std::string>& required) {
-    return {{"type", "function"},
-            {"function",
-             {{"name", name},
-              {"description", description},
-              {"parameters", {{"type", "object"}, {"properties", properties}, {"required", required}}}}}};
-}
-
-class SearchEnvironment : public Environment {
+class SearchEnvironment : public QuestionEnvironment {
 public:
-    SearchEnvironment(std::shared_ptr<const SearchIndex> index, int64_t top_k) : index_(std::move(index)), k_(top_k) {}
+    SearchEnvironment(std::shared_ptr<const SearchIndex> index, int64_t top_k)
+        : QuestionEnvironment("search"), index_(std::move(index)), k_(top_k) {}
 
-    Json reset(const Json& task) override {
-        if (!task.is_object() || !task.contains("question") || !task["question"].is_string() ||
-            !task.contains("answer") || !task["answer"].is_string()) {
-            throw DataError(absl::StrCat("search environment: a task needs string \"question\" and \"answer\", got ",
-                                         task.dump().substr(0, 200)));
-        }
-        answer_ = task["answer"].get<std::string>();
-        const Json tools = Json::array(
+private:
+    Json tools() const override {
+        return Json::array(
             {tool_schema("search", "Search the document collection; returns the best documents' ids and titles.",
                          {{"query", {{"type", "string"}}}, {"k", {{"type", "integer"}}}}, {"query"}),
              tool_schema("open", "Return one document's text by its id.", {{"id", {{"type", "string"}}}}, {"id"})});
-        return {{"messages", Json::array({{{"role", "user"}, {"content", task["question"]}}})}, {"tools", tools}};
     }
 
-    Json step(const Json& tool_calls) override {
-        Json results = Json::array();
-        for (const Json& call : tool_calls) {
-            results.push_back({{"tool_call_id", call.value("id", std::string())}, {"content", answer_call(call)}});
-        }
-        return {{"results", results}, {"done", false}};
-    }
-
-    Json verify(const Json& trajectory) override {
-        const bool right = contains_answer(final_answer(trajectory), answer_);
-        return {{"reward", right ? 1.0 : 0.0}, {"details", {{"answer", answer_}, {"found", right}}}};
-    }
-
-private:
-    std::string answer_call(const Json& call) const {
-        const std::string name = call.value("name", std::string());
-        Json args;
-        try {
-            const Json& a = call.contains("arguments") ? call["arguments"] : Json::object();
-            args = a.is_string() ? Json::parse(a.get<std::string>()) : a;
-        } catch (const Json::exception&) {
-            return "error: the arguments are not valid JSON";
-        }
-        if (!args.is_object()) return "error: the arguments must be a JSON object";
+    std::string answer(const std::string& name, const Json& args) const override {
         if (name == "search") {
             if (!args.contains("query") || !args["query"].is_string()) return "error: search needs a string \"query\"";
             const int64_t k = args.contains("k") && args["k"].is_number_integer()
@@ -89,7 +51,6 @@ private:
 
     std::shared_ptr<const SearchIndex> index_;
     int64_t k_;
-    std::string answer_;
 };
 
 }  // namespace

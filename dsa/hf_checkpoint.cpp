@@ -125,19 +125,34 @@ void publish_dir(const std::string& tmp, const std::string& dir, const std::stri
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> quantize_fp8_blockwise(const at::Tensor& w, const Fp8Format& fmt) {
+namespace {
+
+// A 2-D weight padded to whole blocks (zero padding changes no block's amax), viewed [nr, br, nc, bc].
+at::Tensor fp8_blocks(const at::Tensor& w, const Fp8Format& fmt) {
     TORCH_CHECK(w.dim() == 2 && at::isFloatingType(w.scalar_type()), "quantize_fp8_blockwise: expected a 2-D floating ",
                 "weight, got ", w.sizes());
-    const int64_t br = fmt.block_rows, bc = fmt.block_cols;
-    const int64_t rows = w.size(0), cols = w.size(1);
-    const int64_t nr = ceil_div(rows, br), nc = ceil_div(cols, bc);
-    // Whole blocks (zero padding changes no block's amax), each scaled so its largest magnitude maps to e4m3's 448.
-    const at::Tensor padded = at::constant_pad_nd(w.to(at::kFloat), {0, nc * bc - cols, 0, nr * br - rows});
-    const at::Tensor blocks = padded.view({nr, br, nc, bc});
-    const at::Tensor amax = blocks.abs().amax({1, 3});                                // [nr, nc]
-    const at::Tensor scale = at::where(amax > 0, amax / 448.0, at::ones_like(amax));  // W = W8 · scale
-    const at::Tensor q = (blocks / scale.view({nr, 1, nc, 1})).clamp(-448.0, 448.0).view({nr * br, nc * bc});
-    return {q.narrow(0, 0, rows).narrow(1, 0, cols).to(at::kFloat8_e4m3fn).contiguous(), scale.contiguous()};
+    const int64_t nr = ceil_div(w.size(0), fmt.block_rows), nc = ceil_div(w.size(1), fmt.block_cols);
+    return at::constant_pad_nd(w.to(at::kFloat),
+                               {0, nc * fmt.block_cols - w.size(1), 0, nr * fmt.block_rows - w.size(0)})
+        .view({nr, fmt.block_rows, nc, fmt.block_cols});
+}
+
+at::Tensor scales_of(const at::Tensor& blocks) {
+    const at::Tensor amax = blocks.abs().amax({1, 3});  // [nr, nc]
+    return at::where(amax > 0, amax / 448.0, at::ones_like(amax)).contiguous();
+}
+
+}  // namespace
+
+at::Tensor fp8_block_scales(const at::Tensor& w, const Fp8Format& fmt) { return scales_of(fp8_blocks(w, fmt)); }
+
+std::pair<at::Tensor, at::Tensor> quantize_fp8_blockwise(const at::Tensor& w, const Fp8Format& fmt) {
+    // Each block scaled so its largest magnitude maps to e4m3's 448: W = W8 · scale.
+    const at::Tensor blocks = fp8_blocks(w, fmt);
+    const at::Tensor scale = scales_of(blocks);
+    const int64_t nr = scale.size(0), nc = scale.size(1);
+    const at::Tensor q = (blocks / scale.view({nr, 1, nc, 1})).clamp(-448.0, 448.0).view({nr * fmt.block_rows, -1});
+    return {q.narrow(0, 0, w.size(0)).narrow(1, 0, w.size(1)).to(at::kFloat8_e4m3fn).contiguous(), scale};
 }
 
 bool fp8_quantizable(const std::string& name, const at::Tensor& t) {
@@ -421,7 +436,7 @@ at::Tensor saved_tensor(const SaveItem& it, const SaveOptions& opt) {
         case SaveItem::kFp8Weight:
             return quantize_fp8_blockwise(t.to(at::kCPU), Fp8Format{}).first;
         case SaveItem::kFp8Scale:
-            return quantize_fp8_blockwise(t.to(at::kCPU), Fp8Format{}).second;
+            return fp8_block_scales(t.to(at::kCPU), Fp8Format{});  // its weight item quantizes separately
         case SaveItem::kConverted:
             break;
     }

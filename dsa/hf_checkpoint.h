@@ -111,6 +111,8 @@ struct SaveOptions {
 /// DeepSeek's FP8 layout of a 2-D weight: e4m3 values and fp32 weight_scale_inv [ceil(R/br), ceil(C/bc)] with
 /// W ≈ W8 · scale_inv per block, each block's largest magnitude mapped to 448. dequantize_fp8_blockwise inverts it.
 std::pair<at::Tensor, at::Tensor> quantize_fp8_blockwise(const at::Tensor& w, const Fp8Format& fmt);
+/// quantize_fp8_blockwise's scales alone (a block reduction; no quantized copy).
+at::Tensor fp8_block_scales(const at::Tensor& w, const Fp8Format& fmt);
 /// True for the tensors a float8 export quantizes: the linear layers' 2-D weights (attention projections, the
 /// indexer's wq_b and wk, dense and expert MLPs), not embeddings, the LM head, norms, the router or weights_proj.
 bool fp8_quantizable(const std::string& name, const at::Tensor& t);
