@@ -15,45 +15,20 @@
 namespace dsrl::text {
 namespace {
 
-constexpr const char* kBos = "<｜begin▁of▁sentence｜>";
-constexpr const char* kEos = "<｜end▁of▁sentence｜>";
-constexpr const char* kUser = "<｜User｜>";
-constexpr const char* kAssistant = "<｜Assistant｜>";
-constexpr const char* kThinkOpen = "<think>";
-constexpr const char* kThinkClose = "</think>";
+using dsv32::kAssistant;
+using dsv32::kBos;
+using dsv32::kCallsClose;
+using dsv32::kEos;
+using dsv32::kInvokeClose;
+using dsv32::kParamClose;
+using dsv32::kThinkClose;
+using dsv32::kThinkOpen;
+using dsv32::kUser;
 constexpr const char* kDsml = "｜DSML｜";
+// What the parsers look for (a tag's attributes may follow after whitespace).
 constexpr const char* kCallsOpen = "\n\n<｜DSML｜function_calls";  // the block opener, as the parser looks for it
-constexpr const char* kCallsClose = "</｜DSML｜function_calls>";
 constexpr const char* kInvokeOpen = "<｜DSML｜invoke";
-constexpr const char* kInvokeClose = "</｜DSML｜invoke>";
 constexpr const char* kParamOpen = "<｜DSML｜parameter";
-constexpr const char* kParamClose = "</｜DSML｜parameter>";
-
-// TOOLS_BLOCK (DSV32_FORMAT.md §B.4.6), up to the schemas; the golden fixture's blank lines included.
-constexpr const char* kToolsHead =
-    "## Tools\n\nYou have access to a set of tools you can use to answer the user's question.\n"
-    "You can invoke functions by writing a \"<｜DSML｜function_calls>\" block like the following as part of your "
-    "reply to the user:\n"
-    "<｜DSML｜function_calls>\n"
-    "<｜DSML｜invoke name=\"$FUNCTION_NAME\">\n"
-    "<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n"
-    "...\n"
-    "</｜DSML｜invoke>\n"
-    "<｜DSML｜invoke name=\"$FUNCTION_NAME2\">\n"
-    "...\n"
-    "</｜DSML｜invoke>\n"
-    "</｜DSML｜function_calls>\n\n"
-    "String and scalar parameters should be specified as is without any escaping or quotes, while lists and objects "
-    "should use JSON format. The \"string\" attribute should be set to \"true\" for string type parameters and "
-    "\"false\" for other types (numbers, booleans, arrays, objects).\n\n"
-    "If the thinking_mode is enabled, then after function results you should strongly consider outputting a "
-    "thinking block. Here is an example:\n\n"
-    "<｜DSML｜function_calls>\n...\n</｜DSML｜function_calls>\n\n"
-    "<function_results>\n...\n</function_results>\n\n"
-    "<think>...thinking about results</think>\n\n"
-    "Here are the functions available in JSONSchema format:\n<functions>\n";
-constexpr const char* kResponseFormatHead =
-    "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n";
 
 [[noreturn]] void bad_message(size_t index, const std::string& what) {
     throw DataError(absl::StrCat("chat format deepseek_v32: message ", index, ": ", what));
@@ -74,7 +49,7 @@ std::string tools_block(const OrderedJson& tools, size_t index) {
         if (!fn.is_object()) bad_message(index, "each tool must be an object (OpenAI layout)");
         lines.push_back(python_json(fn));
     }
-    return absl::StrCat(kToolsHead, absl::StrJoin(lines, "\n"), "\n</functions>\n");
+    return absl::StrCat(dsv32::kToolsHead, absl::StrJoin(lines, "\n"), "\n", dsv32::kFunctionsClose, "\n");
 }
 
 // "\n\n" + TOOLS_BLOCK and/or "\n\n" + RESPONSE_FORMAT_BLOCK of a system or developer message.
@@ -84,7 +59,7 @@ std::string attachments(const OrderedJson& m, size_t index) {
         out += "\n\n" + tools_block(*t, index);
     }
     if (const auto rf = m.find("response_format"); rf != m.end() && !rf->is_null()) {
-        out += absl::StrCat("\n\n", kResponseFormatHead, python_json(*rf));
+        out += absl::StrCat("\n\n", dsv32::kResponseFormatHead, python_json(*rf));
     }
     return out;
 }
@@ -114,14 +89,13 @@ std::string render_tool_calls(const OrderedJson& calls, size_t index) {
         const OrderedJson args = arguments_of(call, index);  // kept alive: items() refers to it
         for (const auto& [key, value] : args.items()) {
             const bool is_string = value.is_string();
-            params.push_back(absl::StrCat("<｜DSML｜parameter name=\"", key, "\" string=\"",
-                                          is_string ? "true" : "false", "\">",
+            params.push_back(absl::StrCat(dsv32::kParamName, key, is_string ? dsv32::kStringTrue : dsv32::kStringFalse,
                                           is_string ? value.get<std::string>() : python_json(value), kParamClose));
         }
-        invokes.push_back(absl::StrCat("<｜DSML｜invoke name=\"", fn["name"].get<std::string>(), "\">\n",
+        invokes.push_back(absl::StrCat(dsv32::kInvokeName, fn["name"].get<std::string>(), "\">\n",
                                        absl::StrJoin(params, "\n"), "\n", kInvokeClose));
     }
-    return absl::StrCat("\n\n<｜DSML｜function_calls>\n", absl::StrJoin(invokes, "\n"), "\n", kCallsClose);
+    return absl::StrCat("\n\n", dsv32::kCallsTag, "\n", absl::StrJoin(invokes, "\n"), "\n", kCallsClose);
 }
 
 size_t tool_calls_count(const OrderedJson& m) {
@@ -691,11 +665,11 @@ public:
                     bad_message(i,
                                 absl::StrCat("more tool results than the ", n, " tool call(s) of message ", assistant));
                 }
-                std::string text = results == 1 ? "\n\n<function_results>" : "";
-                text += absl::StrCat("\n<result>", text_field(m, "content", i), "</result>");
+                std::string text = results == 1 ? absl::StrCat("\n\n", dsv32::kResultsOpen) : "";
+                absl::StrAppend(&text, "\n", dsv32::kResultOpen, text_field(m, "content", i), dsv32::kResultClose);
                 if (results == n) {
                     const bool open = opt.thinking && static_cast<int64_t>(i) >= last_user;
-                    text += absl::StrCat("\n</function_results>\n\n", open ? kThinkOpen : kThinkClose);
+                    absl::StrAppend(&text, "\n", dsv32::kResultsClose, "\n\n", open ? kThinkOpen : kThinkClose);
                 }
                 prompt(text);
             } else {

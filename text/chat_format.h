@@ -29,6 +29,61 @@ namespace dsrl::text {
 
 using OrderedJson = nlohmann::ordered_json;
 
+/// deepseek_v32's fixed strings (DSV32_FORMAT.md §B): the renderer emits each of them whole, between the variable
+/// parts, and the parser looks for them in the decoded completion. The byte-level chat tokenizer
+/// (text/byte_chat_tokenizer.h) makes each one a single token.
+namespace dsv32 {
+inline constexpr const char* kBos = "<｜begin▁of▁sentence｜>";
+inline constexpr const char* kEos = "<｜end▁of▁sentence｜>";
+inline constexpr const char* kUser = "<｜User｜>";
+inline constexpr const char* kAssistant = "<｜Assistant｜>";
+inline constexpr const char* kThinkOpen = "<think>";
+inline constexpr const char* kThinkClose = "</think>";
+// A tool-call block: "\n\n" kCallsTag "\n", per call kInvokeName NAME "\">\n", per argument kParamName KEY
+// (kStringTrue | kStringFalse) VALUE kParamClose "\n", then kInvokeClose "\n", and kCallsClose.
+inline constexpr const char* kCallsTag = "<｜DSML｜function_calls>";
+inline constexpr const char* kCallsClose = "</｜DSML｜function_calls>";
+inline constexpr const char* kInvokeName = "<｜DSML｜invoke name=\"";
+inline constexpr const char* kInvokeClose = "</｜DSML｜invoke>";
+inline constexpr const char* kParamName = "<｜DSML｜parameter name=\"";
+inline constexpr const char* kParamClose = "</｜DSML｜parameter>";
+inline constexpr const char* kStringTrue = "\" string=\"true\">";
+inline constexpr const char* kStringFalse = "\" string=\"false\">";
+// Tool results: "\n\n" kResultsOpen, per result "\n" kResultOpen TEXT kResultClose, "\n" kResultsClose "\n\n".
+inline constexpr const char* kResultsOpen = "<function_results>";
+inline constexpr const char* kResultsClose = "</function_results>";
+inline constexpr const char* kResultOpen = "<result>";
+inline constexpr const char* kResultClose = "</result>";
+// TOOLS_BLOCK (§B.4.6) up to the schemas, the golden fixture's blank lines included; the schemas (one
+// json.dumps per line) and "\n" kFunctionsClose "\n" follow.
+inline constexpr const char* kToolsHead =
+    "## Tools\n\nYou have access to a set of tools you can use to answer the user's question.\n"
+    "You can invoke functions by writing a \"<｜DSML｜function_calls>\" block like the following as part of your "
+    "reply to the user:\n"
+    "<｜DSML｜function_calls>\n"
+    "<｜DSML｜invoke name=\"$FUNCTION_NAME\">\n"
+    "<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n"
+    "...\n"
+    "</｜DSML｜invoke>\n"
+    "<｜DSML｜invoke name=\"$FUNCTION_NAME2\">\n"
+    "...\n"
+    "</｜DSML｜invoke>\n"
+    "</｜DSML｜function_calls>\n\n"
+    "String and scalar parameters should be specified as is without any escaping or quotes, while lists and objects "
+    "should use JSON format. The \"string\" attribute should be set to \"true\" for string type parameters and "
+    "\"false\" for other types (numbers, booleans, arrays, objects).\n\n"
+    "If the thinking_mode is enabled, then after function results you should strongly consider outputting a "
+    "thinking block. Here is an example:\n\n"
+    "<｜DSML｜function_calls>\n...\n</｜DSML｜function_calls>\n\n"
+    "<function_results>\n...\n</function_results>\n\n"
+    "<think>...thinking about results</think>\n\n"
+    "Here are the functions available in JSONSchema format:\n<functions>\n";
+inline constexpr const char* kFunctionsClose = "</functions>";
+// RESPONSE_FORMAT_BLOCK (§B.4.7) up to the schema's json.dumps.
+inline constexpr const char* kResponseFormatHead =
+    "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n";
+}  // namespace dsv32
+
 /// Python's json.dumps(value, ensure_ascii=False): ", " and ": " separators, keys in their order, non-ASCII kept.
 std::string python_json(const OrderedJson& value);
 

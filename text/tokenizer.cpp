@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "text/byte_chat_tokenizer.h"
 #include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
 
@@ -125,11 +126,9 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path, int64_t
         if (!format.empty()) tok->set_chat_format(make_chat_format(format), {.thinking = chat.thinking});
         return tok;
     }
-    if (chat.format == "deepseek_v32") {
-        throw ConfigError(
-            absl::StrCat("model.chat_format: deepseek_v32 needs the checkpoint's tokenizer.json (model.path ",
-                         model_path.empty() ? "is empty" : "= " + model_path + " has none", ")"));
-    }
+    // No tokenizer.json: the byte-level tokenizer, with the deepseek_v32 markers as added tokens when that format is
+    // chosen (text/byte_chat_tokenizer.h).
+    if (chat.format == "deepseek_v32") return std::make_unique<ByteChatTokenizer>(vocab_size, chat.thinking);
     return std::make_unique<ByteTokenizer>(vocab_size);
 }
 

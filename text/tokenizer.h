@@ -82,8 +82,10 @@ struct ChatChoice {
 
 /// The tokenizer of a model (`model_path`: its checkpoint directory, "" for a random init): its tokenizer.json
 /// (text/hf_tokenizer.h) when it ships one, else the byte-level tokenizer (vocab_size >= 272). The chat format:
-/// deepseek_v32 when chosen, or under auto for a checkpoint whose config.json says model_type deepseek_v32; the
-/// byte template for the byte-level tokenizer. A choice that does not fit the tokenizer is a ConfigError.
+/// deepseek_v32 when chosen, or under auto for a checkpoint whose config.json says model_type deepseek_v32; for the
+/// byte-level tokenizer its own template under auto and byte, and under deepseek_v32 the byte-level tokenizer with
+/// that format's markers as added tokens (ByteChatTokenizer, text/byte_chat_tokenizer.h; vocab_size >= 291). A
+/// choice that does not fit the tokenizer (byte with a tokenizer.json) is a ConfigError.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& model_path,
                                           int64_t vocab_size,
                                           const ChatChoice& chat = {});

@@ -135,7 +135,7 @@ TEST(HfTokenizerParityTest, DeepSeekChatFixtureTokenizesSegmentWise) {
 }
 
 // model.chat_format: auto picks deepseek_v32 from config.json's model_type; apply_chat then renders DeepSeek's
-// prompt; choices that do not fit the tokenizer are errors.
+// prompt; a choice that does not fit the tokenizer (byte with a tokenizer.json) is an error.
 TEST(HfTokenizerParityTest, MakeTokenizerPicksTheChatFormat) {
     const std::string src = testing::oracle_path("tokenizers/deepseek_v3");
     testing::TempDir dir;
@@ -151,7 +151,8 @@ TEST(HfTokenizerParityTest, MakeTokenizerPicksTheChatFormat) {
               tok->encode("<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜></think>"));
     EXPECT_THROW(make_tokenizer(dir.path(), 129280, {.format = "byte"}), ConfigError);
     EXPECT_THROW(make_tokenizer(dir.path(), 1000), ConfigError);  // 128815 ids do not fit vocab_size 1000
-    EXPECT_THROW(make_tokenizer("", 320, {.format = "deepseek_v32"}), ConfigError);
+    // Without a tokenizer.json, deepseek_v32 is the byte-level tokenizer with its markers (byte_chat_tokenizer_test).
+    EXPECT_EQ(make_tokenizer("", 320, {.format = "deepseek_v32"})->chat_format(nullptr)->name(), "deepseek_v32");
     EXPECT_THROW(make_tokenizer("", 320, {.format = "chatml"}), ConfigError);
 }
 
