@@ -11,7 +11,12 @@ Json QuestionEnvironment::reset(const Json& task) {
                                      task.dump().substr(0, 200)));
     }
     answer_ = task["answer"].get<std::string>();
-    return {{"messages", Json::array({{{"role", "user"}, {"content", task["question"]}}})}, {"tools", tools()}};
+    Json messages = Json::array();
+    if (const std::string system = system_prompt(); !system.empty()) {
+        messages.push_back({{"role", "system"}, {"content", system}});
+    }
+    messages.push_back({{"role", "user"}, {"content", task["question"]}});
+    return {{"messages", messages}, {"tools", tools()}};
 }
 
 Json QuestionEnvironment::step(const Json& tool_calls) {

@@ -23,6 +23,8 @@ protected:
     virtual Json tools() const = 0;
     /// The text answering a call of `tool` whose arguments are the JSON object `args`.
     virtual std::string answer(const std::string& tool, const Json& args) const = 0;
+    /// A system message put before the question ("" = none).
+    virtual std::string system_prompt() const { return ""; }
 
 private:
     std::string env_name_;

@@ -1,5 +1,6 @@
 #include "agent/search_env.h"
 
+#include "agent/calculator_env.h"
 #include "agent/code_env.h"
 #include "agent/question_env.h"
 
@@ -133,6 +134,7 @@ const std::string* SearchIndex::text(const std::string& id) const {
 void register_builtin_environments(EnvRegistry& reg) {
     register_search_environment(reg);
     register_code_environment(reg);
+    register_calculator_environment(reg);
 }
 
 void register_search_environment(EnvRegistry& reg) {

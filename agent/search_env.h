@@ -52,7 +52,8 @@ std::vector<std::string> search_words(const std::string& text);
 /// Registers "search" in `reg` (register_builtin_environments calls it).
 void register_search_environment(EnvRegistry& reg);
 
-/// Registers every built-in environment in `reg`: "search" (this file) and "code_interpreter" (agent/code_env.h).
+/// Registers every built-in environment in `reg`: "search" (this file), "code_interpreter" (agent/code_env.h) and
+/// "calculator" (agent/calculator_env.h).
 void register_builtin_environments(EnvRegistry& reg);
 
 }  // namespace dsrl::agent

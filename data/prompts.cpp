@@ -200,6 +200,28 @@ std::shared_ptr<const JsonlPromptSource> JsonlPromptSource::open(const std::stri
 
         PromptItem item;
         item.domain = domain;
+        if (rows == Rows::kTasks) {
+            item.id = static_cast<int64_t>(src->items_.size());
+            const auto id = obj.find("id");
+            if (id != obj.end() && id->is_number_integer() &&
+                !(id->is_number_unsigned() &&
+                  id->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))) {
+                item.id = id->get<int64_t>();
+            }
+            const auto [it, inserted] = line_of_id.emplace(item.id, line);
+            if (!inserted) {
+                fail_line(path, line, absl::StrCat("duplicate id ", item.id, " (first used at line ", it->second, ")"));
+            }
+            for (const char* key : {"question", "prompt"}) {
+                if (item.prompt.empty() && obj.contains(key) && obj[key].is_string())
+                    item.prompt = obj[key].get<std::string>();
+            }
+            if (obj.contains("answer") && obj["answer"].is_string())
+                item.meta["answer"] = obj["answer"].get<std::string>();
+            item.task = text::OrderedJson::parse(text);
+            src->items_.push_back(std::move(item));
+            continue;
+        }
         const auto prompt = obj.find("prompt");
         const auto messages = obj.find("messages");
         const bool has_messages = messages != obj.end() && !messages->is_null();
@@ -416,6 +438,7 @@ private:
         const int64_t result = op == '+' ? a + b : op == '-' ? a - b : a * b;
         item.prompt = absl::StrCat("What is ", a, " ", std::string(1, op), " ", b, "?", kBoxedHint);
         item.meta["answer"] = std::to_string(result);
+        item.meta["expression"] = absl::StrCat(a, " ", std::string(1, op), " ", b);  // what a calculator tool computes
     }
 
     std::string word_sequence(SplitMix& r) const {

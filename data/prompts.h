@@ -32,6 +32,9 @@ struct PromptItem {
     /// calls, tool results, reasoning_content kept, keys in the file's order); null for a "prompt" row.
     text::OrderedJson conversation;
     std::map<std::string, std::string> meta;  ///< "answer", "rubric" and every other field of the JSONL line
+    /// A task row (Rows::kTasks, an agent domain's environment task): the whole JSON object of the line; null
+    /// otherwise.
+    text::OrderedJson task;
 };
 
 /// The conversation a prompt starts: its messages, or one user message with its prompt.
@@ -44,7 +47,10 @@ std::vector<int64_t> prompt_ids(const text::Tokenizer& tokenizer, const PromptIt
 
 /// What the rows of a JSONL file are for: prompts the model answers (a "messages" row ends with a user or developer
 /// message or tool results), or SFT conversations (a "messages" row may also end with the assistant turns to learn).
-enum class Rows { kPrompts, kConversations };
+/// kTasks: an agent domain's tasks — any JSON object per line, handed whole to the environment's reset (a string
+/// "question" or "prompt" is shown in logs, a string "answer" kept in meta; an integer "id" is the item's id, any other
+/// "id" stays in the task only).
+enum class Rows { kPrompts, kConversations, kTasks };
 
 /// A dataset of prompts, addressed by index.
 class PromptSource {

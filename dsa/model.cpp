@@ -272,6 +272,12 @@ bool ForwardLockstep::any_busy(bool mine) const {
     return t.item<int64_t>() != 0;
 }
 
+bool ForwardLockstep::any(bool mine) const {
+    const moe::ExpertParallel* ep = model_.expert_parallel();
+    if (ep == nullptr || ep->size() == 1) return mine;
+    return any_busy(mine);
+}
+
 void ForwardLockstep::step() const {
     const moe::ExpertParallel* ep = model_.expert_parallel();
     if (ep != nullptr && ep->size() > 1) any_busy(true);

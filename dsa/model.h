@@ -210,6 +210,10 @@ public:
     explicit ForwardLockstep(const Model& model) : model_(model) {}
     void step() const;
     void finish() const;
+    /// Whether any rank of the group has `mine` true (one all-reduce); `mine` itself without expert parallelism. For
+    /// loops of several forward loops (a multi-turn rollout's turns): every rank runs one more round while any has
+    /// work. Call it between rounds, never between a step() and its forward.
+    bool any(bool mine) const;
 
 private:
     bool any_busy(bool mine) const;

@@ -205,7 +205,17 @@ PackedBatch pack_samples(const std::vector<const rollout::Sample*>& samples, int
         if (nr > 0) {
             b.targets[i].narrow(0, 0, nr).copy_(
                 at::tensor(std::vector<int64_t>(s.response.begin(), s.response.end()), at::kLong));
-            b.valid[i].narrow(0, 0, nr).fill_(1);
+            if (s.loss_mask.empty()) {
+                b.valid[i].narrow(0, 0, nr).fill_(1);
+            } else {  // multi-turn: environment tokens carry no loss
+                if (static_cast<int64_t>(s.loss_mask.size()) != nr) {
+                    throw DataError(absl::StrCat("grpo: sample ", s.sample_index, " of prompt ", s.prompt_id, " has ",
+                                                 s.loss_mask.size(), " loss-mask entries for ", nr,
+                                                 " response tokens"));
+                }
+                std::vector<float> m(s.loss_mask.begin(), s.loss_mask.end());
+                b.valid[i].narrow(0, 0, nr).copy_(at::tensor(m, at::kFloat));
+            }
             if (!s.logprobs.empty()) b.logp_old[i].narrow(0, 0, nr).copy_(at::tensor(s.logprobs, at::kFloat));
             b.predict_pos[i].narrow(0, 0, nr).copy_(at::arange(np - 1, np + nr - 1, at::kLong));
         }
@@ -238,13 +248,13 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
     if (opt.replay_indexer) fopt.replay_topk = rollout::indexer_replay(cfg, batch.samples, batch.input_ids.size(1));
     if (opt.apply_kept) {
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t nr = static_cast<int64_t>(batch.valid[i].sum().item<double>());
+            const int64_t nr = static_cast<int64_t>(batch.samples[i]->response.size());
             if (static_cast<int64_t>(batch.kept[i].size()) != nr) {
                 throw DataError(absl::StrCat("grpo: keep_sampling_mask needs a kept set per response token; sample ", i,
                                              " has ", batch.kept[i].size(), " for ", nr, " tokens"));
             }
             for (int64_t t = 0; t < nr; ++t) {
-                if (batch.kept[i][t]->size() == 0) {
+                if (batch.samples[i]->trained(static_cast<size_t>(t)) && batch.kept[i][t]->size() == 0) {
                     throw DataError(absl::StrCat("grpo: sample ", i, " token ", t, " has an empty kept set"));
                 }
             }
@@ -259,11 +269,14 @@ LogprobResult sequence_logprobs(const dsa::Model& model, const PackedBatch& batc
     const at::Tensor hidden =
         out.hidden.reshape({n * len, -1}).index_select(0, rows.index_select(0, flat_valid).to(device));
     const at::Tensor tokens = batch.targets.reshape({-1}).index_select(0, flat_valid);
-    // (sample, token) of each flattened entry, for the kept sets.
+    // (sample, token) of each flattened entry, for the kept sets: the valid positions in row-major order, as
+    // flat_valid lists them.
     std::vector<std::pair<int64_t, int64_t>> where;
     const int64_t T = batch.targets.size(1);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t t = 0; t < static_cast<int64_t>(batch.kept[i].size()) && t < T; ++t) where.emplace_back(i, t);
+    {
+        const at::Tensor fv = flat_valid.cpu();
+        const int64_t* p = fv.data_ptr<int64_t>();
+        for (int64_t j = 0; j < fv.numel(); ++j) where.emplace_back(p[j] / T, p[j] % T);
     }
     KeptChunkFn kept;
     if (opt.apply_kept) {

@@ -25,6 +25,25 @@ void bind(Binder& b, RolloutConfig& c) {
     b.field("record_indexer", c.record_indexer,
             {.doc = "Record, for every prompt and response position and DSA layer, the key set the indexer's top-k "
                     "selected (compact: a few bytes per token and layer; docs/rollout.md), for grpo.keep_indexer."});
+    b.field("max_tool_calls", c.max_tool_calls,
+            {.doc = "Agent domains: tool calls per trajectory; a turn asking for more ends it (finish tool_limit).",
+             .min = 0});
+    b.field("context", c.context,
+            {.doc = "Agent domains: context management when a trajectory passes context_threshold of the window "
+                    "(DeepSeek-V3.2; docs/agentic.md).",
+             .choices = {"none", "summary", "discard_75", "discard_all", "parallel_fewest_step"}});
+    b.field("context_threshold", c.context_threshold,
+            {.doc = "Fraction of the context window (model.max_position_embeddings) that triggers context management.",
+             .min = 0.0,
+             .max = 1.0,
+             .min_open = true});
+    b.field("parallel_trajectories", c.parallel_trajectories,
+            {.doc = "context parallel_fewest_step: trajectories sampled per sample (the one with the fewest tool calls "
+                    "is kept).",
+             .min = 1});
+    b.field("summary_prompt", c.summary_prompt,
+            {.doc = "context summary: the user message asking for the summary; empty: dsrl's default."});
+    b.field("env_threads", c.env_threads, {.doc = "Agent domains: environment calls run concurrently.", .min = 1});
 }
 
 }  // namespace dsrl

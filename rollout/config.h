@@ -32,6 +32,13 @@ struct RolloutConfig {
     int64_t max_batch_size = 64;
     std::vector<std::string> stop;
     bool record_indexer = false;  ///< keep-indexer: record every position's DSA top-k key sets
+    // Multi-turn tool use (agent domains; rollout/multi_turn.h).
+    int64_t max_tool_calls = 20;
+    std::string context = "none";  ///< none | summary | discard_75 | discard_all | parallel_fewest_step
+    double context_threshold = 0.8;
+    int64_t parallel_trajectories = 4;
+    std::string summary_prompt;  ///< empty: MultiTurnOptions::kDefaultSummaryPrompt
+    int64_t env_threads = 8;
 };
 
 void bind(config::Binder& b, RolloutConfig& c);

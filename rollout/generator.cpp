@@ -118,7 +118,10 @@ void generate_batch(const dsa::Model& model,
         for (size_t i = 0; i < active.size(); ++i) {
             Row& row = rows[active[i]];
             Sample& s = row.sample;
-            const int64_t token = tokens[static_cast<int64_t>(i)].item<int64_t>();
+            const auto& forced = row.req->forced;
+            const size_t t_index = s.response.size();
+            const int64_t token =
+                t_index < forced.size() ? forced[t_index] : tokens[static_cast<int64_t>(i)].item<int64_t>();
             next[static_cast<int64_t>(i)][0] = token;
             s.response.push_back(static_cast<int32_t>(token));
             s.logprobs.push_back(logp[static_cast<int64_t>(i)][token].item<float>());
@@ -128,7 +131,8 @@ void generate_batch(const dsa::Model& model,
                 s.finish = FinishReason::kEos;
             } else if (ends_with_stop(tok, s.response, opt.stop, longest_stop)) {
                 s.finish = FinishReason::kStop;
-            } else if (generated >= opt.max_new_tokens) {
+            } else if (generated >= opt.max_new_tokens ||
+                       (!forced.empty() && static_cast<size_t>(generated) >= forced.size())) {
                 s.finish = FinishReason::kLength;
             } else if (static_cast<int64_t>(s.prompt.size()) + generated >= cfg.max_position_embeddings ||
                        generated >= max_new) {
@@ -202,6 +206,12 @@ std::vector<Sample> generate(const dsa::Model& model,
     for (const GenerationRequest& r : requests) {
         if (r.prompt.empty()) {
             throw DataError(absl::StrCat("rollout: prompt ", r.prompt_id, " (domain '", r.domain, "') is empty"));
+        }
+        for (const int32_t id : r.forced) {
+            if (id < 0 || id >= cfg.vocab_size) {
+                throw DataError(absl::StrCat("rollout: prompt ", r.prompt_id, ": forced token id ", id,
+                                             " is outside the vocabulary [0, ", cfg.vocab_size, ")"));
+            }
         }
         if (static_cast<int64_t>(r.prompt.size()) >= cfg.max_position_embeddings) {
             throw DataError(absl::StrCat("rollout: prompt ", r.prompt_id, " (domain '", r.domain, "') has ",

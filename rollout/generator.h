@@ -29,6 +29,10 @@ struct GenerationRequest {
     int32_t sample_index = 0;
     uint64_t seed = 0;
     std::vector<int32_t> prompt;  ///< non-empty token ids
+    /// Forced decoding: when non-empty, the response is these ids (nothing is sampled) and the record holds the
+    /// model's log-probs, kept sets and routes for them, through the same prefill and decode path; it ends after
+    /// the last one (or earlier at EOS, a stop string or a limit). Scripted multi-turn tests and replays use it.
+    std::vector<int32_t> forced;
 };
 
 struct GenerateOptions {

@@ -81,6 +81,14 @@ void validate_kept(const std::string& bytes, int64_t vocab) {
 
 }  // namespace
 
+KeptSet KeptSet::all(int64_t vocab) {
+    TORCH_CHECK(vocab >= 1 && vocab <= kMaxVocab, "KeptSet::all: vocab must be in [1, 2^31], got ", vocab);
+    KeptSet k;
+    k.vocab_ = vocab;
+    k.bytes_.assign(1, static_cast<char>(kTagAll));
+    return k;
+}
+
 KeptSet KeptSet::from_ids(const std::vector<int32_t>& sorted_ids, int64_t vocab) {
     TORCH_CHECK(vocab >= 1 && vocab <= kMaxVocab, "KeptSet::from_ids: vocab must be in [1, 2^31], got ", vocab);
     TORCH_CHECK(!sorted_ids.empty(), "KeptSet::from_ids: a kept set is never empty (the sampled token is kept)");

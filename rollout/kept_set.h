@@ -21,6 +21,8 @@ public:
     KeptSet() = default;
     /// From sorted, unique ids in [0, vocab). `ids.size() == vocab` encodes as "all".
     static KeptSet from_ids(const std::vector<int32_t>& sorted_ids, int64_t vocab);
+    /// The whole vocabulary (no truncation), without building the id list.
+    static KeptSet all(int64_t vocab);
     /// From a bool mask [vocab] (CPU).
     static KeptSet from_mask(const at::Tensor& mask);
     /// From encoded bytes (validated: a DataError when malformed or out of range).

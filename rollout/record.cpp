@@ -28,7 +28,9 @@
 //   sample  := str domain, i64 prompt_id, i32 sample_index, u64 seed, i64 policy_version,
 //              vec<i32> prompt, vec<i32> response, u8 finish, vec<f32> logprobs, i64 vocab_size,
 //              vec<str> kept (KeptSet::bytes()), i32 num_moe_layers, i32 route_top_k, u8 route_bytes,
-//              vec<u8> routes, [version >= 2: i32 indexer_topk, vec<str> indexer], f32 reward
+//              vec<u8> routes, [version >= 2: i32 indexer_topk, vec<str> indexer],
+//              [version >= 3: vec<u8> loss_mask, i32 turns, i32 tool_calls, i32 context_events, str env_error,
+//              str trajectory], f32 reward
 // logprobs and kept hold either one entry per response token or none (not recorded). Every length is checked
 // against the bytes that remain before anything is allocated, so a malformed payload can neither read out of
 // bounds nor request an absurd allocation; the CRC catches corruption that stays structurally valid.
@@ -38,7 +40,7 @@ namespace dsrl::rollout {
 namespace {
 
 constexpr char kMagic[8] = {'D', 'S', 'R', 'L', 'R', 'O', 'L', 'L'};
-constexpr uint32_t kVersion = 2;            // 2: the keep-indexer fields
+constexpr uint32_t kVersion = 3;            // 2: the keep-indexer fields; 3: multi-turn trajectories
 constexpr size_t kHeaderBytes = 8 + 4 + 8;  // magic, version, payload size
 constexpr size_t kTrailerBytes = 4;         // CRC-32 of the payload
 
@@ -47,8 +49,9 @@ bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_
 // Describes the first inconsistency of `s` ("" when none): ids against the vocabulary, per-token vectors
 // against the response, routes against their declared shape. Shared by the writer and the reader.
 std::string sample_problem(const Sample& s) {
-    if (static_cast<uint8_t>(s.finish) > static_cast<uint8_t>(FinishReason::kContext)) {
-        return absl::StrCat("finish reason ", static_cast<int>(s.finish), " is not one of eos, stop, length, context");
+    if (static_cast<uint8_t>(s.finish) > static_cast<uint8_t>(FinishReason::kToolLimit)) {
+        return absl::StrCat("finish reason ", static_cast<int>(s.finish),
+                            " is not one of eos, stop, length, context, tool_limit");
     }
     if (s.vocab_size < 0) return absl::StrCat("vocab_size ", s.vocab_size, " is negative");
     for (const auto* part : {&s.prompt, &s.response}) {
@@ -63,6 +66,17 @@ std::string sample_problem(const Sample& s) {
     const size_t n = s.response.size();
     if (!s.logprobs.empty() && s.logprobs.size() != n) {
         return absl::StrCat(s.logprobs.size(), " log-probs for ", n, " response tokens (expected one each or none)");
+    }
+    if (!s.loss_mask.empty() && s.loss_mask.size() != n) {
+        return absl::StrCat(s.loss_mask.size(), " loss-mask entries for ", n,
+                            " response tokens (expected one each or none)");
+    }
+    for (size_t i = 0; i < s.loss_mask.size(); ++i) {
+        if (s.loss_mask[i] > 1) return absl::StrCat("loss-mask entry ", i, " is ", int{s.loss_mask[i]}, ", not 0 or 1");
+    }
+    if (s.turns < 0 || s.tool_calls < 0 || s.context_events < 0) {
+        return absl::StrCat("negative trajectory counts: turns ", s.turns, ", tool_calls ", s.tool_calls,
+                            ", context_events ", s.context_events);
     }
     if (!s.kept.empty() && s.kept.size() != n) {
         return absl::StrCat(s.kept.size(), " kept sets for ", n, " response tokens (expected one each or none)");
@@ -213,9 +227,9 @@ Sample read_sample(Reader& r, uint32_t version) {
     s.prompt = r.i32s("prompt");
     s.response = r.i32s("response");
     const uint8_t finish = r.u8("finish");
-    if (finish > static_cast<uint8_t>(FinishReason::kContext)) {
+    if (finish > static_cast<uint8_t>(FinishReason::kToolLimit)) {
         r.fail(absl::StrCat("finish reason ", static_cast<int>(finish),
-                            " is not one of 0 eos, 1 stop, 2 length, 3 context"));
+                            " is not one of 0 eos, 1 stop, 2 length, 3 context, 4 tool_limit"));
     }
     s.finish = static_cast<FinishReason>(finish);
     s.logprobs = r.f32s("logprobs");
@@ -237,6 +251,14 @@ Sample read_sample(Reader& r, uint32_t version) {
         s.indexer_topk = r.i32("indexer_topk");
         const uint64_t layers = r.count("indexer layers", 8);
         for (uint64_t l = 0; l < layers; ++l) s.indexer.push_back(r.str("indexer sets"));
+    }
+    if (version >= 3) {
+        s.loss_mask = r.u8s("loss_mask");
+        s.turns = r.i32("turns");
+        s.tool_calls = r.i32("tool_calls");
+        s.context_events = r.i32("context_events");
+        s.env_error = r.str("env_error");
+        s.trajectory = r.str("trajectory");
     }
     s.reward = r.f32("reward");
     const std::string problem = sample_problem(s);
@@ -264,6 +286,12 @@ void write_sample(Writer& w, const Sample& s) {
     w.i32(s.indexer_topk);
     w.u64(s.indexer.size());
     for (const std::string& l : s.indexer) w.str(l);
+    w.u8s(s.loss_mask);
+    w.i32(s.turns);
+    w.i32(s.tool_calls);
+    w.i32(s.context_events);
+    w.str(s.env_error);
+    w.str(s.trajectory);
     w.f32(s.reward);
 }
 
@@ -279,6 +307,8 @@ const char* finish_reason_name(FinishReason r) {
             return "length";
         case FinishReason::kContext:
             return "context";
+        case FinishReason::kToolLimit:
+            return "tool_limit";
     }
     return "unknown";
 }

@@ -3,9 +3,9 @@
 // truncation, per prompt+response token the MoE routing path and (keep-indexer) the DSA top-k key sets — and their
 // binary format.
 //
-// Format (little-endian): magic "DSRLROLL", u32 version (2; 1 is read too), u64 payload size, payload, u32 CRC-32
-// (IEEE) of the payload. Readers reject another magic, a newer version, a truncated file or a checksum mismatch with a
-// DataError naming the file (or "<buffer>") and what is wrong. Writing a file is atomic (tmp + fsync + rename).
+// Format (little-endian): magic "DSRLROLL", u32 version (3; 1 and 2 are read too), u64 payload size, payload, u32
+// CRC-32 (IEEE) of the payload. Readers reject another magic, a newer version, a truncated file or a checksum mismatch
+// with a DataError naming the file (or "<buffer>") and what is wrong. Writing a file is atomic (tmp + fsync + rename).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +18,9 @@
 
 namespace dsrl::rollout {
 
-enum class FinishReason : uint8_t { kEos = 0, kStop = 1, kLength = 2, kContext = 3 };
+/// Why a sample (or a multi-turn trajectory) ended. kToolLimit: a multi-turn trajectory asked for more tool calls
+/// than rollout.max_tool_calls allows (rollout/multi_turn.h).
+enum class FinishReason : uint8_t { kEos = 0, kStop = 1, kLength = 2, kContext = 3, kToolLimit = 4 };
 const char* finish_reason_name(FinishReason r);
 
 struct Sample {
@@ -44,6 +46,18 @@ struct Sample {
     int32_t indexer_topk = 0;
     std::vector<std::string> indexer;
     float reward = 0.0f;  ///< filled by the reward stage (NaN = failed)
+    /// Multi-turn trajectories (rollout/multi_turn.h): per response token 1 when the model produced it (it carries
+    /// the loss) and 0 when the environment inserted it (tool results and the chat format's text around them; their
+    /// log-probs are 0 and kept sets "all"). Empty: every response token is the model's (single-turn samples).
+    std::vector<uint8_t> loss_mask;
+    int32_t turns = 0;           ///< model turns (0 for single-turn samples)
+    int32_t tool_calls = 0;      ///< tool calls the environment answered
+    int32_t context_events = 0;  ///< context-management resets (discards, summaries)
+    std::string env_error;       ///< why the environment failed (the reward is then NaN); empty when it did not
+    std::string trajectory;      ///< the conversation as JSON ({"messages", "tools"}), multi-turn only
+
+    /// Whether response token t carries the loss.
+    bool trained(size_t t) const { return loss_mask.empty() || loss_mask[t] != 0; }
 
     int64_t num_tokens() const { return static_cast<int64_t>(prompt.size() + response.size()); }
     /// Routes of MoE layer `layer` as int64 [num_tokens, top_k].

@@ -89,6 +89,11 @@ void bind(Binder& b, DomainConfig& c) {
             {.doc = "Held-out prompts for accuracy; empty: data (synthetic tasks: another seed)."});
     b.field("beta", c.beta, {.doc = "KL coefficient for this domain.", .min = 0.0});
     b.list("rewards", c.rewards, "Reward modules summed with weights.");
+    b.section("environment", c.environment,
+              "Agent domains (multi-turn tool use, docs/agentic.md): the environment that serves the tasks.");
+    if (b.reading() && c.environment.enabled() && !c.rewards.empty()) {
+        b.fail("rewards", "an agent domain (environment set) is scored by its environment's verify: leave rewards out");
+    }
 }
 
 void bind(Binder& b, SftConfig& c) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/config.h"
 #include "core/config.h"
 #include "core/config_binder.h"
 #include "core/dist/config.h"
@@ -87,6 +88,7 @@ struct DomainConfig {
     std::string eval_data;  ///< held-out prompts for accuracy; empty: `data` (another stream when synthetic)
     double beta = 0.0;      ///< KL coefficient for this domain
     std::vector<RewardTermConfig> rewards;
+    EnvironmentConfig environment;  ///< set: an agent domain (multi-turn tool use; its reward is the verify)
 };
 
 struct SftConfig {

@@ -22,15 +22,21 @@ namespace dsrl::trainer {
 
 std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string& base_dir) {
     std::vector<DomainRuntime> out;
+    const auto agents = std::make_shared<const AgentEnvironments>(AgentEnvironments::build(job));
     for (const DomainConfig& d : job.domains) {
         DomainRuntime r;
         r.name = d.name;
         r.weight = d.weight;
         r.beta = d.beta;
-        r.sampler = std::make_shared<data::PromptSampler>(data::make_prompt_source(d.data, d.name, base_dir),
+        const data::Rows rows = d.environment.enabled() ? data::Rows::kTasks : data::Rows::kPrompts;
+        r.sampler = std::make_shared<data::PromptSampler>(data::make_prompt_source(d.data, d.name, base_dir, rows),
                                                           rng::derive_seed(job.run.seed, 0, "prompts." + d.name));
-        r.reward = std::make_shared<rewards::DomainReward>(
-            rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        if (d.environment.enabled()) {
+            r.agents = agents;
+        } else {
+            r.reward = std::make_shared<rewards::DomainReward>(
+                rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        }
         out.push_back(std::move(r));
     }
     if (out.empty()) throw ConfigError("a grpo stage needs at least one entry in domains");
@@ -77,6 +83,7 @@ RlStepResult RlStep::run(int64_t step) {
     for (const DomainRuntime& d : domains_) weights.push_back(d.weight);
     uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
     std::vector<rollout::Prompt> prompts;
+    std::vector<rollout::AgentTask> tasks;      // agent domains' prompts
     std::map<int64_t, data::PromptItem> items;  // by prompt id
     std::map<std::string, const DomainRuntime*> by_name;
     const int64_t first = rank * ro.prompts_per_step, end = first + ro.prompts_per_step;
@@ -87,8 +94,12 @@ RlStepResult RlStep::run(int64_t step) {
         if (i < first || i >= end) continue;  // another rank's slot
         // Prompt ids unique within the job: (step, global slot).
         const int64_t id = step * 100000007 + i;
-        const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
-        prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+        if (chosen->agent()) {
+            tasks.push_back({chosen->name, id, task_of(item), &chosen->agents->spec(chosen->name)});
+        } else {
+            const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
+            prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+        }
         item.domain = chosen->name;
         items[id] = std::move(item);
         by_name[chosen->name] = chosen;
@@ -102,14 +113,34 @@ RlStepResult RlStep::run(int64_t step) {
                                   .record_indexer = ro.record_indexer};
     rollout::GenerationStats gstats;
     RlStepResult out;
-    out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt,
-                                          rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step)), &gstats);
+    const uint64_t rollout_seed = rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step));
+    out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt, rollout_seed, &gstats);
+    // Agent domains: multi-turn trajectories, rewarded by their environments' verify. Every rank runs this when the
+    // job has agent domains (expert parallelism joins forwards across ranks), with or without tasks of its own.
+    const AgentEnvironments* agents = nullptr;
+    for (const DomainRuntime& d : domains_) {
+        if (d.agents != nullptr && d.agents->any()) agents = d.agents.get();
+    }
+    rollout::MultiTurnStats astats;
+    if (agents != nullptr) {
+        std::vector<rollout::SampleGroup> agent_groups =
+            rollout::generate_agent_groups(policy_, tokenizer_, agents->registry(), tasks, ro.group_size,
+                                           multi_turn_options(job_, gopt), rollout_seed, &astats);
+        gstats.generated_tokens += astats.generation.generated_tokens;
+        for (rollout::SampleGroup& g : agent_groups) out.groups.push_back(std::move(g));
+    }
     // 3. Rewards, per domain.
     std::map<std::string, std::vector<rollout::Sample*>> per_domain;
-    for (rollout::SampleGroup& g : out.groups) {
-        for (rollout::Sample& s : g.samples) per_domain[s.domain].push_back(&s);
-    }
     int64_t failed = 0;
+    for (rollout::SampleGroup& g : out.groups) {
+        for (rollout::Sample& s : g.samples) {
+            if (by_name.at(s.domain)->agent()) {
+                failed += !std::isfinite(s.reward);  // scored (or failed) by its environment
+            } else {
+                per_domain[s.domain].push_back(&s);
+            }
+        }
+    }
     for (auto& [name, samples] : per_domain) {
         std::vector<rewards::RewardInput> inputs;
         for (const rollout::Sample* s : samples) {
@@ -162,6 +193,7 @@ RlStepResult RlStep::run(int64_t step) {
     out.metrics["skipped_steps"] = static_cast<double>(out.skipped_steps);
     out.metrics["reward_failed"] = static_cast<double>(failed);
     out.metrics["generated_tokens"] = static_cast<double>(gstats.generated_tokens);
+    if (agents != nullptr) add_agent_metrics(astats, comm_, out.metrics);
     out.metrics.erase("update");
     out.metrics.erase("mini_batch");
     return out;

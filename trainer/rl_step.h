@@ -19,6 +19,7 @@
 #include "rewards/reward.h"
 #include "rollout/record.h"
 #include "text/tokenizer.h"
+#include "trainer/agent_domains.h"
 #include "trainer/config.h"
 #include "trainer/optimizer.h"
 
@@ -29,7 +30,9 @@ struct DomainRuntime {
     double weight = 1.0;
     double beta = 0.0;
     std::shared_ptr<data::PromptSampler> sampler;
-    std::shared_ptr<rewards::DomainReward> reward;
+    std::shared_ptr<rewards::DomainReward> reward;    ///< null for an agent domain (its environment verifies)
+    std::shared_ptr<const AgentEnvironments> agents;  ///< the job's environments (shared by its agent domains)
+    bool agent() const { return agents != nullptr && agents->is_agent(name); }
 };
 
 /// Builds every domain of `job` (prompt source + sampler seeded by the job, the same on every rank: each rank

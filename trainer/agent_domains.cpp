@@ -1,0 +1,100 @@
+#include "trainer/agent_domains.h"
+
+#include <ATen/ops/tensor.h>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+
+#include <algorithm>
+
+#include "agent/config.h"
+#include "agent/plugin.h"
+#include "agent/search_env.h"
+#include "core/error.h"
+
+namespace dsrl::trainer {
+
+AgentEnvironments AgentEnvironments::build(const JobConfig& job) {
+    AgentEnvironments out;
+    out.registry_ = std::make_shared<agent::EnvRegistry>();
+    bool any = false;
+    for (const DomainConfig& d : job.domains) any |= d.environment.enabled();
+    if (!any) return out;
+    agent::register_builtin_environments(*out.registry_);
+    std::map<std::string, std::string> plugin_names;  // path -> registered name (each plugin loads once)
+    for (const DomainConfig& d : job.domains) {
+        if (!d.environment.enabled()) continue;
+        std::string plugin_name;
+        if (!d.environment.plugin.empty()) {
+            auto it = plugin_names.find(d.environment.plugin);
+            if (it == plugin_names.end()) {
+                it = plugin_names
+                         .emplace(d.environment.plugin, agent::load_env_plugin(d.environment.plugin, *out.registry_))
+                         .first;
+            }
+            plugin_name = it->second;
+        }
+        agent::EnvSpec spec = agent::env_spec(d.name, d.environment, plugin_name);
+        if (spec.command.empty() && !out.registry_->contains(spec.module)) {
+            std::vector<std::string> known;
+            for (const auto& [name, doc] : out.registry_->list()) known.push_back(name);
+            throw ConfigError(absl::StrCat("domains[", d.name, "].environment.module: unknown environment '",
+                                           spec.module, "' (known: ", absl::StrJoin(known, ", "), ")"));
+        }
+        out.specs_.emplace(d.name, std::move(spec));
+    }
+    return out;
+}
+
+agent::Json task_of(const data::PromptItem& item) {
+    if (!item.task.is_null()) return agent::Json::parse(item.task.dump());
+    agent::Json t = agent::Json::object();
+    for (const auto& [k, v] : item.meta) t[k] = v;
+    t["question"] = item.prompt;
+    if (!t.contains("answer")) t["answer"] = "";
+    return t;
+}
+
+rollout::MultiTurnOptions multi_turn_options(const JobConfig& job, const rollout::GenerateOptions& generate) {
+    const RolloutConfig& ro = job.rollout;
+    rollout::MultiTurnOptions o;
+    o.generate = generate;
+    o.max_tool_calls = ro.max_tool_calls;
+    o.context = rollout::parse_context_strategy(ro.context);
+    o.context_threshold = ro.context_threshold;
+    o.parallel_trajectories = ro.parallel_trajectories;
+    if (!ro.summary_prompt.empty()) o.summary_prompt = ro.summary_prompt;
+    o.env_threads = ro.env_threads;
+    return o;
+}
+
+void add_agent_metrics(const rollout::MultiTurnStats& s,
+                       const dist::Communicator* comm,
+                       std::map<std::string, double>& metrics) {
+    std::vector<double> v = {static_cast<double>(s.trajectories),     static_cast<double>(s.turns),
+                             static_cast<double>(s.tool_calls),       static_cast<double>(s.context_events),
+                             static_cast<double>(s.env_errors),       static_cast<double>(s.tool_limit),
+                             static_cast<double>(s.context_limit),    static_cast<double>(s.parallel_discarded),
+                             static_cast<double>(s.untrained_tokens), static_cast<double>(s.env_tokens)};
+    at::Tensor t = at::tensor(v, at::TensorOptions().dtype(at::kDouble));
+    at::Tensor secs = at::tensor(std::vector<double>{s.env_seconds}, at::TensorOptions().dtype(at::kDouble));
+    if (comm != nullptr && comm->size() > 1) {
+        comm->all_reduce(t, dist::ReduceOp::kSum);
+        comm->all_reduce(secs, dist::ReduceOp::kMax);
+    }
+    const double* p = t.data_ptr<double>();
+    const double n = std::max(1.0, p[0]);
+    metrics["agent/trajectories"] = p[0];
+    metrics["agent/turns_per_trajectory"] = p[1] / n;
+    metrics["agent/tool_calls_per_trajectory"] = p[2] / n;
+    metrics["agent/context_events"] = p[3];
+    metrics["agent/env_errors"] = p[4];
+    metrics["agent/tool_limit"] = p[5];
+    metrics["agent/context_limit"] = p[6];
+    metrics["agent/parallel_discarded"] = p[7];
+    metrics["agent/untrained_tokens"] = p[8];
+    metrics["agent/env_tokens"] = p[9];
+    metrics["agent/env_seconds"] = secs.item<double>();
+}
+
+}  // namespace dsrl::trainer
