@@ -2,6 +2,7 @@
 
 #include "agent/code_env.h"
 #include "agent/question_env.h"
+#include "agent/synth_env.h"
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
@@ -133,6 +134,7 @@ const std::string* SearchIndex::text(const std::string& id) const {
 void register_builtin_environments(EnvRegistry& reg) {
     register_search_environment(reg);
     register_code_environment(reg);
+    register_synthetic_environment(reg);
 }
 
 void register_search_environment(EnvRegistry& reg) {
