@@ -3,6 +3,7 @@
 #include "agent/calculator_env.h"
 #include "agent/code_env.h"
 #include "agent/question_env.h"
+#include "agent/synth_env.h"
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
@@ -135,6 +136,7 @@ void register_builtin_environments(EnvRegistry& reg) {
     register_search_environment(reg);
     register_code_environment(reg);
     register_calculator_environment(reg);
+    register_synthetic_environment(reg);
 }
 
 void register_search_environment(EnvRegistry& reg) {

@@ -5,7 +5,7 @@
 // (case-insensitive, whitespace collapsed), else 0, with the details. A bad tool call (unknown tool, malformed
 // arguments, unknown id) is answered as a tool result saying so — the model's mistake, not the environment's.
 //
-//   EnvRegistry reg; register_builtin_environments(reg);     // search and code_interpreter
+//   EnvRegistry reg; register_builtin_environments(reg);     // search, code_interpreter, synthetic
 //   auto env = reg.create("search", {{"corpus", "docs.jsonl"}, {"top_k", 5}});
 #pragma once
 
@@ -52,8 +52,8 @@ std::vector<std::string> search_words(const std::string& text);
 /// Registers "search" in `reg` (register_builtin_environments calls it).
 void register_search_environment(EnvRegistry& reg);
 
-/// Registers every built-in environment in `reg`: "search" (this file), "code_interpreter" (agent/code_env.h) and
-/// "calculator" (agent/calculator_env.h).
+/// Registers every built-in environment in `reg`: "search" (this file), "code_interpreter" (agent/code_env.h),
+/// "calculator" (agent/calculator_env.h) and "synthetic" (agent/synth_env.h).
 void register_builtin_environments(EnvRegistry& reg);
 
 }  // namespace dsrl::agent

@@ -10,6 +10,7 @@
 //   dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
 //   dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
 //   dsrl_tool generate --model DIR --input PROMPTS.jsonl --output OUT.jsonl [--set KEY=VALUE ...] [--records FILE]
+//   dsrl_tool synth-envs --out DIR --envs N --tasks-per-env M --seed S [--max-difficulty K]
 //
 // forward reads `input_ids` (int64 [B, L]) and optional `attention_mask` (int64/bool [B, L], 1 = real token)
 // and writes `logits` (fp32 [B, L, V]) and, per layer i, `topk_indices.{i}` (int32 [B, L, index_topk], −1 for
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include "agent/synth_env.h"
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/safetensors.h"
@@ -64,6 +66,7 @@ constexpr const char* kUsage = R"(usage:
   dsrl_tool chat-render --tokenizer DIR --format deepseek_v32 --input CONV.json [--thinking|--no-thinking] [--ids]
   dsrl_tool chat-parse --tokenizer DIR --format deepseek_v32 [--thinking|--no-thinking] [--strict]
   dsrl_tool generate --model DIR --input PROMPTS.jsonl --output OUT.jsonl [--set KEY=VALUE ...] [--records FILE]
+  dsrl_tool synth-envs --out DIR --envs N --tasks-per-env M --seed S [--max-difficulty K]
 
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
@@ -88,6 +91,13 @@ chat-render renders CONV.json ({"messages": [...], "tools": [...]}, OpenAI layou
 chat-parse reads a generated completion on stdin and prints {"reasoning_content", "content", "tool_calls":
          [{"name", "arguments": {...}}]}; thinking mode when the text holds </think> unless --thinking or
          --no-thinking says; lenient unless --strict (DeepSeek's reference grammar).
+synth-envs generates the synthetic general-agent environments (agent/synth_env.h): N trip-planning worlds
+         (cities with hotels, restaurants, attractions) and M tasks per world, each raised to at most K rules
+         (default 6) while the exact solver still finds a plan. Writes, atomically and deterministically in S,
+         DIR/envs.jsonl (one world a line: id, seed, database), DIR/tasks.jsonl (env, id, question,
+         constraints, tools, solution, cost, difficulty) and DIR/cold_start.jsonl (one solver trajectory per
+         task: an SFT conversation with tool calls in thinking mode); prints the counts and the difficulty
+         histogram. Environment "synthetic" reads them: params {"envs": "DIR/envs.jsonl"}, tasks from tasks.jsonl.
 )";
 
 std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args,
@@ -527,6 +537,34 @@ int chat_parse(const std::vector<std::string>& args) {
     return 0;
 }
 
+int synth_envs(const std::map<std::string, std::string>& flags) {
+    const auto number = [&](const std::string& key, int64_t min, const char* fallback) {
+        const std::string& text =
+            fallback != nullptr && !flags.count(key) ? std::string(fallback) : required(flags, key);
+        int64_t v = 0;
+        if (!absl::SimpleAtoi(text, &v) || v < min) {
+            throw ConfigError(
+                absl::StrCat("dsrl_tool synth-envs: --", key, " must be an integer >= ", min, ", got '", text, "'"));
+        }
+        return v;
+    };
+    dsrl::agent::synth::DatasetOptions opt;
+    opt.num_envs = number("envs", 1, nullptr);
+    opt.tasks_per_env = number("tasks-per-env", 1, nullptr);
+    opt.task.max_difficulty = number("max-difficulty", 0, "6");
+    const std::string& seed = required(flags, "seed");
+    if (!absl::SimpleAtoi(seed, &opt.seed)) {
+        throw ConfigError(
+            absl::StrCat("dsrl_tool synth-envs: --seed must be a non-negative 64-bit integer, got '", seed, "'"));
+    }
+    const std::string& dir = required(flags, "out");
+    const dsrl::agent::synth::Dataset data = dsrl::agent::synth::generate_dataset(opt);
+    dsrl::agent::synth::write_dataset(dir, data);
+    std::cout << dsrl::agent::synth::dataset_summary(data) << "; wrote " << dir << "/envs.jsonl, " << dir
+              << "/tasks.jsonl, " << dir << "/cold_start.jsonl\n";
+    return 0;
+}
+
 int run(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -542,6 +580,8 @@ int run(int argc, char** argv) {
     if (args[0] == "chat-render") return chat_render(args);
     if (args[0] == "chat-parse") return chat_parse(args);
     if (args[0] == "generate") return dsrl::tools::generate_main({args.begin() + 1, args.end()});
+    if (args[0] == "synth-envs")
+        return synth_envs(parse_flags(args, 1, {"out", "envs", "tasks-per-env", "seed", "max-difficulty"}));
     throw ConfigError(absl::StrCat("dsrl_tool: unknown command '", args[0], "'\n", kUsage));
 }
 
