@@ -146,19 +146,34 @@ std::string format_value(const Value& v) {
     return s;
 }
 
+// Short on purpose: a tiny model reads the schema in every prompt.
 Json calculator_tool() {
-    return tool_schema("calculator", "Evaluate an arithmetic expression (+ - * / %, parentheses).",
-                       {{"expression", {{"type", "string"}, {"description", "for example (12 + 3) * 4"}}}},
-                       {"expression"});
+    return tool_schema("calculator", "Evaluate arithmetic (+ - * / % and parentheses).",
+                       {{"expression", {{"type", "string"}}}}, {"expression"});
 }
 
 class CalculatorEnvironment final : public QuestionEnvironment {
 public:
-    CalculatorEnvironment() : QuestionEnvironment("calculator") {}
+    CalculatorEnvironment(bool system, bool schema)
+        : QuestionEnvironment("calculator"), system_(system), schema_(schema) {}
 
 protected:
-    Json tools() const override { return Json::array({calculator_tool()}); }
-    std::string system_prompt() const override { return kColdStartPrompt; }
+    Json tools() const override { return schema_ ? Json::array({calculator_tool()}) : Json::array(); }
+    std::string system_prompt() const override { return system_ ? kColdStartPrompt : ""; }
+
+public:
+    Json demonstrate(const Json& task) override {
+        Json demo = calculator_solution(task);
+        if (!system_) demo["messages"].erase(0);
+        if (!schema_) demo.erase("tools");
+        return demo;
+    }
+
+private:
+    bool system_;
+    bool schema_;
+
+protected:
     std::string answer(const std::string& tool, const Json& args) const override {
         if (tool != "calculator") return absl::StrCat("error: unknown tool '", tool, "' (the tool is calculator)");
         const auto it = args.find("expression");
@@ -180,10 +195,19 @@ std::string evaluate_expression(const std::string& expression) {
 
 void register_calculator_environment(EnvRegistry& reg) {
     reg.add("calculator", "arithmetic questions with a calculator tool (the agent demo's domain)",
-            [](const Json&) { return std::make_unique<CalculatorEnvironment>(); });
+            [](const Json& params) {
+                const auto flag = [&](const char* key) {
+                    const auto it = params.find(key);
+                    if (it != params.end() && !it->is_boolean()) {
+                        throw ConfigError(absl::StrCat("calculator: params.", key, " must be true or false"));
+                    }
+                    return it == params.end() || it->get<bool>();
+                };
+                return std::make_unique<CalculatorEnvironment>(flag("system_prompt"), flag("tool_schema"));
+            });
 }
 
-Json calculator_solution(const Json& task, bool thinking) {
+Json calculator_solution(const Json& task) {
     if (!task.is_object() || !task.contains("question") || !task["question"].is_string() ||
         !task.contains("expression") || !task["expression"].is_string()) {
         throw DataError(
@@ -200,10 +224,8 @@ Json calculator_solution(const Json& task, bool thinking) {
                                      {"type", "function"},
                                      {"function", {{"name", "calculator"}, {"arguments", {{"expression", expr}}}}}}})}};
     Json answer = {{"role", "assistant"}, {"content", absl::StrCat("\\boxed{", value, "}")}};
-    if (thinking) {
-        call["reasoning_content"] = "I use the calculator.";
-        answer["reasoning_content"] = absl::StrCat("It says ", value, ".");
-    }
+    call["reasoning_content"] = "I use the calculator.";  // shown in thinking mode only
+    answer["reasoning_content"] = absl::StrCat("It says ", value, ".");
     return {{"messages", Json::array({{{"role", "system"}, {"content", kColdStartPrompt}},
                                       {{"role", "user"}, {"content", task["question"]}},
                                       call,

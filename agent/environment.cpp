@@ -42,6 +42,11 @@ std::string collapsed(const std::string& s) {
 
 }  // namespace
 
+Json Environment::demonstrate(const Json& task) {
+    (void)task;
+    throw EnvironmentError("this environment has no solver: it cannot demonstrate its tasks for the cold start");
+}
+
 bool contains_answer(const std::string& text, const std::string& answer) {
     const std::string a = collapsed(answer);
     return !a.empty() && collapsed(text).find(a) != std::string::npos;

@@ -47,6 +47,10 @@ public:
     virtual Json reset(const Json& task) = 0;
     virtual Json step(const Json& tool_calls) = 0;
     virtual Json verify(const Json& trajectory) = 0;
+    /// A solver's demonstration of `task` for the cold start (issue 20 item 6): a whole conversation {"messages":
+    /// [..., the final assistant answer], "tools": [...]} that verifies 1 — an SFT row. In-process environments only;
+    /// the default is an EnvironmentError saying the environment has no solver.
+    virtual Json demonstrate(const Json& task);
 };
 
 using EnvFactory = std::function<std::unique_ptr<Environment>(const Json& params)>;

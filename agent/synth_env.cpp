@@ -1405,6 +1405,11 @@ Json SyntheticEnvironment::reset(const Json& task) {
             {"tools", tool_schemas(task_.tools)}};
 }
 
+Json SyntheticEnvironment::demonstrate(const Json& task) {
+    reset(task);
+    return solver_trajectory(*world_, task_);
+}
+
 Json SyntheticEnvironment::step(const Json& tool_calls) {
     if (world_ == nullptr) throw EnvironmentError("synthetic environment: step before reset");
     Json results = Json::array();

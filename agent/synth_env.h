@@ -238,6 +238,8 @@ public:
     Json reset(const Json& task) override;
     Json step(const Json& tool_calls) override;
     Json verify(const Json& trajectory) override;
+    /// solver_trajectory of the task (the cold start's demonstration).
+    Json demonstrate(const Json& task) override;
 
 private:
     std::shared_ptr<const WorldIndex> worlds_;

@@ -9,8 +9,9 @@ namespace dsrl::data {
 SftMixture::SftMixture(const std::vector<SourceSpec>& sources, uint64_t seed) : seed_(seed) {
     for (const SourceSpec& s : sources) {
         sources_.push_back(
-            {s, std::make_unique<PromptSampler>(make_prompt_source(s.spec, s.domain, "", Rows::kConversations),
-                                                rng::derive_seed(seed, 0, s.key))});
+            {s, std::make_unique<PromptSampler>(
+                    s.source != nullptr ? s.source : make_prompt_source(s.spec, s.domain, "", Rows::kConversations),
+                    rng::derive_seed(seed, 0, s.key))});
         weights_.push_back(s.weight);
     }
 }

@@ -24,6 +24,8 @@ public:
         double weight = 1.0;
         std::string spec;    ///< JSONL path or synthetic:<task>
         std::string domain;  ///< the domain name items carry
+        /// A source built by the caller (an agent domain's demonstrations); when set, `spec` only names it.
+        std::shared_ptr<const PromptSource> source;
     };
 
     /// Opens every source (DataError / ConfigError naming the spec); `seed` is the job's run.seed.

@@ -48,9 +48,14 @@ void parallel_for(size_t n, int64_t threads, const Fn& fn) {
     for (std::thread& t : pool) t.join();
 }
 
+// Model text may be any bytes: JSON text is written with invalid UTF-8 replaced by U+FFFD (nlohmann throws otherwise).
+template <typename J>
+std::string dump(const J& j) {
+    return j.dump(-1, ' ', false, J::error_handler_t::replace);
+}
 // agent::Json (the environments' protocol) <-> the chat format's key-ordered JSON.
-OJson ordered(const agent::Json& j) { return OJson::parse(j.dump()); }
-agent::Json unordered(const OJson& j) { return agent::Json::parse(j.dump()); }
+OJson ordered(const agent::Json& j) { return OJson::parse(dump(j)); }
+agent::Json unordered(const OJson& j) { return agent::Json::parse(dump(j)); }
 
 OJson conversation(const OJson& messages, const OJson& tools) {
     OJson c = OJson::object();
@@ -365,7 +370,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
             Trajectory& tr = trajs[stepping[j]];
             try {
                 tr.answer = tr.env->step(tr.calls);
-            } catch (const agent::EnvironmentError& e) {
+            } catch (const std::exception& e) {  // EnvironmentError; anything else is the environment's too
                 tr.step_error = e.what();
             }
         });
@@ -472,7 +477,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
         try {
             agent::Json traj = {{"messages", unordered(tr.full)}};
             tr.reward = static_cast<float>(tr.env->verify(traj)["reward"].get<double>());
-        } catch (const agent::EnvironmentError& e) {
+        } catch (const std::exception& e) {
             tr.error = e.what();
         }
     });
@@ -499,7 +504,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
             s.context_events = tr.events;
             s.env_error = tr.error;
             s.reward = tr.error.empty() ? tr.reward : std::nanf("");
-            s.trajectory = conversation(tr.full, tr.tools).dump();
+            s.trajectory = dump(conversation(tr.full, tr.tools));
             int64_t trained = 0, env = 0;
             for (const uint8_t m : s.loss_mask) (m != 0 ? trained : env) += 1;
             ++stats.trajectories;

@@ -47,6 +47,7 @@
 #include "text/tokenizer.h"
 
 #include "core/fs.h"
+#include "text/byte_chat_tokenizer.h"
 #include "text/chat_format.h"
 #include "text/hf_tokenizer.h"
 #include "tools/generate.h"
@@ -221,10 +222,24 @@ void print_sample(const dsrl::rollout::Sample& s, bool tokens, const dsrl::text:
         s.seed);
     // The byte-level tokenizer decodes records of the demo's vocabulary (special tokens hidden); others need
     // --tokenizer (special tokens shown: </think> and tool-call markers matter there).
-    std::unique_ptr<ByteTokenizer> bytes;
+    // A multi-turn trajectory of a small vocabulary was made with the deepseek_v32 markers
+    // (text/byte_chat_tokenizer.h).
+    if (s.turns > 0 || !s.loss_mask.empty()) {
+        int64_t model = 0;
+        for (size_t t = 0; t < n; ++t) model += s.trained(t);
+        std::cout << absl::StrFormat(
+            "    trajectory: %d turns, %d tool calls, %d context events, %d model + %d environment tokens%s\n", s.turns,
+            s.tool_calls, s.context_events, model, static_cast<int64_t>(n) - model,
+            s.env_error.empty() ? "" : absl::StrCat(", FAILED: ", s.env_error));
+    }
+    std::unique_ptr<dsrl::text::Tokenizer> bytes;
     const dsrl::text::Tokenizer* tok = given;
     if (tok == nullptr && s.vocab_size >= ByteTokenizer::kMinVocab && s.vocab_size <= 1024) {
-        bytes = std::make_unique<ByteTokenizer>(s.vocab_size);
+        if (s.turns > 0 && s.vocab_size >= dsrl::text::ByteChatTokenizer::kMinVocab) {
+            bytes = std::make_unique<dsrl::text::ByteChatTokenizer>(s.vocab_size);
+        } else {
+            bytes = std::make_unique<ByteTokenizer>(s.vocab_size);
+        }
         tok = bytes.get();
     }
     if (tok != nullptr) {

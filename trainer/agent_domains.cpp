@@ -41,6 +41,13 @@ AgentEnvironments AgentEnvironments::build(const JobConfig& job) {
             throw ConfigError(absl::StrCat("domains[", d.name, "].environment.module: unknown environment '",
                                            spec.module, "' (known: ", absl::StrJoin(known, ", "), ")"));
         }
+        if (spec.command.empty()) {
+            try {  // the parameters are checked by creating one instance (a subprocess starts only per trajectory)
+                out.registry_->create(spec.module, spec.params);
+            } catch (const Error& e) {
+                throw ConfigError(absl::StrCat("domains[", d.name, "].environment: ", e.what()));
+            }
+        }
         out.specs_.emplace(d.name, std::move(spec));
     }
     return out;
@@ -53,6 +60,57 @@ agent::Json task_of(const data::PromptItem& item) {
     t["question"] = item.prompt;
     if (!t.contains("answer")) t["answer"] = "";
     return t;
+}
+
+namespace {
+
+class DemonstrationSource final : public data::PromptSource {
+public:
+    DemonstrationSource(std::shared_ptr<const data::PromptSource> tasks,
+                        const agent::EnvRegistry& registry,
+                        agent::EnvSpec spec)
+        : tasks_(std::move(tasks)), registry_(registry), spec_(std::move(spec)) {}
+    std::string name() const override { return absl::StrCat("demonstrations of ", tasks_->name()); }
+    int64_t size() const override { return tasks_->size(); }
+    data::PromptItem get(int64_t index) const override {
+        data::PromptItem task = tasks_->get(index);
+        data::PromptItem item;
+        item.domain = task.domain;
+        item.id = task.id;
+        item.meta = task.meta;
+        agent::Json demo;
+        try {
+            if (spec_.module.empty()) {
+                throw agent::EnvironmentError("a subprocess environment cannot demonstrate its tasks");
+            }
+            demo = registry_.create(spec_.module, spec_.params)->demonstrate(task_of(task));
+        } catch (const Error& e) {
+            throw ConfigError(absl::StrCat("domain '", spec_.name, "': the cold start (SFT on the environment's ",
+                                           "demonstrations) needs a solver: ", e.what(),
+                                           "; give sft.data a JSONL file of conversations instead"));
+        }
+        item.conversation = text::OrderedJson::parse(demo.dump());
+        for (const auto& m : demo.at("messages")) {
+            item.messages.push_back({m.at("role").get<std::string>(), m.contains("content") && m["content"].is_string()
+                                                                          ? m["content"].get<std::string>()
+                                                                          : std::string()});
+            if (item.messages.back().role == "user") item.prompt = item.messages.back().content;
+        }
+        return item;
+    }
+
+private:
+    std::shared_ptr<const data::PromptSource> tasks_;
+    const agent::EnvRegistry& registry_;
+    agent::EnvSpec spec_;
+};
+
+}  // namespace
+
+std::shared_ptr<const data::PromptSource> demonstration_source(std::shared_ptr<const data::PromptSource> tasks,
+                                                               const AgentEnvironments& envs,
+                                                               const std::string& domain) {
+    return std::make_shared<DemonstrationSource>(std::move(tasks), envs.registry(), envs.spec(domain));
 }
 
 rollout::MultiTurnOptions multi_turn_options(const JobConfig& job, const rollout::GenerateOptions& generate) {

@@ -39,6 +39,13 @@ private:
 /// question environments take.
 agent::Json task_of(const data::PromptItem& item);
 
+/// The cold start of agent domain `domain` (issue 20 item 6): a source over the domain's tasks (`tasks`) whose item i
+/// is the environment's demonstration of task i (agent::Environment::demonstrate) as an SFT conversation. An
+/// environment without a solver fails at the first item, naming the domain.
+std::shared_ptr<const data::PromptSource> demonstration_source(std::shared_ptr<const data::PromptSource> tasks,
+                                                               const AgentEnvironments& envs,
+                                                               const std::string& domain);
+
 /// The multi-turn rollout options of `job` around the single-turn `generate` options.
 rollout::MultiTurnOptions multi_turn_options(const JobConfig& job, const rollout::GenerateOptions& generate);
 

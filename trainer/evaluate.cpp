@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "rollout/generator.h"
+#include "rollout/multi_turn.h"
 
 namespace dsrl::trainer {
 
@@ -18,17 +19,53 @@ std::string eval_data_spec(const DomainConfig& d) {
 }
 
 Evaluator::Evaluator(const JobConfig& job, const text::Tokenizer& tokenizer, const std::string& base_dir)
-    : job_(job), tokenizer_(tokenizer) {
+    : job_(job),
+      tokenizer_(tokenizer),
+      agents_(std::make_shared<const AgentEnvironments>(AgentEnvironments::build(job))) {
     for (const DomainConfig& d : job.domains) {
         Domain e;
         e.name = d.name;
-        e.verifier = d.rewards.empty() ? "" : d.rewards.front().module;
-        e.source = data::make_prompt_source(eval_data_spec(d), d.name, base_dir);
-        data::check_conversations(*e.source, tokenizer, data::Rows::kPrompts);
-        e.reward = std::make_shared<rewards::DomainReward>(
-            rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        if (d.environment.enabled()) {
+            e.source = data::make_prompt_source(eval_data_spec(d), d.name, base_dir, data::Rows::kTasks);
+        } else {
+            e.verifier = d.rewards.empty() ? "" : d.rewards.front().module;
+            e.source = data::make_prompt_source(eval_data_spec(d), d.name, base_dir);
+            data::check_conversations(*e.source, tokenizer, data::Rows::kPrompts);
+            e.reward = std::make_shared<rewards::DomainReward>(
+                rewards::DomainReward::create(rewards::Registry::global(), d.rewards, job.rewards.timeout_s));
+        }
         domains_.push_back(std::move(e));
     }
+}
+
+std::vector<double> Evaluator::run_agent(const Domain& d, const dsa::Model& policy, int rank, int world) {
+    int64_t n = job_.trainer.eval_prompts;
+    if (d.source->size() >= 0) n = std::min<int64_t>(n, d.source->size());
+    std::vector<rollout::AgentTask> tasks;
+    for (int64_t i = rank; i < n; i += world) {
+        tasks.push_back({d.name, i, task_of(d.source->get(i)), &agents_->spec(d.name)});
+    }
+    const rollout::GenerateOptions gen{.sampling = {.temperature = 0.0},
+                                       .max_new_tokens = job_.rollout.max_new_tokens,
+                                       .stop = job_.rollout.stop,
+                                       .max_batch_size = job_.rollout.max_batch_size,
+                                       .record_kept = false,
+                                       .record_routes = false};
+    rollout::MultiTurnOptions opt = multi_turn_options(job_, gen);
+    if (opt.context == rollout::ContextStrategy::kParallelFewestStep) opt.parallel_trajectories = 1;  // greedy
+    double acc = 0, reward = 0, failed = 0;
+    for (const rollout::SampleGroup& g :
+         rollout::generate_agent_groups(policy, tokenizer_, agents_->registry(), tasks, 1, opt, 0)) {
+        for (const rollout::Sample& s : g.samples) {
+            if (!std::isfinite(s.reward)) {
+                ++failed;
+                continue;
+            }
+            reward += s.reward;
+            acc += s.reward >= 0.5 ? 1.0 : 0.0;
+        }
+    }
+    return {acc, reward, static_cast<double>(tasks.size()) - failed, failed};
 }
 
 std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dist::Communicator* comm) {
@@ -37,6 +74,11 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
     // Per domain: [accuracy sum, reward sum, count, failed] on this rank, summed over ranks below.
     std::vector<double> sums;
     for (Domain& d : domains_) {
+        if (d.reward == nullptr) {
+            const std::vector<double> v = run_agent(d, policy, rank, world);
+            sums.insert(sums.end(), v.begin(), v.end());
+            continue;
+        }
         int64_t n = job_.trainer.eval_prompts;
         if (d.source->size() >= 0) n = std::min<int64_t>(n, d.source->size());
         std::vector<rollout::GenerationRequest> requests;

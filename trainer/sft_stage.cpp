@@ -10,6 +10,7 @@
 #include <absl/strings/str_split.h>
 
 #include "core/error.h"
+#include "core/logging.h"
 #include "data/sft_data.h"
 #include "grpo/logprobs.h"
 #include "text/conversation.h"
@@ -19,13 +20,33 @@ namespace dsrl::trainer {
 namespace {
 
 // The SFT data: `sft.data`, or (when empty) every domain's training data mixed by the domain weights.
-data::SftMixture sft_mixture(const JobConfig& job) {
+// An agent domain's share is its environment's demonstrations of its tasks (the cold start).
+data::SftMixture sft_mixture(const JobConfig& job, const std::shared_ptr<const AgentEnvironments>& agents) {
     std::vector<data::SftMixture::SourceSpec> sources;
     if (!job.sft.data.empty()) {
         sources.push_back({"prompts.sft", 1.0, job.sft.data, "sft"});
     } else {
-        for (const DomainConfig& d : job.domains)
-            sources.push_back({"prompts.sft." + d.name, d.weight, d.data, d.name});
+        for (const DomainConfig& d : job.domains) {
+            data::SftMixture::SourceSpec spec{"prompts.sft." + d.name, d.weight, d.data, d.name};
+            if (d.environment.enabled()) {
+                spec.source = demonstration_source(data::make_prompt_source(d.data, d.name, "", data::Rows::kTasks),
+                                                   *agents, d.name);
+                // An environment without a solver (a subprocess, a plugin, one that cannot demonstrate) has no cold
+                // start: it is left out, said once.
+                try {
+                    spec.source->get(0);
+                } catch (const ConfigError& e) {
+                    DSRL_LOG(warn) << "sft: domain '" << d.name << "' is left out of the cold start: " << e.what();
+                    continue;
+                }
+            }
+            sources.push_back(std::move(spec));
+        }
+        if (sources.empty()) {
+            throw ConfigError(
+                "sft: no domain has SFT data (every agent domain's environment lacks a solver for the cold start); "
+                "set sft.data to a JSONL file of conversations");
+        }
     }
     return data::SftMixture(sources, static_cast<uint64_t>(job.run.seed));
 }
@@ -143,7 +164,11 @@ std::map<std::string, double> sft_step(dsa::Model& model,
 
 class SftStage final : public Stage {
 public:
-    SftStage(JobContext& ctx, const text::Tokenizer& tok) : ctx_(ctx), tok_(tok), sources_(sft_mixture(ctx.job)) {
+    SftStage(JobContext& ctx, const text::Tokenizer& tok)
+        : ctx_(ctx),
+          tok_(tok),
+          agents_(std::make_shared<const AgentEnvironments>(AgentEnvironments::build(ctx.job))),
+          sources_(sft_mixture(ctx.job, agents_)) {
         sources_.check(tok);  // bad rows fail before the first step
     }
 
@@ -174,6 +199,7 @@ public:
 private:
     JobContext& ctx_;
     const text::Tokenizer& tok_;
+    std::shared_ptr<const AgentEnvironments> agents_;  // before sources_: the demonstrations use its registry
     data::SftMixture sources_;
 };
 

@@ -21,6 +21,7 @@
 #include "dsa/sparse_attention.h"
 #include "rewards/reward.h"
 #include "text/tokenizer.h"
+#include "trainer/agent_domains.h"
 #include "trainer/checkpoint.h"
 #include "trainer/moe_balance.h"
 #include "trainer/optimizer.h"
@@ -70,10 +71,24 @@ void check_supported(const JobConfig& job) {
 void check_job(const JobConfig& job) {
     check_supported(job);
     const rewards::Registry& registry = rewards::Registry::global();
+    bool agents = false;
     for (const DomainConfig& d : job.domains) {
-        rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
-        data::make_prompt_source(d.data, d.name, "");
-        if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "");
+        const data::Rows rows = d.environment.enabled() ? data::Rows::kTasks : data::Rows::kPrompts;
+        if (!d.environment.enabled()) rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
+        agents |= d.environment.enabled();
+        data::make_prompt_source(d.data, d.name, "", rows);
+        if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "", rows);
+    }
+    if (agents) {
+        AgentEnvironments::build(job);  // modules known, plugins load
+        rollout::parse_context_strategy(job.rollout.context);
+        text::ChatOptions options;
+        if (text::make_tokenizer(job.model.path, job.model.vocab_size, chat_choice(job.model))->chat_format(&options) ==
+            nullptr) {
+            throw ConfigError(
+                "domains[].environment: agent domains need a chat format that shows tool calls; the byte-level "
+                "template cannot (set model.chat_format: deepseek_v32)");
+        }
     }
     if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "", data::Rows::kConversations);
     if (uses_dsa_stages(job))

@@ -68,8 +68,9 @@ public:
         Json results = Json::array();
         for (const Json& c : calls) {
             const Json& a = c.at("arguments");
-            results.push_back({{"tool_call_id", c.at("id")},
-                               {"content", absl::StrCat(a.value("a", 0) + a.value("b", 0), std::string(pad_, '.'))}});
+            const auto num = [&](const char* k) { return a.contains(k) && a[k].is_number() ? a[k].get<int>() : 0; };
+            results.push_back(
+                {{"tool_call_id", c.at("id")}, {"content", absl::StrCat(num("a") + num("b"), std::string(pad_, '.'))}});
         }
         if (fail_ == "short") results.erase(results.begin());
         return {{"results", results}, {"done", false}};
@@ -404,6 +405,33 @@ TEST(MultiTurnContextTest, EveryStrategyOnScriptedTrajectories) {
             EXPECT_EQ(s.context_events, 0);
         }
     }
+}
+
+// Model text is any bytes: invalid UTF-8 in a tool call's arguments and in the answer reaches the environment and the
+// record replaced by U+FFFD, never as an exception.
+TEST(MultiTurnFailureTest, InvalidUtf8FromTheModelIsReplacedNotFatal) {
+    const dsa::Model m = make_model();
+    const text::ByteChatTokenizer tok(m.config().vocab_size, false);
+    const agent::EnvRegistry reg = registry();
+    const std::vector<agent::EnvSpec> specs = {{.name = "add", .module = "add"}};
+    int turn = 0;
+    MultiTurnOptions opt{.generate = gen_options()};
+    opt.turn_generator = [&](const std::vector<GenerationRequest>& reqs, GenerationStats* stats) {
+        std::vector<GenerationRequest> forced = reqs;
+        const std::string text =
+            turn++ == 0 ? "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"add\">\n<｜DSML｜parameter name=\"a\" "
+                          "string=\"true\">\xfd\xfe</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>"
+                        : "The answer is 5 \xff.";
+        std::vector<int64_t> ids = tok.encode(text);
+        ids.push_back(tok.eos_id());
+        forced[0].forced.assign(ids.begin(), ids.end());
+        return generate(m, tok, forced, opt.generate, stats);
+    };
+    const Sample s = generate_agent_groups(m, tok, reg, tasks_for(specs), 1, opt, 3)[0].samples[0];
+    EXPECT_TRUE(s.env_error.empty()) << s.env_error;
+    EXPECT_EQ(s.tool_calls, 1);
+    EXPECT_EQ(s.reward, 1.0f);
+    EXPECT_NE(s.trajectory.find("\xef\xbf\xbd"), std::string::npos);  // U+FFFD
 }
 
 TEST(MultiTurnConfigTest, NeedsAChatFormatAndNamesBadStrategies) {

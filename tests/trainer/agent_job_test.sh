@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# An agent job end to end (issue 20) on 2 ranks: the cold start (SFT on the calculator environment's
+# demonstrations) then GRPO mixing three domains — calculator tasks (multi-turn tool use, scored by the environment),
+# a plain echo domain, and a subprocess environment that crashes at every reset (each of its trajectories failed,
+# counted, excluded; the job goes on). Checks metrics.jsonl's agent keys, eval.json's per-domain before/after, the
+# dumped records' trajectories, and that a job refuses an agent domain without a chat format or with an unknown module.
+# Usage: agent_job_test.sh path/to/dsrl_train path/to/dsrl_tool MPIEXEC PYTHON
+set -u
+bin=$1
+tool=$2
+mpiexec=$3
+python=$4
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+cat >"$tmp/job.yaml" <<YAML
+run: {name: agent_test, output_dir: $tmp/run, seed: 3, stages: [sft, grpo]}
+model: {vocab_size: 320, chat_format: deepseek_v32, thinking: true, hidden_size: 32, num_hidden_layers: 2,
+        first_k_dense_replace: 1, n_routed_experts: 4, num_experts_per_tok: 2, index_topk: 64,
+        max_position_embeddings: 640}
+sft: {steps: 4, lr: 1.0e-3, max_seq_len: 640}
+trainer: {total_steps: 2, micro_batch_size: 2, eval_prompts: 4, eval_every: 0, tensorboard: false,
+          checkpoint: {every_steps: 0}}
+rollout: {group_size: 2, prompts_per_step: 2, max_new_tokens: 24, max_tool_calls: 3, context: discard_all}
+grpo: {keep_routing: true, keep_sampling_mask: true}
+domains:
+  - {name: calc, weight: 2, data: "synthetic:arithmetic?digits=2&ops=*", environment: {module: calculator}}
+  - {name: echo, weight: 1, data: "synthetic:echo?words=2", rewards: [{module: exact_match}]}
+  - name: broken
+    weight: 1
+    data: "synthetic:arithmetic?digits=1"
+    environment: {command: ["$python", "-c", "import sys; sys.exit(3)"], timeout_s: 5}
+YAML
+"$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/job.yaml" --check >"$tmp/check" 2>&1 ||
+    { echo "FAIL: --check refused the agent job"; cat "$tmp/check"; exit 1; }
+# The broken domain has no solver: the cold start leaves it out (a warning) and trains on the others.
+"$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/job.yaml" --dump-rollouts "$tmp/rollouts" >"$tmp/log" 2>&1 ||
+    { echo "FAIL: the agent job failed"; tail -40 "$tmp/log"; exit 1; }
+grep -q "domain 'broken' is left out of the cold start" "$tmp/log" ||
+    { echo "FAIL: no warning that the broken domain has no cold start"; tail -20 "$tmp/log"; exit 1; }
+"$python" - "$tmp/run" <<'PY' || exit 1
+import json, math, sys
+run = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
+grpo = [r for r in rows if r.get("stage") == "grpo" and "agent/tool_calls_per_trajectory" in r]
+assert len(grpo) == 2, f"expected 2 grpo rows with agent metrics, got {len(grpo)}: {rows[-1]}"
+for r in grpo:
+    for k in ("agent/turns_per_trajectory", "agent/context_events", "agent/env_errors", "agent/trajectories"):
+        assert k in r, f"metrics row lacks {k}: {sorted(r)}"
+    assert r["agent/turns_per_trajectory"] >= 1, r
+errors = sum(r["agent/env_errors"] for r in grpo)
+assert errors > 0, "the crashing environment's trajectories were not counted"
+assert sum(r["reward_failed"] for r in grpo) >= errors, "failed trajectories must count in reward_failed"
+ev = json.load(open(f"{run}/eval.json"))
+text = json.dumps(ev)
+for d in ("calc", "echo"):
+    assert d in text, f"eval.json has no domain {d}: {text[:400]}"
+print("agent metrics:", {k: grpo[-1][k] for k in sorted(grpo[-1]) if k.startswith("agent/")})
+PY
+out=$("$tool" rollouts "$(ls "$tmp"/rollouts/*.rank-0.dsrlroll | tail -1)") ||
+    { echo "FAIL: dsrl_tool rollouts could not read an agent record"; exit 1; }
+echo "$out" | grep -q "trajectory: [0-9]* turns, [0-9]* tool calls" ||
+    { echo "FAIL: the records hold no multi-turn trajectories"; echo "$out" | head -20; exit 1; }
+# Refusals at start-up, naming the key.
+"$bin" --config "$tmp/job.yaml" --set model.chat_format=byte --check 2>&1 | grep -q "chat_format" ||
+    { echo "FAIL: an agent domain without a chat format must be refused naming model.chat_format"; exit 1; }
+"$bin" --config "$tmp/job.yaml" --set 'domains[0].environment.module=calculater' --check 2>&1 |
+    grep -q "unknown environment 'calculater'" ||
+    { echo "FAIL: an unknown environment module must be refused"; exit 1; }
+"$bin" --config "$tmp/job.yaml" --set 'domains[0].rewards=[{module: exact_match}]' --check 2>&1 | grep -q "rewards" ||
+    { echo "FAIL: rewards on an agent domain must be refused"; exit 1; }
+echo "PASS: cold start, mixed agent GRPO, failures counted, records, refusals"
