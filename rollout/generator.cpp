@@ -258,15 +258,7 @@ std::vector<Sample> generate(const dsa::Model& model,
     }
     // Expert parallelism: until every rank of the group has decoded all its sequences, join their forwards.
     dsa::ForwardLockstep(model).finish();
-    if (stats_out != nullptr) {
-        stats_out->sequences += stats.sequences;
-        stats_out->prompt_tokens += stats.prompt_tokens;
-        stats_out->generated_tokens += stats.generated_tokens;
-        stats_out->decode_steps += stats.decode_steps;
-        stats_out->decode_row_steps += stats.decode_row_steps;
-        stats_out->prefill_seconds += stats.prefill_seconds;
-        stats_out->decode_seconds += stats.decode_seconds;
-    }
+    if (stats_out != nullptr) *stats_out += stats;
     return out;
 }
 

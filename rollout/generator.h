@@ -54,6 +54,16 @@ struct GenerationStats {
     int64_t decode_row_steps = 0;  ///< Σ over decode steps of the rows in the batch (= generated tokens)
     double prefill_seconds = 0;
     double decode_seconds = 0;
+    GenerationStats& operator+=(const GenerationStats& o) {
+        sequences += o.sequences;
+        prompt_tokens += o.prompt_tokens;
+        generated_tokens += o.generated_tokens;
+        decode_steps += o.decode_steps;
+        decode_row_steps += o.decode_row_steps;
+        prefill_seconds += o.prefill_seconds;
+        decode_seconds += o.decode_seconds;
+        return *this;
+    }
 };
 
 /// Generates one sample per request, in request order.

@@ -521,15 +521,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
         groups.push_back(std::move(group));
     }
     if (stats_out != nullptr) {
-        GenerationStats& a = stats_out->generation;
-        const GenerationStats& b = stats.generation;
-        a.sequences += b.sequences;
-        a.prompt_tokens += b.prompt_tokens;
-        a.generated_tokens += b.generated_tokens;
-        a.decode_steps += b.decode_steps;
-        a.decode_row_steps += b.decode_row_steps;
-        a.prefill_seconds += b.prefill_seconds;
-        a.decode_seconds += b.decode_seconds;
+        stats_out->generation += stats.generation;
         stats_out->trajectories += stats.trajectories;
         stats_out->turns += stats.turns;
         stats_out->tool_calls += stats.tool_calls;

@@ -224,7 +224,7 @@ void print_sample(const dsrl::rollout::Sample& s, bool tokens, const dsrl::text:
     // --tokenizer (special tokens shown: </think> and tool-call markers matter there).
     // A multi-turn trajectory of a small vocabulary was made with the deepseek_v32 markers
     // (text/byte_chat_tokenizer.h).
-    if (s.turns > 0 || !s.loss_mask.empty()) {
+    if (s.turns > 0 || !s.loss_mask.empty() || !s.trajectory.empty() || !s.env_error.empty()) {
         int64_t model = 0;
         for (size_t t = 0; t < n; ++t) model += s.trained(t);
         std::cout << absl::StrFormat(

@@ -3,9 +3,12 @@
 # demonstrations) then GRPO mixing three domains — calculator tasks (multi-turn tool use, scored by the environment),
 # a plain echo domain, and a subprocess environment that crashes at every reset (each of its trajectories failed,
 # counted, excluded; the job goes on). Checks metrics.jsonl's agent keys, eval.json's per-domain before/after, the
-# dumped records' trajectories, and that a job refuses an agent domain without a chat format or with an unknown module.
+# dumped records' trajectories; that a run SIGKILLed while writing the first GRPO checkpoint and resumed ends with the
+# uninterrupted run's metrics rows and weights bit for bit; and that a job refuses an agent domain without a chat
+# format, with an unknown module or with rewards.
 # Usage: agent_job_test.sh path/to/dsrl_train path/to/dsrl_tool MPIEXEC PYTHON
 set -u
+source "$(dirname "$0")/crash_checks.sh"
 bin=$1
 tool=$2
 mpiexec=$3
@@ -20,7 +23,7 @@ model: {vocab_size: 320, chat_format: deepseek_v32, thinking: true, hidden_size:
         max_position_embeddings: 640}
 sft: {steps: 4, lr: 1.0e-3, max_seq_len: 640}
 trainer: {total_steps: 2, micro_batch_size: 2, eval_prompts: 4, eval_every: 0, tensorboard: false,
-          checkpoint: {every_steps: 0}}
+          checkpoint: {every_steps: 1, keep_last: 2}}
 rollout: {group_size: 2, prompts_per_step: 2, max_new_tokens: 24, max_tool_calls: 3, context: discard_all}
 grpo: {keep_routing: true, keep_sampling_mask: true}
 domains:
@@ -47,20 +50,31 @@ assert len(grpo) == 2, f"expected 2 grpo rows with agent metrics, got {len(grpo)
 for r in grpo:
     for k in ("agent/turns_per_trajectory", "agent/context_events", "agent/env_errors", "agent/trajectories"):
         assert k in r, f"metrics row lacks {k}: {sorted(r)}"
-    assert r["agent/turns_per_trajectory"] >= 1, r
+    assert r["agent/turns_per_trajectory"] > 0, r
 errors = sum(r["agent/env_errors"] for r in grpo)
 assert errors > 0, "the crashing environment's trajectories were not counted"
-assert sum(r["reward_failed"] for r in grpo) >= errors, "failed trajectories must count in reward_failed"
+assert sum(r["reward_failed"] for r in grpo) > 0, "failed trajectories must count in reward_failed"
 ev = json.load(open(f"{run}/eval.json"))
 text = json.dumps(ev)
 for d in ("calc", "echo"):
     assert d in text, f"eval.json has no domain {d}: {text[:400]}"
 print("agent metrics:", {k: grpo[-1][k] for k in sorted(grpo[-1]) if k.startswith("agent/")})
 PY
-out=$("$tool" rollouts "$(ls "$tmp"/rollouts/*.rank-0.dsrlroll | tail -1)") ||
-    { echo "FAIL: dsrl_tool rollouts could not read an agent record"; exit 1; }
-echo "$out" | grep -q "trajectory: [0-9]* turns, [0-9]* tool calls" ||
+# Exact resume: killed in the job-step-5 checkpoint (the first GRPO step; 4 SFT steps before it), resumed from step 4.
+sed "s|output_dir: $tmp/run|output_dir: $tmp/killed|" "$tmp/job.yaml" >"$tmp/killed.yaml"
+DSRL_FAULT_KILL=in_checkpoint:5 "$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/killed.yaml" \
+    >"$tmp/k1.log" 2>&1 && { echo "FAIL: the killed run exited 0"; exit 1; }
+[ "$(cat "$tmp/killed/checkpoints/latest")" = "step-00000004" ] ||
+    { echo "FAIL: latest is not step-00000004 after the kill"; tail -20 "$tmp/k1.log"; exit 1; }
+"$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/killed.yaml" --resume auto >"$tmp/k2.log" 2>&1 ||
+    { echo "FAIL: the resumed agent job failed"; tail -30 "$tmp/k2.log"; exit 1; }
+same_steps_and_weights "$tmp/run" "$tmp/killed" step-00000006 || exit 1
+out=$(for f in "$tmp"/rollouts/*.dsrlroll; do "$tool" rollouts "$f" || echo "UNREADABLE $f"; done)
+echo "$out" | grep -q UNREADABLE && { echo "FAIL: dsrl_tool rollouts could not read an agent record"; exit 1; }
+echo "$out" | grep -q "trajectory: [1-9][0-9]* turns, [0-9]* tool calls" ||
     { echo "FAIL: the records hold no multi-turn trajectories"; echo "$out" | head -20; exit 1; }
+echo "$out" | grep -q "trajectory: 0 turns.*FAILED: .*broken" ||
+    { echo "FAIL: the records do not show the broken environment's failures"; echo "$out" | head -30; exit 1; }
 # Refusals at start-up, naming the key.
 "$bin" --config "$tmp/job.yaml" --set model.chat_format=byte --check 2>&1 | grep -q "chat_format" ||
     { echo "FAIL: an agent domain without a chat format must be refused naming model.chat_format"; exit 1; }
@@ -69,4 +83,4 @@ echo "$out" | grep -q "trajectory: [0-9]* turns, [0-9]* tool calls" ||
     { echo "FAIL: an unknown environment module must be refused"; exit 1; }
 "$bin" --config "$tmp/job.yaml" --set 'domains[0].rewards=[{module: exact_match}]' --check 2>&1 | grep -q "rewards" ||
     { echo "FAIL: rewards on an agent domain must be refused"; exit 1; }
-echo "PASS: cold start, mixed agent GRPO, failures counted, records, refusals"
+echo "PASS: cold start, mixed agent GRPO, failures counted, records, exact resume, refusals"
