@@ -66,7 +66,7 @@ public:
         if (fresh) ctx_.optimizer.reset_state();
         if (job.trainer.eval_prompts > 0) evaluator_ = std::make_unique<Evaluator>(job, tok_, "");
         rl_ = std::make_unique<RlStep>(job, ctx_.policy, ctx_.reference.get(), tok_, domains_, ctx_.optimizer,
-                                       &ctx_.comm, ctx_.balance());
+                                       &ctx_.comm, ctx_.balance(), &ctx_.roles);
         if (evaluator_ && fresh && !ctx_.state.cursors.count("eval_before")) {
             // The figures before RL are kept in the checkpoint state, so the final summary survives a resume.
             std::string before;
@@ -78,7 +78,7 @@ public:
     StepOutput step(int64_t step) override {
         RlStepResult r = rl_->run(step);
         ctx_.state.policy_version = step + 1;
-        if (!ctx_.dump_rollouts.empty()) {
+        if (!ctx_.dump_rollouts.empty() && !ctx_.roles.rollout) {  // a rollout worker's groups are its trainers' files
             fs::make_dirs(ctx_.dump_rollouts);
             rollout::write_groups_file(
                 fs::join(ctx_.dump_rollouts, absl::StrFormat("step-%08d.rank-%d.dsrlroll", step + 1, ctx_.comm.rank())),

@@ -7,7 +7,10 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+#include <absl/strings/str_split.h>
 
 #include <algorithm>
 #include <cmath>
@@ -57,7 +60,8 @@ RlStep::RlStep(const JobConfig& job,
                std::vector<DomainRuntime>& domains,
                AdamW& optimizer,
                const dist::Communicator* comm,
-               dsa::MoeBalance* balance)
+               dsa::MoeBalance* balance,
+               const Roles* roles)
     : job_(job),
       policy_(policy),
       reference_(reference),
@@ -65,103 +69,205 @@ RlStep::RlStep(const JobConfig& job,
       domains_(domains),
       optimizer_(optimizer),
       comm_(comm),
-      balance_(balance) {
-    // Gradients are averaged by the optimizer: one built without the job's group would let the ranks diverge.
-    DSRL_INTERNAL_ASSERT(comm == nullptr || comm->size() <= 1 || optimizer.comm() == comm,
-                         "RlStep: the optimizer must average over the same group as the step (AdamW's ShardOptions)");
+      balance_(balance),
+      roles_(roles != nullptr ? *roles : Roles{.trainers = comm != nullptr ? comm->size() : 1, .group = comm}),
+      train_comm_(roles_.disaggregated ? roles_.group : comm) {
+    // Gradients are averaged by the optimizer: one built without the trainers' group would let the ranks diverge.
+    DSRL_INTERNAL_ASSERT(
+        train_comm_ == nullptr || train_comm_->size() <= 1 || optimizer.comm() == train_comm_,
+        "RlStep: the optimizer must average over the same group as the step's trainers (AdamW's ShardOptions)");
 }
+
+namespace {
+
+// What the rollout of one trainer rank's slots yields besides its groups: the counters its metrics need. Sent with
+// the groups from a rollout worker to its trainer in disaggregated mode, as "key value" lines.
+struct RolloutCounters {
+    int64_t generated_tokens = 0;
+    int64_t failed = 0;  // samples whose reward (or environment) failed
+    rollout::MultiTurnStats agent;
+    bool has_agent = false;
+
+    std::string encode() const {
+        const rollout::MultiTurnStats& a = agent;
+        return absl::StrCat("generated_tokens ", generated_tokens, "\nfailed ", failed, "\nhas_agent ",
+                            has_agent ? 1 : 0, "\ntrajectories ", a.trajectories, "\nturns ", a.turns, "\ntool_calls ",
+                            a.tool_calls, "\ncontext_events ", a.context_events, "\nenv_errors ", a.env_errors,
+                            "\ntool_limit ", a.tool_limit, "\ncontext_limit ", a.context_limit, "\nparallel_discarded ",
+                            a.parallel_discarded, "\nuntrained_tokens ", a.untrained_tokens, "\nenv_tokens ",
+                            a.env_tokens, "\nenv_seconds ", absl::StrFormat("%.17g", a.env_seconds), "\n");
+    }
+    static RolloutCounters decode(const std::string& text, int from) {
+        std::map<std::string, double> kv;
+        for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+            const size_t sp = line.rfind(' ');
+            double v = 0;
+            if (sp == absl::string_view::npos || !absl::SimpleAtod(line.substr(sp + 1), &v)) {
+                throw DistError(absl::StrCat("disaggregated: malformed rollout counters from rank ", from, ": '",
+                                             std::string(line), "'"));
+            }
+            kv[std::string(line.substr(0, sp))] = v;
+        }
+        const auto get = [&](const char* k) {
+            const auto it = kv.find(k);
+            if (it == kv.end()) throw DistError(absl::StrCat("disaggregated: rank ", from, " sent no '", k, "'"));
+            return it->second;
+        };
+        const auto n = [&](const char* k) { return static_cast<int64_t>(get(k)); };
+        RolloutCounters c;
+        c.generated_tokens = n("generated_tokens");
+        c.failed = n("failed");
+        c.has_agent = n("has_agent") != 0;
+        rollout::MultiTurnStats& a = c.agent;
+        a.trajectories = n("trajectories");
+        a.turns = n("turns");
+        a.tool_calls = n("tool_calls");
+        a.context_events = n("context_events");
+        a.env_errors = n("env_errors");
+        a.tool_limit = n("tool_limit");
+        a.context_limit = n("context_limit");
+        a.parallel_discarded = n("parallel_discarded");
+        a.untrained_tokens = n("untrained_tokens");
+        a.env_tokens = n("env_tokens");
+        a.env_seconds = get("env_seconds");
+        return c;
+    }
+};
+
+constexpr int kTagGroups = 7101;
+constexpr int kTagCounters = 7102;
+
+// Every weight of the model (trained ones and buffers such as the routing bias) from `root` to every rank.
+void broadcast_weights(dsa::Model& model, const dist::Communicator& comm, int root) {
+    at::NoGradGuard no_grad;
+    for (dsa::NamedTensor& t : model.named_tensors()) comm.broadcast(*t.tensor, root);
+}
+
+}  // namespace
 
 RlStepResult RlStep::run(int64_t step) {
     const int rank = comm_ != nullptr ? comm_->rank() : 0;
-    const int world = comm_ != nullptr ? comm_->size() : 1;
     const RolloutConfig& ro = job_.rollout;
-    // 1. Prompts from the domain mixture (weights). The step's global batch is world × prompts_per_step slots,
-    // deterministic in (seed, step, global slot) only: every rank draws all of them (its samplers advance
-    // alike, so checkpoint cursors agree) and keeps slots [rank · P, (rank + 1) · P). A job on N ranks thus sees
-    // the same prompts, prompt ids and sample seeds as one rank with N times prompts_per_step.
+    const int trainers = roles_.trainers;
+    const int64_t per_rank = ro.prompts_per_step;
+    // 1. Prompts from the domain mixture (weights). The step's global batch is trainers × prompts_per_step slots,
+    // deterministic in (seed, step, global slot) only: every rank draws all of them (its samplers advance alike, so
+    // checkpoint cursors agree). Slot i belongs to trainer rank i / P. A job on N trainer ranks thus sees the same
+    // prompts, prompt ids and sample seeds as one rank with N times prompts_per_step. Colocated, a rank rolls out its
+    // own slots; disaggregated, rollout worker j rolls out the slots of the trainers t with t mod R = j.
     std::vector<double> weights;
     for (const DomainRuntime& d : domains_) weights.push_back(d.weight);
     uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
-    std::vector<rollout::Prompt> prompts;
-    std::vector<rollout::AgentTask> tasks;      // agent domains' prompts
-    std::map<int64_t, data::PromptItem> items;  // by prompt id
+    const auto rolls_out_for = [&](int t) {
+        if (!roles_.disaggregated) return t == rank;
+        return roles_.rollout && t % roles_.rollout_workers == rank - trainers;
+    };
+    std::map<int, std::vector<rollout::Prompt>> prompts;   // by trainer rank
+    std::map<int, std::vector<rollout::AgentTask>> tasks;  // agent domains' prompts, by trainer rank
+    std::map<int64_t, data::PromptItem> items;             // by prompt id
     std::map<std::string, const DomainRuntime*> by_name;
-    const int64_t first = rank * ro.prompts_per_step, end = first + ro.prompts_per_step;
-    for (int64_t i = 0; i < world * ro.prompts_per_step; ++i) {
+    for (const DomainRuntime& d : domains_) by_name[d.name] = &d;
+    for (int64_t i = 0; i < trainers * per_rank; ++i) {
         state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
         DomainRuntime* chosen = &domains_[rng::weighted_index(weights, state)];
         data::PromptItem item = chosen->sampler->next();
-        if (i < first || i >= end) continue;  // another rank's slot
+        const int owner = static_cast<int>(i / per_rank);
+        if (!rolls_out_for(owner)) continue;  // another rank's slot
         // Prompt ids unique within the job: (step, global slot).
         const int64_t id = step * 100000007 + i;
         if (chosen->agent()) {
-            tasks.push_back({chosen->name, id, task_of(item), &chosen->agents->spec(chosen->name)});
+            tasks[owner].push_back({chosen->name, id, task_of(item), &chosen->agents->spec(chosen->name)});
         } else {
             const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
-            prompts.push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+            prompts[owner].push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
         }
         item.domain = chosen->name;
         items[id] = std::move(item);
-        by_name[chosen->name] = chosen;
     }
-    // 2. Rollout.
+    const AgentEnvironments* agents = nullptr;
+    for (const DomainRuntime& d : domains_) {
+        if (d.agents != nullptr && d.agents->any()) agents = d.agents.get();
+    }
+
+    // 2. Rollout and rewards of one trainer rank's slots.
     rollout::GenerateOptions gopt{.sampling = ro.sampling,
                                   .max_new_tokens = ro.max_new_tokens,
                                   .stop = ro.stop,
                                   .max_batch_size = ro.max_batch_size,
                                   .policy_version = step,
                                   .record_indexer = ro.record_indexer};
-    rollout::GenerationStats gstats;
-    RlStepResult out;
     const uint64_t rollout_seed = rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step));
-    out.groups = rollout::generate_groups(policy_, tokenizer_, prompts, ro.group_size, gopt, rollout_seed, &gstats);
-    // Agent domains: multi-turn trajectories, rewarded by their environments' verify. Every rank runs this when the
-    // job has agent domains (expert parallelism joins forwards across ranks), with or without tasks of its own.
-    const AgentEnvironments* agents = nullptr;
-    for (const DomainRuntime& d : domains_) {
-        if (d.agents != nullptr && d.agents->any()) agents = d.agents.get();
-    }
-    rollout::MultiTurnStats astats;
-    if (agents != nullptr) {
-        std::vector<rollout::SampleGroup> agent_groups =
-            rollout::generate_agent_groups(policy_, tokenizer_, agents->registry(), tasks, ro.group_size,
-                                           multi_turn_options(job_, gopt), rollout_seed, &astats);
-        gstats.generated_tokens += astats.generation.generated_tokens;
-        for (rollout::SampleGroup& g : agent_groups) out.groups.push_back(std::move(g));
-    }
-    // 3. Rewards, per domain.
-    std::map<std::string, std::vector<rollout::Sample*>> per_domain;
-    int64_t failed = 0;
-    for (rollout::SampleGroup& g : out.groups) {
-        for (rollout::Sample& s : g.samples) {
-            if (by_name.at(s.domain)->agent()) {
-                failed += !std::isfinite(s.reward);  // scored (or failed) by its environment
-            } else {
-                per_domain[s.domain].push_back(&s);
+    const auto roll_out = [&](int t, RolloutCounters& c) {
+        rollout::GenerationStats gstats;
+        std::vector<rollout::SampleGroup> groups =
+            rollout::generate_groups(policy_, tokenizer_, prompts[t], ro.group_size, gopt, rollout_seed, &gstats);
+        c.generated_tokens = gstats.generated_tokens;
+        // Agent domains: multi-turn trajectories, rewarded by their environments' verify. Every rank of an expert
+        // parallel group runs this when the job has agent domains, with or without tasks of its own.
+        if (agents != nullptr) {
+            c.has_agent = true;
+            std::vector<rollout::SampleGroup> agent_groups =
+                rollout::generate_agent_groups(policy_, tokenizer_, agents->registry(), tasks[t], ro.group_size,
+                                               multi_turn_options(job_, gopt), rollout_seed, &c.agent);
+            c.generated_tokens += c.agent.generation.generated_tokens;
+            for (rollout::SampleGroup& g : agent_groups) groups.push_back(std::move(g));
+        }
+        // Rewards, per plain domain (agent samples are scored, or failed, by their environments).
+        std::map<std::string, std::vector<rollout::Sample*>> per_domain;
+        for (rollout::SampleGroup& g : groups) {
+            for (rollout::Sample& s : g.samples) {
+                if (by_name.at(s.domain)->agent()) {
+                    c.failed += !std::isfinite(s.reward);
+                } else {
+                    per_domain[s.domain].push_back(&s);
+                }
             }
         }
-    }
-    for (auto& [name, samples] : per_domain) {
-        std::vector<rewards::RewardInput> inputs;
-        for (const rollout::Sample* s : samples) {
-            const data::PromptItem& item = items.at(s->prompt_id);
-            inputs.push_back(
-                {.domain = name,
-                 .prompt_id = s->prompt_id,
-                 .prompt = item.prompt,
-                 .response = tokenizer_.decode(std::vector<int64_t>(s->response.begin(), s->response.end())),
-                 .response_tokens = static_cast<int64_t>(s->response.size()),
-                 .finish_reason = rollout::finish_reason_name(s->finish),
-                 .meta = item.meta});
+        for (auto& [name, samples] : per_domain) {
+            std::vector<rewards::RewardInput> inputs;
+            for (const rollout::Sample* s : samples) {
+                const data::PromptItem& item = items.at(s->prompt_id);
+                inputs.push_back(
+                    {.domain = name,
+                     .prompt_id = s->prompt_id,
+                     .prompt = item.prompt,
+                     .response = tokenizer_.decode(std::vector<int64_t>(s->response.begin(), s->response.end())),
+                     .response_tokens = static_cast<int64_t>(s->response.size()),
+                     .finish_reason = rollout::finish_reason_name(s->finish),
+                     .meta = item.meta});
+            }
+            const std::vector<rewards::ScoredSample> scores = by_name.at(name)->reward->score(inputs);
+            for (size_t i = 0; i < samples.size(); ++i) {
+                samples[i]->reward = scores[i].ok() ? static_cast<float>(scores[i].value) : std::nanf("");
+                c.failed += !scores[i].ok();
+            }
         }
-        const std::vector<rewards::ScoredSample> scores = by_name.at(name)->reward->score(inputs);
-        for (size_t i = 0; i < samples.size(); ++i) {
-            samples[i]->reward = scores[i].ok() ? static_cast<float>(scores[i].value) : std::nanf("");
-            failed += !scores[i].ok();
+        return groups;
+    };
+
+    RlStepResult out;
+    RolloutCounters counters;
+    if (!roles_.disaggregated) {
+        out.groups = roll_out(rank, counters);
+    } else if (roles_.rollout) {
+        // A rollout worker: each of its trainers' groups and counters, then the new weights (below).
+        for (int t = 0; t < trainers; ++t) {
+            if (!rolls_out_for(t)) continue;
+            RolloutCounters c;
+            const std::vector<rollout::SampleGroup> groups = roll_out(t, c);
+            comm_->send_bytes(rollout::serialize_groups(groups), t, kTagGroups);
+            comm_->send_bytes(c.encode(), t, kTagCounters);
         }
+        broadcast_weights(policy_, *comm_, 0);
+        return out;  // no metrics: run_stage averages the trainers'
+    } else {
+        const int from = trainers + rank % roles_.rollout_workers;
+        out.groups = rollout::deserialize_groups(comm_->recv_bytes(from, kTagGroups), absl::StrCat("rank ", from));
+        counters = RolloutCounters::decode(comm_->recv_bytes(from, kTagCounters), from);
     }
-    // 4. The GRPO update phase; every optimizer step averages gradients over the ranks first (the optimizer's
-    // reduce_and_clip).
+
+    // 3. The GRPO update phase; every optimizer step averages gradients over the trainer ranks first (the
+    // optimizer's reduce_and_clip).
     std::map<std::string, double> betas;
     for (const DomainRuntime& d : domains_) betas[d.name] = d.beta;
     const int64_t total_opt_steps = job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
@@ -178,8 +284,8 @@ RlStepResult RlStep::run(int64_t step) {
         optimizer_.zero_grad();
     };
     std::function<double(double)> denominator;  // one rank: grpo_loss's own count
-    if (comm_ != nullptr && comm_->size() > 1) {
-        denominator = [this](double count) { return data_parallel_denominator(count, comm_); };
+    if (train_comm_ != nullptr && train_comm_->size() > 1) {
+        denominator = [this](double count) { return data_parallel_denominator(count, train_comm_); };
     }
     const std::vector<grpo::Metrics> mb = grpo::grpo_update(policy_, reference_, out.groups, job_.grpo, betas,
                                                             ro.sampling.temperature, opt_step, denominator, balance_);
@@ -191,11 +297,13 @@ RlStepResult RlStep::run(int64_t step) {
     out.metrics["grad_norm"] = norm_mean;
     out.metrics["lr"] = lr_at(job_.trainer.optimizer, std::max<int64_t>(0, optimizer_.steps() - 1), total_opt_steps);
     out.metrics["skipped_steps"] = static_cast<double>(out.skipped_steps);
-    out.metrics["reward_failed"] = static_cast<double>(failed);
-    out.metrics["generated_tokens"] = static_cast<double>(gstats.generated_tokens);
-    if (agents != nullptr) add_agent_metrics(astats, comm_, out.metrics);
+    out.metrics["reward_failed"] = static_cast<double>(counters.failed);
+    out.metrics["generated_tokens"] = static_cast<double>(counters.generated_tokens);
+    if (counters.has_agent) add_agent_metrics(counters.agent, train_comm_, out.metrics);
     out.metrics.erase("update");
     out.metrics.erase("mini_batch");
+    // 4. Disaggregated: the trainers' new weights to the rollout workers (policy version step + 1).
+    if (roles_.disaggregated) broadcast_weights(policy_, *comm_, 0);
     return out;
 }
 

@@ -1,7 +1,10 @@
-// One step of the colocated mixed-RL loop (SPEC §5-7), on every rank: draw prompts from the domain mixture,
-// roll out G samples per prompt, score them with each domain's reward modules, then the GRPO update phase,
-// where each optimizer step averages gradients over the data-parallel ranks, clips them by global norm and
-// skips (and counts) a step whose gradients are not finite.
+// One step of the mixed-RL loop (SPEC §5-7): draw prompts from the domain mixture, roll out G samples per prompt,
+// score them with each domain's reward modules (an agent domain: its environment), then the GRPO update phase, where
+// each optimizer step averages gradients over the data-parallel ranks, clips them by global norm and skips (and
+// counts) a step whose gradients are not finite. Colocated, every rank does all of it for its slots of the global
+// batch. Disaggregated (issue 22, synchronous: dist.max_policy_lag 0), rollout rank T + j generates and scores the
+// slots of the trainer ranks t with t mod R = j and sends each its groups (serialized records) and rollout counters
+// over MPI; the trainers train; then trainer rank 0 broadcasts the new weights to every rank (policy version = step).
 //
 //   RlStep step(job, policy, &reference, tokenizer, domains, optimizer, &world);
 //   RlStepResult r = step.run(/*step=*/s);            // r.metrics: loss terms, rewards per domain, ...
@@ -22,6 +25,7 @@
 #include "trainer/agent_domains.h"
 #include "trainer/config.h"
 #include "trainer/optimizer.h"
+#include "trainer/stage_loop.h"
 
 namespace dsrl::trainer {
 
@@ -56,7 +60,8 @@ public:
            std::vector<DomainRuntime>& domains,
            AdamW& optimizer,
            const dist::Communicator* comm,
-           dsa::MoeBalance* balance = nullptr);
+           dsa::MoeBalance* balance = nullptr,
+           const Roles* roles = nullptr);
     /// Runs RL step `step` (0-based) of job.trainer.total_steps.
     RlStepResult run(int64_t step);
 
@@ -69,6 +74,8 @@ private:
     AdamW& optimizer_;
     const dist::Communicator* comm_;
     dsa::MoeBalance* balance_;
+    Roles roles_;
+    const dist::Communicator* train_comm_;  // the trainers' group (gradients, denominators, sums)
 };
 
 /// What a rank divides its local loss sum by so that, after the optimizer averages the gradients, the step is the

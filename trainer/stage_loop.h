@@ -45,6 +45,17 @@ private:
 
 /// What every stage shares: the job, its ranks and device, the policy and optimizer, the checkpoint state, the
 /// metrics log and the checkpoint writer (the job's, over every stage's cursors).
+/// Who does what (issue 22): colocated, every rank rolls out and trains; disaggregated (dist.mode), the first
+/// `trainers` ranks train and the last `rollout_workers` ranks generate and score groups for them.
+struct Roles {
+    bool disaggregated = false;
+    int trainers = 1;         ///< data-parallel training ranks (the world size when colocated)
+    int rollout_workers = 0;  ///< disaggregated: rollout ranks
+    bool rollout = false;     ///< this rank is a rollout worker
+    /// This rank's role group (the trainers' or the rollout workers'); the world when colocated.
+    const dist::Communicator* group = nullptr;
+};
+
 struct JobContext {
     const JobConfig& job;
     const dist::Communicator& comm;
@@ -64,6 +75,7 @@ struct JobContext {
     ExpertBalance* expert_balance = nullptr;
     /// What the stages' training forwards pass as ForwardOptions::balance (null without MoE layers).
     dsa::MoeBalance* balance() const;
+    Roles roles;
 };
 
 /// One step's outcome on this rank.

@@ -7,6 +7,7 @@
 #include <absl/strings/str_cat.h>
 
 #include <memory>
+#include <optional>
 
 #include "core/dist/groups.h"
 #include "core/error.h"
@@ -53,11 +54,30 @@ void check_supported(const JobConfig& job) {
                                            "indexer_warmup, sparse_train, grpo"));
         }
     }
-    // Keys the schema accepts for what later issues build; refusing them beats silently running otherwise.
+    // Disaggregated RL (issue 22): what this build runs of it — the synchronous schedule (max_policy_lag 0) of a GRPO
+    // job on data-parallel trainer ranks; the rest is refused, never silently run otherwise.
     if (job.dist.mode == DistMode::kDisaggregated) {
-        throw ConfigError(
-            "dist.mode: disaggregated rollout/trainer ranks are not implemented in this build; "
-            "use dist.mode: colocated (every rank rolls out, then trains)");
+        if (job.dist.rollout_ranks < 1) {
+            throw ConfigError(
+                "dist.rollout_ranks: dist.mode disaggregated needs at least one rollout rank (the last "
+                "rollout_ranks ranks generate, the others train)");
+        }
+        if (job.dist.max_policy_lag != 0) {
+            throw ConfigError(absl::StrCat(
+                "dist.max_policy_lag: ", job.dist.max_policy_lag,
+                " — asynchronous rollout (groups trained up to L policy versions after they were sampled) is not built "
+                "yet; this build runs disaggregated mode synchronously: set dist.max_policy_lag: 0"));
+        }
+        if (job.run.stages != std::vector<std::string>{"grpo"}) {
+            throw ConfigError(
+                "run.stages: dist.mode disaggregated runs a GRPO job: run.stages must be [grpo] (run "
+                "SFT or the DSA stages as a colocated job first, then start from its checkpoint)");
+        }
+        if (job.dist.expert_parallel_size > 1 || job.trainer.zero_stage > 0) {
+            throw ConfigError(absl::StrCat(
+                job.dist.expert_parallel_size > 1 ? "dist.expert_parallel_size" : "trainer.zero_stage",
+                ": not yet with dist.mode disaggregated (trainer ranks are plain data-parallel in this build)"));
+        }
     }
     if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
         throw ConfigError(
@@ -143,6 +163,27 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                             ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
                             : dsa::Model::load(job.model.path, job.model, device);
     // Expert parallelism: each rank keeps its share of the routed experts (the groups: core/dist/groups.h).
+    // Roles: colocated, all ranks do everything; disaggregated, ranks [0, T) train and [T, world) roll out.
+    Roles roles{.trainers = comm.size(), .group = &comm};
+    std::optional<dist::Communicator> role_group;
+    if (job.dist.mode == DistMode::kDisaggregated) {
+        const int64_t r = job.dist.rollout_ranks;
+        if (r >= comm.size()) {
+            throw ConfigError(absl::StrCat("dist.rollout_ranks: ", r,
+                                           " rollout ranks leave no trainer rank in a job of ", comm.size(),
+                                           " ranks (rollout_ranks must be below the world size)"));
+        }
+        roles.disaggregated = true;
+        roles.trainers = comm.size() - static_cast<int>(r);
+        roles.rollout_workers = static_cast<int>(r);
+        roles.rollout = rank >= roles.trainers;
+        role_group.emplace(comm.split(roles.rollout ? "rollout" : "trainers", roles.rollout ? 1 : 0, rank));
+        roles.group = &*role_group;
+        if (rank == 0) {
+            DSRL_LOG(info) << "disaggregated: ranks 0-" << roles.trainers - 1 << " train, ranks " << roles.trainers
+                           << "-" << comm.size() - 1 << " roll out (synchronous: max_policy_lag 0)";
+        }
+    }
     const bool expert_parallel = job.dist.expert_parallel_size > 1;
     const dist::StandardGroups groups =
         expert_parallel ? dist::make_standard_groups(comm, job.dist) : dist::StandardGroups{};
@@ -151,7 +192,8 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     for (dsa::NamedTensor& t : policy.named_tensors()) {
         if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    ShardOptions shard{.comm = &comm, .zero_stage = job.trainer.zero_stage};
+    // The optimizer averages over this rank's role group: the trainers (a rollout worker's is never stepped).
+    ShardOptions shard{.comm = roles.group, .zero_stage = job.trainer.zero_stage};
     if (expert_parallel) {
         shard.is_expert = dsa::is_routed_experts;
         shard.expert_comm = &groups.dp;
@@ -164,9 +206,10 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     state.world_size = comm.size();
     state.config_yaml = opt.config_yaml;
     JobContext ctx{job, comm, device, policy, optimizer, state};
+    ctx.roles = roles;
     ctx.dump_rollouts = opt.dump_rollouts;
     // The routing-bias update and expert-load metrics after every optimizer step of every stage.
-    ExpertBalance expert_balance(policy, job.moe, comm);
+    ExpertBalance expert_balance(policy, job.moe, *roles.group);
     optimizer.set_after_step([&expert_balance] { expert_balance.after_step(); });
     ctx.expert_balance = &expert_balance;
     std::vector<std::unique_ptr<Stage>> stages = make_stages(ctx, *tok);

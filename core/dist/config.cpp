@@ -9,19 +9,26 @@ namespace dsrl {
 using config::Binder;
 
 void bind(Binder& b, DistConfig& c) {
-    b.choice("mode", c.mode, {{"colocated", DistMode::kColocated}, {"disaggregated", DistMode::kDisaggregated}},
-             {.doc = "colocated: every rank rolls out then trains; disaggregated: rollout ranks stream groups to "
-                     "trainer ranks."});
+    b.choice(
+        "mode", c.mode, {{"colocated", DistMode::kColocated}, {"disaggregated", DistMode::kDisaggregated}},
+        {.doc = "colocated: every rank rolls out then trains; disaggregated: the last rollout_ranks ranks generate "
+                "and score groups for the trainer ranks, which train and broadcast the new weights back "
+                "(docs/distributed.md; synchronous, max_policy_lag 0, in this build)."});
     b.field("timeout_s", c.timeout_s,
             {.doc = "A collective stuck this long aborts the job, naming the operation and group.", .min = 1});
     b.field("expert_parallel_size", c.expert_parallel_size,
             {.doc = "Ranks sharing one MoE layer's routed experts (each holds n_routed_experts / this; it divides "
                     "the ranks and the experts).",
              .min = 1});
-    b.field("rollout_ranks", c.rollout_ranks,
-            {.doc = "disaggregated: the first N ranks are rollout workers.", .min = 0});
+    b.field(
+        "rollout_ranks", c.rollout_ranks,
+        {.doc = "disaggregated: the last N ranks are rollout workers (1 <= N < world size); rollout.prompts_per_step "
+                "counts per trainer rank.",
+         .min = 0});
     b.field("max_policy_lag", c.max_policy_lag,
-            {.doc = "disaggregated: maximum policy versions a sample may lag the trainer.", .min = 0});
+            {.doc = "disaggregated: maximum policy versions a sample may lag the trainer (0 = synchronous, the only "
+                    "value this build runs).",
+             .min = 0});
     if (b.reading() && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {
         b.fail("rollout_ranks", "rollout_ranks is only meaningful with mode: disaggregated");
     }

@@ -16,7 +16,7 @@ struct DistConfig {
     DistMode mode = DistMode::kColocated;
     int64_t timeout_s = 600;
     int64_t expert_parallel_size = 1;
-    int64_t rollout_ranks = 0;  ///< disaggregated: ranks [0, rollout_ranks) roll out, the rest train
+    int64_t rollout_ranks = 0;  ///< disaggregated: the last rollout_ranks ranks roll out, ranks [0, T) train
     int64_t max_policy_lag = 1;
 };
 

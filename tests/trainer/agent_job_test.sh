@@ -69,6 +69,23 @@ DSRL_FAULT_KILL=in_checkpoint:5 "$mpiexec" --oversubscribe -np 2 "$bin" --config
 "$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/killed.yaml" --resume auto >"$tmp/k2.log" 2>&1 ||
     { echo "FAIL: the resumed agent job failed"; tail -30 "$tmp/k2.log"; exit 1; }
 same_steps_and_weights "$tmp/run" "$tmp/killed" step-00000006 || exit 1
+# Another parallel layout of the same job: expert parallelism over the 2 ranks trains the same steps (multi-turn
+# rounds joined across the group's ranks) — every GRPO metric within 1e-4 of the data-parallel run's.
+sed "s|output_dir: $tmp/run|output_dir: $tmp/ep|" "$tmp/job.yaml" >"$tmp/ep.yaml"
+"$mpiexec" --oversubscribe -np 2 "$bin" --config "$tmp/ep.yaml" --set dist.expert_parallel_size=2 >"$tmp/ep.log" 2>&1 ||
+    { echo "FAIL: the agent job under expert parallelism failed"; tail -30 "$tmp/ep.log"; exit 1; }
+"$python" - "$tmp/run" "$tmp/ep" <<'PY' || exit 1
+import json, sys
+def grpo(d):
+    return [r for r in map(json.loads, open(f"{d}/metrics.jsonl")) if r.get("stage") == "grpo"]
+a, b = grpo(sys.argv[1]), grpo(sys.argv[2])
+assert len(a) == len(b) == 2, (len(a), len(b))
+for x, y in zip(a, b):
+    for k, v in x.items():
+        if isinstance(v, float) and "seconds" not in k and "per_s" not in k and not k.startswith("moe/"):
+            assert abs(v - y[k]) <= 1e-4 * max(1.0, abs(v)), f"step {x['step']} {k}: {v} vs {y[k]} under EP 2"
+print("expert parallelism 2: the same GRPO metrics as data parallelism")
+PY
 out=$(for f in "$tmp"/rollouts/*.dsrlroll; do "$tool" rollouts "$f" || echo "UNREADABLE $f"; done)
 echo "$out" | grep -q UNREADABLE && { echo "FAIL: dsrl_tool rollouts could not read an agent record"; exit 1; }
 echo "$out" | grep -q "trajectory: [1-9][0-9]* turns, [0-9]* tool calls" ||

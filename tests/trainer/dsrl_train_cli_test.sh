@@ -61,9 +61,19 @@ for cfg in "$(dirname "$0")"/../../configs/*.yaml; do
 done
 diff <("$bin" --config "$(dirname "$0")/../../configs/demo.yaml" --print-config) <("$bin" --print-config) >/dev/null ||
     { echo "FAIL configs/demo.yaml differs from the embedded defaults (dsrl_train --print-config)"; fail=1; }
-# Keys for later issues are refused before any compute, not silently ignored.
-expect_error disaggregated "dist.mode: disaggregated rollout/trainer ranks are not implemented" \
+# What disaggregated mode does not run yet is refused before any compute, not silently ignored (issue 22).
+expect_error disaggregated_lag "dist.max_policy_lag: 1 — asynchronous rollout" \
     --set dist.mode=disaggregated --set dist.rollout_ranks=1 --set run.output_dir="$tmp/dis"
+expect_error disaggregated_no_rollout "dist.rollout_ranks: dist.mode disaggregated needs at least one rollout rank" \
+    --set dist.mode=disaggregated --set dist.max_policy_lag=0 --set run.output_dir="$tmp/dis"
+expect_error disaggregated_stages "run.stages: dist.mode disaggregated runs a GRPO job" --set dist.mode=disaggregated \
+    --set dist.rollout_ranks=1 --set dist.max_policy_lag=0 --set run.output_dir="$tmp/dis"
+# The world size is known once the ranks are up: the error follows the bootstrap's log line.
+out=$("$bin" --set dist.mode=disaggregated --set dist.rollout_ranks=1 --set dist.max_policy_lag=0 \
+    --set 'run.stages=[grpo]' --set run.output_dir="$tmp/dis" 2>&1) &&
+    { echo "FAIL disaggregated_world: exit code 0"; fail=1; }
+grep -q "config error: dist.rollout_ranks: 1 rollout ranks leave no trainer rank in a job of 1 ranks" <<<"$out" ||
+    { echo "FAIL disaggregated_world: want the rollout_ranks error, got:"; echo "$out"; fail=1; }
 # One message per error under mpirun (every rank finds the same config error; rank 0 reports it), and the label is
 # the process's real rank even before MPI is up (from the launcher's environment).
 if [ -n "$mpiexec" ]; then
