@@ -70,7 +70,9 @@ RlStep::RlStep(const JobConfig& job,
       optimizer_(optimizer),
       comm_(comm),
       balance_(balance),
-      roles_(roles != nullptr ? *roles : Roles{.trainers = comm != nullptr ? comm->size() : 1, .group = comm}),
+      roles_(roles != nullptr && roles->disaggregated
+                 ? *roles
+                 : Roles{.trainers = comm != nullptr ? comm->size() : 1, .group = comm}),
       train_comm_(roles_.disaggregated ? roles_.group : comm) {
     // Gradients are averaged by the optimizer: one built without the trainers' group would let the ranks diverge.
     DSRL_INTERNAL_ASSERT(

@@ -158,7 +158,7 @@ bool run_stage(Stage& stage, JobContext& ctx) {
         ++done;
         ctx.state.skipped_steps += out.skipped_steps;
         std::map<std::string, double> m = reduce_metrics(out.metrics, ctx.comm);
-        meter.finish(m, stage.globalize(m, ctx.roles.trainers));
+        meter.finish(m, stage.globalize(m, ctx.data_parallel_size()));
         ctx.metrics->write(name, done, m);
         if (rank == 0 && (done % job.trainer.log_every == 0 || done == total)) {
             const double per_step =

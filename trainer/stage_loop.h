@@ -75,7 +75,9 @@ struct JobContext {
     ExpertBalance* expert_balance = nullptr;
     /// What the stages' training forwards pass as ForwardOptions::balance (null without MoE layers).
     dsa::MoeBalance* balance() const;
-    Roles roles;
+    Roles roles;  ///< set by run_job; a default (colocated) one means every rank of `comm` trains
+    /// The ranks that train data-parallel: the trainers when disaggregated, else every rank.
+    int data_parallel_size() const { return roles.disaggregated ? roles.trainers : comm.size(); }
 };
 
 /// One step's outcome on this rank.
