@@ -67,6 +67,7 @@ public:
         if (job.trainer.eval_prompts > 0) evaluator_ = std::make_unique<Evaluator>(job, tok_, "");
         rl_ = std::make_unique<RlStep>(job, ctx_.policy, ctx_.reference.get(), tok_, domains_, ctx_.optimizer,
                                        &ctx_.comm, ctx_.balance(), &ctx_.roles);
+        rl_->restore_queue(ctx_.state.cursors);  // a rollout worker's batches generated ahead, after a resume
         if (evaluator_ && fresh && !ctx_.state.cursors.count("eval_before")) {
             // The figures before RL are kept in the checkpoint state, so the final summary survives a resume.
             std::string before;
@@ -114,6 +115,7 @@ public:
 
     void save_cursors(std::map<std::string, std::string>& cursors) const override {
         for (const DomainRuntime& d : domains_) cursors["prompts." + d.name] = data::cursor_of(*d.sampler);
+        if (rl_) rl_->save_queue(cursors);
     }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
         for (DomainRuntime& d : domains_) data::restore_cursor(*d.sampler, cursors, "prompts." + d.name);

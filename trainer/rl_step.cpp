@@ -7,12 +7,14 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <absl/strings/escaping.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 #include <absl/strings/str_split.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 
@@ -159,47 +161,62 @@ RlStepResult RlStep::run(int64_t step) {
     // own slots; disaggregated, rollout worker j rolls out the slots of the trainers t with t mod R = j.
     std::vector<double> weights;
     for (const DomainRuntime& d : domains_) weights.push_back(d.weight);
-    uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", step));
     const auto rolls_out_for = [&](int t) {
         if (!roles_.disaggregated) return t == rank;
         return roles_.rollout && t % roles_.rollout_workers == rank - trainers;
     };
-    std::map<int, std::vector<rollout::Prompt>> prompts;   // by trainer rank
-    std::map<int, std::vector<rollout::AgentTask>> tasks;  // agent domains' prompts, by trainer rank
-    std::map<int64_t, data::PromptItem> items;             // by prompt id
     std::map<std::string, const DomainRuntime*> by_name;
     for (const DomainRuntime& d : domains_) by_name[d.name] = &d;
-    for (int64_t i = 0; i < trainers * per_rank; ++i) {
-        state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
-        DomainRuntime* chosen = &domains_[rng::weighted_index(weights, state)];
-        data::PromptItem item = chosen->sampler->next();
-        const int owner = static_cast<int>(i / per_rank);
-        if (!rolls_out_for(owner)) continue;  // another rank's slot
-        // Prompt ids unique within the job: (step, global slot).
-        const int64_t id = step * 100000007 + i;
-        if (chosen->agent()) {
-            tasks[owner].push_back({chosen->name, id, task_of(item), &chosen->agents->spec(chosen->name)});
-        } else {
-            const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
-            prompts[owner].push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+    struct Batch {
+        int64_t step = 0;
+        std::map<int, std::vector<rollout::Prompt>> prompts;   // by trainer rank
+        std::map<int, std::vector<rollout::AgentTask>> tasks;  // agent domains' prompts, by trainer rank
+        std::map<int64_t, data::PromptItem> items;             // by prompt id
+    };
+    // The global batch of step `s` (advancing every domain's sampler), keeping this rank's slots to roll out.
+    const auto draw = [&](int64_t s) {
+        Batch b;
+        b.step = s;
+        uint64_t state = rng::derive_seed(job_.run.seed, 0, absl::StrCat("mixture.", s));
+        for (int64_t i = 0; i < trainers * per_rank; ++i) {
+            state = rng::mix64(state + 0x9E3779B97F4A7C15ull);
+            DomainRuntime* chosen = &domains_[rng::weighted_index(weights, state)];
+            data::PromptItem item = chosen->sampler->next();
+            const int owner = static_cast<int>(i / per_rank);
+            if (!rolls_out_for(owner)) continue;  // another rank's slot
+            // Prompt ids unique within the job: (step, global slot).
+            const int64_t id = s * 100000007 + i;
+            if (chosen->agent()) {
+                b.tasks[owner].push_back({chosen->name, id, task_of(item), &chosen->agents->spec(chosen->name)});
+            } else {
+                const std::vector<int64_t> toks = data::prompt_ids(tokenizer_, item, chosen->sampler->source().name());
+                b.prompts[owner].push_back({chosen->name, id, std::vector<int32_t>(toks.begin(), toks.end())});
+            }
+            item.domain = chosen->name;
+            b.items[id] = std::move(item);
         }
-        item.domain = chosen->name;
-        items[id] = std::move(item);
-    }
+        return b;
+    };
+    Batch current = draw(step);
     const AgentEnvironments* agents = nullptr;
     for (const DomainRuntime& d : domains_) {
         if (d.agents != nullptr && d.agents->any()) agents = d.agents.get();
     }
 
     // 2. Rollout and rewards of one trainer rank's slots.
+    // The weights are those of policy version `step` (the updates of steps 0..step-1); a batch's seeds are its own
+    // step's, so the same batch generated at another version differs only through the weights.
     rollout::GenerateOptions gopt{.sampling = ro.sampling,
                                   .max_new_tokens = ro.max_new_tokens,
                                   .stop = ro.stop,
                                   .max_batch_size = ro.max_batch_size,
                                   .policy_version = step,
                                   .record_indexer = ro.record_indexer};
-    const uint64_t rollout_seed = rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", step));
-    const auto roll_out = [&](int t, RolloutCounters& c) {
+    const auto roll_out = [&](Batch& batch, int t, RolloutCounters& c) {
+        auto& prompts = batch.prompts;
+        auto& tasks = batch.tasks;
+        auto& items = batch.items;
+        const uint64_t rollout_seed = rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", batch.step));
         rollout::GenerationStats gstats;
         std::vector<rollout::SampleGroup> groups =
             rollout::generate_groups(policy_, tokenizer_, prompts[t], ro.group_size, gopt, rollout_seed, &gstats);
@@ -250,22 +267,65 @@ RlStepResult RlStep::run(int64_t step) {
     RlStepResult out;
     RolloutCounters counters;
     if (!roles_.disaggregated) {
-        out.groups = roll_out(rank, counters);
+        out.groups = roll_out(current, rank, counters);
     } else if (roles_.rollout) {
-        // A rollout worker: each of its trainers' groups and counters, then the new weights (below).
-        for (int t = 0; t < trainers; ++t) {
-            if (!rolls_out_for(t)) continue;
-            RolloutCounters c;
-            const std::vector<rollout::SampleGroup> groups = roll_out(t, c);
-            comm_->send_bytes(rollout::serialize_groups(groups), t, kTagGroups);
-            comm_->send_bytes(c.encode(), t, kTagCounters);
+        // A rollout worker. Batches are generated up to max_policy_lag steps ahead (queue_), each with the weights it
+        // has then, so batch b is trained at version <= its own + L; a batch missing from the queue (the first steps,
+        // or after a resume whose checkpoint had none queued) is generated now.
+        const int64_t lag = job_.dist.max_policy_lag;
+        const int64_t total = job_.trainer.total_steps;
+        const auto generate_batch = [&](Batch& b) {
+            std::map<int, Queued>& q = queue_[b.step];
+            for (int t = 0; t < trainers; ++t) {
+                if (!rolls_out_for(t)) continue;
+                RolloutCounters c;
+                q[t] = {rollout::serialize_groups(roll_out(b, t, c)), c.encode()};
+            }
+        };
+        // Batches of later steps are drawn without moving the samplers (every rank's cursors stay at this step).
+        const auto peek = [&](int64_t s) {
+            std::vector<data::SamplerState> saved;
+            for (const DomainRuntime& d : domains_) saved.push_back(d.sampler->state());
+            Batch b;
+            for (int64_t k = step + 1; k <= s; ++k) b = draw(k);
+            for (size_t i = 0; i < domains_.size(); ++i) domains_[i].sampler->restore(saved[i]);
+            return b;
+        };
+        if (queue_.count(step) == 0) generate_batch(current);
+        for (int64_t s = step + 1; s < std::min(step + lag, total); ++s) {
+            if (queue_.count(s) == 0) {
+                Batch b = peek(s);
+                generate_batch(b);
+            }
+        }
+        for (const auto& [t, q] : queue_.at(step)) {
+            comm_->send_bytes(q.groups, t, kTagGroups);
+            comm_->send_bytes(q.counters, t, kTagCounters);
+        }
+        queue_.erase(step);
+        // While the trainers train this step: the batch `lag` steps ahead, at this version.
+        if (lag > 0 && step + lag < total && queue_.count(step + lag) == 0) {
+            Batch b = peek(step + lag);
+            generate_batch(b);
         }
         broadcast_weights(policy_, *comm_, 0);
         return out;  // no metrics: run_stage averages the trainers'
     } else {
         const int from = trainers + rank % roles_.rollout_workers;
+        const auto t0 = std::chrono::steady_clock::now();
         out.groups = rollout::deserialize_groups(comm_->recv_bytes(from, kTagGroups), absl::StrCat("rank ", from));
         counters = RolloutCounters::decode(comm_->recv_bytes(from, kTagCounters), from);
+        // The trainer's idle time: waiting for its rollout worker's groups.
+        out.metrics["trainer_wait_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        // Staleness: how many versions behind this step's policy the groups were sampled.
+        double lag_sum = 0, n = 0;
+        for (const rollout::SampleGroup& g : out.groups) {
+            for (const rollout::Sample& smp : g.samples) {
+                lag_sum += static_cast<double>(step - smp.policy_version);
+                n += 1;
+            }
+        }
+        out.metrics["staleness_mean"] = n > 0 ? lag_sum / n : 0.0;
     }
 
     // 3. The GRPO update phase; every optimizer step averages gradients over the trainer ranks first (the
@@ -307,6 +367,43 @@ RlStepResult RlStep::run(int64_t step) {
     // 4. Disaggregated: the trainers' new weights to the rollout workers (policy version step + 1).
     if (roles_.disaggregated) broadcast_weights(policy_, *comm_, 0);
     return out;
+}
+
+void RlStep::save_queue(std::map<std::string, std::string>& cursors) const {
+    if (!roles_.rollout) return;
+    // "step trainer groups_len counters_len\n" then the bytes, per entry; base64 in the cursor file.
+    std::string text;
+    for (const auto& [step, per] : queue_) {
+        for (const auto& [t, q] : per) {
+            absl::StrAppend(&text, step, " ", t, " ", q.groups.size(), " ", q.counters.size(), "\n", q.groups,
+                            q.counters);
+        }
+    }
+    cursors["rollout_queue"] = absl::Base64Escape(text);
+}
+
+void RlStep::restore_queue(const std::map<std::string, std::string>& cursors) {
+    queue_.clear();
+    const auto it = cursors.find("rollout_queue");
+    if (!roles_.rollout || it == cursors.end()) return;
+    std::string text;
+    if (!absl::Base64Unescape(it->second, &text))
+        throw CheckpointError("checkpoint cursor 'rollout_queue' is not base64");
+    size_t pos = 0;
+    while (pos < text.size()) {
+        const size_t nl = text.find('\n', pos);
+        int64_t step = 0, t = 0, ng = 0, nc = 0;
+        const std::vector<std::string> head =
+            absl::StrSplit(text.substr(pos, nl == std::string::npos ? 0 : nl - pos), ' ');
+        if (nl == std::string::npos || head.size() != 4 || !absl::SimpleAtoi(head[0], &step) ||
+            !absl::SimpleAtoi(head[1], &t) || !absl::SimpleAtoi(head[2], &ng) || !absl::SimpleAtoi(head[3], &nc) ||
+            ng < 0 || nc < 0 || nl + 1 + static_cast<size_t>(ng + nc) > text.size()) {
+            throw CheckpointError("checkpoint cursor 'rollout_queue' is malformed");
+        }
+        queue_[step][static_cast<int>(t)] = {text.substr(nl + 1, static_cast<size_t>(ng)),
+                                             text.substr(nl + 1 + static_cast<size_t>(ng), static_cast<size_t>(nc))};
+        pos = nl + 1 + static_cast<size_t>(ng + nc);
+    }
 }
 
 }  // namespace dsrl::trainer

@@ -64,6 +64,10 @@ public:
            const Roles* roles = nullptr);
     /// Runs RL step `step` (0-based) of job.trainer.total_steps.
     RlStepResult run(int64_t step);
+    /// A rollout worker's batches generated ahead (dist.max_policy_lag >= 1) in / from the checkpoint's cursors, so a
+    /// resumed job trains the groups the uninterrupted one would.
+    void save_queue(std::map<std::string, std::string>& cursors) const;
+    void restore_queue(const std::map<std::string, std::string>& cursors);
 
 private:
     const JobConfig& job_;
@@ -76,6 +80,11 @@ private:
     dsa::MoeBalance* balance_;
     Roles roles_;
     const dist::Communicator* train_comm_;  // the trainers' group (gradients, denominators, sums)
+    struct Queued {
+        std::string groups;    // serialized records, one trainer's slots
+        std::string counters;  // RolloutCounters::encode
+    };
+    std::map<int64_t, std::map<int, Queued>> queue_;  // rollout worker: step -> trainer -> its batch
 };
 
 /// What a rank divides its local loss sum by so that, after the optimizer averages the gradients, the step is the

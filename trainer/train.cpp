@@ -54,19 +54,13 @@ void check_supported(const JobConfig& job) {
                                            "indexer_warmup, sparse_train, grpo"));
         }
     }
-    // Disaggregated RL (issue 22): what this build runs of it — the synchronous schedule (max_policy_lag 0) of a GRPO
-    // job on data-parallel trainer ranks; the rest is refused, never silently run otherwise.
+    // Disaggregated RL (issue 22): what this build runs of it — a GRPO job on data-parallel trainer ranks, synchronous
+    // (max_policy_lag 0) or pipelined (L >= 1); the rest is refused, never silently run otherwise.
     if (job.dist.mode == DistMode::kDisaggregated) {
         if (job.dist.rollout_ranks < 1) {
             throw ConfigError(
                 "dist.rollout_ranks: dist.mode disaggregated needs at least one rollout rank (the last "
                 "rollout_ranks ranks generate, the others train)");
-        }
-        if (job.dist.max_policy_lag != 0) {
-            throw ConfigError(absl::StrCat(
-                "dist.max_policy_lag: ", job.dist.max_policy_lag,
-                " — asynchronous rollout (groups trained up to L policy versions after they were sampled) is not built "
-                "yet; this build runs disaggregated mode synchronously: set dist.max_policy_lag: 0"));
         }
         if (job.run.stages != std::vector<std::string>{"grpo"}) {
             throw ConfigError(
@@ -181,7 +175,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         roles.group = &*role_group;
         if (rank == 0) {
             DSRL_LOG(info) << "disaggregated: ranks 0-" << roles.trainers - 1 << " train, ranks " << roles.trainers
-                           << "-" << comm.size() - 1 << " roll out (synchronous: max_policy_lag 0)";
+                           << "-" << comm.size() - 1 << " roll out (max_policy_lag " << job.dist.max_policy_lag << ")";
         }
     }
     const bool expert_parallel = job.dist.expert_parallel_size > 1;

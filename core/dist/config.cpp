@@ -26,8 +26,8 @@ void bind(Binder& b, DistConfig& c) {
                 "counts per trainer rank.",
          .min = 0});
     b.field("max_policy_lag", c.max_policy_lag,
-            {.doc = "disaggregated: maximum policy versions a sample may lag the trainer (0 = synchronous, the only "
-                    "value this build runs).",
+            {.doc = "disaggregated: the rollout workers generate this many steps ahead, so a group sampled at policy "
+                    "version v is trained at version <= v + max_policy_lag (0 = synchronous).",
              .min = 0});
     if (b.reading() && c.mode == DistMode::kColocated && c.rollout_ranks != 0) {
         b.fail("rollout_ranks", "rollout_ranks is only meaningful with mode: disaggregated");

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Disaggregated RL (issue 22), synchronous (dist.max_policy_lag 0) on CPU ranks: 1 rollout rank + 2 trainer ranks, and
+# Disaggregated RL (issue 22) on CPU ranks. Synchronous (dist.max_policy_lag 0): 1 rollout rank + 2 trainer ranks, and
 # 2 + 2, reproduce a colocated 2-rank GRPO job — every metrics.jsonl row within 1e-5 (timings aside) and the final
-# weights equal; a disaggregated run SIGKILLed in its second checkpoint and resumed trains exactly the uninterrupted
-# run's prompt ids (each once) and ends with its weights bit for bit.
+# weights equal. Pipelined (L = 1, 2): staleness per step 0, 1, 1 / 0, 1, 2, off-policy ratios, the same prompt ids.
+# Runs SIGKILLed in their second checkpoint and resumed (L = 0 and 1) train exactly the uninterrupted runs' prompt ids
+# (each once) and end with their weights bit for bit.
 # Usage: disaggregated_test.sh path/to/dsrl_train path/to/dsrl_tool MPIEXEC PYTHON
 set -u
 source "$(dirname "$0")/crash_checks.sh"
@@ -16,7 +17,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 job=(--set 'run.stages=[grpo]' --set trainer.total_steps=3 --set trainer.eval_prompts=8 --set trainer.eval_every=2
      --set trainer.tensorboard=false --set rollout.prompts_per_step=2 --set rollout.group_size=4
      --set rollout.max_new_tokens=12 --set trainer.checkpoint.every_steps=1 --set trainer.checkpoint.keep_last=3
-     --set 'domains[1].beta=0.01')
+     --set 'domains[1].beta=0.01' --set 'domains[0].rewards[0].module=length_penalty'
+     --set 'domains[0].rewards[0].params={target: "4"}')
 dis=(--set dist.mode=disaggregated --set dist.max_policy_lag=0)
 run() { local np=$1 out=$2; shift 2; "$mpiexec" --oversubscribe -np "$np" "$bin" "${job[@]}" --set "run.output_dir=$out" "$@"; }
 run 2 "$tmp/colo" --dump-rollouts "$tmp/colo_rollouts" >"$tmp/colo.log" 2>&1 ||
@@ -54,12 +56,34 @@ PY
 }
 compare "$tmp/colo" "$tmp/d1" "1 rollout + 2 trainer ranks" || exit 1
 compare "$tmp/colo" "$tmp/d2" "2 rollout + 2 trainer ranks" || exit 1
+# Pipelined (max_policy_lag L >= 1): the rollout worker generates L steps ahead while the trainers train. Groups are
+# trained at most L versions after they were sampled (the first steps less), every prompt id once.
+run 3 "$tmp/l1" --set dist.mode=disaggregated --set dist.max_policy_lag=1 --set dist.rollout_ranks=1 \
+    --dump-rollouts "$tmp/l1_rollouts" >"$tmp/l1.log" 2>&1 ||
+    { echo "FAIL: the disaggregated run at max_policy_lag 1 failed"; tail -20 "$tmp/l1.log"; exit 1; }
+run 3 "$tmp/l2" --set dist.mode=disaggregated --set dist.max_policy_lag=2 --set dist.rollout_ranks=1 \
+    >"$tmp/l2.log" 2>&1 || { echo "FAIL: the disaggregated run at max_policy_lag 2 failed"; tail -20 "$tmp/l2.log"; exit 1; }
+"$python" - "$tmp/colo" "$tmp/l1" "$tmp/l2" <<'PY' || exit 1
+import json, sys
+def grpo(d):
+    return [r for r in map(json.loads, open(f"{d}/metrics.jsonl")) if r["stage"] == "grpo"]
+colo, l1, l2 = (grpo(d) for d in sys.argv[1:])
+assert [r["staleness_mean"] for r in l1] == [0, 1, 1], [r["staleness_mean"] for r in l1]
+assert [r["staleness_mean"] for r in l2] == [0, 1, 2], [r["staleness_mean"] for r in l2]
+# Off-policy from the second step on: the trained policy differs from the one that sampled (ratio != 1), and the run
+# departs from the synchronous one.
+assert abs(l1[1]["ratio_mean"] - 1) > 1e-7 or abs(l1[2]["ratio_mean"] - 1) > 1e-7, l1
+assert abs(l1[0]["loss"] - colo[0]["loss"]) < 1e-6, "the first step (nothing to lag) must equal the colocated one"
+print("max_policy_lag 1 / 2: staleness per step", [r["staleness_mean"] for r in l1], [r["staleness_mean"] for r in l2])
+PY
 # The records the trainers received: the same prompt ids as the colocated run's, each once.
 ids() { for f in "$1"/*.dsrlroll; do "$tool" rollouts "$f"; done | sed -n 's/^group [0-9]*: domain .*, prompt id \([0-9]*\),.*/\1/p' | sort; }
 [ -n "$(ids "$tmp/colo_rollouts")" ] || { echo "FAIL: no prompt ids in the colocated records"; exit 1; }
 [ "$(ids "$tmp/colo_rollouts")" = "$(ids "$tmp/d1_rollouts")" ] ||
     { echo "FAIL: the disaggregated trainers received other prompt ids than the colocated ranks"; exit 1; }
 [ -z "$(ids "$tmp/d1_rollouts" | uniq -d)" ] || { echo "FAIL: a prompt id was trained twice"; exit 1; }
+[ "$(ids "$tmp/colo_rollouts")" = "$(ids "$tmp/l1_rollouts")" ] ||
+    { echo "FAIL: at max_policy_lag 1 the trainers received other prompt ids than the colocated ranks"; exit 1; }
 # Kill in the job-step-2 checkpoint, resume: the uninterrupted disaggregated run's steps and weights, prompt ids once.
 DSRL_FAULT_KILL=in_checkpoint:2 run 3 "$tmp/k" "${dis[@]}" --set dist.rollout_ranks=1 \
     --dump-rollouts "$tmp/k_rollouts" >"$tmp/k1.log" 2>&1 && { echo "FAIL: the killed run exited 0"; exit 1; }
@@ -97,4 +121,11 @@ for x, y in zip(a, b):
             assert abs(v - y[k]) <= 1e-5, f"step {x['step']} {k}: {v} vs {y[k]}"
 print("agent domains: disaggregated = colocated")
 PY
-echo "PASS: disaggregated = colocated (1+2 and 2+2 ranks, agent domains too); killed and resumed: the same prompts once, the same weights"
+# Kill + resume at max_policy_lag 1: the batch generated ahead is part of the checkpoint (the rollout worker's cursor
+# file), so the resumed run trains what the uninterrupted one did, bit for bit.
+DSRL_FAULT_KILL=in_checkpoint:2 run 3 "$tmp/kl" --set dist.mode=disaggregated --set dist.max_policy_lag=1 \
+    --set dist.rollout_ranks=1 >"$tmp/kl1.log" 2>&1 && { echo "FAIL: the killed lag-1 run exited 0"; exit 1; }
+run 3 "$tmp/kl" --set dist.mode=disaggregated --set dist.max_policy_lag=1 --set dist.rollout_ranks=1 --resume auto \
+    >"$tmp/kl2.log" 2>&1 || { echo "FAIL: the resumed lag-1 run failed"; tail -20 "$tmp/kl2.log"; exit 1; }
+same_steps_and_weights "$tmp/l1" "$tmp/kl" step-00000003 || exit 1
+echo "PASS: disaggregated = colocated (1+2 and 2+2 ranks, agent domains too); lag 1 and 2 pipelined; killed and resumed (lag 0 and 1): the same prompts once, the same weights"
