@@ -29,6 +29,9 @@ std::vector<ToolRound> tool_rounds(const Json& messages);
 /// `messages` without the oldest ceil(fraction × rounds) tool rounds (fraction in [0, 1]: 0.75 is Discard-75%, 1 is
 /// Discard-all); `removed` (when given) receives how many rounds went.
 Json discard_tool_rounds(const Json& messages, double fraction, int64_t* removed = nullptr);
+/// The same on key-ordered JSON (the chat formats' layout: tool arguments keep their order when re-rendered).
+using OrderedJson = nlohmann::ordered_json;
+OrderedJson discard_tool_rounds(const OrderedJson& messages, double fraction, int64_t* removed = nullptr);
 
 /// True when `tokens` exceed `threshold` × `window` (the trigger of context management).
 bool context_exceeded(int64_t tokens, int64_t window, double threshold);

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <set>
 #include <thread>
 
 #include "agent/context.h"
@@ -64,6 +63,8 @@ OJson conversation(const OJson& messages, const OJson& tools) {
     return c;
 }
 
+std::vector<int32_t> to_i32(const std::vector<int64_t>& ids) { return {ids.begin(), ids.end()}; }
+
 // One trajectory's state.
 struct Trajectory {
     const AgentTask* task = nullptr;
@@ -96,6 +97,15 @@ struct Trajectory {
     agent::Json answer;
     std::string step_error;
 
+    // A new context (a discard or a summary): `messages` rendered as the prompt, nothing generated in it yet.
+    void restart(const text::Tokenizer& tok) {
+        ctx = to_i32(text::render_conversation(tok, conversation(messages, tools)).ids);
+        resp.clear();
+        mask.clear();
+        logp.clear();
+        kept.clear();
+        ++events;
+    }
     void end(FinishReason why) {
         finish = why;
         active = false;
@@ -105,8 +115,6 @@ struct Trajectory {
         active = false;
     }
 };
-
-std::vector<int32_t> to_i32(const std::vector<int64_t>& ids) { return {ids.begin(), ids.end()}; }
 
 // The one-token sample of a trajectory that failed before the model's first turn: BOS, no response, routes and
 // key sets of that one token, so it packs with the others and carries no loss.
@@ -309,12 +317,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
                                        {"content", absl::StrCat("Summary of the work so far:\n", summary,
                                                                 "\n\nContinue the task from this summary.")}});
                 tr.full.push_back(tr.messages.back());
-                tr.ctx = to_i32(text::render_conversation(tokenizer, conversation(tr.messages, tr.tools)).ids);
-                tr.resp.clear();
-                tr.mask.clear();
-                tr.logp.clear();
-                tr.kept.clear();
-                ++tr.events;
+                tr.restart(tokenizer);
                 if (static_cast<int64_t>(tr.ctx.size()) + 1 >= window) tr.end(FinishReason::kContext);
                 continue;
             }
@@ -407,20 +410,12 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
             bool reset = false;
             if (agent::context_exceeded(total, window, threshold)) {
                 if (opt.context == ContextStrategy::kDiscard75 || opt.context == ContextStrategy::kDiscardAll) {
-                    const double fraction = opt.context == ContextStrategy::kDiscard75 ? 0.75 : 1.0;
-                    const std::vector<agent::ToolRound> rounds = agent::tool_rounds(unordered(tr.messages));
-                    const size_t drop = static_cast<size_t>(std::ceil(fraction * static_cast<double>(rounds.size())));
-                    if (drop > 0) {
-                        std::set<size_t> gone;
-                        for (size_t r = 0; r < drop; ++r) {
-                            for (size_t m = rounds[r].first; m <= rounds[r].last; ++m) gone.insert(m);
-                        }
-                        OJson kept = OJson::array();
-                        for (size_t m = 0; m < tr.messages.size(); ++m) {
-                            if (gone.count(m) == 0) kept.push_back(tr.messages[m]);
-                        }
+                    int64_t removed = 0;
+                    OJson kept = agent::discard_tool_rounds(
+                        tr.messages, opt.context == ContextStrategy::kDiscard75 ? 0.75 : 1.0, &removed);
+                    if (removed > 0) {  // nothing to drop: as none
                         tr.messages = std::move(kept);
-                        tr.ctx = to_i32(text::render_conversation(tokenizer, conversation(tr.messages, tr.tools)).ids);
+                        tr.restart(tokenizer);
                         reset = true;
                     }
                 } else if (opt.context == ContextStrategy::kSummary) {
@@ -436,13 +431,7 @@ std::vector<SampleGroup> generate_agent_groups(const dsa::Model& model,
                     continue;  // the next round generates the summary
                 }
             }
-            if (reset) {
-                tr.resp.clear();
-                tr.mask.clear();
-                tr.logp.clear();
-                tr.kept.clear();
-                ++tr.events;
-            } else {
+            if (!reset) {
                 tr.resp.insert(tr.resp.end(), env_ids.begin(), env_ids.end());
                 tr.mask.insert(tr.mask.end(), env_ids.size(), 0);
                 tr.logp.insert(tr.logp.end(), env_ids.size(), 0.0f);

@@ -70,9 +70,7 @@ public:
         rl_->restore_queue(ctx_.state.cursors);  // a rollout worker's batches generated ahead, after a resume
         if (evaluator_ && fresh && !ctx_.state.cursors.count("eval_before")) {
             // The figures before RL are kept in the checkpoint state, so the final summary survives a resume.
-            std::string before;
-            for (const auto& [k, v] : evaluate(0, "before RL")) absl::StrAppendFormat(&before, "%s %.17g\n", k, v);
-            ctx_.state.cursors["eval_before"] = before;
+            ctx_.state.cursors["eval_before"] = metrics_text(evaluate(0, "before RL"));
         }
     }
 
@@ -141,13 +139,7 @@ private:
         if (ctx_.comm.rank() != 0) return;
         std::map<std::string, double> before;
         if (const auto it = ctx_.state.cursors.find("eval_before"); it != ctx_.state.cursors.end()) {
-            for (absl::string_view line : absl::StrSplit(it->second, '\n', absl::SkipEmpty())) {
-                const size_t sp = line.rfind(' ');
-                double v = 0;
-                if (sp != absl::string_view::npos && absl::SimpleAtod(line.substr(sp + 1), &v)) {
-                    before[std::string(line.substr(0, sp))] = v;
-                }
-            }
+            before = parse_metrics_text(it->second);
         }
         nlohmann::json j;
         std::printf("[eval] accuracy before -> after RL (%ld held-out prompts per domain, greedy):\n",

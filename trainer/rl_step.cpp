@@ -94,24 +94,23 @@ struct RolloutCounters {
 
     std::string encode() const {
         const rollout::MultiTurnStats& a = agent;
-        return absl::StrCat("generated_tokens ", generated_tokens, "\nfailed ", failed, "\nhas_agent ",
-                            has_agent ? 1 : 0, "\ntrajectories ", a.trajectories, "\nturns ", a.turns, "\ntool_calls ",
-                            a.tool_calls, "\ncontext_events ", a.context_events, "\nenv_errors ", a.env_errors,
-                            "\ntool_limit ", a.tool_limit, "\ncontext_limit ", a.context_limit, "\nparallel_discarded ",
-                            a.parallel_discarded, "\nuntrained_tokens ", a.untrained_tokens, "\nenv_tokens ",
-                            a.env_tokens, "\nenv_seconds ", absl::StrFormat("%.17g", a.env_seconds), "\n");
+        return metrics_text({{"generated_tokens", generated_tokens},
+                             {"failed", failed},
+                             {"has_agent", has_agent ? 1 : 0},
+                             {"trajectories", a.trajectories},
+                             {"turns", a.turns},
+                             {"tool_calls", a.tool_calls},
+                             {"context_events", a.context_events},
+                             {"env_errors", a.env_errors},
+                             {"tool_limit", a.tool_limit},
+                             {"context_limit", a.context_limit},
+                             {"parallel_discarded", a.parallel_discarded},
+                             {"untrained_tokens", a.untrained_tokens},
+                             {"env_tokens", a.env_tokens},
+                             {"env_seconds", a.env_seconds}});
     }
     static RolloutCounters decode(const std::string& text, int from) {
-        std::map<std::string, double> kv;
-        for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-            const size_t sp = line.rfind(' ');
-            double v = 0;
-            if (sp == absl::string_view::npos || !absl::SimpleAtod(line.substr(sp + 1), &v)) {
-                throw DistError(absl::StrCat("disaggregated: malformed rollout counters from rank ", from, ": '",
-                                             std::string(line), "'"));
-            }
-            kv[std::string(line.substr(0, sp))] = v;
-        }
+        const std::map<std::string, double> kv = parse_metrics_text(text);
         const auto get = [&](const char* k) {
             const auto it = kv.find(k);
             if (it == kv.end()) throw DistError(absl::StrCat("disaggregated: rank ", from, " sent no '", k, "'"));

@@ -106,20 +106,31 @@ void install_stop_handlers() {
     std::signal(SIGUSR1, on_signal);  // what mpirun forwards to every rank (scripts/dsrl_mpirun sends it)
 }
 
+std::string metrics_text(const std::map<std::string, double>& m) {
+    std::string text;
+    for (const auto& [k, v] : m) absl::StrAppendFormat(&text, "%s %.17g\n", k, v);
+    return text;
+}
+
+std::map<std::string, double> parse_metrics_text(std::string_view text) {
+    std::map<std::string, double> out;
+    for (absl::string_view line :
+         absl::StrSplit(absl::string_view(text.data(), text.size()), '\n', absl::SkipEmpty())) {
+        const size_t sp = line.rfind(' ');
+        double v = 0;
+        if (sp == absl::string_view::npos || !absl::SimpleAtod(line.substr(sp + 1), &v)) continue;
+        out[std::string(line.substr(0, sp))] = v;
+    }
+    return out;
+}
+
 std::map<std::string, double> reduce_metrics(const std::map<std::string, double>& local,
                                              const dist::Communicator& comm) {
     if (comm.size() <= 1) return local;
-    // Text lines "key value" (NaN and Inf survive, unlike JSON numbers).
-    std::string text;
-    for (const auto& [k, v] : local) absl::StrAppendFormat(&text, "%s %.17g\n", k, v);
     std::map<std::string, double> sum;
     std::map<std::string, int> count;
-    for (const std::string& s : comm.all_gather_bytes(text)) {
-        for (absl::string_view line : absl::StrSplit(s, '\n', absl::SkipEmpty())) {
-            const size_t sp = line.rfind(' ');
-            double v = 0;
-            if (sp == absl::string_view::npos || !absl::SimpleAtod(line.substr(sp + 1), &v)) continue;
-            const std::string key(line.substr(0, sp));
+    for (const std::string& s : comm.all_gather_bytes(metrics_text(local))) {
+        for (const auto& [key, v] : parse_metrics_text(s)) {
             sum[key] += v;
             ++count[key];
         }

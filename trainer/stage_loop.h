@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <c10/core/Device.h>
 
@@ -79,6 +80,11 @@ struct JobContext {
     /// The ranks that train data-parallel: the trainers when disaggregated, else every rank.
     int data_parallel_size() const { return roles.disaggregated ? roles.trainers : comm.size(); }
 };
+
+/// Metrics as text lines "key value" (%.17g: NaN and Inf survive, unlike JSON numbers) and back; a malformed line is
+/// skipped. What ranks exchange (reduce_metrics, a rollout worker's counters) and checkpoint cursors keep.
+std::string metrics_text(const std::map<std::string, double>& m);
+std::map<std::string, double> parse_metrics_text(std::string_view text);
 
 /// One step's outcome on this rank.
 struct StepOutput {
