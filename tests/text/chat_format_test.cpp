@@ -195,7 +195,7 @@ TEST(ChatFormatTest, RoundTripsTheFixturesAssistantTurns) {
         const ParsedMessage m = fmt->parse(s.text, {.thinking = shows_reasoning}, /*strict=*/true);
         EXPECT_EQ(m.content, want.value("content", ""));
         if (shows_reasoning) {
-            EXPECT_EQ(m.reasoning_content, want["reasoning_content"]);
+            EXPECT_EQ(m.reasoning_content, want["reasoning_content"].get<std::string>());
         }
         const size_t n = want.contains("tool_calls") ? want["tool_calls"].size() : 0;
         ASSERT_EQ(m.tool_calls.size(), n);
