@@ -200,7 +200,7 @@ TEST(ChatFormatTest, RoundTripsTheFixturesAssistantTurns) {
         const size_t n = want.contains("tool_calls") ? want["tool_calls"].size() : 0;
         ASSERT_EQ(m.tool_calls.size(), n);
         for (size_t i = 0; i < n; ++i) {
-            EXPECT_EQ(m.tool_calls[i].name, want["tool_calls"][i]["function"]["name"]);
+            EXPECT_EQ(m.tool_calls[i].name, want["tool_calls"][i]["function"]["name"].get<std::string>());
             EXPECT_EQ(m.tool_calls[i].arguments,
                       OrderedJson::parse(want["tool_calls"][i]["function"]["arguments"].get<std::string>()));
         }
