@@ -331,9 +331,10 @@ int main(int argc, char** argv) {
                 one_length(L);
             } catch (const c10::OutOfMemoryError& e) {
                 c10::cuda::CUDACachingAllocator::emptyCache();
-                std::printf("%8ld stopped: out of device memory at this length (%.0f GiB device); longer lengths "
-                            "skipped\n",
-                            long(L), double(prop.totalGlobalMem) / double(1ull << 30));
+                std::printf(
+                    "%8ld stopped: out of device memory at this length (%.0f GiB device); longer lengths "
+                    "skipped\n",
+                    long(L), double(prop.totalGlobalMem) / double(1ull << 30));
                 break;
             }
         }

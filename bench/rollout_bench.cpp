@@ -1,21 +1,37 @@
-// dsrl_bench_rollout: decode throughput of batched generation with records (batch 1 / 8 / 32, ratio against
-// batch 1 in the same process) and the bytes per token of each recorded field — kept set (keep-sampling-
-// mask), routing path (keep-routing) and DSA key sets (keep-indexer, against 4 bytes per key raw) — at top_p 0.95
-// and 1.0.
+// dsrl_bench_rollout: rollout throughput.
+//
+// With --model DIR (a Hugging Face checkpoint; `dsrl_tool init --config configs/single_gpu.yaml --out DIR` writes the
+// single_gpu.yaml model), side by side in one run on the same checkpoint, prompts and sampling settings: dsrl's
+// continuous engine, its static engine (the reference) and Hugging Face generate() (transformers, run through
+// bench/hf_generate.py) in generated tokens/s at each batch size, and the continuous engine's fraction of the
+// memory-bandwidth bound (bytes of weights and cache one decode step reads ÷ the device's measured copy bandwidth).
+//
+//   build/bin/dsrl_bench_rollout --model DIR [--device cuda] [--batches 1,64,256] [--prompt-len 64]
+//                                [--new-tokens 128] [--top-p 0.95] [--python python3] [--hf 1]
+//
+// Without --model: decode throughput of batched generation with records (batch 1 / 8 / 32, ratio against batch 1
+// in the same process) and the bytes per token of each recorded field — kept set (keep-sampling-mask), routing
+// path (keep-routing) and DSA key sets (keep-indexer, against 4 bytes per key raw) — at top_p 0.95 and 1.0.
 //
 //   build/bin/dsrl_bench_rollout [--device cpu|cuda] [--new-tokens 64] [--vocab 4096] [--scale 0.3] [--index-topk 8]
 //
-// The model is the embedded default architecture (3 layers, 2 MoE, 8 experts, top-2) with a larger vocabulary
+// The model is then the embedded default architecture (3 layers, 2 MoE, 8 experts, top-2) with a larger vocabulary
 // and random weights scaled by --scale so the next-token distributions are peaked rather than uniform.
 // Figures, not pass/fail.
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -23,6 +39,7 @@
 #include "core/error.h"
 #include "core/main_guard.h"
 #include "core/rng.h"
+#include "dsa/weights.h"
 #include "rollout/generator.h"
 
 namespace {
@@ -67,7 +84,160 @@ Result run_once(
     return r;
 }
 
+// Bytes one decode step of `batch` rows at mean context `context` reads: every dense weight, the experts the batch
+// routes to (expected distinct experts of batch · k uniform draws), and per row and layer the indexer keys of every
+// position plus the selected MLA entries.
+double decode_step_bytes(const dsrl::dsa::Model& m, int64_t batch, double context) {
+    const dsrl::ModelConfig& c = m.config();
+    double dense = 0, experts = 0;
+    for (const auto& t : const_cast<dsrl::dsa::Model&>(m).named_tensors()) {
+        const double bytes = static_cast<double>(t.tensor->numel() * t.tensor->element_size());
+        (dsrl::dsa::is_routed_experts(t.name) ? experts : dense) += bytes;
+    }
+    const double e = static_cast<double>(c.n_routed_experts), k = static_cast<double>(c.num_experts_per_tok);
+    const double hit = e > 0 ? (1.0 - std::pow(1.0 - k / e, static_cast<double>(batch))) : 0.0;
+    const double elem =
+        static_cast<double>(m.cache_bytes_per_token()) /
+        static_cast<double>(c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim + c.index_head_dim));
+    const double per_row = static_cast<double>(c.num_hidden_layers) *
+                           (context * static_cast<double>(c.index_head_dim) +
+                            std::min(context, static_cast<double>(c.index_topk)) *
+                                static_cast<double>(c.kv_lora_rank + c.qk_rope_head_dim)) *
+                           elem;
+    return dense + experts * hit + static_cast<double>(batch) * per_row;
+}
+
+// Device-to-device copy bandwidth (read + write bytes per second) of a 512 MiB buffer.
+double copy_bandwidth(const c10::Device& device) {
+    const int64_t n = int64_t{512} << 20;
+    const at::Tensor src = at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device)).fill_(1);
+    at::Tensor dst = at::empty_like(src);
+    dst.copy_(src);
+    dsrl::bench::sync_device(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) dst.copy_(src);
+    dsrl::bench::sync_device(device);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return 2.0 * 10.0 * static_cast<double>(n) / secs;
+}
+
+struct Timed {
+    double tok_per_s = 0;
+    dsrl::rollout::GenerationStats stats;
+};
+
+Timed time_engine(const dsrl::dsa::Model& m,
+                  const dsrl::text::Tokenizer& tok,
+                  const std::vector<dsrl::rollout::GenerationRequest>& reqs,
+                  dsrl::rollout::GenerateOptions opt) {
+    Timed t;
+    dsrl::bench::sync_device(m.device());
+    const auto t0 = std::chrono::steady_clock::now();
+    (void)dsrl::rollout::generate(m, tok, reqs, opt, &t.stats);
+    dsrl::bench::sync_device(m.device());
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    t.tok_per_s = static_cast<double>(t.stats.generated_tokens) / secs;
+    return t;
+}
+
+int compare(const std::string& model_dir,
+            const std::string& device_name,
+            const std::vector<int64_t>& batches,
+            int64_t prompt_len,
+            int64_t new_tokens,
+            double top_p,
+            const std::string& python,
+            bool hf,
+            const std::string& hf_script) {
+    const c10::Device device(device_name);
+    dsrl::ModelRuntime run;
+    run.dtype = device.is_cuda() ? dsrl::DType::kBFloat16 : dsrl::DType::kFloat32;
+    const dsrl::dsa::Model m = dsrl::dsa::Model::load(model_dir, run, device);
+    const dsrl::ModelConfig& c = m.config();
+    const auto tok = dsrl::text::make_tokenizer(model_dir, c.vocab_size);
+    const int64_t most = *std::max_element(batches.begin(), batches.end());
+    // The same prompts for every engine: printable bytes (plain text for any tokenizer's ids below 127 too).
+    std::vector<std::vector<int32_t>> prompts;
+    for (int64_t b = 0; b < most; ++b) {
+        std::vector<int32_t> ids;
+        for (int64_t t = 0; t < prompt_len; ++t) ids.push_back(static_cast<int32_t>(32 + (b * 37 + t * 11) % 95));
+        prompts.push_back(ids);
+    }
+    const std::string prompts_path = absl::StrCat("/tmp/dsrl_bench_rollout_prompts_", getpid(), ".json");
+    {
+        std::ofstream f(prompts_path);
+        f << "[";
+        for (size_t b = 0; b < prompts.size(); ++b) {
+            f << (b ? ",[" : "[");
+            for (size_t t = 0; t < prompts[b].size(); ++t) f << (t ? "," : "") << prompts[b][t];
+            f << "]";
+        }
+        f << "]";
+    }
+    auto requests = [&](int64_t batch) {
+        std::vector<dsrl::rollout::GenerationRequest> reqs;
+        for (int64_t b = 0; b < batch; ++b)
+            reqs.push_back({"bench", b, 0, dsrl::rollout::sample_seed(1, b, 0), prompts[b]});
+        return reqs;
+    };
+    const double bw = copy_bandwidth(device);
+    std::printf(
+        "dsrl_bench_rollout: %s on %s (%s weights), %ld layers, hidden %ld, %ld experts top-%ld, vocab %ld; prompts "
+        "of %ld tokens, up to %ld new tokens, temperature 1, top_p %.2f; device copy bandwidth %.0f GB/s\n",
+        model_dir.c_str(), device_name.c_str(), device.is_cuda() ? "bf16" : "fp32", long(c.num_hidden_layers),
+        long(c.hidden_size), long(c.n_routed_experts), long(c.num_experts_per_tok), long(c.vocab_size),
+        long(prompt_len), long(new_tokens), top_p, bw / 1e9);
+    dsrl::rollout::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = top_p}, .max_new_tokens = new_tokens};
+    {  // warm-up
+        dsrl::rollout::GenerateOptions w = opt;
+        w.max_new_tokens = 8;
+        (void)dsrl::rollout::generate(m, *tok, requests(std::min<int64_t>(most, 8)), w, nullptr);
+    }
+    std::printf("%6s | %14s %14s %14s | %9s %9s | %10s %8s %8s\n", "batch", "dsrl tok/s", "static tok/s", "HF tok/s",
+                "vs HF", "vs static", "bw bound", "peak blk", "preempt");
+    for (const int64_t batch : batches) {
+        opt.max_batch_size = batch;
+        opt.engine.kind = "continuous";
+        const Timed cont = time_engine(m, *tok, requests(batch), opt);
+        opt.engine.kind = "static";
+        const Timed stat = time_engine(m, *tok, requests(batch), opt);
+        double hf_tps = 0;
+        if (hf) {
+            const auto r = dsrl::bench::run_child(
+                python,
+                {hf_script, model_dir, prompts_path, std::to_string(batch), std::to_string(new_tokens),
+                 absl::StrFormat("%g", top_p), device_name, std::to_string(tok->eos_id())},
+                "dsrl_bench_rollout (Hugging Face generate)");
+            if (r && r->size() >= 2) hf_tps = (*r)[0] / (*r)[1];
+        }
+        // Mean context over the run: the prompt plus half the mean response.
+        const double mean_new = static_cast<double>(cont.stats.generated_tokens) / static_cast<double>(batch);
+        const double context = static_cast<double>(prompt_len) + mean_new / 2.0;
+        const double step_bytes = decode_step_bytes(
+            m, std::min<int64_t>(batch, cont.stats.decode_row_steps / std::max<int64_t>(1, cont.stats.decode_steps)),
+            context);
+        const double achieved = step_bytes * static_cast<double>(cont.stats.decode_steps) /
+                                std::max(cont.stats.decode_seconds + cont.stats.prefill_seconds, 1e-9);
+        std::printf("%6ld | %14.0f %14.0f %14s | %8s %8.2fx | %9.1f%% %8ld %8ld\n", long(batch), cont.tok_per_s,
+                    stat.tok_per_s, hf ? absl::StrFormat("%.0f", hf_tps).c_str() : "-",
+                    hf_tps > 0 ? absl::StrFormat("%.2fx", cont.tok_per_s / hf_tps).c_str() : "-",
+                    cont.tok_per_s / stat.tok_per_s, 100.0 * achieved / bw, long(cont.stats.peak_cache_blocks),
+                    long(cont.stats.preemptions));
+        std::fflush(stdout);
+    }
+    std::remove(prompts_path.c_str());
+    std::printf(
+        "tok/s: generated tokens / wall time (prefill included); HF: transformers generate() (bf16 on CUDA), "
+        "do_sample, "
+        "the same prompts, temperature and top_p; bw bound: bytes of weights and cache one decode step reads x decode "
+        "steps / time, over the measured copy bandwidth.\n");
+    return 0;
+}
+
 int run(int argc, char** argv) {
+    std::string model_dir, python = "python3", batches_text = "1,64,256", hf_script = "bench/hf_generate.py";
+    int64_t prompt_len = 64, hf = 1;
+    double top_p_cmp = 0.95;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -78,8 +248,19 @@ int run(int argc, char** argv) {
                         .integer("--vocab", &vocab, 2, "vocabulary size")
                         .number("--scale", &scale, "std of the random weights")
                         .integer("--index-topk", &index_topk, 1, "DSA keys per query (sparse from that position on)")
+                        .text("--model", &model_dir, "a Hugging Face checkpoint: compare with HF generate()")
+                        .text("--batches", &batches_text, "--model: comma-separated batch sizes")
+                        .integer("--prompt-len", &prompt_len, 1, "--model: prompt tokens")
+                        .number("--top-p", &top_p_cmp, "--model: nucleus truncation")
+                        .text("--python", &python, "--model: the python with transformers")
+                        .integer("--hf", &hf, 0, "--model: 1 runs Hugging Face generate(), 0 skips it")
+                        .text("--hf-script", &hf_script, "--model: the generate() script (run from the repository)")
                         .parse(argc, argv);
     if (!go) return 0;
+    if (!model_dir.empty()) {
+        return compare(model_dir, device, dsrl::bench::parse_lengths(batches_text, "dsrl_bench_rollout"), prompt_len,
+                       new_tokens, top_p_cmp, python, hf != 0, hf_script);
+    }
     dsrl::ModelConfig c;
     c.vocab_size = vocab;
     c.max_position_embeddings = 4096;

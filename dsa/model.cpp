@@ -99,7 +99,8 @@ AttentionResult attention(const at::Tensor& h,
     // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
     // outputs or its cached keys are needed.
     const bool replayed = static_cast<bool>(opt.replay_topk) && !st.dense;
-    const bool run_indexer = opt.return_indexer || cache != nullptr || (!replayed && (!st.dense || opt.return_topk));
+    const bool run_indexer =
+        opt.return_indexer || cache != nullptr || opt.paged != nullptr || (!replayed && (!st.dense || opt.return_topk));
 
     // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
     // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
@@ -121,6 +122,19 @@ AttentionResult attention(const at::Tensor& h,
         k_pe = append(cache->k_pe, k_pe, st.offset);
         ik = append(cache->index_k, ik, st.offset);
     }
+    // Paged cache: the new entries go to their slots; a decode then reads the row's index keys through its slots.
+    const bool paged_read = opt.paged != nullptr && opt.paged->read_slots.defined();
+    if (opt.paged != nullptr) {
+        LayerCache& pool = opt.paged->cache->layers[layer];
+        const at::Tensor slots = opt.paged->write_slots.reshape({-1});
+        pool.c_kv.index_copy_(0, slots, c_kv.reshape({B * L, -1}).to(pool.c_kv.scalar_type()));
+        pool.k_pe.index_copy_(0, slots, k_pe.reshape({B * L, -1}).to(pool.k_pe.scalar_type()));
+        pool.index_k.index_copy_(0, slots, ik.reshape({B * L, -1}).to(pool.index_k.scalar_type()));
+        if (paged_read) {
+            const at::Tensor& read = opt.paged->read_slots;
+            ik = pool.index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});
+        }
+    }
 
     AttentionResult r;
     if (opt.return_indexer) r.indexer = {iq, ik, iw};
@@ -136,6 +150,23 @@ AttentionResult attention(const at::Tensor& h,
     const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v_dim, lora});
     const at::Tensor q_lat = at::einsum("blhn,hnc->blhc", {q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope)});
     const double scale = mla_softmax_scale(c);
+    if (paged_read) {
+        // The selected keys' slots; the queries of every row as one sequence over the pool's entries.
+        const PagedKvCache& pc = *opt.paged->cache;
+        const at::Tensor& read = opt.paged->read_slots;
+        const int64_t k = r.topk.size(2);
+        const at::Tensor sel = r.topk.to(at::kLong);
+        const at::Tensor slot = read.gather(1, sel.clamp_min(0).view({B, L * k})).view({B, L, k});
+        const at::Tensor idx = at::where(sel >= 0, slot, at::full({}, -1, slot.options())).view({1, B * L, k});
+        const AttentionOutput att =
+            sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
+                             pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
+                             opt.query_chunk);
+        const at::Tensor o =
+            at::einsum("blhc,hvc->blhv", {att.out.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim)});
+        r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+        return r;
+    }
     const AttentionOutput att = st.dense
                                     ? dense_mla_attention(q_lat, q_pe, c_kv, k_pe, st.query_pos, st.key_valid, scale)
                                     : sparse_attention(q_lat, q_pe, c_kv, k_pe, r.topk, scale, c.impl, opt.query_chunk);
@@ -319,6 +350,41 @@ KvCache Model::new_cache(int64_t batch, int64_t capacity) const {
     return cache;
 }
 
+PagedKvCache Model::new_paged_cache(int64_t num_blocks, int64_t block_size) const {
+    TORCH_CHECK(num_blocks >= 1 && block_size >= 1, "new_paged_cache: num_blocks and block_size must be >= 1, got ",
+                num_blocks, ", ", block_size);
+    const auto opts = at::TensorOptions().device(device()).dtype(model_dtype(cfg_));
+    PagedKvCache cache;
+    cache.block_size = block_size;
+    cache.num_blocks = num_blocks;
+    const int64_t slots = num_blocks * block_size;
+    for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+        cache.layers.push_back({at::zeros({slots, cfg_.kv_lora_rank}, opts),
+                                at::zeros({slots, cfg_.qk_rope_head_dim}, opts),
+                                at::zeros({slots, cfg_.index_head_dim}, opts)});
+    }
+    return cache;
+}
+
+int64_t Model::cache_bytes_per_token() const {
+    return cfg_.num_hidden_layers * (cfg_.kv_lora_rank + cfg_.qk_rope_head_dim + cfg_.index_head_dim) *
+           static_cast<int64_t>(c10::elementSize(model_dtype(cfg_)));
+}
+
+int64_t PagedKvCache::block_bytes() const {
+    int64_t bytes = 0;
+    for (const LayerCache& l : layers) {
+        for (const at::Tensor* t : {&l.c_kv, &l.k_pe, &l.index_k}) bytes += t->size(1) * t->element_size();
+    }
+    return bytes * block_size;
+}
+
+void PagedKvCache::copy_slots(int64_t from, int64_t to, int64_t n) {
+    for (LayerCache& l : layers) {
+        for (at::Tensor* t : {&l.c_kv, &l.k_pe, &l.index_k}) t->narrow(0, to, n).copy_(t->narrow(0, from, n));
+    }
+}
+
 void KvCache::select_rows(const at::Tensor& rows) {
     const at::Tensor idx = rows.to(key_valid.device(), at::kLong);
     for (LayerCache& l : layers) {
@@ -368,7 +434,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     Step st;
     st.batch = ids.size(0);
     st.len = ids.size(1);
-    if (ids.numel() > 0) {
+    if (ids.numel() > 0 && opt.check_ids) {
         const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
         if (lo < 0 || hi >= c.vocab_size) {
             throw DataError(absl::StrCat("forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ",
@@ -402,14 +468,31 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     }
     std::tie(st.cos, st.sin) = rope_cos_sin(rope_, pos);
     st.query_pos = (at::arange(st.len, long_opts) + st.offset).unsqueeze(0).expand({st.batch, st.len}).contiguous();
-    if (cache != nullptr) {
+    const PagedStep* paged = opt.paged;
+    if (paged != nullptr) {
+        TORCH_CHECK(cache == nullptr && paged->cache != nullptr, "forward: a paged step takes no KvCache");
+        TORCH_CHECK(paged->write_slots.sizes() == ids.sizes(), "forward: paged write_slots must be ", ids.sizes(),
+                    ", got ", paged->write_slots.sizes());
+        TORCH_CHECK(!opt.return_attention && !opt.return_indexer && !opt.replay_topk,
+                    "forward: a paged step returns no attention or indexer inputs and replays no key sets");
+    }
+    if (paged != nullptr && paged->read_slots.defined()) {
+        TORCH_CHECK(in.position_ids.defined() && paged->read_slots.dim() == 2 &&
+                        paged->read_slots.size(0) == st.batch && paged->key_valid.sizes() == paged->read_slots.sizes(),
+                    "forward: a paged decode needs position_ids and read_slots / key_valid [", st.batch, ", S]");
+        st.query_pos = pos;
+        st.key_valid = paged->key_valid.to(at::kBool);
+        st.dense = false;
+    } else if (cache != nullptr) {
         cache->key_valid.narrow(1, st.offset, st.len).copy_(mask);
         cache->next_pos = cache->next_pos + mask.to(at::kLong).sum(1);
         st.key_valid = cache->key_valid.narrow(1, 0, num_keys);
     } else {
         st.key_valid = mask;
     }
-    st.dense = opt.path == AttentionPath::kDense || (opt.path == AttentionPath::kAuto && num_keys <= c.index_topk);
+    if (paged == nullptr || !paged->read_slots.defined()) {
+        st.dense = opt.path == AttentionPath::kDense || (opt.path == AttentionPath::kAuto && num_keys <= c.index_topk);
+    }
 
     ForwardOutput out;
     out.query_pos = st.query_pos;
@@ -438,7 +521,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                             ", k], got ", r.sizes());
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
-            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel());
+            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel(), opt.moe_dense);
             y = m.y;
             if (opt.balance != nullptr) track_balance(*opt.balance, m.route, mask, moe_layer, c.n_routed_experts);
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));

@@ -54,6 +54,33 @@ struct KvCache {
     void select_rows(const at::Tensor& rows);
 };
 
+/// A paged decode cache (the rollout engine, rollout/engine.h): every layer's cached entries in one pool of
+/// fixed-size blocks — c_kv [slots, kv_lora], k_pe [slots, qk_rope], index_k [slots, index_head_dim], slot =
+/// block · block_size + offset. Which blocks hold which sequence is the engine's business (its block tables); a
+/// forward sees slots only (PagedStep).
+struct PagedKvCache {
+    std::vector<LayerCache> layers;  ///< tensors [num_blocks · block_size, D]
+    int64_t block_size = 0;
+    int64_t num_blocks = 0;
+    /// Bytes of one block over every layer.
+    int64_t block_bytes() const;
+    /// Copies slots [from, from + n) to [to, to + n) in every layer (copy on write of a shared block).
+    void copy_slots(int64_t from, int64_t to, int64_t n);
+};
+
+/// One forward's access to a PagedKvCache. Every new token's entries are written to its slot. Without read slots
+/// the keys are the new tokens alone (a prefill, any attention path); with them, query t of row b attends over the
+/// row's keys read_slots[b, 0..S) — its sequence's tokens in order, new ones included, so position_ids must be
+/// given and a query's key index is its position — through the slot table: the indexer scores the gathered index
+/// keys and the sparse attention reads the selected entries straight from the pool (no per-sequence copy of the
+/// latents). Dense-regime rows (S <= index_topk) select every visible key, the dense path's set.
+struct PagedStep {
+    PagedKvCache* cache = nullptr;
+    at::Tensor write_slots;  ///< [B, L] int64: each new token's slot (padding tokens: any scratch slot)
+    at::Tensor read_slots;   ///< [B, S] int64 (decode), or undefined (prefill)
+    at::Tensor key_valid;    ///< [B, S] bool with read_slots: slots that hold the row's keys
+};
+
 enum class AttentionPath { kAuto, kDense, kSparse };
 
 /// Expert balance of training forwards (SPEC §2.4; the trainer's ExpertBalance fills and drains it): a forward
@@ -101,6 +128,14 @@ struct ForwardOptions {
     /// needs it). A key after its query, or outside [0, S), is an error.
     std::function<at::Tensor(int64_t layer)> replay_topk;
     int64_t query_chunk = 256;  ///< queries per attention / indexer chunk (bounds memory)
+    /// Paged decode cache (PagedStep; the rollout engine); null: none, or the contiguous KvCache of forward().
+    const PagedStep* paged = nullptr;
+    /// Checks every input id against the vocabulary on the device (a host sync); the rollout engine checks its ids
+    /// on the host and passes false.
+    bool check_ids = true;
+    /// MoE layers run every expert on every token (moe::routed_experts_dense): no per-expert launches, no host sync.
+    /// The rollout engine's decode steps on CUDA; ignored under expert parallelism.
+    bool moe_dense = false;
 };
 
 /// Indexer inputs of one layer (for the DSA losses): q [B, L, H_I, D_I], k [B, S, D_I] over all keys,
@@ -182,6 +217,10 @@ public:
 
     /// An empty decode cache for `batch` sequences of up to `capacity` positions.
     KvCache new_cache(int64_t batch, int64_t capacity) const;
+    /// An empty paged cache of `num_blocks` blocks of `block_size` slots each (zeros, the model's dtype).
+    PagedKvCache new_paged_cache(int64_t num_blocks, int64_t block_size) const;
+    /// Bytes one cached token takes over every layer (c_kv + k_pe + index_k in the model's dtype).
+    int64_t cache_bytes_per_token() const;
 
     /// lm_head over hidden states [.., H] -> fp32 logits.
     at::Tensor logits(const at::Tensor& hidden) const;

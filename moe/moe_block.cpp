@@ -6,7 +6,10 @@
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/bincount.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/scatter.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
@@ -57,14 +60,35 @@ at::Tensor routed_experts(const at::Tensor& x,
     return y;
 }
 
+at::Tensor routed_experts_dense(const at::Tensor& x,
+                                const at::Tensor& indices,
+                                const at::Tensor& weights,
+                                const SwiGluWeights& experts) {
+    TORCH_CHECK(
+        x.dim() == 2 && indices.dim() == 2 && indices.sizes() == weights.sizes() && indices.size(0) == x.size(0),
+        "moe: x must be [T, H] and indices, weights [T, k]; got ", x.sizes(), ", ", indices.sizes(), ", ",
+        weights.sizes());
+    const int64_t num_experts = experts.gate_proj.size(0);
+    const at::Tensor xe = x.unsqueeze(0);                                                       // [1, T, H]
+    const at::Tensor gate = at::matmul(xe, experts.gate_proj.transpose(1, 2));                  // [E, T, I]
+    const at::Tensor up = at::matmul(xe, experts.up_proj.transpose(1, 2));                      // [E, T, I]
+    const at::Tensor out = at::matmul(at::silu(gate) * up, experts.down_proj.transpose(1, 2));  // [E, T, H]
+    // Each token's gate weight per expert (0 where not routed), in fp32 as routed_experts weights them.
+    const at::Tensor w = at::zeros({x.size(0), num_experts}, weights.options().dtype(at::kFloat))
+                             .scatter(1, indices.to(at::kLong), weights.to(at::kFloat));
+    return (out.to(at::kFloat) * w.t().unsqueeze(-1)).sum(0).to(x.scalar_type());
+}
+
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay,
-                      const ExpertParallel* ep) {
+                      const ExpertParallel* ep,
+                      bool dense) {
     MoeOutput out;
     out.route = route(x, w.gate, w.bias, opt, replay);
     out.y = ep != nullptr ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
+            : dense       ? routed_experts_dense(x, out.route.indices, out.route.weights, w.experts)
                           : routed_experts(x, out.route.indices, out.route.weights, w.experts);
     if (w.shared.gate_proj.defined()) {
         out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj);

@@ -48,13 +48,24 @@ at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& weights,
                           const SwiGluWeights& experts);
 
+/// routed_experts with every expert run on every token — three matmuls batched over the expert dimension, the
+/// unselected pairs weighted 0 — so a fixed handful of kernels and no host sync, whatever the routes. For small
+/// token counts on a GPU (the rollout engine's decode steps), where a batch reaches most experts anyway and the
+/// grouped loop's per-expert launches and its host sync dominate; E/k times the loop's FLOPs. Equal to
+/// routed_experts up to summation order.
+at::Tensor routed_experts_dense(const at::Tensor& x,
+                                const at::Tensor& indices,
+                                const at::Tensor& weights,
+                                const SwiGluWeights& experts);
+
 /// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes. With `ep` (moe/expert_parallel.h)
 /// of more than one rank, w.experts holds this rank's experts only and the routed experts run across the group
-/// (collective).
+/// (collective). `dense` runs routed_experts_dense (not under expert parallelism).
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay = {},
-                      const ExpertParallel* ep = nullptr);
+                      const ExpertParallel* ep = nullptr,
+                      bool dense = false);
 
 }  // namespace dsrl::moe

@@ -44,6 +44,28 @@ void bind(Binder& b, RolloutConfig& c) {
     b.field("summary_prompt", c.summary_prompt,
             {.doc = "context summary: the user message asking for the summary; empty: dsrl's default."});
     b.field("env_threads", c.env_threads, {.doc = "Agent domains: environment calls run concurrently.", .min = 1});
+    b.field("engine", c.engine.kind,
+            {.doc = "Generation engine: continuous (continuous batching over a paged cache, prompts prefilled once per "
+                    "group; docs/rollout.md) or static (the reference: fixed batches, a host sync per token).",
+             .choices = {"continuous", "static"}});
+    b.field("max_tokens_in_flight", c.engine.max_tokens_in_flight,
+            {.doc = "Continuous engine: prompt + generated tokens of the running sequences (0: no limit but the "
+                    "cache).",
+             .min = 0});
+    b.field("block_size", c.engine.block_size, {.doc = "Continuous engine: cache slots per block.", .min = 1});
+    b.field("cache_memory_fraction", c.engine.cache_memory_fraction,
+            {.doc = "Continuous engine on CUDA: the share of free device memory the cache pool may take.",
+             .min = 0.0,
+             .max = 1.0,
+             .min_open = true});
+    b.field("cache_blocks", c.engine.cache_blocks,
+            {.doc = "Continuous engine: blocks in the cache pool (0: sized automatically — on CUDA from "
+                    "cache_memory_fraction, capped at what max_batch_size full-length sequences need).",
+             .min = 0});
+    b.field("sync_interval", c.engine.sync_interval,
+            {.doc = "Continuous engine: decode steps between host syncs, where finished sequences are found (0: 1 on "
+                    "CPU, 8 on CUDA).",
+             .min = 0});
 }
 
 }  // namespace dsrl

@@ -22,6 +22,18 @@ struct SamplingParams {
     bool greedy() const { return temperature == 0.0; }
 };
 
+/// The generation engine (rollout/engine.h); a job's `rollout:` section binds it flat (RolloutConfig::engine).
+struct EngineOptions {
+    /// continuous: continuous batching over a paged cache with prefix-shared groups (rollout/engine.h); static: the
+    /// reference path (fixed batches over a contiguous cache, one host sync per token).
+    std::string kind = "continuous";
+    int64_t max_tokens_in_flight = 0;    ///< prompt + generated tokens of the running sequences; 0 = no limit
+    int64_t block_size = 16;             ///< cache slots per block
+    double cache_memory_fraction = 0.5;  ///< CUDA: the share of free device memory the cache pool may take
+    int64_t cache_blocks = 0;            ///< the pool's blocks; 0 = sized automatically (docs/rollout.md)
+    int64_t sync_interval = 0;           ///< decode steps between host syncs (stop checks); 0 = 1 on CPU, 8 on CUDA
+};
+
 }  // namespace rollout
 
 struct RolloutConfig {
@@ -39,6 +51,7 @@ struct RolloutConfig {
     int64_t parallel_trajectories = 4;
     std::string summary_prompt;  ///< empty: MultiTurnOptions::kDefaultSummaryPrompt
     int64_t env_threads = 8;
+    rollout::EngineOptions engine;
 };
 
 void bind(config::Binder& b, RolloutConfig& c);

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/rng.h"
+#include "rollout/engine.h"
 
 namespace dsrl::rollout {
 namespace {
@@ -42,9 +43,10 @@ struct Row {
 
 bool ends_with_stop(const text::Tokenizer& tok,
                     const std::vector<int32_t>& response,
-                    const std::vector<std::string>& stop,
-                    size_t longest_stop) {
+                    const std::vector<std::string>& stop) {
     if (stop.empty()) return false;
+    size_t longest_stop = 0;
+    for (const std::string& s : stop) longest_stop = std::max(longest_stop, s.size());
     // Decode a tail long enough for any stop string (a token is at least one byte).
     const size_t n = std::min(response.size(), longest_stop + 8);
     const std::vector<int64_t> tail(response.end() - static_cast<std::ptrdiff_t>(n), response.end());
@@ -67,8 +69,6 @@ void generate_batch(const dsa::Model& model,
     for (const Row& r : rows) padded = std::max<int64_t>(padded, static_cast<int64_t>(r.req->prompt.size()));
     const int64_t max_new = std::max<int64_t>(
         0, std::min(opt.max_new_tokens, cfg.max_position_embeddings - 1));  // at least one prompt token fits
-    size_t longest_stop = 0;
-    for (const std::string& s : opt.stop) longest_stop = std::max(longest_stop, s.size());
 
     // Left-padded prompts, one prefill.
     at::Tensor ids = at::full({batch, padded}, tok.pad_id(), at::kLong);
@@ -118,7 +118,7 @@ void generate_batch(const dsa::Model& model,
         for (size_t i = 0; i < active.size(); ++i) {
             Row& row = rows[active[i]];
             Sample& s = row.sample;
-            const auto& forced = row.req->forced;
+            const std::vector<int32_t>& forced = row.req->forced;
             const size_t t_index = s.response.size();
             const int64_t token =
                 t_index < forced.size() ? forced[t_index] : tokens[static_cast<int64_t>(i)].item<int64_t>();
@@ -126,20 +126,7 @@ void generate_batch(const dsa::Model& model,
             s.response.push_back(static_cast<int32_t>(token));
             s.logprobs.push_back(logp[static_cast<int64_t>(i)][token].item<float>());
             if (opt.record_kept) s.kept.push_back(KeptSet::from_mask(logp[static_cast<int64_t>(i)].isfinite()));
-            const int64_t generated = static_cast<int64_t>(s.response.size());
-            if (token == tok.eos_id()) {
-                s.finish = FinishReason::kEos;
-            } else if (ends_with_stop(tok, s.response, opt.stop, longest_stop)) {
-                s.finish = FinishReason::kStop;
-            } else if (generated >= opt.max_new_tokens ||
-                       (!forced.empty() && static_cast<size_t>(generated) >= forced.size())) {
-                s.finish = FinishReason::kLength;
-            } else if (static_cast<int64_t>(s.prompt.size()) + generated >= cfg.max_position_embeddings ||
-                       generated >= max_new) {
-                s.finish = FinishReason::kContext;
-            } else {
-                continue;
-            }
+            if (!finish_sample(s, token, tok, *row.req, opt, cfg.max_position_embeddings)) continue;
             row.finished = true;
         }
         // 2. Feed the sampled tokens: the next logits for running rows, the last routes for finished ones.
@@ -195,15 +182,41 @@ uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index
                       rng::mix64(static_cast<uint64_t>(sample_index) + 1));
 }
 
-std::vector<Sample> generate(const dsa::Model& model,
-                             const text::Tokenizer& tokenizer,
-                             const std::vector<GenerationRequest>& requests,
-                             const GenerateOptions& opt,
-                             GenerationStats* stats_out) {
+bool finish_sample(Sample& s,
+                   int64_t token,
+                   const text::Tokenizer& tok,
+                   const GenerationRequest& req,
+                   const GenerateOptions& opt,
+                   int64_t max_position_embeddings) {
+    const int64_t generated = static_cast<int64_t>(s.response.size());
+    const int64_t max_new = std::min(opt.max_new_tokens, max_position_embeddings - 1);
+    if (token == tok.eos_id()) {
+        s.finish = FinishReason::kEos;
+    } else if (ends_with_stop(tok, s.response, opt.stop)) {
+        s.finish = FinishReason::kStop;
+    } else if (generated >= opt.max_new_tokens ||
+               (!req.forced.empty() && static_cast<size_t>(generated) >= req.forced.size())) {
+        s.finish = FinishReason::kLength;
+    } else if (static_cast<int64_t>(s.prompt.size()) + generated >= max_position_embeddings || generated >= max_new) {
+        s.finish = FinishReason::kContext;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+void check_requests(const ModelConfig& cfg,
+                    const std::vector<GenerationRequest>& requests,
+                    const GenerateOptions& opt) {
     TORCH_CHECK(opt.max_batch_size >= 1, "generate: max_batch_size must be >= 1, got ", opt.max_batch_size);
     TORCH_CHECK(opt.max_new_tokens >= 1, "generate: max_new_tokens must be >= 1, got ", opt.max_new_tokens);
-    const ModelConfig& cfg = model.config();
     for (const GenerationRequest& r : requests) {
+        for (const int32_t id : r.prompt) {
+            if (id < 0 || id >= cfg.vocab_size) {
+                throw DataError(absl::StrCat("rollout: prompt ", r.prompt_id, " (domain '", r.domain, "'): token id ",
+                                             id, " is outside the vocabulary [0, ", cfg.vocab_size, ")"));
+            }
+        }
         if (r.prompt.empty()) {
             throw DataError(absl::StrCat("rollout: prompt ", r.prompt_id, " (domain '", r.domain, "') is empty"));
         }
@@ -219,6 +232,26 @@ std::vector<Sample> generate(const dsa::Model& model,
                                          cfg.max_position_embeddings));
         }
     }
+}
+
+std::vector<Sample> generate(const dsa::Model& model,
+                             const text::Tokenizer& tokenizer,
+                             const std::vector<GenerationRequest>& requests,
+                             const GenerateOptions& opt,
+                             GenerationStats* stats) {
+    if (opt.engine.kind == "static") return generate_static(model, tokenizer, requests, opt, stats);
+    TORCH_CHECK(opt.engine.kind == "continuous", "generate: unknown engine '", opt.engine.kind,
+                "' (continuous or static)");
+    return generate_continuous(model, tokenizer, requests, opt, stats);
+}
+
+std::vector<Sample> generate_static(const dsa::Model& model,
+                                    const text::Tokenizer& tokenizer,
+                                    const std::vector<GenerationRequest>& requests,
+                                    const GenerateOptions& opt,
+                                    GenerationStats* stats_out) {
+    const ModelConfig& cfg = model.config();
+    check_requests(cfg, requests, opt);
     at::NoGradGuard no_grad;
     GenerationStats stats;
     std::vector<Sample> out;

@@ -11,6 +11,7 @@
 // depend on which other samples share its batch.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -44,6 +45,7 @@ struct GenerateOptions {
     bool record_kept = true;      ///< kept sets (keep-sampling-mask)
     bool record_routes = true;    ///< routing paths (keep-routing)
     bool record_indexer = false;  ///< DSA top-k key sets of every position (keep-indexer; rollout/indexer_sets.h)
+    EngineOptions engine;         ///< which engine generates, and the continuous engine's settings
 };
 
 struct GenerationStats {
@@ -54,7 +56,15 @@ struct GenerationStats {
     int64_t decode_row_steps = 0;  ///< Σ over decode steps of the rows in the batch (= generated tokens)
     double prefill_seconds = 0;
     double decode_seconds = 0;
+    int64_t prefill_tokens = 0;     ///< tokens run through prefill (a group's prompt once; recomputations too)
+    int64_t preemptions = 0;        ///< continuous engine: sequences evicted from a full cache and recomputed later
+    int64_t wasted_row_steps = 0;   ///< continuous engine: decode rows of sequences that had already finished
+    int64_t peak_cache_blocks = 0;  ///< continuous engine: most blocks in use at once
     GenerationStats& operator+=(const GenerationStats& o) {
+        prefill_tokens += o.prefill_tokens;
+        preemptions += o.preemptions;
+        wasted_row_steps += o.wasted_row_steps;
+        peak_cache_blocks = std::max(peak_cache_blocks, o.peak_cache_blocks);
         sequences += o.sequences;
         prompt_tokens += o.prompt_tokens;
         generated_tokens += o.generated_tokens;
@@ -66,12 +76,33 @@ struct GenerationStats {
     }
 };
 
-/// Generates one sample per request, in request order.
+/// Generates one sample per request, in request order, with the engine opt.engine names (continuous by default).
 std::vector<Sample> generate(const dsa::Model& model,
                              const text::Tokenizer& tokenizer,
                              const std::vector<GenerationRequest>& requests,
                              const GenerateOptions& opt,
                              GenerationStats* stats = nullptr);
+
+/// The reference engine (opt.engine is ignored): requests in fixed batches of max_batch_size, left-padded and
+/// prefilled together (each sample its own copy of the prompt), decoded over a contiguous cache with the sampled
+/// tokens and records copied to the host every step. The oracle of the continuous engine.
+std::vector<Sample> generate_static(const dsa::Model& model,
+                                    const text::Tokenizer& tokenizer,
+                                    const std::vector<GenerationRequest>& requests,
+                                    const GenerateOptions& opt,
+                                    GenerationStats* stats = nullptr);
+
+/// The request checks every engine runs first (DataError naming the prompt).
+void check_requests(const ModelConfig& cfg, const std::vector<GenerationRequest>& requests, const GenerateOptions& opt);
+
+/// Whether a sample that just appended `token` is finished, and why (the rules every engine applies, in order: EOS,
+/// a stop string, max_new_tokens or the end of the forced ids, the context window).
+bool finish_sample(Sample& s,
+                   int64_t token,
+                   const text::Tokenizer& tok,
+                   const GenerationRequest& req,
+                   const GenerateOptions& opt,
+                   int64_t max_position_embeddings);
 
 struct Prompt {
     std::string domain;

@@ -58,22 +58,30 @@ at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p)
     return at::log_softmax(masked, -1);
 }
 
+at::Tensor draw_uniforms(std::vector<at::Generator>& gens) {
+    const int64_t rows = static_cast<int64_t>(gens.size());
+    at::Tensor u = at::empty({rows, 1}, at::kDouble);
+    double* p = u.data_ptr<double>();
+    for (int64_t b = 0; b < rows; ++b) p[b] = 1.0 - at::rand({1}, gens[b], at::kDouble).item<double>();
+    return u;
+}
+
+at::Tensor sample_with_uniforms(const at::Tensor& logp, const at::Tensor& u) {
+    TORCH_CHECK(logp.dim() == 2 && u.dim() == 2 && u.size(0) == logp.size(0) && u.size(1) == 1,
+                "sample_with_uniforms: logp [B, V] and u [B, 1], got ", logp.sizes(), " and ", u.sizes());
+    const at::Tensor cdf = at::cumsum(logp.to(at::kDouble).exp(), -1);  // [B, V]
+    const at::Tensor target = u.to(cdf.device(), at::kDouble) * cdf.narrow(1, cdf.size(1) - 1, 1);
+    // The first id whose cumulative mass reaches the target.
+    const at::Tensor tokens = (cdf < target).sum(-1);
+    // Rounding can push the target past the last kept id; fall back to the row's last kept id.
+    const at::Tensor last_kept = (logp > kNegInf).to(at::kLong).cumsum(-1).argmax(-1);
+    return at::where(tokens > last_kept, last_kept, tokens);
+}
+
 at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens) {
     TORCH_CHECK(logp.dim() == 2 && static_cast<int64_t>(gens.size()) == logp.size(0), "sample_rows: ", gens.size(),
                 " generators for logp of shape ", logp.sizes());
-    const int64_t rows = logp.size(0);
-    at::Tensor u = at::empty({rows, 1}, at::kDouble);
-    for (int64_t b = 0; b < rows; ++b) {
-        // 1 - U[0, 1) lies in (0, 1]: the target mass is never 0, so a zero-probability id is never chosen.
-        u[b][0] = 1.0 - at::rand({1}, gens[b], at::kDouble).item<double>();
-    }
-    const at::Tensor cdf = at::cumsum(logp.to(at::kDouble).exp().cpu(), -1);  // [B, V]
-    const at::Tensor target = u * cdf.narrow(1, cdf.size(1) - 1, 1);
-    // The first id whose cumulative mass reaches the target.
-    at::Tensor tokens = (cdf < target).sum(-1);
-    // Rounding can push the target past the last kept id; fall back to the row's last kept id.
-    const at::Tensor last_kept = (logp.cpu() > kNegInf).to(at::kLong).cumsum(-1).argmax(-1);
-    return at::where(tokens > last_kept, last_kept, tokens);
+    return sample_with_uniforms(logp.cpu(), draw_uniforms(gens));
 }
 
 at::Tensor token_logprobs(const at::Tensor& logits,

@@ -29,6 +29,15 @@ at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p)
 /// inverse-CDF draw of one uniform). Returns int64 [B] on the CPU.
 at::Tensor sample_rows(const at::Tensor& logp, std::vector<at::Generator>& gens);
 
+/// One uniform per generator, as sample_rows draws it: 1 − U[0, 1) in (0, 1], so a zero-probability id is never
+/// chosen. Returns fp64 [B, 1] on the CPU.
+at::Tensor draw_uniforms(std::vector<at::Generator>& gens);
+
+/// sample_rows' inverse-CDF draw with the uniforms given ([B, 1] fp64 on any device): the first id whose cumulative
+/// mass reaches u · total, falling back to the row's last kept id under rounding. Runs on logp's device with no host
+/// sync; int64 [B] there.
+at::Tensor sample_with_uniforms(const at::Tensor& logp, const at::Tensor& u);
+
 /// log π(tokens) under logits / T renormalized over `kept` (bool [N, V], true = kept; undefined = full
 /// vocabulary): logit/T of the token minus logsumexp of logit/T over the kept ids. logits [N, V] (any float
 /// dtype; computed in fp32), tokens [N] integer. T = 0 (greedy) counts as 1. Differentiable in logits.

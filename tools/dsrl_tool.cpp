@@ -2,6 +2,7 @@
 // implementation.
 //
 //   dsrl_tool info     --model DIR
+//   dsrl_tool init     --config JOB.yaml --out DIR [--set KEY=VALUE ...]
 //   dsrl_tool forward  --model DIR --input in.safetensors --output out.safetensors [--device cpu|cuda]
 //                      [--dtype fp32|bf16] [--path auto|dense|sparse]
 //   dsrl_tool rollouts FILE [--max-groups N] [--tokens] [--tokenizer DIR] [--tokenizer DIR]
@@ -38,6 +39,7 @@
 #include "agent/synth_env.h"
 #include "core/error.h"
 #include "core/main_guard.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "dsa/hf_checkpoint.h"
 #include "dsa/model.h"
@@ -59,6 +61,7 @@ using dsrl::ConfigError;
 
 constexpr const char* kUsage = R"(usage:
   dsrl_tool info     --model DIR
+  dsrl_tool init     --config JOB.yaml --out DIR [--set KEY=VALUE ...]
   dsrl_tool forward  --model DIR --input IN.safetensors --output OUT.safetensors
                      [--device cpu|cuda] [--dtype fp32|bf16] [--path auto|dense|sparse]
   dsrl_tool rollouts FILE [--max-groups N] [--tokens] [--tokenizer DIR]
@@ -69,6 +72,9 @@ constexpr const char* kUsage = R"(usage:
   dsrl_tool generate --model DIR --input PROMPTS.jsonl --output OUT.jsonl [--set KEY=VALUE ...] [--records FILE]
   dsrl_tool synth-envs --out DIR --envs N --tasks-per-env M --seed S [--max-difficulty K]
 
+init     writes the model a job starts from when model.path is empty (its model section, random weights from
+         run.seed, exactly as dsrl_train initializes them) as a Hugging Face checkpoint in DIR (config.json +
+         safetensors, written atomically): for benchmarks and other tools (transformers loads it).
 info     prints the checkpoint's config, parameter counts (total / activated per token) and tensor dtypes.
 forward  runs the model on `input_ids` (int64 [B, L]) and optional `attention_mask` ([B, L], 1 = real token)
          and writes `logits` (fp32 [B, L, V]) and `topk_indices.{i}` (int32 [B, L, index_topk], -1 = invalid)
@@ -100,6 +106,41 @@ synth-envs generates the synthetic general-agent environments (agent/synth_env.h
          task: an SFT conversation with tool calls in thinking mode); prints the counts and the difficulty
          histogram. Environment "synthetic" reads them: params {"envs": "DIR/envs.jsonl"}, tasks from tasks.jsonl.
 )";
+
+int init_cmd(const std::vector<std::string>& args) {
+    std::string config, out;
+    std::vector<std::string> sets;
+    for (size_t i = 1; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& {
+            if (i + 1 >= args.size()) throw ConfigError(absl::StrCat("dsrl_tool init: ", a, " needs a value"));
+            return args[++i];
+        };
+        if (a == "--config") {
+            config = value();
+        } else if (a == "--out") {
+            out = value();
+        } else if (a == "--set") {
+            sets.push_back(value());
+        } else {
+            throw ConfigError(absl::StrCat("dsrl_tool init: unknown argument '", a, "'\n", kUsage));
+        }
+    }
+    if (config.empty() || out.empty()) {
+        throw ConfigError(absl::StrCat("dsrl_tool init: --config and --out are required\n", kUsage));
+    }
+    const dsrl::JobConfig job = dsrl::load_job_config(config, sets);
+    if (!job.model.path.empty()) {
+        throw ConfigError(absl::StrCat("dsrl_tool init: ", config, " sets model.path (", job.model.path,
+                                       "): the job starts from that checkpoint, there is nothing to initialize"));
+    }
+    const dsrl::dsa::Model m =
+        dsrl::dsa::Model::random(job.model, dsrl::rng::derive_seed(job.run.seed, 0, "init"), at::kCPU);
+    m.save(out);
+    std::cout << "dsrl_tool init: wrote " << out << " (" << job.model.num_hidden_layers << " layers, hidden "
+              << job.model.hidden_size << ", vocab " << job.model.vocab_size << ")\n";
+    return 0;
+}
 
 std::map<std::string, std::string> parse_flags(const std::vector<std::string>& args,
                                                size_t first,
@@ -587,6 +628,7 @@ int run(int argc, char** argv) {
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "info") return info(parse_flags(args, 1, {"model"}));
+    if (args[0] == "init") return init_cmd(args);
     if (args[0] == "forward")
         return forward(parse_flags(args, 1, {"model", "input", "output", "device", "dtype", "path"}));
     if (args[0] == "rollouts") return rollouts(args);

@@ -134,7 +134,8 @@ int generate_main(const std::vector<std::string>& args) {
                                        .stop = ro.stop,
                                        .max_batch_size = ro.max_batch_size,
                                        .record_kept = !g.records.empty(),
-                                       .record_routes = !g.records.empty()};
+                                       .record_routes = !g.records.empty(),
+                                       .engine = ro.engine};
     at::NoGradGuard no_grad;
     const AutocastScope amp(device, /*enabled=*/device.is_cuda() && job.model.dtype == DType::kFloat32);
     // Prompts go in chunks of about one batch, so progress shows on long inputs; the samples of a prompt depend only

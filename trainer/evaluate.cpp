@@ -50,7 +50,8 @@ std::vector<double> Evaluator::run_agent(const Domain& d, const dsa::Model& poli
                                        .stop = job_.rollout.stop,
                                        .max_batch_size = job_.rollout.max_batch_size,
                                        .record_kept = false,
-                                       .record_routes = false};
+                                       .record_routes = false,
+                                       .engine = job_.rollout.engine};
     rollout::MultiTurnOptions opt = multi_turn_options(job_, gen);
     if (opt.context == rollout::ContextStrategy::kParallelFewestStep) opt.parallel_trajectories = 1;  // greedy
     double acc = 0, reward = 0, failed = 0;
@@ -101,7 +102,8 @@ std::map<std::string, double> Evaluator::run(const dsa::Model& policy, const dis
                                          .stop = job_.rollout.stop,
                                          .max_batch_size = job_.rollout.max_batch_size,
                                          .record_kept = false,
-                                         .record_routes = false};
+                                         .record_routes = false,
+                                         .engine = job_.rollout.engine};
             const std::vector<rollout::Sample> samples = rollout::generate(policy, tokenizer_, requests, opt);
             std::vector<rewards::RewardInput> inputs;
             for (size_t i = 0; i < samples.size(); ++i) {

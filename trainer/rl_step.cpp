@@ -210,7 +210,8 @@ RlStepResult RlStep::run(int64_t step) {
                                   .stop = ro.stop,
                                   .max_batch_size = ro.max_batch_size,
                                   .policy_version = step,
-                                  .record_indexer = ro.record_indexer};
+                                  .record_indexer = ro.record_indexer,
+                                  .engine = ro.engine};
     const auto roll_out = [&](Batch& batch, int t, RolloutCounters& c) {
         auto& prompts = batch.prompts;
         auto& tasks = batch.tasks;

@@ -54,6 +54,19 @@ TEST(MoeBlockTest, GroupedExpertsMatchTokenByTokenFormula) {
     EXPECT_EQ(moe_forward(x.narrow(0, 0, 0), w, kOpt).y.size(0), 0);
 }
 
+TEST(MoeBlockTest, DenseExpertsMatchTheGroupedOnesAndTheFormula) {
+    auto gen = rng::make_cpu_generator(23);
+    const MoeWeights w = random_weights(8, 16, 12, gen);
+    for (const int64_t tokens : {1, 5, 64}) {
+        const at::Tensor x = at::randn({tokens, 16}, gen);
+        const MoeOutput grouped = moe_forward(x, w, kOpt);
+        const MoeOutput dense = moe_forward(x, w, kOpt, {}, nullptr, /*dense=*/true);
+        EXPECT_TRUE(at::equal(dense.route.indices, grouped.route.indices));
+        EXPECT_ALL_CLOSE("dense moe y", dense.y, grouped.y, 1e-5, 1e-5);
+        EXPECT_ALL_CLOSE("dense moe y vs formula", dense.y, naive(x, w, dense.route), 1e-5, 1e-5);
+    }
+}
+
 TEST(MoeBlockTest, GradientsMatchTheNaiveFormula) {
     auto gen = rng::make_cpu_generator(22);
     MoeWeights w = random_weights(8, 16, 12, gen);

@@ -1,0 +1,616 @@
+#include "rollout/engine.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/util/Exception.h>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <limits>
+#include <type_traits>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/rng.h"
+
+namespace dsrl::rollout {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks of the paged pool with reference counts; block 0 is the scratch block padding tokens write to.
+class BlockPool {
+public:
+    explicit BlockPool(int64_t blocks) : refs_(static_cast<size_t>(blocks), 0) {
+        for (int64_t b = blocks - 1; b >= 1; --b) free_.push_back(static_cast<int32_t>(b));
+    }
+    int64_t free() const { return static_cast<int64_t>(free_.size()); }
+    int64_t used() const { return static_cast<int64_t>(refs_.size()) - 1 - free(); }
+    int32_t alloc() {
+        DSRL_INTERNAL_ASSERT(!free_.empty(), "BlockPool: no free block");
+        const int32_t b = free_.back();
+        free_.pop_back();
+        refs_[b] = 1;
+        return b;
+    }
+    void share(int32_t b) { ++refs_[b]; }
+    void release(int32_t b) {
+        if (--refs_[b] == 0) free_.push_back(b);
+    }
+    int32_t refs(int32_t b) const { return refs_[b]; }
+
+private:
+    std::vector<int32_t> refs_;
+    std::vector<int32_t> free_;
+};
+
+// One sequence: a request's sample as it grows, its generator and its cache blocks.
+struct Seq {
+    const GenerationRequest* req = nullptr;
+    Sample sample;
+    at::Generator gen;
+    std::vector<int32_t> blocks;               // block table: position p is in blocks[p / block_size]
+    int64_t cached = 0;                        // positions whose entries are in the cache
+    std::vector<std::vector<int64_t>> routes;  // [moe layer] -> expert ids of every fed position, [n · k]
+    std::vector<std::vector<int32_t>> topk;    // [layer] -> key sets of every fed position, [n · K]
+    int64_t admitted = 0;                      // admission order: preemption evicts the latest first
+    bool finished = false;
+    int64_t num_tokens() const { return static_cast<int64_t>(sample.prompt.size() + sample.response.size()); }
+    int64_t generated() const { return static_cast<int64_t>(sample.response.size()); }
+};
+
+// What waits for admission: a group of samples of one prompt (prefilled once), or one evicted sequence to recompute.
+struct Pending {
+    std::vector<Seq*> seqs;
+    bool recompute = false;
+    std::vector<int32_t> tokens() const {
+        std::vector<int32_t> t = seqs[0]->sample.prompt;
+        if (recompute) t.insert(t.end(), seqs[0]->sample.response.begin(), seqs[0]->sample.response.end());
+        return t;
+    }
+};
+
+// Appends rows [0, n) of a CPU tensor [n, w] (any integer type) to a flat list.
+template <typename T>
+void append_rows(std::vector<T>& to, const at::Tensor& rows, int64_t n) {
+    const at::Tensor t = rows.narrow(0, 0, n).contiguous().to(std::is_same_v<T, int32_t> ? at::kInt : at::kLong);
+    const T* p = t.data_ptr<T>();
+    to.insert(to.end(), p, p + t.numel());
+}
+
+// A host-to-device copy that does not wait for the device (pinned staging) on CUDA.
+at::Tensor upload(const at::Tensor& t, c10::Device device) {
+    if (!device.is_cuda()) return t;
+    return t.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+bool truncates(const SamplingParams& p, int64_t vocab) {
+    return p.greedy() || (p.top_k > 0 && p.top_k < vocab) || p.min_p > 0 || p.top_p < 1;
+}
+
+class Engine {
+public:
+    Engine(const dsa::Model& model,
+           const text::Tokenizer& tok,
+           const std::vector<GenerationRequest>& requests,
+           const GenerateOptions& opt,
+           GenerationStats& stats)
+        : model_(model),
+          cfg_(model.config()),
+          tok_(tok),
+          opt_(opt),
+          stats_(stats),
+          device_(model.device()),
+          bs_(opt.engine.block_size),
+          pool_(engine_cache_blocks(model, requests, opt)),
+          cache_(model.new_paged_cache(pool_.free() + 1, bs_)),
+          lock_(model),
+          sync_interval_(opt.engine.sync_interval > 0 ? opt.engine.sync_interval : (device_.is_cuda() ? 8 : 1)),
+          record_masks_(opt.record_kept && truncates(opt.sampling, cfg_.vocab_size)) {
+        seqs_.resize(requests.size());
+        for (size_t i = 0; i < requests.size(); ++i) {
+            const GenerationRequest& r = requests[i];
+            Seq& q = seqs_[i];
+            q.req = &r;
+            q.gen = rng::make_cpu_generator(r.seed);
+            Sample& s = q.sample;
+            s.domain = r.domain;
+            s.prompt_id = r.prompt_id;
+            s.sample_index = r.sample_index;
+            s.seed = r.seed;
+            s.policy_version = opt.policy_version;
+            s.prompt = r.prompt;
+            s.vocab_size = cfg_.vocab_size;
+            stats_.prompt_tokens += static_cast<int64_t>(r.prompt.size());
+        }
+        // Consecutive requests of one prompt form a group (admitted together, prefilled once).
+        for (size_t i = 0; i < seqs_.size();) {
+            Pending p;
+            size_t j = i;
+            while (j < seqs_.size() && (j == i || (seqs_[j].req->prompt_id == seqs_[i].req->prompt_id &&
+                                                   seqs_[j].req->prompt == seqs_[i].req->prompt))) {
+                p.seqs.push_back(&seqs_[j]);
+                ++j;
+            }
+            waiting_.push_back(std::move(p));
+            i = j;
+        }
+    }
+
+    std::vector<Sample> run() {
+        const auto t0 = Clock::now();
+        double last_log = 0;
+        int64_t done = 0;
+        while (!waiting_.empty() || !running_.empty()) {
+            admit();
+            if (running_.empty()) continue;
+            const int64_t steps = reserve_window();
+            if (steps == 0) continue;  // evicted to make room: admit again
+            decode_window(steps);
+            done += flush();
+            const double secs = seconds_since(t0);
+            if (seqs_.size() > static_cast<size_t>(opt_.max_batch_size) && (secs - last_log >= 10.0)) {
+                last_log = secs;
+                DSRL_LOG(info) << absl::StrFormat(
+                    "rollout: %d/%d sequences, %d running, %d tokens generated, %.0f tok/s, cache %d/%d blocks", done,
+                    seqs_.size(), running_.size(), stats_.generated_tokens, stats_.generated_tokens / secs,
+                    pool_.used(), pool_.used() + pool_.free());
+            }
+        }
+        lock_.finish();
+        std::vector<Sample> out;
+        out.reserve(seqs_.size());
+        for (Seq& q : seqs_) out.push_back(finalize(q));
+        return out;
+    }
+
+private:
+    // Positions a sequence may still feed before a host-known limit ends it (length, forced ids, context).
+    int64_t steps_left(const Seq& q) const {
+        int64_t left = std::min(opt_.max_new_tokens, cfg_.max_position_embeddings - 1) - q.generated();
+        left = std::min(left, cfg_.max_position_embeddings - q.num_tokens());
+        if (!q.req->forced.empty()) left = std::min(left, static_cast<int64_t>(q.req->forced.size()) - q.generated());
+        return left;
+    }
+
+    int64_t tokens_in_flight() const {
+        int64_t n = 0;
+        for (const Seq* q : running_) n += q->num_tokens();
+        return n;
+    }
+
+    // Admits waiting groups in order while the batch, the token budget and the pool allow; prefills them together.
+    void admit() {
+        std::vector<Pending> batch;
+        int64_t rows = static_cast<int64_t>(running_.size());
+        int64_t in_flight = tokens_in_flight();
+        // Blocks kept back for the running rows' next step, so that an admission never forces an eviction.
+        int64_t available = pool_.free() - blocks_needed(1);
+        while (!waiting_.empty()) {
+            const Pending& p = waiting_.front();
+            const int64_t n = static_cast<int64_t>(p.seqs.size());
+            const int64_t len = static_cast<int64_t>(p.tokens().size());
+            const bool alone = rows == 0;  // an empty batch takes any group, even one larger than the limits
+            // The prompt's blocks plus one per sample for its first decode step (or its copy on write); alone, one.
+            const int64_t need = ceil_div(len, bs_) + (alone ? 1 : n);
+            if (!alone && rows + n > opt_.max_batch_size) break;
+            if (!alone && opt_.engine.max_tokens_in_flight > 0 &&
+                in_flight + n * len > opt_.engine.max_tokens_in_flight)
+                break;
+            if (need > available) {
+                DSRL_INTERNAL_ASSERT(!alone, "rollout engine: an empty cache cannot hold one sequence");
+                break;
+            }
+            available -= need;
+            rows += n;
+            in_flight += n * len;
+            batch.push_back(waiting_.front());
+            waiting_.pop_front();
+        }
+        if (!batch.empty()) prefill(batch);
+    }
+
+    // One forward over the admitted groups' tokens (right-padded); each group's samples then share its blocks.
+    void prefill(std::vector<Pending>& batch) {
+        const auto t0 = Clock::now();
+        const int64_t n = static_cast<int64_t>(batch.size());
+        std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(n));
+        int64_t width = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            tokens[i] = batch[i].tokens();
+            width = std::max<int64_t>(width, static_cast<int64_t>(tokens[i].size()));
+        }
+        at::Tensor ids = at::full({n, width}, tok_.pad_id(), at::kLong);
+        at::Tensor mask = at::zeros({n, width}, at::kLong);
+        at::Tensor slots = at::zeros({n, width}, at::kLong);  // padding writes to the scratch block 0
+        int64_t* pid = ids.data_ptr<int64_t>();
+        int64_t* pm = mask.data_ptr<int64_t>();
+        int64_t* ps = slots.data_ptr<int64_t>();
+        for (int64_t i = 0; i < n; ++i) {
+            Seq& owner = *batch[i].seqs[0];
+            const int64_t len = static_cast<int64_t>(tokens[i].size());
+            DSRL_INTERNAL_ASSERT(owner.blocks.empty(), "rollout engine: prefill of a sequence holding blocks");
+            for (int64_t b = 0; b < ceil_div(len, bs_); ++b) owner.blocks.push_back(pool_.alloc());
+            for (int64_t t = 0; t < len; ++t) {
+                pid[i * width + t] = tokens[i][t];
+                pm[i * width + t] = 1;
+                ps[i * width + t] = owner.blocks[t / bs_] * bs_ + t % bs_;
+            }
+            stats_.prefill_tokens += len;
+        }
+        const dsa::PagedStep step{.cache = &cache_, .write_slots = upload(slots, device_)};
+        const dsa::ForwardOptions fopt{.return_logits = false,
+                                       .return_hidden = true,
+                                       .return_routes = opt_.record_routes,
+                                       .return_topk = opt_.record_indexer,
+                                       .paged = &step,
+                                       .check_ids = false};
+        lock_.step();
+        const dsa::ForwardOutput out = model_.forward({upload(ids, device_), upload(mask, device_)}, fopt);
+        // The logits of each row's last token only.
+        std::vector<int64_t> last(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) last[i] = i * width + static_cast<int64_t>(tokens[i].size()) - 1;
+        const at::Tensor last_idx = upload(at::tensor(last, at::kLong), device_);
+        const at::Tensor logits = model_.logits(out.hidden.reshape({n * width, -1}).index_select(0, last_idx));
+        std::vector<at::Tensor> routes, topk;
+        for (const at::Tensor& r : out.routes) routes.push_back(r.cpu());
+        for (const at::Tensor& t : out.topk) topk.push_back(t.to(at::kCPU, at::kInt));
+        std::vector<at::Tensor> new_logits;
+        for (int64_t i = 0; i < n; ++i) {
+            Pending& p = batch[i];
+            const int64_t len = static_cast<int64_t>(tokens[i].size());
+            Seq& owner = *p.seqs[0];
+            for (size_t g = 0; g < p.seqs.size(); ++g) {
+                Seq& q = *p.seqs[g];
+                if (g > 0) {
+                    q.blocks = owner.blocks;
+                    for (const int32_t b : q.blocks) pool_.share(b);
+                }
+                q.cached = len;
+                q.admitted = next_admission_++;
+                if (!p.recompute) {  // a recomputation's positions were all recorded when they were fed
+                    q.routes.resize(routes.size());
+                    for (size_t j = 0; j < routes.size(); ++j) append_rows(q.routes[j], routes[j][i], len);
+                    q.topk.resize(topk.size());
+                    for (size_t j = 0; j < topk.size(); ++j) append_rows(q.topk[j], topk[j][i], len);
+                }
+                running_.push_back(&q);
+                new_logits.push_back(logits.narrow(0, i, 1));
+            }
+        }
+        const at::Tensor added = at::cat(new_logits, 0);
+        last_logits_ = last_logits_.defined() ? at::cat({last_logits_, added}, 0) : added;
+        stats_.peak_cache_blocks = std::max(stats_.peak_cache_blocks, pool_.used());
+        stats_.prefill_seconds += seconds_since(t0);
+    }
+
+    // New blocks the running rows need for `w` more positions each (copies on write included).
+    int64_t blocks_needed(int64_t w) const {
+        int64_t need = 0;
+        for (const Seq* q : running_) {
+            need += std::max<int64_t>(0, ceil_div(q->cached + w, bs_) - static_cast<int64_t>(q->blocks.size()));
+            if (q->cached % bs_ != 0 && pool_.refs(q->blocks.back()) > 1) ++need;  // copy on write
+        }
+        return need;
+    }
+
+    // Blocks for the next window's writes (copying a shared block before the first write into it); evicts the
+    // latest-admitted sequences when the pool cannot give even one step to every row. Returns the window's steps
+    // (0 when it evicted: the caller admits again).
+    int64_t reserve_window() {
+        int64_t steps = sync_interval_;
+        for (const Seq* q : running_) steps = std::min(steps, steps_left(*q));
+        DSRL_INTERNAL_ASSERT(steps >= 1, "rollout engine: a running sequence has no step left");
+        while (steps > 1 && blocks_needed(steps) > pool_.free()) steps = steps / 2;
+        if (blocks_needed(steps) > pool_.free()) {
+            // Evict until one step fits for the rest (never the last sequence: one always fits an empty pool).
+            while (running_.size() > 1 && blocks_needed(1) > pool_.free()) evict_latest();
+            return 0;
+        }
+        for (Seq* q : running_) {
+            if (q->cached % bs_ != 0 && pool_.refs(q->blocks.back()) > 1) {
+                const int32_t from = q->blocks.back();
+                const int32_t to = pool_.alloc();
+                cache_.copy_slots(int64_t{from} * bs_, int64_t{to} * bs_, q->cached % bs_);
+                pool_.release(from);
+                q->blocks.back() = to;
+            }
+            while (static_cast<int64_t>(q->blocks.size()) < ceil_div(q->cached + steps, bs_))
+                q->blocks.push_back(pool_.alloc());
+        }
+        stats_.peak_cache_blocks = std::max(stats_.peak_cache_blocks, pool_.used());
+        return steps;
+    }
+
+    void evict_latest() {
+        size_t victim = 0;
+        for (size_t i = 1; i < running_.size(); ++i) {
+            if (running_[i]->admitted > running_[victim]->admitted) victim = i;
+        }
+        Seq* q = running_[victim];
+        for (const int32_t b : q->blocks) pool_.release(b);
+        q->blocks.clear();
+        q->cached = 0;
+        remove_rows({static_cast<int64_t>(victim)});
+        waiting_.push_front(Pending{{q}, /*recompute=*/true});
+        ++stats_.preemptions;
+    }
+
+    // Keeps every running row but `drop` (indices into running_), with their logits.
+    void remove_rows(const std::vector<int64_t>& drop) {
+        std::vector<Seq*> keep_seqs;
+        std::vector<int64_t> keep;
+        for (size_t i = 0; i < running_.size(); ++i) {
+            if (std::find(drop.begin(), drop.end(), static_cast<int64_t>(i)) == drop.end()) {
+                keep.push_back(static_cast<int64_t>(i));
+                keep_seqs.push_back(running_[i]);
+            }
+        }
+        running_ = std::move(keep_seqs);
+        last_logits_ =
+            keep.empty() ? at::Tensor() : last_logits_.index_select(0, at::tensor(keep, at::kLong).to(device_));
+    }
+
+    // `steps` decode steps over the running rows, the records kept on the device.
+    void decode_window(int64_t steps) {
+        const auto t0 = Clock::now();
+        const int64_t rows = static_cast<int64_t>(running_.size());
+        int64_t max_blocks = 0;
+        for (const Seq* q : running_)
+            max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(q->blocks.size()));
+        // The block tables and positions, uploaded once per window; slots are computed on the device per step.
+        at::Tensor table = at::zeros({rows, max_blocks}, at::kLong);
+        at::Tensor start = at::empty({rows}, at::kLong);
+        std::vector<int64_t> forced(static_cast<size_t>(rows * steps), -1);
+        bool any_forced = false;
+        int64_t longest = 0;
+        for (int64_t i = 0; i < rows; ++i) {
+            const Seq& q = *running_[i];
+            for (size_t b = 0; b < q.blocks.size(); ++b) table[i][static_cast<int64_t>(b)] = q.blocks[b];
+            start[i] = q.cached;
+            longest = std::max(longest, q.cached);
+            const std::vector<int32_t>& f = q.req->forced;
+            for (int64_t s = 0; s < steps; ++s) {
+                const int64_t t = q.generated() + s;
+                if (t < static_cast<int64_t>(f.size())) {
+                    forced[i * steps + s] = f[t];
+                    any_forced = true;
+                }
+            }
+        }
+        table = upload(table, device_);
+        start = upload(start, device_);
+        const at::Tensor forced_dev =
+            any_forced ? upload(at::tensor(forced, at::kLong).view({rows, steps}), device_) : at::Tensor();
+        // Every row's uniforms for the window, drawn from its own generator in step order.
+        std::vector<at::Generator> gens;
+        for (Seq* q : running_) gens.push_back(q->gen);
+        std::vector<at::Tensor> draws;
+        for (int64_t s = 0; s < steps; ++s) draws.push_back(draw_uniforms(gens));
+        const at::Tensor uniforms = upload(at::stack(draws, 0), device_);  // [steps, R, 1]
+        win_tokens_.clear();
+        win_logp_.clear();
+        win_kept_.clear();
+        win_routes_.clear();
+        win_topk_.clear();
+        // On CUDA the MoE layers run densely over the experts (a fixed handful of kernels, no host sync).
+        const dsa::ForwardOptions base{.return_routes = opt_.record_routes,
+                                       .return_topk = opt_.record_indexer,
+                                       .check_ids = false,
+                                       .moe_dense = device_.is_cuda()};
+        for (int64_t s = 0; s < steps; ++s) {
+            // 1. Sample every row from its own uniform (drawn on the host: no sync).
+            const at::Tensor logp = processed_logprobs(last_logits_, opt_.sampling);
+            at::Tensor tokens = sample_with_uniforms(logp, uniforms[s]);
+            if (forced_dev.defined()) {
+                const at::Tensor f = forced_dev.select(1, s);
+                tokens = at::where(f >= 0, f, tokens);
+            }
+            win_tokens_.push_back(tokens);
+            win_logp_.push_back(logp.gather(1, tokens.unsqueeze(1)).squeeze(1));
+            if (record_masks_) win_kept_.push_back(logp.isfinite());
+            // 2. Feed them: position start + s of each row, keys 0..start + s through the block table.
+            const at::Tensor pos = start + s;
+            const int64_t keys = longest + s + 1;
+            const at::Tensor key = at::arange(keys, table.options());
+            const at::Tensor read = table.index_select(1, key.div(bs_, "floor")) * bs_ + key.remainder(bs_);
+            const at::Tensor write =
+                (table.gather(1, pos.div(bs_, "floor").unsqueeze(1)) * bs_ + pos.remainder(bs_).unsqueeze(1));
+            const dsa::PagedStep step{.cache = &cache_,
+                                      .write_slots = write,
+                                      .read_slots = read,
+                                      .key_valid = key.unsqueeze(0) <= pos.unsqueeze(1)};
+            dsa::ForwardOptions fopt = base;
+            fopt.paged = &step;
+            lock_.step();
+            const dsa::ForwardOutput out =
+                model_.forward({.input_ids = tokens.unsqueeze(1), .position_ids = pos.unsqueeze(1)}, fopt);
+            if (!out.routes.empty()) win_routes_.push_back(at::stack(out.routes, 1).select(2, 0));  // [R, M, k]
+            if (!out.topk.empty()) win_topk_.push_back(at::stack(out.topk, 1).select(2, 0));        // [R, Ly, K]
+            last_logits_ = out.logits.select(1, 0);
+            ++stats_.decode_steps;
+            stats_.decode_row_steps += rows;
+        }
+        for (Seq* q : running_) q->cached += steps;
+        window_steps_ = steps;
+        stats_.decode_seconds += seconds_since(t0);
+    }
+
+    // Copies the window's tokens and records to the host (the one sync), appends them to the samples, and removes
+    // the finished rows. Returns the number that finished.
+    int64_t flush() {
+        const auto t0 = Clock::now();
+        const int64_t rows = static_cast<int64_t>(running_.size());
+        const int64_t steps = window_steps_;
+        const at::Tensor tokens = at::stack(win_tokens_, 0).cpu();  // [S, R]
+        const at::Tensor logp = at::stack(win_logp_, 0).cpu();
+        const at::Tensor kept = record_masks_ ? at::stack(win_kept_, 0).cpu() : at::Tensor();  // [S, R, V]
+        const at::Tensor routes =
+            win_routes_.empty() ? at::Tensor() : at::stack(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
+        const at::Tensor topk =
+            win_topk_.empty() ? at::Tensor() : at::stack(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
+        const int64_t* ptok = tokens.data_ptr<int64_t>();
+        const float* plp = logp.data_ptr<float>();
+        std::vector<int64_t> finished;
+        for (int64_t i = 0; i < rows; ++i) {
+            Seq& q = *running_[i];
+            for (int64_t s = 0; s < steps; ++s) {
+                if (q.finished) {
+                    ++stats_.wasted_row_steps;
+                    continue;
+                }
+                Sample& sm = q.sample;
+                const int64_t token = ptok[s * rows + i];
+                sm.response.push_back(static_cast<int32_t>(token));
+                sm.logprobs.push_back(plp[s * rows + i]);
+                if (opt_.record_kept) {
+                    sm.kept.push_back(record_masks_ ? KeptSet::from_mask(kept[s][i]) : KeptSet::all(cfg_.vocab_size));
+                }
+                if (routes.defined()) {  // [S, R, M, k] int64
+                    const int64_t m = routes.size(2), k = routes.size(3);
+                    const int64_t* p = routes.data_ptr<int64_t>() + (s * rows + i) * m * k;
+                    q.routes.resize(static_cast<size_t>(m));
+                    for (int64_t j = 0; j < m; ++j) q.routes[j].insert(q.routes[j].end(), p + j * k, p + (j + 1) * k);
+                }
+                if (topk.defined()) {  // [S, R, Ly, K] int32
+                    const int64_t ly = topk.size(2), k = topk.size(3);
+                    const int32_t* p = topk.data_ptr<int32_t>() + (s * rows + i) * ly * k;
+                    q.topk.resize(static_cast<size_t>(ly));
+                    for (int64_t j = 0; j < ly; ++j) q.topk[j].insert(q.topk[j].end(), p + j * k, p + (j + 1) * k);
+                }
+                if (finish_sample(sm, token, tok_, *q.req, opt_, cfg_.max_position_embeddings)) q.finished = true;
+            }
+            if (q.finished) finished.push_back(i);
+        }
+        for (const int64_t i : finished) {
+            Seq& q = *running_[i];
+            for (const int32_t b : q.blocks) pool_.release(b);
+            q.blocks.clear();
+            stats_.generated_tokens += q.generated();
+        }
+        if (!finished.empty()) remove_rows(finished);
+        stats_.decode_seconds += seconds_since(t0);
+        return static_cast<int64_t>(finished.size());
+    }
+
+    Sample finalize(Seq& q) {
+        Sample& s = q.sample;
+        const int64_t n = q.num_tokens();
+        if (opt_.record_routes) {
+            std::vector<at::Tensor> per_layer;
+            for (std::vector<int64_t>& ids : q.routes) {
+                per_layer.push_back(at::tensor(ids, at::kLong).view({n, -1}));
+            }
+            s.set_routes(per_layer, cfg_.n_routed_experts);
+        }
+        if (opt_.record_indexer) {
+            std::vector<at::Tensor> per_layer;
+            for (std::vector<int32_t>& ids : q.topk) per_layer.push_back(at::tensor(ids, at::kInt).view({n, -1}));
+            s.set_indexer(per_layer, cfg_.index_topk);
+        }
+        return std::move(s);
+    }
+
+    const dsa::Model& model_;
+    const ModelConfig& cfg_;
+    const text::Tokenizer& tok_;
+    const GenerateOptions& opt_;
+    GenerationStats& stats_;
+    const c10::Device device_;
+    const int64_t bs_;
+    BlockPool pool_;
+    dsa::PagedKvCache cache_;
+    const dsa::ForwardLockstep lock_;
+    const int64_t sync_interval_;
+    const bool record_masks_;
+    std::vector<Seq> seqs_;
+    std::deque<Pending> waiting_;
+    std::vector<Seq*> running_;
+    at::Tensor last_logits_;  // [running, V] on the device: the next-token logits of each running row
+    int64_t next_admission_ = 0;
+    int64_t window_steps_ = 0;
+    std::vector<at::Tensor> win_tokens_, win_logp_, win_kept_, win_routes_, win_topk_;
+};
+
+}  // namespace
+
+int64_t engine_cache_blocks(const dsa::Model& model,
+                            const std::vector<GenerationRequest>& requests,
+                            const GenerateOptions& opt) {
+    const ModelConfig& cfg = model.config();
+    const int64_t bs = opt.engine.block_size;
+    TORCH_CHECK(bs >= 1, "rollout engine: block_size must be >= 1, got ", bs);
+    int64_t longest = 1;
+    for (const GenerationRequest& r : requests)
+        longest = std::max<int64_t>(longest, static_cast<int64_t>(r.prompt.size()));
+    const int64_t full = std::min(longest + opt.max_new_tokens, cfg.max_position_embeddings);
+    const int64_t per_seq = ceil_div(full, bs) + 1;  // + the block a copy on write may take
+    const int64_t min_blocks = per_seq + 1;          // one sequence, and the scratch block
+    if (opt.engine.cache_blocks > 0) {
+        if (opt.engine.cache_blocks < min_blocks) {
+            throw ConfigError(absl::StrCat("rollout.cache_blocks: ", opt.engine.cache_blocks, " blocks of ", bs,
+                                           " slots cannot hold one sequence of ", full, " tokens (needs ", min_blocks,
+                                           ")"));
+        }
+        return opt.engine.cache_blocks;
+    }
+    const int64_t sequences =
+        std::min<int64_t>(std::max<int64_t>(1, static_cast<int64_t>(requests.size())), opt.max_batch_size);
+    int64_t blocks = sequences * per_seq + 1;
+    if (model.device().is_cuda()) {
+        const auto [free, total] = c10::cuda::CUDACachingAllocator::get()->getMemoryInfo(model.device().index());
+        (void)total;
+        const int64_t block_bytes = model.cache_bytes_per_token() * bs;
+        const auto affordable = static_cast<int64_t>(opt.engine.cache_memory_fraction * static_cast<double>(free)) /
+                                std::max<int64_t>(block_bytes, 1);
+        if (affordable < min_blocks) {
+            throw ConfigError(absl::StrCat("rollout.cache_memory_fraction: ", opt.engine.cache_memory_fraction,
+                                           " of the free device memory (", free >> 20, " MiB) holds ", affordable,
+                                           " cache blocks; one sequence of ", full, " tokens needs ", min_blocks));
+        }
+        blocks = std::min(blocks, affordable);
+    }
+    return blocks;
+}
+
+std::vector<Sample> generate_continuous(const dsa::Model& model,
+                                        const text::Tokenizer& tokenizer,
+                                        const std::vector<GenerationRequest>& requests,
+                                        const GenerateOptions& opt,
+                                        GenerationStats* stats_out) {
+    check_requests(model.config(), requests, opt);
+    // A one-position window leaves no room to generate: every sample ends at once (the static engine's rule).
+    if (std::min(opt.max_new_tokens, model.config().max_position_embeddings - 1) < 1)
+        return generate_static(model, tokenizer, requests, opt, stats_out);
+    at::NoGradGuard no_grad;
+    GenerationStats stats;
+    std::vector<Sample> out;
+    if (requests.empty()) {
+        dsa::ForwardLockstep(model).finish();
+        return out;
+    }
+    Engine engine(model, tokenizer, requests, opt, stats);
+    out = engine.run();
+    stats.sequences += static_cast<int64_t>(requests.size());
+    if (stats_out != nullptr) *stats_out += stats;
+    return out;
+}
+
+}  // namespace dsrl::rollout

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The rollout engine's GPU figures (issue 23) in one device command: builds what it needs in build-gpu, writes the
+# single_gpu.yaml model as a checkpoint, runs dsrl_bench_rollout against Hugging Face generate() at batch 1, 64 and
+# 256, then a few GRPO steps of single_gpu.yaml with the continuous and the static engine (generated tok/s per step).
+#   bash scripts/gpu_rollout_bench.sh            # on the lent GPU machine: see scripts/gpu_test.sh for the preamble
+# Logs and figures go to $OUT when set, else build-gpu/rollout_bench/.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${DSRL_BUILD_DIR:-build-gpu}
+logs=${OUT:-$build/rollout_bench}
+mkdir -p "$logs"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+bash scripts/setup.sh >"$logs/setup.log" 2>&1 || { tail -20 "$logs/setup.log"; exit 1; }
+python=$(readlink -f "$root/.venv")/bin/python
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_WITH_CUDA=ON -DDSRL_PYTHON="$python" \
+    >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_train >"$logs/build.log" 2>&1 ||
+    { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
+model=$(mktemp -d)/single_gpu
+"$build/bin/dsrl_tool" init --config configs/single_gpu.yaml --out "$model" >/dev/null
+hf_python=${DSRL_HF_PYTHON:-$(command -v python3)}
+"$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches "${DSRL_ROLLOUT_BATCHES:-1,64,256}" \
+    --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --python "$hf_python" 2>"$logs/bench_rollout.err" | tee "$logs/bench_rollout.txt" || { tail -5 "$logs/bench_rollout.err"; exit 1; }
+steps=${DSRL_GRPO_STEPS:-4}
+for engine in continuous static; do
+    timeout 300 mpirun --oversubscribe -np 1 "$build/bin/dsrl_train" --config configs/single_gpu.yaml \
+        --set 'run.stages=[grpo]' --set trainer.total_steps="$steps" --set trainer.eval_prompts=0 \
+        --set trainer.checkpoint.every_steps=0 --set trainer.log_every=1 --set rollout.engine=$engine \
+        --set run.output_dir="$logs/grpo_$engine" >"$logs/grpo_$engine.log" 2>&1 || { tail -20 "$logs/grpo_$engine.log"; }
+    "$python" - "$logs/grpo_$engine/metrics.jsonl" "$engine" <<'PY' | tee -a "$logs/grpo.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"grpo"' in l]
+tps = [r.get("tokens_per_s", 0) for r in rows]
+secs = [r.get("seconds", 0) for r in rows]
+later = tps[1:] or tps
+print(f"GRPO single_gpu.yaml, engine {sys.argv[2]}: generated tok/s per step {[round(t) for t in tps]}, "
+      f"mean of steps 2+ {sum(later) / max(len(later), 1):.0f}; seconds per step {[round(s, 2) for s in secs]}")
+PY
+done
