@@ -176,7 +176,8 @@ std::string save_checkpoint(const std::string& root,
                             const at::Tensor& rng_state,
                             int64_t keep_last,
                             const dist::Communicator* comm,
-                            const dsa::Model* reference) {
+                            const dsa::Model* reference,
+                            bool trains) {
     const int rank = comm != nullptr ? comm->rank() : 0;
     const std::string name = step_dir_name(state.job_step());
     const std::string tmp = fs::join(root, absl::StrCat(".", name, ".tmp"));
@@ -195,17 +196,23 @@ std::string save_checkpoint(const std::string& root,
     fs::write_file_synced(fs::join(tmp, cursors_file(rank)), {Json(state.cursors).dump(2) + "\n"});
     // Every rank with sharded optimizer state: its shard, named by parameter (any layout loads it back).
     // (and with expert parallelism, where each rank holds other experts' moments: Note [Expert state names]).
+    // A disaggregated job's rollout workers (the last ranks) hold no optimizer state: loading reads the shards of
+    // ranks 0, 1, ... up to the first missing one, the trainers'.
     const bool sharded =
         (optimizer.zero_stage() > 0 || model.expert_parallel() != nullptr) && comm != nullptr && comm->size() > 1;
-    if (sharded) {
+    if (sharded && trains) {
         save_safetensors(fs::join(tmp, optimizer_shard_file(rank)), optimizer.state(),
                          {{"step", std::to_string(optimizer.steps())}});
     }
     // The model (and the KL reference) at its training dtype (bit-exact resume), written by rank 0; under expert
-    // parallelism rank 0's expert-parallel group writes it, each rank its own experts.
-    model.save_distributed(fs::join(tmp, kModel),
-                           {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);
-    if (reference != nullptr) {
+    // parallelism rank 0's expert-parallel group writes it, each rank its own experts. A rollout worker holds no
+    // expert-parallel group and never writes.
+    if (trains) {
+        model.save_distributed(fs::join(tmp, kModel),
+                               {.dtype = dsa::model_dtype(model.config()), .max_shard_bytes = int64_t{5} << 30},
+                               rank == 0);
+    }
+    if (reference != nullptr && trains) {
         reference->save_distributed(
             fs::join(tmp, kReference),
             {.dtype = dsa::model_dtype(reference->config()), .max_shard_bytes = int64_t{5} << 30}, rank == 0);

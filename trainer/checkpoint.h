@@ -54,7 +54,10 @@ std::string step_dir_name(int64_t step);
 std::vector<std::string> step_dirs(const std::string& root);
 
 /// Saves a checkpoint collectively (every rank of `comm` calls it; `comm` may be null for one process).
-/// `rng_state` is this rank's generator state. Returns the final directory.
+/// `rng_state` is this rank's generator state. `trains` false: a rollout worker of a disaggregated job, which writes
+/// its generator state and cursors but no optimizer state (it holds none; the trainers' shards are the optimizer's)
+/// and no model files (the trainers write the model). Trainers must be ranks [0, T) of `comm`. Returns the final
+/// directory.
 std::string save_checkpoint(const std::string& root,
                             const dsa::Model& model,
                             const AdamW& optimizer,
@@ -62,7 +65,8 @@ std::string save_checkpoint(const std::string& root,
                             const at::Tensor& rng_state,
                             int64_t keep_last,
                             const dist::Communicator* comm,
-                            const dsa::Model* reference = nullptr);
+                            const dsa::Model* reference = nullptr,
+                            bool trains = true);
 
 /// `--resume auto|PATH`, collective over `comm` (null: one process). Every candidate is verified against its
 /// manifest (verify_checkpoint) before it is chosen. auto: <root>/latest's checkpoint, or when that is corrupt or

@@ -62,7 +62,8 @@ void bind(Binder& b, TrainerConfig& c) {
     b.field("total_steps", c.total_steps, {.doc = "Optimizer steps of the RL stage.", .min = 1});
     b.field("micro_batch_size", c.micro_batch_size, {.doc = "Sequences per rank per SFT step.", .min = 1});
     b.field("zero_stage", c.zero_stage,
-            {.doc = "Sharded optimizer state over the data-parallel ranks: 0 every rank holds all AdamW moments; "
+            {.doc = "Sharded optimizer state over the data-parallel ranks (disaggregated: the trainer ranks; rollout "
+                    "workers hold none): 0 every rank holds all AdamW moments; "
                     "1 each parameter's moments on one rank (updated there, then all-gathered); 2 also the "
                     "gradients (reduce-scattered).",
              .min = 0,

@@ -51,8 +51,9 @@ public:
         bool any_kl = false;
         for (const DomainConfig& d : job.domains) any_kl |= d.beta > 0;
         // The KL reference is the policy as the GRPO stage starts (after SFT); checkpoints keep it, so a resumed
-        // run uses the same one. grpo.ref_on_cpu keeps it in host memory (its log-probs are computed there).
-        if (any_kl && !ctx_.reference) {
+        // run uses the same one. grpo.ref_on_cpu keeps it in host memory (its log-probs are computed there). A
+        // disaggregated job's rollout workers never train: they hold none.
+        if (any_kl && !ctx_.reference && !ctx_.roles.rollout) {
             const c10::Device ref_device = job.grpo.ref_on_cpu ? c10::Device(c10::kCPU) : ctx_.device;
             ctx_.reference =
                 ctx_.reference_dir.empty()

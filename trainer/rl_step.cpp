@@ -22,6 +22,7 @@
 #include "core/rng.h"
 #include "grpo/update.h"
 #include "rollout/generator.h"
+#include "trainer/weight_sync.h"
 
 namespace dsrl::trainer {
 
@@ -80,6 +81,9 @@ RlStep::RlStep(const JobConfig& job,
     DSRL_INTERNAL_ASSERT(
         train_comm_ == nullptr || train_comm_->size() <= 1 || optimizer.comm() == train_comm_,
         "RlStep: the optimizer must average over the same group as the step's trainers (AdamW's ShardOptions)");
+    DSRL_INTERNAL_ASSERT(
+        !roles_.disaggregated || roles_.weights != nullptr,
+        "RlStep: a disaggregated job needs Roles::weights (the trainers' weights to the rollout workers)");
 }
 
 namespace {
@@ -139,12 +143,6 @@ struct RolloutCounters {
 
 constexpr int kTagGroups = 7101;
 constexpr int kTagCounters = 7102;
-
-// Every weight of the model (trained ones and buffers such as the routing bias) from `root` to every rank.
-void broadcast_weights(dsa::Model& model, const dist::Communicator& comm, int root) {
-    at::NoGradGuard no_grad;
-    for (dsa::NamedTensor& t : model.named_tensors()) comm.broadcast(*t.tensor, root);
-}
 
 }  // namespace
 
@@ -308,7 +306,7 @@ RlStepResult RlStep::run(int64_t step) {
             Batch b = peek(step + lag);
             generate_batch(b);
         }
-        broadcast_weights(policy_, *comm_, 0);
+        roles_.weights->broadcast(policy_);
         return out;  // no metrics: run_stage averages the trainers'
     } else {
         const int from = trainers + rank % roles_.rollout_workers;
@@ -364,8 +362,9 @@ RlStepResult RlStep::run(int64_t step) {
     if (counters.has_agent) add_agent_metrics(counters.agent, train_comm_, out.metrics);
     out.metrics.erase("update");
     out.metrics.erase("mini_batch");
-    // 4. Disaggregated: the trainers' new weights to the rollout workers (policy version step + 1).
-    if (roles_.disaggregated) broadcast_weights(policy_, *comm_, 0);
+    // 4. Disaggregated: the trainers' new weights to the rollout workers (policy version step + 1); under expert
+    // parallelism each rank of the first expert-parallel group sends its experts.
+    if (roles_.disaggregated) roles_.weights->broadcast(policy_);
     return out;
 }
 

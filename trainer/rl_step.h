@@ -4,7 +4,8 @@
 // counts) a step whose gradients are not finite. Colocated, every rank does all of it for its slots of the global
 // batch. Disaggregated (issue 22, synchronous: dist.max_policy_lag 0), rollout rank T + j generates and scores the
 // slots of the trainer ranks t with t mod R = j and sends each its groups (serialized records) and rollout counters
-// over MPI; the trainers train; then trainer rank 0 broadcasts the new weights to every rank (policy version = step).
+// over MPI; the trainers train; then the trainers send the new weights to the rollout workers (trainer rank 0, and
+// under expert parallelism each rank of the first expert-parallel group its experts: trainer/weight_sync.h).
 //
 //   RlStep step(job, policy, &reference, tokenizer, domains, optimizer, &world);
 //   RlStepResult r = step.run(/*step=*/s);            // r.metrics: loss terms, rewards per domain, ...

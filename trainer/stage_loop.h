@@ -29,6 +29,7 @@ namespace dsrl::trainer {
 
 class ExpertBalance;
 class TensorBoardWriter;
+class WeightSync;
 
 /// Rank 0's metrics: one JSON line per step in metrics.jsonl and, with a TensorBoard directory, scalars
 /// "<stage>/<key>" there (a resumed run appends a new event file; TensorBoard merges them). Other ranks: no-op.
@@ -55,6 +56,8 @@ struct Roles {
     bool rollout = false;     ///< this rank is a rollout worker
     /// This rank's role group (the trainers' or the rollout workers'); the world when colocated.
     const dist::Communicator* group = nullptr;
+    /// Disaggregated: the trainers' weights to the rollout workers after every RL step (trainer/weight_sync.h).
+    const WeightSync* weights = nullptr;
 };
 
 struct JobContext {

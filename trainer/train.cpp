@@ -29,6 +29,7 @@
 #include "trainer/run_dir.h"
 #include "trainer/stage_loop.h"
 #include "trainer/stages.h"
+#include "trainer/weight_sync.h"
 
 namespace dsrl::trainer {
 namespace {
@@ -54,8 +55,8 @@ void check_supported(const JobConfig& job) {
                                            "indexer_warmup, sparse_train, grpo"));
         }
     }
-    // Disaggregated RL (issue 22): what this build runs of it — a GRPO job on data-parallel trainer ranks, synchronous
-    // (max_policy_lag 0) or pipelined (L >= 1); the rest is refused, never silently run otherwise.
+    // Disaggregated RL (issue 22): a GRPO job, synchronous (max_policy_lag 0) or pipelined (L >= 1), on trainer ranks
+    // with any expert parallelism and ZeRO stage; the rest is refused, never silently run otherwise.
     if (job.dist.mode == DistMode::kDisaggregated) {
         if (job.dist.rollout_ranks < 1) {
             throw ConfigError(
@@ -66,11 +67,6 @@ void check_supported(const JobConfig& job) {
             throw ConfigError(
                 "run.stages: dist.mode disaggregated runs a GRPO job: run.stages must be [grpo] (run "
                 "SFT or the DSA stages as a colocated job first, then start from its checkpoint)");
-        }
-        if (job.dist.expert_parallel_size > 1 || job.trainer.zero_stage > 0) {
-            throw ConfigError(absl::StrCat(
-                job.dist.expert_parallel_size > 1 ? "dist.expert_parallel_size" : "trainer.zero_stage",
-                ": not yet with dist.mode disaggregated (trainer ranks are plain data-parallel in this build)"));
         }
     }
     if (job.model.impl == Impl::kCuda && !built_with_cuda()) {
@@ -152,11 +148,6 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     rng::seed_default_generators(static_cast<uint64_t>(job.run.seed), rank);
     // bf16 autocast on CUDA for every forward (rollout, training, evaluation) and its backward.
     const AutocastScope amp(device, job.trainer.autocast);
-    // Every rank starts from the same weights (same seed), then stays in sync through averaged gradients.
-    dsa::Model policy = job.model.path.empty()
-                            ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
-                            : dsa::Model::load(job.model.path, job.model, device);
-    // Expert parallelism: each rank keeps its share of the routed experts (the groups: core/dist/groups.h).
     // Roles: colocated, all ranks do everything; disaggregated, ranks [0, T) train and [T, world) roll out.
     Roles roles{.trainers = comm.size(), .group = &comm};
     std::optional<dist::Communicator> role_group;
@@ -178,17 +169,35 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
                            << "-" << comm.size() - 1 << " roll out (max_policy_lag " << job.dist.max_policy_lag << ")";
         }
     }
+    // Expert parallelism over the trainer ranks (groups: core/dist/groups.h, laid out over ranks [0, T) when
+    // disaggregated; a ConfigError naming dist.expert_parallel_size when it does not divide T, before the model loads).
+    // Each trainer keeps its share of the routed experts. A rollout worker is in no expert-parallel group: it holds
+    // every expert and receives the trainers' slices after each step.
     const bool expert_parallel = job.dist.expert_parallel_size > 1;
     const dist::StandardGroups groups =
         expert_parallel ? dist::make_standard_groups(comm, job.dist) : dist::StandardGroups{};
-    if (expert_parallel) policy.set_expert_parallel({.group = &groups.ep});
+    // Every rank starts from the same weights (same seed), then stays in sync through averaged gradients (the
+    // trainers) and the trainers' weights after every RL step (a disaggregated job's rollout workers).
+    dsa::Model policy = job.model.path.empty()
+                            ? dsa::Model::random(job.model, rng::derive_seed(job.run.seed, 0, "init"), device)
+                            : dsa::Model::load(job.model.path, job.model, device);
+    if (expert_parallel && !roles.rollout) policy.set_expert_parallel({.group = &groups.ep});
+    // Disaggregated: the trainers' weights to the rollout workers after each RL step (collective: built on every rank).
+    std::optional<WeightSync> weight_sync;
+    if (roles.disaggregated) {
+        weight_sync.emplace(comm, roles.trainers, job.dist.expert_parallel_size);
+        roles.weights = &*weight_sync;
+    }
+    // A rollout worker's optimizer has no parameters: it is never stepped, holds no moments, joins no trainer
+    // collective and writes no optimizer state.
     std::vector<Param> params;
     for (dsa::NamedTensor& t : policy.named_tensors()) {
-        if (t.trainable) params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
+        if (t.trainable && !roles.rollout)
+            params.push_back({t.name, t.tensor->requires_grad_(true), decays(t.name, *t.tensor)});
     }
-    // The optimizer averages over this rank's role group: the trainers (a rollout worker's is never stepped).
+    // The optimizer averages over this rank's role group: the trainers.
     ShardOptions shard{.comm = roles.group, .zero_stage = job.trainer.zero_stage};
-    if (expert_parallel) {
+    if (expert_parallel && !roles.rollout) {
         shard.is_expert = dsa::is_routed_experts;
         shard.expert_comm = &groups.dp;
         shard.ep_comm = &groups.ep;
@@ -238,7 +247,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
         if (rank == 0) state.cursors["metrics_bytes"] = std::to_string(fs::file_size(metrics_path));
         save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
-                        job.trainer.checkpoint.keep_last, &comm, ctx.reference.get());
+                        job.trainer.checkpoint.keep_last, &comm, ctx.reference.get(), /*trains=*/!roles.rollout);
     };
     for (const auto& stage : stages) {
         if (!run_stage(*stage, ctx)) return 0;  // stopped by a signal, checkpointed

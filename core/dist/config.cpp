@@ -12,13 +12,14 @@ void bind(Binder& b, DistConfig& c) {
     b.choice(
         "mode", c.mode, {{"colocated", DistMode::kColocated}, {"disaggregated", DistMode::kDisaggregated}},
         {.doc = "colocated: every rank rolls out then trains; disaggregated: the last rollout_ranks ranks generate "
-                "and score groups for the trainer ranks, which train and broadcast the new weights back "
-                "(docs/distributed.md; synchronous, max_policy_lag 0, in this build)."});
+                "and score groups for the trainer ranks, which train (with expert parallelism and ZeRO if set) and "
+                "send the new weights back (docs/distributed.md)."});
     b.field("timeout_s", c.timeout_s,
             {.doc = "A collective stuck this long aborts the job, naming the operation and group.", .min = 1});
     b.field("expert_parallel_size", c.expert_parallel_size,
             {.doc = "Ranks sharing one MoE layer's routed experts (each holds n_routed_experts / this; it divides "
-                    "the ranks and the experts).",
+                    "the trainer ranks and the experts). Disaggregated: over the trainer ranks only; the rollout "
+                    "workers hold every expert.",
              .min = 1});
     b.field(
         "rollout_ranks", c.rollout_ranks,

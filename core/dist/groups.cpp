@@ -20,9 +20,8 @@ std::vector<GroupSpec> standard_layout(const DistConfig& cfg, int world_size) {
                          "number of rollout-worker ranks (1..",
                          world_size - 1, ") or use dist.mode=colocated"));
     }
-    const int num_rollout = disaggregated ? static_cast<int>(cfg.rollout_ranks) : world_size;
-    const int first_trainer = disaggregated ? num_rollout : 0;
-    const int num_trainer = world_size - first_trainer;
+    // Disaggregated: ranks [0, T) train and the last rollout_ranks ranks roll out (as dsrl_train's roles).
+    const int num_trainer = disaggregated ? world_size - static_cast<int>(cfg.rollout_ranks) : world_size;
     const int64_t ep = cfg.expert_parallel_size;
     if (ep < 1 || num_trainer % ep != 0) {
         throw ConfigError(absl::StrCat(
@@ -38,12 +37,11 @@ std::vector<GroupSpec> standard_layout(const DistConfig& cfg, int world_size) {
     GroupSpec dp{"dp", std::vector<int>(world_size, -1)};
     GroupSpec eps{"ep", std::vector<int>(world_size, -1)};
     for (int r = 0; r < world_size; ++r) {
-        if (!disaggregated || r < num_rollout) rollout.color[r] = 0;
-        if (r >= first_trainer) {
-            const int t = r - first_trainer;
+        if (!disaggregated || r >= num_trainer) rollout.color[r] = 0;
+        if (r < num_trainer) {
             trainer.color[r] = 0;
-            eps.color[r] = static_cast<int>(t / ep);  // block of consecutive ranks
-            dp.color[r] = static_cast<int>(t % ep);   // same position within the block
+            eps.color[r] = static_cast<int>(r / ep);  // block of consecutive ranks
+            dp.color[r] = static_cast<int>(r % ep);   // same position within the block
         }
     }
     out.push_back(std::move(rollout));

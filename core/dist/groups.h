@@ -1,7 +1,7 @@
 // The standard groups of a dsrl job, derived from DistConfig (SPEC §8, docs/distributed.md "Groups"):
 //   world    every rank
-//   rollout  colocated: every rank; disaggregated: ranks [0, rollout_ranks)
-//   trainer  colocated: every rank; disaggregated: ranks [rollout_ranks, world)
+//   rollout  colocated: every rank; disaggregated: the last rollout_ranks ranks [T, world)
+//   trainer  colocated: every rank; disaggregated: ranks [0, T), T = world - rollout_ranks
 //   ep       expert parallel: consecutive blocks of expert_parallel_size trainer ranks
 //   dp       data parallel: trainer ranks with the same position within their ep block
 // Rollout-worker ranks of a disaggregated job are not members of dp/ep.

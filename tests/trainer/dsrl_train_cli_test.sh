@@ -61,7 +61,7 @@ for cfg in "$(dirname "$0")"/../../configs/*.yaml; do
 done
 diff <("$bin" --config "$(dirname "$0")/../../configs/demo.yaml" --print-config) <("$bin" --print-config) >/dev/null ||
     { echo "FAIL configs/demo.yaml differs from the embedded defaults (dsrl_train --print-config)"; fail=1; }
-# What disaggregated mode does not run yet is refused before any compute, not silently ignored (issue 22).
+# What disaggregated mode cannot run is refused before any compute, not silently ignored (issue 22).
 expect_error disaggregated_no_rollout "dist.rollout_ranks: dist.mode disaggregated needs at least one rollout rank" \
     --set dist.mode=disaggregated --set dist.max_policy_lag=0 --set run.output_dir="$tmp/dis"
 expect_error disaggregated_stages "run.stages: dist.mode disaggregated runs a GRPO job" --set dist.mode=disaggregated \

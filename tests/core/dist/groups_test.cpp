@@ -39,10 +39,11 @@ TEST(StandardLayoutTest, DisaggregatedKeepsRolloutRanksOutOfTrainerGroups) {
     cfg.rollout_ranks = 2;
     cfg.expert_parallel_size = 2;
     const auto layout = standard_layout(cfg, 6);
-    EXPECT_THAT(find(layout, "rollout").color, ElementsAre(0, 0, -1, -1, -1, -1));
-    EXPECT_THAT(find(layout, "trainer").color, ElementsAre(-1, -1, 0, 0, 0, 0));
-    EXPECT_THAT(find(layout, "ep").color, ElementsAre(-1, -1, 0, 0, 1, 1));
-    EXPECT_THAT(find(layout, "dp").color, ElementsAre(-1, -1, 0, 1, 0, 1));
+    // Trainers first (ranks [0, T)), rollout workers last, as dsrl_train's roles.
+    EXPECT_THAT(find(layout, "rollout").color, ElementsAre(-1, -1, -1, -1, 0, 0));
+    EXPECT_THAT(find(layout, "trainer").color, ElementsAre(0, 0, 0, 0, -1, -1));
+    EXPECT_THAT(find(layout, "ep").color, ElementsAre(0, 0, 1, 1, -1, -1));
+    EXPECT_THAT(find(layout, "dp").color, ElementsAre(0, 1, 0, 1, -1, -1));
 }
 
 TEST(StandardLayoutTest, InvalidLayoutsAreConfigErrorsNamingKeyAndValues) {
@@ -122,8 +123,8 @@ TEST(StandardGroupsTest, DisaggregatedGroupsMatchTheLayout) {
     cfg.rollout_ranks = 1;
     const StandardGroups groups = make_standard_groups(world, cfg);
     expect_group_sums(groups, standard_layout(cfg, world.size()), world.rank());
-    EXPECT_EQ(groups.rollout.is_member(), world.rank() == 0);
-    EXPECT_EQ(groups.trainer.is_member(), world.rank() != 0);
+    EXPECT_EQ(groups.rollout.is_member(), world.rank() == world.size() - 1);
+    EXPECT_EQ(groups.trainer.is_member(), world.rank() != world.size() - 1);
     EXPECT_THROW(groups.get("tp"), DistError);
 }
 
