@@ -7,7 +7,7 @@
 // memory-bandwidth bound (bytes of weights and cache one decode step reads ÷ the device's measured copy bandwidth).
 //
 //   build/bin/dsrl_bench_rollout --model DIR [--device cuda] [--batches 1,64,256] [--prompt-len 64]
-//                                [--new-tokens 128] [--top-p 0.95] [--python python3] [--hf 1]
+//                                [--new-tokens 128] [--top-p 0.95] [--python python3] [--hf 1] [--group 1]
 //
 // Without --model: decode throughput of batched generation with records (batch 1 / 8 / 32, ratio against batch 1
 // in the same process) and the bytes per token of each recorded field — kept set (keep-sampling-mask), routing
@@ -148,7 +148,8 @@ int compare(const std::string& model_dir,
             double top_p,
             const std::string& python,
             bool hf,
-            const std::string& hf_script) {
+            const std::string& hf_script,
+            int64_t group) {
     const c10::Device device(device_name);
     dsrl::ModelRuntime run;
     run.dtype = device.is_cuda() ? dsrl::DType::kBFloat16 : dsrl::DType::kFloat32;
@@ -174,19 +175,24 @@ int compare(const std::string& model_dir,
         }
         f << "]";
     }
+    // `batch` sequences: batch / group prompts with `group` samples each (a GRPO group shares its prompt).
     auto requests = [&](int64_t batch) {
         std::vector<dsrl::rollout::GenerationRequest> reqs;
-        for (int64_t b = 0; b < batch; ++b)
-            reqs.push_back({"bench", b, 0, dsrl::rollout::sample_seed(1, b, 0), prompts[b]});
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t p = b / group;
+            const auto g = static_cast<int32_t>(b % group);
+            reqs.push_back({"bench", p, g, dsrl::rollout::sample_seed(1, p, g), prompts[p]});
+        }
         return reqs;
     };
     const double bw = copy_bandwidth(device);
     std::printf(
         "dsrl_bench_rollout: %s on %s (%s weights), %ld layers, hidden %ld, %ld experts top-%ld, vocab %ld; prompts "
-        "of %ld tokens, up to %ld new tokens, temperature 1, top_p %.2f; device copy bandwidth %.0f GB/s\n",
+        "of %ld tokens (%ld samples each), up to %ld new tokens, temperature 1, top_p %.2f; device copy bandwidth "
+        "%.0f GB/s\n",
         model_dir.c_str(), device_name.c_str(), device.is_cuda() ? "bf16" : "fp32", long(c.num_hidden_layers),
         long(c.hidden_size), long(c.n_routed_experts), long(c.num_experts_per_tok), long(c.vocab_size),
-        long(prompt_len), long(new_tokens), top_p, bw / 1e9);
+        long(prompt_len), long(group), long(new_tokens), top_p, bw / 1e9);
     dsrl::rollout::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = top_p}, .max_new_tokens = new_tokens};
     {  // warm-up
         dsrl::rollout::GenerateOptions w = opt;
@@ -236,30 +242,32 @@ int compare(const std::string& model_dir,
 
 int run(int argc, char** argv) {
     std::string model_dir, python = "python3", batches_text = "1,64,256", hf_script = "bench/hf_generate.py";
-    int64_t prompt_len = 64, hf = 1;
+    int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
     int64_t index_topk = 8;
-    const bool go = dsrl::bench::Flags("dsrl_bench_rollout")
-                        .text("--device", &device, "cpu or cuda")
-                        .integer("--new-tokens", &new_tokens, 1, "tokens generated per sample")
-                        .integer("--vocab", &vocab, 2, "vocabulary size")
-                        .number("--scale", &scale, "std of the random weights")
-                        .integer("--index-topk", &index_topk, 1, "DSA keys per query (sparse from that position on)")
-                        .text("--model", &model_dir, "a Hugging Face checkpoint: compare with HF generate()")
-                        .text("--batches", &batches_text, "--model: comma-separated batch sizes")
-                        .integer("--prompt-len", &prompt_len, 1, "--model: prompt tokens")
-                        .number("--top-p", &top_p_cmp, "--model: nucleus truncation")
-                        .text("--python", &python, "--model: the python with transformers")
-                        .integer("--hf", &hf, 0, "--model: 1 runs Hugging Face generate(), 0 skips it")
-                        .text("--hf-script", &hf_script, "--model: the generate() script (run from the repository)")
-                        .parse(argc, argv);
+    const bool go =
+        dsrl::bench::Flags("dsrl_bench_rollout")
+            .text("--device", &device, "cpu or cuda")
+            .integer("--new-tokens", &new_tokens, 1, "tokens generated per sample")
+            .integer("--vocab", &vocab, 2, "vocabulary size")
+            .number("--scale", &scale, "std of the random weights")
+            .integer("--index-topk", &index_topk, 1, "DSA keys per query (sparse from that position on)")
+            .text("--model", &model_dir, "a Hugging Face checkpoint: compare with HF generate()")
+            .text("--batches", &batches_text, "--model: comma-separated batch sizes")
+            .integer("--prompt-len", &prompt_len, 1, "--model: prompt tokens")
+            .number("--top-p", &top_p_cmp, "--model: nucleus truncation")
+            .text("--python", &python, "--model: the python with transformers")
+            .integer("--hf", &hf, 0, "--model: 1 runs Hugging Face generate(), 0 skips it")
+            .text("--hf-script", &hf_script, "--model: the generate() script (run from the repository)")
+            .integer("--group", &group, 1, "--model: samples per prompt (G > 1 shares prompts; no HF column then)")
+            .parse(argc, argv);
     if (!go) return 0;
     if (!model_dir.empty()) {
         return compare(model_dir, device, dsrl::bench::parse_lengths(batches_text, "dsrl_bench_rollout"), prompt_len,
-                       new_tokens, top_p_cmp, python, hf != 0, hf_script);
+                       new_tokens, top_p_cmp, python, hf != 0 && group == 1, hf_script, group);
     }
     dsrl::ModelConfig c;
     c.vocab_size = vocab;

@@ -130,7 +130,7 @@ AttentionResult attention(const at::Tensor& h,
         pool.c_kv.index_copy_(0, slots, c_kv.reshape({B * L, -1}).to(pool.c_kv.scalar_type()));
         pool.k_pe.index_copy_(0, slots, k_pe.reshape({B * L, -1}).to(pool.k_pe.scalar_type()));
         pool.index_k.index_copy_(0, slots, ik.reshape({B * L, -1}).to(pool.index_k.scalar_type()));
-        if (paged_read) {
+        if (paged_read && (!st.dense || opt.return_topk)) {  // the indexer scores the row's keys
             const at::Tensor& read = opt.paged->read_slots;
             ik = pool.index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});
         }
@@ -154,10 +154,19 @@ AttentionResult attention(const at::Tensor& h,
         // The selected keys' slots; the queries of every row as one sequence over the pool's entries.
         const PagedKvCache& pc = *opt.paged->cache;
         const at::Tensor& read = opt.paged->read_slots;
-        const int64_t k = r.topk.size(2);
-        const at::Tensor sel = r.topk.to(at::kLong);
-        const at::Tensor slot = read.gather(1, sel.clamp_min(0).view({B, L * k})).view({B, L, k});
-        const at::Tensor idx = at::where(sel >= 0, slot, at::full({}, -1, slot.options())).view({1, B * L, k});
+        const at::Tensor none = at::full({}, -1, read.options());
+        at::Tensor idx;
+        if (st.dense) {  // every visible key (no more than index_topk): their slots, no indexer selection
+            const int64_t S = read.size(1);
+            const at::Tensor visible = st.key_valid.unsqueeze(1).logical_and(
+                at::arange(S, read.options()).view({1, 1, S}) <= st.query_pos.unsqueeze(-1));
+            idx = at::where(visible, read.unsqueeze(1).expand({B, L, S}), none).reshape({1, B * L, S});
+        } else {
+            const int64_t k = r.topk.size(2);
+            const at::Tensor sel = r.topk.to(at::kLong);
+            const at::Tensor slot = read.gather(1, sel.clamp_min(0).view({B, L * k})).view({B, L, k});
+            idx = at::where(sel >= 0, slot, none).view({1, B * L, k});
+        }
         const AttentionOutput att =
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
@@ -482,7 +491,8 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                     "forward: a paged decode needs position_ids and read_slots / key_valid [", st.batch, ", S]");
         st.query_pos = pos;
         st.key_valid = paged->key_valid.to(at::kBool);
-        st.dense = false;
+        const int64_t keys = paged->read_slots.size(1);
+        st.dense = opt.path == AttentionPath::kDense || (opt.path == AttentionPath::kAuto && keys <= c.index_topk);
     } else if (cache != nullptr) {
         cache->key_valid.narrow(1, st.offset, st.len).copy_(mask);
         cache->next_pos = cache->next_pos + mask.to(at::kLong).sum(1);
