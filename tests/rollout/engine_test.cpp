@@ -10,6 +10,9 @@
 #include <absl/strings/str_cat.h>
 #include <gmock/gmock.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "core/error.h"
 #include "rollout/engine.h"
 #include "tests/model_fixtures.h"
@@ -51,10 +54,21 @@ GenerateOptions options(EngineOptions engine, int64_t max_batch = 64) {
             .engine = engine};
 }
 
-// Every record field of `got` equals `want`'s (log-probs within 1e-5).
+// Ids in exactly one of two kept sets.
+int64_t kept_difference(const KeptSet& a, const KeptSet& b) {
+    const std::vector<int32_t> x = a.ids(), y = b.ids();
+    std::vector<int32_t> d;
+    std::set_symmetric_difference(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(d));
+    return static_cast<int64_t>(d.size());
+}
+
+// Every record field of `got` equals `want`'s (log-probs within 1e-5). Kept sets may differ by one id at the top-p /
+// min-p boundary (a cumulative mass within rounding of the threshold: the engines sum in another order) for at most
+// 1% of the tokens; such a token's log-prob is renormalized over another set, so it is not compared.
 void expect_same_records(const std::vector<Sample>& want, const std::vector<Sample>& got, const std::string& what) {
     ASSERT_EQ(want.size(), got.size()) << what;
     double worst = 0;
+    int64_t tokens = 0, boundary = 0;
     for (size_t i = 0; i < want.size(); ++i) {
         const Sample& a = want[i];
         const Sample& b = got[i];
@@ -64,11 +78,17 @@ void expect_same_records(const std::vector<Sample>& want, const std::vector<Samp
         ASSERT_EQ(a.response, b.response);
         EXPECT_EQ(a.finish, b.finish);
         ASSERT_EQ(a.logprobs.size(), b.logprobs.size());
+        ASSERT_EQ(a.kept.size(), b.kept.size());
         for (size_t t = 0; t < a.logprobs.size(); ++t) {
+            ++tokens;
+            if (a.kept[t].bytes() != b.kept[t].bytes()) {
+                EXPECT_EQ(kept_difference(a.kept[t], b.kept[t]), 1) << "token " << t << ": kept sets differ by more "
+                                                                    << "than the boundary id";
+                ++boundary;
+                continue;
+            }
             worst = std::max(worst, static_cast<double>(std::abs(a.logprobs[t] - b.logprobs[t])));
         }
-        ASSERT_EQ(a.kept.size(), b.kept.size());
-        for (size_t t = 0; t < a.kept.size(); ++t) EXPECT_EQ(a.kept[t].bytes(), b.kept[t].bytes()) << "token " << t;
         EXPECT_EQ(a.routes, b.routes) << "routing paths";
         ASSERT_EQ(a.indexer.size(), b.indexer.size());
         for (size_t l = 0; l < a.indexer.size(); ++l) {
@@ -77,6 +97,7 @@ void expect_same_records(const std::vector<Sample>& want, const std::vector<Samp
         }
     }
     EXPECT_LE(worst, 1e-5) << what << ": log-probs";
+    EXPECT_LE(boundary * 100, tokens) << what << ": " << boundary << " of " << tokens << " kept sets differ";
 }
 
 TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
@@ -113,6 +134,47 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         if (c.engine.sync_interval > 1) EXPECT_GT(stats.wasted_row_steps, 0) << c.name;
         if (c.engine.sync_interval <= 1) {
             EXPECT_EQ(stats.decode_row_steps, stats.generated_tokens) << c.name << ": finished rows leave at once";
+        }
+    }
+}
+
+// Held-out shapes and settings: a model without MoE layers, greedy decoding, no truncation (kept sets "all"),
+// min-p, a context window that ends most samples (finish context), blocks of one slot, one sequence at a time.
+TEST(EngineTest, EdgeSettingsMatchTheStaticEngine) {
+    struct Case {
+        std::string name;
+        ModelConfig cfg;
+        SamplingParams sampling;
+        EngineOptions engine;
+        int64_t max_batch = 64;
+    };
+    ModelConfig dense = tiny();
+    dense.first_k_dense_replace = dense.num_hidden_layers;  // no MoE layer: no routes
+    ModelConfig short_window = tiny();
+    short_window.max_position_embeddings = 48;  // prompts of up to 40 tokens + 24 new ones do not fit
+    const std::vector<Case> cases = {
+        {"dense model, greedy", dense, {.temperature = 0.0}, {}},
+        {"no truncation", tiny(), {.temperature = 1.0}, {.sync_interval = 3}},
+        {"min_p", tiny(), {.temperature = 0.8, .min_p = 0.05}, {.block_size = 3}},
+        {"short window, blocks of 1, one at a time",
+         short_window,
+         {.temperature = 0.9, .top_p = 0.9},
+         {.block_size = 1},
+         1},
+    };
+    for (const Case& c : cases) {
+        const dsa::Model m = make_model(c.cfg);
+        const text::ByteTokenizer tok(c.cfg.vocab_size);
+        const auto reqs = requests(5, 3, c.cfg.vocab_size);
+        GenerateOptions opt = options({.kind = "static"}, c.max_batch);
+        opt.sampling = c.sampling;
+        const std::vector<Sample> want = generate_static(m, tok, reqs, opt, nullptr);
+        opt.engine = c.engine;
+        expect_same_records(want, generate_continuous(m, tok, reqs, opt, nullptr), c.name);
+        if (c.cfg.max_position_embeddings == 48) {
+            int context = 0;
+            for (const Sample& s : want) context += s.finish == FinishReason::kContext ? 1 : 0;
+            EXPECT_GT(context, 0) << "the short window must end some samples";
         }
     }
 }
