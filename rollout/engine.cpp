@@ -425,7 +425,7 @@ private:
             }
             win_tokens_.push_back(tokens);
             win_logp_.push_back(logp.gather(1, tokens.unsqueeze(1)).squeeze(1));
-            if (record_masks_) win_kept_.push_back(logp.isfinite());
+            if (record_masks_) win_kept_.push_back(pack_mask_bits(logp.isfinite()));  // [R, ceil(V / 8)]
             // 2. Feed them: position start + s of each row, keys 0..start + s through the block table.
             const at::Tensor pos = start + s;
             const int64_t keys = longest + s + 1;
@@ -461,7 +461,8 @@ private:
         const int64_t steps = window_steps_;
         const at::Tensor tokens = at::stack(win_tokens_, 0).cpu();  // [S, R]
         const at::Tensor logp = at::stack(win_logp_, 0).cpu();
-        const at::Tensor kept = record_masks_ ? at::stack(win_kept_, 0).cpu() : at::Tensor();  // [S, R, V]
+        const at::Tensor kept =
+            record_masks_ ? at::stack(win_kept_, 0).cpu().contiguous() : at::Tensor();  // [S, R, ceil(V / 8)] bits
         const at::Tensor routes =
             win_routes_.empty() ? at::Tensor() : at::stack(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
         const at::Tensor topk =
@@ -481,7 +482,10 @@ private:
                 sm.response.push_back(static_cast<int32_t>(token));
                 sm.logprobs.push_back(plp[s * rows + i]);
                 if (opt_.record_kept) {
-                    sm.kept.push_back(record_masks_ ? KeptSet::from_mask(kept[s][i]) : KeptSet::all(cfg_.vocab_size));
+                    sm.kept.push_back(
+                        record_masks_ ? KeptSet::from_bitmap(kept.data_ptr<uint8_t>() + (s * rows + i) * kept.size(2),
+                                                             cfg_.vocab_size)
+                                      : KeptSet::all(cfg_.vocab_size));
                 }
                 if (routes.defined()) {  // [S, R, M, k] int64
                     const int64_t m = routes.size(2), k = routes.size(3);

@@ -3,6 +3,11 @@
 #include <bit>
 #include <cstring>
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/sum.h>
 #include <absl/strings/str_cat.h>
 #include <c10/util/Exception.h>
 
@@ -133,6 +138,39 @@ KeptSet KeptSet::from_mask(const at::Tensor& mask) {
         if (p[i]) ids.push_back(static_cast<int32_t>(i));
     }
     return from_ids(ids, m.numel());
+}
+
+KeptSet KeptSet::from_bitmap(const uint8_t* bits, int64_t vocab) {
+    TORCH_CHECK(vocab >= 1 && vocab <= kMaxVocab, "KeptSet::from_bitmap: vocab must be in [1, 2^31], got ", vocab);
+    const int64_t n = bitmap_bytes(vocab);
+    // Zero words are skipped 8 bytes at a time: a truncated kept set is a few ids in a large vocabulary.
+    std::vector<int32_t> ids;
+    for (int64_t i = 0; i < n;) {
+        if (i + 8 <= n) {
+            uint64_t word = 0;
+            std::memcpy(&word, bits + i, 8);
+            if (word == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        for (uint8_t b = bits[i]; b != 0; b &= static_cast<uint8_t>(b - 1)) {
+            const int64_t id = i * 8 + std::countr_zero(b);
+            if (id < vocab) ids.push_back(static_cast<int32_t>(id));
+        }
+        ++i;
+    }
+    return from_ids(ids, vocab);
+}
+
+at::Tensor pack_mask_bits(const at::Tensor& mask) {
+    TORCH_CHECK(mask.dim() == 2 && mask.scalar_type() == at::kBool, "pack_mask_bits: expected a bool mask [N, V], got ",
+                mask.sizes(), " ", mask.scalar_type());
+    const int64_t rows = mask.size(0), vocab = mask.size(1), bytes = bitmap_bytes(vocab);
+    at::Tensor m = mask.to(at::kByte);
+    if (bytes * 8 != vocab) m = at::constant_pad_nd(m, {0, bytes * 8 - vocab});
+    const at::Tensor weights = at::pow(2, at::arange(8, m.options().dtype(at::kInt))).to(at::kByte);  // 1, 2, .., 128
+    return (m.view({rows, bytes, 8}) * weights).sum(-1, /*keepdim=*/false, at::kByte);
 }
 
 KeptSet KeptSet::from_bytes(std::string bytes, int64_t vocab) {

@@ -25,6 +25,9 @@ public:
     static KeptSet all(int64_t vocab);
     /// From a bool mask [vocab] (CPU).
     static KeptSet from_mask(const at::Tensor& mask);
+    /// From ceil(vocab / 8) bytes, id i at bit i % 8 of byte i / 8 (LSB first; pack_mask_bits' layout, bits past
+    /// the vocabulary ignored): what the rollout engine copies to the host instead of a bool mask (8x smaller).
+    static KeptSet from_bitmap(const uint8_t* bits, int64_t vocab);
     /// From encoded bytes (validated: a DataError when malformed or out of range).
     static KeptSet from_bytes(std::string bytes, int64_t vocab);
     std::vector<int32_t> ids() const;
@@ -39,5 +42,9 @@ private:
     std::string bytes_;  ///< tag byte (0 all, 1 delta varints, 2 bitmap) + payload
     int64_t vocab_ = 0;
 };
+
+/// Packs bool masks [N, V] (any device) into bytes [N, ceil(V / 8)] uint8 on the same device, KeptSet::from_bitmap's
+/// layout: a few elementwise kernels, no host sync.
+at::Tensor pack_mask_bits(const at::Tensor& mask);
 
 }  // namespace dsrl::rollout

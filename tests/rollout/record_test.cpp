@@ -305,6 +305,10 @@ TEST(KeptSetTest, RandomSetsRoundTripThroughIdsMaskAndBytes) {
             auto m = mask.accessor<bool, 1>();
             for (const int32_t id : ids) m[id] = true;
             EXPECT_EQ(KeptSet::from_mask(mask).bytes(), k.bytes());
+            // The engine's path: bits packed (on the device), then decoded on the host.
+            const at::Tensor bits = pack_mask_bits(mask.unsqueeze(0)).contiguous();
+            ASSERT_EQ(bits.size(1), (vocab + 7) / 8);
+            EXPECT_EQ(KeptSet::from_bitmap(bits.data_ptr<uint8_t>(), vocab).bytes(), k.bytes());
             // fill_mask writes into a strided row of a bigger tensor.
             at::Tensor rows = at::ones({vocab, 3}, at::kBool);
             k.fill_mask(rows.select(1, 1));
