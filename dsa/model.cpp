@@ -170,7 +170,7 @@ AttentionResult attention(const at::Tensor& h,
         const AttentionOutput att =
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
-                             opt.query_chunk);
+                             opt.query_chunk, /*check_indices=*/false);  // slots of the pool by construction
         const at::Tensor o =
             at::einsum("blhc,hvc->blhv", {att.out.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim)});
         r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);

@@ -16,7 +16,8 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& indices,
                                  double scale,
                                  Impl impl,
-                                 int64_t query_chunk) {
+                                 int64_t query_chunk,
+                                 bool check_indices) {
     // Under bf16 autocast the projections come out bf16 while the normalized latent and the RoPE parts may stay
     // fp32: the kernels take every operand in bf16 (cast here, as autocast would cast a matmul's), whenever
     // q_lat is bf16. An fp32 q_lat (an fp32 model without autocast) keeps the fp32 reference.
@@ -36,7 +37,7 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
     if (use_kernels(impl, fits, "sparse attention", mismatch)) {
         return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
     }
-    return sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, query_chunk);
+    return sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, query_chunk, check_indices);
 }
 
 #ifndef DSRL_WITH_CUDA

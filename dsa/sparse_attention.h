@@ -27,13 +27,16 @@ struct AttentionOutput {
     at::Tensor lse;  ///< [B, T, H] fp32 log-sum-exp of the scaled scores
 };
 
+/// check_indices false skips the range check of the indices (a reduction and a host sync), for callers whose
+/// indices are in range by construction (the rollout engine's slots).
 AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& q_pe,
                                      const at::Tensor& c_kv,
                                      const at::Tensor& k_pe,
                                      const at::Tensor& indices,
                                      double scale,
-                                     int64_t query_chunk = 256);
+                                     int64_t query_chunk = 256,
+                                     bool check_indices = true);
 
 AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
                                     const at::Tensor& q_pe,
@@ -46,7 +49,8 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
 
 /// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA, entry 512 + 64) with
 /// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise;
-/// kReference always the reference; kCuda the kernels or a c10::Error saying why not.
+/// kReference always the reference; kCuda the kernels or a c10::Error saying why not. check_indices false: see
+/// sparse_mla_attention (the reference only; the kernels always check).
 AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& q_pe,
                                  const at::Tensor& c_kv,
@@ -54,7 +58,8 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& indices,
                                  double scale,
                                  Impl impl,
-                                 int64_t query_chunk = 256);
+                                 int64_t query_chunk = 256,
+                                 bool check_indices = true);
 
 /// The CUDA kernels (dsa/kernels/sparse_mla.cuh) behind an autograd function; sm_90 builds only.
 namespace cuda {

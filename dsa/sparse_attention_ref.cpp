@@ -173,16 +173,19 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& k_pe,
                                      const at::Tensor& indices,
                                      double scale,
-                                     int64_t query_chunk) {
+                                     int64_t query_chunk,
+                                     bool check_indices) {
     check_qkv(q_lat, q_pe, c_kv, k_pe);
     TORCH_CHECK(indices.dim() == 3 && indices.size(0) == q_lat.size(0) && indices.size(1) == q_lat.size(1),
                 "sparse attention: indices must be [", q_lat.size(0), ", ", q_lat.size(1), ", K], got ",
                 indices.sizes());
     TORCH_CHECK(query_chunk >= 1, "sparse attention: query_chunk must be >= 1, got ", query_chunk);
     // Once for the whole call (one host sync), not per chunk in forward and again in backward.
-    const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
-    TORCH_CHECK(max_index < c_kv.size(1), "sparse attention: index ", max_index, " out of range for ", c_kv.size(1),
-                " keys");
+    if (check_indices) {
+        const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
+        TORCH_CHECK(max_index < c_kv.size(1), "sparse attention: index ", max_index, " out of range for ", c_kv.size(1),
+                    " keys");
+    }
     const auto r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices.to(at::kLong), scale,
                                     std::max<int64_t>(1, std::min(query_chunk, q_lat.size(1))));
     return {r[0], r[1]};
