@@ -130,14 +130,7 @@ public:
             Seq& q = seqs_[i];
             q.req = &r;
             q.gen = rng::make_cpu_generator(r.seed);
-            Sample& s = q.sample;
-            s.domain = r.domain;
-            s.prompt_id = r.prompt_id;
-            s.sample_index = r.sample_index;
-            s.seed = r.seed;
-            s.policy_version = opt.policy_version;
-            s.prompt = r.prompt;
-            s.vocab_size = cfg_.vocab_size;
+            q.sample = start_sample(r, opt, cfg_);
             stats_.prompt_tokens += static_cast<int64_t>(r.prompt.size());
         }
         // Consecutive requests of one prompt form a group (admitted together, prefilled once).

@@ -182,6 +182,18 @@ uint64_t sample_seed(uint64_t base_seed, int64_t prompt_id, int32_t sample_index
                       rng::mix64(static_cast<uint64_t>(sample_index) + 1));
 }
 
+Sample start_sample(const GenerationRequest& r, const GenerateOptions& opt, const ModelConfig& cfg) {
+    Sample s;
+    s.domain = r.domain;
+    s.prompt_id = r.prompt_id;
+    s.sample_index = r.sample_index;
+    s.seed = r.seed;
+    s.policy_version = opt.policy_version;
+    s.prompt = r.prompt;
+    s.vocab_size = cfg.vocab_size;
+    return s;
+}
+
 bool finish_sample(Sample& s,
                    int64_t token,
                    const text::Tokenizer& tok,
@@ -266,14 +278,7 @@ std::vector<Sample> generate_static(const dsa::Model& model,
             Row& row = rows[i - start];
             row.req = &r;
             row.gen = rng::make_cpu_generator(r.seed);
-            Sample& s = row.sample;
-            s.domain = r.domain;
-            s.prompt_id = r.prompt_id;
-            s.sample_index = r.sample_index;
-            s.seed = r.seed;
-            s.policy_version = opt.policy_version;
-            s.prompt = r.prompt;
-            s.vocab_size = cfg.vocab_size;
+            row.sample = start_sample(r, opt, cfg);
             stats.prompt_tokens += static_cast<int64_t>(r.prompt.size());
         }
         generate_batch(model, tokenizer, rows, opt, stats);

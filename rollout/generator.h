@@ -95,6 +95,9 @@ std::vector<Sample> generate_static(const dsa::Model& model,
 /// The request checks every engine runs first (DataError naming the prompt).
 void check_requests(const ModelConfig& cfg, const std::vector<GenerationRequest>& requests, const GenerateOptions& opt);
 
+/// A request's sample before its first token: ids, seed, policy version and prompt.
+Sample start_sample(const GenerationRequest& r, const GenerateOptions& opt, const ModelConfig& cfg);
+
 /// Whether a sample that just appended `token` is finished, and why (the rules every engine applies, in order: EOS,
 /// a stop string, max_new_tokens or the end of the forced ids, the context window).
 bool finish_sample(Sample& s,

@@ -31,19 +31,26 @@ LossOutput group_loss(const std::vector<const rollout::Sample*>& all, const Logp
     return grpo_loss({pi.logp, b.logp_old.cuda(), {}, b.valid.cuda(), adv.adv.cuda(), adv.contributes.cuda(), {}}, {});
 }
 
-TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
-    DSRL_REQUIRE_CUDA();
+// The embedded default model (index_topk 12, so generations cross into the sparse regime) with weights of std 0.08
+// (peaked distributions), built on the CPU and moved to the GPU.
+dsa::Model random_cuda_model(uint64_t seed) {
     ModelConfig c;
     c.index_topk = 12;
     c.max_position_embeddings = 128;
-    dsa::Model cpu = dsa::Model::random(c, 31, at::kCPU);
-    at::Generator gen = rng::make_cpu_generator(32);
+    dsa::Model cpu = dsa::Model::random(c, seed, at::kCPU);
+    at::Generator gen = rng::make_cpu_generator(seed + 1);
     for (dsa::NamedTensor& t : cpu.named_tensors()) {
         if (t.name.find("norm") == std::string::npos) t.tensor->normal_(0.0, 0.08, gen);
     }
     dsa::ModelWeights w = cpu.weights();
     for (dsa::NamedTensor& t : dsa::named_tensors(w, c)) *t.tensor = t.tensor->cuda();
-    dsa::Model m(c, w);
+    return dsa::Model(c, w);
+}
+
+TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
+    DSRL_REQUIRE_CUDA();
+    dsa::Model m = random_cuda_model(31);
+    const ModelConfig& c = m.config();
     const text::ByteTokenizer tok(c.vocab_size);
     std::vector<rollout::Prompt> prompts;
     for (int i = 0; i < 3; ++i) {
@@ -76,27 +83,14 @@ TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
     EXPECT_GT(m.weights().lm_head.grad().abs().sum().item<double>(), 0);
 }
 
-// bf16 autocast (trainer.autocast, the GPU default): fp32 parameters, bf16 matmuls. Rollout and teacher-forced
-// recomputation under the same autocast agree to bf16 precision; the logits differ from the fp32 forward (so
-// autocast is active) by a bf16-sized amount; the GRPO backward yields finite fp32 gradients.
 // The continuous engine on CUDA (paged cache, sampling on the device, windows of 8 decode steps, dense MoE decode)
 // against the static engine in fp32: the same tokens for almost every sample (the dense MoE sums in another order,
 // so a draw at a CDF boundary may flip), log-probs of the equal ones within 1e-4, and teacher-forced recomputation of
 // its records within 1e-4.
 TEST(GrpoGpuTest, ContinuousEngineMatchesTheStaticEngineOnCuda) {
     DSRL_REQUIRE_CUDA();
-    ModelConfig c;
-    c.index_topk = 12;
-    c.max_position_embeddings = 128;
-    dsa::Model cpu = dsa::Model::random(c, 41, at::kCPU);
-    at::Generator gen = rng::make_cpu_generator(42);
-    for (dsa::NamedTensor& t : cpu.named_tensors()) {
-        if (t.name.find("norm") == std::string::npos) t.tensor->normal_(0.0, 0.08, gen);
-    }
-    dsa::ModelWeights w = cpu.weights();
-    for (dsa::NamedTensor& t : dsa::named_tensors(w, c)) *t.tensor = t.tensor->cuda();
-    const dsa::Model m(c, w);
-    const text::ByteTokenizer tok(c.vocab_size);
+    const dsa::Model m = random_cuda_model(41);
+    const text::ByteTokenizer tok(m.config().vocab_size);
     std::vector<rollout::GenerationRequest> reqs;
     for (int p = 0; p < 6; ++p) {
         const auto ids = tok.apply_chat({{"user", std::string(static_cast<size_t>(3 + 5 * p), 'q')}}, true);
@@ -133,6 +127,9 @@ TEST(GrpoGpuTest, ContinuousEngineMatchesTheStaticEngineOnCuda) {
     RecordProperty("same_samples", same);
 }
 
+// bf16 autocast (trainer.autocast, the GPU default): fp32 parameters, bf16 matmuls. Rollout and teacher-forced
+// recomputation under the same autocast agree to bf16 precision; the logits differ from the fp32 forward (so
+// autocast is active) by a bf16-sized amount; the GRPO backward yields finite fp32 gradients.
 TEST(GrpoGpuTest, Bf16AutocastRolloutRecomputeAndBackward) {
     DSRL_REQUIRE_CUDA();
     ModelConfig c;
