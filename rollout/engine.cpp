@@ -168,6 +168,12 @@ public:
             }
         }
         lock_.finish();
+        if (stats_.preemptions > 0) {
+            DSRL_LOG(warn) << "rollout: " << stats_.preemptions << " sequence(s) evicted from a full cache of "
+                           << pool_.used() + pool_.free() << " blocks and recomputed (the records are unchanged, the "
+                           << "time is not); raise rollout.cache_blocks or rollout.cache_memory_fraction, or lower "
+                           << "rollout.max_batch_size";
+        }
         std::vector<Sample> out;
         out.reserve(seqs_.size());
         for (Seq& q : seqs_) out.push_back(finalize(q));

@@ -138,9 +138,11 @@ int generate_main(const std::vector<std::string>& args) {
                                        .engine = ro.engine};
     at::NoGradGuard no_grad;
     const AutocastScope amp(device, /*enabled=*/device.is_cuda() && job.model.dtype == DType::kFloat32);
-    // Prompts go in chunks of about one batch, so progress shows on long inputs; the samples of a prompt depend only
-    // on (run.seed, its id, the sample index), never on the chunking.
-    const int64_t chunk = std::max<int64_t>(1, ro.max_batch_size / std::max<int64_t>(1, ro.group_size));
+    // Prompts go in chunks (of about one batch for the static engine, eight for the continuous one, which keeps its
+    // batch full within a chunk), so progress shows on long inputs; the samples of a prompt depend only on (run.seed,
+    // its id, the sample index), never on the chunking.
+    const int64_t batches = ro.engine.kind == "continuous" ? 8 : 1;
+    const int64_t chunk = std::max<int64_t>(1, batches * ro.max_batch_size / std::max<int64_t>(1, ro.group_size));
     std::vector<rollout::SampleGroup> groups;
     rollout::GenerationStats total;
     const auto t1 = std::chrono::steady_clock::now();
