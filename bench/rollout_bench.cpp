@@ -90,7 +90,8 @@ Result run_once(
 double decode_step_bytes(const dsrl::dsa::Model& m, int64_t batch, double context) {
     const dsrl::ModelConfig& c = m.config();
     double dense = 0, experts = 0;
-    for (const auto& t : const_cast<dsrl::dsa::Model&>(m).named_tensors()) {
+    dsrl::dsa::ModelWeights w = m.weights();  // tensor handles, for the named list
+    for (const auto& t : dsrl::dsa::named_tensors(w, c)) {
         const double bytes = static_cast<double>(t.tensor->numel() * t.tensor->element_size());
         (dsrl::dsa::is_routed_experts(t.name) ? experts : dense) += bytes;
     }

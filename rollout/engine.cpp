@@ -42,7 +42,8 @@ public:
         for (int64_t b = blocks - 1; b >= 1; --b) free_.push_back(static_cast<int32_t>(b));
     }
     int64_t free() const { return static_cast<int64_t>(free_.size()); }
-    int64_t used() const { return static_cast<int64_t>(refs_.size()) - 1 - free(); }
+    int64_t total() const { return static_cast<int64_t>(refs_.size()) - 1; }  // the scratch block aside
+    int64_t used() const { return total() - free(); }
     int32_t alloc() {
         DSRL_INTERNAL_ASSERT(!free_.empty(), "BlockPool: no free block");
         const int32_t b = free_.back();
@@ -80,6 +81,10 @@ struct Seq {
 struct Pending {
     std::vector<Seq*> seqs;
     bool recompute = false;
+    /// Tokens to prefill: the prompt, or for a recomputation the prompt and the response so far.
+    int64_t length() const {
+        return recompute ? seqs[0]->num_tokens() : static_cast<int64_t>(seqs[0]->sample.prompt.size());
+    }
     std::vector<int32_t> tokens() const {
         std::vector<int32_t> t = seqs[0]->sample.prompt;
         if (recompute) t.insert(t.end(), seqs[0]->sample.response.begin(), seqs[0]->sample.response.end());
@@ -101,10 +106,6 @@ at::Tensor upload(const at::Tensor& t, c10::Device device) {
     return t.pin_memory().to(device, /*non_blocking=*/true);
 }
 
-bool truncates(const SamplingParams& p, int64_t vocab) {
-    return p.greedy() || (p.top_k > 0 && p.top_k < vocab) || p.min_p > 0 || p.top_p < 1;
-}
-
 class Engine {
 public:
     Engine(const dsa::Model& model,
@@ -120,10 +121,11 @@ public:
           device_(model.device()),
           bs_(opt.engine.block_size),
           pool_(engine_cache_blocks(model, requests, opt)),
-          cache_(model.new_paged_cache(pool_.free() + 1, bs_)),
+          cache_(model.new_paged_cache(pool_.total() + 1, bs_)),
           lock_(model),
           sync_interval_(opt.engine.sync_interval > 0 ? opt.engine.sync_interval : (device_.is_cuda() ? 8 : 1)),
-          record_masks_(opt.record_kept && truncates(opt.sampling, cfg_.vocab_size)) {
+          // Kept sets smaller than the vocabulary come from the device; otherwise every one is "all".
+          record_masks_(opt.record_kept && (opt.sampling.greedy() || truncates(opt.sampling, cfg_.vocab_size))) {
         seqs_.resize(requests.size());
         for (size_t i = 0; i < requests.size(); ++i) {
             const GenerationRequest& r = requests[i];
@@ -164,13 +166,13 @@ public:
                 DSRL_LOG(info) << absl::StrFormat(
                     "rollout: %d/%d sequences, %d running, %d tokens generated, %.0f tok/s, cache %d/%d blocks", done,
                     seqs_.size(), running_.size(), stats_.generated_tokens, stats_.generated_tokens / secs,
-                    pool_.used(), pool_.used() + pool_.free());
+                    pool_.used(), pool_.total());
             }
         }
         lock_.finish();
         if (stats_.preemptions > 0) {
             DSRL_LOG(warn) << "rollout: " << stats_.preemptions << " sequence(s) evicted from a full cache of "
-                           << pool_.used() + pool_.free() << " blocks and recomputed (the records are unchanged, the "
+                           << pool_.total() << " blocks and recomputed (the records are unchanged, the "
                            << "time is not); raise rollout.cache_blocks or rollout.cache_memory_fraction, or lower "
                            << "rollout.max_batch_size";
         }
@@ -205,7 +207,7 @@ private:
         while (!waiting_.empty()) {
             const Pending& p = waiting_.front();
             const int64_t n = static_cast<int64_t>(p.seqs.size());
-            const int64_t len = static_cast<int64_t>(p.tokens().size());
+            const int64_t len = p.length();
             const bool alone = rows == 0;  // an empty batch takes any group, even one larger than the limits
             // The prompt's blocks plus one per sample for its first decode step (or its copy on write); alone, one.
             const int64_t need = ceil_div(len, bs_) + (alone ? 1 : n);
@@ -354,13 +356,14 @@ private:
 
     // Keeps every running row but `drop` (indices into running_), with their logits.
     void remove_rows(const std::vector<int64_t>& drop) {
+        std::vector<bool> dropped(running_.size(), false);
+        for (const int64_t i : drop) dropped[static_cast<size_t>(i)] = true;
         std::vector<Seq*> keep_seqs;
         std::vector<int64_t> keep;
         for (size_t i = 0; i < running_.size(); ++i) {
-            if (std::find(drop.begin(), drop.end(), static_cast<int64_t>(i)) == drop.end()) {
-                keep.push_back(static_cast<int64_t>(i));
-                keep_seqs.push_back(running_[i]);
-            }
+            if (dropped[i]) continue;
+            keep.push_back(static_cast<int64_t>(i));
+            keep_seqs.push_back(running_[i]);
         }
         running_ = std::move(keep_seqs);
         last_logits_ =
@@ -382,8 +385,8 @@ private:
         int64_t longest = 0;
         for (int64_t i = 0; i < rows; ++i) {
             const Seq& q = *running_[i];
-            for (size_t b = 0; b < q.blocks.size(); ++b) table[i][static_cast<int64_t>(b)] = q.blocks[b];
-            start[i] = q.cached;
+            std::copy(q.blocks.begin(), q.blocks.end(), table.data_ptr<int64_t>() + i * max_blocks);
+            start.data_ptr<int64_t>()[i] = q.cached;
             longest = std::max(longest, q.cached);
             const std::vector<int32_t>& f = q.req->forced;
             for (int64_t s = 0; s < steps; ++s) {

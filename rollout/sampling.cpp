@@ -25,6 +25,10 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
+bool truncates(const SamplingParams& p, int64_t vocab) {
+    return (p.top_k > 0 && p.top_k < vocab) || p.min_p > 0 || p.top_p < 1;
+}
+
 at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p) {
     TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0, "sampling: logits must be [B, V], got ", logits.sizes());
     TORCH_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.top_k >= 0 && p.min_p >= 0 && p.min_p <= 1,
@@ -38,8 +42,7 @@ at::Tensor processed_logprobs(const at::Tensor& logits, const SamplingParams& p)
     }
     const at::Tensor scaled = x / p.temperature;
     const at::Tensor logp = at::log_softmax(scaled, -1);
-    const bool truncate = (p.top_k > 0 && p.top_k < vocab) || p.min_p > 0 || p.top_p < 1;
-    if (!truncate) return logp;
+    if (!truncates(p, vocab)) return logp;
     // Work in descending-probability order; a stable sort makes ties keep the lower id.
     auto [sorted, order] = at::sort(logp, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
     const at::Tensor rank = at::arange(vocab, order.options()).unsqueeze(0);

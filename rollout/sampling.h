@@ -19,6 +19,9 @@
 
 namespace dsrl::rollout {
 
+/// Whether top-k, min-p or top-p drop any of `vocab` ids (greedy aside): processed_logprobs then keeps a subset.
+bool truncates(const SamplingParams& p, int64_t vocab);
+
 /// The processed distribution of each row of `logits` [B, V]: log-softmax of logits / T restricted to the
 /// kept set (top-k, then min-p, then top-p on the tempered probabilities; the most likely token is always
 /// kept; ties keep the lower id) and renormalized over it. Entries outside the kept set are −inf. Greedy
