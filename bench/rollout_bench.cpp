@@ -200,12 +200,23 @@ int compare(const std::string& model_dir,
         w.max_new_tokens = 8;
         (void)dsrl::rollout::generate(m, *tok, requests(std::min<int64_t>(most, 8)), w, nullptr);
     }
-    std::printf("%6s | %14s %14s %14s | %9s %9s | %10s %8s %8s\n", "batch", "dsrl tok/s", "static tok/s", "HF tok/s",
-                "vs HF", "vs static", "bw bound", "peak blk", "preempt");
+    // On CUDA the continuous engine runs twice: replaying captured decode steps (the default) and launching every
+    // kernel (rollout.cuda_graphs false).
+    const bool graphs = device.is_cuda();
+    int64_t nodes = 0;
+    std::printf("%6s | %12s %12s %12s %12s | %8s %9s %9s | %9s %13s %8s %7s\n", "batch", "dsrl tok/s", "no-graph",
+                "static", "HF", "vs HF", "vs static", "graph x", "bw bound", "graphs (s)", "peak blk", "preempt");
     for (const int64_t batch : batches) {
         opt.max_batch_size = batch;
         opt.engine.kind = "continuous";
+        opt.engine.cuda_graphs = true;
         const Timed cont = time_engine(m, *tok, requests(batch), opt);
+        Timed eager = cont;
+        if (graphs) {
+            opt.engine.cuda_graphs = false;
+            eager = time_engine(m, *tok, requests(batch), opt);
+            opt.engine.cuda_graphs = true;
+        }
         opt.engine.kind = "static";
         const Timed stat = time_engine(m, *tok, requests(batch), opt);
         double hf_tps = 0;
@@ -225,18 +236,25 @@ int compare(const std::string& model_dir,
             context);
         const double achieved = step_bytes * static_cast<double>(cont.stats.decode_steps) /
                                 std::max(cont.stats.decode_seconds + cont.stats.prefill_seconds, 1e-9);
-        std::printf("%6ld | %14.0f %14.0f %14s | %8s %8.2fx | %9.1f%% %8ld %8ld\n", long(batch), cont.tok_per_s,
-                    stat.tok_per_s, hf ? absl::StrFormat("%.0f", hf_tps).c_str() : "-",
+        std::printf("%6ld | %12.0f %12s %12.0f %12s | %8s %8.2fx %9s | %8.1f%% %13s %8ld %7ld\n", long(batch),
+                    cont.tok_per_s, graphs ? absl::StrFormat("%.0f", eager.tok_per_s).c_str() : "-", stat.tok_per_s,
+                    hf ? absl::StrFormat("%.0f", hf_tps).c_str() : "-",
                     hf_tps > 0 ? absl::StrFormat("%.2fx", cont.tok_per_s / hf_tps).c_str() : "-",
-                    cont.tok_per_s / stat.tok_per_s, 100.0 * achieved / bw, long(cont.stats.peak_cache_blocks),
-                    long(cont.stats.preemptions));
+                    cont.tok_per_s / stat.tok_per_s,
+                    graphs ? absl::StrFormat("%.2fx", cont.tok_per_s / eager.tok_per_s).c_str() : "-",
+                    100.0 * achieved / bw,
+                    absl::StrFormat("%ld (%.2f)", long(cont.stats.graphs_captured), cont.stats.capture_seconds).c_str(),
+                    long(cont.stats.peak_cache_blocks), long(cont.stats.preemptions));
         std::fflush(stdout);
+        nodes = std::max(nodes, cont.stats.graph_nodes);
     }
+    if (nodes > 0) std::printf("decode-step graph: %ld nodes (kernels and copies per step)\n", long(nodes));
     std::remove(prompts_path.c_str());
     std::printf(
-        "tok/s: generated tokens / wall time (prefill included); HF: transformers generate() (bf16 on CUDA), "
-        "do_sample, "
-        "the same prompts, temperature and top_p; bw bound: bytes of weights and cache one decode step reads x decode "
+        "tok/s: generated tokens / wall time (prefill and graph capture included); no-graph: the continuous engine "
+        "with rollout.cuda_graphs false; HF: transformers generate() (bf16 on CUDA), do_sample, the same prompts, "
+        "temperature and top_p; graph x: dsrl over no-graph; graphs (s): decode-step graphs captured in the run and "
+        "the seconds their capture took; bw bound: bytes of weights and cache one decode step reads x decode "
         "steps / time, over the measured copy bandwidth.\n");
     return 0;
 }

@@ -11,6 +11,8 @@ AutocastScope::AutocastScope(c10::Device device, bool enabled) {
     prev_dtype_ = at::autocast::get_autocast_dtype(c10::DeviceType::CUDA);
     at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, c10::ScalarType::BFloat16);
     at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, true);
+    prev_cache_ = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);  // see precision.h: cached casts go stale when weights change
     at::autocast::increment_nesting();
 }
 
@@ -19,6 +21,7 @@ AutocastScope::~AutocastScope() {
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
     at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, prev_enabled_);
     at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, prev_dtype_);
+    at::autocast::set_autocast_cache_enabled(prev_cache_);
 }
 
 }  // namespace dsrl

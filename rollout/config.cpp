@@ -66,6 +66,10 @@ void bind(Binder& b, RolloutConfig& c) {
             {.doc = "Continuous engine: decode steps between host syncs, where finished sequences are found (0: 1 on "
                     "CPU, 8 on CUDA).",
              .min = 0});
+    b.field("cuda_graphs", c.engine.cuda_graphs,
+            {.doc = "Continuous engine on CUDA: each decode step is one CUDA graph replay, captured once per bucket of "
+                    "rows and cache blocks (powers of two; padded rows write to a scratch block). Off: the step's "
+                    "kernels are launched one by one. Not under expert parallelism, which always launches them."});
 }
 
 }  // namespace dsrl

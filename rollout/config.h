@@ -32,6 +32,10 @@ struct EngineOptions {
     double cache_memory_fraction = 0.5;  ///< CUDA: the share of free device memory the cache pool may take
     int64_t cache_blocks = 0;            ///< the pool's blocks; 0 = sized automatically (docs/rollout.md)
     int64_t sync_interval = 0;           ///< decode steps between host syncs (stop checks); 0 = 1 on CPU, 8 on CUDA
+    bool cuda_graphs = true;             ///< CUDA: replay each decode step from a graph captured per batch bucket
+    /// Tests (not a config key): on CPU, run the bucketed step that the CUDA graphs replay (padded rows, block tables
+    /// padded to a power of two), eagerly.
+    bool buckets_on_cpu = false;
 };
 
 }  // namespace rollout

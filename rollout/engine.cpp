@@ -11,6 +11,14 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#ifdef DSRL_WITH_CUDA
+#include <ATen/autocast_mode.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 #include <c10/util/Exception.h>
 
 #include <absl/strings/str_cat.h>
@@ -20,6 +28,8 @@
 #include <chrono>
 #include <deque>
 #include <limits>
+#include <map>
+#include <memory>
 #include <type_traits>
 
 #include "core/error.h"
@@ -125,7 +135,10 @@ public:
           lock_(model),
           sync_interval_(opt.engine.sync_interval > 0 ? opt.engine.sync_interval : (device_.is_cuda() ? 8 : 1)),
           // Kept sets smaller than the vocabulary come from the device; otherwise every one is "all".
-          record_masks_(opt.record_kept && (opt.sampling.greedy() || truncates(opt.sampling, cfg_.vocab_size))) {
+          record_masks_(opt.record_kept && (opt.sampling.greedy() || truncates(opt.sampling, cfg_.vocab_size))),
+          // Collectives of expert parallelism run between the kernels: such steps are launched one by one.
+          use_graphs_(device_.is_cuda() && opt.engine.cuda_graphs && model.expert_parallel() == nullptr),
+          bucketed_(use_graphs_ || (!device_.is_cuda() && opt.engine.buckets_on_cpu)) {
         seqs_.resize(requests.size());
         for (size_t i = 0; i < requests.size(); ++i) {
             const GenerationRequest& r = requests[i];
@@ -370,22 +383,90 @@ private:
             keep.empty() ? at::Tensor() : last_logits_.index_select(0, at::tensor(keep, at::kLong).to(device_));
     }
 
-    // `steps` decode steps over the running rows, the records kept on the device.
+    // One decode step's inputs: the rows' next-token logits, their uniforms, forced ids (−1: none; undefined: no row
+    // has any), block tables, positions, and the number of key slots read per row (keys past a row's position are
+    // masked, so any count covering the longest row gives the same records).
+    struct StepIn {
+        at::Tensor logits;   // [R, V] fp32
+        at::Tensor uniform;  // [R, 1] double
+        at::Tensor forced;   // [R] int64
+        at::Tensor table;    // [R, NB] int64 block ids
+        at::Tensor pos;      // [R] int64 position of the fed token
+        int64_t keys = 0;
+    };
+    // Its outputs: the sampled tokens with their log-probs, kept-set bitmaps, routes and indexer sets, and the next
+    // logits.
+    struct StepOut {
+        at::Tensor tokens, logp, kept, routes, topk, logits;
+    };
+
+    // Samples every row from its uniform and feeds the tokens: the whole step on the device, no host sync (so it can be
+    // captured in a CUDA graph).
+    StepOut decode_step(const StepIn& in) {
+        StepOut out;
+        const at::Tensor logp = processed_logprobs(in.logits, opt_.sampling);
+        out.tokens = sample_with_uniforms(logp, in.uniform);
+        if (in.forced.defined()) out.tokens = at::where(in.forced >= 0, in.forced, out.tokens);
+        out.logp = logp.gather(1, out.tokens.unsqueeze(1)).squeeze(1);
+        if (record_masks_) out.kept = pack_mask_bits(logp.isfinite());  // [R, ceil(V / 8)]
+        // Feed them: position pos of each row, keys 0..keys through the block table.
+        const at::Tensor& table = in.table;
+        const at::Tensor key = at::arange(in.keys, table.options());
+        const at::Tensor read = table.index_select(1, key.div(bs_, "floor")) * bs_ + key.remainder(bs_);
+        const at::Tensor write =
+            table.gather(1, in.pos.div(bs_, "floor").unsqueeze(1)) * bs_ + in.pos.remainder(bs_).unsqueeze(1);
+        const dsa::PagedStep step{.cache = &cache_,
+                                  .write_slots = write,
+                                  .read_slots = read,
+                                  .key_valid = key.unsqueeze(0) <= in.pos.unsqueeze(1)};
+        // On CUDA the MoE layers run densely over the experts (a fixed handful of kernels, no host sync).
+        const dsa::ForwardOptions fopt{.return_routes = opt_.record_routes,
+                                       .return_topk = opt_.record_indexer,
+                                       .paged = &step,
+                                       .check_ids = false,
+                                       .moe_dense = device_.is_cuda()};
+        lock_.step();
+        const dsa::ForwardOutput f =
+            model_.forward({.input_ids = out.tokens.unsqueeze(1), .position_ids = in.pos.unsqueeze(1)}, fopt);
+        if (!f.routes.empty()) out.routes = at::stack(f.routes, 1).select(2, 0);  // [R, M, k]
+        if (!f.topk.empty()) out.topk = at::stack(f.topk, 1).select(2, 0);        // [R, Ly, K]
+        out.logits = f.logits.select(1, 0);
+        return out;
+    }
+
+    // Keeps rows [0, rows) of a step's records for the window's flush (copies: a graph's outputs are overwritten by
+    // its next replay).
+    void keep_records(const StepOut& out, int64_t rows, bool copy) {
+        const auto keep = [&](std::vector<at::Tensor>& to, const at::Tensor& t) {
+            if (t.defined()) to.push_back(copy ? t.narrow(0, 0, rows).clone() : t);
+        };
+        keep(win_tokens_, out.tokens);
+        keep(win_logp_, out.logp);
+        keep(win_kept_, out.kept);
+        keep(win_routes_, out.routes);
+        keep(win_topk_, out.topk);
+    }
+
+    // `steps` decode steps over the running rows, the records kept on the device. With graphs the rows and block-table
+    // width are padded to a bucket (powers of two) whose captured step is replayed.
     void decode_window(int64_t steps) {
         const auto t0 = Clock::now();
         const int64_t rows = static_cast<int64_t>(running_.size());
         int64_t max_blocks = 0;
         for (const Seq* q : running_)
             max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(q->blocks.size()));
-        // The block tables and positions, uploaded once per window; slots are computed on the device per step.
-        at::Tensor table = at::zeros({rows, max_blocks}, at::kLong);
-        at::Tensor start = at::empty({rows}, at::kLong);
-        std::vector<int64_t> forced(static_cast<size_t>(rows * steps), -1);
+        const int64_t padded = bucketed_ ? bucket(rows, opt_.max_batch_size) : rows;
+        const int64_t width = bucketed_ ? bucket(max_blocks, std::numeric_limits<int64_t>::max()) : max_blocks;
+        // The block tables and positions, uploaded once per window; slots are computed on the device per step. Padded
+        // rows read and write the scratch block 0 at position 0.
+        at::Tensor table = at::zeros({padded, width}, at::kLong);
+        at::Tensor start = at::zeros({padded}, at::kLong);
+        std::vector<int64_t> forced(static_cast<size_t>(padded * steps), -1);
         bool any_forced = false;
         int64_t longest = 0;
         for (int64_t i = 0; i < rows; ++i) {
             const Seq& q = *running_[i];
-            std::copy(q.blocks.begin(), q.blocks.end(), table.data_ptr<int64_t>() + i * max_blocks);
+            std::copy(q.blocks.begin(), q.blocks.end(), table.data_ptr<int64_t>() + i * width);
             start.data_ptr<int64_t>()[i] = q.cached;
             longest = std::max(longest, q.cached);
             const std::vector<int32_t>& f = q.req->forced;
@@ -400,59 +481,127 @@ private:
         table = upload(table, device_);
         start = upload(start, device_);
         const at::Tensor forced_dev =
-            any_forced ? upload(at::tensor(forced, at::kLong).view({rows, steps}), device_) : at::Tensor();
-        // Every row's uniforms for the window, drawn from its own generator in step order.
+            any_forced ? upload(at::tensor(forced, at::kLong).view({padded, steps}), device_) : at::Tensor();
+        // Every row's uniforms for the window, drawn from its own generator in step order (padded rows: 0.5).
         std::vector<at::Generator> gens;
         for (Seq* q : running_) gens.push_back(q->gen);
         std::vector<at::Tensor> draws;
-        for (int64_t s = 0; s < steps; ++s) draws.push_back(draw_uniforms(gens));
+        for (int64_t s = 0; s < steps; ++s) {
+            at::Tensor u = draw_uniforms(gens);
+            if (padded > rows) u = at::cat({u, at::full({padded - rows, 1}, 0.5, u.options())}, 0);
+            draws.push_back(u);
+        }
         const at::Tensor uniforms = upload(at::stack(draws, 0), device_);  // [steps, R, 1]
         win_tokens_.clear();
         win_logp_.clear();
         win_kept_.clear();
         win_routes_.clear();
         win_topk_.clear();
-        // On CUDA the MoE layers run densely over the experts (a fixed handful of kernels, no host sync).
-        const dsa::ForwardOptions base{.return_routes = opt_.record_routes,
-                                       .return_topk = opt_.record_indexer,
-                                       .check_ids = false,
-                                       .moe_dense = device_.is_cuda()};
-        for (int64_t s = 0; s < steps; ++s) {
-            // 1. Sample every row from its own uniform (drawn on the host: no sync).
-            const at::Tensor logp = processed_logprobs(last_logits_, opt_.sampling);
-            at::Tensor tokens = sample_with_uniforms(logp, uniforms[s]);
-            if (forced_dev.defined()) {
-                const at::Tensor f = forced_dev.select(1, s);
-                tokens = at::where(f >= 0, f, tokens);
+        if (bucketed_) {
+            Graph& g = graph(padded, width);
+            g.in.table.copy_(table, /*non_blocking=*/true);
+            g.in.pos.copy_(start, /*non_blocking=*/true);
+            g.in.logits.narrow(0, 0, rows).copy_(last_logits_);
+            if (!any_forced) g.in.forced.fill_(-1);
+            for (int64_t s = 0; s < steps; ++s) {
+                g.in.uniform.copy_(uniforms[s]);
+                if (any_forced) g.in.forced.copy_(forced_dev.select(1, s));
+                if (g.graph) {
+                    g.graph->replay();
+                } else {
+                    g.out = decode_step(g.in);  // the bucketed step, eagerly (CPU tests)
+                }
+                keep_records(g.out, rows, /*copy=*/true);
+                g.in.logits.copy_(g.out.logits);
+                g.in.pos.add_(1);
             }
-            win_tokens_.push_back(tokens);
-            win_logp_.push_back(logp.gather(1, tokens.unsqueeze(1)).squeeze(1));
-            if (record_masks_) win_kept_.push_back(pack_mask_bits(logp.isfinite()));  // [R, ceil(V / 8)]
-            // 2. Feed them: position start + s of each row, keys 0..start + s through the block table.
-            const at::Tensor pos = start + s;
-            const int64_t keys = longest + s + 1;
-            const at::Tensor key = at::arange(keys, table.options());
-            const at::Tensor read = table.index_select(1, key.div(bs_, "floor")) * bs_ + key.remainder(bs_);
-            const at::Tensor write =
-                (table.gather(1, pos.div(bs_, "floor").unsqueeze(1)) * bs_ + pos.remainder(bs_).unsqueeze(1));
-            const dsa::PagedStep step{.cache = &cache_,
-                                      .write_slots = write,
-                                      .read_slots = read,
-                                      .key_valid = key.unsqueeze(0) <= pos.unsqueeze(1)};
-            dsa::ForwardOptions fopt = base;
-            fopt.paged = &step;
-            lock_.step();
-            const dsa::ForwardOutput out =
-                model_.forward({.input_ids = tokens.unsqueeze(1), .position_ids = pos.unsqueeze(1)}, fopt);
-            if (!out.routes.empty()) win_routes_.push_back(at::stack(out.routes, 1).select(2, 0));  // [R, M, k]
-            if (!out.topk.empty()) win_topk_.push_back(at::stack(out.topk, 1).select(2, 0));        // [R, Ly, K]
-            last_logits_ = out.logits.select(1, 0);
-            ++stats_.decode_steps;
-            stats_.decode_row_steps += rows;
+            last_logits_ = g.in.logits.narrow(0, 0, rows).clone();
+            stats_.padded_row_steps += (padded - rows) * steps;
+        } else {
+            for (int64_t s = 0; s < steps; ++s) {
+                const StepOut out = decode_step({.logits = last_logits_,
+                                                 .uniform = uniforms[s],
+                                                 .forced = any_forced ? forced_dev.select(1, s) : at::Tensor(),
+                                                 .table = table,
+                                                 .pos = start + s,
+                                                 .keys = longest + s + 1});
+                keep_records(out, rows, /*copy=*/false);
+                last_logits_ = out.logits;
+            }
         }
+        stats_.decode_steps += steps;
+        stats_.decode_row_steps += rows * steps;
         for (Seq* q : running_) q->cached += steps;
         window_steps_ = steps;
         stats_.decode_seconds += seconds_since(t0);
+    }
+
+    // The smallest power of two >= n, at most `cap` (>= n).
+    static int64_t bucket(int64_t n, int64_t cap) {
+        int64_t b = 1;
+        while (b < n) b *= 2;
+        return std::max(n, std::min(b, cap));
+    }
+
+    // A decode step captured for `rows` rows and block tables `width` blocks wide: static input buffers, and the
+    // outputs the graph writes on every replay.
+    struct Graph {
+        StepIn in;
+        StepOut out;
+#ifdef DSRL_WITH_CUDA
+        std::unique_ptr<at::cuda::CUDAGraph> graph;
+#else
+        struct NoGraph {
+            void replay() { DSRL_INTERNAL_ASSERT(false, "rollout engine: CUDA graphs in a build without CUDA"); }
+        };
+        std::unique_ptr<NoGraph> graph;
+#endif
+    };
+
+    // The bucket's graph, captured on first use: an eager warm-up step on a side stream (lazy initializations stay out
+    // of the graph), then the capture. Padded rows and the warm-up write only to the scratch block. The graphs share
+    // one memory pool; autocast's cast cache is off while capturing, so the graph casts the live weights on each
+    // replay.
+    Graph& graph(int64_t rows, int64_t width) {
+        auto it = graphs_.find({rows, width});
+        if (it != graphs_.end()) return it->second;
+        const auto t0 = Clock::now();
+        Graph& g = graphs_[{rows, width}];
+        const auto opts = at::TensorOptions().device(device_);
+        g.in = {.logits = at::zeros({rows, cfg_.vocab_size}, opts.dtype(at::kFloat)),
+                .uniform = at::full({rows, 1}, 0.5, opts.dtype(at::kDouble)),
+                .forced = at::full({rows}, -1, opts.dtype(at::kLong)),
+                .table = at::zeros({rows, width}, opts.dtype(at::kLong)),
+                .pos = at::zeros({rows}, opts.dtype(at::kLong)),
+                .keys = width * bs_};
+        if (!use_graphs_) return g;
+#ifdef DSRL_WITH_CUDA
+        const bool cast_cache = at::autocast::is_autocast_cache_enabled();
+        at::autocast::set_autocast_cache_enabled(false);
+        if (graph_pool_.first == 0 && graph_pool_.second == 0) graph_pool_ = at::cuda::graph_pool_handle();
+        c10::cuda::device_synchronize();
+        const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+        {
+            const c10::cuda::CUDAStreamGuard on_side(side);
+            decode_step(g.in);
+            side.synchronize();
+            g.graph = std::make_unique<at::cuda::CUDAGraph>(/*keep_graph=*/true);
+            g.graph->capture_begin(graph_pool_);
+            g.out = decode_step(g.in);
+            g.graph->capture_end();
+            size_t nodes = 0;  // the kernels (and copies) one replay runs
+            C10_CUDA_CHECK(cudaGraphGetNodes(g.graph->raw_cuda_graph(), nullptr, &nodes));
+            stats_.graph_nodes = std::max(stats_.graph_nodes, static_cast<int64_t>(nodes));
+            g.graph->instantiate();
+        }
+        c10::cuda::device_synchronize();
+        at::autocast::set_autocast_cache_enabled(cast_cache);
+#endif
+        ++stats_.graphs_captured;
+        stats_.capture_seconds += seconds_since(t0);
+        DSRL_LOG(debug) << "rollout engine: captured the decode step for " << rows << " rows x " << width
+                        << " blocks in " << seconds_since(t0) << " s";
+        return g;
     }
 
     // Copies the window's tokens and records to the host (the one sync), appends them to the samples, and removes
@@ -553,6 +702,12 @@ private:
     int64_t next_admission_ = 0;
     int64_t window_steps_ = 0;
     std::vector<at::Tensor> win_tokens_, win_logp_, win_kept_, win_routes_, win_topk_;
+    const bool use_graphs_;
+    const bool bucketed_;                                  // padded buckets: with graphs, or eagerly on CPU (tests)
+    std::map<std::pair<int64_t, int64_t>, Graph> graphs_;  // (rows, block-table width) -> captured step
+#ifdef DSRL_WITH_CUDA
+    at::cuda::MempoolId_t graph_pool_{0, 0};
+#endif
 };
 
 }  // namespace

@@ -60,7 +60,15 @@ struct GenerationStats {
     int64_t preemptions = 0;        ///< continuous engine: sequences evicted from a full cache and recomputed later
     int64_t wasted_row_steps = 0;   ///< continuous engine: decode rows of sequences that had already finished
     int64_t peak_cache_blocks = 0;  ///< continuous engine: most blocks in use at once
+    int64_t graphs_captured = 0;    ///< continuous engine on CUDA: decode-step graphs captured (one per bucket)
+    double capture_seconds = 0;     ///< ... and the time their warm-up and capture took (within decode_seconds)
+    int64_t padded_row_steps = 0;   ///< continuous engine with graphs: decode rows run only to fill a bucket
+    int64_t graph_nodes = 0;        ///< ... nodes (kernels, copies) of the largest decode-step graph
     GenerationStats& operator+=(const GenerationStats& o) {
+        graphs_captured += o.graphs_captured;
+        capture_seconds += o.capture_seconds;
+        padded_row_steps += o.padded_row_steps;
+        graph_nodes = std::max(graph_nodes, o.graph_nodes);
         prefill_tokens += o.prefill_tokens;
         preemptions += o.preemptions;
         wasted_row_steps += o.wasted_row_steps;

@@ -15,15 +15,29 @@ bash scripts/setup.sh >"$logs/setup.log" 2>&1 || { tail -20 "$logs/setup.log"; e
 python=$(readlink -f "$root/.venv")/bin/python
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_WITH_CUDA=ON -DDSRL_PYTHON="$python" \
     >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_train >"$logs/build.log" 2>&1 ||
-    { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_train dsrl_grpo_gpu_tests \
+    dsrl_dsa_gpu_tests >"$logs/build.log" 2>&1 || { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
+# The figures count only if the engine is right: its GPU tests first (graphs vs launched kernels vs the static engine,
+# graphs after a weight update, autocast forwards after a weight update).
+status=0
+for t in "dsrl_grpo_gpu_tests" "dsrl_dsa_gpu_tests --gtest_filter=ModelGpuTest.*:NormRopeKernelTest.*"; do
+    # shellcheck disable=SC2086
+    "$build/bin/"$t >"$logs/${t%% *}.log" 2>&1 || status=1
+    grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error" "$logs/${t%% *}.log" | head -20 || true
+done
+if command -v compute-sanitizer >/dev/null; then  # the decode's fused RMSNorm / RoPE kernels
+    timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/bin/dsrl_dsa_gpu_tests" \
+        --gtest_filter='NormRopeKernelTest.*' >"$logs/sanitizer_norm_rope.log" 2>&1 &&
+        echo "compute-sanitizer memcheck (NormRopeKernelTest): clean" ||
+        { echo "compute-sanitizer memcheck (NormRopeKernelTest): FAILED"; tail -20 "$logs/sanitizer_norm_rope.log"; status=1; }
+fi
 model=$(mktemp -d)/single_gpu
 "$build/bin/dsrl_tool" init --config configs/single_gpu.yaml --out "$model" >/dev/null
 hf_python=${DSRL_HF_PYTHON:-$(command -v python3)}
 "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches "${DSRL_ROLLOUT_BATCHES:-1,64,256}" \
     --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --python "$hf_python" 2>"$logs/bench_rollout.err" | tee "$logs/bench_rollout.txt" || { tail -5 "$logs/bench_rollout.err"; exit 1; }
 steps=${DSRL_GRPO_STEPS:-4}
-for engine in continuous static; do
+for engine in ${DSRL_GRPO_ENGINES:-continuous static}; do
     timeout 300 mpirun --oversubscribe -np 1 "$build/bin/dsrl_train" --config configs/single_gpu.yaml \
         --set 'run.stages=[grpo]' --set trainer.total_steps="$steps" --set trainer.eval_prompts=0 \
         --set trainer.checkpoint.every_steps=0 --set trainer.log_every=1 --set rollout.engine=$engine \
@@ -38,3 +52,4 @@ print(f"GRPO single_gpu.yaml, engine {sys.argv[2]}: generated tok/s per step {[r
       f"mean of steps 2+ {sum(later) / max(len(later), 1):.0f}; seconds per step {[round(s, 2) for s in secs]}")
 PY
 done
+exit $status

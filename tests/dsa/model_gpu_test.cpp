@@ -10,6 +10,7 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
+#include "core/precision.h"
 #include "core/rng.h"
 #include "dsa/model.h"
 
@@ -73,6 +74,31 @@ using ::dsrl::testing::rel_err;
 // A bf16 model with the full-size MLA latent (512 + 64) and indexer head (128): the DSA kernels run (model.impl
 // auto) and match the ATen reference path (model.impl reference) on the same weights — top-k selection, logits,
 // weight gradients through the sparse attention, and decode over the latent cache (the split-KV kernel).
+// A job runs every forward inside one AutocastScope: a forward after an in-place weight update (an optimizer step, a
+// weight sync) must compute with the updated weights, not with bf16 casts kept from the first forward.
+TEST(ModelGpuTest, AutocastForwardsSeeInPlaceWeightUpdates) {
+    DSRL_REQUIRE_CUDA();
+    ModelConfig c;
+    c.vocab_size = 64;
+    Model m = Model::random(c, 5, at::kCUDA);
+    for (NamedTensor& t : m.named_tensors()) t.tensor->requires_grad_(true);  // as the trainer's parameters
+    const at::Tensor ids = at::randint(c.vocab_size, {2, 12}, rng::make_cpu_generator(3), at::kLong).cuda();
+    const AutocastScope amp(m.device(), true);
+    const at::Tensor before = m.forward({ids}).logits.detach().clone();
+    {
+        at::NoGradGuard no_grad;
+        for (NamedTensor& t : m.named_tensors()) {
+            if (t.name.find("norm") == std::string::npos) t.tensor->mul_(-1.5);
+        }
+    }
+    const at::Tensor after = m.forward({ids}).logits.detach();
+    // The same model with the updated weights, built afresh (nothing of it ever cast before).
+    Model fresh = m.clone(m.device());
+    const at::Tensor expected = fresh.forward({ids}).logits.detach();
+    EXPECT_GT((after - before).abs().max().item<double>(), 1e-2) << "the forward kept the old weights";
+    EXPECT_ALL_CLOSE("after the update", after.cpu(), expected.cpu(), 1e-3);
+}
+
 TEST(ModelGpuTest, KernelPathMatchesTheReferencePath) {
     DSRL_REQUIRE_CUDA();
     ModelConfig c;

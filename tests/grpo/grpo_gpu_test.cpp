@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/tensor.h>
 
@@ -100,31 +101,83 @@ TEST(GrpoGpuTest, ContinuousEngineMatchesTheStaticEngineOnCuda) {
     }
     rollout::GenerateOptions opt{.sampling = {.temperature = 0.9, .top_p = 0.9},
                                  .max_new_tokens = 20,
-                                 .max_batch_size = 10,
+                                 .max_batch_size = 14,  // 3 groups of 4 run: rows padded to 14
                                  .record_indexer = true};
     const std::vector<rollout::Sample> want = rollout::generate_static(m, tok, reqs, opt);
     opt.engine.block_size = 8;
-    rollout::GenerationStats stats;
-    const std::vector<rollout::Sample> got = rollout::generate(m, tok, reqs, opt, &stats);
-    ASSERT_EQ(got.size(), want.size());
-    EXPECT_EQ(stats.prefill_tokens * 4, stats.prompt_tokens) << "each group's prompt prefilled once";
-    int same = 0;
-    double worst = 0, worst_recomputed = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        if (got[i].response == want[i].response) {
-            ++same;
-            for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
-                worst = std::max(worst, static_cast<double>(std::abs(got[i].logprobs[t] - want[i].logprobs[t])));
-            }
+    // Replayed CUDA graphs (the default) and kernels launched one by one.
+    for (const bool graphs : {true, false}) {
+        SCOPED_TRACE(graphs ? "CUDA graphs" : "no graphs");
+        opt.engine.cuda_graphs = graphs;
+        rollout::GenerationStats stats;
+        const std::vector<rollout::Sample> got = rollout::generate(m, tok, reqs, opt, &stats);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(stats.prefill_tokens * 4, stats.prompt_tokens) << "each group's prompt prefilled once";
+        if (graphs) {
+            EXPECT_GT(stats.graphs_captured, 0);
+            EXPECT_GT(stats.padded_row_steps, 0) << "rows padded to a bucket";
+        } else {
+            EXPECT_EQ(stats.graphs_captured, 0);
         }
-        const at::Tensor lp = rollout::recompute_logprobs(m, got[i], 0.9, true, true, true);
-        worst_recomputed =
-            std::max(worst_recomputed, (lp - at::tensor(got[i].logprobs, at::kFloat)).abs().max().item<double>());
+        int same = 0;
+        double worst = 0, worst_recomputed = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            if (got[i].response == want[i].response) {
+                ++same;
+                for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
+                    worst = std::max(worst, static_cast<double>(std::abs(got[i].logprobs[t] - want[i].logprobs[t])));
+                }
+            }
+            const at::Tensor lp = rollout::recompute_logprobs(m, got[i], 0.9, true, true, true);
+            worst_recomputed =
+                std::max(worst_recomputed, (lp - at::tensor(got[i].logprobs, at::kFloat)).abs().max().item<double>());
+        }
+        EXPECT_GE(same, static_cast<int>(got.size()) * 9 / 10);
+        EXPECT_LE(worst, 1e-4);
+        EXPECT_LE(worst_recomputed, 1e-4);
+        RecordProperty(graphs ? "same_samples_graphs" : "same_samples", same);
     }
-    EXPECT_GE(same, static_cast<int>(got.size()) * 9 / 10);
+}
+
+// The graphs read the live weights: after an in-place update (an optimizer step) a second generate() samples from the
+// updated model, as the launched kernels do.
+TEST(GrpoGpuTest, GraphedDecodeSeesInPlaceWeightUpdates) {
+    DSRL_REQUIRE_CUDA();
+    dsa::Model m = random_cuda_model(43);
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    std::vector<rollout::GenerationRequest> reqs;
+    const auto ids = tok.apply_chat({{"user", "weights change between rollouts"}}, true);
+    for (int g = 0; g < 3; ++g) {
+        reqs.push_back({"d", 0, g, rollout::sample_seed(5, 0, g), std::vector<int32_t>(ids.begin(), ids.end())});
+    }
+    rollout::GenerateOptions opt{.sampling = {.temperature = 1.0}, .max_new_tokens = 16};
+    const auto run = [&](bool graphs) {
+        opt.engine.cuda_graphs = graphs;
+        return rollout::generate(m, tok, reqs, opt);
+    };
+    const std::vector<rollout::Sample> before = run(true);
+    {
+        at::NoGradGuard no_grad;
+        for (dsa::NamedTensor& t : m.named_tensors()) {
+            if (t.name.find("norm") == std::string::npos) t.tensor->mul_(2.0);
+        }
+    }
+    const std::vector<rollout::Sample> graphed = run(true), launched = run(false);
+    const auto total = [](const rollout::Sample& s) {
+        double sum = 0;
+        for (const float lp : s.logprobs) sum += lp;
+        return sum;
+    };
+    double moved = 0, worst = 0;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        moved = std::max(moved, std::abs(total(graphed[i]) - total(before[i])));
+        ASSERT_EQ(graphed[i].response, launched[i].response) << i;
+        for (size_t t = 0; t < graphed[i].logprobs.size(); ++t) {
+            worst = std::max(worst, static_cast<double>(std::abs(graphed[i].logprobs[t] - launched[i].logprobs[t])));
+        }
+    }
+    EXPECT_GT(moved, 1e-3) << "the samples did not change with the weights";
     EXPECT_LE(worst, 1e-4);
-    EXPECT_LE(worst_recomputed, 1e-4);
-    RecordProperty("same_samples", same);
 }
 
 // bf16 autocast (trainer.autocast, the GPU default): fp32 parameters, bf16 matmuls. Rollout and teacher-forced

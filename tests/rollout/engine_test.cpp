@@ -122,6 +122,9 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         {"sync every 5 steps", {.sync_interval = 5}, 64},
         {"blocks of 5 (copy on write)", {.block_size = 5}, 64},
         {"token budget 120", {.max_tokens_in_flight = 120}, 64},
+        // The step CUDA graphs replay: rows padded to a power of two, block tables padded (keys past a row masked).
+        {"bucketed step", {.buckets_on_cpu = true}, 64},
+        {"bucketed step, batch of 6, blocks of 5", {.block_size = 5, .buckets_on_cpu = true}, 6},
     };
     for (const Case& c : cases) {
         GenerationStats stats;
@@ -131,7 +134,12 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         EXPECT_EQ(stats.preemptions, 0) << c.name;
         // Each group's prompt once: the static engine prefills every sample's copy.
         EXPECT_EQ(stats.prefill_tokens * 4, base_stats.prompt_tokens) << c.name;
-        if (c.engine.sync_interval > 1) EXPECT_GT(stats.wasted_row_steps, 0) << c.name;
+        if (c.engine.sync_interval > 1) {
+            EXPECT_GT(stats.wasted_row_steps, 0) << c.name;
+        }
+        if (c.engine.buckets_on_cpu) {
+            EXPECT_GT(stats.padded_row_steps, 0) << c.name << ": rows padded to a bucket";
+        }
         if (c.engine.sync_interval <= 1) {
             EXPECT_EQ(stats.decode_row_steps, stats.generated_tokens) << c.name << ": finished rows leave at once";
         }
@@ -192,6 +200,15 @@ TEST(EngineTest, AFullCachePreemptsAndRecomputesWithTheSameRecords) {
     expect_same_records(want, got, "cache of 20 blocks");
     EXPECT_GT(stats.preemptions, 0) << "the small cache must have evicted sequences";
     EXPECT_LE(stats.peak_cache_blocks, 19);
+    // The bucketed step (what CUDA graphs replay): padded rows write only to the scratch block, never into a block an
+    // evicted or recomputed sequence takes over.
+    GenerationStats bucketed;
+    expect_same_records(
+        want,
+        generate_continuous(m, tok, reqs, options({.block_size = 4, .cache_blocks = 20, .buckets_on_cpu = true}),
+                            &bucketed),
+        "cache of 20 blocks, bucketed step");
+    EXPECT_GT(bucketed.preemptions, 0);
 }
 
 TEST(EngineTest, TeacherForcedRecomputationReproducesTheRecordedLogprobs) {
