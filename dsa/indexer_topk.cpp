@@ -54,6 +54,9 @@ at::Tensor select_topk(const at::Tensor& q,
         return cuda::indexer_topk(q.to(at::kBFloat16), k.to(at::kBFloat16), w, scale, query_pos, key_valid, topk,
                                   query_chunk);
     }
+    if (built_with_cuda() && impl == Impl::kAuto && q.is_cuda() && topk <= 2048 && k.size(1) < (int64_t{1} << 31)) {
+        return indexer_topk(q, k, w, scale, query_pos, key_valid, topk, query_chunk, &cuda::topk_rows);
+    }
     return indexer_topk(q, k, w, scale, query_pos, key_valid, topk, query_chunk);
 }
 
@@ -79,6 +82,7 @@ at::Tensor indexer_topk(const at::Tensor&,
                         bool) {
     no_kernels("indexer top-k");
 }
+at::Tensor topk_rows(const at::Tensor&, int64_t) { no_kernels("top-k rows"); }
 IndexerGrads indexer_logits_backward(const at::Tensor&,
                                      const at::Tensor&,
                                      const at::Tensor&,

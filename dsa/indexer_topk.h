@@ -22,7 +22,8 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 /// Causal top-k key indices [B, T, topk] int32 (−1 for invalid slots), ordered by descending score; equal
 /// scores keep key order (the earlier key wins), so the selection does not depend on padding or chunking.
-/// `query_chunk` bounds the working set (queries scored at once).
+/// `query_chunk` bounds the working set (queries scored at once). `select_rows`, when given, takes the masked scores
+/// [R, S] of a chunk and returns the same selection [R, topk] in one call (dsa::cuda::topk_rows).
 at::Tensor indexer_topk(const at::Tensor& q,
                         const at::Tensor& k,
                         const at::Tensor& w,
@@ -30,7 +31,8 @@ at::Tensor indexer_topk(const at::Tensor& q,
                         const at::Tensor& query_pos,
                         const at::Tensor& key_valid,
                         int64_t topk,
-                        int64_t query_chunk = 1024);
+                        int64_t query_chunk = 1024,
+                        at::Tensor (*select_rows)(const at::Tensor& scores, int64_t topk) = nullptr);
 
 /// True when the indexer CUDA kernels take these inputs: a build with the kernels, q [B, T, H, 128] bf16 or fp16
 /// on a CUDA device with H a multiple of 16 up to 64, k (any float dtype; the kernels score it in bf16) and w
@@ -45,7 +47,9 @@ KernelMismatch indexer_kernels_mismatch(const at::Tensor& q, const at::Tensor& k
 /// with the ReLU head sum, exact radix top-k) when the inputs are on a CUDA device in reduced precision (bf16
 /// under autocast) with D = 128 and H a multiple of 16 up to 64 — k is then scored in bf16 too — and the
 /// reference otherwise; kReference always the reference; kCuda the kernels or a c10::Error saying why not.
-/// Same output either way (the kernels order ties like the reference; bf16 scoring may swap near-ties).
+/// Same output either way (the kernels order ties like the reference; bf16 scoring may swap near-ties). Where the
+/// scoring kernels do not fit but the inputs are on a CUDA device (kAuto), the reference scores select with the exact
+/// top-k kernel (cuda::topk_rows: one launch instead of a segmented sort and its bookkeeping; the same result).
 at::Tensor select_topk(const at::Tensor& q,
                        const at::Tensor& k,
                        const at::Tensor& w,

@@ -30,7 +30,8 @@ at::Tensor indexer_topk(const at::Tensor& q,
                         const at::Tensor& query_pos,
                         const at::Tensor& key_valid,
                         int64_t topk,
-                        int64_t query_chunk) {
+                        int64_t query_chunk,
+                        at::Tensor (*select_rows)(const at::Tensor& scores, int64_t topk)) {
     check_indexer_inputs(q, k, w);
     const int64_t batch = q.size(0);
     const int64_t num_queries = q.size(1);
@@ -53,6 +54,11 @@ at::Tensor indexer_topk(const at::Tensor& q,
         at::Tensor visible = key_index.view({1, 1, num_keys}) <= query_pos.narrow(1, t0, len).unsqueeze(-1);
         if (key_valid.defined()) visible = visible.logical_and(key_valid.to(at::kBool).unsqueeze(1));
         scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+        if (select_rows != nullptr) {
+            chunks.push_back(
+                select_rows(scores.to(at::kFloat).reshape({batch * len, num_keys}), topk).view({batch, len, topk}));
+            continue;
+        }
         // A stable descending sort, not topk: equal scores (ReLU makes exact zeros common) resolve to the
         // earlier key, whatever the padding or chunking — so padded, unpadded and decoded runs select alike.
         auto [sorted, order] = at::sort(scores, /*stable=*/true, /*dim=*/-1, /*descending=*/true);

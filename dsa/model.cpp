@@ -19,11 +19,13 @@
 
 #include <cmath>
 
+#include "core/dispatch.h"
 #include "core/dist/communicator.h"
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
+#include "dsa/norm_rope_cuda.h"
 #include "dsa/sparse_attention.h"
 #include "moe/moe_block.h"
 
@@ -45,7 +47,25 @@ struct Step {
     bool dense = false;
 };
 
-at::Tensor rope_part_half_split(const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin) {
+// RMSNorm and RoPE run as one kernel each (dsa/norm_rope_cuda.h) where they fit — CUDA, a forward without autograd
+// (the rollout's decode and prefill, reference forwards), model.impl not reference — else as the ATen formulas, their
+// oracles. Both round alike; a decode step of a small model launches about a third fewer kernels.
+bool fused(const ModelConfig& c, const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
+    return built_with_cuda() && c.impl != Impl::kReference && cuda::norm_rope_kernels_fit(x, others);
+}
+
+at::Tensor norm(const at::Tensor& x, const at::Tensor& weight, double eps, const ModelConfig& c) {
+    return fused(c, x, {&weight}) ? cuda::rms_norm(x, weight, eps) : rms_norm(x, weight, eps);
+}
+
+at::Tensor rope_interleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
+    return fused(c, x, {&cos, &sin}) ? cuda::rope(x, cos, sin, x.size(-1), /*interleaved=*/true)
+                                     : apply_rope_interleaved(x, cos, sin);
+}
+
+at::Tensor rope_part_half_split(
+    const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
+    if (fused(c, x, {&cos, &sin})) return cuda::rope(x, cos, sin, rope, /*interleaved=*/false);
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
 }
 
@@ -88,13 +108,13 @@ AttentionResult attention(const at::Tensor& h,
     const at::Tensor cos_h = st.cos.unsqueeze(2), sin_h = st.sin.unsqueeze(2);
 
     // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope].
-    const at::Tensor c_q = rms_norm(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kLatentNormEps);
+    const at::Tensor c_q = norm(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kLatentNormEps, c);
     const at::Tensor q = at::linear(c_q, l.attn.q_b_proj).view({B, L, heads, nope + rope});
-    const at::Tensor q_pe = apply_rope_interleaved(q.narrow(-1, nope, rope), cos_h, sin_h);
+    const at::Tensor q_pe = rope_interleaved(q.narrow(-1, nope, rope), cos_h, sin_h, c);
     // KV latent: [c_kv | k_pe], one entry per token shared by all heads.
     const at::Tensor kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
-    at::Tensor c_kv = rms_norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps);
-    at::Tensor k_pe = apply_rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin);
+    at::Tensor c_kv = norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps, c);
+    at::Tensor k_pe = rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin, c);
 
     // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
     // outputs or its cached keys are needed.
@@ -109,10 +129,10 @@ AttentionResult attention(const at::Tensor& h,
     if (run_indexer) {
         const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-        iq = rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h);
+        iq = rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h, c);
         ik = rope_part_half_split(at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
                                                  l.indexer.k_norm_bias, kLatentNormEps),
-                                  rope, st.cos, st.sin);
+                                  rope, st.cos, st.sin, c);
         Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
         iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * (1.0 / std::sqrt(double(ih)));
     }
@@ -512,13 +532,13 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     int64_t moe_layer = 0;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const LayerWeights& l = w_.layers[i];
-        AttentionResult a = attention(rms_norm(x, l.input_layernorm, c.rms_norm_eps), l, c, st, opt,
+        AttentionResult a = attention(norm(x, l.input_layernorm, c.rms_norm_eps, c), l, c, st, opt,
                                       cache != nullptr ? &cache->layers[i] : nullptr, i);
         x = x + a.out;
         if (opt.return_topk) out.topk.push_back(a.topk);
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
         if (opt.return_attention) out.attention.push_back(std::move(a.attention));
-        const at::Tensor h = rms_norm(x, l.post_attention_layernorm, c.rms_norm_eps).view({-1, c.hidden_size});
+        const at::Tensor h = norm(x, l.post_attention_layernorm, c.rms_norm_eps, c).view({-1, c.hidden_size});
         at::Tensor y;
         if (l.is_moe) {
             at::Tensor replay;
@@ -542,7 +562,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         x = x + y.view({st.batch, st.len, c.hidden_size});
     }
     if (cache != nullptr) cache->length = num_keys;
-    x = rms_norm(x, w_.norm, c.rms_norm_eps);
+    x = norm(x, w_.norm, c.rms_norm_eps, c);
     if (opt.return_hidden) out.hidden = x;
     if (opt.return_logits) out.logits = logits(x);
     return out;

@@ -10,6 +10,8 @@
 #include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
+#include "dsa/norm_rope_cuda.h"
+
 #include <cmath>
 #include <numbers>
 
@@ -88,5 +90,18 @@ double mla_softmax_scale(const ModelArch& cfg) {
     }
     return scale;
 }
+
+#ifndef DSRL_WITH_CUDA
+// A build without CUDA: the fused kernels never fit, and calling them is an error.
+namespace cuda {
+bool norm_rope_kernels_fit(const at::Tensor&, std::initializer_list<const at::Tensor*>) { return false; }
+at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
+at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) {
+    TORCH_CHECK(false, "rope: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
+}  // namespace cuda
+#endif
 
 }  // namespace dsrl::dsa

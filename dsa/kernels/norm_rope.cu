@@ -1,0 +1,134 @@
+// RMSNorm and RoPE, one kernel each (see norm_rope.cuh). Napkin math: both are memory-bound and tiny at decode
+// (a few KiB per row); what they save is launches — the ATen RMSNorm is 8 kernels, a RoPE 9 to 11.
+//
+// Rounding follows the ATen formulas op by op: every binary op of a bf16/fp16 tensor computes in fp32 and rounds its
+// result; fp32 ops use the _rn intrinsics so that the compiler cannot contract them into FMAs (ATen's elementwise
+// kernels round each op).
+#include "dsa/kernels/norm_rope.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace dsrl::dsa::kernels {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+__device__ __forceinline__ float load(const void* p, Elem t, int64_t i) {
+    switch (t) {
+        case Elem::kBF16:
+            return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+        case Elem::kF16:
+            return __half2float(static_cast<const __half*>(p)[i]);
+        default:
+            return static_cast<const float*>(p)[i];
+    }
+}
+
+// The value rounded to type t (and back to fp32 for the next op).
+__device__ __forceinline__ float round_to(float v, Elem t) {
+    switch (t) {
+        case Elem::kBF16:
+            return __bfloat162float(__float2bfloat16_rn(v));
+        case Elem::kF16:
+            return __half2float(__float2half_rn(v));
+        default:
+            return v;
+    }
+}
+
+__device__ __forceinline__ void store(void* p, Elem t, int64_t i, float v) {
+    switch (t) {
+        case Elem::kBF16:
+            static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+            break;
+        case Elem::kF16:
+            static_cast<__half*>(p)[i] = __float2half_rn(v);
+            break;
+        default:
+            static_cast<float*>(p)[i] = v;
+    }
+}
+
+// One block per row: the sum of squares (fp32), then each element.
+__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p) {
+    const int64_t row = blockIdx.x;
+    const int64_t base = row * p.x_row_stride;
+    float sum = 0.f;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float v = load(p.x, p.x_type, base + i);
+        sum = __fadd_rn(sum, __fmul_rn(v, v));
+    }
+    __shared__ float warp_sums[kNormThreads / 32];
+    for (int off = 16; off > 0; off /= 2) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, off));
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    __shared__ float scale;
+    if (threadIdx.x == 0) {
+        float total = 0.f;
+        for (int w = 0; w < kNormThreads / 32; ++w) total = __fadd_rn(total, warp_sums[w]);
+        // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
+        const float mean = __fmul_rn(total, 1.0f / static_cast<float>(p.dim));
+        scale = rsqrtf(__fadd_rn(mean, p.eps));
+    }
+    __syncthreads();
+    const float r = scale;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float normed = round_to(__fmul_rn(load(p.x, p.x_type, base + i), r), p.x_type);  // .to(x's type)
+        store(p.out, p.out_type, row * p.dim + i, __fmul_rn(load(p.w, p.w_type, i), normed));
+    }
+}
+
+// One thread per (row, head, pair of the rope part) plus the copied tail; a grid-stride loop over the output.
+__global__ void rope_kernel(RopeParams p) {
+    const int64_t half = p.rope / 2;
+    const int64_t tail = p.dim - p.rope;
+    const int64_t per_head = half + tail;  // work items of one head: pairs, then copied dims
+    const int64_t total = p.rows * p.heads * per_head;
+    for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < total;
+         item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t j = item % per_head;
+        const int64_t rh = item / per_head;
+        const int64_t h = rh % p.heads;
+        const int64_t r = rh / p.heads;
+        const int64_t in = r * p.x_row_stride + h * p.x_head_stride;
+        const int64_t out = rh * p.dim;
+        if (j >= half) {  // a dim past the rope part: copied
+            const int64_t d = p.rope + (j - half);
+            store(p.out, p.type, out + d, load(p.x, p.type, in + d));
+            continue;
+        }
+        // cos / sin cast to x's type first (cos.to(x.dtype)).
+        const float c = round_to(p.cos[r * half + j], p.type);
+        const float s = round_to(p.sin[r * half + j], p.type);
+        const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
+        const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
+        const float a = load(p.x, p.type, in + a_idx);
+        const float b = load(p.x, p.type, in + b_idx);
+        // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
+        const float ac = round_to(__fmul_rn(a, c), p.type), bs = round_to(__fmul_rn(b, s), p.type);
+        const float bc = round_to(__fmul_rn(b, c), p.type), as = round_to(__fmul_rn(a, s), p.type);
+        store(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
+        store(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
+    }
+}
+
+}  // namespace
+
+cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
+    if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+    if (p.rows > 0x7fffffff) return cudaErrorInvalidValue;
+    rms_norm_kernel<<<static_cast<unsigned>(p.rows), kNormThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream) {
+    const int64_t total = p.rows * p.heads * (p.rope / 2 + p.dim - p.rope);
+    if (total == 0) return cudaSuccess;
+    constexpr int kThreads = 256;
+    const int64_t blocks = (total + kThreads - 1) / kThreads;
+    rope_kernel<<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+}  // namespace dsrl::dsa::kernels

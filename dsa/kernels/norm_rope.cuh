@@ -1,0 +1,50 @@
+// CUDA kernels of dsa/norm_rope_cuda.h: RMSNorm and the two RoPE rotations as one kernel each, for forwards
+// without autograd (the rollout's decode). Each reproduces the rounding of the ATen formula it replaces op by op
+// (dsa/model.cpp rms_norm, dsa/rope.cpp), so a fused forward equals the reference up to the order of RMSNorm's sum of
+// squares. Sees no torch types.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace dsrl::dsa::kernels {
+
+/// Element types the kernels take.
+enum class Elem { kF32, kBF16, kF16 };
+
+/// out[r, :] = w · cast_x(x_r · rsqrt(mean(x_r²) + eps)), x_r in fp32; the product in out's type.
+struct RmsNormParams {
+    const void* x;  // rows of `dim` elements, row r at x + r * x_row_stride
+    Elem x_type;
+    int64_t x_row_stride;
+    const void* w;  // [dim]
+    Elem w_type;
+    void* out;  // [rows, dim] contiguous
+    Elem out_type;
+    int64_t rows;
+    int64_t dim;
+    float eps;
+};
+cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
+
+/// RoPE over x viewed as [rows, heads, dim] (last dim contiguous) with cos/sin [rows, rope / 2] fp32 (one per row,
+/// shared by its heads). Interleaved: pair (2i, 2i+1) of the first `rope` dims rotates by angle i. Half split: dim i
+/// pairs with dim i + rope/2. Dims [rope, dim) are copied. out is [rows, heads, dim] contiguous, x's type.
+struct RopeParams {
+    const void* x;
+    Elem type;
+    int64_t x_row_stride;   // elements between rows
+    int64_t x_head_stride;  // elements between heads of a row
+    const float* cos;       // [rows, rope / 2]
+    const float* sin;
+    void* out;
+    int64_t rows;
+    int64_t heads;
+    int64_t dim;
+    int64_t rope;  // even, <= dim
+    bool interleaved;
+};
+cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
+
+}  // namespace dsrl::dsa::kernels

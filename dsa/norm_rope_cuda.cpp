@@ -1,0 +1,132 @@
+// Host wrappers of the RMSNorm and RoPE kernels (dsa/norm_rope_cuda.h): argument checks, device guard, current
+// stream, Tensor -> params.
+#include "dsa/norm_rope_cuda.h"
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/cuda/CUDAContextLight.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/result_type.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "dsa/kernels/norm_rope.cuh"
+
+namespace dsrl::dsa::cuda {
+namespace {
+
+bool kernel_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+kernels::Elem elem(at::ScalarType t) {
+    return t == at::kBFloat16 ? kernels::Elem::kBF16 : t == at::kHalf ? kernels::Elem::kF16 : kernels::Elem::kF32;
+}
+
+// The stride between rows when x's dims but the last `inner` flatten to rows of one stride; -1 when they do not.
+int64_t row_stride(const at::Tensor& x, int64_t inner) {
+    const int64_t outer = x.dim() - inner;
+    int64_t stride = -1;
+    int64_t expect = -1;
+    for (int64_t d = outer - 1; d >= 0; --d) {
+        if (x.size(d) == 1) continue;
+        if (stride < 0) {
+            stride = x.stride(d);
+            expect = stride * x.size(d);
+        } else if (x.stride(d) != expect) {
+            return -1;
+        } else {
+            expect *= x.size(d);
+        }
+    }
+    return stride < 0 ? 0 : stride;  // one row: any stride
+}
+
+}  // namespace
+
+bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
+    if (!x.defined() || !x.is_cuda() || !kernel_type(x.scalar_type()) || x.dim() < 1 || x.stride(-1) != 1) return false;
+    if (at::GradMode::is_enabled()) {
+        if (x.requires_grad()) return false;
+        for (const at::Tensor* t : others) {
+            if (t->requires_grad()) return false;
+        }
+    }
+    for (const at::Tensor* t : others) {
+        if (!t->defined() || t->device() != x.device()) return false;
+    }
+    return true;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+    constexpr const char* op = "rms_norm (cuda)";
+    TORCH_CHECK(x.is_cuda() && kernel_type(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
+                ": x must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim, got ", x.scalar_type(), " ",
+                x.sizes(), " strides ", x.strides());
+    const int64_t dim = x.size(-1);
+    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == dim && weight.is_contiguous() &&
+                    kernel_type(weight.scalar_type()) && weight.device() == x.device(),
+                op, ": weight must be a contiguous [", dim, "] fp32/bf16/fp16 tensor on ", x.device(), ", got ",
+                weight.scalar_type(), " ", weight.sizes());
+    const int64_t stride = row_stride(x, 1);
+    TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
+                ") do not flatten to rows of one stride");
+    const at::ScalarType out_type = at::result_type(weight, x);
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_type));
+    const kernels::RmsNormParams p{.x = x.data_ptr(),
+                                   .x_type = elem(x.scalar_type()),
+                                   .x_row_stride = stride,
+                                   .w = weight.data_ptr(),
+                                   .w_type = elem(weight.scalar_type()),
+                                   .out = out.data_ptr(),
+                                   .out_type = elem(out_type),
+                                   .rows = x.numel() / std::max<int64_t>(dim, 1),
+                                   .dim = dim,
+                                   .eps = static_cast<float>(eps)};
+    C10_CUDA_CHECK(kernels::launch_rms_norm(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+    return out;
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
+    constexpr const char* op = "rope (cuda)";
+    TORCH_CHECK(x.is_cuda() && kernel_type(x.scalar_type()) && x.dim() >= 2 && x.stride(-1) == 1, op,
+                ": x must be a CUDA fp32/bf16/fp16 tensor [..., D] with a contiguous last dim, got ", x.scalar_type(),
+                " ", x.sizes());
+    const int64_t dim = x.size(-1);
+    TORCH_CHECK(rope > 0 && rope % 2 == 0 && rope <= dim, op, ": rope dims must be even and in (0, ", dim, "], got ",
+                rope);
+    // cos has x's dims with the last rope / 2 wide: [.., L, rope/2] for x [.., L, D], or [.., L, 1, rope/2] broadcast
+    // over the heads of x [.., L, H, D].
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.sizes() == sin.sizes() &&
+                    cos.is_contiguous() && sin.is_contiguous() && cos.dim() == x.dim() && cos.size(-1) == rope / 2 &&
+                    cos.device() == x.device() && sin.device() == x.device(),
+                op, ": cos / sin must be contiguous fp32 [..., ", rope / 2, "] with x's dims on ", x.device(), ", got ",
+                cos.scalar_type(), " ", cos.sizes(), " for x ", x.sizes());
+    const bool per_head = cos.size(-2) == 1;
+    const int64_t heads = per_head ? x.size(-2) : 1;
+    for (int64_t d = 0; d < x.dim() - 1; ++d) {
+        TORCH_CHECK(cos.size(d) == x.size(d) || (per_head && d == x.dim() - 2), op, ": cos ", cos.sizes(),
+                    " does not match x ", x.sizes());
+    }
+    const int64_t rows = x.numel() / std::max<int64_t>(dim * heads, 1);
+    const int64_t stride = row_stride(x, per_head ? 2 : 1);
+    TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
+                ") do not flatten to rows of one stride");
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    const kernels::RopeParams p{.x = x.data_ptr(),
+                                .type = elem(x.scalar_type()),
+                                .x_row_stride = stride,
+                                .x_head_stride = per_head ? x.stride(-2) : 0,
+                                .cos = cos.data_ptr<float>(),
+                                .sin = sin.data_ptr<float>(),
+                                .out = out.data_ptr(),
+                                .rows = rows,
+                                .heads = heads,
+                                .dim = dim,
+                                .rope = rope,
+                                .interleaved = interleaved};
+    C10_CUDA_CHECK(kernels::launch_rope(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+    return out;
+}
+
+}  // namespace dsrl::dsa::cuda

@@ -1,0 +1,27 @@
+// CUDA path of RMSNorm and RoPE for forwards without autograd (dsa/model.cpp rms_norm and dsa/rope.h are the
+// oracles): one kernel each instead of 8-11 ATen ops, which is most of what a small model's decode step launches.
+// The results equal the reference's op-by-op rounding; RMSNorm's sum of squares runs in another order.
+//   if (norm_rope_kernels_fit(x, ...)) y = dsa::cuda::rms_norm(x, weight, eps);
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+
+#include <ATen/core/Tensor.h>
+
+namespace dsrl::dsa::cuda {
+
+/// Whether the kernels take x: a CUDA fp32/bf16/fp16 tensor whose last dim is contiguous and whose leading dims
+/// flatten to rows of one stride, in a forward that records no autograd graph for x or `others`.
+bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::Tensor*> others);
+
+/// weight · (x / sqrt(mean(x²) + eps)) with x in fp32, cast back to x's type before the weight: [..., D] in the
+/// promoted type of x and weight (dsa::rms_norm's contract).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// The first `rope` dims of x [..., D] rotated (interleaved pairs or half split), the rest copied: a new contiguous
+/// tensor like x. cos / sin are contiguous fp32 with x's dims and the last rope / 2 wide: [.., L, rope/2] for
+/// x [.., L, D], or [.., L, 1, rope/2] broadcast over the heads of x [.., L, H, D] (as apply_rope_* broadcasts them).
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved);
+
+}  // namespace dsrl::dsa::cuda

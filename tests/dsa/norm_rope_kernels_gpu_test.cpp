@@ -1,0 +1,123 @@
+// The fused RMSNorm and RoPE kernels (dsa/norm_rope_cuda.h) against their ATen formulas on the same GPU tensors: RoPE
+// bit for bit (the kernel rounds op by op as the formula does), RMSNorm within the rounding of a differently ordered
+// sum of squares; strided views as the model passes them; the dispatch rule (no kernel where autograd records). Also
+// the indexer's top-k selected by the exact top-k kernel against the reference's sort.
+#include <gtest/gtest.h>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/rand.h>
+#include <ATen/ops/randn.h>
+
+#include "dsa/indexer_topk.h"
+#include "dsa/model.h"
+#include "dsa/norm_rope_cuda.h"
+#include "dsa/rope.h"
+#include "tests/test_util.h"
+
+namespace dsrl::dsa {
+namespace {
+
+at::Tensor randn(at::IntArrayRef shape, at::ScalarType t) {
+    return at::randn(shape, at::TensorOptions().device(at::kCUDA)).to(t);
+}
+
+TEST(NormRopeKernelTest, RmsNormMatchesTheFormula) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        at::ScalarType x, w;
+    };
+    for (const Case c : {Case{at::kFloat, at::kFloat}, Case{at::kBFloat16, at::kFloat},
+                         Case{at::kBFloat16, at::kBFloat16}, Case{at::kHalf, at::kFloat}}) {
+        SCOPED_TRACE(std::string(c10::toString(c.x)) + " x, " + c10::toString(c.w) + " weight");
+        // Contiguous rows; a latent narrowed out of [c_kv | k_pe] (rows strided); one row of 7168.
+        const at::Tensor kv = randn({2, 5, 288}, c.x) * 3;
+        for (const at::Tensor& x : {randn({3, 5, 768}, c.x), kv.narrow(-1, 0, 256), randn({1, 1, 7168}, c.x)}) {
+            const at::Tensor w = randn({x.size(-1)}, c.w) * 0.5 + 1;
+            const at::Tensor want = rms_norm(x, w, 1e-6);
+            const at::Tensor got = cuda::rms_norm(x, w, 1e-6);
+            ASSERT_EQ(got.scalar_type(), want.scalar_type());
+            ASSERT_EQ(got.sizes(), want.sizes());
+            const double err = testing::rel_err(got, want);
+            EXPECT_LE(err, c.x == at::kFloat && c.w == at::kFloat ? 1e-6 : 4e-3) << x.sizes();
+            // A reduced-precision x rounds the normalized value before the weight: then most elements agree bit for
+            // bit, a sum of squares in another order moving only those near a rounding boundary. (In fp32 that order
+            // moves every element of a row by an ulp or so: the relative error above bounds it.)
+            if (c.x != at::kFloat) {
+                const double same = got.eq(want).to(at::kDouble).mean().item<double>();
+                EXPECT_GE(same, 0.95) << x.sizes();
+            }
+        }
+    }
+}
+
+TEST(NormRopeKernelTest, RopeEqualsTheFormulaBitForBit) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(t));
+        const at::Tensor cos4 = at::randn({2, 3, 1, 16}, at::TensorOptions().device(at::kCUDA));
+        const at::Tensor sin4 = at::randn({2, 3, 1, 16}, at::TensorOptions().device(at::kCUDA));
+        const at::Tensor cos3 = cos4.squeeze(2), sin3 = sin4.squeeze(2);
+        // MLA: q_pe narrowed out of q [B, L, H, nope + rope]; k_pe out of [c_kv | k_pe].
+        const at::Tensor q = randn({2, 3, 4, 96}, t).narrow(-1, 64, 32);
+        EXPECT_TRUE(at::equal(cuda::rope(q, cos4, sin4, 32, true), apply_rope_interleaved(q, cos4, sin4)));
+        const at::Tensor k = randn({2, 3, 288}, t).narrow(-1, 256, 32);
+        EXPECT_TRUE(at::equal(cuda::rope(k, cos3, sin3, 32, true), apply_rope_interleaved(k, cos3, sin3)));
+        // Indexer: the first 32 of 64 dims half-split, the rest copied.
+        const auto half_split = [](const at::Tensor& x, const at::Tensor& c, const at::Tensor& s) {
+            return at::cat({apply_rope_half_split(x.narrow(-1, 0, 32), c, s), x.narrow(-1, 32, x.size(-1) - 32)}, -1);
+        };
+        const at::Tensor iq = randn({2, 3, 8, 64}, t);
+        EXPECT_TRUE(at::equal(cuda::rope(iq, cos4, sin4, 32, false), half_split(iq, cos4, sin4)));
+        const at::Tensor ik = randn({2, 3, 64}, t);
+        EXPECT_TRUE(at::equal(cuda::rope(ik, cos3, sin3, 32, false), half_split(ik, cos3, sin3)));
+        // One position (a decode step): x [B, 1, D] with cos [B, 1, rope/2].
+        const at::Tensor k1 = randn({5, 1, 64}, t);
+        const at::Tensor c1 = cos3.narrow(1, 0, 1).narrow(0, 0, 1).expand({5, 1, 16}).contiguous();
+        const at::Tensor s1 = sin3.narrow(1, 0, 1).narrow(0, 0, 1).expand({5, 1, 16}).contiguous();
+        EXPECT_TRUE(at::equal(cuda::rope(k1, c1, s1, 32, false), half_split(k1, c1, s1)));
+    }
+}
+
+// Shapes the indexer's scoring kernels do not take (D = 64): kAuto scores with ATen and selects with the exact top-k
+// kernel, which must equal the reference's stable sort, −1 padding and ties included.
+TEST(NormRopeKernelTest, IndexerSelectionWithTheTopkKernelEqualsTheSort) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const auto opts = at::TensorOptions().device(at::kCUDA);
+    for (const int64_t keys : {5, 40, 300}) {
+        SCOPED_TRACE(keys);
+        const at::Tensor q = at::randn({3, 4, 8, 64}, opts), k = at::randn({3, keys, 64}, opts);
+        const at::Tensor w = at::randn({3, 4, 8}, opts);
+        const at::Tensor pos = (at::arange(4, opts.dtype(at::kLong)) + (keys - 4)).clamp_min(0).expand({3, 4});
+        const at::Tensor valid = at::rand({3, keys}, opts).gt(0.2);
+        const at::Tensor want = select_topk(q, k, w, 0.125, pos, valid, 16, Impl::kReference, 2);
+        const at::Tensor got = select_topk(q, k, w, 0.125, pos, valid, 16, Impl::kAuto, 2);
+        EXPECT_TRUE(at::equal(got.cpu(), want.cpu()));
+    }
+}
+
+TEST(NormRopeKernelTest, KernelsRunOnlyWhereAutogradRecordsNothing) {
+    DSRL_REQUIRE_CUDA();
+    const at::Tensor x = randn({4, 8}, at::kFloat);
+    const at::Tensor w = randn({8}, at::kFloat).requires_grad_(true);
+    EXPECT_FALSE(cuda::norm_rope_kernels_fit(x, {&w})) << "a weight that needs its gradient";
+    EXPECT_FALSE(cuda::norm_rope_kernels_fit(x.cpu(), {}));
+    EXPECT_FALSE(cuda::norm_rope_kernels_fit(x.t(), {})) << "a last dim that is not contiguous";
+    {
+        at::NoGradGuard no_grad;
+        EXPECT_TRUE(cuda::norm_rope_kernels_fit(x, {&w}));
+    }
+    EXPECT_THROW(cuda::rope(randn({2, 3, 64}, at::kFloat), randn({2, 3, 8}, at::kFloat), randn({2, 3, 8}, at::kFloat),
+                            32, false),
+                 c10::Error)
+        << "cos of the wrong width";
+}
+
+}  // namespace
+}  // namespace dsrl::dsa
