@@ -34,6 +34,12 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
             c10::str("q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(), " on ", q_lat.device(), ", k_pe ",
                      k_pe.sizes())};
     };
+    // Shapes the Hopper kernels do not take, in a forward without autograd (the rollout's decode): the SIMT kernel
+    // reads the selected entries in place instead of the reference's gathered copies.
+    if (impl == Impl::kAuto && !fits && cuda::sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices)) {
+        if (check_indices) check_sparse_indices(indices, c_kv.size(1));
+        return cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, indices, scale);
+    }
     if (use_kernels(impl, fits, "sparse attention", mismatch)) {
         return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
     }
@@ -43,6 +49,14 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
 #ifndef DSRL_WITH_CUDA
 namespace cuda {
 bool sparse_mla_supported(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+bool sparse_mla_simt_fits(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    return false;
+}
+AttentionOutput sparse_mla_simt(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
 AttentionOutput sparse_mla_attention(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, MlaKernel) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");

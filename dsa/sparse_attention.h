@@ -27,6 +27,9 @@ struct AttentionOutput {
     at::Tensor lse;  ///< [B, T, H] fp32 log-sum-exp of the scaled scores
 };
 
+/// The indices' range check (one reduction and a host sync): c10::Error naming the largest index when it is >= keys.
+void check_sparse_indices(const at::Tensor& indices, int64_t keys);
+
 /// check_indices false skips the range check of the indices (a reduction and a host sync), for callers whose
 /// indices are in range by construction (the rollout engine's slots).
 AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
@@ -84,6 +87,25 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& indices,
                                      double scale,
                                      MlaKernel kernel = MlaKernel::kWgmma);
+
+/// The forward-only SIMT kernel (dsa/kernels/sparse_mla_simt.cuh) for shapes the Hopper kernels do not take: CUDA
+/// q_lat / q_pe of one type and c_kv / k_pe of one type (fp32, bf16 or fp16), rows of c_kv / k_pe contiguous (a
+/// pool or cache view), H · C <= 8192, the block's shared memory within the device's limit, and no input tracked by
+/// autograd. dsa::sparse_attention takes it under kAuto.
+bool sparse_mla_simt_fits(const at::Tensor& q_lat,
+                          const at::Tensor& q_pe,
+                          const at::Tensor& c_kv,
+                          const at::Tensor& k_pe,
+                          const at::Tensor& indices);
+
+/// dsa::sparse_mla_attention's contract (out in q_lat's type, lse fp32, −1 = invalid; an index outside [0, S) is
+/// skipped like −1), fp32 arithmetic, no autograd. Throws c10::Error when !sparse_mla_simt_fits.
+AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
+                                const at::Tensor& q_pe,
+                                const at::Tensor& c_kv,
+                                const at::Tensor& k_pe,
+                                const at::Tensor& indices,
+                                double scale);
 
 }  // namespace cuda
 

@@ -6,6 +6,7 @@
 
 #include <ATen/TensorOperators.h>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/max.h>
@@ -15,6 +16,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "dsa/kernels/sparse_mla.cuh"
+#include "dsa/kernels/sparse_mla_simt.cuh"
 
 #include <limits>
 
@@ -189,6 +191,88 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      MlaKernel kernel) {
     const variable_list r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices, scale, int64_t(kernel));
     return {r[0], r[1]};
+}
+
+namespace {
+
+bool simt_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+kernels::Elem simt_elem(at::ScalarType t) {
+    return t == at::kBFloat16 ? kernels::Elem::kBF16 : t == at::kHalf ? kernels::Elem::kF16 : kernels::Elem::kF32;
+}
+
+}  // namespace
+
+bool sparse_mla_simt_fits(const at::Tensor& q_lat,
+                          const at::Tensor& q_pe,
+                          const at::Tensor& c_kv,
+                          const at::Tensor& k_pe,
+                          const at::Tensor& indices) {
+    // Forward only: an input that autograd tracks keeps the reference (an autograd function).
+    const auto on_device = [&](const at::Tensor& t) {
+        return t.defined() && t.is_cuda() && t.device() == q_lat.device() &&
+               !(at::GradMode::is_enabled() && t.requires_grad());
+    };
+    if (!(on_device(q_lat) && on_device(q_pe) && on_device(c_kv) && on_device(k_pe) && on_device(indices)))
+        return false;
+    if (q_lat.dim() != 4 || q_pe.dim() != 4 || c_kv.dim() != 3 || k_pe.dim() != 3 || indices.dim() != 3) return false;
+    if (!simt_type(q_lat.scalar_type()) || q_pe.scalar_type() != q_lat.scalar_type() ||
+        !simt_type(c_kv.scalar_type()) || k_pe.scalar_type() != c_kv.scalar_type() ||
+        at::isFloatingType(indices.scalar_type()))
+        return false;
+    const int64_t H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
+    if (q_pe.sizes().slice(0, 3) != q_lat.sizes().slice(0, 3) || c_kv.size(2) != C || k_pe.size(2) != R ||
+        c_kv.size(0) != q_lat.size(0) || k_pe.sizes().slice(0, 2) != c_kv.sizes().slice(0, 2) ||
+        indices.size(0) != q_lat.size(0) || indices.size(1) != q_lat.size(1) || c_kv.stride(2) != 1 ||
+        k_pe.stride(2) != 1)
+        return false;
+    if (H * C > int64_t{kernels::kSimtThreads} * kernels::kSimtAccumulators) return false;
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q_lat.device().index()));
+    return kernels::sparse_mla_simt_smem(H, C, R) <= optin;
+}
+
+AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
+                                const at::Tensor& q_pe,
+                                const at::Tensor& c_kv,
+                                const at::Tensor& k_pe,
+                                const at::Tensor& indices,
+                                double scale) {
+    TORCH_CHECK(sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices),
+                "sparse attention (SIMT kernel): unsupported inputs q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(),
+                ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type(), ", indices ", indices.sizes(),
+                " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
+    const c10::cuda::CUDAGuard guard(q_lat.device());
+    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
+    const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
+    const at::Tensor idx = indices.to(at::kLong).contiguous();
+    at::Tensor out = at::empty({B, T, H, C}, q_lat.options());
+    at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
+    const kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
+                                         .q_pe = qp.data_ptr(),
+                                         .q_type = simt_elem(q_lat.scalar_type()),
+                                         .c_kv = c_kv.data_ptr(),
+                                         .k_pe = k_pe.data_ptr(),
+                                         .kv_type = simt_elem(c_kv.scalar_type()),
+                                         .kv_batch_stride = c_kv.stride(0),
+                                         .kv_row_stride = c_kv.stride(1),
+                                         .pe_batch_stride = k_pe.stride(0),
+                                         .pe_row_stride = k_pe.stride(1),
+                                         .indices = idx.data_ptr<int64_t>(),
+                                         .num_queries = B * T,
+                                         .queries_per_batch = std::max<int64_t>(T, 1),
+                                         .heads = H,
+                                         .latent = C,
+                                         .rope = R,
+                                         .topk = idx.size(2),
+                                         .keys = c_kv.size(1),
+                                         .scale = static_cast<float>(scale),
+                                         .out = out.data_ptr(),
+                                         .out_type = simt_elem(q_lat.scalar_type()),
+                                         .lse = lse.data_ptr<float>()};
+    C10_CUDA_CHECK(
+        kernels::launch_sparse_mla_simt(p, c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream()));
+    return {out, lse};
 }
 
 }  // namespace dsrl::dsa::cuda

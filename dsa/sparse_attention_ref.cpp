@@ -167,6 +167,11 @@ private:
 
 }  // namespace
 
+void check_sparse_indices(const at::Tensor& indices, int64_t keys) {
+    const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
+    TORCH_CHECK(max_index < keys, "sparse attention: index ", max_index, " out of range for ", keys, " keys");
+}
+
 AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& q_pe,
                                      const at::Tensor& c_kv,
@@ -181,11 +186,7 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                 indices.sizes());
     TORCH_CHECK(query_chunk >= 1, "sparse attention: query_chunk must be >= 1, got ", query_chunk);
     // Once for the whole call (one host sync), not per chunk in forward and again in backward.
-    if (check_indices) {
-        const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
-        TORCH_CHECK(max_index < c_kv.size(1), "sparse attention: index ", max_index, " out of range for ", c_kv.size(1),
-                    " keys");
-    }
+    if (check_indices) check_sparse_indices(indices, c_kv.size(1));
     const auto r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices.to(at::kLong), scale,
                                     std::max<int64_t>(1, std::min(query_chunk, q_lat.size(1))));
     return {r[0], r[1]};

@@ -6,49 +6,14 @@
 // kernels round each op).
 #include "dsa/kernels/norm_rope.cuh"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 namespace dsrl::dsa::kernels {
 namespace {
 
 constexpr int kNormThreads = 256;
 
-__device__ __forceinline__ float load(const void* p, Elem t, int64_t i) {
-    switch (t) {
-        case Elem::kBF16:
-            return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-        case Elem::kF16:
-            return __half2float(static_cast<const __half*>(p)[i]);
-        default:
-            return static_cast<const float*>(p)[i];
-    }
-}
-
-// The value rounded to type t (and back to fp32 for the next op).
-__device__ __forceinline__ float round_to(float v, Elem t) {
-    switch (t) {
-        case Elem::kBF16:
-            return __bfloat162float(__float2bfloat16_rn(v));
-        case Elem::kF16:
-            return __half2float(__float2half_rn(v));
-        default:
-            return v;
-    }
-}
-
-__device__ __forceinline__ void store(void* p, Elem t, int64_t i, float v) {
-    switch (t) {
-        case Elem::kBF16:
-            static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
-            break;
-        case Elem::kF16:
-            static_cast<__half*>(p)[i] = __float2half_rn(v);
-            break;
-        default:
-            static_cast<float*>(p)[i] = v;
-    }
-}
+using dsrl::kernels::load_elem;
+using dsrl::kernels::round_elem;
+using dsrl::kernels::store_elem;
 
 // One block per row: the sum of squares (fp32), then each element.
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p) {
@@ -56,7 +21,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p)
     const int64_t base = row * p.x_row_stride;
     float sum = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float v = load(p.x, p.x_type, base + i);
+        const float v = load_elem(p.x, p.x_type, base + i);
         sum = __fadd_rn(sum, __fmul_rn(v, v));
     }
     __shared__ float warp_sums[kNormThreads / 32];
@@ -74,8 +39,8 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p)
     __syncthreads();
     const float r = scale;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float normed = round_to(__fmul_rn(load(p.x, p.x_type, base + i), r), p.x_type);  // .to(x's type)
-        store(p.out, p.out_type, row * p.dim + i, __fmul_rn(load(p.w, p.w_type, i), normed));
+        const float normed = round_elem(__fmul_rn(load_elem(p.x, p.x_type, base + i), r), p.x_type);  // .to(x's type)
+        store_elem(p.out, p.out_type, row * p.dim + i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
     }
 }
 
@@ -95,21 +60,21 @@ __global__ void rope_kernel(RopeParams p) {
         const int64_t out = rh * p.dim;
         if (j >= half) {  // a dim past the rope part: copied
             const int64_t d = p.rope + (j - half);
-            store(p.out, p.type, out + d, load(p.x, p.type, in + d));
+            store_elem(p.out, p.type, out + d, load_elem(p.x, p.type, in + d));
             continue;
         }
         // cos / sin cast to x's type first (cos.to(x.dtype)).
-        const float c = round_to(p.cos[r * half + j], p.type);
-        const float s = round_to(p.sin[r * half + j], p.type);
+        const float c = round_elem(p.cos[r * half + j], p.type);
+        const float s = round_elem(p.sin[r * half + j], p.type);
         const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
         const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
-        const float a = load(p.x, p.type, in + a_idx);
-        const float b = load(p.x, p.type, in + b_idx);
+        const float a = load_elem(p.x, p.type, in + a_idx);
+        const float b = load_elem(p.x, p.type, in + b_idx);
         // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
-        const float ac = round_to(__fmul_rn(a, c), p.type), bs = round_to(__fmul_rn(b, s), p.type);
-        const float bc = round_to(__fmul_rn(b, c), p.type), as = round_to(__fmul_rn(a, s), p.type);
-        store(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
-        store(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
+        const float ac = round_elem(__fmul_rn(a, c), p.type), bs = round_elem(__fmul_rn(b, s), p.type);
+        const float bc = round_elem(__fmul_rn(b, c), p.type), as = round_elem(__fmul_rn(a, s), p.type);
+        store_elem(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
+        store_elem(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
     }
 }
 

@@ -8,10 +8,11 @@
 
 #include <cuda_runtime.h>
 
+#include "dsa/kernels/elem.cuh"
+
 namespace dsrl::dsa::kernels {
 
-/// Element types the kernels take.
-enum class Elem { kF32, kBF16, kF16 };
+using dsrl::kernels::Elem;  // fp32 / bf16 / fp16 (elem.cuh)
 
 /// out[r, :] = w · cast_x(x_r · rsqrt(mean(x_r²) + eps)), x_r in fp32; the product in out's type.
 struct RmsNormParams {
