@@ -4,6 +4,7 @@
 // and reads it twice more through two einsums, in about 15 launches.
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
+#include <atomic>
 #include <cmath>
 
 namespace dsrl::kernels {
@@ -132,10 +133,14 @@ cudaError_t launch_sparse_mla_simt(const SparseMlaSimtParams& p, cudaStream_t st
     if (p.heads * p.latent > static_cast<int64_t>(kSimtThreads) * kSimtAccumulators || p.num_queries > 0x7fffffff)
         return cudaErrorInvalidValue;
     const int64_t bytes = sparse_mla_simt_smem(p.heads, p.latent, p.rope);
-    if (bytes > 48 * 1024) {
+    // Raised once per larger size (the first call is an eager one: the rollout engine warms up before it captures a
+    // graph, so a capture never has to change the kernel's attribute). Per process: dsrl runs one GPU per process.
+    static std::atomic<int64_t> raised{48 * 1024};
+    if (bytes > raised.load()) {
         const cudaError_t e = cudaFuncSetAttribute(sparse_mla_simt_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(bytes));
         if (e != cudaSuccess) return e;
+        raised.store(bytes);
     }
     sparse_mla_simt_kernel<<<static_cast<unsigned>(p.num_queries), kSimtThreads, static_cast<size_t>(bytes), stream>>>(
         p);
