@@ -7,9 +7,13 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <utility>
+#include <vector>
 
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
 
 #include "core/checksum.h"
 #include "core/error.h"
@@ -174,6 +178,49 @@ void TensorBoardWriter::write_record(const std::string& data) {
     if (std::fwrite(record.data(), 1, record.size(), file_) != record.size()) {
         throw Error(absl::StrCat("cannot write to the TensorBoard event file '", path_, "': ", std::strerror(errno)));
     }
+}
+
+namespace {
+
+bool is_event_file(const std::string& name) { return name.rfind("events.out.tfevents.", 0) == 0; }
+
+}  // namespace
+
+std::string tensorboard_cursor(const std::string& log_dir) {
+    std::string out;
+    if (!fs::is_dir(log_dir)) return out;
+    for (const std::string& name : fs::list_dir(log_dir)) {
+        if (is_event_file(name)) absl::StrAppend(&out, name, "\t", fs::file_size(fs::join(log_dir, name)), "\n");
+    }
+    return out;
+}
+
+int64_t restore_tensorboard(const std::string& log_dir, const std::string& cursor) {
+    if (!fs::is_dir(log_dir)) return 0;
+    std::map<std::string, int64_t> sizes;
+    for (absl::string_view line : absl::StrSplit(cursor, '\n', absl::SkipEmpty())) {
+        const std::vector<absl::string_view> parts = absl::StrSplit(line, '\t');
+        int64_t size = 0;
+        if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &size) || size < 0) {
+            throw Error(absl::StrCat("the checkpoint's TensorBoard cursor has a bad line '", line, "'"));
+        }
+        sizes[std::string(parts[0])] = size;
+    }
+    int64_t dropped = 0;
+    for (const std::string& name : fs::list_dir(log_dir)) {
+        if (!is_event_file(name)) continue;
+        const std::string path = fs::join(log_dir, name);
+        const int64_t size = fs::file_size(path);
+        const auto it = sizes.find(name);
+        if (it == sizes.end()) {
+            dropped += size;
+            fs::remove_tree(path);
+        } else if (size > it->second) {
+            dropped += size - it->second;
+            fs::truncate_file(path, it->second);
+        }
+    }
+    return dropped;
 }
 
 }  // namespace dsrl::trainer

@@ -52,4 +52,13 @@ private:
     std::FILE* file_ = nullptr;
 };
 
+/// Resume (trainer/train.cpp): the event files under `log_dir` and their sizes, as a checkpoint cursor ("name\tsize"
+/// lines; empty when there are none). Call it after a flush: add_scalars flushes.
+std::string tensorboard_cursor(const std::string& log_dir);
+
+/// Cuts `log_dir` back to a cursor of tensorboard_cursor(): each event file it lists to its recorded size (records
+/// are appended whole and flushed, so that is a record boundary), every other event file removed — written after
+/// the checkpoint, its steps run again. A missing directory is fine. Returns the bytes dropped.
+int64_t restore_tensorboard(const std::string& log_dir, const std::string& cursor);
+
 }  // namespace dsrl::trainer

@@ -29,6 +29,7 @@
 #include "trainer/run_dir.h"
 #include "trainer/stage_loop.h"
 #include "trainer/stages.h"
+#include "trainer/tensorboard.h"
 #include "trainer/weight_sync.h"
 
 namespace dsrl::trainer {
@@ -45,6 +46,16 @@ void truncate_metrics(const std::string& path, int64_t bytes) {
     DSRL_LOG(warn) << path << ": dropping " << size - bytes << " bytes of rows written after the checkpoint "
                    << "(the steps run again from it)";
     fs::truncate_file(path, bytes);
+}
+
+// The TensorBoard side of truncate_metrics: event records written after the checkpoint are cut (or their files
+// removed), so a resumed curve has one point per step instead of a second pass over the rerun steps.
+void cut_tensorboard(const std::string& tb_dir, const std::string& cursor) {
+    const int64_t dropped = trainer::restore_tensorboard(tb_dir, cursor);
+    if (dropped > 0) {
+        DSRL_LOG(warn) << tb_dir << ": dropping " << dropped << " bytes of TensorBoard events written after the "
+                       << "checkpoint (the steps run again from it)";
+    }
 }
 
 // Stages and keys the schema accepts for what later issues build: refused, never silently ignored.
@@ -134,6 +145,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     // A killed export leaves <output_dir>/.final.tmp-XXXXXX.
     if (rank == 0 && fs::is_dir(job.run.output_dir)) fs::remove_temporaries(job.run.output_dir);
     const std::string metrics_path = fs::join(job.run.output_dir, job.trainer.metrics_file);
+    const std::string tb_dir = fs::join(job.run.output_dir, "tb");
     if (opt.resume.empty()) {
         prepare_fresh_start(root,
                             {metrics_path, fs::join(job.run.output_dir, "eval.json"),
@@ -232,20 +244,28 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             for (const auto& s : stages) s->restore_cursors(state.cursors);
             // Rows the killed job appended after this checkpoint describe steps that are about to run again
             // (bit for bit): drop them, so every step has one row.
-            if (rank == 0) truncate_metrics(metrics_path, int_cursor(state.cursors, "metrics_bytes", -1));
+            if (rank == 0) {
+                truncate_metrics(metrics_path, int_cursor(state.cursors, "metrics_bytes", -1));
+                const auto tb = state.cursors.find("tensorboard");  // absent: a checkpoint of an older dsrl
+                if (tb != state.cursors.end()) cut_tensorboard(tb_dir, tb->second);
+            }
         } else if (rank == 0) {
             DSRL_LOG(info) << "no checkpoint under " << root << ": starting fresh";
             truncate_metrics(metrics_path, 0);  // the resumed job's rows before its first checkpoint run again
+            cut_tensorboard(tb_dir, "");
         }
     }
 
-    MetricsLog metrics(metrics_path, job.trainer.tensorboard ? fs::join(job.run.output_dir, "tb") : "", rank == 0);
+    MetricsLog metrics(metrics_path, job.trainer.tensorboard ? tb_dir : "", rank == 0);
     ctx.metrics = &metrics;
     // A checkpoint of the whole job: every stage's data cursors, whichever stage is running.
     ctx.checkpoint = [&] {
         for (const auto& s : stages) s->save_cursors(state.cursors);
         state.cursors["optimizer_steps"] = std::to_string(optimizer.steps());
-        if (rank == 0) state.cursors["metrics_bytes"] = std::to_string(fs::file_size(metrics_path));
+        if (rank == 0) {
+            state.cursors["metrics_bytes"] = std::to_string(fs::file_size(metrics_path));
+            state.cursors["tensorboard"] = tensorboard_cursor(tb_dir);
+        }
         save_checkpoint(root, policy, optimizer, state, at::detail::getDefaultCPUGenerator().get_state(),
                         job.trainer.checkpoint.keep_last, &comm, ctx.reference.get(), /*trains=*/!roles.rollout);
     };

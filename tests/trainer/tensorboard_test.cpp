@@ -325,6 +325,38 @@ TEST(TensorBoard, ErrorsNameThePath) {
 
 // Writes known scalars to $DSRL_TB_DIR (a temp dir when unset) plus expected.json, which
 // tests/trainer/tensorboard_read.py checks with TensorBoard's own reader (ctest dsrl_tensorboard_read).
+// Resume: records written after the checkpoint are cut from the file that was open then, files begun after it (a
+// resumed run killed again) are removed, other files in the directory are left alone.
+TEST(TensorBoard, ResumeCutsEventsWrittenAfterTheCheckpoint) {
+    testing::TempDir tmp;
+    const std::string dir = tmp.path();
+    std::string cursor;
+    std::string first;
+    {
+        TensorBoardWriter w(dir);
+        first = w.path();
+        for (int64_t step = 1; step <= 3; ++step) w.add_scalars(step, {{"loss", 1.0 / static_cast<double>(step)}});
+        cursor = tensorboard_cursor(dir);
+        for (int64_t step = 4; step <= 5; ++step) w.add_scalars(step, {{"loss", 0.5}});
+    }
+    {
+        TensorBoardWriter again(dir);  // a resumed run that was killed before its next checkpoint
+        again.add_scalars(4, {{"loss", 0.25}});
+    }
+    fs::write_file_synced(fs::join(dir, "notes.txt"), {"not an event file"});
+    EXPECT_GT(restore_tensorboard(dir, cursor), 0);
+    EXPECT_EQ(list_dir(dir), (std::vector<std::string>{first.substr(first.rfind('/') + 1), "notes.txt"}));
+    const std::vector<Event> events = read_events(first);
+    ASSERT_EQ(events.size(), 4u);  // file_version, steps 1-3
+    for (int64_t step = 1; step <= 3; ++step) EXPECT_EQ(events[static_cast<size_t>(step)].step, step);
+    EXPECT_EQ(restore_tensorboard(dir, cursor), 0) << "a second resume from the same checkpoint drops nothing";
+    // No checkpoint at all: every event file goes.
+    restore_tensorboard(dir, "");
+    EXPECT_EQ(list_dir(dir), (std::vector<std::string>{"notes.txt"}));
+    EXPECT_THROW(restore_tensorboard(dir, "events.out.tfevents.1.h.2.3\tmany\n"), Error);
+    EXPECT_EQ(restore_tensorboard(fs::join(dir, "missing"), cursor), 0);
+}
+
 TEST(TensorBoard, WritesForPythonReader) {
     const char* env = std::getenv("DSRL_TB_DIR");
     std::unique_ptr<testing::TempDir> tmp;
