@@ -10,16 +10,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "dsa/kernel_elem.h"
 #include "dsa/kernels/norm_rope.cuh"
 
 namespace dsrl::dsa::cuda {
 namespace {
-
-bool kernel_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
-
-kernels::Elem elem(at::ScalarType t) {
-    return t == at::kBFloat16 ? kernels::Elem::kBF16 : t == at::kHalf ? kernels::Elem::kF16 : kernels::Elem::kF32;
-}
 
 // The stride between rows when x's dims but the last `inner` flatten to rows of one stride; -1 when they do not.
 int64_t row_stride(const at::Tensor& x, int64_t inner) {
@@ -43,7 +38,8 @@ int64_t row_stride(const at::Tensor& x, int64_t inner) {
 }  // namespace
 
 bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
-    if (!x.defined() || !x.is_cuda() || !kernel_type(x.scalar_type()) || x.dim() < 1 || x.stride(-1) != 1) return false;
+    if (!x.defined() || !x.is_cuda() || !elem_kernel_takes(x.scalar_type()) || x.dim() < 1 || x.stride(-1) != 1)
+        return false;
     if (at::GradMode::is_enabled()) {
         if (x.requires_grad()) return false;
         for (const at::Tensor* t : others) {
@@ -58,12 +54,12 @@ bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     constexpr const char* op = "rms_norm (cuda)";
-    TORCH_CHECK(x.is_cuda() && kernel_type(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
+    TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim, got ", x.scalar_type(), " ",
                 x.sizes(), " strides ", x.strides());
     const int64_t dim = x.size(-1);
     TORCH_CHECK(weight.dim() == 1 && weight.size(0) == dim && weight.is_contiguous() &&
-                    kernel_type(weight.scalar_type()) && weight.device() == x.device(),
+                    elem_kernel_takes(weight.scalar_type()) && weight.device() == x.device(),
                 op, ": weight must be a contiguous [", dim, "] fp32/bf16/fp16 tensor on ", x.device(), ", got ",
                 weight.scalar_type(), " ", weight.sizes());
     const int64_t stride = row_stride(x, 1);
@@ -73,12 +69,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_type));
     const kernels::RmsNormParams p{.x = x.data_ptr(),
-                                   .x_type = elem(x.scalar_type()),
+                                   .x_type = kernel_elem(x.scalar_type()),
                                    .x_row_stride = stride,
                                    .w = weight.data_ptr(),
-                                   .w_type = elem(weight.scalar_type()),
+                                   .w_type = kernel_elem(weight.scalar_type()),
                                    .out = out.data_ptr(),
-                                   .out_type = elem(out_type),
+                                   .out_type = kernel_elem(out_type),
                                    .rows = x.numel() / std::max<int64_t>(dim, 1),
                                    .dim = dim,
                                    .eps = static_cast<float>(eps)};
@@ -88,7 +84,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
     constexpr const char* op = "rope (cuda)";
-    TORCH_CHECK(x.is_cuda() && kernel_type(x.scalar_type()) && x.dim() >= 2 && x.stride(-1) == 1, op,
+    TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 2 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor [..., D] with a contiguous last dim, got ", x.scalar_type(),
                 " ", x.sizes());
     const int64_t dim = x.size(-1);
@@ -114,7 +110,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     const kernels::RopeParams p{.x = x.data_ptr(),
-                                .type = elem(x.scalar_type()),
+                                .type = kernel_elem(x.scalar_type()),
                                 .x_row_stride = stride,
                                 .x_head_stride = per_head ? x.stride(-2) : 0,
                                 .cos = cos.data_ptr<float>(),

@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "dsa/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
@@ -193,16 +194,6 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
     return {r[0], r[1]};
 }
 
-namespace {
-
-bool simt_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
-
-kernels::Elem simt_elem(at::ScalarType t) {
-    return t == at::kBFloat16 ? kernels::Elem::kBF16 : t == at::kHalf ? kernels::Elem::kF16 : kernels::Elem::kF32;
-}
-
-}  // namespace
-
 bool sparse_mla_simt_fits(const at::Tensor& q_lat,
                           const at::Tensor& q_pe,
                           const at::Tensor& c_kv,
@@ -216,8 +207,8 @@ bool sparse_mla_simt_fits(const at::Tensor& q_lat,
     if (!(on_device(q_lat) && on_device(q_pe) && on_device(c_kv) && on_device(k_pe) && on_device(indices)))
         return false;
     if (q_lat.dim() != 4 || q_pe.dim() != 4 || c_kv.dim() != 3 || k_pe.dim() != 3 || indices.dim() != 3) return false;
-    if (!simt_type(q_lat.scalar_type()) || q_pe.scalar_type() != q_lat.scalar_type() ||
-        !simt_type(c_kv.scalar_type()) || k_pe.scalar_type() != c_kv.scalar_type() ||
+    if (!elem_kernel_takes(q_lat.scalar_type()) || q_pe.scalar_type() != q_lat.scalar_type() ||
+        !elem_kernel_takes(c_kv.scalar_type()) || k_pe.scalar_type() != c_kv.scalar_type() ||
         at::isFloatingType(indices.scalar_type()))
         return false;
     const int64_t H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
@@ -250,10 +241,10 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
     const kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
                                          .q_pe = qp.data_ptr(),
-                                         .q_type = simt_elem(q_lat.scalar_type()),
+                                         .q_type = kernel_elem(q_lat.scalar_type()),
                                          .c_kv = c_kv.data_ptr(),
                                          .k_pe = k_pe.data_ptr(),
-                                         .kv_type = simt_elem(c_kv.scalar_type()),
+                                         .kv_type = kernel_elem(c_kv.scalar_type()),
                                          .kv_batch_stride = c_kv.stride(0),
                                          .kv_row_stride = c_kv.stride(1),
                                          .pe_batch_stride = k_pe.stride(0),
@@ -268,7 +259,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                          .keys = c_kv.size(1),
                                          .scale = static_cast<float>(scale),
                                          .out = out.data_ptr(),
-                                         .out_type = simt_elem(q_lat.scalar_type()),
+                                         .out_type = kernel_elem(q_lat.scalar_type()),
                                          .lse = lse.data_ptr<float>()};
     C10_CUDA_CHECK(
         kernels::launch_sparse_mla_simt(p, c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream()));

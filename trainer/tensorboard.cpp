@@ -109,6 +109,8 @@ std::string hostname() {
 
 std::atomic<uint64_t> g_file_counter{0};
 
+constexpr const char* kEventFilePrefix = "events.out.tfevents.";
+
 }  // namespace
 
 uint32_t crc32c(const void* data, size_t n) { return dsrl::crc32c(data, n); }
@@ -116,8 +118,8 @@ uint32_t crc32c(const void* data, size_t n) { return dsrl::crc32c(data, n); }
 TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
     fs::make_dirs(log_dir);
     const double wall_time = now_seconds();
-    path_ = fs::join(log_dir, absl::StrCat("events.out.tfevents.", static_cast<int64_t>(wall_time), ".", hostname(),
-                                           ".", ::getpid(), ".", g_file_counter.fetch_add(1)));
+    path_ = fs::join(log_dir, absl::StrCat(kEventFilePrefix, static_cast<int64_t>(wall_time), ".", hostname(), ".",
+                                           ::getpid(), ".", g_file_counter.fetch_add(1)));
     // "x": a new file, never an existing one; "e": O_CLOEXEC.
     file_ = std::fopen(path_.c_str(), "wbxe");
     if (file_ == nullptr) {
@@ -182,7 +184,7 @@ void TensorBoardWriter::write_record(const std::string& data) {
 
 namespace {
 
-bool is_event_file(const std::string& name) { return name.rfind("events.out.tfevents.", 0) == 0; }
+bool is_event_file(const std::string& name) { return name.rfind(kEventFilePrefix, 0) == 0; }
 
 }  // namespace
 

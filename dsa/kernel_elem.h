@@ -1,0 +1,18 @@
+// Host side of the kernels that take fp32, bf16 or fp16 operands (dsa/kernels/elem.cuh: the RMSNorm / RoPE kernels,
+// the SIMT sparse attention): which dtypes they take, and the element type of a tensor's dtype.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include "dsa/kernels/elem.cuh"
+
+namespace dsrl::dsa {
+
+inline bool elem_kernel_takes(c10::ScalarType t) { return t == c10::kFloat || t == c10::kBFloat16 || t == c10::kHalf; }
+
+inline ::dsrl::kernels::Elem kernel_elem(c10::ScalarType t) {
+    using ::dsrl::kernels::Elem;
+    return t == c10::kBFloat16 ? Elem::kBF16 : t == c10::kHalf ? Elem::kF16 : Elem::kF32;
+}
+
+}  // namespace dsrl::dsa
