@@ -8,6 +8,13 @@
 //
 //   build/bin/dsrl_bench_rollout --model DIR [--device cuda] [--batches 1,64,256] [--prompt-len 64]
 //                                [--new-tokens 128] [--top-p 0.95] [--python python3] [--hf 1] [--group 1]
+//                                [--profile B [--profile-graphs 1] [--trace FILE] [--compare 0]]
+//
+// --profile B then runs the continuous engine once at batch B under PyTorch's profiler and prints where a decode
+// step's time goes: on CUDA every kernel, copy and memset by name (graph replays included), on the CPU every ATen op
+// by self time, with calls and microseconds per decode step. --trace writes the profile as a Chrome/Perfetto trace;
+// --compare 0 skips the table. --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's
+// rollout runs them (HF generate() still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
 //
 // Without --model: decode throughput of batched generation with records (batch 1 / 8 / 32, ratio against batch 1
 // in the same process) and the bytes per token of each recorded field — kept set (keep-sampling-mask), routing
@@ -36,10 +43,13 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/op_profile.h"
 #include "core/error.h"
 #include "core/main_guard.h"
+#include "core/precision.h"
 #include "core/rng.h"
 #include "dsa/weights.h"
+#include "rollout/engine.h"
 #include "rollout/generator.h"
 
 namespace {
@@ -122,6 +132,16 @@ double copy_bandwidth(const c10::Device& device) {
     return 2.0 * 10.0 * static_cast<double>(n) / secs;
 }
 
+struct ProfileRequest {
+    bool autocast = false;          // fp32 weights under bf16 autocast (a training job's rollout)
+    bool cast_weights_once = true;  // rollout.cast_weights_once
+    int64_t batch = 0;              // 0: no profile
+    bool graphs = true;
+    bool compare = true;
+    std::string trace;
+    int top = 25;
+};
+
 struct Timed {
     double tok_per_s = 0;
     dsrl::rollout::GenerationStats stats;
@@ -150,10 +170,13 @@ int compare(const std::string& model_dir,
             const std::string& python,
             bool hf,
             const std::string& hf_script,
-            int64_t group) {
+            int64_t group,
+            const ProfileRequest& profile) {
     const c10::Device device(device_name);
     dsrl::ModelRuntime run;
-    run.dtype = device.is_cuda() ? dsrl::DType::kBFloat16 : dsrl::DType::kFloat32;
+    // As dsrl_train runs a job with fp32 master weights and trainer.autocast: fp32 weights, bf16 autocast on CUDA.
+    run.dtype = device.is_cuda() && !profile.autocast ? dsrl::DType::kBFloat16 : dsrl::DType::kFloat32;
+    const dsrl::AutocastScope amp(device, profile.autocast);
     const dsrl::dsa::Model m = dsrl::dsa::Model::load(model_dir, run, device);
     const dsrl::ModelConfig& c = m.config();
     const auto tok = dsrl::text::make_tokenizer(model_dir, c.vocab_size);
@@ -188,13 +211,17 @@ int compare(const std::string& model_dir,
     };
     const double bw = copy_bandwidth(device);
     std::printf(
-        "dsrl_bench_rollout: %s on %s (%s weights), %ld layers, hidden %ld, %ld experts top-%ld, vocab %ld; prompts "
+        "dsrl_bench_rollout: %s on %s (%s), %ld layers, hidden %ld, %ld experts top-%ld, vocab %ld; prompts "
         "of %ld tokens (%ld samples each), up to %ld new tokens, temperature 1, top_p %.2f; device copy bandwidth "
         "%.0f GB/s\n",
-        model_dir.c_str(), device_name.c_str(), device.is_cuda() ? "bf16" : "fp32", long(c.num_hidden_layers),
-        long(c.hidden_size), long(c.n_routed_experts), long(c.num_experts_per_tok), long(c.vocab_size),
-        long(prompt_len), long(group), long(new_tokens), top_p, bw / 1e9);
+        model_dir.c_str(), device_name.c_str(),
+        amp.active() ? (profile.cast_weights_once ? "fp32 weights, bf16 autocast, matmul weights cast once per call"
+                                                  : "fp32 weights, bf16 autocast, weights cast in every forward")
+                     : (device.is_cuda() ? "bf16 weights" : "fp32 weights"),
+        long(c.num_hidden_layers), long(c.hidden_size), long(c.n_routed_experts), long(c.num_experts_per_tok),
+        long(c.vocab_size), long(prompt_len), long(group), long(new_tokens), top_p, bw / 1e9);
     dsrl::rollout::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = top_p}, .max_new_tokens = new_tokens};
+    opt.engine.cast_weights_once = profile.cast_weights_once;
     {  // warm-up
         dsrl::rollout::GenerateOptions w = opt;
         w.max_new_tokens = 8;
@@ -204,9 +231,11 @@ int compare(const std::string& model_dir,
     // kernel (rollout.cuda_graphs false).
     const bool graphs = device.is_cuda();
     int64_t nodes = 0;
-    std::printf("%6s | %12s %12s %12s %12s | %8s %9s %9s | %9s %13s %8s %7s\n", "batch", "dsrl tok/s", "no-graph",
-                "static", "HF", "vs HF", "vs static", "graph x", "bw bound", "graphs (s)", "peak blk", "preempt");
-    for (const int64_t batch : batches) {
+    if (profile.compare) {
+        std::printf("%6s | %12s %12s %12s %12s | %8s %9s %9s | %9s %13s %8s %7s\n", "batch", "dsrl tok/s", "no-graph",
+                    "static", "HF", "vs HF", "vs static", "graph x", "bw bound", "graphs (s)", "peak blk", "preempt");
+    }
+    for (const int64_t batch : profile.compare ? batches : std::vector<int64_t>{}) {
         opt.max_batch_size = batch;
         opt.engine.kind = "continuous";
         opt.engine.cuda_graphs = true;
@@ -250,6 +279,24 @@ int compare(const std::string& model_dir,
     }
     if (nodes > 0) std::printf("decode-step graph: %ld nodes (kernels and copies per step)\n", long(nodes));
     std::remove(prompts_path.c_str());
+    if (profile.batch > 0) {
+        opt.max_batch_size = profile.batch;
+        opt.engine.kind = "continuous";
+        opt.engine.cuda_graphs = profile.graphs;
+        (void)dsrl::rollout::generate(m, *tok, requests(profile.batch), opt, nullptr);  // captures outside the profile
+        dsrl::rollout::GenerationStats stats;
+        const dsrl::bench::OpProfile p = dsrl::bench::profile_ops(
+            device, [&] { (void)dsrl::rollout::generate(m, *tok, requests(profile.batch), opt, &stats); },
+            dsrl::rollout::kDecodeScope, profile.trace);
+        std::printf(
+            "\nprofile of the continuous engine at batch %ld (CUDA graphs %s): %ld decode steps, %ld "
+            "prefill tokens, %ld generated tokens\n",
+            long(profile.batch), device.is_cuda() && profile.graphs ? "on" : "off", long(stats.decode_steps),
+            long(stats.prefill_tokens), long(stats.generated_tokens));
+        dsrl::bench::print_profile(p, stats.decode_steps, "decode step", profile.top);
+        if (!profile.trace.empty()) std::printf("trace: %s\n", profile.trace.c_str());
+    }
+    if (!profile.compare) return 0;
     std::printf(
         "tok/s: generated tokens / wall time (prefill and graph capture included); no-graph: the continuous engine "
         "with rollout.cuda_graphs false; HF: transformers generate() (bf16 on CUDA), do_sample, the same prompts, "
@@ -263,6 +310,8 @@ int run(int argc, char** argv) {
     std::string model_dir, python = "python3", batches_text = "1,64,256", hf_script = "bench/hf_generate.py";
     int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
+    ProfileRequest profile;
+    int64_t profile_graphs = 1, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -282,11 +331,24 @@ int run(int argc, char** argv) {
             .integer("--hf", &hf, 0, "--model: 1 runs Hugging Face generate(), 0 skips it")
             .text("--hf-script", &hf_script, "--model: the generate() script (run from the repository)")
             .integer("--group", &group, 1, "--model: samples per prompt (G > 1 shares prompts; no HF column then)")
+            .integer("--profile", &profile.batch, 0, "--model: profile the continuous engine at this batch (0: no)")
+            .integer("--profile-graphs", &profile_graphs, 0, "--profile: 1 replays CUDA graphs, 0 launches kernels")
+            .integer("--profile-top", &profile_top, 1, "--profile: rows printed")
+            .text("--trace", &profile.trace, "--profile: write a Chrome/Perfetto trace here")
+            .integer("--compare", &compare_table, 0, "--model: 0 skips the engines-vs-HF table")
+            .integer("--autocast", &autocast, 0,
+                     "--model on CUDA: 1 keeps fp32 weights under bf16 autocast (as dsrl_train with trainer.autocast)")
+            .integer("--cast-once", &cast_once, 0, "--autocast 1: rollout.cast_weights_once (0 casts in every forward)")
             .parse(argc, argv);
     if (!go) return 0;
+    profile.graphs = profile_graphs != 0;
+    profile.autocast = autocast != 0;
+    profile.cast_weights_once = cast_once != 0;
+    profile.compare = compare_table != 0;
+    profile.top = static_cast<int>(profile_top);
     if (!model_dir.empty()) {
         return compare(model_dir, device, dsrl::bench::parse_lengths(batches_text, "dsrl_bench_rollout"), prompt_len,
-                       new_tokens, top_p_cmp, python, hf != 0 && group == 1, hf_script, group);
+                       new_tokens, top_p_cmp, python, hf != 0 && group == 1, hf_script, group, profile);
     }
     dsrl::ModelConfig c;
     c.vocab_size = vocab;

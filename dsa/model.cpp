@@ -312,6 +312,27 @@ Model Model::clone(c10::Device device) const {
     return m;
 }
 
+Model Model::autocast_weights(at::ScalarType dtype) const {
+    const at::NoGradGuard no_grad;
+    Model m = *this;
+    const auto cast = [dtype](at::Tensor& t) {
+        if (t.defined() && t.scalar_type() != dtype) t = t.detach().to(dtype);
+    };
+    for (LayerWeights& l : m.w_.layers) {
+        for (at::Tensor* t : {&l.attn.q_a_proj, &l.attn.q_b_proj, &l.attn.kv_a_proj_with_mqa, &l.attn.kv_b_proj,
+                              &l.attn.o_proj, &l.indexer.wq_b, &l.indexer.wk}) {
+            cast(*t);
+        }
+        for (moe::SwiGluWeights* mlp : {&l.mlp, &l.moe.shared, &l.moe.experts}) {
+            cast(mlp->gate_proj);
+            cast(mlp->up_proj);
+            cast(mlp->down_proj);
+        }
+    }
+    cast(m.w_.lm_head);  // its own handle: tied embeddings keep embed_tokens as it is
+    return m;
+}
+
 void Model::idle_forward() const {
     if (expert_parallel() == nullptr || ep_.size() == 1) return;
     // Each MoE layer's three exchanges, in layer order, with no rows; chained so a backward (if any) runs them in

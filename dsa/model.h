@@ -203,6 +203,15 @@ public:
     const moe::ExpertParallel* expert_parallel() const { return ep_.group != nullptr ? &ep_ : nullptr; }
     /// A copy of this model with its own tensors (detached, on `device`), under the same expert parallelism.
     Model clone(c10::Device device) const;
+    /// For forwards without gradients under autocast to `dtype` (a rollout's prefill and decode steps): this model
+    /// with the tensors only matmuls read — the attention and indexer projections, the dense MLPs, the shared and
+    /// routed experts, lm_head — as `dtype` copies made once, so a forward reads them as they are instead of casting
+    /// every fp32 weight on every call (on CUDA a cast kernel per weight per decode step, and the fp32 bytes read).
+    /// Bit for bit the autocast forward's results: autocast casts these matmul inputs to `dtype` anyway. The norms,
+    /// the embeddings, the router's gate and bias and the indexer's head weights stay as they are (read elementwise
+    /// or in fp32 regions). A snapshot: weight updates after it do not reach the copies; tensors already in `dtype`
+    /// are shared, not copied.
+    Model autocast_weights(at::ScalarType dtype) const;
     /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
     /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
     void idle_forward() const;

@@ -70,6 +70,11 @@ void bind(Binder& b, RolloutConfig& c) {
             {.doc = "Continuous engine on CUDA: each decode step is one CUDA graph replay, captured once per bucket of "
                     "rows and cache blocks (powers of two; padded rows write to a scratch block). Off: the step's "
                     "kernels are launched one by one. Not under expert parallelism, which always launches them."});
+    b.field("cast_weights_once", c.engine.cast_weights_once,
+            {.doc = "Under bf16 autocast (trainer.autocast on CUDA): generation reads bf16 copies of the matmul "
+                    "weights (projections, experts, lm_head) made once per rollout, not a cast of every fp32 weight in "
+                    "every decode step — the same records, bit for bit, for 2 bytes per such parameter while "
+                    "generating. Either engine."});
 }
 
 }  // namespace dsrl

@@ -33,6 +33,9 @@ struct EngineOptions {
     int64_t cache_blocks = 0;            ///< the pool's blocks; 0 = sized automatically (docs/rollout.md)
     int64_t sync_interval = 0;           ///< decode steps between host syncs (stop checks); 0 = 1 on CPU, 8 on CUDA
     bool cuda_graphs = true;             ///< CUDA: replay each decode step from a graph captured per batch bucket
+    /// Under autocast (bf16 on CUDA): generate with lower-precision copies of the matmul weights made once per call
+    /// (dsa::Model::autocast_weights; the same records bit for bit) instead of casting each weight in every step.
+    bool cast_weights_once = true;
     /// Tests (not a config key): on CPU, run the bucketed step that the CUDA graphs replay (padded rows, block tables
     /// padded to a power of two), eagerly.
     bool buckets_on_cpu = false;

@@ -10,6 +10,7 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #ifdef DSRL_WITH_CUDA
 #include <ATen/autocast_mode.h>
@@ -504,6 +505,7 @@ private:
             g.in.logits.narrow(0, 0, rows).copy_(last_logits_);
             if (!any_forced) g.in.forced.fill_(-1);
             for (int64_t s = 0; s < steps; ++s) {
+                RECORD_USER_SCOPE(kDecodeScope);
                 g.in.uniform.copy_(uniforms[s]);
                 if (any_forced) g.in.forced.copy_(forced_dev.select(1, s));
                 if (g.graph) {
@@ -519,6 +521,7 @@ private:
             stats_.padded_row_steps += (padded - rows) * steps;
         } else {
             for (int64_t s = 0; s < steps; ++s) {
+                RECORD_USER_SCOPE(kDecodeScope);
                 const StepOut out = decode_step({.logits = last_logits_,
                                                  .uniform = uniforms[s],
                                                  .forced = any_forced ? forced_dev.select(1, s) : at::Tensor(),

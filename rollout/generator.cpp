@@ -1,6 +1,7 @@
 #include "rollout/generator.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -251,10 +252,20 @@ std::vector<Sample> generate(const dsa::Model& model,
                              const std::vector<GenerationRequest>& requests,
                              const GenerateOptions& opt,
                              GenerationStats* stats) {
-    if (opt.engine.kind == "static") return generate_static(model, tokenizer, requests, opt, stats);
-    TORCH_CHECK(opt.engine.kind == "continuous", "generate: unknown engine '", opt.engine.kind,
-                "' (continuous or static)");
-    return generate_continuous(model, tokenizer, requests, opt, stats);
+    TORCH_CHECK(opt.engine.kind == "continuous" || opt.engine.kind == "static", "generate: unknown engine '",
+                opt.engine.kind, "' (continuous or static)");
+    // Under autocast every forward would cast each fp32 matmul weight again (a decode step per token): cast them once.
+    const c10::DeviceType type = model.device().type();
+    if (opt.engine.cast_weights_once && at::autocast::is_autocast_enabled(type) && !requests.empty()) {
+        const at::ScalarType dtype = at::autocast::get_autocast_dtype(type);
+        if (model.weights().lm_head.scalar_type() != dtype) {
+            const dsa::Model cast = model.autocast_weights(dtype);
+            return opt.engine.kind == "static" ? generate_static(cast, tokenizer, requests, opt, stats)
+                                               : generate_continuous(cast, tokenizer, requests, opt, stats);
+        }
+    }
+    return opt.engine.kind == "static" ? generate_static(model, tokenizer, requests, opt, stats)
+                                       : generate_continuous(model, tokenizer, requests, opt, stats);
 }
 
 std::vector<Sample> generate_static(const dsa::Model& model,

@@ -85,6 +85,8 @@ struct GenerationStats {
 };
 
 /// Generates one sample per request, in request order, with the engine opt.engine names (continuous by default).
+/// Under autocast (and opt.engine.cast_weights_once) the engine runs on Model::autocast_weights: the matmul weights
+/// cast once for the call rather than in every forward; the records are the same bit for bit.
 std::vector<Sample> generate(const dsa::Model& model,
                              const text::Tokenizer& tokenizer,
                              const std::vector<GenerationRequest>& requests,

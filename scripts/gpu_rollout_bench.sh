@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The rollout engine's GPU figures (issue 23) in one device command: builds what it needs in build-gpu, writes the
 # single_gpu.yaml model as a checkpoint, runs dsrl_bench_rollout against Hugging Face generate() at batch 1, 64 and
-# 256, then a few GRPO steps of single_gpu.yaml with the continuous and the static engine (generated tok/s per step).
+# 256, profiles a decode step (every kernel by name, per step; Chrome traces in $OUT) at each batch of
+# DSRL_PROFILE_BATCHES (default 1 and 256; "" skips), then a few GRPO steps of single_gpu.yaml with the continuous and
+# the static engine (generated tok/s per step).
 #   bash scripts/gpu_rollout_bench.sh            # on the lent GPU machine: see scripts/gpu_test.sh for the preamble
 # Logs and figures go to $OUT when set, else build-gpu/rollout_bench/.
 set -euo pipefail
@@ -36,12 +38,28 @@ model=$(mktemp -d)/single_gpu
 hf_python=${DSRL_HF_PYTHON:-$(command -v python3)}
 "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches "${DSRL_ROLLOUT_BATCHES:-1,64,256}" \
     --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --python "$hf_python" 2>"$logs/bench_rollout.err" | tee "$logs/bench_rollout.txt" || { tail -5 "$logs/bench_rollout.err"; exit 1; }
+for b in ${DSRL_PROFILE_BATCHES-1 256}; do  # where a decode step's time goes (graph replays)
+    "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --compare 0 --profile "$b" \
+        --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --trace "$logs/decode_trace_b$b.json" 2>>"$logs/bench_rollout.err" |
+        tee "$logs/decode_profile_b$b.txt" | grep -A 30 "^profile of" || { tail -5 "$logs/bench_rollout.err"; status=1; }
+done
+# A training job's rollout (fp32 weights, bf16 autocast): weights cast once per rollout vs in every decode step.
+for once in ${DSRL_PROFILE_CAST-1 0}; do
+    "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --compare 0 --profile 64 --autocast 1 \
+        --cast-once "$once" --new-tokens "${DSRL_ROLLOUT_NEW:-128}" 2>>"$logs/bench_rollout.err" |
+        tee "$logs/decode_profile_autocast_once$once.txt" | grep -A 12 "^profile of" || status=1
+done
 steps=${DSRL_GRPO_STEPS:-4}
-for engine in ${DSRL_GRPO_ENGINES:-continuous static}; do
+# Engines: continuous, static, and continuous-castperstep (rollout.cast_weights_once false: every decode step casts
+# the fp32 weights again, the baseline of the cast-once figure).
+for engine in ${DSRL_GRPO_ENGINES:-continuous continuous-castperstep static}; do
+    extra=()
+    [[ $engine == continuous-castperstep ]] && extra=(--set rollout.cast_weights_once=false)
     timeout 300 mpirun --oversubscribe -np 1 "$build/bin/dsrl_train" --config configs/single_gpu.yaml \
         --set 'run.stages=[grpo]' --set trainer.total_steps="$steps" --set trainer.eval_prompts=0 \
-        --set trainer.checkpoint.every_steps=0 --set trainer.log_every=1 --set rollout.engine=$engine \
-        --set run.output_dir="$logs/grpo_$engine" >"$logs/grpo_$engine.log" 2>&1 || { tail -20 "$logs/grpo_$engine.log"; }
+        --set trainer.checkpoint.every_steps=0 --set trainer.log_every=1 --set rollout.engine="${engine%%-*}" \
+        "${extra[@]}" --set run.output_dir="$logs/grpo_$engine" >"$logs/grpo_$engine.log" 2>&1 ||
+        { tail -20 "$logs/grpo_$engine.log"; }
     "$python" - "$logs/grpo_$engine/metrics.jsonl" "$engine" <<'PY' | tee -a "$logs/grpo.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"grpo"' in l]

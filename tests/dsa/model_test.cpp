@@ -60,6 +60,45 @@ TEST(ModelTest, ShapesAndRecordsOfAForward) {
     EXPECT_FALSE(out.logits.isnan().any().item<bool>());
 }
 
+// The rollout's once-cast weights (Model::autocast_weights): the matmul weights in bf16, everything read
+// elementwise or in fp32 regions unchanged, and under autocast the same logits bit for bit — prefill, decode steps
+// and the records — as the model that autocast casts on every call.
+TEST(ModelTest, AutocastWeightsGiveTheAutocastForwardBitForBit) {
+    ModelConfig c = tiny();
+    c.tie_word_embeddings = true;
+    const Model m = make_model(c);
+    const Model cast = m.autocast_weights(at::kBFloat16);
+    const LayerWeights& l = cast.weights().layers[1];
+    for (const at::Tensor* t : {&l.attn.q_a_proj, &l.attn.kv_b_proj, &l.attn.o_proj, &l.indexer.wq_b, &l.indexer.wk,
+                                &l.moe.experts.gate_proj, &l.moe.experts.down_proj, &l.moe.shared.up_proj,
+                                &cast.weights().layers[0].mlp.gate_proj, &cast.weights().lm_head}) {
+        EXPECT_EQ(t->scalar_type(), at::kBFloat16);
+    }
+    for (const at::Tensor* t :
+         {&l.attn.q_a_layernorm, &l.input_layernorm, &l.indexer.weights_proj, &l.indexer.k_norm_weight, &l.moe.gate,
+          &l.moe.bias, &cast.weights().embed_tokens, &cast.weights().norm}) {
+        EXPECT_EQ(t->scalar_type(), at::kFloat);
+    }
+    EXPECT_EQ(m.weights().lm_head.scalar_type(), at::kFloat);  // the original is untouched
+
+    const at::Tensor ids = random_ids(2, 14, c.vocab_size, 9);  // 14 > index_topk 6: the sparse path too
+    const ForwardOptions opt{.return_routes = true, .return_topk = true};
+    const ForwardOutput plain = m.forward({ids}, opt);
+    testing::CpuBf16Autocast amp;
+    const ForwardOutput want = m.forward({ids}, opt);
+    const ForwardOutput got = cast.forward({ids}, opt);
+    EXPECT_FALSE(at::allclose(plain.logits, want.logits, 0, 1e-4)) << "autocast changed nothing: a vacuous test";
+    EXPECT_TRUE(at::equal(got.logits, want.logits));
+    for (size_t i = 0; i < want.routes.size(); ++i) EXPECT_TRUE(at::equal(got.routes[i], want.routes[i]));
+    for (size_t i = 0; i < want.topk.size(); ++i) EXPECT_TRUE(at::equal(got.topk[i], want.topk[i]));
+    // Prefill then decode over a cache.
+    KvCache a = m.new_cache(2, 16), b = cast.new_cache(2, 16);
+    (void)m.forward({ids.narrow(1, 0, 12)}, {}, &a);
+    (void)cast.forward({ids.narrow(1, 0, 12)}, {}, &b);
+    EXPECT_TRUE(at::equal(cast.forward({ids.narrow(1, 12, 1)}, {}, &b).logits,
+                          m.forward({ids.narrow(1, 12, 1)}, {}, &a).logits));
+}
+
 TEST(ModelTest, PaddingOnEitherSideGivesTheUnpaddedLogits) {
     const ModelConfig c = tiny();
     const Model m = make_model(c);

@@ -180,6 +180,43 @@ TEST(GrpoGpuTest, GraphedDecodeSeesInPlaceWeightUpdates) {
     EXPECT_LE(worst, 1e-4);
 }
 
+// Under bf16 autocast (a training job's rollout) generate() runs on the matmul weights cast once
+// (rollout.cast_weights_once): the records of graphed decode steps equal those of steps that cast every weight.
+TEST(GrpoGpuTest, WeightsCastOnceGiveTheSameRecordsOnCuda) {
+    DSRL_REQUIRE_CUDA();
+    const dsa::Model m = random_cuda_model(47);
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    std::vector<rollout::GenerationRequest> reqs;
+    for (int p = 0; p < 4; ++p) {
+        const auto ids = tok.apply_chat({{"user", std::string(static_cast<size_t>(4 + 7 * p), 'w')}}, true);
+        for (int g = 0; g < 3; ++g) {
+            reqs.push_back({"d", p, g, rollout::sample_seed(7, p, g), std::vector<int32_t>(ids.begin(), ids.end())});
+        }
+    }
+    const AutocastScope amp(m.device(), true);
+    ASSERT_TRUE(amp.active());
+    rollout::GenerateOptions opt{
+        .sampling = {.temperature = 0.9, .top_p = 0.9}, .max_new_tokens = 24, .record_indexer = true};
+    opt.engine.cast_weights_once = false;
+    const std::vector<rollout::Sample> want = rollout::generate(m, tok, reqs, opt);
+    opt.engine.cast_weights_once = true;
+    const std::vector<rollout::Sample> got = rollout::generate(m, tok, reqs, opt);
+    ASSERT_EQ(got.size(), want.size());
+    int identical = 0;
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(got[i].response, want[i].response) << "sample " << i;
+        EXPECT_EQ(got[i].routes, want[i].routes) << "sample " << i;
+        identical += got[i].logprobs == want[i].logprobs ? 1 : 0;
+        for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
+            worst = std::max(worst, static_cast<double>(std::abs(got[i].logprobs[t] - want[i].logprobs[t])));
+        }
+    }
+    std::printf("weights cast once vs in every step: %d of %zu samples bit-identical, max |d logp| %.2e\n", identical,
+                got.size(), worst);
+    EXPECT_LE(worst, 1e-5);
+}
+
 // bf16 autocast (trainer.autocast, the GPU default): fp32 parameters, bf16 matmuls. Rollout and teacher-forced
 // recomputation under the same autocast agree to bf16 precision; the logits differ from the fp32 forward (so
 // autocast is active) by a bf16-sized amount; the GRPO backward yields finite fp32 gradients.

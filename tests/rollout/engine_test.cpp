@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "rollout/engine.h"
 #include "tests/model_fixtures.h"
+#include "tests/test_util.h"
 
 namespace dsrl::rollout {
 namespace {
@@ -224,6 +225,41 @@ TEST(EngineTest, TeacherForcedRecomputationReproducesTheRecordedLogprobs) {
         worst = std::max(worst, (lp - at::tensor(s.logprobs, at::kFloat)).abs().max().item<double>());
     }
     EXPECT_LE(worst, 1e-5);
+}
+
+// Under autocast, generate() runs either engine on weights cast once per call (rollout.cast_weights_once): every
+// record must be what casting each weight in every forward gives, bit for bit.
+TEST(EngineTest, WeightsCastOnceGiveTheSameRecordsUnderAutocast) {
+    const dsa::Model m = make_model(tiny());
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    const auto reqs = requests(4, 3, m.config().vocab_size);
+    const std::vector<Sample> plain = generate(m, tok, reqs, options({}), nullptr);
+    const testing::CpuBf16Autocast amp;
+    for (const EngineOptions& e :
+         {EngineOptions{.kind = "static"}, EngineOptions{.block_size = 5}, EngineOptions{.buckets_on_cpu = true}}) {
+        EngineOptions every_step = e;
+        every_step.cast_weights_once = false;
+        const std::vector<Sample> want = generate(m, tok, reqs, options(every_step), nullptr);
+        const std::vector<Sample> got = generate(m, tok, reqs, options(e), nullptr);
+        SCOPED_TRACE(
+            absl::StrCat("engine ", e.kind, ", block size ", e.block_size, e.buckets_on_cpu ? ", bucketed" : ""));
+        ASSERT_EQ(want.size(), got.size());
+        bool autocast_changed_something = false;
+        for (size_t i = 0; i < want.size(); ++i) {
+            EXPECT_EQ(got[i].response, want[i].response) << "sample " << i;
+            EXPECT_EQ(got[i].logprobs, want[i].logprobs) << "sample " << i;
+            EXPECT_EQ(got[i].routes, want[i].routes) << "sample " << i;
+            ASSERT_EQ(got[i].kept.size(), want[i].kept.size());
+            for (size_t t = 0; t < want[i].kept.size(); ++t) EXPECT_EQ(got[i].kept[t].bytes(), want[i].kept[t].bytes());
+            ASSERT_EQ(got[i].indexer.size(), want[i].indexer.size());
+            for (size_t l = 0; l < want[i].indexer.size(); ++l) {
+                EXPECT_TRUE(at::equal(got[i].indexer_sets(static_cast<int32_t>(l)),
+                                      want[i].indexer_sets(static_cast<int32_t>(l))));
+            }
+            autocast_changed_something |= want[i].logprobs != plain[i].logprobs;
+        }
+        EXPECT_TRUE(autocast_changed_something) << "the records under autocast equal the fp32 ones: a vacuous test";
+    }
 }
 
 TEST(EngineTest, ACacheTooSmallForOneSequenceNamesTheKey) {
