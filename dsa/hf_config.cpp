@@ -372,6 +372,9 @@ HfConfig read_hf_config_file(const std::string& path) {
     f.expect_string("hidden_act", "silu", "");
     f.expect_string("scoring_func", "sigmoid", " (DeepSeek-V3.2 routes with sigmoid scores)");
     f.expect_string("topk_method", "noaux_tc", " (group-limited routing with e_score_correction_bias)");
+    if (f.boolean("attention_bias", false)) {
+        f.bad("attention_bias", "only false is supported (DeepSeek-V3.2's attention projections have no bias)");
+    }
     if (f.has("moe_layer_freq") && f.integer("moe_layer_freq") != 1) {
         f.bad("moe_layer_freq", absl::StrCat("only 1 is supported (every layer after first_k_dense_replace is MoE), "
                                              "got ",

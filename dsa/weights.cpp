@@ -8,6 +8,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -251,6 +252,11 @@ ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& c
         if (consumed.count(name) || reader.is_extra_layer(name)) continue;
         // transformers may also write rotary inv_freq buffers in old checkpoints: harmless, skipped.
         if (ends_with(name, "rotary_emb.inv_freq")) continue;
+        // With n_shared_experts 0 transformers still builds (and saves) the shared expert with no rows: nothing.
+        if (cfg.n_shared_experts == 0 && name.find(".mlp.shared_experts.") != std::string::npos) {
+            const std::vector<int64_t>& shape = reader.info(name).shape;
+            if (std::find(shape.begin(), shape.end(), 0) != shape.end()) continue;
+        }
         throw CheckpointError(absl::StrCat("checkpoint ", reader.file_of(name), ": unexpected tensor '", name,
                                            "' (not part of a DeepSeek-V3.2 model with this config.json)"));
     }
@@ -271,6 +277,19 @@ std::vector<std::pair<std::string, at::Tensor>> hf_named_tensors(const ModelWeig
             }
         } else if (part == HfPart::kAll) {
             out.emplace_back(t.name, *t.tensor);
+        }
+    }
+    // transformers builds the shared expert even with n_shared_experts 0 (no rows) and reports it missing from a
+    // checkpoint without it: write it empty, as transformers does.
+    if (part == HfPart::kAll && cfg.n_shared_experts == 0) {
+        const int64_t H = cfg.hidden_size;
+        for (size_t i = 0; i < w.layers.size(); ++i) {
+            if (!w.layers[i].is_moe) continue;
+            const at::TensorOptions opts = w.layers[i].moe.gate.options().dtype(w.embed_tokens.scalar_type());
+            const std::string m = absl::StrCat("model.layers.", i, ".mlp.shared_experts.");
+            out.emplace_back(m + "gate_proj.weight", at::empty({0, H}, opts));
+            out.emplace_back(m + "up_proj.weight", at::empty({0, H}, opts));
+            out.emplace_back(m + "down_proj.weight", at::empty({H, 0}, opts));
         }
     }
     return out;

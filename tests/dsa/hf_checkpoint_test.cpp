@@ -315,6 +315,7 @@ TEST(HfCheckpointConfigTest, BadConfigsNameTheFileAndKey) {
          "key 'rope_parameters.rope_type'"},
         {[](Json& j) { j["rope_parameters"] = 3; }, "key 'rope_parameters': expected an object"},
         {[](Json& j) { j["scoring_func"] = "softmax"; }, "key 'scoring_func'"},
+        {[](Json& j) { j["attention_bias"] = true; }, "key 'attention_bias': only false is supported"},
         {[](Json& j) {
              j["mlp_layer_types"] = Json::array({"sparse", "dense"});
          },

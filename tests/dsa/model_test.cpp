@@ -273,6 +273,45 @@ TEST(ModelTest, BadCheckpointsNameTheFileAndTensor) {
     EXPECT_EQ(back.config().num_hidden_layers, 3);
 }
 
+// n_shared_experts 0: saved as transformers saves it (each MoE layer's shared expert with no rows) and loaded back;
+// a shared expert with rows is still unexpected.
+TEST(ModelTest, NoSharedExpertsRoundTripWithEmptySharedTensors) {
+    ModelConfig c = tiny();
+    c.n_shared_experts = 0;
+    const Model m = make_model(c);
+    TempDir tmp;
+    const std::string dir = tmp.path() + "/no_shared";
+    m.save(dir, {.dtype = at::kFloat});
+    {
+        const SafetensorsFile f = SafetensorsFile::open(dir + "/model.safetensors");
+        for (const char* name : {"model.layers.1.mlp.shared_experts.gate_proj.weight",
+                                 "model.layers.2.mlp.shared_experts.down_proj.weight"}) {
+            ASSERT_TRUE(f.contains(name)) << name;
+            EXPECT_EQ(f.get(name).numel(), 0) << name;
+        }
+        EXPECT_FALSE(f.contains("model.layers.0.mlp.shared_experts.gate_proj.weight")) << "layer 0 is dense";
+    }
+    const Model back = Model::load(dir, ModelConfig{}, at::kCPU);
+    EXPECT_FALSE(back.weights().layers[1].moe.shared.gate_proj.defined());
+    const at::Tensor ids = random_ids(2, 9, c.vocab_size, 4);
+    EXPECT_TRUE(at::equal(back.forward({ids}).logits, m.forward({ids}).logits));
+    auto with_rows = hf_named_tensors(m.weights(), c);
+    for (auto& [n, t] : with_rows) {
+        if (n == "model.layers.1.mlp.shared_experts.up_proj.weight") t = at::zeros({4, c.hidden_size});
+    }
+    save_safetensors(dir + "/model.safetensors", with_rows, {{"format", "pt"}});
+    EXPECT_THROW(
+        {
+            try {
+                Model::load(dir, ModelConfig{}, at::kCPU);
+            } catch (const CheckpointError& e) {
+                EXPECT_NE(std::string(e.what()).find("unexpected tensor"), std::string::npos) << e.what();
+                throw;
+            }
+        },
+        CheckpointError);
+}
+
 TEST(ModelConfigTest, RouterOptionsFromModelConfig) {
     ModelConfig m;
     m.n_routed_experts = 64;
