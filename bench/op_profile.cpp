@@ -81,7 +81,7 @@ OpProfile profile_ops(const c10::Device& device,
                       const std::string& trace_path) {
     std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
     if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-    const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+    const prof::ProfilerConfig config(prof::ProfilerState::KINETO, /*report_input_shapes=*/true);
     torch::autograd::profiler::prepareProfiler(config, activities);
     torch::autograd::profiler::enableProfiler(config, activities);
     std::unique_ptr<ProfilerResult> result;

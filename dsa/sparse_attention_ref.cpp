@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/gather.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/where.h>
@@ -155,8 +156,13 @@ private:
             const at::Tensor idx = indices.narrow(1, t0, n);  // [B, n, K] int64, checked < S at the entry
             const int64_t K = idx.size(2);
             flat = idx.clamp_min(0).reshape({B, n * K});
-            ckv = at::gather(c_kv, 1, flat.unsqueeze(-1).expand({B, n * K, C})).view({B, n, K, C}).to(dt);
-            kpe = at::gather(k_pe, 1, flat.unsqueeze(-1).expand({B, n * K, R})).view({B, n, K, R}).to(dt);
+            if (B == 1) {  // one sequence (the rollout's pool): rows by index, no index expanded over C
+                ckv = c_kv.select(0, 0).index_select(0, flat.select(0, 0)).view({B, n, K, C}).to(dt);
+                kpe = k_pe.select(0, 0).index_select(0, flat.select(0, 0)).view({B, n, K, R}).to(dt);
+            } else {
+                ckv = at::gather(c_kv, 1, flat.unsqueeze(-1).expand({B, n * K, C})).view({B, n, K, C}).to(dt);
+                kpe = at::gather(k_pe, 1, flat.unsqueeze(-1).expand({B, n * K, R})).view({B, n, K, R}).to(dt);
+            }
             s = (at::einsum("bthc,btkc->bthk", {q_lat.narrow(1, t0, n).to(dt), ckv}) +
                  at::einsum("bthr,btkr->bthk", {q_pe.narrow(1, t0, n).to(dt), kpe}))
                     .mul_(scale)
