@@ -88,9 +88,13 @@ public:
     }
 
     double globalize(std::map<std::string, double>& m, int world) const override {
-        // Counts are totals over the ranks (reduce_metrics averages): tokens and sequences of the global batch.
+        // Counts are totals over the ranks (reduce_metrics averages), so a job reports the same figures on any number
+        // of ranks: the global batch's generated tokens, its sequences and loss tokens per mini-batch, its failed
+        // samples and the groups they emptied.
         m["generated_tokens"] *= world;
-        if (m.count("sequences")) m["sequences"] *= world;
+        for (const char* count : {"sequences", "tokens", "failed_samples", "dropped_groups", "reward_failed"}) {
+            if (m.count(count)) m[count] *= world;
+        }
         return m["generated_tokens"];
     }
 

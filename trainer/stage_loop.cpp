@@ -3,6 +3,7 @@
 #include <ATen/ops/tensor.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 
+#include <absl/strings/match.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
@@ -129,13 +130,21 @@ std::map<std::string, double> reduce_metrics(const std::map<std::string, double>
     if (comm.size() <= 1) return local;
     std::map<std::string, double> sum;
     std::map<std::string, int> count;
+    // Extremes over the ranks stay extremes (ratio_min / ratio_max): the whole batch's, whatever the layout.
+    const auto extreme = [](const std::string& key) {
+        return absl::EndsWith(key, "_min") ? -1 : absl::EndsWith(key, "_max") ? 1 : 0;
+    };
     for (const std::string& s : comm.all_gather_bytes(metrics_text(local))) {
         for (const auto& [key, v] : parse_metrics_text(s)) {
-            sum[key] += v;
+            const int e = extreme(key);
+            double& acc = sum[key];
+            acc = count[key] == 0 ? v : e < 0 ? std::min(acc, v) : e > 0 ? std::max(acc, v) : acc + v;
             ++count[key];
         }
     }
-    for (auto& [k, v] : sum) v /= count[k];
+    for (auto& [k, v] : sum) {
+        if (extreme(k) == 0) v /= count[k];
+    }
     return sum;
 }
 

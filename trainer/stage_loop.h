@@ -128,7 +128,8 @@ bool run_stage(Stage& stage, JobContext& ctx);
 void install_stop_handlers();
 
 /// Per-rank metrics averaged on every rank (keys a rank lacks, e.g. a domain it did not draw, are averaged over
-/// the ranks that have them; NaN and Inf survive).
+/// the ranks that have them; NaN and Inf survive), except keys ending in _min / _max: the minimum / maximum over the
+/// ranks. Stages turn counts into global totals afterwards (Stage::globalize).
 std::map<std::string, double> reduce_metrics(const std::map<std::string, double>& local,
                                              const dist::Communicator& comm);
 

@@ -28,7 +28,11 @@ public:
         int rank = 0;
         MPI_Comm_rank(MPI_COMM_WORLD, &rank);
         // rank-dependent values: the loop must average them (value = step + rank, mean step + 0.5 on 2 ranks)
-        return {{{"value", static_cast<double>(step + rank)}, {"tokens", 10.0}}, step == 1 ? 1 : 0};
+        return {{{"value", static_cast<double>(step + rank)},
+                 {"tokens", 10.0},
+                 {"ratio_min", 0.5 + rank},  // extremes over the ranks: 0.5 and 3 on 2 ranks
+                 {"ratio_max", 3.0 - rank}},
+                step == 1 ? 1 : 0};
     }
     double globalize(std::map<std::string, double>& m, int world) const override {
         m["tokens"] *= world;
@@ -80,6 +84,8 @@ TEST(StageLoopTest, RunsStepsAveragesMetricsAndCheckpointsOnCadence) {
             EXPECT_EQ(j.at("step"), n + 1);
             EXPECT_DOUBLE_EQ(j.at("value").get<double>(), n + 0.5);  // mean of step + rank over 2 ranks
             EXPECT_DOUBLE_EQ(j.at("tokens").get<double>(), 20.0);    // globalized: 10 per rank
+            EXPECT_DOUBLE_EQ(j.at("ratio_min").get<double>(), 0.5);  // the minimum over the ranks, not the mean
+            EXPECT_DOUBLE_EQ(j.at("ratio_max").get<double>(), 3.0);
             EXPECT_GT(j.at("tokens_per_s").get<double>(), 0.0);
             ++n;
         }

@@ -3,7 +3,8 @@
 # prompts_per_step 2, and on 2 ranks with 2 and 1 (the same global batch), must train on the same data and
 # report the same losses: the global batch is drawn by global slot (seeded by the job, not the rank), SFT
 # normalizes by the global token count, rollout sample seeds follow the global prompt id. Compares SFT steps
-# 1-2 (loss, grad_norm) and GRPO steps 1-2 (grad_norm, entropy, reward) within fp32 summation-order tolerance,
+# 1-2 (loss, grad_norm) and GRPO steps 1-2 (grad_norm, entropy, reward; the counts and extremes of the global
+# batch: generated and loss tokens, sequences, failed samples, ratio min / max) within fp32 summation-order tolerance,
 # for loss_agg seq_mean and token_mean (GRPO divides by the global mini-batch's count).
 # The 1-rank run also checkpoints with every_steps 0 (only at the end; once a division by zero, found on 2 GPUs).
 # Usage: world_size_test.sh path/to/dsrl_train MPIEXEC PYTHON
@@ -44,6 +45,14 @@ for key, name in checks:
     ok = rel <= (1e-4 if name == "entropy_mean" else 1e-5)
     bad += not ok
     print(f"{'ok  ' if ok else 'FAIL'} {key[0]} step {key[1]} {name}: 1 rank {a:.7g}, 2 ranks {b:.7g} (rel diff {rel:.1e})")
+# Counts are global totals and extremes are over the whole batch, whatever the number of ranks.
+for step in (1, 2):
+    for k in ("generated_tokens", "sequences", "tokens", "failed_samples", "dropped_groups", "reward_failed",
+              "ratio_min", "ratio_max"):
+        a, b = one[("grpo", step)][k], two[("grpo", step)][k]
+        ok = abs(a - b) <= 1e-5 * max(abs(a), 1.0)
+        bad += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} grpo step {step} {k}: 1 rank {a:.7g}, 2 ranks {b:.7g}")
 for step in (1, 2):
     for k in [k for k in two[("grpo", step)] if k.startswith("reward_mean/")]:
         same = one[("grpo", step)].get(k) == two[("grpo", step)][k]
