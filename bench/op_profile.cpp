@@ -110,12 +110,22 @@ OpProfile profile_ops(const c10::Device& device,
         for (const CpuOps::Op& op : cpu.ops) {
             if (op.in_region) launched_in_region.insert(op.correlation);
         }
-        for (const auto& e : result->events()) {
-            if (e.deviceType() != c10::DeviceType::CUDA) continue;
-            if (!region.empty() && !launched_in_region.count(e.linkedCorrelationId())) continue;
-            Acc& a = by_name[short_name(e.name())];
-            ++a.calls;
-            a.ns += static_cast<double>(e.durationNs());
+        const auto collect = [&](bool only_region) {
+            by_name.clear();
+            for (const auto& e : result->events()) {
+                if (e.deviceType() != c10::DeviceType::CUDA) continue;
+                if (only_region && !launched_in_region.count(e.linkedCorrelationId())) continue;
+                Acc& a = by_name[short_name(e.name())];
+                ++a.calls;
+                a.ns += static_cast<double>(e.durationNs());
+            }
+        };
+        collect(!region.empty());
+        if (by_name.empty() && !region.empty()) {
+            // The device events carry no link to the CPU scope that launched them (a profiler without external
+            // correlation): count every one, and say so.
+            collect(false);
+            p.what += " (all of the run's: none was linked to a '" + region + "' scope)";
         }
     } else {
         p.what = "CPU ATen ops (self time)";

@@ -51,13 +51,13 @@ def randomize(model):
                 b.copy_(0.05 * torch.randn(b.shape, generator=g))
 
 
-def inputs():
-    g = torch.Generator().manual_seed(11)
-    L = 24
-    ids = torch.randint(0, 96, (3, L), generator=g)
+def inputs(vocab=96, L=24, seed=11, right=17, left=5):
+    """Three rows of L tokens: unpadded, right-padded from `right`, left-padded before `left`."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (3, L), generator=g)
     mask = torch.ones(3, L, dtype=torch.long)
-    mask[1, 17:] = 0  # right padding
-    mask[2, :5] = 0   # left padding
+    mask[1, right:] = 0  # right padding
+    mask[2, :left] = 0   # left padding
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     return ids, mask, pos
 

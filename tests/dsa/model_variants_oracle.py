@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_oracle import hf_forward, randomize  # noqa: E402
+from model_oracle import hf_forward, inputs, randomize  # noqa: E402
 
 TOL = 1e-4
 
@@ -53,17 +53,6 @@ VARIANTS = {
 }
 
 
-def inputs(vocab):
-    g = torch.Generator().manual_seed(5)
-    L = 20
-    ids = torch.randint(0, vocab, (3, L), generator=g)
-    mask = torch.ones(3, L, dtype=torch.long)
-    mask[1, 13:] = 0  # right padding
-    mask[2, :4] = 0   # left padding
-    pos = (mask.cumsum(1) - 1).clamp_min(0)
-    return ids, mask, pos
-
-
 def run(out_dir, tool, name, overrides):
     torch.manual_seed(0)
     kw = dict(BASE)
@@ -73,7 +62,7 @@ def run(out_dir, tool, name, overrides):
     randomize(model)
     d = os.path.join(out_dir, name)
     model.save_pretrained(d)
-    ids, mask, pos = inputs(cfg.vocab_size)
+    ids, mask, pos = inputs(cfg.vocab_size, L=20, seed=5, right=13, left=4)
     want, want_topk = hf_forward(model, ids, mask, pos)
     inp, outp = os.path.join(d, "in.safetensors"), os.path.join(d, "out.safetensors")
     save_file({"input_ids": ids, "attention_mask": mask.bool()}, inp)

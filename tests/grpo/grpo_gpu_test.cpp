@@ -48,6 +48,20 @@ dsa::Model random_cuda_model(uint64_t seed) {
     return dsa::Model(c, w);
 }
 
+// `prompts` chat prompts of `base + step·p` copies of `fill`, `group` samples each (seeds from `seed`), as
+// generate_groups orders them.
+std::vector<rollout::GenerationRequest> chat_groups(
+    const text::ByteTokenizer& tok, int prompts, int group, int base, int step, char fill, uint64_t seed) {
+    std::vector<rollout::GenerationRequest> reqs;
+    for (int p = 0; p < prompts; ++p) {
+        const auto ids = tok.apply_chat({{"user", std::string(static_cast<size_t>(base + step * p), fill)}}, true);
+        for (int g = 0; g < group; ++g) {
+            reqs.push_back({"d", p, g, rollout::sample_seed(seed, p, g), std::vector<int32_t>(ids.begin(), ids.end())});
+        }
+    }
+    return reqs;
+}
+
 TEST(GrpoGpuTest, GenerateRecomputeAndLossOnCuda) {
     DSRL_REQUIRE_CUDA();
     dsa::Model m = random_cuda_model(31);
@@ -92,13 +106,7 @@ TEST(GrpoGpuTest, ContinuousEngineMatchesTheStaticEngineOnCuda) {
     DSRL_REQUIRE_CUDA();
     const dsa::Model m = random_cuda_model(41);
     const text::ByteTokenizer tok(m.config().vocab_size);
-    std::vector<rollout::GenerationRequest> reqs;
-    for (int p = 0; p < 6; ++p) {
-        const auto ids = tok.apply_chat({{"user", std::string(static_cast<size_t>(3 + 5 * p), 'q')}}, true);
-        for (int g = 0; g < 4; ++g) {
-            reqs.push_back({"d", p, g, rollout::sample_seed(3, p, g), std::vector<int32_t>(ids.begin(), ids.end())});
-        }
-    }
+    const std::vector<rollout::GenerationRequest> reqs = chat_groups(tok, 6, 4, 3, 5, 'q', 3);
     rollout::GenerateOptions opt{.sampling = {.temperature = 0.9, .top_p = 0.9},
                                  .max_new_tokens = 20,
                                  .max_batch_size = 14,  // 3 groups of 4 run: rows padded to 14
@@ -186,13 +194,7 @@ TEST(GrpoGpuTest, WeightsCastOnceGiveTheSameRecordsOnCuda) {
     DSRL_REQUIRE_CUDA();
     const dsa::Model m = random_cuda_model(47);
     const text::ByteTokenizer tok(m.config().vocab_size);
-    std::vector<rollout::GenerationRequest> reqs;
-    for (int p = 0; p < 4; ++p) {
-        const auto ids = tok.apply_chat({{"user", std::string(static_cast<size_t>(4 + 7 * p), 'w')}}, true);
-        for (int g = 0; g < 3; ++g) {
-            reqs.push_back({"d", p, g, rollout::sample_seed(7, p, g), std::vector<int32_t>(ids.begin(), ids.end())});
-        }
-    }
+    const std::vector<rollout::GenerationRequest> reqs = chat_groups(tok, 4, 3, 4, 7, 'w', 7);
     const AutocastScope amp(m.device(), true);
     ASSERT_TRUE(amp.active());
     rollout::GenerateOptions opt{
