@@ -78,7 +78,8 @@ std::string short_name(std::string name) {
 OpProfile profile_ops(const c10::Device& device,
                       const std::function<void()>& fn,
                       const std::string& region,
-                      const std::string& trace_path) {
+                      const std::string& trace_path,
+                      bool host) {
     std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
     if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
     const prof::ProfilerConfig config(prof::ProfilerState::KINETO, /*report_input_shapes=*/true);
@@ -104,7 +105,7 @@ OpProfile profile_ops(const c10::Device& device,
     const CpuOps cpu = cpu_ops(result->events(), region);
     DSRL_INTERNAL_ASSERT(region.empty() || cpu.regions > 0, "profile_ops: the profiled work ran no '", region,
                          "' scope");
-    if (device.is_cuda()) {
+    if (device.is_cuda() && !host) {
         p.what = "device kernels, copies and memsets";
         std::set<uint64_t> launched_in_region;  // correlation ids of the CPU events inside the region
         for (const CpuOps::Op& op : cpu.ops) {
@@ -130,7 +131,7 @@ OpProfile profile_ops(const c10::Device& device,
     } else {
         p.what = "CPU ATen ops (self time)";
         for (const CpuOps::Op& op : cpu.ops) {
-            if (!op.in_region || op.name == region) continue;
+            if (!op.in_region) continue;  // the region scope itself: its self time is the host's own code
             Acc& a = by_name[op.name];
             ++a.calls;
             a.ns += std::max(0.0, op.self_ns);

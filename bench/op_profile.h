@@ -33,10 +33,12 @@ struct OpProfile {
 
 /// Runs `fn` once under the profiler. With a `region` (a RECORD_USER_SCOPE name, e.g. rollout's "dsrl::decode"), only
 /// the work inside such scopes counts: CPU ops nested in one, kernels launched from one (graph replays included).
+/// `host` reports the CPU ops (self time) on CUDA too: where the host's time goes while the device works.
 OpProfile profile_ops(const c10::Device& device,
                       const std::function<void()>& fn,
                       const std::string& region = "",
-                      const std::string& trace_path = "");
+                      const std::string& trace_path = "",
+                      bool host = false);
 
 /// Prints the `top` largest rows and the rest as one line; counts and times also per `per` units of `unit` (e.g.
 /// decode steps) when per > 0.

@@ -138,6 +138,7 @@ struct ProfileRequest {
     int64_t batch = 0;              // 0: no profile
     bool graphs = true;
     bool compare = true;
+    bool host = false;  // the CPU ops on CUDA too
     std::string trace;
     int top = 25;
 };
@@ -274,6 +275,13 @@ int compare(const std::string& model_dir,
                     100.0 * achieved / bw,
                     absl::StrFormat("%ld (%.2f)", long(cont.stats.graphs_captured), cont.stats.capture_seconds).c_str(),
                     long(cont.stats.peak_cache_blocks), long(cont.stats.preemptions));
+        const dsrl::rollout::GenerationStats& st = cont.stats;
+        std::printf(
+            "       host (s): prefill %.3f, decode %.3f = window setup %.3f + launch %.3f + wait for the "
+            "device %.3f + records %.3f + the rest %.3f\n",
+            st.prefill_seconds, st.decode_seconds, st.setup_seconds, st.launch_seconds, st.wait_seconds,
+            st.record_seconds,
+            st.decode_seconds - st.setup_seconds - st.launch_seconds - st.wait_seconds - st.record_seconds);
         std::fflush(stdout);
         nodes = std::max(nodes, cont.stats.graph_nodes);
     }
@@ -287,7 +295,7 @@ int compare(const std::string& model_dir,
         dsrl::rollout::GenerationStats stats;
         const dsrl::bench::OpProfile p = dsrl::bench::profile_ops(
             device, [&] { (void)dsrl::rollout::generate(m, *tok, requests(profile.batch), opt, &stats); },
-            dsrl::rollout::kDecodeScope, profile.trace);
+            dsrl::rollout::kDecodeScope, profile.trace, profile.host);
         std::printf(
             "\nprofile of the continuous engine at batch %ld (CUDA graphs %s): %ld decode steps, %ld "
             "prefill tokens, %ld generated tokens\n",
@@ -311,7 +319,7 @@ int run(int argc, char** argv) {
     int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
     ProfileRequest profile;
-    int64_t profile_graphs = 1, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1;
+    int64_t profile_graphs = 1, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -334,6 +342,7 @@ int run(int argc, char** argv) {
             .integer("--profile", &profile.batch, 0, "--model: profile the continuous engine at this batch (0: no)")
             .integer("--profile-graphs", &profile_graphs, 0, "--profile: 1 replays CUDA graphs, 0 launches kernels")
             .integer("--profile-top", &profile_top, 1, "--profile: rows printed")
+            .integer("--profile-host", &profile_host, 0, "--profile on CUDA: 1 reports the host's CPU ops instead")
             .text("--trace", &profile.trace, "--profile: write a Chrome/Perfetto trace here")
             .integer("--compare", &compare_table, 0, "--model: 0 skips the engines-vs-HF table")
             .integer("--autocast", &autocast, 0,
@@ -342,6 +351,7 @@ int run(int argc, char** argv) {
             .parse(argc, argv);
     if (!go) return 0;
     profile.graphs = profile_graphs != 0;
+    profile.host = profile_host != 0;
     profile.autocast = autocast != 0;
     profile.cast_weights_once = cast_once != 0;
     profile.compare = compare_table != 0;

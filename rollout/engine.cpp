@@ -493,6 +493,8 @@ private:
             draws.push_back(u);
         }
         const at::Tensor uniforms = upload(at::stack(draws, 0), device_);  // [steps, R, 1]
+        stats_.setup_seconds += seconds_since(t0);
+        const auto t_launch = Clock::now();
         win_tokens_.clear();
         win_logp_.clear();
         win_kept_.clear();
@@ -532,6 +534,7 @@ private:
                 last_logits_ = out.logits;
             }
         }
+        stats_.launch_seconds += seconds_since(t_launch);
         stats_.decode_steps += steps;
         stats_.decode_row_steps += rows * steps;
         for (Seq* q : running_) q->cached += steps;
@@ -621,6 +624,8 @@ private:
             win_routes_.empty() ? at::Tensor() : at::stack(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
         const at::Tensor topk =
             win_topk_.empty() ? at::Tensor() : at::stack(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
+        stats_.wait_seconds += seconds_since(t0);
+        const auto t_records = Clock::now();
         const int64_t* ptok = tokens.data_ptr<int64_t>();
         const float* plp = logp.data_ptr<float>();
         std::vector<int64_t> finished;
@@ -664,6 +669,7 @@ private:
             stats_.generated_tokens += q.generated();
         }
         if (!finished.empty()) remove_rows(finished);
+        stats_.record_seconds += seconds_since(t_records);
         stats_.decode_seconds += seconds_since(t0);
         return static_cast<int64_t>(finished.size());
     }

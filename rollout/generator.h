@@ -64,6 +64,10 @@ struct GenerationStats {
     double capture_seconds = 0;     ///< ... and the time their warm-up and capture took (within decode_seconds)
     int64_t padded_row_steps = 0;   ///< continuous engine with graphs: decode rows run only to fill a bucket
     int64_t graph_nodes = 0;        ///< ... nodes (kernels, copies) of the largest decode-step graph
+    /// Continuous engine, the host's share of decode_seconds: building each window's inputs (block tables, positions,
+    /// uniforms), launching its steps (graph replays or kernels), waiting for the device at each window's copy to the
+    /// host, and turning the copied records into samples.
+    double setup_seconds = 0, launch_seconds = 0, wait_seconds = 0, record_seconds = 0;
     GenerationStats& operator+=(const GenerationStats& o) {
         graphs_captured += o.graphs_captured;
         capture_seconds += o.capture_seconds;
@@ -80,6 +84,10 @@ struct GenerationStats {
         decode_row_steps += o.decode_row_steps;
         prefill_seconds += o.prefill_seconds;
         decode_seconds += o.decode_seconds;
+        setup_seconds += o.setup_seconds;
+        launch_seconds += o.launch_seconds;
+        wait_seconds += o.wait_seconds;
+        record_seconds += o.record_seconds;
         return *this;
     }
 };
