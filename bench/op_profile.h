@@ -1,6 +1,6 @@
 // Where a benchmark's time goes, from PyTorch's own profiler (Kineto; CUPTI on CUDA): the work of one callable
-// grouped by kernel (CUDA: every kernel, copy and memset the device ran, CUDA-graph replays included) or by ATen op
-// (CPU: each op's self time, its children's subtracted), with call counts.
+// grouped by kernel (CUDA: every kernel, copy and memset the device ran and CUPTI traced — not those of CUDA-graph
+// replays) or by ATen op (CPU: each op's self time, its children's subtracted), with call counts.
 //
 //   const bench::OpProfile p = bench::profile_ops(device, [&] { (void)generate(...); }, "dsrl::decode", "/tmp/t.json");
 //   bench::print_profile(p, stats.decode_steps, "decode step", 25);
@@ -32,7 +32,7 @@ struct OpProfile {
 };
 
 /// Runs `fn` once under the profiler. With a `region` (a RECORD_USER_SCOPE name, e.g. rollout's "dsrl::decode"), only
-/// the work inside such scopes counts: CPU ops nested in one, kernels launched from one (graph replays included).
+/// the work inside such scopes counts: CPU ops nested in one, kernels launched from one.
 /// `host` reports the CPU ops (self time) on CUDA too: where the host's time goes while the device works.
 OpProfile profile_ops(const c10::Device& device,
                       const std::function<void()>& fn,

@@ -8,10 +8,12 @@
 //
 //   build/bin/dsrl_bench_rollout --model DIR [--device cuda] [--batches 1,64,256] [--prompt-len 64]
 //                                [--new-tokens 128] [--top-p 0.95] [--python python3] [--hf 1] [--group 1]
-//                                [--profile B [--profile-graphs 1] [--trace FILE] [--compare 0]]
+//                                [--profile B [--profile-graphs 0] [--profile-host 0] [--trace FILE] [--compare 0]]
 //
 // --profile B then runs the continuous engine once at batch B under PyTorch's profiler and prints where a decode
-// step's time goes: on CUDA every kernel, copy and memset by name (graph replays included), on the CPU every ATen op
+// step's time goes: on CUDA every kernel, copy and memset by name (launched one by one: the H100's CUPTI does not trace
+// the kernels of a CUDA-graph replay; --profile-graphs 1 replays and shows only the copies around it), on the CPU
+// every ATen op
 // by self time, with calls and microseconds per decode step. --trace writes the profile as a Chrome/Perfetto trace;
 // --compare 0 skips the table. --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's
 // rollout runs them (HF generate() still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
@@ -319,7 +321,7 @@ int run(int argc, char** argv) {
     int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
     ProfileRequest profile;
-    int64_t profile_graphs = 1, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0;
+    int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;

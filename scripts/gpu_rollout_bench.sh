@@ -38,7 +38,7 @@ model=$(mktemp -d)/single_gpu
 hf_python=${DSRL_HF_PYTHON:-$(command -v python3)}
 "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches "${DSRL_ROLLOUT_BATCHES:-1,64,256}" \
     --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --python "$hf_python" 2>"$logs/bench_rollout.err" | tee "$logs/bench_rollout.txt" || { tail -5 "$logs/bench_rollout.err"; exit 1; }
-for b in ${DSRL_PROFILE_BATCHES-1 256}; do  # where a decode step's time goes (graph replays)
+for b in ${DSRL_PROFILE_BATCHES-1 256}; do  # where a decode step's time goes (kernels launched one by one)
     "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --compare 0 --profile "$b" \
         --new-tokens "${DSRL_ROLLOUT_NEW:-128}" --trace "$logs/decode_trace_b$b.json" 2>>"$logs/bench_rollout.err" |
         tee "$logs/decode_profile_b$b.txt" | grep -A 30 "^profile of" || { tail -5 "$logs/bench_rollout.err"; status=1; }
