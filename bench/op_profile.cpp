@@ -2,6 +2,7 @@
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@ using torch::autograd::profiler::ProfilerResult;
 struct Acc {
     int64_t calls = 0;
     double ns = 0;
+    std::map<std::string, int64_t> from;  // launching op -> calls
 };
 
 // The CPU events' nesting (from their intervals, per thread): each one's self time (its direct children's time
@@ -107,9 +109,11 @@ OpProfile profile_ops(const c10::Device& device,
                          "' scope");
     if (device.is_cuda() && !host) {
         p.what = "device kernels, copies and memsets";
-        std::set<uint64_t> launched_in_region;  // correlation ids of the CPU events inside the region
+        std::set<uint64_t> launched_in_region;         // correlation ids of the CPU events inside the region
+        std::map<uint64_t, const std::string*> op_of;  // correlation id -> the CPU op's name
         for (const CpuOps::Op& op : cpu.ops) {
             if (op.in_region) launched_in_region.insert(op.correlation);
+            op_of[op.correlation] = &op.name;
         }
         const auto collect = [&](bool only_region) {
             by_name.clear();
@@ -119,6 +123,8 @@ OpProfile profile_ops(const c10::Device& device,
                 Acc& a = by_name[short_name(e.name())];
                 ++a.calls;
                 a.ns += static_cast<double>(e.durationNs());
+                const auto op = op_of.find(e.linkedCorrelationId());
+                ++a.from[op != op_of.end() ? *op->second : "?"];
             }
         };
         collect(!region.empty());
@@ -138,7 +144,14 @@ OpProfile profile_ops(const c10::Device& device,
         }
     }
     for (const auto& [name, a] : by_name) {
-        p.rows.push_back({name, a.calls, a.ns / 1e3});
+        std::vector<std::pair<int64_t, std::string>> from;
+        for (const auto& [op, n] : a.from) from.emplace_back(n, op);
+        std::sort(from.rbegin(), from.rend());
+        std::string launched;
+        for (size_t i = 0; i < from.size() && i < 3; ++i) {
+            absl::StrAppend(&launched, i ? ", " : "", from[i].second, " ", from[i].first);
+        }
+        p.rows.push_back({name, a.calls, a.ns / 1e3, launched});
         p.total_us += a.ns / 1e3;
         p.total_calls += a.calls;
     }
@@ -164,8 +177,9 @@ void print_profile(const OpProfile& p, int64_t per, const std::string& unit, int
             rest.us += r.us;
             continue;
         }
-        std::printf("%8.1f %10.1f %9.2f %6.1f%%  %s\n", r.calls / n, r.us / n, r.us / std::max<double>(1, r.calls),
-                    100.0 * r.us / std::max(p.total_us, 1e-9), r.name.c_str());
+        std::printf("%8.1f %10.1f %9.2f %6.1f%%  %s%s\n", r.calls / n, r.us / n, r.us / std::max<double>(1, r.calls),
+                    100.0 * r.us / std::max(p.total_us, 1e-9), r.name.c_str(),
+                    r.from.empty() ? "" : absl::StrCat("  <- ", r.from).c_str());
     }
     if (rest.calls > 0) {
         std::printf("%8.1f %10.1f %9.2f %6.1f%%  %s (%zu names)\n", rest.calls / n, rest.us / n,

@@ -20,7 +20,8 @@ namespace dsrl::bench {
 struct OpRow {
     std::string name;
     int64_t calls = 0;
-    double us = 0;  // device time (CUDA) or self time (CPU), microseconds
+    double us = 0;     // device time (CUDA) or self time (CPU), microseconds
+    std::string from;  // CUDA: the ATen ops that launched the kernel, most calls first ("aten::to 30, ...")
 };
 
 struct OpProfile {
