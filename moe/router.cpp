@@ -43,8 +43,11 @@ at::Tensor select_experts(const at::Tensor& biased, const RouterOptions& opt) {
     if (opt.n_group > 1 && opt.topk_group < opt.n_group) {
         const int64_t tokens = choice.size(0);
         const at::Tensor grouped = choice.view({tokens, opt.n_group, opt.n_routed_experts / opt.n_group});
-        const at::Tensor group_scores = std::get<0>(at::topk(grouped, 2, -1)).sum(-1);  // [T, G]
-        const at::Tensor keep_groups = std::get<1>(at::topk(group_scores, opt.topk_group, -1));
+        // Only the sets matter here (a sum, a mask): unsorted top-k skips a sort kernel each.
+        const at::Tensor group_scores =
+            std::get<0>(at::topk(grouped, 2, -1, /*largest=*/true, /*sorted=*/false)).sum(-1);  // [T, G]
+        const at::Tensor keep_groups =
+            std::get<1>(at::topk(group_scores, opt.topk_group, -1, /*largest=*/true, /*sorted=*/false));
         at::Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, keep_groups, true);
         const at::Tensor expert_mask =
             group_mask.unsqueeze(-1).expand_as(grouped).reshape({tokens, opt.n_routed_experts});
