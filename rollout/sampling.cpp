@@ -1,6 +1,8 @@
 #include "rollout/sampling.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/core/DistributionsHelper.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/argmax.h>
 #include <ATen/ops/cumsum.h>
@@ -65,7 +67,14 @@ at::Tensor draw_uniforms(std::vector<at::Generator>& gens) {
     const int64_t rows = static_cast<int64_t>(gens.size());
     at::Tensor u = at::empty({rows, 1}, at::kDouble);
     double* p = u.data_ptr<double>();
-    for (int64_t b = 0; b < rows; ++b) p[b] = 1.0 - at::rand({1}, gens[b], at::kDouble).item<double>();
+    // What at::rand({1}, gen, kDouble) draws (ATen's CPU uniform kernel: one uniform_real_distribution<double> draw
+    // under the generator's lock), without a tensor per row: a decode window draws rows x steps of them.
+    at::uniform_real_distribution<double> uniform(0.0, 1.0);
+    for (int64_t b = 0; b < rows; ++b) {
+        at::CPUGeneratorImpl* g = at::check_generator<at::CPUGeneratorImpl>(gens[b]);
+        const std::lock_guard<std::mutex> lock(g->mutex_);
+        p[b] = 1.0 - uniform(g);
+    }
     return u;
 }
 

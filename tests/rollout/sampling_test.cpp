@@ -4,6 +4,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/log_softmax.h>
+#include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/tensor.h>
@@ -75,6 +76,23 @@ TEST(SamplingTest, EachRowDrawsFromItsOwnGeneratorAndFollowsTheDistribution) {
     const at::Tensor row = logp.narrow(0, 0, 1);
     for (int i = 0; i < 20000; ++i) counts[sample_rows(row, g)[0].item<int64_t>()] += 1;
     EXPECT_ALL_CLOSE("empirical frequencies", counts / 20000, row[0].exp().to(at::kDouble), 0.012);
+}
+
+// draw_uniforms reads each generator as at::rand({1}, gen, kDouble) would (the sample seeds' contract), bit for bit,
+// draw after draw.
+TEST(SamplingTest, DrawUniformsIsAtRandPerRow) {
+    std::vector<at::Generator> mine, theirs;
+    for (uint64_t seed : {1u, 77u, 123456789u}) {
+        mine.push_back(rng::make_cpu_generator(seed));
+        theirs.push_back(rng::make_cpu_generator(seed));
+    }
+    for (int draw = 0; draw < 5; ++draw) {
+        const at::Tensor u = draw_uniforms(mine);
+        for (size_t b = 0; b < theirs.size(); ++b) {
+            const double want = 1.0 - at::rand({1}, theirs[b], at::kDouble).item<double>();
+            EXPECT_EQ(u[static_cast<int64_t>(b)][0].item<double>(), want) << "row " << b << ", draw " << draw;
+        }
+    }
 }
 
 TEST(SamplingTest, RecomputedLogprobsUnderTheKeptSetEqualTheRecordedOnes) {
