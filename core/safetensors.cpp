@@ -200,6 +200,7 @@ at::Tensor SafetensorsFile::get(const std::string& name) const {
     const auto options = at::TensorOptions().dtype(t.scalar_type);
     void* ptr = const_cast<uint8_t*>(data_ + t.begin);  // mapped read-only and private: never written
     const size_t itemsize = c10::elementSize(t.scalar_type);
+    if (t.end == t.begin) return at::empty(t.shape, options);  // no elements (a dimension of 0): nothing to read
     if (reinterpret_cast<uintptr_t>(ptr) % itemsize != 0) {
         at::Tensor copy = at::empty(t.shape, options);
         std::memcpy(copy.data_ptr(), ptr, t.end - t.begin);
