@@ -4,13 +4,13 @@
 
 namespace dsrl {
 
-AutocastScope::AutocastScope(c10::Device device, bool enabled) {
-    if (!enabled || !device.is_cuda()) return;
+AutocastScope::AutocastScope(c10::Device device, bool enabled, bool on_cpu) : type_(device.type()) {
+    if (!enabled || !(device.is_cuda() || (on_cpu && device.is_cpu()))) return;
     active_ = true;
-    prev_enabled_ = at::autocast::is_autocast_enabled(c10::DeviceType::CUDA);
-    prev_dtype_ = at::autocast::get_autocast_dtype(c10::DeviceType::CUDA);
-    at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, c10::ScalarType::BFloat16);
-    at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, true);
+    prev_enabled_ = at::autocast::is_autocast_enabled(type_);
+    prev_dtype_ = at::autocast::get_autocast_dtype(type_);
+    at::autocast::set_autocast_dtype(type_, c10::ScalarType::BFloat16);
+    at::autocast::set_autocast_enabled(type_, true);
     prev_cache_ = at::autocast::is_autocast_cache_enabled();
     at::autocast::set_autocast_cache_enabled(false);  // see precision.h: cached casts go stale when weights change
     at::autocast::increment_nesting();
@@ -19,8 +19,8 @@ AutocastScope::AutocastScope(c10::Device device, bool enabled) {
 AutocastScope::~AutocastScope() {
     if (!active_) return;
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, prev_enabled_);
-    at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, prev_dtype_);
+    at::autocast::set_autocast_enabled(type_, prev_enabled_);
+    at::autocast::set_autocast_dtype(type_, prev_dtype_);
     at::autocast::set_autocast_cache_enabled(prev_cache_);
 }
 

@@ -13,15 +13,16 @@
 
 namespace dsrl {
 
-/// Enables bf16 autocast for `device`'s type on this thread while alive (no-op when !enabled or on CPU);
-/// restores the previous state when it ends. Autocast's cache of weight casts is off inside the scope: that cache
+/// Enables bf16 autocast for `device`'s type on this thread while alive (no-op when !enabled, and on CPU unless
+/// `on_cpu`: jobs compute fp32 there; tests use it to check what autocast changes); restores the previous state when
+/// it ends. Autocast's cache of weight casts is off inside the scope: that cache
 /// keeps the first bf16 copy of every fp32 weight until the outermost autocast region ends, so in a scope that spans a
 /// job every forward after an optimizer step (or a weight sync, or a load into the same tensors) would still compute
 /// with the weights of the first forward. Without it each forward casts the weights it uses (one bf16 write per
 /// weight), and a captured CUDA graph reads the live fp32 weights.
 class AutocastScope {
 public:
-    AutocastScope(c10::Device device, bool enabled);
+    AutocastScope(c10::Device device, bool enabled, bool on_cpu = false);
     ~AutocastScope();
     AutocastScope(const AutocastScope&) = delete;
     AutocastScope& operator=(const AutocastScope&) = delete;
@@ -29,6 +30,7 @@ public:
 
 private:
     bool active_ = false;
+    c10::DeviceType type_ = c10::DeviceType::CUDA;
     bool prev_enabled_ = false;
     bool prev_cache_ = true;
     c10::ScalarType prev_dtype_ = c10::ScalarType::BFloat16;

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
 #include "core/logging.h"
@@ -256,16 +257,14 @@ std::vector<Sample> generate(const dsa::Model& model,
                 opt.engine.kind, "' (continuous or static)");
     // Under autocast every forward would cast each fp32 matmul weight again (a decode step per token): cast them once.
     const c10::DeviceType type = model.device().type();
-    if (opt.engine.cast_weights_once && at::autocast::is_autocast_enabled(type) && !requests.empty()) {
-        const at::ScalarType dtype = at::autocast::get_autocast_dtype(type);
-        if (model.weights().lm_head.scalar_type() != dtype) {
-            const dsa::Model cast = model.autocast_weights(dtype);
-            return opt.engine.kind == "static" ? generate_static(cast, tokenizer, requests, opt, stats)
-                                               : generate_continuous(cast, tokenizer, requests, opt, stats);
-        }
+    std::optional<dsa::Model> cast;
+    if (opt.engine.cast_weights_once && at::autocast::is_autocast_enabled(type) && !requests.empty() &&
+        model.weights().lm_head.scalar_type() != at::autocast::get_autocast_dtype(type)) {
+        cast.emplace(model.autocast_weights(at::autocast::get_autocast_dtype(type)));
     }
-    return opt.engine.kind == "static" ? generate_static(model, tokenizer, requests, opt, stats)
-                                       : generate_continuous(model, tokenizer, requests, opt, stats);
+    const dsa::Model& m = cast ? *cast : model;
+    return opt.engine.kind == "static" ? generate_static(m, tokenizer, requests, opt, stats)
+                                       : generate_continuous(m, tokenizer, requests, opt, stats);
 }
 
 std::vector<Sample> generate_static(const dsa::Model& model,

@@ -4,7 +4,6 @@
 
 #include <ATen/Context.h>
 #include <ATen/TensorOperators.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/argmax.h>
 
@@ -16,19 +15,6 @@
 #include <absl/strings/str_join.h>
 
 namespace dsrl::testing {
-
-CpuBf16Autocast::CpuBf16Autocast()
-    : prev_enabled_(at::autocast::is_autocast_enabled(at::kCPU)),
-      prev_dtype_(at::autocast::get_autocast_dtype(at::kCPU)) {
-    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-}
-
-CpuBf16Autocast::~CpuBf16Autocast() {
-    at::autocast::set_autocast_enabled(at::kCPU, prev_enabled_);
-    at::autocast::set_autocast_dtype(at::kCPU, prev_dtype_);
-    at::autocast::clear_cache();
-}
 
 ::testing::AssertionResult all_close(
     const std::string& what, const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol) {

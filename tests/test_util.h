@@ -35,20 +35,6 @@ std::string source_dir();
 /// True when a CUDA device is usable by this process.
 bool cuda_available();
 
-/// bf16 autocast on the CPU while alive (the production AutocastScope is CUDA-only): for CPU tests of what autocast
-/// changes. Its op lists differ from CUDA's in places; matmuls and linear layers are cast on both.
-class CpuBf16Autocast {
-public:
-    CpuBf16Autocast();
-    ~CpuBf16Autocast();
-    CpuBf16Autocast(const CpuBf16Autocast&) = delete;
-    CpuBf16Autocast& operator=(const CpuBf16Autocast&) = delete;
-
-private:
-    bool prev_enabled_;
-    at::ScalarType prev_dtype_;
-};
-
 /// ‖got − want‖ / ‖want‖ in fp64 on the CPU (any dtype and device): the relative error the kernel tests bound.
 double rel_err(const at::Tensor& got, const at::Tensor& want);
 

@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/precision.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "dsa/model.h"
@@ -84,7 +85,7 @@ TEST(ModelTest, AutocastWeightsGiveTheAutocastForwardBitForBit) {
     const at::Tensor ids = random_ids(2, 14, c.vocab_size, 9);  // 14 > index_topk 6: the sparse path too
     const ForwardOptions opt{.return_routes = true, .return_topk = true};
     const ForwardOutput plain = m.forward({ids}, opt);
-    testing::CpuBf16Autocast amp;
+    const AutocastScope amp(at::kCPU, /*enabled=*/true, /*on_cpu=*/true);  // bf16 autocast on the CPU
     const ForwardOutput want = m.forward({ids}, opt);
     const ForwardOutput got = cast.forward({ids}, opt);
     EXPECT_FALSE(at::allclose(plain.logits, want.logits, 0, 1e-4)) << "autocast changed nothing: a vacuous test";

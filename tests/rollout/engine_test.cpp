@@ -14,6 +14,7 @@
 #include <iterator>
 
 #include "core/error.h"
+#include "core/precision.h"
 #include "rollout/engine.h"
 #include "tests/model_fixtures.h"
 #include "tests/test_util.h"
@@ -234,7 +235,7 @@ TEST(EngineTest, WeightsCastOnceGiveTheSameRecordsUnderAutocast) {
     const text::ByteTokenizer tok(m.config().vocab_size);
     const auto reqs = requests(4, 3, m.config().vocab_size);
     const std::vector<Sample> plain = generate(m, tok, reqs, options({}), nullptr);
-    const testing::CpuBf16Autocast amp;
+    const AutocastScope amp(at::kCPU, /*enabled=*/true, /*on_cpu=*/true);  // bf16 autocast on the CPU
     for (const EngineOptions& e :
          {EngineOptions{.kind = "static"}, EngineOptions{.block_size = 5}, EngineOptions{.buckets_on_cpu = true}}) {
         EngineOptions every_step = e;
