@@ -55,6 +55,10 @@ int report_fatal(const char* kind, const char* message, bool same_on_every_rank)
 }
 
 int guarded_main(const std::function<int()>& body) {
+    // MKL (LibTorch's CPU BLAS) picks kernels by the buffers' alignment unless told otherwise, so two runs of one job
+    // could round differently. Strict conditional numerical reproducibility makes them agree bit for bit (exact
+    // resume, layouts compared against each other); it must be set before MKL's first call. A user's setting wins.
+    setenv("MKL_CBWR", "AUTO,STRICT", /*overwrite=*/0);
     try {
         return body();
     } catch (const ConfigError& e) {

@@ -20,6 +20,8 @@ jobs=$(nproc)
 
 # Open MPI refuses to run as root without these (CI and the GPU machine run as root).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# MKL's strict reproducible mode for the test binaries too (dsrl's own binaries set it themselves: core/main_guard).
+export MKL_CBWR=${MKL_CBWR:-AUTO,STRICT}
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-10G}
 command -v ccache >/dev/null && ccache --zero-stats >/dev/null
 

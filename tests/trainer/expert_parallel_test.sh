@@ -51,8 +51,14 @@ ls "$tmp/np2.ep2.z0/checkpoints/step-00000003/model/" | grep -q "model-00002-of-
     { echo "FAIL: EP 2 did not write one shard file per rank"; ls "$tmp/np2.ep2.z0/checkpoints/step-00000003/model/"; exit 1; }
 compare="$python $(dirname "$0")/compare_runs.py"
 for pair in "np2.ep1.z0 np2.ep2.z0" "np2.ep1.z0 np2.ep2.z2" "np4.ep1.z0 np4.ep2.z1" "np4.ep1.z0 np4.ep4.z0" \
-            "dsa.ep1 dsa.ep2" "grpo.np2.ep1 grpo.np2.ep2" "grpo.np4.ep1 grpo.np4.ep4"; do
+            "dsa.ep1 dsa.ep2"; do
     $compare "$tmp" $pair || exit 1
+done
+# This GRPO stage's prompts all score 0 (a random model, 8 new tokens): its gradient is the KL term alone, tiny and
+# nearly cancelling, so EP's other summation order moves grad_norm by ~1e-4 relative and Adam turns that into updates
+# of either sign on rounding-noise elements (compare_runs.py --bound). The routes, kept sets and rewards still agree.
+for pair in "grpo.np2.ep1 grpo.np2.ep2" "grpo.np4.ep1 grpo.np4.ep4"; do
+    $compare "$tmp" $pair --bound 1e-3 || exit 1
 done
 # Exact resume with EP 2: killed while writing the job-step-2 checkpoint, resumed from step 1.
 DSRL_FAULT_KILL=in_checkpoint:2 run 2 "$tmp/kill" "${sft[@]}" --set dist.expert_parallel_size=2 >"$tmp/kill1.log" 2>&1
