@@ -15,8 +15,11 @@
 // the kernels of a CUDA-graph replay; --profile-graphs 1 replays and shows only the copies around it), on the CPU
 // every ATen op
 // by self time, with calls and microseconds per decode step. --trace writes the profile as a Chrome/Perfetto trace;
-// --compare 0 skips the table. --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's
-// rollout runs them (HF generate() still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
+// --compare 0 skips the table. --profile-prefill 1 profiles the prefill forwards instead of the decode steps.
+// --reference 1 loads the model with model.impl reference: none of dsrl's kernels, the ATen ops they replace (a
+// baseline for them in the same run). --baselines 0 runs only the continuous engine (e.g. under an external profiler).
+// --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's rollout runs them (HF generate()
+// still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
 //
 // Without --model: decode throughput of batched generation with records (batch 1 / 8 / 32, ratio against batch 1
 // in the same process) and the bytes per token of each recorded field — kept set (keep-sampling-mask), routing
@@ -140,7 +143,10 @@ struct ProfileRequest {
     int64_t batch = 0;              // 0: no profile
     bool graphs = true;
     bool compare = true;
-    bool host = false;  // the CPU ops on CUDA too
+    bool host = false;       // the CPU ops on CUDA too
+    bool prefill = false;    // the prefill forwards instead of the decode steps
+    bool reference = false;  // model.impl reference: no dsrl kernels (the ATen ops they replace)
+    bool baselines = true;   // the table's no-graph and static columns (0: the continuous engine alone)
     std::string trace;
     int top = 25;
 };
@@ -179,6 +185,7 @@ int compare(const std::string& model_dir,
     dsrl::ModelRuntime run;
     // As dsrl_train runs a job with fp32 master weights and trainer.autocast: fp32 weights, bf16 autocast on CUDA.
     run.dtype = device.is_cuda() && !profile.autocast ? dsrl::DType::kBFloat16 : dsrl::DType::kFloat32;
+    run.impl = profile.reference ? dsrl::Impl::kReference : dsrl::Impl::kAuto;
     const dsrl::AutocastScope amp(device, profile.autocast);
     const dsrl::dsa::Model m = dsrl::dsa::Model::load(model_dir, run, device);
     const dsrl::ModelConfig& c = m.config();
@@ -234,6 +241,7 @@ int compare(const std::string& model_dir,
     // kernel (rollout.cuda_graphs false).
     const bool graphs = device.is_cuda();
     int64_t nodes = 0;
+    std::string node_kinds;
     if (profile.compare) {
         std::printf("%6s | %12s %12s %12s %12s | %8s %9s %9s | %9s %13s %8s %7s\n", "batch", "dsrl tok/s", "no-graph",
                     "static", "HF", "vs HF", "vs static", "graph x", "bw bound", "graphs (s)", "peak blk", "preempt");
@@ -243,14 +251,16 @@ int compare(const std::string& model_dir,
         opt.engine.kind = "continuous";
         opt.engine.cuda_graphs = true;
         const Timed cont = time_engine(m, *tok, requests(batch), opt);
-        Timed eager = cont;
-        if (graphs) {
+        Timed eager = cont, stat = cont;
+        if (graphs && profile.baselines) {
             opt.engine.cuda_graphs = false;
             eager = time_engine(m, *tok, requests(batch), opt);
             opt.engine.cuda_graphs = true;
         }
-        opt.engine.kind = "static";
-        const Timed stat = time_engine(m, *tok, requests(batch), opt);
+        if (profile.baselines) {
+            opt.engine.kind = "static";
+            stat = time_engine(m, *tok, requests(batch), opt);
+        }
         double hf_tps = 0;
         if (hf) {
             const auto r = dsrl::bench::run_child(
@@ -285,9 +295,14 @@ int compare(const std::string& model_dir,
             st.record_seconds,
             st.decode_seconds - st.setup_seconds - st.launch_seconds - st.wait_seconds - st.record_seconds);
         std::fflush(stdout);
-        nodes = std::max(nodes, cont.stats.graph_nodes);
+        if (cont.stats.graph_nodes > nodes) {
+            nodes = cont.stats.graph_nodes;
+            node_kinds = cont.stats.graph_node_kinds;
+        }
     }
-    if (nodes > 0) std::printf("decode-step graph: %ld nodes (kernels and copies per step)\n", long(nodes));
+    if (nodes > 0) {
+        std::printf("decode-step graph: %ld nodes per step (%s)\n", long(nodes), node_kinds.c_str());
+    }
     std::remove(prompts_path.c_str());
     if (profile.batch > 0) {
         opt.max_batch_size = profile.batch;
@@ -297,13 +312,17 @@ int compare(const std::string& model_dir,
         dsrl::rollout::GenerationStats stats;
         const dsrl::bench::OpProfile p = dsrl::bench::profile_ops(
             device, [&] { (void)dsrl::rollout::generate(m, *tok, requests(profile.batch), opt, &stats); },
-            dsrl::rollout::kDecodeScope, profile.trace, profile.host);
+            profile.prefill ? dsrl::rollout::kPrefillScope : dsrl::rollout::kDecodeScope, profile.trace, profile.host);
         std::printf(
-            "\nprofile of the continuous engine at batch %ld (CUDA graphs %s): %ld decode steps, %ld "
-            "prefill tokens, %ld generated tokens\n",
+            "\nprofile of the continuous engine at batch %ld (CUDA graphs %s): %ld decode steps, %ld prefill "
+            "forwards over %ld prefill tokens (%.3f s), %ld generated tokens\n",
             long(profile.batch), device.is_cuda() && profile.graphs ? "on" : "off", long(stats.decode_steps),
-            long(stats.prefill_tokens), long(stats.generated_tokens));
-        dsrl::bench::print_profile(p, stats.decode_steps, "decode step", profile.top);
+            long(stats.prefill_calls), long(stats.prefill_tokens), stats.prefill_seconds, long(stats.generated_tokens));
+        if (profile.prefill) {
+            dsrl::bench::print_profile(p, stats.prefill_calls, "prefill forward", profile.top);
+        } else {
+            dsrl::bench::print_profile(p, stats.decode_steps, "decode step", profile.top);
+        }
         if (!profile.trace.empty()) std::printf("trace: %s\n", profile.trace.c_str());
     }
     if (!profile.compare) return 0;
@@ -321,7 +340,8 @@ int run(int argc, char** argv) {
     int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
     ProfileRequest profile;
-    int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0;
+    int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0,
+            profile_prefill = 0, reference = 0, baselines = 1;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -345,6 +365,11 @@ int run(int argc, char** argv) {
             .integer("--profile-graphs", &profile_graphs, 0, "--profile: 1 replays CUDA graphs, 0 launches kernels")
             .integer("--profile-top", &profile_top, 1, "--profile: rows printed")
             .integer("--profile-host", &profile_host, 0, "--profile on CUDA: 1 reports the host's CPU ops instead")
+            .integer("--profile-prefill", &profile_prefill, 0, "--profile: 1 profiles the prefill forwards instead")
+            .integer("--baselines", &baselines, 0,
+                     "--model: 0 skips the no-graph and static engines (their columns repeat dsrl's)")
+            .integer("--reference", &reference, 0,
+                     "--model: 1 runs model.impl reference (no dsrl kernels: the ATen ops)")
             .text("--trace", &profile.trace, "--profile: write a Chrome/Perfetto trace here")
             .integer("--compare", &compare_table, 0, "--model: 0 skips the engines-vs-HF table")
             .integer("--autocast", &autocast, 0,
@@ -354,6 +379,9 @@ int run(int argc, char** argv) {
     if (!go) return 0;
     profile.graphs = profile_graphs != 0;
     profile.host = profile_host != 0;
+    profile.prefill = profile_prefill != 0;
+    profile.reference = reference != 0;
+    profile.baselines = baselines != 0;
     profile.autocast = autocast != 0;
     profile.cast_weights_once = cast_once != 0;
     profile.compare = compare_table != 0;

@@ -3,10 +3,12 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/einsum.h>
 #include <ATen/ops/embedding.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
@@ -26,10 +28,21 @@
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
 #include "dsa/norm_rope_cuda.h"
+#include "dsa/paged_slots_cuda.h"
 #include "dsa/sparse_attention.h"
 #include "moe/moe_block.h"
 
 namespace dsrl::dsa {
+
+#ifndef DSRL_WITH_CUDA
+namespace cuda {  // builds without CUDA: the kernel never fits
+bool paged_slots_fit(const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor paged_slots(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+    TORCH_CHECK(false, "paged_slots (cuda): this build of dsrl has no CUDA kernels");
+}
+}  // namespace cuda
+#endif
+
 namespace {
 
 // transformers builds q_a_layernorm / kv_a_layernorm / the indexer's k_norm with eps 1e-6 regardless of
@@ -67,6 +80,23 @@ at::Tensor rope_part_half_split(
     const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
     if (fused(c, x, {&cos, &sin})) return cuda::rope(x, cos, sin, rope, /*interleaved=*/false);
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
+}
+
+// The absorbed attention's per-head products, x [B, L, H, D_in] · w [H, D_in, D_out] (or w's transpose when
+// `transposed`, w [H, D_out, D_in]) -> [B, L, H, D_out]. On CUDA without autograd (impl not reference) one batched
+// matmul reads x and w through their strides and writes a contiguous result: einsum's permuted operand and result cost
+// two copies (kernels) per product, four per layer and decode step. Elsewhere the einsum, the oracle.
+at::Tensor per_head(const at::Tensor& x, const at::Tensor& w, bool transposed, const ModelConfig& c) {
+    const at::Tensor wt = transposed ? w.transpose(1, 2) : w;  // [H, D_in, D_out]
+    const bool fits = built_with_cuda() && c.impl != Impl::kReference && x.is_cuda() && x.stride(-1) == 1 &&
+                      !(at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()));
+    if (!fits) return at::einsum(transposed ? "blhc,hvc->blhv" : "blhn,hnc->blhc", {x, w});
+    const int64_t B = x.size(0), L = x.size(1), H = x.size(2);
+    const at::Tensor rows = x.reshape({B * L, H, x.size(3)});  // a view: x's leading dims are dense
+    at::Tensor out = at::empty({B * L, H, wt.size(2)}, x.options());
+    at::Tensor by_head = out.transpose(0, 1);  // [H, B·L, D_out], written in place
+    at::bmm_out(by_head, rows.transpose(0, 1), wt.to(x.scalar_type()));
+    return out.view({B, L, H, wt.size(2)});
 }
 
 // Writes `value` ([B, L, D]) into cache slots [offset, offset + L) and returns the filled prefix [B, S, D].
@@ -168,7 +198,7 @@ AttentionResult attention(const at::Tensor& h,
 
     // Absorbed (MQA) form: q̃ = q_nope · W_UK in latent space; o_h = W_UV · o_lat.
     const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v_dim, lora});
-    const at::Tensor q_lat = at::einsum("blhn,hnc->blhc", {q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope)});
+    const at::Tensor q_lat = per_head(q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope), /*transposed=*/false, c);
     const double scale = mla_softmax_scale(c);
     if (paged_read) {
         // The selected keys' slots; the queries of every row as one sequence over the pool's entries.
@@ -176,7 +206,13 @@ AttentionResult attention(const at::Tensor& h,
         const at::Tensor& read = opt.paged->read_slots;
         const at::Tensor none = at::full({}, -1, read.options());
         at::Tensor idx;
-        if (st.dense) {  // every visible key (no more than index_topk): their slots, no indexer selection
+        if (built_with_cuda() && c.impl != Impl::kReference &&
+            cuda::paged_slots_fit(read, st.dense ? at::Tensor() : r.topk)) {
+            // One kernel for the gather below (the same slots).
+            idx = cuda::paged_slots(read, st.dense ? at::Tensor() : r.topk, st.key_valid.contiguous(),
+                                    st.query_pos.contiguous(), L);
+            idx = idx.view({1, B * L, idx.size(2)});
+        } else if (st.dense) {  // every visible key (no more than index_topk): their slots, no indexer selection
             const int64_t S = read.size(1);
             const at::Tensor visible = st.key_valid.unsqueeze(1).logical_and(
                 at::arange(S, read.options()).view({1, 1, S}) <= st.query_pos.unsqueeze(-1));
@@ -192,7 +228,7 @@ AttentionResult attention(const at::Tensor& h,
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
                              opt.query_chunk, /*check_indices=*/false);  // slots of the pool by construction
         const at::Tensor o =
-            at::einsum("blhc,hvc->blhv", {att.out.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim)});
+            per_head(att.out.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim), /*transposed=*/true, c);
         r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
         return r;
     }
@@ -202,7 +238,7 @@ AttentionResult attention(const at::Tensor& h,
     if (opt.return_attention) {
         r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale, st.dense};
     }
-    const at::Tensor o = at::einsum("blhc,hvc->blhv", {att.out, w_kv.narrow(1, nope, v_dim)});
+    const at::Tensor o = per_head(att.out, w_kv.narrow(1, nope, v_dim), /*transposed=*/true, c);
     r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
     return r;
 }
@@ -492,10 +528,15 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         }
     }
     const auto long_opts = ids.options();
+    const PagedStep* paged = opt.paged;
+    const bool paged_read = paged != nullptr && paged->read_slots.defined();  // a decode step through the pool
+    // A paged decode step reads neither the mask nor the default query positions (its own come with it).
     const at::Tensor mask = in.attention_mask.defined() ? in.attention_mask.to(device()).ne(0)
-                                                        : at::ones({st.batch, st.len}, long_opts.dtype(at::kBool));
-    TORCH_CHECK(mask.sizes() == ids.sizes(), "forward: attention_mask must be ", ids.sizes(), ", got ",
-                in.attention_mask.sizes());
+                            : paged_read && in.position_ids.defined() && opt.balance == nullptr
+                                ? at::Tensor()
+                                : at::ones({st.batch, st.len}, long_opts.dtype(at::kBool));
+    TORCH_CHECK(!mask.defined() || mask.sizes() == ids.sizes(), "forward: attention_mask must be ", ids.sizes(),
+                ", got ", in.attention_mask.sizes());
     if (cache != nullptr) {
         TORCH_CHECK(cache->batch() == st.batch, "forward: the cache holds ", cache->batch(), " sequences, the input ",
                     st.batch);
@@ -517,8 +558,9 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         pos = pos.clamp_min(0);
     }
     std::tie(st.cos, st.sin) = rope_cos_sin(rope_, pos);
-    st.query_pos = (at::arange(st.len, long_opts) + st.offset).unsqueeze(0).expand({st.batch, st.len}).contiguous();
-    const PagedStep* paged = opt.paged;
+    if (!paged_read) {
+        st.query_pos = (at::arange(st.len, long_opts) + st.offset).unsqueeze(0).expand({st.batch, st.len}).contiguous();
+    }
     if (paged != nullptr) {
         TORCH_CHECK(cache == nullptr && paged->cache != nullptr, "forward: a paged step takes no KvCache");
         TORCH_CHECK(paged->write_slots.sizes() == ids.sizes(), "forward: paged write_slots must be ", ids.sizes(),
@@ -526,7 +568,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         TORCH_CHECK(!opt.return_attention && !opt.return_indexer && !opt.replay_topk,
                     "forward: a paged step returns no attention or indexer inputs and replays no key sets");
     }
-    if (paged != nullptr && paged->read_slots.defined()) {
+    if (paged_read) {
         TORCH_CHECK(in.position_ids.defined() && paged->read_slots.dim() == 2 &&
                         paged->read_slots.size(0) == st.batch && paged->key_valid.sizes() == paged->read_slots.sizes(),
                     "forward: a paged decode needs position_ids and read_slots / key_valid [", st.batch, ", S]");
@@ -572,13 +614,13 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                             ", k], got ", r.sizes());
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
-            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel(), opt.moe_dense);
+            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel(), opt.moe_dense, c.impl);
             y = m.y;
             if (opt.balance != nullptr) track_balance(*opt.balance, m.route, mask, moe_layer, c.n_routed_experts);
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
             ++moe_layer;
         } else {
-            y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj);
+            y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
         }
         x = x + y.view({st.batch, st.len, c.hidden_size});
     }

@@ -10,7 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "dsa/kernel_elem.h"
+#include "core/kernel_elem.h"
 #include "dsa/kernels/norm_rope.cuh"
 
 namespace dsrl::dsa::cuda {

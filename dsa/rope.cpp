@@ -59,6 +59,7 @@ RopeTable rope_table(const ModelArch& cfg) {
 
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const RopeTable& table, const at::Tensor& positions) {
     const at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * table.inv_freq.to(positions.device());
+    if (table.attention_factor == 1.0) return {at::cos(freqs), at::sin(freqs)};  // x · 1 is x: two kernels fewer
     return {at::cos(freqs) * table.attention_factor, at::sin(freqs) * table.attention_factor};
 }
 

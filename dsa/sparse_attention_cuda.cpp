@@ -15,7 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "dsa/kernel_elem.h"
+#include "core/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 

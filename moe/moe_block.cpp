@@ -1,10 +1,13 @@
 #include "moe/moe_block.h"
 
 #include "moe/expert_parallel.h"
+#include "moe/moe_cuda.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/bincount.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/scatter.h>
@@ -13,13 +16,41 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include "core/dispatch.h"
+#include "core/kernel_elem.h"
+#include "core/precision.h"
+
 namespace dsrl::moe {
+
+#ifndef DSRL_WITH_CUDA
+namespace cuda {  // builds without CUDA: the kernels never fit
+bool route_kernel_fits(const at::Tensor&, const RouterOptions&) { return false; }
+bool silu_mul_fits(const at::Tensor&, const at::Tensor&) { return false; }
+Route route_select(const at::Tensor&, const at::Tensor&, const RouterOptions&, at::Tensor*) {
+    TORCH_CHECK(false, "route (cuda): this build of dsrl has no CUDA kernels");
+}
+at::Tensor silu_mul(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+    TORCH_CHECK(false, "silu_mul (cuda): this build of dsrl has no CUDA kernels");
+}
+}  // namespace cuda
+#endif
+
+namespace {
+
+// silu(gate) · up: one kernel where it fits (CUDA, no autograd, impl not reference), else the two ATen ops.
+at::Tensor silu_times(const at::Tensor& gate, const at::Tensor& up, Impl impl) {
+    if (impl != Impl::kReference && cuda::silu_mul_fits(gate, up)) return cuda::silu_mul(gate, up);
+    return at::silu(gate) * up;
+}
+
+}  // namespace
 
 at::Tensor swiglu(const at::Tensor& x,
                   const at::Tensor& gate_proj,
                   const at::Tensor& up_proj,
-                  const at::Tensor& down_proj) {
-    return at::linear(at::silu(at::linear(x, gate_proj)) * at::linear(x, up_proj), down_proj);
+                  const at::Tensor& down_proj,
+                  Impl impl) {
+    return at::linear(silu_times(at::linear(x, gate_proj), at::linear(x, up_proj), impl), down_proj);
 }
 
 at::Tensor routed_experts(const at::Tensor& x,
@@ -79,19 +110,68 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
     return (out.to(at::kFloat) * w.t().unsqueeze(-1)).sum(0).to(x.scalar_type());
 }
 
+namespace {
+
+// The dense routed experts on the kernels: the router's selection as one kernel that also writes each token's weight
+// per expert [T, E]; gate and up of every expert as one matmul each over the stacked weights ([T, E·I]); the SwiGLU
+// product times those weights as one kernel; the down projections batched over the experts and summed over them.
+// Five kernels besides the router's logits. The gate weight multiplies before the down projection (the ATen path
+// weights after it): the same sum, rounded differently.
+MoeOutput moe_dense_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt) {
+    MoeOutput out;
+    at::Tensor logits;
+    {
+        Fp32Region fp32;  // router logits stay fp32 under bf16 autocast (SPEC §2.4), as route() computes them
+        logits = at::linear(x.to(at::kFloat), w.gate.to(at::kFloat));
+    }
+    at::Tensor per_expert;  // [T, E] fp32
+    out.route = cuda::route_select(logits, w.bias, opt, &per_expert);
+    const SwiGluWeights& e = w.experts;
+    const int64_t T = x.size(0), H = x.size(1), E = e.gate_proj.size(0), I = e.gate_proj.size(1);
+    const at::Tensor gate = at::linear(x, e.gate_proj.reshape({E * I, H}));  // [T, E·I]
+    const at::Tensor up = at::linear(x, e.up_proj.reshape({E * I, H}));
+    const at::Tensor h = cuda::silu_mul(gate, up, per_expert, I);
+    // [E, T, I] (a strided view) x [E, I, H] -> [E, T, H], summed over the experts in fp32.
+    const at::Tensor down = at::bmm(h.view({T, E, I}).transpose(0, 1), e.down_proj.transpose(1, 2));
+    out.y = down.sum(0).to(x.scalar_type());
+    return out;
+}
+
+// Whether the dense routed experts run on the kernels: CUDA, no autograd, no replay, impl not reference, and the
+// stacked expert weights as the router kernel and the reshapes take them.
+bool dense_kernels_fit(
+    const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, const at::Tensor& replay, Impl impl) {
+    if (!built_with_cuda() || impl == Impl::kReference || replay.defined() || !x.is_cuda() || x.dim() != 2 ||
+        !elem_kernel_takes(x.scalar_type()))
+        return false;
+    if (at::GradMode::is_enabled() &&
+        (x.requires_grad() || w.gate.requires_grad() || w.experts.gate_proj.requires_grad() ||
+         w.experts.up_proj.requires_grad() || w.experts.down_proj.requires_grad()))
+        return false;
+    return opt.n_routed_experts <= 1024 && opt.num_experts_per_tok <= 32 && w.experts.gate_proj.dim() == 3 &&
+           w.experts.gate_proj.size(0) == opt.n_routed_experts;
+}
+
+}  // namespace
+
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay,
                       const ExpertParallel* ep,
-                      bool dense) {
+                      bool dense,
+                      Impl impl) {
     MoeOutput out;
-    out.route = route(x, w.gate, w.bias, opt, replay);
-    out.y = ep != nullptr ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
-            : dense       ? routed_experts_dense(x, out.route.indices, out.route.weights, w.experts)
-                          : routed_experts(x, out.route.indices, out.route.weights, w.experts);
+    if (dense && ep == nullptr && dense_kernels_fit(x, w, opt, replay, impl)) {
+        out = moe_dense_kernels(x, w, opt);
+    } else {
+        out.route = route(x, w.gate, w.bias, opt, replay);
+        out.y = ep != nullptr ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
+                : dense       ? routed_experts_dense(x, out.route.indices, out.route.weights, w.experts)
+                              : routed_experts(x, out.route.indices, out.route.weights, w.experts);
+    }
     if (w.shared.gate_proj.defined()) {
-        out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj);
+        out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj, impl);
     }
     return out;
 }

@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/config.h"
 #include "moe/router.h"
 
 namespace dsrl::moe {
@@ -36,11 +37,13 @@ struct MoeOutput {
     Route route;   ///< the routing decision (indices are the record for keep-routing)
 };
 
-/// down(silu(gate(x)) ⊙ up(x)) for x [T, H] and one expert's weights.
+/// down(silu(gate(x)) ⊙ up(x)) for x [T, H] and one expert's weights. Without autograd on CUDA (impl not reference)
+/// silu(·) ⊙ up is one kernel (moe/moe_cuda.h) that rounds as the two ATen ops do.
 at::Tensor swiglu(const at::Tensor& x,
                   const at::Tensor& gate_proj,
                   const at::Tensor& up_proj,
-                  const at::Tensor& down_proj);
+                  const at::Tensor& down_proj,
+                  Impl impl = Impl::kAuto);
 
 /// Σ_k weights[t, k] · Expert_{indices[t, k]}(x[t]) for x [T, H], indices/weights [T, k].
 at::Tensor routed_experts(const at::Tensor& x,
@@ -60,12 +63,15 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 
 /// The whole block for x [T, H]; `replay` ([T, k] ids) replays recorded routes. With `ep` (moe/expert_parallel.h)
 /// of more than one rank, w.experts holds this rank's experts only and the routed experts run across the group
-/// (collective). `dense` runs routed_experts_dense (not under expert parallelism).
+/// (collective). `dense` runs routed_experts_dense (not under expert parallelism); on CUDA without autograd or
+/// replay (a rollout decode step) and impl not reference, it runs on the kernels instead (moe/moe_cuda.h): the router's
+/// selection as one kernel, the experts' SwiGLU weighted before their down projections, out.route.scores undefined.
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay = {},
                       const ExpertParallel* ep = nullptr,
-                      bool dense = false);
+                      bool dense = false,
+                      Impl impl = Impl::kAuto);
 
 }  // namespace dsrl::moe

@@ -19,6 +19,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "rollout/sampling_cuda.h"
 #endif
 #include <c10/util/Exception.h>
 
@@ -103,13 +105,40 @@ struct Pending {
     }
 };
 
-// Appends rows [0, n) of a CPU tensor [n, w] (any integer type) to a flat list.
+// Appends positions [0, n) of sequence i of `all` (a contiguous CPU tensor [B, L, w] of T) to a flat list: pointer
+// arithmetic, no tensor per sequence (a prefill of 256 prompts appended 7 layers x 256 slices of each record).
 template <typename T>
-void append_rows(std::vector<T>& to, const at::Tensor& rows, int64_t n) {
-    const at::Tensor t = rows.narrow(0, 0, n).contiguous().to(std::is_same_v<T, int32_t> ? at::kInt : at::kLong);
-    const T* p = t.data_ptr<T>();
-    to.insert(to.end(), p, p + t.numel());
+void append_rows(std::vector<T>& to, const at::Tensor& all, int64_t i, int64_t n) {
+    const int64_t w = all.size(2);
+    const T* p = all.data_ptr<T>() + (i * all.size(1)) * w;
+    to.insert(to.end(), p, p + n * w);
 }
+
+#ifdef DSRL_WITH_CUDA
+// A CUDA-graph node's kind, for GenerationStats::graph_node_kinds.
+const char* graph_node_kind(cudaGraphNodeType t) {
+    switch (t) {
+        case cudaGraphNodeTypeKernel:
+            return "kernel";
+        case cudaGraphNodeTypeMemcpy:
+            return "memcpy";
+        case cudaGraphNodeTypeMemset:
+            return "memset";
+        case cudaGraphNodeTypeHost:
+            return "host";
+        case cudaGraphNodeTypeEventRecord:
+            return "event record";
+        case cudaGraphNodeTypeWaitEvent:
+            return "event wait";
+        case cudaGraphNodeTypeEmpty:
+            return "empty";
+        case cudaGraphNodeTypeGraph:
+            return "child graph";
+        default:
+            return "other";
+    }
+}
+#endif
 
 // A host-to-device copy that does not wait for the device (pinned staging) on CUDA.
 at::Tensor upload(const at::Tensor& t, c10::Device device) {
@@ -244,7 +273,9 @@ private:
 
     // One forward over the admitted groups' tokens (right-padded); each group's samples then share its blocks.
     void prefill(std::vector<Pending>& batch) {
+        RECORD_USER_SCOPE(kPrefillScope);
         const auto t0 = Clock::now();
+        ++stats_.prefill_calls;
         const int64_t n = static_cast<int64_t>(batch.size());
         std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(n));
         int64_t width = 0;
@@ -285,8 +316,8 @@ private:
         const at::Tensor last_idx = upload(at::tensor(last, at::kLong), device_);
         const at::Tensor logits = model_.logits(out.hidden.reshape({n * width, -1}).index_select(0, last_idx));
         std::vector<at::Tensor> routes, topk;
-        for (const at::Tensor& r : out.routes) routes.push_back(r.cpu());
-        for (const at::Tensor& t : out.topk) topk.push_back(t.to(at::kCPU, at::kInt));
+        for (const at::Tensor& r : out.routes) routes.push_back(r.to(at::kCPU, at::kLong).contiguous());
+        for (const at::Tensor& t : out.topk) topk.push_back(t.to(at::kCPU, at::kInt).contiguous());
         std::vector<at::Tensor> new_logits;
         for (int64_t i = 0; i < n; ++i) {
             Pending& p = batch[i];
@@ -302,9 +333,9 @@ private:
                 q.admitted = next_admission_++;
                 if (!p.recompute) {  // a recomputation's positions were all recorded when they were fed
                     q.routes.resize(routes.size());
-                    for (size_t j = 0; j < routes.size(); ++j) append_rows(q.routes[j], routes[j][i], len);
+                    for (size_t j = 0; j < routes.size(); ++j) append_rows<int64_t>(q.routes[j], routes[j], i, len);
                     q.topk.resize(topk.size());
-                    for (size_t j = 0; j < topk.size(); ++j) append_rows(q.topk[j], topk[j][i], len);
+                    for (size_t j = 0; j < topk.size(); ++j) append_rows<int32_t>(q.topk[j], topk[j], i, len);
                 }
                 running_.push_back(&q);
                 new_logits.push_back(logits.narrow(0, i, 1));
@@ -405,11 +436,25 @@ private:
     // captured in a CUDA graph).
     StepOut decode_step(const StepIn& in) {
         StepOut out;
-        const at::Tensor logp = processed_logprobs(in.logits, opt_.sampling);
-        out.tokens = sample_with_uniforms(logp, in.uniform);
-        if (in.forced.defined()) out.tokens = at::where(in.forced >= 0, in.forced, out.tokens);
-        out.logp = logp.gather(1, out.tokens.unsqueeze(1)).squeeze(1);
-        if (record_masks_) out.kept = pack_mask_bits(logp.isfinite());  // [R, ceil(V / 8)]
+        bool sampled = false;
+#ifdef DSRL_WITH_CUDA
+        if (cfg_.impl != Impl::kReference && cuda::sample_kernel_fits(in.logits)) {  // one kernel for the lines below
+            const cuda::Sampled s =
+                cuda::sample(in.logits, in.uniform.contiguous(),
+                             in.forced.defined() ? in.forced.contiguous() : at::Tensor(), opt_.sampling, record_masks_);
+            out.tokens = s.tokens;
+            out.logp = s.logp;
+            out.kept = s.kept;
+            sampled = true;
+        }
+#endif
+        if (!sampled) {
+            const at::Tensor logp = processed_logprobs(in.logits, opt_.sampling);
+            out.tokens = sample_with_uniforms(logp, in.uniform);
+            if (in.forced.defined()) out.tokens = at::where(in.forced >= 0, in.forced, out.tokens);
+            out.logp = logp.gather(1, out.tokens.unsqueeze(1)).squeeze(1);
+            if (record_masks_) out.kept = pack_mask_bits(logp.isfinite());  // [R, ceil(V / 8)]
+        }
         // Feed them: position pos of each row, keys 0..keys through the block table.
         const at::Tensor& table = in.table;
         const at::Tensor key = at::arange(in.keys, table.options());
@@ -597,7 +642,21 @@ private:
             g.graph->capture_end();
             size_t nodes = 0;  // the kernels (and copies) one replay runs
             C10_CUDA_CHECK(cudaGraphGetNodes(g.graph->raw_cuda_graph(), nullptr, &nodes));
-            stats_.graph_nodes = std::max(stats_.graph_nodes, static_cast<int64_t>(nodes));
+            std::vector<cudaGraphNode_t> all(nodes);
+            C10_CUDA_CHECK(cudaGraphGetNodes(g.graph->raw_cuda_graph(), all.data(), &nodes));
+            std::map<std::string, int64_t> kinds;
+            for (const cudaGraphNode_t n : all) {
+                cudaGraphNodeType type{};
+                C10_CUDA_CHECK(cudaGraphNodeGetType(n, &type));
+                ++kinds[graph_node_kind(type)];
+            }
+            if (static_cast<int64_t>(nodes) > stats_.graph_nodes) {
+                stats_.graph_nodes = static_cast<int64_t>(nodes);
+                std::string text;
+                for (const auto& [kind, count] : kinds)
+                    absl::StrAppend(&text, text.empty() ? "" : ", ", count, " ", kind);
+                stats_.graph_node_kinds = text;
+            }
             g.graph->instantiate();
         }
         c10::cuda::device_synchronize();

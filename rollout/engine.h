@@ -30,6 +30,7 @@ namespace dsrl::rollout {
 /// The profiler scope (RECORD_USER_SCOPE) around each decode step of the engine: `dsrl_bench_rollout --profile`
 /// counts only the work inside it.
 inline constexpr const char* kDecodeScope = "dsrl::decode_step";
+inline constexpr const char* kPrefillScope = "dsrl::prefill";
 
 std::vector<Sample> generate_continuous(const dsa::Model& model,
                                         const text::Tokenizer& tokenizer,

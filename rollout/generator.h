@@ -64,6 +64,8 @@ struct GenerationStats {
     double capture_seconds = 0;     ///< ... and the time their warm-up and capture took (within decode_seconds)
     int64_t padded_row_steps = 0;   ///< continuous engine with graphs: decode rows run only to fill a bucket
     int64_t graph_nodes = 0;        ///< ... nodes (kernels, copies) of the largest decode-step graph
+    std::string graph_node_kinds;   ///< ... by kind, e.g. "460 kernel, 12 memcpy, 4 memset"
+    int64_t prefill_calls = 0;      ///< forwards that prefilled admitted groups (each over all their prompts)
     /// Continuous engine, the host's share of decode_seconds: building each window's inputs (block tables, positions,
     /// uniforms), launching its steps (graph replays or kernels), waiting for the device at each window's copy to the
     /// host, and turning the copied records into samples.
@@ -72,7 +74,11 @@ struct GenerationStats {
         graphs_captured += o.graphs_captured;
         capture_seconds += o.capture_seconds;
         padded_row_steps += o.padded_row_steps;
-        graph_nodes = std::max(graph_nodes, o.graph_nodes);
+        if (o.graph_nodes > graph_nodes) {
+            graph_nodes = o.graph_nodes;
+            graph_node_kinds = o.graph_node_kinds;
+        }
+        prefill_calls += o.prefill_calls;
         prefill_tokens += o.prefill_tokens;
         preemptions += o.preemptions;
         wasted_row_steps += o.wasted_row_steps;

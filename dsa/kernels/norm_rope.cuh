@@ -8,7 +8,7 @@
 
 #include <cuda_runtime.h>
 
-#include "dsa/kernels/elem.cuh"
+#include "core/kernels/elem.cuh"
 
 namespace dsrl::dsa::kernels {
 

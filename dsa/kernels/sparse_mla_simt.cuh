@@ -9,7 +9,7 @@
 
 #include <cuda_runtime.h>
 
-#include "dsa/kernels/elem.cuh"
+#include "core/kernels/elem.cuh"
 
 namespace dsrl::kernels {  // beside the Hopper kernels (sparse_mla.cuh)
 

@@ -1,18 +1,24 @@
 // The forward-only SIMT sparse MLA kernel (dsa/kernels/sparse_mla_simt.cuh) against the ATen reference
 // (dsa::sparse_mla_attention) on fresh random inputs: the small models' shapes, batch-strided caches and a pool view,
 // −1 entries, a query without any valid entry (out 0, lse −inf), fp32 and bf16; the dispatch rule of
-// dsa::sparse_attention (kAuto in a forward without autograd only).
+// dsa::sparse_attention (kAuto in a forward without autograd only). Also the paged-slots kernel
+// (dsa/paged_slots_cuda.h) against the ATen gather through the block table that dsa/model.cpp falls back to.
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/gather.h>
 #include <ATen/ops/isneginf.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 
+#include "dsa/paged_slots_cuda.h"
 #include "dsa/sparse_attention.h"
 #include "tests/test_util.h"
 
@@ -102,6 +108,33 @@ TEST(SparseMlaSimtTest, DispatchTakesItOnlyWithoutAutograd) {
     at::NoGradGuard no_grad;
     const AttentionOutput fast = sparse_attention(q_lat, q_pe, c_kv, k_pe, idx, 0.2, Impl::kAuto);
     EXPECT_LE(testing::rel_err(fast.out, tracked.out.detach()), 2e-6);
+}
+
+TEST(PagedSlotsKernelTest, EqualsTheGatherThroughTheTable) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const int64_t B : {1, 5, 256}) {
+        const int64_t S = 96, K = 16;
+        const at::Tensor read = at::randint(1 << 20, {B, S}, f.dtype(at::kLong));
+        const at::Tensor pos = at::randint(S, {B, 1}, f.dtype(at::kLong));
+        // Sparse: key positions at or before each query's, some -1 (fewer visible keys than K).
+        at::Tensor topk = (at::rand({B, 1, K}, f) * (pos.unsqueeze(-1) + 1).to(at::kFloat)).to(at::kLong);
+        topk = at::where(at::rand({B, 1, K}, f) < 0.2, at::full({}, -1, f.dtype(at::kLong)), topk);
+        const at::Tensor want = at::where(topk >= 0, read.gather(1, topk.clamp_min(0).view({B, K})).view({B, 1, K}),
+                                          at::full({}, -1, f.dtype(at::kLong)));
+        EXPECT_TRUE(at::equal(cuda::paged_slots(read, topk.to(at::kInt), {}, {}, 1), want)) << "sparse, B " << B;
+        // Dense: every key visible to the query (valid, at or before its position).
+        const at::Tensor valid = at::arange(S, f.dtype(at::kLong)).unsqueeze(0) <= pos + 3;
+        const at::Tensor visible =
+            valid.unsqueeze(1).logical_and(at::arange(S, f.dtype(at::kLong)).view({1, 1, S}) <= pos.unsqueeze(-1));
+        const at::Tensor dense_want =
+            at::where(visible, read.unsqueeze(1).expand({B, 1, S}), at::full({}, -1, f.dtype(at::kLong)));
+        EXPECT_TRUE(at::equal(cuda::paged_slots(read, {}, valid, pos, 1), dense_want)) << "dense, B " << B;
+    }
+    EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, f.dtype(at::kLong)), at::zeros({2, 1, 3}, f.dtype(at::kLong))))
+        << "int64 key sets";
+    EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, at::kLong), {})) << "a table on the CPU";
 }
 
 }  // namespace

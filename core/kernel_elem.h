@@ -1,12 +1,12 @@
-// Host side of the kernels that take fp32, bf16 or fp16 operands (dsa/kernels/elem.cuh: the RMSNorm / RoPE kernels,
+// Host side of the kernels that take fp32, bf16 or fp16 operands (core/kernels/elem.cuh: the RMSNorm / RoPE kernels,
 // the SIMT sparse attention): which dtypes they take, and the element type of a tensor's dtype.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 
-#include "dsa/kernels/elem.cuh"
+#include "core/kernels/elem.cuh"
 
-namespace dsrl::dsa {
+namespace dsrl {
 
 inline bool elem_kernel_takes(c10::ScalarType t) { return t == c10::kFloat || t == c10::kBFloat16 || t == c10::kHalf; }
 
@@ -15,4 +15,4 @@ inline ::dsrl::kernels::Elem kernel_elem(c10::ScalarType t) {
     return t == c10::kBFloat16 ? Elem::kBF16 : t == c10::kHalf ? Elem::kF16 : Elem::kF32;
 }
 
-}  // namespace dsrl::dsa
+}  // namespace dsrl

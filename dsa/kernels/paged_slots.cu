@@ -1,0 +1,37 @@
+// The slots a paged decode step's attention reads (see paged_slots.cuh): one thread per output entry. It replaces the
+// five ATen ops of the gather through the block table (cast, clamp, gather, compare, where), per layer and step.
+#include "dsa/kernels/paged_slots.cuh"
+
+#include <algorithm>
+
+namespace dsrl::dsa::kernels {
+namespace {
+
+__global__ void paged_slots_kernel(PagedSlotsParams p) {
+    const int64_t total = p.batch * p.len * p.width;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t j = i % p.width, bl = i / p.width, b = bl / p.len;
+        int64_t slot = -1;
+        if (p.topk != nullptr) {
+            const int64_t key = p.topk[i];
+            if (key >= 0 && key < p.keys) slot = p.read[b * p.keys + key];
+        } else if (p.key_valid[b * p.keys + j] && j <= p.query_pos[bl]) {
+            slot = p.read[b * p.keys + j];
+        }
+        p.out[i] = slot;
+    }
+}
+
+}  // namespace
+
+cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream) {
+    const int64_t total = p.batch * p.len * p.width;
+    if (total == 0) return cudaSuccess;
+    constexpr int kThreads = 256;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 4096));
+    paged_slots_kernel<<<blocks, kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+}  // namespace dsrl::dsa::kernels

@@ -1,0 +1,23 @@
+// CUDA kernel of dsa/paged_slots_cuda.h: the pool slots a paged decode step's sparse attention reads, from the
+// indexer's key sets (or every visible key) and the rows' slot tables, as one kernel. Sees no torch types.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace dsrl::dsa::kernels {
+
+/// out[b, l, j] = read[b, key] for key = topk[b, l, j] (sparse) or key = j (dense: every key, visible when
+/// key_valid[b, j] and j <= query_pos[b, l]); -1 for a key < 0 or not visible.
+struct PagedSlotsParams {
+    const int64_t* read;              // [B, S] slot of each key position
+    const int32_t* topk;              // [B, L, K] key positions (-1: none), or null (dense, K = S)
+    const bool* key_valid;            // [B, S], dense only
+    const int64_t* query_pos;         // [B, L], dense only
+    int64_t* out;                     // [B, L, K]
+    int64_t batch, len, keys, width;  // B, L, S, K
+};
+cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream);
+
+}  // namespace dsrl::dsa::kernels

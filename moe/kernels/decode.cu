@@ -1,0 +1,153 @@
+// The router's selection and the SwiGLU product, one kernel each (see decode.cuh). Napkin math: at a decode step of
+// 256 tokens and 32 experts the router reads 32 KiB and the product a few MiB; both are latency, not bandwidth. What
+// they save is launches: the ATen selection is about 18 kernels per MoE layer (sigmoid, bias, two group top-ks, mask,
+// top-k and its sort, gather, sum, divide, scale, scatter), SwiGLU's product two.
+#include "moe/kernels/decode.cuh"
+
+#include <algorithm>
+#include <cmath>
+
+namespace dsrl::moe::kernels {
+namespace {
+
+constexpr int kWarps = 4;  // tokens per block of the router kernel
+constexpr float kNegInf = -INFINITY;
+
+using dsrl::kernels::load_elem;
+using dsrl::kernels::round_elem;
+using dsrl::kernels::store_elem;
+
+// As ATen's CUDA sigmoid for fp32: 1 / (1 + exp(-x)).
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// The larger of two (value, index) candidates; equal values go to the lower index.
+__device__ __forceinline__ void keep_better(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+// Every lane ends with the warp's best (value, index).
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+    for (int off = 16; off > 0; off /= 2) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, off);
+        keep_better(v, i, ov, oi);
+    }
+}
+
+// One warp per token; shared scratch per warp: the choices, a taken flag per expert, the group scores.
+__global__ void __launch_bounds__(kWarps * 32) route_kernel(RouteParams p) {
+    extern __shared__ unsigned char smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int E = p.experts;
+    float* choice = reinterpret_cast<float*>(smem) + warp * E;
+    float* group_score = reinterpret_cast<float*>(smem) + kWarps * E + warp * p.groups;
+    unsigned char* taken = smem + sizeof(float) * kWarps * (E + p.groups) + warp * E;
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+    if (t >= p.tokens) return;  // whole warps only: no block-wide barrier below
+    const float* logits = p.logits + t * E;
+    for (int e = lane; e < E; e += 32) {
+        const float v = __fadd_rn(sigmoid(logits[e]), p.bias[e]);
+        choice[e] = isnan(v) ? kNegInf : v;
+        taken[e] = 0;
+    }
+    __syncwarp();
+    if (p.groups > 1 && p.topk_group < p.groups) {
+        const int per = E / p.groups;
+        for (int g = lane; g < p.groups; g += 32) {  // a group's score: its two best choices summed
+            float top1 = kNegInf, top2 = kNegInf;
+            for (int j = 0; j < per; ++j) {
+                const float v = choice[g * per + j];
+                if (v > top1) {
+                    top2 = top1;
+                    top1 = v;
+                } else if (v > top2) {
+                    top2 = v;
+                }
+            }
+            const float s = __fadd_rn(top1, top2);
+            group_score[g] = isnan(s) ? kNegInf : s;
+        }
+        __syncwarp();
+        for (int r = 0; r < p.topk_group; ++r) {  // the kept groups' scores become NaN (a mark: scores are never NaN)
+            float best = kNegInf;
+            int at = INT_MAX;
+            for (int g = lane; g < p.groups; g += 32) {
+                const float s = group_score[g];
+                if (!isnan(s)) keep_better(best, at, s, g);
+            }
+            warp_best(best, at);
+            if (lane == 0) group_score[at] = NAN;
+            __syncwarp();
+        }
+        for (int e = lane; e < E; e += 32) {
+            if (!isnan(group_score[e / per])) taken[e] = 1;  // a group not kept: out
+        }
+        __syncwarp();
+    }
+    int mine = -1;  // lane j holds the j-th expert
+    for (int j = 0; j < p.k; ++j) {
+        float best = kNegInf;
+        int at = INT_MAX;
+        for (int e = lane; e < E; e += 32) {
+            if (!taken[e]) keep_better(best, at, choice[e], e);
+        }
+        warp_best(best, at);
+        if (lane == 0) taken[at] = 1;
+        if (lane == j) mine = at;
+        __syncwarp();
+    }
+    float w = lane < p.k ? sigmoid(logits[mine]) : 0.f;
+    if (p.norm) {
+        float sum = w;
+        for (int off = 16; off > 0; off /= 2) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, off));
+        w = __fdiv_rn(w, __fadd_rn(sum, 1e-20f));
+    }
+    w = __fmul_rn(w, p.scale);
+    if (p.dense != nullptr) {
+        for (int e = lane; e < E; e += 32) p.dense[t * E + e] = 0.f;
+        __syncwarp();
+    }
+    if (lane < p.k) {
+        p.indices[t * p.k + lane] = mine;
+        p.weights[t * p.k + lane] = w;
+        if (p.dense != nullptr) p.dense[t * E + mine] = w;
+    }
+}
+
+// One thread per output element, grid-stride. silu and the product round to the element type as ATen's ops do.
+__global__ void silu_mul_kernel(SiluMulParams p) {
+    const int64_t total = p.rows * p.cols;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / p.cols, c = i % p.cols;
+        const float g = load_elem(p.gate, p.type, r * p.gate_row_stride + c);
+        const float act = round_elem(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), p.type);  // silu, as ATen computes it
+        float v = round_elem(__fmul_rn(act, load_elem(p.up, p.type, r * p.up_row_stride + c)), p.type);
+        if (p.weight != nullptr) v = __fmul_rn(v, p.weight[r * (p.cols / p.group_width) + c / p.group_width]);
+        store_elem(p.out, p.type, i, v);
+    }
+}
+
+}  // namespace
+
+cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
+    if (p.tokens == 0) return cudaSuccess;
+    const size_t smem = sizeof(float) * kWarps * (p.experts + p.groups) + kWarps * p.experts;
+    const auto blocks = static_cast<unsigned>((p.tokens + kWarps - 1) / kWarps);
+    route_kernel<<<blocks, kWarps * 32, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
+    const int64_t total = p.rows * p.cols;
+    if (total == 0) return cudaSuccess;
+    constexpr int kThreads = 256;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 4096));
+    silu_mul_kernel<<<blocks, kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+}  // namespace dsrl::moe::kernels

@@ -1,0 +1,56 @@
+// CUDA kernels of moe/moe_cuda.h: the router's expert selection and the SwiGLU product, one kernel each, for
+// forwards without autograd (the rollout's decode step). Sees no torch types.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "core/kernels/elem.cuh"
+
+namespace dsrl::moe::kernels {
+
+using dsrl::kernels::Elem;  // fp32 / bf16 / fp16 (core/kernels/elem.cuh)
+
+/// DeepSeek-V3's router selection from fp32 logits, one warp per token (moe/router.cpp route() is the oracle):
+///   s = sigmoid(logits); choice = s + bias;
+///   with n_group > 1 and topk_group < n_group, only the topk_group groups with the largest sums of their two best
+///   choices stay; the k largest choices of those are the token's experts, in descending order;
+///   w_j = s[e_j], normalized by their sum (+ 1e-20) when `norm`, times `scale`.
+/// Ties go to the lower expert id; a NaN choice ranks below every number.
+struct RouteParams {
+    const float* logits;  // [tokens, experts] contiguous
+    const float* bias;    // [experts]
+    int64_t* indices;     // [tokens, k] out
+    float* weights;       // [tokens, k] out
+    float* dense;         // [tokens, experts] out, or null: w_j at e_j, 0 elsewhere
+    int64_t tokens;
+    int experts;
+    int groups;
+    int topk_group;
+    int k;
+    bool norm;
+    float scale;
+};
+/// Largest `experts` the kernel takes (a warp's shared scratch per token).
+constexpr int kRouteMaxExperts = 1024;
+cudaError_t launch_route(const RouteParams& p, cudaStream_t stream);
+
+/// out[t, c] = silu(gate[t, c]) · up[t, c], each op rounded to the element type as ATen's silu then mul round them;
+/// with `weight`, then · weight[t, c / group_width] in fp32 and rounded again (a routed expert's gate weight).
+/// gate and up are rows of `cols` elements at row strides of their own; out is [rows, cols] contiguous.
+struct SiluMulParams {
+    const void* gate;
+    int64_t gate_row_stride;
+    const void* up;
+    int64_t up_row_stride;
+    Elem type;
+    const float* weight;  // [rows, cols / group_width] contiguous, or null
+    int64_t group_width;
+    void* out;
+    int64_t rows;
+    int64_t cols;
+};
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream);
+
+}  // namespace dsrl::moe::kernels

@@ -1,0 +1,151 @@
+// The MoE decode kernels (moe/moe_cuda.h) against their ATen oracles on the same GPU tensors: the router's selection
+// (same experts in the same order, weights to fp32 rounding) over DeepSeek-V3-like and held-out router shapes; the
+// SwiGLU product bit for bit (it rounds op by op as at::silu(g) * up); the dense MoE block on the kernels against the
+// ATen dense block; and the dispatch rule (no kernel where autograd records or impl is reference).
+#include <gtest/gtest.h>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/scatter.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/zeros.h>
+
+#include <string>
+
+#include "moe/moe_block.h"
+#include "moe/moe_cuda.h"
+#include "moe/router.h"
+#include "tests/test_util.h"
+
+namespace dsrl::moe {
+namespace {
+
+at::Tensor randn(at::IntArrayRef shape, at::ScalarType t = at::kFloat) {
+    return at::randn(shape, at::TensorOptions().device(at::kCUDA)).to(t);
+}
+
+TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        int64_t experts, k, groups, topk_group;
+        bool norm;
+        double scale;
+    };
+    // single_gpu.yaml's router; DeepSeek-V3's (256 experts, 8 groups of 32, 4 kept, top-8); one group; no group
+    // limit; top-1; a wide top-k over many small groups; unnormalized weights.
+    for (const Case c : {Case{32, 4, 4, 2, true, 2.5}, Case{256, 8, 8, 4, true, 2.5}, Case{16, 2, 1, 1, true, 1.0},
+                         Case{64, 6, 8, 8, true, 1.5}, Case{8, 1, 2, 1, true, 2.5}, Case{128, 32, 16, 8, false, 1.0},
+                         Case{1024, 8, 32, 3, false, 2.0}}) {
+        SCOPED_TRACE("experts " + std::to_string(c.experts) + " k " + std::to_string(c.k) + " groups " +
+                     std::to_string(c.groups) + " kept " + std::to_string(c.topk_group));
+        const RouterOptions opt{.n_routed_experts = c.experts,
+                                .num_experts_per_tok = c.k,
+                                .n_group = c.groups,
+                                .topk_group = c.topk_group,
+                                .routed_scaling_factor = c.scale,
+                                .norm_topk_prob = c.norm};
+        for (const int64_t tokens : {1, 7, 256}) {
+            const at::Tensor x = randn({tokens, 48});
+            const at::Tensor gate = randn({c.experts, 48}) * 0.3;
+            const at::Tensor bias = randn({c.experts}) * 0.05;
+            const Route want = route(x, gate, bias, opt);
+            at::Tensor dense;
+            const Route got = cuda::route_select(at::linear(x, gate), bias, opt, &dense);
+            ASSERT_TRUE(at::equal(got.indices, want.indices)) << "tokens " << tokens << "\n"
+                                                              << got.indices.cpu().narrow(0, 0, 1) << "\n"
+                                                              << want.indices.cpu().narrow(0, 0, 1);
+            EXPECT_TRUE(at::allclose(got.weights, want.weights, 1e-6, 1e-7)) << "tokens " << tokens;
+            // The dense weights: w at the chosen experts, 0 elsewhere.
+            const at::Tensor expect =
+                at::zeros({tokens, c.experts}, dense.options()).scatter(1, want.indices, want.weights);
+            EXPECT_TRUE(at::allclose(dense, expect, 1e-6, 1e-7)) << "tokens " << tokens;
+        }
+    }
+}
+
+TEST(MoeKernelTest, RouterBreaksTiesTowardTheLowerExpert) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const RouterOptions opt{.n_routed_experts = 8, .num_experts_per_tok = 3, .n_group = 1, .topk_group = 1};
+    // Every expert scores the same except expert 5: 5 first, then 0 and 1.
+    at::Tensor logits = at::zeros({2, 8}, at::TensorOptions().device(at::kCUDA));
+    logits.select(1, 5).fill_(1.0);
+    const Route r = cuda::route_select(logits, at::zeros({8}, logits.options()), opt, nullptr);
+    EXPECT_EQ(r.indices.cpu()[0][0].item<int64_t>(), 5);
+    EXPECT_EQ(r.indices.cpu()[1][1].item<int64_t>(), 0);
+    EXPECT_EQ(r.indices.cpu()[1][2].item<int64_t>(), 1);
+}
+
+TEST(MoeKernelTest, SiluMulRoundsAsTheAtenOps) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        SCOPED_TRACE(c10::toString(t));
+        const at::Tensor gu = randn({37, 2 * 300}, t) * 4;  // gate and up narrowed out of one tensor: strided rows
+        const at::Tensor g = gu.narrow(1, 0, 300), u = gu.narrow(1, 300, 300);
+        EXPECT_TRUE(at::equal(cuda::silu_mul(g, u), at::silu(g) * u));
+        // Weighted per group of 60 columns (an expert's intermediate width): the product times the weight, rounded.
+        const at::Tensor w = randn({37, 5}).abs();
+        const at::Tensor want = ((at::silu(g) * u).to(at::kFloat) * w.repeat_interleave(60, 1)).to(t);
+        EXPECT_TRUE(at::equal(cuda::silu_mul(g, u, w, 60), want));
+    }
+}
+
+TEST(MoeKernelTest, DenseBlockOnTheKernelsMatchesTheAtenDenseBlock) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const RouterOptions opt{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(t));
+        MoeWeights w{
+            .gate = randn({32, 96}) * 0.2,
+            .bias = randn({32}) * 0.01,
+            .experts = {randn({32, 40, 96}, t) * 0.1, randn({32, 40, 96}, t) * 0.1, randn({32, 96, 40}, t) * 0.1},
+            .shared = {randn({40, 96}, t) * 0.1, randn({40, 96}, t) * 0.1, randn({96, 40}, t) * 0.1}};
+        for (const int64_t tokens : {1, 64, 256}) {
+            const at::Tensor x = randn({tokens, 96}, t);
+            const MoeOutput want = moe_forward(x, w, opt, {}, nullptr, /*dense=*/true, Impl::kReference);
+            const MoeOutput got = moe_forward(x, w, opt, {}, nullptr, /*dense=*/true, Impl::kAuto);
+            EXPECT_FALSE(got.route.scores.defined()) << "the kernels ran";
+            EXPECT_TRUE(want.route.scores.defined());
+            ASSERT_TRUE(at::equal(got.route.indices, want.route.indices));
+            const double tol = t == at::kFloat ? 1e-5 : 2e-2;
+            const double err = (got.y.to(at::kFloat) - want.y.to(at::kFloat)).abs().max().item<double>();
+            const double scale = want.y.to(at::kFloat).abs().max().item<double>();
+            EXPECT_LE(err, tol * scale) << "tokens " << tokens << ": max |d| " << err << " of max |y| " << scale;
+            EXPECT_EQ(got.y.scalar_type(), x.scalar_type());
+        }
+    }
+}
+
+TEST(MoeKernelTest, KernelsStayOutOfAutogradAndReference) {
+    DSRL_REQUIRE_CUDA();
+    const at::Tensor g = randn({4, 8}).requires_grad_(true);
+    const at::Tensor u = randn({4, 8});
+    EXPECT_FALSE(cuda::silu_mul_fits(g, u)) << "a gate that needs its gradient";
+    EXPECT_FALSE(cuda::silu_mul_fits(u.cpu(), u.cpu()));
+    EXPECT_FALSE(cuda::silu_mul_fits(u, u.t())) << "rows that are not contiguous";
+    EXPECT_TRUE(cuda::silu_mul_fits(u, u));
+    const RouterOptions opt{.n_routed_experts = 8, .num_experts_per_tok = 2, .n_group = 2, .topk_group = 1};
+    EXPECT_FALSE(cuda::route_kernel_fits(randn({3, 8}, at::kBFloat16), opt)) << "bf16 logits";
+    EXPECT_FALSE(cuda::route_kernel_fits(randn({3, 9}), opt)) << "a width that is not n_routed_experts";
+    EXPECT_TRUE(cuda::route_kernel_fits(randn({3, 8}), opt));
+    // With autograd, the MoE block takes the ATen route (scores defined) and its gradient reaches x.
+    MoeWeights w{.gate = randn({8, 16}),
+                 .bias = randn({8}),
+                 .experts = {randn({8, 4, 16}), randn({8, 4, 16}), randn({8, 16, 4})},
+                 .shared = {}};
+    const at::Tensor x = randn({5, 16}).requires_grad_(true);
+    const MoeOutput out = moe_forward(x, w, opt, {}, nullptr, /*dense=*/true);
+    EXPECT_TRUE(out.route.scores.defined());
+    out.y.sum().backward();
+    EXPECT_TRUE(x.grad().defined());
+}
+
+}  // namespace
+}  // namespace dsrl::moe
