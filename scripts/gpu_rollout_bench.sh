@@ -3,7 +3,8 @@
 # single_gpu.yaml model as a checkpoint, runs dsrl_bench_rollout against Hugging Face generate() at batch 1, 64 and
 # 256, profiles a decode step (every kernel by name, per step; Chrome traces in $OUT) at each batch of
 # DSRL_PROFILE_BATCHES (default 1 and 256; "" skips), then a few GRPO steps of single_gpu.yaml with the continuous and
-# the static engine (generated tok/s per step).
+# the static engine (generated tok/s per step). With Nsight Systems installed, also a node-level trace of the graphed
+# decode at batch 256 summarized by bench/graph_gaps.py.
 #   bash scripts/gpu_rollout_bench.sh            # on the lent GPU machine: see scripts/gpu_test.sh for the preamble
 # Logs and figures go to $OUT when set, else build-gpu/rollout_bench/.
 set -euo pipefail
@@ -49,6 +50,20 @@ for once in ${DSRL_PROFILE_CAST-1 0}; do
         --cast-once "$once" --new-tokens "${DSRL_ROLLOUT_NEW:-128}" 2>>"$logs/bench_rollout.err" |
         tee "$logs/decode_profile_autocast_once$once.txt" | grep -A 12 "^profile of" || status=1
 done
+# A graphed step's device time against its kernels and the gaps between them (Nsight Systems, graph nodes traced).
+nsys_bin=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
+if [ -n "$nsys_bin" ]; then
+    timeout 300 "$nsys_bin" profile --trace=cuda --cuda-graph-trace=node --force-overwrite=true -o "$logs/graph256" \
+        "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches 256 --hf 0 --baselines 0 \
+        --new-tokens "${DSRL_ROLLOUT_NEW:-128}" >"$logs/nsys_run.log" 2>&1 &&
+        timeout 200 "$nsys_bin" stats --report cuda_gpu_trace --format csv --output "$logs/graph256" \
+            --force-export=true "$logs/graph256.nsys-rep" >"$logs/nsys_stats.log" 2>&1 &&
+        "$python" bench/graph_gaps.py "$logs/graph256_cuda_gpu_trace.csv" | tee "$logs/graph_gaps.txt" ||
+        echo "nsys trace of the graphed decode failed (see $logs/nsys_*.log)"
+    rm -f "$logs/graph256.sqlite" "$logs/graph256_cuda_gpu_trace.csv"
+else
+    echo "nsys not found: no node-level trace of the graphed decode"
+fi
 steps=${DSRL_GRPO_STEPS:-4}
 # Engines: continuous, static, and continuous-castperstep (rollout.cast_weights_once false: every decode step casts
 # the fp32 weights again, the baseline of the cast-once figure).
