@@ -49,6 +49,18 @@ if command -v compute-sanitizer >/dev/null; then
             status=1
         fi
     done
+    # The decode kernels of issue 23 outside dsa/: the router and SwiGLU product, the sampling kernel.
+    for bin in dsrl_moe_gpu_tests dsrl_rollout_gpu_tests; do
+        path=$(find "$build" -name "$bin" -type f -perm -u+x | head -1)
+        if timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$path" \
+            --gtest_filter='MoeKernelTest.RouterBreaks*:MoeKernelTest.SiluMul*:MoeKernelTest.KernelsStay*:SamplingKernelTest.Ties*:SamplingKernelTest.Takes*' \
+            >"$logs/sanitizer_memcheck_$bin.log" 2>&1; then
+            echo "[gpu_test] compute-sanitizer memcheck ($bin): clean"
+        else
+            echo "[gpu_test] compute-sanitizer memcheck ($bin): FAILED or timed out (see $logs/sanitizer_memcheck_$bin.log)"
+            status=1
+        fi
+    done
 else
     echo "[gpu_test] compute-sanitizer not found: sanitizer runs skipped"
 fi
