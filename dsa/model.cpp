@@ -83,14 +83,12 @@ at::Tensor rope_part_half_split(
 }
 
 // The absorbed attention's per-head products, x [B, L, H, D_in] · w [H, D_in, D_out] (or w's transpose when
-// `transposed`, w [H, D_out, D_in]) -> [B, L, H, D_out]. On CUDA without autograd (impl not reference) one batched
+// `transposed`, w [H, D_out, D_in]) -> [B, L, H, D_out]. Where the forward's kernels run (fused()) one batched
 // matmul reads x and w through their strides and writes a contiguous result: einsum's permuted operand and result cost
 // two copies (kernels) per product, four per layer and decode step. Elsewhere the einsum, the oracle.
 at::Tensor per_head(const at::Tensor& x, const at::Tensor& w, bool transposed, const ModelConfig& c) {
     const at::Tensor wt = transposed ? w.transpose(1, 2) : w;  // [H, D_in, D_out]
-    const bool fits = built_with_cuda() && c.impl != Impl::kReference && x.is_cuda() && x.stride(-1) == 1 &&
-                      !(at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()));
-    if (!fits) return at::einsum(transposed ? "blhc,hvc->blhv" : "blhn,hnc->blhc", {x, w});
+    if (!fused(c, x, {&w})) return at::einsum(transposed ? "blhc,hvc->blhv" : "blhn,hnc->blhc", {x, w});
     const int64_t B = x.size(0), L = x.size(1), H = x.size(2);
     const at::Tensor rows = x.reshape({B * L, H, x.size(3)});  // a view: x's leading dims are dense
     at::Tensor out = at::empty({B * L, H, wt.size(2)}, x.options());

@@ -24,6 +24,7 @@ namespace dsrl::moe {
 
 #ifndef DSRL_WITH_CUDA
 namespace cuda {  // builds without CUDA: the kernels never fit
+bool route_kernel_takes(const RouterOptions&) { return false; }
 bool route_kernel_fits(const at::Tensor&, const RouterOptions&) { return false; }
 bool silu_mul_fits(const at::Tensor&, const at::Tensor&) { return false; }
 Route route_select(const at::Tensor&, const at::Tensor&, const RouterOptions&, at::Tensor*) {
@@ -148,7 +149,7 @@ bool dense_kernels_fit(
         (x.requires_grad() || w.gate.requires_grad() || w.experts.gate_proj.requires_grad() ||
          w.experts.up_proj.requires_grad() || w.experts.down_proj.requires_grad()))
         return false;
-    return opt.n_routed_experts <= 1024 && opt.num_experts_per_tok <= 32 && w.experts.gate_proj.dim() == 3 &&
+    return cuda::route_kernel_takes(opt) && w.experts.gate_proj.dim() == 3 &&
            w.experts.gate_proj.size(0) == opt.n_routed_experts;
 }
 

@@ -30,10 +30,14 @@ int64_t rows_stride(const at::Tensor& t) {
 
 }  // namespace
 
+bool route_kernel_takes(const RouterOptions& opt) {
+    return opt.n_routed_experts <= kernels::kRouteMaxExperts && opt.num_experts_per_tok <= 32;
+}
+
 bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt) {
     return logits.defined() && logits.is_cuda() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
-           logits.is_contiguous() && logits.size(1) == opt.n_routed_experts &&
-           opt.n_routed_experts <= kernels::kRouteMaxExperts && opt.num_experts_per_tok <= 32 && no_autograd({&logits});
+           logits.is_contiguous() && logits.size(1) == opt.n_routed_experts && route_kernel_takes(opt) &&
+           no_autograd({&logits});
 }
 
 Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {

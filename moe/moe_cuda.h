@@ -12,6 +12,9 @@
 
 namespace dsrl::moe::cuda {
 
+/// Whether the router kernel takes this router: n_routed_experts <= 1024 and num_experts_per_tok <= 32.
+bool route_kernel_takes(const RouterOptions& opt);
+
 /// Whether the router kernel takes these logits: CUDA fp32 [T, E] contiguous with E <= 1024 and
 /// num_experts_per_tok <= 32, in a forward that records no autograd graph for them.
 bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt);
