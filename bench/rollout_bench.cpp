@@ -12,12 +12,15 @@
 //
 // --profile B then runs the continuous engine once at batch B under PyTorch's profiler and prints where a decode
 // step's time goes: on CUDA every kernel, copy and memset by name (launched one by one: the H100's CUPTI does not trace
-// the kernels of a CUDA-graph replay; --profile-graphs 1 replays and shows only the copies around it), on the CPU
+// the kernels of a CUDA-graph replay; --profile-graphs 1 replays and shows only the copies around it; with
+// --profile-buckets 1 the kernels launched are those of the padded step the graphs replay), on the CPU
 // every ATen op
 // by self time, with calls and microseconds per decode step. --trace writes the profile as a Chrome/Perfetto trace;
 // --compare 0 skips the table. --profile-prefill 1 profiles the prefill forwards instead of the decode steps.
 // --reference 1 loads the model with model.impl reference: none of dsrl's kernels, the ATen ops they replace (a
 // baseline for them in the same run). --baselines 0 runs only the continuous engine (e.g. under an external profiler).
+// On CUDA each batch also prints the decode steps' device time (CUDA events) and, from an extra run with --probe N
+// (default 20; 0 skips), the largest graph's time per replay back to back, alone and with the copies around a step.
 // --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's rollout runs them (HF generate()
 // still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
 //
@@ -142,11 +145,13 @@ struct ProfileRequest {
     bool cast_weights_once = true;  // rollout.cast_weights_once
     int64_t batch = 0;              // 0: no profile
     bool graphs = true;
+    bool buckets = false;  // graphs off: the bucketed step (the graphs' shapes), eagerly
     bool compare = true;
     bool host = false;       // the CPU ops on CUDA too
     bool prefill = false;    // the prefill forwards instead of the decode steps
     bool reference = false;  // model.impl reference: no dsrl kernels (the ATen ops they replace)
     bool baselines = true;   // the table's no-graph and static columns (0: the continuous engine alone)
+    int64_t probe = 20;      // CUDA graphs: back-to-back replays timed per bucket in an extra run (0: none)
     std::string trace;
     int top = 25;
 };
@@ -294,6 +299,23 @@ int compare(const std::string& model_dir,
             st.prefill_seconds, st.decode_seconds, st.setup_seconds, st.launch_seconds, st.wait_seconds,
             st.record_seconds,
             st.decode_seconds - st.setup_seconds - st.launch_seconds - st.wait_seconds - st.record_seconds);
+        if (device.is_cuda()) {
+            std::printf("       device (CUDA events): %.1f us per decode step over %ld steps\n",
+                        1e6 * st.device_decode_seconds / static_cast<double>(std::max<int64_t>(1, st.decode_steps)),
+                        long(st.decode_steps));
+        }
+        if (graphs && profile.probe > 0) {  // an extra run: the timed one stays free of the probe's replays
+            dsrl::rollout::GenerateOptions probe = opt;
+            probe.engine.kind = "continuous";
+            probe.engine.cuda_graphs = true;
+            probe.engine.probe_replays = profile.probe;
+            const Timed p = time_engine(m, *tok, requests(batch), probe);
+            std::printf(
+                "       largest graph (%ld nodes), %ld replays back to back: %.1f us per replay alone, %.1f us per "
+                "step "
+                "with the copies around it\n",
+                long(p.stats.graph_nodes), long(profile.probe), p.stats.graph_replay_us, p.stats.graph_step_us);
+        }
         std::fflush(stdout);
         if (cont.stats.graph_nodes > nodes) {
             nodes = cont.stats.graph_nodes;
@@ -308,6 +330,7 @@ int compare(const std::string& model_dir,
         opt.max_batch_size = profile.batch;
         opt.engine.kind = "continuous";
         opt.engine.cuda_graphs = profile.graphs;
+        opt.engine.eager_buckets = profile.buckets;
         (void)dsrl::rollout::generate(m, *tok, requests(profile.batch), opt, nullptr);  // captures outside the profile
         dsrl::rollout::GenerationStats stats;
         const dsrl::bench::OpProfile p = dsrl::bench::profile_ops(
@@ -341,7 +364,7 @@ int run(int argc, char** argv) {
     double top_p_cmp = 0.95;
     ProfileRequest profile;
     int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0,
-            profile_prefill = 0, reference = 0, baselines = 1;
+            profile_prefill = 0, reference = 0, baselines = 1, profile_buckets = 0;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -363,9 +386,13 @@ int run(int argc, char** argv) {
             .integer("--group", &group, 1, "--model: samples per prompt (G > 1 shares prompts; no HF column then)")
             .integer("--profile", &profile.batch, 0, "--model: profile the continuous engine at this batch (0: no)")
             .integer("--profile-graphs", &profile_graphs, 0, "--profile: 1 replays CUDA graphs, 0 launches kernels")
+            .integer("--profile-buckets", &profile_buckets, 0,
+                     "--profile-graphs 0: 1 launches the padded step the graphs replay (their kernels, one by one)")
             .integer("--profile-top", &profile_top, 1, "--profile: rows printed")
             .integer("--profile-host", &profile_host, 0, "--profile on CUDA: 1 reports the host's CPU ops instead")
             .integer("--profile-prefill", &profile_prefill, 0, "--profile: 1 profiles the prefill forwards instead")
+            .integer("--probe", &profile.probe, 0,
+                     "--model on CUDA: replays of each graph timed back to back in an extra run (0: none)")
             .integer("--baselines", &baselines, 0,
                      "--model: 0 skips the no-graph and static engines (their columns repeat dsrl's)")
             .integer("--reference", &reference, 0,
@@ -378,6 +405,7 @@ int run(int argc, char** argv) {
             .parse(argc, argv);
     if (!go) return 0;
     profile.graphs = profile_graphs != 0;
+    profile.buckets = profile_buckets != 0;
     profile.host = profile_host != 0;
     profile.prefill = profile_prefill != 0;
     profile.reference = reference != 0;

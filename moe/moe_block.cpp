@@ -4,17 +4,27 @@
 #include "moe/moe_cuda.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/_grouped_mm.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/bincount.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_copy.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/scatter.h>
+#include <ATen/ops/searchsorted.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <optional>
 
 #include "core/dispatch.h"
 #include "core/kernel_elem.h"
@@ -54,10 +64,12 @@ at::Tensor swiglu(const at::Tensor& x,
     return at::linear(silu_times(at::linear(x, gate_proj), at::linear(x, up_proj), impl), down_proj);
 }
 
-at::Tensor routed_experts(const at::Tensor& x,
-                          const at::Tensor& indices,
-                          const at::Tensor& weights,
-                          const SwiGluWeights& experts) {
+namespace {
+
+void check_routed(const at::Tensor& x,
+                  const at::Tensor& indices,
+                  const at::Tensor& weights,
+                  const SwiGluWeights& experts) {
     TORCH_CHECK(x.dim() == 2, "moe: x must be [T, H], got ", x.sizes());
     TORCH_CHECK(indices.sizes() == weights.sizes() && indices.dim() == 2 && indices.size(0) == x.size(0),
                 "moe: indices and weights must both be [", x.size(0), ", k], got ", indices.sizes(), " and ",
@@ -68,6 +80,16 @@ at::Tensor routed_experts(const at::Tensor& x,
                     experts.down_proj.size(0) == num_experts && experts.down_proj.size(1) == x.size(1),
                 "moe: expert weights must be gate/up [E, I, ", x.size(1), "] and down [E, ", x.size(1), ", I]; got ",
                 experts.gate_proj.sizes(), ", ", experts.up_proj.sizes(), ", ", experts.down_proj.sizes());
+}
+
+}  // namespace
+
+at::Tensor routed_experts(const at::Tensor& x,
+                          const at::Tensor& indices,
+                          const at::Tensor& weights,
+                          const SwiGluWeights& experts) {
+    check_routed(x, indices, weights, experts);
+    const int64_t num_experts = experts.gate_proj.size(0);
     at::Tensor y = at::zeros_like(x);
     if (x.size(0) == 0) return y;
     // Group the (token, slot) pairs by expert: one sort, then contiguous runs per expert.
@@ -90,6 +112,32 @@ at::Tensor routed_experts(const at::Tensor& x,
         start += n;
     }
     return y;
+}
+
+at::Tensor routed_experts_grouped(const at::Tensor& x,
+                                  const at::Tensor& indices,
+                                  const at::Tensor& weights,
+                                  const SwiGluWeights& experts,
+                                  c10::ScalarType dtype) {
+    check_routed(x, indices, weights, experts);
+    const int64_t T = x.size(0), k = indices.size(1), H = x.size(1), E = experts.gate_proj.size(0);
+    if (T == 0) return at::zeros_like(x);
+    // The (token, slot) pairs sorted by expert (stable: a token's pairs keep their order within an expert), and each
+    // expert's end offset in that order, all on the device.
+    const auto [sorted, order] = at::sort(indices.reshape({-1}).to(at::kLong), /*stable=*/std::optional<bool>(true),
+                                          /*dim=*/0, /*descending=*/false);
+    const at::Tensor offs =
+        at::searchsorted(sorted, at::arange(E, sorted.options()), /*out_int32=*/true, /*right=*/true);
+    const at::Tensor xs = x.index_select(0, order.div(k, "floor")).to(dtype);  // [T·k, H] grouped by expert
+    const auto mm = [&](const at::Tensor& a, const at::Tensor& w) {
+        return at::_grouped_mm(a, w.to(dtype).transpose(1, 2), offs);  // [T·k, N]: each expert's rows times w[e]ᵀ
+    };
+    const at::Tensor out = mm(silu_times(mm(xs, experts.gate_proj), mm(xs, experts.up_proj), Impl::kAuto),
+                              experts.down_proj);  // [T·k, H]
+    // Back in (token, slot) order, weighted in fp32 and summed over the slots in slot order: no atomics, so the
+    // result does not depend on the order the device adds in.
+    const at::Tensor pairs = at::empty_like(out).index_copy_(0, order, out).to(at::kFloat).view({T, k, H});
+    return (pairs * weights.to(at::kFloat).unsqueeze(2)).sum(1).to(x.scalar_type());
 }
 
 at::Tensor routed_experts_dense(const at::Tensor& x,
@@ -138,19 +186,37 @@ MoeOutput moe_dense_kernels(const at::Tensor& x, const MoeWeights& w, const Rout
     return out;
 }
 
+// Whether autograd would record the block (then only the ATen paths run).
+bool records_grad(const at::Tensor& x, const MoeWeights& w) {
+    return at::GradMode::is_enabled() &&
+           (x.requires_grad() || w.gate.requires_grad() || w.experts.gate_proj.requires_grad() ||
+            w.experts.up_proj.requires_grad() || w.experts.down_proj.requires_grad());
+}
+
 // Whether the dense routed experts run on the kernels: CUDA, no autograd, no replay, impl not reference, and the
 // stacked expert weights as the router kernel and the reshapes take them.
 bool dense_kernels_fit(
     const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, const at::Tensor& replay, Impl impl) {
     if (!built_with_cuda() || impl == Impl::kReference || replay.defined() || !x.is_cuda() || x.dim() != 2 ||
-        !elem_kernel_takes(x.scalar_type()))
-        return false;
-    if (at::GradMode::is_enabled() &&
-        (x.requires_grad() || w.gate.requires_grad() || w.experts.gate_proj.requires_grad() ||
-         w.experts.up_proj.requires_grad() || w.experts.down_proj.requires_grad()))
+        !elem_kernel_takes(x.scalar_type()) || records_grad(x, w))
         return false;
     return cuda::route_kernel_takes(opt) && w.experts.gate_proj.dim() == 3 &&
            w.experts.gate_proj.size(0) == opt.n_routed_experts;
+}
+
+// The dtype the grouped matmuls run in where routed_experts_grouped takes the block (CUDA, no autograd, impl not
+// reference, bf16 compute — x's dtype, or autocast's — and rows of whole 16-byte vectors), else nullopt.
+std::optional<c10::ScalarType> grouped_dtype(const at::Tensor& x, const MoeWeights& w, Impl impl) {
+    if (impl == Impl::kReference || !x.is_cuda() || x.dim() != 2 || records_grad(x, w) ||
+        w.experts.gate_proj.dim() != 3)
+        return std::nullopt;
+    const c10::ScalarType dtype =
+        at::autocast::is_autocast_enabled(at::kCUDA) ? at::autocast::get_autocast_dtype(at::kCUDA) : x.scalar_type();
+    if (dtype != at::kBFloat16 || x.size(1) % 8 != 0 || w.experts.gate_proj.size(1) % 8 != 0) return std::nullopt;
+    for (const at::Tensor* t : {&w.experts.gate_proj, &w.experts.up_proj, &w.experts.down_proj}) {
+        if (t->scalar_type() == dtype && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return std::nullopt;
+    }
+    return dtype;
 }
 
 }  // namespace
@@ -167,9 +233,16 @@ MoeOutput moe_forward(const at::Tensor& x,
         out = moe_dense_kernels(x, w, opt);
     } else {
         out.route = route(x, w.gate, w.bias, opt, replay);
-        out.y = ep != nullptr ? routed_experts_ep(x, out.route.indices, out.route.weights, w.experts, *ep)
-                : dense       ? routed_experts_dense(x, out.route.indices, out.route.weights, w.experts)
-                              : routed_experts(x, out.route.indices, out.route.weights, w.experts);
+        const Route& r = out.route;
+        if (ep != nullptr) {
+            out.y = routed_experts_ep(x, r.indices, r.weights, w.experts, *ep);
+        } else if (dense) {
+            out.y = routed_experts_dense(x, r.indices, r.weights, w.experts);
+        } else if (const auto dtype = grouped_dtype(x, w, impl)) {
+            out.y = routed_experts_grouped(x, r.indices, r.weights, w.experts, *dtype);
+        } else {
+            out.y = routed_experts(x, r.indices, r.weights, w.experts);
+        }
     }
     if (w.shared.gate_proj.defined()) {
         out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj, impl);

@@ -51,6 +51,17 @@ at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& weights,
                           const SwiGluWeights& experts);
 
+/// routed_experts as three grouped matmuls (at::_grouped_mm: each over every expert's rows at once) in `dtype`: the
+/// (token, slot) pairs sorted by expert on the device, no host sync, about ten kernels whatever the number of experts
+/// (the loop launches about eight per expert and syncs once). The pairs are summed in fp32, in slot order, then cast;
+/// equal to routed_experts up to rounding. moe_forward runs it on CUDA without autograd (a rollout's prefill) in bf16
+/// compute with impl not reference; any device and dtype _grouped_mm takes work (CPU tests).
+at::Tensor routed_experts_grouped(const at::Tensor& x,
+                                  const at::Tensor& indices,
+                                  const at::Tensor& weights,
+                                  const SwiGluWeights& experts,
+                                  c10::ScalarType dtype);
+
 /// routed_experts with every expert run on every token — three matmuls batched over the expert dimension, the
 /// unselected pairs weighted 0 — so a fixed handful of kernels and no host sync, whatever the routes. For small
 /// token counts on a GPU (the rollout engine's decode steps), where a batch reaches most experts anyway and the
@@ -66,6 +77,7 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 /// (collective). `dense` runs routed_experts_dense (not under expert parallelism); on CUDA without autograd or
 /// replay (a rollout decode step) and impl not reference, it runs on the kernels instead (moe/moe_cuda.h): the router's
 /// selection as one kernel, the experts' SwiGLU weighted before their down projections, out.route.scores undefined.
+/// Otherwise, on CUDA without autograd in bf16 compute (impl not reference), routed_experts_grouped runs the experts.
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,

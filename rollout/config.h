@@ -36,9 +36,13 @@ struct EngineOptions {
     /// Under autocast (bf16 on CUDA): generate with lower-precision copies of the matmul weights made once per call
     /// (dsa::Model::autocast_weights; the same records bit for bit) instead of casting each weight in every step.
     bool cast_weights_once = true;
-    /// Tests (not a config key): on CPU, run the bucketed step that the CUDA graphs replay (padded rows, block tables
-    /// padded to a power of two), eagerly.
-    bool buckets_on_cpu = false;
+    /// Tests and profiles (not a config key): where no graph replays (CPU; CUDA with cuda_graphs off), run the bucketed
+    /// step that the CUDA graphs replay (padded rows, block tables padded to a power of two) eagerly.
+    bool eager_buckets = false;
+    /// Benchmarks (not a config key): on CUDA with graphs, time this many back-to-back replays of each bucket's graph
+    /// right after its capture (inputs still the scratch block's), alone and with the copies around each step
+    /// (GenerationStats::graph_replay_us, graph_step_us).
+    int64_t probe_replays = 0;
 };
 
 }  // namespace rollout

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #ifdef DSRL_WITH_CUDA
 #include <ATen/autocast_mode.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -168,7 +170,7 @@ public:
           record_masks_(opt.record_kept && (opt.sampling.greedy() || truncates(opt.sampling, cfg_.vocab_size))),
           // Collectives of expert parallelism run between the kernels: such steps are launched one by one.
           use_graphs_(device_.is_cuda() && opt.engine.cuda_graphs && model.expert_parallel() == nullptr),
-          bucketed_(use_graphs_ || (!device_.is_cuda() && opt.engine.buckets_on_cpu)) {
+          bucketed_(use_graphs_ || opt.engine.eager_buckets) {
         seqs_.resize(requests.size());
         for (size_t i = 0; i < requests.size(); ++i) {
             const GenerationRequest& r = requests[i];
@@ -551,22 +553,16 @@ private:
             g.in.pos.copy_(start, /*non_blocking=*/true);
             g.in.logits.narrow(0, 0, rows).copy_(last_logits_);
             if (!any_forced) g.in.forced.fill_(-1);
+            window_begin();
             for (int64_t s = 0; s < steps; ++s) {
                 RECORD_USER_SCOPE(kDecodeScope);
-                g.in.uniform.copy_(uniforms[s]);
-                if (any_forced) g.in.forced.copy_(forced_dev.select(1, s));
-                if (g.graph) {
-                    g.graph->replay();
-                } else {
-                    g.out = decode_step(g.in);  // the bucketed step, eagerly (CPU tests)
-                }
-                keep_records(g.out, rows, /*copy=*/true);
-                g.in.logits.copy_(g.out.logits);
-                g.in.pos.add_(1);
+                bucket_step(g, rows, uniforms[s], any_forced ? forced_dev.select(1, s) : at::Tensor());
             }
+            window_end();
             last_logits_ = g.in.logits.narrow(0, 0, rows).clone();
             stats_.padded_row_steps += (padded - rows) * steps;
         } else {
+            window_begin();
             for (int64_t s = 0; s < steps; ++s) {
                 RECORD_USER_SCOPE(kDecodeScope);
                 const StepOut out = decode_step({.logits = last_logits_,
@@ -578,6 +574,7 @@ private:
                 keep_records(out, rows, /*copy=*/false);
                 last_logits_ = out.logits;
             }
+            window_end();
         }
         stats_.launch_seconds += seconds_since(t_launch);
         stats_.decode_steps += steps;
@@ -608,6 +605,33 @@ private:
         std::unique_ptr<NoGraph> graph;
 #endif
     };
+
+    // One step of a bucket: its inputs copied in, the graph replayed (or the bucketed step run eagerly: CPU tests),
+    // rows [0, rows) of its records kept, its logits and positions carried to the next step.
+    void bucket_step(Graph& g, int64_t rows, const at::Tensor& uniform, const at::Tensor& forced) {
+        g.in.uniform.copy_(uniform);
+        if (forced.defined()) g.in.forced.copy_(forced);
+        if (g.graph) {
+            g.graph->replay();
+        } else {
+            g.out = decode_step(g.in);
+        }
+        keep_records(g.out, rows, /*copy=*/true);
+        g.in.logits.copy_(g.out.logits);
+        g.in.pos.add_(1);
+    }
+
+    // CUDA events around a window's steps, read at its flush (GenerationStats::device_decode_seconds).
+    void window_begin() {
+#ifdef DSRL_WITH_CUDA
+        if (device_.is_cuda()) window_events_.first.record();
+#endif
+    }
+    void window_end() {
+#ifdef DSRL_WITH_CUDA
+        if (device_.is_cuda()) window_events_.second.record();
+#endif
+    }
 
     // The bucket's graph, captured on first use: an eager warm-up step on a side stream (lazy initializations stay out
     // of the graph), then the capture. Padded rows and the warm-up write only to the scratch block. The graphs share
@@ -660,6 +684,7 @@ private:
             g.graph->instantiate();
         }
         c10::cuda::device_synchronize();
+        if (opt_.engine.probe_replays > 0 && static_cast<int64_t>(rows) * width >= probed_) probe(g, rows);
         at::autocast::set_autocast_cache_enabled(cast_cache);
 #endif
         ++stats_.graphs_captured;
@@ -668,6 +693,37 @@ private:
                         << " blocks in " << seconds_since(t0) << " s";
         return g;
     }
+
+#ifdef DSRL_WITH_CUDA
+    // Times opt.engine.probe_replays back-to-back replays of a just-captured graph, alone and as bucket_step runs them.
+    // Its inputs still point every row at the scratch block, so the replays write nothing a sequence reads.
+    void probe(Graph& g, int64_t rows) {
+        probed_ = rows * g.in.table.size(1);
+        const int64_t n = opt_.engine.probe_replays;
+        const auto timed = [&](const std::function<void()>& fn) {
+            at::cuda::CUDAEvent a(cudaEventDefault), b(cudaEventDefault);
+            fn();  // once untimed (first launches upload the graph)
+            a.record();
+            for (int64_t i = 0; i < n; ++i) fn();
+            b.record();
+            b.synchronize();
+            return 1e3 * static_cast<double>(a.elapsed_time(b)) / static_cast<double>(n);
+        };
+        stats_.graph_replay_us = timed([&] { g.graph->replay(); });
+        const at::Tensor uniform = g.in.uniform.clone();
+        stats_.graph_step_us = timed([&] {
+            bucket_step(g, rows, uniform, at::Tensor());
+            win_tokens_.clear();
+            win_logp_.clear();
+            win_kept_.clear();
+            win_routes_.clear();
+            win_topk_.clear();
+        });
+        g.in.pos.zero_();
+        g.in.logits.zero_();
+        c10::cuda::device_synchronize();
+    }
+#endif
 
     // Copies the window's tokens and records to the host (the one sync), appends them to the samples, and removes
     // the finished rows. Returns the number that finished.
@@ -684,6 +740,12 @@ private:
         const at::Tensor topk =
             win_topk_.empty() ? at::Tensor() : at::stack(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
         stats_.wait_seconds += seconds_since(t0);
+#ifdef DSRL_WITH_CUDA
+        if (device_.is_cuda()) {
+            stats_.device_decode_seconds +=
+                1e-3 * static_cast<double>(window_events_.first.elapsed_time(window_events_.second));
+        }
+#endif
         const auto t_records = Clock::now();
         const int64_t* ptok = tokens.data_ptr<int64_t>();
         const float* plp = logp.data_ptr<float>();
@@ -775,6 +837,8 @@ private:
     std::map<std::pair<int64_t, int64_t>, Graph> graphs_;  // (rows, block-table width) -> captured step
 #ifdef DSRL_WITH_CUDA
     at::cuda::MempoolId_t graph_pool_{0, 0};
+    std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent> window_events_{cudaEventDefault, cudaEventDefault};
+    int64_t probed_ = 0;  // rows x width of the largest graph probed so far
 #endif
 };
 

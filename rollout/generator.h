@@ -70,6 +70,12 @@ struct GenerationStats {
     /// uniforms), launching its steps (graph replays or kernels), waiting for the device at each window's copy to the
     /// host, and turning the copied records into samples.
     double setup_seconds = 0, launch_seconds = 0, wait_seconds = 0, record_seconds = 0;
+    /// Continuous engine on CUDA: the device's time for the decode windows, from each window's first step to its last
+    /// (CUDA events; idle gaps inside a window count).
+    double device_decode_seconds = 0;
+    /// With EngineOptions::probe_replays, the largest bucket's graph: microseconds per back-to-back replay, and per
+    /// step as a window runs it (the replay plus the copies of inputs and records around it).
+    double graph_replay_us = 0, graph_step_us = 0;
     GenerationStats& operator+=(const GenerationStats& o) {
         graphs_captured += o.graphs_captured;
         capture_seconds += o.capture_seconds;
@@ -78,6 +84,11 @@ struct GenerationStats {
             graph_nodes = o.graph_nodes;
             graph_node_kinds = o.graph_node_kinds;
         }
+        if (o.graph_replay_us > 0 && o.graph_nodes >= graph_nodes) {
+            graph_replay_us = o.graph_replay_us;
+            graph_step_us = o.graph_step_us;
+        }
+        device_decode_seconds += o.device_decode_seconds;
         prefill_calls += o.prefill_calls;
         prefill_tokens += o.prefill_tokens;
         preemptions += o.preemptions;

@@ -2,9 +2,11 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/flip.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <gtest/gtest.h>
 
 #include "core/rng.h"
@@ -65,6 +67,34 @@ TEST(MoeBlockTest, DenseExpertsMatchTheGroupedOnesAndTheFormula) {
         EXPECT_ALL_CLOSE("dense moe y", dense.y, grouped.y, 1e-5, 1e-5);
         EXPECT_ALL_CLOSE("dense moe y vs formula", dense.y, naive(x, w, dense.route), 1e-5, 1e-5);
     }
+}
+
+// The grouped matmuls (the rollout prefill's path on CUDA) run anywhere _grouped_mm does: on the CPU in fp32 they are
+// the loop's sums in another order. Experts no token picks, one token, and no token at all included.
+TEST(MoeBlockTest, GroupedMatmulExpertsMatchTheLoop) {
+    auto gen = rng::make_cpu_generator(25);
+    const MoeWeights w = random_weights(8, 16, 12, gen);
+    for (const int64_t tokens : {1, 3, 64}) {
+        const at::Tensor x = at::randn({tokens, 16}, gen);
+        const Route r = route(x, w.gate, w.bias, kOpt);
+        const at::Tensor loop = routed_experts(x, r.indices, r.weights, w.experts);
+        const at::Tensor grouped = routed_experts_grouped(x, r.indices, r.weights, w.experts, at::kFloat);
+        EXPECT_ALL_CLOSE("grouped vs loop", grouped, loop, 1e-5, 1e-5);
+        // Every pair on one expert (the others empty), and the slots in either order.
+        const at::Tensor one = at::zeros_like(r.indices) + 5;
+        EXPECT_ALL_CLOSE("grouped one expert", routed_experts_grouped(x, one, r.weights, w.experts, at::kFloat),
+                         routed_experts(x, one, r.weights, w.experts), 1e-5, 1e-5);
+        const at::Tensor flipped = r.indices.flip(1), wflipped = r.weights.flip(1);
+        EXPECT_ALL_CLOSE("grouped, slots flipped", routed_experts_grouped(x, flipped, wflipped, w.experts, at::kFloat),
+                         loop, 1e-5, 1e-5);
+    }
+    const at::Tensor none = at::zeros({0, 16});
+    EXPECT_EQ(
+        routed_experts_grouped(none, at::zeros({0, 2}, at::kLong), at::zeros({0, 2}), w.experts, at::kFloat).sizes(),
+        none.sizes());
+    EXPECT_THROW(routed_experts_grouped(at::zeros({3, 15}), at::zeros({3, 2}, at::kLong), at::zeros({3, 2}), w.experts,
+                                        at::kFloat),
+                 c10::Error);
 }
 
 TEST(MoeBlockTest, GradientsMatchTheNaiveFormula) {

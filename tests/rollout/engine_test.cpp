@@ -125,8 +125,8 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         {"blocks of 5 (copy on write)", {.block_size = 5}, 64},
         {"token budget 120", {.max_tokens_in_flight = 120}, 64},
         // The step CUDA graphs replay: rows padded to a power of two, block tables padded (keys past a row masked).
-        {"bucketed step", {.buckets_on_cpu = true}, 64},
-        {"bucketed step, batch of 6, blocks of 5", {.block_size = 5, .buckets_on_cpu = true}, 6},
+        {"bucketed step", {.eager_buckets = true}, 64},
+        {"bucketed step, batch of 6, blocks of 5", {.block_size = 5, .eager_buckets = true}, 6},
     };
     for (const Case& c : cases) {
         GenerationStats stats;
@@ -139,7 +139,7 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         if (c.engine.sync_interval > 1) {
             EXPECT_GT(stats.wasted_row_steps, 0) << c.name;
         }
-        if (c.engine.buckets_on_cpu) {
+        if (c.engine.eager_buckets) {
             EXPECT_GT(stats.padded_row_steps, 0) << c.name << ": rows padded to a bucket";
         }
         if (c.engine.sync_interval <= 1) {
@@ -207,7 +207,7 @@ TEST(EngineTest, AFullCachePreemptsAndRecomputesWithTheSameRecords) {
     GenerationStats bucketed;
     expect_same_records(
         want,
-        generate_continuous(m, tok, reqs, options({.block_size = 4, .cache_blocks = 20, .buckets_on_cpu = true}),
+        generate_continuous(m, tok, reqs, options({.block_size = 4, .cache_blocks = 20, .eager_buckets = true}),
                             &bucketed),
         "cache of 20 blocks, bucketed step");
     EXPECT_GT(bucketed.preemptions, 0);
@@ -237,13 +237,13 @@ TEST(EngineTest, WeightsCastOnceGiveTheSameRecordsUnderAutocast) {
     const std::vector<Sample> plain = generate(m, tok, reqs, options({}), nullptr);
     const AutocastScope amp(at::kCPU, /*enabled=*/true, /*on_cpu=*/true);  // bf16 autocast on the CPU
     for (const EngineOptions& e :
-         {EngineOptions{.kind = "static"}, EngineOptions{.block_size = 5}, EngineOptions{.buckets_on_cpu = true}}) {
+         {EngineOptions{.kind = "static"}, EngineOptions{.block_size = 5}, EngineOptions{.eager_buckets = true}}) {
         EngineOptions every_step = e;
         every_step.cast_weights_once = false;
         const std::vector<Sample> want = generate(m, tok, reqs, options(every_step), nullptr);
         const std::vector<Sample> got = generate(m, tok, reqs, options(e), nullptr);
         SCOPED_TRACE(
-            absl::StrCat("engine ", e.kind, ", block size ", e.block_size, e.buckets_on_cpu ? ", bucketed" : ""));
+            absl::StrCat("engine ", e.kind, ", block size ", e.block_size, e.eager_buckets ? ", bucketed" : ""));
         ASSERT_EQ(want.size(), got.size());
         bool autocast_changed_something = false;
         for (size_t i = 0; i < want.size(); ++i) {
