@@ -15,6 +15,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -120,6 +121,7 @@ at::Tensor indexer_logits(const at::Tensor& q,
                           double scale,
                           const at::Tensor& query_pos,
                           const at::Tensor& key_valid) {
+    RECORD_FUNCTION("dsrl::indexer_logits", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "indexer_logits (cuda)";
     const Dims d = check_indexer_args(op, q, k, w, query_pos, key_valid);
     TORCH_CHECK(q.scalar_type() == at::kBFloat16, op, ": q must be bf16, got ", q.scalar_type(),
@@ -127,7 +129,7 @@ at::Tensor indexer_logits(const at::Tensor& q,
     TORCH_CHECK(k.scalar_type() == at::kBFloat16, op, ": k must be bf16, got ", k.scalar_type(),
                 " (cast with .to(at::kBFloat16))");
     check_scale(op, scale);
-    const c10::cuda::CUDAGuard guard(q.device());
+    const c10::cuda::CUDAGuard on_device(q.device());
     const at::Tensor qc = q.contiguous(), kc = k.contiguous(), wc = contiguous_float(w);
     const at::Tensor pos = contiguous_long(query_pos), valid = contiguous_bool(key_valid);
     at::Tensor out = at::empty({d.batch, d.queries, d.keys}, q.options().dtype(at::kFloat));
@@ -169,7 +171,7 @@ at::Tensor indexer_logits_fp8(const at::Tensor& q8,
     check_cuda(op, "q_scale", q_scale, q8.device());
     check_cuda(op, "k_scale", k_scale, q8.device());
     check_scale(op, scale);
-    const c10::cuda::CUDAGuard guard(q8.device());
+    const c10::cuda::CUDAGuard on_device(q8.device());
     const auto& prop = *at::cuda::getCurrentDeviceProperties();
     TORCH_CHECK(prop.major * 10 + prop.minor >= 89, op, ": e4m3 tensor cores need sm_89+, got sm_", prop.major,
                 prop.minor);
@@ -187,6 +189,7 @@ at::Tensor indexer_logits_fp8(const at::Tensor& q8,
 }
 
 at::Tensor topk_rows(const at::Tensor& logits, int64_t topk) {
+    RECORD_FUNCTION("dsrl::topk_rows", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "topk_rows (cuda)";
     TORCH_CHECK(logits.defined() && logits.dim() == 2, op, ": logits must be [R, S], got ",
                 logits.defined() ? logits.sizes() : c10::IntArrayRef{});
@@ -198,7 +201,7 @@ at::Tensor topk_rows(const at::Tensor& logits, int64_t topk) {
                 logits.sizes());
     TORCH_CHECK(logits.size(0) <= std::numeric_limits<int32_t>::max(), op, ": at most 2^31 - 1 rows, got ",
                 logits.sizes());
-    const c10::cuda::CUDAGuard guard(logits.device());
+    const c10::cuda::CUDAGuard on_device(logits.device());
     const at::Tensor x = logits.stride(1) == 1 ? logits : logits.contiguous();
     at::Tensor out = at::empty({x.size(0), topk}, x.options().dtype(at::kInt));
     if (x.size(0) == 0) return out;
@@ -243,7 +246,7 @@ at::Tensor indexer_topk(const at::Tensor& q,
         TORCH_CHECK(k.scalar_type() == at::kBFloat16, op, ": k must be bf16, got ", k.scalar_type(),
                     " (cast with .to(at::kBFloat16), or pass fp8 = true)");
     }
-    const c10::cuda::CUDAGuard guard(q.device());
+    const c10::cuda::CUDAGuard on_device(q.device());
     at::Tensor out = at::empty({d.batch, d.queries, topk}, q.options().dtype(at::kInt));
     if (d.batch == 0 || d.queries == 0) return out;
     const cudaStream_t stream = stream_of(q);
@@ -314,7 +317,7 @@ IndexerGrads indexer_logits_backward(const at::Tensor& q,
                 grad_logits.defined() ? grad_logits.sizes() : c10::IntArrayRef{});
     check_cuda(op, "grad_logits", grad_logits, q.device());
     check_scale(op, scale);
-    const c10::cuda::CUDAGuard guard(q.device());
+    const c10::cuda::CUDAGuard on_device(q.device());
     if (q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16) {
         const at::Tensor qc = q.contiguous(), kc = k.contiguous(), wc = contiguous_float(w);
         const at::Tensor pos = contiguous_long(query_pos), valid = contiguous_bool(key_valid);

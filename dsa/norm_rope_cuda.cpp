@@ -6,6 +6,7 @@
 #include <ATen/cuda/CUDAContextLight.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/result_type.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -53,6 +54,7 @@ bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+    RECORD_FUNCTION("dsrl::rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "rms_norm (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim, got ", x.scalar_type(), " ",
@@ -66,7 +68,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
     const at::ScalarType out_type = at::result_type(weight, x);
-    const c10::cuda::CUDAGuard guard(x.device());
+    const c10::cuda::CUDAGuard on_device(x.device());
     at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_type));
     const kernels::RmsNormParams p{.x = x.data_ptr(),
                                    .x_type = kernel_elem(x.scalar_type()),
@@ -83,6 +85,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
+    RECORD_FUNCTION("dsrl::rope", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "rope (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 2 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor [..., D] with a contiguous last dim, got ", x.scalar_type(),
@@ -107,7 +110,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const int64_t stride = row_stride(x, per_head ? 2 : 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
-    const c10::cuda::CUDAGuard guard(x.device());
+    const c10::cuda::CUDAGuard on_device(x.device());
     at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     const kernels::RopeParams p{.x = x.data_ptr(),
                                 .type = kernel_elem(x.scalar_type()),

@@ -2,6 +2,7 @@
 #include "dsa/paged_slots_cuda.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,6 +23,7 @@ at::Tensor paged_slots(const at::Tensor& read,
                        const at::Tensor& key_valid,
                        const at::Tensor& query_pos,
                        int64_t len) {
+    RECORD_FUNCTION("dsrl::paged_slots", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "paged_slots (cuda)";
     TORCH_CHECK(paged_slots_fit(read, topk), op,
                 ": read must be contiguous CUDA int64 [B, S] and topk contiguous int32 [B, L, K]; got ",
@@ -37,7 +39,7 @@ at::Tensor paged_slots(const at::Tensor& read,
                     "], contiguous on ", read.device());
     }
     const int64_t L = topk.defined() ? topk.size(1) : len, K = topk.defined() ? topk.size(2) : S;
-    const c10::cuda::CUDAGuard guard(read.device());
+    const c10::cuda::CUDAGuard on_device(read.device());
     at::Tensor out = at::empty({B, L, K}, read.options());
     const kernels::PagedSlotsParams p{.read = read.data_ptr<int64_t>(),
                                       .topk = topk.defined() ? topk.data_ptr<int32_t>() : nullptr,

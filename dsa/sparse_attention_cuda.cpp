@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/record_function.h>
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
@@ -77,7 +78,7 @@ public:
                                  double scale,
                                  int64_t kernel) {
         const Inputs in = prepare(q_lat_in, q_pe_in, c_kv_in, k_pe_in, indices_in);
-        const c10::cuda::CUDAGuard guard(in.q_lat.device());
+        const c10::cuda::CUDAGuard on_device(in.q_lat.device());
         const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.q_lat.device().index()).stream();
         const int64_t B = in.q_lat.size(0), T = in.q_lat.size(1), H = in.q_lat.size(2);
         at::Tensor out = at::empty({B, T, H, kernels::kMlaLatentDim}, in.q_lat.options());
@@ -133,7 +134,7 @@ public:
             grad_q_pe.zero_();
         } else {
             const at::Tensor grad_out = grads[0].to(q_lat.scalar_type()).contiguous();
-            const c10::cuda::CUDAGuard guard(q_lat.device());
+            const c10::cuda::CUDAGuard on_device(q_lat.device());
             const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream();
             const at::Tensor delta = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
             C10_CUDA_CHECK(kernels::launch_sparse_mla_delta(grad_out.data_ptr(), out.data_ptr(),
@@ -229,38 +230,48 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                 const at::Tensor& k_pe,
                                 const at::Tensor& indices,
                                 double scale) {
+    RECORD_FUNCTION("dsrl::sparse_mla_simt", std::vector<c10::IValue>());  // names the kernel in profiles
     TORCH_CHECK(sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices),
                 "sparse attention (SIMT kernel): unsupported inputs q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(),
                 ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type(), ", indices ", indices.sizes(),
                 " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
-    const c10::cuda::CUDAGuard guard(q_lat.device());
+    const c10::cuda::CUDAGuard on_device(q_lat.device());
     const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
     const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
     const at::Tensor idx = indices.to(at::kLong).contiguous();
     at::Tensor out = at::empty({B, T, H, C}, q_lat.options());
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
-    const kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
-                                         .q_pe = qp.data_ptr(),
-                                         .q_type = kernel_elem(q_lat.scalar_type()),
-                                         .c_kv = c_kv.data_ptr(),
-                                         .k_pe = k_pe.data_ptr(),
-                                         .kv_type = kernel_elem(c_kv.scalar_type()),
-                                         .kv_batch_stride = c_kv.stride(0),
-                                         .kv_row_stride = c_kv.stride(1),
-                                         .pe_batch_stride = k_pe.stride(0),
-                                         .pe_row_stride = k_pe.stride(1),
-                                         .indices = idx.data_ptr<int64_t>(),
-                                         .num_queries = B * T,
-                                         .queries_per_batch = std::max<int64_t>(T, 1),
-                                         .heads = H,
-                                         .latent = C,
-                                         .rope = R,
-                                         .topk = idx.size(2),
-                                         .keys = c_kv.size(1),
-                                         .scale = static_cast<float>(scale),
-                                         .out = out.data_ptr(),
-                                         .out_type = kernel_elem(q_lat.scalar_type()),
-                                         .lse = lse.data_ptr<float>()};
+    // Few queries (a decode batch): each query's entries split over several blocks, merged by a second kernel.
+    const int64_t splits = kernels::sparse_mla_simt_splits(B * T, idx.size(2), num_sms(q_lat.device().index()));
+    const at::Tensor work =
+        at::empty({kernels::sparse_mla_simt_workspace(B * T, splits, H, C)}, q_lat.options().dtype(at::kFloat));
+    kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
+                                   .q_pe = qp.data_ptr(),
+                                   .q_type = kernel_elem(q_lat.scalar_type()),
+                                   .c_kv = c_kv.data_ptr(),
+                                   .k_pe = k_pe.data_ptr(),
+                                   .kv_type = kernel_elem(c_kv.scalar_type()),
+                                   .kv_batch_stride = c_kv.stride(0),
+                                   .kv_row_stride = c_kv.stride(1),
+                                   .pe_batch_stride = k_pe.stride(0),
+                                   .pe_row_stride = k_pe.stride(1),
+                                   .indices = idx.data_ptr<int64_t>(),
+                                   .num_queries = B * T,
+                                   .queries_per_batch = std::max<int64_t>(T, 1),
+                                   .heads = H,
+                                   .latent = C,
+                                   .rope = R,
+                                   .topk = idx.size(2),
+                                   .keys = c_kv.size(1),
+                                   .scale = static_cast<float>(scale),
+                                   .out = out.data_ptr(),
+                                   .out_type = kernel_elem(q_lat.scalar_type()),
+                                   .lse = lse.data_ptr<float>()};
+    if (splits > 1) {
+        p.splits = splits;
+        p.part_out = work.data_ptr<float>();
+        p.part_ml = p.part_out + B * T * splits * H * C;
+    }
     C10_CUDA_CHECK(
         kernels::launch_sparse_mla_simt(p, c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream()));
     return {out, lse};

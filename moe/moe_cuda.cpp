@@ -4,6 +4,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -41,6 +42,7 @@ bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt) {
 }
 
 Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {
+    RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "route (cuda)";
     TORCH_CHECK(route_kernel_fits(logits, opt), op, ": logits must be CUDA fp32 [T, ", opt.n_routed_experts,
                 "] contiguous (at most ", kernels::kRouteMaxExperts, " experts, 32 per token) without autograd; got ",
@@ -49,7 +51,7 @@ Route route_select(const at::Tensor& logits, const at::Tensor& bias, const Route
                 ": bias must be [", opt.n_routed_experts, "] on ", logits.device(), ", got ", bias.sizes());
     const at::Tensor b = bias.to(at::kFloat).contiguous();
     const int64_t T = logits.size(0), E = opt.n_routed_experts, k = opt.num_experts_per_tok;
-    const c10::cuda::CUDAGuard guard(logits.device());
+    const c10::cuda::CUDAGuard on_device(logits.device());
     Route r;
     r.logits = logits;
     r.indices = at::empty({T, k}, logits.options().dtype(at::kLong));
@@ -79,6 +81,7 @@ bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& weight, int64_t group) {
+    RECORD_FUNCTION("dsrl::silu_mul", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "silu_mul (cuda)";
     TORCH_CHECK(silu_mul_fits(gate, up), op,
                 ": gate and up must be CUDA fp32/bf16/fp16 [T, C] of one type with "
@@ -92,7 +95,7 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, const at::Tens
                     op, ": weight must be contiguous fp32 [", T, ", ", C, " / ", group, "] on ", gate.device(),
                     ", got ", weight.scalar_type(), " ", weight.sizes());
     }
-    const c10::cuda::CUDAGuard guard(gate.device());
+    const c10::cuda::CUDAGuard on_device(gate.device());
     at::Tensor out = at::empty({T, C}, gate.options());
     const kernels::SiluMulParams p{.gate = gate.data_ptr(),
                                    .gate_row_stride = rows_stride(gate),

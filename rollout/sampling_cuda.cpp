@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -23,6 +24,7 @@ Sampled sample(const at::Tensor& logits,
                const at::Tensor& forced,
                const SamplingParams& p,
                bool kept_bits) {
+    RECORD_FUNCTION("dsrl::sample", std::vector<c10::IValue>());  // names the kernel in profiles
     constexpr const char* op = "sample (cuda)";
     TORCH_CHECK(sample_kernel_fits(logits), op,
                 ": logits must be contiguous CUDA fp32 [R, V] with V <= ", kernels::kSampleMaxVocab, ", got ",
@@ -37,7 +39,7 @@ Sampled sample(const at::Tensor& logits,
                 op, ": forced must be contiguous int64 [", R, "] on ", logits.device());
     TORCH_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.top_k >= 0 && p.min_p >= 0 && p.min_p <= 1, op,
                 ": invalid sampling parameters");
-    const c10::cuda::CUDAGuard guard(logits.device());
+    const c10::cuda::CUDAGuard on_device(logits.device());
     Sampled s;
     s.tokens = at::empty({R}, logits.options().dtype(at::kLong));
     s.logp = at::empty({R}, logits.options());

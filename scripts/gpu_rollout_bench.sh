@@ -4,7 +4,8 @@
 # 256, profiles a decode step (every kernel by name, per step; Chrome traces in $OUT) at each batch of
 # DSRL_PROFILE_BATCHES (default 1 and 256; "" skips), then a few GRPO steps of single_gpu.yaml with the continuous and
 # the static engine (generated tok/s per step). With Nsight Systems installed, also a node-level trace of the graphed
-# decode at batch 256 summarized by bench/graph_gaps.py.
+# decode at batch 256 summarized by bench/graph_gaps.py. The bench rows also give each batch's device time per step (CUDA
+# events) and the largest graph's back-to-back replay time; bench/trace_kernels.py lists the padded step's kernels.
 #   bash scripts/gpu_rollout_bench.sh            # on the lent GPU machine: see scripts/gpu_test.sh for the preamble
 # Logs and figures go to $OUT when set, else build-gpu/rollout_bench/.
 set -euo pipefail
@@ -50,6 +51,12 @@ for once in ${DSRL_PROFILE_CAST-1 0}; do
         --cast-once "$once" --new-tokens "${DSRL_ROLLOUT_NEW:-128}" 2>>"$logs/bench_rollout.err" |
         tee "$logs/decode_profile_autocast_once$once.txt" | grep -A 12 "^profile of" || status=1
 done
+# The padded step the graphs replay, launched kernel by kernel (their shapes), every kernel with its launching op.
+"$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --compare 0 --profile 256 --profile-buckets 1 \
+    --new-tokens 24 --trace "$logs/buckets256.json" >/dev/null 2>>"$logs/bench_rollout.err" &&
+    "$python" bench/trace_kernels.py "$logs/buckets256.json" --top 40 | tee "$logs/buckets256_kernels.txt" ||
+    { echo "the padded step's trace failed"; status=1; }
+gzip -f "$logs/buckets256.json" 2>/dev/null || true
 # A graphed step's device time against its kernels and the gaps between them (Nsight Systems, graph nodes traced).
 nsys_bin=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
 if [ -n "$nsys_bin" ]; then

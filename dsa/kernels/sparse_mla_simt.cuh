@@ -1,8 +1,11 @@
 // A forward-only sparse MLA kernel for the shapes the Hopper kernels (sparse_mla.cuh, entry 512 + 64) do not take:
-// any latent C and rope R, any heads H (H·C ≤ 8192), fp32/bf16/fp16 operands, fp32 arithmetic. One block per query;
-// the query's selected entries are read straight from the cache in tiles (no gathered copy), every head scores each
-// tile, and an online softmax accumulates o_lat. Contract of dsa::sparse_mla_attention: −1 (or an index outside
-// [0, S)) is an invalid entry; a query with none gets out = 0 and lse = −inf. Sees no torch types.
+// any latent C and rope R, any heads H (H·C ≤ 8192), fp32/bf16/fp16 operands, fp32 arithmetic. A block takes one
+// query and one split of its K selected entries; the entries are read straight from the cache in tiles (no gathered
+// copy; each warp loads whole rows, several loads in flight per lane), each (head, entry) score is one warp's dot
+// product, and an online softmax accumulates o_lat over the split's tiles. With one split the block writes the result;
+// with several (few queries: a decode batch) each writes its unnormalized o_lat, max and sum, and a second kernel
+// merges the splits in order (deterministic). Contract of dsa::sparse_mla_attention: −1 (or an index outside [0, S))
+// is an invalid entry; a query with none gets out = 0 and lse = −inf. Sees no torch types.
 #pragma once
 
 #include <cstdint>
@@ -31,12 +34,24 @@ struct SparseMlaSimtParams {
     void* out;  // [N, H, C] contiguous, out_type
     Elem out_type;
     float* lse;  // [N, H]
+    // Splits of the K entries per query (sparse_mla_simt_splits); with more than one, workspaces of
+    // sparse_mla_simt_workspace floats: part_out [N, splits, H, C] and part_ml [N, splits, H, 2].
+    int64_t splits = 1;
+    float* part_out = nullptr;
+    float* part_ml = nullptr;
 };
 
 /// Dynamic shared memory one block needs (bytes).
 int64_t sparse_mla_simt_smem(int64_t heads, int64_t latent, int64_t rope);
 
-/// Launches one block per query on `stream`; raises the block's shared-memory limit first when needed.
+/// Splits per query that give `sms` multiprocessors about four blocks each (1 for many queries; at most one per tile).
+int64_t sparse_mla_simt_splits(int64_t num_queries, int64_t topk, int sms);
+
+/// Floats of part_out and part_ml together for `splits` > 1 (0 for one split).
+int64_t sparse_mla_simt_workspace(int64_t num_queries, int64_t splits, int64_t heads, int64_t latent);
+
+/// Launches num_queries × splits blocks on `stream` (and the merge when splits > 1); raises the block's
+/// shared-memory limit first when needed.
 cudaError_t launch_sparse_mla_simt(const SparseMlaSimtParams& p, cudaStream_t stream);
 
 }  // namespace dsrl::kernels

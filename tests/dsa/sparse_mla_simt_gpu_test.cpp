@@ -68,7 +68,8 @@ TEST(SparseMlaSimtTest, MatchesTheReference) {
     DSRL_REQUIRE_CUDA();
     at::NoGradGuard no_grad;
     // single_gpu.yaml's decode (queries of every row as one sequence over the pool), the demo model, a prefill-like
-    // batch, heads x latent at the limit, K not a multiple of the tile.
+    // batch, heads x latent at the limit, K not a multiple of the tile, one query (its entries over eight blocks and
+    // the merge), many queries (one block each).
     for (const Shape& s :
          {Shape{
               1,
@@ -79,7 +80,8 @@ TEST(SparseMlaSimtTest, MatchesTheReference) {
               128,
               2000,
           },
-          Shape{1, 7, 4, 32, 16, 12, 50}, Shape{2, 33, 12, 256, 32, 128, 300}, Shape{1, 3, 16, 512, 64, 37, 100}}) {
+          Shape{1, 7, 4, 32, 16, 12, 50}, Shape{2, 33, 12, 256, 32, 128, 300}, Shape{1, 3, 16, 512, 64, 37, 100},
+          Shape{1, 1, 12, 256, 32, 128, 500}, Shape{1, 600, 12, 256, 32, 128, 700}}) {
         check(s, at::kFloat, at::kFloat, false);
         check(s, at::kBFloat16, at::kBFloat16, true);
         check(s, at::kBFloat16, at::kFloat, true);  // bf16 autocast over an fp32 pool
