@@ -243,8 +243,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
     // Few queries (a decode batch): each query's entries split over several blocks, merged by a second kernel.
     const int64_t splits = kernels::sparse_mla_simt_splits(B * T, idx.size(2), num_sms(q_lat.device().index()));
-    const at::Tensor work =
-        at::empty({kernels::sparse_mla_simt_workspace(B * T, splits, H, C)}, q_lat.options().dtype(at::kFloat));
+    at::Tensor work;  // the splits' partial results, alive until the launches are queued
     kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
                                    .q_pe = qp.data_ptr(),
                                    .q_type = kernel_elem(q_lat.scalar_type()),
@@ -268,6 +267,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                    .out_type = kernel_elem(q_lat.scalar_type()),
                                    .lse = lse.data_ptr<float>()};
     if (splits > 1) {
+        work = at::empty({kernels::sparse_mla_simt_workspace(B * T, splits, H, C)}, q_lat.options().dtype(at::kFloat));
         p.splits = splits;
         p.part_out = work.data_ptr<float>();
         p.part_ml = p.part_out + B * T * splits * H * C;

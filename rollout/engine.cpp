@@ -482,6 +482,10 @@ private:
         return out;
     }
 
+    void clear_window_records() {
+        for (std::vector<at::Tensor>* v : {&win_tokens_, &win_logp_, &win_kept_, &win_routes_, &win_topk_}) v->clear();
+    }
+
     // Keeps rows [0, rows) of a step's records for the window's flush (copies: a graph's outputs are overwritten by
     // its next replay).
     void keep_records(const StepOut& out, int64_t rows, bool copy) {
@@ -542,11 +546,7 @@ private:
         const at::Tensor uniforms = upload(at::stack(draws, 0), device_);  // [steps, R, 1]
         stats_.setup_seconds += seconds_since(t0);
         const auto t_launch = Clock::now();
-        win_tokens_.clear();
-        win_logp_.clear();
-        win_kept_.clear();
-        win_routes_.clear();
-        win_topk_.clear();
+        clear_window_records();
         if (bucketed_) {
             Graph& g = graph(padded, width);
             g.in.table.copy_(table, /*non_blocking=*/true);
@@ -710,14 +710,12 @@ private:
             return 1e3 * static_cast<double>(a.elapsed_time(b)) / static_cast<double>(n);
         };
         stats_.graph_replay_us = timed([&] { g.graph->replay(); });
+        // Each step moves the positions on by one; they stay inside the block table's width (all scratch block).
+        if (n + 1 >= g.in.table.size(1) * bs_) return;
         const at::Tensor uniform = g.in.uniform.clone();
         stats_.graph_step_us = timed([&] {
             bucket_step(g, rows, uniform, at::Tensor());
-            win_tokens_.clear();
-            win_logp_.clear();
-            win_kept_.clear();
-            win_routes_.clear();
-            win_topk_.clear();
+            clear_window_records();
         });
         g.in.pos.zero_();
         g.in.logits.zero_();

@@ -74,7 +74,8 @@ struct GenerationStats {
     /// (CUDA events; idle gaps inside a window count).
     double device_decode_seconds = 0;
     /// With EngineOptions::probe_replays, the largest bucket's graph: microseconds per back-to-back replay, and per
-    /// step as a window runs it (the replay plus the copies of inputs and records around it).
+    /// step as a window runs it (the replay plus the copies of inputs and records around it; 0 where the block table
+    /// is too narrow for that many steps).
     double graph_replay_us = 0, graph_step_us = 0;
     GenerationStats& operator+=(const GenerationStats& o) {
         graphs_captured += o.graphs_captured;
