@@ -2,7 +2,12 @@
 //
 //   build/bin/dsrl_bench_dsa [--lengths 4096,8192,16384,32768,65536,131072] [--topk 2048] [--heads 128]
 //                            [--dense-max 65536] [--reps 5] [--decode-batch 64] [--warmup-max 16384]
+//                            [--small-decode 1,64,256] [--small-only 0]
 //
+// 0. The small models' decode attention (single_gpu.yaml: 12 heads, entry 256 + 32, k = 128, bf16) over a pool of
+//    65,536 entries, one query per sequence, at each batch of --small-decode: the tensor-core kernel against the SIMT
+//    kernel (dsa::cuda::sparse_mla_simt with and without tensor_cores), 20 calls captured in one CUDA graph, so the
+//    time is the kernels' and not the host's; GB/s of entries read. --small-only 1 stops after it.
 // 1. The device's bf16 matmul ceiling: an 8192³ at::matmul on random data (median of --reps after warm-up).
 // 2. Per length L (batch 1, causal, k = --topk entries per query — min(k, t + 1) valid for query t, spread over
 //    the visible keys): the sparse MLA forward (wgmma, and the mma.sync baseline) and backward kernels (H heads,
@@ -21,12 +26,14 @@
 // attention 2·H·(192 + 128) per causal pair forward, 2.5× backward. Times are medians of CUDA-event-timed repetitions
 // after one warm-up.
 #include <ATen/TensorOperators.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/where.h>
@@ -34,6 +41,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -65,6 +73,8 @@ struct Options {
     int reps = 5;
     int64_t decode_batch = 64;
     int64_t warmup_max = 16384;
+    std::vector<int64_t> small_decode = {1, 64, 256};
+    int64_t small_only = 0;
 };
 
 // Parses the flags; exits 0 after --help.
@@ -81,6 +91,11 @@ Options parse(int argc, char** argv) {
             .integer("--reps", &o.reps, 1, "timed runs per point (median)")
             .integer("--decode-batch", &o.decode_batch, 0, "decode batch size (0: no decode rows)")
             .integer("--warmup-max", &o.warmup_max, 0, "longest length of the warm-up loss rows")
+            .custom(
+                "--small-decode",
+                [&](const std::string& v) { o.small_decode = dsrl::bench::parse_lengths(v, "dsrl_bench_dsa"); },
+                "batches of the small-model decode attention rows", "1,64,256")
+            .integer("--small-only", &o.small_only, 0, "1: only the small-model decode rows")
             .parse(argc, argv);
     if (!go) std::exit(0);
     return o;
@@ -140,6 +155,45 @@ double valid_pairs(int64_t L, int64_t k) {
     return full + double(ramp) * double(ramp + 1) / 2.0;
 }
 
+// Section 0: the single_gpu.yaml decode attention, tensor cores against SIMT, kernels only (a captured graph of 20
+// calls; the median replay over 20).
+void small_decode_rows(const Options& o) {
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+    const int64_t H = 12, C = 256, R = 32, K = 128, S = 65536, calls = 20;
+    std::printf("small-model decode attention (H %ld, entry %ld + %ld, k %ld, bf16 pool of %ld):\n", long(H), long(C),
+                long(R), long(K), long(S));
+    const at::Tensor c_kv = at::randn({1, S, C}, bf16), k_pe = at::randn({1, S, R}, bf16);
+    for (const int64_t N : o.small_decode) {
+        const at::Tensor q_lat = at::randn({1, N, H, C}, bf16), q_pe = at::randn({1, N, H, R}, bf16);
+        const at::Tensor idx = at::randint(S, {1, N, K}, bf16.dtype(at::kLong));
+        double us[2];
+        for (const bool tensor_cores : {true, false}) {
+            const auto run = [&] {
+                for (int64_t i = 0; i < calls; ++i)
+                    (void)dsrl::dsa::cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, tensor_cores);
+            };
+            const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+            at::cuda::CUDAGraph graph;
+            {
+                const c10::cuda::CUDAStreamGuard on_side(side);
+                run();  // warm-up (raises the kernels' shared-memory limits outside the capture)
+                side.synchronize();
+                graph.capture_begin();
+                run();
+                graph.capture_end();
+            }
+            us[tensor_cores ? 0 : 1] = time_ms([&] { graph.replay(); }, std::max(o.reps, 20)) * 1e3 / double(calls);
+        }
+        const double bytes = double(N) * double(K) * double(C + R) * 2.0;
+        std::printf("  batch %4ld: tensor cores %8.1f us (%5.0f GB/s)   SIMT %8.1f us (%5.0f GB/s)   %.2fx%s\n",
+                    long(N), us[0], bytes / (us[0] * 1e-6) / 1e9, us[1], bytes / (us[1] * 1e-6) / 1e9, us[1] / us[0],
+                    dsrl::dsa::cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx)
+                        ? ""
+                        : " (the tensor-core kernel did not engage)");
+        std::fflush(stdout);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,6 +213,8 @@ int main(int argc, char** argv) {
         const double ceiling = 2.0 * 8192.0 * 8192.0 * 8192.0 / (mm_ms * 1e-3) / 1e12;
         std::printf("device %s, %d SMs; bf16 matmul 8192^3: %.3f ms = %.0f TFLOPS (the ceiling below)\n", prop.name,
                     prop.multiProcessorCount, mm_ms, ceiling);
+        small_decode_rows(o);
+        if (o.small_only != 0) return 0;
         const int64_t H = o.heads, K = o.topk, HI = 64, DI = 128;
         const double scale = 1.0 / std::sqrt(192.0);
         std::printf("\n%8s %-26s %10s %8s %7s %10s\n", "L", "kernel", "ms", "TFLOPS", "ceil%", "peak GiB");

@@ -53,8 +53,12 @@ bool sparse_mla_simt_fits(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
     return false;
 }
+bool sparse_mla_simt_uses_tensor_cores(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    return false;
+}
 AttentionOutput sparse_mla_simt(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 AttentionOutput sparse_mla_attention(

@@ -99,13 +99,26 @@ bool sparse_mla_simt_fits(const at::Tensor& q_lat,
                           const at::Tensor& indices);
 
 /// dsa::sparse_mla_attention's contract (out in q_lat's type, lse fp32, −1 = invalid; an index outside [0, S) is
-/// skipped like −1), fp32 arithmetic, no autograd. Throws c10::Error when !sparse_mla_simt_fits.
+/// skipped like −1), no autograd. Throws c10::Error when !sparse_mla_simt_fits. With `tensor_cores` and bf16 / fp16
+/// operands at the shapes sparse_mla_simt_uses_tensor_cores names, the tensor-core kernel
+/// (dsa/kernels/sparse_mla_mma.cuh: scores with fp32 accumulation, P rounded to the operand type for P · V, as the
+/// Hopper kernels); otherwise the SIMT kernel (fp32 arithmetic throughout).
 AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                 const at::Tensor& q_pe,
                                 const at::Tensor& c_kv,
                                 const at::Tensor& k_pe,
                                 const at::Tensor& indices,
-                                double scale);
+                                double scale,
+                                bool tensor_cores = true);
+
+/// Whether sparse_mla_simt takes the tensor-core kernel for these inputs: sparse_mla_simt_fits, q and the cache of one
+/// type (bf16 or fp16), H <= 64, C a multiple of 16, R of 8, ceil(H / 16) · C <= 512, the cache's rows and strides
+/// 16-byte aligned.
+bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
+                                       const at::Tensor& q_pe,
+                                       const at::Tensor& c_kv,
+                                       const at::Tensor& k_pe,
+                                       const at::Tensor& indices);
 
 }  // namespace cuda
 

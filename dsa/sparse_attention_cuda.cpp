@@ -18,6 +18,7 @@
 
 #include "core/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
+#include "dsa/kernels/sparse_mla_mma.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
 #include <limits>
@@ -224,56 +225,102 @@ bool sparse_mla_simt_fits(const at::Tensor& q_lat,
     return kernels::sparse_mla_simt_smem(H, C, R) <= optin;
 }
 
+namespace {
+
+// The SIMT / tensor-core kernels' parameters for these inputs (no splits yet).
+kernels::SparseMlaSimtParams simt_params(const at::Tensor& ql,
+                                         const at::Tensor& qp,
+                                         const at::Tensor& c_kv,
+                                         const at::Tensor& k_pe,
+                                         const at::Tensor& idx,
+                                         double scale,
+                                         const at::Tensor& out,
+                                         const at::Tensor& lse) {
+    const int64_t B = ql.size(0), T = ql.size(1);
+    return {.q_lat = ql.data_ptr(),
+            .q_pe = qp.data_ptr(),
+            .q_type = kernel_elem(ql.scalar_type()),
+            .c_kv = c_kv.data_ptr(),
+            .k_pe = k_pe.data_ptr(),
+            .kv_type = kernel_elem(c_kv.scalar_type()),
+            .kv_batch_stride = c_kv.stride(0),
+            .kv_row_stride = c_kv.stride(1),
+            .pe_batch_stride = k_pe.stride(0),
+            .pe_row_stride = k_pe.stride(1),
+            .indices = idx.defined() ? idx.data_ptr<int64_t>() : nullptr,
+            .num_queries = B * T,
+            .queries_per_batch = std::max<int64_t>(T, 1),
+            .heads = ql.size(2),
+            .latent = ql.size(3),
+            .rope = qp.size(3),
+            .topk = idx.defined() ? idx.size(2) : 0,
+            .keys = c_kv.size(1),
+            .scale = static_cast<float>(scale),
+            .out = out.defined() ? out.data_ptr() : nullptr,
+            .out_type = kernel_elem(ql.scalar_type()),
+            .lse = lse.defined() ? lse.data_ptr<float>() : nullptr};
+}
+
+// The tensor-core kernel's plan for p ({0, 1}: it does not take p).
+kernels::SparseMlaMmaPlan mma_plan(const kernels::SparseMlaSimtParams& p, c10::DeviceIndex device) {
+    if (!kernels::sparse_mla_mma_takes(p)) return {};
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return kernels::sparse_mla_mma_plan(p.num_queries, p.heads, p.latent, p.rope, p.topk, num_sms(device), optin);
+}
+
+}  // namespace
+
+bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
+                                       const at::Tensor& q_pe,
+                                       const at::Tensor& c_kv,
+                                       const at::Tensor& k_pe,
+                                       const at::Tensor& indices) {
+    if (!sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices)) return false;
+    const kernels::SparseMlaSimtParams p =
+        simt_params(q_lat, q_pe, c_kv, k_pe, at::Tensor(), 1.0, at::Tensor(), at::Tensor());
+    kernels::SparseMlaSimtParams shaped = p;
+    shaped.topk = indices.size(2);
+    if (!q_lat.is_contiguous()) shaped.q_lat = nullptr;  // sparse_mla_simt copies it (an aligned buffer)
+    if (!q_pe.is_contiguous()) shaped.q_pe = nullptr;
+    return mma_plan(shaped, q_lat.device().index()).tile > 0;
+}
+
 AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                 const at::Tensor& q_pe,
                                 const at::Tensor& c_kv,
                                 const at::Tensor& k_pe,
                                 const at::Tensor& indices,
-                                double scale) {
+                                double scale,
+                                bool tensor_cores) {
     RECORD_FUNCTION("dsrl::sparse_mla_simt", std::vector<c10::IValue>());  // names the kernel in profiles
     TORCH_CHECK(sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices),
                 "sparse attention (SIMT kernel): unsupported inputs q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(),
                 ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type(), ", indices ", indices.sizes(),
                 " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
     const c10::cuda::CUDAGuard on_device(q_lat.device());
-    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
+    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3);
     const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
     const at::Tensor idx = indices.to(at::kLong).contiguous();
     at::Tensor out = at::empty({B, T, H, C}, q_lat.options());
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
-    // Few queries (a decode batch): each query's entries split over several blocks, merged by a second kernel.
-    const int64_t splits = kernels::sparse_mla_simt_splits(B * T, idx.size(2), num_sms(q_lat.device().index()));
+    kernels::SparseMlaSimtParams p = simt_params(ql, qp, c_kv, k_pe, idx, scale, out, lse);
+    const c10::DeviceIndex device = q_lat.device().index();
+    // bf16 / fp16 operands at the shapes it takes: the tensor-core kernel; otherwise the SIMT one. Few queries (a
+    // decode batch): each query's entries split over several blocks, merged by a second kernel.
+    const kernels::SparseMlaMmaPlan plan = tensor_cores ? mma_plan(p, device) : kernels::SparseMlaMmaPlan{};
+    const int64_t splits =
+        plan.tile > 0 ? plan.splits : kernels::sparse_mla_simt_splits(B * T, idx.size(2), num_sms(device));
     at::Tensor work;  // the splits' partial results, alive until the launches are queued
-    kernels::SparseMlaSimtParams p{.q_lat = ql.data_ptr(),
-                                   .q_pe = qp.data_ptr(),
-                                   .q_type = kernel_elem(q_lat.scalar_type()),
-                                   .c_kv = c_kv.data_ptr(),
-                                   .k_pe = k_pe.data_ptr(),
-                                   .kv_type = kernel_elem(c_kv.scalar_type()),
-                                   .kv_batch_stride = c_kv.stride(0),
-                                   .kv_row_stride = c_kv.stride(1),
-                                   .pe_batch_stride = k_pe.stride(0),
-                                   .pe_row_stride = k_pe.stride(1),
-                                   .indices = idx.data_ptr<int64_t>(),
-                                   .num_queries = B * T,
-                                   .queries_per_batch = std::max<int64_t>(T, 1),
-                                   .heads = H,
-                                   .latent = C,
-                                   .rope = R,
-                                   .topk = idx.size(2),
-                                   .keys = c_kv.size(1),
-                                   .scale = static_cast<float>(scale),
-                                   .out = out.data_ptr(),
-                                   .out_type = kernel_elem(q_lat.scalar_type()),
-                                   .lse = lse.data_ptr<float>()};
     if (splits > 1) {
         work = at::empty({kernels::sparse_mla_simt_workspace(B * T, splits, H, C)}, q_lat.options().dtype(at::kFloat));
         p.splits = splits;
         p.part_out = work.data_ptr<float>();
         p.part_ml = p.part_out + B * T * splits * H * C;
     }
-    C10_CUDA_CHECK(
-        kernels::launch_sparse_mla_simt(p, c10::cuda::getCurrentCUDAStream(q_lat.device().index()).stream()));
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+    C10_CUDA_CHECK(plan.tile > 0 ? kernels::launch_sparse_mla_mma(p, plan.tile, stream)
+                                 : kernels::launch_sparse_mla_simt(p, stream));
     return {out, lse};
 }
 

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <future>
 #include <limits>
 #include <map>
 #include <memory>
@@ -221,6 +222,7 @@ public:
                            << "time is not); raise rollout.cache_blocks or rollout.cache_memory_fraction, or lower "
                            << "rollout.max_batch_size";
         }
+        wait_for_records();
         std::vector<Sample> out;
         out.reserve(seqs_.size());
         for (Seq& q : seqs_) out.push_back(finalize(q));
@@ -747,9 +749,13 @@ private:
         const auto t_records = Clock::now();
         const int64_t* ptok = tokens.data_ptr<int64_t>();
         const float* plp = logp.data_ptr<float>();
+        // Tokens, log-probs and the finish checks here: the next window's rows depend on them. The kept sets, routes
+        // and indexer sets go to a background task that appends them while the device runs the next window.
+        std::vector<std::pair<Seq*, int64_t>> taken;  // each row's sequence and the window steps it accepted
         std::vector<int64_t> finished;
         for (int64_t i = 0; i < rows; ++i) {
             Seq& q = *running_[i];
+            int64_t n = 0;
             for (int64_t s = 0; s < steps; ++s) {
                 if (q.finished) {
                     ++stats_.wasted_row_steps;
@@ -759,27 +765,41 @@ private:
                 const int64_t token = ptok[s * rows + i];
                 sm.response.push_back(static_cast<int32_t>(token));
                 sm.logprobs.push_back(plp[s * rows + i]);
-                if (opt_.record_kept) {
-                    sm.kept.push_back(
-                        record_masks_ ? KeptSet::from_bitmap(kept.data_ptr<uint8_t>() + (s * rows + i) * kept.size(2),
-                                                             cfg_.vocab_size)
-                                      : KeptSet::all(cfg_.vocab_size));
-                }
-                if (routes.defined()) {  // [S, R, M, k] int64
-                    const int64_t m = routes.size(2), k = routes.size(3);
-                    const int64_t* p = routes.data_ptr<int64_t>() + (s * rows + i) * m * k;
-                    q.routes.resize(static_cast<size_t>(m));
-                    for (int64_t j = 0; j < m; ++j) q.routes[j].insert(q.routes[j].end(), p + j * k, p + (j + 1) * k);
-                }
-                if (topk.defined()) {  // [S, R, Ly, K] int32
-                    const int64_t ly = topk.size(2), k = topk.size(3);
-                    const int32_t* p = topk.data_ptr<int32_t>() + (s * rows + i) * ly * k;
-                    q.topk.resize(static_cast<size_t>(ly));
-                    for (int64_t j = 0; j < ly; ++j) q.topk[j].insert(q.topk[j].end(), p + j * k, p + (j + 1) * k);
-                }
+                ++n;
                 if (finish_sample(sm, token, tok_, *q.req, opt_, cfg_.max_position_embeddings)) q.finished = true;
             }
+            taken.emplace_back(&q, n);  // a row's accepted steps are the window's first n
             if (q.finished) finished.push_back(i);
+        }
+        if (opt_.record_kept || routes.defined() || topk.defined()) {
+            append_records_later([rows, taken = std::move(taken), kept, routes, topk, masks = record_masks_,
+                                  record_kept = opt_.record_kept, vocab = cfg_.vocab_size] {
+                for (size_t i = 0; i < taken.size(); ++i) {
+                    Seq& q = *taken[i].first;
+                    for (int64_t s = 0; s < taken[i].second; ++s) {
+                        const int64_t at_row = s * rows + static_cast<int64_t>(i);
+                        if (record_kept) {
+                            q.sample.kept.push_back(
+                                masks ? KeptSet::from_bitmap(kept.data_ptr<uint8_t>() + at_row * kept.size(2), vocab)
+                                      : KeptSet::all(vocab));
+                        }
+                        if (routes.defined()) {  // [S, R, M, k] int64
+                            const int64_t m = routes.size(2), k = routes.size(3);
+                            const int64_t* p = routes.data_ptr<int64_t>() + at_row * m * k;
+                            q.routes.resize(static_cast<size_t>(m));
+                            for (int64_t j = 0; j < m; ++j)
+                                q.routes[j].insert(q.routes[j].end(), p + j * k, p + (j + 1) * k);
+                        }
+                        if (topk.defined()) {  // [S, R, Ly, K] int32
+                            const int64_t ly = topk.size(2), k = topk.size(3);
+                            const int32_t* p = topk.data_ptr<int32_t>() + at_row * ly * k;
+                            q.topk.resize(static_cast<size_t>(ly));
+                            for (int64_t j = 0; j < ly; ++j)
+                                q.topk[j].insert(q.topk[j].end(), p + j * k, p + (j + 1) * k);
+                        }
+                    }
+                }
+            });
         }
         for (const int64_t i : finished) {
             Seq& q = *running_[i];
@@ -791,6 +811,23 @@ private:
         stats_.record_seconds += seconds_since(t_records);
         stats_.decode_seconds += seconds_since(t0);
         return static_cast<int64_t>(finished.size());
+    }
+
+    // Runs `append` on a background thread after every earlier such task (so each sequence's records stay in window
+    // order). It touches only the sequences' kept sets, routes and indexer sets, which nothing else reads or writes
+    // until wait_for_records(); an exception in it is rethrown there.
+    void append_records_later(std::function<void()> append) {
+        records_ = std::async(std::launch::async, [before = std::move(records_), append = std::move(append)]() mutable {
+            if (before.valid()) before.get();
+            append();
+        });
+    }
+
+    void wait_for_records() {
+        const auto t0 = Clock::now();
+        if (records_.valid()) records_.get();
+        stats_.record_seconds += seconds_since(t0);
+        stats_.decode_seconds += seconds_since(t0);
     }
 
     Sample finalize(Seq& q) {
@@ -838,6 +875,9 @@ private:
     std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent> window_events_{cudaEventDefault, cudaEventDefault};
     int64_t probed_ = 0;  // rows x width of the largest graph probed so far
 #endif
+    // The background task appending the last flushed window's records (append_records_later). Declared last: it is
+    // destroyed first, and a std::async future's destructor waits for its task, so no task outlives seqs_.
+    std::future<void> records_;
 };
 
 }  // namespace

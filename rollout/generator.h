@@ -68,7 +68,9 @@ struct GenerationStats {
     int64_t prefill_calls = 0;      ///< forwards that prefilled admitted groups (each over all their prompts)
     /// Continuous engine, the host's share of decode_seconds: building each window's inputs (block tables, positions,
     /// uniforms), launching its steps (graph replays or kernels), waiting for the device at each window's copy to the
-    /// host, and turning the copied records into samples.
+    /// host, and turning the copied records into samples (the tokens, log-probs and finish checks; the kept sets,
+    /// routes and indexer sets are appended by a background task while the next window runs, and only the wait for
+    /// it at the end of generate() counts here).
     double setup_seconds = 0, launch_seconds = 0, wait_seconds = 0, record_seconds = 0;
     /// Continuous engine on CUDA: the device's time for the decode windows, from each window's first step to its last
     /// (CUDA events; idle gaps inside a window count).

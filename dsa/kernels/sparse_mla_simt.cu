@@ -168,12 +168,14 @@ __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_kernel(SparseMla
 }
 
 // Merges a query's splits in split order: o = Σ_s e^{m_s − M} o_s / Σ_s e^{m_s − M} l_s, lse = M + log of that sum.
+// Each head's split weights e^{m_s − M} / l are computed once, into shared memory ([splits, H] floats).
 __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_merge_kernel(SparseMlaSimtParams p) {
+    extern __shared__ float weight[];
     const int64_t n = blockIdx.x;
     const int H = static_cast<int>(p.heads), C = static_cast<int>(p.latent);
     const int S = static_cast<int>(p.splits);
     const float* ml = p.part_ml + n * S * H * 2;
-    const auto merged = [&](int h, float* total) {
+    for (int h = threadIdx.x; h < H; h += kSimtThreads) {
         float m = -INFINITY;
         for (int s = 0; s < S; ++s) m = fmaxf(m, ml[(s * H + h) * 2]);
         float l = 0.f;
@@ -181,24 +183,18 @@ __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_merge_kernel(Spa
             const float ms = ml[(s * H + h) * 2];
             if (ms != -INFINITY) l += expf(ms - m) * ml[(s * H + h) * 2 + 1];
         }
-        *total = l;
-        return m;
-    };
-    for (int pair = threadIdx.x; pair < H * C; pair += kSimtThreads) {
-        const int h = pair / C;
-        float l = 0.f;
-        const float m = merged(h, &l);
-        float v = 0.f;
         for (int s = 0; s < S; ++s) {
             const float ms = ml[(s * H + h) * 2];
-            if (ms != -INFINITY) v = fmaf(expf(ms - m), p.part_out[(n * S + s) * H * C + pair], v);
+            weight[s * H + h] = l > 0.f && ms != -INFINITY ? expf(ms - m) / l : 0.f;
         }
-        store_elem(p.out, p.out_type, n * H * C + pair, l > 0.f ? v / l : 0.f);
-    }
-    for (int h = threadIdx.x; h < H; h += kSimtThreads) {
-        float l = 0.f;
-        const float m = merged(h, &l);
         p.lse[n * H + h] = l > 0.f ? m + logf(l) : -INFINITY;
+    }
+    __syncthreads();
+    for (int pair = threadIdx.x; pair < H * C; pair += kSimtThreads) {
+        const int h = pair / C;
+        float v = 0.f;
+        for (int s = 0; s < S; ++s) v = fmaf(weight[s * H + h], p.part_out[(n * S + s) * H * C + pair], v);
+        store_elem(p.out, p.out_type, n * H * C + pair, v);
     }
 }
 
@@ -242,7 +238,21 @@ cudaError_t launch_sparse_mla_simt(const SparseMlaSimtParams& p, cudaStream_t st
     sparse_mla_simt_kernel<<<grid, kSimtThreads, static_cast<size_t>(bytes), stream>>>(p);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || p.splits == 1) return e;
-    sparse_mla_simt_merge_kernel<<<static_cast<unsigned>(p.num_queries), kSimtThreads, 0, stream>>>(p);
+    return launch_sparse_mla_merge(p, stream);
+}
+
+cudaError_t launch_sparse_mla_merge(const SparseMlaSimtParams& p, cudaStream_t stream) {
+    if (p.num_queries == 0 || p.heads == 0 || p.splits == 1) return cudaSuccess;
+    const int64_t bytes = p.splits * p.heads * static_cast<int64_t>(sizeof(float));
+    static std::atomic<int64_t> raised{48 * 1024};  // as the kernel's limit above
+    if (bytes > raised.load()) {
+        const cudaError_t e = cudaFuncSetAttribute(
+            sparse_mla_simt_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+        if (e != cudaSuccess) return e;
+        raised.store(bytes);
+    }
+    sparse_mla_simt_merge_kernel<<<static_cast<unsigned>(p.num_queries), kSimtThreads, static_cast<size_t>(bytes),
+                                   stream>>>(p);
     return cudaGetLastError();
 }
 

@@ -54,4 +54,8 @@ int64_t sparse_mla_simt_workspace(int64_t num_queries, int64_t splits, int64_t h
 /// shared-memory limit first when needed.
 cudaError_t launch_sparse_mla_simt(const SparseMlaSimtParams& p, cudaStream_t stream);
 
+/// The merge alone: out and lse of each query from its p.splits partials in part_out / part_ml, in split order
+/// (also the tensor-core kernel's, sparse_mla_mma.cuh). Nothing to do for one split.
+cudaError_t launch_sparse_mla_merge(const SparseMlaSimtParams& p, cudaStream_t stream);
+
 }  // namespace dsrl::kernels

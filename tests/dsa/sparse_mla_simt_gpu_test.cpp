@@ -1,6 +1,7 @@
-// The forward-only SIMT sparse MLA kernel (dsa/kernels/sparse_mla_simt.cuh) against the ATen reference
-// (dsa::sparse_mla_attention) on fresh random inputs: the small models' shapes, batch-strided caches and a pool view,
-// −1 entries, a query without any valid entry (out 0, lse −inf), fp32 and bf16; the dispatch rule of
+// The forward-only SIMT and tensor-core sparse MLA kernels (dsa/kernels/sparse_mla_simt.cuh, sparse_mla_mma.cuh)
+// against the ATen reference (dsa::sparse_mla_attention) on fresh random inputs: the small models' shapes,
+// batch-strided caches and a pool view, −1 entries, a query without any valid entry (out 0, lse −inf), fp32, bf16 and
+// fp16, one tile or several per block, splits; the dispatch rule of
 // dsa::sparse_attention (kAuto in a forward without autograd only). Also the paged-slots kernel
 // (dsa/paged_slots_cuda.h) against the ATen gather through the block table that dsa/model.cpp falls back to.
 #include <gtest/gtest.h>
@@ -29,10 +30,10 @@ struct Shape {
     int64_t B, T, H, C, R, K, S;
 };
 
-void check(const Shape& s, at::ScalarType q_type, at::ScalarType kv_type, bool pool_view) {
+void check(const Shape& s, at::ScalarType q_type, at::ScalarType kv_type, bool pool_view, bool tensor_cores = true) {
     SCOPED_TRACE(::testing::Message() << "B " << s.B << " T " << s.T << " H " << s.H << " C " << s.C << " R " << s.R
                                       << " K " << s.K << " S " << s.S << " q " << q_type << " kv " << kv_type
-                                      << (pool_view ? " (pool view)" : ""));
+                                      << (pool_view ? " (pool view)" : "") << (tensor_cores ? "" : " (SIMT only)"));
     const auto f = at::TensorOptions().device(at::kCUDA);
     const at::Tensor q_lat = at::randn({s.B, s.T, s.H, s.C}, f).to(q_type);
     const at::Tensor q_pe = at::randn({s.B, s.T, s.H, s.R}, f).to(q_type);
@@ -52,7 +53,10 @@ void check(const Shape& s, at::ScalarType q_type, at::ScalarType kv_type, bool p
     idx[0][0].fill_(-1);  // a query with no valid entry
     const double scale = 0.1;
     ASSERT_TRUE(cuda::sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, idx));
-    const AttentionOutput got = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, scale);
+    // Every shape here is one the tensor-core kernel takes when q and the cache are both bf16 or both fp16.
+    const bool half = q_type != at::kFloat && q_type == kv_type;
+    EXPECT_EQ(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx), half);
+    const AttentionOutput got = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, scale, tensor_cores);
     const AttentionOutput want = sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, idx, scale);
     ASSERT_EQ(got.out.scalar_type(), want.out.scalar_type());
     ASSERT_EQ(got.out.sizes(), want.out.sizes());
@@ -81,10 +85,38 @@ TEST(SparseMlaSimtTest, MatchesTheReference) {
               2000,
           },
           Shape{1, 7, 4, 32, 16, 12, 50}, Shape{2, 33, 12, 256, 32, 128, 300}, Shape{1, 3, 16, 512, 64, 37, 100},
-          Shape{1, 1, 12, 256, 32, 128, 500}, Shape{1, 600, 12, 256, 32, 128, 700}}) {
+          Shape{1, 1, 12, 256, 32, 128, 500}, Shape{1, 600, 12, 256, 32, 128, 700},
+          // three m tiles of heads; more entries than a tile, several tiles per block (online softmax across them)
+          Shape{2, 5, 40, 64, 16, 70, 90}, Shape{1, 300, 12, 256, 32, 300, 700}}) {
         check(s, at::kFloat, at::kFloat, false);
-        check(s, at::kBFloat16, at::kBFloat16, true);
+        check(s, at::kBFloat16, at::kBFloat16, true);                          // the tensor-core kernel
+        check(s, at::kBFloat16, at::kBFloat16, true, /*tensor_cores=*/false);  // the SIMT kernel at the same shape
+        check(s, at::kBFloat16, at::kBFloat16, false);
+        check(s, at::kHalf, at::kHalf, true);
         check(s, at::kBFloat16, at::kFloat, true);  // bf16 autocast over an fp32 pool
+    }
+}
+
+TEST(SparseMlaSimtTest, TensorCoreKernelMatchesTheSimtOne) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    // The decode of single_gpu.yaml at batch 1, 64 and 256 through the pool: the tensor-core kernel (P rounded to bf16)
+    // against the SIMT kernel (fp32 throughout) on the same bf16 inputs.
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const int64_t N : {1, 64, 256}) {
+        SCOPED_TRACE(::testing::Message() << "queries " << N);
+        const int64_t H = 12, C = 256, R = 32, K = 128, S = 4096;
+        const at::Tensor q_lat = at::randn({1, N, H, C}, f).to(at::kBFloat16);
+        const at::Tensor q_pe = at::randn({1, N, H, R}, f).to(at::kBFloat16);
+        const at::Tensor c_kv = at::randn({1, S, C}, f).to(at::kBFloat16);
+        const at::Tensor k_pe = at::randn({1, S, R}, f).to(at::kBFloat16);
+        at::Tensor idx = at::randint(S, {1, N, K}, f.dtype(at::kLong));
+        idx = at::where(at::rand({1, N, K}, f).lt(0.1), at::full({}, -1, idx.options()), idx);
+        ASSERT_TRUE(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx));
+        const AttentionOutput mma = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, true);
+        const AttentionOutput simt = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, false);
+        EXPECT_LE(testing::rel_err(mma.out, simt.out), 1e-2);
+        EXPECT_LE(testing::rel_err(mma.lse, simt.lse), 1e-5);
     }
 }
 

@@ -177,10 +177,17 @@ TEST(TensorBoard, Crc32cKnownVectors) {
 TEST(TensorBoard, FileNameMatchesPatternAndDirIsCreated) {
     testing::TempDir tmp;
     const std::string dir = tmp.path() + "/runs/a";  // missing parents are created
-    const auto before = static_cast<int64_t>(std::time(nullptr));
+    // The writer's clock (CLOCK_REALTIME): std::time reads the coarse clock, which can lag it by a tick across a
+    // second boundary (this test failed once that way).
+    const auto now = [] {
+        timespec ts{};
+        ::clock_gettime(CLOCK_REALTIME, &ts);
+        return static_cast<int64_t>(ts.tv_sec);
+    };
+    const int64_t before = now();
     TensorBoardWriter w1(dir);
     TensorBoardWriter w2(dir);  // a second writer in the same second gets its own file
-    const auto after = static_cast<int64_t>(std::time(nullptr));
+    const int64_t after = now();
     char host[256] = {};
     ASSERT_EQ(::gethostname(host, sizeof(host) - 1), 0);
 
