@@ -20,6 +20,9 @@
 #include <absl/strings/str_cat.h>
 
 #include <cmath>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "core/dispatch.h"
 #include "core/dist/communicator.h"
@@ -39,6 +42,12 @@ namespace cuda {  // builds without CUDA: the kernel never fits
 bool paged_slots_fit(const at::Tensor&, const at::Tensor&) { return false; }
 at::Tensor paged_slots(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
     TORCH_CHECK(false, "paged_slots (cuda): this build of dsrl has no CUDA kernels");
+}
+bool paged_write_fits(const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&) {
+    return false;
+}
+void paged_write(const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&) {
+    TORCH_CHECK(false, "paged_write (cuda): this build of dsrl has no CUDA kernels");
 }
 }  // namespace cuda
 #endif
@@ -80,6 +89,34 @@ at::Tensor rope_part_half_split(
     const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
     if (fused(c, x, {&cos, &sin})) return cuda::rope(x, cos, sin, rope, /*interleaved=*/false);
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
+}
+
+// A layer's two RMSNorms of one eps (query and latent) as one kernel where the forward's kernels run.
+std::pair<at::Tensor, at::Tensor> norm_pair(const at::Tensor& x1,
+                                            const at::Tensor& w1,
+                                            const at::Tensor& x2,
+                                            const at::Tensor& w2,
+                                            double eps,
+                                            const ModelConfig& c) {
+    if (fused(c, x1, {&w1, &x2, &w2}) && fused(c, x2, {&w2})) return cuda::rms_norm2(x1, w1, x2, w2, eps);
+    return {norm(x1, w1, eps, c), norm(x2, w2, eps, c)};
+}
+
+// A layer's two rotations (query and key) as one kernel where the forward's kernels run: interleaved over the whole
+// of x (MLA) or half split over the first `rope` dims (the indexer).
+std::pair<at::Tensor, at::Tensor> rope_pair(const at::Tensor& x1,
+                                            const at::Tensor& cos1,
+                                            const at::Tensor& sin1,
+                                            const at::Tensor& x2,
+                                            const at::Tensor& cos2,
+                                            const at::Tensor& sin2,
+                                            int64_t rope,
+                                            bool interleaved,
+                                            const ModelConfig& c) {
+    if (fused(c, x1, {&cos1, &sin1, &x2, &cos2, &sin2}) && fused(c, x2, {&cos2, &sin2}))
+        return cuda::rope2(x1, cos1, sin1, x2, cos2, sin2, rope, interleaved);
+    if (interleaved) return {rope_interleaved(x1, cos1, sin1, c), rope_interleaved(x2, cos2, sin2, c)};
+    return {rope_part_half_split(x1, rope, cos1, sin1, c), rope_part_half_split(x2, rope, cos2, sin2, c)};
 }
 
 // The absorbed attention's per-head products, x [B, L, H, D_in] · w [H, D_in, D_out] (or w's transpose when
@@ -135,14 +172,15 @@ AttentionResult attention(const at::Tensor& h,
     const int64_t v_dim = c.v_head_dim, lora = c.kv_lora_rank;
     const at::Tensor cos_h = st.cos.unsqueeze(2), sin_h = st.sin.unsqueeze(2);
 
-    // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope].
-    const at::Tensor c_q = norm(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kLatentNormEps, c);
-    const at::Tensor q = at::linear(c_q, l.attn.q_b_proj).view({B, L, heads, nope + rope});
-    const at::Tensor q_pe = rope_interleaved(q.narrow(-1, nope, rope), cos_h, sin_h, c);
-    // KV latent: [c_kv | k_pe], one entry per token shared by all heads.
+    // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope]. KV latent: [c_kv | k_pe], one
+    // entry per token shared by all heads. The two norms and the two rotations go in pairs (one kernel each).
     const at::Tensor kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
-    at::Tensor c_kv = norm(kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps, c);
-    at::Tensor k_pe = rope_interleaved(kv.narrow(-1, lora, rope), st.cos, st.sin, c);
+    at::Tensor c_q, c_kv, q_pe, k_pe;
+    std::tie(c_q, c_kv) = norm_pair(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kv.narrow(-1, 0, lora),
+                                    l.attn.kv_a_layernorm, kLatentNormEps, c);
+    const at::Tensor q = at::linear(c_q, l.attn.q_b_proj).view({B, L, heads, nope + rope});
+    std::tie(q_pe, k_pe) = rope_pair(q.narrow(-1, nope, rope), cos_h, sin_h, kv.narrow(-1, lora, rope), st.cos, st.sin,
+                                     rope, /*interleaved=*/true, c);
 
     // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
     // outputs or its cached keys are needed.
@@ -157,10 +195,10 @@ AttentionResult attention(const at::Tensor& h,
     if (run_indexer) {
         const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-        iq = rope_part_half_split(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), rope, cos_h, sin_h, c);
-        ik = rope_part_half_split(at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
-                                                 l.indexer.k_norm_bias, kLatentNormEps),
-                                  rope, st.cos, st.sin, c);
+        std::tie(iq, ik) = rope_pair(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), cos_h, sin_h,
+                                     at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
+                                                    l.indexer.k_norm_bias, kLatentNormEps),
+                                     st.cos, st.sin, rope, /*interleaved=*/false, c);
         Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
         iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * (1.0 / std::sqrt(double(ih)));
     }
@@ -175,9 +213,17 @@ AttentionResult attention(const at::Tensor& h,
     if (opt.paged != nullptr) {
         LayerCache& pool = opt.paged->cache->layers[layer];
         const at::Tensor slots = opt.paged->write_slots.reshape({-1});
-        pool.c_kv.index_copy_(0, slots, c_kv.reshape({B * L, -1}).to(pool.c_kv.scalar_type()));
-        pool.k_pe.index_copy_(0, slots, k_pe.reshape({B * L, -1}).to(pool.k_pe.scalar_type()));
-        pool.index_k.index_copy_(0, slots, ik.reshape({B * L, -1}).to(pool.index_k.scalar_type()));
+        const std::vector<at::Tensor> pools = {pool.c_kv, pool.k_pe, pool.index_k};
+        const std::vector<at::Tensor> rows = {c_kv.reshape({B * L, -1}), k_pe.reshape({B * L, -1}),
+                                              ik.reshape({B * L, -1})};
+        if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_write_fits(slots, pools, rows)) {
+            cuda::paged_write(slots, pools, rows);  // one kernel for the three copies and their casts
+        } else {
+            for (size_t i = 0; i < pools.size(); ++i) {
+                at::Tensor target = pools[i];
+                target.index_copy_(0, slots, rows[i].to(pools[i].scalar_type()));
+            }
+        }
         if (paged_read && (!st.dense || opt.return_topk)) {  // the indexer scores the row's keys
             const at::Tensor& read = opt.paged->read_slots;
             ik = pool.index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});

@@ -53,8 +53,10 @@ bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::
     return true;
 }
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-    RECORD_FUNCTION("dsrl::rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
+namespace {
+
+// rms_norm's checks and parameters; allocates *out.
+kernels::RmsNormParams norm_params(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor* out) {
     constexpr const char* op = "rms_norm (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim, got ", x.scalar_type(), " ",
@@ -68,24 +70,26 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
     const at::ScalarType out_type = at::result_type(weight, x);
-    const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_type));
-    const kernels::RmsNormParams p{.x = x.data_ptr(),
-                                   .x_type = kernel_elem(x.scalar_type()),
-                                   .x_row_stride = stride,
-                                   .w = weight.data_ptr(),
-                                   .w_type = kernel_elem(weight.scalar_type()),
-                                   .out = out.data_ptr(),
-                                   .out_type = kernel_elem(out_type),
-                                   .rows = x.numel() / std::max<int64_t>(dim, 1),
-                                   .dim = dim,
-                                   .eps = static_cast<float>(eps)};
-    C10_CUDA_CHECK(kernels::launch_rms_norm(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
-    return out;
+    *out = at::empty(x.sizes(), x.options().dtype(out_type));
+    return {.x = x.data_ptr(),
+            .x_type = kernel_elem(x.scalar_type()),
+            .x_row_stride = stride,
+            .w = weight.data_ptr(),
+            .w_type = kernel_elem(weight.scalar_type()),
+            .out = out->data_ptr(),
+            .out_type = kernel_elem(out_type),
+            .rows = x.numel() / std::max<int64_t>(dim, 1),
+            .dim = dim,
+            .eps = static_cast<float>(eps)};
 }
 
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
-    RECORD_FUNCTION("dsrl::rope", std::vector<c10::IValue>());  // names the kernel in profiles
+// rope's checks and parameters; allocates *out.
+kernels::RopeParams rope_params(const at::Tensor& x,
+                                const at::Tensor& cos,
+                                const at::Tensor& sin,
+                                int64_t rope,
+                                bool interleaved,
+                                at::Tensor* out) {
     constexpr const char* op = "rope (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 2 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor [..., D] with a contiguous last dim, got ", x.scalar_type(),
@@ -110,21 +114,71 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const int64_t stride = row_stride(x, per_head ? 2 : 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
+    *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    return {.x = x.data_ptr(),
+            .type = kernel_elem(x.scalar_type()),
+            .x_row_stride = stride,
+            .x_head_stride = per_head ? x.stride(-2) : 0,
+            .cos = cos.data_ptr<float>(),
+            .sin = sin.data_ptr<float>(),
+            .out = out->data_ptr(),
+            .rows = rows,
+            .heads = heads,
+            .dim = dim,
+            .rope = rope,
+            .interleaved = interleaved};
+}
+
+cudaStream_t stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+    RECORD_FUNCTION("dsrl::rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
     const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    const kernels::RopeParams p{.x = x.data_ptr(),
-                                .type = kernel_elem(x.scalar_type()),
-                                .x_row_stride = stride,
-                                .x_head_stride = per_head ? x.stride(-2) : 0,
-                                .cos = cos.data_ptr<float>(),
-                                .sin = sin.data_ptr<float>(),
-                                .out = out.data_ptr(),
-                                .rows = rows,
-                                .heads = heads,
-                                .dim = dim,
-                                .rope = rope,
-                                .interleaved = interleaved};
-    C10_CUDA_CHECK(kernels::launch_rope(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+    at::Tensor out;
+    const kernels::RmsNormParams p = norm_params(x, weight, eps, &out);
+    C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
+    return out;
+}
+
+std::pair<at::Tensor, at::Tensor> rms_norm2(
+    const at::Tensor& x1, const at::Tensor& w1, const at::Tensor& x2, const at::Tensor& w2, double eps) {
+    RECORD_FUNCTION("dsrl::rms_norm2", std::vector<c10::IValue>());
+    TORCH_CHECK(x1.device() == x2.device(), "rms_norm2 (cuda): both inputs on one device, got ", x1.device(), " and ",
+                x2.device());
+    const c10::cuda::CUDAGuard on_device(x1.device());
+    std::pair<at::Tensor, at::Tensor> out;
+    const kernels::RmsNormParams a = norm_params(x1, w1, eps, &out.first), b = norm_params(x2, w2, eps, &out.second);
+    C10_CUDA_CHECK(kernels::launch_rms_norms(a, b, stream_of(x1)));
+    return out;
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
+    RECORD_FUNCTION("dsrl::rope", std::vector<c10::IValue>());  // names the kernel in profiles
+    const c10::cuda::CUDAGuard on_device(x.device());
+    at::Tensor out;
+    const kernels::RopeParams p = rope_params(x, cos, sin, rope, interleaved, &out);
+    C10_CUDA_CHECK(kernels::launch_rope(p, stream_of(x)));
+    return out;
+}
+
+std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
+                                        const at::Tensor& cos1,
+                                        const at::Tensor& sin1,
+                                        const at::Tensor& x2,
+                                        const at::Tensor& cos2,
+                                        const at::Tensor& sin2,
+                                        int64_t rope,
+                                        bool interleaved) {
+    RECORD_FUNCTION("dsrl::rope2", std::vector<c10::IValue>());
+    TORCH_CHECK(x1.device() == x2.device(), "rope2 (cuda): both inputs on one device, got ", x1.device(), " and ",
+                x2.device());
+    const c10::cuda::CUDAGuard on_device(x1.device());
+    std::pair<at::Tensor, at::Tensor> out;
+    const kernels::RopeParams a = rope_params(x1, cos1, sin1, rope, interleaved, &out.first);
+    const kernels::RopeParams b = rope_params(x2, cos2, sin2, rope, interleaved, &out.second);
+    C10_CUDA_CHECK(kernels::launch_ropes(a, b, stream_of(x1)));
     return out;
 }
 

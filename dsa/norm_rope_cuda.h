@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 
@@ -23,5 +24,20 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 /// tensor like x. cos / sin are contiguous fp32 with x's dims and the last rope / 2 wide: [.., L, rope/2] for
 /// x [.., L, D], or [.., L, 1, rope/2] broadcast over the heads of x [.., L, H, D] (as apply_rope_* broadcasts them).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved);
+
+/// {rms_norm(x1, w1, eps), rms_norm(x2, w2, eps)} as one kernel (a layer's query and latent norms), the same values.
+std::pair<at::Tensor, at::Tensor> rms_norm2(
+    const at::Tensor& x1, const at::Tensor& w1, const at::Tensor& x2, const at::Tensor& w2, double eps);
+
+/// {rope(x1, cos1, sin1, rope, interleaved), rope(x2, cos2, sin2, rope, interleaved)} as one kernel (a layer's query
+/// and key rotations), the same values.
+std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
+                                        const at::Tensor& cos1,
+                                        const at::Tensor& sin1,
+                                        const at::Tensor& x2,
+                                        const at::Tensor& cos2,
+                                        const at::Tensor& sin2,
+                                        int64_t rope,
+                                        bool interleaved);
 
 }  // namespace dsrl::dsa::cuda

@@ -1,12 +1,14 @@
 // Host wrapper of the paged-slots kernel (dsa/paged_slots_cuda.h).
 #include "dsa/paged_slots_cuda.h"
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/kernel_elem.h"
 #include "dsa/kernels/paged_slots.cuh"
 
 namespace dsrl::dsa::cuda {
@@ -52,6 +54,50 @@ at::Tensor paged_slots(const at::Tensor& read,
                                       .width = K};
     C10_CUDA_CHECK(kernels::launch_paged_slots(p, c10::cuda::getCurrentCUDAStream(read.device().index()).stream()));
     return out;
+}
+
+bool paged_write_fits(const at::Tensor& slots,
+                      const std::vector<at::Tensor>& pools,
+                      const std::vector<at::Tensor>& rows) {
+    if (!slots.defined() || !slots.is_cuda() || slots.scalar_type() != at::kLong || slots.dim() != 1 ||
+        !slots.is_contiguous() || pools.empty() || pools.size() > kernels::kPagedWriteParts ||
+        pools.size() != rows.size())
+        return false;
+    for (size_t i = 0; i < pools.size(); ++i) {
+        const at::Tensor& pool = pools[i];
+        const at::Tensor& row = rows[i];
+        if (!pool.defined() || !row.defined() || pool.device() != slots.device() || row.device() != slots.device() ||
+            pool.dim() != 2 || row.dim() != 2 || pool.size(0) != pools[0].size(0) || row.size(0) != slots.size(0) ||
+            row.size(1) != pool.size(1) || (pool.size(1) > 1 && (pool.stride(1) != 1 || row.stride(1) != 1)) ||
+            !elem_kernel_takes(pool.scalar_type()) || !elem_kernel_takes(row.scalar_type()) ||
+            (at::GradMode::is_enabled() && (row.requires_grad() || pool.requires_grad())))
+            return false;
+    }
+    return true;
+}
+
+void paged_write(const at::Tensor& slots, const std::vector<at::Tensor>& pools, const std::vector<at::Tensor>& rows) {
+    RECORD_FUNCTION("dsrl::paged_write", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(paged_write_fits(slots, pools, rows),
+                "paged_write (cuda): slots must be contiguous CUDA int64 [N] and each of 1-3 pools [P, D] take rows "
+                "[N, D] with contiguous rows (fp32, bf16 or fp16, no autograd); got slots ",
+                slots.defined() ? slots.sizes() : at::IntArrayRef{}, " and ", pools.size(), " pools, ", rows.size(),
+                " row tensors");
+    const c10::cuda::CUDAGuard on_device(slots.device());
+    kernels::PagedWriteParams p{.slots = slots.data_ptr<int64_t>(),
+                                .rows = slots.size(0),
+                                .pool_rows = pools[0].size(0),
+                                .parts = static_cast<int>(pools.size())};
+    for (size_t i = 0; i < pools.size(); ++i) {
+        p.part[i] = {.pool = pools[i].data_ptr(),
+                     .pool_type = kernel_elem(pools[i].scalar_type()),
+                     .pool_stride = pools[i].stride(0),
+                     .src = rows[i].data_ptr(),
+                     .src_type = kernel_elem(rows[i].scalar_type()),
+                     .src_stride = rows[i].stride(0),
+                     .width = pools[i].size(1)};
+    }
+    C10_CUDA_CHECK(kernels::launch_paged_write(p, c10::cuda::getCurrentCUDAStream(slots.device().index()).stream()));
 }
 
 }  // namespace dsrl::dsa::cuda

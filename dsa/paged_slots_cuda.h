@@ -6,6 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace dsrl::dsa::cuda {
 
 /// Whether the kernel takes these inputs: CUDA, read [B, S] int64 and topk [B, L, K] int32 (or undefined) contiguous.
@@ -18,5 +20,16 @@ at::Tensor paged_slots(const at::Tensor& read,
                        const at::Tensor& key_valid,
                        const at::Tensor& query_pos,
                        int64_t len);
+
+/// Whether paged_write takes these: slots contiguous CUDA int64 [N]; one to three pools [P, D_i] (the same P) and rows
+/// [N, D_i] on that device, each with contiguous rows, of fp32 / bf16 / fp16; no row tracked by autograd.
+bool paged_write_fits(const at::Tensor& slots,
+                      const std::vector<at::Tensor>& pools,
+                      const std::vector<at::Tensor>& rows);
+
+/// pools[i].index_copy_(0, slots, rows[i].to(pools[i].scalar_type())) for every i, as one kernel; a slot outside
+/// [0, P) writes nothing (index_copy_ would fail), and of rows with the same slot an unspecified one wins (as with
+/// index_copy_). Throws c10::Error when !paged_write_fits.
+void paged_write(const at::Tensor& slots, const std::vector<at::Tensor>& pools, const std::vector<at::Tensor>& rows);
 
 }  // namespace dsrl::dsa::cuda

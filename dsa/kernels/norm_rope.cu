@@ -16,8 +16,7 @@ using dsrl::kernels::round_elem;
 using dsrl::kernels::store_elem;
 
 // One block per row: the sum of squares (fp32), then each element.
-__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p) {
-    const int64_t row = blockIdx.x;
+__device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
     const int64_t base = row * p.x_row_stride;
     float sum = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
@@ -44,55 +43,87 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams p)
     }
 }
 
-// One thread per (row, head, pair of the rope part) plus the copied tail; a grid-stride loop over the output.
-__global__ void rope_kernel(RopeParams p) {
+// Job a's rows, then job b's (b.rows may be 0).
+__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams a, RmsNormParams b) {
+    const int64_t block = blockIdx.x;
+    if (block < a.rows) {
+        rms_norm_row(a, block);
+    } else {
+        rms_norm_row(b, block - a.rows);
+    }
+}
+
+// One thread per (row, head, pair of the rope part) plus the copied tail.
+__device__ __forceinline__ int64_t rope_items(const RopeParams& p) {
+    return p.rows * p.heads * (p.rope / 2 + p.dim - p.rope);
+}
+
+__device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
     const int64_t half = p.rope / 2;
     const int64_t tail = p.dim - p.rope;
     const int64_t per_head = half + tail;  // work items of one head: pairs, then copied dims
-    const int64_t total = p.rows * p.heads * per_head;
+    const int64_t j = item % per_head;
+    const int64_t rh = item / per_head;
+    const int64_t h = rh % p.heads;
+    const int64_t r = rh / p.heads;
+    const int64_t in = r * p.x_row_stride + h * p.x_head_stride;
+    const int64_t out = rh * p.dim;
+    if (j >= half) {  // a dim past the rope part: copied
+        const int64_t d = p.rope + (j - half);
+        store_elem(p.out, p.type, out + d, load_elem(p.x, p.type, in + d));
+        return;
+    }
+    // cos / sin cast to x's type first (cos.to(x.dtype)).
+    const float c = round_elem(p.cos[r * half + j], p.type);
+    const float s = round_elem(p.sin[r * half + j], p.type);
+    const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
+    const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
+    const float a = load_elem(p.x, p.type, in + a_idx);
+    const float b = load_elem(p.x, p.type, in + b_idx);
+    // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
+    const float ac = round_elem(__fmul_rn(a, c), p.type), bs = round_elem(__fmul_rn(b, s), p.type);
+    const float bc = round_elem(__fmul_rn(b, c), p.type), as = round_elem(__fmul_rn(a, s), p.type);
+    store_elem(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
+    store_elem(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
+}
+
+// Job a's items, then job b's (b may have none); a grid-stride loop over both.
+__global__ void rope_kernel(RopeParams a, RopeParams b) {
+    const int64_t items_a = rope_items(a), total = items_a + rope_items(b);
     for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < total;
          item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        const int64_t j = item % per_head;
-        const int64_t rh = item / per_head;
-        const int64_t h = rh % p.heads;
-        const int64_t r = rh / p.heads;
-        const int64_t in = r * p.x_row_stride + h * p.x_head_stride;
-        const int64_t out = rh * p.dim;
-        if (j >= half) {  // a dim past the rope part: copied
-            const int64_t d = p.rope + (j - half);
-            store_elem(p.out, p.type, out + d, load_elem(p.x, p.type, in + d));
-            continue;
+        if (item < items_a) {
+            rope_item(a, item);
+        } else {
+            rope_item(b, item - items_a);
         }
-        // cos / sin cast to x's type first (cos.to(x.dtype)).
-        const float c = round_elem(p.cos[r * half + j], p.type);
-        const float s = round_elem(p.sin[r * half + j], p.type);
-        const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
-        const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
-        const float a = load_elem(p.x, p.type, in + a_idx);
-        const float b = load_elem(p.x, p.type, in + b_idx);
-        // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
-        const float ac = round_elem(__fmul_rn(a, c), p.type), bs = round_elem(__fmul_rn(b, s), p.type);
-        const float bc = round_elem(__fmul_rn(b, c), p.type), as = round_elem(__fmul_rn(a, s), p.type);
-        store_elem(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
-        store_elem(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
     }
 }
 
 }  // namespace
 
-cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
-    if (p.rows == 0 || p.dim == 0) return cudaSuccess;
-    if (p.rows > 0x7fffffff) return cudaErrorInvalidValue;
-    rms_norm_kernel<<<static_cast<unsigned>(p.rows), kNormThreads, 0, stream>>>(p);
+cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) { return launch_rms_norms(p, {}, stream); }
+
+cudaError_t launch_rms_norms(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
+    const int64_t rows_a = a.dim == 0 ? 0 : a.rows, rows_b = b.dim == 0 ? 0 : b.rows;
+    if (rows_a + rows_b == 0) return cudaSuccess;
+    if (rows_a + rows_b > 0x7fffffff) return cudaErrorInvalidValue;
+    RmsNormParams ja = a, jb = b;
+    ja.rows = rows_a;  // a job without columns has nothing to write: no blocks
+    jb.rows = rows_b;
+    rms_norm_kernel<<<static_cast<unsigned>(rows_a + rows_b), kNormThreads, 0, stream>>>(ja, jb);
     return cudaGetLastError();
 }
 
-cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream) {
-    const int64_t total = p.rows * p.heads * (p.rope / 2 + p.dim - p.rope);
+cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream) { return launch_ropes(p, {}, stream); }
+
+cudaError_t launch_ropes(const RopeParams& a, const RopeParams& b, cudaStream_t stream) {
+    const auto items = [](const RopeParams& p) { return p.rows * p.heads * (p.rope / 2 + p.dim - p.rope); };
+    const int64_t total = items(a) + items(b);
     if (total == 0) return cudaSuccess;
     constexpr int kThreads = 256;
     const int64_t blocks = (total + kThreads - 1) / kThreads;
-    rope_kernel<<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(p);
+    rope_kernel<<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(a, b);
     return cudaGetLastError();
 }
 

@@ -28,6 +28,8 @@ struct RmsNormParams {
     float eps;
 };
 cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
+/// Two RMSNorms in one launch (a layer's query and latent norms): a's rows, then b's; a default-constructed b is none.
+cudaError_t launch_rms_norms(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream);
 
 /// RoPE over x viewed as [rows, heads, dim] (last dim contiguous) with cos/sin [rows, rope / 2] fp32 (one per row,
 /// shared by its heads). Interleaved: pair (2i, 2i+1) of the first `rope` dims rotates by angle i. Half split: dim i
@@ -47,5 +49,7 @@ struct RopeParams {
     bool interleaved;
 };
 cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
+/// Two RoPEs in one launch (a layer's query and key rotations): a's items, then b's; a default-constructed b is none.
+cudaError_t launch_ropes(const RopeParams& a, const RopeParams& b, cudaStream_t stream);
 
 }  // namespace dsrl::dsa::kernels

@@ -23,7 +23,28 @@ __global__ void paged_slots_kernel(PagedSlotsParams p) {
     }
 }
 
+// A block per row; its threads over each part's values.
+__global__ void paged_write_kernel(PagedWriteParams p) {
+    const int64_t n = blockIdx.x;
+    const int64_t slot = p.slots[n];
+    if (slot < 0 || slot >= p.pool_rows) return;
+    for (int i = 0; i < p.parts; ++i) {
+        const PagedWriteParams::Part& q = p.part[i];
+        for (int64_t d = threadIdx.x; d < q.width; d += blockDim.x) {
+            dsrl::kernels::store_elem(q.pool, q.pool_type, slot * q.pool_stride + d,
+                                      dsrl::kernels::load_elem(q.src, q.src_type, n * q.src_stride + d));
+        }
+    }
+}
+
 }  // namespace
+
+cudaError_t launch_paged_write(const PagedWriteParams& p, cudaStream_t stream) {
+    if (p.rows == 0 || p.parts == 0) return cudaSuccess;
+    if (p.rows > 0x7fffffff || p.parts < 0 || p.parts > kPagedWriteParts) return cudaErrorInvalidValue;
+    paged_write_kernel<<<static_cast<unsigned>(p.rows), 128, 0, stream>>>(p);
+    return cudaGetLastError();
+}
 
 cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream) {
     const int64_t total = p.batch * p.len * p.width;

@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include "core/kernels/elem.cuh"
+
 namespace dsrl::dsa::kernels {
 
 /// out[b, l, j] = read[b, key] for key = topk[b, l, j] (sparse) or key = j (dense: every key, visible when
@@ -19,5 +21,24 @@ struct PagedSlotsParams {
     int64_t batch, len, keys, width;  // B, L, S, K
 };
 cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream);
+
+/// A step's new cache entries into the pool: for every row n with slots[n] in [0, pool_rows) and every part i,
+/// part[i].pool[slots[n]] = part[i].src[n] (width values, cast to the pool's type); rows with other slots are skipped.
+/// One kernel for a layer's latent, rope key and indexer key (three index_copy_ and their casts before).
+constexpr int kPagedWriteParts = 3;
+struct PagedWriteParams {
+    const int64_t* slots;  // [rows]
+    int64_t rows, pool_rows;
+    int parts;
+    struct Part {
+        void* pool;  // [pool_rows, width], row stride pool_stride, contiguous rows
+        dsrl::kernels::Elem pool_type;
+        int64_t pool_stride;
+        const void* src;  // [rows, width], row stride src_stride, contiguous rows
+        dsrl::kernels::Elem src_type;
+        int64_t src_stride, width;
+    } part[kPagedWriteParts];
+};
+cudaError_t launch_paged_write(const PagedWriteParams& p, cudaStream_t stream);
 
 }  // namespace dsrl::dsa::kernels

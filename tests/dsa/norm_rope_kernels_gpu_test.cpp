@@ -11,6 +11,7 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/result_type.h>
 
 #include "dsa/indexer_topk.h"
 #include "dsa/model.h"
@@ -81,6 +82,34 @@ TEST(NormRopeKernelTest, RopeEqualsTheFormulaBitForBit) {
         const at::Tensor c1 = cos3.narrow(1, 0, 1).narrow(0, 0, 1).expand({5, 1, 16}).contiguous();
         const at::Tensor s1 = sin3.narrow(1, 0, 1).narrow(0, 0, 1).expand({5, 1, 16}).contiguous();
         EXPECT_TRUE(at::equal(cuda::rope(k1, c1, s1, 32, false), half_split(k1, c1, s1)));
+    }
+}
+
+// The paired launches (a layer's query and key paths in one kernel) give what two single launches give, bit for bit:
+// jobs of different shapes, strides and (for the norms) dtypes, and the MLA and indexer rotations.
+TEST(NormRopeKernelTest, PairedLaunchesEqualTwoSingleOnes) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(t));
+        const at::Tensor q_a = randn({4, 1, 384}, t), kv = randn({4, 1, 288}, t) * 3;
+        const at::Tensor w1 = randn({384}, t) * 0.5 + 1, w2 = randn({256}, at::kFloat) * 0.5 + 1;
+        const auto [n1, n2] = cuda::rms_norm2(q_a, w1, kv.narrow(-1, 0, 256), w2, 1e-6);
+        EXPECT_TRUE(at::equal(n1, cuda::rms_norm(q_a, w1, 1e-6)));
+        EXPECT_TRUE(at::equal(n2, cuda::rms_norm(kv.narrow(-1, 0, 256), w2, 1e-6)));
+        ASSERT_EQ(n2.scalar_type(), at::result_type(w2, kv));
+
+        const at::Tensor cos4 = at::randn({4, 1, 1, 16}, at::TensorOptions().device(at::kCUDA));
+        const at::Tensor sin4 = at::randn({4, 1, 1, 16}, at::TensorOptions().device(at::kCUDA));
+        const at::Tensor cos3 = cos4.squeeze(2), sin3 = sin4.squeeze(2);
+        const at::Tensor q_pe = randn({4, 1, 12, 96}, t).narrow(-1, 64, 32), k_pe = kv.narrow(-1, 256, 32);
+        const auto [r1, r2] = cuda::rope2(q_pe, cos4, sin4, k_pe, cos3, sin3, 32, true);
+        EXPECT_TRUE(at::equal(r1, cuda::rope(q_pe, cos4, sin4, 32, true)));
+        EXPECT_TRUE(at::equal(r2, cuda::rope(k_pe, cos3, sin3, 32, true)));
+        const at::Tensor iq = randn({4, 1, 8, 64}, t), ik = randn({4, 1, 64}, t);
+        const auto [h1, h2] = cuda::rope2(iq, cos4, sin4, ik, cos3, sin3, 32, false);
+        EXPECT_TRUE(at::equal(h1, cuda::rope(iq, cos4, sin4, 32, false)));
+        EXPECT_TRUE(at::equal(h2, cuda::rope(ik, cos3, sin3, 32, false)));
     }
 }
 

@@ -16,6 +16,8 @@
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/randperm.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
@@ -169,6 +171,48 @@ TEST(PagedSlotsKernelTest, EqualsTheGatherThroughTheTable) {
     EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, f.dtype(at::kLong)), at::zeros({2, 1, 3}, f.dtype(at::kLong))))
         << "int64 key sets";
     EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, at::kLong), {})) << "a table on the CPU";
+}
+
+TEST(PagedWriteKernelTest, EqualsTheThreeIndexCopies) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    const int64_t P = 300;
+    for (const at::ScalarType pool_type : {at::kBFloat16, at::kFloat}) {
+        for (const at::ScalarType row_type : {at::kBFloat16, at::kFloat}) {
+            for (const int64_t N : {1, 7, 256}) {
+                SCOPED_TRACE(::testing::Message() << "pool " << pool_type << " rows " << row_type << " N " << N);
+                // Distinct slots (a decode step's), the rows as views with a row stride (narrowed out of wider rows,
+                // as the model's latent and rope key are), the pools as the engine's [P, D] tensors.
+                const at::Tensor slots = at::randperm(P, f.dtype(at::kLong)).narrow(0, 0, N).contiguous();
+                const at::Tensor wide = at::randn({N, 256 + 32 + 5}, f).to(row_type);
+                const std::vector<at::Tensor> rows = {wide.narrow(1, 0, 256), wide.narrow(1, 256, 32),
+                                                      at::randn({N, 64}, f).to(row_type)};
+                std::vector<at::Tensor> got, want;
+                for (const int64_t D : {256, 32, 64}) {
+                    got.push_back(at::randn({P, D}, f).to(pool_type));
+                    want.push_back(got.back().clone());
+                }
+                ASSERT_TRUE(cuda::paged_write_fits(slots, got, rows));
+                cuda::paged_write(slots, got, rows);
+                for (size_t i = 0; i < 3; ++i) {
+                    want[i].index_copy_(0, slots, rows[i].to(pool_type));
+                    EXPECT_TRUE(at::equal(got[i], want[i])) << "part " << i;
+                }
+            }
+        }
+    }
+    // A slot outside the pool writes nothing; the other rows are written.
+    const at::Tensor pool = at::zeros({4, 8}, f), rows = at::ones({3, 8}, f);
+    cuda::paged_write(at::tensor({-1, 2, 4}, at::kLong).to(at::kCUDA), {pool}, {rows});
+    EXPECT_EQ(pool.sum().item<double>(), 8.0);
+    EXPECT_EQ(pool[2].sum().item<double>(), 8.0);
+    EXPECT_FALSE(cuda::paged_write_fits(at::zeros({3}, at::kLong), {pool}, {rows})) << "slots on the CPU";
+    EXPECT_FALSE(cuda::paged_write_fits(at::zeros({3}, f.dtype(at::kInt)), {pool}, {rows})) << "int32 slots";
+    EXPECT_FALSE(cuda::paged_write_fits(at::zeros({3}, f.dtype(at::kLong)), {pool}, {at::ones({3, 7}, f)}))
+        << "a row of another width";
+    EXPECT_FALSE(cuda::paged_write_fits(at::zeros({3}, f.dtype(at::kLong)), {pool}, {at::ones({8, 3}, f).t()}))
+        << "rows that are not contiguous";
 }
 
 }  // namespace
