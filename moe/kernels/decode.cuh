@@ -37,7 +37,8 @@ constexpr int kRouteMaxExperts = 1024;
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream);
 
 /// out[t, c] = silu(gate[t, c]) · up[t, c], each op rounded to the element type as ATen's silu then mul round them;
-/// with `weight`, then · weight[t, c / group_width] in fp32 and rounded again (a routed expert's gate weight).
+/// with `weight`, then · weight[t, c / group_width] in fp32 and rounded again (a routed expert's gate weight); where
+/// that weight is 0, out is 0 and gate / up are not read (ATen's product would be NaN for an infinite gate).
 /// gate and up are rows of `cols` elements at row strides of their own; out is [rows, cols] contiguous.
 struct SiluMulParams {
     const void* gate;

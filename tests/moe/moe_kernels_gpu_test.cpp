@@ -12,6 +12,7 @@
 #include <ATen/ops/randn.h>
 #include <ATen/ops/scatter.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
 #include <string>
@@ -93,9 +94,14 @@ TEST(MoeKernelTest, SiluMulRoundsAsTheAtenOps) {
         const at::Tensor g = gu.narrow(1, 0, 300), u = gu.narrow(1, 300, 300);
         EXPECT_TRUE(at::equal(cuda::silu_mul(g, u), at::silu(g) * u));
         // Weighted per group of 60 columns (an expert's intermediate width): the product times the weight, rounded.
-        const at::Tensor w = randn({37, 5}).abs();
+        // Zero weights (experts a token is not routed to) give 0 without reading gate and up.
+        const at::Tensor w = at::where(randn({37, 5}) > 0.3, randn({37, 5}).abs(),
+                                       at::zeros({37, 5}, at::TensorOptions().device(at::kCUDA)));
         const at::Tensor want = ((at::silu(g) * u).to(at::kFloat) * w.repeat_interleave(60, 1)).to(t);
         EXPECT_TRUE(at::equal(cuda::silu_mul(g, u, w, 60), want));
+        // More rows than a grid's y dimension holds (70,000): rows past 65,535 are grid-strided.
+        const at::Tensor many_g = randn({70000, 16}, t), many_u = randn({70000, 16}, t);
+        EXPECT_TRUE(at::equal(cuda::silu_mul(many_g, many_u), at::silu(many_g) * many_u));
     }
 }
 
