@@ -13,6 +13,7 @@
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/result_type.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -27,6 +28,7 @@
 #include "core/dispatch.h"
 #include "core/dist/communicator.h"
 #include "core/error.h"
+#include "core/kernel_elem.h"
 #include "core/logging.h"
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
@@ -89,6 +91,19 @@ at::Tensor rope_part_half_split(
     const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
     if (fused(c, x, {&cos, &sin})) return cuda::rope(x, cos, sin, rope, /*interleaved=*/false);
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
+}
+
+// x + delta (the residual stream after a sublayer) and its RMSNorm (the next sublayer's input), one kernel where the
+// forward's kernels run and x and delta are of one type and shape.
+std::pair<at::Tensor, at::Tensor> add_norm(
+    const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w, double eps, const ModelConfig& c) {
+    if (fused(c, x, {&delta, &w}) && elem_kernel_takes(delta.scalar_type()) &&
+        at::result_type(x, delta) == x.scalar_type() && delta.sizes() == x.sizes() && delta.is_contiguous() &&
+        x.is_contiguous())
+        return cuda::add_rms_norm(x, delta, w, eps);
+    at::Tensor sum = x + delta;
+    at::Tensor normed = norm(sum, w, eps, c);
+    return {std::move(sum), std::move(normed)};
 }
 
 // A layer's two RMSNorms of one eps (query and latent) as one kernel where the forward's kernels run.
@@ -635,17 +650,21 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     out.query_pos = st.query_pos;
     out.key_valid = st.key_valid;
     const moe::RouterOptions router = router_options(c);
+    // The residual stream x and the normalized input of the next sublayer xn: each residual add and the norm after it
+    // are one kernel where the forward's kernels run (add_norm); the last add goes with the final norm.
     at::Tensor x = at::embedding(w_.embed_tokens, ids);
+    at::Tensor xn = c.num_hidden_layers > 0 ? norm(x, w_.layers[0].input_layernorm, c.rms_norm_eps, c)
+                                            : norm(x, w_.norm, c.rms_norm_eps, c);
     int64_t moe_layer = 0;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const LayerWeights& l = w_.layers[i];
-        AttentionResult a = attention(norm(x, l.input_layernorm, c.rms_norm_eps, c), l, c, st, opt,
-                                      cache != nullptr ? &cache->layers[i] : nullptr, i);
-        x = x + a.out;
+        AttentionResult a = attention(xn, l, c, st, opt, cache != nullptr ? &cache->layers[i] : nullptr, i);
+        at::Tensor h;
+        std::tie(x, h) = add_norm(x, a.out, l.post_attention_layernorm, c.rms_norm_eps, c);
+        h = h.view({-1, c.hidden_size});
         if (opt.return_topk) out.topk.push_back(a.topk);
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
         if (opt.return_attention) out.attention.push_back(std::move(a.attention));
-        const at::Tensor h = norm(x, l.post_attention_layernorm, c.rms_norm_eps, c).view({-1, c.hidden_size});
         at::Tensor y;
         if (l.is_moe) {
             at::Tensor replay;
@@ -666,10 +685,11 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         } else {
             y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
         }
-        x = x + y.view({st.batch, st.len, c.hidden_size});
+        const at::Tensor& next = i + 1 < c.num_hidden_layers ? w_.layers[i + 1].input_layernorm : w_.norm;
+        std::tie(x, xn) = add_norm(x, y.view({st.batch, st.len, c.hidden_size}), next, c.rms_norm_eps, c);
     }
     if (cache != nullptr) cache->length = num_keys;
-    x = norm(x, w_.norm, c.rms_norm_eps, c);
+    x = xn;
     if (opt.return_hidden) out.hidden = x;
     if (opt.return_logits) out.logits = logits(x);
     return out;

@@ -25,6 +25,15 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 /// x [.., L, D], or [.., L, 1, rope/2] broadcast over the heads of x [.., L, H, D] (as apply_rope_* broadcasts them).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved);
 
+/// {x + residual, rms_norm(x + residual, weight, eps)} as one kernel (the residual stream after a sublayer and the next
+/// sublayer's normalized input): the sum in fp32 rounded to x's type as ATen's add rounds it. residual is shaped like
+/// x, of x's type or one that promotes to it (a bf16 sublayer output into an fp32 stream under autocast), its last dim
+/// contiguous and its leading dims rows of one stride.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
+                                               const at::Tensor& residual,
+                                               const at::Tensor& weight,
+                                               double eps);
+
 /// {rms_norm(x1, w1, eps), rms_norm(x2, w2, eps)} as one kernel (a layer's query and latent norms), the same values.
 std::pair<at::Tensor, at::Tensor> rms_norm2(
     const at::Tensor& x1, const at::Tensor& w1, const at::Tensor& x2, const at::Tensor& w2, double eps);

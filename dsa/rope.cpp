@@ -102,6 +102,9 @@ at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) {
 at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) {
     TORCH_CHECK(false, "rope: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
 std::pair<at::Tensor, at::Tensor> rms_norm2(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "rms_norm2: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");

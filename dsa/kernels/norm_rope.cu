@@ -18,9 +18,15 @@ using dsrl::kernels::store_elem;
 // One block per row: the sum of squares (fp32), then each element.
 __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
     const int64_t base = row * p.x_row_stride;
+    const bool add = p.residual != nullptr;
     float sum = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float v = load_elem(p.x, p.x_type, base + i);
+        float v = load_elem(p.x, p.x_type, base + i);
+        if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
+            v = round_elem(__fadd_rn(v, load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i)),
+                           p.x_type);
+            store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
+        }
         sum = __fadd_rn(sum, __fmul_rn(v, v));
     }
     __shared__ float warp_sums[kNormThreads / 32];
@@ -38,7 +44,8 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
     __syncthreads();
     const float r = scale;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float normed = round_elem(__fmul_rn(load_elem(p.x, p.x_type, base + i), r), p.x_type);  // .to(x's type)
+        const float v = add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
+        const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
         store_elem(p.out, p.out_type, row * p.dim + i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
     }
 }

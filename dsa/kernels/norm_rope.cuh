@@ -26,6 +26,12 @@ struct RmsNormParams {
     int64_t rows;
     int64_t dim;
     float eps;
+    // Optional: the norm of x + residual (the residual stream after a sublayer): residual rows like x's (own row
+    // stride and type), the sum in fp32 rounded to x's type and written to sum_out ([rows, dim] contiguous, x's type).
+    const void* residual = nullptr;
+    Elem residual_type = Elem::kF32;  // x's type, or one that promotes to it (bf16 into an fp32 stream)
+    int64_t residual_row_stride = 0;
+    void* sum_out = nullptr;
 };
 cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
 /// Two RMSNorms in one launch (a layer's query and latent norms): a's rows, then b's; a default-constructed b is none.

@@ -113,6 +113,29 @@ TEST(NormRopeKernelTest, PairedLaunchesEqualTwoSingleOnes) {
     }
 }
 
+// The residual add fused into the next RMSNorm: the sum as ATen's add rounds it, the norm as the single kernel gives
+// it on that sum, bit for bit; a bf16 sublayer output into an fp32 stream (autocast) and rows with a stride.
+TEST(NormRopeKernelTest, AddRmsNormEqualsTheAddThenTheNorm) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        at::ScalarType x, r, w;
+    };
+    for (const Case k : {Case{at::kBFloat16, at::kBFloat16, at::kBFloat16}, Case{at::kFloat, at::kBFloat16, at::kFloat},
+                         Case{at::kFloat, at::kFloat, at::kFloat}, Case{at::kHalf, at::kHalf, at::kFloat}}) {
+        SCOPED_TRACE(std::string(c10::toString(k.x)) + " + " + c10::toString(k.r));
+        for (const int64_t rows : {1, 256}) {
+            const at::Tensor x = randn({rows, 1, 768}, k.x), w = randn({768}, k.w) * 0.5 + 1;
+            const at::Tensor r = randn({rows, 1, 800}, k.r).narrow(-1, 0, 768);  // rows of stride 800
+            const auto [sum, normed] = cuda::add_rms_norm(x, r, w, 1e-6);
+            const at::Tensor want_sum = x + r;
+            ASSERT_EQ(sum.scalar_type(), want_sum.scalar_type());
+            EXPECT_TRUE(at::equal(sum, want_sum));
+            EXPECT_TRUE(at::equal(normed, cuda::rms_norm(want_sum, w, 1e-6)));
+        }
+    }
+}
+
 // Shapes the indexer's scoring kernels do not take (D = 64): kAuto scores with ATen and selects with the exact top-k
 // kernel, which must equal the reference's stable sort, −1 padding and ties included.
 TEST(NormRopeKernelTest, IndexerSelectionWithTheTopkKernelEqualsTheSort) {
