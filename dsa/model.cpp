@@ -13,7 +13,6 @@
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
-#include <ATen/ops/result_type.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -28,7 +27,6 @@
 #include "core/dispatch.h"
 #include "core/dist/communicator.h"
 #include "core/error.h"
-#include "core/kernel_elem.h"
 #include "core/logging.h"
 #include "core/precision.h"
 #include "dsa/indexer_topk.h"
@@ -94,13 +92,10 @@ at::Tensor rope_part_half_split(
 }
 
 // x + delta (the residual stream after a sublayer) and its RMSNorm (the next sublayer's input), one kernel where the
-// forward's kernels run and x and delta are of one type and shape.
+// forward's kernels run and the kernel takes x and delta.
 std::pair<at::Tensor, at::Tensor> add_norm(
     const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w, double eps, const ModelConfig& c) {
-    if (fused(c, x, {&delta, &w}) && elem_kernel_takes(delta.scalar_type()) &&
-        at::result_type(x, delta) == x.scalar_type() && delta.sizes() == x.sizes() && delta.is_contiguous() &&
-        x.is_contiguous())
-        return cuda::add_rms_norm(x, delta, w, eps);
+    if (fused(c, x, {&delta, &w}) && cuda::add_rms_norm_takes(x, delta)) return cuda::add_rms_norm(x, delta, w, eps);
     at::Tensor sum = x + delta;
     at::Tensor normed = norm(sum, w, eps, c);
     return {std::move(sum), std::move(normed)};
@@ -234,10 +229,8 @@ AttentionResult attention(const at::Tensor& h,
         if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_write_fits(slots, pools, rows)) {
             cuda::paged_write(slots, pools, rows);  // one kernel for the three copies and their casts
         } else {
-            for (size_t i = 0; i < pools.size(); ++i) {
-                at::Tensor target = pools[i];
-                target.index_copy_(0, slots, rows[i].to(pools[i].scalar_type()));
-            }
+            for (size_t i = 0; i < pools.size(); ++i)
+                pools[i].index_copy_(0, slots, rows[i].to(pools[i].scalar_type()));
         }
         if (paged_read && (!st.dense || opt.return_topk)) {  // the indexer scores the row's keys
             const at::Tensor& read = opt.paged->read_slots;

@@ -142,27 +142,30 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     return out;
 }
 
+bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual) {
+    return x.defined() && residual.defined() && residual.sizes() == x.sizes() &&
+           elem_kernel_takes(residual.scalar_type()) && at::result_type(x, residual) == x.scalar_type() &&
+           residual.device() == x.device() && residual.dim() >= 1 && residual.stride(-1) == 1 &&
+           row_stride(residual, 1) >= 0 && x.dim() >= 1 && x.stride(-1) == 1 && row_stride(x, 1) >= 0;
+}
+
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
                                                const at::Tensor& residual,
                                                const at::Tensor& weight,
                                                double eps) {
     RECORD_FUNCTION("dsrl::add_rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
-    TORCH_CHECK(residual.defined() && residual.sizes() == x.sizes() && elem_kernel_takes(residual.scalar_type()) &&
-                    at::result_type(x, residual) == x.scalar_type() && residual.device() == x.device() &&
-                    residual.stride(-1) == 1,
-                "add_rms_norm (cuda): residual must be shaped like x ", x.scalar_type(), " ", x.sizes(),
-                " with a contiguous last dim, of x's type or one that promotes to it; got ", residual.scalar_type(),
-                " ", residual.sizes());
-    const int64_t residual_stride = row_stride(residual, 1);
-    TORCH_CHECK(residual_stride >= 0, "add_rms_norm (cuda): the leading dims of residual ", residual.sizes(),
-                " do not flatten to rows of one stride");
+    TORCH_CHECK(add_rms_norm_takes(x, residual), "add_rms_norm (cuda): residual must be shaped like x ",
+                x.scalar_type(), " ", x.sizes(),
+                ", of x's type or one that promotes to it, both with a contiguous last "
+                "dim and leading dims that flatten to rows of one stride; got ",
+                residual.scalar_type(), " ", residual.sizes(), " strides ", residual.strides());
     const c10::cuda::CUDAGuard on_device(x.device());
     std::pair<at::Tensor, at::Tensor> out;
     kernels::RmsNormParams p = norm_params(x, weight, eps, &out.second);
     out.first = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     p.residual = residual.data_ptr();
     p.residual_type = kernel_elem(residual.scalar_type());
-    p.residual_row_stride = residual_stride;
+    p.residual_row_stride = row_stride(residual, 1);
     p.sum_out = out.first.data_ptr();
     C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
     return out;

@@ -25,6 +25,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 /// x [.., L, D], or [.., L, 1, rope/2] broadcast over the heads of x [.., L, H, D] (as apply_rope_* broadcasts them).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved);
 
+/// Whether add_rms_norm takes x and residual (the weight's checks are rms_norm's).
+bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual);
+
 /// {x + residual, rms_norm(x + residual, weight, eps)} as one kernel (the residual stream after a sublayer and the next
 /// sublayer's normalized input): the sum in fp32 rounded to x's type as ATen's add rounds it. residual is shaped like
 /// x, of x's type or one that promotes to it (a bf16 sublayer output into an fp32 stream under autocast), its last dim

@@ -102,6 +102,7 @@ at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) {
 at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) {
     TORCH_CHECK(false, "rope: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
+bool add_rms_norm_takes(const at::Tensor&, const at::Tensor&) { return false; }
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }

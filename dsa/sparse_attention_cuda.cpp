@@ -277,13 +277,12 @@ bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
                                        const at::Tensor& k_pe,
                                        const at::Tensor& indices) {
     if (!sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices)) return false;
-    const kernels::SparseMlaSimtParams p =
+    kernels::SparseMlaSimtParams p =
         simt_params(q_lat, q_pe, c_kv, k_pe, at::Tensor(), 1.0, at::Tensor(), at::Tensor());
-    kernels::SparseMlaSimtParams shaped = p;
-    shaped.topk = indices.size(2);
-    if (!q_lat.is_contiguous()) shaped.q_lat = nullptr;  // sparse_mla_simt copies it (an aligned buffer)
-    if (!q_pe.is_contiguous()) shaped.q_pe = nullptr;
-    return mma_plan(shaped, q_lat.device().index()).tile > 0;
+    p.topk = indices.size(2);
+    if (!q_lat.is_contiguous()) p.q_lat = nullptr;  // sparse_mla_simt copies it (an aligned buffer)
+    if (!q_pe.is_contiguous()) p.q_pe = nullptr;
+    return mma_plan(p, q_lat.device().index()).tile > 0;
 }
 
 AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,

@@ -117,6 +117,13 @@ void append_rows(std::vector<T>& to, const at::Tensor& all, int64_t i, int64_t n
     to.insert(to.end(), p, p + n * w);
 }
 
+// Appends one position's record of every layer, p[j · k .. (j + 1) · k) for layer j, to the per-layer flat lists.
+template <typename T>
+void append_layers(std::vector<std::vector<T>>& to, const T* p, int64_t layers, int64_t k) {
+    to.resize(static_cast<size_t>(layers));
+    for (int64_t j = 0; j < layers; ++j) to[j].insert(to[j].end(), p + j * k, p + (j + 1) * k);
+}
+
 #ifdef DSRL_WITH_CUDA
 // A CUDA-graph node's kind, for GenerationStats::graph_node_kinds.
 const char* graph_node_kind(cudaGraphNodeType t) {
@@ -785,17 +792,11 @@ private:
                         }
                         if (routes.defined()) {  // [S, R, M, k] int64
                             const int64_t m = routes.size(2), k = routes.size(3);
-                            const int64_t* p = routes.data_ptr<int64_t>() + at_row * m * k;
-                            q.routes.resize(static_cast<size_t>(m));
-                            for (int64_t j = 0; j < m; ++j)
-                                q.routes[j].insert(q.routes[j].end(), p + j * k, p + (j + 1) * k);
+                            append_layers(q.routes, routes.data_ptr<int64_t>() + at_row * m * k, m, k);
                         }
                         if (topk.defined()) {  // [S, R, Ly, K] int32
                             const int64_t ly = topk.size(2), k = topk.size(3);
-                            const int32_t* p = topk.data_ptr<int32_t>() + at_row * ly * k;
-                            q.topk.resize(static_cast<size_t>(ly));
-                            for (int64_t j = 0; j < ly; ++j)
-                                q.topk[j].insert(q.topk[j].end(), p + j * k, p + (j + 1) * k);
+                            append_layers(q.topk, topk.data_ptr<int32_t>() + at_row * ly * k, ly, k);
                         }
                     }
                 }
