@@ -43,6 +43,12 @@ Route route_select(const at::Tensor&, const at::Tensor&, const RouterOptions&, a
 at::Tensor silu_mul(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
     TORCH_CHECK(false, "silu_mul (cuda): this build of dsrl has no CUDA kernels");
 }
+bool routed_experts_fit(const at::Tensor&, const SwiGluWeights&, int64_t) { return false; }
+bool shared_expert_fuses(const at::Tensor&, const SwiGluWeights&, const SwiGluWeights&) { return false; }
+at::Tensor routed_experts(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const SwiGluWeights&, const SwiGluWeights*) {
+    TORCH_CHECK(false, "routed_experts (cuda): this build of dsrl has no CUDA kernels");
+}
 }  // namespace cuda
 #endif
 
@@ -161,6 +167,17 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 
 namespace {
 
+// The router's fp32 logits (they stay fp32 under bf16 autocast, SPEC §2.4, as route() computes them) and its
+// selection as one kernel; with `dense`, also each token's weight per expert [T, E].
+Route route_on_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, at::Tensor* dense) {
+    at::Tensor logits;
+    {
+        Fp32Region fp32;
+        logits = at::linear(x.to(at::kFloat), w.gate.to(at::kFloat));
+    }
+    return cuda::route_select(logits, w.bias, opt, dense);
+}
+
 // The dense routed experts on the kernels: the router's selection as one kernel that also writes each token's weight
 // per expert [T, E]; gate and up of every expert as one matmul each over the stacked weights ([T, E·I]); the SwiGLU
 // product times those weights as one kernel; the down projections batched over the experts and summed over them.
@@ -168,13 +185,8 @@ namespace {
 // weights after it): the same sum, rounded differently.
 MoeOutput moe_dense_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt) {
     MoeOutput out;
-    at::Tensor logits;
-    {
-        Fp32Region fp32;  // router logits stay fp32 under bf16 autocast (SPEC §2.4), as route() computes them
-        logits = at::linear(x.to(at::kFloat), w.gate.to(at::kFloat));
-    }
     at::Tensor per_expert;  // [T, E] fp32
-    out.route = cuda::route_select(logits, w.bias, opt, &per_expert);
+    out.route = route_on_kernels(x, w, opt, &per_expert);
     const SwiGluWeights& e = w.experts;
     const int64_t T = x.size(0), H = x.size(1), E = e.gate_proj.size(0), I = e.gate_proj.size(1);
     const at::Tensor gate = at::linear(x, e.gate_proj.reshape({E * I, H}));  // [T, E·I]
@@ -229,8 +241,23 @@ MoeOutput moe_forward(const at::Tensor& x,
                       bool dense,
                       Impl impl) {
     MoeOutput out;
+    bool shared_done = false;
     if (dense && ep == nullptr && dense_kernels_fit(x, w, opt, replay, impl)) {
-        out = moe_dense_kernels(x, w, opt);
+        // The experts' input in the compute dtype: x, or under autocast an fp32 x cast as a matmul would cast it.
+        const bool cast = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(at::kCUDA);
+        const at::Tensor xc = cast ? x.to(at::autocast::get_autocast_dtype(at::kCUDA)) : x;
+        if (cuda::routed_experts_fit(xc, w.experts, opt.num_experts_per_tok)) {
+            // Each token through its own k experts on the tensor cores (and the shared expert in the same kernels
+            // where it has the routed experts' width and the sum stays in x's type): no host sync, as the dense
+            // products, at k / E of their work.
+            out.route = route_on_kernels(x, w, opt, nullptr);
+            shared_done = !cast && w.shared.gate_proj.defined() && cuda::shared_expert_fuses(xc, w.experts, w.shared);
+            out.y = cuda::routed_experts(xc, out.route.indices, out.route.weights, w.experts,
+                                         shared_done ? &w.shared : nullptr)
+                        .to(x.scalar_type());
+        } else {
+            out = moe_dense_kernels(x, w, opt);
+        }
     } else {
         out.route = route(x, w.gate, w.bias, opt, replay);
         const Route& r = out.route;
@@ -244,7 +271,7 @@ MoeOutput moe_forward(const at::Tensor& x,
             out.y = routed_experts(x, r.indices, r.weights, w.experts);
         }
     }
-    if (w.shared.gate_proj.defined()) {
+    if (w.shared.gate_proj.defined() && !shared_done) {
         out.y = out.y + swiglu(x, w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj, impl);
     }
     return out;

@@ -11,6 +11,7 @@
 
 #include "core/kernel_elem.h"
 #include "moe/kernels/decode.cuh"
+#include "moe/kernels/routed.cuh"
 
 namespace dsrl::moe::cuda {
 namespace {
@@ -27,6 +28,12 @@ bool no_autograd(std::initializer_list<const at::Tensor*> ts) {
 int64_t rows_stride(const at::Tensor& t) {
     if (t.dim() != 2 || (t.size(1) > 1 && t.stride(1) != 1)) return -1;
     return t.size(0) <= 1 ? t.size(1) : t.stride(0);
+}
+
+// A CUDA tensor of `type` and shape `shape` on x's device, contiguous, its data 16-byte aligned.
+bool operand(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
+    return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.sizes() == shape &&
+           t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
 }  // namespace
@@ -109,6 +116,86 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, const at::Tens
                                    .cols = C};
     C10_CUDA_CHECK(kernels::launch_silu_mul(p, c10::cuda::getCurrentCUDAStream(gate.device().index()).stream()));
     return out;
+}
+
+bool routed_experts_fit(const at::Tensor& x, const SwiGluWeights& experts, int64_t k) {
+    if (!x.defined() || !x.is_cuda() || x.dim() != 2 ||
+        (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) || !operand(x, x, x.sizes()) ||
+        experts.gate_proj.dim() != 3)
+        return false;
+    const int64_t T = x.size(0), H = x.size(1), E = experts.gate_proj.size(0), I = experts.gate_proj.size(1);
+    return H % kernels::kRoutedAlign == 0 && I % kernels::kRoutedAlign == 0 && E >= 1 &&
+           E <= kernels::kRoutedMaxExperts && k >= 1 && k <= kernels::kRoutedMaxK &&
+           T * k <= kernels::kRoutedMaxPairs && operand(experts.gate_proj, x, {E, I, H}) &&
+           operand(experts.up_proj, x, {E, I, H}) && operand(experts.down_proj, x, {E, H, I}) &&
+           no_autograd({&x, &experts.gate_proj, &experts.up_proj, &experts.down_proj});
+}
+
+bool shared_expert_fuses(const at::Tensor& x, const SwiGluWeights& experts, const SwiGluWeights& shared) {
+    if (!x.defined() || x.dim() != 2 || experts.gate_proj.dim() != 3) return false;
+    const int64_t H = x.size(1), I = experts.gate_proj.size(1);
+    return operand(shared.gate_proj, x, {I, H}) && operand(shared.up_proj, x, {I, H}) &&
+           operand(shared.down_proj, x, {H, I}) && no_autograd({&shared.gate_proj, &shared.up_proj, &shared.down_proj});
+}
+
+at::Tensor routed_experts(const at::Tensor& x,
+                          const at::Tensor& indices,
+                          const at::Tensor& weights,
+                          const SwiGluWeights& experts,
+                          const SwiGluWeights* shared) {
+    RECORD_FUNCTION("dsrl::routed_experts", std::vector<c10::IValue>());  // names the kernels in profiles
+    constexpr const char* op = "routed_experts (cuda)";
+    const int64_t k = indices.dim() == 2 ? indices.size(1) : 0;
+    TORCH_CHECK(routed_experts_fit(x, experts, k), op,
+                ": x must be CUDA bf16/fp16 [T, H] and the experts' gate / up [E, I, H], down [E, H, I] of its type, "
+                "contiguous, H and I multiples of ",
+                kernels::kRoutedAlign, ", T · k <= ", kernels::kRoutedMaxPairs, ", without autograd; got x ",
+                x.scalar_type(), " ", x.sizes(), ", gate ", experts.gate_proj.scalar_type(), " ",
+                experts.gate_proj.sizes(), ", down ", experts.down_proj.sizes(), ", k ", k);
+    const int64_t T = x.size(0), H = x.size(1), E = experts.gate_proj.size(0), I = experts.gate_proj.size(1);
+    TORCH_CHECK(indices.scalar_type() == at::kLong && indices.is_contiguous() && indices.size(0) == T &&
+                    indices.device() == x.device(),
+                op, ": indices must be contiguous int64 [", T, ", k] on ", x.device(), ", got ", indices.scalar_type(),
+                " ", indices.sizes());
+    TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.sizes() == indices.sizes() &&
+                    weights.device() == x.device(),
+                op, ": weights must be contiguous fp32 ", indices.sizes(), " on ", x.device(), ", got ",
+                weights.scalar_type(), " ", weights.sizes());
+    TORCH_CHECK(shared == nullptr || shared_expert_fuses(x, experts, *shared), op,
+                ": the shared expert must be gate / up [", I, ", ", H, "] and down [", H, ", ", I,
+                "] of x's type, contiguous; got gate ", shared->gate_proj.sizes(), ", down ",
+                shared->down_proj.sizes());
+    const c10::cuda::CUDAGuard on_device(x.device());
+    const int64_t slots = k + (shared != nullptr ? 1 : 0);
+    at::Tensor y = at::empty({T, H}, x.options());
+    const at::Tensor h = at::empty({T * slots, I}, x.options());
+    const at::Tensor out = at::empty({T * slots, H}, x.options());
+    const int64_t tiles = kernels::routed_tiles(T, static_cast<int>(k), static_cast<int>(E));
+    const at::Tensor lists =
+        at::empty({T * k + E + 1 + 3 * tiles}, x.options().dtype(at::kInt));  // order | offsets | tiles
+    const kernels::RoutedExpertsParams p{.x = x.data_ptr(),
+                                         .indices = indices.data_ptr<int64_t>(),
+                                         .weights = weights.data_ptr<float>(),
+                                         .gate = experts.gate_proj.data_ptr(),
+                                         .up = experts.up_proj.data_ptr(),
+                                         .down = experts.down_proj.data_ptr(),
+                                         .shared_gate = shared != nullptr ? shared->gate_proj.data_ptr() : nullptr,
+                                         .shared_up = shared != nullptr ? shared->up_proj.data_ptr() : nullptr,
+                                         .shared_down = shared != nullptr ? shared->down_proj.data_ptr() : nullptr,
+                                         .order = lists.data_ptr<int>(),
+                                         .offsets = lists.data_ptr<int>() + T * k,
+                                         .tiles = lists.data_ptr<int>() + T * k + E + 1,
+                                         .h = h.data_ptr(),
+                                         .out = out.data_ptr(),
+                                         .y = y.data_ptr(),
+                                         .type = kernel_elem(x.scalar_type()),
+                                         .tokens = T,
+                                         .k = static_cast<int>(k),
+                                         .experts = static_cast<int>(E),
+                                         .hidden = static_cast<int>(H),
+                                         .inter = static_cast<int>(I)};
+    C10_CUDA_CHECK(kernels::launch_routed_experts(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+    return y;
 }
 
 }  // namespace dsrl::moe::cuda

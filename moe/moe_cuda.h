@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "moe/moe_block.h"
 #include "moe/router.h"
 
 namespace dsrl::moe::cuda {
@@ -32,5 +33,26 @@ bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up);
 /// silu(gate) · up rounded op by op as ATen rounds at::silu(gate) * up: [T, C] contiguous, gate's type. With
 /// `weight` ([T, C / group] fp32), each element then times weight[t, c / group], rounded again.
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& weight = {}, int64_t group = 1);
+
+/// Whether the routed-experts kernels take x [T, H] and the stacked experts (gate / up [E, I, H], down [E, H, I]) with
+/// k experts a token: CUDA bf16 / fp16 tensors of x's type, contiguous and 16-byte aligned, H and I multiples of 64,
+/// T · k <= 32768, E <= 1024, in a forward that records no autograd graph for them.
+bool routed_experts_fit(const at::Tensor& x, const SwiGluWeights& experts, int64_t k);
+
+/// Whether routed_experts can add the shared expert in the same kernels: gate / up [I, H] and down [H, I] of the routed
+/// experts' width I (n_shared_experts = 1), x's type, contiguous and aligned.
+bool shared_expert_fuses(const at::Tensor& x, const SwiGluWeights& experts, const SwiGluWeights& shared);
+
+/// Σ_j w[t, j] · down_e(silu(gate_e · x[t]) · up_e · x[t]) over each token's experts e = indices[t, j], on the tensor
+/// cores: each (token, expert) pair's SwiGLU rounded op by op to x's type as the ATen ops round it, weighted and
+/// summed over the slots in fp32 in slot order and rounded, as routed_experts_grouped computes it (the products
+/// accumulate in another order than cuBLAS's, so results can differ in the last bit of an intermediate). With
+/// `shared` (shared_expert_fuses), plus the shared expert's SwiGLU, rounded again: moe_forward's sum. Three kernels,
+/// no host sync. indices int64 [T, k] (an id outside [0, E) adds nothing), weights fp32 [T, k]; returns [T, H].
+at::Tensor routed_experts(const at::Tensor& x,
+                          const at::Tensor& indices,
+                          const at::Tensor& weights,
+                          const SwiGluWeights& experts,
+                          const SwiGluWeights* shared = nullptr);
 
 }  // namespace dsrl::moe::cuda

@@ -49,11 +49,11 @@ if command -v compute-sanitizer >/dev/null; then
             status=1
         fi
     done
-    # The decode kernels of issue 23 outside dsa/: the router and SwiGLU product, the sampling kernel.
+    # The decode kernels of issue 23 outside dsa/: the router, the SwiGLU product, the routed experts, the sampling kernel.
     for bin in dsrl_moe_gpu_tests dsrl_rollout_gpu_tests; do
         path=$(find "$build" -name "$bin" -type f -perm -u+x | head -1)
         if timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$path" \
-            --gtest_filter='MoeKernelTest.RouterBreaks*:MoeKernelTest.SiluMul*:MoeKernelTest.KernelsStay*:SamplingKernelTest.Ties*:SamplingKernelTest.Takes*' \
+            --gtest_filter='MoeKernelTest.RouterBreaks*:MoeKernelTest.SiluMul*:MoeKernelTest.KernelsStay*:MoeKernelTest.DecodeBlock*:SamplingKernelTest.Ties*:SamplingKernelTest.Takes*' \
             >"$logs/sanitizer_memcheck_$bin.log" 2>&1; then
             echo "[gpu_test] compute-sanitizer memcheck ($bin): clean"
         else

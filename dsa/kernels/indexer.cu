@@ -13,8 +13,18 @@
 
 #include <cuda_bf16.h>
 
+#include "core/kernels/mma.cuh"
+
 namespace dsrl::dsa::kernels {
 namespace {
+
+using dsrl::kernels::cp_async16;  // the PTX wrappers: core/kernels/mma.cuh
+using dsrl::kernels::cp_async_commit;
+using dsrl::kernels::cp_async_wait;
+using dsrl::kernels::ldsm_x4;
+using dsrl::kernels::ldsm_x4_t;
+using dsrl::kernels::mma16816;
+using dsrl::kernels::pack_bf16;
 
 constexpr int kQueries = 4;
 constexpr int kKeys = 64;
@@ -38,19 +48,10 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
     return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
+    uint32_t r[4];
+    ldsm_x4(r, addr);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
 }
 
 template <bool kFp8>
@@ -62,11 +63,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma16816(c, a, b0, b1);
     }
 }
 
@@ -289,14 +286,9 @@ constexpr int kBwdTileBytes = 64 * kBwdRowBytes;  // 64 rows (keys, or one query
 
 __device__ __forceinline__ void ldmatrix_x4_trans(
     uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
+    uint32_t r[4];
+    ldsm_x4_t(r, addr);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
 }
 
 // dq and dw. Block: 2 queries; warp (query = warp / 2, heads 32·(warp % 2) + [0, 32)).

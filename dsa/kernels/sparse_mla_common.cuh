@@ -1,7 +1,7 @@
-// Shared by the sparse MLA kernels (sparse_mla.cuh): tile sizes, the shared-memory layouts, the swizzled tile
-// addressing, the cp.async / ldmatrix / mma.sync wrappers and the forward's online-softmax pieces. Included by
-// sparse_mla_fwd.cu and sparse_mla_bwd.cu only — one kernel family per .cu, so nvcc compiles them in parallel;
-// everything here has internal linkage in each of them.
+// Shared by the sparse MLA kernels (sparse_mla.cuh): tile sizes, the shared-memory layouts, the staging of
+// [lat | pe] rows (the cp.async / ldmatrix / mma.sync wrappers are core/kernels/mma.cuh's) and the forward's
+// online-softmax pieces. Included by sparse_mla_fwd.cu and sparse_mla_bwd.cu only — one kernel family per .cu, so nvcc
+// compiles them in parallel; everything here has internal linkage in each of them.
 //
 // The kernels: Tensor-core tiles with mma.sync m16n8k16 (bf16 in, fp32
 // accumulate), operands staged in shared memory with an XOR swizzle of 16-byte chunks (conflict-free ldmatrix
@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/kernels/mma.cuh"
 #include "dsa/kernels/sparse_mla.cuh"
 
 namespace dsrl::kernels {
@@ -62,48 +63,8 @@ constexpr int kBwdSmem = kBwdOffDelta + kBlockH * 4;
 static_assert(kFwdSmem <= 227 * 1024, "forward shared memory over the sm_90 limit");
 static_assert(kBwdSmem <= 227 * 1024, "backward shared memory over the sm_90 limit");
 
-// Byte offset of element (row, col) in a swizzled bf16 tile of `chunks` 16-byte chunks per row.
-__device__ __forceinline__ uint32_t swz(int row, int col, int chunks) {
-    return uint32_t((row * chunks + ((col >> 3) ^ (row & 7))) * 16 + (col & 7) * 2);
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {

@@ -40,24 +40,7 @@ __host__ __device__ inline MmaLayout mma_layout(int64_t heads, int64_t latent, i
 
 template <typename T>
 __device__ __forceinline__ void mma_tile(float* c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    if constexpr (std::is_same_v<T, __half>) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        mma16816(*reinterpret_cast<float(*)[4]>(c), a, b0, b1);
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ T to_operand(float v) {
-    if constexpr (std::is_same_v<T, __half>) {
-        return __float2half_rn(v);
-    } else {
-        return __float2bfloat16_rn(v);
-    }
+    mma16816_t<T>(*reinterpret_cast<float(*)[4]>(c), a, b0, b1);
 }
 
 __device__ __forceinline__ float warp_max(float v) {

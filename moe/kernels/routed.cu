@@ -1,0 +1,414 @@
+// The routed experts of a decode step on the tensor cores (see routed.cuh). Napkin math for single_gpu.yaml at batch
+// 256 (32 experts of 768 -> 256 -> 768, k = 4, a shared expert of the same width): the experts' weights are 38 MB per
+// layer, 13 µs at 3 TB/s; the pairs' products 1.5 GFLOP, about 3 µs of mma.sync. The dense decode computed all 32
+// experts for every token (12 GFLOP) and wrote an [E, T, H] intermediate. So the kernels are built to stream
+// weights: a block owns a slice of one expert's weights and loops over that expert's pairs, so each weight byte is
+// read once per step (more only where an expert has more than 32 pairs, mostly from L2).
+#include "moe/kernels/routed.cuh"
+
+#include <algorithm>
+
+#include "core/kernels/mma.cuh"
+
+namespace dsrl::moe::kernels {
+namespace {
+
+using dsrl::kernels::cp_async16;
+using dsrl::kernels::cp_async_commit;
+using dsrl::kernels::cp_async_wait;
+using dsrl::kernels::from_operand;
+using dsrl::kernels::ldsm_x4;
+using dsrl::kernels::mma16816_t;
+using dsrl::kernels::smem_addr;
+using dsrl::kernels::swz;
+using dsrl::kernels::to_operand;
+
+constexpr int kThreads = 128;       // 4 warps: rows 16 · (warp mod 2) of the 32-row tile, columns half (warp / 2)
+constexpr int kBM = 32;             // pairs per tile
+constexpr int kBK = 64;             // reduction columns per stage (8 chunks of 16 bytes per row)
+constexpr int kRowBytes = kBK * 2;  // one staged row
+constexpr int kUpBN = 32;           // gate and up columns per block (each)
+constexpr int kDownBN = 64;         // output columns per block
+// Deep pipelines: a decode step's kernels are bound by how many weight bytes are in flight, not by FLOPs (an H200
+// needs ~70 KB in flight per multiprocessor at its bandwidth and latency).
+constexpr int kUpStages = 6;             // the up product's reduction is hidden (768 for single_gpu.yaml: 12 chunks)
+constexpr int kDownStages = 4;           // the down product's is inter (256: 4 chunks, all in flight)
+constexpr int kTileA = kBM * kRowBytes;  // 4 KiB
+constexpr int kUpStageBytes = kTileA + 2 * kUpBN * kRowBytes;  // x | gate | up: 12 KiB
+constexpr int kDownStageBytes = kTileA + kDownBN * kRowBytes;  // h | down: 12 KiB
+
+template <typename T>
+__device__ __forceinline__ float rnd(float v) {
+    return from_operand(to_operand<T>(v));
+}
+
+constexpr int kPairThreads = 256;
+constexpr int kScanPer = kRoutedMaxExperts / kPairThreads;  // entries a thread scans
+
+// Inclusive prefix sums of a[0 .. n) in place, n <= kRoutedMaxExperts: each thread sums kScanPer consecutive
+// entries, the warps scan those sums with shuffles, one pass over the warps' totals. Two barriers; every thread of
+// the block calls it.
+__device__ void block_scan(int* a, int n) {
+    __shared__ int warp_total[kPairThreads / 32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int v[kScanPer], sum = 0;
+#pragma unroll
+    for (int i = 0; i < kScanPer; ++i) {
+        const int idx = tid * kScanPer + i;
+        v[i] = idx < n ? a[idx] : 0;
+        sum += v[i];
+    }
+    int incl = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) warp_total[warp] = incl;
+    __syncthreads();
+    int run = incl - sum;
+    for (int w = 0; w < warp; ++w) run += warp_total[w];
+#pragma unroll
+    for (int i = 0; i < kScanPer; ++i) {
+        const int idx = tid * kScanPer + i;
+        run += v[i];
+        if (idx < n) a[idx] = run;
+    }
+    __syncthreads();
+}
+
+// Routed groups the up and down grids allot (grid.y before the shared expert's slices): one per 32 pairs of an
+// expert, at most experts + pairs / 32 of them.
+__host__ __device__ inline int64_t routed_tile_bound(const RoutedExpertsParams& p) {
+    static_assert(kBM == 32, "routed_tiles (routed.cuh) counts tiles of 32 pairs");
+    return p.experts + (p.tokens * p.k + kBM - 1) / kBM;
+}
+
+// The routed pairs grouped by expert and cut into tiles of 32: rank[q] = the pair's place among its expert's
+// (shared-memory atomics); the counts and the tiles per expert scanned; order[offsets[e] + rank[q]] = the pair's row;
+// tile i = (expert, start in order, count), count 0 for the unused ones. An id outside [0, experts) is left out.
+__global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const RoutedExpertsParams p) {
+    extern __shared__ int pair_smem[];
+    const int tid = threadIdx.x, E = p.experts;
+    int* count = pair_smem;         // [E], then inclusive sums
+    int* tiles = pair_smem + E;     // [E], then inclusive sums
+    int* rank = pair_smem + 2 * E;  // [pairs]
+    const int pairs = static_cast<int>(p.tokens * p.k), slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    for (int e = tid; e < E; e += kPairThreads) count[e] = 0;
+    __syncthreads();
+    const int lane = tid & 31;
+    for (int q0 = 0; q0 < pairs; q0 += kPairThreads) {  // whole warps each pass: the match below takes all lanes
+        const int q = q0 + tid;
+        const int64_t id = q < pairs ? p.indices[q] : -1;
+        const int e = id >= 0 && id < E ? static_cast<int>(id) : -1;
+        // One atomic per expert a warp's lanes share (a decode batch often routes many rows to the same experts).
+        const unsigned peers = __match_any_sync(0xffffffffu, e);
+        const int leader = __ffs(static_cast<int>(peers)) - 1;
+        int base = 0;
+        if (lane == leader && e >= 0) base = atomicAdd(&count[e], __popc(peers));
+        base = __shfl_sync(0xffffffffu, base, leader);
+        if (q < pairs) rank[q] = e >= 0 ? base + __popc(peers & ((1u << lane) - 1u)) : -1;
+    }
+    __syncthreads();
+    for (int e = tid; e < E; e += kPairThreads) tiles[e] = (count[e] + kBM - 1) / kBM;
+    __syncthreads();
+    block_scan(count, E);
+    block_scan(tiles, E);
+    const int bound = static_cast<int>(routed_tile_bound(p));
+    for (int e = tid; e <= E; e += kPairThreads) p.offsets[e] = e == 0 ? 0 : count[e - 1];
+    for (int e = tid; e < E; e += kPairThreads) {
+        const int begin = e == 0 ? 0 : count[e - 1], n = count[e] - begin;
+        for (int i = e == 0 ? 0 : tiles[e - 1], m0 = 0; m0 < n; ++i, m0 += kBM) {
+            p.tiles[3 * i] = e;
+            p.tiles[3 * i + 1] = begin + m0;
+            p.tiles[3 * i + 2] = min(kBM, n - m0);
+        }
+    }
+    for (int i = tiles[E - 1] + tid; i < bound; i += kPairThreads) p.tiles[3 * i + 2] = 0;
+    for (int q = tid; q < pairs; q += kPairThreads) {
+        if (rank[q] < 0) continue;
+        const int e = static_cast<int>(p.indices[q]);
+        const int t = q / p.k, j = q - t * p.k;
+        p.order[(e == 0 ? 0 : count[e - 1]) + rank[q]] = t * slots + j;
+    }
+}
+
+// Group v's expert (experts for a shared slice) and its rows (token · slots + slot) into rows[], their count
+// returned: a routed tile's from the pairs kernel, a shared slice's (tokens 32 · (v − bound) ...) at slot k. Ends
+// with a barrier.
+__device__ int tile_rows(const RoutedExpertsParams& p, int v, int slots, int* rows, int& expert) {
+    const int bound = static_cast<int>(routed_tile_bound(p));
+    int begin, count;
+    if (v >= bound) {
+        expert = p.experts;
+        begin = (v - bound) * kBM;
+        count = static_cast<int>(min(static_cast<int64_t>(kBM), p.tokens - begin));
+    } else {
+        expert = p.tiles[3 * v];
+        begin = p.tiles[3 * v + 1];
+        count = p.tiles[3 * v + 2];
+    }
+    const int i = threadIdx.x;
+    if (i < count) rows[i] = v >= bound ? (begin + i) * slots + p.k : p.order[begin + i];
+    __syncthreads();
+    return count;
+}
+
+// h[pair, n0 .. n0 + 32) = silu(x[token] · gate[n]ᵀ) · (x[token] · up[n]ᵀ) for the block's tile of up to 32
+// pairs, each op rounded to T.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) routed_up_kernel(const RoutedExpertsParams p) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    __shared__ int rows[kBM];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n0 = static_cast<int>(blockIdx.x) * kUpBN;
+    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    int expert = 0;
+    const int count = tile_rows(p, static_cast<int>(blockIdx.y), slots, rows, expert);
+    if (count == 0) return;
+    const bool shared = expert == p.experts;
+    const int64_t H = p.hidden, I = p.inter;
+    const auto* x = static_cast<const T*>(p.x);
+    const T* gate = shared ? static_cast<const T*>(p.shared_gate) : static_cast<const T*>(p.gate) + expert * I * H;
+    const T* up = shared ? static_cast<const T*>(p.shared_up) : static_cast<const T*>(p.up) + expert * I * H;
+    const int chunks = static_cast<int>(H / kBK);
+    const uint32_t base = smem_addr(smem);
+    // Each thread's 16-byte pieces of a stage (kBM · 8 = kUpBN · 8 = 2 · kThreads): sources at chunk 0 and their
+    // swizzled offsets, computed once.
+    static_assert(kBM * 8 == 2 * kThreads && kUpBN * 8 == 2 * kThreads, "two x and two weight pieces a thread");
+    const T* x_src[2];
+    const T* g_src[2];
+    const T* u_src[2];
+    uint32_t dst[2];
+    bool x_ok[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        const int i = tid + j * kThreads, r = i >> 3, c = (i & 7) * 8;
+        x_ok[j] = r < count;
+        x_src[j] = x + (x_ok[j] ? static_cast<int64_t>(rows[r] / slots) : 0) * H + c;
+        g_src[j] = gate + (n0 + r) * H + c;
+        u_src[j] = up + (n0 + r) * H + c;
+        dst[j] = swz(r, c, 8);
+    }
+    const auto stage = [&](int kc, int s) {
+        const uint32_t a = base + s * kUpStageBytes, g = a + kTileA, u = g + kUpBN * kRowBytes;
+        const int k0 = kc * kBK;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            cp_async16(a + dst[j], x_src[j] + k0, x_ok[j]);
+            cp_async16(g + dst[j], g_src[j] + k0, true);
+            cp_async16(u + dst[j], u_src[j] + k0, true);
+        }
+    };
+    const int rg = warp & 1, half_n = warp >> 1;  // the warp's 16 rows and its 16 of the 32 columns
+    float acc_g[2][4] = {}, acc_u[2][4] = {};
+    for (int s = 0; s < kUpStages - 1; ++s) {
+        if (s < chunks) stage(s, s);
+        cp_async_commit();
+    }
+    const bool busy = rg * 16 < count;  // a warp whose 16 rows are all past the pairs only stages
+    for (int kc = 0; kc < chunks; ++kc) {
+        cp_async_wait<kUpStages - 2>();
+        __syncthreads();  // chunk kc landed for every thread; chunk kc − 1's stage is free
+        if (kc + kUpStages - 1 < chunks) stage(kc + kUpStages - 1, (kc + kUpStages - 1) % kUpStages);
+        cp_async_commit();
+        if (!busy) continue;
+        const uint32_t a = base + (kc % kUpStages) * kUpStageBytes, g = a + kTileA, u = g + kUpBN * kRowBytes;
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+            uint32_t af[4];
+            ldsm_x4(af, a + swz(rg * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8));
+            const int r = half_n * 16 + ((lane >> 4) << 3) + (lane & 7), c = kk * 16 + ((lane >> 3) & 1) * 8;
+            uint32_t bf[4];
+            ldsm_x4(bf, g + swz(r, c, 8));
+            mma16816_t<T>(acc_g[0], af, bf[0], bf[1]);
+            mma16816_t<T>(acc_g[1], af, bf[2], bf[3]);
+            ldsm_x4(bf, u + swz(r, c, 8));
+            mma16816_t<T>(acc_u[0], af, bf[0], bf[1]);
+            mma16816_t<T>(acc_u[1], af, bf[2], bf[3]);
+        }
+    }
+    cp_async_wait<0>();  // nothing left in flight at exit (the tail groups are empty)
+    if (!busy) return;
+    T* h = static_cast<T*>(p.h);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int r = rg * 16 + (lane >> 2) + half * 8;
+        if (r >= count) continue;
+        T* row = h + static_cast<int64_t>(rows[r]) * I + n0 + half_n * 16 + 2 * (lane & 3);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            T out[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float gv = rnd<T>(acc_g[nt][half * 2 + e]), uv = rnd<T>(acc_u[nt][half * 2 + e]);
+                const float act = rnd<T>(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))));  // silu, as ATen rounds it
+                out[e] = to_operand<T>(__fmul_rn(act, uv));
+            }
+            *reinterpret_cast<uint32_t*>(row + nt * 8) = *reinterpret_cast<const uint32_t*>(out);
+        }
+    }
+}
+
+// out[pair, n0 .. n0 + 64) = h[pair] · down[n]ᵀ for the block's tile of up to 32 pairs, rounded to T.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExpertsParams p) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    __shared__ int rows[kBM];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n0 = static_cast<int>(blockIdx.x) * kDownBN;
+    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    int expert = 0;
+    const int count = tile_rows(p, static_cast<int>(blockIdx.y), slots, rows, expert);
+    if (count == 0) return;
+    const int64_t H = p.hidden, I = p.inter;
+    const auto* h = static_cast<const T*>(p.h);
+    const T* down =
+        expert == p.experts ? static_cast<const T*>(p.shared_down) : static_cast<const T*>(p.down) + expert * H * I;
+    const int chunks = static_cast<int>(I / kBK);
+    const uint32_t base = smem_addr(smem);
+    static_assert(kBM * 8 == 2 * kThreads && kDownBN * 8 == 4 * kThreads, "two h and four weight pieces a thread");
+    const T* a_src[2];
+    const T* w_src[4];
+    uint32_t a_dst[2], w_dst[4];
+    bool a_ok[2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int i = tid + j * kThreads, r = i >> 3, c = (i & 7) * 8;
+        if (j < 2) {
+            a_ok[j] = r < count;
+            a_src[j] = h + (a_ok[j] ? static_cast<int64_t>(rows[r]) : 0) * I + c;
+            a_dst[j] = swz(r, c, 8);
+        }
+        w_src[j] = down + (n0 + r) * I + c;
+        w_dst[j] = swz(r, c, 8);
+    }
+    const auto stage = [&](int kc, int s) {
+        const uint32_t a = base + s * kDownStageBytes, w = a + kTileA;
+        const int k0 = kc * kBK;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (j < 2) cp_async16(a + a_dst[j], a_src[j] + k0, a_ok[j]);
+            cp_async16(w + w_dst[j], w_src[j] + k0, true);
+        }
+    };
+    const int rg = warp & 1, half_n = warp >> 1;  // the warp's 16 rows and its 32 of the 64 columns
+    float acc[kDownBN / 16][4] = {};
+    for (int s = 0; s < kDownStages - 1; ++s) {
+        if (s < chunks) stage(s, s);
+        cp_async_commit();
+    }
+    const bool busy = rg * 16 < count;
+    for (int kc = 0; kc < chunks; ++kc) {
+        cp_async_wait<kDownStages - 2>();
+        __syncthreads();
+        if (kc + kDownStages - 1 < chunks) stage(kc + kDownStages - 1, (kc + kDownStages - 1) % kDownStages);
+        cp_async_commit();
+        if (!busy) continue;
+        const uint32_t a = base + (kc % kDownStages) * kDownStageBytes, w = a + kTileA;
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+            uint32_t af[4];
+            ldsm_x4(af, a + swz(rg * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8));
+#pragma unroll
+            for (int nb = 0; nb < kDownBN / 32; ++nb) {
+                const int r = half_n * 32 + nb * 16 + ((lane >> 4) << 3) + (lane & 7);
+                uint32_t bf[4];
+                ldsm_x4(bf, w + swz(r, kk * 16 + ((lane >> 3) & 1) * 8, 8));
+                mma16816_t<T>(acc[2 * nb], af, bf[0], bf[1]);
+                mma16816_t<T>(acc[2 * nb + 1], af, bf[2], bf[3]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    if (!busy) return;
+    T* out = static_cast<T*>(p.out);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int r = rg * 16 + (lane >> 2) + half * 8;
+        if (r >= count) continue;
+        T* row = out + static_cast<int64_t>(rows[r]) * H + n0 + half_n * 32 + 2 * (lane & 3);
+#pragma unroll
+        for (int nt = 0; nt < kDownBN / 16; ++nt) {
+            T o[2] = {to_operand<T>(acc[nt][half * 2]), to_operand<T>(acc[nt][half * 2 + 1])};
+            *reinterpret_cast<uint32_t*>(row + nt * 8) = *reinterpret_cast<const uint32_t*>(o);
+        }
+    }
+}
+
+// y[t, c .. c + 8) = round(Σ_j out[t, j] · w[t, j]) (+ out[t, k], rounded again): one thread per 16 bytes of y.
+template <typename T>
+__global__ void routed_combine_kernel(const RoutedExpertsParams p) {
+    const int64_t chunks = p.hidden / 8;
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= p.tokens * chunks) return;
+    const int64_t t = i / chunks, c = (i - t * chunks) * 8;
+    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    const auto* out = static_cast<const T*>(p.out);
+    float acc[8] = {};
+    for (int j = 0; j < p.k; ++j) {
+        const int64_t e = p.indices[t * p.k + j];
+        if (e < 0 || e >= p.experts) continue;
+        const float w = p.weights[t * p.k + j];
+        const uint4 raw = *reinterpret_cast<const uint4*>(out + (t * slots + j) * p.hidden + c);
+        const T* vals = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int e8 = 0; e8 < 8; ++e8) acc[e8] = __fadd_rn(acc[e8], __fmul_rn(from_operand(vals[e8]), w));
+    }
+    T y[8];
+    if (p.shared_gate != nullptr) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(out + (t * slots + p.k) * p.hidden + c);
+        const T* vals = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int e8 = 0; e8 < 8; ++e8) y[e8] = to_operand<T>(__fadd_rn(rnd<T>(acc[e8]), from_operand(vals[e8])));
+    } else {
+#pragma unroll
+        for (int e8 = 0; e8 < 8; ++e8) y[e8] = to_operand<T>(acc[e8]);
+    }
+    *reinterpret_cast<uint4*>(static_cast<T*>(p.y) + t * p.hidden + c) = *reinterpret_cast<const uint4*>(y);
+}
+
+template <typename T>
+cudaError_t launch_typed(const RoutedExpertsParams& p, cudaStream_t stream) {
+    constexpr int kUpSmem = kUpStages * kUpStageBytes, kDownSmem = kDownStages * kDownStageBytes;
+    constexpr int kPairSmem = sizeof(int) * (2 * kRoutedMaxExperts + kRoutedMaxPairs);
+    static const cudaError_t configured = [] {  // once per type: the shared memory over the 48 KiB default
+        cudaError_t e = cudaFuncSetAttribute(routed_up_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kUpSmem);
+        if (e == cudaSuccess) {
+            e = cudaFuncSetAttribute(routed_down_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kDownSmem);
+        }
+        if (e == cudaSuccess) {
+            e = cudaFuncSetAttribute(routed_pairs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kPairSmem);
+        }
+        return e;
+    }();
+    if (configured != cudaSuccess) return configured;
+    const size_t pair_smem = sizeof(int) * static_cast<size_t>(2 * p.experts + p.tokens * p.k);
+    routed_pairs_kernel<<<1, kPairThreads, pair_smem, stream>>>(p);
+    const auto shared_blocks = static_cast<unsigned>(p.shared_gate != nullptr ? (p.tokens + kBM - 1) / kBM : 0);
+    const auto groups = static_cast<unsigned>(routed_tile_bound(p)) + shared_blocks;
+    routed_up_kernel<T><<<dim3(static_cast<unsigned>(p.inter / kUpBN), groups), kThreads, kUpSmem, stream>>>(p);
+    routed_down_kernel<T><<<dim3(static_cast<unsigned>(p.hidden / kDownBN), groups), kThreads, kDownSmem, stream>>>(p);
+    const int64_t threads = p.tokens * (p.hidden / 8);
+    routed_combine_kernel<T><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_routed_experts(const RoutedExpertsParams& p, cudaStream_t stream) {
+    if (p.tokens == 0) return cudaSuccess;
+    if (p.hidden % kRoutedAlign != 0 || p.inter % kRoutedAlign != 0 || p.k < 1 || p.k > kRoutedMaxK ||
+        p.tokens * p.k > kRoutedMaxPairs || p.experts < 1 || p.experts > kRoutedMaxExperts)
+        return cudaErrorInvalidValue;
+    switch (p.type) {
+        case dsrl::kernels::Elem::kBF16:
+            return launch_typed<__nv_bfloat16>(p, stream);
+        case dsrl::kernels::Elem::kF16:
+            return launch_typed<__half>(p, stream);
+        default:
+            return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace dsrl::moe::kernels
