@@ -300,9 +300,15 @@ int compare(const std::string& model_dir,
             st.record_seconds,
             st.decode_seconds - st.setup_seconds - st.launch_seconds - st.wait_seconds - st.record_seconds);
         if (device.is_cuda()) {
-            std::printf("       device (CUDA events): %.1f us per decode step over %ld steps\n",
-                        1e6 * st.device_decode_seconds / static_cast<double>(std::max<int64_t>(1, st.decode_steps)),
-                        long(st.decode_steps));
+            // The decode steps alone against the bound: the step's bytes at the copy bandwidth over its device time
+            // (no prefill, graph capture or host time, which the bw bound column counts).
+            const double step_s = st.device_decode_seconds / static_cast<double>(std::max<int64_t>(1, st.decode_steps));
+            std::printf(
+                "       device (CUDA events): %.1f us per decode step over %ld steps; %.1f MB read per step, %.1f us "
+                "at "
+                "the copy bandwidth: %.1f%% of the bound on device time\n",
+                1e6 * step_s, long(st.decode_steps), step_bytes / 1e6, 1e6 * step_bytes / bw,
+                step_s > 0 ? 100.0 * step_bytes / bw / step_s : 0.0);
         }
         if (graphs && profile.probe > 0) {  // an extra run: the timed one stays free of the probe's replays
             dsrl::rollout::GenerateOptions probe = opt;
