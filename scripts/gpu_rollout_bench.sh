@@ -19,12 +19,12 @@ bash scripts/setup.sh >"$logs/setup.log" 2>&1 || { tail -20 "$logs/setup.log"; e
 python=$(readlink -f "$root/.venv")/bin/python
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSRL_WITH_CUDA=ON -DDSRL_PYTHON="$python" \
     >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_train dsrl_grpo_gpu_tests \
+cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_train dsrl_grpo_gpu_tests dsrl_moe_gpu_tests \
     dsrl_dsa_gpu_tests >"$logs/build.log" 2>&1 || { grep -E "error|FAILED" "$logs/build.log" | head -40; exit 1; }
 # The figures count only if the engine is right: its GPU tests first (graphs vs launched kernels vs the static engine,
-# graphs after a weight update, autocast forwards after a weight update).
+# graphs after a weight update, autocast forwards after a weight update, the MoE decode kernels).
 status=0
-for t in "dsrl_grpo_gpu_tests" "dsrl_dsa_gpu_tests --gtest_filter=ModelGpuTest.*:NormRopeKernelTest.*:SparseMlaSimtTest.*"; do
+for t in "dsrl_grpo_gpu_tests" "dsrl_moe_gpu_tests" "dsrl_dsa_gpu_tests --gtest_filter=ModelGpuTest.*:NormRopeKernelTest.*:SparseMlaSimtTest.*"; do
     # shellcheck disable=SC2086
     "$build/bin/"$t >"$logs/${t%% *}.log" 2>&1 || status=1
     grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error" "$logs/${t%% *}.log" | head -20 || true
