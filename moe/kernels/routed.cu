@@ -2,8 +2,10 @@
 // 256 (32 experts of 768 -> 256 -> 768, k = 4, a shared expert of the same width): the experts' weights are 38 MB per
 // layer, 13 µs at 3 TB/s; the pairs' products 1.5 GFLOP, about 3 µs of mma.sync. The dense decode computed all 32
 // experts for every token (12 GFLOP) and wrote an [E, T, H] intermediate. So the kernels are built to stream
-// weights: a block owns a slice of one expert's weights and loops over that expert's pairs, so each weight byte is
-// read once per step (more only where an expert has more than 32 pairs, mostly from L2).
+// weights: a block owns a slice of one expert's weights and one tile of up to 32 of its pairs, so each weight byte is
+// read once per step from memory (an expert with more pairs has more tiles; they run side by side and share its
+// weights through L2). Measured (H100, batch 256): the up kernel at about 1.4 TB/s, bound by each block's chain of
+// reduction chunks rather than by bandwidth (docs/benchmarks.md, session 18).
 #include "moe/kernels/routed.cuh"
 
 #include <algorithm>
