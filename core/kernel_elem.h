@@ -1,14 +1,20 @@
 // Host side of the kernels that take fp32, bf16 or fp16 operands (core/kernels/elem.cuh: the RMSNorm / RoPE kernels,
-// the SIMT sparse attention): which dtypes they take, and the element type of a tensor's dtype.
+// the SIMT sparse attention): which dtypes they take, the element type of a tensor's dtype, the alignment vector loads
+// need.
 #pragma once
 
 #include <c10/core/ScalarType.h>
+
+#include <cstdint>
 
 #include "core/kernels/elem.cuh"
 
 namespace dsrl {
 
 inline bool elem_kernel_takes(c10::ScalarType t) { return t == c10::kFloat || t == c10::kBFloat16 || t == c10::kHalf; }
+
+/// Whether a kernel may read ptr in 16-byte vectors (cp.async, uint4 loads).
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 inline ::dsrl::kernels::Elem kernel_elem(c10::ScalarType t) {
     using ::dsrl::kernels::Elem;

@@ -226,7 +226,7 @@ std::optional<c10::ScalarType> grouped_dtype(const at::Tensor& x, const MoeWeigh
         at::autocast::is_autocast_enabled(at::kCUDA) ? at::autocast::get_autocast_dtype(at::kCUDA) : x.scalar_type();
     if (dtype != at::kBFloat16 || x.size(1) % 8 != 0 || w.experts.gate_proj.size(1) % 8 != 0) return std::nullopt;
     for (const at::Tensor* t : {&w.experts.gate_proj, &w.experts.up_proj, &w.experts.down_proj}) {
-        if (t->scalar_type() == dtype && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return std::nullopt;
+        if (t->scalar_type() == dtype && !aligned16(t->data_ptr())) return std::nullopt;
     }
     return dtype;
 }
@@ -243,8 +243,10 @@ MoeOutput moe_forward(const at::Tensor& x,
     MoeOutput out;
     bool shared_done = false;
     if (dense && ep == nullptr && dense_kernels_fit(x, w, opt, replay, impl)) {
-        // The experts' input in the compute dtype: x, or under autocast an fp32 x cast as a matmul would cast it.
-        const bool cast = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(at::kCUDA);
+        // The experts' input in the compute dtype: x, or under autocast an fp32 x cast as a matmul would cast it
+        // (only for experts of that dtype: fp32 experts take the dense kernels, which cast on their own).
+        const bool cast = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(at::kCUDA) &&
+                          w.experts.gate_proj.scalar_type() == at::autocast::get_autocast_dtype(at::kCUDA);
         const at::Tensor xc = cast ? x.to(at::autocast::get_autocast_dtype(at::kCUDA)) : x;
         if (cuda::routed_experts_fit(xc, w.experts, opt.num_experts_per_tok)) {
             // Each token through its own k experts on the tensor cores (and the shared expert in the same kernels

@@ -33,7 +33,7 @@ int64_t rows_stride(const at::Tensor& t) {
 // A CUDA tensor of `type` and shape `shape` on x's device, contiguous, its data 16-byte aligned.
 bool operand(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.sizes() == shape &&
-           t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+           t.is_contiguous() && aligned16(t.data_ptr());
 }
 
 }  // namespace
@@ -171,8 +171,7 @@ at::Tensor routed_experts(const at::Tensor& x,
     const at::Tensor h = at::empty({T * slots, I}, x.options());
     const at::Tensor out = at::empty({T * slots, H}, x.options());
     const int64_t tiles = kernels::routed_tiles(T, static_cast<int>(k), static_cast<int>(E));
-    const at::Tensor lists =
-        at::empty({T * k + E + 1 + 3 * tiles}, x.options().dtype(at::kInt));  // order | offsets | tiles
+    const at::Tensor lists = at::empty({T * k + 3 * tiles}, x.options().dtype(at::kInt));  // order | tiles
     const kernels::RoutedExpertsParams p{.x = x.data_ptr(),
                                          .indices = indices.data_ptr<int64_t>(),
                                          .weights = weights.data_ptr<float>(),
@@ -183,8 +182,7 @@ at::Tensor routed_experts(const at::Tensor& x,
                                          .shared_up = shared != nullptr ? shared->up_proj.data_ptr() : nullptr,
                                          .shared_down = shared != nullptr ? shared->down_proj.data_ptr() : nullptr,
                                          .order = lists.data_ptr<int>(),
-                                         .offsets = lists.data_ptr<int>() + T * k,
-                                         .tiles = lists.data_ptr<int>() + T * k + E + 1,
+                                         .tiles = lists.data_ptr<int>() + T * k,
                                          .h = h.data_ptr(),
                                          .out = out.data_ptr(),
                                          .y = y.data_ptr(),

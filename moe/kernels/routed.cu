@@ -26,7 +26,7 @@ using dsrl::kernels::swz;
 using dsrl::kernels::to_operand;
 
 constexpr int kThreads = 128;       // 4 warps: rows 16 · (warp mod 2) of the 32-row tile, columns half (warp / 2)
-constexpr int kBM = 32;             // pairs per tile
+constexpr int kBM = kRoutedTile;    // pairs per tile (32)
 constexpr int kBK = 64;             // reduction columns per stage (8 chunks of 16 bytes per row)
 constexpr int kRowBytes = kBK * 2;  // one staged row
 constexpr int kUpBN = 32;           // gate and up columns per block (each)
@@ -79,15 +79,15 @@ __device__ void block_scan(int* a, int n) {
     __syncthreads();
 }
 
-// Routed groups the up and down grids allot (grid.y before the shared expert's slices): one per 32 pairs of an
-// expert, at most experts + pairs / 32 of them.
-__host__ __device__ inline int64_t routed_tile_bound(const RoutedExpertsParams& p) {
-    static_assert(kBM == 32, "routed_tiles (routed.cuh) counts tiles of 32 pairs");
-    return p.experts + (p.tokens * p.k + kBM - 1) / kBM;
+__host__ __device__ inline int routed_tile_bound(const RoutedExpertsParams& p) {
+    return static_cast<int>(routed_tiles(p.tokens, p.k, p.experts));
 }
 
+// Rows of the h and out scratch a token owns: its k routed pairs, then the shared expert's.
+__device__ inline int slots_of(const RoutedExpertsParams& p) { return p.k + (p.shared_gate != nullptr ? 1 : 0); }
+
 // The routed pairs grouped by expert and cut into tiles of 32: rank[q] = the pair's place among its expert's
-// (shared-memory atomics); the counts and the tiles per expert scanned; order[offsets[e] + rank[q]] = the pair's row;
+// (shared-memory atomics); the counts and the tiles per expert scanned; order[start(e) + rank[q]] = the pair's row;
 // tile i = (expert, start in order, count), count 0 for the unused ones. An id outside [0, experts) is left out.
 __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const RoutedExpertsParams p) {
     extern __shared__ int pair_smem[];
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const Routed
     int* count = pair_smem;         // [E], then inclusive sums
     int* tiles = pair_smem + E;     // [E], then inclusive sums
     int* rank = pair_smem + 2 * E;  // [pairs]
-    const int pairs = static_cast<int>(p.tokens * p.k), slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    const int pairs = static_cast<int>(p.tokens * p.k), slots = slots_of(p);
     for (int e = tid; e < E; e += kPairThreads) count[e] = 0;
     __syncthreads();
     const int lane = tid & 31;
@@ -116,22 +116,20 @@ __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const Routed
     __syncthreads();
     block_scan(count, E);
     block_scan(tiles, E);
-    const int bound = static_cast<int>(routed_tile_bound(p));
-    for (int e = tid; e <= E; e += kPairThreads) p.offsets[e] = e == 0 ? 0 : count[e - 1];
+    const auto start = [](const int* sums, int e) { return e == 0 ? 0 : sums[e - 1]; };  // exclusive sum at e
     for (int e = tid; e < E; e += kPairThreads) {
-        const int begin = e == 0 ? 0 : count[e - 1], n = count[e] - begin;
-        for (int i = e == 0 ? 0 : tiles[e - 1], m0 = 0; m0 < n; ++i, m0 += kBM) {
+        const int begin = start(count, e), n = count[e] - begin;
+        for (int i = start(tiles, e), m0 = 0; m0 < n; ++i, m0 += kBM) {
             p.tiles[3 * i] = e;
             p.tiles[3 * i + 1] = begin + m0;
             p.tiles[3 * i + 2] = min(kBM, n - m0);
         }
     }
-    for (int i = tiles[E - 1] + tid; i < bound; i += kPairThreads) p.tiles[3 * i + 2] = 0;
+    for (int i = tiles[E - 1] + tid; i < routed_tile_bound(p); i += kPairThreads) p.tiles[3 * i + 2] = 0;
     for (int q = tid; q < pairs; q += kPairThreads) {
         if (rank[q] < 0) continue;
-        const int e = static_cast<int>(p.indices[q]);
         const int t = q / p.k, j = q - t * p.k;
-        p.order[(e == 0 ? 0 : count[e - 1]) + rank[q]] = t * slots + j;
+        p.order[start(count, static_cast<int>(p.indices[q])) + rank[q]] = t * slots + j;
     }
 }
 
@@ -139,7 +137,7 @@ __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const Routed
 // returned: a routed tile's from the pairs kernel, a shared slice's (tokens 32 · (v − bound) ...) at slot k. Ends
 // with a barrier.
 __device__ int tile_rows(const RoutedExpertsParams& p, int v, int slots, int* rows, int& expert) {
-    const int bound = static_cast<int>(routed_tile_bound(p));
+    const int bound = routed_tile_bound(p);
     int begin, count;
     if (v >= bound) {
         expert = p.experts;
@@ -156,6 +154,34 @@ __device__ int tile_rows(const RoutedExpertsParams& p, int v, int slots, int* ro
     return count;
 }
 
+// The cp.async ring of both products: kStages − 1 chunks staged ahead; at chunk kc every thread waits for it, the
+// block syncs (chunk kc − 1's stage is free again), stages chunk kc + kStages − 1 and runs compute(kc's stage).
+// Nothing is left in flight at the end (the tail groups are empty).
+template <int kStages, typename Stage, typename Compute>
+__device__ __forceinline__ void pipeline(int chunks, const Stage& stage, const Compute& compute) {
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < chunks) stage(s, s);
+        cp_async_commit();
+    }
+    for (int kc = 0; kc < chunks; ++kc) {
+        cp_async_wait<kStages - 2>();
+        __syncthreads();
+        if (kc + kStages - 1 < chunks) stage(kc + kStages - 1, (kc + kStages - 1) % kStages);
+        cp_async_commit();
+        compute(kc % kStages);
+    }
+    cp_async_wait<0>();
+}
+
+// A lane's ldmatrix address in a staged tile (rows of 8 swizzled chunks) at k16 step kk: of the A fragment (the 16
+// rows from row0) and of the B fragments of two n8 tiles (the 16 weight rows from row0).
+__device__ __forceinline__ uint32_t a_frag(uint32_t tile, int row0, int kk, int lane) {
+    return tile + swz(row0 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8);
+}
+__device__ __forceinline__ uint32_t b_frag(uint32_t tile, int row0, int kk, int lane) {
+    return tile + swz(row0 + ((lane >> 4) << 3) + (lane & 7), kk * 16 + ((lane >> 3) & 1) * 8, 8);
+}
+
 // h[pair, n0 .. n0 + 32) = silu(x[token] · gate[n]ᵀ) · (x[token] · up[n]ᵀ) for the block's tile of up to 32
 // pairs, each op rounded to T.
 template <typename T>
@@ -164,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) routed_up_kernel(const RoutedExperts
     __shared__ int rows[kBM];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n0 = static_cast<int>(blockIdx.x) * kUpBN;
-    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    const int slots = slots_of(p);
     int expert = 0;
     const int count = tile_rows(p, static_cast<int>(blockIdx.y), slots, rows, expert);
     if (count == 0) return;
@@ -204,33 +230,22 @@ __global__ void __launch_bounds__(kThreads) routed_up_kernel(const RoutedExperts
     };
     const int rg = warp & 1, half_n = warp >> 1;  // the warp's 16 rows and its 16 of the 32 columns
     float acc_g[2][4] = {}, acc_u[2][4] = {};
-    for (int s = 0; s < kUpStages - 1; ++s) {
-        if (s < chunks) stage(s, s);
-        cp_async_commit();
-    }
     const bool busy = rg * 16 < count;  // a warp whose 16 rows are all past the pairs only stages
-    for (int kc = 0; kc < chunks; ++kc) {
-        cp_async_wait<kUpStages - 2>();
-        __syncthreads();  // chunk kc landed for every thread; chunk kc − 1's stage is free
-        if (kc + kUpStages - 1 < chunks) stage(kc + kUpStages - 1, (kc + kUpStages - 1) % kUpStages);
-        cp_async_commit();
-        if (!busy) continue;
-        const uint32_t a = base + (kc % kUpStages) * kUpStageBytes, g = a + kTileA, u = g + kUpBN * kRowBytes;
+    pipeline<kUpStages>(chunks, stage, [&](int s) {
+        if (!busy) return;
+        const uint32_t a = base + s * kUpStageBytes, g = a + kTileA, u = g + kUpBN * kRowBytes;
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-            uint32_t af[4];
-            ldsm_x4(af, a + swz(rg * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8));
-            const int r = half_n * 16 + ((lane >> 4) << 3) + (lane & 7), c = kk * 16 + ((lane >> 3) & 1) * 8;
-            uint32_t bf[4];
-            ldsm_x4(bf, g + swz(r, c, 8));
+            uint32_t af[4], bf[4];
+            ldsm_x4(af, a_frag(a, rg * 16, kk, lane));
+            ldsm_x4(bf, b_frag(g, half_n * 16, kk, lane));
             mma16816_t<T>(acc_g[0], af, bf[0], bf[1]);
             mma16816_t<T>(acc_g[1], af, bf[2], bf[3]);
-            ldsm_x4(bf, u + swz(r, c, 8));
+            ldsm_x4(bf, b_frag(u, half_n * 16, kk, lane));
             mma16816_t<T>(acc_u[0], af, bf[0], bf[1]);
             mma16816_t<T>(acc_u[1], af, bf[2], bf[3]);
         }
-    }
-    cp_async_wait<0>();  // nothing left in flight at exit (the tail groups are empty)
+    });
     if (!busy) return;
     T* h = static_cast<T*>(p.h);
 #pragma unroll
@@ -259,9 +274,8 @@ __global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExper
     __shared__ int rows[kBM];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n0 = static_cast<int>(blockIdx.x) * kDownBN;
-    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
     int expert = 0;
-    const int count = tile_rows(p, static_cast<int>(blockIdx.y), slots, rows, expert);
+    const int count = tile_rows(p, static_cast<int>(blockIdx.y), slots_of(p), rows, expert);
     if (count == 0) return;
     const int64_t H = p.hidden, I = p.inter;
     const auto* h = static_cast<const T*>(p.h);
@@ -296,33 +310,23 @@ __global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExper
     };
     const int rg = warp & 1, half_n = warp >> 1;  // the warp's 16 rows and its 32 of the 64 columns
     float acc[kDownBN / 16][4] = {};
-    for (int s = 0; s < kDownStages - 1; ++s) {
-        if (s < chunks) stage(s, s);
-        cp_async_commit();
-    }
     const bool busy = rg * 16 < count;
-    for (int kc = 0; kc < chunks; ++kc) {
-        cp_async_wait<kDownStages - 2>();
-        __syncthreads();
-        if (kc + kDownStages - 1 < chunks) stage(kc + kDownStages - 1, (kc + kDownStages - 1) % kDownStages);
-        cp_async_commit();
-        if (!busy) continue;
-        const uint32_t a = base + (kc % kDownStages) * kDownStageBytes, w = a + kTileA;
+    pipeline<kDownStages>(chunks, stage, [&](int s) {
+        if (!busy) return;
+        const uint32_t a = base + s * kDownStageBytes, w = a + kTileA;
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
             uint32_t af[4];
-            ldsm_x4(af, a + swz(rg * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8));
+            ldsm_x4(af, a_frag(a, rg * 16, kk, lane));
 #pragma unroll
             for (int nb = 0; nb < kDownBN / 32; ++nb) {
-                const int r = half_n * 32 + nb * 16 + ((lane >> 4) << 3) + (lane & 7);
                 uint32_t bf[4];
-                ldsm_x4(bf, w + swz(r, kk * 16 + ((lane >> 3) & 1) * 8, 8));
+                ldsm_x4(bf, b_frag(w, half_n * 32 + nb * 16, kk, lane));
                 mma16816_t<T>(acc[2 * nb], af, bf[0], bf[1]);
                 mma16816_t<T>(acc[2 * nb + 1], af, bf[2], bf[3]);
             }
         }
-    }
-    cp_async_wait<0>();
+    });
     if (!busy) return;
     T* out = static_cast<T*>(p.out);
 #pragma unroll
@@ -345,7 +349,7 @@ __global__ void routed_combine_kernel(const RoutedExpertsParams p) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= p.tokens * chunks) return;
     const int64_t t = i / chunks, c = (i - t * chunks) * 8;
-    const int slots = p.k + (p.shared_gate != nullptr ? 1 : 0);
+    const int slots = slots_of(p);
     const auto* out = static_cast<const T*>(p.out);
     float acc[8] = {};
     for (int j = 0; j < p.k; ++j) {

@@ -35,7 +35,6 @@ struct RoutedExpertsParams {
     const void* shared_up;     // [inter, hidden]
     const void* shared_down;   // [hidden, inter]
     int* order;                // scratch [tokens · k]: pair rows (token · slots + slot) grouped by expert
-    int* offsets;              // scratch [experts + 1]: each expert's start in order
     int* tiles;                // scratch [3 · routed_tiles(tokens, k, experts)]: (expert, start in order, count)
     void* h;                   // scratch [tokens · slots, inter], slots = k (+ 1 with a shared expert)
     void* out;                 // scratch [tokens · slots, hidden]
@@ -56,8 +55,14 @@ constexpr int kRoutedMaxExperts = 1024;
 /// hidden and inter must be multiples of this; every tensor 16-byte aligned.
 constexpr int kRoutedAlign = 64;
 
-/// The routed tiles' bound: one per 32 pairs of an expert, at most experts + ceil(tokens · k / 32).
-inline int64_t routed_tiles(int64_t tokens, int k, int experts) { return experts + (tokens * k + 31) / 32; }
+/// Pairs per tile of the up and down kernels.
+constexpr int kRoutedTile = 32;
+
+/// The routed tiles' bound (the groups the up and down grids allot before the shared expert's slices): one per 32
+/// pairs of an expert, at most experts + ceil(tokens · k / 32).
+__host__ __device__ inline int64_t routed_tiles(int64_t tokens, int k, int experts) {
+    return experts + (tokens * k + kRoutedTile - 1) / kRoutedTile;
+}
 
 cudaError_t launch_routed_experts(const RoutedExpertsParams& p, cudaStream_t stream);
 
