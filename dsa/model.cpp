@@ -67,6 +67,7 @@ struct Step {
     at::Tensor query_pos;  // [B, L] int64 key index of each query
     at::Tensor key_valid;  // [B, S] bool
     bool dense = false;
+    at::Tensor dense_slots;  // a dense paged decode: [1, B·L, S] slots of the keys each query sees (every layer's)
 };
 
 // RMSNorm and RoPE run as one kernel each (dsa/norm_rope_cuda.h) where they fit — CUDA, a forward without autograd
@@ -163,6 +164,29 @@ at::Tensor replayed_topk(const at::Tensor& given, int64_t layer, int64_t k, cons
     return t;
 }
 
+// The pool slots a paged decode's queries read, [1, B·L, k] (−1 where none): each query's selected keys (topk
+// [B, L, k]) or, with topk undefined, every key it sees (a dense step: no more than index_topk). One kernel where it
+// fits, else the ATen gather.
+at::Tensor read_slots(const at::Tensor& read, const at::Tensor& topk, const Step& st, const ModelConfig& c) {
+    const int64_t B = st.batch, L = st.len;
+    if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_slots_fit(read, topk)) {
+        const at::Tensor idx =
+            cuda::paged_slots(read, topk, st.key_valid.contiguous(), st.query_pos.contiguous(), L);
+        return idx.view({1, B * L, idx.size(2)});
+    }
+    const at::Tensor none = at::full({}, -1, read.options());
+    if (!topk.defined()) {
+        const int64_t S = read.size(1);
+        const at::Tensor visible = st.key_valid.unsqueeze(1).logical_and(
+            at::arange(S, read.options()).view({1, 1, S}) <= st.query_pos.unsqueeze(-1));
+        return at::where(visible, read.unsqueeze(1).expand({B, L, S}), none).reshape({1, B * L, S});
+    }
+    const int64_t k = topk.size(2);
+    const at::Tensor sel = topk.to(at::kLong);
+    const at::Tensor slot = read.gather(1, sel.clamp_min(0).view({B, L * k})).view({B, L, k});
+    return at::where(sel >= 0, slot, none).view({1, B * L, k});
+}
+
 struct AttentionResult {
     at::Tensor out;   // [B, L, H]
     at::Tensor topk;  // [B, L, index_topk] int32, when computed
@@ -209,8 +233,15 @@ AttentionResult attention(const at::Tensor& h,
                                      at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
                                                     l.indexer.k_norm_bias, kLatentNormEps),
                                      st.cos, st.sin, rope, /*interleaved=*/false, c);
-        Fp32Region fp32;  // the indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2)
-        iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * (1.0 / std::sqrt(double(ih)));
+        // The indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2): one kernel where the forward's kernels
+        // run, else the cast, the fp32 matmul and the scale.
+        const double w_scale = 1.0 / std::sqrt(double(ih));
+        if (built_with_cuda() && c.impl != Impl::kReference && cuda::proj_fp32_fits(ih_in, l.indexer.weights_proj)) {
+            iw = cuda::proj_fp32(ih_in, l.indexer.weights_proj, w_scale);
+        } else {
+            Fp32Region fp32;
+            iw = at::linear(ih_in.to(at::kFloat), l.indexer.weights_proj.to(at::kFloat)) * w_scale;
+        }
     }
 
     if (cache != nullptr) {
@@ -253,28 +284,10 @@ AttentionResult attention(const at::Tensor& h,
     const at::Tensor q_lat = per_head(q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope), /*transposed=*/false, c);
     const double scale = mla_softmax_scale(c);
     if (paged_read) {
-        // The selected keys' slots; the queries of every row as one sequence over the pool's entries.
+        // The selected keys' slots (a dense step's, the same for every layer, come with the step); the queries of
+        // every row as one sequence over the pool's entries.
         const PagedKvCache& pc = *opt.paged->cache;
-        const at::Tensor& read = opt.paged->read_slots;
-        const at::Tensor none = at::full({}, -1, read.options());
-        at::Tensor idx;
-        if (built_with_cuda() && c.impl != Impl::kReference &&
-            cuda::paged_slots_fit(read, st.dense ? at::Tensor() : r.topk)) {
-            // One kernel for the gather below (the same slots).
-            idx = cuda::paged_slots(read, st.dense ? at::Tensor() : r.topk, st.key_valid.contiguous(),
-                                    st.query_pos.contiguous(), L);
-            idx = idx.view({1, B * L, idx.size(2)});
-        } else if (st.dense) {  // every visible key (no more than index_topk): their slots, no indexer selection
-            const int64_t S = read.size(1);
-            const at::Tensor visible = st.key_valid.unsqueeze(1).logical_and(
-                at::arange(S, read.options()).view({1, 1, S}) <= st.query_pos.unsqueeze(-1));
-            idx = at::where(visible, read.unsqueeze(1).expand({B, L, S}), none).reshape({1, B * L, S});
-        } else {
-            const int64_t k = r.topk.size(2);
-            const at::Tensor sel = r.topk.to(at::kLong);
-            const at::Tensor slot = read.gather(1, sel.clamp_min(0).view({B, L * k})).view({B, L, k});
-            idx = at::where(sel >= 0, slot, none).view({1, B * L, k});
-        }
+        const at::Tensor idx = st.dense ? st.dense_slots : read_slots(opt.paged->read_slots, r.topk, st, c);
         const AttentionOutput att =
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
@@ -638,6 +651,8 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     if (paged == nullptr || !paged->read_slots.defined()) {
         st.dense = opt.path == AttentionPath::kDense || (opt.path == AttentionPath::kAuto && num_keys <= c.index_topk);
     }
+
+    if (paged_read && st.dense) st.dense_slots = read_slots(paged->read_slots, {}, st, c);
 
     ForwardOutput out;
     out.query_pos = st.query_pos;

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "core/kernel_elem.h"
+#include "core/kernels/row_dot.cuh"
 #include "dsa/kernels/norm_rope.cuh"
 
 namespace dsrl::dsa::cuda {
@@ -208,6 +209,37 @@ std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
     const kernels::RopeParams a = rope_params(x1, cos1, sin1, rope, interleaved, &out.first);
     const kernels::RopeParams b = rope_params(x2, cos2, sin2, rope, interleaved, &out.second);
     C10_CUDA_CHECK(kernels::launch_ropes(a, b, stream_of(x1)));
+    return out;
+}
+
+bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w) {
+    return norm_rope_kernels_fit(x, {&w}) && row_stride(x, 1) >= 0 && dsrl::kernels::row_dot_takes(x.size(-1)) &&
+           elem_kernel_takes(w.scalar_type()) && w.dim() == 2 && w.size(1) == x.size(-1) && w.is_contiguous() &&
+           aligned16(w.data_ptr());
+}
+
+at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale) {
+    RECORD_FUNCTION("dsrl::proj_fp32", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(proj_fp32_fits(x, w), "proj_fp32 (cuda): x [..., D] and w [N, D] must be CUDA fp32/bf16/fp16 on one "
+                "device, x's rows of one stride with a contiguous last dim, w contiguous and 16-byte aligned, D a "
+                "multiple of 4 up to ", dsrl::kernels::kRowDotMaxDim, ", without autograd; got x ", x.scalar_type(),
+                " ", x.sizes(), " strides ", x.strides(), ", w ", w.scalar_type(), " ", w.sizes());
+    const c10::cuda::CUDAGuard on_device(x.device());
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    at::Tensor out = at::empty(shape, x.options().dtype(at::kFloat));
+    const kernels::RowProjParams p{.x = x.data_ptr(),
+                                   .x_type = kernel_elem(x.scalar_type()),
+                                   .x_row_stride = row_stride(x, 1),
+                                   .w = w.data_ptr(),
+                                   .w_type = kernel_elem(w.scalar_type()),
+                                   .out = out.data_ptr<float>(),
+                                   .rows = x.numel() / x.size(-1),
+                                   .n = static_cast<int>(w.size(0)),
+                                   .dim = static_cast<int>(x.size(-1)),
+                                   .scaled = scale != 1.0,
+                                   .scale = static_cast<float>(scale)};
+    C10_CUDA_CHECK(kernels::launch_row_proj(p, stream_of(x)));
     return out;
 }
 

@@ -52,4 +52,14 @@ std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
                                         int64_t rope,
                                         bool interleaved);
 
+/// Whether proj_fp32 takes x [..., D] and w [N, D]: CUDA fp32/bf16/fp16 tensors on one device, x's leading dims rows
+/// of one stride with a contiguous last dim, w contiguous and 16-byte aligned, D a multiple of 4 up to 2048, no
+/// autograd.
+bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w);
+
+/// at::linear(x.float(), w.float()) * scale as one kernel (one warp per row; the dot products summed in another order,
+/// the scale rounded once as ATen's multiply, skipped at 1): [..., N] fp32. The indexer's head weights, which stay fp32
+/// under autocast: one kernel instead of x's cast, an fp32 GEMM, its split-K reduction and the scale.
+at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale);
+
 }  // namespace dsrl::dsa::cuda

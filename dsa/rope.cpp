@@ -103,6 +103,10 @@ at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t
     TORCH_CHECK(false, "rope: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 bool add_rms_norm_takes(const at::Tensor&, const at::Tensor&) { return false; }
+bool proj_fp32_fits(const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor proj_fp32(const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "proj_fp32: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }

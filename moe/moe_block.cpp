@@ -36,6 +36,10 @@ namespace dsrl::moe {
 namespace cuda {  // builds without CUDA: the kernels never fit
 bool route_kernel_takes(const RouterOptions&) { return false; }
 bool route_kernel_fits(const at::Tensor&, const RouterOptions&) { return false; }
+bool route_rows_fit(const at::Tensor&, const at::Tensor&, const RouterOptions&) { return false; }
+Route route_select_rows(const at::Tensor&, const at::Tensor&, const at::Tensor&, const RouterOptions&, at::Tensor*) {
+    TORCH_CHECK(false, "route (cuda): this build of dsrl has no CUDA kernels");
+}
 bool silu_mul_fits(const at::Tensor&, const at::Tensor&) { return false; }
 Route route_select(const at::Tensor&, const at::Tensor&, const RouterOptions&, at::Tensor*) {
     TORCH_CHECK(false, "route (cuda): this build of dsrl has no CUDA kernels");
@@ -168,8 +172,10 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 namespace {
 
 // The router's fp32 logits (they stay fp32 under bf16 autocast, SPEC §2.4, as route() computes them) and its
-// selection as one kernel; with `dense`, also each token's weight per expert [T, E].
+// selection: one kernel for both where the router is small enough (route_rows_fit), else the fp32 GEMM and the selection
+// kernel; with `dense`, also each token's weight per expert [T, E].
 Route route_on_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, at::Tensor* dense) {
+    if (cuda::route_rows_fit(x, w.gate, opt)) return cuda::route_select_rows(x, w.gate, w.bias, opt, dense);
     at::Tensor logits;
     {
         Fp32Region fp32;

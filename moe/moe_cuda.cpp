@@ -10,11 +10,14 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "core/kernel_elem.h"
+#include "core/kernels/row_dot.cuh"
 #include "moe/kernels/decode.cuh"
 #include "moe/kernels/routed.cuh"
 
 namespace dsrl::moe::cuda {
 namespace {
+
+constexpr int64_t kRouteRowsMaxWeights = int64_t{1} << 16;
 
 bool no_autograd(std::initializer_list<const at::Tensor*> ts) {
     if (!at::GradMode::is_enabled()) return true;
@@ -48,12 +51,16 @@ bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt) {
            no_autograd({&logits});
 }
 
-Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {
-    RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles
+namespace {
+
+// The router kernel over `logits` ([T, E] fp32: read, or written from x · gateᵀ when x is defined).
+Route launch_route(const at::Tensor& logits,
+                   const at::Tensor& x,
+                   const at::Tensor& gate,
+                   const at::Tensor& bias,
+                   const RouterOptions& opt,
+                   at::Tensor* dense) {
     constexpr const char* op = "route (cuda)";
-    TORCH_CHECK(route_kernel_fits(logits, opt), op, ": logits must be CUDA fp32 [T, ", opt.n_routed_experts,
-                "] contiguous (at most ", kernels::kRouteMaxExperts, " experts, 32 per token) without autograd; got ",
-                logits.scalar_type(), " ", logits.sizes());
     TORCH_CHECK(bias.dim() == 1 && bias.size(0) == opt.n_routed_experts && bias.device() == logits.device(), op,
                 ": bias must be [", opt.n_routed_experts, "] on ", logits.device(), ", got ", bias.sizes());
     const at::Tensor b = bias.to(at::kFloat).contiguous();
@@ -65,20 +72,63 @@ Route route_select(const at::Tensor& logits, const at::Tensor& bias, const Route
     r.weights = at::empty({T, k}, logits.options());
     if (dense != nullptr) *dense = at::empty({T, E}, logits.options());
     const bool grouped = opt.n_group > 1 && opt.topk_group < opt.n_group;
-    const kernels::RouteParams p{.logits = logits.data_ptr<float>(),
-                                 .bias = b.data_ptr<float>(),
-                                 .indices = r.indices.data_ptr<int64_t>(),
-                                 .weights = r.weights.data_ptr<float>(),
-                                 .dense = dense != nullptr ? dense->data_ptr<float>() : nullptr,
-                                 .tokens = T,
-                                 .experts = static_cast<int>(E),
-                                 .groups = grouped ? static_cast<int>(opt.n_group) : 1,
-                                 .topk_group = grouped ? static_cast<int>(opt.topk_group) : 1,
-                                 .k = static_cast<int>(k),
-                                 .norm = opt.norm_topk_prob,
-                                 .scale = static_cast<float>(opt.routed_scaling_factor)};
+    kernels::RouteParams p{.logits = logits.data_ptr<float>(),
+                           .bias = b.data_ptr<float>(),
+                           .indices = r.indices.data_ptr<int64_t>(),
+                           .weights = r.weights.data_ptr<float>(),
+                           .dense = dense != nullptr ? dense->data_ptr<float>() : nullptr,
+                           .tokens = T,
+                           .experts = static_cast<int>(E),
+                           .groups = grouped ? static_cast<int>(opt.n_group) : 1,
+                           .topk_group = grouped ? static_cast<int>(opt.topk_group) : 1,
+                           .k = static_cast<int>(k),
+                           .norm = opt.norm_topk_prob,
+                           .scale = static_cast<float>(opt.routed_scaling_factor)};
+    if (x.defined()) {
+        p.x = x.data_ptr();
+        p.x_type = kernel_elem(x.scalar_type());
+        p.x_row_stride = rows_stride(x);
+        p.gate = gate.data_ptr();
+        p.gate_type = kernel_elem(gate.scalar_type());
+        p.dim = static_cast<int>(x.size(1));
+    }
     C10_CUDA_CHECK(kernels::launch_route(p, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
     return r;
+}
+
+}  // namespace
+
+Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {
+    RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(route_kernel_fits(logits, opt), "route (cuda): logits must be CUDA fp32 [T, ", opt.n_routed_experts,
+                "] contiguous (at most ", kernels::kRouteMaxExperts, " experts, 32 per token) without autograd; got ",
+                logits.scalar_type(), " ", logits.sizes());
+    return launch_route(logits, {}, {}, bias, opt, dense);
+}
+
+bool route_rows_fit(const at::Tensor& x, const at::Tensor& gate, const RouterOptions& opt) {
+    if (!x.defined() || !x.is_cuda() || x.dim() != 2 || !elem_kernel_takes(x.scalar_type()) || rows_stride(x) < 0 ||
+        !route_kernel_takes(opt) || !dsrl::kernels::row_dot_takes(x.size(1)))
+        return false;
+    // A router of more than 64K weights (DeepSeek-V3's 256 × 7168) is a GEMM's work: each token's block would read all
+    // of it.
+    return gate.defined() && gate.device() == x.device() && elem_kernel_takes(gate.scalar_type()) && gate.dim() == 2 &&
+           gate.size(0) == opt.n_routed_experts && gate.size(1) == x.size(1) && gate.is_contiguous() &&
+           aligned16(gate.data_ptr()) && gate.numel() <= kRouteRowsMaxWeights && no_autograd({&x, &gate});
+}
+
+Route route_select_rows(const at::Tensor& x,
+                        const at::Tensor& gate,
+                        const at::Tensor& bias,
+                        const RouterOptions& opt,
+                        at::Tensor* dense) {
+    RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(route_rows_fit(x, gate, opt), "route (cuda): x must be CUDA fp32/bf16/fp16 [T, H] with contiguous rows "
+                "(H a multiple of 4 up to ", dsrl::kernels::kRowDotMaxDim, ") and the gate a contiguous, aligned [",
+                opt.n_routed_experts, ", H] on its device, without autograd; got x ", x.scalar_type(), " ", x.sizes(),
+                ", gate ", gate.scalar_type(), " ", gate.sizes());
+    const at::Tensor logits = at::empty({x.size(0), opt.n_routed_experts}, x.options().dtype(at::kFloat));
+    return launch_route(logits, x, gate, bias, opt, dense);
 }
 
 bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up) {

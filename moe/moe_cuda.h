@@ -26,6 +26,21 @@ bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt);
 /// where not routed).
 Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense);
 
+/// Whether route_select_rows takes x [T, H] and the router's gate [E, H]: CUDA fp32/bf16/fp16 tensors on one device, x
+/// with contiguous rows, the gate contiguous and 16-byte aligned, H a multiple of 4 up to 2048, E · H at most 64K, no
+/// autograd — small routers (each token's block reads the whole gate); a large one (DeepSeek-V3's 256 × 7168) takes an
+/// fp32 GEMM and route_select.
+bool route_rows_fit(const at::Tensor& x, const at::Tensor& gate, const RouterOptions& opt);
+
+/// route_select over the logits x · gateᵀ computed in fp32 by the same kernel (r.logits [T, E] written): what
+/// route_select(at::linear(x.float(), gate.float()), ...) returns, the dot products summed in another order. One kernel
+/// instead of four (x's cast, the fp32 GEMM, its split-K reduction, the selection).
+Route route_select_rows(const at::Tensor& x,
+                        const at::Tensor& gate,
+                        const at::Tensor& bias,
+                        const RouterOptions& opt,
+                        at::Tensor* dense);
+
 /// Whether the SwiGLU kernel takes gate and up: CUDA tensors of one fp32/bf16/fp16 type and shape [T, C] with
 /// contiguous rows, in a forward that records no autograd graph for them.
 bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up);

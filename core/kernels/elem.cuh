@@ -13,6 +13,9 @@ namespace dsrl::kernels {
 
 enum class Elem { kF32, kBF16, kF16 };
 
+/// Bytes of one element of type t.
+constexpr int elem_size(Elem t) { return t == Elem::kF32 ? 4 : 2; }
+
 #ifdef __CUDACC__
 __device__ __forceinline__ float load_elem(const void* p, Elem t, int64_t i) {
     switch (t) {

@@ -6,6 +6,8 @@
 // kernels round each op).
 #include "dsa/kernels/norm_rope.cuh"
 
+#include "core/kernels/row_dot.cuh"
+
 namespace dsrl::dsa::kernels {
 namespace {
 
@@ -107,7 +109,30 @@ __global__ void rope_kernel(RopeParams a, RopeParams b) {
     }
 }
 
+constexpr int kProjWarps = 4;  // rows per block of the projection
+
+// One warp per row, each with its fp32 copy of the row in shared memory.
+__global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams p) {
+    extern __shared__ float4 proj_smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * kProjWarps + warp;
+    if (row >= p.rows) return;  // whole warps: no block-wide barrier
+    float* xs = reinterpret_cast<float*>(proj_smem) + warp * p.dim;
+    const auto* x = static_cast<const unsigned char*>(p.x) + row * p.x_row_stride * dsrl::kernels::elem_size(p.x_type);
+    dsrl::kernels::stage_row(xs, x, p.x_type, p.dim, lane, 32);
+    __syncwarp();
+    dsrl::kernels::warp_row_dots(xs, p.w, p.w_type, p.n, p.dim, 0, 1, p.scaled, p.scale, p.out + row * p.n, lane);
+}
+
 }  // namespace
+
+cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
+    if (p.rows == 0 || p.n == 0) return cudaSuccess;
+    if (!dsrl::kernels::row_dot_takes(p.dim)) return cudaErrorInvalidValue;
+    const auto blocks = static_cast<unsigned>((p.rows + kProjWarps - 1) / kProjWarps);
+    row_proj_kernel<<<blocks, kProjWarps * 32, sizeof(float) * kProjWarps * p.dim, stream>>>(p);
+    return cudaGetLastError();
+}
 
 cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) { return launch_rms_norms(p, {}, stream); }
 

@@ -58,4 +58,22 @@ cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
 /// Two RoPEs in one launch (a layer's query and key rotations): a's items, then b's; a default-constructed b is none.
 cudaError_t launch_ropes(const RopeParams& a, const RopeParams& b, cudaStream_t stream);
 
+/// out[r, j] = Σ_h x[r, h] · w[j, h] in fp32 (times `scale`, rounded once, when `scaled`): a few-output projection
+/// that stays fp32 (the indexer's head weights), one warp per row (core/kernels/row_dot.cuh). x rows of `dim`
+/// elements at x_row_stride; w [n, dim] contiguous, 16-byte aligned; row_dot_takes(dim).
+struct RowProjParams {
+    const void* x;
+    Elem x_type;
+    int64_t x_row_stride;
+    const void* w;
+    Elem w_type;
+    float* out;  // [rows, n] contiguous
+    int64_t rows;
+    int n;
+    int dim;
+    bool scaled;
+    float scale;
+};
+cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream);
+
 }  // namespace dsrl::dsa::kernels

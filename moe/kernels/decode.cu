@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/kernels/row_dot.cuh"
+
 namespace dsrl::moe::kernels {
 namespace {
 
-constexpr int kWarps = 4;  // tokens per block of the router kernel
+constexpr int kRowWarps = 4;  // warps of a router block that projects its token's row
 constexpr float kNegInf = -INFINITY;
 
 using dsrl::kernels::load_elem;
@@ -37,17 +39,32 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
     }
 }
 
-// One warp per token; shared scratch per warp: the choices, a taken flag per expert, the group scores.
-__global__ void __launch_bounds__(kWarps * 32) route_kernel(RouteParams p) {
-    extern __shared__ unsigned char smem[];
+// One block per token (route_smem_bytes of shared scratch): with rows to project, kRowWarps warps stage the row, split
+// the gate's rows and write the logits; then one warp selects (the others leave).
+__global__ void route_kernel(RouteParams p) {
+    extern __shared__ float4 route_smem[];  // 16-byte aligned: the row's float4 reads
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int E = p.experts;
-    float* choice = reinterpret_cast<float*>(smem) + warp * E;
-    float* group_score = reinterpret_cast<float*>(smem) + kWarps * E + warp * p.groups;
-    unsigned char* taken = smem + sizeof(float) * kWarps * (E + p.groups) + warp * E;
-    const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-    if (t >= p.tokens) return;  // whole warps only: no block-wide barrier below
-    const float* logits = p.logits + t * E;
+    const int64_t t = blockIdx.x;
+    float* const xs = reinterpret_cast<float*>(route_smem);
+    float* const logits = xs + p.dim;
+    float* const choice = logits + E;
+    float* const group_score = choice + E;
+    unsigned char* const taken = reinterpret_cast<unsigned char*>(group_score + p.groups);
+    if (p.x != nullptr) {
+        const auto* row =
+            static_cast<const unsigned char*>(p.x) + t * p.x_row_stride * dsrl::kernels::elem_size(p.x_type);
+        dsrl::kernels::stage_row(xs, row, p.x_type, p.dim, threadIdx.x, blockDim.x);
+        __syncthreads();
+        dsrl::kernels::warp_row_dots(xs, p.gate, p.gate_type, E, p.dim, warp, blockDim.x / 32, false, 1.f, logits,
+                                     lane);
+        __syncthreads();
+        if (warp != 0) return;
+        for (int e = lane; e < E; e += 32) p.logits[t * E + e] = logits[e];
+    } else {
+        for (int e = lane; e < E; e += 32) logits[e] = p.logits[t * E + e];
+        __syncwarp();
+    }
     for (int e = lane; e < E; e += 32) {
         const float v = __fadd_rn(sigmoid(logits[e]), p.bias[e]);
         choice[e] = isnan(v) ? kNegInf : v;
@@ -147,9 +164,13 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
 
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     if (p.tokens == 0) return cudaSuccess;
-    const size_t smem = sizeof(float) * kWarps * (p.experts + p.groups) + kWarps * p.experts;
-    const auto blocks = static_cast<unsigned>((p.tokens + kWarps - 1) / kWarps);
-    route_kernel<<<blocks, kWarps * 32, smem, stream>>>(p);
+    if (p.tokens > 0x7fffffff || p.experts > kRouteMaxExperts) return cudaErrorInvalidValue;
+    const int dim = p.x != nullptr ? p.dim : 0;
+    if (p.x != nullptr && !dsrl::kernels::row_dot_takes(dim)) return cudaErrorInvalidValue;
+    RouteParams q = p;
+    q.dim = dim;
+    const unsigned threads = p.x != nullptr ? kRowWarps * 32 : 32;
+    route_kernel<<<static_cast<unsigned>(p.tokens), threads, route_smem_bytes(p.experts, p.groups, dim), stream>>>(q);
     return cudaGetLastError();
 }
 

@@ -12,14 +12,15 @@ namespace dsrl::moe::kernels {
 
 using dsrl::kernels::Elem;  // fp32 / bf16 / fp16 (core/kernels/elem.cuh)
 
-/// DeepSeek-V3's router selection from fp32 logits, one warp per token (moe/router.cpp route() is the oracle):
+/// DeepSeek-V3's router selection from fp32 logits, one block per token (moe/router.cpp route() is the oracle):
+///   logits = x · gateᵀ in fp32 when x is given (then written to `logits`; core/kernels/row_dot.cuh), else read;
 ///   s = sigmoid(logits); choice = s + bias;
 ///   with n_group > 1 and topk_group < n_group, only the topk_group groups with the largest sums of their two best
 ///   choices stay; the k largest choices of those are the token's experts, in descending order;
 ///   w_j = s[e_j], normalized by their sum (+ 1e-20) when `norm`, times `scale`.
 /// Ties go to the lower expert id; a NaN choice ranks below every number.
 struct RouteParams {
-    const float* logits;  // [tokens, experts] contiguous
+    float* logits;  // [tokens, experts] contiguous: in, or out when x is given
     const float* bias;    // [experts]
     int64_t* indices;     // [tokens, k] out
     float* weights;       // [tokens, k] out
@@ -31,9 +32,21 @@ struct RouteParams {
     int k;
     bool norm;
     float scale;
+    // Optional: the logits from the tokens' rows (row_dot_takes(dim)).
+    const void* x = nullptr;  // rows of `dim` elements at x_row_stride
+    Elem x_type = Elem::kF32;
+    int64_t x_row_stride = 0;
+    const void* gate = nullptr;  // [experts, dim] contiguous, 16-byte aligned
+    Elem gate_type = Elem::kF32;
+    int dim = 0;
 };
 /// Largest `experts` the kernel takes (a warp's shared scratch per token).
 constexpr int kRouteMaxExperts = 1024;
+/// The router kernel's shared memory (a block per token): the row in fp32 when the kernel projects it (dim > 0), the
+/// logits, the choices, the group scores, a taken flag per expert — under 17 KiB at the largest sizes.
+constexpr size_t route_smem_bytes(int experts, int groups, int dim) {
+    return sizeof(float) * (2 * static_cast<size_t>(experts) + groups + dim) + experts;
+}
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream);
 
 /// out[t, c] = silu(gate[t, c]) · up[t, c], each op rounded to the element type as ATen's silu then mul round them;

@@ -9,9 +9,14 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/result_type.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
 
 #include "dsa/indexer_topk.h"
 #include "dsa/model.h"
@@ -152,6 +157,50 @@ TEST(NormRopeKernelTest, IndexerSelectionWithTheTopkKernelEqualsTheSort) {
         const at::Tensor got = select_topk(q, k, w, 0.125, pos, valid, 16, Impl::kAuto, 2);
         EXPECT_TRUE(at::equal(got.cpu(), want.cpu()));
     }
+}
+
+TEST(NormRopeKernelTest, Fp32ProjectionMatchesTheCastMatmulAndScale) {
+    DSRL_REQUIRE_CUDA();
+    std::optional<at::NoGradGuard> no_grad(std::in_place);
+    for (const at::ScalarType xt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        for (const at::ScalarType wt : {at::kFloat, at::kBFloat16}) {
+            SCOPED_TRACE(std::string(c10::toString(xt)) + " x, " + c10::toString(wt) + " w");
+            // The indexer's head weights of single_gpu.yaml ([B, 1, 768] x [8, 768]); a router's width; rows narrowed
+            // out of wider ones (strided); the longest row; one output; outputs not a multiple of the kernel's pass.
+            const at::Tensor wide = randn({5, 3, 800}, xt);
+            struct Case {
+                at::Tensor x;
+                int64_t n;
+            };
+            for (const Case& c : {Case{randn({256, 1, 768}, xt), 8}, Case{randn({7, 768}, xt), 32},
+                                  Case{wide.narrow(-1, 0, 768), 8}, Case{randn({3, 2048}, xt), 13},
+                                  Case{randn({1, 1, 48}, xt), 1}, Case{randn({33, 64}, xt), 70}}) {
+                const at::Tensor w = randn({c.n, c.x.size(-1)}, wt) * 0.1;
+                ASSERT_TRUE(cuda::proj_fp32_fits(c.x, w)) << c.x.sizes();
+                for (const double scale : {1.0, 0.125, 1.0 / std::sqrt(8.0)}) {
+                    const at::Tensor want = at::linear(c.x.to(at::kFloat), w.to(at::kFloat)) * scale;
+                    const at::Tensor got = cuda::proj_fp32(c.x, w, scale);
+                    ASSERT_EQ(got.scalar_type(), at::kFloat);
+                    ASSERT_EQ(got.sizes(), want.sizes());
+                    // fp32 products of the same operands summed in another order: within a few ulps of the sum of
+                    // the terms' magnitudes (a cancelling sum's relative error can be large).
+                    const at::Tensor bound =
+                        at::linear(c.x.to(at::kFloat).abs(), w.to(at::kFloat).abs()) * scale * 1e-5 + 1e-30;
+                    EXPECT_TRUE((got - want).abs().le(bound).all().item<bool>())
+                        << c.x.sizes() << " scale " << scale << ": max |d| "
+                        << (got - want).abs().max().item<double>();
+                }
+            }
+        }
+    }
+    no_grad.reset();
+    // Rows the kernel does not take: not a multiple of 4, longer than 2048, a transposed weight, autograd recording.
+    EXPECT_FALSE(cuda::proj_fp32_fits(randn({2, 770}, at::kFloat), randn({8, 770}, at::kFloat)));
+    EXPECT_FALSE(cuda::proj_fp32_fits(randn({2, 4096}, at::kFloat), randn({8, 4096}, at::kFloat)));
+    EXPECT_FALSE(cuda::proj_fp32_fits(randn({2, 64}, at::kFloat), randn({64, 8}, at::kFloat).t()));
+    const at::Tensor w = randn({8, 64}, at::kFloat).requires_grad_(true);
+    EXPECT_FALSE(cuda::proj_fp32_fits(randn({2, 64}, at::kFloat), w)) << "autograd records w";
+    EXPECT_THROW(cuda::proj_fp32(randn({2, 770}, at::kFloat), randn({8, 770}, at::kFloat), 1.0), c10::Error);
 }
 
 TEST(NormRopeKernelTest, KernelsRunOnlyWhereAutogradRecordsNothing) {

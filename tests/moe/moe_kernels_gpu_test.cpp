@@ -57,38 +57,80 @@ TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
                                 .routed_scaling_factor = c.scale,
                                 .norm_topk_prob = c.norm};
         for (const int64_t tokens : {1, 7, 256}) {
-            const at::Tensor x = randn({tokens, 48});
+            const at::Tensor x32 = randn({tokens, 48});
             const at::Tensor gate = randn({c.experts, 48}) * 0.3;
             const at::Tensor bias = randn({c.experts}) * 0.05;
-            const Route want = route(x, gate, bias, opt);
-            at::Tensor dense;
-            const Route got = cuda::route_select(at::linear(x, gate), bias, opt, &dense);
-            // The same experts in the same order, but for a near tie: the kernel's sigmoid and sums may round an ulp
-            // apart from ATen's, which can swap two experts whose choices agree to ~1e-7. At most one such row a
-            // case, and its chosen experts' choices must sum to the oracle's within 1e-5.
-            const at::Tensor differs = (got.indices != want.indices).any(1);
-            const int64_t n_differ = differs.sum().item<int64_t>();
-            ASSERT_LE(n_differ, 1) << "tokens " << tokens;
-            const at::Tensor same = differs.logical_not().nonzero().reshape({-1});
-            if (n_differ == 1) {
-                const at::Tensor row = differs.nonzero().reshape({-1});
-                const at::Tensor choice = (at::sigmoid(at::linear(x, gate)) + bias).index_select(0, row);
-                const double a = choice.gather(1, got.indices.index_select(0, row)).sum().item<double>();
-                const double b = choice.gather(1, want.indices.index_select(0, row)).sum().item<double>();
-                EXPECT_NEAR(a, b, 1e-5) << "tokens " << tokens << ", row " << row.item<int64_t>() << ": kernel "
-                                        << got.indices.index_select(0, row).cpu() << " aten "
-                                        << want.indices.index_select(0, row).cpu();
+            // The selection from given logits; the logits computed in the kernel from fp32 and bf16 rows (route() casts
+            // x to fp32 as the kernel reads it) and from a bf16 gate.
+            struct Input {
+                const char* what;
+                at::Tensor x, gate;
+                bool rows;
+            };
+            for (const Input& in : {Input{"logits", x32, gate, false}, Input{"fp32 rows", x32, gate, true},
+                                    Input{"bf16 rows", x32.to(at::kBFloat16), gate, true},
+                                    Input{"bf16 gate", x32, gate.to(at::kBFloat16), true}}) {
+                SCOPED_TRACE(std::string(in.what) + ", tokens " + std::to_string(tokens));
+                const Route want = route(in.x, in.gate, bias, opt);
+                at::Tensor dense;
+                ASSERT_EQ(cuda::route_rows_fit(in.x, in.gate, opt), true) << "a small router's rows fit";
+                const Route got = in.rows ? cuda::route_select_rows(in.x, in.gate, bias, opt, &dense)
+                                          : cuda::route_select(want.logits, bias, opt, &dense);
+                // The logits the kernel computed: the fp32 matmul's, summed in another order.
+                EXPECT_TRUE(at::allclose(got.logits, want.logits, 1e-5, 1e-5))
+                    << "max |d| " << (got.logits - want.logits).abs().max().item<double>();
+                // The same experts in the same order, but for a near tie: the kernel's sigmoid, sums and dot products
+                // may round an ulp apart from ATen's, which can swap two experts whose choices agree to ~1e-7. At most
+                // one such row a case, and its chosen experts' choices must sum to the oracle's within 1e-5.
+                const at::Tensor differs = (got.indices != want.indices).any(1);
+                const int64_t n_differ = differs.sum().item<int64_t>();
+                ASSERT_LE(n_differ, 1);
+                const at::Tensor same = differs.logical_not().nonzero().reshape({-1});
+                if (n_differ == 1) {
+                    const at::Tensor row = differs.nonzero().reshape({-1});
+                    const at::Tensor choice = (at::sigmoid(want.logits) + bias).index_select(0, row);
+                    const double a = choice.gather(1, got.indices.index_select(0, row)).sum().item<double>();
+                    const double b = choice.gather(1, want.indices.index_select(0, row)).sum().item<double>();
+                    EXPECT_NEAR(a, b, 1e-5) << "row " << row.item<int64_t>() << ": kernel "
+                                            << got.indices.index_select(0, row).cpu() << " aten "
+                                            << want.indices.index_select(0, row).cpu();
+                }
+                // fp32 rounding: the kernel sums the normalizer (and the logits) in another order: a few ulps.
+                EXPECT_TRUE(
+                    at::allclose(got.weights.index_select(0, same), want.weights.index_select(0, same), 1e-5, 1e-6))
+                    << "max |d| " << (got.weights - want.weights).abs().max().item<double>();
+                // The dense weights: w at the chosen experts, 0 elsewhere.
+                const at::Tensor expect =
+                    at::zeros({tokens, c.experts}, dense.options()).scatter(1, want.indices, want.weights);
+                EXPECT_TRUE(at::allclose(dense.index_select(0, same), expect.index_select(0, same), 1e-5, 1e-6));
             }
-            // fp32 rounding: the kernel sums the normalizer in another order (a few ulps of the weights).
-            EXPECT_TRUE(at::allclose(got.weights.index_select(0, same), want.weights.index_select(0, same), 1e-5, 1e-7))
-                << "tokens " << tokens << ": max |d| " << (got.weights - want.weights).abs().max().item<double>();
-            // The dense weights: w at the chosen experts, 0 elsewhere.
-            const at::Tensor expect =
-                at::zeros({tokens, c.experts}, dense.options()).scatter(1, want.indices, want.weights);
-            EXPECT_TRUE(at::allclose(dense.index_select(0, same), expect.index_select(0, same), 1e-5, 1e-7))
-                << "tokens " << tokens;
         }
     }
+}
+
+TEST(MoeKernelTest, RouterRowsFitOnlySmallRouters) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const RouterOptions v3{.n_routed_experts = 256, .num_experts_per_tok = 8, .n_group = 8, .topk_group = 4};
+    const RouterOptions small{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
+    // DeepSeek-V3's 256 × 7168 router is a GEMM's work; rows not a multiple of 4, strided gates and fp64 are refused.
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 7168}), randn({256, 7168}), v3));
+    EXPECT_TRUE(cuda::route_rows_fit(randn({4, 768}), randn({32, 768}), small));
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 770}), randn({32, 770}), small));
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 768}), randn({768, 32}).t(), small));
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 768}, at::kDouble), randn({32, 768}, at::kDouble), small));
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 768}), randn({32, 768}).cpu(), small));
+    const at::Tensor g = randn({32, 768}).requires_grad_(true);
+    at::GradMode::set_enabled(true);
+    EXPECT_FALSE(cuda::route_rows_fit(randn({4, 768}), g, small)) << "autograd records the gate";
+    at::GradMode::set_enabled(false);
+    // A strided view of rows (the hidden state narrowed) is read in place.
+    const at::Tensor wide = randn({6, 800});
+    const at::Tensor x = wide.narrow(1, 0, 768);
+    const at::Tensor gate = randn({32, 768});
+    ASSERT_TRUE(cuda::route_rows_fit(x, gate, small));
+    const Route got = cuda::route_select_rows(x, gate, randn({32}) * 0.05, small, nullptr);
+    EXPECT_TRUE(at::allclose(got.logits, at::linear(x, gate), 1e-5, 1e-5));
 }
 
 TEST(MoeKernelTest, RouterBreaksTiesTowardTheLowerExpert) {

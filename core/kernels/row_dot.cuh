@@ -1,0 +1,153 @@
+// A warp's fp32 dot products of one row with the rows of a small weight matrix: out[j] = Σ_h x[h] · w[j, h] for
+// j < n, what at::linear(x.float(), w.float()) computes for one row (the sum in another order). For the decode
+// step's few-output projections that stay fp32 (the router's logits, the indexer's head weights): one warp per token
+// instead of a cast, an fp32 GEMM with its split-K reduction and a scale (four kernels).
+//
+// The row goes to shared memory in fp32 once; each lane then reads it four elements at a time against the weight rows
+// (16-byte loads of fp32 weights, 8-byte of bf16 / fp16 ones), sixteen loads in flight, and each row's partial sums meet
+// in a butterfly. What bounds it is latency — a warp's chain of weight loads — so a block's warps split the weight rows
+// and no load waits behind a branch (a first version, one warp per token with a branch around each load, took 78 µs
+// where the cast + GEMM + selection took 16). Sees no torch types.
+#pragma once
+
+#include <cstdint>
+
+#include "core/kernels/elem.cuh"
+
+namespace dsrl::kernels {
+
+/// Longest row the dot products take: the fp32 copy of the row in shared memory (8 KiB).
+constexpr int kRowDotMaxDim = 2048;
+
+/// Whether the warp dot products take rows of `dim` elements: dim a positive multiple of 4, at most kRowDotMaxDim (the
+/// weight rows start on 8-byte boundaries; the caller checks the weight's base is 16-byte aligned).
+constexpr bool row_dot_takes(int64_t dim) { return dim > 0 && dim % 4 == 0 && dim <= kRowDotMaxDim; }
+
+#ifdef __CUDACC__
+namespace row_dot_detail {
+
+template <typename W>
+__device__ __forceinline__ float4 load4(const W* w, int64_t i);
+
+template <>
+__device__ __forceinline__ float4 load4<float>(const float* w, int64_t i) {
+    return *reinterpret_cast<const float4*>(w + i);
+}
+
+template <>
+__device__ __forceinline__ float4 load4<__nv_bfloat16>(const __nv_bfloat16* w, int64_t i) {
+    const uint2 u = *reinterpret_cast<const uint2*>(w + i);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return {a.x, a.y, b.x, b.y};
+}
+
+template <>
+__device__ __forceinline__ float4 load4<__half>(const __half* w, int64_t i) {
+    const uint2 u = *reinterpret_cast<const uint2*>(w + i);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+    return {a.x, a.y, b.x, b.y};
+}
+
+// Passes of eight weight rows, j0 = 8 · (first + k · stride): each lane reads two 4-element quads of the row and of
+// each weight row an iteration (sixteen weight loads in flight), every index clamped so that no load waits on a branch.
+template <typename W>
+__device__ __forceinline__ void dots(const float* xs,
+                                     const W* w,
+                                     int n,
+                                     int dim,
+                                     int first,
+                                     int stride,
+                                     bool scaled,
+                                     float scale,
+                                     float* out,
+                                     int lane) {
+    constexpr int kRows = 8;
+    const int quads = dim / 4;
+    const auto* x4 = reinterpret_cast<const float4*>(xs);
+    for (int j0 = kRows * first; j0 < n; j0 += kRows * stride) {
+        float acc[kRows];
+#pragma unroll
+        for (int u = 0; u < kRows; ++u) acc[u] = 0.f;
+        for (int q = lane; q < quads; q += 64) {
+            const bool two = q + 32 < quads;
+            const int q2 = two ? q + 32 : q;
+            const float4 xa = x4[q], xb = x4[q2];
+            float4 wa[kRows], wb[kRows];
+#pragma unroll
+            for (int u = 0; u < kRows; ++u) {
+                const int64_t row = static_cast<int64_t>(min(j0 + u, n - 1)) * dim;
+                wa[u] = load4(w, row + 4 * q);
+                wb[u] = load4(w, row + 4 * q2);
+            }
+#pragma unroll
+            for (int u = 0; u < kRows; ++u) {
+                float a = fmaf(xa.x, wa[u].x, acc[u]);
+                a = fmaf(xa.y, wa[u].y, a);
+                a = fmaf(xa.z, wa[u].z, a);
+                a = fmaf(xa.w, wa[u].w, a);
+                float b = fmaf(xb.x, wb[u].x, a);
+                b = fmaf(xb.y, wb[u].y, b);
+                b = fmaf(xb.z, wb[u].z, b);
+                b = fmaf(xb.w, wb[u].w, b);
+                acc[u] = two ? b : a;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kRows; ++u) {
+            float s = acc[u];
+#pragma unroll
+            for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+            if (j0 + u < n && lane == ((j0 + u) & 31)) out[j0 + u] = scaled ? __fmul_rn(s, scale) : s;
+        }
+    }
+}
+
+}  // namespace row_dot_detail
+
+/// Threads [0, threads) of the caller copy the row x[0, dim) (type t) into xs (shared fp32, 16-byte aligned), eight
+/// loads in flight each before their stores. The caller syncs those threads before the dot products.
+__device__ __forceinline__ void stage_row(float* xs, const void* x, Elem t, int dim, int thread, int threads) {
+    constexpr int kLoads = 8;
+    for (int h0 = thread; h0 < dim; h0 += kLoads * threads) {
+        float v[kLoads];
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) v[u] = load_elem(x, t, min(h0 + u * threads, dim - 1));
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+            if (h0 + u * threads < dim) xs[h0 + u * threads] = v[u];
+        }
+    }
+}
+
+/// One warp's share of out[j] = Σ_h xs[h] · w[j, h] (w [n, dim] contiguous of type wt, 16-byte aligned; xs staged by
+/// stage_row): the passes of eight rows first, first + stride, ... (a block's warps split the rows; one warp alone:
+/// first 0, stride 1). Times `scale`, rounded once, when `scaled` (ATen's separate multiply). Lane j % 32 writes out[j]
+/// (shared or global memory); the caller syncs before other threads read it.
+__device__ __forceinline__ void warp_row_dots(const float* xs,
+                                              const void* w,
+                                              Elem wt,
+                                              int n,
+                                              int dim,
+                                              int first,
+                                              int stride,
+                                              bool scaled,
+                                              float scale,
+                                              float* out,
+                                              int lane) {
+    switch (wt) {
+        case Elem::kBF16:
+            row_dot_detail::dots(xs, static_cast<const __nv_bfloat16*>(w), n, dim, first, stride, scaled, scale, out,
+                                 lane);
+            break;
+        case Elem::kF16:
+            row_dot_detail::dots(xs, static_cast<const __half*>(w), n, dim, first, stride, scaled, scale, out, lane);
+            break;
+        default:
+            row_dot_detail::dots(xs, static_cast<const float*>(w), n, dim, first, stride, scaled, scale, out, lane);
+    }
+}
+#endif
+
+}  // namespace dsrl::kernels
