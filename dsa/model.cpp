@@ -1,6 +1,7 @@
 #include "dsa/model.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bmm.h>
@@ -92,6 +93,15 @@ at::Tensor rope_part_half_split(
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
 }
 
+// LayerNorm over the last dim (the indexer's key norm): one kernel where the forward's kernels run and autocast is off
+// (it reads a column range of the stacked projection's output in place), else at::layer_norm.
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, const ModelConfig& c) {
+    if (fused(c, x, {&w, &b}) && !at::autocast::is_autocast_enabled(x.device().type()) &&
+        cuda::layer_norm_takes(x, w, b))
+        return cuda::layer_norm(x, w, b, eps);
+    return at::layer_norm(x, {x.size(-1)}, w, b, eps);
+}
+
 // x + delta (the residual stream after a sublayer) and its RMSNorm (the next sublayer's input), one kernel where the
 // forward's kernels run and the kernel takes x and delta.
 std::pair<at::Tensor, at::Tensor> add_norm(
@@ -170,8 +180,7 @@ at::Tensor replayed_topk(const at::Tensor& given, int64_t layer, int64_t k, cons
 at::Tensor read_slots(const at::Tensor& read, const at::Tensor& topk, const Step& st, const ModelConfig& c) {
     const int64_t B = st.batch, L = st.len;
     if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_slots_fit(read, topk)) {
-        const at::Tensor idx =
-            cuda::paged_slots(read, topk, st.key_valid.contiguous(), st.query_pos.contiguous(), L);
+        const at::Tensor idx = cuda::paged_slots(read, topk, st.key_valid.contiguous(), st.query_pos.contiguous(), L);
         return idx.view({1, B * L, idx.size(2)});
     }
     const at::Tensor none = at::full({}, -1, read.options());
@@ -208,11 +217,26 @@ AttentionResult attention(const at::Tensor& h,
 
     // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope]. KV latent: [c_kv | k_pe], one
     // entry per token shared by all heads. The two norms and the two rotations go in pairs (one kernel each).
-    const at::Tensor kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
+    // With the decode-only stacks (Model::fuse_projections; no autograd) one GEMM computes q_a, kv_a and the indexer's
+    // key projection, another q_b and the indexer's query; the pieces are column ranges of their outputs.
+    const int64_t ih = c.index_n_heads, id = c.index_head_dim;
+    const bool stacked = !at::GradMode::is_enabled() && l.fused_a.defined() && l.fused_b.defined();
+    at::Tensor q_a_out, kv, wk_out;
+    if (stacked) {
+        const at::Tensor a = at::linear(h, l.fused_a);
+        const int64_t q_lora = l.attn.q_a_proj.size(0);
+        q_a_out = a.narrow(-1, 0, q_lora);
+        kv = a.narrow(-1, q_lora, lora + rope);
+        wk_out = a.narrow(-1, q_lora + lora + rope, id);
+    } else {
+        kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
+        q_a_out = at::linear(h, l.attn.q_a_proj);
+    }
     at::Tensor c_q, c_kv, q_pe, k_pe;
-    std::tie(c_q, c_kv) = norm_pair(at::linear(h, l.attn.q_a_proj), l.attn.q_a_layernorm, kv.narrow(-1, 0, lora),
-                                    l.attn.kv_a_layernorm, kLatentNormEps, c);
-    const at::Tensor q = at::linear(c_q, l.attn.q_b_proj).view({B, L, heads, nope + rope});
+    std::tie(c_q, c_kv) =
+        norm_pair(q_a_out, l.attn.q_a_layernorm, kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps, c);
+    const at::Tensor qb_out = at::linear(c_q, stacked ? l.fused_b : l.attn.q_b_proj);
+    const at::Tensor q = qb_out.narrow(-1, 0, heads * (nope + rope)).view({B, L, heads, nope + rope});
     std::tie(q_pe, k_pe) = rope_pair(q.narrow(-1, nope, rope), cos_h, sin_h, kv.narrow(-1, lora, rope), st.cos, st.sin,
                                      rope, /*interleaved=*/true, c);
 
@@ -224,14 +248,15 @@ AttentionResult attention(const at::Tensor& h,
 
     // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
     // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
-    const int64_t ih = c.index_n_heads, id = c.index_head_dim;
     at::Tensor iq, ik, iw;
     if (run_indexer) {
         const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-        std::tie(iq, ik) = rope_pair(at::linear(iq_in, l.indexer.wq_b).view({B, L, ih, id}), cos_h, sin_h,
-                                     at::layer_norm(at::linear(ih_in, l.indexer.wk), {id}, l.indexer.k_norm_weight,
-                                                    l.indexer.k_norm_bias, kLatentNormEps),
+        const at::Tensor iq_lin =
+            stacked ? qb_out.narrow(-1, heads * (nope + rope), ih * id) : at::linear(iq_in, l.indexer.wq_b);
+        std::tie(iq, ik) = rope_pair(iq_lin.view({B, L, ih, id}), cos_h, sin_h,
+                                     layer_norm(stacked ? wk_out : at::linear(ih_in, l.indexer.wk),
+                                                l.indexer.k_norm_weight, l.indexer.k_norm_bias, kLatentNormEps, c),
                                      st.cos, st.sin, rope, /*interleaved=*/false, c);
         // The indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2): one kernel where the forward's kernels
         // run, else the cast, the fp32 matmul and the scale.
@@ -432,6 +457,47 @@ Model Model::autocast_weights(at::ScalarType dtype) const {
     }
     cast(m.w_.lm_head);  // its own handle: tied embeddings keep embed_tokens as it is
     return m;
+}
+
+namespace {
+
+// A layer's two stacks of projections (LayerWeights::fused_a / fused_b), or nothing where their dtypes or devices
+// differ.
+bool fusable(std::initializer_list<const at::Tensor*> ts) {
+    const at::Tensor& first = **ts.begin();
+    for (const at::Tensor* t : ts) {
+        if (!t->defined() || t->dim() != 2 || t->scalar_type() != first.scalar_type() ||
+            t->device() != first.device() || t->size(1) != first.size(1))
+            return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+Model Model::fuse_projections() const {
+    const at::NoGradGuard no_grad;
+    Model m = *this;
+    for (LayerWeights& l : m.w_.layers) {
+        if (fusable({&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk})) {
+            l.fused_a = at::cat({l.attn.q_a_proj.detach(), l.attn.kv_a_proj_with_mqa.detach(), l.indexer.wk.detach()});
+        }
+        if (fusable({&l.attn.q_b_proj, &l.indexer.wq_b})) {
+            l.fused_b = at::cat({l.attn.q_b_proj.detach(), l.indexer.wq_b.detach()});
+        }
+    }
+    return m;
+}
+
+int64_t Model::fused_bytes() const {
+    int64_t bytes = 0;
+    for (const LayerWeights& l : w_.layers) {
+        for (const at::Tensor* t :
+             {&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk, &l.attn.q_b_proj, &l.indexer.wq_b}) {
+            if (t->defined()) bytes += t->numel() * static_cast<int64_t>(t->element_size());
+        }
+    }
+    return bytes;
 }
 
 void Model::idle_forward() const {

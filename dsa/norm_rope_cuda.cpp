@@ -220,10 +220,12 @@ bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w) {
 
 at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale) {
     RECORD_FUNCTION("dsrl::proj_fp32", std::vector<c10::IValue>());  // names the kernel in profiles
-    TORCH_CHECK(proj_fp32_fits(x, w), "proj_fp32 (cuda): x [..., D] and w [N, D] must be CUDA fp32/bf16/fp16 on one "
+    TORCH_CHECK(proj_fp32_fits(x, w),
+                "proj_fp32 (cuda): x [..., D] and w [N, D] must be CUDA fp32/bf16/fp16 on one "
                 "device, x's rows of one stride with a contiguous last dim, w contiguous and 16-byte aligned, D a "
-                "multiple of 4 up to ", dsrl::kernels::kRowDotMaxDim, ", without autograd; got x ", x.scalar_type(),
-                " ", x.sizes(), " strides ", x.strides(), ", w ", w.scalar_type(), " ", w.sizes());
+                "multiple of 4 up to ",
+                dsrl::kernels::kRowDotMaxDim, ", without autograd; got x ", x.scalar_type(), " ", x.sizes(),
+                " strides ", x.strides(), ", w ", w.scalar_type(), " ", w.sizes());
     const c10::cuda::CUDAGuard on_device(x.device());
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = w.size(0);
@@ -240,6 +242,43 @@ at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale) {
                                    .scaled = scale != 1.0,
                                    .scale = static_cast<float>(scale)};
     C10_CUDA_CHECK(kernels::launch_row_proj(p, stream_of(x)));
+    return out;
+}
+
+bool layer_norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+    if (!x.defined() || !weight.defined() || !bias.defined() || x.dim() < 1 || x.stride(-1) != 1 ||
+        row_stride(x, 1) < 0)
+        return false;
+    const int64_t dim = x.size(-1);
+    return weight.dim() == 1 && weight.size(0) == dim && bias.sizes() == weight.sizes() && weight.is_contiguous() &&
+           bias.is_contiguous() && weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
+           weight.device() == x.device() && bias.device() == x.device();
+}
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+    RECORD_FUNCTION("dsrl::layer_norm", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(norm_rope_kernels_fit(x, {&weight, &bias}) && layer_norm_takes(x, weight, bias),
+                "layer_norm (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim and "
+                "rows of one stride, weight and bias contiguous [D] of one type on its device, without autograd; got "
+                "x ",
+                x.scalar_type(), " ", x.sizes(), ", weight ", weight.scalar_type(), " ", weight.sizes(), ", bias ",
+                bias.scalar_type(), " ", bias.sizes());
+    const c10::cuda::CUDAGuard on_device(x.device());
+    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    const int64_t dim = x.size(-1);
+    kernels::RmsNormParams p{.x = x.data_ptr(),
+                             .x_type = kernel_elem(x.scalar_type()),
+                             .x_row_stride = row_stride(x, 1),
+                             .w = weight.data_ptr(),
+                             .w_type = kernel_elem(weight.scalar_type()),
+                             .out = out.data_ptr(),
+                             .out_type = kernel_elem(x.scalar_type()),
+                             .rows = x.numel() / std::max<int64_t>(dim, 1),
+                             .dim = dim,
+                             .eps = static_cast<float>(eps)};
+    p.centered = true;
+    p.bias = bias.data_ptr();
+    C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
     return out;
 }
 

@@ -62,4 +62,14 @@ bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w);
 /// under autocast: one kernel instead of x's cast, an fp32 GEMM, its split-K reduction and the scale.
 at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale);
 
+/// Whether layer_norm takes x [..., D] (its leading dims rows of one stride, its last dim contiguous: a column range of
+/// a wider output reads in place) with weight and bias [D] of x's type (as ATen's CUDA layer_norm takes them) on x's
+/// device.
+bool layer_norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+/// at::layer_norm(x, {D}, weight, bias, eps) as one kernel (the indexer's key norm), a new contiguous tensor of x's
+/// type: the mean and biased variance in fp32 (two passes where ATen runs Welford's: the same up to rounding), then
+/// weight · (rstd · (x − mean)) + bias rounded once. Without autocast (which would run ATen's in fp32).
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
 }  // namespace dsrl::dsa::cuda

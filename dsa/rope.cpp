@@ -104,6 +104,10 @@ at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t
 }
 bool add_rms_norm_takes(const at::Tensor&, const at::Tensor&) { return false; }
 bool proj_fp32_fits(const at::Tensor&, const at::Tensor&) { return false; }
+bool layer_norm_takes(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "layer_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
 at::Tensor proj_fp32(const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "proj_fp32: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }

@@ -49,6 +49,12 @@ struct LayerWeights {
     bool is_moe = false;
     moe::SwiGluWeights mlp;  ///< dense layers (< first_k_dense_replace)
     moe::MoeWeights moe;     ///< MoE layers
+    /// Decode-only copies (Model::fuse_projections; undefined otherwise, never saved or trained): the projections that
+    /// read the same input stacked into one matrix each, so that a decode step runs one GEMM where it ran three and
+    /// two — [q_a_proj | kv_a_proj_with_mqa | indexer.wk] (rows q_lora + kv_lora + rope + index_dim, H) and
+    /// [q_b_proj | indexer.wq_b] (rows heads · (nope + rope) + index_heads · index_dim, q_lora).
+    at::Tensor fused_a;
+    at::Tensor fused_b;
 };
 
 struct ModelWeights {

@@ -172,8 +172,8 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 namespace {
 
 // The router's fp32 logits (they stay fp32 under bf16 autocast, SPEC §2.4, as route() computes them) and its
-// selection: one kernel for both where the router is small enough (route_rows_fit), else the fp32 GEMM and the selection
-// kernel; with `dense`, also each token's weight per expert [T, E].
+// selection: one kernel for both where the router is small enough (route_rows_fit), else the fp32 GEMM and the
+// selection kernel; with `dense`, also each token's weight per expert [T, E].
 Route route_on_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, at::Tensor* dense) {
     if (cuda::route_rows_fit(x, w.gate, opt)) return cuda::route_select_rows(x, w.gate, w.bias, opt, dense);
     at::Tensor logits;

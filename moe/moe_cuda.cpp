@@ -117,16 +117,15 @@ bool route_rows_fit(const at::Tensor& x, const at::Tensor& gate, const RouterOpt
            aligned16(gate.data_ptr()) && gate.numel() <= kRouteRowsMaxWeights && no_autograd({&x, &gate});
 }
 
-Route route_select_rows(const at::Tensor& x,
-                        const at::Tensor& gate,
-                        const at::Tensor& bias,
-                        const RouterOptions& opt,
-                        at::Tensor* dense) {
+Route route_select_rows(
+    const at::Tensor& x, const at::Tensor& gate, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {
     RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles
-    TORCH_CHECK(route_rows_fit(x, gate, opt), "route (cuda): x must be CUDA fp32/bf16/fp16 [T, H] with contiguous rows "
-                "(H a multiple of 4 up to ", dsrl::kernels::kRowDotMaxDim, ") and the gate a contiguous, aligned [",
-                opt.n_routed_experts, ", H] on its device, without autograd; got x ", x.scalar_type(), " ", x.sizes(),
-                ", gate ", gate.scalar_type(), " ", gate.sizes());
+    TORCH_CHECK(route_rows_fit(x, gate, opt),
+                "route (cuda): x must be CUDA fp32/bf16/fp16 [T, H] with contiguous rows "
+                "(H a multiple of 4 up to ",
+                dsrl::kernels::kRowDotMaxDim, ") and the gate a contiguous, aligned [", opt.n_routed_experts,
+                ", H] on its device, without autograd; got x ", x.scalar_type(), " ", x.sizes(), ", gate ",
+                gate.scalar_type(), " ", gate.sizes());
     const at::Tensor logits = at::empty({x.size(0), opt.n_routed_experts}, x.options().dtype(at::kFloat));
     return launch_route(logits, x, gate, bias, opt, dense);
 }

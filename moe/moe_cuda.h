@@ -35,11 +35,8 @@ bool route_rows_fit(const at::Tensor& x, const at::Tensor& gate, const RouterOpt
 /// route_select over the logits x · gateᵀ computed in fp32 by the same kernel (r.logits [T, E] written): what
 /// route_select(at::linear(x.float(), gate.float()), ...) returns, the dot products summed in another order. One kernel
 /// instead of four (x's cast, the fp32 GEMM, its split-K reduction, the selection).
-Route route_select_rows(const at::Tensor& x,
-                        const at::Tensor& gate,
-                        const at::Tensor& bias,
-                        const RouterOptions& opt,
-                        at::Tensor* dense);
+Route route_select_rows(
+    const at::Tensor& x, const at::Tensor& gate, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense);
 
 /// Whether the SwiGLU kernel takes gate and up: CUDA tensors of one fp32/bf16/fp16 type and shape [T, C] with
 /// contiguous rows, in a forward that records no autograd graph for them.

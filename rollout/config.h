@@ -36,6 +36,9 @@ struct EngineOptions {
     /// Under autocast (bf16 on CUDA): generate with lower-precision copies of the matmul weights made once per call
     /// (dsa::Model::autocast_weights; the same records bit for bit) instead of casting each weight in every step.
     bool cast_weights_once = true;
+    /// Continuous engine on CUDA: each layer's projections that read one input stacked into one matrix for the call
+    /// (dsa::Model::fuse_projections): one GEMM for q_a, kv_a and the indexer's wk, one for q_b and the indexer's wq_b.
+    bool fuse_projections = true;
     /// Tests and profiles (not a config key): where no graph replays (CPU; CUDA with cuda_graphs off), run the bucketed
     /// step that the CUDA graphs replay (padded rows, block tables padded to a power of two) eagerly.
     bool eager_buckets = false;

@@ -4,10 +4,12 @@
 // instead of a cast, an fp32 GEMM with its split-K reduction and a scale (four kernels).
 //
 // The row goes to shared memory in fp32 once; each lane then reads it four elements at a time against the weight rows
-// (16-byte loads of fp32 weights, 8-byte of bf16 / fp16 ones), sixteen loads in flight, and each row's partial sums meet
-// in a butterfly. What bounds it is latency — a warp's chain of weight loads — so a block's warps split the weight rows
-// and no load waits behind a branch (a first version, one warp per token with a branch around each load, took 78 µs
-// where the cast + GEMM + selection took 16). Sees no torch types.
+// (16-byte loads of fp32 weights, 8-byte of bf16 / fp16 ones), sixteen loads in flight, and each row's partial sums
+// meet in a butterfly. What bounds it is latency — a warp's chain of weight loads — so a block's warps split the weight
+// rows and no load waits behind a branch. Measured on an H100 at a batch-256 decode step of single_gpu.yaml: a first
+// version (one warp per token, a branch around each load) took 78 µs a router call; this one 14.5 µs for the logits
+// and the selection, against 15.8 µs for the cast, GEMM, reduction and selection it replaces plus their three graph
+// nodes; the indexer's head weights 4.9 µs against 11.9. Sees no torch types.
 #pragma once
 
 #include <cstdint>

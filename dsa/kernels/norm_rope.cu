@@ -52,6 +52,45 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
     }
 }
 
+// The sum of v over the block's threads (fp32, warps then their sums in order), on every thread.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float sums[kNormThreads / 32];
+    __shared__ float total;
+    for (int off = 16; off > 0; off /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, off));
+    if (threadIdx.x % 32 == 0) sums[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.f;
+        for (int w = 0; w < kNormThreads / 32; ++w) t = __fadd_rn(t, sums[w]);
+        total = t;
+    }
+    __syncthreads();
+    const float r = total;
+    __syncthreads();  // sums and total free for the next call
+    return r;
+}
+
+// LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
+// kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
+__device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row) {
+    const int64_t base = row * p.x_row_stride;
+    float sum = 0.f;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads)
+        sum = __fadd_rn(sum, load_elem(p.x, p.x_type, base + i));
+    const float mean = __fdiv_rn(block_sum(sum), static_cast<float>(p.dim));
+    float sq = 0.f;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float d = __fsub_rn(load_elem(p.x, p.x_type, base + i), mean);
+        sq = __fmaf_rn(d, d, sq);
+    }
+    const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(block_sum(sq), static_cast<float>(p.dim)), p.eps));
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float centered = __fmul_rn(rstd, __fsub_rn(load_elem(p.x, p.x_type, base + i), mean));
+        const float v = __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
+        store_elem(p.out, p.out_type, row * p.dim + i, v);
+    }
+}
+
 // Job a's rows, then job b's (b.rows may be 0).
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams a, RmsNormParams b) {
     const int64_t block = blockIdx.x;
@@ -61,6 +100,9 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams a,
         rms_norm_row(b, block - a.rows);
     }
 }
+
+// LayerNorm rows (a kernel of its own: the RMSNorm kernel's code stays as lean as it was).
+__global__ void __launch_bounds__(kNormThreads) layer_norm_kernel(RmsNormParams p) { layer_norm_row(p, blockIdx.x); }
 
 // One thread per (row, head, pair of the rope part) plus the copied tail.
 __device__ __forceinline__ int64_t rope_items(const RopeParams& p) {
@@ -134,7 +176,13 @@ cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
-cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) { return launch_rms_norms(p, {}, stream); }
+cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
+    if (!p.centered) return launch_rms_norms(p, {}, stream);
+    if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+    if (p.rows > 0x7fffffff) return cudaErrorInvalidValue;
+    layer_norm_kernel<<<static_cast<unsigned>(p.rows), kNormThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
 
 cudaError_t launch_rms_norms(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
     const int64_t rows_a = a.dim == 0 ? 0 : a.rows, rows_b = b.dim == 0 ? 0 : b.rows;

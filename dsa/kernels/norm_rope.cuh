@@ -32,6 +32,10 @@ struct RmsNormParams {
     Elem residual_type = Elem::kF32;  // x's type, or one that promotes to it (bf16 into an fp32 stream)
     int64_t residual_row_stride = 0;
     void* sum_out = nullptr;
+    // LayerNorm instead (the indexer's key norm; launch_rms_norm only, no residual): out = w · (x − mean) ·
+    // rsqrt(var + eps) + bias in fp32, rounded once to out's type; var the biased variance (two passes over the row).
+    bool centered = false;
+    const void* bias = nullptr;  // [dim], w's type
 };
 cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
 /// Two RMSNorms in one launch (a layer's query and latent norms): a's rows, then b's; a default-constructed b is none.

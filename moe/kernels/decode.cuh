@@ -20,11 +20,11 @@ using dsrl::kernels::Elem;  // fp32 / bf16 / fp16 (core/kernels/elem.cuh)
 ///   w_j = s[e_j], normalized by their sum (+ 1e-20) when `norm`, times `scale`.
 /// Ties go to the lower expert id; a NaN choice ranks below every number.
 struct RouteParams {
-    float* logits;  // [tokens, experts] contiguous: in, or out when x is given
-    const float* bias;    // [experts]
-    int64_t* indices;     // [tokens, k] out
-    float* weights;       // [tokens, k] out
-    float* dense;         // [tokens, experts] out, or null: w_j at e_j, 0 elsewhere
+    float* logits;      // [tokens, experts] contiguous: in, or out when x is given
+    const float* bias;  // [experts]
+    int64_t* indices;   // [tokens, k] out
+    float* weights;     // [tokens, k] out
+    float* dense;       // [tokens, experts] out, or null: w_j at e_j, 0 elsewhere
     int64_t tokens;
     int experts;
     int groups;

@@ -2,6 +2,8 @@
 // dense == sparse when every query sees <= index_topk keys, and clear errors for bad checkpoints.
 #include <gtest/gtest.h>
 
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
@@ -98,6 +100,52 @@ TEST(ModelTest, AutocastWeightsGiveTheAutocastForwardBitForBit) {
     (void)cast.forward({ids.narrow(1, 0, 12)}, {}, &b);
     EXPECT_TRUE(at::equal(cast.forward({ids.narrow(1, 12, 1)}, {}, &b).logits,
                           m.forward({ids.narrow(1, 12, 1)}, {}, &a).logits));
+}
+
+TEST(ModelTest, FusedProjectionsGiveTheSameForwardWithoutAutograd) {
+    const ModelConfig c = tiny();
+    Model m = make_model(c);
+    for (NamedTensor& t : m.named_tensors()) {
+        if (t.trainable) t.tensor->requires_grad_(true);
+    }
+    const Model fused = m.fuse_projections();
+    const LayerWeights& l = fused.weights().layers[1];
+    ASSERT_TRUE(l.fused_a.defined() && l.fused_b.defined());
+    EXPECT_EQ(l.fused_a.size(0), l.attn.q_a_proj.size(0) + l.attn.kv_a_proj_with_mqa.size(0) + l.indexer.wk.size(0));
+    EXPECT_EQ(l.fused_b.size(0), l.attn.q_b_proj.size(0) + l.indexer.wq_b.size(0));
+    EXPECT_FALSE(m.weights().layers[1].fused_a.defined()) << "the original is untouched";
+    EXPECT_EQ(fused.fused_bytes(), m.fused_bytes());
+    int64_t want_bytes = 0;
+    for (const LayerWeights& w : fused.weights().layers) want_bytes += (w.fused_a.numel() + w.fused_b.numel()) * 4;
+    EXPECT_EQ(m.fused_bytes(), want_bytes);
+    // Nothing of the stacks is saved or trained: the named tensors are the same list.
+    ModelWeights a = m.weights(), b = fused.weights();
+    EXPECT_EQ(named_tensors(a, c).size(), named_tensors(b, c).size());
+
+    const at::Tensor ids = random_ids(2, 14, c.vocab_size, 5);  // 14 > index_topk 6: the sparse path too
+    const ForwardOptions opt{.return_routes = true, .return_topk = true};
+    {
+        const at::NoGradGuard no_grad;  // the stacks run: the same products, summed as separate GEMMs may not be
+        const ForwardOutput want = m.forward({ids}, opt);
+        const ForwardOutput got = fused.forward({ids}, opt);
+        EXPECT_TRUE(at::allclose(got.logits, want.logits, 1e-5, 1e-5))
+            << "max |d| " << (got.logits - want.logits).abs().max().item<double>();
+        for (size_t i = 0; i < want.routes.size(); ++i) EXPECT_TRUE(at::equal(got.routes[i], want.routes[i]));
+        for (size_t i = 0; i < want.topk.size(); ++i) EXPECT_TRUE(at::equal(got.topk[i], want.topk[i]));
+        // Prefill then decode over a cache.
+        KvCache ca = m.new_cache(2, 16), cb = fused.new_cache(2, 16);
+        (void)m.forward({ids.narrow(1, 0, 12)}, {}, &ca);
+        (void)fused.forward({ids.narrow(1, 0, 12)}, {}, &cb);
+        EXPECT_TRUE(at::allclose(fused.forward({ids.narrow(1, 12, 1)}, {}, &cb).logits,
+                                 m.forward({ids.narrow(1, 12, 1)}, {}, &ca).logits, 1e-5, 1e-5));
+    }
+    // With autograd the stacks (detached copies) are not read: the gradients reach the model's own projections.
+    const ForwardOutput train = fused.forward({ids}, {});
+    EXPECT_TRUE(at::equal(train.logits, m.forward({ids}, {}).logits)) << "the separate projections, bit for bit";
+    train.logits.logsumexp(-1).sum().backward();
+    EXPECT_TRUE(l.attn.q_a_proj.grad().defined() && l.attn.kv_a_proj_with_mqa.grad().defined() &&
+                l.attn.q_b_proj.grad().defined());
+    EXPECT_FALSE(l.fused_a.requires_grad() || l.fused_b.requires_grad());
 }
 
 TEST(ModelTest, PaddingOnEitherSideGivesTheUnpaddedLogits) {

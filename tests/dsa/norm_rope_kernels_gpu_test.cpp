@@ -9,6 +9,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
@@ -172,9 +173,9 @@ TEST(NormRopeKernelTest, Fp32ProjectionMatchesTheCastMatmulAndScale) {
                 at::Tensor x;
                 int64_t n;
             };
-            for (const Case& c : {Case{randn({256, 1, 768}, xt), 8}, Case{randn({7, 768}, xt), 32},
-                                  Case{wide.narrow(-1, 0, 768), 8}, Case{randn({3, 2048}, xt), 13},
-                                  Case{randn({1, 1, 48}, xt), 1}, Case{randn({33, 64}, xt), 70}}) {
+            for (const Case& c :
+                 {Case{randn({256, 1, 768}, xt), 8}, Case{randn({7, 768}, xt), 32}, Case{wide.narrow(-1, 0, 768), 8},
+                  Case{randn({3, 2048}, xt), 13}, Case{randn({1, 1, 48}, xt), 1}, Case{randn({33, 64}, xt), 70}}) {
                 const at::Tensor w = randn({c.n, c.x.size(-1)}, wt) * 0.1;
                 ASSERT_TRUE(cuda::proj_fp32_fits(c.x, w)) << c.x.sizes();
                 for (const double scale : {1.0, 0.125, 1.0 / std::sqrt(8.0)}) {
@@ -187,8 +188,7 @@ TEST(NormRopeKernelTest, Fp32ProjectionMatchesTheCastMatmulAndScale) {
                     const at::Tensor bound =
                         at::linear(c.x.to(at::kFloat).abs(), w.to(at::kFloat).abs()) * scale * 1e-5 + 1e-30;
                     EXPECT_TRUE((got - want).abs().le(bound).all().item<bool>())
-                        << c.x.sizes() << " scale " << scale << ": max |d| "
-                        << (got - want).abs().max().item<double>();
+                        << c.x.sizes() << " scale " << scale << ": max |d| " << (got - want).abs().max().item<double>();
                 }
             }
         }
@@ -201,6 +201,38 @@ TEST(NormRopeKernelTest, Fp32ProjectionMatchesTheCastMatmulAndScale) {
     const at::Tensor w = randn({8, 64}, at::kFloat).requires_grad_(true);
     EXPECT_FALSE(cuda::proj_fp32_fits(randn({2, 64}, at::kFloat), w)) << "autograd records w";
     EXPECT_THROW(cuda::proj_fp32(randn({2, 770}, at::kFloat), randn({8, 770}, at::kFloat), 1.0), c10::Error);
+}
+
+TEST(NormRopeKernelTest, LayerNormMatchesAtenOnColumnRanges) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    for (const at::ScalarType xt : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        {
+            const at::ScalarType wt = xt;  // ATen's CUDA layer_norm takes weights of x's type only
+            SCOPED_TRACE(c10::toString(xt));
+            // The indexer's keys as a column range of the stacked projection's output; contiguous rows; a long row.
+            const at::Tensor wide = randn({4, 3, 736}, xt) * 2 + 0.5;
+            for (const at::Tensor& x : {wide.narrow(-1, 672, 64), randn({7, 128}, xt), randn({2, 4096}, xt)}) {
+                const at::Tensor w = randn({x.size(-1)}, wt) * 0.5 + 1, b = randn({x.size(-1)}, wt) * 0.1;
+                ASSERT_TRUE(cuda::layer_norm_takes(x, w, b));
+                const at::Tensor want = at::layer_norm(x, {x.size(-1)}, w, b, 1e-6);
+                const at::Tensor got = cuda::layer_norm(x, w, b, 1e-6);
+                ASSERT_EQ(got.scalar_type(), want.scalar_type());
+                ASSERT_EQ(got.sizes(), want.sizes());
+                // Two passes where ATen runs Welford's: the same statistics up to fp32 rounding; a bf16 output then
+                // agrees but where that rounding crosses a bf16 boundary.
+                EXPECT_LE(testing::rel_err(got, want), xt == at::kFloat ? 1e-5 : 4e-3) << x.sizes();
+                if (xt != at::kFloat) {
+                    EXPECT_GE(got.eq(want).to(at::kDouble).mean().item<double>(), 0.95) << x.sizes();
+                }
+            }
+        }
+    }
+    EXPECT_FALSE(cuda::layer_norm_takes(randn({2, 64}, at::kFloat), randn({64}, at::kFloat), randn({32}, at::kFloat)));
+    EXPECT_FALSE(
+        cuda::layer_norm_takes(randn({2, 64}, at::kBFloat16), randn({64}, at::kFloat), randn({64}, at::kFloat)));
+    EXPECT_FALSE(
+        cuda::layer_norm_takes(randn({64, 2}, at::kFloat).t(), randn({64}, at::kFloat), randn({64}, at::kFloat)));
 }
 
 TEST(NormRopeKernelTest, KernelsRunOnlyWhereAutogradRecordsNothing) {

@@ -91,9 +91,9 @@ TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
                     const at::Tensor choice = (at::sigmoid(want.logits) + bias).index_select(0, row);
                     const double a = choice.gather(1, got.indices.index_select(0, row)).sum().item<double>();
                     const double b = choice.gather(1, want.indices.index_select(0, row)).sum().item<double>();
-                    EXPECT_NEAR(a, b, 1e-5) << "row " << row.item<int64_t>() << ": kernel "
-                                            << got.indices.index_select(0, row).cpu() << " aten "
-                                            << want.indices.index_select(0, row).cpu();
+                    EXPECT_NEAR(a, b, 1e-5)
+                        << "row " << row.item<int64_t>() << ": kernel " << got.indices.index_select(0, row).cpu()
+                        << " aten " << want.indices.index_select(0, row).cpu();
                 }
                 // fp32 rounding: the kernel sums the normalizer (and the logits) in another order: a few ulps.
                 EXPECT_TRUE(
