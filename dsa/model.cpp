@@ -489,17 +489,6 @@ Model Model::fuse_projections() const {
     return m;
 }
 
-int64_t Model::fused_bytes() const {
-    int64_t bytes = 0;
-    for (const LayerWeights& l : w_.layers) {
-        for (const at::Tensor* t :
-             {&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk, &l.attn.q_b_proj, &l.indexer.wq_b}) {
-            if (t->defined()) bytes += t->numel() * static_cast<int64_t>(t->element_size());
-        }
-    }
-    return bytes;
-}
-
 void Model::idle_forward() const {
     if (expert_parallel() == nullptr || ep_.size() == 1) return;
     // Each MoE layer's three exchanges, in layer order, with no rows; chained so a backward (if any) runs them in

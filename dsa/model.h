@@ -216,10 +216,8 @@ public:
     /// (LayerWeights::fused_a / fused_b): forwards without autograd then run one GEMM for q_a, kv_a and the indexer's
     /// wk, one for q_b and the indexer's wq_b — three kernels fewer per layer, the same products of the same weights.
     /// A snapshot like autocast_weights (the rollout engine's, for one generate() call); layers whose projections
-    /// differ in dtype or device stay unfused. The extra memory is what fused_bytes() counts.
+    /// differ in dtype or device stay unfused. The extra memory is a copy of those five projections.
     Model fuse_projections() const;
-    /// Bytes fuse_projections() would add: the stacked copies of every layer's q_a, kv_a, wk, q_b and wq_b.
-    int64_t fused_bytes() const;
     /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
     /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
     void idle_forward() const;

@@ -39,20 +39,6 @@ bool operand(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
            t.is_contiguous() && aligned16(t.data_ptr());
 }
 
-}  // namespace
-
-bool route_kernel_takes(const RouterOptions& opt) {
-    return opt.n_routed_experts <= kernels::kRouteMaxExperts && opt.num_experts_per_tok <= 32;
-}
-
-bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt) {
-    return logits.defined() && logits.is_cuda() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
-           logits.is_contiguous() && logits.size(1) == opt.n_routed_experts && route_kernel_takes(opt) &&
-           no_autograd({&logits});
-}
-
-namespace {
-
 // The router kernel over `logits` ([T, E] fp32: read, or written from x · gateᵀ when x is defined).
 Route launch_route(const at::Tensor& logits,
                    const at::Tensor& x,
@@ -97,6 +83,16 @@ Route launch_route(const at::Tensor& logits,
 }
 
 }  // namespace
+
+bool route_kernel_takes(const RouterOptions& opt) {
+    return opt.n_routed_experts <= kernels::kRouteMaxExperts && opt.num_experts_per_tok <= 32;
+}
+
+bool route_kernel_fits(const at::Tensor& logits, const RouterOptions& opt) {
+    return logits.defined() && logits.is_cuda() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
+           logits.is_contiguous() && logits.size(1) == opt.n_routed_experts && route_kernel_takes(opt) &&
+           no_autograd({&logits});
+}
 
 Route route_select(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense) {
     RECORD_FUNCTION("dsrl::route_select", std::vector<c10::IValue>());  // names the kernel in profiles

@@ -79,7 +79,7 @@ void bind(Binder& b, RolloutConfig& c) {
             {.doc = "Continuous engine on CUDA: each layer's projections that read the same input run as one GEMM "
                     "over a stacked copy of their weights made once per rollout (q_a, kv_a and the indexer's wk; q_b "
                     "and the indexer's wq_b): three kernels fewer per layer and decode step, for a copy of those "
-                    "weights while generating (Model::fused_bytes; about 19 MB in bf16 on single_gpu.yaml)."});
+                    "weights while generating (about 19 MB in bf16 on single_gpu.yaml)."});
 }
 
 }  // namespace dsrl
