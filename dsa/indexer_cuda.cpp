@@ -20,7 +20,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/kernel_elem.h"
 #include "dsa/kernels/indexer.cuh"
+#include "dsa/kernels/indexer_paged.cuh"
 #include "dsa/kernels/topk.cuh"
 
 namespace dsrl::dsa::cuda {
@@ -218,6 +220,100 @@ at::Tensor topk_rows(const at::Tensor& logits, int64_t topk) {
     p.out_group_stride = x.size(0);
     C10_CUDA_CHECK(kernels::launch_topk_rows(p, stream_of(x)));
     return out;
+}
+
+bool indexer_paged_fits(
+    const at::Tensor& q, const at::Tensor& pool_k, const at::Tensor& w, const at::Tensor& read, int64_t topk) {
+    if (!q.defined() || !pool_k.defined() || !w.defined() || !read.defined() || !q.is_cuda() || q.dim() != 4 ||
+        pool_k.dim() != 2 || w.dim() != 3 || read.dim() != 2)
+        return false;
+    const c10::Device dev = q.device();
+    const int64_t H = q.size(2), D = q.size(3);
+    const int64_t padded = (H + 7) / 8 * 8;
+    const int64_t pool_align = pool_k.scalar_type() == at::kBFloat16 ? 8 : 4;  // elements in 16 bytes
+    return pool_k.device() == dev && w.device() == dev && read.device() == dev && elem_kernel_takes(q.scalar_type()) &&
+           elem_kernel_takes(w.scalar_type()) &&
+           (pool_k.scalar_type() == at::kBFloat16 || pool_k.scalar_type() == at::kFloat) && H >= 1 && D % 8 == 0 &&
+           D > 0 && padded * D <= kernels::kPagedIndexerMaxQ && q.stride(3) == 1 && q.stride(2) == D &&
+           pool_k.size(1) == D && pool_k.stride(1) == 1 && pool_k.stride(0) % pool_align == 0 &&
+           aligned16(pool_k.data_ptr()) && w.size(0) == q.size(0) && w.size(1) == q.size(1) && w.size(2) == H &&
+           w.stride(2) == 1 && read.scalar_type() == at::kLong && read.is_contiguous() && read.size(0) == q.size(0) &&
+           read.size(1) < std::numeric_limits<int32_t>::max() && topk >= 1 && topk <= kernels::kTopkMax;
+}
+
+PagedTopk indexer_paged_topk(const at::Tensor& q,
+                             const at::Tensor& pool_k,
+                             const at::Tensor& read,
+                             const at::Tensor& w,
+                             double scale,
+                             const at::Tensor& query_pos,
+                             const at::Tensor& key_valid,
+                             int64_t topk) {
+    RECORD_FUNCTION("dsrl::indexer_paged_topk", std::vector<c10::IValue>());  // names the kernels in profiles
+    constexpr const char* op = "indexer_paged_topk (cuda)";
+    TORCH_CHECK(indexer_paged_fits(q, pool_k, w, read, topk), op,
+                ": needs CUDA q [B, L, H, D] (D % 8 == 0, ceil(H / 8) * 8 * D <= ", kernels::kPagedIndexerMaxQ,
+                "), pool_k [P, D] bf16 / fp32 with aligned rows, w [B, L, H], read int64 [B, S] and topk in [1, ",
+                kernels::kTopkMax, "]; got q ", q.sizes(), " ", q.scalar_type(), ", pool_k ", pool_k.sizes(), " ",
+                pool_k.scalar_type(), ", w ", w.sizes(), ", read ", read.sizes(), " ", read.scalar_type(), ", topk ",
+                topk);
+    check_scale(op, scale);
+    const int64_t B = q.size(0), L = q.size(1), S = read.size(1);
+    TORCH_CHECK(query_pos.defined() && query_pos.dim() == 2 && query_pos.size(0) == B && query_pos.size(1) == L, op,
+                ": query_pos must be [", B, ", ", L, "], got ",
+                query_pos.defined() ? query_pos.sizes() : at::IntArrayRef{});
+    check_cuda(op, "query_pos", query_pos, q.device());
+    TORCH_CHECK(!key_valid.defined() || key_valid.sizes() == read.sizes(), op, ": key_valid must be [", B, ", ", S,
+                "], got ", key_valid.sizes());
+    if (key_valid.defined()) check_cuda(op, "key_valid", key_valid, q.device());
+    const c10::cuda::CUDAGuard on_device(q.device());
+    const at::Tensor pos = contiguous_long(query_pos), valid = contiguous_bool(key_valid);
+    const auto opts = q.options();
+    PagedTopk r{at::empty({B, L, topk}, opts.dtype(at::kInt)), at::empty({B, L, topk}, opts.dtype(at::kLong))};
+    if (B * L == 0) return r;
+    at::Tensor scores = at::empty({B * L, S}, opts.dtype(at::kFloat));
+    if (S > 0) {
+        const kernels::IndexerPagedParams p{.q = q.data_ptr(),
+                                            .q_type = kernel_elem(q.scalar_type()),
+                                            .pool = pool_k.data_ptr(),
+                                            .pool_bf16 = pool_k.scalar_type() == at::kBFloat16,
+                                            .w = w.data_ptr(),
+                                            .w_type = kernel_elem(w.scalar_type()),
+                                            .read = read.data_ptr<int64_t>(),
+                                            .key_valid = valid.defined() ? valid.data_ptr<bool>() : nullptr,
+                                            .query_pos = pos.data_ptr<int64_t>(),
+                                            .out = scores.data_ptr<float>(),
+                                            .batch = B,
+                                            .len = L,
+                                            .keys = S,
+                                            .pool_rows = pool_k.size(0),
+                                            .heads = static_cast<int>(q.size(2)),
+                                            .dim = static_cast<int>(q.size(3)),
+                                            .q_batch_stride = q.stride(0),
+                                            .q_len_stride = q.stride(1),
+                                            .w_batch_stride = w.stride(0),
+                                            .w_len_stride = w.stride(1),
+                                            .pool_stride = pool_k.stride(0),
+                                            .scale = static_cast<float>(scale)};
+        C10_CUDA_CHECK(kernels::launch_indexer_paged(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                                     stream_of(q)));
+    }
+    kernels::TopkParams tp{};
+    tp.logits = scores.data_ptr<float>();
+    tp.num_rows = B * L;
+    tp.num_cols = S;
+    tp.row_stride = S;
+    tp.rows_per_group = L;
+    tp.row_last = pos.data_ptr<int64_t>();
+    tp.last_group_stride = L;
+    tp.topk = static_cast<int>(topk);
+    tp.out = r.keys.data_ptr<int32_t>();
+    tp.out_group_stride = L;
+    tp.slot_of = read.data_ptr<int64_t>();
+    tp.slot_group_stride = S;
+    tp.slots_out = r.slots.data_ptr<int64_t>();
+    C10_CUDA_CHECK(kernels::launch_topk_rows(tp, stream_of(q)));
+    return r;
 }
 
 at::Tensor indexer_topk(const at::Tensor& q,

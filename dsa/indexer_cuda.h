@@ -65,6 +65,30 @@ at::Tensor indexer_topk(const at::Tensor& q,
                         int64_t query_chunk = 1024,
                         bool fp8 = false);
 
+/// Whether indexer_paged_topk takes these operands: CUDA q [B, L, H, D] (fp32 / bf16 / fp16, heads and dims dense)
+/// with D a multiple of 8 and H rounded up to 8 times D at most 8192; the pool's keys [P, D] bf16 or fp32, rows
+/// contiguous and 16-byte aligned; w [B, L, H] fp32 / bf16 / fp16 (last dim dense); read [B, S] int64 contiguous;
+/// 1 <= topk <= 2048.
+bool indexer_paged_fits(
+    const at::Tensor& q, const at::Tensor& pool_k, const at::Tensor& w, const at::Tensor& read, int64_t topk);
+
+/// A paged decode step's indexer and top-k (the contract of dsa::indexer_topk over the keys the rows' slot tables
+/// name): query (b, l) scores key s of row b, pool_k[read[b, s]], visible iff s <= query_pos[b, l] and
+/// key_valid[b, s]; then topk_rows. Two kernels, the keys read in place from the pool. Returns the key positions
+/// [B, L, topk] int32 (−1 padding) and their slots [B, L, topk] int64 (read[b, position], −1 padding).
+struct PagedTopk {
+    at::Tensor keys;
+    at::Tensor slots;
+};
+PagedTopk indexer_paged_topk(const at::Tensor& q,
+                             const at::Tensor& pool_k,
+                             const at::Tensor& read,
+                             const at::Tensor& w,
+                             double scale,
+                             const at::Tensor& query_pos,
+                             const at::Tensor& key_valid,
+                             int64_t topk);
+
 /// Gradients of the (masked) indexer logits: dq like q, dk like k (accumulated in fp32, then cast), dw fp32.
 struct IndexerGrads {
     at::Tensor dq;

@@ -83,6 +83,19 @@ at::Tensor indexer_topk(const at::Tensor&,
     no_kernels("indexer top-k");
 }
 at::Tensor topk_rows(const at::Tensor&, int64_t) { no_kernels("top-k rows"); }
+bool indexer_paged_fits(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+    return false;
+}
+PagedTopk indexer_paged_topk(const at::Tensor&,
+                             const at::Tensor&,
+                             const at::Tensor&,
+                             const at::Tensor&,
+                             double,
+                             const at::Tensor&,
+                             const at::Tensor&,
+                             int64_t) {
+    no_kernels("paged indexer top-k");
+}
 IndexerGrads indexer_logits_backward(const at::Tensor&,
                                      const at::Tensor&,
                                      const at::Tensor&,

@@ -30,6 +30,7 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/precision.h"
+#include "dsa/indexer_cuda.h"
 #include "dsa/indexer_topk.h"
 #include "dsa/norm_rope_cuda.h"
 #include "dsa/paged_slots_cuda.h"
@@ -82,24 +83,11 @@ at::Tensor norm(const at::Tensor& x, const at::Tensor& weight, double eps, const
     return fused(c, x, {&weight}) ? cuda::rms_norm(x, weight, eps) : rms_norm(x, weight, eps);
 }
 
-at::Tensor rope_interleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
-    return fused(c, x, {&cos, &sin}) ? cuda::rope(x, cos, sin, x.size(-1), /*interleaved=*/true)
-                                     : apply_rope_interleaved(x, cos, sin);
-}
-
-at::Tensor rope_part_half_split(
-    const at::Tensor& x, int64_t rope, const at::Tensor& cos, const at::Tensor& sin, const ModelConfig& c) {
-    if (fused(c, x, {&cos, &sin})) return cuda::rope(x, cos, sin, rope, /*interleaved=*/false);
-    return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, x.size(-1) - rope)}, -1);
-}
-
-// LayerNorm over the last dim (the indexer's key norm): one kernel where the forward's kernels run and autocast is off
-// (it reads a column range of the stacked projection's output in place), else at::layer_norm.
-at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, const ModelConfig& c) {
-    if (fused(c, x, {&w, &b}) && !at::autocast::is_autocast_enabled(x.device().type()) &&
-        cuda::layer_norm_takes(x, w, b))
-        return cuda::layer_norm(x, w, b, eps);
-    return at::layer_norm(x, {x.size(-1)}, w, b, eps);
+// The indexer key's LayerNorm runs as a kernel where the forward's kernels run and autocast is off (it reads a column
+// range of the stacked projection's output in place); else at::layer_norm.
+bool layer_norm_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const ModelConfig& c) {
+    return fused(c, x, {&w, &b}) && !at::autocast::is_autocast_enabled(x.device().type()) &&
+           cuda::layer_norm_takes(x, w, b);
 }
 
 // x + delta (the residual stream after a sublayer) and its RMSNorm (the next sublayer's input), one kernel where the
@@ -112,32 +100,67 @@ std::pair<at::Tensor, at::Tensor> add_norm(
     return {std::move(sum), std::move(normed)};
 }
 
-// A layer's two RMSNorms of one eps (query and latent) as one kernel where the forward's kernels run.
-std::pair<at::Tensor, at::Tensor> norm_pair(const at::Tensor& x1,
-                                            const at::Tensor& w1,
-                                            const at::Tensor& x2,
-                                            const at::Tensor& w2,
-                                            double eps,
-                                            const ModelConfig& c) {
-    if (fused(c, x1, {&w1, &x2, &w2}) && fused(c, x2, {&w2})) return cuda::rms_norm2(x1, w1, x2, w2, eps);
-    return {norm(x1, w1, eps, c), norm(x2, w2, eps, c)};
+// A job's result written into the cache pool's rows at `slots` (in the pool's type) when the job names a pool; the
+// result is then no longer needed (undefined, as the kernels return it).
+void to_pool(at::Tensor& result, const at::Tensor& pool, const at::Tensor& slots) {
+    if (!pool.defined()) return;
+    pool.index_copy_(0, slots, result.reshape({-1, pool.size(1)}).to(pool.scalar_type()));
+    result = at::Tensor();
 }
 
-// A layer's two rotations (query and key) as one kernel where the forward's kernels run: interleaved over the whole
-// of x (MLA) or half split over the first `rope` dims (the indexer).
-std::pair<at::Tensor, at::Tensor> rope_pair(const at::Tensor& x1,
-                                            const at::Tensor& cos1,
-                                            const at::Tensor& sin1,
-                                            const at::Tensor& x2,
-                                            const at::Tensor& cos2,
-                                            const at::Tensor& sin2,
-                                            int64_t rope,
-                                            bool interleaved,
-                                            const ModelConfig& c) {
-    if (fused(c, x1, {&cos1, &sin1, &x2, &cos2, &sin2}) && fused(c, x2, {&cos2, &sin2}))
-        return cuda::rope2(x1, cos1, sin1, x2, cos2, sin2, rope, interleaved);
-    if (interleaved) return {rope_interleaved(x1, cos1, sin1, c), rope_interleaved(x2, cos2, sin2, c)};
-    return {rope_part_half_split(x1, rope, cos1, sin1, c), rope_part_half_split(x2, rope, cos2, sin2, c)};
+// The jobs the kernel takes (fits) as one launch (kernel), the others one op each (single); the results in order.
+template <typename Job, typename Fits, typename Kernel, typename Single>
+std::vector<at::Tensor> in_one_launch(const std::vector<Job>& jobs, Fits fits, Kernel kernel, Single single) {
+    std::vector<at::Tensor> out(jobs.size());
+    std::vector<Job> batch;
+    std::vector<size_t> slot;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        if (fits(jobs[i])) {
+            batch.push_back(jobs[i]);
+            slot.push_back(i);
+        } else {
+            out[i] = single(jobs[i]);
+            to_pool(out[i], jobs[i].pool, jobs[i].slots);
+        }
+    }
+    if (!batch.empty()) {
+        std::vector<at::Tensor> r = kernel(batch);
+        for (size_t k = 0; k < slot.size(); ++k) out[slot[k]] = std::move(r[k]);
+    }
+    return out;
+}
+
+// A layer's row norms — RMSNorms, and a LayerNorm for a job with a bias (the indexer's key) — as one kernel for the
+// jobs the kernel takes, the others one ATen op each.
+std::vector<at::Tensor> norm_jobs(const std::vector<cuda::NormJob>& jobs, const ModelConfig& c) {
+    return in_one_launch(
+        jobs,
+        [&](const cuda::NormJob& j) {
+            return j.bias.defined() ? layer_norm_fits(j.x, j.weight, j.bias, c) : fused(c, j.x, {&j.weight});
+        },
+        cuda::norms,
+        [](const cuda::NormJob& j) {
+            return j.bias.defined() ? at::layer_norm(j.x, {j.x.size(-1)}, j.weight, j.bias, j.eps)
+                                    : rms_norm(j.x, j.weight, j.eps);
+        });
+}
+
+// A layer's rotations (the attention's query and key, the indexer's query and key) as one kernel for the jobs the
+// kernel takes, the others as the ATen formulas: interleaved over the whole of x (MLA) or half split over its first
+// `rope` dims (the indexer).
+std::vector<at::Tensor> rope_jobs(const std::vector<cuda::RopeJob>& jobs, const ModelConfig& c) {
+    return in_one_launch(
+        jobs,
+        [&](const cuda::RopeJob& j) {
+            return fused(c, j.x, {&j.cos, &j.sin});
+        },
+        cuda::ropes,
+        [](const cuda::RopeJob& j) {
+            if (j.interleaved) return apply_rope_interleaved(j.x, j.cos, j.sin);
+            const int64_t rest = j.x.size(-1) - j.rope;
+            return at::cat(
+                {apply_rope_half_split(j.x.narrow(-1, 0, j.rope), j.cos, j.sin), j.x.narrow(-1, j.rope, rest)}, -1);
+        });
 }
 
 // The absorbed attention's per-head products, x [B, L, H, D_in] · w [H, D_in, D_out] (or w's transpose when
@@ -216,7 +239,7 @@ AttentionResult attention(const at::Tensor& h,
     const at::Tensor cos_h = st.cos.unsqueeze(2), sin_h = st.sin.unsqueeze(2);
 
     // Query path: c_q = RMSNorm(q_a(x)); q = q_b(c_q) -> [B, L, heads, nope | rope]. KV latent: [c_kv | k_pe], one
-    // entry per token shared by all heads. The two norms and the two rotations go in pairs (one kernel each).
+    // entry per token shared by all heads. The norms and the rotations go as one kernel each (norm_jobs, rope_jobs).
     // With the decode-only stacks (Model::fuse_projections; no autograd) one GEMM computes q_a, kv_a and the indexer's
     // key projection, another q_b and the indexer's query; the pieces are column ranges of their outputs.
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
@@ -232,32 +255,53 @@ AttentionResult attention(const at::Tensor& h,
         kv = at::linear(h, l.attn.kv_a_proj_with_mqa);
         q_a_out = at::linear(h, l.attn.q_a_proj);
     }
-    at::Tensor c_q, c_kv, q_pe, k_pe;
-    std::tie(c_q, c_kv) =
-        norm_pair(q_a_out, l.attn.q_a_layernorm, kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, kLatentNormEps, c);
-    const at::Tensor qb_out = at::linear(c_q, stacked ? l.fused_b : l.attn.q_b_proj);
-    const at::Tensor q = qb_out.narrow(-1, 0, heads * (nope + rope)).view({B, L, heads, nope + rope});
-    std::tie(q_pe, k_pe) = rope_pair(q.narrow(-1, nope, rope), cos_h, sin_h, kv.narrow(-1, lora, rope), st.cos, st.sin,
-                                     rope, /*interleaved=*/true, c);
-
     // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
     // outputs or its cached keys are needed.
     const bool replayed = static_cast<bool>(opt.replay_topk) && !st.dense;
     const bool run_indexer =
         opt.return_indexer || cache != nullptr || opt.paged != nullptr || (!replayed && (!st.dense || opt.return_topk));
-
     // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
     // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
-    at::Tensor iq, ik, iw;
+    const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
+
+    // A paged decode's new latent, rope key and index key go straight to their pool slots from the norm and rotation
+    // kernels (nothing reads them but through the pool); a paged prefill copies them there after.
+    const bool paged_read = opt.paged != nullptr && opt.paged->read_slots.defined();
+    LayerCache* pool = opt.paged != nullptr ? &opt.paged->cache->layers[layer] : nullptr;
+    const at::Tensor write_slots = opt.paged != nullptr ? opt.paged->write_slots.reshape({-1}) : at::Tensor();
+    LayerCache into;  // a paged decode's destinations: the pool's tensors (undefined otherwise)
+    if (paged_read) into = *pool;
+    const at::Tensor into_slots = paged_read ? write_slots : at::Tensor();
+
+    // The query and latent RMSNorms and the indexer key's LayerNorm (one kernel where they fit), then the rotations of
+    // the attention's and the indexer's queries and keys (one kernel).
+    std::vector<cuda::NormJob> norm_in = {
+        {q_a_out, l.attn.q_a_layernorm, {}, kLatentNormEps},
+        {kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, {}, kLatentNormEps, into.c_kv, into_slots}};
     if (run_indexer) {
-        const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
+        norm_in.push_back({stacked ? wk_out : at::linear(ih_in, l.indexer.wk), l.indexer.k_norm_weight,
+                           l.indexer.k_norm_bias, kLatentNormEps});
+    }
+    const std::vector<at::Tensor> normed = norm_jobs(norm_in, c);
+    const at::Tensor& c_q = normed[0];
+    const at::Tensor qb_out = at::linear(c_q, stacked ? l.fused_b : l.attn.q_b_proj);
+    const at::Tensor q = qb_out.narrow(-1, 0, heads * (nope + rope)).view({B, L, heads, nope + rope});
+    std::vector<cuda::RopeJob> rope_in = {
+        {q.narrow(-1, nope, rope), cos_h, sin_h, rope, /*interleaved=*/true},
+        {kv.narrow(-1, lora, rope), st.cos, st.sin, rope, /*interleaved=*/true, into.k_pe, into_slots}};
+    if (run_indexer) {
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
         const at::Tensor iq_lin =
             stacked ? qb_out.narrow(-1, heads * (nope + rope), ih * id) : at::linear(iq_in, l.indexer.wq_b);
-        std::tie(iq, ik) = rope_pair(iq_lin.view({B, L, ih, id}), cos_h, sin_h,
-                                     layer_norm(stacked ? wk_out : at::linear(ih_in, l.indexer.wk),
-                                                l.indexer.k_norm_weight, l.indexer.k_norm_bias, kLatentNormEps, c),
-                                     st.cos, st.sin, rope, /*interleaved=*/false, c);
+        rope_in.push_back({iq_lin.view({B, L, ih, id}), cos_h, sin_h, rope, /*interleaved=*/false});
+        rope_in.push_back({normed[2], st.cos, st.sin, rope, /*interleaved=*/false, into.index_k, into_slots});
+    }
+    const std::vector<at::Tensor> rotated = rope_jobs(rope_in, c);
+    at::Tensor c_kv = normed[1], q_pe = rotated[0], k_pe = rotated[1];
+    at::Tensor iq, ik, iw;
+    if (run_indexer) {
+        iq = rotated[2];
+        ik = rotated[3];
         // The indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2): one kernel where the forward's kernels
         // run, else the cast, the fp32 matmul and the scale.
         const double w_scale = 1.0 / std::sqrt(double(ih));
@@ -274,23 +318,28 @@ AttentionResult attention(const at::Tensor& h,
         k_pe = append(cache->k_pe, k_pe, st.offset);
         ik = append(cache->index_k, ik, st.offset);
     }
-    // Paged cache: the new entries go to their slots; a decode then reads the row's index keys through its slots.
-    const bool paged_read = opt.paged != nullptr && opt.paged->read_slots.defined();
-    if (opt.paged != nullptr) {
-        LayerCache& pool = opt.paged->cache->layers[layer];
-        const at::Tensor slots = opt.paged->write_slots.reshape({-1});
-        const std::vector<at::Tensor> pools = {pool.c_kv, pool.k_pe, pool.index_k};
+    // Paged cache: a prefill's new entries go to their slots; a decode reads the row's index keys through its slots.
+    cuda::PagedTopk paged_topk;  // a paged decode's key sets and their slots, where the kernels select them
+    if (opt.paged != nullptr && !paged_read) {
+        const std::vector<at::Tensor> pools = {pool->c_kv, pool->k_pe, pool->index_k};
         const std::vector<at::Tensor> rows = {c_kv.reshape({B * L, -1}), k_pe.reshape({B * L, -1}),
                                               ik.reshape({B * L, -1})};
-        if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_write_fits(slots, pools, rows)) {
-            cuda::paged_write(slots, pools, rows);  // one kernel for the three copies and their casts
+        if (built_with_cuda() && c.impl != Impl::kReference && cuda::paged_write_fits(write_slots, pools, rows)) {
+            cuda::paged_write(write_slots, pools, rows);  // one kernel for the three copies and their casts
         } else {
             for (size_t i = 0; i < pools.size(); ++i)
-                pools[i].index_copy_(0, slots, rows[i].to(pools[i].scalar_type()));
+                pools[i].index_copy_(0, write_slots, rows[i].to(pools[i].scalar_type()));
         }
-        if (paged_read && (!st.dense || opt.return_topk)) {  // the indexer scores the row's keys
-            const at::Tensor& read = opt.paged->read_slots;
-            ik = pool.index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});
+    }
+    if (paged_read && (!st.dense || opt.return_topk)) {  // the indexer scores the row's keys
+        const at::Tensor& read = opt.paged->read_slots;
+        if (built_with_cuda() && c.impl != Impl::kReference &&
+            cuda::indexer_paged_fits(iq, pool->index_k, iw, read, c.index_topk)) {
+            // Two kernels read the keys in place through the slots; the top-k also gives the attention's slots.
+            paged_topk = cuda::indexer_paged_topk(iq, pool->index_k, read, iw, 1.0 / std::sqrt(double(id)),
+                                                  st.query_pos, st.key_valid, c.index_topk);
+        } else {
+            ik = pool->index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});
         }
     }
 
@@ -298,6 +347,8 @@ AttentionResult attention(const at::Tensor& h,
     if (opt.return_indexer) r.indexer = {iq, ik, iw};
     if (replayed) {
         r.topk = replayed_topk(opt.replay_topk(layer), layer, c.index_topk, st, c_kv.size(1));
+    } else if (paged_topk.keys.defined()) {
+        r.topk = paged_topk.keys;
     } else if (!st.dense || opt.return_topk) {
         at::NoGradGuard no_grad;  // a discrete selection: the indexer learns only through its own loss
         r.topk = select_topk(iq, ik, iw, 1.0 / std::sqrt(double(id)), st.query_pos, st.key_valid, c.index_topk, c.impl,
@@ -312,7 +363,9 @@ AttentionResult attention(const at::Tensor& h,
         // The selected keys' slots (a dense step's, the same for every layer, come with the step); the queries of
         // every row as one sequence over the pool's entries.
         const PagedKvCache& pc = *opt.paged->cache;
-        const at::Tensor idx = st.dense ? st.dense_slots : read_slots(opt.paged->read_slots, r.topk, st, c);
+        const at::Tensor idx = st.dense                     ? st.dense_slots
+                               : paged_topk.slots.defined() ? paged_topk.slots.view({1, B * L, c.index_topk})
+                                                            : read_slots(opt.paged->read_slots, r.topk, st, c);
         const AttentionOutput att =
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,

@@ -127,10 +127,71 @@ kernels::RopeParams rope_params(const at::Tensor& x,
             .heads = heads,
             .dim = dim,
             .rope = rope,
-            .interleaved = interleaved};
+            .interleaved = interleaved,
+            .out_type = kernel_elem(x.scalar_type())};
 }
 
 cudaStream_t stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+
+// Points a job's output at the rows of `pool` that `slots` names (NormJob / RopeJob), in place of *out: checks, and
+// returns {pool, its type, its row stride, its rows}.
+struct PoolOut {
+    void* data;
+    ::dsrl::kernels::Elem type;
+    const int64_t* slots;
+    int64_t rows, row_stride;
+};
+PoolOut pool_out(
+    const char* op, const at::Tensor& pool, const at::Tensor& slots, int64_t rows, int64_t dim, c10::Device device) {
+    TORCH_CHECK(pool.dim() == 2 && pool.size(1) == dim && pool.stride(1) == 1 &&
+                    elem_kernel_takes(pool.scalar_type()) && pool.device() == device,
+                op, ": the pool must be [P, ", dim, "] fp32/bf16/fp16 with contiguous rows on ", device, ", got ",
+                pool.scalar_type(), " ", pool.sizes());
+    TORCH_CHECK(slots.defined() && slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == rows &&
+                    slots.device() == device,
+                op, ": slots must be ", rows, " contiguous int64 on ", device, ", got ",
+                slots.defined() ? slots.sizes() : at::IntArrayRef{});
+    return {pool.data_ptr(), kernel_elem(pool.scalar_type()), slots.data_ptr<int64_t>(), pool.size(0), pool.stride(0)};
+}
+
+// The type a pooled job's output is stored in: a norm rounds to its out_type and stores in slot_type; a rotation
+// rounds to x's type and stores in out_type.
+void set_pool_type(kernels::RmsNormParams& p, ::dsrl::kernels::Elem t) { p.slot_type = t; }
+void set_pool_type(kernels::RopeParams& p, ::dsrl::kernels::Elem t) { p.out_type = t; }
+
+// norms() and ropes(): the jobs' parameters (params_of allocates each result), a pooled job's output pointed at its
+// pool rows (its result undefined), one launch.
+template <typename Job, typename Params, typename ParamsOf>
+std::vector<at::Tensor> launch_jobs(const char* op,
+                                    const std::vector<Job>& jobs,
+                                    int max_jobs,
+                                    ParamsOf params_of,
+                                    cudaError_t (*launch)(const Params*, int, cudaStream_t)) {
+    TORCH_CHECK(!jobs.empty() && jobs.size() <= static_cast<size_t>(max_jobs), op, ": 1 to ", max_jobs, " jobs, got ",
+                jobs.size());
+    const c10::Device device = jobs[0].x.device();
+    const c10::cuda::CUDAGuard on_device(device);
+    std::vector<at::Tensor> out(jobs.size());
+    std::vector<Params> params;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        const Job& j = jobs[i];
+        TORCH_CHECK(j.x.defined() && j.x.device() == device, op, ": every job's x on ", device, ", job ", i,
+                    "'s is on ", j.x.defined() ? j.x.device() : c10::Device(c10::kCPU));
+        Params p = params_of(j, &out[i]);
+        if (j.pool.defined()) {
+            const PoolOut o = pool_out(op, j.pool, j.slots, p.rows, p.dim, device);
+            out[i] = at::Tensor();
+            p.out = o.data;
+            set_pool_type(p, o.type);
+            p.out_slots = o.slots;
+            p.out_rows = o.rows;
+            p.out_row_stride = o.row_stride;
+        }
+        params.push_back(p);
+    }
+    C10_CUDA_CHECK(launch(params.data(), static_cast<int>(params.size()), stream_of(jobs[0].x)));
+    return out;
+}
 
 }  // namespace
 
@@ -139,7 +200,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     const c10::cuda::CUDAGuard on_device(x.device());
     at::Tensor out;
     const kernels::RmsNormParams p = norm_params(x, weight, eps, &out);
-    C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
+    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
     return out;
 }
 
@@ -168,19 +229,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
     p.residual_type = kernel_elem(residual.scalar_type());
     p.residual_row_stride = row_stride(residual, 1);
     p.sum_out = out.first.data_ptr();
-    C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
-    return out;
-}
-
-std::pair<at::Tensor, at::Tensor> rms_norm2(
-    const at::Tensor& x1, const at::Tensor& w1, const at::Tensor& x2, const at::Tensor& w2, double eps) {
-    RECORD_FUNCTION("dsrl::rms_norm2", std::vector<c10::IValue>());
-    TORCH_CHECK(x1.device() == x2.device(), "rms_norm2 (cuda): both inputs on one device, got ", x1.device(), " and ",
-                x2.device());
-    const c10::cuda::CUDAGuard on_device(x1.device());
-    std::pair<at::Tensor, at::Tensor> out;
-    const kernels::RmsNormParams a = norm_params(x1, w1, eps, &out.first), b = norm_params(x2, w2, eps, &out.second);
-    C10_CUDA_CHECK(kernels::launch_rms_norms(a, b, stream_of(x1)));
+    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
     return out;
 }
 
@@ -189,27 +238,21 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const c10::cuda::CUDAGuard on_device(x.device());
     at::Tensor out;
     const kernels::RopeParams p = rope_params(x, cos, sin, rope, interleaved, &out);
-    C10_CUDA_CHECK(kernels::launch_rope(p, stream_of(x)));
+    C10_CUDA_CHECK(kernels::launch_ropes(&p, 1, stream_of(x)));
     return out;
 }
 
-std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
-                                        const at::Tensor& cos1,
-                                        const at::Tensor& sin1,
-                                        const at::Tensor& x2,
-                                        const at::Tensor& cos2,
-                                        const at::Tensor& sin2,
-                                        int64_t rope,
-                                        bool interleaved) {
-    RECORD_FUNCTION("dsrl::rope2", std::vector<c10::IValue>());
-    TORCH_CHECK(x1.device() == x2.device(), "rope2 (cuda): both inputs on one device, got ", x1.device(), " and ",
-                x2.device());
-    const c10::cuda::CUDAGuard on_device(x1.device());
-    std::pair<at::Tensor, at::Tensor> out;
-    const kernels::RopeParams a = rope_params(x1, cos1, sin1, rope, interleaved, &out.first);
-    const kernels::RopeParams b = rope_params(x2, cos2, sin2, rope, interleaved, &out.second);
-    C10_CUDA_CHECK(kernels::launch_ropes(a, b, stream_of(x1)));
-    return out;
+std::vector<at::Tensor> ropes(const std::vector<RopeJob>& jobs) {
+    RECORD_FUNCTION("dsrl::ropes", std::vector<c10::IValue>());  // names the kernel in profiles
+    return launch_jobs<RopeJob, kernels::RopeParams>(
+        "ropes (cuda)", jobs, kernels::kMaxRopeJobs,
+        [](const RopeJob& j, at::Tensor* out) {
+            const kernels::RopeParams p = rope_params(j.x, j.cos, j.sin, j.rope, j.interleaved, out);
+            TORCH_CHECK(!j.pool.defined() || p.heads == 1,
+                        "ropes (cuda): a job that writes into a pool has no heads dim, got x ", j.x.sizes());
+            return p;
+        },
+        kernels::launch_ropes);
 }
 
 bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w) {
@@ -255,31 +298,54 @@ bool layer_norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::T
            weight.device() == x.device() && bias.device() == x.device();
 }
 
-at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-    RECORD_FUNCTION("dsrl::layer_norm", std::vector<c10::IValue>());  // names the kernel in profiles
+namespace {
+
+// layer_norm's checks and parameters; allocates *out.
+kernels::RmsNormParams layer_norm_params(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps, at::Tensor* out) {
     TORCH_CHECK(norm_rope_kernels_fit(x, {&weight, &bias}) && layer_norm_takes(x, weight, bias),
                 "layer_norm (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim and "
                 "rows of one stride, weight and bias contiguous [D] of one type on its device, without autograd; got "
                 "x ",
                 x.scalar_type(), " ", x.sizes(), ", weight ", weight.scalar_type(), " ", weight.sizes(), ", bias ",
                 bias.scalar_type(), " ", bias.sizes());
-    const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     const int64_t dim = x.size(-1);
     kernels::RmsNormParams p{.x = x.data_ptr(),
                              .x_type = kernel_elem(x.scalar_type()),
                              .x_row_stride = row_stride(x, 1),
                              .w = weight.data_ptr(),
                              .w_type = kernel_elem(weight.scalar_type()),
-                             .out = out.data_ptr(),
+                             .out = out->data_ptr(),
                              .out_type = kernel_elem(x.scalar_type()),
                              .rows = x.numel() / std::max<int64_t>(dim, 1),
                              .dim = dim,
                              .eps = static_cast<float>(eps)};
     p.centered = true;
     p.bias = bias.data_ptr();
-    C10_CUDA_CHECK(kernels::launch_rms_norm(p, stream_of(x)));
+    return p;
+}
+
+}  // namespace
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+    RECORD_FUNCTION("dsrl::layer_norm", std::vector<c10::IValue>());  // names the kernel in profiles
+    const c10::cuda::CUDAGuard on_device(x.device());
+    at::Tensor out;
+    const kernels::RmsNormParams p = layer_norm_params(x, weight, bias, eps, &out);
+    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
     return out;
+}
+
+std::vector<at::Tensor> norms(const std::vector<NormJob>& jobs) {
+    RECORD_FUNCTION("dsrl::norms", std::vector<c10::IValue>());  // names the kernel in profiles
+    return launch_jobs<NormJob, kernels::RmsNormParams>(
+        "norms (cuda)", jobs, kernels::kMaxNormJobs,
+        [](const NormJob& j, at::Tensor* out) {
+            return j.bias.defined() ? layer_norm_params(j.x, j.weight, j.bias, j.eps, out)
+                                    : norm_params(j.x, j.weight, j.eps, out);
+        },
+        kernels::launch_norms);
 }
 
 }  // namespace dsrl::dsa::cuda

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -37,20 +38,30 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
                                                const at::Tensor& weight,
                                                double eps);
 
-/// {rms_norm(x1, w1, eps), rms_norm(x2, w2, eps)} as one kernel (a layer's query and latent norms), the same values.
-std::pair<at::Tensor, at::Tensor> rms_norm2(
-    const at::Tensor& x1, const at::Tensor& w1, const at::Tensor& x2, const at::Tensor& w2, double eps);
+/// One job of norms(): rms_norm(x, weight, eps), or with bias defined layer_norm(x, weight, bias, eps) (which
+/// layer_norm_takes).
+struct NormJob {
+    at::Tensor x, weight, bias;
+    double eps = 0.0;
+    /// Optional (a paged decode's new cache entries): with pool [P, D] (rows contiguous, 16-byte aligned not needed)
+    /// and slots [rows] int64, row r of the result is written to pool[slots[r]] in the pool's type (a slot outside
+    /// [0, P) writes nothing) and the job returns an undefined tensor.
+    at::Tensor pool, slots;
+};
+/// Up to three jobs as one kernel (a layer's query and latent RMSNorms and the indexer key's LayerNorm), each result
+/// equal to its own call's.
+std::vector<at::Tensor> norms(const std::vector<NormJob>& jobs);
 
-/// {rope(x1, cos1, sin1, rope, interleaved), rope(x2, cos2, sin2, rope, interleaved)} as one kernel (a layer's query
-/// and key rotations), the same values.
-std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor& x1,
-                                        const at::Tensor& cos1,
-                                        const at::Tensor& sin1,
-                                        const at::Tensor& x2,
-                                        const at::Tensor& cos2,
-                                        const at::Tensor& sin2,
-                                        int64_t rope,
-                                        bool interleaved);
+/// One job of ropes(): rope(x, cos, sin, rope, interleaved); pool and slots as NormJob's (x without a heads dim).
+struct RopeJob {
+    at::Tensor x, cos, sin;
+    int64_t rope = 0;
+    bool interleaved = true;
+    at::Tensor pool, slots;
+};
+/// Up to four jobs as one kernel (a layer's query and key rotations of the attention and of the indexer), each result
+/// equal to its own call's.
+std::vector<at::Tensor> ropes(const std::vector<RopeJob>& jobs);
 
 /// Whether proj_fp32 takes x [..., D] and w [N, D]: CUDA fp32/bf16/fp16 tensors on one device, x's leading dims rows
 /// of one stride with a contiguous last dim, w contiguous and 16-byte aligned, D a multiple of 4 up to 2048, no

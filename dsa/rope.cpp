@@ -114,19 +114,11 @@ at::Tensor proj_fp32(const at::Tensor&, const at::Tensor&, double) {
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
-std::pair<at::Tensor, at::Tensor> rms_norm2(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
-    TORCH_CHECK(false, "rms_norm2: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+std::vector<at::Tensor> norms(const std::vector<NormJob>&) {
+    TORCH_CHECK(false, "norms: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
-std::pair<at::Tensor, at::Tensor> rope2(const at::Tensor&,
-                                        const at::Tensor&,
-                                        const at::Tensor&,
-                                        const at::Tensor&,
-                                        const at::Tensor&,
-                                        const at::Tensor&,
-                                        int64_t,
-                                        bool) {
-    TORCH_CHECK(false, "rope2: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+std::vector<at::Tensor> ropes(const std::vector<RopeJob>&) {
+    TORCH_CHECK(false, "ropes: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 }  // namespace cuda
 #endif

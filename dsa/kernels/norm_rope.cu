@@ -4,6 +4,7 @@
 // Rounding follows the ATen formulas op by op: every binary op of a bf16/fp16 tensor computes in fp32 and rounds its
 // result; fp32 ops use the _rn intrinsics so that the compiler cannot contract them into FMAs (ATen's elementwise
 // kernels round each op).
+#include "core/kernels/launch.cuh"
 #include "dsa/kernels/norm_rope.cuh"
 
 #include "core/kernels/row_dot.cuh"
@@ -16,41 +17,6 @@ constexpr int kNormThreads = 256;
 using dsrl::kernels::load_elem;
 using dsrl::kernels::round_elem;
 using dsrl::kernels::store_elem;
-
-// One block per row: the sum of squares (fp32), then each element.
-__device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
-    const int64_t base = row * p.x_row_stride;
-    const bool add = p.residual != nullptr;
-    float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        float v = load_elem(p.x, p.x_type, base + i);
-        if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
-            v = round_elem(__fadd_rn(v, load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i)),
-                           p.x_type);
-            store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
-        }
-        sum = __fadd_rn(sum, __fmul_rn(v, v));
-    }
-    __shared__ float warp_sums[kNormThreads / 32];
-    for (int off = 16; off > 0; off /= 2) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, off));
-    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-    __syncthreads();
-    __shared__ float scale;
-    if (threadIdx.x == 0) {
-        float total = 0.f;
-        for (int w = 0; w < kNormThreads / 32; ++w) total = __fadd_rn(total, warp_sums[w]);
-        // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
-        const float mean = __fmul_rn(total, 1.0f / static_cast<float>(p.dim));
-        scale = rsqrtf(__fadd_rn(mean, p.eps));
-    }
-    __syncthreads();
-    const float r = scale;
-    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float v = add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
-        const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
-        store_elem(p.out, p.out_type, row * p.dim + i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
-    }
-}
 
 // The sum of v over the block's threads (fp32, warps then their sums in order), on every thread.
 __device__ __forceinline__ float block_sum(float v) {
@@ -70,6 +36,48 @@ __device__ __forceinline__ float block_sum(float v) {
     return r;
 }
 
+// Where row `row`'s output starts in out: the row itself, or its cache slot's row (−1: a slot outside the pool).
+__device__ __forceinline__ int64_t out_row(const RmsNormParams& p, int64_t row) {
+    if (p.out_slots == nullptr) return row * p.dim;
+    const int64_t slot = p.out_slots[row];
+    return slot >= 0 && slot < p.out_rows ? slot * p.out_row_stride : -1;
+}
+
+// Stores output element i of a row that starts at `out` (out_row): in out's type, or rounded to it and cast to the
+// pool's.
+__device__ __forceinline__ void store_out(const RmsNormParams& p, int64_t out, int64_t i, float v) {
+    if (p.out_slots == nullptr) {
+        store_elem(p.out, p.out_type, out + i, v);
+    } else {
+        store_elem(p.out, p.slot_type, out + i, round_elem(v, p.out_type));
+    }
+}
+
+// One block per row: the sum of squares (fp32), then each element.
+__device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
+    const int64_t base = row * p.x_row_stride;
+    const bool add = p.residual != nullptr;
+    float sum = 0.f;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        float v = load_elem(p.x, p.x_type, base + i);
+        if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
+            v = round_elem(__fadd_rn(v, load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i)),
+                           p.x_type);
+            store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
+        }
+        sum = __fadd_rn(sum, __fmul_rn(v, v));
+    }
+    // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
+    const float r = rsqrtf(__fadd_rn(__fmul_rn(block_sum(sum), 1.0f / static_cast<float>(p.dim)), p.eps));
+    const int64_t out = out_row(p, row);
+    if (out < 0) return;
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float v = add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
+        const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
+        store_out(p, out, i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
+    }
+}
+
 // LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
 // kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
 __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row) {
@@ -84,31 +92,43 @@ __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t r
         sq = __fmaf_rn(d, d, sq);
     }
     const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(block_sum(sq), static_cast<float>(p.dim)), p.eps));
+    const int64_t out = out_row(p, row);
+    if (out < 0) return;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         const float centered = __fmul_rn(rstd, __fsub_rn(load_elem(p.x, p.x_type, base + i), mean));
         const float v = __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
-        store_elem(p.out, p.out_type, row * p.dim + i, v);
+        store_out(p, out, i, v);
     }
 }
 
-// Job a's rows, then job b's (b.rows may be 0).
-__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(RmsNormParams a, RmsNormParams b) {
-    const int64_t block = blockIdx.x;
-    if (block < a.rows) {
-        rms_norm_row(a, block);
+struct NormJobs {
+    RmsNormParams job[kMaxNormJobs];
+    int64_t end[kMaxNormJobs];  // one past each job's last block
+};
+
+__device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
+    if (p.centered) {
+        layer_norm_row(p, row);
     } else {
-        rms_norm_row(b, block - a.rows);
+        rms_norm_row(p, row);
     }
 }
 
-// LayerNorm rows (a kernel of its own: the RMSNorm kernel's code stays as lean as it was).
-__global__ void __launch_bounds__(kNormThreads) layer_norm_kernel(RmsNormParams p) { layer_norm_row(p, blockIdx.x); }
+// A block per row: job 0's rows, then job 1's, then job 2's (each job spelled out: no dynamic index into the
+// parameters).
+__global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
+    dsrl::kernels::pdl_enter();
+    const int64_t block = blockIdx.x;
+    if (block < j.end[0]) {
+        norm_row(j.job[0], block);
+    } else if (block < j.end[1]) {
+        norm_row(j.job[1], block - j.end[0]);
+    } else {
+        norm_row(j.job[2], block - j.end[1]);
+    }
+}
 
 // One thread per (row, head, pair of the rope part) plus the copied tail.
-__device__ __forceinline__ int64_t rope_items(const RopeParams& p) {
-    return p.rows * p.heads * (p.rope / 2 + p.dim - p.rope);
-}
-
 __device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
     const int64_t half = p.rope / 2;
     const int64_t tail = p.dim - p.rope;
@@ -118,10 +138,15 @@ __device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
     const int64_t h = rh % p.heads;
     const int64_t r = rh / p.heads;
     const int64_t in = r * p.x_row_stride + h * p.x_head_stride;
-    const int64_t out = rh * p.dim;
+    int64_t out = rh * p.dim;
+    if (p.out_slots != nullptr) {  // the row's cache slot (heads == 1)
+        const int64_t slot = p.out_slots[r];
+        if (slot < 0 || slot >= p.out_rows) return;
+        out = slot * p.out_row_stride + h * p.dim;
+    }
     if (j >= half) {  // a dim past the rope part: copied
         const int64_t d = p.rope + (j - half);
-        store_elem(p.out, p.type, out + d, load_elem(p.x, p.type, in + d));
+        store_elem(p.out, p.out_type, out + d, load_elem(p.x, p.type, in + d));
         return;
     }
     // cos / sin cast to x's type first (cos.to(x.dtype)).
@@ -134,19 +159,29 @@ __device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
     // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
     const float ac = round_elem(__fmul_rn(a, c), p.type), bs = round_elem(__fmul_rn(b, s), p.type);
     const float bc = round_elem(__fmul_rn(b, c), p.type), as = round_elem(__fmul_rn(a, s), p.type);
-    store_elem(p.out, p.type, out + a_idx, __fsub_rn(ac, bs));
-    store_elem(p.out, p.type, out + b_idx, __fadd_rn(bc, as));
+    store_elem(p.out, p.out_type, out + a_idx, round_elem(__fsub_rn(ac, bs), p.type));
+    store_elem(p.out, p.out_type, out + b_idx, round_elem(__fadd_rn(bc, as), p.type));
 }
 
-// Job a's items, then job b's (b may have none); a grid-stride loop over both.
-__global__ void rope_kernel(RopeParams a, RopeParams b) {
-    const int64_t items_a = rope_items(a), total = items_a + rope_items(b);
+struct RopeJobs {
+    RopeParams job[kMaxRopeJobs];
+    int64_t end[kMaxRopeJobs];  // one past each job's last item
+};
+
+// The jobs' items in order, a grid-stride loop over all of them.
+__global__ void rope_kernel(RopeJobs j) {
+    dsrl::kernels::pdl_enter();
+    const int64_t total = j.end[kMaxRopeJobs - 1];
     for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < total;
          item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        if (item < items_a) {
-            rope_item(a, item);
+        if (item < j.end[0]) {
+            rope_item(j.job[0], item);
+        } else if (item < j.end[1]) {
+            rope_item(j.job[1], item - j.end[0]);
+        } else if (item < j.end[2]) {
+            rope_item(j.job[2], item - j.end[1]);
         } else {
-            rope_item(b, item - items_a);
+            rope_item(j.job[3], item - j.end[2]);
         }
     }
 }
@@ -155,6 +190,7 @@ constexpr int kProjWarps = 4;  // rows per block of the projection
 
 // One warp per row, each with its fp32 copy of the row in shared memory.
 __global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ float4 proj_smem[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kProjWarps + warp;
@@ -172,39 +208,52 @@ cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
     if (p.rows == 0 || p.n == 0) return cudaSuccess;
     if (!dsrl::kernels::row_dot_takes(p.dim)) return cudaErrorInvalidValue;
     const auto blocks = static_cast<unsigned>((p.rows + kProjWarps - 1) / kProjWarps);
-    row_proj_kernel<<<blocks, kProjWarps * 32, sizeof(float) * kProjWarps * p.dim, stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(row_proj_kernel, blocks, kProjWarps * 32, sizeof(float) * kProjWarps * p.dim, stream,
+                                 p);
 }
 
-cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
-    if (!p.centered) return launch_rms_norms(p, {}, stream);
-    if (p.rows == 0 || p.dim == 0) return cudaSuccess;
-    if (p.rows > 0x7fffffff) return cudaErrorInvalidValue;
-    layer_norm_kernel<<<static_cast<unsigned>(p.rows), kNormThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+// Copies `count` jobs into to.job and sets to.end[i] to the work (blocks or items, `work(job)`) of jobs 0..i, the
+// slots past count adding none. Returns the total.
+template <typename Jobs, typename Params, typename Work>
+int64_t place_jobs(Jobs& to, const Params* jobs, int count, int max_jobs, Work work) {
+    int64_t total = 0;
+    for (int i = 0; i < max_jobs; ++i) {
+        if (i < count) {
+            to.job[i] = jobs[i];
+            total += work(jobs[i]);
+        }
+        to.end[i] = total;
+    }
+    return total;
 }
 
-cudaError_t launch_rms_norms(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
-    const int64_t rows_a = a.dim == 0 ? 0 : a.rows, rows_b = b.dim == 0 ? 0 : b.rows;
-    if (rows_a + rows_b == 0) return cudaSuccess;
-    if (rows_a + rows_b > 0x7fffffff) return cudaErrorInvalidValue;
-    RmsNormParams ja = a, jb = b;
-    ja.rows = rows_a;  // a job without columns has nothing to write: no blocks
-    jb.rows = rows_b;
-    rms_norm_kernel<<<static_cast<unsigned>(rows_a + rows_b), kNormThreads, 0, stream>>>(ja, jb);
-    return cudaGetLastError();
+cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream) {
+    static_assert(kMaxNormJobs == 3, "norm_kernel spells out three jobs");
+    if (count < 0 || count > kMaxNormJobs) return cudaErrorInvalidValue;
+    for (int i = 0; i < count; ++i) {
+        if (jobs[i].residual != nullptr && (jobs[i].centered || jobs[i].out_slots != nullptr))
+            return cudaErrorInvalidValue;
+    }
+    NormJobs j{};  // a block per row; a job without columns has nothing to write: no blocks
+    const int64_t rows =
+        place_jobs(j, jobs, count, kMaxNormJobs, [](const RmsNormParams& p) { return p.dim == 0 ? 0 : p.rows; });
+    if (rows == 0) return cudaSuccess;
+    if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+    return dsrl::kernels::launch(norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream, j);
 }
 
-cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream) { return launch_ropes(p, {}, stream); }
-
-cudaError_t launch_ropes(const RopeParams& a, const RopeParams& b, cudaStream_t stream) {
-    const auto items = [](const RopeParams& p) { return p.rows * p.heads * (p.rope / 2 + p.dim - p.rope); };
-    const int64_t total = items(a) + items(b);
+cudaError_t launch_ropes(const RopeParams* jobs, int count, cudaStream_t stream) {
+    static_assert(kMaxRopeJobs == 4, "rope_kernel spells out four jobs");
+    if (count < 0 || count > kMaxRopeJobs) return cudaErrorInvalidValue;
+    RopeJobs j{};  // a thread per (row, head, pair of the rope part) and per copied dim
+    const int64_t total = place_jobs(j, jobs, count, kMaxRopeJobs, [](const RopeParams& p) {
+        return p.rows * p.heads * (p.rope / 2 + p.dim - p.rope);
+    });
     if (total == 0) return cudaSuccess;
     constexpr int kThreads = 256;
     const int64_t blocks = (total + kThreads - 1) / kThreads;
-    rope_kernel<<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(a, b);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(rope_kernel, static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16),
+                                 kThreads, 0, stream, j);
 }
 
 }  // namespace dsrl::dsa::kernels

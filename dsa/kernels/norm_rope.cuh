@@ -32,18 +32,26 @@ struct RmsNormParams {
     Elem residual_type = Elem::kF32;  // x's type, or one that promotes to it (bf16 into an fp32 stream)
     int64_t residual_row_stride = 0;
     void* sum_out = nullptr;
-    // LayerNorm instead (the indexer's key norm; launch_rms_norm only, no residual): out = w · (x − mean) ·
+    // LayerNorm instead (the indexer's key norm; no residual): out = w · (x − mean) ·
     // rsqrt(var + eps) + bias in fp32, rounded once to out's type; var the biased variance (two passes over the row).
     bool centered = false;
     const void* bias = nullptr;  // [dim], w's type
+    // Optional (a paged decode's new cache entries): row r's output goes to out + out_slots[r] * out_row_stride
+    // instead, and a row whose slot is outside [0, out_rows) writes nothing — out is then the cache pool, of slot_type
+    // (the value rounded to out_type first, then cast). No residual.
+    const int64_t* out_slots = nullptr;
+    int64_t out_rows = 0;
+    int64_t out_row_stride = 0;
+    Elem slot_type = Elem::kF32;
 };
-cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
-/// Two RMSNorms in one launch (a layer's query and latent norms): a's rows, then b's; a default-constructed b is none.
-cudaError_t launch_rms_norms(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream);
+/// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms and the indexer key's LayerNorm): a
+/// block per row, the jobs' rows in turn.
+constexpr int kMaxNormJobs = 3;
+cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream);
 
 /// RoPE over x viewed as [rows, heads, dim] (last dim contiguous) with cos/sin [rows, rope / 2] fp32 (one per row,
 /// shared by its heads). Interleaved: pair (2i, 2i+1) of the first `rope` dims rotates by angle i. Half split: dim i
-/// pairs with dim i + rope/2. Dims [rope, dim) are copied. out is [rows, heads, dim] contiguous, x's type.
+/// pairs with dim i + rope/2. Dims [rope, dim) are copied. out is [rows, heads, dim] contiguous, of out_type.
 struct RopeParams {
     const void* x;
     Elem type;
@@ -57,10 +65,17 @@ struct RopeParams {
     int64_t dim;
     int64_t rope;  // even, <= dim
     bool interleaved;
+    Elem out_type;  // x's type, or the pool's with out_slots (the rotated values cast once more)
+    // Optional (a paged decode's new cache entries, heads == 1): row r goes to out + out_slots[r] * out_row_stride
+    // instead, and a row whose slot is outside [0, out_rows) writes nothing — out is then the cache pool.
+    const int64_t* out_slots = nullptr;
+    int64_t out_rows = 0;
+    int64_t out_row_stride = 0;
 };
-cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
-/// Two RoPEs in one launch (a layer's query and key rotations): a's items, then b's; a default-constructed b is none.
-cudaError_t launch_ropes(const RopeParams& a, const RopeParams& b, cudaStream_t stream);
+/// Up to kMaxRopeJobs rotations in one launch (a layer's query and key rotations of the attention and the indexer):
+/// the jobs' items in turn.
+constexpr int kMaxRopeJobs = 4;
+cudaError_t launch_ropes(const RopeParams* jobs, int count, cudaStream_t stream);
 
 /// out[r, j] = Σ_h x[r, h] · w[j, h] in fp32 (times `scale`, rounded once, when `scaled`): a few-output projection
 /// that stays fp32 (the indexer's head weights), one warp per row (core/kernels/row_dot.cuh). x rows of `dim`

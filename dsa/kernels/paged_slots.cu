@@ -1,5 +1,6 @@
 // The slots a paged decode step's attention reads (see paged_slots.cuh): one thread per output entry. It replaces the
 // five ATen ops of the gather through the block table (cast, clamp, gather, compare, where), per layer and step.
+#include "core/kernels/launch.cuh"
 #include "dsa/kernels/paged_slots.cuh"
 
 #include <algorithm>
@@ -8,6 +9,7 @@ namespace dsrl::dsa::kernels {
 namespace {
 
 __global__ void paged_slots_kernel(PagedSlotsParams p) {
+    dsrl::kernels::pdl_enter();
     const int64_t total = p.batch * p.len * p.width;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -25,6 +27,7 @@ __global__ void paged_slots_kernel(PagedSlotsParams p) {
 
 // A block per row; its threads over each part's values.
 __global__ void paged_write_kernel(PagedWriteParams p) {
+    dsrl::kernels::pdl_enter();
     const int64_t n = blockIdx.x;
     const int64_t slot = p.slots[n];
     if (slot < 0 || slot >= p.pool_rows) return;
@@ -42,8 +45,7 @@ __global__ void paged_write_kernel(PagedWriteParams p) {
 cudaError_t launch_paged_write(const PagedWriteParams& p, cudaStream_t stream) {
     if (p.rows == 0 || p.parts == 0) return cudaSuccess;
     if (p.rows > 0x7fffffff || p.parts < 0 || p.parts > kPagedWriteParts) return cudaErrorInvalidValue;
-    paged_write_kernel<<<static_cast<unsigned>(p.rows), 128, 0, stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(paged_write_kernel, static_cast<unsigned>(p.rows), 128, 0, stream, p);
 }
 
 cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream) {
@@ -51,8 +53,7 @@ cudaError_t launch_paged_slots(const PagedSlotsParams& p, cudaStream_t stream) {
     if (total == 0) return cudaSuccess;
     constexpr int kThreads = 256;
     const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 4096));
-    paged_slots_kernel<<<blocks, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(paged_slots_kernel, blocks, kThreads, 0, stream, p);
 }
 
 }  // namespace dsrl::dsa::kernels

@@ -1,5 +1,6 @@
 // Sparse MLA forward on the tensor cores for the small models' shapes (see sparse_mla_mma.cuh). The cp.async,
 // ldmatrix and mma.sync wrappers are the Hopper kernels' (sparse_mla_common.cuh).
+#include "core/kernels/launch.cuh"
 #include "dsa/kernels/sparse_mla_mma.cuh"
 
 #include <cuda_fp16.h>
@@ -57,6 +58,7 @@ __device__ __forceinline__ float warp_add(float v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const SparseMlaSimtParams p, const int tile) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ __align__(128) uint8_t smem[];
     const MmaLayout L = mma_layout(p.heads, p.latent, p.rope, tile);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -247,8 +249,8 @@ cudaError_t launch_typed(const SparseMlaSimtParams& p, int64_t tile, int64_t byt
         raised.store(bytes);
     }
     const dim3 grid(static_cast<unsigned>(p.num_queries), static_cast<unsigned>(p.splits));
-    sparse_mla_mma_kernel<T><<<grid, kMmaThreads, static_cast<size_t>(bytes), stream>>>(p, static_cast<int>(tile));
-    return cudaGetLastError();
+    return dsrl::kernels::launch(sparse_mla_mma_kernel<T>, grid, kMmaThreads, static_cast<size_t>(bytes), stream, p,
+                                 static_cast<int>(tile));
 }
 
 }  // namespace

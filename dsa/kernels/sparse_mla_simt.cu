@@ -4,6 +4,7 @@
 // one query is one block, so the block's serial chain (load a tile, score it, rescale, accumulate; eight tiles) is the
 // kernel's time. Hence the splits (a tile or two per block for small batches), whole rows per warp with the loads in
 // flight together, and a warp per dot product rather than a thread looping over 288 channels.
+#include "core/kernels/launch.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
 #include <algorithm>
@@ -45,6 +46,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_kernel(SparseMlaSimtParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ int64_t smem_raw[];
     const int64_t n = blockIdx.x;
     const int split = static_cast<int>(blockIdx.y);
@@ -170,6 +172,7 @@ __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_kernel(SparseMla
 // Merges a query's splits in split order: o = Σ_s e^{m_s − M} o_s / Σ_s e^{m_s − M} l_s, lse = M + log of that sum.
 // Each head's split weights e^{m_s − M} / l are computed once, into shared memory ([splits, H] floats).
 __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_merge_kernel(SparseMlaSimtParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ float weight[];
     const int64_t n = blockIdx.x;
     const int H = static_cast<int>(p.heads), C = static_cast<int>(p.latent);
@@ -235,8 +238,8 @@ cudaError_t launch_sparse_mla_simt(const SparseMlaSimtParams& p, cudaStream_t st
         raised.store(bytes);
     }
     const dim3 grid(static_cast<unsigned>(p.num_queries), static_cast<unsigned>(p.splits));
-    sparse_mla_simt_kernel<<<grid, kSimtThreads, static_cast<size_t>(bytes), stream>>>(p);
-    const cudaError_t e = cudaGetLastError();
+    const cudaError_t e =
+        dsrl::kernels::launch(sparse_mla_simt_kernel, grid, kSimtThreads, static_cast<size_t>(bytes), stream, p);
     if (e != cudaSuccess || p.splits == 1) return e;
     return launch_sparse_mla_merge(p, stream);
 }
@@ -251,9 +254,8 @@ cudaError_t launch_sparse_mla_merge(const SparseMlaSimtParams& p, cudaStream_t s
         if (e != cudaSuccess) return e;
         raised.store(bytes);
     }
-    sparse_mla_simt_merge_kernel<<<static_cast<unsigned>(p.num_queries), kSimtThreads, static_cast<size_t>(bytes),
-                                   stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(sparse_mla_simt_merge_kernel, static_cast<unsigned>(p.num_queries), kSimtThreads,
+                                 static_cast<size_t>(bytes), stream, p);
 }
 
 }  // namespace dsrl::kernels

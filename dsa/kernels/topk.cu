@@ -9,7 +9,9 @@
 //   3. The rest of the radix select runs on the candidates in shared memory; exact ties at the threshold
 //      value are taken in column order.
 //   4. Bitonic sort of the ≤ 2048 winners by (key desc, column asc); write indices, −1 padding.
+// Rows of at most 512 keys take a rank kernel instead: each key's rank by counting the keys above it.
 // Napkin math: 1-3 reads of the row (4 bytes per key); memory-bound. 4096 rows × 128K keys = 2.1 GB per pass.
+#include "core/kernels/launch.cuh"
 #include "dsa/kernels/topk.cuh"
 
 namespace dsrl::dsa::kernels {
@@ -121,6 +123,7 @@ __device__ __forceinline__ void clear_hist(TopkSmem& s, int nbins) {
 }
 
 __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TopkSmem& s = *reinterpret_cast<TopkSmem*>(smem_raw);
     const int tid = threadIdx.x;
@@ -300,8 +303,53 @@ __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p)
         }
     }
     int32_t* out = p.out + (g * p.out_group_stride + m) * p.topk;
+    int64_t* slots = p.slots_out != nullptr ? p.slots_out + (g * p.out_group_stride + m) * p.topk : nullptr;
     for (int i = tid; i < p.topk; i += kThreads) {
-        out[i] = i < n_sel ? static_cast<int32_t>(~static_cast<uint32_t>(s.sel[i] & 0xFFFFFFFFull)) : -1;
+        const int32_t col = i < n_sel ? static_cast<int32_t>(~static_cast<uint32_t>(s.sel[i] & 0xFFFFFFFFull)) : -1;
+        out[i] = col;
+        if (slots != nullptr) slots[i] = col >= 0 ? p.slot_of[g * p.slot_group_stride + col] : -1;
+    }
+}
+
+// Rows of at most kRankMax keys (a decode step's indexer over a few hundred keys): one thread per key counts the keys
+// ranked above its own (a larger order key, or an equal one at a lower column) in shared memory and, when that rank is
+// under topk, writes its column there. The same order as the radix path, without its passes and barriers.
+constexpr int kRankMax = 512;
+
+__global__ void __launch_bounds__(kRankMax) topk_rank_kernel(const TopkParams p) {
+    dsrl::kernels::pdl_enter();
+    extern __shared__ __align__(16) uint32_t rank_keys[];  // [num_cols rounded up to 4], zero past the row's length
+    const int tid = threadIdx.x;
+    const int64_t r = blockIdx.x;
+    const int64_t g = r / p.rows_per_group, m = r % p.rows_per_group;
+    int64_t len64 = p.num_cols;
+    if (p.row_last != nullptr) {
+        const int64_t last = p.row_last[g * p.last_group_stride + m];
+        len64 = last + 1 < len64 ? last + 1 : len64;
+        if (len64 < 0) len64 = 0;
+    }
+    const int len = static_cast<int>(len64), padded = (static_cast<int>(p.num_cols) + 3) & ~3;
+    const float* row = p.logits + r * p.row_stride;
+    const uint32_t mine = tid < len ? order_key(row[tid]) : 0u;
+    for (int i = tid; i < padded; i += blockDim.x) rank_keys[i] = i == tid ? mine : 0u;
+    const int selectable = __syncthreads_count(mine != 0u);
+    int32_t* out = p.out + (g * p.out_group_stride + m) * p.topk;
+    int64_t* slots = p.slots_out != nullptr ? p.slots_out + (g * p.out_group_stride + m) * p.topk : nullptr;
+    if (mine != 0u) {
+        int rank = 0;
+        for (int j = 0; j < padded; j += 4) {
+            const uint4 k = *reinterpret_cast<const uint4*>(rank_keys + j);
+            rank += (k.x > mine) + (k.x == mine && j < tid) + (k.y > mine) + (k.y == mine && j + 1 < tid) +
+                    (k.z > mine) + (k.z == mine && j + 2 < tid) + (k.w > mine) + (k.w == mine && j + 3 < tid);
+        }
+        if (rank < p.topk) {
+            out[rank] = tid;
+            if (slots != nullptr) slots[rank] = p.slot_of[g * p.slot_group_stride + tid];
+        }
+    }
+    for (int i = (selectable < p.topk ? selectable : p.topk) + tid; i < p.topk; i += blockDim.x) {
+        out[i] = -1;
+        if (slots != nullptr) slots[i] = -1;
     }
 }
 
@@ -311,11 +359,17 @@ cudaError_t launch_topk_rows(const TopkParams& params, cudaStream_t stream) {
     if (params.num_rows == 0 || params.topk <= 0) return cudaSuccess;
     if (params.topk > kTopkMax || params.rows_per_group <= 0 || params.num_rows > 0x7FFFFFFFLL)
         return cudaErrorInvalidValue;
+    if (params.num_cols <= kRankMax) {  // short rows: a thread per key (at least a warp, for the block-wide count)
+        const int threads = static_cast<int>((params.num_cols + 31) / 32 * 32);
+        const size_t bytes = sizeof(uint32_t) * static_cast<size_t>((params.num_cols + 3) / 4 * 4);
+        return dsrl::kernels::launch(topk_rank_kernel, static_cast<unsigned>(params.num_rows),
+                                     threads > 0 ? threads : 32, bytes > 0 ? bytes : 16, stream, params);
+    }
     const int smem = static_cast<int>(sizeof(TopkSmem));
     cudaError_t err = cudaFuncSetAttribute(topk_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
-    topk_rows_kernel<<<static_cast<unsigned>(params.num_rows), kThreads, smem, stream>>>(params);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(topk_rows_kernel, static_cast<unsigned>(params.num_rows), kThreads, smem, stream,
+                                 params);
 }
 
 }  // namespace dsrl::dsa::kernels

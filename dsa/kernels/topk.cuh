@@ -27,6 +27,11 @@ struct TopkParams {
     int topk;                   // 1..kTopkMax
     int32_t* out;               // output row of r: out + (g * out_group_stride + i) * topk, topk int32
     int64_t out_group_stride;   // in rows
+    // Optional (a paged decode): slots_out, laid out like out (int64), gets slot_of[g * slot_group_stride + column]
+    // of each winner (−1 padding) — the cache slots the attention then reads.
+    const int64_t* slot_of;
+    int64_t slot_group_stride;
+    int64_t* slots_out;
 };
 
 /// Launches one block per row on `stream`. Empty input launches nothing.

@@ -2,6 +2,7 @@
 // 256 tokens and 32 experts the router reads 32 KiB and the product a few MiB; both are latency, not bandwidth. What
 // they save is launches: the ATen selection is about 18 kernels per MoE layer (sigmoid, bias, two group top-ks, mask,
 // top-k and its sort, gather, sum, divide, scale, scatter), SwiGLU's product two.
+#include "core/kernels/launch.cuh"
 #include "moe/kernels/decode.cuh"
 
 #include <algorithm>
@@ -42,6 +43,7 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
 // One block per token (route_smem_bytes of shared scratch): with rows to project, kRowWarps warps stage the row, split
 // the gate's rows and write the logits; then one warp selects (the others leave).
 __global__ void route_kernel(RouteParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ float4 route_smem[];  // 16-byte aligned: the row's float4 reads
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int E = p.experts;
@@ -139,6 +141,7 @@ __global__ void route_kernel(RouteParams p) {
 // per element. A column of a group whose weight is 0 (an expert the token is not routed to: 28 of 32 in a dense decode
 // step) is written as 0 without reading gate or up.
 __global__ void silu_mul_kernel(SiluMulParams p) {
+    dsrl::kernels::pdl_enter();
     const int c = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
     if (c >= p.cols) return;
     const int groups = static_cast<int>(p.cols / p.group_width), group = c / static_cast<int>(p.group_width);
@@ -170,8 +173,8 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     RouteParams q = p;
     q.dim = dim;
     const unsigned threads = p.x != nullptr ? kRowWarps * 32 : 32;
-    route_kernel<<<static_cast<unsigned>(p.tokens), threads, route_smem_bytes(p.experts, p.groups, dim), stream>>>(q);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(route_kernel, static_cast<unsigned>(p.tokens), threads,
+                                 route_smem_bytes(p.experts, p.groups, dim), stream, q);
 }
 
 cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
@@ -180,8 +183,7 @@ cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
     constexpr int kThreads = 256;
     const dim3 grid(static_cast<unsigned>((p.cols + kThreads - 1) / kThreads),
                     static_cast<unsigned>(std::min<int64_t>(p.rows, 65535)));
-    silu_mul_kernel<<<grid, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(silu_mul_kernel, grid, kThreads, 0, stream, p);
 }
 
 }  // namespace dsrl::moe::kernels

@@ -6,6 +6,7 @@
 // read once per step from memory (an expert with more pairs has more tiles; they run side by side and share its
 // weights through L2). Measured (H100, batch 256): the up kernel at about 1.4 TB/s, bound by each block's chain of
 // reduction chunks rather than by bandwidth (docs/benchmarks.md, session 18).
+#include "core/kernels/launch.cuh"
 #include "moe/kernels/routed.cuh"
 
 #include <algorithm>
@@ -90,6 +91,7 @@ __device__ inline int slots_of(const RoutedExpertsParams& p) { return p.k + (p.s
 // (shared-memory atomics); the counts and the tiles per expert scanned; order[start(e) + rank[q]] = the pair's row;
 // tile i = (expert, start in order, count), count 0 for the unused ones. An id outside [0, experts) is left out.
 __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const RoutedExpertsParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ int pair_smem[];
     const int tid = threadIdx.x, E = p.experts;
     int* count = pair_smem;         // [E], then inclusive sums
@@ -186,6 +188,7 @@ __device__ __forceinline__ uint32_t b_frag(uint32_t tile, int row0, int kk, int 
 // pairs, each op rounded to T.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) routed_up_kernel(const RoutedExpertsParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ int rows[kBM];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -270,6 +273,7 @@ __global__ void __launch_bounds__(kThreads) routed_up_kernel(const RoutedExperts
 // out[pair, n0 .. n0 + 64) = h[pair] · down[n]ᵀ for the block's tile of up to 32 pairs, rounded to T.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExpertsParams p) {
+    dsrl::kernels::pdl_enter();
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ int rows[kBM];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -345,6 +349,7 @@ __global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExper
 // y[t, c .. c + 8) = round(Σ_j out[t, j] · w[t, j]) (+ out[t, k], rounded again): one thread per 16 bytes of y.
 template <typename T>
 __global__ void routed_combine_kernel(const RoutedExpertsParams p) {
+    dsrl::kernels::pdl_enter();
     const int64_t chunks = p.hidden / 8;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= p.tokens * chunks) return;
@@ -390,14 +395,21 @@ cudaError_t launch_typed(const RoutedExpertsParams& p, cudaStream_t stream) {
     }();
     if (configured != cudaSuccess) return configured;
     const size_t pair_smem = sizeof(int) * static_cast<size_t>(2 * p.experts + p.tokens * p.k);
-    routed_pairs_kernel<<<1, kPairThreads, pair_smem, stream>>>(p);
+    using dsrl::kernels::launch;
+    cudaError_t e = launch(routed_pairs_kernel, 1, kPairThreads, pair_smem, stream, p);
     const auto shared_blocks = static_cast<unsigned>(p.shared_gate != nullptr ? (p.tokens + kBM - 1) / kBM : 0);
     const auto groups = static_cast<unsigned>(routed_tile_bound(p)) + shared_blocks;
-    routed_up_kernel<T><<<dim3(static_cast<unsigned>(p.inter / kUpBN), groups), kThreads, kUpSmem, stream>>>(p);
-    routed_down_kernel<T><<<dim3(static_cast<unsigned>(p.hidden / kDownBN), groups), kThreads, kDownSmem, stream>>>(p);
+    if (e == cudaSuccess)
+        e = launch(routed_up_kernel<T>, dim3(static_cast<unsigned>(p.inter / kUpBN), groups), kThreads, kUpSmem, stream,
+                   p);
+    if (e == cudaSuccess) {
+        e = launch(routed_down_kernel<T>, dim3(static_cast<unsigned>(p.hidden / kDownBN), groups), kThreads, kDownSmem,
+                   stream, p);
+    }
     const int64_t threads = p.tokens * (p.hidden / 8);
-    routed_combine_kernel<T><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p);
-    return cudaGetLastError();
+    if (e == cudaSuccess)
+        e = launch(routed_combine_kernel<T>, static_cast<unsigned>((threads + 255) / 256), 256, 0, stream, p);
+    return e;
 }
 
 }  // namespace

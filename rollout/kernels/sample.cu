@@ -4,6 +4,7 @@
 // Sums run in another order than ATen's, so log-probs agree to fp32 rounding; ids agree except where a sum lands
 // within rounding of a threshold. It replaces about forty ATen kernels per step (two sorts, three cumulative sums,
 // two log-softmaxes, a scatter, the bit packing).
+#include "core/kernels/launch.cuh"
 #include "rollout/kernels/sample.cuh"
 
 #include <atomic>
@@ -74,6 +75,7 @@ __device__ void block_scan(double* x, int n, double* scratch) {
 }
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
+    dsrl::kernels::pdl_enter();
     // Dynamic shared memory (sample_smem): fp64 scans [V], logits / T then the processed log-probs [V], the sort's
     // log-probs and ids [n = V rounded up to a power of two], the kept flags in rank order [V].
     extern __shared__ double smem[];
@@ -212,8 +214,7 @@ cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
         if (e != cudaSuccess) return e;
         raised.store(bytes);
     }
-    sample_kernel<<<static_cast<unsigned>(p.rows), kThreads, bytes, stream>>>(p);
-    return cudaGetLastError();
+    return dsrl::kernels::launch(sample_kernel, static_cast<unsigned>(p.rows), kThreads, bytes, stream, p);
 }
 
 }  // namespace dsrl::rollout::kernels

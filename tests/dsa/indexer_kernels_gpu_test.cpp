@@ -18,9 +18,12 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/gather.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/randperm.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
@@ -111,8 +114,9 @@ TEST(IndexerKernelTest, TopkRowsEqualsTheStableSortSelection) {
     struct Case {
         int64_t rows, cols, topk;
     };
-    for (const Case c : {Case{3, 1, 4}, Case{4, 5, 3}, Case{5, 100, 2048}, Case{6, 3000, 64}, Case{4, 4097, 2048},
-                         Case{3, 4099, 1}, Case{4, 20011, 512}, Case{3, 70000, 2048}}) {
+    for (const Case c : {Case{3, 1, 4}, Case{4, 5, 3}, Case{5, 100, 2048}, Case{5, 300, 128}, Case{4, 512, 128},
+                         Case{3, 509, 600}, Case{4, 513, 128}, Case{6, 3000, 64}, Case{4, 4097, 2048}, Case{3, 4099, 1},
+                         Case{4, 20011, 512}, Case{3, 70000, 2048}}) {
         at::Tensor x = at::randn({c.rows, c.cols}, gen, at::kFloat);
         // Row 1: heavy ties (values on a coarse grid, ±0 included); row 2: a −inf tail leaving fewer finite
         // entries than topk; the last row: exact zeros from a ReLU-like clamp, negated (−0) in part.
@@ -253,6 +257,78 @@ TEST(IndexerKernelTest, FusedTopkMatchesTheReference) {
         const at::Tensor got8 = cuda::indexer_topk(in.q, in.k, in.w, in.scale, in.pos, in.valid, c.K, c.chunk, true);
         expect_topk_sets_close(got8, want, scores, 0.7, 5e-2);
     }
+}
+
+// A paged decode's indexer (keys read through slot tables from a shuffled pool) against the reference on the gathered
+// keys: the head dims and counts of the models (64 and 128 dims, 8 to 64 heads, and a small odd case), bf16 and fp32
+// pools, fp32 and bf16 head weights, two queries per row, a row that sees nothing; the slots are the table's.
+TEST(IndexerKernelTest, PagedTopkMatchesTheReferenceOnGatheredKeys) {
+    DSRL_REQUIRE_CUDA();
+    struct Case {
+        int64_t B, L, S, H, D, K;
+        at::ScalarType dtype, w_dtype;
+    };
+    for (const Case c :
+         {Case{5, 1, 300, 8, 64, 128, at::kBFloat16, at::kFloat},
+          Case{3, 2, 700, 64, 128, 256, at::kBFloat16, at::kFloat}, Case{4, 1, 40, 3, 16, 8, at::kFloat, at::kBFloat16},
+          Case{2, 1, 2000, 16, 32, 2048, at::kBFloat16, at::kFloat}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "B " << c.B << " L " << c.L << " S " << c.S << " H " << c.H << " D " << c.D << " K " << c.K);
+        at::Generator gen = rng::make_cpu_generator(90 + c.S + c.H);
+        const int64_t P = c.B * c.S + 17;
+        const at::Tensor pool = at::randn({P, c.D}, gen, at::kFloat).to(c.dtype).cuda();
+        const at::Tensor read = at::randperm(P, gen, at::kLong).narrow(0, 0, c.B * c.S).view({c.B, c.S}).cuda();
+        // q as a column range of a wider tensor (the model's stacked projection), w strided the same way.
+        const at::Tensor q_wide = at::randn({c.B, c.L, c.H * c.D + 24}, gen, at::kFloat).to(c.dtype).cuda();
+        const at::Tensor q = q_wide.narrow(2, 8, c.H * c.D).view({c.B, c.L, c.H, c.D});
+        const at::Tensor w = at::randn({c.B, c.L, c.H + 4}, gen, at::kFloat)
+                                 .div(std::sqrt(double(c.H)))
+                                 .to(c.w_dtype)
+                                 .cuda()
+                                 .narrow(2, 0, c.H);
+        at::Tensor pos = (at::arange(c.L, at::kLong) + (c.S - c.L)).unsqueeze(0).repeat({c.B, 1});
+        pos[c.B - 1].fill_(-1);              // sees nothing
+        if (c.B > 2) pos[1].fill_(c.S / 3);  // sees a third
+        at::Tensor valid = at::ones({c.B, c.S}, at::kBool);
+        valid[0].narrow(0, 0, std::min<int64_t>(9, c.S)).fill_(false);  // left padding
+        valid[0][c.S / 2] = false;
+        pos = pos.cuda();
+        valid = valid.cuda();
+        const double scale = 1.0 / std::sqrt(double(c.D));
+        ASSERT_TRUE(cuda::indexer_paged_fits(q, pool, w, read, c.K));
+        poison_next_alloc(c.B * c.L * c.K * 8);
+        const cuda::PagedTopk got = cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K);
+        ASSERT_EQ(got.keys.sizes(), (std::vector<int64_t>{c.B, c.L, c.K}));
+        ASSERT_EQ(got.slots.sizes(), (std::vector<int64_t>{c.B, c.L, c.K}));
+        const at::Tensor keys = pool.index_select(0, read.reshape({-1})).view({c.B, c.S, c.D});
+        const at::Tensor want = indexer_topk(q.to(at::kFloat), keys.to(at::kFloat), w.to(at::kFloat), scale, pos, valid,
+                                             c.K, /*query_chunk=*/1024);
+        const at::Tensor scores = ref_logits(q, keys, w, scale, pos, valid);
+        expect_topk_sets_close(got.keys, want, scores, 0.99, 1e-5);
+        // The slots are the table's entries of the selected keys, −1 with the key.
+        const at::Tensor k64 = got.keys.to(at::kLong);
+        const at::Tensor table = read.unsqueeze(1).expand({c.B, c.L, c.S});
+        const at::Tensor expect_slots =
+            at::where(k64 >= 0, table.gather(2, k64.clamp_min(0)), at::full({1}, -1, read.options()));
+        EXPECT_TRUE(at::equal(got.slots, expect_slots));
+        EXPECT_TRUE(at::equal(got.keys[c.B - 1], at::full({c.L, c.K}, -1, got.keys.options()))) << "the blind row";
+        const cuda::PagedTopk again = cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K);
+        EXPECT_TRUE(at::equal(again.keys, got.keys)) << "not deterministic";
+    }
+    // What the kernels do not take, the model's fallback (the gather and select_topk) handles.
+    const at::Tensor pool = at::zeros({64, 60}, at::kBFloat16).cuda(), read = at::zeros({1, 8}, at::kLong).cuda();
+    const at::Tensor w = at::zeros({1, 1, 4}, at::kFloat).cuda();
+    EXPECT_FALSE(cuda::indexer_paged_fits(at::zeros({1, 1, 4, 60}, at::kBFloat16).cuda(), pool, w, read, 8));  // D % 8
+    const at::Tensor big = at::zeros({64, 256}, at::kBFloat16).cuda();
+    EXPECT_FALSE(cuda::indexer_paged_fits(at::zeros({1, 1, 64, 256}, at::kBFloat16).cuda(), big,
+                                          at::zeros({1, 1, 64}, at::kFloat).cuda(), read, 8));
+    EXPECT_FALSE(cuda::indexer_paged_fits(at::zeros({1, 1, 4, 64}, at::kBFloat16).cuda(),
+                                          at::zeros({64, 64}, at::kHalf).cuda(), w, read, 8));
+    EXPECT_FALSE(cuda::indexer_paged_fits(at::zeros({1, 1, 4, 64}, at::kBFloat16).cuda(),
+                                          at::zeros({64, 64}, at::kBFloat16).cuda(), w, read, 4096));
+    EXPECT_THROW(cuda::indexer_paged_topk(at::zeros({1, 1, 4, 60}, at::kBFloat16).cuda(), pool, read, w, 1.0,
+                                          at::zeros({1, 1}, at::kLong).cuda(), at::Tensor(), 8),
+                 c10::Error);
 }
 
 TEST(IndexerKernelTest, BackwardMatchesAutograd) {

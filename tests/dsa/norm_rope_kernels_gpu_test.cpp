@@ -9,11 +9,13 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/result_type.h>
+#include <ATen/ops/tensor.h>
 
 #include <cmath>
 #include <optional>
@@ -91,32 +93,77 @@ TEST(NormRopeKernelTest, RopeEqualsTheFormulaBitForBit) {
     }
 }
 
-// The paired launches (a layer's query and key paths in one kernel) give what two single launches give, bit for bit:
-// jobs of different shapes, strides and (for the norms) dtypes, and the MLA and indexer rotations.
-TEST(NormRopeKernelTest, PairedLaunchesEqualTwoSingleOnes) {
+// A layer's jobs in one launch equal one launch each, bit for bit: the query and latent RMSNorms with the indexer key's
+// LayerNorm (different shapes, strides and, for the norms, dtypes), and the four rotations (MLA interleaved, indexer
+// half split) of column ranges.
+TEST(NormRopeKernelTest, JobsInOneLaunchEqualOneLaunchEach) {
     DSRL_REQUIRE_CUDA();
     at::NoGradGuard no_grad;
     for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
         SCOPED_TRACE(c10::toString(t));
-        const at::Tensor q_a = randn({4, 1, 384}, t), kv = randn({4, 1, 288}, t) * 3;
+        const at::Tensor a = randn({4, 1, 384 + 288 + 64}, t);  // a stacked projection: q_a | kv_a | the indexer's wk
+        const at::Tensor q_a = a.narrow(-1, 0, 384), kv = a.narrow(-1, 384, 288), wk = a.narrow(-1, 672, 64);
         const at::Tensor w1 = randn({384}, t) * 0.5 + 1, w2 = randn({256}, at::kFloat) * 0.5 + 1;
-        const auto [n1, n2] = cuda::rms_norm2(q_a, w1, kv.narrow(-1, 0, 256), w2, 1e-6);
-        EXPECT_TRUE(at::equal(n1, cuda::rms_norm(q_a, w1, 1e-6)));
-        EXPECT_TRUE(at::equal(n2, cuda::rms_norm(kv.narrow(-1, 0, 256), w2, 1e-6)));
-        ASSERT_EQ(n2.scalar_type(), at::result_type(w2, kv));
+        const at::Tensor lw = randn({64}, t) * 0.5 + 1, lb = randn({64}, t) * 0.1;
+        const std::vector<at::Tensor> n =
+            cuda::norms({{q_a, w1, {}, 1e-6}, {kv.narrow(-1, 0, 256), w2, {}, 1e-6}, {wk, lw, lb, 1e-6}});
+        ASSERT_EQ(n.size(), 3u);
+        EXPECT_TRUE(at::equal(n[0], cuda::rms_norm(q_a, w1, 1e-6)));
+        EXPECT_TRUE(at::equal(n[1], cuda::rms_norm(kv.narrow(-1, 0, 256), w2, 1e-6)));
+        EXPECT_TRUE(at::equal(n[2], cuda::layer_norm(wk, lw, lb, 1e-6)));
+        ASSERT_EQ(n[1].scalar_type(), at::result_type(w2, kv));
+        const std::vector<at::Tensor> two = cuda::norms({{q_a, w1, {}, 1e-6}, {kv.narrow(-1, 0, 256), w2, {}, 1e-6}});
+        EXPECT_TRUE(at::equal(two[0], n[0]) && at::equal(two[1], n[1]));
 
         const at::Tensor cos4 = at::randn({4, 1, 1, 16}, at::TensorOptions().device(at::kCUDA));
         const at::Tensor sin4 = at::randn({4, 1, 1, 16}, at::TensorOptions().device(at::kCUDA));
         const at::Tensor cos3 = cos4.squeeze(2), sin3 = sin4.squeeze(2);
-        const at::Tensor q_pe = randn({4, 1, 12, 96}, t).narrow(-1, 64, 32), k_pe = kv.narrow(-1, 256, 32);
-        const auto [r1, r2] = cuda::rope2(q_pe, cos4, sin4, k_pe, cos3, sin3, 32, true);
-        EXPECT_TRUE(at::equal(r1, cuda::rope(q_pe, cos4, sin4, 32, true)));
-        EXPECT_TRUE(at::equal(r2, cuda::rope(k_pe, cos3, sin3, 32, true)));
-        const at::Tensor iq = randn({4, 1, 8, 64}, t), ik = randn({4, 1, 64}, t);
-        const auto [h1, h2] = cuda::rope2(iq, cos4, sin4, ik, cos3, sin3, 32, false);
-        EXPECT_TRUE(at::equal(h1, cuda::rope(iq, cos4, sin4, 32, false)));
-        EXPECT_TRUE(at::equal(h2, cuda::rope(ik, cos3, sin3, 32, false)));
+        const at::Tensor qb = randn({4, 1, 12 * 96 + 8 * 64}, t);  // q_b | the indexer's wq_b
+        const at::Tensor q_pe = qb.narrow(-1, 0, 12 * 96).view({4, 1, 12, 96}).narrow(-1, 64, 32);
+        const at::Tensor k_pe = kv.narrow(-1, 256, 32);
+        const at::Tensor iq = qb.narrow(-1, 12 * 96, 8 * 64).view({4, 1, 8, 64}), ik = n[2];
+        const std::vector<at::Tensor> r = cuda::ropes({{q_pe, cos4, sin4, 32, true},
+                                                       {k_pe, cos3, sin3, 32, true},
+                                                       {iq, cos4, sin4, 32, false},
+                                                       {ik, cos3, sin3, 32, false}});
+        ASSERT_EQ(r.size(), 4u);
+        EXPECT_TRUE(at::equal(r[0], cuda::rope(q_pe, cos4, sin4, 32, true)));
+        EXPECT_TRUE(at::equal(r[1], cuda::rope(k_pe, cos3, sin3, 32, true)));
+        EXPECT_TRUE(at::equal(r[2], cuda::rope(iq, cos4, sin4, 32, false)));
+        EXPECT_TRUE(at::equal(r[3], cuda::rope(ik, cos3, sin3, 32, false)));
     }
+    // A paged decode's jobs write into pools at their slots (a bf16 pool from fp32 rows: the value rounded to the
+    // row's type, then cast; a slot outside the pool writes nothing) — what the copy of each result would write.
+    for (const at::ScalarType pool_type : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(pool_type));
+        const at::Tensor a = randn({4, 1, 288 + 64}, at::kFloat), w = randn({256}, at::kFloat) * 0.5 + 1;
+        const at::Tensor lw = randn({64}, at::kFloat), lb = randn({64}, at::kFloat);
+        const at::Tensor kv = a.narrow(-1, 0, 288), wk = a.narrow(-1, 288, 64);
+        const at::Tensor slots = at::tensor(std::vector<int64_t>{5, 0, 9, 17}, at::kLong).cuda();  // 17: outside
+        const auto pool = [&](int64_t d) {
+            return at::full({10, d}, 7.0, at::TensorOptions().dtype(pool_type).device(at::kCUDA));
+        };
+        const at::Tensor c_kv = pool(256), k_pe = pool(32), index_k = pool(64);
+        const std::vector<at::Tensor> n =
+            cuda::norms({{kv.narrow(-1, 0, 256), w, {}, 1e-6, c_kv, slots}, {wk, lw, lb, 1e-6}});
+        EXPECT_FALSE(n[0].defined());
+        const at::Tensor cos3 = at::randn({4, 1, 16}, at::TensorOptions().device(at::kCUDA)), sin3 = cos3.sin();
+        const std::vector<at::Tensor> r = cuda::ropes({{kv.narrow(-1, 256, 32), cos3, sin3, 32, true, k_pe, slots},
+                                                       {n[1], cos3, sin3, 32, false, index_k, slots}});
+        EXPECT_FALSE(r[0].defined() || r[1].defined());
+        const at::Tensor in = slots.narrow(0, 0, 3);  // the rows whose slot is in the pool
+        const auto expect_rows = [&](const at::Tensor& pl, const at::Tensor& rows, const char* what) {
+            at::Tensor want = pool(pl.size(1));
+            want.index_copy_(0, in, rows.reshape({4, -1}).narrow(0, 0, 3).to(pool_type));
+            EXPECT_TRUE(at::equal(pl, want)) << what;
+        };
+        expect_rows(c_kv, cuda::rms_norm(kv.narrow(-1, 0, 256), w, 1e-6), "latent");
+        expect_rows(k_pe, cuda::rope(kv.narrow(-1, 256, 32), cos3, sin3, 32, true), "rope key");
+        expect_rows(index_k, cuda::rope(cuda::layer_norm(wk, lw, lb, 1e-6), cos3, sin3, 32, false), "index key");
+    }
+    EXPECT_THROW(cuda::norms({}), c10::Error);
+    const at::Tensor x = randn({2, 64}, at::kFloat), w = randn({64}, at::kFloat);
+    EXPECT_THROW(cuda::norms({{x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}}), c10::Error);
 }
 
 // The residual add fused into the next RMSNorm: the sum as ATen's add rounds it, the norm as the single kernel gives

@@ -1,0 +1,114 @@
+// A paged decode step's indexer scores (see indexer_paged.cuh). A block per (query, chunk of keys): the query's heads
+// go to shared memory as fp32, each thread scores its keys — a key's row read in 16-byte vectors straight from the
+// pool slot the row's table names, its dot products with eight heads at a time accumulated in registers, then ReLU,
+// the scale and the head weights. The chunk size keeps about two blocks per multiprocessor in flight.
+#include "core/kernels/launch.cuh"
+#include "dsa/kernels/indexer_paged.cuh"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace dsrl::dsa::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kHeadGroup = 8;  // heads whose dot products one pass over a key accumulates
+
+// Eight consecutive key values as fp32.
+__device__ __forceinline__ void load8(const void* pool, bool bf16, int64_t i, float (&v)[8]) {
+    if (bf16) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(pool) + i);
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 f = __bfloat1622float2(h[e]);
+            v[2 * e] = f.x;
+            v[2 * e + 1] = f.y;
+        }
+    } else {
+        const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(pool) + i);
+        const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(pool) + i + 4);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+}
+
+__global__ void __launch_bounds__(kThreads) indexer_paged_kernel(const IndexerPagedParams p, int64_t chunk) {
+    dsrl::kernels::pdl_enter();
+    extern __shared__ __align__(16) float smem[];
+    const int H = p.heads, D = p.dim;
+    const int groups = (H + kHeadGroup - 1) / kHeadGroup, padded = groups * kHeadGroup;
+    float* q_s = smem;               // [padded, D], zero rows past H
+    float* w_s = smem + padded * D;  // [padded], zero past H
+    const int64_t n = blockIdx.x, b = n / p.len, l = n % p.len;
+    const int64_t q0 = b * p.q_batch_stride + l * p.q_len_stride, w0 = b * p.w_batch_stride + l * p.w_len_stride;
+    for (int i = threadIdx.x; i < padded * D; i += kThreads) {
+        const int j = i / D;
+        q_s[i] = j < H ? dsrl::kernels::load_elem(p.q, p.q_type, q0 + i) : 0.0f;
+    }
+    for (int j = threadIdx.x; j < padded; j += kThreads)
+        w_s[j] = j < H ? dsrl::kernels::load_elem(p.w, p.w_type, w0 + j) : 0.0f;
+    __syncthreads();
+    const int64_t last = p.query_pos[n];
+    const int64_t begin = blockIdx.y * chunk, end = begin + chunk < p.keys ? begin + chunk : p.keys;
+    const int64_t* read = p.read + b * p.keys;
+    const bool* valid = p.key_valid != nullptr ? p.key_valid + b * p.keys : nullptr;
+    for (int64_t s = begin + threadIdx.x; s < end; s += kThreads) {
+        const int64_t slot = read[s];
+        float score = -INFINITY;
+        if (s <= last && (valid == nullptr || valid[s]) && slot >= 0 && slot < p.pool_rows) {
+            const int64_t k0 = slot * p.pool_stride;
+            score = 0.0f;
+            for (int g = 0; g < groups; ++g) {
+                float acc[kHeadGroup] = {};
+                const float* qg = q_s + g * kHeadGroup * D;
+                for (int d = 0; d < D; d += 8) {
+                    float k[8];
+                    load8(p.pool, p.pool_bf16, k0 + d, k);
+#pragma unroll
+                    for (int j = 0; j < kHeadGroup; ++j) {
+                        const float4 a = *reinterpret_cast<const float4*>(qg + j * D + d);
+                        const float4 c = *reinterpret_cast<const float4*>(qg + j * D + d + 4);
+                        float t = acc[j];
+                        t = fmaf(a.x, k[0], t);
+                        t = fmaf(a.y, k[1], t);
+                        t = fmaf(a.z, k[2], t);
+                        t = fmaf(a.w, k[3], t);
+                        t = fmaf(c.x, k[4], t);
+                        t = fmaf(c.y, k[5], t);
+                        t = fmaf(c.z, k[6], t);
+                        t = fmaf(c.w, k[7], t);
+                        acc[j] = t;
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < kHeadGroup; ++j) score += fmaxf(acc[j] * p.scale, 0.0f) * w_s[g * kHeadGroup + j];
+            }
+        }
+        p.out[n * p.keys + s] = score;
+    }
+}
+
+}  // namespace
+
+cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStream_t stream) {
+    const int64_t queries = p.batch * p.len;
+    if (queries == 0 || p.keys == 0) return cudaSuccess;
+    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    if (p.heads <= 0 || p.dim <= 0 || p.dim % 8 != 0 || padded * p.dim > kPagedIndexerMaxQ || queries > 0x7fffffff)
+        return cudaErrorInvalidValue;
+    // Keys per block: a multiple of the block's threads, small enough for about two blocks per multiprocessor.
+    const int64_t want_blocks = 2 * static_cast<int64_t>(std::max(sms, 1));
+    const int64_t per_query = std::max<int64_t>(1, (want_blocks + queries - 1) / queries);
+    int64_t chunk = (p.keys + per_query - 1) / per_query;
+    chunk = std::max<int64_t>(kThreads, (chunk + kThreads - 1) / kThreads * kThreads);
+    const int64_t chunks = (p.keys + chunk - 1) / chunk;
+    if (chunks > 65535) return cudaErrorInvalidValue;
+    const size_t smem = sizeof(float) * static_cast<size_t>(padded * p.dim + padded);
+    return dsrl::kernels::launch(indexer_paged_kernel,
+                                 dim3(static_cast<unsigned>(queries), static_cast<unsigned>(chunks)), kThreads, smem,
+                                 stream, p, chunk);
+}
+
+}  // namespace dsrl::dsa::kernels
