@@ -24,16 +24,17 @@ cmake --build "$build" -j "$(nproc)" --target dsrl_bench_rollout dsrl_tool dsrl_
 # The figures count only if the engine is right: its GPU tests first (graphs vs launched kernels vs the static engine,
 # graphs after a weight update, autocast forwards after a weight update, the MoE decode kernels).
 status=0
-for t in "dsrl_grpo_gpu_tests" "dsrl_moe_gpu_tests" "dsrl_dsa_gpu_tests --gtest_filter=ModelGpuTest.*:NormRopeKernelTest.*:SparseMlaSimtTest.*"; do
+for t in "dsrl_grpo_gpu_tests" "dsrl_moe_gpu_tests" "dsrl_dsa_gpu_tests --gtest_filter=ModelGpuTest.*:NormRopeKernelTest.*:SparseMlaSimtTest.*:IndexerKernelTest.*"; do
     # shellcheck disable=SC2086
     "$build/bin/"$t >"$logs/${t%% *}.log" 2>&1 || status=1
     grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|error" "$logs/${t%% *}.log" | head -20 || true
 done
-if command -v compute-sanitizer >/dev/null; then  # the decode's fused RMSNorm / RoPE kernels
-    timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/bin/dsrl_dsa_gpu_tests" \
-        --gtest_filter='NormRopeKernelTest.*:SparseMlaSimtTest.*' >"$logs/sanitizer_norm_rope.log" 2>&1 &&
-        echo "compute-sanitizer memcheck (NormRopeKernelTest, SparseMlaSimtTest): clean" ||
-        { echo "compute-sanitizer memcheck (NormRopeKernelTest, SparseMlaSimtTest): FAILED"; tail -20 "$logs/sanitizer_norm_rope.log"; status=1; }
+if command -v compute-sanitizer >/dev/null; then  # the decode's norm / rotation jobs, attention and paged indexer
+    timeout 180 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/bin/dsrl_dsa_gpu_tests" \
+        --gtest_filter='NormRopeKernelTest.*:SparseMlaSimtTest.*:IndexerKernelTest.Paged*:IndexerKernelTest.TopkRows*' \
+        >"$logs/sanitizer_norm_rope.log" 2>&1 &&
+        echo "compute-sanitizer memcheck (NormRopeKernelTest, SparseMlaSimtTest, the paged indexer and top-k): clean" ||
+        { echo "compute-sanitizer memcheck (NormRopeKernelTest, SparseMlaSimtTest, the paged indexer and top-k): FAILED"; tail -20 "$logs/sanitizer_norm_rope.log"; status=1; }
 fi
 model=$(mktemp -d)/single_gpu
 "$build/bin/dsrl_tool" init --config configs/single_gpu.yaml --out "$model" >/dev/null
