@@ -269,8 +269,7 @@ AttentionResult attention(const at::Tensor& h,
     const bool paged_read = opt.paged != nullptr && opt.paged->read_slots.defined();
     LayerCache* pool = opt.paged != nullptr ? &opt.paged->cache->layers[layer] : nullptr;
     const at::Tensor write_slots = opt.paged != nullptr ? opt.paged->write_slots.reshape({-1}) : at::Tensor();
-    LayerCache into;  // a paged decode's destinations: the pool's tensors (undefined otherwise)
-    if (paged_read) into = *pool;
+    const LayerCache into = paged_read ? *pool : LayerCache{};  // a paged decode's destinations (none otherwise)
     const at::Tensor into_slots = paged_read ? write_slots : at::Tensor();
 
     // The query and latent RMSNorms and the indexer key's LayerNorm (one kernel where they fit), then the rotations of

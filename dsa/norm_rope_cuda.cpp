@@ -56,7 +56,7 @@ bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::
 
 namespace {
 
-// rms_norm's checks and parameters; allocates *out.
+// rms_norm's checks and parameters; allocates *out (none for a job launch_jobs points at a pool: out null).
 kernels::RmsNormParams norm_params(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor* out) {
     constexpr const char* op = "rms_norm (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
@@ -71,20 +71,20 @@ kernels::RmsNormParams norm_params(const at::Tensor& x, const at::Tensor& weight
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
     const at::ScalarType out_type = at::result_type(weight, x);
-    *out = at::empty(x.sizes(), x.options().dtype(out_type));
+    if (out != nullptr) *out = at::empty(x.sizes(), x.options().dtype(out_type));
     return {.x = x.data_ptr(),
             .x_type = kernel_elem(x.scalar_type()),
             .x_row_stride = stride,
             .w = weight.data_ptr(),
             .w_type = kernel_elem(weight.scalar_type()),
-            .out = out->data_ptr(),
+            .out = out != nullptr ? out->data_ptr() : nullptr,
             .out_type = kernel_elem(out_type),
             .rows = x.numel() / std::max<int64_t>(dim, 1),
             .dim = dim,
             .eps = static_cast<float>(eps)};
 }
 
-// rope's checks and parameters; allocates *out.
+// rope's checks and parameters; allocates *out unless out is null (as norm_params).
 kernels::RopeParams rope_params(const at::Tensor& x,
                                 const at::Tensor& cos,
                                 const at::Tensor& sin,
@@ -115,20 +115,46 @@ kernels::RopeParams rope_params(const at::Tensor& x,
     const int64_t stride = row_stride(x, per_head ? 2 : 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
-    *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    if (out != nullptr) *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     return {.x = x.data_ptr(),
             .type = kernel_elem(x.scalar_type()),
             .x_row_stride = stride,
             .x_head_stride = per_head ? x.stride(-2) : 0,
             .cos = cos.data_ptr<float>(),
             .sin = sin.data_ptr<float>(),
-            .out = out->data_ptr(),
+            .out = out != nullptr ? out->data_ptr() : nullptr,
             .rows = rows,
             .heads = heads,
             .dim = dim,
             .rope = rope,
             .interleaved = interleaved,
             .out_type = kernel_elem(x.scalar_type())};
+}
+
+// layer_norm's checks and parameters; allocates *out unless out is null (as norm_params).
+kernels::RmsNormParams layer_norm_params(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps, at::Tensor* out) {
+    TORCH_CHECK(norm_rope_kernels_fit(x, {&weight, &bias}) && layer_norm_takes(x, weight, bias),
+                "layer_norm (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim and "
+                "rows of one stride, weight and bias contiguous [D] of one type on its device, without autograd; got "
+                "x ",
+                x.scalar_type(), " ", x.sizes(), ", weight ", weight.scalar_type(), " ", weight.sizes(), ", bias ",
+                bias.scalar_type(), " ", bias.sizes());
+    if (out != nullptr) *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    const int64_t dim = x.size(-1);
+    kernels::RmsNormParams p{.x = x.data_ptr(),
+                             .x_type = kernel_elem(x.scalar_type()),
+                             .x_row_stride = row_stride(x, 1),
+                             .w = weight.data_ptr(),
+                             .w_type = kernel_elem(weight.scalar_type()),
+                             .out = out != nullptr ? out->data_ptr() : nullptr,
+                             .out_type = kernel_elem(x.scalar_type()),
+                             .rows = x.numel() / std::max<int64_t>(dim, 1),
+                             .dim = dim,
+                             .eps = static_cast<float>(eps)};
+    p.centered = true;
+    p.bias = bias.data_ptr();
+    return p;
 }
 
 cudaStream_t stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
@@ -159,8 +185,8 @@ PoolOut pool_out(
 void set_pool_type(kernels::RmsNormParams& p, ::dsrl::kernels::Elem t) { p.slot_type = t; }
 void set_pool_type(kernels::RopeParams& p, ::dsrl::kernels::Elem t) { p.out_type = t; }
 
-// norms() and ropes(): the jobs' parameters (params_of allocates each result), a pooled job's output pointed at its
-// pool rows (its result undefined), one launch.
+// norms() and ropes(): the jobs' parameters (params_of allocates each result but a pooled job's, whose output goes to
+// its pool rows and whose result stays undefined), one launch.
 template <typename Job, typename Params, typename ParamsOf>
 std::vector<at::Tensor> launch_jobs(const char* op,
                                     const std::vector<Job>& jobs,
@@ -177,10 +203,9 @@ std::vector<at::Tensor> launch_jobs(const char* op,
         const Job& j = jobs[i];
         TORCH_CHECK(j.x.defined() && j.x.device() == device, op, ": every job's x on ", device, ", job ", i,
                     "'s is on ", j.x.defined() ? j.x.device() : c10::Device(c10::kCPU));
-        Params p = params_of(j, &out[i]);
+        Params p = params_of(j, j.pool.defined() ? nullptr : &out[i]);
         if (j.pool.defined()) {
             const PoolOut o = pool_out(op, j.pool, j.slots, p.rows, p.dim, device);
-            out[i] = at::Tensor();
             p.out = o.data;
             set_pool_type(p, o.type);
             p.out_slots = o.slots;
@@ -196,12 +221,7 @@ std::vector<at::Tensor> launch_jobs(const char* op,
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-    RECORD_FUNCTION("dsrl::rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
-    const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out;
-    const kernels::RmsNormParams p = norm_params(x, weight, eps, &out);
-    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
-    return out;
+    return norms({{x, weight, {}, eps}})[0];
 }
 
 bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual) {
@@ -234,12 +254,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
-    RECORD_FUNCTION("dsrl::rope", std::vector<c10::IValue>());  // names the kernel in profiles
-    const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out;
-    const kernels::RopeParams p = rope_params(x, cos, sin, rope, interleaved, &out);
-    C10_CUDA_CHECK(kernels::launch_ropes(&p, 1, stream_of(x)));
-    return out;
+    return ropes({{x, cos, sin, rope, interleaved}})[0];
 }
 
 std::vector<at::Tensor> ropes(const std::vector<RopeJob>& jobs) {
@@ -298,43 +313,8 @@ bool layer_norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::T
            weight.device() == x.device() && bias.device() == x.device();
 }
 
-namespace {
-
-// layer_norm's checks and parameters; allocates *out.
-kernels::RmsNormParams layer_norm_params(
-    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps, at::Tensor* out) {
-    TORCH_CHECK(norm_rope_kernels_fit(x, {&weight, &bias}) && layer_norm_takes(x, weight, bias),
-                "layer_norm (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim and "
-                "rows of one stride, weight and bias contiguous [D] of one type on its device, without autograd; got "
-                "x ",
-                x.scalar_type(), " ", x.sizes(), ", weight ", weight.scalar_type(), " ", weight.sizes(), ", bias ",
-                bias.scalar_type(), " ", bias.sizes());
-    *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    const int64_t dim = x.size(-1);
-    kernels::RmsNormParams p{.x = x.data_ptr(),
-                             .x_type = kernel_elem(x.scalar_type()),
-                             .x_row_stride = row_stride(x, 1),
-                             .w = weight.data_ptr(),
-                             .w_type = kernel_elem(weight.scalar_type()),
-                             .out = out->data_ptr(),
-                             .out_type = kernel_elem(x.scalar_type()),
-                             .rows = x.numel() / std::max<int64_t>(dim, 1),
-                             .dim = dim,
-                             .eps = static_cast<float>(eps)};
-    p.centered = true;
-    p.bias = bias.data_ptr();
-    return p;
-}
-
-}  // namespace
-
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-    RECORD_FUNCTION("dsrl::layer_norm", std::vector<c10::IValue>());  // names the kernel in profiles
-    const c10::cuda::CUDAGuard on_device(x.device());
-    at::Tensor out;
-    const kernels::RmsNormParams p = layer_norm_params(x, weight, bias, eps, &out);
-    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
-    return out;
+    return norms({{x, weight, bias, eps}})[0];
 }
 
 std::vector<at::Tensor> norms(const std::vector<NormJob>& jobs) {

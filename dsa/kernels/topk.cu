@@ -122,21 +122,36 @@ __device__ __forceinline__ void clear_hist(TopkSmem& s, int nbins) {
     __syncthreads();
 }
 
+// Row r: its group member (g, m), its keys [0, len), and where its top-k goes.
+struct TopkRow {
+    int64_t g, m;
+    int len;
+    __device__ TopkRow(const TopkParams& p, int64_t r) : g(r / p.rows_per_group), m(r % p.rows_per_group) {
+        int64_t n = p.num_cols;
+        if (p.row_last != nullptr) {
+            const int64_t last = p.row_last[g * p.last_group_stride + m];
+            n = last + 1 < n ? last + 1 : n;
+            if (n < 0) n = 0;
+        }
+        len = static_cast<int>(n);
+    }
+    // Output i of the row: column col (−1: none) and, with slots_out, that column's cache slot.
+    __device__ void put(const TopkParams& p, int i, int32_t col) const {
+        const int64_t at = (g * p.out_group_stride + m) * p.topk + i;
+        p.out[at] = col;
+        if (p.slots_out != nullptr) p.slots_out[at] = col >= 0 ? p.slot_of[g * p.slot_group_stride + col] : -1;
+    }
+};
+
 __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TopkSmem& s = *reinterpret_cast<TopkSmem*>(smem_raw);
     const int tid = threadIdx.x;
     const int64_t r = blockIdx.x;
-    const int64_t g = r / p.rows_per_group, m = r % p.rows_per_group;
+    const TopkRow out(p, r);
+    const int len = out.len;
     const float* row = p.logits + r * p.row_stride;
-    int64_t len64 = p.num_cols;
-    if (p.row_last != nullptr) {
-        const int64_t last = p.row_last[g * p.last_group_stride + m];
-        len64 = last + 1 < len64 ? last + 1 : len64;
-        if (len64 < 0) len64 = 0;
-    }
-    const int len = static_cast<int>(len64);
     const bool aligned = (reinterpret_cast<uintptr_t>(row) & 15u) == 0;
 
     uint32_t prefix = 0;
@@ -302,13 +317,8 @@ __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p)
             __syncthreads();
         }
     }
-    int32_t* out = p.out + (g * p.out_group_stride + m) * p.topk;
-    int64_t* slots = p.slots_out != nullptr ? p.slots_out + (g * p.out_group_stride + m) * p.topk : nullptr;
-    for (int i = tid; i < p.topk; i += kThreads) {
-        const int32_t col = i < n_sel ? static_cast<int32_t>(~static_cast<uint32_t>(s.sel[i] & 0xFFFFFFFFull)) : -1;
-        out[i] = col;
-        if (slots != nullptr) slots[i] = col >= 0 ? p.slot_of[g * p.slot_group_stride + col] : -1;
-    }
+    for (int i = tid; i < p.topk; i += kThreads)
+        out.put(p, i, i < n_sel ? static_cast<int32_t>(~static_cast<uint32_t>(s.sel[i] & 0xFFFFFFFFull)) : -1);
 }
 
 // Rows of at most kRankMax keys (a decode step's indexer over a few hundred keys): one thread per key counts the keys
@@ -319,22 +329,13 @@ constexpr int kRankMax = 512;
 __global__ void __launch_bounds__(kRankMax) topk_rank_kernel(const TopkParams p) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) uint32_t rank_keys[];  // [num_cols rounded up to 4], zero past the row's length
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x;                           // blockDim.x >= the padded row: a key each
     const int64_t r = blockIdx.x;
-    const int64_t g = r / p.rows_per_group, m = r % p.rows_per_group;
-    int64_t len64 = p.num_cols;
-    if (p.row_last != nullptr) {
-        const int64_t last = p.row_last[g * p.last_group_stride + m];
-        len64 = last + 1 < len64 ? last + 1 : len64;
-        if (len64 < 0) len64 = 0;
-    }
-    const int len = static_cast<int>(len64), padded = (static_cast<int>(p.num_cols) + 3) & ~3;
-    const float* row = p.logits + r * p.row_stride;
-    const uint32_t mine = tid < len ? order_key(row[tid]) : 0u;
-    for (int i = tid; i < padded; i += blockDim.x) rank_keys[i] = i == tid ? mine : 0u;
+    const TopkRow out(p, r);
+    const int padded = (static_cast<int>(p.num_cols) + 3) & ~3;
+    const uint32_t mine = tid < out.len ? order_key(p.logits[r * p.row_stride + tid]) : 0u;
+    if (tid < padded) rank_keys[tid] = mine;
     const int selectable = __syncthreads_count(mine != 0u);
-    int32_t* out = p.out + (g * p.out_group_stride + m) * p.topk;
-    int64_t* slots = p.slots_out != nullptr ? p.slots_out + (g * p.out_group_stride + m) * p.topk : nullptr;
     if (mine != 0u) {
         int rank = 0;
         for (int j = 0; j < padded; j += 4) {
@@ -342,15 +343,9 @@ __global__ void __launch_bounds__(kRankMax) topk_rank_kernel(const TopkParams p)
             rank += (k.x > mine) + (k.x == mine && j < tid) + (k.y > mine) + (k.y == mine && j + 1 < tid) +
                     (k.z > mine) + (k.z == mine && j + 2 < tid) + (k.w > mine) + (k.w == mine && j + 3 < tid);
         }
-        if (rank < p.topk) {
-            out[rank] = tid;
-            if (slots != nullptr) slots[rank] = p.slot_of[g * p.slot_group_stride + tid];
-        }
+        if (rank < p.topk) out.put(p, rank, tid);
     }
-    for (int i = (selectable < p.topk ? selectable : p.topk) + tid; i < p.topk; i += blockDim.x) {
-        out[i] = -1;
-        if (slots != nullptr) slots[i] = -1;
-    }
+    for (int i = (selectable < p.topk ? selectable : p.topk) + tid; i < p.topk; i += blockDim.x) out.put(p, i, -1);
 }
 
 }  // namespace
