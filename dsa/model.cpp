@@ -21,6 +21,7 @@
 #include <absl/strings/str_cat.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -36,6 +37,7 @@
 #include "dsa/paged_slots_cuda.h"
 #include "dsa/sparse_attention.h"
 #include "moe/moe_block.h"
+#include "moe/moe_cuda.h"
 
 namespace dsrl::dsa {
 
@@ -226,13 +228,26 @@ struct AttentionResult {
     AttentionInputs attention;
 };
 
+// Whether a layer's attention runs its indexer: its outputs or cached keys are needed, or it selects the keys (a
+// sparse step not replaying recorded sets).
+bool runs_indexer(const ForwardOptions& opt, const Step& st, const LayerCache* cache) {
+    const bool replayed = static_cast<bool>(opt.replay_topk) && !st.dense;
+    return opt.return_indexer || cache != nullptr || opt.paged != nullptr ||
+           (!replayed && (!st.dense || opt.return_topk));
+}
+
+// The indexer's fp32 head weights scale 1 / sqrt(index_n_heads).
+double indexer_weight_scale(const ModelConfig& c) { return 1.0 / std::sqrt(double(c.index_n_heads)); }
+
+// `iw_given`: the indexer's head weights of h, when the kernel that normalized h computed them (add_norm_proj).
 AttentionResult attention(const at::Tensor& h,
                           const LayerWeights& l,
                           const ModelConfig& c,
                           const Step& st,
                           const ForwardOptions& opt,
                           LayerCache* cache,
-                          int64_t layer) {
+                          int64_t layer,
+                          const at::Tensor& iw_given) {
     const int64_t B = st.batch, L = st.len;
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int64_t v_dim = c.v_head_dim, lora = c.kv_lora_rank;
@@ -258,8 +273,7 @@ AttentionResult attention(const at::Tensor& h,
     // Keep-indexer replay: the sparse path attends over the given sets, and the indexer is skipped unless its
     // outputs or its cached keys are needed.
     const bool replayed = static_cast<bool>(opt.replay_topk) && !st.dense;
-    const bool run_indexer =
-        opt.return_indexer || cache != nullptr || opt.paged != nullptr || (!replayed && (!st.dense || opt.return_topk));
+    const bool run_indexer = runs_indexer(opt, st, cache);
     // Lightning indexer: rope part first, half-split RoPE; weights in fp32. With detached inputs (sparse_train)
     // the indexer is a separate graph hanging off h and c_q: its loss reaches only the indexer's weights.
     const at::Tensor ih_in = opt.detach_indexer_inputs ? h.detach() : h;
@@ -303,8 +317,11 @@ AttentionResult attention(const at::Tensor& h,
         ik = rotated[3];
         // The indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2): one kernel where the forward's kernels
         // run, else the cast, the fp32 matmul and the scale.
-        const double w_scale = 1.0 / std::sqrt(double(ih));
-        if (built_with_cuda() && c.impl != Impl::kReference && cuda::proj_fp32_fits(ih_in, l.indexer.weights_proj)) {
+        const double w_scale = indexer_weight_scale(c);
+        if (iw_given.defined()) {
+            iw = iw_given;
+        } else if (built_with_cuda() && c.impl != Impl::kReference &&
+                   cuda::proj_fp32_fits(ih_in, l.indexer.weights_proj)) {
             iw = cuda::proj_fp32(ih_in, l.indexer.weights_proj, w_scale);
         } else {
             Fp32Region fp32;
@@ -767,16 +784,46 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     const moe::RouterOptions router = router_options(c);
     // The residual stream x and the normalized input of the next sublayer xn: each residual add and the norm after it
     // are one kernel where the forward's kernels run (add_norm); the last add goes with the final norm.
+    // Where the kernels run, a layer's input norm also computes its indexer's head weights (iw) and the MoE block's
+    // norm its route: one launch each instead of two.
+    const moe::ExpertParallel* ep = expert_parallel();
     at::Tensor x = at::embedding(w_.embed_tokens, ids);
-    at::Tensor xn = c.num_hidden_layers > 0 ? norm(x, w_.layers[0].input_layernorm, c.rms_norm_eps, c)
-                                            : norm(x, w_.norm, c.rms_norm_eps, c);
+    auto next_input = [&](const at::Tensor& delta, int64_t layer) {  // x (+ delta) and layer's normalized input
+        const at::Tensor& w = layer < c.num_hidden_layers ? w_.layers[layer].input_layernorm : w_.norm;
+        if (layer < c.num_hidden_layers && c.impl != Impl::kReference &&
+            runs_indexer(opt, st, cache != nullptr ? &cache->layers[layer] : nullptr)) {
+            const at::Tensor& wp = w_.layers[layer].indexer.weights_proj;
+            if (wp.defined() && cuda::add_norm_proj_fits(x, delta, w, wp)) {
+                cuda::NormedProjection r =
+                    cuda::add_norm_proj(x, delta, w, c.rms_norm_eps, wp, indexer_weight_scale(c));
+                return std::make_tuple(delta.defined() ? std::move(r.sum) : x, std::move(r.normed), std::move(r.proj));
+            }
+        }
+        if (!delta.defined()) return std::make_tuple(x, norm(x, w, c.rms_norm_eps, c), at::Tensor());
+        auto [sum, normed] = add_norm(x, delta, w, c.rms_norm_eps, c);
+        return std::make_tuple(std::move(sum), std::move(normed), at::Tensor());
+    };
+    at::Tensor xn, iw;
+    std::tie(x, xn, iw) = next_input({}, 0);
     int64_t moe_layer = 0;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const LayerWeights& l = w_.layers[i];
-        AttentionResult a = attention(xn, l, c, st, opt, cache != nullptr ? &cache->layers[i] : nullptr, i);
+        AttentionResult a = attention(xn, l, c, st, opt, cache != nullptr ? &cache->layers[i] : nullptr, i, iw);
         at::Tensor h;
-        std::tie(x, h) = add_norm(x, a.out, l.post_attention_layernorm, c.rms_norm_eps, c);
-        h = h.view({-1, c.hidden_size});
+        std::optional<moe::Route> routed;
+        const at::Tensor x2 = x.view({-1, c.hidden_size}), delta2 = a.out.reshape({-1, c.hidden_size});
+        if (l.is_moe && opt.replay_routes == nullptr && opt.balance == nullptr &&
+            moe::routes_on_kernels(x2, l.moe, router, {}, ep, opt.moe_dense, c.impl) &&
+            moe::cuda::add_norm_route_fits(x2, delta2, l.post_attention_layernorm, l.moe.gate, router)) {
+            moe::cuda::NormedRoute r = moe::cuda::add_norm_route(x2, delta2, l.post_attention_layernorm, c.rms_norm_eps,
+                                                                 l.moe.gate, l.moe.bias, router);
+            x = r.sum.view(x.sizes());
+            h = std::move(r.normed);
+            routed = std::move(r.route);
+        } else {
+            std::tie(x, h) = add_norm(x, a.out, l.post_attention_layernorm, c.rms_norm_eps, c);
+            h = h.view({-1, c.hidden_size});
+        }
         if (opt.return_topk) out.topk.push_back(a.topk);
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
         if (opt.return_attention) out.attention.push_back(std::move(a.attention));
@@ -792,7 +839,8 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                             ", k], got ", r.sizes());
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
-            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, expert_parallel(), opt.moe_dense, c.impl);
+            moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, ep, opt.moe_dense, c.impl,
+                                                routed.has_value() ? &*routed : nullptr);
             y = m.y;
             if (opt.balance != nullptr) track_balance(*opt.balance, m.route, mask, moe_layer, c.n_routed_experts);
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
@@ -800,8 +848,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         } else {
             y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
         }
-        const at::Tensor& next = i + 1 < c.num_hidden_layers ? w_.layers[i + 1].input_layernorm : w_.norm;
-        std::tie(x, xn) = add_norm(x, y.view({st.batch, st.len, c.hidden_size}), next, c.rms_norm_eps, c);
+        std::tie(x, xn, iw) = next_input(y.view({st.batch, st.len, c.hidden_size}), i + 1);
     }
     if (cache != nullptr) cache->length = num_keys;
     x = xn;

@@ -218,6 +218,24 @@ std::vector<at::Tensor> launch_jobs(const char* op,
     return out;
 }
 
+// proj_fp32's parameters (checked by the caller); allocates *out [..., N] fp32.
+kernels::RowProjParams row_proj_params(const at::Tensor& x, const at::Tensor& w, double scale, at::Tensor* out) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    *out = at::empty(shape, x.options().dtype(at::kFloat));
+    return {.x = x.data_ptr(),
+            .x_type = kernel_elem(x.scalar_type()),
+            .x_row_stride = row_stride(x, 1),
+            .w = w.data_ptr(),
+            .w_type = kernel_elem(w.scalar_type()),
+            .out = out->data_ptr<float>(),
+            .rows = x.numel() / x.size(-1),
+            .n = static_cast<int>(w.size(0)),
+            .dim = static_cast<int>(x.size(-1)),
+            .scaled = scale != 1.0,
+            .scale = static_cast<float>(scale)};
+}
+
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -285,20 +303,58 @@ at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale) {
                 dsrl::kernels::kRowDotMaxDim, ", without autograd; got x ", x.scalar_type(), " ", x.sizes(),
                 " strides ", x.strides(), ", w ", w.scalar_type(), " ", w.sizes());
     const c10::cuda::CUDAGuard on_device(x.device());
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = w.size(0);
-    at::Tensor out = at::empty(shape, x.options().dtype(at::kFloat));
-    const kernels::RowProjParams p{.x = x.data_ptr(),
-                                   .x_type = kernel_elem(x.scalar_type()),
-                                   .x_row_stride = row_stride(x, 1),
-                                   .w = w.data_ptr(),
-                                   .w_type = kernel_elem(w.scalar_type()),
-                                   .out = out.data_ptr<float>(),
-                                   .rows = x.numel() / x.size(-1),
-                                   .n = static_cast<int>(w.size(0)),
-                                   .dim = static_cast<int>(x.size(-1)),
-                                   .scaled = scale != 1.0,
-                                   .scale = static_cast<float>(scale)};
+    at::Tensor out;
+    const kernels::RowProjParams p = row_proj_params(x, w, scale, &out);
+    C10_CUDA_CHECK(kernels::launch_row_proj(p, stream_of(x)));
+    return out;
+}
+
+bool add_norm_proj_fits(const at::Tensor& x,
+                        const at::Tensor& delta,
+                        const at::Tensor& norm_weight,
+                        const at::Tensor& w) {
+    if (!proj_fp32_fits(x, w) || x.size(-1) > kernels::kRowProjNormMaxDim || !norm_weight.defined() ||
+        !norm_rope_kernels_fit(x, {&norm_weight}) || norm_weight.dim() != 1 || norm_weight.size(0) != x.size(-1) ||
+        !norm_weight.is_contiguous() || !elem_kernel_takes(norm_weight.scalar_type()))
+        return false;
+    return !delta.defined() || (add_rms_norm_takes(x, delta) && norm_rope_kernels_fit(x, {&delta}));
+}
+
+NormedProjection add_norm_proj(const at::Tensor& x,
+                               const at::Tensor& delta,
+                               const at::Tensor& norm_weight,
+                               double eps,
+                               const at::Tensor& w,
+                               double scale) {
+    RECORD_FUNCTION("dsrl::add_norm_proj", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(add_norm_proj_fits(x, delta, norm_weight, w),
+                "add_norm_proj (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with rows of one stride and a "
+                "contiguous last dim (D a multiple of 4 up to ",
+                kernels::kRowProjNormMaxDim,
+                "), delta (if given) shaped like x of its type or one that promotes to it, the norm weight a "
+                "contiguous [D] and w a contiguous, 16-byte aligned [N, D] on x's device, without autograd; got x ",
+                x.scalar_type(), " ", x.sizes(), ", delta ", delta.defined() ? delta.sizes() : at::IntArrayRef{},
+                ", norm weight ", norm_weight.defined() ? norm_weight.sizes() : at::IntArrayRef{}, ", w ",
+                w.scalar_type(), " ", w.sizes());
+    const c10::cuda::CUDAGuard on_device(x.device());
+    NormedProjection out;
+    kernels::RowProjParams p = row_proj_params(x, w, scale, &out.proj);
+    kernels::RmsNormParams n = norm_params(x, norm_weight, eps, &out.normed);
+    p.add_norm = {.x = n.x,
+                  .x_type = n.x_type,
+                  .x_row_stride = n.x_row_stride,
+                  .w = n.w,
+                  .w_type = n.w_type,
+                  .eps = n.eps,
+                  .out = n.out,
+                  .out_type = n.out_type};
+    if (delta.defined()) {
+        out.sum = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+        p.add_norm.residual = delta.data_ptr();
+        p.add_norm.residual_type = kernel_elem(delta.scalar_type());
+        p.add_norm.residual_row_stride = row_stride(delta, 1);
+        p.add_norm.sum_out = out.sum.data_ptr();
+    }
     C10_CUDA_CHECK(kernels::launch_row_proj(p, stream_of(x)));
     return out;
 }

@@ -73,6 +73,30 @@ bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w);
 /// under autocast: one kernel instead of x's cast, an fp32 GEMM, its split-K reduction and the scale.
 at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale);
 
+/// Whether add_norm_proj takes x [..., D], delta (undefined, or as add_rms_norm_takes it), the norm weight [D] and w
+/// [N, D]: the norm's checks, w as proj_fp32_fits takes it, and D at most the tile kernel's 1536
+/// (dsa/kernels/norm_rope.cuh kRowProjNormMaxDim).
+bool add_norm_proj_fits(const at::Tensor& x,
+                        const at::Tensor& delta,
+                        const at::Tensor& norm_weight,
+                        const at::Tensor& w);
+
+/// The residual add (with delta defined), the RMSNorm after it and an fp32 projection of its output as one kernel —
+/// what add_rms_norm(x, delta, norm_weight, eps) (or rms_norm(x, norm_weight, eps)) then proj_fp32(normed, w, scale)
+/// give: sum and normed bit for bit (the same arithmetic in the same order), proj as proj_fp32's up to the order of
+/// its sums. A decode step's layer input and its indexer's head weights in one launch instead of two.
+struct NormedProjection {
+    at::Tensor sum;     ///< x + delta, x's type (undefined without delta)
+    at::Tensor normed;  ///< the norm's output, x's shape, result_type(norm_weight, x)
+    at::Tensor proj;    ///< [..., N] fp32
+};
+NormedProjection add_norm_proj(const at::Tensor& x,
+                               const at::Tensor& delta,
+                               const at::Tensor& norm_weight,
+                               double eps,
+                               const at::Tensor& w,
+                               double scale);
+
 /// Whether layer_norm takes x [..., D] (its leading dims rows of one stride, its last dim contiguous: a column range of
 /// a wider output reads in place) with weight and bias [D] of x's type (as ATen's CUDA layer_norm takes them) on x's
 /// device.

@@ -104,6 +104,11 @@ at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t
 }
 bool add_rms_norm_takes(const at::Tensor&, const at::Tensor&) { return false; }
 bool proj_fp32_fits(const at::Tensor&, const at::Tensor&) { return false; }
+bool add_norm_proj_fits(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+NormedProjection add_norm_proj(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&, double) {
+    TORCH_CHECK(false, "add_norm_proj: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
 bool layer_norm_takes(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
 at::Tensor layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "layer_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");

@@ -41,6 +41,19 @@ Route route_select_rows(const at::Tensor&, const at::Tensor&, const at::Tensor&,
     TORCH_CHECK(false, "route (cuda): this build of dsrl has no CUDA kernels");
 }
 bool silu_mul_fits(const at::Tensor&, const at::Tensor&) { return false; }
+bool add_norm_route_fits(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const RouterOptions&) {
+    return false;
+}
+NormedRoute add_norm_route(const at::Tensor&,
+                           const at::Tensor&,
+                           const at::Tensor&,
+                           double,
+                           const at::Tensor&,
+                           const at::Tensor&,
+                           const RouterOptions&) {
+    TORCH_CHECK(false, "add_norm_route (cuda): this build of dsrl has no CUDA kernels");
+}
 Route route_select(const at::Tensor&, const at::Tensor&, const RouterOptions&, at::Tensor*) {
     TORCH_CHECK(false, "route (cuda): this build of dsrl has no CUDA kernels");
 }
@@ -189,10 +202,16 @@ Route route_on_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOpt
 // product times those weights as one kernel; the down projections batched over the experts and summed over them.
 // Five kernels besides the router's logits. The gate weight multiplies before the down projection (the ATen path
 // weights after it): the same sum, rounded differently.
-MoeOutput moe_dense_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt) {
+MoeOutput moe_dense_kernels(const at::Tensor& x, const MoeWeights& w, const RouterOptions& opt, const Route* routed) {
     MoeOutput out;
     at::Tensor per_expert;  // [T, E] fp32
-    out.route = route_on_kernels(x, w, opt, &per_expert);
+    if (routed != nullptr) {
+        out.route = *routed;
+        per_expert = at::zeros({x.size(0), opt.n_routed_experts}, routed->weights.options())
+                         .scatter(1, routed->indices, routed->weights);
+    } else {
+        out.route = route_on_kernels(x, w, opt, &per_expert);
+    }
     const SwiGluWeights& e = w.experts;
     const int64_t T = x.size(0), H = x.size(1), E = e.gate_proj.size(0), I = e.gate_proj.size(1);
     const at::Tensor gate = at::linear(x, e.gate_proj.reshape({E * I, H}));  // [T, E·I]
@@ -239,16 +258,27 @@ std::optional<c10::ScalarType> grouped_dtype(const at::Tensor& x, const MoeWeigh
 
 }  // namespace
 
+bool routes_on_kernels(const at::Tensor& x,
+                       const MoeWeights& w,
+                       const RouterOptions& opt,
+                       const at::Tensor& replay,
+                       const ExpertParallel* ep,
+                       bool dense,
+                       Impl impl) {
+    return dense && ep == nullptr && dense_kernels_fit(x, w, opt, replay, impl);
+}
+
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay,
                       const ExpertParallel* ep,
                       bool dense,
-                      Impl impl) {
+                      Impl impl,
+                      const Route* routed) {
     MoeOutput out;
     bool shared_done = false;
-    if (dense && ep == nullptr && dense_kernels_fit(x, w, opt, replay, impl)) {
+    if (routes_on_kernels(x, w, opt, replay, ep, dense, impl)) {
         // The experts' input in the compute dtype: x, or under autocast an fp32 x cast as a matmul would cast it
         // (only for experts of that dtype: fp32 experts take the dense kernels, which cast on their own).
         const bool cast = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(at::kCUDA) &&
@@ -258,13 +288,13 @@ MoeOutput moe_forward(const at::Tensor& x,
             // Each token through its own k experts on the tensor cores (and the shared expert in the same kernels
             // where it has the routed experts' width and the sum stays in x's type): no host sync, as the dense
             // products, at k / E of their work.
-            out.route = route_on_kernels(x, w, opt, nullptr);
+            out.route = routed != nullptr ? *routed : route_on_kernels(x, w, opt, nullptr);
             shared_done = !cast && w.shared.gate_proj.defined() && cuda::shared_expert_fuses(xc, w.experts, w.shared);
             out.y = cuda::routed_experts(xc, out.route.indices, out.route.weights, w.experts,
                                          shared_done ? &w.shared : nullptr)
                         .to(x.scalar_type());
         } else {
-            out = moe_dense_kernels(x, w, opt);
+            out = moe_dense_kernels(x, w, opt, routed);
         }
     } else {
         out.route = route(x, w.gate, w.bias, opt, replay);

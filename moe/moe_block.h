@@ -78,12 +78,26 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 /// replay (a rollout decode step) and impl not reference, it runs on the kernels instead (moe/moe_cuda.h): the router's
 /// selection as one kernel, the experts' SwiGLU weighted before their down projections, out.route.scores undefined.
 /// Otherwise, on CUDA without autograd in bf16 compute (impl not reference), routed_experts_grouped runs the experts.
+/// `routed`: x's routing as the router kernel already computed it (moe/moe_cuda.h add_norm_route, which also produced
+/// x), used where the block routes on the kernels (routes_on_kernels) instead of routing again; ignored elsewhere.
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
                       const at::Tensor& replay = {},
                       const ExpertParallel* ep = nullptr,
                       bool dense = false,
-                      Impl impl = Impl::kAuto);
+                      Impl impl = Impl::kAuto,
+                      const Route* routed = nullptr);
+
+/// Whether moe_forward(x, w, opt, replay, ep, dense, impl) routes x with the router kernel (the dense decode step's
+/// path): where a caller may hand it the route as `routed`. x stands for the block's input: any tensor of its shape,
+/// device and a type the kernels take.
+bool routes_on_kernels(const at::Tensor& x,
+                       const MoeWeights& w,
+                       const RouterOptions& opt,
+                       const at::Tensor& replay,
+                       const ExpertParallel* ep,
+                       bool dense,
+                       Impl impl);
 
 }  // namespace dsrl::moe

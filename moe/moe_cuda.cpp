@@ -4,6 +4,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/result_type.h>
 #include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -45,7 +46,8 @@ Route launch_route(const at::Tensor& logits,
                    const at::Tensor& gate,
                    const at::Tensor& bias,
                    const RouterOptions& opt,
-                   at::Tensor* dense) {
+                   at::Tensor* dense,
+                   const dsrl::kernels::AddNormRows* add_norm = nullptr) {
     constexpr const char* op = "route (cuda)";
     TORCH_CHECK(bias.dim() == 1 && bias.size(0) == opt.n_routed_experts && bias.device() == logits.device(), op,
                 ": bias must be [", opt.n_routed_experts, "] on ", logits.device(), ", got ", bias.sizes());
@@ -77,6 +79,12 @@ Route launch_route(const at::Tensor& logits,
         p.gate = gate.data_ptr();
         p.gate_type = kernel_elem(gate.scalar_type());
         p.dim = static_cast<int>(x.size(1));
+    }
+    if (add_norm != nullptr) {
+        p.add_norm = *add_norm;
+        p.dim = static_cast<int>(gate.size(1));
+        p.gate = gate.data_ptr();
+        p.gate_type = kernel_elem(gate.scalar_type());
     }
     C10_CUDA_CHECK(kernels::launch_route(p, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
     return r;
@@ -124,6 +132,59 @@ Route route_select_rows(
                 gate.scalar_type(), " ", gate.sizes());
     const at::Tensor logits = at::empty({x.size(0), opt.n_routed_experts}, x.options().dtype(at::kFloat));
     return launch_route(logits, x, gate, bias, opt, dense);
+}
+
+bool add_norm_route_fits(const at::Tensor& x,
+                         const at::Tensor& delta,
+                         const at::Tensor& norm_weight,
+                         const at::Tensor& gate,
+                         const RouterOptions& opt) {
+    if (!x.defined() || !delta.defined() || !norm_weight.defined() || !route_rows_fit(x, gate, opt)) return false;
+    const int64_t H = x.size(1);
+    return delta.sizes() == x.sizes() && delta.device() == x.device() && elem_kernel_takes(delta.scalar_type()) &&
+           at::result_type(x, delta) == x.scalar_type() && rows_stride(delta) >= 0 && norm_weight.dim() == 1 &&
+           norm_weight.size(0) == H && norm_weight.is_contiguous() && elem_kernel_takes(norm_weight.scalar_type()) &&
+           norm_weight.device() == x.device() && no_autograd({&delta, &norm_weight}) &&
+           kernels::route_tile_smem_bytes(static_cast<int>(opt.n_routed_experts), static_cast<int>(opt.n_group),
+                                          static_cast<int>(H),
+                                          dsrl::kernels::kTileRowsMax) <= kernels::kRouteTileMaxSmem;
+}
+
+NormedRoute add_norm_route(const at::Tensor& x,
+                           const at::Tensor& delta,
+                           const at::Tensor& norm_weight,
+                           double eps,
+                           const at::Tensor& gate,
+                           const at::Tensor& bias,
+                           const RouterOptions& opt) {
+    RECORD_FUNCTION("dsrl::add_norm_route", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(add_norm_route_fits(x, delta, norm_weight, gate, opt),
+                "add_norm_route (cuda): x and delta must be CUDA fp32/bf16/fp16 [T, H] with contiguous rows (delta of "
+                "x's type or one that promotes to it), the norm weight [H], the gate a contiguous, aligned [",
+                opt.n_routed_experts,
+                ", H] (H a multiple of 4, the router small enough for the tile kernel), without "
+                "autograd; got x ",
+                x.scalar_type(), " ", x.sizes(), ", delta ", delta.scalar_type(), " ", delta.sizes(), ", norm weight ",
+                norm_weight.sizes(), ", gate ", gate.scalar_type(), " ", gate.sizes());
+    const c10::cuda::CUDAGuard on_device(x.device());
+    NormedRoute out;
+    out.sum = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    out.normed = at::empty(x.sizes(), x.options().dtype(at::result_type(norm_weight, x)));
+    const dsrl::kernels::AddNormRows n{.x = x.data_ptr(),
+                                       .x_type = kernel_elem(x.scalar_type()),
+                                       .x_row_stride = rows_stride(x),
+                                       .residual = delta.data_ptr(),
+                                       .residual_type = kernel_elem(delta.scalar_type()),
+                                       .residual_row_stride = rows_stride(delta),
+                                       .sum_out = out.sum.data_ptr(),
+                                       .w = norm_weight.data_ptr(),
+                                       .w_type = kernel_elem(norm_weight.scalar_type()),
+                                       .eps = static_cast<float>(eps),
+                                       .out = out.normed.data_ptr(),
+                                       .out_type = kernel_elem(out.normed.scalar_type())};
+    const at::Tensor logits = at::empty({x.size(0), opt.n_routed_experts}, x.options().dtype(at::kFloat));
+    out.route = launch_route(logits, {}, gate, bias, opt, nullptr, &n);
+    return out;
 }
 
 bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up) {

@@ -38,6 +38,34 @@ bool route_rows_fit(const at::Tensor& x, const at::Tensor& gate, const RouterOpt
 Route route_select_rows(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& bias, const RouterOptions& opt, at::Tensor* dense);
 
+/// Whether add_norm_route takes the residual stream x [T, H], the sublayer's output delta and the norm's weight [H]
+/// with this router: x and delta as the residual add's kernel takes them (dsa/norm_rope_cuda.h add_rms_norm), the
+/// router's rows as route_rows_fit, and the router small enough for the tile kernel (eight tokens' rows, logits and
+/// selection scratch within 48 KiB of shared memory: single_gpu.yaml's 32 × 768 is 27 KiB).
+bool add_norm_route_fits(const at::Tensor& x,
+                         const at::Tensor& delta,
+                         const at::Tensor& norm_weight,
+                         const at::Tensor& gate,
+                         const RouterOptions& opt);
+
+/// The residual add, the RMSNorm after it and the router on its output as one kernel — what
+///   auto [sum, normed] = dsa::cuda::add_rms_norm(x, delta, norm_weight, eps);
+///   Route route = route_select_rows(normed, gate, bias, opt, nullptr);
+/// give, sum and normed bit for bit (the same arithmetic in the same order), the route as route_select_rows's. A
+/// decode step's MoE layer starts with one launch instead of two.
+struct NormedRoute {
+    at::Tensor sum;     ///< x + delta, x's type [T, H]
+    at::Tensor normed;  ///< the norm's output [T, H], result_type(norm_weight, x)
+    Route route;        ///< logits, indices, weights (scores undefined, as route_select_rows)
+};
+NormedRoute add_norm_route(const at::Tensor& x,
+                           const at::Tensor& delta,
+                           const at::Tensor& norm_weight,
+                           double eps,
+                           const at::Tensor& gate,
+                           const at::Tensor& bias,
+                           const RouterOptions& opt);
+
 /// Whether the SwiGLU kernel takes gate and up: CUDA tensors of one fp32/bf16/fp16 type and shape [T, C] with
 /// contiguous rows, in a forward that records no autograd graph for them.
 bool silu_mul_fits(const at::Tensor& gate, const at::Tensor& up);

@@ -28,6 +28,32 @@ __device__ __forceinline__ float load_elem(const void* p, Elem t, int64_t i) {
     }
 }
 
+/// v[u] = element idx(u) of p (type t) for u < N, in fp32: the type's switch around the whole batch, so that the N
+/// loads issue back to back (a switch around each load makes each wait for the one before: ptxas does not hoist a load
+/// out of a branch).
+template <int N, typename Index>
+__device__ __forceinline__ void load_elems(const void* p, Elem t, Index idx, float (&v)[N]) {
+    switch (t) {
+        case Elem::kBF16: {
+            const auto* q = static_cast<const __nv_bfloat16*>(p);
+#pragma unroll
+            for (int u = 0; u < N; ++u) v[u] = __bfloat162float(q[idx(u)]);
+            break;
+        }
+        case Elem::kF16: {
+            const auto* q = static_cast<const __half*>(p);
+#pragma unroll
+            for (int u = 0; u < N; ++u) v[u] = __half2float(q[idx(u)]);
+            break;
+        }
+        default: {
+            const auto* q = static_cast<const float*>(p);
+#pragma unroll
+            for (int u = 0; u < N; ++u) v[u] = q[idx(u)];
+        }
+    }
+}
+
 /// v rounded to type t, back in fp32 (what an op of that type would have stored).
 __device__ __forceinline__ float round_elem(float v, Elem t) {
     switch (t) {

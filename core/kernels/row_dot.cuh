@@ -9,7 +9,9 @@
 // rows and no load waits behind a branch. Measured on an H100 at a batch-256 decode step of single_gpu.yaml: a first
 // version (one warp per token, a branch around each load) took 78 µs a router call; this one 14.5 µs for the logits
 // and the selection, against 15.8 µs for the cast, GEMM, reduction and selection it replaces plus their three graph
-// nodes; the indexer's head weights 4.9 µs against 11.9. Sees no torch types.
+// nodes; the indexer's head weights 4.9 µs against 11.9. Since session 21 rows that fit go to block_tile_dots below
+// instead (two or eight rows a block, each weight quad read once for all of them; the router 10.6 µs a layer with
+// the residual add + norm before it, the head weights 6.0 µs with theirs). Sees no torch types.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,12 @@ constexpr int kRowDotMaxDim = 2048;
 /// Whether the warp dot products take rows of `dim` elements: dim a positive multiple of 4, at most kRowDotMaxDim (the
 /// weight rows start on 8-byte boundaries; the caller checks the weight's base is 16-byte aligned).
 constexpr bool row_dot_takes(int64_t dim) { return dim > 0 && dim % 4 == 0 && dim <= kRowDotMaxDim; }
+
+/// Warps of a tile kernel's block (block_tile_dots): 256 threads, which stage its 2 or 8 rows (kTileRowsMax), 4 or 1
+/// warps a row. Two rows a block spread a decode batch over more multiprocessors (each warp's share of a row's staging
+/// and of the dot products 4× smaller); eight read the weights once per eight rows (a prefill's thousands).
+constexpr int kTileWarps = 8;
+constexpr int kTileRowsMax = 8;
 
 #ifdef __CUDACC__
 namespace row_dot_detail {
@@ -106,6 +114,81 @@ __device__ __forceinline__ void dots(const float* xs,
     }
 }
 
+// A block's dot products of kRows staged rows with a chunk of kTileW weight rows per warp pass: the lanes split the
+// row's quads, kTileU quads per lane a round (every weight load of the round in flight before its first use, the
+// indices clamped), each weight quad used for all kRows rows; the lanes' kRows · kTileW partial sums meet in a
+// transposing butterfly (then a plain one over the lanes left) that leaves lane L < kRows · kTileW the full sum of
+// (row L / kTileW, weight row L % kTileW).
+constexpr int kTileW = 4;
+constexpr int kTileU = 3;
+
+template <typename W, int kRows>
+__device__ __forceinline__ void tile_dots(const float* xs,
+                                          const W* w,
+                                          int n,
+                                          int dim,
+                                          int rows,
+                                          bool scaled,
+                                          float scale,
+                                          float* out,
+                                          int ldo,
+                                          int warp,
+                                          int warps,
+                                          int lane) {
+    constexpr int kValues = kRows * kTileW;
+    static_assert(kValues <= 32 && (kValues & (kValues - 1)) == 0, "a power of two of values, at most one a lane");
+    const int quads = dim / 4;
+    for (int j0 = kTileW * warp; j0 < n; j0 += kTileW * warps) {
+        float v[kValues];
+#pragma unroll
+        for (int i = 0; i < kValues; ++i) v[i] = 0.f;
+        for (int q0 = lane; q0 < quads; q0 += 32 * kTileU) {
+            float4 wq[kTileU][kTileW];
+#pragma unroll
+            for (int u = 0; u < kTileU; ++u) {
+#pragma unroll
+                for (int r = 0; r < kTileW; ++r) {
+                    wq[u][r] =
+                        load4(w, static_cast<int64_t>(min(j0 + r, n - 1)) * dim + 4 * min(q0 + 32 * u, quads - 1));
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < kTileU; ++u) {
+                const int q = q0 + 32 * u;
+                if (q >= quads) continue;
+#pragma unroll
+                for (int t = 0; t < kRows; ++t) {
+                    const float4 x = reinterpret_cast<const float4*>(xs + t * dim)[q];
+#pragma unroll
+                    for (int r = 0; r < kTileW; ++r) {
+                        float a = fmaf(x.x, wq[u][r].x, v[t * kTileW + r]);
+                        a = fmaf(x.y, wq[u][r].y, a);
+                        a = fmaf(x.z, wq[u][r].z, a);
+                        v[t * kTileW + r] = fmaf(x.w, wq[u][r].w, a);
+                    }
+                }
+            }
+        }
+        // Level `half`: a lane with that bit set keeps the upper half of its values and sends the lower, its partner
+        // the reverse; after the levels lane L holds value L mod kValues summed over the lanes that differ from it in
+        // those bits, and the plain levels sum over the rest.
+#pragma unroll
+        for (int half = kValues / 2; half > 0; half /= 2) {
+            const bool upper = (lane & half) != 0;
+#pragma unroll
+            for (int i = 0; i < half; ++i) {
+                const float send = upper ? v[i] : v[i + half];
+                const float keep = upper ? v[i + half] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, half);
+            }
+        }
+#pragma unroll
+        for (int off = kValues; off < 32; off *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+        const int t = lane / kTileW, j = j0 + lane % kTileW;
+        if (lane < kValues && t < rows && j < n) out[t * ldo + j] = scaled ? __fmul_rn(v[0], scale) : v[0];
+    }
+}
+
 }  // namespace row_dot_detail
 
 /// Threads [0, threads) of the caller copy the row x[0, dim) (type t) into xs (shared fp32, 16-byte aligned), eight
@@ -148,6 +231,40 @@ __device__ __forceinline__ void warp_row_dots(const float* xs,
             break;
         default:
             row_dot_detail::dots(xs, static_cast<const float*>(w), n, dim, first, stride, scaled, scale, out, lane);
+    }
+}
+
+/// out[t · ldo + j] = Σ_h xs[t · dim + h] · w[j, h] for the tile's rows t < rows (of kRows staged in xs: shared fp32,
+/// 16-byte aligned, row after row) and j < n (w [n, dim] contiguous of type wt, 16-byte aligned; dim a multiple of 4):
+/// the block's `warps` warps split the weight rows in chunks of kTileW, each chunk for all the tile's rows at once (its
+/// weights read once a block, not once a row). Times `scale`, rounded once, when `scaled`. The caller syncs the block
+/// between staging xs and the call, and before reading a shared out.
+template <int kRows>
+__device__ __forceinline__ void block_tile_dots(const float* xs,
+                                                const void* w,
+                                                Elem wt,
+                                                int n,
+                                                int dim,
+                                                int rows,
+                                                bool scaled,
+                                                float scale,
+                                                float* out,
+                                                int ldo,
+                                                int warp,
+                                                int warps,
+                                                int lane) {
+    switch (wt) {
+        case Elem::kBF16:
+            row_dot_detail::tile_dots<__nv_bfloat16, kRows>(xs, static_cast<const __nv_bfloat16*>(w), n, dim, rows,
+                                                            scaled, scale, out, ldo, warp, warps, lane);
+            break;
+        case Elem::kF16:
+            row_dot_detail::tile_dots<__half, kRows>(xs, static_cast<const __half*>(w), n, dim, rows, scaled, scale,
+                                                     out, ldo, warp, warps, lane);
+            break;
+        default:
+            row_dot_detail::tile_dots<float, kRows>(xs, static_cast<const float*>(w), n, dim, rows, scaled, scale, out,
+                                                    ldo, warp, warps, lane);
     }
 }
 #endif

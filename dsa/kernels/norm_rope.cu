@@ -8,6 +8,7 @@
 #include "dsa/kernels/norm_rope.cuh"
 
 #include "core/kernels/row_dot.cuh"
+#include "core/kernels/row_norm.cuh"
 
 namespace dsrl::dsa::kernels {
 namespace {
@@ -202,11 +203,39 @@ __global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams
     dsrl::kernels::warp_row_dots(xs, p.w, p.w_type, p.n, p.dim, 0, 1, p.scaled, p.scale, p.out + row * p.n, lane);
 }
 
+// kRows rows a block (2 or 8), 8 / kRows warps a row: each row's warps stage it (normalized after the residual add
+// when p.add_norm.w is set, the sum and the norm's output written as the norm kernel writes them), then the block's
+// warps split the weight rows in chunks of four, each chunk for all the block's rows (the weights read once a block,
+// not once a row).
+template <int kRows>
+__global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) row_proj_tile_kernel(RowProjParams p) {
+    dsrl::kernels::pdl_enter();
+    constexpr int kWarps = dsrl::kernels::kTileWarps, kGroup = kWarps / kRows;
+    extern __shared__ float4 proj_smem[];
+    __shared__ float red[kRows * 8];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = warp / kGroup;
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
+    const bool real = r0 + g < p.rows;
+    const int64_t row = real ? r0 + g : p.rows - 1;  // a tile's missing rows repeat the last (nothing written)
+    float* const xs = reinterpret_cast<float*>(proj_smem);
+    dsrl::kernels::group_stage_row<kGroup>(p.add_norm, p.x, p.x_type, p.x_row_stride, row, p.dim, xs + g * p.dim,
+                                           red + g * 8, real, warp % kGroup, lane);
+    __syncthreads();
+    const int rows = static_cast<int>(p.rows - r0 < kRows ? p.rows - r0 : kRows);
+    dsrl::kernels::block_tile_dots<kRows>(xs, p.w, p.w_type, p.n, p.dim, rows, p.scaled, p.scale, p.out + r0 * p.n, p.n,
+                                          warp, kWarps, lane);
+}
+
 }  // namespace
 
 cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
     if (p.rows == 0 || p.n == 0) return cudaSuccess;
     if (!dsrl::kernels::row_dot_takes(p.dim)) return cudaErrorInvalidValue;
+    if (p.dim <= kRowProjNormMaxDim) {
+        return dsrl::kernels::launch_tile<row_proj_tile_kernel<2>, row_proj_tile_kernel<8>>(
+            p.rows, kRowProjFewRows, sizeof(float) * p.dim, dsrl::kernels::kTileWarps * 32, stream, p);
+    }
+    if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     const auto blocks = static_cast<unsigned>((p.rows + kProjWarps - 1) / kProjWarps);
     return dsrl::kernels::launch(row_proj_kernel, blocks, kProjWarps * 32, sizeof(float) * kProjWarps * p.dim, stream,
                                  p);

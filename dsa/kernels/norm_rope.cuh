@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 
 #include "core/kernels/elem.cuh"
+#include "core/kernels/row_dot.cuh"
+#include "core/kernels/row_norm.cuh"
 
 namespace dsrl::dsa::kernels {
 
@@ -92,7 +94,17 @@ struct RowProjParams {
     int dim;
     bool scaled;
     float scale;
+    // Optional (add_norm.w set; rows of at most kRowProjNormMaxDim): the rows are RMSNorm(add_norm.x +
+    // add_norm.residual) · add_norm.w as the norm kernel computes them (core/kernels/row_norm.cuh), the sum and the
+    // normalized rows written to add_norm.sum_out / add_norm.out by the same launch; x, x_type and x_row_stride are
+    // then unused.
+    dsrl::kernels::AddNormRows add_norm{};
 };
+/// The longest rows of the tile kernel (up to kTileRowsMax rows a block, their fp32 copies within a block's default 48
+/// KiB of shared memory): the one that also takes a norm. Longer rows run a warp per row. Two rows a block up to
+/// kRowProjFewRows rows (a decode batch: more multiprocessors), eight above.
+constexpr int kRowProjNormMaxDim = 48 * 1024 / (4 * dsrl::kernels::kTileRowsMax);
+constexpr int64_t kRowProjFewRows = 512;
 cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream);
 
 }  // namespace dsrl::dsa::kernels

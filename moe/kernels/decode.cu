@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "core/kernels/row_dot.cuh"
+#include "core/kernels/row_norm.cuh"
 
 namespace dsrl::moe::kernels {
 namespace {
@@ -40,33 +41,16 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
     }
 }
 
-// One block per token (route_smem_bytes of shared scratch): with rows to project, kRowWarps warps stage the row, split
-// the gate's rows and write the logits; then one warp selects (the others leave).
-__global__ void route_kernel(RouteParams p) {
-    dsrl::kernels::pdl_enter();
-    extern __shared__ float4 route_smem[];  // 16-byte aligned: the row's float4 reads
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+// The selection of token t by one warp from its logits (shared fp32 [experts]) with the warp's scratch (choice
+// [experts], group_score [groups], taken [experts]); writes indices, weights and the dense row.
+__device__ __forceinline__ void select_experts(const RouteParams& p,
+                                               int64_t t,
+                                               const float* logits,
+                                               float* choice,
+                                               float* group_score,
+                                               unsigned char* taken,
+                                               int lane) {
     const int E = p.experts;
-    const int64_t t = blockIdx.x;
-    float* const xs = reinterpret_cast<float*>(route_smem);
-    float* const logits = xs + p.dim;
-    float* const choice = logits + E;
-    float* const group_score = choice + E;
-    unsigned char* const taken = reinterpret_cast<unsigned char*>(group_score + p.groups);
-    if (p.x != nullptr) {
-        const auto* row =
-            static_cast<const unsigned char*>(p.x) + t * p.x_row_stride * dsrl::kernels::elem_size(p.x_type);
-        dsrl::kernels::stage_row(xs, row, p.x_type, p.dim, threadIdx.x, blockDim.x);
-        __syncthreads();
-        dsrl::kernels::warp_row_dots(xs, p.gate, p.gate_type, E, p.dim, warp, blockDim.x / 32, false, 1.f, logits,
-                                     lane);
-        __syncthreads();
-        if (warp != 0) return;
-        for (int e = lane; e < E; e += 32) p.logits[t * E + e] = logits[e];
-    } else {
-        for (int e = lane; e < E; e += 32) logits[e] = p.logits[t * E + e];
-        __syncwarp();
-    }
     for (int e = lane; e < E; e += 32) {
         const float v = __fadd_rn(sigmoid(logits[e]), p.bias[e]);
         choice[e] = isnan(v) ? kNegInf : v;
@@ -136,6 +120,78 @@ __global__ void route_kernel(RouteParams p) {
     }
 }
 
+// Per-warp scratch of the selection: choice, group scores, taken flags (floats first: 4-byte aligned).
+__device__ __forceinline__ void warp_scratch(
+    float* base, int E, int groups, int warp, float*& choice, float*& group_score, unsigned char*& taken) {
+    const int floats = (E + groups) + (E + 3) / 4;
+    choice = base + warp * floats;
+    group_score = choice + E;
+    taken = reinterpret_cast<unsigned char*>(group_score + groups);
+}
+
+// One block per token (route_smem_bytes of shared scratch): with rows to project, kRowWarps warps stage the row, split
+// the gate's rows and write the logits; then one warp selects (the others leave).
+__global__ void route_kernel(RouteParams p) {
+    dsrl::kernels::pdl_enter();
+    extern __shared__ float4 route_smem[];  // 16-byte aligned: the row's float4 reads
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int E = p.experts;
+    const int64_t t = blockIdx.x;
+    float* const xs = reinterpret_cast<float*>(route_smem);
+    float* const logits = xs + p.dim;
+    float *choice, *group_score;
+    unsigned char* taken;
+    warp_scratch(logits + E, E, p.groups, 0, choice, group_score, taken);
+    if (p.x != nullptr) {
+        const auto* row =
+            static_cast<const unsigned char*>(p.x) + t * p.x_row_stride * dsrl::kernels::elem_size(p.x_type);
+        dsrl::kernels::stage_row(xs, row, p.x_type, p.dim, threadIdx.x, blockDim.x);
+        __syncthreads();
+        dsrl::kernels::warp_row_dots(xs, p.gate, p.gate_type, E, p.dim, warp, blockDim.x / 32, false, 1.f, logits,
+                                     lane);
+        __syncthreads();
+        if (warp != 0) return;
+        for (int e = lane; e < E; e += 32) p.logits[t * E + e] = logits[e];
+    } else {
+        for (int e = lane; e < E; e += 32) logits[e] = p.logits[t * E + e];
+        __syncwarp();
+    }
+    select_experts(p, t, logits, choice, group_score, taken, lane);
+}
+
+// kRows tokens a block (2 or 8: route_tile_smem_bytes), 8 / kRows warps a token: each token's warps stage its row —
+// normalized after the residual add when p.add_norm.w is set, the sum and the norm's output written as the norm
+// kernel writes them — then the block's warps split the gate in chunks of four rows, each chunk for all the block's
+// tokens (the gate read once a block, not once a token), and warp j selects token j's experts.
+template <int kRows>
+__global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) route_tile_kernel(RouteParams p) {
+    dsrl::kernels::pdl_enter();
+    constexpr int kWarps = dsrl::kernels::kTileWarps, kGroup = kWarps / kRows;
+    extern __shared__ float4 route_smem[];
+    __shared__ float red[kRows * 8];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = warp / kGroup;
+    const int E = p.experts;
+    const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kRows;
+    const bool real = t0 + g < p.tokens;
+    const int64_t row = real ? t0 + g : p.tokens - 1;  // a tile's missing rows repeat the last (nothing written)
+    float* const xs = reinterpret_cast<float*>(route_smem);
+    float* const logits = xs + kRows * p.dim;
+    dsrl::kernels::group_stage_row<kGroup>(p.add_norm, p.x, p.x_type, p.x_row_stride, row, p.dim, xs + g * p.dim,
+                                           red + g * 8, real, warp % kGroup, lane);
+    __syncthreads();
+    dsrl::kernels::block_tile_dots<kRows>(xs, p.gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, warp, kWarps,
+                                          lane);
+    __syncthreads();
+    const int64_t t = t0 + warp;
+    if (warp >= kRows || t >= p.tokens) return;
+    float *choice, *group_score;
+    unsigned char* taken;
+    warp_scratch(logits + kRows * E, E, p.groups, warp, choice, group_score, taken);
+    const float* const own = logits + warp * E;
+    select_experts(p, t, own, choice, group_score, taken, lane);  // its bias loads before any store of the warp's
+    for (int e = lane; e < E; e += 32) p.logits[t * E + e] = own[e];
+}
+
 // One thread per output element, grid-stride. silu and the product round to the element type as ATen's ops do.
 // Columns over blockIdx.x (a thread each), rows over blockIdx.y (grid-strided past 65,535 rows): no 64-bit division
 // per element. A column of a group whose weight is 0 (an expert the token is not routed to: 28 of 32 in a dense decode
@@ -168,8 +224,14 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
 cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     if (p.tokens == 0) return cudaSuccess;
     if (p.tokens > 0x7fffffff || p.experts > kRouteMaxExperts) return cudaErrorInvalidValue;
-    const int dim = p.x != nullptr ? p.dim : 0;
-    if (p.x != nullptr && !dsrl::kernels::row_dot_takes(dim)) return cudaErrorInvalidValue;
+    const int dim = p.x != nullptr || p.add_norm.w != nullptr ? p.dim : 0;
+    if (dim > 0 && !dsrl::kernels::row_dot_takes(dim)) return cudaErrorInvalidValue;
+    if (dim > 0 && route_tile_smem_bytes(p.experts, p.groups, dim, dsrl::kernels::kTileRowsMax) <= kRouteTileMaxSmem) {
+        return dsrl::kernels::launch_tile<route_tile_kernel<2>, route_tile_kernel<8>>(
+            p.tokens, kRouteTileFewTokens, route_tile_smem_bytes(p.experts, p.groups, dim, 1),
+            dsrl::kernels::kTileWarps * 32, stream, p);
+    }
+    if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     RouteParams q = p;
     q.dim = dim;
     const unsigned threads = p.x != nullptr ? kRowWarps * 32 : 32;

@@ -5,7 +5,8 @@
 // weights: a block owns a slice of one expert's weights and one tile of up to 32 of its pairs, so each weight byte is
 // read once per step from memory (an expert with more pairs has more tiles; they run side by side and share its
 // weights through L2). Measured (H100, batch 256): the up kernel at about 1.4 TB/s, bound by each block's chain of
-// reduction chunks rather than by bandwidth (docs/benchmarks.md, session 18).
+// reduction chunks rather than by bandwidth (docs/benchmarks.md, session 18); about 1.8 TB/s with shallower pipelines
+// and so more blocks resident (session 21, below).
 #include "core/kernels/launch.cuh"
 #include "moe/kernels/routed.cuh"
 
@@ -32,10 +33,13 @@ constexpr int kBK = 64;             // reduction columns per stage (8 chunks of 
 constexpr int kRowBytes = kBK * 2;  // one staged row
 constexpr int kUpBN = 32;           // gate and up columns per block (each)
 constexpr int kDownBN = 64;         // output columns per block
-// Deep pipelines: a decode step's kernels are bound by how many weight bytes are in flight, not by FLOPs (an H200
-// needs ~70 KB in flight per multiprocessor at its bandwidth and latency).
-constexpr int kUpStages = 6;             // the up product's reduction is hidden (768 for single_gpu.yaml: 12 chunks)
-constexpr int kDownStages = 4;           // the down product's is inter (256: 4 chunks, all in flight)
+// Pipeline depth: a decode step's kernels are bound by how many weight bytes are in flight, not by FLOPs (an H200
+// needs ~70 KB in flight per multiprocessor at its bandwidth and latency) — but each stage is shared memory, which
+// caps the blocks resident per multiprocessor, and a batch-256 step's grid must fit in one wave. Measured on an H100
+// (session 21, batch-256 step of single_gpu.yaml): up 6 → 4 stages (72 → 48 KiB, 3 → 4 blocks a multiprocessor)
+// 18.8 → 14.3 µs a layer; down 4 → 3 stages (48 → 36 KiB) 10.6 → 8.6 µs.
+constexpr int kUpStages = 4;             // the up product's reduction (768 for single_gpu.yaml: 12 chunks)
+constexpr int kDownStages = 3;           // the down product's is inter (256: 4 chunks)
 constexpr int kTileA = kBM * kRowBytes;  // 4 KiB
 constexpr int kUpStageBytes = kTileA + 2 * kUpBN * kRowBytes;  // x | gate | up: 12 KiB
 constexpr int kDownStageBytes = kTileA + kDownBN * kRowBytes;  // h | down: 12 KiB

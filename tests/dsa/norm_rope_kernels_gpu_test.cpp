@@ -6,6 +6,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/allclose.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
@@ -25,6 +26,8 @@
 #include "dsa/model.h"
 #include "dsa/norm_rope_cuda.h"
 #include "dsa/rope.h"
+#include "moe/moe_cuda.h"
+#include "moe/router.h"
 #include "tests/test_util.h"
 
 namespace dsrl::dsa {
@@ -187,6 +190,98 @@ TEST(NormRopeKernelTest, AddRmsNormEqualsTheAddThenTheNorm) {
             EXPECT_TRUE(at::equal(normed, cuda::rms_norm(want_sum, w, 1e-6)));
         }
     }
+}
+
+// The residual add, the norm and the indexer's head weights as one launch (a decode step's layer input): the sum and
+// the normalized rows bit for bit those of the add / norm kernels, the projection bit for bit proj_fp32's of that
+// output (the same tile kernel on the same rows); with and without the residual add, tiles with missing rows.
+TEST(NormRopeKernelTest, AddNormProjEqualsTheNormThenTheProjection) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        at::ScalarType x, r, w;
+        int64_t dim, n;
+    };
+    for (const Case k :
+         {Case{at::kBFloat16, at::kBFloat16, at::kBFloat16, 768, 8},
+          Case{at::kFloat, at::kBFloat16, at::kFloat, 768, 8}, Case{at::kHalf, at::kHalf, at::kFloat, 1536, 13},
+          Case{at::kFloat, at::kFloat, at::kFloat, 64, 70}}) {
+        SCOPED_TRACE(std::string(c10::toString(k.x)) + " + " + c10::toString(k.r) + ", dim " + std::to_string(k.dim));
+        for (const int64_t rows : {1, 7, 256, 1500}) {  // two rows a tile up to 512, eight above
+            const at::Tensor x = randn({rows, 1, k.dim}, k.x), w = randn({k.dim}, k.w) * 0.5 + 1;
+            const at::Tensor r = randn({rows, 1, k.dim + 32}, k.r).narrow(-1, 0, k.dim);  // strided rows
+            const at::Tensor wp = randn({k.n, k.dim}, at::kFloat) * 0.1;
+            const double scale = 1.0 / std::sqrt(8.0);
+            ASSERT_TRUE(cuda::add_norm_proj_fits(x, r, w, wp));
+            const cuda::NormedProjection got = cuda::add_norm_proj(x, r, w, 1e-6, wp, scale);
+            const auto [sum, normed] = cuda::add_rms_norm(x, r, w, 1e-6);
+            EXPECT_TRUE(at::equal(got.sum, sum)) << "rows " << rows;
+            EXPECT_TRUE(at::equal(got.normed, normed)) << "rows " << rows;
+            EXPECT_TRUE(at::equal(got.proj, cuda::proj_fp32(normed, wp, scale))) << "rows " << rows;
+            ASSERT_EQ(got.proj.sizes(), (at::IntArrayRef{rows, 1, k.n}));
+            const at::Tensor want = at::linear(normed.to(at::kFloat), wp) * scale;
+            const at::Tensor bound = at::linear(normed.to(at::kFloat).abs(), wp.abs()) * scale * 1e-5 + 1e-30;
+            EXPECT_TRUE((got.proj - want).abs().le(bound).all().item<bool>());
+            // No residual: the layer's first norm.
+            const cuda::NormedProjection first = cuda::add_norm_proj(x, {}, w, 1e-6, wp, scale);
+            EXPECT_FALSE(first.sum.defined());
+            EXPECT_TRUE(at::equal(first.normed, cuda::rms_norm(x, w, 1e-6)));
+            EXPECT_TRUE(at::equal(first.proj, cuda::proj_fp32(first.normed, wp, scale)));
+        }
+    }
+    // Rows longer than the tile kernel's (1536), a residual of another shape, a norm weight of another width.
+    const at::Tensor x = randn({4, 2048}, at::kFloat), w = randn({2048}, at::kFloat);
+    EXPECT_FALSE(cuda::add_norm_proj_fits(x, x, w, randn({8, 2048}, at::kFloat)));
+    const at::Tensor x2 = randn({4, 768}, at::kFloat), w2 = randn({768}, at::kFloat), wp2 = randn({8, 768}, at::kFloat);
+    EXPECT_TRUE(cuda::add_norm_proj_fits(x2, x2, w2, wp2));
+    EXPECT_FALSE(cuda::add_norm_proj_fits(x2, randn({3, 768}, at::kFloat), w2, wp2));
+    EXPECT_FALSE(cuda::add_norm_proj_fits(x2, x2, randn({764}, at::kFloat), wp2));
+    EXPECT_THROW(cuda::add_norm_proj(x, x, w, 1e-6, randn({8, 2048}, at::kFloat), 1.0), c10::Error);
+}
+
+// The residual add, the norm and the router as one launch (a decode step's MoE input): the sum and the normalized rows
+// bit for bit those of the add / norm kernel, the route bit for bit route_select_rows's on that output (the same tile
+// kernel on the same rows); DeepSeek-V3-like routers, a held-out one, tiles with missing rows.
+TEST(NormRopeKernelTest, AddNormRouteEqualsTheNormThenTheRouter) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        at::ScalarType x, r, w, gate;
+        int64_t dim, experts, k, groups, kept;
+    };
+    for (const Case c : {Case{at::kBFloat16, at::kBFloat16, at::kBFloat16, at::kFloat, 768, 32, 4, 4, 2},
+                         Case{at::kFloat, at::kBFloat16, at::kFloat, at::kFloat, 768, 32, 4, 4, 2},
+                         Case{at::kBFloat16, at::kBFloat16, at::kBFloat16, at::kBFloat16, 256, 64, 6, 8, 8},
+                         Case{at::kHalf, at::kHalf, at::kFloat, at::kFloat, 96, 256, 8, 8, 4}}) {
+        SCOPED_TRACE(std::string(c10::toString(c.x)) + " rows, " + c10::toString(c.gate) + " gate, dim " +
+                     std::to_string(c.dim) + ", experts " + std::to_string(c.experts));
+        const moe::RouterOptions opt{
+            .n_routed_experts = c.experts, .num_experts_per_tok = c.k, .n_group = c.groups, .topk_group = c.kept};
+        for (const int64_t tokens : {1, 7, 256, 1500}) {  // two tokens a tile up to 512, eight above
+            const at::Tensor x = randn({tokens, c.dim}, c.x), w = randn({c.dim}, c.w) * 0.5 + 1;
+            const at::Tensor r = randn({tokens, c.dim + 16}, c.r).narrow(-1, 0, c.dim);
+            const at::Tensor gate = (randn({c.experts, c.dim}, at::kFloat) * 0.1).to(c.gate);
+            const at::Tensor bias = randn({c.experts}, at::kFloat) * 0.05;
+            ASSERT_TRUE(moe::cuda::add_norm_route_fits(x, r, w, gate, opt));
+            const moe::cuda::NormedRoute got = moe::cuda::add_norm_route(x, r, w, 1e-6, gate, bias, opt);
+            const auto [sum, normed] = cuda::add_rms_norm(x, r, w, 1e-6);
+            EXPECT_TRUE(at::equal(got.sum, sum)) << "tokens " << tokens;
+            EXPECT_TRUE(at::equal(got.normed, normed)) << "tokens " << tokens;
+            const moe::Route want = moe::cuda::route_select_rows(normed, gate, bias, opt, nullptr);
+            EXPECT_TRUE(at::equal(got.route.logits, want.logits)) << "tokens " << tokens;
+            EXPECT_TRUE(at::equal(got.route.indices, want.indices)) << "tokens " << tokens;
+            EXPECT_TRUE(at::equal(got.route.weights, want.weights)) << "tokens " << tokens;
+            EXPECT_TRUE(
+                at::allclose(got.route.logits, at::linear(normed.to(at::kFloat), gate.to(at::kFloat)), 1e-5, 1e-5));
+        }
+    }
+    // A router too large for the tile kernel's shared memory; a delta of another shape.
+    const moe::RouterOptions big{.n_routed_experts = 1024, .num_experts_per_tok = 8, .n_group = 32, .topk_group = 3};
+    const at::Tensor x = randn({4, 64}, at::kFloat), w = randn({64}, at::kFloat);
+    EXPECT_FALSE(moe::cuda::add_norm_route_fits(x, x, w, randn({1024, 64}, at::kFloat), big));
+    const moe::RouterOptions small{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
+    EXPECT_TRUE(moe::cuda::add_norm_route_fits(x, x, w, randn({32, 64}, at::kFloat), small));
+    EXPECT_FALSE(moe::cuda::add_norm_route_fits(x, randn({4, 60}, at::kFloat), w, randn({32, 64}, at::kFloat), small));
 }
 
 // Shapes the indexer's scoring kernels do not take (D = 64): kAuto scores with ATen and selects with the exact top-k

@@ -56,7 +56,7 @@ TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
                                 .topk_group = c.topk_group,
                                 .routed_scaling_factor = c.scale,
                                 .norm_topk_prob = c.norm};
-        for (const int64_t tokens : {1, 7, 256}) {
+        for (const int64_t tokens : {1, 7, 256, 600}) {  // the tile kernel at two and at eight tokens a block
             const at::Tensor x32 = randn({tokens, 48});
             const at::Tensor gate = randn({c.experts, 48}) * 0.3;
             const at::Tensor bias = randn({c.experts}) * 0.05;

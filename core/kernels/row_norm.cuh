@@ -1,0 +1,144 @@
+// One warp's RMSNorm of one row, optionally after the residual add — the staging step of the kernels that fold a
+// decode step's add + norm into the launch that consumes its output (the router, the indexer's head weights): the
+// norm's output row lands in shared memory in fp32 for their dot products (core/kernels/row_dot.cuh tile_dots) and,
+// when asked, in global memory as the norm kernel writes it.
+//
+// Bit for bit dsa/kernels/norm_rope.cu's norm_kernel (a 256-thread block per row): the warp keeps the partial sums of
+// squares of that block's eight warps' threads (lane l holds those of threads l, l + 32, ..., l + 224, each summed
+// over its elements in the block's order), sums each across the lanes with the same butterfly, then the eight in the
+// block's order. So a fused launch's normalized rows equal the plain norm kernel's — the rollout's tokens do not
+// depend on which launch normalized them. Sees no torch types.
+#pragma once
+
+#include <cstdint>
+
+#include "core/kernels/elem.cuh"
+#include "core/kernels/row_dot.cuh"
+
+namespace dsrl::kernels {
+
+/// The threads of the block whose order of the sum of squares the warp reproduces (norm_rope.cu kNormThreads).
+constexpr int kNormOrderThreads = 256;
+
+/// out[r, :] = w · cast_x(s_r · rsqrt(mean(s_r²) + eps)) with s_r = x_r (+ residual_r, rounded to x's type), as the
+/// norm kernel's RmsNormParams with a residual; the product rounded to out_type.
+struct AddNormRows {
+    const void* x = nullptr;  // rows of `dim` at x_row_stride
+    Elem x_type = Elem::kF32;
+    int64_t x_row_stride = 0;
+    const void* residual = nullptr;  // optional; rows like x's, x's type or one that promotes to it
+    Elem residual_type = Elem::kF32;
+    int64_t residual_row_stride = 0;
+    void* sum_out = nullptr;  // [rows, dim] contiguous, x's type: the sum (with a residual)
+    const void* w = nullptr;  // [dim]
+    Elem w_type = Elem::kF32;
+    float eps = 0.f;
+    void* out = nullptr;  // [rows, dim] contiguous of out_type, or null (the row only in shared memory)
+    Elem out_type = Elem::kF32;
+};
+
+#ifdef __CUDACC__
+/// The kGroup warps of a row group (warp q of them the caller) normalize row `row` of p (dim elements): xs[i] (shared
+/// fp32, dim elements) ends as output element i as stored in out_type; with `store`, the sum's and the output's rows
+/// are written too. Warp q keeps the partials of the block's warps q · P .. q · P + P − 1 (P = 8 / kGroup), sums each
+/// across its lanes, and the row's eight warp sums meet in `red` (shared, 8 floats per row group) in the block's
+/// order. Contains a __syncthreads(): every warp of the block calls it at once (each for its own row group).
+template <int kGroup>
+__device__ __forceinline__ void group_add_rms_norm(
+    const AddNormRows& p, int64_t row, int dim, float* xs, float* red, bool store, int q, int lane) {
+    constexpr int kWarps = kNormOrderThreads / 32;
+    constexpr int P = kWarps / kGroup;  // the block's warps whose partials this warp keeps
+    static_assert(kWarps % kGroup == 0, "the row's warps split the block's");
+    const bool add = p.residual != nullptr;
+    const int64_t base = row * p.x_row_stride;
+    // The lane's elements in order: e = P · k + j is element 256 k + 32 (q P + j) + lane (block warp q P + j, its
+    // k-th). A batch of 8 covers 8 / P whole k, so element e of a batch keeps partial e mod P.
+    const int rounds = (dim + kNormOrderThreads - 1) / kNormOrderThreads;
+    const int elems = rounds * P;
+    const auto col = [&](int e) { return kNormOrderThreads * (e / P) + 32 * (q * P + e % P) + lane; };
+    float part[P];
+#pragma unroll
+    for (int j = 0; j < P; ++j) part[j] = 0.f;
+    for (int e0 = 0; e0 < elems; e0 += 8) {
+        // Every load issued before the first use (indices clamped, the type's switch around the batch).
+        float v[8], r[8] = {};
+        load_elems(
+            p.x, p.x_type, [&](int u) { return base + min(col(e0 + u), dim - 1); }, v);
+        if (add) {
+            load_elems(
+                p.residual, p.residual_type,
+                [&](int u) { return row * p.residual_row_stride + min(col(e0 + u), dim - 1); }, r);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = col(e0 + u);
+            if (e0 + u >= elems || i >= dim) continue;
+            float s = v[u];
+            if (add) {  // x + residual in x's type (ATen's add)
+                s = round_elem(__fadd_rn(s, r[u]), p.x_type);
+                if (store) store_elem(p.sum_out, p.x_type, row * dim + i, s);
+            }
+            xs[i] = s;
+            part[u % P] = __fadd_rn(part[u % P], __fmul_rn(s, s));
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+#pragma unroll
+        for (int j = 0; j < P; ++j) part[j] = __fadd_rn(part[j], __shfl_xor_sync(0xffffffffu, part[j], off));
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int j = 0; j < P; ++j) red[q * P + j] = part[j];
+    }
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total = __fadd_rn(total, red[w]);
+    // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
+    const float scale = rsqrtf(__fadd_rn(__fmul_rn(total, 1.0f / static_cast<float>(dim)), p.eps));
+    // The lane's own elements of xs (no sync), eight at a time with their weights loaded before the first store: a
+    // load after a store to global memory cannot be hoisted over it (they might alias).
+    for (int e0 = 0; e0 < elems; e0 += 8) {
+        float w8[8];
+        load_elems(
+            p.w, p.w_type, [&](int u) { return min(col(e0 + u), dim - 1); }, w8);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = col(e0 + u);
+            if (e0 + u >= elems || i >= dim) continue;
+            const float normed = round_elem(__fmul_rn(xs[i], scale), p.x_type);  // .to(x's type)
+            const float o = round_elem(__fmul_rn(w8[u], normed), p.out_type);
+            xs[i] = o;
+            if (store && p.out != nullptr) store_elem(p.out, p.out_type, row * dim + i, o);
+        }
+    }
+}
+
+/// A tile kernel's staging of row `row` by its group of kGroup warps (warp q of them) into xs: the add + norm of
+/// `add_norm` when its weight is set (group_add_rms_norm, writing its rows when `store`; `red` its 8 shared floats),
+/// else the row of x (type t, x_row_stride elements apart) as is. Contains a __syncthreads() (see group_add_rms_norm):
+/// every warp of the block calls it at once.
+template <int kGroup>
+__device__ __forceinline__ void group_stage_row(const AddNormRows& add_norm,
+                                                const void* x,
+                                                Elem t,
+                                                int64_t x_row_stride,
+                                                int64_t row,
+                                                int dim,
+                                                float* xs,
+                                                float* red,
+                                                bool store,
+                                                int q,
+                                                int lane) {
+    if (add_norm.w != nullptr) {
+        group_add_rms_norm<kGroup>(add_norm, row, dim, xs, red, store, q, lane);
+    } else {
+        stage_row(xs, static_cast<const unsigned char*>(x) + row * x_row_stride * elem_size(t), t, dim, q * 32 + lane,
+                  kGroup * 32);
+        __syncthreads();
+    }
+}
+#endif
+
+}  // namespace dsrl::kernels
