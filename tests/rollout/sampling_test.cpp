@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/log.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randn.h>
@@ -11,7 +13,9 @@
 #include <ATen/ops/zeros.h>
 
 #include "core/rng.h"
+#include "rollout/kept_set.h"
 #include "rollout/sampling.h"
+#include "tests/rollout/sampling_compare.h"
 #include "tests/test_util.h"
 
 namespace dsrl::rollout {
@@ -20,6 +24,43 @@ namespace {
 at::Tensor random_logits(int64_t rows, int64_t vocab, uint64_t seed, double scale = 3.0) {
     at::Generator gen = rng::make_cpu_generator(seed);
     return at::randn({rows, vocab}, gen, at::kFloat) * scale;
+}
+
+// The sampling kernel's GPU test forgives a kept set or a drawn id that differs from the ATen path only where a sum
+// lands within rounding of a threshold (tests/rollout/sampling_compare.h): the helpers must tell that from a wrong set.
+TEST(SamplingTest, ThresholdComparisonTellsRoundingFromWrongSets) {
+    const auto probs = [](std::initializer_list<double> v) {
+        return at::log(at::tensor(std::vector<double>(v), at::kDouble)).to(at::kFloat).unsqueeze(0);
+    };
+    const auto flipped = [](const at::Tensor& mask, int64_t id) {
+        at::Tensor m = mask.clone();
+        m[0][id] = !m[0][id].item<bool>();
+        return m;
+    };
+    // 0.5, 0.3, 0.2: at top_p 0.8 the mass before id 2 is 0.8 itself, so a sampler that rounds it either way may keep
+    // id 2 or not; at top_p 0.6 id 2 (mass before it 0.8) is out for any rounding, and so is a flip of id 1 (0.5).
+    const at::Tensor x = probs({0.5, 0.3, 0.2});
+    for (const double top_p : {0.8, 0.6}) {
+        const SamplingParams p{.top_p = top_p};
+        const at::Tensor want = processed_logprobs(x, p).isfinite();
+        EXPECT_EQ(testing::kept_sets_differ_at_thresholds(x, p, want, want, 1e-5).ok, true);
+        EXPECT_EQ(testing::kept_sets_differ_at_thresholds(x, p, want, flipped(want, 2), 1e-5).ok, top_p == 0.8);
+        EXPECT_FALSE(testing::kept_sets_differ_at_thresholds(x, p, want, flipped(want, 1), 1e-5).ok);
+    }
+    // min-p: 0.5, 0.05, 0.45 with min_p 0.1 puts id 1 at the floor (0.1 · 0.5); with min_p 0.5 it is far below.
+    const at::Tensor y = probs({0.5, 0.05, 0.45});
+    for (const double min_p : {0.1, 0.5}) {
+        const SamplingParams p{.min_p = min_p};
+        const at::Tensor want = processed_logprobs(y, p).isfinite();
+        EXPECT_EQ(testing::kept_sets_differ_at_thresholds(y, p, want, flipped(want, 1), 1e-5).ok, min_p == 0.1);
+    }
+    // The draw: u = 0.5 lands on the mass up to id 0 (0.5), so ids 0 and 1 may both be drawn; u = 0.9 does not.
+    const at::Tensor logp = x[0];
+    EXPECT_TRUE(testing::draws_differ_at_boundary(logp, 0.5, 0, 1, 1e-5));
+    EXPECT_FALSE(testing::draws_differ_at_boundary(logp, 0.9, 0, 2, 1e-5));
+    // The bit layout round trip (13 ids: a partial last byte).
+    const at::Tensor mask = at::rand({3, 13}) > 0.5;
+    EXPECT_TRUE(at::equal(testing::unpack_mask_bits(pack_mask_bits(mask), 13), mask));
 }
 
 TEST(SamplingTest, NoTruncationIsTheTemperedSoftmax) {
