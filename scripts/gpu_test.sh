@@ -37,7 +37,7 @@ tests_bin=$(find "$build" -name dsrl_dsa_gpu_tests -type f -perm -u+x | head -1)
 if command -v compute-sanitizer >/dev/null; then
     declare -A filters=(
         [memcheck]=${DSRL_MEMCHECK_FILTER:-"SparseMlaKernelTest.*:NormRopeKernelTest.*:SparseMlaSimtTest.*:IndexerKernelTest.LogitsMatchTheReference:IndexerKernelTest.BackwardMatchesAutograd:IndexerKernelTest.TopkRowsEqualsTheStableSortSelection:IndexerKernelTest.PagedTopkMatchesTheReferenceOnGatheredKeys:IndexerKernelTest.RejectsBadArguments:PagedSlotsKernelTest.*"}
-        [racecheck]=${DSRL_RACECHECK_FILTER:-"SparseMlaKernelTest.DispatchFollowsModelImpl:SparseMlaKernelTest.DecodeSplitsMatchReference:IndexerKernelTest.RejectsBadArguments:IndexerKernelTest.PagedTopkMatchesTheReferenceOnGatheredKeys:PagedSlotsKernelTest.*"}
+        [racecheck]=${DSRL_RACECHECK_FILTER:-"SparseMlaKernelTest.DispatchFollowsModelImpl:SparseMlaKernelTest.DecodeSplitsMatchReference:IndexerKernelTest.RejectsBadArguments:IndexerKernelTest.PagedTopkMatchesTheReferenceOnGatheredKeys:PagedSlotsKernelTest.*:NormRopeKernelTest.AddNorm*"}
     )
     for tool in memcheck racecheck; do
         if timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests_bin" \
