@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/add_norm_rows.h"
 #include "core/kernel_elem.h"
 #include "core/kernels/row_dot.cuh"
 #include "dsa/kernels/norm_rope.cuh"
@@ -339,22 +340,11 @@ NormedProjection add_norm_proj(const at::Tensor& x,
     const c10::cuda::CUDAGuard on_device(x.device());
     NormedProjection out;
     kernels::RowProjParams p = row_proj_params(x, w, scale, &out.proj);
-    kernels::RmsNormParams n = norm_params(x, norm_weight, eps, &out.normed);
-    p.add_norm = {.x = n.x,
-                  .x_type = n.x_type,
-                  .x_row_stride = n.x_row_stride,
-                  .w = n.w,
-                  .w_type = n.w_type,
-                  .eps = n.eps,
-                  .out = n.out,
-                  .out_type = n.out_type};
-    if (delta.defined()) {
-        out.sum = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-        p.add_norm.residual = delta.data_ptr();
-        p.add_norm.residual_type = kernel_elem(delta.scalar_type());
-        p.add_norm.residual_row_stride = row_stride(delta, 1);
-        p.add_norm.sum_out = out.sum.data_ptr();
-    }
+    AddNormOutputs n =
+        add_norm_outputs(x, row_stride(x, 1), delta, delta.defined() ? row_stride(delta, 1) : 0, norm_weight, eps);
+    p.add_norm = n.params;
+    out.sum = std::move(n.sum);
+    out.normed = std::move(n.normed);
     C10_CUDA_CHECK(kernels::launch_row_proj(p, stream_of(x)));
     return out;
 }

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/add_norm_rows.h"
 #include "core/kernel_elem.h"
 #include "core/kernels/row_dot.cuh"
 #include "moe/kernels/decode.cuh"
@@ -40,7 +41,8 @@ bool operand(const at::Tensor& t, const at::Tensor& x, at::IntArrayRef shape) {
            t.is_contiguous() && aligned16(t.data_ptr());
 }
 
-// The router kernel over `logits` ([T, E] fp32: read, or written from x · gateᵀ when x is defined).
+// The router kernel over `logits` ([T, E] fp32: read, or written from rows · gateᵀ with a gate: x's rows, or those
+// of the add + norm `add_norm` stages).
 Route launch_route(const at::Tensor& logits,
                    const at::Tensor& x,
                    const at::Tensor& gate,
@@ -72,20 +74,17 @@ Route launch_route(const at::Tensor& logits,
                            .k = static_cast<int>(k),
                            .norm = opt.norm_topk_prob,
                            .scale = static_cast<float>(opt.routed_scaling_factor)};
+    if (gate.defined()) {  // the logits from rows: x's, or the add + norm's
+        p.gate = gate.data_ptr();
+        p.gate_type = kernel_elem(gate.scalar_type());
+        p.dim = static_cast<int>(gate.size(1));
+    }
     if (x.defined()) {
         p.x = x.data_ptr();
         p.x_type = kernel_elem(x.scalar_type());
         p.x_row_stride = rows_stride(x);
-        p.gate = gate.data_ptr();
-        p.gate_type = kernel_elem(gate.scalar_type());
-        p.dim = static_cast<int>(x.size(1));
     }
-    if (add_norm != nullptr) {
-        p.add_norm = *add_norm;
-        p.dim = static_cast<int>(gate.size(1));
-        p.gate = gate.data_ptr();
-        p.gate_type = kernel_elem(gate.scalar_type());
-    }
+    if (add_norm != nullptr) p.add_norm = *add_norm;
     C10_CUDA_CHECK(kernels::launch_route(p, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
     return r;
 }
@@ -167,23 +166,10 @@ NormedRoute add_norm_route(const at::Tensor& x,
                 x.scalar_type(), " ", x.sizes(), ", delta ", delta.scalar_type(), " ", delta.sizes(), ", norm weight ",
                 norm_weight.sizes(), ", gate ", gate.scalar_type(), " ", gate.sizes());
     const c10::cuda::CUDAGuard on_device(x.device());
-    NormedRoute out;
-    out.sum = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    out.normed = at::empty(x.sizes(), x.options().dtype(at::result_type(norm_weight, x)));
-    const dsrl::kernels::AddNormRows n{.x = x.data_ptr(),
-                                       .x_type = kernel_elem(x.scalar_type()),
-                                       .x_row_stride = rows_stride(x),
-                                       .residual = delta.data_ptr(),
-                                       .residual_type = kernel_elem(delta.scalar_type()),
-                                       .residual_row_stride = rows_stride(delta),
-                                       .sum_out = out.sum.data_ptr(),
-                                       .w = norm_weight.data_ptr(),
-                                       .w_type = kernel_elem(norm_weight.scalar_type()),
-                                       .eps = static_cast<float>(eps),
-                                       .out = out.normed.data_ptr(),
-                                       .out_type = kernel_elem(out.normed.scalar_type())};
+    AddNormOutputs n = add_norm_outputs(x, rows_stride(x), delta, rows_stride(delta), norm_weight, eps);
+    NormedRoute out{.sum = std::move(n.sum), .normed = std::move(n.normed)};
     const at::Tensor logits = at::empty({x.size(0), opt.n_routed_experts}, x.options().dtype(at::kFloat));
-    out.route = launch_route(logits, {}, gate, bias, opt, nullptr, &n);
+    out.route = launch_route(logits, {}, gate, bias, opt, nullptr, &n.params);
     return out;
 }
 

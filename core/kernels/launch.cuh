@@ -7,7 +7,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
 #include <utility>
 
 #include <cuda_runtime.h>
@@ -54,25 +53,6 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
     config.attrs = &attr;
     config.numAttrs = pdl_enabled() ? 1 : 0;
     return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
-
-/// The tile kernels of core/kernels/row_dot.cuh: kTwo (two rows a block) for at most `few` rows, else kEight (eight),
-/// over ⌈rows / rows a block⌉ blocks of kThreads threads with `row_smem` bytes of dynamic shared memory per row of a
-/// block. Their limit of dynamic shared memory is raised once to 64 KiB (eight of the longest rows take the default
-/// 48 KiB, the kernels' static arrays come on top).
-template <auto kTwo, auto kEight, typename Params>
-cudaError_t launch_tile(
-    int64_t rows, int64_t few, size_t row_smem, unsigned threads, cudaStream_t stream, const Params& p) {
-    static const cudaError_t raised = [] {
-        constexpr int kMax = 64 * 1024;
-        const cudaError_t e = cudaFuncSetAttribute(kTwo, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
-        return e == cudaSuccess ? cudaFuncSetAttribute(kEight, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax) : e;
-    }();
-    if (raised != cudaSuccess) return raised;
-    const int per_block = rows <= few ? 2 : 8;
-    const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
-    return per_block == 2 ? launch(kTwo, blocks, threads, per_block * row_smem, stream, p)
-                          : launch(kEight, blocks, threads, per_block * row_smem, stream, p);
 }
 
 }  // namespace dsrl::kernels

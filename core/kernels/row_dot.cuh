@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "core/kernels/elem.cuh"
+#include "core/kernels/launch.cuh"
 
 namespace dsrl::kernels {
 
@@ -266,6 +267,44 @@ __device__ __forceinline__ void block_tile_dots(const float* xs,
             row_dot_detail::tile_dots<float, kRows>(xs, static_cast<const float*>(w), n, dim, rows, scaled, scale, out,
                                                     ldo, warp, warps, lane);
     }
+}
+
+/// Where a tile kernel's warp stands (kTileWarps warps, the block's kRows rows from row blockIdx.x · kRows of `rows`):
+/// its lane, its row group g (kGroup warps a row) and its place q in it, and the row the group stages — the last row
+/// for a tile's missing ones (`real` false: nothing is written for them).
+template <int kRows>
+struct TileRow {
+    static constexpr int kGroup = kTileWarps / kRows;
+    int warp, lane, g, q;
+    int64_t first, row;
+    bool real;
+    __device__ explicit TileRow(int64_t rows)
+        : warp(static_cast<int>(threadIdx.x) / 32),
+          lane(static_cast<int>(threadIdx.x) % 32),
+          g(warp / kGroup),
+          q(warp % kGroup),
+          first(static_cast<int64_t>(blockIdx.x) * kRows),
+          row(first + g < rows ? first + g : rows - 1),
+          real(first + g < rows) {}
+};
+
+/// A tile kernel over `rows` rows: kTwo (two rows a block) for at most `few` rows, else kEight (kTileRowsMax a
+/// block), kTileWarps warps a block with `row_smem` bytes of dynamic shared memory per row of the block. Their limit of
+/// dynamic shared memory is raised once to 64 KiB (eight of the longest rows take the default 48 KiB; the kernels'
+/// static arrays come on top).
+template <auto kTwo, auto kEight, typename Params>
+cudaError_t launch_tile(int64_t rows, int64_t few, size_t row_smem, cudaStream_t stream, const Params& p) {
+    static const cudaError_t raised = [] {
+        constexpr int kMax = 64 * 1024;
+        const cudaError_t e = cudaFuncSetAttribute(kTwo, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
+        return e == cudaSuccess ? cudaFuncSetAttribute(kEight, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax) : e;
+    }();
+    if (raised != cudaSuccess) return raised;
+    const int per_block = rows <= few ? 2 : kTileRowsMax;
+    const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
+    constexpr unsigned kThreads = kTileWarps * 32;
+    return per_block == 2 ? launch(kTwo, blocks, kThreads, per_block * row_smem, stream, p)
+                          : launch(kEight, blocks, kThreads, per_block * row_smem, stream, p);
 }
 #endif
 

@@ -1,13 +1,13 @@
-// One warp's RMSNorm of one row, optionally after the residual add — the staging step of the kernels that fold a
-// decode step's add + norm into the launch that consumes its output (the router, the indexer's head weights): the
-// norm's output row lands in shared memory in fp32 for their dot products (core/kernels/row_dot.cuh tile_dots) and,
-// when asked, in global memory as the norm kernel writes it.
+// A row's RMSNorm, optionally after the residual add, by the warps of a tile kernel's row group — the staging step of
+// the kernels that fold a decode step's add + norm into the launch that consumes its output (the router, the
+// indexer's head weights): the norm's output row lands in shared memory in fp32 for their dot products
+// (core/kernels/row_dot.cuh block_tile_dots) and, when asked, in global memory as the norm kernel writes it.
 //
-// Bit for bit dsa/kernels/norm_rope.cu's norm_kernel (a 256-thread block per row): the warp keeps the partial sums of
-// squares of that block's eight warps' threads (lane l holds those of threads l, l + 32, ..., l + 224, each summed
-// over its elements in the block's order), sums each across the lanes with the same butterfly, then the eight in the
-// block's order. So a fused launch's normalized rows equal the plain norm kernel's — the rollout's tokens do not
-// depend on which launch normalized them. Sees no torch types.
+// Bit for bit dsa/kernels/norm_rope.cu's norm_kernel (a 256-thread block per row): the group's warps keep the partial
+// sums of squares of the block threads they stand for (each summed over its elements in the block's order), sum them
+// across their lanes with the block's butterfly, and the eight warp sums meet in the block's order. So a fused
+// launch's normalized rows equal the plain norm kernel's — the rollout's tokens do not depend on which launch
+// normalized them. Sees no torch types.
 #pragma once
 
 #include <cstdint>
@@ -115,28 +115,26 @@ __device__ __forceinline__ void group_add_rms_norm(
     }
 }
 
-/// A tile kernel's staging of row `row` by its group of kGroup warps (warp q of them) into xs: the add + norm of
-/// `add_norm` when its weight is set (group_add_rms_norm, writing its rows when `store`; `red` its 8 shared floats),
-/// else the row of x (type t, x_row_stride elements apart) as is. Contains a __syncthreads() (see group_add_rms_norm):
-/// every warp of the block calls it at once.
-template <int kGroup>
-__device__ __forceinline__ void group_stage_row(const AddNormRows& add_norm,
-                                                const void* x,
-                                                Elem t,
-                                                int64_t x_row_stride,
-                                                int64_t row,
-                                                int dim,
-                                                float* xs,
-                                                float* red,
-                                                bool store,
-                                                int q,
-                                                int lane) {
+/// A tile kernel's staging of its row group's row into xs_all + g · dim (shared fp32, the block's rows one after the
+/// other): the add + norm of `add_norm` when its weight is set (group_add_rms_norm, writing its rows for a real row;
+/// `red_all` 8 shared floats per row group), else the row of x (type t, x_row_stride elements apart) as is. Every warp
+/// of the block calls it at once (the norm contains a __syncthreads()); the caller syncs the block after it.
+template <int kRows>
+__device__ __forceinline__ void stage_tile_row(const TileRow<kRows>& tile,
+                                               const AddNormRows& add_norm,
+                                               const void* x,
+                                               Elem t,
+                                               int64_t x_row_stride,
+                                               int dim,
+                                               float* xs_all,
+                                               float* red_all) {
+    float* const xs = xs_all + tile.g * dim;
     if (add_norm.w != nullptr) {
-        group_add_rms_norm<kGroup>(add_norm, row, dim, xs, red, store, q, lane);
+        group_add_rms_norm<TileRow<kRows>::kGroup>(add_norm, tile.row, dim, xs, red_all + tile.g * 8, tile.real, tile.q,
+                                                   tile.lane);
     } else {
-        stage_row(xs, static_cast<const unsigned char*>(x) + row * x_row_stride * elem_size(t), t, dim, q * 32 + lane,
-                  kGroup * 32);
-        __syncthreads();
+        stage_row(xs, static_cast<const unsigned char*>(x) + tile.row * x_row_stride * elem_size(t), t, dim,
+                  tile.q * 32 + tile.lane, TileRow<kRows>::kGroup * 32);
     }
 }
 #endif

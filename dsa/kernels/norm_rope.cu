@@ -210,20 +210,16 @@ __global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams
 template <int kRows>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) row_proj_tile_kernel(RowProjParams p) {
     dsrl::kernels::pdl_enter();
-    constexpr int kWarps = dsrl::kernels::kTileWarps, kGroup = kWarps / kRows;
     extern __shared__ float4 proj_smem[];
     __shared__ float red[kRows * 8];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = warp / kGroup;
-    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
-    const bool real = r0 + g < p.rows;
-    const int64_t row = real ? r0 + g : p.rows - 1;  // a tile's missing rows repeat the last (nothing written)
+    const dsrl::kernels::TileRow<kRows> tile(p.rows);
     float* const xs = reinterpret_cast<float*>(proj_smem);
-    dsrl::kernels::group_stage_row<kGroup>(p.add_norm, p.x, p.x_type, p.x_row_stride, row, p.dim, xs + g * p.dim,
-                                           red + g * 8, real, warp % kGroup, lane);
+    dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
     __syncthreads();
-    const int rows = static_cast<int>(p.rows - r0 < kRows ? p.rows - r0 : kRows);
-    dsrl::kernels::block_tile_dots<kRows>(xs, p.w, p.w_type, p.n, p.dim, rows, p.scaled, p.scale, p.out + r0 * p.n, p.n,
-                                          warp, kWarps, lane);
+    const int rows = static_cast<int>(p.rows - tile.first < kRows ? p.rows - tile.first : kRows);
+    dsrl::kernels::block_tile_dots<kRows>(xs, p.w, p.w_type, p.n, p.dim, rows, p.scaled, p.scale,
+                                          p.out + tile.first * p.n, p.n, tile.warp, dsrl::kernels::kTileWarps,
+                                          tile.lane);
 }
 
 }  // namespace
@@ -233,7 +229,7 @@ cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
     if (!dsrl::kernels::row_dot_takes(p.dim)) return cudaErrorInvalidValue;
     if (p.dim <= kRowProjNormMaxDim) {
         return dsrl::kernels::launch_tile<row_proj_tile_kernel<2>, row_proj_tile_kernel<8>>(
-            p.rows, kRowProjFewRows, sizeof(float) * p.dim, dsrl::kernels::kTileWarps * 32, stream, p);
+            p.rows, kRowProjFewRows, sizeof(float) * p.dim, stream, p);
     }
     if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     const auto blocks = static_cast<unsigned>((p.rows + kProjWarps - 1) / kProjWarps);

@@ -166,30 +166,25 @@ __global__ void route_kernel(RouteParams p) {
 template <int kRows>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) route_tile_kernel(RouteParams p) {
     dsrl::kernels::pdl_enter();
-    constexpr int kWarps = dsrl::kernels::kTileWarps, kGroup = kWarps / kRows;
     extern __shared__ float4 route_smem[];
     __shared__ float red[kRows * 8];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = warp / kGroup;
+    const dsrl::kernels::TileRow<kRows> tile(p.tokens);
     const int E = p.experts;
-    const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kRows;
-    const bool real = t0 + g < p.tokens;
-    const int64_t row = real ? t0 + g : p.tokens - 1;  // a tile's missing rows repeat the last (nothing written)
     float* const xs = reinterpret_cast<float*>(route_smem);
     float* const logits = xs + kRows * p.dim;
-    dsrl::kernels::group_stage_row<kGroup>(p.add_norm, p.x, p.x_type, p.x_row_stride, row, p.dim, xs + g * p.dim,
-                                           red + g * 8, real, warp % kGroup, lane);
+    dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
     __syncthreads();
-    dsrl::kernels::block_tile_dots<kRows>(xs, p.gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, warp, kWarps,
-                                          lane);
+    dsrl::kernels::block_tile_dots<kRows>(xs, p.gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, tile.warp,
+                                          dsrl::kernels::kTileWarps, tile.lane);
     __syncthreads();
-    const int64_t t = t0 + warp;
-    if (warp >= kRows || t >= p.tokens) return;
+    const int64_t t = tile.first + tile.warp;  // warp j selects the block's token j
+    if (tile.warp >= kRows || t >= p.tokens) return;
     float *choice, *group_score;
     unsigned char* taken;
-    warp_scratch(logits + kRows * E, E, p.groups, warp, choice, group_score, taken);
-    const float* const own = logits + warp * E;
-    select_experts(p, t, own, choice, group_score, taken, lane);  // its bias loads before any store of the warp's
-    for (int e = lane; e < E; e += 32) p.logits[t * E + e] = own[e];
+    warp_scratch(logits + kRows * E, E, p.groups, tile.warp, choice, group_score, taken);
+    const float* const own = logits + tile.warp * E;
+    select_experts(p, t, own, choice, group_score, taken, tile.lane);  // its bias loads before the warp's stores
+    for (int e = tile.lane; e < E; e += 32) p.logits[t * E + e] = own[e];
 }
 
 // One thread per output element, grid-stride. silu and the product round to the element type as ATen's ops do.
@@ -228,8 +223,7 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     if (dim > 0 && !dsrl::kernels::row_dot_takes(dim)) return cudaErrorInvalidValue;
     if (dim > 0 && route_tile_smem_bytes(p.experts, p.groups, dim, dsrl::kernels::kTileRowsMax) <= kRouteTileMaxSmem) {
         return dsrl::kernels::launch_tile<route_tile_kernel<2>, route_tile_kernel<8>>(
-            p.tokens, kRouteTileFewTokens, route_tile_smem_bytes(p.experts, p.groups, dim, 1),
-            dsrl::kernels::kTileWarps * 32, stream, p);
+            p.tokens, kRouteTileFewTokens, route_tile_smem_bytes(p.experts, p.groups, dim, 1), stream, p);
     }
     if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     RouteParams q = p;
