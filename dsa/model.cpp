@@ -788,23 +788,32 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     // norm its route: one launch each instead of two.
     const moe::ExpertParallel* ep = expert_parallel();
     at::Tensor x = at::embedding(w_.embed_tokens, ids);
-    auto next_input = [&](const at::Tensor& delta, int64_t layer) {  // x (+ delta) and layer's normalized input
+    // A MoE layer's output may come as its pair rows (moe::MoeOutput::pairs): summed by the add + norm kernel as it
+    // reads them, or by the combine kernel where that kernel does not run.
+    auto next_input = [&](const at::Tensor& given, int64_t layer,
+                          const PairRows& pairs) {  // x (+ delta), layer's input
         const at::Tensor& w = layer < c.num_hidden_layers ? w_.layers[layer].input_layernorm : w_.norm;
+        const bool add = given.defined() || pairs.defined();
         if (layer < c.num_hidden_layers && c.impl != Impl::kReference &&
             runs_indexer(opt, st, cache != nullptr ? &cache->layers[layer] : nullptr)) {
             const at::Tensor& wp = w_.layers[layer].indexer.weights_proj;
-            if (wp.defined() && cuda::add_norm_proj_fits(x, delta, w, wp)) {
+            if (wp.defined() && cuda::add_norm_proj_fits(x, given, w, wp, &pairs)) {
                 cuda::NormedProjection r =
-                    cuda::add_norm_proj(x, delta, w, c.rms_norm_eps, wp, indexer_weight_scale(c));
-                return std::make_tuple(delta.defined() ? std::move(r.sum) : x, std::move(r.normed), std::move(r.proj));
+                    cuda::add_norm_proj(x, given, w, c.rms_norm_eps, wp, indexer_weight_scale(c), &pairs);
+                return std::make_tuple(add ? std::move(r.sum) : x, std::move(r.normed), std::move(r.proj));
             }
         }
+        if (pairs.defined() && fused(c, x, {&w}) && cuda::add_rms_norm_takes(x, pairs)) {
+            auto [sum, normed] = cuda::add_rms_norm(x, pairs, w, c.rms_norm_eps);
+            return std::make_tuple(std::move(sum), std::move(normed), at::Tensor());
+        }
+        const at::Tensor delta = pairs.defined() ? moe::cuda::combine_pairs(pairs).view(x.sizes()) : given;
         if (!delta.defined()) return std::make_tuple(x, norm(x, w, c.rms_norm_eps, c), at::Tensor());
         auto [sum, normed] = add_norm(x, delta, w, c.rms_norm_eps, c);
         return std::make_tuple(std::move(sum), std::move(normed), at::Tensor());
     };
     at::Tensor xn, iw;
-    std::tie(x, xn, iw) = next_input({}, 0);
+    std::tie(x, xn, iw) = next_input({}, 0, {});
     int64_t moe_layer = 0;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const LayerWeights& l = w_.layers[i];
@@ -828,6 +837,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         if (opt.return_indexer) out.indexer.push_back(a.indexer);
         if (opt.return_attention) out.attention.push_back(std::move(a.attention));
         at::Tensor y;
+        PairRows pairs;
         if (l.is_moe) {
             at::Tensor replay;
             if (opt.replay_routes != nullptr) {
@@ -840,15 +850,17 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
                 replay = r.to(device()).reshape({st.batch * st.len, -1});
             }
             moe::MoeOutput m = moe::moe_forward(h, l.moe, router, replay, ep, opt.moe_dense, c.impl,
-                                                routed.has_value() ? &*routed : nullptr);
+                                                routed.has_value() ? &*routed : nullptr, /*defer_sum=*/true);
             y = m.y;
+            pairs = std::move(m.pairs);
             if (opt.balance != nullptr) track_balance(*opt.balance, m.route, mask, moe_layer, c.n_routed_experts);
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
             ++moe_layer;
         } else {
             y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
         }
-        std::tie(x, xn, iw) = next_input(y.view({st.batch, st.len, c.hidden_size}), i + 1);
+        std::tie(x, xn, iw) =
+            next_input(y.defined() ? y.view({st.batch, st.len, c.hidden_size}) : at::Tensor(), i + 1, pairs);
     }
     if (cache != nullptr) cache->length = num_keys;
     x = xn;

@@ -272,6 +272,29 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
     return out;
 }
 
+bool add_rms_norm_takes(const at::Tensor& x, const PairRows& pairs) {
+    return x.defined() && x.dim() >= 1 && x.stride(-1) == 1 && row_stride(x, 1) >= 0 && pair_rows_fit(x, pairs) &&
+           x.size(-1) <= kernels::kPairNormMaxDim && norm_rope_kernels_fit(x, {&pairs.out});
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
+                                               const PairRows& pairs,
+                                               const at::Tensor& weight,
+                                               double eps) {
+    RECORD_FUNCTION("dsrl::add_rms_norm", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(add_rms_norm_takes(x, pairs), "add_rms_norm (cuda): the pair rows must be [T · slots, ", x.size(-1),
+                "] of x's type ", x.scalar_type(), " with a token per row of x ", x.sizes(),
+                " (int64 indices, fp32 weights [T, k]) on x's device");
+    const c10::cuda::CUDAGuard on_device(x.device());
+    std::pair<at::Tensor, at::Tensor> out;
+    kernels::RmsNormParams p = norm_params(x, weight, eps, &out.second);
+    out.first = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    p.residual_pairs = pairs.params();
+    p.sum_out = out.first.data_ptr();
+    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
+    return out;
+}
+
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
     return ropes({{x, cos, sin, rope, interleaved}})[0];
 }
@@ -313,11 +336,13 @@ at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale) {
 bool add_norm_proj_fits(const at::Tensor& x,
                         const at::Tensor& delta,
                         const at::Tensor& norm_weight,
-                        const at::Tensor& w) {
+                        const at::Tensor& w,
+                        const PairRows* pairs) {
     if (!proj_fp32_fits(x, w) || x.size(-1) > kernels::kRowProjNormMaxDim || !norm_weight.defined() ||
         !norm_rope_kernels_fit(x, {&norm_weight}) || norm_weight.dim() != 1 || norm_weight.size(0) != x.size(-1) ||
         !norm_weight.is_contiguous() || !elem_kernel_takes(norm_weight.scalar_type()))
         return false;
+    if (pairs != nullptr && pairs->defined()) return !delta.defined() && add_rms_norm_takes(x, *pairs);
     return !delta.defined() || (add_rms_norm_takes(x, delta) && norm_rope_kernels_fit(x, {&delta}));
 }
 
@@ -326,13 +351,15 @@ NormedProjection add_norm_proj(const at::Tensor& x,
                                const at::Tensor& norm_weight,
                                double eps,
                                const at::Tensor& w,
-                               double scale) {
+                               double scale,
+                               const PairRows* pairs) {
     RECORD_FUNCTION("dsrl::add_norm_proj", std::vector<c10::IValue>());  // names the kernel in profiles
-    TORCH_CHECK(add_norm_proj_fits(x, delta, norm_weight, w),
+    TORCH_CHECK(add_norm_proj_fits(x, delta, norm_weight, w, pairs),
                 "add_norm_proj (cuda): x [..., D] must be a CUDA fp32/bf16/fp16 tensor with rows of one stride and a "
                 "contiguous last dim (D a multiple of 4 up to ",
                 kernels::kRowProjNormMaxDim,
-                "), delta (if given) shaped like x of its type or one that promotes to it, the norm weight a "
+                "), delta (if given) shaped like x of its type or one that promotes to it (or pair rows of x's type, a "
+                "token per row of x), the norm weight a "
                 "contiguous [D] and w a contiguous, 16-byte aligned [N, D] on x's device, without autograd; got x ",
                 x.scalar_type(), " ", x.sizes(), ", delta ", delta.defined() ? delta.sizes() : at::IntArrayRef{},
                 ", norm weight ", norm_weight.defined() ? norm_weight.sizes() : at::IntArrayRef{}, ", w ",
@@ -340,8 +367,8 @@ NormedProjection add_norm_proj(const at::Tensor& x,
     const c10::cuda::CUDAGuard on_device(x.device());
     NormedProjection out;
     kernels::RowProjParams p = row_proj_params(x, w, scale, &out.proj);
-    AddNormOutputs n =
-        add_norm_outputs(x, row_stride(x, 1), delta, delta.defined() ? row_stride(delta, 1) : 0, norm_weight, eps);
+    AddNormOutputs n = add_norm_outputs(x, row_stride(x, 1), delta, delta.defined() ? row_stride(delta, 1) : 0,
+                                        norm_weight, eps, pairs);
     p.add_norm = n.params;
     out.sum = std::move(n.sum);
     out.normed = std::move(n.normed);

@@ -11,6 +11,10 @@
 
 #include <ATen/core/Tensor.h>
 
+namespace dsrl {
+struct PairRows;  // core/add_norm_rows.h
+}  // namespace dsrl
+
 namespace dsrl::dsa::cuda {
 
 /// Whether the kernels take x: a CUDA fp32/bf16/fp16 tensor whose last dim is contiguous and whose leading dims
@@ -35,6 +39,17 @@ bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual);
 /// contiguous and its leading dims rows of one stride.
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
                                                const at::Tensor& residual,
+                                               const at::Tensor& weight,
+                                               double eps);
+
+/// Whether add_rms_norm takes x with the residual given as a MoE layer's pair rows: x's rows as above and
+/// core/add_norm_rows.h pair_rows_fit(x, pairs).
+bool add_rms_norm_takes(const at::Tensor& x, const PairRows& pairs);
+
+/// add_rms_norm with the residual the sum of a MoE layer's pair rows (moe/moe_cuda.h routed_experts_pairs), read in
+/// place: bit for bit add_rms_norm(x, moe::cuda::combine_pairs(pairs), weight, eps), without the combine's launch.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
+                                               const PairRows& pairs,
                                                const at::Tensor& weight,
                                                double eps);
 
@@ -79,12 +94,14 @@ at::Tensor proj_fp32(const at::Tensor& x, const at::Tensor& w, double scale);
 bool add_norm_proj_fits(const at::Tensor& x,
                         const at::Tensor& delta,
                         const at::Tensor& norm_weight,
-                        const at::Tensor& w);
+                        const at::Tensor& w,
+                        const PairRows* pairs = nullptr);
 
 /// The residual add (with delta defined), the RMSNorm after it and an fp32 projection of its output as one kernel —
 /// what add_rms_norm(x, delta, norm_weight, eps) (or rms_norm(x, norm_weight, eps)) then proj_fp32(normed, w, scale)
 /// give: sum and normed bit for bit (the same arithmetic in the same order), proj as proj_fp32's up to the order of
-/// its sums. A decode step's layer input and its indexer's head weights in one launch instead of two.
+/// its sums. A decode step's layer input and its indexer's head weights in one launch instead of two. With `pairs`
+/// (delta undefined; add_rms_norm_takes(x, *pairs)) the residual is their sum, read in place.
 struct NormedProjection {
     at::Tensor sum;     ///< x + delta, x's type (undefined without delta)
     at::Tensor normed;  ///< the norm's output, x's shape, result_type(norm_weight, x)
@@ -95,7 +112,8 @@ NormedProjection add_norm_proj(const at::Tensor& x,
                                const at::Tensor& norm_weight,
                                double eps,
                                const at::Tensor& w,
-                               double scale);
+                               double scale,
+                               const PairRows* pairs = nullptr);
 
 /// Whether layer_norm takes x [..., D] (its leading dims rows of one stride, its last dim contiguous: a column range of
 /// a wider output reads in place) with weight and bias [D] of x's type (as ATen's CUDA layer_norm takes them) on x's

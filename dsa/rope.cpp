@@ -104,9 +104,12 @@ at::Tensor rope(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t
 }
 bool add_rms_norm_takes(const at::Tensor&, const at::Tensor&) { return false; }
 bool proj_fp32_fits(const at::Tensor&, const at::Tensor&) { return false; }
-bool add_norm_proj_fits(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
+bool add_rms_norm_takes(const at::Tensor&, const PairRows&) { return false; }
+bool add_norm_proj_fits(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const PairRows*) {
+    return false;
+}
 NormedProjection add_norm_proj(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&, double) {
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, double, const at::Tensor&, double, const PairRows*) {
     TORCH_CHECK(false, "add_norm_proj: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 bool layer_norm_takes(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return false; }
@@ -117,6 +120,9 @@ at::Tensor proj_fp32(const at::Tensor&, const at::Tensor&, double) {
     TORCH_CHECK(false, "proj_fp32: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+    TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
+}
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const PairRows&, const at::Tensor&, double) {
     TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 std::vector<at::Tensor> norms(const std::vector<NormJob>&) {

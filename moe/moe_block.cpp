@@ -66,6 +66,13 @@ at::Tensor routed_experts(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const SwiGluWeights&, const SwiGluWeights*) {
     TORCH_CHECK(false, "routed_experts (cuda): this build of dsrl has no CUDA kernels");
 }
+PairRows routed_experts_pairs(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const SwiGluWeights&, const SwiGluWeights*) {
+    TORCH_CHECK(false, "routed_experts (cuda): this build of dsrl has no CUDA kernels");
+}
+at::Tensor combine_pairs(const PairRows&) {
+    TORCH_CHECK(false, "combine_pairs (cuda): this build of dsrl has no CUDA kernels");
+}
 }  // namespace cuda
 #endif
 
@@ -275,7 +282,8 @@ MoeOutput moe_forward(const at::Tensor& x,
                       const ExpertParallel* ep,
                       bool dense,
                       Impl impl,
-                      const Route* routed) {
+                      const Route* routed,
+                      bool defer_sum) {
     MoeOutput out;
     bool shared_done = false;
     if (routes_on_kernels(x, w, opt, replay, ep, dense, impl)) {
@@ -290,9 +298,13 @@ MoeOutput moe_forward(const at::Tensor& x,
             // products, at k / E of their work.
             out.route = routed != nullptr ? *routed : route_on_kernels(x, w, opt, nullptr);
             shared_done = !cast && w.shared.gate_proj.defined() && cuda::shared_expert_fuses(xc, w.experts, w.shared);
-            out.y = cuda::routed_experts(xc, out.route.indices, out.route.weights, w.experts,
-                                         shared_done ? &w.shared : nullptr)
-                        .to(x.scalar_type());
+            const SwiGluWeights* fused = shared_done ? &w.shared : nullptr;
+            if (defer_sum && !cast && (shared_done || !w.shared.gate_proj.defined())) {
+                out.pairs = cuda::routed_experts_pairs(xc, out.route.indices, out.route.weights, w.experts, fused);
+                return out;
+            }
+            out.y =
+                cuda::routed_experts(xc, out.route.indices, out.route.weights, w.experts, fused).to(x.scalar_type());
         } else {
             out = moe_dense_kernels(x, w, opt, routed);
         }

@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/add_norm_rows.h"
 #include "core/config.h"
 #include "moe/router.h"
 
@@ -33,8 +34,9 @@ struct MoeWeights {
 };
 
 struct MoeOutput {
-    at::Tensor y;  ///< [T, H], dtype of x
-    Route route;   ///< the routing decision (indices are the record for keep-routing)
+    at::Tensor y;    ///< [T, H], dtype of x; undefined where `pairs` holds it
+    Route route;     ///< the routing decision (indices are the record for keep-routing)
+    PairRows pairs;  ///< with moe_forward's defer_sum, where the routed-experts kernels ran: y unsummed (y undefined)
 };
 
 /// down(silu(gate(x)) ⊙ up(x)) for x [T, H] and one expert's weights. Without autograd on CUDA (impl not reference)
@@ -80,6 +82,9 @@ at::Tensor routed_experts_dense(const at::Tensor& x,
 /// Otherwise, on CUDA without autograd in bf16 compute (impl not reference), routed_experts_grouped runs the experts.
 /// `routed`: x's routing as the router kernel already computed it (moe/moe_cuda.h add_norm_route, which also produced
 /// x), used where the block routes on the kernels (routes_on_kernels) instead of routing again; ignored elsewhere.
+/// `defer_sum`: where the routed-experts kernels run and give y in x's type with the shared expert in their sum, y is
+/// left as their pair rows (out.pairs, out.y undefined) for a consumer that sums them as it reads them (the next
+/// residual add + norm; moe/moe_cuda.h combine_pairs otherwise).
 MoeOutput moe_forward(const at::Tensor& x,
                       const MoeWeights& w,
                       const RouterOptions& opt,
@@ -87,7 +92,8 @@ MoeOutput moe_forward(const at::Tensor& x,
                       const ExpertParallel* ep = nullptr,
                       bool dense = false,
                       Impl impl = Impl::kAuto,
-                      const Route* routed = nullptr);
+                      const Route* routed = nullptr,
+                      bool defer_sum = false);
 
 /// Whether moe_forward(x, w, opt, replay, ep, dense, impl) routes x with the router kernel (the dense decode step's
 /// path): where a caller may hand it the route as `routed`. x stands for the block's input: any tensor of its shape,

@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/add_norm_rows.h"
 #include "moe/moe_block.h"
 #include "moe/router.h"
 
@@ -94,5 +95,17 @@ at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& weights,
                           const SwiGluWeights& experts,
                           const SwiGluWeights* shared = nullptr);
+
+/// routed_experts without its last kernel: the pairs' rows and what sums them (core/add_norm_rows.h PairRows), for a
+/// consumer that sums them as it reads them (the next residual add + norm: dsa/norm_rope_cuda.h) — bit for bit
+/// routed_experts's y, one launch fewer. Same arguments and checks.
+PairRows routed_experts_pairs(const at::Tensor& x,
+                              const at::Tensor& indices,
+                              const at::Tensor& weights,
+                              const SwiGluWeights& experts,
+                              const SwiGluWeights* shared = nullptr);
+
+/// The sum routed_experts would have returned for `pairs` (k <= 8): [T, H], the rows' type.
+at::Tensor combine_pairs(const PairRows& pairs);
 
 }  // namespace dsrl::moe::cuda

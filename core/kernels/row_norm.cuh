@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "core/kernels/elem.cuh"
+#include "core/kernels/pair_sum.cuh"
 #include "core/kernels/row_dot.cuh"
 
 namespace dsrl::kernels {
@@ -29,8 +30,9 @@ struct AddNormRows {
     const void* residual = nullptr;  // optional; rows like x's, x's type or one that promotes to it
     Elem residual_type = Elem::kF32;
     int64_t residual_row_stride = 0;
-    void* sum_out = nullptr;  // [rows, dim] contiguous, x's type: the sum (with a residual)
-    const void* w = nullptr;  // [dim]
+    PairSum residual_pairs{};  // or (out set) the residual as the routed experts' pair rows, summed as read
+    void* sum_out = nullptr;   // [rows, dim] contiguous, x's type: the sum (with a residual)
+    const void* w = nullptr;   // [dim]
     Elem w_type = Elem::kF32;
     float eps = 0.f;
     void* out = nullptr;  // [rows, dim] contiguous of out_type, or null (the row only in shared memory)
@@ -42,15 +44,25 @@ struct AddNormRows {
 /// fp32, dim elements) ends as output element i as stored in out_type; with `store`, the sum's and the output's rows
 /// are written too. Warp q keeps the partials of the block's warps q · P .. q · P + P − 1 (P = 8 / kGroup), sums each
 /// across its lanes, and the row's eight warp sums meet in `red` (shared, 8 floats per row group) in the block's
-/// order. Contains a __syncthreads(): every warp of the block calls it at once (each for its own row group).
-template <int kGroup>
+/// order. Contains a __syncthreads(): every warp of the block calls it at once (each for its own row group). kPairs:
+/// the residual may be p.residual_pairs (a separate instantiation: the pair sum's loads take registers).
+template <int kGroup, bool kPairs = false>
 __device__ __forceinline__ void group_add_rms_norm(
     const AddNormRows& p, int64_t row, int dim, float* xs, float* red, bool store, int q, int lane) {
     constexpr int kWarps = kNormOrderThreads / 32;
     constexpr int P = kWarps / kGroup;  // the block's warps whose partials this warp keeps
     static_assert(kWarps % kGroup == 0, "the row's warps split the block's");
-    const bool add = p.residual != nullptr;
+    const bool pairs = kPairs && p.residual_pairs.out != nullptr, add = p.residual != nullptr || pairs;
     const int64_t base = row * p.x_row_stride;
+    if constexpr (kPairs) {
+        // The pairs' sum first, into xs (16-byte loads of eight columns; the row's elements below are a lane's in the
+        // block's order, not consecutive); every warp of the block reaches the barrier (the parameters are the
+        // block's).
+        if (pairs) {
+            stage_pair_sum(p.residual_pairs, row, dim, xs, q * 32 + lane, kGroup * 32);
+            __syncthreads();
+        }
+    }
     // The lane's elements in order: e = P · k + j is element 256 k + 32 (q P + j) + lane (block warp q P + j, its
     // k-th). A batch of 8 covers 8 / P whole k, so element e of a batch keeps partial e mod P.
     const int rounds = (dim + kNormOrderThreads - 1) / kNormOrderThreads;
@@ -64,7 +76,12 @@ __device__ __forceinline__ void group_add_rms_norm(
         float v[8], r[8] = {};
         load_elems(
             p.x, p.x_type, [&](int u) { return base + min(col(e0 + u), dim - 1); }, v);
-        if (add) {
+        if (pairs) {
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {  // staged above; only the lane's own elements (others write theirs)
+                if (e0 + u < elems && col(e0 + u) < dim) r[u] = xs[col(e0 + u)];
+            }
+        } else if (add) {
             load_elems(
                 p.residual, p.residual_type,
                 [&](int u) { return row * p.residual_row_stride + min(col(e0 + u), dim - 1); }, r);
@@ -119,7 +136,7 @@ __device__ __forceinline__ void group_add_rms_norm(
 /// other): the add + norm of `add_norm` when its weight is set (group_add_rms_norm, writing its rows for a real row;
 /// `red_all` 8 shared floats per row group), else the row of x (type t, x_row_stride elements apart) as is. Every warp
 /// of the block calls it at once (the norm contains a __syncthreads()); the caller syncs the block after it.
-template <int kRows>
+template <int kRows, bool kPairs = false>
 __device__ __forceinline__ void stage_tile_row(const TileRow<kRows>& tile,
                                                const AddNormRows& add_norm,
                                                const void* x,
@@ -130,8 +147,8 @@ __device__ __forceinline__ void stage_tile_row(const TileRow<kRows>& tile,
                                                float* red_all) {
     float* const xs = xs_all + tile.g * dim;
     if (add_norm.w != nullptr) {
-        group_add_rms_norm<TileRow<kRows>::kGroup>(add_norm, tile.row, dim, xs, red_all + tile.g * 8, tile.real, tile.q,
-                                                   tile.lane);
+        group_add_rms_norm<TileRow<kRows>::kGroup, kPairs>(add_norm, tile.row, dim, xs, red_all + tile.g * 8, tile.real,
+                                                           tile.q, tile.lane);
     } else {
         stage_row(xs, static_cast<const unsigned char*>(x) + tile.row * x_row_stride * elem_size(t), t, dim,
                   tile.q * 32 + tile.lane, TileRow<kRows>::kGroup * 32);

@@ -7,6 +7,8 @@
 #include "core/kernels/launch.cuh"
 #include "dsa/kernels/norm_rope.cuh"
 
+#include <algorithm>
+
 #include "core/kernels/row_dot.cuh"
 #include "core/kernels/row_norm.cuh"
 
@@ -54,16 +56,26 @@ __device__ __forceinline__ void store_out(const RmsNormParams& p, int64_t out, i
     }
 }
 
-// One block per row: the sum of squares (fp32), then each element.
+// One block per row: the sum of squares (fp32), then each element. kPairs: the residual may be p.residual_pairs.
+template <bool kPairs>
 __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
     const int64_t base = row * p.x_row_stride;
-    const bool add = p.residual != nullptr;
+    const bool pairs = kPairs && p.residual_pairs.out != nullptr, add = p.residual != nullptr || pairs;
+    extern __shared__ float4 norm_smem[];  // the pairs' sum of the row (dim floats), with pairs
+    float* const ys = reinterpret_cast<float*>(norm_smem);
+    if constexpr (kPairs) {
+        if (pairs) {  // 16-byte loads of eight columns a thread
+            dsrl::kernels::stage_pair_sum(p.residual_pairs, row, static_cast<int>(p.dim), ys, threadIdx.x,
+                                          kNormThreads);
+            __syncthreads();
+        }
+    }
     float sum = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         float v = load_elem(p.x, p.x_type, base + i);
         if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
-            v = round_elem(__fadd_rn(v, load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i)),
-                           p.x_type);
+            const float r = pairs ? ys[i] : load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i);
+            v = round_elem(__fadd_rn(v, r), p.x_type);
             store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
         }
         sum = __fadd_rn(sum, __fmul_rn(v, v));
@@ -107,25 +119,29 @@ struct NormJobs {
     int64_t end[kMaxNormJobs];  // one past each job's last block
 };
 
+template <bool kPairs>
 __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
     if (p.centered) {
         layer_norm_row(p, row);
     } else {
-        rms_norm_row(p, row);
+        rms_norm_row<kPairs>(p, row);
     }
 }
 
 // A block per row: job 0's rows, then job 1's, then job 2's (each job spelled out: no dynamic index into the
 // parameters).
+// kPairs: a job's residual may be its pair rows (a separate instantiation: the pair sum's loads take registers, which
+// would cost the plain kernel blocks resident).
+template <bool kPairs>
 __global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
     dsrl::kernels::pdl_enter();
     const int64_t block = blockIdx.x;
     if (block < j.end[0]) {
-        norm_row(j.job[0], block);
+        norm_row<kPairs>(j.job[0], block);
     } else if (block < j.end[1]) {
-        norm_row(j.job[1], block - j.end[0]);
+        norm_row<kPairs>(j.job[1], block - j.end[0]);
     } else {
-        norm_row(j.job[2], block - j.end[1]);
+        norm_row<kPairs>(j.job[2], block - j.end[1]);
     }
 }
 
@@ -207,14 +223,14 @@ __global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams
 // when p.add_norm.w is set, the sum and the norm's output written as the norm kernel writes them), then the block's
 // warps split the weight rows in chunks of four, each chunk for all the block's rows (the weights read once a block,
 // not once a row).
-template <int kRows>
+template <int kRows, bool kPairs>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) row_proj_tile_kernel(RowProjParams p) {
     dsrl::kernels::pdl_enter();
     extern __shared__ float4 proj_smem[];
     __shared__ float red[kRows * 8];
     const dsrl::kernels::TileRow<kRows> tile(p.rows);
     float* const xs = reinterpret_cast<float*>(proj_smem);
-    dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
+    dsrl::kernels::stage_tile_row<kRows, kPairs>(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
     __syncthreads();
     const int rows = static_cast<int>(p.rows - tile.first < kRows ? p.rows - tile.first : kRows);
     dsrl::kernels::block_tile_dots<kRows>(xs, p.w, p.w_type, p.n, p.dim, rows, p.scaled, p.scale,
@@ -228,8 +244,13 @@ cudaError_t launch_row_proj(const RowProjParams& p, cudaStream_t stream) {
     if (p.rows == 0 || p.n == 0) return cudaSuccess;
     if (!dsrl::kernels::row_dot_takes(p.dim)) return cudaErrorInvalidValue;
     if (p.dim <= kRowProjNormMaxDim) {
-        return dsrl::kernels::launch_tile<row_proj_tile_kernel<2>, row_proj_tile_kernel<8>>(
-            p.rows, kRowProjFewRows, sizeof(float) * p.dim, stream, p);
+        const size_t smem = sizeof(float) * p.dim;
+        if (p.add_norm.residual_pairs.out != nullptr) {
+            return dsrl::kernels::launch_tile<row_proj_tile_kernel<2, true>, row_proj_tile_kernel<8, true>>(
+                p.rows, kRowProjFewRows, smem, stream, p);
+        }
+        return dsrl::kernels::launch_tile<row_proj_tile_kernel<2, false>, row_proj_tile_kernel<8, false>>(
+            p.rows, kRowProjFewRows, smem, stream, p);
     }
     if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     const auto blocks = static_cast<unsigned>((p.rows + kProjWarps - 1) / kProjWarps);
@@ -255,16 +276,22 @@ int64_t place_jobs(Jobs& to, const Params* jobs, int count, int max_jobs, Work w
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream) {
     static_assert(kMaxNormJobs == 3, "norm_kernel spells out three jobs");
     if (count < 0 || count > kMaxNormJobs) return cudaErrorInvalidValue;
+    size_t pair_smem = 0;  // a row of the pairs' sum in shared memory
     for (int i = 0; i < count; ++i) {
-        if (jobs[i].residual != nullptr && (jobs[i].centered || jobs[i].out_slots != nullptr))
+        const RmsNormParams& p = jobs[i];
+        const bool pairs = p.residual_pairs.out != nullptr;
+        if ((p.residual != nullptr || pairs) && (p.centered || p.out_slots != nullptr)) return cudaErrorInvalidValue;
+        if (pairs && (p.residual_pairs.hidden != p.dim || p.dim % 8 != 0 || p.dim > kPairNormMaxDim))
             return cudaErrorInvalidValue;
+        if (pairs) pair_smem = std::max(pair_smem, sizeof(float) * static_cast<size_t>(p.dim));
     }
     NormJobs j{};  // a block per row; a job without columns has nothing to write: no blocks
     const int64_t rows =
         place_jobs(j, jobs, count, kMaxNormJobs, [](const RmsNormParams& p) { return p.dim == 0 ? 0 : p.rows; });
     if (rows == 0) return cudaSuccess;
     if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-    return dsrl::kernels::launch(norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream, j);
+    return dsrl::kernels::launch(pair_smem > 0 ? norm_kernel<true> : norm_kernel<false>, static_cast<unsigned>(rows),
+                                 kNormThreads, pair_smem, stream, j);
 }
 
 cudaError_t launch_ropes(const RopeParams* jobs, int count, cudaStream_t stream) {

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "core/kernels/elem.cuh"
+#include "core/kernels/pair_sum.cuh"
 #include "core/kernels/row_dot.cuh"
 #include "core/kernels/row_norm.cuh"
 
@@ -17,6 +18,9 @@ namespace dsrl::dsa::kernels {
 using dsrl::kernels::Elem;  // fp32 / bf16 / fp16 (elem.cuh)
 
 /// out[r, :] = w · cast_x(x_r · rsqrt(mean(x_r²) + eps)), x_r in fp32; the product in out's type.
+/// Widest row whose residual the norm kernel takes as pair rows (their sum's row in shared memory: 48 KiB).
+constexpr int64_t kPairNormMaxDim = 12288;
+
 struct RmsNormParams {
     const void* x;  // rows of `dim` elements, row r at x + r * x_row_stride
     Elem x_type;
@@ -34,6 +38,9 @@ struct RmsNormParams {
     Elem residual_type = Elem::kF32;  // x's type, or one that promotes to it (bf16 into an fp32 stream)
     int64_t residual_row_stride = 0;
     void* sum_out = nullptr;
+    // Or (out set) the residual as the routed experts' pair rows, summed as read (core/kernels/pair_sum.cuh; hidden =
+    // dim, a multiple of 8 up to kPairNormMaxDim: the sum's row is staged in shared memory).
+    dsrl::kernels::PairSum residual_pairs{};
     // LayerNorm instead (the indexer's key norm; no residual): out = w · (x − mean) ·
     // rsqrt(var + eps) + bias in fp32, rounded once to out's type; var the biased variance (two passes over the row).
     bool centered = false;

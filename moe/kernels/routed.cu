@@ -89,7 +89,9 @@ __host__ __device__ inline int routed_tile_bound(const RoutedExpertsParams& p) {
 }
 
 // Rows of the h and out scratch a token owns: its k routed pairs, then the shared expert's.
-__device__ inline int slots_of(const RoutedExpertsParams& p) { return p.k + (p.shared_gate != nullptr ? 1 : 0); }
+__host__ __device__ inline int slots_of(const RoutedExpertsParams& p) {
+    return p.k + (p.shared_gate != nullptr ? 1 : 0);
+}
 
 // The routed pairs grouped by expert and cut into tiles of 32: rank[q] = the pair's place among its expert's
 // (shared-memory atomics); the counts and the tiles per expert scanned; order[start(e) + rank[q]] = the pair's row;
@@ -350,37 +352,40 @@ __global__ void __launch_bounds__(kThreads) routed_down_kernel(const RoutedExper
     }
 }
 
-// y[t, c .. c + 8) = round(Σ_j out[t, j] · w[t, j]) (+ out[t, k], rounded again): one thread per 16 bytes of y.
+// y[t, c .. c + 8) = core/kernels/pair_sum.cuh's sum of token t's rows (round(Σ_j out[t, j] · w[t, j]), + out[t, k]
+// rounded again): one thread per 16 bytes of y — the function its readers call, so they get these bits.
 template <typename T>
-__global__ void routed_combine_kernel(const RoutedExpertsParams p) {
+__global__ void routed_combine_kernel(const dsrl::kernels::PairSum s, void* y_out, const int64_t tokens) {
     dsrl::kernels::pdl_enter();
-    const int64_t chunks = p.hidden / 8;
+    const int64_t chunks = s.hidden / 8;
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= p.tokens * chunks) return;
+    if (i >= tokens * chunks) return;
     const int64_t t = i / chunks, c = (i - t * chunks) * 8;
-    const int slots = slots_of(p);
-    const auto* out = static_cast<const T*>(p.out);
-    float acc[8] = {};
-    for (int j = 0; j < p.k; ++j) {
-        const int64_t e = p.indices[t * p.k + j];
-        if (e < 0 || e >= p.experts) continue;
-        const float w = p.weights[t * p.k + j];
-        const uint4 raw = *reinterpret_cast<const uint4*>(out + (t * slots + j) * p.hidden + c);
-        const T* vals = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int e8 = 0; e8 < 8; ++e8) acc[e8] = __fadd_rn(acc[e8], __fmul_rn(from_operand(vals[e8]), w));
-    }
+    float v[8];
+    dsrl::kernels::pair_sum8(s, t, c, v);
     T y[8];
-    if (p.shared_gate != nullptr) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(out + (t * slots + p.k) * p.hidden + c);
-        const T* vals = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-        for (int e8 = 0; e8 < 8; ++e8) y[e8] = to_operand<T>(__fadd_rn(rnd<T>(acc[e8]), from_operand(vals[e8])));
-    } else {
-#pragma unroll
-        for (int e8 = 0; e8 < 8; ++e8) y[e8] = to_operand<T>(acc[e8]);
-    }
-    *reinterpret_cast<uint4*>(static_cast<T*>(p.y) + t * p.hidden + c) = *reinterpret_cast<const uint4*>(y);
+    for (int u = 0; u < 8; ++u) y[u] = to_operand<T>(v[u]);  // exact: v is already of T
+    *reinterpret_cast<uint4*>(static_cast<T*>(y_out) + t * s.hidden + c) = *reinterpret_cast<const uint4*>(y);
+}
+
+// The combine's view of the routed kernels' parameters.
+dsrl::kernels::PairSum pair_sum_of(const RoutedExpertsParams& p) {
+    return {.out = p.out,
+            .type = p.type,
+            .indices = p.indices,
+            .weights = p.weights,
+            .k = p.k,
+            .slots = slots_of(p),
+            .experts = p.experts,
+            .hidden = p.hidden};
+}
+
+template <typename T>
+cudaError_t launch_combine(const dsrl::kernels::PairSum& s, void* y, int64_t tokens, cudaStream_t stream) {
+    const int64_t threads = tokens * (s.hidden / 8);
+    return dsrl::kernels::launch(routed_combine_kernel<T>, static_cast<unsigned>((threads + 255) / 256), 256, 0, stream,
+                                 s, y, tokens);
 }
 
 template <typename T>
@@ -410,13 +415,24 @@ cudaError_t launch_typed(const RoutedExpertsParams& p, cudaStream_t stream) {
         e = launch(routed_down_kernel<T>, dim3(static_cast<unsigned>(p.hidden / kDownBN), groups), kThreads, kDownSmem,
                    stream, p);
     }
-    const int64_t threads = p.tokens * (p.hidden / 8);
-    if (e == cudaSuccess)
-        e = launch(routed_combine_kernel<T>, static_cast<unsigned>((threads + 255) / 256), 256, 0, stream, p);
+    if (e == cudaSuccess && p.y != nullptr) e = launch_combine<T>(pair_sum_of(p), p.y, p.tokens, stream);
     return e;
 }
 
 }  // namespace
+
+cudaError_t launch_pair_combine(const dsrl::kernels::PairSum& s, void* y, int64_t tokens, cudaStream_t stream) {
+    if (tokens == 0) return cudaSuccess;
+    if (s.hidden % 8 != 0 || s.k < 1 || s.slots < s.k) return cudaErrorInvalidValue;
+    switch (s.type) {
+        case dsrl::kernels::Elem::kBF16:
+            return launch_combine<__nv_bfloat16>(s, y, tokens, stream);
+        case dsrl::kernels::Elem::kF16:
+            return launch_combine<__half>(s, y, tokens, stream);
+        default:
+            return cudaErrorInvalidValue;
+    }
+}
 
 cudaError_t launch_routed_experts(const RoutedExpertsParams& p, cudaStream_t stream) {
     if (p.tokens == 0) return cudaSuccess;

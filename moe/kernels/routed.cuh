@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include "core/kernels/elem.cuh"
+#include "core/kernels/pair_sum.cuh"
 
 namespace dsrl::moe::kernels {
 
@@ -38,7 +39,7 @@ struct RoutedExpertsParams {
     int* tiles;                // scratch [3 · routed_tiles(tokens, k, experts)]: (expert, start in order, count)
     void* h;                   // scratch [tokens · slots, inter], slots = k (+ 1 with a shared expert)
     void* out;                 // scratch [tokens · slots, hidden]
-    void* y;                   // [tokens, hidden]
+    void* y;                   // [tokens, hidden], or null: no combine (the caller sums `out` where it reads it)
     dsrl::kernels::Elem type;  // kBF16 or kF16, every tensor above but indices / weights
     int64_t tokens;
     int k;
@@ -65,5 +66,9 @@ __host__ __device__ inline int64_t routed_tiles(int64_t tokens, int k, int exper
 }
 
 cudaError_t launch_routed_experts(const RoutedExpertsParams& p, cudaStream_t stream);
+
+/// The combine alone: y [tokens, hidden] (s.type) = core/kernels/pair_sum.cuh's sum of each token's rows of s.out —
+/// what launch_routed_experts's last kernel writes. s.hidden a multiple of 8, every tensor 16-byte aligned.
+cudaError_t launch_pair_combine(const dsrl::kernels::PairSum& s, void* y, int64_t tokens, cudaStream_t stream);
 
 }  // namespace dsrl::moe::kernels

@@ -14,6 +14,7 @@
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
+#include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/result_type.h>
 #include <ATen/ops/tensor.h>
@@ -22,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include "core/add_norm_rows.h"
 #include "dsa/indexer_topk.h"
 #include "dsa/model.h"
 #include "dsa/norm_rope_cuda.h"
@@ -282,6 +284,78 @@ TEST(NormRopeKernelTest, AddNormRouteEqualsTheNormThenTheRouter) {
     const moe::RouterOptions small{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
     EXPECT_TRUE(moe::cuda::add_norm_route_fits(x, x, w, randn({32, 64}, at::kFloat), small));
     EXPECT_FALSE(moe::cuda::add_norm_route_fits(x, randn({4, 60}, at::kFloat), w, randn({32, 64}, at::kFloat), small));
+}
+
+// A MoE layer's output left as its pair rows (moe::cuda::routed_experts_pairs) and summed by the next add + norm as
+// it reads them: the combine alone equals routed_experts's y, and the add + norm kernel (a block per row) and the
+// add + norm + projection tile kernel (two and eight rows a block) give the sum, the normed rows and the projection
+// bit for bit as they do from that y — k 2, 4, 8 and 9 (two batches of the sum's loads), with and without the shared
+// expert's row, ids outside [0, E), bf16 and fp16. Pairs the kernels do not take (another type, a token count off) are
+// refused.
+TEST(NormRopeKernelTest, AddNormOfPairRowsEqualsTheCombinedSum) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Case {
+        at::ScalarType type;
+        int64_t experts, k, hidden, inter;
+        bool shared;
+    };
+    for (const Case c : {Case{at::kBFloat16, 32, 4, 768, 64, true}, Case{at::kBFloat16, 16, 8, 192, 128, false},
+                         Case{at::kHalf, 8, 2, 256, 64, true}}) {
+        SCOPED_TRACE(std::string(c10::toString(c.type)) + " k " + std::to_string(c.k) + " H " +
+                     std::to_string(c.hidden) + (c.shared ? " shared" : ""));
+        const int64_t E = c.experts, H = c.hidden, I = c.inter;
+        const moe::SwiGluWeights experts{randn({E, I, H}, c.type) * 0.1, randn({E, I, H}, c.type) * 0.1,
+                                         randn({E, H, I}, c.type) * 0.1};
+        const moe::SwiGluWeights shared{randn({I, H}, c.type) * 0.1, randn({I, H}, c.type) * 0.1,
+                                        randn({H, I}, c.type) * 0.1};
+        const moe::SwiGluWeights* sh = c.shared ? &shared : nullptr;
+        const at::Tensor w = randn({H}, c.type) * 0.5 + 1, wp = randn({8, H}, at::kFloat) * 0.1;
+        for (const int64_t tokens : {1, 7, 256, 1500}) {
+            SCOPED_TRACE("tokens " + std::to_string(tokens));
+            const at::Tensor h = randn({tokens, H}, c.type), x = randn({tokens, H}, c.type);
+            at::Tensor ids = at::randint(0, E, {tokens, c.k}, h.options().dtype(at::kLong));
+            ids.select(1, 0).masked_fill_(at::rand({tokens}, h.options().dtype(at::kFloat)).lt(0.1),
+                                          E);  // adds nothing
+            const at::Tensor weights = at::rand({tokens, c.k}, h.options().dtype(at::kFloat));
+            const at::Tensor y = moe::cuda::routed_experts(h, ids, weights, experts, sh);
+            const PairRows pairs = moe::cuda::routed_experts_pairs(h, ids, weights, experts, sh);
+            ASSERT_TRUE(pairs.defined());
+            EXPECT_EQ(pairs.slots, c.k + (c.shared ? 1 : 0));
+            EXPECT_TRUE(at::equal(moe::cuda::combine_pairs(pairs), y));
+            ASSERT_TRUE(cuda::add_rms_norm_takes(x, pairs));
+            const auto [sum, normed] = cuda::add_rms_norm(x, y, w, 1e-6);
+            const auto [psum, pnormed] = cuda::add_rms_norm(x, pairs, w, 1e-6);
+            EXPECT_TRUE(at::equal(psum, sum));
+            EXPECT_TRUE(at::equal(pnormed, normed));
+            ASSERT_TRUE(cuda::add_norm_proj_fits(x, {}, w, wp, &pairs));
+            const cuda::NormedProjection want = cuda::add_norm_proj(x, y, w, 1e-6, wp, 0.5);
+            const cuda::NormedProjection got = cuda::add_norm_proj(x, {}, w, 1e-6, wp, 0.5, &pairs);
+            EXPECT_TRUE(at::equal(got.sum, want.sum));
+            EXPECT_TRUE(at::equal(got.normed, want.normed));
+            EXPECT_TRUE(at::equal(got.proj, want.proj));
+            // Rows of [..., H] flatten to the pairs' tokens: [1, T, H] as a decode step's x is shaped.
+            EXPECT_TRUE(cuda::add_rms_norm_takes(x.unsqueeze(0), pairs));
+            EXPECT_FALSE(cuda::add_rms_norm_takes(x.to(at::kFloat), pairs)) << "x of another type than the rows";
+            EXPECT_FALSE(cuda::add_rms_norm_takes(x.narrow(0, 0, tokens - 1), pairs)) << "a token count off";
+        }
+    }
+    // More experts a token than one batch of the sum's loads (k = 9): the rows past the batch in a second one.
+    const at::Tensor h = randn({300, 64}, at::kBFloat16), x = randn({300, 64}, at::kBFloat16);
+    const at::Tensor w = randn({64}, at::kBFloat16);
+    const moe::SwiGluWeights experts{randn({16, 64, 64}, at::kBFloat16) * 0.1, randn({16, 64, 64}, at::kBFloat16) * 0.1,
+                                     randn({16, 64, 64}, at::kBFloat16) * 0.1};
+    const at::Tensor ids = at::randint(0, 16, {300, 9}, h.options().dtype(at::kLong));
+    const at::Tensor weights = at::rand({300, 9}, h.options().dtype(at::kFloat));
+    const at::Tensor y = moe::cuda::routed_experts(h, ids, weights, experts);
+    const PairRows nine = moe::cuda::routed_experts_pairs(h, ids, weights, experts);
+    EXPECT_TRUE(at::equal(moe::cuda::combine_pairs(nine), y));
+    const at::Tensor ref = moe::routed_experts(h, ids, weights, experts).to(at::kFloat);  // the ATen loop
+    EXPECT_LE((y.to(at::kFloat) - ref).abs().max().item<double>(), 1e-2 * ref.abs().max().item<double>())
+        << "the sum of all nine slots";
+    ASSERT_TRUE(cuda::add_rms_norm_takes(x, nine));
+    EXPECT_TRUE(at::equal(cuda::add_rms_norm(x, nine, w, 1e-6).second, cuda::add_rms_norm(x, y, w, 1e-6).second));
+    EXPECT_THROW(cuda::add_rms_norm(x.narrow(0, 0, 299), nine, w, 1e-6), c10::Error) << "a token count off";
 }
 
 // Shapes the indexer's scoring kernels do not take (D = 64): kAuto scores with ATen and selects with the exact top-k

@@ -80,14 +80,17 @@ TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
                 EXPECT_TRUE(at::allclose(got.logits, want.logits, 1e-5, 1e-5))
                     << "max |d| " << (got.logits - want.logits).abs().max().item<double>();
                 // The same experts in the same order, but for a near tie: the kernel's sigmoid, sums and dot products
-                // may round an ulp apart from ATen's, which can swap two experts whose choices agree to ~1e-7. At most
-                // one such row a case, and its chosen experts' choices must sum to the oracle's within 1e-5.
+                // may round an ulp apart from ATen's, which can swap two experts whose choices agree to ~1e-7 (more
+                // often the more experts a token takes: k 32 of 128 has 32 boundaries a row). A few such rows a case
+                // (one, plus one in a hundred tokens), each a tie: its chosen experts' choices sum to the oracle's
+                // within 1e-5. A wrong selection differs in many rows or by far more.
                 const at::Tensor differs = (got.indices != want.indices).any(1);
                 const int64_t n_differ = differs.sum().item<int64_t>();
-                ASSERT_LE(n_differ, 1);
+                ASSERT_LE(n_differ, 1 + tokens / 100);
                 const at::Tensor same = differs.logical_not().nonzero().reshape({-1});
-                if (n_differ == 1) {
-                    const at::Tensor row = differs.nonzero().reshape({-1});
+                const at::Tensor rows = differs.nonzero().reshape({-1});
+                for (int64_t i = 0; i < n_differ; ++i) {
+                    const at::Tensor row = rows.narrow(0, i, 1);
                     const at::Tensor choice = (at::sigmoid(want.logits) + bias).index_select(0, row);
                     const double a = choice.gather(1, got.indices.index_select(0, row)).sum().item<double>();
                     const double b = choice.gather(1, want.indices.index_select(0, row)).sum().item<double>();
