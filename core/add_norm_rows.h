@@ -39,20 +39,26 @@ struct PairRows {
     }
 };
 
-/// Whether a kernel that reads x [..., D] (rows of one stride) with a residual can take `pairs` for it: a token per row
-/// of x, rows of D of x's type (bf16 / fp16, the sum's; D a multiple of 8, 16-byte aligned), on x's device.
-inline bool pair_rows_fit(const at::Tensor& x, const PairRows& pairs) {
-    if (!pairs.defined() || !x.defined() || x.dim() < 1) return false;
+/// Whether the kernels take `pairs` as they are: CUDA bf16 / fp16 rows [T · slots, H] (H a multiple of 8, 16-byte
+/// aligned, slots k or k + 1), int64 indices and fp32 weights [T, k] contiguous on the rows' device.
+inline bool pair_rows_valid(const PairRows& pairs) {
+    if (!pairs.defined()) return false;
     const at::Tensor& o = pairs.out;
     const int64_t k = pairs.indices.dim() == 2 ? pairs.indices.size(1) : 0;
-    return o.dim() == 2 && o.is_contiguous() && o.scalar_type() == x.scalar_type() && o.device() == x.device() &&
+    return o.is_cuda() && o.dim() == 2 && o.is_contiguous() &&
            (o.scalar_type() == at::kBFloat16 || o.scalar_type() == at::kHalf) && o.size(1) % 8 == 0 &&
-           aligned16(o.data_ptr()) && o.size(1) == x.size(-1) && k >= 1 && pairs.slots >= k && pairs.slots <= k + 1 &&
-           x.numel() / x.size(-1) == pairs.tokens() && o.size(0) == pairs.tokens() * pairs.slots &&
-           pairs.indices.scalar_type() == at::kLong && pairs.indices.is_contiguous() &&
-           pairs.indices.device() == x.device() && pairs.weights.scalar_type() == at::kFloat &&
-           pairs.weights.sizes() == pairs.indices.sizes() && pairs.weights.is_contiguous() &&
-           pairs.weights.device() == x.device();
+           aligned16(o.data_ptr()) && k >= 1 && pairs.slots >= k && pairs.slots <= k + 1 &&
+           o.size(0) == pairs.tokens() * pairs.slots && pairs.indices.scalar_type() == at::kLong &&
+           pairs.indices.is_contiguous() && pairs.indices.device() == o.device() &&
+           pairs.weights.scalar_type() == at::kFloat && pairs.weights.sizes() == pairs.indices.sizes() &&
+           pairs.weights.is_contiguous() && pairs.weights.device() == o.device();
+}
+
+/// Whether a kernel that reads x [..., D] (rows of one stride) with a residual can take `pairs` for it: valid pair rows
+/// of x's type and width on its device, a token per row of x.
+inline bool pair_rows_fit(const at::Tensor& x, const PairRows& pairs) {
+    return x.defined() && x.dim() >= 1 && pair_rows_valid(pairs) && pairs.out.scalar_type() == x.scalar_type() &&
+           pairs.out.device() == x.device() && pairs.hidden() == x.size(-1) && x.numel() / x.size(-1) == pairs.tokens();
 }
 
 struct AddNormOutputs {

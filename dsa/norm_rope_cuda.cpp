@@ -243,6 +243,26 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     return norms({{x, weight, {}, eps}})[0];
 }
 
+namespace {
+
+// The add + norm kernel on x with the residual that `set_residual` puts into its parameters: {the sum, the norm}.
+template <typename SetResidual>
+std::pair<at::Tensor, at::Tensor> launch_add_rms_norm(const at::Tensor& x,
+                                                      const at::Tensor& weight,
+                                                      double eps,
+                                                      const SetResidual& set_residual) {
+    const c10::cuda::CUDAGuard on_device(x.device());
+    std::pair<at::Tensor, at::Tensor> out;
+    kernels::RmsNormParams p = norm_params(x, weight, eps, &out.second);
+    out.first = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    set_residual(p);
+    p.sum_out = out.first.data_ptr();
+    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
+    return out;
+}
+
+}  // namespace
+
 bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual) {
     return x.defined() && residual.defined() && residual.sizes() == x.sizes() &&
            elem_kernel_takes(residual.scalar_type()) && at::result_type(x, residual) == x.scalar_type() &&
@@ -260,16 +280,11 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
                 ", of x's type or one that promotes to it, both with a contiguous last "
                 "dim and leading dims that flatten to rows of one stride; got ",
                 residual.scalar_type(), " ", residual.sizes(), " strides ", residual.strides());
-    const c10::cuda::CUDAGuard on_device(x.device());
-    std::pair<at::Tensor, at::Tensor> out;
-    kernels::RmsNormParams p = norm_params(x, weight, eps, &out.second);
-    out.first = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    p.residual = residual.data_ptr();
-    p.residual_type = kernel_elem(residual.scalar_type());
-    p.residual_row_stride = row_stride(residual, 1);
-    p.sum_out = out.first.data_ptr();
-    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
-    return out;
+    return launch_add_rms_norm(x, weight, eps, [&](kernels::RmsNormParams& p) {
+        p.residual = residual.data_ptr();
+        p.residual_type = kernel_elem(residual.scalar_type());
+        p.residual_row_stride = row_stride(residual, 1);
+    });
 }
 
 bool add_rms_norm_takes(const at::Tensor& x, const PairRows& pairs) {
@@ -285,14 +300,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
     TORCH_CHECK(add_rms_norm_takes(x, pairs), "add_rms_norm (cuda): the pair rows must be [T · slots, ", x.size(-1),
                 "] of x's type ", x.scalar_type(), " with a token per row of x ", x.sizes(),
                 " (int64 indices, fp32 weights [T, k]) on x's device");
-    const c10::cuda::CUDAGuard on_device(x.device());
-    std::pair<at::Tensor, at::Tensor> out;
-    kernels::RmsNormParams p = norm_params(x, weight, eps, &out.second);
-    out.first = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    p.residual_pairs = pairs.params();
-    p.sum_out = out.first.data_ptr();
-    C10_CUDA_CHECK(kernels::launch_norms(&p, 1, stream_of(x)));
-    return out;
+    return launch_add_rms_norm(x, weight, eps, [&](kernels::RmsNormParams& p) { p.residual_pairs = pairs.params(); });
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {

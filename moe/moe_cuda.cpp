@@ -230,16 +230,12 @@ bool shared_expert_fuses(const at::Tensor& x, const SwiGluWeights& experts, cons
            operand(shared.down_proj, x, {H, I}) && no_autograd({&shared.gate_proj, &shared.up_proj, &shared.down_proj});
 }
 
-namespace {
-
-// The routed-experts kernels on x: with `combine` their sum y [T, H] (out.first), else the pair rows unsummed
-// (out.second).
-std::pair<at::Tensor, PairRows> run_routed_experts(const at::Tensor& x,
-                                                   const at::Tensor& indices,
-                                                   const at::Tensor& weights,
-                                                   const SwiGluWeights& experts,
-                                                   const SwiGluWeights* shared,
-                                                   bool combine) {
+PairRows routed_experts_pairs(const at::Tensor& x,
+                              const at::Tensor& indices,
+                              const at::Tensor& weights,
+                              const SwiGluWeights& experts,
+                              const SwiGluWeights* shared) {
+    RECORD_FUNCTION("dsrl::routed_experts", std::vector<c10::IValue>());  // names the kernels in profiles
     constexpr const char* op = "routed_experts (cuda)";
     const int64_t k = indices.dim() == 2 ? indices.size(1) : 0;
     TORCH_CHECK(routed_experts_fit(x, experts, k), op,
@@ -263,8 +259,6 @@ std::pair<at::Tensor, PairRows> run_routed_experts(const at::Tensor& x,
                 shared->down_proj.sizes());
     const c10::cuda::CUDAGuard on_device(x.device());
     const int64_t slots = k + (shared != nullptr ? 1 : 0);
-    std::pair<at::Tensor, PairRows> result;
-    if (combine) result.first = at::empty({T, H}, x.options());
     const at::Tensor h = at::empty({T * slots, I}, x.options());
     const at::Tensor out = at::empty({T * slots, H}, x.options());
     const int64_t tiles = kernels::routed_tiles(T, static_cast<int>(k), static_cast<int>(E));
@@ -282,7 +276,6 @@ std::pair<at::Tensor, PairRows> run_routed_experts(const at::Tensor& x,
                                          .tiles = lists.data_ptr<int>() + T * k,
                                          .h = h.data_ptr(),
                                          .out = out.data_ptr(),
-                                         .y = combine ? result.first.data_ptr() : nullptr,
                                          .type = kernel_elem(x.scalar_type()),
                                          .tokens = T,
                                          .k = static_cast<int>(k),
@@ -290,37 +283,20 @@ std::pair<at::Tensor, PairRows> run_routed_experts(const at::Tensor& x,
                                          .hidden = static_cast<int>(H),
                                          .inter = static_cast<int>(I)};
     C10_CUDA_CHECK(kernels::launch_routed_experts(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
-    if (!combine) {
-        result.second = {.out = out, .indices = indices, .weights = weights, .slots = slots, .experts = E};
-    }
-    return result;
+    return {.out = out, .indices = indices, .weights = weights, .slots = slots, .experts = E};
 }
-
-}  // namespace
 
 at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& indices,
                           const at::Tensor& weights,
                           const SwiGluWeights& experts,
                           const SwiGluWeights* shared) {
-    RECORD_FUNCTION("dsrl::routed_experts", std::vector<c10::IValue>());  // names the kernels in profiles
-    return run_routed_experts(x, indices, weights, experts, shared, true).first;
-}
-
-PairRows routed_experts_pairs(const at::Tensor& x,
-                              const at::Tensor& indices,
-                              const at::Tensor& weights,
-                              const SwiGluWeights& experts,
-                              const SwiGluWeights* shared) {
-    RECORD_FUNCTION("dsrl::routed_experts", std::vector<c10::IValue>());  // names the kernels in profiles
-    return run_routed_experts(x, indices, weights, experts, shared, false).second;
+    return combine_pairs(routed_experts_pairs(x, indices, weights, experts, shared));
 }
 
 at::Tensor combine_pairs(const PairRows& pairs) {
     RECORD_FUNCTION("dsrl::combine_pairs", std::vector<c10::IValue>());  // names the kernel in profiles
-    TORCH_CHECK(pairs.defined() && pairs.out.is_cuda() &&
-                    pair_rows_fit(pairs.out.narrow(0, 0, pairs.tokens()), pairs) && aligned16(pairs.out.data_ptr()) &&
-                    pairs.hidden() % 8 == 0,
+    TORCH_CHECK(pair_rows_valid(pairs),
                 "combine_pairs (cuda): pair rows must be CUDA bf16/fp16 [T · slots, H] (H a multiple of 8, aligned) "
                 "with int64 indices and fp32 weights [T, k] on their device");
     const c10::cuda::CUDAGuard on_device(pairs.out.device());

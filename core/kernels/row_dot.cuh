@@ -123,7 +123,7 @@ __device__ __forceinline__ void dots(const float* xs,
 constexpr int kTileW = 4;
 constexpr int kTileU = 3;
 
-template <typename W, int kRows>
+template <int kRows, typename W>
 __device__ __forceinline__ void tile_dots(const float* xs,
                                           const W* w,
                                           int n,
@@ -190,6 +190,21 @@ __device__ __forceinline__ void tile_dots(const float* xs,
     }
 }
 
+// f(w as a pointer to its element type wt: bf16, fp16, else fp32).
+template <typename F>
+__device__ __forceinline__ void with_weights(const void* w, Elem wt, const F& f) {
+    switch (wt) {
+        case Elem::kBF16:
+            f(static_cast<const __nv_bfloat16*>(w));
+            break;
+        case Elem::kF16:
+            f(static_cast<const __half*>(w));
+            break;
+        default:
+            f(static_cast<const float*>(w));
+    }
+}
+
 }  // namespace row_dot_detail
 
 /// Threads [0, threads) of the caller copy the row x[0, dim) (type t) into xs (shared fp32, 16-byte aligned), eight
@@ -222,17 +237,8 @@ __device__ __forceinline__ void warp_row_dots(const float* xs,
                                               float scale,
                                               float* out,
                                               int lane) {
-    switch (wt) {
-        case Elem::kBF16:
-            row_dot_detail::dots(xs, static_cast<const __nv_bfloat16*>(w), n, dim, first, stride, scaled, scale, out,
-                                 lane);
-            break;
-        case Elem::kF16:
-            row_dot_detail::dots(xs, static_cast<const __half*>(w), n, dim, first, stride, scaled, scale, out, lane);
-            break;
-        default:
-            row_dot_detail::dots(xs, static_cast<const float*>(w), n, dim, first, stride, scaled, scale, out, lane);
-    }
+    row_dot_detail::with_weights(
+        w, wt, [&](const auto* wp) { row_dot_detail::dots(xs, wp, n, dim, first, stride, scaled, scale, out, lane); });
 }
 
 /// out[t · ldo + j] = Σ_h xs[t · dim + h] · w[j, h] for the tile's rows t < rows (of kRows staged in xs: shared fp32,
@@ -254,19 +260,9 @@ __device__ __forceinline__ void block_tile_dots(const float* xs,
                                                 int warp,
                                                 int warps,
                                                 int lane) {
-    switch (wt) {
-        case Elem::kBF16:
-            row_dot_detail::tile_dots<__nv_bfloat16, kRows>(xs, static_cast<const __nv_bfloat16*>(w), n, dim, rows,
-                                                            scaled, scale, out, ldo, warp, warps, lane);
-            break;
-        case Elem::kF16:
-            row_dot_detail::tile_dots<__half, kRows>(xs, static_cast<const __half*>(w), n, dim, rows, scaled, scale,
-                                                     out, ldo, warp, warps, lane);
-            break;
-        default:
-            row_dot_detail::tile_dots<float, kRows>(xs, static_cast<const float*>(w), n, dim, rows, scaled, scale, out,
-                                                    ldo, warp, warps, lane);
-    }
+    row_dot_detail::with_weights(w, wt, [&](const auto* wp) {
+        row_dot_detail::tile_dots<kRows>(xs, wp, n, dim, rows, scaled, scale, out, ldo, warp, warps, lane);
+    });
 }
 
 /// Where a tile kernel's warp stands (kTileWarps warps, the block's kRows rows from row blockIdx.x · kRows of `rows`):

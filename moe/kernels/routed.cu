@@ -89,9 +89,7 @@ __host__ __device__ inline int routed_tile_bound(const RoutedExpertsParams& p) {
 }
 
 // Rows of the h and out scratch a token owns: its k routed pairs, then the shared expert's.
-__host__ __device__ inline int slots_of(const RoutedExpertsParams& p) {
-    return p.k + (p.shared_gate != nullptr ? 1 : 0);
-}
+__device__ inline int slots_of(const RoutedExpertsParams& p) { return p.k + (p.shared_gate != nullptr ? 1 : 0); }
 
 // The routed pairs grouped by expert and cut into tiles of 32: rank[q] = the pair's place among its expert's
 // (shared-memory atomics); the counts and the tiles per expert scanned; order[start(e) + rank[q]] = the pair's row;
@@ -369,18 +367,6 @@ __global__ void routed_combine_kernel(const dsrl::kernels::PairSum s, void* y_ou
     *reinterpret_cast<uint4*>(static_cast<T*>(y_out) + t * s.hidden + c) = *reinterpret_cast<const uint4*>(y);
 }
 
-// The combine's view of the routed kernels' parameters.
-dsrl::kernels::PairSum pair_sum_of(const RoutedExpertsParams& p) {
-    return {.out = p.out,
-            .type = p.type,
-            .indices = p.indices,
-            .weights = p.weights,
-            .k = p.k,
-            .slots = slots_of(p),
-            .experts = p.experts,
-            .hidden = p.hidden};
-}
-
 template <typename T>
 cudaError_t launch_combine(const dsrl::kernels::PairSum& s, void* y, int64_t tokens, cudaStream_t stream) {
     const int64_t threads = tokens * (s.hidden / 8);
@@ -415,7 +401,6 @@ cudaError_t launch_typed(const RoutedExpertsParams& p, cudaStream_t stream) {
         e = launch(routed_down_kernel<T>, dim3(static_cast<unsigned>(p.hidden / kDownBN), groups), kThreads, kDownSmem,
                    stream, p);
     }
-    if (e == cudaSuccess && p.y != nullptr) e = launch_combine<T>(pair_sum_of(p), p.y, p.tokens, stream);
     return e;
 }
 

@@ -2,7 +2,7 @@
 // expert's SwiGLU on the tensor cores, so a step reads each expert's weights once and does the FLOPs of the k experts
 // a token is routed to (the dense decode did all E for every token). Sees no torch types.
 //
-// Four kernels, no host sync, graph-capturable:
+// Three kernels (launch_routed_experts) and the combine (launch_pair_combine), no host sync, graph-capturable:
 //   pairs:   one block counts the routed pairs per expert (shared-memory atomics), scans the counts into offsets,
 //            writes the pairs grouped by expert (in no fixed order within an expert: every pair's row is computed
 //            alone, so the results do not depend on it) and cuts each expert's pairs into tiles of 32;
@@ -12,7 +12,8 @@
 //            expert with many pairs (skewed routing) spreads over several blocks instead of one long one;
 //   down:    grid (H / 64 columns, the same groups); out[pair] = h[pair] · downᵀ, rounded to the operand type;
 //   combine: y[t] = Σ_j out[t, j] · w[t, j] in fp32 in slot order, rounded (routed_experts_grouped's sum), then
-//            + the shared expert's out[t] and rounded again (moe_forward's add).
+//            + the shared expert's out[t] and rounded again (moe_forward's add): core/kernels/pair_sum.cuh, which a
+//            decode step's next add + norm calls instead as it reads the rows.
 // A pair whose expert id is outside [0, experts) is skipped by all three (it adds nothing).
 #pragma once
 
@@ -39,7 +40,6 @@ struct RoutedExpertsParams {
     int* tiles;                // scratch [3 · routed_tiles(tokens, k, experts)]: (expert, start in order, count)
     void* h;                   // scratch [tokens · slots, inter], slots = k (+ 1 with a shared expert)
     void* out;                 // scratch [tokens · slots, hidden]
-    void* y;                   // [tokens, hidden], or null: no combine (the caller sums `out` where it reads it)
     dsrl::kernels::Elem type;  // kBF16 or kF16, every tensor above but indices / weights
     int64_t tokens;
     int k;
@@ -68,7 +68,7 @@ __host__ __device__ inline int64_t routed_tiles(int64_t tokens, int k, int exper
 cudaError_t launch_routed_experts(const RoutedExpertsParams& p, cudaStream_t stream);
 
 /// The combine alone: y [tokens, hidden] (s.type) = core/kernels/pair_sum.cuh's sum of each token's rows of s.out —
-/// what launch_routed_experts's last kernel writes. s.hidden a multiple of 8, every tensor 16-byte aligned.
+/// the y of the rows launch_routed_experts wrote. s.hidden a multiple of 8, every tensor 16-byte aligned.
 cudaError_t launch_pair_combine(const dsrl::kernels::PairSum& s, void* y, int64_t tokens, cudaStream_t stream);
 
 }  // namespace dsrl::moe::kernels
