@@ -143,6 +143,7 @@ double copy_bandwidth(const c10::Device& device) {
 struct ProfileRequest {
     bool autocast = false;          // fp32 weights under bf16 autocast (a training job's rollout)
     bool cast_weights_once = true;  // rollout.cast_weights_once
+    bool absorb = true;             // rollout.absorb_projections
     int64_t batch = 0;              // 0: no profile
     bool graphs = true;
     bool buckets = false;  // graphs off: the bucketed step (the graphs' shapes), eagerly
@@ -237,6 +238,7 @@ int compare(const std::string& model_dir,
         long(c.vocab_size), long(prompt_len), long(group), long(new_tokens), top_p, bw / 1e9);
     dsrl::rollout::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = top_p}, .max_new_tokens = new_tokens};
     opt.engine.cast_weights_once = profile.cast_weights_once;
+    opt.engine.absorb_projections = profile.absorb;
     {  // warm-up
         dsrl::rollout::GenerateOptions w = opt;
         w.max_new_tokens = 8;
@@ -369,8 +371,8 @@ int run(int argc, char** argv) {
     int64_t prompt_len = 64, hf = 1, group = 1;
     double top_p_cmp = 0.95;
     ProfileRequest profile;
-    int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, profile_host = 0,
-            profile_prefill = 0, reference = 0, baselines = 1, profile_buckets = 0;
+    int64_t profile_graphs = 0, compare_table = 1, profile_top = 25, autocast = 0, cast_once = 1, absorb = 1,
+            profile_host = 0, profile_prefill = 0, reference = 0, baselines = 1, profile_buckets = 0;
     std::string device = "cpu";
     int64_t new_tokens = 64, vocab = 4096;
     double scale = 0.3;
@@ -408,6 +410,7 @@ int run(int argc, char** argv) {
             .integer("--autocast", &autocast, 0,
                      "--model on CUDA: 1 keeps fp32 weights under bf16 autocast (as dsrl_train with trainer.autocast)")
             .integer("--cast-once", &cast_once, 0, "--autocast 1: rollout.cast_weights_once (0 casts in every forward)")
+            .integer("--absorb", &absorb, 0, "--model: rollout.absorb_projections (0: the per-head products run)")
             .parse(argc, argv);
     if (!go) return 0;
     profile.graphs = profile_graphs != 0;
@@ -418,6 +421,7 @@ int run(int argc, char** argv) {
     profile.baselines = baselines != 0;
     profile.autocast = autocast != 0;
     profile.cast_weights_once = cast_once != 0;
+    profile.absorb = absorb != 0;
     profile.compare = compare_table != 0;
     profile.top = static_cast<int>(profile_top);
     if (!model_dir.empty()) {

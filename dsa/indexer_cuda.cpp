@@ -248,7 +248,8 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
                              double scale,
                              const at::Tensor& query_pos,
                              const at::Tensor& key_valid,
-                             int64_t topk) {
+                             int64_t topk,
+                             bool one_launch) {
     RECORD_FUNCTION("dsrl::indexer_paged_topk", std::vector<c10::IValue>());  // names the kernels in profiles
     constexpr const char* op = "indexer_paged_topk (cuda)";
     TORCH_CHECK(indexer_paged_fits(q, pool_k, w, read, topk), op,
@@ -271,35 +272,29 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
     const auto opts = q.options();
     PagedTopk r{at::empty({B, L, topk}, opts.dtype(at::kInt)), at::empty({B, L, topk}, opts.dtype(at::kLong))};
     if (B * L == 0) return r;
-    at::Tensor scores = at::empty({B * L, S}, opts.dtype(at::kFloat));
-    if (S > 0) {
-        const kernels::IndexerPagedParams p{.q = q.data_ptr(),
-                                            .q_type = kernel_elem(q.scalar_type()),
-                                            .pool = pool_k.data_ptr(),
-                                            .pool_bf16 = pool_k.scalar_type() == at::kBFloat16,
-                                            .w = w.data_ptr(),
-                                            .w_type = kernel_elem(w.scalar_type()),
-                                            .read = read.data_ptr<int64_t>(),
-                                            .key_valid = valid.defined() ? valid.data_ptr<bool>() : nullptr,
-                                            .query_pos = pos.data_ptr<int64_t>(),
-                                            .out = scores.data_ptr<float>(),
-                                            .batch = B,
-                                            .len = L,
-                                            .keys = S,
-                                            .pool_rows = pool_k.size(0),
-                                            .heads = static_cast<int>(q.size(2)),
-                                            .dim = static_cast<int>(q.size(3)),
-                                            .q_batch_stride = q.stride(0),
-                                            .q_len_stride = q.stride(1),
-                                            .w_batch_stride = w.stride(0),
-                                            .w_len_stride = w.stride(1),
-                                            .pool_stride = pool_k.stride(0),
-                                            .scale = static_cast<float>(scale)};
-        C10_CUDA_CHECK(kernels::launch_indexer_paged(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                                     stream_of(q)));
-    }
+    const kernels::IndexerPagedParams p{.q = q.data_ptr(),
+                                        .q_type = kernel_elem(q.scalar_type()),
+                                        .pool = pool_k.data_ptr(),
+                                        .pool_bf16 = pool_k.scalar_type() == at::kBFloat16,
+                                        .w = w.data_ptr(),
+                                        .w_type = kernel_elem(w.scalar_type()),
+                                        .read = read.data_ptr<int64_t>(),
+                                        .key_valid = valid.defined() ? valid.data_ptr<bool>() : nullptr,
+                                        .query_pos = pos.data_ptr<int64_t>(),
+                                        .out = nullptr,
+                                        .batch = B,
+                                        .len = L,
+                                        .keys = S,
+                                        .pool_rows = pool_k.size(0),
+                                        .heads = static_cast<int>(q.size(2)),
+                                        .dim = static_cast<int>(q.size(3)),
+                                        .q_batch_stride = q.stride(0),
+                                        .q_len_stride = q.stride(1),
+                                        .w_batch_stride = w.stride(0),
+                                        .w_len_stride = w.stride(1),
+                                        .pool_stride = pool_k.stride(0),
+                                        .scale = static_cast<float>(scale)};
     kernels::TopkParams tp{};
-    tp.logits = scores.data_ptr<float>();
     tp.num_rows = B * L;
     tp.num_cols = S;
     tp.row_stride = S;
@@ -312,6 +307,18 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
     tp.slot_of = read.data_ptr<int64_t>();
     tp.slot_group_stride = S;
     tp.slots_out = r.slots.data_ptr<int64_t>();
+    if (one_launch && S <= kernels::kRankMax) {  // a decode's short rows: scored and selected in one kernel
+        C10_CUDA_CHECK(kernels::launch_indexer_paged_rank(p, tp, stream_of(q)));
+        return r;
+    }
+    at::Tensor scores = at::empty({B * L, S}, opts.dtype(at::kFloat));
+    if (S > 0) {
+        kernels::IndexerPagedParams ps = p;
+        ps.out = scores.data_ptr<float>();
+        C10_CUDA_CHECK(kernels::launch_indexer_paged(ps, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                                     stream_of(q)));
+    }
+    tp.logits = scores.data_ptr<float>();
     C10_CUDA_CHECK(kernels::launch_topk_rows(tp, stream_of(q)));
     return r;
 }

@@ -74,8 +74,10 @@ bool indexer_paged_fits(
 
 /// A paged decode step's indexer and top-k (the contract of dsa::indexer_topk over the keys the rows' slot tables
 /// name): query (b, l) scores key s of row b, pool_k[read[b, s]], visible iff s <= query_pos[b, l] and
-/// key_valid[b, s]; then topk_rows. Two kernels, the keys read in place from the pool. Returns the key positions
-/// [B, L, topk] int32 (−1 padding) and their slots [B, L, topk] int64 (read[b, position], −1 padding).
+/// key_valid[b, s]; then topk_rows. The keys read in place from the pool; rows of at most 512 keys (a decode's) are
+/// scored and selected in one kernel (one_launch; false: the scores kernel then the top-k kernel, the same result).
+/// Returns the key positions [B, L, topk] int32 (−1 padding) and their slots [B, L, topk] int64 (read[b, position],
+/// −1 padding).
 struct PagedTopk {
     at::Tensor keys;
     at::Tensor slots;
@@ -87,7 +89,8 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
                              double scale,
                              const at::Tensor& query_pos,
                              const at::Tensor& key_valid,
-                             int64_t topk);
+                             int64_t topk,
+                             bool one_launch = true);
 
 /// Gradients of the (masked) indexer logits: dq like q, dk like k (accumulated in fp32, then cast), dw fp32.
 struct IndexerGrads {

@@ -93,7 +93,8 @@ PagedTopk indexer_paged_topk(const at::Tensor&,
                              double,
                              const at::Tensor&,
                              const at::Tensor&,
-                             int64_t) {
+                             int64_t,
+                             bool) {
     no_kernels("paged indexer top-k");
 }
 IndexerGrads indexer_logits_backward(const at::Tensor&,

@@ -298,14 +298,23 @@ AttentionResult attention(const at::Tensor& h,
     const std::vector<at::Tensor> normed = norm_jobs(norm_in, c);
     const at::Tensor& c_q = normed[0];
     const at::Tensor qb_out = at::linear(c_q, stacked ? l.fused_b : l.attn.q_b_proj);
-    const at::Tensor q = qb_out.narrow(-1, 0, heads * (nope + rope)).view({B, L, heads, nope + rope});
+    // Absorbed stacks (LayerWeights::absorbed): the GEMM gives q̃ = q_nope · W_UK itself, then the rope parts.
+    const bool absorbed = stacked && l.absorbed;
+    at::Tensor q, q_lat, q_rope;
+    if (absorbed) {
+        q_lat = qb_out.narrow(-1, 0, heads * lora).view({B, L, heads, lora});
+        q_rope = qb_out.narrow(-1, heads * lora, heads * rope).view({B, L, heads, rope});
+    } else {
+        q = qb_out.narrow(-1, 0, heads * (nope + rope)).view({B, L, heads, nope + rope});
+        q_rope = q.narrow(-1, nope, rope);
+    }
+    const int64_t q_width = heads * (absorbed ? lora + rope : nope + rope);
     std::vector<cuda::RopeJob> rope_in = {
-        {q.narrow(-1, nope, rope), cos_h, sin_h, rope, /*interleaved=*/true},
+        {q_rope, cos_h, sin_h, rope, /*interleaved=*/true},
         {kv.narrow(-1, lora, rope), st.cos, st.sin, rope, /*interleaved=*/true, into.k_pe, into_slots}};
     if (run_indexer) {
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-        const at::Tensor iq_lin =
-            stacked ? qb_out.narrow(-1, heads * (nope + rope), ih * id) : at::linear(iq_in, l.indexer.wq_b);
+        const at::Tensor iq_lin = stacked ? qb_out.narrow(-1, q_width, ih * id) : at::linear(iq_in, l.indexer.wq_b);
         rope_in.push_back({iq_lin.view({B, L, ih, id}), cos_h, sin_h, rope, /*interleaved=*/false});
         rope_in.push_back({normed[2], st.cos, st.sin, rope, /*interleaved=*/false, into.index_k, into_slots});
     }
@@ -373,7 +382,13 @@ AttentionResult attention(const at::Tensor& h,
 
     // Absorbed (MQA) form: q̃ = q_nope · W_UK in latent space; o_h = W_UV · o_lat.
     const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v_dim, lora});
-    const at::Tensor q_lat = per_head(q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope), /*transposed=*/false, c);
+    if (!absorbed) q_lat = per_head(q.narrow(-1, 0, nope), w_kv.narrow(1, 0, nope), /*transposed=*/false, c);
+    // o = o_proj(W_UV · o_lat per head). (W_UV absorbed into o_proj as well measured no faster on an H100: one GEMM
+    // over heads · kv_lora inputs took as long as the batched matmul and o_proj together; docs/kernel_notes.md.)
+    const auto output = [&](const at::Tensor& o_lat) {
+        const at::Tensor o = per_head(o_lat.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim), true, c);
+        return at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+    };
     const double scale = mla_softmax_scale(c);
     if (paged_read) {
         // The selected keys' slots (a dense step's, the same for every layer, come with the step); the queries of
@@ -386,9 +401,7 @@ AttentionResult attention(const at::Tensor& h,
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
                              opt.query_chunk, /*check_indices=*/false);  // slots of the pool by construction
-        const at::Tensor o =
-            per_head(att.out.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim), /*transposed=*/true, c);
-        r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+        r.out = output(att.out);
         return r;
     }
     const AttentionOutput att = st.dense
@@ -397,8 +410,7 @@ AttentionResult attention(const at::Tensor& h,
     if (opt.return_attention) {
         r.attention = {q_lat.detach(), q_pe.detach(), c_kv.detach(), k_pe.detach(), att.lse.detach(), scale, st.dense};
     }
-    const at::Tensor o = per_head(att.out, w_kv.narrow(1, nope, v_dim), /*transposed=*/true, c);
-    r.out = at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+    r.out = output(att.out);
     return r;
 }
 
@@ -542,18 +554,38 @@ bool fusable(std::initializer_list<const at::Tensor*> ts) {
     return true;
 }
 
+// The absorbed query rows of a layer, [W_q_lat (heads · lora) | rope rows (heads · rope)] from q_b_proj and kv_b_proj:
+// W_q_lat(h) = W_UK(h)ᵀ · W_q_nope(h), products in fp32, rounded once to q_b_proj's dtype.
+at::Tensor absorbed_query_rows(const MlaWeights& a, const ModelConfig& c) {
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int64_t lora = c.kv_lora_rank, q_in = a.q_b_proj.size(1);
+    const at::Tensor wqb = a.q_b_proj.detach().to(at::kFloat).view({heads, nope + rope, q_in});
+    const at::Tensor w_uk = a.kv_b_proj.detach().to(at::kFloat).view({heads, -1, lora}).narrow(1, 0, nope);
+    const at::Tensor q_lat = at::bmm(w_uk.transpose(1, 2), wqb.narrow(1, 0, nope)).reshape({heads * lora, q_in});
+    return at::cat({q_lat, wqb.narrow(1, nope, rope).reshape({heads * rope, q_in})}).to(a.q_b_proj.scalar_type());
+}
+
+// Extra bytes of a layer's absorbed query rows over the factors they replace (q_b_proj's nope rows and W_UK).
+int64_t absorbed_extra_bytes(const MlaWeights& a, const ModelConfig& c) {
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, lora = c.kv_lora_rank;
+    const int64_t q_in = a.q_b_proj.size(1);
+    return (heads * lora * q_in - heads * nope * (q_in + lora)) * a.q_b_proj.element_size();
+}
+
 }  // namespace
 
-Model Model::fuse_projections() const {
+Model Model::fuse_projections(bool absorb) const {
     const at::NoGradGuard no_grad;
     Model m = *this;
     for (LayerWeights& l : m.w_.layers) {
         if (fusable({&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk})) {
             l.fused_a = at::cat({l.attn.q_a_proj.detach(), l.attn.kv_a_proj_with_mqa.detach(), l.indexer.wk.detach()});
         }
-        if (fusable({&l.attn.q_b_proj, &l.indexer.wq_b})) {
-            l.fused_b = at::cat({l.attn.q_b_proj.detach(), l.indexer.wq_b.detach()});
-        }
+        if (!fusable({&l.attn.q_b_proj, &l.indexer.wq_b})) continue;
+        l.absorbed = absorb && l.attn.kv_b_proj.scalar_type() == l.attn.q_b_proj.scalar_type() &&
+                     absorbed_extra_bytes(l.attn, cfg_) <= kAbsorbMaxExtraBytes;
+        l.fused_b = at::cat(
+            {l.absorbed ? absorbed_query_rows(l.attn, cfg_) : l.attn.q_b_proj.detach(), l.indexer.wq_b.detach()});
     }
     return m;
 }

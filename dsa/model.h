@@ -217,7 +217,13 @@ public:
     /// wk, one for q_b and the indexer's wq_b — three kernels fewer per layer, the same products of the same weights.
     /// A snapshot like autocast_weights (the rollout engine's, for one generate() call); layers whose projections
     /// differ in dtype or device stay unfused. The extra memory is a copy of those five projections.
-    Model fuse_projections() const;
+    /// With `absorb`, a layer whose absorbed query rows (LayerWeights::absorbed) are at most kAbsorbMaxExtraBytes
+    /// larger than the factors they replace also gets them: one per-head batched matmul fewer per layer and step, the
+    /// same product associated the other way (the weights' product rounded once to their dtype). Small models only: at
+    /// DeepSeek-V3.2's shapes the absorbed rows are several times the bytes of the factors, and a decode step is bound
+    /// by those bytes.
+    Model fuse_projections(bool absorb = false) const;
+    static constexpr int64_t kAbsorbMaxExtraBytes = int64_t{8} << 20;
     /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
     /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
     void idle_forward() const;

@@ -227,6 +227,16 @@ bool sparse_mla_simt_fits(const at::Tensor& q_lat,
 
 namespace {
 
+// The stride between q's queries (query n = b · T + t at n · stride) when each query's [H, D] is contiguous and the
+// queries are rows of one stride — a contiguous q, or a column range of a wider projection's output — else 0.
+int64_t query_row_stride(const at::Tensor& q) {
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+    if ((D > 1 && q.stride(3) != 1) || (H > 1 && q.stride(2) != D)) return 0;
+    const int64_t stride = T == 1 ? (B == 1 ? H * D : q.stride(0)) : q.stride(1);
+    if (T > 1 && B > 1 && q.stride(0) != T * stride) return 0;
+    return stride > 0 ? stride : 0;
+}
+
 // The SIMT / tensor-core kernels' parameters for these inputs (no splits yet).
 kernels::SparseMlaSimtParams simt_params(const at::Tensor& ql,
                                          const at::Tensor& qp,
@@ -255,6 +265,8 @@ kernels::SparseMlaSimtParams simt_params(const at::Tensor& ql,
             .rope = qp.size(3),
             .topk = idx.defined() ? idx.size(2) : 0,
             .keys = c_kv.size(1),
+            .q_lat_stride = std::max<int64_t>(query_row_stride(ql), ql.size(2) * ql.size(3)),
+            .q_pe_stride = std::max<int64_t>(query_row_stride(qp), qp.size(2) * qp.size(3)),
             .scale = static_cast<float>(scale),
             .out = out.defined() ? out.data_ptr() : nullptr,
             .out_type = kernel_elem(ql.scalar_type()),
@@ -280,8 +292,15 @@ bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
     kernels::SparseMlaSimtParams p =
         simt_params(q_lat, q_pe, c_kv, k_pe, at::Tensor(), 1.0, at::Tensor(), at::Tensor());
     p.topk = indices.size(2);
-    if (!q_lat.is_contiguous()) p.q_lat = nullptr;  // sparse_mla_simt copies it (an aligned buffer)
-    if (!q_pe.is_contiguous()) p.q_pe = nullptr;
+    // Queries that are not rows of one stride are copied by sparse_mla_simt (an aligned, contiguous buffer).
+    if (query_row_stride(q_lat) == 0) {
+        p.q_lat = nullptr;
+        p.q_lat_stride = q_lat.size(2) * q_lat.size(3);
+    }
+    if (query_row_stride(q_pe) == 0) {
+        p.q_pe = nullptr;
+        p.q_pe_stride = q_pe.size(2) * q_pe.size(3);
+    }
     return mma_plan(p, q_lat.device().index()).tile > 0;
 }
 
@@ -299,7 +318,10 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                 " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
     const c10::cuda::CUDAGuard on_device(q_lat.device());
     const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3);
-    const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
+    // Queries read in place where they are rows of one stride (the absorbed query is a column range of its GEMM's
+    // output), else from a contiguous copy.
+    const at::Tensor ql = query_row_stride(q_lat) > 0 ? q_lat : q_lat.contiguous();
+    const at::Tensor qp = query_row_stride(q_pe) > 0 ? q_pe : q_pe.contiguous();
     const at::Tensor idx = indices.to(at::kLong).contiguous();
     at::Tensor out = at::empty({B, T, H, C}, q_lat.options());
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));

@@ -80,6 +80,12 @@ void bind(Binder& b, RolloutConfig& c) {
                     "over a stacked copy of their weights made once per rollout (q_a, kv_a and the indexer's wk; q_b "
                     "and the indexer's wq_b): three kernels fewer per layer and decode step, for a copy of those "
                     "weights while generating (about 19 MB in bf16 on single_gpu.yaml)."});
+    b.field("absorb_projections", c.engine.absorb_projections,
+            {.doc = "With fuse_projections: a layer whose absorbed query rows are at most 8 MiB larger than their "
+                    "factors generates with them — q_b_proj's nope rows times W_UK, so the stacked GEMM gives the "
+                    "latent-space query itself: one per-head batched matmul fewer per layer and decode step, the "
+                    "product associated the other way (bf16 roundings apart). Small models only: at DeepSeek-V3.2's "
+                    "shapes the absorbed rows are several times their factors' bytes and no layer takes them."});
 }
 
 }  // namespace dsrl

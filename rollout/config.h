@@ -39,6 +39,10 @@ struct EngineOptions {
     /// Continuous engine on CUDA: each layer's projections that read one input stacked into one matrix for the call
     /// (dsa::Model::fuse_projections): one GEMM for q_a, kv_a and the indexer's wk, one for q_b and the indexer's wq_b.
     bool fuse_projections = true;
+    /// With fuse_projections: the layers whose absorbed query rows cost at most dsa::Model::kAbsorbMaxExtraBytes more
+    /// than their factors run them (LayerWeights::absorbed): one per-head batched matmul fewer per layer and decode
+    /// step.
+    bool absorb_projections = true;
     /// Tests and profiles (not a config key): where no graph replays (CPU; CUDA with cuda_graphs off), run the bucketed
     /// step that the CUDA graphs replay (padded rows, block tables padded to a power of two) eagerly.
     bool eager_buckets = false;

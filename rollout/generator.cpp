@@ -265,9 +265,10 @@ std::vector<Sample> generate(const dsa::Model& model,
     const dsa::Model& m = cast ? *cast : model;
     if (opt.engine.kind == "static") return generate_static(m, tokenizer, requests, opt, stats);
     // The continuous engine on CUDA: the projections that read one input stacked into one GEMM each (three kernels
-    // fewer per layer and decode step), copies made once for the call.
+    // fewer per layer and decode step), with the query's per-head product absorbed where that costs few bytes,
+    // copies made once for the call.
     if (opt.engine.fuse_projections && m.device().is_cuda() && !requests.empty()) {
-        const dsa::Model fused = m.fuse_projections();
+        const dsa::Model fused = m.fuse_projections(opt.engine.absorb_projections);
         return generate_continuous(fused, tokenizer, requests, opt, stats);
     }
     return generate_continuous(m, tokenizer, requests, opt, stats);

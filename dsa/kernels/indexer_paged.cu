@@ -4,6 +4,7 @@
 // the scale and the head weights. The chunk size keeps about two blocks per multiprocessor in flight.
 #include "core/kernels/launch.cuh"
 #include "dsa/kernels/indexer_paged.cuh"
+#include "dsa/kernels/topk_rank.cuh"
 
 #include <cuda_bf16.h>
 
@@ -34,60 +35,99 @@ __device__ __forceinline__ void load8(const void* pool, bool bf16, int64_t i, fl
     }
 }
 
-__global__ void __launch_bounds__(kThreads) indexer_paged_kernel(const IndexerPagedParams p, int64_t chunk) {
-    dsrl::kernels::pdl_enter();
-    extern __shared__ __align__(16) float smem[];
+// The query's heads and head weights staged as fp32 into shared memory (q_s [padded, D], w_s [padded], zero rows past
+// H), with the barrier after.
+__device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t n, float* q_s, float* w_s) {
     const int H = p.heads, D = p.dim;
-    const int groups = (H + kHeadGroup - 1) / kHeadGroup, padded = groups * kHeadGroup;
-    float* q_s = smem;               // [padded, D], zero rows past H
-    float* w_s = smem + padded * D;  // [padded], zero past H
-    const int64_t n = blockIdx.x, b = n / p.len, l = n % p.len;
+    const int padded = (H + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    const int64_t b = n / p.len, l = n % p.len;
     const int64_t q0 = b * p.q_batch_stride + l * p.q_len_stride, w0 = b * p.w_batch_stride + l * p.w_len_stride;
-    for (int i = threadIdx.x; i < padded * D; i += kThreads) {
+    for (int i = threadIdx.x; i < padded * D; i += blockDim.x) {
         const int j = i / D;
         q_s[i] = j < H ? dsrl::kernels::load_elem(p.q, p.q_type, q0 + i) : 0.0f;
     }
-    for (int j = threadIdx.x; j < padded; j += kThreads)
+    for (int j = threadIdx.x; j < padded; j += blockDim.x)
         w_s[j] = j < H ? dsrl::kernels::load_elem(p.w, p.w_type, w0 + j) : 0.0f;
     __syncthreads();
-    const int64_t last = p.query_pos[n];
-    const int64_t begin = blockIdx.y * chunk, end = begin + chunk < p.keys ? begin + chunk : p.keys;
-    const int64_t* read = p.read + b * p.keys;
-    const bool* valid = p.key_valid != nullptr ? p.key_valid + b * p.keys : nullptr;
-    for (int64_t s = begin + threadIdx.x; s < end; s += kThreads) {
-        const int64_t slot = read[s];
-        float score = -INFINITY;
-        if (s <= last && (valid == nullptr || valid[s]) && slot >= 0 && slot < p.pool_rows) {
-            const int64_t k0 = slot * p.pool_stride;
-            score = 0.0f;
-            for (int g = 0; g < groups; ++g) {
-                float acc[kHeadGroup] = {};
-                const float* qg = q_s + g * kHeadGroup * D;
-                for (int d = 0; d < D; d += 8) {
-                    float k[8];
-                    load8(p.pool, p.pool_bf16, k0 + d, k);
+}
+
+// Query n's score of key position s of its row (b = n / len): −inf where the key is invisible (after the query's
+// position `last`, masked, or a slot outside the pool).
+__device__ __forceinline__ float key_score(
+    const IndexerPagedParams& p, const float* q_s, const float* w_s, int64_t b, int64_t s, int64_t last) {
+    const int D = p.dim, groups = (p.heads + kHeadGroup - 1) / kHeadGroup;
+    const int64_t slot = p.read[b * p.keys + s];
+    if (s > last || (p.key_valid != nullptr && !p.key_valid[b * p.keys + s]) || slot < 0 || slot >= p.pool_rows)
+        return -INFINITY;
+    const int64_t k0 = slot * p.pool_stride;
+    float score = 0.0f;
+    for (int g = 0; g < groups; ++g) {
+        float acc[kHeadGroup] = {};
+        const float* qg = q_s + g * kHeadGroup * D;
+        for (int d = 0; d < D; d += 8) {
+            float k[8];
+            load8(p.pool, p.pool_bf16, k0 + d, k);
 #pragma unroll
-                    for (int j = 0; j < kHeadGroup; ++j) {
-                        const float4 a = *reinterpret_cast<const float4*>(qg + j * D + d);
-                        const float4 c = *reinterpret_cast<const float4*>(qg + j * D + d + 4);
-                        float t = acc[j];
-                        t = fmaf(a.x, k[0], t);
-                        t = fmaf(a.y, k[1], t);
-                        t = fmaf(a.z, k[2], t);
-                        t = fmaf(a.w, k[3], t);
-                        t = fmaf(c.x, k[4], t);
-                        t = fmaf(c.y, k[5], t);
-                        t = fmaf(c.z, k[6], t);
-                        t = fmaf(c.w, k[7], t);
-                        acc[j] = t;
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < kHeadGroup; ++j) score += fmaxf(acc[j] * p.scale, 0.0f) * w_s[g * kHeadGroup + j];
+            for (int j = 0; j < kHeadGroup; ++j) {
+                const float4 a = *reinterpret_cast<const float4*>(qg + j * D + d);
+                const float4 c = *reinterpret_cast<const float4*>(qg + j * D + d + 4);
+                float t = acc[j];
+                t = fmaf(a.x, k[0], t);
+                t = fmaf(a.y, k[1], t);
+                t = fmaf(a.z, k[2], t);
+                t = fmaf(a.w, k[3], t);
+                t = fmaf(c.x, k[4], t);
+                t = fmaf(c.y, k[5], t);
+                t = fmaf(c.z, k[6], t);
+                t = fmaf(c.w, k[7], t);
+                acc[j] = t;
             }
         }
-        p.out[n * p.keys + s] = score;
+#pragma unroll
+        for (int j = 0; j < kHeadGroup; ++j) score += fmaxf(acc[j] * p.scale, 0.0f) * w_s[g * kHeadGroup + j];
     }
+    return score;
+}
+
+__global__ void __launch_bounds__(kThreads) indexer_paged_kernel(const IndexerPagedParams p, int64_t chunk) {
+    dsrl::kernels::pdl_enter();
+    extern __shared__ __align__(16) float smem[];
+    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    float* q_s = smem;                   // [padded, D]
+    float* w_s = smem + padded * p.dim;  // [padded]
+    const int64_t n = blockIdx.x, b = n / p.len;
+    stage_query(p, n, q_s, w_s);
+    const int64_t last = p.query_pos[n];
+    const int64_t begin = blockIdx.y * chunk, end = begin + chunk < p.keys ? begin + chunk : p.keys;
+    for (int64_t s = begin + threadIdx.x; s < end; s += kThreads)
+        p.out[n * p.keys + s] = key_score(p, q_s, w_s, b, s, last);
+}
+
+// Rows of at most kRankMax keys: a block per query, a thread per key scores it and ranks it among the row's scores in
+// shared memory (topk_rank.cuh) — the scores never leave the block.
+__global__ void __launch_bounds__(kRankMax) indexer_paged_rank_kernel(const IndexerPagedParams p, const TopkParams t) {
+    dsrl::kernels::pdl_enter();
+    extern __shared__ __align__(16) float smem[];
+    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    float* q_s = smem;                                           // [padded, D]
+    float* w_s = smem + padded * p.dim;                          // [padded]
+    uint32_t* keys = reinterpret_cast<uint32_t*>(w_s + padded);  // [keys rounded up to 4]
+    const int64_t n = blockIdx.x, b = n / p.len;
+    const TopkRow out(t, n);
+    stage_query(p, n, q_s, w_s);
+    const int s = threadIdx.x;
+    const uint32_t mine = s < out.len ? order_key(key_score(p, q_s, w_s, b, s, p.query_pos[n])) : 0u;
+    rank_select_row(t, out, mine, keys);
+}
+
+}  // namespace
+
+namespace {
+
+bool bad_shape(const IndexerPagedParams& p) {
+    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    return p.heads <= 0 || p.dim <= 0 || p.dim % 8 != 0 || padded * p.dim > kPagedIndexerMaxQ ||
+           p.batch * p.len > 0x7fffffff;
 }
 
 }  // namespace
@@ -96,8 +136,7 @@ cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStrea
     const int64_t queries = p.batch * p.len;
     if (queries == 0 || p.keys == 0) return cudaSuccess;
     const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
-    if (p.heads <= 0 || p.dim <= 0 || p.dim % 8 != 0 || padded * p.dim > kPagedIndexerMaxQ || queries > 0x7fffffff)
-        return cudaErrorInvalidValue;
+    if (bad_shape(p)) return cudaErrorInvalidValue;
     // Keys per block: a multiple of the block's threads, small enough for about two blocks per multiprocessor.
     const int64_t want_blocks = 2 * static_cast<int64_t>(std::max(sms, 1));
     const int64_t per_query = std::max<int64_t>(1, (want_blocks + queries - 1) / queries);
@@ -109,6 +148,20 @@ cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStrea
     return dsrl::kernels::launch(indexer_paged_kernel,
                                  dim3(static_cast<unsigned>(queries), static_cast<unsigned>(chunks)), kThreads, smem,
                                  stream, p, chunk);
+}
+
+cudaError_t launch_indexer_paged_rank(const IndexerPagedParams& p, const TopkParams& t, cudaStream_t stream) {
+    const int64_t queries = p.batch * p.len;
+    if (queries == 0 || t.topk <= 0) return cudaSuccess;
+    if (bad_shape(p) || p.keys > kRankMax || t.num_cols != p.keys || t.num_rows != queries || t.topk > kTopkMax ||
+        t.rows_per_group != p.len)
+        return cudaErrorInvalidValue;
+    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    const int threads = static_cast<int>(std::max<int64_t>(32, (p.keys + 31) / 32 * 32));
+    const size_t smem = sizeof(float) * static_cast<size_t>(padded * p.dim + padded) +
+                        sizeof(uint32_t) * static_cast<size_t>(std::max<int64_t>(4, (p.keys + 3) / 4 * 4));
+    return dsrl::kernels::launch(indexer_paged_rank_kernel, static_cast<unsigned>(queries), threads, smem, stream, p,
+                                 t);
 }
 
 }  // namespace dsrl::dsa::kernels

@@ -4,7 +4,7 @@
 // −inf where key s is invisible to query n (s > query_pos[n], !key_valid[b, s], or a slot outside the pool). Any head
 // dim D (a multiple of 8) and head count H with H·D small enough to keep q in shared memory; the CUDA cores do the
 // products (a decode step's H·D·S multiply-adds per query are few; the keys' bytes are what cost). topk.cuh's kernel
-// then selects. Sees no torch types.
+// then selects, or for rows of at most 512 keys the same launch does (launch_indexer_paged_rank). Sees no torch types.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "core/kernels/elem.cuh"
+#include "dsa/kernels/topk.cuh"
 
 namespace dsrl::dsa::kernels {
 
@@ -36,5 +37,11 @@ struct IndexerPagedParams {
 
 /// Launches the scores kernel on `stream` (`sms`: the device's multiprocessors, for the grid's shape).
 cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStream_t stream);
+
+/// Rows of at most 512 keys (topk_rank.cuh kRankMax): the scores and their top-k in one launch — a block per query, a
+/// thread per key scores it as the scores kernel does (the same bits) and ranks it in shared memory as topk.cuh's
+/// kernel does; p.out is not written. `t` is the selection's TopkParams (its logits unused; num_cols = p.keys, a row
+/// per query, rows_per_group = p.len).
+cudaError_t launch_indexer_paged_rank(const IndexerPagedParams& p, const TopkParams& t, cudaStream_t stream);
 
 }  // namespace dsrl::dsa::kernels

@@ -86,7 +86,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
     for (int i = tid; i < rows * chunks; i += kMmaThreads) {
         const int r = i / chunks, c = (i % chunks) * 8;
         const bool ok = r < H && c < E;
-        const T* src = !ok ? q_lat : c < C ? q_lat + (n * H + r) * C + c : q_pe + (n * H + r) * R + (c - C);
+        const T* src = !ok     ? q_lat
+                       : c < C ? q_lat + n * p.q_lat_stride + r * C + c
+                               : q_pe + n * p.q_pe_stride + r * R + (c - C);
         cp_async16(q_tile + at(r, c), src, ok);
     }
     cp_async_commit();
@@ -262,7 +264,8 @@ bool sparse_mla_mma_takes(const SparseMlaSimtParams& p) {
     if ((p.heads + 15) / 16 * (p.latent / 16) > int64_t{kMmaMaxUnits} * kMmaWarps) return false;
     for (const void* ptr : {p.q_lat, p.q_pe, p.c_kv, p.k_pe})
         if (!aligned16(ptr)) return false;
-    for (const int64_t stride : {p.kv_batch_stride, p.kv_row_stride, p.pe_batch_stride, p.pe_row_stride})
+    for (const int64_t stride :
+         {p.kv_batch_stride, p.kv_row_stride, p.pe_batch_stride, p.pe_row_stride, p.q_lat_stride, p.q_pe_stride})
         if (stride % 8 != 0) return false;
     return true;
 }

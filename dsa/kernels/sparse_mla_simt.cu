@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(kSimtThreads) sparse_mla_simt_kernel(SparseMla
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
     load_rows(q, H, E, Es, [&](int h, int e) {
-        return e < C ? load_elem(p.q_lat, p.q_type, (n * H + h) * C + e)
-                     : load_elem(p.q_pe, p.q_type, (n * H + h) * R + (e - C));
+        return e < C ? load_elem(p.q_lat, p.q_type, n * p.q_lat_stride + h * C + e)
+                     : load_elem(p.q_pe, p.q_type, n * p.q_pe_stride + h * R + (e - C));
     });
     for (int h = tid; h < H; h += kSimtThreads) {
         run_max[h] = -INFINITY;

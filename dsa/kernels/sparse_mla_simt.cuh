@@ -21,8 +21,8 @@ constexpr int kSimtAccumulators = 32;  // per thread: H · C <= kSimtThreads · 
 constexpr int kSimtTile = 16;          // entries per shared-memory tile
 
 struct SparseMlaSimtParams {
-    const void* q_lat;  // [N, H, C] contiguous; query n = b · T + t
-    const void* q_pe;   // [N, H, R] contiguous
+    const void* q_lat;  // [N, H, C], [H, C] contiguous, query n = b · T + t at q_lat + n · q_lat_stride
+    const void* q_pe;   // [N, H, R], [H, R] contiguous, query n at q_pe + n · q_pe_stride
     Elem q_type;
     const void* c_kv;  // entry s of batch b at c_kv + b · kv_batch_stride + s · kv_row_stride ([C] contiguous)
     const void* k_pe;  // same layout with pe strides ([R] contiguous)
@@ -30,6 +30,7 @@ struct SparseMlaSimtParams {
     int64_t kv_batch_stride, kv_row_stride, pe_batch_stride, pe_row_stride;
     const int64_t* indices;  // [N, K] contiguous
     int64_t num_queries, queries_per_batch, heads, latent, rope, topk, keys;
+    int64_t q_lat_stride, q_pe_stride;  // elements between queries: H · C and H · R when contiguous
     float scale;
     void* out;  // [N, H, C] contiguous, out_type
     Elem out_type;

@@ -13,6 +13,7 @@
 // Napkin math: 1-3 reads of the row (4 bytes per key); memory-bound. 4096 rows × 128K keys = 2.1 GB per pass.
 #include "core/kernels/launch.cuh"
 #include "dsa/kernels/topk.cuh"
+#include "dsa/kernels/topk_rank.cuh"
 
 namespace dsrl::dsa::kernels {
 namespace {
@@ -34,14 +35,6 @@ struct TopkSmem {
     int n_cand;  // candidates seen (may exceed kCandCap only for a single-value bucket)
     int found_bin, found_above, found_count;
 };
-
-__device__ __forceinline__ uint32_t order_key(float f) {
-    if (f != f) return 0xFFFFFFFFu;
-    uint32_t b = __float_as_uint(f);
-    if (b == 0x80000000u) b = 0;  // -0 ties with +0, as in a float comparison
-    const uint32_t k = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-    return k <= 0x007FFFFFu ? 0u : k;  // ~bits(−inf) = 0x007FFFFF
-}
 
 // Loads keys [i0, i0 + kVec) of the row (0 past len).
 __device__ __forceinline__ void load_keys(const float* row, int64_t i0, int len, bool aligned, uint32_t (&key)[kVec]) {
@@ -122,27 +115,6 @@ __device__ __forceinline__ void clear_hist(TopkSmem& s, int nbins) {
     __syncthreads();
 }
 
-// Row r: its group member (g, m), its keys [0, len), and where its top-k goes.
-struct TopkRow {
-    int64_t g, m;
-    int len;
-    __device__ TopkRow(const TopkParams& p, int64_t r) : g(r / p.rows_per_group), m(r % p.rows_per_group) {
-        int64_t n = p.num_cols;
-        if (p.row_last != nullptr) {
-            const int64_t last = p.row_last[g * p.last_group_stride + m];
-            n = last + 1 < n ? last + 1 : n;
-            if (n < 0) n = 0;
-        }
-        len = static_cast<int>(n);
-    }
-    // Output i of the row: column col (−1: none) and, with slots_out, that column's cache slot.
-    __device__ void put(const TopkParams& p, int i, int32_t col) const {
-        const int64_t at = (g * p.out_group_stride + m) * p.topk + i;
-        p.out[at] = col;
-        if (p.slots_out != nullptr) p.slots_out[at] = col >= 0 ? p.slot_of[g * p.slot_group_stride + col] : -1;
-    }
-};
-
 __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -163,6 +135,7 @@ __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p)
         s.n_sel = 0;
         s.n_cand = 0;
     }
+    __syncthreads();  // a row with nothing visible (len 0) reaches the reads of both below without another barrier
 
     // 1. Global radix passes (only for rows that do not fit the candidate buffer).
     if (len > kCandCap) {
@@ -321,31 +294,15 @@ __global__ void __launch_bounds__(kThreads) topk_rows_kernel(const TopkParams p)
         out.put(p, i, i < n_sel ? static_cast<int32_t>(~static_cast<uint32_t>(s.sel[i] & 0xFFFFFFFFull)) : -1);
 }
 
-// Rows of at most kRankMax keys (a decode step's indexer over a few hundred keys): one thread per key counts the keys
-// ranked above its own (a larger order key, or an equal one at a lower column) in shared memory and, when that rank is
-// under topk, writes its column there. The same order as the radix path, without its passes and barriers.
-constexpr int kRankMax = 512;
-
+// Rows of at most kRankMax keys (a decode step's indexer over a few hundred keys): a thread per key, its rank counted
+// (topk_rank.cuh rank_select_row). The same order as the radix path, without its passes and barriers.
 __global__ void __launch_bounds__(kRankMax) topk_rank_kernel(const TopkParams p) {
     dsrl::kernels::pdl_enter();
-    extern __shared__ __align__(16) uint32_t rank_keys[];  // [num_cols rounded up to 4], zero past the row's length
-    const int tid = threadIdx.x;                           // blockDim.x >= the padded row: a key each
+    extern __shared__ __align__(16) uint32_t rank_keys[];  // [num_cols rounded up to 4]
     const int64_t r = blockIdx.x;
     const TopkRow out(p, r);
-    const int padded = (static_cast<int>(p.num_cols) + 3) & ~3;
-    const uint32_t mine = tid < out.len ? order_key(p.logits[r * p.row_stride + tid]) : 0u;
-    if (tid < padded) rank_keys[tid] = mine;
-    const int selectable = __syncthreads_count(mine != 0u);
-    if (mine != 0u) {
-        int rank = 0;
-        for (int j = 0; j < padded; j += 4) {
-            const uint4 k = *reinterpret_cast<const uint4*>(rank_keys + j);
-            rank += (k.x > mine) + (k.x == mine && j < tid) + (k.y > mine) + (k.y == mine && j + 1 < tid) +
-                    (k.z > mine) + (k.z == mine && j + 2 < tid) + (k.w > mine) + (k.w == mine && j + 3 < tid);
-        }
-        if (rank < p.topk) out.put(p, rank, tid);
-    }
-    for (int i = (selectable < p.topk ? selectable : p.topk) + tid; i < p.topk; i += blockDim.x) out.put(p, i, -1);
+    const int tid = threadIdx.x;  // blockDim.x >= the padded row: a key each
+    rank_select_row(p, out, tid < out.len ? order_key(p.logits[r * p.row_stride + tid]) : 0u, rank_keys);
 }
 
 }  // namespace

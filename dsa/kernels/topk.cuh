@@ -13,6 +13,7 @@
 namespace dsrl::dsa::kernels {
 
 constexpr int kTopkMax = 2048;
+constexpr int kRankMax = 512;  // rows of at most this many keys: the rank selection, a thread per key
 
 struct TopkParams {
     const float* logits;  // [num_rows, row_stride] fp32; row r's keys are columns [0, len_r)

@@ -314,6 +314,27 @@ TEST(IndexerKernelTest, PagedTopkMatchesTheReferenceOnGatheredKeys) {
         EXPECT_TRUE(at::equal(got.keys[c.B - 1], at::full({c.L, c.K}, -1, got.keys.options()))) << "the blind row";
         const cuda::PagedTopk again = cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K);
         EXPECT_TRUE(at::equal(again.keys, got.keys)) << "not deterministic";
+        // Rows of at most 512 keys are scored and selected in one kernel: the two-kernel path's selection exactly.
+        const cuda::PagedTopk two = cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K, false);
+        EXPECT_TRUE(at::equal(two.keys, got.keys));
+        EXPECT_TRUE(at::equal(two.slots, got.slots));
+    }
+    {  // Exact ties (every key the same): the lowest positions win, in order, in either path; a row of one warp's keys.
+        for (const int64_t S : {1, 31, 200, 512}) {
+            SCOPED_TRACE(::testing::Message() << "ties, S " << S);
+            const at::Tensor pool = at::ones({S + 3, 64}, at::kBFloat16).cuda();
+            const at::Tensor read = (at::arange(S, at::kLong) + 3).view({1, S}).cuda();
+            const at::Tensor q = at::ones({1, 2, 8, 64}, at::kBFloat16).cuda(), w = at::ones({1, 2, 8}).cuda();
+            const at::Tensor pos = at::tensor({S - 1, S / 2}, at::kLong).view({1, 2}).cuda();
+            const int64_t K = std::min<int64_t>(S, 16);
+            const cuda::PagedTopk one = cuda::indexer_paged_topk(q, pool, read, w, 0.125, pos, {}, K);
+            const cuda::PagedTopk two = cuda::indexer_paged_topk(q, pool, read, w, 0.125, pos, {}, K, false);
+            EXPECT_TRUE(at::equal(one.keys, two.keys));
+            EXPECT_TRUE(at::equal(one.slots, two.slots));
+            const int64_t seen = std::min<int64_t>(K, S / 2 + 1);
+            EXPECT_TRUE(at::equal(one.keys[0][1].narrow(0, 0, seen).cpu(), at::arange(seen, at::kInt)));
+            EXPECT_TRUE(at::equal(one.slots[0][0].cpu(), at::arange(K, at::kLong) + 3));
+        }
     }
     // What the kernels do not take, the model's fallback (the gather and select_topk) handles.
     const at::Tensor pool = at::zeros({64, 60}, at::kBFloat16).cuda(), read = at::zeros({1, 8}, at::kLong).cuda();

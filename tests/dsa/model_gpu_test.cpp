@@ -117,19 +117,26 @@ TEST(ModelGpuTest, FusedProjectionsGiveTheKernelForward) {
     c.index_topk = 24;
     c.dtype = DType::kBFloat16;
     const Model m = Model::random(c, 31, at::kCUDA);
-    const Model fused = m.fuse_projections();
     at::Generator gen = rng::make_cpu_generator(32);
     const at::Tensor ids = at::randint(c.vocab_size, {3, 64}, gen, at::kLong).cuda();
     const ForwardOptions opt{.return_topk = true, .path = AttentionPath::kSparse};
-    const ForwardOutput a = fused.forward({ids}, opt);
     const ForwardOutput b = m.forward({ids}, opt);
-    // One GEMM over the stacked weights sums each product as the separate GEMMs may not, and the indexer's key norm
-    // runs on its kernel: bf16 roundings apart, so near-ties of the indexer's top-k may move.
-    const double logit_err = rel_err(a.logits, b.logits);
-    std::printf("[model kernels] fused projections: logits rel err vs separate %.2e\n", logit_err);
-    EXPECT_LE(logit_err, 2e-2);
-    const double same_slot = a.topk[0].eq(b.topk[0]).to(at::kDouble).mean().item<double>();
-    EXPECT_GE(same_slot, 0.95) << "layer 0 top-k slot agreement " << same_slot;
+    for (const bool absorb : {false, true}) {
+        // Absorbed: the GEMM gives q̃ (read in place by the attention kernel) and o_lat goes through one GEMM.
+        const Model fused = m.fuse_projections(absorb);
+        ASSERT_EQ(fused.weights().layers[0].absorbed, absorb);
+        const ForwardOutput a = fused.forward({ids}, opt);
+        // One GEMM over the stacked weights sums each product as the separate GEMMs may not, the absorbed query rows
+        // are a product rounded to bf16 once (where the separate path rounds q_nope before its per-head product), and
+        // the indexer's key norm runs on its kernel: bf16 roundings apart, so near-ties of the indexer's top-k may
+        // move. Stacked only: 0 on an H100 (session 23); absorbed query and output rows: 2.8e-2 there.
+        const double logit_err = rel_err(a.logits, b.logits);
+        std::printf("[model kernels] fused projections (absorbed %d): logits rel err vs separate %.2e\n", int(absorb),
+                    logit_err);
+        EXPECT_LE(logit_err, absorb ? 4e-2 : 2e-2);
+        const double same_slot = a.topk[0].eq(b.topk[0]).to(at::kDouble).mean().item<double>();
+        EXPECT_GE(same_slot, 0.95) << "layer 0 top-k slot agreement " << same_slot;
+    }
 }
 
 TEST(ModelGpuTest, KernelPathMatchesTheReferencePath) {

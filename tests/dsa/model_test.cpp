@@ -146,6 +146,64 @@ TEST(ModelTest, FusedProjectionsGiveTheSameForwardWithoutAutograd) {
     EXPECT_FALSE(l.fused_a.requires_grad() || l.fused_b.requires_grad());
 }
 
+TEST(ModelTest, AbsorbedProjectionsGiveTheSameForwardWithoutAutograd) {
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    const Model absorbed = m.fuse_projections(/*absorb=*/true);
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int64_t lora = c.kv_lora_rank, v = c.v_head_dim;
+    for (size_t i = 0; i < absorbed.weights().layers.size(); ++i) {
+        const LayerWeights& l = absorbed.weights().layers[i];
+        ASSERT_TRUE(l.absorbed) << "layer " << i;
+        EXPECT_FALSE(m.fuse_projections().weights().layers[i].absorbed) << "only when asked";
+        ASSERT_EQ(l.fused_b.size(0), heads * (lora + rope) + l.indexer.wq_b.size(0));
+        // Head 1's rows and columns against the factors, in the other association.
+        const at::Tensor w_kv = l.attn.kv_b_proj.view({heads, nope + v, lora});
+        const at::Tensor w_q = l.attn.q_b_proj.view({heads, nope + rope, -1});
+        const at::Tensor x = at::randn({3, l.attn.q_b_proj.size(1)}, at::kDouble);
+        const at::Tensor want_q = at::matmul(at::matmul(x, w_q[1].narrow(0, 0, nope).t().to(at::kDouble)),
+                                             w_kv[1].narrow(0, 0, nope).to(at::kDouble));
+        const at::Tensor got_q = at::matmul(x, l.fused_b.narrow(0, lora, lora).t().to(at::kDouble));
+        EXPECT_TRUE(at::allclose(got_q, want_q, 1e-5, 1e-5));
+        EXPECT_TRUE(at::equal(l.fused_b.narrow(0, heads * lora, heads * rope),
+                              w_q.narrow(1, nope, rope).reshape({heads * rope, -1})))
+            << "the rope rows as they are";
+    }
+    ModelWeights a = m.weights(), b = absorbed.weights();
+    EXPECT_EQ(named_tensors(a, c).size(), named_tensors(b, c).size()) << "nothing of them is saved";
+
+    const at::NoGradGuard no_grad;
+    const at::Tensor ids = random_ids(2, 14, c.vocab_size, 6);  // 14 > index_topk 6: the sparse path too
+    const ForwardOptions opt{.return_routes = true, .return_topk = true};
+    const ForwardOutput want = m.forward({ids}, opt);
+    const ForwardOutput got = absorbed.forward({ids}, opt);
+    EXPECT_TRUE(at::allclose(got.logits, want.logits, 1e-5, 1e-5))
+        << "max |d| " << (got.logits - want.logits).abs().max().item<double>();
+    for (size_t i = 0; i < want.routes.size(); ++i) EXPECT_TRUE(at::equal(got.routes[i], want.routes[i]));
+    for (size_t i = 0; i < want.topk.size(); ++i) EXPECT_TRUE(at::equal(got.topk[i], want.topk[i]));
+    KvCache ca = m.new_cache(2, 16), cb = absorbed.new_cache(2, 16);  // prefill, then decode over the cache
+    (void)m.forward({ids.narrow(1, 0, 12)}, {}, &ca);
+    (void)absorbed.forward({ids.narrow(1, 0, 12)}, {}, &cb);
+    for (int64_t t = 12; t < 14; ++t) {
+        EXPECT_TRUE(at::allclose(absorbed.forward({ids.narrow(1, t, 1)}, {}, &cb).logits,
+                                 m.forward({ids.narrow(1, t, 1)}, {}, &ca).logits, 1e-5, 1e-5));
+    }
+}
+
+TEST(ModelTest, AbsorbedProjectionsOnlyWhereTheyCostFewBytes) {
+    ModelConfig c = tiny();
+    c.num_attention_heads = 64;
+    c.kv_lora_rank = 512;
+    c.q_lora_rank = 512;
+    c.hidden_size = 256;
+    const Model m = make_model(c);
+    // 64 · 512 · 512 fp32 absorbed elements against far fewer in the factors: over 8 MiB more a layer.
+    for (const LayerWeights& l : m.fuse_projections(true).weights().layers) {
+        EXPECT_FALSE(l.absorbed);
+        EXPECT_EQ(l.fused_b.size(0), l.attn.q_b_proj.size(0) + l.indexer.wq_b.size(0));
+    }
+}
+
 TEST(ModelTest, PaddingOnEitherSideGivesTheUnpaddedLogits) {
     const ModelConfig c = tiny();
     const Model m = make_model(c);

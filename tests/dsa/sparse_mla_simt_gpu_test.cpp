@@ -122,6 +122,34 @@ TEST(SparseMlaSimtTest, TensorCoreKernelMatchesTheSimtOne) {
     }
 }
 
+TEST(SparseMlaSimtTest, QueriesAreReadInPlaceAsColumnRangesOfAWiderOutput) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    // The absorbed decode's q̃ and rope query are column ranges of one GEMM's output [B, L, W]: both kernels read them
+    // through their row stride, with B and L rows, the same bits as contiguous copies.
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    const int64_t H = 12, C = 256, R = 32, K = 64, S = 512;
+    for (const bool tensor_cores : {true, false}) {
+        for (const auto& [B, L] : {std::pair<int64_t, int64_t>{1, 37}, {3, 1}, {2, 5}}) {
+            SCOPED_TRACE(::testing::Message() << "tensor cores " << tensor_cores << ", B " << B << ", L " << L);
+            const at::Tensor wide = at::randn({B, L, H * (C + R) + 40}, f).to(at::kBFloat16);
+            const at::Tensor q_lat = wide.narrow(-1, 0, H * C).view({B, L, H, C});
+            const at::Tensor q_pe = wide.narrow(-1, H * C, H * R).view({B, L, H, R});
+            const at::Tensor c_kv = at::randn({B, S, C}, f).to(at::kBFloat16);
+            const at::Tensor k_pe = at::randn({B, S, R}, f).to(at::kBFloat16);
+            at::Tensor idx = at::randint(S, {B, L, K}, f.dtype(at::kLong));
+            idx = at::where(at::rand({B, L, K}, f).lt(0.1), at::full({}, -1, idx.options()), idx);
+            ASSERT_FALSE(q_lat.is_contiguous());
+            if (tensor_cores) ASSERT_TRUE(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx));
+            const AttentionOutput strided = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, tensor_cores);
+            const AttentionOutput copied =
+                cuda::sparse_mla_simt(q_lat.contiguous(), q_pe.contiguous(), c_kv, k_pe, idx, 0.06, tensor_cores);
+            EXPECT_TRUE(at::equal(strided.out, copied.out));
+            EXPECT_TRUE(at::equal(strided.lse, copied.lse));
+        }
+    }
+}
+
 TEST(SparseMlaSimtTest, DispatchTakesItOnlyWithoutAutograd) {
     DSRL_REQUIRE_CUDA();
     const auto f = at::TensorOptions().device(at::kCUDA);
