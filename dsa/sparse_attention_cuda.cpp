@@ -237,6 +237,12 @@ int64_t query_row_stride(const at::Tensor& q) {
     return stride > 0 ? stride : 0;
 }
 
+// The kernels' query stride for q: its row stride, or H · D for the contiguous copy sparse_mla_simt reads instead.
+int64_t kernel_query_stride(const at::Tensor& q) {
+    const int64_t stride = query_row_stride(q);
+    return stride > 0 ? stride : q.size(2) * q.size(3);
+}
+
 // The SIMT / tensor-core kernels' parameters for these inputs (no splits yet).
 kernels::SparseMlaSimtParams simt_params(const at::Tensor& ql,
                                          const at::Tensor& qp,
@@ -265,8 +271,8 @@ kernels::SparseMlaSimtParams simt_params(const at::Tensor& ql,
             .rope = qp.size(3),
             .topk = idx.defined() ? idx.size(2) : 0,
             .keys = c_kv.size(1),
-            .q_lat_stride = std::max<int64_t>(query_row_stride(ql), ql.size(2) * ql.size(3)),
-            .q_pe_stride = std::max<int64_t>(query_row_stride(qp), qp.size(2) * qp.size(3)),
+            .q_lat_stride = kernel_query_stride(ql),
+            .q_pe_stride = kernel_query_stride(qp),
             .scale = static_cast<float>(scale),
             .out = out.defined() ? out.data_ptr() : nullptr,
             .out_type = kernel_elem(ql.scalar_type()),
@@ -292,15 +298,10 @@ bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
     kernels::SparseMlaSimtParams p =
         simt_params(q_lat, q_pe, c_kv, k_pe, at::Tensor(), 1.0, at::Tensor(), at::Tensor());
     p.topk = indices.size(2);
-    // Queries that are not rows of one stride are copied by sparse_mla_simt (an aligned, contiguous buffer).
-    if (query_row_stride(q_lat) == 0) {
-        p.q_lat = nullptr;
-        p.q_lat_stride = q_lat.size(2) * q_lat.size(3);
-    }
-    if (query_row_stride(q_pe) == 0) {
-        p.q_pe = nullptr;
-        p.q_pe_stride = q_pe.size(2) * q_pe.size(3);
-    }
+    // Queries that are not rows of one stride are copied by sparse_mla_simt (an aligned, contiguous buffer; the
+    // stride simt_params gave them is the copy's).
+    if (query_row_stride(q_lat) == 0) p.q_lat = nullptr;
+    if (query_row_stride(q_pe) == 0) p.q_pe = nullptr;
     return mma_plan(p, q_lat.device().index()).tile > 0;
 }
 

@@ -17,6 +17,11 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kHeadGroup = 8;  // heads whose dot products one pass over a key accumulates
 
+// Heads rounded up to whole groups: the rows of q's shared-memory copy.
+__host__ __device__ __forceinline__ int padded_heads(int heads) {
+    return (heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+}
+
 // Eight consecutive key values as fp32.
 __device__ __forceinline__ void load8(const void* pool, bool bf16, int64_t i, float (&v)[8]) {
     if (bf16) {
@@ -39,7 +44,7 @@ __device__ __forceinline__ void load8(const void* pool, bool bf16, int64_t i, fl
 // H), with the barrier after.
 __device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t n, float* q_s, float* w_s) {
     const int H = p.heads, D = p.dim;
-    const int padded = (H + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    const int padded = padded_heads(H);
     const int64_t b = n / p.len, l = n % p.len;
     const int64_t q0 = b * p.q_batch_stride + l * p.q_len_stride, w0 = b * p.w_batch_stride + l * p.w_len_stride;
     for (int i = threadIdx.x; i < padded * D; i += blockDim.x) {
@@ -55,7 +60,7 @@ __device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t
 // position `last`, masked, or a slot outside the pool).
 __device__ __forceinline__ float key_score(
     const IndexerPagedParams& p, const float* q_s, const float* w_s, int64_t b, int64_t s, int64_t last) {
-    const int D = p.dim, groups = (p.heads + kHeadGroup - 1) / kHeadGroup;
+    const int D = p.dim, groups = padded_heads(p.heads) / kHeadGroup;
     const int64_t slot = p.read[b * p.keys + s];
     if (s > last || (p.key_valid != nullptr && !p.key_valid[b * p.keys + s]) || slot < 0 || slot >= p.pool_rows)
         return -INFINITY;
@@ -92,7 +97,7 @@ __device__ __forceinline__ float key_score(
 __global__ void __launch_bounds__(kThreads) indexer_paged_kernel(const IndexerPagedParams p, int64_t chunk) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) float smem[];
-    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    const int padded = padded_heads(p.heads);
     float* q_s = smem;                   // [padded, D]
     float* w_s = smem + padded * p.dim;  // [padded]
     const int64_t n = blockIdx.x, b = n / p.len;
@@ -108,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) indexer_paged_kernel(const IndexerPa
 __global__ void __launch_bounds__(kRankMax) indexer_paged_rank_kernel(const IndexerPagedParams p, const TopkParams t) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(16) float smem[];
-    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
+    const int padded = padded_heads(p.heads);
     float* q_s = smem;                                           // [padded, D]
     float* w_s = smem + padded * p.dim;                          // [padded]
     uint32_t* keys = reinterpret_cast<uint32_t*>(w_s + padded);  // [keys rounded up to 4]
@@ -120,14 +125,15 @@ __global__ void __launch_bounds__(kRankMax) indexer_paged_rank_kernel(const Inde
     rank_select_row(t, out, mine, keys);
 }
 
-}  // namespace
-
-namespace {
-
 bool bad_shape(const IndexerPagedParams& p) {
-    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
-    return p.heads <= 0 || p.dim <= 0 || p.dim % 8 != 0 || padded * p.dim > kPagedIndexerMaxQ ||
+    return p.heads <= 0 || p.dim <= 0 || p.dim % 8 != 0 || padded_heads(p.heads) * p.dim > kPagedIndexerMaxQ ||
            p.batch * p.len > 0x7fffffff;
+}
+
+// Shared memory of stage_query's copies (q_s and w_s), in bytes.
+size_t query_smem(const IndexerPagedParams& p) {
+    const int padded = padded_heads(p.heads);
+    return sizeof(float) * static_cast<size_t>(padded * p.dim + padded);
 }
 
 }  // namespace
@@ -135,7 +141,6 @@ bool bad_shape(const IndexerPagedParams& p) {
 cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStream_t stream) {
     const int64_t queries = p.batch * p.len;
     if (queries == 0 || p.keys == 0) return cudaSuccess;
-    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
     if (bad_shape(p)) return cudaErrorInvalidValue;
     // Keys per block: a multiple of the block's threads, small enough for about two blocks per multiprocessor.
     const int64_t want_blocks = 2 * static_cast<int64_t>(std::max(sms, 1));
@@ -144,7 +149,7 @@ cudaError_t launch_indexer_paged(const IndexerPagedParams& p, int sms, cudaStrea
     chunk = std::max<int64_t>(kThreads, (chunk + kThreads - 1) / kThreads * kThreads);
     const int64_t chunks = (p.keys + chunk - 1) / chunk;
     if (chunks > 65535) return cudaErrorInvalidValue;
-    const size_t smem = sizeof(float) * static_cast<size_t>(padded * p.dim + padded);
+    const size_t smem = query_smem(p);
     return dsrl::kernels::launch(indexer_paged_kernel,
                                  dim3(static_cast<unsigned>(queries), static_cast<unsigned>(chunks)), kThreads, smem,
                                  stream, p, chunk);
@@ -156,10 +161,9 @@ cudaError_t launch_indexer_paged_rank(const IndexerPagedParams& p, const TopkPar
     if (bad_shape(p) || p.keys > kRankMax || t.num_cols != p.keys || t.num_rows != queries || t.topk > kTopkMax ||
         t.rows_per_group != p.len)
         return cudaErrorInvalidValue;
-    const int padded = (p.heads + kHeadGroup - 1) / kHeadGroup * kHeadGroup;
     const int threads = static_cast<int>(std::max<int64_t>(32, (p.keys + 31) / 32 * 32));
-    const size_t smem = sizeof(float) * static_cast<size_t>(padded * p.dim + padded) +
-                        sizeof(uint32_t) * static_cast<size_t>(std::max<int64_t>(4, (p.keys + 3) / 4 * 4));
+    const size_t smem =
+        query_smem(p) + sizeof(uint32_t) * static_cast<size_t>(std::max<int64_t>(4, (p.keys + 3) / 4 * 4));
     return dsrl::kernels::launch(indexer_paged_rank_kernel, static_cast<unsigned>(queries), threads, smem, stream, p,
                                  t);
 }
