@@ -249,7 +249,8 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
                              const at::Tensor& query_pos,
                              const at::Tensor& key_valid,
                              int64_t topk,
-                             bool one_launch) {
+                             bool one_launch,
+                             const QueryRope* q_rope) {
     RECORD_FUNCTION("dsrl::indexer_paged_topk", std::vector<c10::IValue>());  // names the kernels in profiles
     constexpr const char* op = "indexer_paged_topk (cuda)";
     TORCH_CHECK(indexer_paged_fits(q, pool_k, w, read, topk), op,
@@ -272,28 +273,49 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
     const auto opts = q.options();
     PagedTopk r{at::empty({B, L, topk}, opts.dtype(at::kInt)), at::empty({B, L, topk}, opts.dtype(at::kLong))};
     if (B * L == 0) return r;
-    const kernels::IndexerPagedParams p{.q = q.data_ptr(),
-                                        .q_type = kernel_elem(q.scalar_type()),
-                                        .pool = pool_k.data_ptr(),
-                                        .pool_bf16 = pool_k.scalar_type() == at::kBFloat16,
-                                        .w = w.data_ptr(),
-                                        .w_type = kernel_elem(w.scalar_type()),
-                                        .read = read.data_ptr<int64_t>(),
-                                        .key_valid = valid.defined() ? valid.data_ptr<bool>() : nullptr,
-                                        .query_pos = pos.data_ptr<int64_t>(),
-                                        .out = nullptr,
-                                        .batch = B,
-                                        .len = L,
-                                        .keys = S,
-                                        .pool_rows = pool_k.size(0),
-                                        .heads = static_cast<int>(q.size(2)),
-                                        .dim = static_cast<int>(q.size(3)),
-                                        .q_batch_stride = q.stride(0),
-                                        .q_len_stride = q.stride(1),
-                                        .w_batch_stride = w.stride(0),
-                                        .w_len_stride = w.stride(1),
-                                        .pool_stride = pool_k.stride(0),
-                                        .scale = static_cast<float>(scale)};
+    if (q_rope != nullptr) {
+        const int64_t half = q_rope->rope / 2;
+        TORCH_CHECK(q_rope->rope > 0 && q_rope->rope % 2 == 0 && q_rope->rope <= q.size(3) &&
+                        (!q_rope->interleaved || q_rope->rope == q.size(3)) && q_rope->cos.defined() &&
+                        q_rope->sin.defined() && q_rope->cos.scalar_type() == at::kFloat &&
+                        q_rope->sin.scalar_type() == at::kFloat && q_rope->cos.sizes() == q_rope->sin.sizes() &&
+                        q_rope->cos.numel() == B * L * half && q_rope->cos.size(-1) == half,
+                    op, ": the query rotation needs even rope dims <= ", q.size(3), " and fp32 cos / sin of ", B * L,
+                    " rows of rope / 2; got rope ", q_rope->rope, ", cos ",
+                    q_rope->cos.defined() ? q_rope->cos.sizes() : at::IntArrayRef{});
+        check_cuda(op, "the query rotation's cos", q_rope->cos, q.device());
+        check_cuda(op, "the query rotation's sin", q_rope->sin, q.device());
+    }
+    const at::Tensor rope_cos = q_rope != nullptr ? q_rope->cos.contiguous() : at::Tensor();
+    const at::Tensor rope_sin = q_rope != nullptr ? q_rope->sin.contiguous() : at::Tensor();
+    kernels::IndexerPagedParams p{.q = q.data_ptr(),
+                                  .q_type = kernel_elem(q.scalar_type()),
+                                  .pool = pool_k.data_ptr(),
+                                  .pool_bf16 = pool_k.scalar_type() == at::kBFloat16,
+                                  .w = w.data_ptr(),
+                                  .w_type = kernel_elem(w.scalar_type()),
+                                  .read = read.data_ptr<int64_t>(),
+                                  .key_valid = valid.defined() ? valid.data_ptr<bool>() : nullptr,
+                                  .query_pos = pos.data_ptr<int64_t>(),
+                                  .out = nullptr,
+                                  .batch = B,
+                                  .len = L,
+                                  .keys = S,
+                                  .pool_rows = pool_k.size(0),
+                                  .heads = static_cast<int>(q.size(2)),
+                                  .dim = static_cast<int>(q.size(3)),
+                                  .q_batch_stride = q.stride(0),
+                                  .q_len_stride = q.stride(1),
+                                  .w_batch_stride = w.stride(0),
+                                  .w_len_stride = w.stride(1),
+                                  .pool_stride = pool_k.stride(0),
+                                  .scale = static_cast<float>(scale)};
+    if (q_rope != nullptr) {
+        p.q_cos = rope_cos.data_ptr<float>();
+        p.q_sin = rope_sin.data_ptr<float>();
+        p.q_rope = static_cast<int>(q_rope->rope);
+        p.q_rope_interleaved = q_rope->interleaved;
+    }
     kernels::TopkParams tp{};
     tp.num_rows = B * L;
     tp.num_cols = S;

@@ -12,6 +12,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "dsa/rope.h"
+
 namespace dsrl::dsa::cuda {
 
 /// Indexer logits [B, T, S] fp32: Σ_j w[t, j] · scale · ReLU(q[t, j] · k[s]), −inf where key s is invisible
@@ -77,7 +79,8 @@ bool indexer_paged_fits(
 /// key_valid[b, s]; then topk_rows. The keys read in place from the pool; rows of at most 512 keys (a decode's) are
 /// scored and selected in one kernel (one_launch; false: the scores kernel then the top-k kernel, the same result).
 /// Returns the key positions [B, L, topk] int32 (−1 padding) and their slots [B, L, topk] int64 (read[b, position],
-/// −1 padding).
+/// −1 padding). With q_rope (its cos / sin B · L rows of rope / 2 fp32), each head's query is rotated by it as the
+/// kernels stage it (dsa::rotate_query's bits).
 struct PagedTopk {
     at::Tensor keys;
     at::Tensor slots;
@@ -90,7 +93,8 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
                              const at::Tensor& query_pos,
                              const at::Tensor& key_valid,
                              int64_t topk,
-                             bool one_launch = true);
+                             bool one_launch = true,
+                             const QueryRope* q_rope = nullptr);
 
 /// Gradients of the (masked) indexer logits: dq like q, dk like k (accumulated in fp32, then cast), dw fp32.
 struct IndexerGrads {

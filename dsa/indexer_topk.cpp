@@ -94,7 +94,8 @@ PagedTopk indexer_paged_topk(const at::Tensor&,
                              const at::Tensor&,
                              const at::Tensor&,
                              int64_t,
-                             bool) {
+                             bool,
+                             const QueryRope*) {
     no_kernels("paged indexer top-k");
 }
 IndexerGrads indexer_logits_backward(const at::Tensor&,

@@ -53,6 +53,10 @@ bool paged_write_fits(const at::Tensor&, const std::vector<at::Tensor>&, const s
 void paged_write(const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&) {
     TORCH_CHECK(false, "paged_write (cuda): this build of dsrl has no CUDA kernels");
 }
+bool paged_step_inputs_fit(const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&) { return false; }
+PagedStepInputs paged_step_inputs(const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&, double) {
+    TORCH_CHECK(false, "paged_step_inputs (cuda): this build of dsrl has no CUDA kernels");
+}
 }  // namespace cuda
 #endif
 
@@ -132,37 +136,36 @@ std::vector<at::Tensor> in_one_launch(const std::vector<Job>& jobs, Fits fits, K
     return out;
 }
 
-// A layer's row norms — RMSNorms, and a LayerNorm for a job with a bias (the indexer's key) — as one kernel for the
-// jobs the kernel takes, the others one ATen op each.
+// A layer's row norms — RMSNorms, a LayerNorm for a job with a bias (the indexer's key), none for a job without a
+// weight — each then rotated where the job says (the keys' RoPE), as one kernel for the jobs the kernel takes, the
+// others as the ATen ops.
 std::vector<at::Tensor> norm_jobs(const std::vector<cuda::NormJob>& jobs, const ModelConfig& c) {
     return in_one_launch(
         jobs,
         [&](const cuda::NormJob& j) {
-            return j.bias.defined() ? layer_norm_fits(j.x, j.weight, j.bias, c) : fused(c, j.x, {&j.weight});
+            const bool norm = !j.weight.defined() ? fused(c, j.x, {})
+                              : j.bias.defined()  ? layer_norm_fits(j.x, j.weight, j.bias, c)
+                                                  : fused(c, j.x, {&j.weight});
+            return norm && (j.rope == 0 || (fused(c, j.x, {&j.cos, &j.sin}) && cuda::norm_rope_fits(j)));
         },
         cuda::norms,
         [](const cuda::NormJob& j) {
-            return j.bias.defined() ? at::layer_norm(j.x, {j.x.size(-1)}, j.weight, j.bias, j.eps)
-                                    : rms_norm(j.x, j.weight, j.eps);
+            const at::Tensor y = !j.weight.defined() ? j.x
+                                 : j.bias.defined()  ? at::layer_norm(j.x, {j.x.size(-1)}, j.weight, j.bias, j.eps)
+                                                     : rms_norm(j.x, j.weight, j.eps);
+            return j.rope > 0 ? apply_rope(y, j.cos, j.sin, j.rope, j.interleaved) : y;
         });
 }
 
 // A layer's rotations (the attention's query and key, the indexer's query and key) as one kernel for the jobs the
-// kernel takes, the others as the ATen formulas: interleaved over the whole of x (MLA) or half split over its first
-// `rope` dims (the indexer).
+// kernel takes, the others as the ATen formulas (apply_rope).
 std::vector<at::Tensor> rope_jobs(const std::vector<cuda::RopeJob>& jobs, const ModelConfig& c) {
     return in_one_launch(
         jobs,
         [&](const cuda::RopeJob& j) {
             return fused(c, j.x, {&j.cos, &j.sin});
         },
-        cuda::ropes,
-        [](const cuda::RopeJob& j) {
-            if (j.interleaved) return apply_rope_interleaved(j.x, j.cos, j.sin);
-            const int64_t rest = j.x.size(-1) - j.rope;
-            return at::cat(
-                {apply_rope_half_split(j.x.narrow(-1, 0, j.rope), j.cos, j.sin), j.x.narrow(-1, j.rope, rest)}, -1);
-        });
+        cuda::ropes, [](const cuda::RopeJob& j) { return apply_rope(j.x, j.cos, j.sin, j.rope, j.interleaved); });
 }
 
 // The absorbed attention's per-head products, x [B, L, H, D_in] · w [H, D_in, D_out] (or w's transpose when
@@ -286,14 +289,30 @@ AttentionResult attention(const at::Tensor& h,
     const LayerCache into = paged_read ? *pool : LayerCache{};  // a paged decode's destinations (none otherwise)
     const at::Tensor into_slots = paged_read ? write_slots : at::Tensor();
 
-    // The query and latent RMSNorms and the indexer key's LayerNorm (one kernel where they fit), then the rotations of
-    // the attention's and the indexer's queries and keys (one kernel).
+    // The query and latent RMSNorms, the rope key's rotation and the indexer key's LayerNorm + rotation (one kernel
+    // where they fit), then the rotations of the attention's and the indexer's queries (one kernel) — or, in a paged
+    // decode step on the kernels, by their consumers as they read them (QueryRope).
     std::vector<cuda::NormJob> norm_in = {
         {q_a_out, l.attn.q_a_layernorm, {}, kLatentNormEps},
-        {kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, {}, kLatentNormEps, into.c_kv, into_slots}};
+        {kv.narrow(-1, 0, lora), l.attn.kv_a_layernorm, {}, kLatentNormEps, into.c_kv, into_slots},
+        {.x = kv.narrow(-1, lora, rope),
+         .pool = into.k_pe,
+         .slots = into_slots,
+         .cos = st.cos,
+         .sin = st.sin,
+         .rope = rope,
+         .interleaved = true}};
     if (run_indexer) {
-        norm_in.push_back({stacked ? wk_out : at::linear(ih_in, l.indexer.wk), l.indexer.k_norm_weight,
-                           l.indexer.k_norm_bias, kLatentNormEps});
+        norm_in.push_back({.x = stacked ? wk_out : at::linear(ih_in, l.indexer.wk),
+                           .weight = l.indexer.k_norm_weight,
+                           .bias = l.indexer.k_norm_bias,
+                           .eps = kLatentNormEps,
+                           .pool = into.index_k,
+                           .slots = into_slots,
+                           .cos = st.cos,
+                           .sin = st.sin,
+                           .rope = rope,
+                           .interleaved = false});
     }
     const std::vector<at::Tensor> normed = norm_jobs(norm_in, c);
     const at::Tensor& c_q = normed[0];
@@ -309,21 +328,27 @@ AttentionResult attention(const at::Tensor& h,
         q_rope = q.narrow(-1, nope, rope);
     }
     const int64_t q_width = heads * (absorbed ? lora + rope : nope + rope);
-    std::vector<cuda::RopeJob> rope_in = {
-        {q_rope, cos_h, sin_h, rope, /*interleaved=*/true},
-        {kv.narrow(-1, lora, rope), st.cos, st.sin, rope, /*interleaved=*/true, into.k_pe, into_slots}};
+    // A paged decode on the kernels: the queries go unrotated to their consumers, which rotate them as they read them
+    // (or rotate_query where a consumer's kernel does not run).
+    const bool consumers_rotate =
+        paged_read && built_with_cuda() && c.impl != Impl::kReference && !at::GradMode::is_enabled();
+    const QueryRope pe_rope{st.cos, st.sin, rope, /*interleaved=*/true}, iq_rope{st.cos, st.sin, rope, false};
+    std::vector<cuda::RopeJob> rope_in;
+    if (!consumers_rotate) rope_in.push_back({q_rope, cos_h, sin_h, rope, /*interleaved=*/true});
+    at::Tensor iq_lin;
     if (run_indexer) {
         const at::Tensor iq_in = opt.detach_indexer_inputs ? c_q.detach() : c_q;
-        const at::Tensor iq_lin = stacked ? qb_out.narrow(-1, q_width, ih * id) : at::linear(iq_in, l.indexer.wq_b);
-        rope_in.push_back({iq_lin.view({B, L, ih, id}), cos_h, sin_h, rope, /*interleaved=*/false});
-        rope_in.push_back({normed[2], st.cos, st.sin, rope, /*interleaved=*/false, into.index_k, into_slots});
+        iq_lin =
+            (stacked ? qb_out.narrow(-1, q_width, ih * id) : at::linear(iq_in, l.indexer.wq_b)).view({B, L, ih, id});
+        if (!consumers_rotate) rope_in.push_back({iq_lin, cos_h, sin_h, rope, /*interleaved=*/false});
     }
-    const std::vector<at::Tensor> rotated = rope_jobs(rope_in, c);
-    at::Tensor c_kv = normed[1], q_pe = rotated[0], k_pe = rotated[1];
+    const std::vector<at::Tensor> rotated = rope_in.empty() ? std::vector<at::Tensor>{} : rope_jobs(rope_in, c);
+    at::Tensor c_kv = normed[1], k_pe = normed[2];
+    at::Tensor q_pe = consumers_rotate ? q_rope : rotated[0];  // unrotated with consumers_rotate
     at::Tensor iq, ik, iw;
     if (run_indexer) {
-        iq = rotated[2];
-        ik = rotated[3];
+        iq = consumers_rotate ? iq_lin : rotated[1];
+        ik = normed[3];
         // The indexer's head weights stay fp32 under bf16 autocast (SPEC §2.2): one kernel where the forward's kernels
         // run, else the cast, the fp32 matmul and the scale.
         const double w_scale = indexer_weight_scale(c);
@@ -362,8 +387,10 @@ AttentionResult attention(const at::Tensor& h,
             cuda::indexer_paged_fits(iq, pool->index_k, iw, read, c.index_topk)) {
             // Two kernels read the keys in place through the slots; the top-k also gives the attention's slots.
             paged_topk = cuda::indexer_paged_topk(iq, pool->index_k, read, iw, 1.0 / std::sqrt(double(id)),
-                                                  st.query_pos, st.key_valid, c.index_topk);
+                                                  st.query_pos, st.key_valid, c.index_topk, /*one_launch=*/true,
+                                                  consumers_rotate ? &iq_rope : nullptr);
         } else {
+            if (consumers_rotate) iq = rotate_query(iq, iq_rope, c.impl);
             ik = pool->index_k.index_select(0, read.reshape({-1})).view({B, read.size(1), id});
         }
     }
@@ -400,7 +427,8 @@ AttentionResult attention(const at::Tensor& h,
         const AttentionOutput att =
             sparse_attention(q_lat.reshape({1, B * L, heads, lora}), q_pe.reshape({1, B * L, heads, rope}),
                              pc.layers[layer].c_kv.unsqueeze(0), pc.layers[layer].k_pe.unsqueeze(0), idx, scale, c.impl,
-                             opt.query_chunk, /*check_indices=*/false);  // slots of the pool by construction
+                             opt.query_chunk, /*check_indices=*/false,  // slots of the pool by construction
+                             consumers_rotate ? &pe_rope : nullptr);
         r.out = output(att.out);
         return r;
     }
@@ -673,6 +701,35 @@ PagedKvCache Model::new_paged_cache(int64_t num_blocks, int64_t block_size) cons
     return cache;
 }
 
+PagedStep Model::paged_decode_step(PagedKvCache& cache,
+                                   const at::Tensor& table,
+                                   const at::Tensor& pos,
+                                   int64_t keys) const {
+    const int64_t bs = cache.block_size;
+    TORCH_CHECK(
+        table.dim() == 2 && pos.dim() == 1 && pos.size(0) == table.size(0) && keys >= 1 && keys <= table.size(1) * bs,
+        "paged_decode_step: table must be [R, NB], pos [R] and 1 <= keys <= NB x block_size; got table ", table.sizes(),
+        ", pos ", pos.sizes(), ", keys ", keys, ", block_size ", bs);
+    PagedStep step{.cache = &cache};
+    if (built_with_cuda() && cfg_.impl != Impl::kReference &&
+        cuda::paged_step_inputs_fit(table, pos, bs, keys, rope_.inv_freq)) {
+        cuda::PagedStepInputs in =
+            cuda::paged_step_inputs(table, pos, bs, keys, rope_.inv_freq, rope_.attention_factor);
+        step.write_slots = std::move(in.write);
+        step.read_slots = std::move(in.read);
+        step.key_valid = std::move(in.key_valid);
+        step.cos = std::move(in.cos);
+        step.sin = std::move(in.sin);
+        return step;
+    }
+    const at::Tensor key = at::arange(keys, table.options());
+    step.read_slots = table.index_select(1, key.div(bs, "floor")) * bs + key.remainder(bs);
+    step.write_slots = table.gather(1, pos.div(bs, "floor").unsqueeze(1)) * bs + pos.remainder(bs).unsqueeze(1);
+    step.key_valid = key.unsqueeze(0) <= pos.unsqueeze(1);
+    std::tie(step.cos, step.sin) = rope_cos_sin(rope_, pos.unsqueeze(1));
+    return step;
+}
+
 int64_t Model::cache_bytes_per_token() const {
     return cfg_.num_hidden_layers * (cfg_.kv_lora_rank + cfg_.qk_rope_head_dim + cfg_.index_head_dim) *
            static_cast<int64_t>(c10::elementSize(model_dtype(cfg_)));
@@ -778,7 +835,15 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
         if (cache != nullptr) pos = pos + cache->next_pos.unsqueeze(1);
         pos = pos.clamp_min(0);
     }
-    std::tie(st.cos, st.sin) = rope_cos_sin(rope_, pos);
+    if (paged != nullptr && paged->cos.defined()) {  // computed with the step's slots (paged_decode_step)
+        const std::vector<int64_t> want = {st.batch, st.len, cfg_.qk_rope_head_dim / 2};
+        TORCH_CHECK(paged->cos.sizes() == want && paged->sin.sizes() == want, "forward: paged cos / sin must be ", want,
+                    ", got ", paged->cos.sizes(), " / ", paged->sin.sizes());
+        st.cos = paged->cos;
+        st.sin = paged->sin;
+    } else {
+        std::tie(st.cos, st.sin) = rope_cos_sin(rope_, pos);
+    }
     if (!paged_read) {
         st.query_pos = (at::arange(st.len, long_opts) + st.offset).unsqueeze(0).expand({st.batch, st.len}).contiguous();
     }

@@ -79,6 +79,9 @@ struct PagedStep {
     at::Tensor write_slots;  ///< [B, L] int64: each new token's slot (padding tokens: any scratch slot)
     at::Tensor read_slots;   ///< [B, S] int64 (decode), or undefined (prefill)
     at::Tensor key_valid;    ///< [B, S] bool with read_slots: slots that hold the row's keys
+    /// Optional [B, L, qk_rope_head_dim / 2] fp32: the rotary factors of position_ids (Model::paged_decode_step
+    /// computes them with the slots); undefined: the forward computes them.
+    at::Tensor cos, sin;
 };
 
 enum class AttentionPath { kAuto, kDense, kSparse };
@@ -240,6 +243,14 @@ public:
     KvCache new_cache(int64_t batch, int64_t capacity) const;
     /// An empty paged cache of `num_blocks` blocks of `block_size` slots each (zeros, the model's dtype).
     PagedKvCache new_paged_cache(int64_t num_blocks, int64_t block_size) const;
+    /// A paged decode step of one new token a row (rows [R]): the write and read slots and the key mask through the
+    /// rows' block tables (table [R, NB] int64 block ids of `cache`, pos [R] int64 the new token's position, keys
+    /// 0 .. keys read: keys <= NB · block_size) and the positions' rotary factors. One kernel where it fits (CUDA,
+    /// impl not reference), else the ATen formulas — its oracle.
+    PagedStep paged_decode_step(PagedKvCache& cache,
+                                const at::Tensor& table,
+                                const at::Tensor& pos,
+                                int64_t keys) const;
     /// Bytes one cached token takes over every layer (c_kv + k_pe + index_k in the model's dtype).
     int64_t cache_bytes_per_token() const;
 

@@ -57,32 +57,35 @@ bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::
 
 namespace {
 
-// rms_norm's checks and parameters; allocates *out (none for a job launch_jobs points at a pool: out null).
+// rms_norm's checks and parameters; allocates *out (none for a job launch_jobs points at a pool: out null). With weight
+// undefined, a job without a norm (RmsNormParams::identity): x itself, in x's type.
 kernels::RmsNormParams norm_params(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor* out) {
     constexpr const char* op = "rms_norm (cuda)";
     TORCH_CHECK(x.is_cuda() && elem_kernel_takes(x.scalar_type()) && x.dim() >= 1 && x.stride(-1) == 1, op,
                 ": x must be a CUDA fp32/bf16/fp16 tensor with a contiguous last dim, got ", x.scalar_type(), " ",
                 x.sizes(), " strides ", x.strides());
     const int64_t dim = x.size(-1);
-    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == dim && weight.is_contiguous() &&
-                    elem_kernel_takes(weight.scalar_type()) && weight.device() == x.device(),
+    const bool identity = !weight.defined();
+    TORCH_CHECK(identity || (weight.dim() == 1 && weight.size(0) == dim && weight.is_contiguous() &&
+                             elem_kernel_takes(weight.scalar_type()) && weight.device() == x.device()),
                 op, ": weight must be a contiguous [", dim, "] fp32/bf16/fp16 tensor on ", x.device(), ", got ",
                 weight.scalar_type(), " ", weight.sizes());
     const int64_t stride = row_stride(x, 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
-    const at::ScalarType out_type = at::result_type(weight, x);
+    const at::ScalarType out_type = identity ? x.scalar_type() : at::result_type(weight, x);
     if (out != nullptr) *out = at::empty(x.sizes(), x.options().dtype(out_type));
     return {.x = x.data_ptr(),
             .x_type = kernel_elem(x.scalar_type()),
             .x_row_stride = stride,
-            .w = weight.data_ptr(),
-            .w_type = kernel_elem(weight.scalar_type()),
+            .w = identity ? nullptr : weight.data_ptr(),
+            .w_type = kernel_elem(identity ? x.scalar_type() : weight.scalar_type()),
             .out = out != nullptr ? out->data_ptr() : nullptr,
             .out_type = kernel_elem(out_type),
             .rows = x.numel() / std::max<int64_t>(dim, 1),
             .dim = dim,
-            .eps = static_cast<float>(eps)};
+            .eps = static_cast<float>(eps),
+            .identity = identity};
 }
 
 // rope's checks and parameters; allocates *out unless out is null (as norm_params).
@@ -398,13 +401,35 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
     return norms({{x, weight, bias, eps}})[0];
 }
 
+bool norm_rope_fits(const NormJob& j) {
+    if (j.rope <= 0) return true;
+    const at::Tensor& x = j.x;
+    return x.defined() && x.dim() >= 1 && j.rope % 2 == 0 && j.rope <= x.size(-1) && j.rope <= kernels::kNormMaxRope &&
+           j.cos.defined() && j.sin.defined() && j.cos.scalar_type() == at::kFloat &&
+           j.sin.scalar_type() == at::kFloat && j.cos.sizes() == j.sin.sizes() && j.cos.is_contiguous() &&
+           j.sin.is_contiguous() && j.cos.device() == x.device() && j.sin.device() == x.device() &&
+           j.cos.dim() == x.dim() && j.cos.size(-1) == j.rope / 2 &&
+           j.cos.numel() == x.numel() / x.size(-1) * (j.rope / 2);
+}
+
 std::vector<at::Tensor> norms(const std::vector<NormJob>& jobs) {
     RECORD_FUNCTION("dsrl::norms", std::vector<c10::IValue>());  // names the kernel in profiles
     return launch_jobs<NormJob, kernels::RmsNormParams>(
         "norms (cuda)", jobs, kernels::kMaxNormJobs,
         [](const NormJob& j, at::Tensor* out) {
-            return j.bias.defined() ? layer_norm_params(j.x, j.weight, j.bias, j.eps, out)
-                                    : norm_params(j.x, j.weight, j.eps, out);
+            TORCH_CHECK(j.weight.defined() || !j.bias.defined(), "norms (cuda): a job without a weight has no bias");
+            kernels::RmsNormParams p = j.bias.defined() ? layer_norm_params(j.x, j.weight, j.bias, j.eps, out)
+                                                        : norm_params(j.x, j.weight, j.eps, out);
+            if (j.rope > 0) {
+                TORCH_CHECK(norm_rope_fits(j), "norms (cuda): a rotated job needs even rope dims <= ", j.x.size(-1),
+                            " and contiguous fp32 cos / sin [.., ", j.rope / 2, "] with x's dims on ", j.x.device(),
+                            "; got rope ", j.rope, ", cos ", j.cos.defined() ? j.cos.sizes() : at::IntArrayRef{});
+                p.rope_cos = j.cos.data_ptr<float>();
+                p.rope_sin = j.sin.data_ptr<float>();
+                p.rope = static_cast<int>(j.rope);
+                p.rope_interleaved = j.interleaved;
+            }
+            return p;
         },
         kernels::launch_norms);
 }

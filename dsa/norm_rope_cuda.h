@@ -54,7 +54,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
                                                double eps);
 
 /// One job of norms(): rms_norm(x, weight, eps), or with bias defined layer_norm(x, weight, bias, eps) (which
-/// layer_norm_takes).
+/// layer_norm_takes), or with weight undefined no norm (x itself).
 struct NormJob {
     at::Tensor x, weight, bias;
     double eps = 0.0;
@@ -62,9 +62,18 @@ struct NormJob {
     /// and slots [rows] int64, row r of the result is written to pool[slots[r]] in the pool's type (a slot outside
     /// [0, P) writes nothing) and the job returns an undefined tensor.
     at::Tensor pool, slots;
+    /// Optional (rope > 0): the result then rotated as rope(result, cos, sin, rope, interleaved) rotates it (the same
+    /// bits; cos / sin contiguous fp32 [.., rope / 2] with x's dims), before the pool write — a key's RoPE in its
+    /// norm's launch.
+    at::Tensor cos, sin;
+    int64_t rope = 0;
+    bool interleaved = true;
 };
-/// Up to three jobs as one kernel (a layer's query and latent RMSNorms and the indexer key's LayerNorm), each result
-/// equal to its own call's.
+/// Whether norms() takes the rotation of job j (rope > 0): even rope dims, at most x's last dim and 256, cos / sin as
+/// described.
+bool norm_rope_fits(const NormJob& j);
+/// Up to four jobs as one kernel (a layer's query and latent RMSNorms, the indexer key's LayerNorm and the rope keys'
+/// rotations), each result equal to its own call's (then rope()'s).
 std::vector<at::Tensor> norms(const std::vector<NormJob>& jobs);
 
 /// One job of ropes(): rope(x, cos, sin, rope, interleaved); pool and slots as NormJob's (x without a heads dim).

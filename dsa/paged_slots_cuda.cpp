@@ -100,4 +100,56 @@ void paged_write(const at::Tensor& slots, const std::vector<at::Tensor>& pools, 
     C10_CUDA_CHECK(kernels::launch_paged_write(p, c10::cuda::getCurrentCUDAStream(slots.device().index()).stream()));
 }
 
+bool paged_step_inputs_fit(
+    const at::Tensor& table, const at::Tensor& pos, int64_t block_size, int64_t keys, const at::Tensor& inv_freq) {
+    return table.defined() && table.is_cuda() && table.scalar_type() == at::kLong && table.dim() == 2 &&
+           table.size(1) >= 1 && table.is_contiguous() && pos.defined() && pos.device() == table.device() &&
+           pos.scalar_type() == at::kLong && pos.dim() == 1 && pos.size(0) == table.size(0) && pos.is_contiguous() &&
+           block_size >= 1 && keys >= 1 && keys <= table.size(1) * block_size &&
+           (!inv_freq.defined() || (inv_freq.device() == table.device() && inv_freq.scalar_type() == at::kFloat &&
+                                    inv_freq.dim() == 1 && inv_freq.is_contiguous()));
+}
+
+PagedStepInputs paged_step_inputs(const at::Tensor& table,
+                                  const at::Tensor& pos,
+                                  int64_t block_size,
+                                  int64_t keys,
+                                  const at::Tensor& inv_freq,
+                                  double attention_factor) {
+    RECORD_FUNCTION("dsrl::paged_step_inputs", std::vector<c10::IValue>());  // names the kernel in profiles
+    TORCH_CHECK(paged_step_inputs_fit(table, pos, block_size, keys, inv_freq),
+                "paged_step_inputs (cuda): table must be contiguous CUDA int64 [R, NB], pos int64 [R] on its device, 1 "
+                "<= keys <= NB x block_size and inv_freq fp32 [half]; got table ",
+                table.defined() ? table.sizes() : at::IntArrayRef{}, ", pos ",
+                pos.defined() ? pos.sizes() : at::IntArrayRef{}, ", block_size ", block_size, ", keys ", keys);
+    const int64_t R = table.size(0);
+    const c10::cuda::CUDAGuard on_device(table.device());
+    PagedStepInputs out;
+    out.write = at::empty({R, 1}, table.options());
+    out.read = at::empty({R, keys}, table.options());
+    out.key_valid = at::empty({R, keys}, table.options().dtype(at::kBool));
+    kernels::PagedStepParams p{.table = table.data_ptr<int64_t>(),
+                               .pos = pos.data_ptr<int64_t>(),
+                               .rows = R,
+                               .blocks = table.size(1),
+                               .block_size = block_size,
+                               .keys = keys,
+                               .read = out.read.data_ptr<int64_t>(),
+                               .key_valid = out.key_valid.data_ptr<bool>(),
+                               .write = out.write.data_ptr<int64_t>()};
+    if (inv_freq.defined()) {
+        const int64_t half = inv_freq.size(0);
+        out.cos = at::empty({R, 1, half}, table.options().dtype(at::kFloat));
+        out.sin = at::empty({R, 1, half}, table.options().dtype(at::kFloat));
+        p.inv_freq = inv_freq.data_ptr<float>();
+        p.half = static_cast<int>(half);
+        p.scaled = attention_factor != 1.0;
+        p.factor = static_cast<float>(attention_factor);
+        p.cos = out.cos.data_ptr<float>();
+        p.sin = out.sin.data_ptr<float>();
+    }
+    C10_CUDA_CHECK(kernels::launch_paged_step(p, c10::cuda::getCurrentCUDAStream(table.device().index()).stream()));
+    return out;
+}
+
 }  // namespace dsrl::dsa::cuda

@@ -32,4 +32,29 @@ bool paged_write_fits(const at::Tensor& slots,
 /// index_copy_). Throws c10::Error when !paged_write_fits.
 void paged_write(const at::Tensor& slots, const std::vector<at::Tensor>& pools, const std::vector<at::Tensor>& rows);
 
+/// A paged decode step's inputs computed from the rows' block tables and positions (one new token a row).
+struct PagedStepInputs {
+    at::Tensor write;      ///< [R, 1] int64: the slot of each row's position (-1 outside its table)
+    at::Tensor read;       ///< [R, keys] int64: the slots of key positions 0 .. keys through the row's table
+    at::Tensor key_valid;  ///< [R, keys] bool: key position <= the row's position
+    at::Tensor cos, sin;   ///< [R, 1, half] fp32: the rotary factors of the positions (undefined without inv_freq)
+};
+
+/// Whether paged_step_inputs takes these: table contiguous CUDA int64 [R, NB], pos contiguous int64 [R] on its
+/// device, 1 <= keys <= NB · block_size; inv_freq (if defined) fp32 [half] on that device.
+bool paged_step_inputs_fit(
+    const at::Tensor& table, const at::Tensor& pos, int64_t block_size, int64_t keys, const at::Tensor& inv_freq);
+
+/// One kernel for rollout/engine.cpp's per-step ATen formulas (the oracle, dsa::Model::paged_decode_step):
+///   read = table.index_select(1, key / bs) · bs + key % bs (key = arange(keys)), key_valid = key <= pos,
+///   write = table.gather(1, pos / bs) · bs + pos % bs, and with inv_freq dsa/rope.cpp's
+///   rope_cos_sin(pos) · attention_factor (the product only when attention_factor != 1). Throws c10::Error when
+///   !paged_step_inputs_fit.
+PagedStepInputs paged_step_inputs(const at::Tensor& table,
+                                  const at::Tensor& pos,
+                                  int64_t block_size,
+                                  int64_t keys,
+                                  const at::Tensor& inv_freq,
+                                  double attention_factor);
+
 }  // namespace dsrl::dsa::cuda

@@ -83,6 +83,23 @@ at::Tensor apply_rope_half_split(const at::Tensor& x, const at::Tensor& cos, con
     return at::cat({lo * c - hi * s, hi * c + lo * s}, -1);
 }
 
+at::Tensor apply_rope(
+    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved) {
+    if (interleaved) return apply_rope_interleaved(x, cos, sin);
+    const int64_t rest = x.size(-1) - rope;
+    return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, rest)}, -1);
+}
+
+at::Tensor rotate_query(const at::Tensor& q, const QueryRope& r, Impl impl) {
+    // [B, L, 1, rope / 2]: shared by the heads (cos may come as [B', L', rope / 2] for any B' · L' = B · L).
+    const at::Tensor cos = r.cos.reshape({q.size(0), q.size(1), 1, r.rope / 2});
+    const at::Tensor sin = r.sin.reshape({q.size(0), q.size(1), 1, r.rope / 2});
+    if (built_with_cuda() && impl != Impl::kReference && cuda::norm_rope_kernels_fit(q, {&cos, &sin}) &&
+        cos.is_contiguous() && sin.is_contiguous())
+        return cuda::rope(q, cos, sin, r.rope, r.interleaved);
+    return apply_rope(q, cos, sin, r.rope, r.interleaved);
+}
+
 double mla_softmax_scale(const ModelArch& cfg) {
     double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim));
     if (cfg.rope_scaling.type == "yarn" && cfg.rope_scaling.mscale_all_dim != 0) {
@@ -125,6 +142,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const at::Tens
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor&, const PairRows&, const at::Tensor&, double) {
     TORCH_CHECK(false, "add_rms_norm: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
+bool norm_rope_fits(const NormJob&) { return false; }
 std::vector<at::Tensor> norms(const std::vector<NormJob>&) {
     TORCH_CHECK(false, "norms: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }

@@ -14,6 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "core/dispatch.h"
 #include "dsa/config.h"
 
 namespace dsrl::dsa {
@@ -35,6 +36,25 @@ at::Tensor apply_rope_interleaved(const at::Tensor& x, const at::Tensor& cos, co
 
 /// Rotates dim i with dim i + d/2 of the last dim of x ([..., d]); cos/sin broadcast to [..., d/2].
 at::Tensor apply_rope_half_split(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// x [..., D] with its first `rope` dims rotated by cos / sin (broadcast to [..., rope / 2]): interleaved pairs
+/// (apply_rope_interleaved; rope == D) or half split (apply_rope_half_split of the first `rope` dims, the rest copied).
+at::Tensor apply_rope(
+    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rope, bool interleaved);
+
+/// A query rotation its consumer applies as it reads the query (the sparse attention and the paged indexer: a decode
+/// step's query RoPE without a launch of its own): the first `rope` dims of each head of q [B, L, H, D] rotated by
+/// cos / sin of B · L rows of rope / 2 fp32 (a row per query in q's order, shared by its heads; [B, L, rope / 2], or
+/// any shape of those rows), as apply_rope rotates them.
+struct QueryRope {
+    at::Tensor cos, sin;
+    int64_t rope = 0;
+    bool interleaved = true;
+};
+
+/// q [B, L, H, D] rotated by r, for a consumer that does not rotate it itself: the rope kernel where it fits (CUDA,
+/// impl not reference; the same bits), else apply_rope.
+at::Tensor rotate_query(const at::Tensor& q, const QueryRope& r, Impl impl);
 
 /// YaRN attention-temperature term: 0.1·mscale·ln(scale) + 1 for scale > 1, else 1.
 double yarn_mscale(double scale, double mscale);

@@ -17,7 +17,8 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  double scale,
                                  Impl impl,
                                  int64_t query_chunk,
-                                 bool check_indices) {
+                                 bool check_indices,
+                                 const QueryRope* q_rope) {
     // Under bf16 autocast the projections come out bf16 while the normalized latent and the RoPE parts may stay
     // fp32: the kernels take every operand in bf16 (cast here, as autocast would cast a matmul's), whenever
     // q_lat is bf16. An fp32 q_lat (an fp32 model without autocast) keeps the fp32 reference.
@@ -35,10 +36,14 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                      k_pe.sizes())};
     };
     // Shapes the Hopper kernels do not take, in a forward without autograd (the rollout's decode): the SIMT kernel
-    // reads the selected entries in place instead of the reference's gathered copies.
+    // reads the selected entries in place instead of the reference's gathered copies (and rotates q_pe itself).
     if (impl == Impl::kAuto && !fits && cuda::sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices)) {
         if (check_indices) check_sparse_indices(indices, c_kv.size(1));
-        return cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, indices, scale);
+        return cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, indices, scale, /*tensor_cores=*/true, q_rope);
+    }
+    if (q_rope != nullptr) {  // the other paths take q_pe rotated
+        return sparse_attention(q_lat, rotate_query(q_pe, *q_rope, impl), c_kv, k_pe, indices, scale, impl, query_chunk,
+                                check_indices);
     }
     if (use_kernels(impl, fits, "sparse attention", mismatch)) {
         return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
@@ -57,8 +62,14 @@ bool sparse_mla_simt_uses_tensor_cores(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
     return false;
 }
-AttentionOutput sparse_mla_simt(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool) {
+AttentionOutput sparse_mla_simt(const at::Tensor&,
+                                const at::Tensor&,
+                                const at::Tensor&,
+                                const at::Tensor&,
+                                const at::Tensor&,
+                                double,
+                                bool,
+                                const QueryRope*) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 AttentionOutput sparse_mla_attention(

@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "core/dispatch.h"
+#include "dsa/rope.h"
 
 namespace dsrl::dsa {
 
@@ -53,7 +54,8 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
 /// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA, entry 512 + 64) with
 /// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise;
 /// kReference always the reference; kCuda the kernels or a c10::Error saying why not. check_indices false: see
-/// sparse_mla_attention (the reference only; the kernels always check).
+/// sparse_mla_attention (the reference only; the kernels always check). With q_rope, q_pe is first rotated by it
+/// (rope == R): by the tensor-core kernel as it stages the queries where that kernel runs, else by rotate_query.
 AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& q_pe,
                                  const at::Tensor& c_kv,
@@ -62,7 +64,8 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  double scale,
                                  Impl impl,
                                  int64_t query_chunk = 256,
-                                 bool check_indices = true);
+                                 bool check_indices = true,
+                                 const QueryRope* q_rope = nullptr);
 
 /// The CUDA kernels (dsa/kernels/sparse_mla.cuh) behind an autograd function; sm_90 builds only.
 namespace cuda {
@@ -103,13 +106,16 @@ bool sparse_mla_simt_fits(const at::Tensor& q_lat,
 /// operands at the shapes sparse_mla_simt_uses_tensor_cores names, the tensor-core kernel
 /// (dsa/kernels/sparse_mla_mma.cuh: scores with fp32 accumulation, P rounded to the operand type for P · V, as the
 /// Hopper kernels); otherwise the SIMT kernel (fp32 arithmetic throughout).
+/// With q_rope (its rope == R, cos / sin [B, T, R / 2]), q_pe is rotated by it first: by the tensor-core kernel as it
+/// stages each query (interleaved pairs), else by dsa::rotate_query before the launch — the same bits.
 AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                 const at::Tensor& q_pe,
                                 const at::Tensor& c_kv,
                                 const at::Tensor& k_pe,
                                 const at::Tensor& indices,
                                 double scale,
-                                bool tensor_cores = true);
+                                bool tensor_cores = true,
+                                const QueryRope* q_rope = nullptr);
 
 /// Whether sparse_mla_simt takes the tensor-core kernel for these inputs: sparse_mla_simt_fits, q and the cache of one
 /// type (bf16 or fp16), H <= 64, C a multiple of 16, R of 8, ceil(H / 16) · C <= 512, the cache's rows and strides

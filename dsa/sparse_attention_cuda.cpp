@@ -311,18 +311,29 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                                 const at::Tensor& k_pe,
                                 const at::Tensor& indices,
                                 double scale,
-                                bool tensor_cores) {
+                                bool tensor_cores,
+                                const QueryRope* q_rope) {
     RECORD_FUNCTION("dsrl::sparse_mla_simt", std::vector<c10::IValue>());  // names the kernel in profiles
     TORCH_CHECK(sparse_mla_simt_fits(q_lat, q_pe, c_kv, k_pe, indices),
                 "sparse attention (SIMT kernel): unsupported inputs q_lat ", q_lat.sizes(), " ", q_lat.scalar_type(),
                 ", c_kv ", c_kv.sizes(), " ", c_kv.scalar_type(), ", indices ", indices.sizes(),
                 " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
     const c10::cuda::CUDAGuard on_device(q_lat.device());
-    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3);
+    const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
+    if (q_rope != nullptr) {
+        TORCH_CHECK(q_rope->rope == R && q_rope->cos.defined() && q_rope->sin.defined() &&
+                        q_rope->cos.numel() == B * T * (R / 2) && q_rope->cos.size(-1) == R / 2 &&
+                        q_rope->sin.sizes() == q_rope->cos.sizes() && q_rope->cos.scalar_type() == at::kFloat &&
+                        q_rope->sin.scalar_type() == at::kFloat && q_rope->cos.device() == q_lat.device() &&
+                        q_rope->sin.device() == q_lat.device(),
+                    "sparse attention (SIMT kernel): the query rotation must cover q_pe's ", R,
+                    " dims with fp32 cos / sin of ", B * T, " rows of ", R / 2, " on ", q_lat.device(), ", got rope ",
+                    q_rope->rope, ", cos ", q_rope->cos.defined() ? q_rope->cos.sizes() : at::IntArrayRef{});
+    }
     // Queries read in place where they are rows of one stride (the absorbed query is a column range of its GEMM's
     // output), else from a contiguous copy.
     const at::Tensor ql = query_row_stride(q_lat) > 0 ? q_lat : q_lat.contiguous();
-    const at::Tensor qp = query_row_stride(q_pe) > 0 ? q_pe : q_pe.contiguous();
+    at::Tensor qp = query_row_stride(q_pe) > 0 ? q_pe : q_pe.contiguous();
     const at::Tensor idx = indices.to(at::kLong).contiguous();
     at::Tensor out = at::empty({B, T, H, C}, q_lat.options());
     at::Tensor lse = at::empty({B, T, H}, q_lat.options().dtype(at::kFloat));
@@ -331,6 +342,20 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
     // bf16 / fp16 operands at the shapes it takes: the tensor-core kernel; otherwise the SIMT one. Few queries (a
     // decode batch): each query's entries split over several blocks, merged by a second kernel.
     const kernels::SparseMlaMmaPlan plan = tensor_cores ? mma_plan(p, device) : kernels::SparseMlaMmaPlan{};
+    // The query rotation: by the tensor-core kernel as it stages q_pe (interleaved pairs), else rotated here first.
+    at::Tensor cos, sin;  // alive until the launch is queued
+    if (q_rope != nullptr) {
+        if (plan.tile > 0 && q_rope->interleaved) {
+            cos = q_rope->cos.contiguous();
+            sin = q_rope->sin.contiguous();
+            p.q_cos = cos.data_ptr<float>();
+            p.q_sin = sin.data_ptr<float>();
+        } else {
+            qp = rotate_query(qp, *q_rope, Impl::kAuto).contiguous();
+            p.q_pe = qp.data_ptr();
+            p.q_pe_stride = kernel_query_stride(qp);
+        }
+    }
     const int64_t splits =
         plan.tile > 0 ? plan.splits : kernels::sparse_mla_simt_splits(B * T, idx.size(2), num_sms(device));
     at::Tensor work;  // the splits' partial results, alive until the launches are queued

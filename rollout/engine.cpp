@@ -2,7 +2,6 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -466,16 +465,9 @@ private:
             out.logp = logp.gather(1, out.tokens.unsqueeze(1)).squeeze(1);
             if (record_masks_) out.kept = pack_mask_bits(logp.isfinite());  // [R, ceil(V / 8)]
         }
-        // Feed them: position pos of each row, keys 0..keys through the block table.
-        const at::Tensor& table = in.table;
-        const at::Tensor key = at::arange(in.keys, table.options());
-        const at::Tensor read = table.index_select(1, key.div(bs_, "floor")) * bs_ + key.remainder(bs_);
-        const at::Tensor write =
-            table.gather(1, in.pos.div(bs_, "floor").unsqueeze(1)) * bs_ + in.pos.remainder(bs_).unsqueeze(1);
-        const dsa::PagedStep step{.cache = &cache_,
-                                  .write_slots = write,
-                                  .read_slots = read,
-                                  .key_valid = key.unsqueeze(0) <= in.pos.unsqueeze(1)};
+        // Feed them: position pos of each row, keys 0..keys through the block table (slots, key mask and rotary
+        // factors in one kernel on CUDA).
+        const dsa::PagedStep step = model_.paged_decode_step(cache_, in.table, in.pos, in.keys);
         // On CUDA the MoE layers run densely over the experts (a fixed handful of kernels, no host sync).
         const dsa::ForwardOptions fopt{.return_routes = opt_.record_routes,
                                        .return_topk = opt_.record_indexer,

@@ -4,6 +4,7 @@
 // the scale and the head weights. The chunk size keeps about two blocks per multiprocessor in flight.
 #include "core/kernels/launch.cuh"
 #include "dsa/kernels/indexer_paged.cuh"
+#include "dsa/kernels/rope_pair.cuh"
 #include "dsa/kernels/topk_rank.cuh"
 
 #include <cuda_bf16.h>
@@ -41,7 +42,7 @@ __device__ __forceinline__ void load8(const void* pool, bool bf16, int64_t i, fl
 }
 
 // The query's heads and head weights staged as fp32 into shared memory (q_s [padded, D], w_s [padded], zero rows past
-// H), with the barrier after.
+// H; with p.q_rope the heads then rotated), with a barrier after.
 __device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t n, float* q_s, float* w_s) {
     const int H = p.heads, D = p.dim;
     const int padded = padded_heads(H);
@@ -53,6 +54,17 @@ __device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t
     }
     for (int j = threadIdx.x; j < padded; j += blockDim.x)
         w_s[j] = j < H ? dsrl::kernels::load_elem(p.w, p.w_type, w0 + j) : 0.0f;
+    __syncthreads();
+    if (p.q_rope == 0) return;
+    // The query's RoPE in place (q_s holds q's values exactly): a thread per (head, pair).
+    const int half = p.q_rope / 2;
+    for (int i = threadIdx.x; i < H * half; i += blockDim.x) {
+        const int j = i / half, pair = i - j * half;
+        int a_idx = 0, b_idx = 0;
+        rope_pair_of(p.q_rope_interleaved ? 2 * pair : pair, p.q_rope, p.q_rope_interleaved, a_idx, b_idx);
+        float* qh = q_s + j * D;
+        rope_rotate(qh[a_idx], qh[b_idx], p.q_cos[n * half + pair], p.q_sin[n * half + pair], p.q_type);
+    }
     __syncthreads();
 }
 

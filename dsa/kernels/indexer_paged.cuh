@@ -33,6 +33,13 @@ struct IndexerPagedParams {
     int heads, dim;                       // H, D
     int64_t q_batch_stride, q_len_stride, w_batch_stride, w_len_stride, pool_stride;
     float scale;
+    // Optional: each head's first q_rope dims of q rotated as they are staged (the indexer query's RoPE,
+    // dsa/kernels/rope_pair.cuh, in q_type), pairs interleaved or half split, by q_cos / q_sin [B · L, q_rope / 2]
+    // fp32.
+    const float* q_cos = nullptr;
+    const float* q_sin = nullptr;
+    int q_rope = 0;
+    bool q_rope_interleaved = false;
 };
 
 /// Launches the scores kernel on `stream` (`sms`: the device's multiprocessors, for the grid's shape).

@@ -11,6 +11,7 @@
 
 #include "core/kernels/row_dot.cuh"
 #include "core/kernels/row_norm.cuh"
+#include "dsa/kernels/rope_pair.cuh"
 
 namespace dsrl::dsa::kernels {
 namespace {
@@ -56,6 +57,33 @@ __device__ __forceinline__ void store_out(const RmsNormParams& p, int64_t out, i
     }
 }
 
+// Stores row `row`'s output elements (each thread its own, value(i) in fp32 before the output's rounding) at `out`
+// (out_row); with p.rope, the rotated part's values go through shared memory (rounded to out_type, as the rope kernel
+// would read them), then a thread per pair rotates and stores them. Every thread of the block calls it.
+template <typename Value>
+__device__ __forceinline__ void emit_row(const RmsNormParams& p, int64_t row, int64_t out, Value value) {
+    __shared__ float rot[kNormMaxRope];
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float v = value(i);
+        if (i < p.rope) {
+            rot[i] = round_elem(v, p.out_type);
+        } else {
+            store_out(p, out, i, v);
+        }
+    }
+    if (p.rope == 0) return;
+    __syncthreads();
+    for (int j = threadIdx.x; j < p.rope / 2; j += kNormThreads) {
+        int a_idx = 0, b_idx = 0;
+        rope_pair_of(p.rope_interleaved ? 2 * j : j, p.rope, p.rope_interleaved, a_idx, b_idx);
+        float a = rot[a_idx], b = rot[b_idx];
+        const int64_t at = row * (p.rope / 2) + j;
+        rope_rotate(a, b, p.rope_cos[at], p.rope_sin[at], p.out_type);
+        store_out(p, out, a_idx, a);
+        store_out(p, out, b_idx, b);
+    }
+}
+
 // One block per row: the sum of squares (fp32), then each element. kPairs: the residual may be p.residual_pairs.
 template <bool kPairs>
 __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
@@ -84,11 +112,45 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
     const float r = rsqrtf(__fadd_rn(__fmul_rn(block_sum(sum), 1.0f / static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
-    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float v = add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
-        const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
-        store_out(p, out, i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
+    if (add) {  // no rotation (launch_norms): each thread reads back the sums it wrote
+        for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+            const float v = load_elem(p.sum_out, p.x_type, row * p.dim + i);
+            const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
+            store_out(p, out, i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
+        }
+        return;
     }
+    emit_row(p, row, out, [&](int64_t i) {
+        const float normed = round_elem(__fmul_rn(load_elem(p.x, p.x_type, base + i), r), p.x_type);
+        return __fmul_rn(load_elem(p.w, p.w_type, i), normed);
+    });
+}
+
+// Work items of a job without a norm (identity): a thread per pair of the rope part and per other dim of each row,
+// so its rows take a few blocks, not one each (a decode step's 256 rope keys: 16 blocks beside the norms' 768 — the
+// launch stays one wave).
+__host__ __device__ inline int64_t identity_items(const RmsNormParams& p) { return p.dim - p.rope / 2; }
+
+// Block `block` of an identity job: its threads' items, each pair rotated as the rope kernel rotates it.
+__device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t block) {
+    const int64_t per_row = identity_items(p);
+    const int64_t item = block * kNormThreads + threadIdx.x, row = item / per_row, k = item - row * per_row;
+    if (row >= p.rows) return;
+    const int64_t base = row * p.x_row_stride, out = out_row(p, row);
+    if (out < 0) return;
+    const int half = p.rope / 2;
+    if (k >= half) {  // a dim past the rope part: as it is
+        const int64_t d = p.rope + (k - half);
+        store_out(p, out, d, load_elem(p.x, p.x_type, base + d));
+        return;
+    }
+    int a_idx = 0, b_idx = 0;
+    rope_pair_of(p.rope_interleaved ? 2 * static_cast<int>(k) : static_cast<int>(k), p.rope, p.rope_interleaved, a_idx,
+                 b_idx);
+    float a = load_elem(p.x, p.x_type, base + a_idx), b = load_elem(p.x, p.x_type, base + b_idx);
+    rope_rotate(a, b, p.rope_cos[row * half + k], p.rope_sin[row * half + k], p.out_type);
+    store_out(p, out, a_idx, a);
+    store_out(p, out, b_idx, b);
 }
 
 // LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
@@ -107,11 +169,10 @@ __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t r
     const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(block_sum(sq), static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
-    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    emit_row(p, row, out, [&](int64_t i) {
         const float centered = __fmul_rn(rstd, __fsub_rn(load_elem(p.x, p.x_type, base + i), mean));
-        const float v = __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
-        store_out(p, out, i, v);
-    }
+        return __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
+    });
 }
 
 struct NormJobs {
@@ -121,14 +182,16 @@ struct NormJobs {
 
 template <bool kPairs>
 __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
-    if (p.centered) {
+    if (p.identity) {
+        identity_block(p, row);  // `row` is the job's block here
+    } else if (p.centered) {
         layer_norm_row(p, row);
     } else {
         rms_norm_row<kPairs>(p, row);
     }
 }
 
-// A block per row: job 0's rows, then job 1's, then job 2's (each job spelled out: no dynamic index into the
+// A block per row: job 0's rows, then job 1's, 2's and 3's (each job spelled out: no dynamic index into the
 // parameters).
 // kPairs: a job's residual may be its pair rows (a separate instantiation: the pair sum's loads take registers, which
 // would cost the plain kernel blocks resident).
@@ -140,8 +203,10 @@ __global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
         norm_row<kPairs>(j.job[0], block);
     } else if (block < j.end[1]) {
         norm_row<kPairs>(j.job[1], block - j.end[0]);
-    } else {
+    } else if (block < j.end[2]) {
         norm_row<kPairs>(j.job[2], block - j.end[1]);
+    } else {
+        norm_row<kPairs>(j.job[3], block - j.end[2]);
     }
 }
 
@@ -166,18 +231,13 @@ __device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
         store_elem(p.out, p.out_type, out + d, load_elem(p.x, p.type, in + d));
         return;
     }
-    // cos / sin cast to x's type first (cos.to(x.dtype)).
-    const float c = round_elem(p.cos[r * half + j], p.type);
-    const float s = round_elem(p.sin[r * half + j], p.type);
     const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
     const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
-    const float a = load_elem(p.x, p.type, in + a_idx);
-    const float b = load_elem(p.x, p.type, in + b_idx);
-    // a' = a·c − b·s and b' = b·c + a·s, each product and sum rounded to x's type.
-    const float ac = round_elem(__fmul_rn(a, c), p.type), bs = round_elem(__fmul_rn(b, s), p.type);
-    const float bc = round_elem(__fmul_rn(b, c), p.type), as = round_elem(__fmul_rn(a, s), p.type);
-    store_elem(p.out, p.out_type, out + a_idx, round_elem(__fsub_rn(ac, bs), p.type));
-    store_elem(p.out, p.out_type, out + b_idx, round_elem(__fadd_rn(bc, as), p.type));
+    float a = load_elem(p.x, p.type, in + a_idx);
+    float b = load_elem(p.x, p.type, in + b_idx);
+    rope_rotate(a, b, p.cos[r * half + j], p.sin[r * half + j], p.type);
+    store_elem(p.out, p.out_type, out + a_idx, a);
+    store_elem(p.out, p.out_type, out + b_idx, b);
 }
 
 struct RopeJobs {
@@ -274,20 +334,26 @@ int64_t place_jobs(Jobs& to, const Params* jobs, int count, int max_jobs, Work w
 }
 
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream) {
-    static_assert(kMaxNormJobs == 3, "norm_kernel spells out three jobs");
+    static_assert(kMaxNormJobs == 4, "norm_kernel spells out four jobs");
     if (count < 0 || count > kMaxNormJobs) return cudaErrorInvalidValue;
     size_t pair_smem = 0;  // a row of the pairs' sum in shared memory
     for (int i = 0; i < count; ++i) {
         const RmsNormParams& p = jobs[i];
         const bool pairs = p.residual_pairs.out != nullptr;
-        if ((p.residual != nullptr || pairs) && (p.centered || p.out_slots != nullptr)) return cudaErrorInvalidValue;
+        if ((p.residual != nullptr || pairs) && (p.centered || p.identity || p.out_slots != nullptr || p.rope != 0))
+            return cudaErrorInvalidValue;
+        if (p.rope < 0 || p.rope % 2 != 0 || p.rope > p.dim || p.rope > kNormMaxRope ||
+            (p.rope > 0 && (p.rope_cos == nullptr || p.rope_sin == nullptr)) || (p.identity && p.x_type != p.out_type))
+            return cudaErrorInvalidValue;
         if (pairs && (p.residual_pairs.hidden != p.dim || p.dim % 8 != 0 || p.dim > kPairNormMaxDim))
             return cudaErrorInvalidValue;
         if (pairs) pair_smem = std::max(pair_smem, sizeof(float) * static_cast<size_t>(p.dim));
     }
-    NormJobs j{};  // a block per row; a job without columns has nothing to write: no blocks
-    const int64_t rows =
-        place_jobs(j, jobs, count, kMaxNormJobs, [](const RmsNormParams& p) { return p.dim == 0 ? 0 : p.rows; });
+    NormJobs j{};  // a block per row (an identity job's items a thread each); a job without columns: no blocks
+    const int64_t rows = place_jobs(j, jobs, count, kMaxNormJobs, [](const RmsNormParams& p) {
+        if (p.dim == 0) return int64_t{0};
+        return p.identity ? (p.rows * identity_items(p) + kNormThreads - 1) / kNormThreads : p.rows;
+    });
     if (rows == 0) return cudaSuccess;
     if (rows > 0x7fffffff) return cudaErrorInvalidValue;
     return dsrl::kernels::launch(pair_smem > 0 ? norm_kernel<true> : norm_kernel<false>, static_cast<unsigned>(rows),

@@ -52,10 +52,21 @@ struct RmsNormParams {
     int64_t out_rows = 0;
     int64_t out_row_stride = 0;
     Elem slot_type = Elem::kF32;
+    // Optional (rope > 0): the output's first `rope` dims rotated by cos / sin [rows, rope / 2] fp32 (pairs interleaved
+    // or half split) as the rope kernel would rotate the output it read — in out_type, dsa/kernels/rope_pair.cuh —
+    // before the store: a key's RoPE in its norm's launch. No residual. With `identity`, no norm either: the row is x
+    // as it is (out_type x's type, w unused), rotated.
+    const float* rope_cos = nullptr;
+    const float* rope_sin = nullptr;
+    int rope = 0;
+    bool rope_interleaved = true;
+    bool identity = false;
 };
-/// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms and the indexer key's LayerNorm): a
-/// block per row, the jobs' rows in turn.
-constexpr int kMaxNormJobs = 3;
+/// Most rotated dims of a norm job (RmsNormParams::rope; staged in shared memory).
+constexpr int kNormMaxRope = 256;
+/// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms, the indexer key's LayerNorm and
+/// rotation, the rope key's rotation): a block per row, the jobs' rows in turn.
+constexpr int kMaxNormJobs = 4;
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream);
 
 /// RoPE over x viewed as [rows, heads, dim] (last dim contiguous) with cos/sin [rows, rope / 2] fp32 (one per row,

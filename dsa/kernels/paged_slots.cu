@@ -40,7 +40,40 @@ __global__ void paged_write_kernel(PagedWriteParams p) {
     }
 }
 
+// A block per row; its threads over the keys, then the rotary factors.
+__global__ void paged_step_kernel(PagedStepParams p) {
+    dsrl::kernels::pdl_enter();
+    const int64_t r = blockIdx.x, bs = p.block_size;
+    const int64_t* table = p.table + r * p.blocks;
+    const int64_t pos = p.pos[r];
+    for (int64_t j = threadIdx.x; j < p.keys; j += blockDim.x) {
+        p.read[r * p.keys + j] = table[j / bs] * bs + j % bs;
+        p.key_valid[r * p.keys + j] = j <= pos;
+    }
+    if (threadIdx.x == 0) p.write[r] = pos >= 0 && pos < p.blocks * bs ? table[pos / bs] * bs + pos % bs : -1;
+    if (p.inv_freq == nullptr) return;
+    const float fpos = __ll2float_rn(pos);
+    for (int i = threadIdx.x; i < p.half; i += blockDim.x) {
+        const float f = __fmul_rn(fpos, p.inv_freq[i]);
+        float c = cosf(f), s = sinf(f);
+        if (p.scaled) {
+            c = __fmul_rn(c, p.factor);
+            s = __fmul_rn(s, p.factor);
+        }
+        p.cos[r * p.half + i] = c;
+        p.sin[r * p.half + i] = s;
+    }
+}
+
 }  // namespace
+
+cudaError_t launch_paged_step(const PagedStepParams& p, cudaStream_t stream) {
+    if (p.rows == 0) return cudaSuccess;
+    if (p.rows > 0x7fffffff || p.blocks < 1 || p.block_size < 1 || p.keys < 0 || p.keys > p.blocks * p.block_size ||
+        p.half < 0 || (p.inv_freq != nullptr && (p.cos == nullptr || p.sin == nullptr)))
+        return cudaErrorInvalidValue;
+    return dsrl::kernels::launch(paged_step_kernel, static_cast<unsigned>(p.rows), 256, 0, stream, p);
+}
 
 cudaError_t launch_paged_write(const PagedWriteParams& p, cudaStream_t stream) {
     if (p.rows == 0 || p.parts == 0) return cudaSuccess;

@@ -41,4 +41,27 @@ struct PagedWriteParams {
 };
 cudaError_t launch_paged_write(const PagedWriteParams& p, cudaStream_t stream);
 
+/// A paged decode step's inputs from its rows' block tables and positions (one new token a row), as one kernel
+/// (rollout/engine.cpp's ATen ops before: about fifteen a step):
+///   read[r, j] = table[r, j / bs] · bs + j % bs for j < keys (keys <= blocks · bs);
+///   key_valid[r, j] = j <= pos[r];
+///   write[r] = table[r, pos[r] / bs] · bs + pos[r] % bs, or -1 for a position outside the table (paged_write skips
+///   it); with inv_freq: cos / sin[r, i] = cos / sin(float(pos[r]) · inv_freq[i]), then · factor when `scaled`, each op
+///   rounded to fp32 as dsa/rope.cpp's rope_cos_sin rounds it.
+struct PagedStepParams {
+    const int64_t* table;  // [rows, blocks]
+    const int64_t* pos;    // [rows]
+    int64_t rows, blocks, block_size, keys;
+    int64_t* read;                    // [rows, keys]
+    bool* key_valid;                  // [rows, keys]
+    int64_t* write;                   // [rows]
+    const float* inv_freq = nullptr;  // [half], or null: no rotary factors
+    int half = 0;
+    bool scaled = false;
+    float factor = 1.f;
+    float* cos = nullptr;  // [rows, half]
+    float* sin = nullptr;  // [rows, half]
+};
+cudaError_t launch_paged_step(const PagedStepParams& p, cudaStream_t stream);
+
 }  // namespace dsrl::dsa::kernels

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <type_traits>
 
+#include "dsa/kernels/rope_pair.cuh"
 #include "dsa/kernels/sparse_mla_common.cuh"
 
 namespace dsrl::kernels {
@@ -82,7 +83,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
     const auto at = [es](int row, int col) { return static_cast<uint32_t>((row * es + col) * 2); };
     const int p_stride = static_cast<int>(L.p_stride), s_stride = static_cast<int>(L.s_stride);
 
-    // Q rows [q̃ | q_pe], zero past the last head and past E.
+    // Q rows [q̃ | q_pe], zero past the last head and past E (with p.q_cos, q_pe rotated in place once the first tile
+    // has arrived: the loads stay asynchronous).
     for (int i = tid; i < rows * chunks; i += kMmaThreads) {
         const int r = i / chunks, c = (i % chunks) * 8;
         const bool ok = r < H && c < E;
@@ -127,6 +129,18 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
         cp_async_commit();
         cp_async_wait_all();
         __syncthreads();
+        if (t == t0 && p.q_cos != nullptr) {  // the query's RoPE: interleaved pairs of q_pe, a thread per pair
+            T* q_rows = reinterpret_cast<T*>(smem + L.off_q);
+            for (int i = tid; i < H * (R / 2); i += kMmaThreads) {
+                const int r = i / (R / 2), j = i - r * (R / 2);
+                T* pair = q_rows + r * es + C + 2 * j;
+                float a = from_operand(pair[0]), b = from_operand(pair[1]);
+                dsrl::dsa::kernels::rope_rotate(a, b, p.q_cos[n * (R / 2) + j], p.q_sin[n * (R / 2) + j], p.q_type);
+                pair[0] = to_operand<T>(a);
+                pair[1] = to_operand<T>(b);
+            }
+            __syncthreads();
+        }
 
         // S = Q · Kᵀ · scale: a warp per (m tile, 16 entries), invalid entries −inf.
         for (int u = warp; u < s_units; u += kMmaWarps) {

@@ -32,6 +32,10 @@ struct SparseMlaSimtParams {
     int64_t num_queries, queries_per_batch, heads, latent, rope, topk, keys;
     int64_t q_lat_stride, q_pe_stride;  // elements between queries: H · C and H · R when contiguous
     float scale;
+    // Optional (the tensor-core kernel only): q_pe rotated as it is staged, interleaved pairs of all R dims (the MLA
+    // query's RoPE, dsa/kernels/rope_pair.cuh), by q_cos / q_sin [N, R / 2] fp32.
+    const float* q_cos = nullptr;
+    const float* q_sin = nullptr;
     void* out;  // [N, H, C] contiguous, out_type
     Elem out_type;
     float* lse;  // [N, H]

@@ -318,6 +318,24 @@ TEST(IndexerKernelTest, PagedTopkMatchesTheReferenceOnGatheredKeys) {
         const cuda::PagedTopk two = cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K, false);
         EXPECT_TRUE(at::equal(two.keys, got.keys));
         EXPECT_TRUE(at::equal(two.slots, got.slots));
+        // The query rotated as the kernels stage it: the selection of the query the rope kernel rotated, in either
+        // path, half split (the indexer's) and interleaved.
+        for (const bool interleaved : {false, true}) {
+            const int64_t rope = interleaved ? c.D : std::min<int64_t>(c.D, 32);
+            const QueryRope r{at::randn({c.B, c.L, rope / 2}, gen, at::kFloat).mul(4).cuda(),
+                              at::randn({c.B, c.L, rope / 2}, gen, at::kFloat).cuda(), rope, interleaved};
+            const at::Tensor rotated = rotate_query(q, r, Impl::kAuto);
+            for (const bool one_launch : {true, false}) {
+                SCOPED_TRACE(::testing::Message()
+                             << "rotated, interleaved " << interleaved << ", one launch " << one_launch);
+                const cuda::PagedTopk in_kernel =
+                    cuda::indexer_paged_topk(q, pool, read, w, scale, pos, valid, c.K, one_launch, &r);
+                const cuda::PagedTopk before =
+                    cuda::indexer_paged_topk(rotated, pool, read, w, scale, pos, valid, c.K, one_launch);
+                EXPECT_TRUE(at::equal(in_kernel.keys, before.keys));
+                EXPECT_TRUE(at::equal(in_kernel.slots, before.slots));
+            }
+        }
     }
     {  // Exact ties (every key the same): the lowest positions win, in order, in either path; a row of one warp's keys.
         for (const int64_t S : {1, 31, 200, 512}) {

@@ -1,10 +1,12 @@
 // The DeepSeek-V3.2 model's invariants (issue 4): padding invariance, decode == full forward, routing replay,
 // dense == sparse when every query sees <= index_topk keys, and clear errors for bad checkpoints.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/allclose.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
@@ -12,6 +14,7 @@
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn_like.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include <fstream>
@@ -21,6 +24,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "dsa/model.h"
+#include "dsa/rope.h"
 #include "moe/router.h"
 #include "tests/model_fixtures.h"
 #include "tests/test_util.h"
@@ -61,6 +65,36 @@ TEST(ModelTest, ShapesAndRecordsOfAForward) {
     EXPECT_LE(t5.max().item<int64_t>(), 4);
     EXPECT_EQ(out.topk[1][0][9].ge(0).sum().item<int64_t>(), c.index_topk);
     EXPECT_FALSE(out.logits.isnan().any().item<bool>());
+}
+
+// A paged decode step's inputs from block tables and positions (the engine's per-step slots): each key position's
+// slot through its row's table, the new token's slot, the key mask, the positions' rotary factors; bad shapes named.
+TEST(ModelTest, PagedDecodeStepSlotsThroughTheBlockTables) {
+    const ModelConfig c = tiny();
+    const Model m = make_model(c);
+    PagedKvCache cache = m.new_paged_cache(4, 4);
+    const at::Tensor table = at::tensor({3, 1, 0, 2}, at::kLong).view({2, 2});
+    const at::Tensor pos = at::tensor({5, 2}, at::kLong);
+    const PagedStep step = m.paged_decode_step(cache, table, pos, 7);
+    EXPECT_EQ(step.cache, &cache);
+    EXPECT_TRUE(at::equal(step.read_slots,
+                          at::tensor({12, 13, 14, 15, 4, 5, 6, 0, 1, 2, 3, 8, 9, 10}, at::kLong).view({2, 7})));
+    EXPECT_TRUE(at::equal(step.write_slots, at::tensor({5, 2}, at::kLong).view({2, 1})));
+    EXPECT_TRUE(at::equal(step.key_valid, at::arange(7, at::kLong).unsqueeze(0) <= pos.unsqueeze(1)));
+    const auto [cos, sin] = rope_cos_sin(rope_table(c), pos.unsqueeze(1));
+    EXPECT_TRUE(at::equal(step.cos, cos));
+    EXPECT_TRUE(at::equal(step.sin, sin));
+    EXPECT_EQ(step.cos.sizes(), (std::vector<int64_t>{2, 1, c.qk_rope_head_dim / 2}));
+    // The forward with them equals the forward that computes its own rotary factors.
+    const at::Tensor ids = at::tensor({7, 9}, at::kLong).view({2, 1});
+    PagedStep own = step;
+    own.cos = own.sin = at::Tensor();
+    at::NoGradGuard no_grad;
+    const ForwardOutput a = m.forward({.input_ids = ids, .position_ids = pos.unsqueeze(1)}, {.paged = &step});
+    const ForwardOutput b = m.forward({.input_ids = ids, .position_ids = pos.unsqueeze(1)}, {.paged = &own});
+    EXPECT_TRUE(at::equal(a.logits, b.logits));
+    EXPECT_THAT([&] { (void)m.paged_decode_step(cache, table, pos, 9); },
+                ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr("keys <= NB x block_size")));
 }
 
 // The rollout's once-cast weights (Model::autocast_weights): the matmul weights in bf16, everything read

@@ -168,7 +168,76 @@ TEST(NormRopeKernelTest, JobsInOneLaunchEqualOneLaunchEach) {
     }
     EXPECT_THROW(cuda::norms({}), c10::Error);
     const at::Tensor x = randn({2, 64}, at::kFloat), w = randn({64}, at::kFloat);
-    EXPECT_THROW(cuda::norms({{x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}}), c10::Error);
+    EXPECT_THROW(
+        cuda::norms({{x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}, {x, w, {}, 1e-6}}),
+        c10::Error);
+}
+
+// A norm job that also rotates (the keys' RoPE in the norm's launch): the norm then the rope kernel, bit for bit — the
+// rope key without a norm (interleaved), the indexer key's LayerNorm (half split), an RMSNorm (interleaved over part of
+// the row); returned, or written into pools at slots (a slot outside the pool writes nothing).
+TEST(NormRopeKernelTest, RotatedJobsEqualTheNormThenTheRope) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(t));
+        const at::Tensor a = randn({4, 1, 384 + 288 + 64}, t);  // q_a | kv_a | the indexer's wk
+        const at::Tensor q_a = a.narrow(-1, 0, 384), kv = a.narrow(-1, 384, 288), wk = a.narrow(-1, 672, 64);
+        const at::Tensor w1 = randn({384}, t) * 0.5 + 1, lw = randn({64}, t) * 0.5 + 1, lb = randn({64}, t) * 0.1;
+        const at::Tensor cos = at::randn({4, 1, 16}, f) * 3, sin = at::randn({4, 1, 16}, f) * 3;
+        const at::Tensor k_pe = kv.narrow(-1, 256, 32);
+        const std::vector<at::Tensor> n =
+            cuda::norms({{.x = q_a, .weight = w1, .eps = 1e-6, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
+                         {.x = k_pe, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
+                         {.x = wk,
+                          .weight = lw,
+                          .bias = lb,
+                          .eps = 1e-6,
+                          .cos = cos,
+                          .sin = sin,
+                          .rope = 32,
+                          .interleaved = false}});
+        ASSERT_EQ(n.size(), 3u);
+        EXPECT_TRUE(at::equal(n[0], cuda::rope(cuda::rms_norm(q_a, w1, 1e-6), cos, sin, 32, true))) << "RMSNorm";
+        EXPECT_TRUE(at::equal(n[1], cuda::rope(k_pe, cos, sin, 32, true))) << "no norm";
+        EXPECT_TRUE(at::equal(n[2], cuda::rope(cuda::layer_norm(wk, lw, lb, 1e-6), cos, sin, 32, false)))
+            << "LayerNorm";
+        EXPECT_EQ(n[1].scalar_type(), t);
+        for (const at::ScalarType pool_type : {at::kFloat, at::kBFloat16}) {
+            SCOPED_TRACE(c10::toString(pool_type));
+            const at::Tensor slots = at::tensor(std::vector<int64_t>{5, 0, 9, 17}, at::kLong).cuda();  // 17: outside
+            const auto pool = [&](int64_t d) { return at::full({10, d}, 7.0, f.dtype(pool_type)); };
+            const at::Tensor pe_pool = pool(32), ik_pool = pool(64);
+            const std::vector<at::Tensor> p =
+                cuda::norms({{.x = k_pe, .pool = pe_pool, .slots = slots, .cos = cos, .sin = sin, .rope = 32},
+                             {.x = wk,
+                              .weight = lw,
+                              .bias = lb,
+                              .eps = 1e-6,
+                              .pool = ik_pool,
+                              .slots = slots,
+                              .cos = cos,
+                              .sin = sin,
+                              .rope = 32,
+                              .interleaved = false}});
+            EXPECT_FALSE(p[0].defined() || p[1].defined());
+            const at::Tensor in = slots.narrow(0, 0, 3);
+            const auto expect_rows = [&](const at::Tensor& pl, const at::Tensor& rows, const char* what) {
+                at::Tensor want = pool(pl.size(1));
+                want.index_copy_(0, in, rows.reshape({4, -1}).narrow(0, 0, 3).to(pool_type));
+                EXPECT_TRUE(at::equal(pl, want)) << what;
+            };
+            expect_rows(pe_pool, n[1], "rope key");
+            expect_rows(ik_pool, n[2], "index key");
+        }
+    }
+    const at::Tensor x = randn({2, 64}, at::kFloat), w = randn({64}, at::kFloat);
+    const at::Tensor cos = at::zeros({2, 16}, f);
+    EXPECT_FALSE(cuda::norm_rope_fits({.x = x, .weight = w, .cos = cos, .sin = cos, .rope = 30})) << "rope / 2 != 16";
+    EXPECT_FALSE(cuda::norm_rope_fits({.x = x, .weight = w, .cos = cos.cpu(), .sin = cos, .rope = 32})) << "cos on CPU";
+    EXPECT_TRUE(cuda::norm_rope_fits({.x = x, .weight = w, .cos = cos, .sin = cos, .rope = 32}));
+    EXPECT_THROW(cuda::norms({{.x = x, .weight = w, .cos = cos, .sin = cos, .rope = 30}}), c10::Error);
 }
 
 // The residual add fused into the next RMSNorm: the sum as ATen's add rounds it, the norm as the single kernel gives

@@ -3,7 +3,8 @@
 // batch-strided caches and a pool view, −1 entries, a query without any valid entry (out 0, lse −inf), fp32, bf16 and
 // fp16, one tile or several per block, splits; the dispatch rule of
 // dsa::sparse_attention (kAuto in a forward without autograd only). Also the paged-slots kernel
-// (dsa/paged_slots_cuda.h) against the ATen gather through the block table that dsa/model.cpp falls back to.
+// (dsa/paged_slots_cuda.h) against the ATen gather through the block table that dsa/model.cpp falls back to, and the
+// paged step's inputs kernel against Model::paged_decode_step's ATen formulas.
 #include <gtest/gtest.h>
 
 #include <ATen/TensorOperators.h>
@@ -22,6 +23,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "dsa/paged_slots_cuda.h"
+#include "dsa/rope.h"
 #include "dsa/sparse_attention.h"
 #include "tests/test_util.h"
 
@@ -146,6 +148,21 @@ TEST(SparseMlaSimtTest, QueriesAreReadInPlaceAsColumnRangesOfAWiderOutput) {
                 cuda::sparse_mla_simt(q_lat.contiguous(), q_pe.contiguous(), c_kv, k_pe, idx, 0.06, tensor_cores);
             EXPECT_TRUE(at::equal(strided.out, copied.out));
             EXPECT_TRUE(at::equal(strided.lse, copied.lse));
+            // q_pe rotated as the kernel stages it (a decode step's query RoPE): the bits of the query the rope kernel
+            // rotated first.
+            const QueryRope rope{at::randn({B, L, R / 2}, f) * 4, at::randn({B, L, R / 2}, f), R, true};
+            const AttentionOutput in_kernel =
+                cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, tensor_cores, &rope);
+            const AttentionOutput before = cuda::sparse_mla_simt(q_lat, rotate_query(q_pe, rope, Impl::kAuto), c_kv,
+                                                                 k_pe, idx, 0.06, tensor_cores);
+            EXPECT_TRUE(at::equal(in_kernel.out, before.out)) << "rotated query";
+            EXPECT_TRUE(at::equal(in_kernel.lse, before.lse)) << "rotated query";
+            // The dispatcher's other paths rotate first: the reference with a rotation equals it on the rotated query.
+            const AttentionOutput ref =
+                sparse_attention(q_lat, q_pe, c_kv, k_pe, idx, 0.06, Impl::kReference, 256, true, &rope);
+            const AttentionOutput ref_before = sparse_attention(q_lat, rotate_query(q_pe, rope, Impl::kReference), c_kv,
+                                                                k_pe, idx, 0.06, Impl::kReference);
+            EXPECT_TRUE(at::equal(ref.out, ref_before.out));
         }
     }
 }
@@ -199,6 +216,57 @@ TEST(PagedSlotsKernelTest, EqualsTheGatherThroughTheTable) {
     EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, f.dtype(at::kLong)), at::zeros({2, 1, 3}, f.dtype(at::kLong))))
         << "int64 key sets";
     EXPECT_FALSE(cuda::paged_slots_fit(at::zeros({2, 4}, at::kLong), {})) << "a table on the CPU";
+}
+
+// The step-inputs kernel against dsa::Model::paged_decode_step's ATen formulas (the engine's per-step ops before):
+// slots and key mask equal, the rotary factors the same bits as rope_cos_sin's (plain RoPE, YaRN with a factor of 1
+// and with another).
+TEST(PagedStepKernelTest, EqualsTheAtenSlotsMaskAndRotaryFactors) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const double mscale : {0.0, 1.0, 0.707}) {
+        ModelArch arch;
+        arch.qk_rope_head_dim = 64;
+        if (mscale == 0.0) arch.rope_scaling.type = "none";
+        arch.rope_scaling.mscale = mscale;
+        RopeTable rope = rope_table(arch);
+        rope.inv_freq = rope.inv_freq.to(at::kCUDA);
+        if (mscale == 0.707) ASSERT_NE(rope.attention_factor, 1.0);
+        for (const int64_t R : {1, 7, 256}) {
+            for (const int64_t bs : {1, 16, 64}) {
+                SCOPED_TRACE(::testing::Message() << "mscale " << mscale << " R " << R << " bs " << bs);
+                const int64_t NB = 9, keys = NB * bs - (bs > 1 ? 3 : 0);
+                const at::Tensor table = at::randint(1 << 16, {R, NB}, f.dtype(at::kLong));
+                // Positions anywhere in the table, with large ones for the rotary factors' rounding.
+                const at::Tensor pos = at::randint(NB * bs, {R}, f.dtype(at::kLong));
+                ASSERT_TRUE(cuda::paged_step_inputs_fit(table, pos, bs, keys, rope.inv_freq));
+                const cuda::PagedStepInputs got =
+                    cuda::paged_step_inputs(table, pos, bs, keys, rope.inv_freq, rope.attention_factor);
+                const at::Tensor key = at::arange(keys, table.options());
+                EXPECT_TRUE(at::equal(got.read, table.index_select(1, key.div(bs, "floor")) * bs + key.remainder(bs)));
+                EXPECT_TRUE(at::equal(got.write, table.gather(1, pos.div(bs, "floor").unsqueeze(1)) * bs +
+                                                     pos.remainder(bs).unsqueeze(1)));
+                EXPECT_TRUE(at::equal(got.key_valid, key.unsqueeze(0) <= pos.unsqueeze(1)));
+                const auto [cos, sin] = rope_cos_sin(rope, pos.unsqueeze(1));
+                EXPECT_TRUE(at::equal(got.cos, cos));
+                EXPECT_TRUE(at::equal(got.sin, sin));
+                const at::Tensor big = at::full({R}, 1000003, f.dtype(at::kLong));
+                const cuda::PagedStepInputs far =
+                    cuda::paged_step_inputs(table, big, bs, keys, rope.inv_freq, rope.attention_factor);
+                const auto [cos_far, sin_far] = rope_cos_sin(rope, big.unsqueeze(1));
+                EXPECT_TRUE(at::equal(far.cos, cos_far)) << "position 1000003";
+                EXPECT_TRUE(at::equal(far.sin, sin_far)) << "position 1000003";
+                EXPECT_TRUE(at::equal(far.write, at::full({R, 1}, -1, f.dtype(at::kLong))))
+                    << "a position outside the table writes nowhere";
+            }
+        }
+    }
+    const at::Tensor table = at::zeros({2, 3}, f.dtype(at::kLong)), pos = at::zeros({2}, f.dtype(at::kLong));
+    EXPECT_FALSE(cuda::paged_step_inputs_fit(table, pos, 4, 13, {})) << "more keys than the table holds";
+    EXPECT_FALSE(cuda::paged_step_inputs_fit(table.cpu(), pos.cpu(), 4, 12, {})) << "a table on the CPU";
+    EXPECT_FALSE(cuda::paged_step_inputs_fit(table.to(at::kInt), pos, 4, 12, {})) << "an int32 table";
+    EXPECT_TRUE(cuda::paged_step_inputs_fit(table, pos, 4, 12, {}));
 }
 
 TEST(PagedWriteKernelTest, EqualsTheThreeIndexCopies) {
