@@ -296,11 +296,12 @@ int compare(const std::string& model_dir,
                     long(cont.stats.peak_cache_blocks), long(cont.stats.preemptions));
         const dsrl::rollout::GenerationStats& st = cont.stats;
         std::printf(
-            "       host (s): prefill %.3f, decode %.3f = window setup %.3f + launch %.3f + wait for the "
-            "device %.3f + records %.3f + the rest %.3f\n",
-            st.prefill_seconds, st.decode_seconds, st.setup_seconds, st.launch_seconds, st.wait_seconds,
-            st.record_seconds,
-            st.decode_seconds - st.setup_seconds - st.launch_seconds - st.wait_seconds - st.record_seconds);
+            "       host (s): prefill %.3f, decode %.3f = window setup %.3f + graph capture %.3f + launch %.3f + wait "
+            "for the device %.3f + records %.3f + the rest %.3f\n",
+            st.prefill_seconds, st.decode_seconds, st.setup_seconds, st.capture_seconds, st.launch_seconds,
+            st.wait_seconds, st.record_seconds,
+            st.decode_seconds - st.setup_seconds - st.capture_seconds - st.launch_seconds - st.wait_seconds -
+                st.record_seconds);
         if (device.is_cuda()) {
             // The decode steps alone against the bound: the step's bytes at the copy bandwidth over its device time
             // (no prefill, graph capture or host time, which the bw bound column counts).

@@ -547,6 +547,7 @@ private:
         const at::Tensor uniforms = upload(at::stack(draws, 0), device_);  // [steps, R, 1]
         stats_.setup_seconds += seconds_since(t0);
         const auto t_launch = Clock::now();
+        const double captured = stats_.capture_seconds;  // a first use's capture counts there, not in launch_seconds
         clear_window_records();
         if (bucketed_) {
             Graph& g = graph(padded, width);
@@ -577,7 +578,7 @@ private:
             }
             window_end();
         }
-        stats_.launch_seconds += seconds_since(t_launch);
+        stats_.launch_seconds += seconds_since(t_launch) - (stats_.capture_seconds - captured);
         stats_.decode_steps += steps;
         stats_.decode_row_steps += rows * steps;
         for (Seq* q : running_) q->cached += steps;

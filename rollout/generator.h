@@ -61,14 +61,15 @@ struct GenerationStats {
     int64_t wasted_row_steps = 0;   ///< continuous engine: decode rows of sequences that had already finished
     int64_t peak_cache_blocks = 0;  ///< continuous engine: most blocks in use at once
     int64_t graphs_captured = 0;    ///< continuous engine on CUDA: decode-step graphs captured (one per bucket)
-    double capture_seconds = 0;     ///< ... and the time their warm-up and capture took (within decode_seconds)
+    double capture_seconds = 0;     ///< ... and the time their warm-up, capture and probe took (within decode_seconds)
     int64_t padded_row_steps = 0;   ///< continuous engine with graphs: decode rows run only to fill a bucket
     int64_t graph_nodes = 0;        ///< ... nodes (kernels, copies) of the largest decode-step graph
     std::string graph_node_kinds;   ///< ... by kind, e.g. "460 kernel, 12 memcpy, 4 memset"
     int64_t prefill_calls = 0;      ///< forwards that prefilled admitted groups (each over all their prompts)
     /// Continuous engine, the host's share of decode_seconds: building each window's inputs (block tables, positions,
-    /// uniforms), launching its steps (graph replays or kernels), waiting for the device at each window's copy to the
-    /// host, and turning the copied records into samples (the tokens, log-probs and finish checks; the kept sets,
+    /// uniforms), launching its steps (graph replays or kernels; a bucket's first use, its warm-up, capture and probe
+    /// replays, counts in capture_seconds instead), waiting for the device at each window's copy to the host, and
+    /// turning the copied records into samples (the tokens, log-probs and finish checks; the kept sets,
     /// routes and indexer sets are appended by a background task while the next window runs, and only the wait for
     /// it at the end of generate() counts here).
     double setup_seconds = 0, launch_seconds = 0, wait_seconds = 0, record_seconds = 0;

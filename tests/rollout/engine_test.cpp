@@ -145,6 +145,14 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         if (c.engine.sync_interval <= 1) {
             EXPECT_EQ(stats.decode_row_steps, stats.generated_tokens) << c.name << ": finished rows leave at once";
         }
+        // The host's split of the decode time: each part counted once (a graph's capture apart from the launches).
+        for (const double part : {stats.setup_seconds, stats.capture_seconds, stats.launch_seconds, stats.wait_seconds,
+                                  stats.record_seconds})
+            EXPECT_GE(part, 0.0) << c.name;
+        EXPECT_LE(stats.setup_seconds + stats.capture_seconds + stats.launch_seconds + stats.wait_seconds +
+                      stats.record_seconds,
+                  stats.decode_seconds + 1e-6)
+            << c.name;
     }
 }
 
