@@ -273,19 +273,7 @@ PagedTopk indexer_paged_topk(const at::Tensor& q,
     const auto opts = q.options();
     PagedTopk r{at::empty({B, L, topk}, opts.dtype(at::kInt)), at::empty({B, L, topk}, opts.dtype(at::kLong))};
     if (B * L == 0) return r;
-    if (q_rope != nullptr) {
-        const int64_t half = q_rope->rope / 2;
-        TORCH_CHECK(q_rope->rope > 0 && q_rope->rope % 2 == 0 && q_rope->rope <= q.size(3) &&
-                        (!q_rope->interleaved || q_rope->rope == q.size(3)) && q_rope->cos.defined() &&
-                        q_rope->sin.defined() && q_rope->cos.scalar_type() == at::kFloat &&
-                        q_rope->sin.scalar_type() == at::kFloat && q_rope->cos.sizes() == q_rope->sin.sizes() &&
-                        q_rope->cos.numel() == B * L * half && q_rope->cos.size(-1) == half,
-                    op, ": the query rotation needs even rope dims <= ", q.size(3), " and fp32 cos / sin of ", B * L,
-                    " rows of rope / 2; got rope ", q_rope->rope, ", cos ",
-                    q_rope->cos.defined() ? q_rope->cos.sizes() : at::IntArrayRef{});
-        check_cuda(op, "the query rotation's cos", q_rope->cos, q.device());
-        check_cuda(op, "the query rotation's sin", q_rope->sin, q.device());
-    }
+    if (q_rope != nullptr) check_query_rope(op, *q_rope, B * L, q.size(3), q.device());
     const at::Tensor rope_cos = q_rope != nullptr ? q_rope->cos.contiguous() : at::Tensor();
     const at::Tensor rope_sin = q_rope != nullptr ? q_rope->sin.contiguous() : at::Tensor();
     kernels::IndexerPagedParams p{.q = q.data_ptr(),

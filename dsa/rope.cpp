@@ -90,6 +90,20 @@ at::Tensor apply_rope(
     return at::cat({apply_rope_half_split(x.narrow(-1, 0, rope), cos, sin), x.narrow(-1, rope, rest)}, -1);
 }
 
+void check_query_rope(const char* op, const QueryRope& r, int64_t rows, int64_t dim, c10::Device device) {
+    const int64_t half = r.rope / 2;
+    const auto on_device = [&](const at::Tensor& t) {
+        return t.defined() && t.scalar_type() == at::kFloat && t.device() == device && t.numel() == rows * half &&
+               t.dim() >= 1 && t.size(-1) == half;
+    };
+    TORCH_CHECK(r.rope > 0 && r.rope % 2 == 0 && r.rope <= dim && (!r.interleaved || r.rope == dim) &&
+                    on_device(r.cos) && on_device(r.sin),
+                op, ": the query rotation needs even rope dims <= ", dim,
+                " (all of them interleaved) and fp32 cos / sin of ", rows, " rows of rope / 2 on ", device,
+                "; got rope ", r.rope, ", cos ", r.cos.defined() ? r.cos.sizes() : at::IntArrayRef{}, ", sin ",
+                r.sin.defined() ? r.sin.sizes() : at::IntArrayRef{});
+}
+
 at::Tensor rotate_query(const at::Tensor& q, const QueryRope& r, Impl impl) {
     // [B, L, 1, rope / 2]: shared by the heads (cos may come as [B', L', rope / 2] for any B' · L' = B · L).
     const at::Tensor cos = r.cos.reshape({q.size(0), q.size(1), 1, r.rope / 2});

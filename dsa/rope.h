@@ -52,6 +52,10 @@ struct QueryRope {
     bool interleaved = true;
 };
 
+/// Checks r for a consumer of `rows` queries of `dim` dims a head on `device`: even rope dims, at most dim (all of them
+/// when interleaved), fp32 cos / sin of rows · rope / 2 values on that device; a c10::Error naming `op` otherwise.
+void check_query_rope(const char* op, const QueryRope& r, int64_t rows, int64_t dim, c10::Device device);
+
 /// q [B, L, H, D] rotated by r, for a consumer that does not rotate it itself: the rope kernel where it fits (CUDA,
 /// impl not reference; the same bits), else apply_rope.
 at::Tensor rotate_query(const at::Tensor& q, const QueryRope& r, Impl impl);

@@ -320,16 +320,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
                 " (CUDA, no autograd, H * C <= ", kernels::kSimtThreads * kernels::kSimtAccumulators, ")");
     const c10::cuda::CUDAGuard on_device(q_lat.device());
     const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), C = q_lat.size(3), R = q_pe.size(3);
-    if (q_rope != nullptr) {
-        TORCH_CHECK(q_rope->rope == R && q_rope->cos.defined() && q_rope->sin.defined() &&
-                        q_rope->cos.numel() == B * T * (R / 2) && q_rope->cos.size(-1) == R / 2 &&
-                        q_rope->sin.sizes() == q_rope->cos.sizes() && q_rope->cos.scalar_type() == at::kFloat &&
-                        q_rope->sin.scalar_type() == at::kFloat && q_rope->cos.device() == q_lat.device() &&
-                        q_rope->sin.device() == q_lat.device(),
-                    "sparse attention (SIMT kernel): the query rotation must cover q_pe's ", R,
-                    " dims with fp32 cos / sin of ", B * T, " rows of ", R / 2, " on ", q_lat.device(), ", got rope ",
-                    q_rope->rope, ", cos ", q_rope->cos.defined() ? q_rope->cos.sizes() : at::IntArrayRef{});
-    }
+    if (q_rope != nullptr) check_query_rope("sparse attention (SIMT kernel)", *q_rope, B * T, R, q_lat.device());
     // Queries read in place where they are rows of one stride (the absorbed query is a column range of its GEMM's
     // output), else from a contiguous copy.
     const at::Tensor ql = query_row_stride(q_lat) > 0 ? q_lat : q_lat.contiguous();
@@ -351,7 +342,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
             p.q_cos = cos.data_ptr<float>();
             p.q_sin = sin.data_ptr<float>();
         } else {
-            qp = rotate_query(qp, *q_rope, Impl::kAuto).contiguous();
+            qp = rotate_query(q_pe, *q_rope, Impl::kAuto).contiguous();
             p.q_pe = qp.data_ptr();
             p.q_pe_stride = kernel_query_stride(qp);
         }

@@ -61,7 +61,7 @@ __device__ __forceinline__ void stage_query(const IndexerPagedParams& p, int64_t
     for (int i = threadIdx.x; i < H * half; i += blockDim.x) {
         const int j = i / half, pair = i - j * half;
         int a_idx = 0, b_idx = 0;
-        rope_pair_of(p.q_rope_interleaved ? 2 * pair : pair, p.q_rope, p.q_rope_interleaved, a_idx, b_idx);
+        rope_pair_dims(pair, p.q_rope, p.q_rope_interleaved, a_idx, b_idx);
         float* qh = q_s + j * D;
         rope_rotate(qh[a_idx], qh[b_idx], p.q_cos[n * half + pair], p.q_sin[n * half + pair], p.q_type);
     }

@@ -75,7 +75,7 @@ __device__ __forceinline__ void emit_row(const RmsNormParams& p, int64_t row, in
     __syncthreads();
     for (int j = threadIdx.x; j < p.rope / 2; j += kNormThreads) {
         int a_idx = 0, b_idx = 0;
-        rope_pair_of(p.rope_interleaved ? 2 * j : j, p.rope, p.rope_interleaved, a_idx, b_idx);
+        rope_pair_dims(j, p.rope, p.rope_interleaved, a_idx, b_idx);
         float a = rot[a_idx], b = rot[b_idx];
         const int64_t at = row * (p.rope / 2) + j;
         rope_rotate(a, b, p.rope_cos[at], p.rope_sin[at], p.out_type);
@@ -136,21 +136,11 @@ __device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t b
     const int64_t per_row = identity_items(p);
     const int64_t item = block * kNormThreads + threadIdx.x, row = item / per_row, k = item - row * per_row;
     if (row >= p.rows) return;
-    const int64_t base = row * p.x_row_stride, out = out_row(p, row);
+    const int64_t out = out_row(p, row);
     if (out < 0) return;
-    const int half = p.rope / 2;
-    if (k >= half) {  // a dim past the rope part: as it is
-        const int64_t d = p.rope + (k - half);
-        store_out(p, out, d, load_elem(p.x, p.x_type, base + d));
-        return;
-    }
-    int a_idx = 0, b_idx = 0;
-    rope_pair_of(p.rope_interleaved ? 2 * static_cast<int>(k) : static_cast<int>(k), p.rope, p.rope_interleaved, a_idx,
-                 b_idx);
-    float a = load_elem(p.x, p.x_type, base + a_idx), b = load_elem(p.x, p.x_type, base + b_idx);
-    rope_rotate(a, b, p.rope_cos[row * half + k], p.rope_sin[row * half + k], p.out_type);
-    store_out(p, out, a_idx, a);
-    store_out(p, out, b_idx, b);
+    const int64_t at = row * (p.rope / 2);
+    rope_row_item(p.x, p.x_type, row * p.x_row_stride, k, p.rope, p.rope_interleaved, p.rope_cos + at, p.rope_sin + at,
+                  [&](int64_t d, float v) { store_out(p, out, d, v); });
 }
 
 // LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
@@ -212,32 +202,20 @@ __global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
 
 // One thread per (row, head, pair of the rope part) plus the copied tail.
 __device__ __forceinline__ void rope_item(const RopeParams& p, int64_t item) {
-    const int64_t half = p.rope / 2;
-    const int64_t tail = p.dim - p.rope;
-    const int64_t per_head = half + tail;  // work items of one head: pairs, then copied dims
+    const int64_t per_head = p.rope / 2 + (p.dim - p.rope);  // work items of one head: pairs, then copied dims
     const int64_t j = item % per_head;
     const int64_t rh = item / per_head;
     const int64_t h = rh % p.heads;
     const int64_t r = rh / p.heads;
-    const int64_t in = r * p.x_row_stride + h * p.x_head_stride;
     int64_t out = rh * p.dim;
     if (p.out_slots != nullptr) {  // the row's cache slot (heads == 1)
         const int64_t slot = p.out_slots[r];
         if (slot < 0 || slot >= p.out_rows) return;
         out = slot * p.out_row_stride + h * p.dim;
     }
-    if (j >= half) {  // a dim past the rope part: copied
-        const int64_t d = p.rope + (j - half);
-        store_elem(p.out, p.out_type, out + d, load_elem(p.x, p.type, in + d));
-        return;
-    }
-    const int64_t a_idx = p.interleaved ? 2 * j : j;             // even / low half
-    const int64_t b_idx = p.interleaved ? 2 * j + 1 : j + half;  // odd / high half
-    float a = load_elem(p.x, p.type, in + a_idx);
-    float b = load_elem(p.x, p.type, in + b_idx);
-    rope_rotate(a, b, p.cos[r * half + j], p.sin[r * half + j], p.type);
-    store_elem(p.out, p.out_type, out + a_idx, a);
-    store_elem(p.out, p.out_type, out + b_idx, b);
+    const int64_t at = r * (p.rope / 2);
+    rope_row_item(p.x, p.type, r * p.x_row_stride + h * p.x_head_stride, j, static_cast<int>(p.rope), p.interleaved,
+                  p.cos + at, p.sin + at, [&](int64_t d, float v) { store_elem(p.out, p.out_type, out + d, v); });
 }
 
 struct RopeJobs {

@@ -7,14 +7,10 @@
 
 namespace dsrl::dsa::kernels {
 
-/// The rotated part's pair that dim d (< rope) belongs to: pair j of the interleaved form is dims (2j, 2j + 1), of the
-/// half split (j, j + rope / 2). Sets a / b to the pair's dims and returns j.
-__device__ __forceinline__ int rope_pair_of(int d, int rope, bool interleaved, int& a, int& b) {
-    const int half = rope / 2;
-    const int j = interleaved ? d / 2 : (d < half ? d : d - half);
+/// The dims of pair j of a rotated part of `rope` dims: (2j, 2j + 1) interleaved, (j, j + rope / 2) half split.
+__device__ __forceinline__ void rope_pair_dims(int j, int rope, bool interleaved, int& a, int& b) {
     a = interleaved ? 2 * j : j;
-    b = interleaved ? 2 * j + 1 : j + half;
-    return j;
+    b = interleaved ? 2 * j + 1 : j + rope / 2;
 }
 
 /// (a, b) rotated by the angle of (cos, sin): cos and sin cast to type t first (cos.to(x.dtype)), then a' = a·c − b·s
@@ -26,6 +22,33 @@ __device__ __forceinline__ void rope_rotate(float& a, float& b, float cos, float
     const float bc = round_elem(__fmul_rn(b, c), t), as = round_elem(__fmul_rn(a, s), t);
     a = round_elem(__fsub_rn(ac, bs), t);
     b = round_elem(__fadd_rn(bc, as), t);
+}
+
+/// Item k of a row as the rope kernel writes it: pair k of the first `rope` dims rotated (k < rope / 2; cos / sin the
+/// row's), else dim rope + (k − rope / 2) as it is. Reads x at in + dim (type t) and hands each (dim, value) to store.
+template <typename Store>
+__device__ __forceinline__ void rope_row_item(const void* x,
+                                              dsrl::kernels::Elem t,
+                                              int64_t in,
+                                              int64_t k,
+                                              int rope,
+                                              bool interleaved,
+                                              const float* cos,
+                                              const float* sin,
+                                              Store store) {
+    using dsrl::kernels::load_elem;
+    const int half = rope / 2;
+    if (k >= half) {
+        const int64_t d = rope + (k - half);
+        store(d, load_elem(x, t, in + d));
+        return;
+    }
+    int a_idx = 0, b_idx = 0;
+    rope_pair_dims(static_cast<int>(k), rope, interleaved, a_idx, b_idx);
+    float a = load_elem(x, t, in + a_idx), b = load_elem(x, t, in + b_idx);
+    rope_rotate(a, b, cos[k], sin[k], t);
+    store(a_idx, a);
+    store(b_idx, b);
 }
 
 }  // namespace dsrl::dsa::kernels
