@@ -3,9 +3,11 @@
 # single_gpu.yaml model as a checkpoint, runs dsrl_bench_rollout against Hugging Face generate() at batch 1, 64 and
 # 256, profiles a decode step (every kernel by name, per step; Chrome traces in $OUT) at each batch of
 # DSRL_PROFILE_BATCHES (default 1 and 256; "" skips), then a few GRPO steps of single_gpu.yaml with the continuous and
-# the static engine (generated tok/s per step). With Nsight Systems installed, also a node-level trace of the graphed
-# decode at batch 256 summarized by bench/graph_gaps.py. The bench rows also give each batch's device time per step (CUDA
-# events) and the largest graph's back-to-back replay time; bench/trace_kernels.py lists the padded step's kernels.
+# the static engine (generated tok/s per step). Also the graphed batch-256 step's timeline (bench/step_timeline.py: the
+# replays' kernels under the profiler, what runs outside the graph), with Nsight Compute installed the stalls of its
+# small kernels (bench/ncu_summary.py), with Nsight Systems a node-level trace (bench/graph_gaps.py). The bench rows
+# also give each batch's device time per step (CUDA events) and the largest graph's back-to-back replay time;
+# bench/trace_kernels.py lists the padded step's kernels.
 #   bash scripts/gpu_rollout_bench.sh            # on the lent GPU machine: see scripts/gpu_test.sh for the preamble
 # Logs and figures go to $OUT when set, else build-gpu/rollout_bench/.
 set -euo pipefail
@@ -58,6 +60,27 @@ done
     "$python" bench/trace_kernels.py "$logs/buckets256.json" --top 40 | tee "$logs/buckets256_kernels.txt" ||
     { echo "the padded step's trace failed"; status=1; }
 gzip -f "$logs/buckets256.json" 2>/dev/null || true
+# A graphed step's timeline without Nsight Systems: the replays' kernels under the profiler, cut into steps (what
+# runs outside the graph, and the gaps).
+"$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches 256 --compare 0 --profile 256 --profile-graphs 1 \
+    --new-tokens 48 --trace "$logs/graphed256.json" >/dev/null 2>>"$logs/bench_rollout.err" &&
+    "$python" bench/step_timeline.py "$logs/graphed256.json" | tee "$logs/graphed256_timeline.txt" ||
+    { echo "the graphed step's timeline failed"; status=1; }
+gzip -f "$logs/graphed256.json" 2>/dev/null || true
+# What a batch-256 step's small kernels wait on (Nsight Compute, when installed): one steady step's kernels, summarized.
+ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
+if [ -n "$ncu_bin" ]; then
+    DSRL_PDL=0 timeout 300 "$ncu_bin" --kernel-name-base function --launch-skip 2400 --launch-count 60 \
+        --kernel-name "regex:norm_kernel|row_proj_tile|route_tile|routed_|sparse_mla_mma|indexer_paged|sample_kernel" \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats -f -o "$logs/ncu256" \
+        "$build/bin/dsrl_bench_rollout" --model "$model" --device cuda --batches 256 --hf 0 --baselines 0 --compare 0 \
+        --profile 256 --profile-buckets 1 --new-tokens 96 >"$logs/ncu_run.log" 2>&1 &&
+        "$ncu_bin" --import "$logs/ncu256.ncu-rep" --csv --page raw >"$logs/ncu256_raw.csv" 2>>"$logs/ncu_run.log" &&
+        "$python" bench/ncu_summary.py "$logs/ncu256_raw.csv" | tee "$logs/ncu256_summary.txt" ||
+        echo "ncu of the decode step's kernels failed (see $logs/ncu_run.log)"
+else
+    echo "ncu not found: no per-kernel stall figures"
+fi
 # A graphed step's device time against its kernels and the gaps between them (Nsight Systems, graph nodes traced).
 nsys_bin=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
 if [ -n "$nsys_bin" ]; then
