@@ -25,6 +25,7 @@
 
 #include "core/add_norm_rows.h"
 #include "dsa/indexer_topk.h"
+#include "dsa/kernels/norm_rope.cuh"
 #include "dsa/model.h"
 #include "dsa/norm_rope_cuda.h"
 #include "dsa/rope.h"
@@ -173,6 +174,48 @@ TEST(NormRopeKernelTest, JobsInOneLaunchEqualOneLaunchEach) {
         c10::Error);
 }
 
+// The indexer key's job: LayerNorm, then the half-split rotation of its first 32 dims; into pool at slots if given.
+cuda::NormJob index_key_job(const at::Tensor& wk,
+                            const at::Tensor& lw,
+                            const at::Tensor& lb,
+                            const at::Tensor& cos,
+                            const at::Tensor& sin,
+                            const at::Tensor& pool = {},
+                            const at::Tensor& slots = {}) {
+    return {.x = wk,
+            .weight = lw,
+            .bias = lb,
+            .eps = 1e-6,
+            .pool = pool,
+            .slots = slots,
+            .cos = cos,
+            .sin = sin,
+            .rope = 32,
+            .interleaved = false};
+}
+
+// A decode layer's rotated norm jobs in one launch — the query's RMSNorm rotated over part of its row (interleaved),
+// the rope key without a norm (interleaved), the indexer key's LayerNorm (half split) — checked bit for bit against
+// the norm then the rope kernel; returns their results. Rows of a = [rows, 1, 384 + 288 + 64] (q_a | kv_a | wk).
+std::vector<at::Tensor> layer_jobs_equal_norm_then_rope(const at::Tensor& a,
+                                                        const at::Tensor& w1,
+                                                        const at::Tensor& lw,
+                                                        const at::Tensor& lb,
+                                                        const at::Tensor& cos,
+                                                        const at::Tensor& sin) {
+    const at::Tensor q_a = a.narrow(-1, 0, 384), k_pe = a.narrow(-1, 640, 32), wk = a.narrow(-1, 672, 64);
+    const std::vector<at::Tensor> n =
+        cuda::norms({{.x = q_a, .weight = w1, .eps = 1e-6, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
+                     {.x = k_pe, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
+                     index_key_job(wk, lw, lb, cos, sin)});
+    EXPECT_EQ(n.size(), 3u);
+    if (n.size() != 3) return n;
+    EXPECT_TRUE(at::equal(n[0], cuda::rope(cuda::rms_norm(q_a, w1, 1e-6), cos, sin, 32, true))) << "RMSNorm";
+    EXPECT_TRUE(at::equal(n[1], cuda::rope(k_pe, cos, sin, 32, true))) << "no norm";
+    EXPECT_TRUE(at::equal(n[2], cuda::rope(cuda::layer_norm(wk, lw, lb, 1e-6), cos, sin, 32, false))) << "LayerNorm";
+    return n;
+}
+
 // A norm job that also rotates (the keys' RoPE in the norm's launch): the norm then the rope kernel, bit for bit — the
 // rope key without a norm (interleaved), the indexer key's LayerNorm (half split), an RMSNorm (interleaved over part of
 // the row); returned, or written into pools at slots (a slot outside the pool writes nothing).
@@ -183,26 +226,11 @@ TEST(NormRopeKernelTest, RotatedJobsEqualTheNormThenTheRope) {
     for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
         SCOPED_TRACE(c10::toString(t));
         const at::Tensor a = randn({4, 1, 384 + 288 + 64}, t);  // q_a | kv_a | the indexer's wk
-        const at::Tensor q_a = a.narrow(-1, 0, 384), kv = a.narrow(-1, 384, 288), wk = a.narrow(-1, 672, 64);
+        const at::Tensor wk = a.narrow(-1, 672, 64), k_pe = a.narrow(-1, 640, 32);
         const at::Tensor w1 = randn({384}, t) * 0.5 + 1, lw = randn({64}, t) * 0.5 + 1, lb = randn({64}, t) * 0.1;
         const at::Tensor cos = at::randn({4, 1, 16}, f) * 3, sin = at::randn({4, 1, 16}, f) * 3;
-        const at::Tensor k_pe = kv.narrow(-1, 256, 32);
-        const std::vector<at::Tensor> n =
-            cuda::norms({{.x = q_a, .weight = w1, .eps = 1e-6, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
-                         {.x = k_pe, .cos = cos, .sin = sin, .rope = 32, .interleaved = true},
-                         {.x = wk,
-                          .weight = lw,
-                          .bias = lb,
-                          .eps = 1e-6,
-                          .cos = cos,
-                          .sin = sin,
-                          .rope = 32,
-                          .interleaved = false}});
+        const std::vector<at::Tensor> n = layer_jobs_equal_norm_then_rope(a, w1, lw, lb, cos, sin);
         ASSERT_EQ(n.size(), 3u);
-        EXPECT_TRUE(at::equal(n[0], cuda::rope(cuda::rms_norm(q_a, w1, 1e-6), cos, sin, 32, true))) << "RMSNorm";
-        EXPECT_TRUE(at::equal(n[1], cuda::rope(k_pe, cos, sin, 32, true))) << "no norm";
-        EXPECT_TRUE(at::equal(n[2], cuda::rope(cuda::layer_norm(wk, lw, lb, 1e-6), cos, sin, 32, false)))
-            << "LayerNorm";
         EXPECT_EQ(n[1].scalar_type(), t);
         for (const at::ScalarType pool_type : {at::kFloat, at::kBFloat16}) {
             SCOPED_TRACE(c10::toString(pool_type));
@@ -211,16 +239,7 @@ TEST(NormRopeKernelTest, RotatedJobsEqualTheNormThenTheRope) {
             const at::Tensor pe_pool = pool(32), ik_pool = pool(64);
             const std::vector<at::Tensor> p =
                 cuda::norms({{.x = k_pe, .pool = pe_pool, .slots = slots, .cos = cos, .sin = sin, .rope = 32},
-                             {.x = wk,
-                              .weight = lw,
-                              .bias = lb,
-                              .eps = 1e-6,
-                              .pool = ik_pool,
-                              .slots = slots,
-                              .cos = cos,
-                              .sin = sin,
-                              .rope = 32,
-                              .interleaved = false}});
+                             index_key_job(wk, lw, lb, cos, sin, ik_pool, slots)});
             EXPECT_FALSE(p[0].defined() || p[1].defined());
             const at::Tensor in = slots.narrow(0, 0, 3);
             const auto expect_rows = [&](const at::Tensor& pl, const at::Tensor& rows, const char* what) {
@@ -518,6 +537,65 @@ TEST(NormRopeKernelTest, LayerNormMatchesAtenOnColumnRanges) {
         cuda::layer_norm_takes(randn({2, 64}, at::kBFloat16), randn({64}, at::kFloat), randn({64}, at::kFloat)));
     EXPECT_FALSE(
         cuda::layer_norm_takes(randn({64, 2}, at::kFloat).t(), randn({64}, at::kFloat), randn({64}, at::kFloat)));
+}
+
+// The norms with a warp per row (kernels::NormRows::kWarp; the process default is a block per row) against the
+// formulas and the block rows: RMSNorm and LayerNorm within the rounding of a differently ordered sum (row counts that
+// leave a block's last warps without a row, strided and long rows); in that mode a layer's jobs with their rotations
+// and pool writes bit for bit the norm then the rope kernel, and the add + norm's sum bit for bit ATen's add.
+TEST(NormRopeKernelTest, WarpRowsMatchTheFormulasAndTheBlockRows) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    const kernels::NormRows before = kernels::norm_rows();
+    struct Restore {
+        kernels::NormRows rows;
+        ~Restore() { kernels::set_norm_rows(rows); }
+    } restore{before};
+    const auto in_mode = [](kernels::NormRows rows, const auto& fn) {
+        kernels::set_norm_rows(rows);
+        return fn();
+    };
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        SCOPED_TRACE(c10::toString(t));
+        const double tol = t == at::kFloat ? 1e-5 : 4e-3;
+        const at::Tensor kv = randn({2, 5, 288}, t) * 3;
+        for (const at::Tensor& x :
+             {randn({3, 5, 768}, t), kv.narrow(-1, 0, 256), randn({9, 64}, t), randn({1, 1, 7168}, t)}) {
+            SCOPED_TRACE(::testing::PrintToString(x.sizes()));
+            const at::Tensor w = randn({x.size(-1)}, t) * 0.5 + 1, b = randn({x.size(-1)}, t) * 0.1;
+            const at::Tensor warp = in_mode(kernels::NormRows::kWarp, [&] { return cuda::rms_norm(x, w, 1e-6); });
+            const at::Tensor block = in_mode(kernels::NormRows::kBlock, [&] { return cuda::rms_norm(x, w, 1e-6); });
+            EXPECT_LE(testing::rel_err(warp, rms_norm(x, w, 1e-6)), tol);
+            EXPECT_LE(testing::rel_err(warp, block), tol);
+            const at::Tensor lw = in_mode(kernels::NormRows::kWarp, [&] { return cuda::layer_norm(x, w, b, 1e-6); });
+            EXPECT_LE(testing::rel_err(lw, at::layer_norm(x, {x.size(-1)}, w, b, 1e-6)), tol);
+            if (t != at::kFloat) {
+                EXPECT_GE(warp.eq(block).to(at::kDouble).mean().item<double>(), 0.95);
+                EXPECT_GE(lw.eq(at::layer_norm(x, {x.size(-1)}, w, b, 1e-6)).to(at::kDouble).mean().item<double>(),
+                          0.95);
+            }
+        }
+        kernels::set_norm_rows(kernels::NormRows::kWarp);
+        // A decode layer's jobs with their rotations, 11 rows (a block's last warps without a row).
+        const at::Tensor a = randn({11, 1, 384 + 288 + 64}, t), wk = a.narrow(-1, 672, 64);
+        const at::Tensor w1 = randn({384}, t) * 0.5 + 1, lw = randn({64}, t) * 0.5 + 1, lb = randn({64}, t) * 0.1;
+        const at::Tensor cos = at::randn({11, 1, 16}, f) * 3, sin = at::randn({11, 1, 16}, f) * 3;
+        const std::vector<at::Tensor> n = layer_jobs_equal_norm_then_rope(a, w1, lw, lb, cos, sin);
+        ASSERT_EQ(n.size(), 3u);
+        const at::Tensor slots = at::arange(11, f.dtype(at::kLong)).flip(0) * 2 - 3;  // 17, 15, ..., -1, -3: outside
+        const at::Tensor pool = at::full({20, 64}, 7.0, f.dtype(t));
+        cuda::norms({index_key_job(wk, lw, lb, cos, sin, pool, slots)});
+        const at::Tensor in = slots.narrow(0, 0, 9);
+        at::Tensor want = at::full({20, 64}, 7.0, f.dtype(t));
+        want.index_copy_(0, in, n[2].reshape({11, 64}).narrow(0, 0, 9));
+        EXPECT_TRUE(at::equal(pool, want)) << "pool rows";
+        const at::Tensor x = randn({11, 1, 768}, t), r = randn({11, 1, 768}, t), w = randn({768}, t) * 0.5 + 1;
+        const auto [sum, normed] = cuda::add_rms_norm(x, r, w, 1e-6);
+        EXPECT_TRUE(at::equal(sum, x + r));
+        EXPECT_TRUE(at::equal(normed, cuda::rms_norm(x + r, w, 1e-6)));
+        kernels::set_norm_rows(before);
+    }
 }
 
 TEST(NormRopeKernelTest, KernelsRunOnlyWhereAutogradRecordsNothing) {
