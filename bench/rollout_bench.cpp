@@ -20,7 +20,8 @@
 // --reference 1 loads the model with model.impl reference: none of dsrl's kernels, the ATen ops they replace (a
 // baseline for them in the same run). --baselines 0 runs only the continuous engine (e.g. under an external profiler).
 // On CUDA each batch also prints the decode steps' device time (CUDA events) and, from an extra run with --probe N
-// (default 20; 0 skips), the largest graph's time per replay back to back, alone and with the copies around a step.
+// (default 20; 0 skips), the largest graph's time per replay back to back, a window's whole step (nothing runs between
+// replays).
 // --autocast 1 (CUDA) keeps the weights fp32 under bf16 autocast, as a training job's rollout runs them (HF generate()
 // still runs bf16 weights), and --cast-once 0 turns rollout.cast_weights_once off.
 //
@@ -320,10 +321,9 @@ int compare(const std::string& model_dir,
             probe.engine.probe_replays = profile.probe;
             const Timed p = time_engine(m, *tok, requests(batch), probe);
             std::printf(
-                "       largest graph (%ld nodes), %ld replays back to back: %.1f us per replay alone, %.1f us per "
-                "step "
-                "with the copies around it\n",
-                long(p.stats.graph_nodes), long(profile.probe), p.stats.graph_replay_us, p.stats.graph_step_us);
+                "       largest graph (%ld nodes), %ld replays back to back: %.1f us per replay (a window's step: "
+                "nothing runs between replays)\n",
+                long(p.stats.graph_nodes), long(profile.probe), p.stats.graph_replay_us);
         }
         std::fflush(stdout);
         if (cont.stats.graph_nodes > nodes) {

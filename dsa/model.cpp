@@ -17,6 +17,7 @@
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
 #include <absl/strings/str_cat.h>
 
@@ -789,7 +790,26 @@ void track_balance(MoeBalance& b, const moe::Route& r, const at::Tensor& mask, i
 
 }  // namespace
 
-at::Tensor Model::logits(const at::Tensor& hidden) const { return at::linear(hidden, w_.lm_head).to(at::kFloat); }
+at::Tensor Model::logits(const at::Tensor& hidden, const at::Tensor& out) const {
+    if (!out.defined()) return at::linear(hidden, w_.lm_head).to(at::kFloat);
+    std::vector<int64_t> shape(hidden.sizes().begin(), hidden.sizes().end());
+    shape.back() = w_.lm_head.size(0);
+    TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.device() == hidden.device() &&
+                    out.numel() == c10::multiply_integers(shape),
+                "forward: logits_out must be contiguous fp32 with ", c10::multiply_integers(shape), " elements on ",
+                hidden.device(), " (logits ", at::IntArrayRef(shape), "), got ", out.scalar_type(), " ", out.sizes(),
+                " on ", out.device());
+    at::Tensor into = out.view(shape);
+    // The GEMM writes fp32 in place where nothing casts; under autocast or with bf16 weights its result is copied in
+    // (the copy is the cast .to(kFloat) would have run).
+    if (hidden.scalar_type() == at::kFloat && w_.lm_head.scalar_type() == at::kFloat &&
+        !at::autocast::is_autocast_enabled(hidden.device().type())) {
+        at::linear_out(into, hidden, w_.lm_head);
+    } else {
+        into.copy_(at::linear(hidden, w_.lm_head));
+    }
+    return into;
+}
 
 ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, KvCache* cache) const {
     const ModelConfig& c = cfg_;
@@ -962,7 +982,7 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
     if (cache != nullptr) cache->length = num_keys;
     x = xn;
     if (opt.return_hidden) out.hidden = x;
-    if (opt.return_logits) out.logits = logits(x);
+    if (opt.return_logits) out.logits = logits(x, opt.logits_out);
     return out;
 }
 

@@ -139,6 +139,10 @@ struct ForwardOptions {
     /// MoE layers run every expert on every token (moe::routed_experts_dense): no per-expert launches, no host sync.
     /// The rollout engine's decode steps on CUDA; ignored under expert parallelism.
     bool moe_dense = false;
+    /// When defined (fp32, contiguous, B·L·V elements on the model's device), the logits are written into it and
+    /// ForwardOutput::logits is a view of it: the rollout engine's graphed step leaves the next step's logits where its
+    /// sampling reads them.
+    at::Tensor logits_out;
 };
 
 /// Indexer inputs of one layer (for the DSA losses): q [B, L, H_I, D_I], k [B, S, D_I] over all keys,
@@ -254,8 +258,8 @@ public:
     /// Bytes one cached token takes over every layer (c_kv + k_pe + index_k in the model's dtype).
     int64_t cache_bytes_per_token() const;
 
-    /// lm_head over hidden states [.., H] -> fp32 logits.
-    at::Tensor logits(const at::Tensor& hidden) const;
+    /// lm_head over hidden states [.., H] -> fp32 logits, into `out` when defined (ForwardOptions::logits_out).
+    at::Tensor logits(const at::Tensor& hidden, const at::Tensor& out = {}) const;
 
 private:
     ModelConfig cfg_;

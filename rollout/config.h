@@ -47,8 +47,7 @@ struct EngineOptions {
     /// step that the CUDA graphs replay (padded rows, block tables padded to a power of two) eagerly.
     bool eager_buckets = false;
     /// Benchmarks (not a config key): on CUDA with graphs, time this many back-to-back replays of each bucket's graph
-    /// right after its capture (inputs still the scratch block's), alone and with the copies around each step
-    /// (GenerationStats::graph_replay_us, graph_step_us).
+    /// right after its capture (inputs still the scratch block's; GenerationStats::graph_replay_us).
     int64_t probe_replays = 0;
 };
 

@@ -430,8 +430,8 @@ private:
     // masked, so any count covering the longest row gives the same records).
     struct StepIn {
         at::Tensor logits;   // [R, V] fp32
-        at::Tensor uniform;  // [R, 1] double
-        at::Tensor forced;   // [R] int64
+        at::Tensor uniform;  // [R, 1] double (a windowed step: its Window's)
+        at::Tensor forced;   // [R] int64 (a windowed step: its Window's)
         at::Tensor table;    // [R, NB] int64 block ids
         at::Tensor pos;      // [R] int64 position of the fed token
         int64_t keys = 0;
@@ -442,28 +442,66 @@ private:
         at::Tensor tokens, logp, kept, routes, topk, logits;
     };
 
+    // A bucket's window of steps on the device: its inputs and records as arrays of `capacity` slots (the sync
+    // interval), row r's slot in a step being (pos[r] − base[r]) mod capacity. A windowed step reads its uniform and
+    // forced id at its slot, writes its records there, leaves the next logits in StepIn::logits and moves the positions
+    // on — the graph's replays then need nothing launched between them.
+    struct Window {
+        at::Tensor base;          // [R] int64: the positions of the window's first step
+        at::Tensor uniform;       // [C, R, 1] fp64
+        at::Tensor forced;        // [C, R] int64 (−1: sample)
+        at::Tensor tokens;        // [C, R] int64
+        at::Tensor logp;          // [C, R] fp32
+        at::Tensor kept;          // [C, R, ceil(V / 8)] uint8 (record_masks_)
+        at::Tensor routes;        // [C, R, M, k] (record_routes, allocated by the first step)
+        at::Tensor topk;          // [C, R, Ly, K] (record_indexer, allocated by the first step)
+        bool forced_set = false;  // some slot of forced holds an id
+        int64_t capacity() const { return uniform.size(0); }
+    };
+
     // Samples every row from its uniform and feeds the tokens: the whole step on the device, no host sync (so it can be
     // captured in a CUDA graph).
-    StepOut decode_step(const StepIn& in) {
+    StepOut decode_step(const StepIn& in, Window* w = nullptr) {
         StepOut out;
         bool sampled = false;
+        at::Tensor slot;  // without the kernels, a windowed step's slot ([1] int64; every row's is the same)
+        const auto window_slot = [&] {
+            if (!slot.defined()) slot = (in.pos.narrow(0, 0, 1) - w->base.narrow(0, 0, 1)).remainder(w->capacity());
+            return slot;
+        };
 #ifdef DSRL_WITH_CUDA
         if (cfg_.impl != Impl::kReference && cuda::sample_kernel_fits(in.logits)) {  // one kernel for the lines below
-            const cuda::Sampled s =
-                cuda::sample(in.logits, in.uniform.contiguous(),
-                             in.forced.defined() ? in.forced.contiguous() : at::Tensor(), opt_.sampling, record_masks_);
-            out.tokens = s.tokens;
-            out.logp = s.logp;
-            out.kept = s.kept;
+            if (w != nullptr) {
+                out.tokens =
+                    cuda::sample(
+                        in.logits, w->uniform, w->forced, opt_.sampling,
+                        {.pos = in.pos, .base = w->base, .tokens = w->tokens, .logp = w->logp, .kept = w->kept})
+                        .tokens;
+            } else {
+                const cuda::Sampled s = cuda::sample(in.logits, in.uniform.contiguous(),
+                                                     in.forced.defined() ? in.forced.contiguous() : at::Tensor(),
+                                                     opt_.sampling, record_masks_);
+                out.tokens = s.tokens;
+                out.logp = s.logp;
+                out.kept = s.kept;
+            }
             sampled = true;
         }
 #endif
         if (!sampled) {
+            const at::Tensor uniform = w != nullptr ? w->uniform.index_select(0, window_slot()).squeeze(0) : in.uniform;
+            const at::Tensor forced = w != nullptr ? w->forced.index_select(0, window_slot()).squeeze(0) : in.forced;
             const at::Tensor logp = processed_logprobs(in.logits, opt_.sampling);
-            out.tokens = sample_with_uniforms(logp, in.uniform);
-            if (in.forced.defined()) out.tokens = at::where(in.forced >= 0, in.forced, out.tokens);
+            out.tokens = sample_with_uniforms(logp, uniform);
+            if (forced.defined()) out.tokens = at::where(forced >= 0, forced, out.tokens);
             out.logp = logp.gather(1, out.tokens.unsqueeze(1)).squeeze(1);
             if (record_masks_) out.kept = pack_mask_bits(logp.isfinite());  // [R, ceil(V / 8)]
+            if (w != nullptr) {
+                w->tokens.index_copy_(0, window_slot(), out.tokens.unsqueeze(0));
+                w->logp.index_copy_(0, window_slot(), out.logp.unsqueeze(0));
+                if (record_masks_) w->kept.index_copy_(0, window_slot(), out.kept.unsqueeze(0));
+                out.logp = out.kept = at::Tensor();
+            }
         }
         // Feed them: position pos of each row, keys 0..keys through the block table (slots, key mask and rotary
         // factors in one kernel on CUDA).
@@ -473,13 +511,39 @@ private:
                                        .return_topk = opt_.record_indexer,
                                        .paged = &step,
                                        .check_ids = false,
-                                       .moe_dense = device_.is_cuda()};
+                                       .moe_dense = device_.is_cuda(),
+                                       .logits_out = w != nullptr ? in.logits : at::Tensor()};
         lock_.step();
         const dsa::ForwardOutput f =
             model_.forward({.input_ids = out.tokens.unsqueeze(1), .position_ids = in.pos.unsqueeze(1)}, fopt);
-        if (!f.routes.empty()) out.routes = at::stack(f.routes, 1).select(2, 0);  // [R, M, k]
-        if (!f.topk.empty()) out.topk = at::stack(f.topk, 1).select(2, 0);        // [R, Ly, K]
-        out.logits = f.logits.select(1, 0);
+        if (w == nullptr) {
+            if (!f.routes.empty()) out.routes = at::stack(f.routes, 1).select(2, 0);  // [R, M, k]
+            if (!f.topk.empty()) out.topk = at::stack(f.topk, 1).select(2, 0);        // [R, Ly, K]
+            out.logits = f.logits.select(1, 0);
+            return out;
+        }
+        // The window's routes and indexer sets at the step's slot, and the positions moved on.
+        const int64_t R = in.pos.size(0);
+        if (!f.routes.empty() && !w->routes.defined()) {
+            w->routes = at::empty({w->capacity(), R, static_cast<int64_t>(f.routes.size()), f.routes[0].size(-1)},
+                                  f.routes[0].options());
+        }
+        if (!f.topk.empty() && !w->topk.defined()) {
+            w->topk = at::empty({w->capacity(), R, static_cast<int64_t>(f.topk.size()), f.topk[0].size(-1)},
+                                f.topk[0].options());
+        }
+        bool recorded = false;
+#ifdef DSRL_WITH_CUDA
+        recorded = cfg_.impl != Impl::kReference && device_.is_cuda() &&
+                   cuda::step_records(f.routes, w->routes, f.topk, w->topk, in.pos, w->base);
+#endif
+        if (!recorded) {
+            if (!f.routes.empty())
+                w->routes.index_copy_(0, window_slot(), at::stack(f.routes, 1).select(2, 0).unsqueeze(0));
+            if (!f.topk.empty()) w->topk.index_copy_(0, window_slot(), at::stack(f.topk, 1).select(2, 0).unsqueeze(0));
+            in.pos.add_(1);
+        }
+        out.logits = in.logits;
         return out;
     }
 
@@ -487,11 +551,10 @@ private:
         for (std::vector<at::Tensor>* v : {&win_tokens_, &win_logp_, &win_kept_, &win_routes_, &win_topk_}) v->clear();
     }
 
-    // Keeps rows [0, rows) of a step's records for the window's flush (copies: a graph's outputs are overwritten by
-    // its next replay).
-    void keep_records(const StepOut& out, int64_t rows, bool copy) {
+    // Keeps a step's records (tensors, or the window's slot views) for the window's flush.
+    void keep_records(const StepOut& out) {
         const auto keep = [&](std::vector<at::Tensor>& to, const at::Tensor& t) {
-            if (t.defined()) to.push_back(copy ? t.narrow(0, 0, rows).clone() : t);
+            if (t.defined()) to.push_back(t);
         };
         keep(win_tokens_, out.tokens);
         keep(win_logp_, out.logp);
@@ -551,16 +614,36 @@ private:
         clear_window_records();
         if (bucketed_) {
             Graph& g = graph(padded, width);
+            Window& w = g.win;
             g.in.table.copy_(table, /*non_blocking=*/true);
             g.in.pos.copy_(start, /*non_blocking=*/true);
+            w.base.copy_(g.in.pos);
             g.in.logits.narrow(0, 0, rows).copy_(last_logits_);
-            if (!any_forced) g.in.forced.fill_(-1);
+            w.uniform.narrow(0, 0, steps).copy_(uniforms);
+            if (any_forced) {
+                w.forced.narrow(0, 0, steps).copy_(forced_dev.t());
+                w.forced_set = true;
+            } else if (w.forced_set) {
+                w.forced.fill_(-1);
+                w.forced_set = false;
+            }
             window_begin();
             for (int64_t s = 0; s < steps; ++s) {
                 RECORD_USER_SCOPE(kDecodeScope);
-                bucket_step(g, rows, uniforms[s], any_forced ? forced_dev.select(1, s) : at::Tensor());
+                bucket_step(g);
             }
             window_end();
+            // The records stay in the window's slots until the flush copies them to the host.
+            const auto slot = [&](const at::Tensor& t, int64_t s) {
+                return t.defined() ? t.select(0, s).narrow(0, 0, rows) : at::Tensor();
+            };
+            for (int64_t s = 0; s < steps; ++s) {
+                keep_records({.tokens = slot(w.tokens, s),
+                              .logp = slot(w.logp, s),
+                              .kept = slot(w.kept, s),
+                              .routes = slot(w.routes, s),
+                              .topk = slot(w.topk, s)});
+            }
             last_logits_ = g.in.logits.narrow(0, 0, rows).clone();
             stats_.padded_row_steps += (padded - rows) * steps;
         } else {
@@ -573,7 +656,7 @@ private:
                                                  .table = table,
                                                  .pos = start + s,
                                                  .keys = longest + s + 1});
-                keep_records(out, rows, /*copy=*/false);
+                keep_records(out);
                 last_logits_ = out.logits;
             }
             window_end();
@@ -597,7 +680,7 @@ private:
     // outputs the graph writes on every replay.
     struct Graph {
         StepIn in;
-        StepOut out;
+        Window win;
 #ifdef DSRL_WITH_CUDA
         std::unique_ptr<at::cuda::CUDAGraph> graph;
 #else
@@ -608,19 +691,14 @@ private:
 #endif
     };
 
-    // One step of a bucket: its inputs copied in, the graph replayed (or the bucketed step run eagerly: CPU tests),
-    // rows [0, rows) of its records kept, its logits and positions carried to the next step.
-    void bucket_step(Graph& g, int64_t rows, const at::Tensor& uniform, const at::Tensor& forced) {
-        g.in.uniform.copy_(uniform);
-        if (forced.defined()) g.in.forced.copy_(forced);
+    // One step of a bucket: the graph replayed (or the windowed step run eagerly: CPU tests). The step reads its
+    // inputs from the window, writes its records and next logits in place and moves the positions on.
+    void bucket_step(Graph& g) {
         if (g.graph) {
             g.graph->replay();
         } else {
-            g.out = decode_step(g.in);
+            decode_step(g.in, &g.win);
         }
-        keep_records(g.out, rows, /*copy=*/true);
-        g.in.logits.copy_(g.out.logits);
-        g.in.pos.add_(1);
     }
 
     // CUDA events around a window's steps, read at its flush (GenerationStats::device_decode_seconds).
@@ -645,12 +723,19 @@ private:
         const auto t0 = Clock::now();
         Graph& g = graphs_[{rows, width}];
         const auto opts = at::TensorOptions().device(device_);
+        // The step's uniforms and forced ids come from the window (StepIn's stay undefined).
         g.in = {.logits = at::zeros({rows, cfg_.vocab_size}, opts.dtype(at::kFloat)),
-                .uniform = at::full({rows, 1}, 0.5, opts.dtype(at::kDouble)),
-                .forced = at::full({rows}, -1, opts.dtype(at::kLong)),
                 .table = at::zeros({rows, width}, opts.dtype(at::kLong)),
                 .pos = at::zeros({rows}, opts.dtype(at::kLong)),
                 .keys = width * bs_};
+        const int64_t slots = sync_interval_;
+        g.win = {.base = at::zeros({rows}, opts.dtype(at::kLong)),
+                 .uniform = at::full({slots, rows, 1}, 0.5, opts.dtype(at::kDouble)),
+                 .forced = at::full({slots, rows}, -1, opts.dtype(at::kLong)),
+                 .tokens = at::zeros({slots, rows}, opts.dtype(at::kLong)),
+                 .logp = at::zeros({slots, rows}, opts.dtype(at::kFloat)),
+                 .kept = record_masks_ ? at::zeros({slots, rows, (cfg_.vocab_size + 7) / 8}, opts.dtype(at::kByte))
+                                       : at::Tensor()};
         if (!use_graphs_) return g;
 #ifdef DSRL_WITH_CUDA
         const bool cast_cache = at::autocast::is_autocast_cache_enabled();
@@ -660,11 +745,11 @@ private:
         const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
         {
             const c10::cuda::CUDAStreamGuard on_side(side);
-            decode_step(g.in);
+            decode_step(g.in, &g.win);  // allocates the window's routes and indexer sets
             side.synchronize();
             g.graph = std::make_unique<at::cuda::CUDAGraph>(/*keep_graph=*/true);
             g.graph->capture_begin(graph_pool_);
-            g.out = decode_step(g.in);
+            decode_step(g.in, &g.win);
             g.graph->capture_end();
             size_t nodes = 0;  // the kernels (and copies) one replay runs
             C10_CUDA_CHECK(cudaGraphGetNodes(g.graph->raw_cuda_graph(), nullptr, &nodes));
@@ -697,28 +782,23 @@ private:
     }
 
 #ifdef DSRL_WITH_CUDA
-    // Times opt.engine.probe_replays back-to-back replays of a just-captured graph, alone and as bucket_step runs them.
-    // Its inputs still point every row at the scratch block, so the replays write nothing a sequence reads.
+    // Times opt.engine.probe_replays back-to-back replays of a just-captured graph — a window's whole step, since the
+    // graph reads its inputs from the window and moves the positions on. Its inputs still point every row at the
+    // scratch block, so the replays write nothing a sequence reads; the positions must stay inside the block table.
     void probe(Graph& g, int64_t rows) {
         probed_ = rows * g.in.table.size(1);
         const int64_t n = opt_.engine.probe_replays;
-        const auto timed = [&](const std::function<void()>& fn) {
+        if (n + 1 < g.in.table.size(1) * bs_) {
+            g.in.pos.zero_();
+            g.win.base.zero_();
             at::cuda::CUDAEvent a(cudaEventDefault), b(cudaEventDefault);
-            fn();  // once untimed (first launches upload the graph)
+            g.graph->replay();  // once untimed (the first launch uploads the graph)
             a.record();
-            for (int64_t i = 0; i < n; ++i) fn();
+            for (int64_t i = 0; i < n; ++i) g.graph->replay();
             b.record();
             b.synchronize();
-            return 1e3 * static_cast<double>(a.elapsed_time(b)) / static_cast<double>(n);
-        };
-        stats_.graph_replay_us = timed([&] { g.graph->replay(); });
-        // Each step moves the positions on by one; they stay inside the block table's width (all scratch block).
-        if (n + 1 >= g.in.table.size(1) * bs_) return;
-        const at::Tensor uniform = g.in.uniform.clone();
-        stats_.graph_step_us = timed([&] {
-            bucket_step(g, rows, uniform, at::Tensor());
-            clear_window_records();
-        });
+            stats_.graph_replay_us = 1e3 * static_cast<double>(a.elapsed_time(b)) / static_cast<double>(n);
+        }
         g.in.pos.zero_();
         g.in.logits.zero_();
         c10::cuda::device_synchronize();

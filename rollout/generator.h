@@ -76,10 +76,9 @@ struct GenerationStats {
     /// Continuous engine on CUDA: the device's time for the decode windows, from each window's first step to its last
     /// (CUDA events; idle gaps inside a window count).
     double device_decode_seconds = 0;
-    /// With EngineOptions::probe_replays, the largest bucket's graph: microseconds per back-to-back replay, and per
-    /// step as a window runs it (the replay plus the copies of inputs and records around it; 0 where the block table
-    /// is too narrow for that many steps).
-    double graph_replay_us = 0, graph_step_us = 0;
+    /// With EngineOptions::probe_replays, the largest bucket's graph: microseconds per back-to-back replay — a window's
+    /// whole step, nothing runs between replays (0 where the block table is too narrow for that many steps).
+    double graph_replay_us = 0;
     GenerationStats& operator+=(const GenerationStats& o) {
         graphs_captured += o.graphs_captured;
         capture_seconds += o.capture_seconds;
@@ -90,7 +89,6 @@ struct GenerationStats {
         }
         if (o.graph_replay_us > 0 && o.graph_nodes >= graph_nodes) {
             graph_replay_us = o.graph_replay_us;
-            graph_step_us = o.graph_step_us;
         }
         device_decode_seconds += o.device_decode_seconds;
         prefill_calls += o.prefill_calls;

@@ -1,7 +1,11 @@
 // Host wrapper of the sampling kernel (rollout/sampling_cuda.h).
 #include "rollout/sampling_cuda.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
@@ -10,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "rollout/kernels/sample.cuh"
+#include "rollout/kernels/step_records.cuh"
 #include "rollout/sampling.h"
 
 namespace dsrl::rollout::cuda {
@@ -19,48 +24,168 @@ bool sample_kernel_fits(const at::Tensor& logits) {
            logits.is_contiguous() && logits.size(1) >= 1 && logits.size(1) <= kernels::kSampleMaxVocab;
 }
 
+namespace {
+
+constexpr const char* kOp = "sample (cuda)";
+
+// The sort's stages of stride < 32 by warp shuffles (set_sample_warp_stages); DSRL_SAMPLE_SORT=block in the
+// environment starts with it off.
+std::atomic<bool>& warp_stages() {
+    static std::atomic<bool> on{[] {
+        const char* v = std::getenv("DSRL_SAMPLE_SORT");
+        return v == nullptr || std::string_view(v) != "block";
+    }()};
+    return on;
+}
+
+kernels::SampleParams params(const at::Tensor& logits, const SamplingParams& p) {
+    TORCH_CHECK(sample_kernel_fits(logits), kOp,
+                ": logits must be contiguous CUDA fp32 [R, V] with V <= ", kernels::kSampleMaxVocab, ", got ",
+                logits.scalar_type(), " ", logits.sizes());
+    TORCH_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.top_k >= 0 && p.min_p >= 0 && p.min_p <= 1, kOp,
+                ": invalid sampling parameters");
+    const int64_t V = logits.size(1);
+    return {.logits = logits.data_ptr<float>(),
+            .rows = logits.size(0),
+            .vocab = V,
+            .greedy = p.greedy(),
+            .inv_temperature = p.greedy() ? 1.0f : 1.0f / static_cast<float>(p.temperature),
+            .top_k = p.top_k,
+            .use_min_p = p.min_p > 0,
+            .log_min_p = p.min_p > 0 ? static_cast<float>(std::log(p.min_p)) : 0.f,
+            .top_p = p.top_p,
+            .truncate = truncates(p, V),
+            .warp_stages = warp_stages().load()};
+}
+
+// `t` is a contiguous tensor of `type` with `numel` elements on `device`.
+void check_array(const at::Tensor& t,
+                 at::ScalarType type,
+                 int64_t numel,
+                 const at::Device& device,
+                 const char* name,
+                 const char* shape) {
+    TORCH_CHECK(
+        t.defined() && t.scalar_type() == type && t.numel() == numel && t.is_contiguous() && t.device() == device, kOp,
+        ": ", name, " must be contiguous ", type, " ", shape, " (", numel, " elements) on ", device, ", got ",
+        t.defined() ? t.sizes() : at::IntArrayRef{}, t.defined() ? " " : "undefined ",
+        t.defined() ? t.scalar_type() : type);
+}
+
+void launch(const kernels::SampleParams& k, const at::Tensor& logits) {
+    C10_CUDA_CHECK(kernels::launch_sample(k, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
+}
+
+}  // namespace
+
+void set_sample_warp_stages(bool on) { warp_stages().store(on); }
+
 Sampled sample(const at::Tensor& logits,
                const at::Tensor& uniform,
                const at::Tensor& forced,
                const SamplingParams& p,
                bool kept_bits) {
     RECORD_FUNCTION("dsrl::sample", std::vector<c10::IValue>());  // names the kernel in profiles
-    constexpr const char* op = "sample (cuda)";
-    TORCH_CHECK(sample_kernel_fits(logits), op,
-                ": logits must be contiguous CUDA fp32 [R, V] with V <= ", kernels::kSampleMaxVocab, ", got ",
-                logits.scalar_type(), " ", logits.sizes());
+    kernels::SampleParams k = params(logits, p);
     const int64_t R = logits.size(0), V = logits.size(1);
-    TORCH_CHECK(uniform.scalar_type() == at::kDouble && uniform.numel() == R && uniform.is_contiguous() &&
-                    uniform.device() == logits.device(),
-                op, ": uniform must be contiguous fp64 [", R, ", 1] on ", logits.device(), ", got ",
-                uniform.scalar_type(), " ", uniform.sizes());
-    TORCH_CHECK(!forced.defined() || (forced.scalar_type() == at::kLong && forced.numel() == R &&
-                                      forced.is_contiguous() && forced.device() == logits.device()),
-                op, ": forced must be contiguous int64 [", R, "] on ", logits.device());
-    TORCH_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.top_k >= 0 && p.min_p >= 0 && p.min_p <= 1, op,
-                ": invalid sampling parameters");
+    check_array(uniform, at::kDouble, R, logits.device(), "uniform", "[R, 1]");
+    if (forced.defined()) check_array(forced, at::kLong, R, logits.device(), "forced", "[R]");
     const c10::cuda::CUDAGuard on_device(logits.device());
     Sampled s;
     s.tokens = at::empty({R}, logits.options().dtype(at::kLong));
     s.logp = at::empty({R}, logits.options());
     if (kept_bits) s.kept = at::empty({R, (V + 7) / 8}, logits.options().dtype(at::kByte));
-    const kernels::SampleParams k{.logits = logits.data_ptr<float>(),
-                                  .uniform = uniform.data_ptr<double>(),
-                                  .forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr,
-                                  .rows = R,
-                                  .vocab = V,
-                                  .greedy = p.greedy(),
-                                  .inv_temperature = p.greedy() ? 1.0f : 1.0f / static_cast<float>(p.temperature),
-                                  .top_k = p.top_k,
-                                  .use_min_p = p.min_p > 0,
-                                  .log_min_p = p.min_p > 0 ? static_cast<float>(std::log(p.min_p)) : 0.f,
-                                  .top_p = p.top_p,
-                                  .truncate = truncates(p, V),
-                                  .tokens = s.tokens.data_ptr<int64_t>(),
-                                  .logp = s.logp.data_ptr<float>(),
-                                  .kept = kept_bits ? s.kept.data_ptr<uint8_t>() : nullptr};
-    C10_CUDA_CHECK(kernels::launch_sample(k, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
+    k.uniform = uniform.data_ptr<double>();
+    k.forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr;
+    k.tokens = s.tokens.data_ptr<int64_t>();
+    k.logp = s.logp.data_ptr<float>();
+    k.kept = kept_bits ? s.kept.data_ptr<uint8_t>() : nullptr;
+    launch(k, logits);
     return s;
+}
+
+Sampled sample(const at::Tensor& logits,
+               const at::Tensor& uniform,
+               const at::Tensor& forced,
+               const SamplingParams& p,
+               const SampleWindow& w) {
+    RECORD_FUNCTION("dsrl::sample", std::vector<c10::IValue>());
+    kernels::SampleParams k = params(logits, p);
+    const int64_t R = logits.size(0), V = logits.size(1);
+    const at::Device dev = logits.device();
+    TORCH_CHECK(uniform.defined() && uniform.dim() >= 1 && uniform.size(0) >= 1, kOp,
+                ": a window's uniform must be [C, R, 1]");
+    const int64_t C = uniform.size(0);
+    check_array(uniform, at::kDouble, C * R, dev, "uniform", "[C, R, 1]");
+    if (forced.defined()) check_array(forced, at::kLong, C * R, dev, "forced", "[C, R]");
+    check_array(w.pos, at::kLong, R, dev, "window.pos", "[R]");
+    check_array(w.base, at::kLong, R, dev, "window.base", "[R]");
+    check_array(w.tokens, at::kLong, C * R, dev, "window.tokens", "[C, R]");
+    check_array(w.logp, at::kFloat, C * R, dev, "window.logp", "[C, R]");
+    if (w.kept.defined())
+        check_array(w.kept, at::kByte, C * R * ((V + 7) / 8), dev, "window.kept", "[C, R, ceil(V / 8)]");
+    const c10::cuda::CUDAGuard on_device(dev);
+    Sampled s;
+    s.tokens = at::empty({R}, logits.options().dtype(at::kLong));
+    k.uniform = uniform.data_ptr<double>();
+    k.forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr;
+    k.tokens = s.tokens.data_ptr<int64_t>();
+    k.logp = w.logp.data_ptr<float>();
+    k.kept = w.kept.defined() ? w.kept.data_ptr<uint8_t>() : nullptr;
+    k.pos = w.pos.data_ptr<int64_t>();
+    k.base = w.base.data_ptr<int64_t>();
+    k.capacity = C;
+    k.window_tokens = w.tokens.data_ptr<int64_t>();
+    launch(k, logits);
+    return s;
+}
+
+bool step_records(const std::vector<at::Tensor>& routes,
+                  const at::Tensor& routes_dst,
+                  const std::vector<at::Tensor>& topk,
+                  const at::Tensor& topk_dst,
+                  const at::Tensor& pos,
+                  const at::Tensor& base) {
+    if (!pos.defined() || !pos.is_cuda() || pos.scalar_type() != at::kLong || pos.dim() != 1 || !pos.is_contiguous() ||
+        !base.defined() || base.device() != pos.device() || base.scalar_type() != at::kLong ||
+        base.sizes() != pos.sizes() || !base.is_contiguous())
+        return false;
+    const int64_t R = pos.size(0);
+    kernels::StepRecordsParams k{};
+    int64_t capacity = -1;
+    // One group: the sources' rows as 4-byte words, each [R, ...] contiguous of dst's row type and size.
+    const auto group = [&](const std::vector<at::Tensor>& src, const at::Tensor& dst, kernels::RecordGroup& g) {
+        if (src.empty()) return true;
+        const auto n = static_cast<int64_t>(src.size());
+        if (!dst.defined() || n > kernels::kMaxRecordSources || !dst.is_contiguous() || dst.device() != pos.device() ||
+            dst.dim() < 3 || dst.size(1) != R || dst.size(2) != n)
+            return false;
+        const int64_t per_row = dst.numel() / std::max<int64_t>(dst.size(0) * R * n, 1);  // elements of a source row
+        const int64_t row_bytes = per_row * dst.element_size();
+        if (row_bytes % 4 != 0 || row_bytes == 0 || (capacity >= 0 && capacity != dst.size(0))) return false;
+        capacity = dst.size(0);
+        for (int64_t j = 0; j < n; ++j) {
+            const at::Tensor& t = src[static_cast<size_t>(j)];
+            if (!t.defined() || t.device() != pos.device() || t.scalar_type() != dst.scalar_type() ||
+                !t.is_contiguous() || t.numel() != R * per_row)
+                return false;
+            g.src[j] = static_cast<const uint32_t*>(t.const_data_ptr());
+        }
+        g.n = static_cast<int>(n);
+        g.words = row_bytes / 4;
+        g.dst = static_cast<uint32_t*>(dst.data_ptr());
+        return true;
+    };
+    if (!group(routes, routes_dst, k.group[0]) || !group(topk, topk_dst, k.group[1])) return false;
+    if (capacity < 0) return false;  // nothing to record: the caller's add does the positions
+    RECORD_FUNCTION("dsrl::step_records", std::vector<c10::IValue>());
+    const c10::cuda::CUDAGuard on_device(pos.device());
+    k.pos = pos.data_ptr<int64_t>();
+    k.base = base.data_ptr<int64_t>();
+    k.capacity = capacity;
+    k.rows = R;
+    C10_CUDA_CHECK(kernels::launch_step_records(k, c10::cuda::getCurrentCUDAStream(pos.device().index()).stream()));
+    return true;
 }
 
 }  // namespace dsrl::rollout::cuda

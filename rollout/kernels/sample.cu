@@ -74,6 +74,45 @@ __device__ void block_scan(double* x, int n, double* scratch) {
     __syncthreads();
 }
 
+// "b before a" in the sort's order: larger log-prob, or equal and lower id (NaN ranks last).
+__device__ __forceinline__ bool b_first(float ka, int ia, float kb, int ib) {
+    return (kb > ka) || (kb == ka && ib < ia) || (isnan(ka) && !isnan(kb));
+}
+
+// A bitonic size's stages of stride `stride` down to 1 (stride < 32) with one element a thread (n <= kThreads):
+// element t and its partner t ^ s meet by shuffles instead of shared memory and a barrier per stage — the same
+// compare-exchanges, so the same order. Ends with the block synced.
+__device__ void warp_stages(float* key, int* id, int n, int size, int stride) {
+    const int t = threadIdx.x;
+    if (t < ((n + 31) & ~31)) {  // the warps holding elements (lanes past n hold padding that stays there)
+        float k = t < n ? key[t] : -INFINITY;
+        int i = t < n ? id[t] : INT_MAX;
+        const bool descending = (t & size) == 0;
+        for (int s = stride; s > 0; s /= 2) {
+            const float ko = __shfl_xor_sync(0xffffffffu, k, s);
+            const int io = __shfl_xor_sync(0xffffffffu, i, s);
+            const bool lo = (t & s) == 0;
+            const bool swap = lo ? b_first(k, i, ko, io) : b_first(ko, io, k, i);
+            if (swap == descending) {  // lo takes b, hi takes a: each the partner's
+                k = ko;
+                i = io;
+            }
+        }
+        if (t < n) {
+            key[t] = k;
+            id[t] = i;
+        }
+    }
+    __syncthreads();
+}
+
+// The window slot row `row` reads and writes this step (0 without a window).
+__device__ __forceinline__ int64_t window_slot(const SampleParams& p, int64_t row) {
+    if (p.capacity <= 0) return 0;
+    const int64_t s = (p.pos[row] - p.base[row]) % p.capacity;
+    return s < 0 ? s + p.capacity : s;
+}
+
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     dsrl::kernels::pdl_enter();
     // Dynamic shared memory (sample_smem): fp64 scans [V], logits / T then the processed log-probs [V], the sort's
@@ -91,6 +130,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     const int64_t row = blockIdx.x;
     const int t = threadIdx.x;
     const float* logits = p.logits + row * p.vocab;
+    // The row's entry of this step, its uniform and forced id: loaded now, used after the sort.
+    const int64_t at = window_slot(p, row) * p.rows + row;
+    const double u = p.uniform[at];
+    const int64_t forced = p.forced != nullptr ? p.forced[at] : -1;
 
     float m = -INFINITY;
     for (int i = t; i < V; i += kThreads) {
@@ -120,14 +163,17 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
             __syncthreads();
             for (int size = 2; size <= n; size *= 2) {
                 for (int stride = size / 2; stride > 0; stride /= 2) {
+                    if (p.warp_stages && n <= kThreads && stride < 32) {  // the rest of this size by shuffles
+                        warp_stages(key, id, n, size, stride);
+                        break;
+                    }
                     for (int i = t; i < n / 2; i += kThreads) {
                         const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
                         const bool descending = (lo & size) == 0;
                         // "a before b": larger log-prob, or equal and lower id (NaN ranks last).
                         const float ka = key[lo], kb = key[hi];
                         const int ia = id[lo], ib = id[hi];
-                        const bool b_first = (kb > ka) || (kb == ka && ib < ia) || (isnan(ka) && !isnan(kb));
-                        if (b_first == descending) {
+                        if (b_first(ka, ia, kb, ib) == descending) {
                             key[lo] = kb;
                             key[hi] = ka;
                             id[lo] = ib;
@@ -180,22 +226,23 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     }
     last = block_reduce(last, iscratch, -1, Max());
     block_scan(mass, V, dscratch);
-    const double target = p.uniform[row] * mass[V - 1];
+    const double target = u * mass[V - 1];
     int below = 0;
     for (int i = t; i < V; i += kThreads) below += mass[i] < target ? 1 : 0;
     below = block_reduce(below, iscratch, 0, Sum());
     int64_t token = below > last ? max(last, 0) : below;
-    if (p.forced != nullptr && p.forced[row] >= 0) token = p.forced[row];
+    if (forced >= 0) token = forced;
     if (t == 0) {
         p.tokens[row] = token;
-        p.logp[row] = token < V ? scaled[token] : -INFINITY;
+        if (p.window_tokens != nullptr) p.window_tokens[at] = token;
+        p.logp[at] = token < V ? scaled[token] : -INFINITY;
     }
     if (p.kept != nullptr) {
         const int bytes = (V + 7) / 8;
         for (int b = t; b < bytes; b += kThreads) {
             unsigned bits = 0;
             for (int j = 0; j < 8 && 8 * b + j < V; ++j) bits |= isfinite(scaled[8 * b + j]) ? (1u << j) : 0u;
-            p.kept[row * bytes + b] = static_cast<uint8_t>(bits);
+            p.kept[at * bytes + b] = static_cast<uint8_t>(bits);
         }
     }
 }

@@ -28,6 +28,16 @@ struct SampleParams {
     int64_t* tokens;  // [rows] out
     float* logp;      // [rows] out: the processed log-prob of the token
     uint8_t* kept;    // [rows, ceil(vocab / 8)] out (bit j of byte b: id 8b + j kept), or null
+    // A window of steps on the device (capacity > 0): uniform, forced, logp and kept are [capacity, rows, ...] and a
+    // row reads and writes slot (pos[row] − base[row]) mod capacity, its step in the window; tokens stays [rows] (the
+    // step's feed) and window_tokens, when set, gets the token at the slot too. capacity 0: every array is [rows, ...].
+    const int64_t* pos = nullptr;
+    const int64_t* base = nullptr;
+    int64_t capacity = 0;
+    int64_t* window_tokens = nullptr;
+    // The sort's stages of stride < 32 by warp shuffles where a row fits one element a thread (V <= 512): the same
+    // compare-exchanges without a barrier each (false: every stage through shared memory; DSRL_SAMPLE_SORT=block).
+    bool warp_stages = true;
 };
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream);
 

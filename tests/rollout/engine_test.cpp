@@ -127,6 +127,7 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
         // The step CUDA graphs replay: rows padded to a power of two, block tables padded (keys past a row masked).
         {"bucketed step", {.eager_buckets = true}, 64},
         {"bucketed step, batch of 6, blocks of 5", {.block_size = 5, .eager_buckets = true}, 6},
+        {"bucketed step, sync every 3 steps", {.sync_interval = 3, .eager_buckets = true}, 64},
     };
     for (const Case& c : cases) {
         GenerationStats stats;
@@ -153,6 +154,31 @@ TEST(EngineTest, ContinuousBatchingReproducesTheStaticEngineUnderEveryLimit) {
                       stats.record_seconds,
                   stats.decode_seconds + 1e-6)
             << c.name;
+    }
+}
+
+// Forced ids (scripted turns, GenerationRequest::forced; the sample ends with them) of several lengths in the bucketed
+// step's window of slots: forced rows beside sampled ones in a window, and the windows after them with nothing forced,
+// against the static engine.
+TEST(EngineTest, ForcedIdsInTheBucketedWindows) {
+    const dsa::Model m = make_model(tiny());
+    const text::ByteTokenizer tok(m.config().vocab_size);
+    std::vector<GenerationRequest> reqs = requests(5, 3, m.config().vocab_size);
+    for (size_t i = 0; i < reqs.size(); i += 2) {
+        const auto n = static_cast<int32_t>(1 + (i * 5) % 9);  // 1 to 9 forced ids
+        for (int32_t t = 0; t < n; ++t) reqs[i].forced.push_back(static_cast<int32_t>(20 + (7 * i + 3 * t) % 200));
+    }
+    GenerateOptions opt = options({.kind = "static"});
+    opt.stop.clear();  // a forced id must not end the sample early
+    const std::vector<Sample> want = generate_static(m, tok, reqs, opt, nullptr);
+    for (size_t i = 0; i < reqs.size(); i += 2) {
+        EXPECT_EQ(want[i].response, reqs[i].forced) << "sample " << i << " is its forced ids";
+    }
+    for (const EngineOptions& e : {EngineOptions{.sync_interval = 4, .eager_buckets = true},
+                                   EngineOptions{.sync_interval = 16, .eager_buckets = true}}) {
+        opt.engine = e;
+        expect_same_records(want, generate_continuous(m, tok, reqs, opt, nullptr),
+                            absl::StrCat("bucketed, sync every ", e.sync_interval));
     }
 }
 
