@@ -4,6 +4,7 @@
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
 
 #include "core/error.h"
 
@@ -25,6 +26,15 @@ const std::vector<Knob>& all_knobs() {
          "omitted) SIGKILL itself at the point of that job step. Points: step_start, in_checkpoint (after the "
          "model of the checkpoint is written, before its rename), before_latest_rename (`latest.tmp.<pid>` "
          "written, not yet renamed). Empty disables."},
+        {"DSRL_PDL", "1",
+         "1: dsrl's CUDA kernels launch with programmatic dependent launch on sm_90+ (a kernel's start overlaps the "
+         "previous one's tail); 0 launches them plainly (measurements)."},
+        {"DSRL_NORM_ROWS", "block",
+         "The decode step's norm kernel: block (a 256-thread block per row) or warp (a warp per row, eight rows a "
+         "block; not yet measured on a GPU)."},
+        {"DSRL_SAMPLE_SORT", "warp",
+         "The sampling kernel's sort: warp (stages of stride < 32 by warp shuffles where a row fits one element a "
+         "thread) or block (every stage through shared memory; the same records, for measurements)."},
     };
     return knobs;
 }
@@ -52,6 +62,16 @@ int64_t get_int(const char* name) {
         throw ConfigError(absl::StrCat("environment variable ", name, "='", v, "' is not an integer"));
     }
     return out;
+}
+
+std::string get_choice(const char* name, std::initializer_list<const char*> choices) {
+    const std::string v = get_string(name);
+    std::string list;
+    for (const char* c : choices) {
+        if (v == c) return v;
+        absl::StrAppend(&list, list.empty() ? "" : ", ", c);
+    }
+    throw ConfigError(absl::StrCat("environment variable ", name, "='", v, "' is not one of: ", list));
 }
 
 bool get_bool(const char* name) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ const std::vector<Knob>& all_knobs();
 std::string get_string(const char* name);
 /// The knob parsed as an integer; throws dsrl::ConfigError naming the variable when it is not one.
 int64_t get_int(const char* name);
+/// The knob's value, one of `choices`; throws dsrl::ConfigError naming the variable and the choices otherwise.
+std::string get_choice(const char* name, std::initializer_list<const char*> choices);
 /// The knob parsed as a boolean (1/0, true/false, yes/no, on/off).
 bool get_bool(const char* name);
 

@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 #include "core/error.h"
 #include "core/logging.h"
@@ -447,15 +448,14 @@ private:
     // forced id at its slot, writes its records there, leaves the next logits in StepIn::logits and moves the positions
     // on — the graph's replays then need nothing launched between them.
     struct Window {
-        at::Tensor base;          // [R] int64: the positions of the window's first step
-        at::Tensor uniform;       // [C, R, 1] fp64
-        at::Tensor forced;        // [C, R] int64 (−1: sample)
-        at::Tensor tokens;        // [C, R] int64
-        at::Tensor logp;          // [C, R] fp32
-        at::Tensor kept;          // [C, R, ceil(V / 8)] uint8 (record_masks_)
-        at::Tensor routes;        // [C, R, M, k] (record_routes, allocated by the first step)
-        at::Tensor topk;          // [C, R, Ly, K] (record_indexer, allocated by the first step)
-        bool forced_set = false;  // some slot of forced holds an id
+        at::Tensor base;     // [R] int64: the positions of the window's first step
+        at::Tensor uniform;  // [C, R, 1] fp64
+        at::Tensor forced;   // [C, R] int64 (−1: sample)
+        at::Tensor tokens;   // [C, R] int64
+        at::Tensor logp;     // [C, R] fp32
+        at::Tensor kept;     // [C, R, ceil(V / 8)] uint8 (record_masks_)
+        at::Tensor routes;   // [C, R, M, k] (record_routes, allocated by the first step)
+        at::Tensor topk;     // [C, R, Ly, K] (record_indexer, allocated by the first step)
         int64_t capacity() const { return uniform.size(0); }
     };
 
@@ -522,15 +522,14 @@ private:
             out.logits = f.logits.select(1, 0);
             return out;
         }
-        // The window's routes and indexer sets at the step's slot, and the positions moved on.
-        const int64_t R = in.pos.size(0);
-        if (!f.routes.empty() && !w->routes.defined()) {
-            w->routes = at::empty({w->capacity(), R, static_cast<int64_t>(f.routes.size()), f.routes[0].size(-1)},
-                                  f.routes[0].options());
-        }
-        if (!f.topk.empty() && !w->topk.defined()) {
-            w->topk = at::empty({w->capacity(), R, static_cast<int64_t>(f.topk.size()), f.topk[0].size(-1)},
-                                f.topk[0].options());
+        // The window's routes and indexer sets at the step's slot (each [C, R, layers, k], allocated by the first
+        // step), and the positions moved on.
+        for (auto [from, to] : {std::pair{&f.routes, &w->routes}, std::pair{&f.topk, &w->topk}}) {
+            if (!from->empty() && !to->defined()) {
+                const at::Tensor& t = from->front();
+                *to =
+                    at::empty({w->capacity(), t.size(0), static_cast<int64_t>(from->size()), t.size(-1)}, t.options());
+            }
         }
         bool recorded = false;
 #ifdef DSRL_WITH_CUDA
@@ -538,9 +537,9 @@ private:
                    cuda::step_records(f.routes, w->routes, f.topk, w->topk, in.pos, w->base);
 #endif
         if (!recorded) {
-            if (!f.routes.empty())
-                w->routes.index_copy_(0, window_slot(), at::stack(f.routes, 1).select(2, 0).unsqueeze(0));
-            if (!f.topk.empty()) w->topk.index_copy_(0, window_slot(), at::stack(f.topk, 1).select(2, 0).unsqueeze(0));
+            for (auto [from, to] : {std::pair{&f.routes, &w->routes}, std::pair{&f.topk, &w->topk}}) {
+                if (!from->empty()) to->index_copy_(0, window_slot(), at::stack(*from, 1).select(2, 0).unsqueeze(0));
+            }
             in.pos.add_(1);
         }
         out.logits = in.logits;
@@ -551,7 +550,8 @@ private:
         for (std::vector<at::Tensor>* v : {&win_tokens_, &win_logp_, &win_kept_, &win_routes_, &win_topk_}) v->clear();
     }
 
-    // Keeps a step's records (tensors, or the window's slot views) for the window's flush.
+    // Keeps records of the window's flush: steps × rows of each (a step's outputs, or the window's slots), concatenated
+    // over the steps there.
     void keep_records(const StepOut& out) {
         const auto keep = [&](std::vector<at::Tensor>& to, const at::Tensor& t) {
             if (t.defined()) to.push_back(t);
@@ -622,10 +622,8 @@ private:
             w.uniform.narrow(0, 0, steps).copy_(uniforms);
             if (any_forced) {
                 w.forced.narrow(0, 0, steps).copy_(forced_dev.t());
-                w.forced_set = true;
-            } else if (w.forced_set) {
+            } else {
                 w.forced.fill_(-1);
-                w.forced_set = false;
             }
             window_begin();
             for (int64_t s = 0; s < steps; ++s) {
@@ -634,16 +632,14 @@ private:
             }
             window_end();
             // The records stay in the window's slots until the flush copies them to the host.
-            const auto slot = [&](const at::Tensor& t, int64_t s) {
-                return t.defined() ? t.select(0, s).narrow(0, 0, rows) : at::Tensor();
+            const auto slots = [&](const at::Tensor& t) {
+                return t.defined() ? t.narrow(0, 0, steps).narrow(1, 0, rows) : at::Tensor();
             };
-            for (int64_t s = 0; s < steps; ++s) {
-                keep_records({.tokens = slot(w.tokens, s),
-                              .logp = slot(w.logp, s),
-                              .kept = slot(w.kept, s),
-                              .routes = slot(w.routes, s),
-                              .topk = slot(w.topk, s)});
-            }
+            keep_records({.tokens = slots(w.tokens),
+                          .logp = slots(w.logp),
+                          .kept = slots(w.kept),
+                          .routes = slots(w.routes),
+                          .topk = slots(w.topk)});
             last_logits_ = g.in.logits.narrow(0, 0, rows).clone();
             stats_.padded_row_steps += (padded - rows) * steps;
         } else {
@@ -656,7 +652,11 @@ private:
                                                  .table = table,
                                                  .pos = start + s,
                                                  .keys = longest + s + 1});
-                keep_records(out);
+                keep_records({.tokens = out.tokens.unsqueeze(0),
+                              .logp = out.logp.unsqueeze(0),
+                              .kept = out.kept.defined() ? out.kept.unsqueeze(0) : at::Tensor(),
+                              .routes = out.routes.defined() ? out.routes.unsqueeze(0) : at::Tensor(),
+                              .topk = out.topk.defined() ? out.topk.unsqueeze(0) : at::Tensor()});
                 last_logits_ = out.logits;
             }
             window_end();
@@ -811,14 +811,14 @@ private:
         const auto t0 = Clock::now();
         const int64_t rows = static_cast<int64_t>(running_.size());
         const int64_t steps = window_steps_;
-        const at::Tensor tokens = at::stack(win_tokens_, 0).cpu();  // [S, R]
-        const at::Tensor logp = at::stack(win_logp_, 0).cpu();
+        const at::Tensor tokens = at::cat(win_tokens_, 0).cpu();  // [S, R]
+        const at::Tensor logp = at::cat(win_logp_, 0).cpu();
         const at::Tensor kept =
-            record_masks_ ? at::stack(win_kept_, 0).cpu().contiguous() : at::Tensor();  // [S, R, ceil(V / 8)] bits
+            record_masks_ ? at::cat(win_kept_, 0).cpu().contiguous() : at::Tensor();  // [S, R, ceil(V / 8)] bits
         const at::Tensor routes =
-            win_routes_.empty() ? at::Tensor() : at::stack(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
+            win_routes_.empty() ? at::Tensor() : at::cat(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
         const at::Tensor topk =
-            win_topk_.empty() ? at::Tensor() : at::stack(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
+            win_topk_.empty() ? at::Tensor() : at::cat(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
         stats_.wait_seconds += seconds_since(t0);
 #ifdef DSRL_WITH_CUDA
         if (device_.is_cuda()) {

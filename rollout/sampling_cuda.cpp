@@ -4,8 +4,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <string_view>
 
 #include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
@@ -13,6 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/env.h"
 #include "rollout/kernels/sample.cuh"
 #include "rollout/kernels/step_records.cuh"
 #include "rollout/sampling.h"
@@ -28,13 +27,9 @@ namespace {
 
 constexpr const char* kOp = "sample (cuda)";
 
-// The sort's stages of stride < 32 by warp shuffles (set_sample_warp_stages); DSRL_SAMPLE_SORT=block in the
-// environment starts with it off.
+// The sort's stages of stride < 32 by warp shuffles: DSRL_SAMPLE_SORT (core/env.cpp) until set_sample_warp_stages.
 std::atomic<bool>& warp_stages() {
-    static std::atomic<bool> on{[] {
-        const char* v = std::getenv("DSRL_SAMPLE_SORT");
-        return v == nullptr || std::string_view(v) != "block";
-    }()};
+    static std::atomic<bool> on{env::get_choice("DSRL_SAMPLE_SORT", {"warp", "block"}) == "warp"};
     return on;
 }
 
@@ -72,8 +67,31 @@ void check_array(const at::Tensor& t,
         t.defined() ? t.scalar_type() : type);
 }
 
-void launch(const kernels::SampleParams& k, const at::Tensor& logits) {
-    C10_CUDA_CHECK(kernels::launch_sample(k, c10::cuda::getCurrentCUDAStream(logits.device().index()).stream()));
+// Checks a step's arrays — `slots` of each (1 without a window), every row's at its slot — and launches the kernel;
+// returns the step's tokens [R].
+at::Tensor run(kernels::SampleParams k,
+               const at::Tensor& logits,
+               const at::Tensor& uniform,
+               const at::Tensor& forced,
+               int64_t slots,
+               const at::Tensor& logp,
+               const at::Tensor& kept) {
+    const int64_t R = logits.size(0), V = logits.size(1), n = slots * R;
+    const at::Device dev = logits.device();
+    const bool window = k.capacity > 0;
+    check_array(uniform, at::kDouble, n, dev, "uniform", window ? "[C, R, 1]" : "[R, 1]");
+    if (forced.defined()) check_array(forced, at::kLong, n, dev, "forced", window ? "[C, R]" : "[R]");
+    check_array(logp, at::kFloat, n, dev, "logp", window ? "[C, R]" : "[R]");
+    if (kept.defined()) check_array(kept, at::kByte, n * ((V + 7) / 8), dev, "kept", "[.., ceil(V / 8)]");
+    const c10::cuda::CUDAGuard on_device(dev);
+    at::Tensor tokens = at::empty({R}, logits.options().dtype(at::kLong));
+    k.uniform = uniform.data_ptr<double>();
+    k.forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr;
+    k.tokens = tokens.data_ptr<int64_t>();
+    k.logp = logp.data_ptr<float>();
+    k.kept = kept.defined() ? kept.data_ptr<uint8_t>() : nullptr;
+    C10_CUDA_CHECK(kernels::launch_sample(k, c10::cuda::getCurrentCUDAStream(dev.index()).stream()));
+    return tokens;
 }
 
 }  // namespace
@@ -86,21 +104,12 @@ Sampled sample(const at::Tensor& logits,
                const SamplingParams& p,
                bool kept_bits) {
     RECORD_FUNCTION("dsrl::sample", std::vector<c10::IValue>());  // names the kernel in profiles
-    kernels::SampleParams k = params(logits, p);
+    const kernels::SampleParams k = params(logits, p);
     const int64_t R = logits.size(0), V = logits.size(1);
-    check_array(uniform, at::kDouble, R, logits.device(), "uniform", "[R, 1]");
-    if (forced.defined()) check_array(forced, at::kLong, R, logits.device(), "forced", "[R]");
-    const c10::cuda::CUDAGuard on_device(logits.device());
     Sampled s;
-    s.tokens = at::empty({R}, logits.options().dtype(at::kLong));
     s.logp = at::empty({R}, logits.options());
     if (kept_bits) s.kept = at::empty({R, (V + 7) / 8}, logits.options().dtype(at::kByte));
-    k.uniform = uniform.data_ptr<double>();
-    k.forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr;
-    k.tokens = s.tokens.data_ptr<int64_t>();
-    k.logp = s.logp.data_ptr<float>();
-    k.kept = kept_bits ? s.kept.data_ptr<uint8_t>() : nullptr;
-    launch(k, logits);
+    s.tokens = run(k, logits, uniform, forced, 1, s.logp, s.kept);
     return s;
 }
 
@@ -111,33 +120,18 @@ Sampled sample(const at::Tensor& logits,
                const SampleWindow& w) {
     RECORD_FUNCTION("dsrl::sample", std::vector<c10::IValue>());
     kernels::SampleParams k = params(logits, p);
-    const int64_t R = logits.size(0), V = logits.size(1);
-    const at::Device dev = logits.device();
-    TORCH_CHECK(uniform.defined() && uniform.dim() >= 1 && uniform.size(0) >= 1, kOp,
+    const int64_t R = logits.size(0);
+    TORCH_CHECK(uniform.defined() && uniform.dim() == 3 && uniform.size(0) >= 1, kOp,
                 ": a window's uniform must be [C, R, 1]");
     const int64_t C = uniform.size(0);
-    check_array(uniform, at::kDouble, C * R, dev, "uniform", "[C, R, 1]");
-    if (forced.defined()) check_array(forced, at::kLong, C * R, dev, "forced", "[C, R]");
-    check_array(w.pos, at::kLong, R, dev, "window.pos", "[R]");
-    check_array(w.base, at::kLong, R, dev, "window.base", "[R]");
-    check_array(w.tokens, at::kLong, C * R, dev, "window.tokens", "[C, R]");
-    check_array(w.logp, at::kFloat, C * R, dev, "window.logp", "[C, R]");
-    if (w.kept.defined())
-        check_array(w.kept, at::kByte, C * R * ((V + 7) / 8), dev, "window.kept", "[C, R, ceil(V / 8)]");
-    const c10::cuda::CUDAGuard on_device(dev);
-    Sampled s;
-    s.tokens = at::empty({R}, logits.options().dtype(at::kLong));
-    k.uniform = uniform.data_ptr<double>();
-    k.forced = forced.defined() ? forced.data_ptr<int64_t>() : nullptr;
-    k.tokens = s.tokens.data_ptr<int64_t>();
-    k.logp = w.logp.data_ptr<float>();
-    k.kept = w.kept.defined() ? w.kept.data_ptr<uint8_t>() : nullptr;
+    check_array(w.pos, at::kLong, R, logits.device(), "window.pos", "[R]");
+    check_array(w.base, at::kLong, R, logits.device(), "window.base", "[R]");
+    check_array(w.tokens, at::kLong, C * R, logits.device(), "window.tokens", "[C, R]");
     k.pos = w.pos.data_ptr<int64_t>();
     k.base = w.base.data_ptr<int64_t>();
     k.capacity = C;
     k.window_tokens = w.tokens.data_ptr<int64_t>();
-    launch(k, logits);
-    return s;
+    return {.tokens = run(k, logits, uniform, forced, C, w.logp, w.kept)};
 }
 
 bool step_records(const std::vector<at::Tensor>& routes,

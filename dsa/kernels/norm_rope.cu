@@ -9,9 +9,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
+#include "core/env.h"
 #include "core/kernels/row_dot.cuh"
 #include "core/kernels/row_norm.cuh"
 #include "dsa/kernels/rope_pair.cuh"
@@ -360,21 +359,17 @@ int64_t place_jobs(Jobs& to, const Params* jobs, int count, int max_jobs, Work w
 }
 
 namespace {
-std::atomic<int> g_norm_rows{-1};  // -1: not yet read from the environment
+// DSRL_NORM_ROWS (core/env.cpp) until set_norm_rows.
+std::atomic<NormRows>& norm_rows_switch() {
+    static std::atomic<NormRows> rows{
+        env::get_choice("DSRL_NORM_ROWS", {"block", "warp"}) == "warp" ? NormRows::kWarp : NormRows::kBlock};
+    return rows;
+}
 }  // namespace
 
-NormRows norm_rows() {
-    int v = g_norm_rows.load();
-    if (v < 0) {
-        const char* env = std::getenv("DSRL_NORM_ROWS");
-        v = env != nullptr && std::strcmp(env, "warp") == 0 ? 1 : 0;
-        int expected = -1;
-        if (!g_norm_rows.compare_exchange_strong(expected, v)) v = expected;
-    }
-    return v == 1 ? NormRows::kWarp : NormRows::kBlock;
-}
+NormRows norm_rows() { return norm_rows_switch().load(); }
 
-void set_norm_rows(NormRows rows) { g_norm_rows.store(rows == NormRows::kWarp ? 1 : 0); }
+void set_norm_rows(NormRows rows) { norm_rows_switch().store(rows); }
 
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream) {
     static_assert(kMaxNormJobs == 4, "norm_kernel spells out four jobs");

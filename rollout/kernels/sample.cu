@@ -6,6 +6,7 @@
 // two log-softmaxes, a scatter, the bit packing).
 #include "core/kernels/launch.cuh"
 #include "rollout/kernels/sample.cuh"
+#include "rollout/kernels/window_slot.cuh"
 
 #include <atomic>
 #include <cmath>
@@ -106,13 +107,6 @@ __device__ void warp_stages(float* key, int* id, int n, int size, int stride) {
     __syncthreads();
 }
 
-// The window slot row `row` reads and writes this step (0 without a window).
-__device__ __forceinline__ int64_t window_slot(const SampleParams& p, int64_t row) {
-    if (p.capacity <= 0) return 0;
-    const int64_t s = (p.pos[row] - p.base[row]) % p.capacity;
-    return s < 0 ? s + p.capacity : s;
-}
-
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     dsrl::kernels::pdl_enter();
     // Dynamic shared memory (sample_smem): fp64 scans [V], logits / T then the processed log-probs [V], the sort's
@@ -131,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     const int t = threadIdx.x;
     const float* logits = p.logits + row * p.vocab;
     // The row's entry of this step, its uniform and forced id: loaded now, used after the sort.
-    const int64_t at = window_slot(p, row) * p.rows + row;
+    const int64_t at = (p.capacity > 0 ? window_slot(p.pos[row], p.base[row], p.capacity) : 0) * p.rows + row;
     const double u = p.uniform[at];
     const int64_t forced = p.forced != nullptr ? p.forced[at] : -1;
 

@@ -2,6 +2,7 @@
 // its position moved on once every thread has read it.
 #include "core/kernels/launch.cuh"
 #include "rollout/kernels/step_records.cuh"
+#include "rollout/kernels/window_slot.cuh"
 
 namespace dsrl::rollout::kernels {
 namespace {
@@ -21,8 +22,7 @@ __global__ void __launch_bounds__(kThreads) step_records_kernel(StepRecordsParam
     dsrl::kernels::pdl_enter();
     const int64_t row = blockIdx.x;
     const int64_t pos = p.pos[row];
-    int64_t slot = (pos - p.base[row]) % p.capacity;
-    if (slot < 0) slot += p.capacity;
+    const int64_t slot = window_slot(pos, p.base[row], p.capacity);
     for (const RecordGroup& g : p.group) {
         if (g.n > 0) copy_group(g, slot, row, p.rows);
     }
