@@ -29,9 +29,6 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_PDL", "1",
          "1: dsrl's CUDA kernels launch with programmatic dependent launch on sm_90+ (a kernel's start overlaps the "
          "previous one's tail); 0 launches them plainly (measurements)."},
-        {"DSRL_NORM_ROWS", "block",
-         "The decode step's norm kernel: block (a 256-thread block per row) or warp (a warp per row, eight rows a "
-         "block; not yet measured on a GPU)."},
         {"DSRL_SAMPLE_SORT", "warp",
          "The sampling kernel's sort: warp (stages of stride < 32 by warp shuffles where a row fits one element a "
          "thread) or block (every stage through shared memory; the same records, for measurements)."},

@@ -453,6 +453,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 Model::Model(ModelConfig cfg, ModelWeights weights)
     : cfg_(std::move(cfg)), w_(std::move(weights)), rope_(rope_table(cfg_)) {
+    // Tied: lm_head is embed_tokens itself (weights moved or replaced tensor by tensor never leave a stale copy).
+    if (cfg_.tie_word_embeddings) w_.lm_head = w_.embed_tokens;
     rope_.inv_freq = rope_.inv_freq.to(w_.embed_tokens.device());
     for (const LayerWeights& l : w_.layers) {
         // All experts: a model holding a slice is made by set_expert_parallel, which also routes across the group.

@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/dispatch.h"
 #include "core/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
 #include "dsa/kernels/sparse_mla_mma.cuh"
@@ -60,7 +61,9 @@ Inputs prepare(const at::Tensor& q_lat,
     TORCH_CHECK(indices.device() == q_lat.device(), "sparse attention (cuda): indices on ", indices.device(),
                 ", queries on ", q_lat.device());
     const at::Tensor idx = indices.to(at::kInt).contiguous();
-    if (idx.numel() > 0) {  // one small reduction + sync: an out-of-range index would read past the cache
+    // One small reduction + sync: an out-of-range index would read past the cache. Not while a decode graph is
+    // captured (no sync then; its indices come from the indexer kernels of the same step).
+    if (idx.numel() > 0 && !cuda_graph_capturing()) {
         const int64_t top = idx.max().item<int64_t>();
         TORCH_CHECK(top < c_kv.size(1), "sparse attention (cuda): index ", top, " out of range for ", c_kv.size(1),
                     " keys");

@@ -701,6 +701,19 @@ private:
         }
     }
 
+#ifdef DSRL_WITH_CUDA
+    // Ends a capture an op broke (its graph discarded) so the stream and the device stay usable for the error's
+    // report; the sticky capture error is cleared.
+    static void abandon_capture(const c10::cuda::CUDAStream& stream) {
+        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+            cudaGraph_t broken = nullptr;
+            if (cudaStreamEndCapture(stream, &broken) == cudaSuccess && broken != nullptr) cudaGraphDestroy(broken);
+        }
+        (void)cudaGetLastError();
+    }
+#endif
+
     // CUDA events around a window's steps, read at its flush (GenerationStats::device_decode_seconds).
     void window_begin() {
 #ifdef DSRL_WITH_CUDA
@@ -749,7 +762,23 @@ private:
             side.synchronize();
             g.graph = std::make_unique<at::cuda::CUDAGraph>(/*keep_graph=*/true);
             g.graph->capture_begin(graph_pool_);
-            decode_step(g.in, &g.win);
+            const auto fail = [&](const char* what) {
+                abandon_capture(side);
+                graphs_.erase({rows, width});
+                at::autocast::set_autocast_cache_enabled(cast_cache);
+                throw std::runtime_error(absl::StrCat(
+                    "rollout: the decode step of ", rows,
+                    " rows could not be captured in a CUDA graph (an op of this "
+                    "model synchronizes with the host; rollout.cuda_graphs: false runs the steps without graphs): ",
+                    what));
+            };
+            try {
+                decode_step(g.in, &g.win);
+            } catch (const c10::Error& e) {
+                fail(e.what_without_backtrace());
+            } catch (const std::exception& e) {
+                fail(e.what());
+            }
             g.graph->capture_end();
             size_t nodes = 0;  // the kernels (and copies) one replay runs
             C10_CUDA_CHECK(cudaGraphGetNodes(g.graph->raw_cuda_graph(), nullptr, &nodes));

@@ -8,9 +8,7 @@
 #include "dsa/kernels/norm_rope.cuh"
 
 #include <algorithm>
-#include <atomic>
 
-#include "core/env.h"
 #include "core/kernels/row_dot.cuh"
 #include "core/kernels/row_norm.cuh"
 #include "dsa/kernels/rope_pair.cuh"
@@ -42,31 +40,6 @@ __device__ __forceinline__ float block_sum(float v) {
     return r;
 }
 
-// A row's threads: the block's (a block per row) or a warp's (kRowWarps rows a block). rank and size place a thread
-// among them, sum() gives every one of them the fp32 sum of their values, sync() orders their shared-memory accesses;
-// their rotated part is staged at rot_at() of a block's kRows · kNormMaxRope floats.
-struct BlockRow {
-    static constexpr int kSize = kNormThreads;
-    static constexpr int kRows = 1;
-    __device__ __forceinline__ int rot_at() const { return 0; }
-    __device__ __forceinline__ unsigned rank() const { return threadIdx.x; }
-    __device__ __forceinline__ float sum(float v) const { return block_sum(v); }
-    __device__ __forceinline__ void sync() const { __syncthreads(); }
-};
-constexpr int kRowWarps = kNormThreads / 32;
-struct WarpRow {
-    static constexpr int kSize = 32;
-    static constexpr int kRows = kRowWarps;
-    __device__ __forceinline__ int rot_at() const { return static_cast<int>(threadIdx.x / 32) * kNormMaxRope; }
-    __device__ __forceinline__ unsigned rank() const { return threadIdx.x & 31u; }
-    // A butterfly: each step adds two partial sums in either order, so every lane ends with the same bits.
-    __device__ __forceinline__ float sum(float v) const {
-        for (int off = 16; off > 0; off /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, off));
-        return v;
-    }
-    __device__ __forceinline__ void sync() const { __syncwarp(); }
-};
-
 // Where row `row`'s output starts in out: the row itself, or its cache slot's row (−1: a slot outside the pool).
 __device__ __forceinline__ int64_t out_row(const RmsNormParams& p, int64_t row) {
     if (p.out_slots == nullptr) return row * p.dim;
@@ -86,13 +59,11 @@ __device__ __forceinline__ void store_out(const RmsNormParams& p, int64_t out, i
 
 // Stores row `row`'s output elements (each thread its own, value(i) in fp32 before the output's rounding) at `out`
 // (out_row); with p.rope, the rotated part's values go through shared memory (rounded to out_type, as the rope kernel
-// would read them), then a thread per pair rotates and stores them. Every thread of the row's group calls it.
-template <typename Group, typename Value>
-__device__ __forceinline__ void emit_row(
-    const RmsNormParams& p, int64_t row, int64_t out, const Group& g, Value value) {
-    __shared__ float rot_all[Group::kRows * kNormMaxRope];
-    float* const rot = rot_all + g.rot_at();
-    for (int64_t i = g.rank(); i < p.dim; i += Group::kSize) {
+// would read them), then a thread per pair rotates and stores them. Every thread of the block calls it.
+template <typename Value>
+__device__ __forceinline__ void emit_row(const RmsNormParams& p, int64_t row, int64_t out, Value value) {
+    __shared__ float rot[kNormMaxRope];
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         const float v = value(i);
         if (i < p.rope) {
             rot[i] = round_elem(v, p.out_type);
@@ -101,8 +72,8 @@ __device__ __forceinline__ void emit_row(
         }
     }
     if (p.rope == 0) return;
-    g.sync();
-    for (int j = g.rank(); j < p.rope / 2; j += Group::kSize) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < p.rope / 2; j += kNormThreads) {
         int a_idx = 0, b_idx = 0;
         rope_pair_dims(j, p.rope, p.rope_interleaved, a_idx, b_idx);
         float a = rot[a_idx], b = rot[b_idx];
@@ -113,16 +84,14 @@ __device__ __forceinline__ void emit_row(
     }
 }
 
-// One row by its group: the sum of squares (fp32), then each element. kPairs (a block per row only): the residual may
-// be p.residual_pairs.
-template <bool kPairs, typename Group>
-__device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row, const Group& g) {
+// One block per row: the sum of squares (fp32), then each element. kPairs: the residual may be p.residual_pairs.
+template <bool kPairs>
+__device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
     const int64_t base = row * p.x_row_stride;
     const bool pairs = kPairs && p.residual_pairs.out != nullptr, add = p.residual != nullptr || pairs;
     extern __shared__ float4 norm_smem[];  // the pairs' sum of the row (dim floats), with pairs
     float* const ys = reinterpret_cast<float*>(norm_smem);
     if constexpr (kPairs) {
-        static_assert(Group::kSize == kNormThreads, "the pairs' sum is staged by the whole block");
         if (pairs) {  // 16-byte loads of eight columns a thread
             dsrl::kernels::stage_pair_sum(p.residual_pairs, row, static_cast<int>(p.dim), ys, threadIdx.x,
                                           kNormThreads);
@@ -130,7 +99,7 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
         }
     }
     float sum = 0.f;
-    for (int64_t i = g.rank(); i < p.dim; i += Group::kSize) {
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         float v = load_elem(p.x, p.x_type, base + i);
         if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
             const float r = pairs ? ys[i] : load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i);
@@ -140,18 +109,18 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
         sum = __fadd_rn(sum, __fmul_rn(v, v));
     }
     // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
-    const float r = rsqrtf(__fadd_rn(__fmul_rn(g.sum(sum), 1.0f / static_cast<float>(p.dim)), p.eps));
+    const float r = rsqrtf(__fadd_rn(__fmul_rn(block_sum(sum), 1.0f / static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
     if (add) {  // no rotation (launch_norms): each thread reads back the sums it wrote
-        for (int64_t i = g.rank(); i < p.dim; i += Group::kSize) {
+        for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
             const float v = load_elem(p.sum_out, p.x_type, row * p.dim + i);
             const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
             store_out(p, out, i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
         }
         return;
     }
-    emit_row(p, row, out, g, [&](int64_t i) {
+    emit_row(p, row, out, [&](int64_t i) {
         const float normed = round_elem(__fmul_rn(load_elem(p.x, p.x_type, base + i), r), p.x_type);
         return __fmul_rn(load_elem(p.w, p.w_type, i), normed);
     });
@@ -174,23 +143,23 @@ __device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t b
                   [&](int64_t d, float v) { store_out(p, out, d, v); });
 }
 
-// LayerNorm of one row by its group: the mean, the biased variance of the centered values, then each element as
-// ATen's kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
-template <typename Group>
-__device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row, const Group& g) {
+// LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
+// kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
+__device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row) {
     const int64_t base = row * p.x_row_stride;
     float sum = 0.f;
-    for (int64_t i = g.rank(); i < p.dim; i += Group::kSize) sum = __fadd_rn(sum, load_elem(p.x, p.x_type, base + i));
-    const float mean = __fdiv_rn(g.sum(sum), static_cast<float>(p.dim));
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads)
+        sum = __fadd_rn(sum, load_elem(p.x, p.x_type, base + i));
+    const float mean = __fdiv_rn(block_sum(sum), static_cast<float>(p.dim));
     float sq = 0.f;
-    for (int64_t i = g.rank(); i < p.dim; i += Group::kSize) {
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         const float d = __fsub_rn(load_elem(p.x, p.x_type, base + i), mean);
         sq = __fmaf_rn(d, d, sq);
     }
-    const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(g.sum(sq), static_cast<float>(p.dim)), p.eps));
+    const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(block_sum(sq), static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
-    emit_row(p, row, out, g, [&](int64_t i) {
+    emit_row(p, row, out, [&](int64_t i) {
         const float centered = __fmul_rn(rstd, __fsub_rn(load_elem(p.x, p.x_type, base + i), mean));
         return __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
     });
@@ -201,49 +170,33 @@ struct NormJobs {
     int64_t end[kMaxNormJobs];  // one past each job's last block
 };
 
-// The job's block `block`: an identity job's items, kRowWarps of its rows (a warp each, kWarp), or one row.
-template <bool kPairs, bool kWarp>
-__device__ __forceinline__ void norm_block(const RmsNormParams& p, int64_t block) {
-    static_assert(!(kPairs && kWarp), "the pairs' sum is staged by a block per row");
+template <bool kPairs>
+__device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
     if (p.identity) {
-        identity_block(p, block);
-        return;
-    }
-    if constexpr (kWarp) {
-        const int w = static_cast<int>(threadIdx.x / 32);
-        const int64_t row = block * kRowWarps + w;
-        if (row >= p.rows) return;  // no barrier follows: a warp's row is its own
-        const WarpRow g;
-        if (p.centered) {
-            layer_norm_row(p, row, g);
-        } else {
-            rms_norm_row<false>(p, row, g);
-        }
+        identity_block(p, row);  // `row` is the job's block here
+    } else if (p.centered) {
+        layer_norm_row(p, row);
     } else {
-        const BlockRow g;
-        if (p.centered) {
-            layer_norm_row(p, block, g);
-        } else {
-            rms_norm_row<kPairs>(p, block, g);
-        }
+        rms_norm_row<kPairs>(p, row);
     }
 }
 
-// Job 0's blocks, then job 1's, 2's and 3's (each job spelled out: no dynamic index into the parameters).
+// A block per row: job 0's rows, then job 1's, 2's and 3's (each job spelled out: no dynamic index into the
+// parameters).
 // kPairs: a job's residual may be its pair rows (a separate instantiation: the pair sum's loads take registers, which
-// would cost the plain kernel blocks resident). kWarp: a warp per row, kRowWarps rows a block (NormRows::kWarp).
-template <bool kPairs, bool kWarp>
+// would cost the plain kernel blocks resident).
+template <bool kPairs>
 __global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
     dsrl::kernels::pdl_enter();
     const int64_t block = blockIdx.x;
     if (block < j.end[0]) {
-        norm_block<kPairs, kWarp>(j.job[0], block);
+        norm_row<kPairs>(j.job[0], block);
     } else if (block < j.end[1]) {
-        norm_block<kPairs, kWarp>(j.job[1], block - j.end[0]);
+        norm_row<kPairs>(j.job[1], block - j.end[0]);
     } else if (block < j.end[2]) {
-        norm_block<kPairs, kWarp>(j.job[2], block - j.end[1]);
+        norm_row<kPairs>(j.job[2], block - j.end[1]);
     } else {
-        norm_block<kPairs, kWarp>(j.job[3], block - j.end[2]);
+        norm_row<kPairs>(j.job[3], block - j.end[2]);
     }
 }
 
@@ -358,19 +311,6 @@ int64_t place_jobs(Jobs& to, const Params* jobs, int count, int max_jobs, Work w
     return total;
 }
 
-namespace {
-// DSRL_NORM_ROWS (core/env.cpp) until set_norm_rows.
-std::atomic<NormRows>& norm_rows_switch() {
-    static std::atomic<NormRows> rows{
-        env::get_choice("DSRL_NORM_ROWS", {"block", "warp"}) == "warp" ? NormRows::kWarp : NormRows::kBlock};
-    return rows;
-}
-}  // namespace
-
-NormRows norm_rows() { return norm_rows_switch().load(); }
-
-void set_norm_rows(NormRows rows) { norm_rows_switch().store(rows); }
-
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream) {
     static_assert(kMaxNormJobs == 4, "norm_kernel spells out four jobs");
     if (count < 0 || count > kMaxNormJobs) return cudaErrorInvalidValue;
@@ -387,21 +327,15 @@ cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stre
             return cudaErrorInvalidValue;
         if (pairs) pair_smem = std::max(pair_smem, sizeof(float) * static_cast<size_t>(p.dim));
     }
-    // A block per row, or kRowWarps rows a block where a warp per row is asked for and no job sums pair rows (an
-    // identity job's items a thread each); a job without columns: no blocks.
-    const bool warp = pair_smem == 0 && norm_rows() == NormRows::kWarp;
-    NormJobs j{};
-    const int64_t rows = place_jobs(j, jobs, count, kMaxNormJobs, [&](const RmsNormParams& p) {
+    NormJobs j{};  // a block per row (an identity job's items a thread each); a job without columns: no blocks
+    const int64_t rows = place_jobs(j, jobs, count, kMaxNormJobs, [](const RmsNormParams& p) {
         if (p.dim == 0) return int64_t{0};
-        if (p.identity) return (p.rows * identity_items(p) + kNormThreads - 1) / kNormThreads;
-        return warp ? (p.rows + kRowWarps - 1) / kRowWarps : p.rows;
+        return p.identity ? (p.rows * identity_items(p) + kNormThreads - 1) / kNormThreads : p.rows;
     });
     if (rows == 0) return cudaSuccess;
     if (rows > 0x7fffffff) return cudaErrorInvalidValue;
-    const auto kernel = pair_smem > 0 ? norm_kernel<true, false>
-                        : warp        ? norm_kernel<false, true>
-                                      : norm_kernel<false, false>;
-    return dsrl::kernels::launch(kernel, static_cast<unsigned>(rows), kNormThreads, pair_smem, stream, j);
+    return dsrl::kernels::launch(pair_smem > 0 ? norm_kernel<true> : norm_kernel<false>, static_cast<unsigned>(rows),
+                                 kNormThreads, pair_smem, stream, j);
 }
 
 cudaError_t launch_ropes(const RopeParams* jobs, int count, cudaStream_t stream) {

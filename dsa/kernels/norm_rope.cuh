@@ -65,18 +65,9 @@ struct RmsNormParams {
 /// Most rotated dims of a norm job (RmsNormParams::rope; staged in shared memory).
 constexpr int kNormMaxRope = 256;
 /// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms, the indexer key's LayerNorm and
-/// rotation, the rope key's rotation): a block per row (or a warp per row, norm_rows()), the jobs' rows in turn.
+/// rotation, the rope key's rotation): a block per row, the jobs' rows in turn.
 constexpr int kMaxNormJobs = 4;
 cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stream);
-
-/// Which threads normalize a row in launch_norms: a block of 256 (kBlock; sums through shared memory and barriers) or
-/// a warp (kWarp; eight rows a block, sums by shuffles) — the jobs without the routed experts' pair rows (those stage
-/// the pairs' sum with the whole block). The sums run in another order, so the two differ in the last bits.
-enum class NormRows { kBlock, kWarp };
-/// The process's choice: DSRL_NORM_ROWS=warp or block in the environment (read once; default block — the warp rows
-/// are not yet measured on a GPU, docs/kernel_notes.md), or the last set_norm_rows().
-NormRows norm_rows();
-void set_norm_rows(NormRows rows);
 
 /// RoPE over x viewed as [rows, heads, dim] (last dim contiguous) with cos/sin [rows, rope / 2] fp32 (one per row,
 /// shared by its heads). Interleaved: pair (2i, 2i+1) of the first `rope` dims rotates by angle i. Half split: dim i

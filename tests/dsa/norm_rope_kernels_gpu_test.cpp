@@ -438,8 +438,10 @@ TEST(NormRopeKernelTest, AddNormOfPairRowsEqualsTheCombinedSum) {
     const at::Tensor y = moe::cuda::routed_experts(h, ids, weights, experts);
     const PairRows nine = moe::cuda::routed_experts_pairs(h, ids, weights, experts);
     EXPECT_TRUE(at::equal(moe::cuda::combine_pairs(nine), y));
-    const at::Tensor ref = moe::routed_experts(h, ids, weights, experts).to(at::kFloat);  // the ATen loop
-    EXPECT_LE((y.to(at::kFloat) - ref).abs().max().item<double>(), 1e-2 * ref.abs().max().item<double>())
+    // The ATen loop rounds each expert's weighted output to bf16 and sums the nine in bf16: a few ulps of the largest
+    // value apart from the kernel's fp32 sum (2 ulps at 2-4 is 3.1e-2, 1.02e-2 of a max of 3.05 seen once).
+    const at::Tensor ref = moe::routed_experts(h, ids, weights, experts).to(at::kFloat);
+    EXPECT_LE((y.to(at::kFloat) - ref).abs().max().item<double>(), 3e-2 * ref.abs().max().item<double>())
         << "the sum of all nine slots";
     ASSERT_TRUE(cuda::add_rms_norm_takes(x, nine));
     EXPECT_TRUE(at::equal(cuda::add_rms_norm(x, nine, w, 1e-6).second, cuda::add_rms_norm(x, y, w, 1e-6).second));
@@ -537,65 +539,6 @@ TEST(NormRopeKernelTest, LayerNormMatchesAtenOnColumnRanges) {
         cuda::layer_norm_takes(randn({2, 64}, at::kBFloat16), randn({64}, at::kFloat), randn({64}, at::kFloat)));
     EXPECT_FALSE(
         cuda::layer_norm_takes(randn({64, 2}, at::kFloat).t(), randn({64}, at::kFloat), randn({64}, at::kFloat)));
-}
-
-// The norms with a warp per row (kernels::NormRows::kWarp; the process default is a block per row) against the
-// formulas and the block rows: RMSNorm and LayerNorm within the rounding of a differently ordered sum (row counts that
-// leave a block's last warps without a row, strided and long rows); in that mode a layer's jobs with their rotations
-// and pool writes bit for bit the norm then the rope kernel, and the add + norm's sum bit for bit ATen's add.
-TEST(NormRopeKernelTest, WarpRowsMatchTheFormulasAndTheBlockRows) {
-    DSRL_REQUIRE_CUDA();
-    at::NoGradGuard no_grad;
-    const kernels::NormRows before = kernels::norm_rows();
-    struct Restore {
-        kernels::NormRows rows;
-        ~Restore() { kernels::set_norm_rows(rows); }
-    } restore{before};
-    const auto in_mode = [](kernels::NormRows rows, const auto& fn) {
-        kernels::set_norm_rows(rows);
-        return fn();
-    };
-    const auto f = at::TensorOptions().device(at::kCUDA);
-    for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
-        SCOPED_TRACE(c10::toString(t));
-        const double tol = t == at::kFloat ? 1e-5 : 4e-3;
-        const at::Tensor kv = randn({2, 5, 288}, t) * 3;
-        for (const at::Tensor& x :
-             {randn({3, 5, 768}, t), kv.narrow(-1, 0, 256), randn({9, 64}, t), randn({1, 1, 7168}, t)}) {
-            SCOPED_TRACE(::testing::PrintToString(x.sizes()));
-            const at::Tensor w = randn({x.size(-1)}, t) * 0.5 + 1, b = randn({x.size(-1)}, t) * 0.1;
-            const at::Tensor warp = in_mode(kernels::NormRows::kWarp, [&] { return cuda::rms_norm(x, w, 1e-6); });
-            const at::Tensor block = in_mode(kernels::NormRows::kBlock, [&] { return cuda::rms_norm(x, w, 1e-6); });
-            EXPECT_LE(testing::rel_err(warp, rms_norm(x, w, 1e-6)), tol);
-            EXPECT_LE(testing::rel_err(warp, block), tol);
-            const at::Tensor lw = in_mode(kernels::NormRows::kWarp, [&] { return cuda::layer_norm(x, w, b, 1e-6); });
-            EXPECT_LE(testing::rel_err(lw, at::layer_norm(x, {x.size(-1)}, w, b, 1e-6)), tol);
-            if (t != at::kFloat) {
-                EXPECT_GE(warp.eq(block).to(at::kDouble).mean().item<double>(), 0.95);
-                EXPECT_GE(lw.eq(at::layer_norm(x, {x.size(-1)}, w, b, 1e-6)).to(at::kDouble).mean().item<double>(),
-                          0.95);
-            }
-        }
-        kernels::set_norm_rows(kernels::NormRows::kWarp);
-        // A decode layer's jobs with their rotations, 11 rows (a block's last warps without a row).
-        const at::Tensor a = randn({11, 1, 384 + 288 + 64}, t), wk = a.narrow(-1, 672, 64);
-        const at::Tensor w1 = randn({384}, t) * 0.5 + 1, lw = randn({64}, t) * 0.5 + 1, lb = randn({64}, t) * 0.1;
-        const at::Tensor cos = at::randn({11, 1, 16}, f) * 3, sin = at::randn({11, 1, 16}, f) * 3;
-        const std::vector<at::Tensor> n = layer_jobs_equal_norm_then_rope(a, w1, lw, lb, cos, sin);
-        ASSERT_EQ(n.size(), 3u);
-        const at::Tensor slots = at::arange(11, f.dtype(at::kLong)).flip(0) * 2 - 3;  // 17, 15, ..., -1, -3: outside
-        const at::Tensor pool = at::full({20, 64}, 7.0, f.dtype(t));
-        cuda::norms({index_key_job(wk, lw, lb, cos, sin, pool, slots)});
-        const at::Tensor in = slots.narrow(0, 0, 9);
-        at::Tensor want = at::full({20, 64}, 7.0, f.dtype(t));
-        want.index_copy_(0, in, n[2].reshape({11, 64}).narrow(0, 0, 9));
-        EXPECT_TRUE(at::equal(pool, want)) << "pool rows";
-        const at::Tensor x = randn({11, 1, 768}, t), r = randn({11, 1, 768}, t), w = randn({768}, t) * 0.5 + 1;
-        const auto [sum, normed] = cuda::add_rms_norm(x, r, w, 1e-6);
-        EXPECT_TRUE(at::equal(sum, x + r));
-        EXPECT_TRUE(at::equal(normed, cuda::rms_norm(x + r, w, 1e-6)));
-        kernels::set_norm_rows(before);
-    }
 }
 
 TEST(NormRopeKernelTest, KernelsRunOnlyWhereAutogradRecordsNothing) {
