@@ -196,6 +196,28 @@ TEST(EngineTest, EdgeSettingsMatchTheStaticEngine) {
     dense.first_k_dense_replace = dense.num_hidden_layers;  // no MoE layer: no routes
     ModelConfig short_window = tiny();
     short_window.max_position_embeddings = 48;  // prompts of up to 40 tokens + 24 new ones do not fit
+    // DeepSeek-V3.2's head dims (512-wide latent, 64-wide rope keys, 128-wide indexer heads, 8 expert groups, yarn) at
+    // a small width, and a model with tied embeddings, one expert group and no shared expert.
+    ModelConfig v32_heads = tiny();
+    v32_heads.vocab_size = 600;
+    v32_heads.num_hidden_layers = 2;
+    v32_heads.kv_lora_rank = 512;
+    v32_heads.qk_nope_head_dim = 128;
+    v32_heads.qk_rope_head_dim = 64;
+    v32_heads.v_head_dim = 128;
+    v32_heads.index_head_dim = 128;
+    v32_heads.n_routed_experts = 16;
+    v32_heads.n_group = 8;
+    v32_heads.topk_group = 4;
+    v32_heads.rope_scaling.factor = 4.0;
+    v32_heads.rope_scaling.original_max_position_embeddings = 32;
+    ModelConfig tied_one_group = tiny();
+    tied_one_group.tie_word_embeddings = true;
+    tied_one_group.n_routed_experts = 6;
+    tied_one_group.num_experts_per_tok = 2;
+    tied_one_group.n_group = 1;
+    tied_one_group.topk_group = 1;
+    tied_one_group.n_shared_experts = 0;
     const std::vector<Case> cases = {
         {"dense model, greedy", dense, {.temperature = 0.0}, {}},
         {"no truncation", tiny(), {.temperature = 1.0}, {.sync_interval = 3}},
@@ -205,6 +227,11 @@ TEST(EngineTest, EdgeSettingsMatchTheStaticEngine) {
          {.temperature = 0.9, .top_p = 0.9},
          {.block_size = 1},
          1},
+        {"V3.2 head dims, yarn", v32_heads, {.temperature = 0.9, .top_p = 0.9}, {.block_size = 4}},
+        {"tied embeddings, one expert group, no shared expert",
+         tied_one_group,
+         {.temperature = 0.9, .top_k = 20},
+         {.sync_interval = 5}},
     };
     for (const Case& c : cases) {
         const dsa::Model m = make_model(c.cfg);
