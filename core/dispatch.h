@@ -41,9 +41,4 @@ constexpr bool built_with_cuda() {
 #endif
 }
 
-/// True while the current CUDA stream is capturing a graph (rollout's decode steps): an op must not read a result
-/// back to the host then (no .item(), no copy to the CPU) — a check that needs one is skipped, the graph's inputs
-/// being the engine's own. False without CUDA.
-bool cuda_graph_capturing();
-
 }  // namespace dsrl

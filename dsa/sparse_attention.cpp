@@ -46,7 +46,7 @@ AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                 check_indices);
     }
     if (use_kernels(impl, fits, "sparse attention", mismatch)) {
-        return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale);
+        return cuda::sparse_mla_attention(q_lat, qp, kv, kp, indices, scale, cuda::MlaKernel::kWgmma, check_indices);
     }
     return sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, query_chunk, check_indices);
 }

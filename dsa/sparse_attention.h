@@ -53,9 +53,10 @@ AttentionOutput dense_mla_attention(const at::Tensor& q_lat,
 
 /// Dispatch (model.impl): kAuto runs the CUDA kernels when cuda::sparse_mla_supported (CUDA, entry 512 + 64) with
 /// q_lat bf16 — the other operands bf16, or fp32 (bf16 autocast) and then cast — and the reference otherwise;
-/// kReference always the reference; kCuda the kernels or a c10::Error saying why not. check_indices false: see
-/// sparse_mla_attention (the reference only; the kernels always check). With q_rope, q_pe is first rotated by it
-/// (rope == R): by the tensor-core kernel as it stages the queries where that kernel runs, else by rotate_query.
+/// kReference always the reference; kCuda the kernels or a c10::Error saying why not. check_indices false skips the
+/// indices' range check on every path (the rollout's decode: no host sync inside its CUDA graphs). With q_rope, q_pe is
+/// first rotated by it (rope == R): by the tensor-core kernel as it stages the queries where that kernel runs, else by
+/// rotate_query.
 AttentionOutput sparse_attention(const at::Tensor& q_lat,
                                  const at::Tensor& q_pe,
                                  const at::Tensor& c_kv,
@@ -82,14 +83,15 @@ enum class MlaKernel { kWgmma, kMmaSync };
 
 /// Same contract as dsa::sparse_mla_attention (out bf16, lse fp32, −1 = invalid entry), differentiable in q_lat,
 /// q_pe, c_kv and k_pe; lse is not differentiable. Small T (decode) splits each query's entries over several
-/// blocks. Throws c10::Error on unsupported inputs or an index >= S.
+/// blocks. Throws c10::Error on unsupported inputs or (check_indices, a host sync) an index >= S.
 AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& q_pe,
                                      const at::Tensor& c_kv,
                                      const at::Tensor& k_pe,
                                      const at::Tensor& indices,
                                      double scale,
-                                     MlaKernel kernel = MlaKernel::kWgmma);
+                                     MlaKernel kernel = MlaKernel::kWgmma,
+                                     bool check_indices = true);
 
 /// The forward-only SIMT kernel (dsa/kernels/sparse_mla_simt.cuh) for shapes the Hopper kernels do not take: CUDA
 /// q_lat / q_pe of one type and c_kv / k_pe of one type (fp32, bf16 or fp16), rows of c_kv / k_pe contiguous (a

@@ -16,7 +16,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "core/dispatch.h"
 #include "core/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
 #include "dsa/kernels/sparse_mla_mma.cuh"
@@ -61,13 +60,6 @@ Inputs prepare(const at::Tensor& q_lat,
     TORCH_CHECK(indices.device() == q_lat.device(), "sparse attention (cuda): indices on ", indices.device(),
                 ", queries on ", q_lat.device());
     const at::Tensor idx = indices.to(at::kInt).contiguous();
-    // One small reduction + sync: an out-of-range index would read past the cache. Not while a decode graph is
-    // captured (no sync then; its indices come from the indexer kernels of the same step).
-    if (idx.numel() > 0 && !cuda_graph_capturing()) {
-        const int64_t top = idx.max().item<int64_t>();
-        TORCH_CHECK(top < c_kv.size(1), "sparse attention (cuda): index ", top, " out of range for ", c_kv.size(1),
-                    " keys");
-    }
     return {q_lat.contiguous(), q_pe.contiguous(), dense_rows(c_kv), dense_rows(k_pe), idx};
 }
 
@@ -194,7 +186,10 @@ AttentionOutput sparse_mla_attention(const at::Tensor& q_lat,
                                      const at::Tensor& k_pe,
                                      const at::Tensor& indices,
                                      double scale,
-                                     MlaKernel kernel) {
+                                     MlaKernel kernel,
+                                     bool check_indices) {
+    // An out-of-range index would read past the cache (the check is a reduction and a host sync).
+    if (check_indices) check_sparse_indices(indices, c_kv.size(1));
     const variable_list r = SparseMla::apply(q_lat, q_pe, c_kv, k_pe, indices, scale, int64_t(kernel));
     return {r[0], r[1]};
 }

@@ -1,7 +1,6 @@
 // The ATen reference of MLA attention (dsa/sparse_attention.h): the oracle of the CUDA kernels.
 #include "dsa/sparse_attention.h"
 
-#include "core/dispatch.h"
 #include "core/precision.h"
 
 #include <torch/csrc/autograd/custom_function.h>
@@ -175,7 +174,6 @@ private:
 }  // namespace
 
 void check_sparse_indices(const at::Tensor& indices, int64_t keys) {
-    if (indices.is_cuda() && cuda_graph_capturing()) return;  // no sync in a decode graph: core/dispatch.h
     const int64_t max_index = indices.numel() ? indices.max().item<int64_t>() : 0;
     TORCH_CHECK(max_index < keys, "sparse attention: index ", max_index, " out of range for ", keys, " keys");
 }

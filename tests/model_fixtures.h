@@ -23,6 +23,23 @@ inline ModelConfig toy_model_config(int64_t index_topk) {
     return c;
 }
 
+/// `c` with DeepSeek-V3.2's head dims — a 512-wide latent, 64-wide rope keys, 128-wide value and indexer heads, 16
+/// routed experts in 8 groups (4 kept) — and YaRN ×4 over `original_positions`: the shapes the Hopper attention
+/// kernels take, at the width and depth `c` sets.
+inline ModelConfig with_v32_heads(ModelConfig c, int64_t original_positions) {
+    c.kv_lora_rank = 512;
+    c.qk_nope_head_dim = 128;
+    c.qk_rope_head_dim = 64;
+    c.v_head_dim = 128;
+    c.index_head_dim = 128;
+    c.n_routed_experts = 16;
+    c.n_group = 8;
+    c.topk_group = 4;
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = original_positions;
+    return c;
+}
+
 /// Redraws every weight but the norms from N(0, scale) — the router's balancing bias from N(0, bias_scale) —
 /// with a generator seeded by `seed`. The HF init, N(0, 0.02), is too small to make attention or routing
 /// interesting at toy sizes.

@@ -17,6 +17,7 @@
 #include "grpo/logprobs.h"
 #include "grpo/loss.h"
 #include "rollout/generator.h"
+#include "tests/model_fixtures.h"
 #include "tests/test_util.h"
 
 namespace dsrl::grpo {
@@ -229,7 +230,7 @@ TEST(GrpoGpuTest, HeldOutArchitecturesKeepTheRecordsOnCuda) {
     DSRL_REQUIRE_CUDA();
     std::vector<std::pair<const char*, ModelConfig>> archs;
     {
-        ModelConfig c;
+        ModelConfig c = testing::with_v32_heads(ModelConfig{}, 64);
         c.vocab_size = 5000;
         c.hidden_size = 256;
         c.intermediate_size = 512;
@@ -237,20 +238,10 @@ TEST(GrpoGpuTest, HeldOutArchitecturesKeepTheRecordsOnCuda) {
         c.num_hidden_layers = 3;
         c.num_attention_heads = 4;
         c.q_lora_rank = 128;
-        c.kv_lora_rank = 512;
-        c.qk_nope_head_dim = 128;
-        c.qk_rope_head_dim = 64;
-        c.v_head_dim = 128;
-        c.n_routed_experts = 16;
         c.num_experts_per_tok = 4;
-        c.n_group = 8;
-        c.topk_group = 4;
         c.index_n_heads = 16;
-        c.index_head_dim = 128;
         c.index_topk = 16;
         c.max_position_embeddings = 256;
-        c.rope_scaling.factor = 4.0;
-        c.rope_scaling.original_max_position_embeddings = 64;
         archs.emplace_back("V3.2 head dims, vocab 5000, yarn", c);
     }
     {

@@ -198,19 +198,9 @@ TEST(EngineTest, EdgeSettingsMatchTheStaticEngine) {
     short_window.max_position_embeddings = 48;  // prompts of up to 40 tokens + 24 new ones do not fit
     // DeepSeek-V3.2's head dims (512-wide latent, 64-wide rope keys, 128-wide indexer heads, 8 expert groups, yarn) at
     // a small width, and a model with tied embeddings, one expert group and no shared expert.
-    ModelConfig v32_heads = tiny();
+    ModelConfig v32_heads = testing::with_v32_heads(tiny(), 32);
     v32_heads.vocab_size = 600;
     v32_heads.num_hidden_layers = 2;
-    v32_heads.kv_lora_rank = 512;
-    v32_heads.qk_nope_head_dim = 128;
-    v32_heads.qk_rope_head_dim = 64;
-    v32_heads.v_head_dim = 128;
-    v32_heads.index_head_dim = 128;
-    v32_heads.n_routed_experts = 16;
-    v32_heads.n_group = 8;
-    v32_heads.topk_group = 4;
-    v32_heads.rope_scaling.factor = 4.0;
-    v32_heads.rope_scaling.original_max_position_embeddings = 32;
     ModelConfig tied_one_group = tiny();
     tied_one_group.tie_word_embeddings = true;
     tied_one_group.n_routed_experts = 6;
