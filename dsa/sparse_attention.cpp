@@ -72,8 +72,14 @@ AttentionOutput sparse_mla_simt(const at::Tensor&,
                                 const QueryRope*) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
-AttentionOutput sparse_mla_attention(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, MlaKernel) {
+AttentionOutput sparse_mla_attention(const at::Tensor&,
+                                     const at::Tensor&,
+                                     const at::Tensor&,
+                                     const at::Tensor&,
+                                     const at::Tensor&,
+                                     double,
+                                     MlaKernel,
+                                     bool) {
     TORCH_CHECK(false, "sparse attention: this build of dsrl has no CUDA kernels (configure with DSRL_WITH_CUDA=ON)");
 }
 }  // namespace cuda
