@@ -29,6 +29,9 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_PDL", "1",
          "1: dsrl's CUDA kernels launch with programmatic dependent launch on sm_90+ (a kernel's start overlaps the "
          "previous one's tail); 0 launches them plainly (measurements)."},
+        {"DSRL_DECODE_LINEAR", "1",
+         "1: a decode step's small bf16/fp16 projections run on dsrl's tensor-core kernel, launched under PDL with its "
+         "first weight chunks staged before it waits (dsa/linear_cuda.h); 0: cuBLAS (at::linear), for measurements."},
         {"DSRL_SAMPLE_SORT", "warp",
          "The sampling kernel's sort: warp (stages of stride < 32 by warp shuffles where a row fits one element a "
          "thread) or block (every stage through shared memory; the same records, for measurements)."},

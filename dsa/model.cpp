@@ -34,6 +34,7 @@
 #include "core/precision.h"
 #include "dsa/indexer_cuda.h"
 #include "dsa/indexer_topk.h"
+#include "dsa/linear_cuda.h"
 #include "dsa/norm_rope_cuda.h"
 #include "dsa/paged_slots_cuda.h"
 #include "dsa/sparse_attention.h"
@@ -57,6 +58,17 @@ void paged_write(const at::Tensor&, const std::vector<at::Tensor>&, const std::v
 bool paged_step_inputs_fit(const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&) { return false; }
 PagedStepInputs paged_step_inputs(const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&, double) {
     TORCH_CHECK(false, "paged_step_inputs (cuda): this build of dsrl has no CUDA kernels");
+}
+bool decode_linear_fits(const at::Tensor&, const at::Tensor&) { return false; }
+bool decode_heads_fits(const at::Tensor&, const at::Tensor&) { return false; }
+at::Tensor decode_heads(const at::Tensor&, const at::Tensor&) {
+    TORCH_CHECK(false, "decode_heads (cuda): this build of dsrl has no CUDA kernels");
+}
+at::Tensor decode_linear(const at::Tensor&, const at::Tensor&, bool) {
+    TORCH_CHECK(false, "decode_linear (cuda): this build of dsrl has no CUDA kernels");
+}
+void decode_linear_f32_out(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    TORCH_CHECK(false, "decode_linear (cuda): this build of dsrl has no CUDA kernels");
 }
 }  // namespace cuda
 #endif
@@ -84,6 +96,15 @@ struct Step {
 // oracles. Both round alike; a decode step of a small model launches about a third fewer kernels.
 bool fused(const ModelConfig& c, const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
     return built_with_cuda() && c.impl != Impl::kReference && cuda::norm_rope_kernels_fit(x, others);
+}
+
+// A projection x · wᵀ: dsrl's decode kernel where the forward's kernels run and it takes the shapes (a decode step's
+// bf16 / fp16 projections without autograd: dsa/linear_cuda.h), else at::linear.
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) {
+    if (built_with_cuda() && c.impl != Impl::kReference && cuda::decode_linear_fits(x, w)) {
+        return cuda::decode_linear(x, w);
+    }
+    return at::linear(x, w);
 }
 
 at::Tensor norm(const at::Tensor& x, const at::Tensor& weight, double eps, const ModelConfig& c) {
@@ -176,6 +197,7 @@ std::vector<at::Tensor> rope_jobs(const std::vector<cuda::RopeJob>& jobs, const 
 at::Tensor per_head(const at::Tensor& x, const at::Tensor& w, bool transposed, const ModelConfig& c) {
     const at::Tensor wt = transposed ? w.transpose(1, 2) : w;  // [H, D_in, D_out]
     if (!fused(c, x, {&w})) return at::einsum(transposed ? "blhc,hvc->blhv" : "blhn,hnc->blhc", {x, w});
+    if (transposed && cuda::decode_heads_fits(x, w)) return cuda::decode_heads(x, w);  // a decode step's W_UV
     const int64_t B = x.size(0), L = x.size(1), H = x.size(2);
     const at::Tensor rows = x.reshape({B * L, H, x.size(3)});  // a view: x's leading dims are dense
     at::Tensor out = at::empty({B * L, H, wt.size(2)}, x.options());
@@ -265,7 +287,7 @@ AttentionResult attention(const at::Tensor& h,
     const bool stacked = !at::GradMode::is_enabled() && l.fused_a.defined() && l.fused_b.defined();
     at::Tensor q_a_out, kv, wk_out;
     if (stacked) {
-        const at::Tensor a = at::linear(h, l.fused_a);
+        const at::Tensor a = project(h, l.fused_a, c);
         const int64_t q_lora = l.attn.q_a_proj.size(0);
         q_a_out = a.narrow(-1, 0, q_lora);
         kv = a.narrow(-1, q_lora, lora + rope);
@@ -317,7 +339,7 @@ AttentionResult attention(const at::Tensor& h,
     }
     const std::vector<at::Tensor> normed = norm_jobs(norm_in, c);
     const at::Tensor& c_q = normed[0];
-    const at::Tensor qb_out = at::linear(c_q, stacked ? l.fused_b : l.attn.q_b_proj);
+    const at::Tensor qb_out = project(c_q, stacked ? l.fused_b : l.attn.q_b_proj, c);
     // Absorbed stacks (LayerWeights::absorbed): the GEMM gives q̃ = q_nope · W_UK itself, then the rope parts.
     const bool absorbed = stacked && l.absorbed;
     at::Tensor q, q_lat, q_rope;
@@ -415,7 +437,7 @@ AttentionResult attention(const at::Tensor& h,
     // over heads · kv_lora inputs took as long as the batched matmul and o_proj together; docs/kernel_notes.md.)
     const auto output = [&](const at::Tensor& o_lat) {
         const at::Tensor o = per_head(o_lat.view({B, L, heads, lora}), w_kv.narrow(1, nope, v_dim), true, c);
-        return at::linear(o.reshape({B, L, heads * v_dim}), l.attn.o_proj);
+        return project(o.reshape({B, L, heads * v_dim}), l.attn.o_proj, c);
     };
     const double scale = mla_softmax_scale(c);
     if (paged_read) {
@@ -793,7 +815,14 @@ void track_balance(MoeBalance& b, const moe::Route& r, const at::Tensor& mask, i
 }  // namespace
 
 at::Tensor Model::logits(const at::Tensor& hidden, const at::Tensor& out) const {
-    if (!out.defined()) return at::linear(hidden, w_.lm_head).to(at::kFloat);
+    // dsrl's decode kernel writes the fp32 logits itself (each rounded to the compute type first, as the cast of
+    // at::linear's result): one kernel instead of a GEMM and a copy.
+    const bool kernel =
+        built_with_cuda() && cfg_.impl != Impl::kReference && cuda::decode_linear_fits(hidden, w_.lm_head);
+    if (!out.defined()) {
+        return kernel ? cuda::decode_linear(hidden, w_.lm_head, /*f32=*/true)
+                      : at::linear(hidden, w_.lm_head).to(at::kFloat);
+    }
     std::vector<int64_t> shape(hidden.sizes().begin(), hidden.sizes().end());
     shape.back() = w_.lm_head.size(0);
     TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.device() == hidden.device() &&
@@ -802,6 +831,10 @@ at::Tensor Model::logits(const at::Tensor& hidden, const at::Tensor& out) const 
                 hidden.device(), " (logits ", at::IntArrayRef(shape), "), got ", out.scalar_type(), " ", out.sizes(),
                 " on ", out.device());
     at::Tensor into = out.view(shape);
+    if (kernel) {
+        cuda::decode_linear_f32_out(into, hidden, w_.lm_head);
+        return into;
+    }
     // The GEMM writes fp32 in place where nothing casts; under autocast or with bf16 weights its result is copied in
     // (the copy is the cast .to(kFloat) would have run).
     if (hidden.scalar_type() == at::kFloat && w_.lm_head.scalar_type() == at::kFloat &&

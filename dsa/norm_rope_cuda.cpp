@@ -17,29 +17,6 @@
 #include "dsa/kernels/norm_rope.cuh"
 
 namespace dsrl::dsa::cuda {
-namespace {
-
-// The stride between rows when x's dims but the last `inner` flatten to rows of one stride; -1 when they do not.
-int64_t row_stride(const at::Tensor& x, int64_t inner) {
-    const int64_t outer = x.dim() - inner;
-    int64_t stride = -1;
-    int64_t expect = -1;
-    for (int64_t d = outer - 1; d >= 0; --d) {
-        if (x.size(d) == 1) continue;
-        if (stride < 0) {
-            stride = x.stride(d);
-            expect = stride * x.size(d);
-        } else if (x.stride(d) != expect) {
-            return -1;
-        } else {
-            expect *= x.size(d);
-        }
-    }
-    return stride < 0 ? 0 : stride;  // one row: any stride
-}
-
-}  // namespace
-
 bool norm_rope_kernels_fit(const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
     if (!x.defined() || !x.is_cuda() || !elem_kernel_takes(x.scalar_type()) || x.dim() < 1 || x.stride(-1) != 1)
         return false;
@@ -70,7 +47,7 @@ kernels::RmsNormParams norm_params(const at::Tensor& x, const at::Tensor& weight
                              elem_kernel_takes(weight.scalar_type()) && weight.device() == x.device()),
                 op, ": weight must be a contiguous [", dim, "] fp32/bf16/fp16 tensor on ", x.device(), ", got ",
                 weight.scalar_type(), " ", weight.sizes());
-    const int64_t stride = row_stride(x, 1);
+    const int64_t stride = flat_row_stride(x, 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
     const at::ScalarType out_type = identity ? x.scalar_type() : at::result_type(weight, x);
@@ -116,7 +93,7 @@ kernels::RopeParams rope_params(const at::Tensor& x,
                     " does not match x ", x.sizes());
     }
     const int64_t rows = x.numel() / std::max<int64_t>(dim * heads, 1);
-    const int64_t stride = row_stride(x, per_head ? 2 : 1);
+    const int64_t stride = flat_row_stride(x, per_head ? 2 : 1);
     TORCH_CHECK(stride >= 0, op, ": the leading dims of x ", x.sizes(), " (strides ", x.strides(),
                 ") do not flatten to rows of one stride");
     if (out != nullptr) *out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -148,7 +125,7 @@ kernels::RmsNormParams layer_norm_params(
     const int64_t dim = x.size(-1);
     kernels::RmsNormParams p{.x = x.data_ptr(),
                              .x_type = kernel_elem(x.scalar_type()),
-                             .x_row_stride = row_stride(x, 1),
+                             .x_row_stride = flat_row_stride(x, 1),
                              .w = weight.data_ptr(),
                              .w_type = kernel_elem(weight.scalar_type()),
                              .out = out != nullptr ? out->data_ptr() : nullptr,
@@ -229,7 +206,7 @@ kernels::RowProjParams row_proj_params(const at::Tensor& x, const at::Tensor& w,
     *out = at::empty(shape, x.options().dtype(at::kFloat));
     return {.x = x.data_ptr(),
             .x_type = kernel_elem(x.scalar_type()),
-            .x_row_stride = row_stride(x, 1),
+            .x_row_stride = flat_row_stride(x, 1),
             .w = w.data_ptr(),
             .w_type = kernel_elem(w.scalar_type()),
             .out = out->data_ptr<float>(),
@@ -270,7 +247,7 @@ bool add_rms_norm_takes(const at::Tensor& x, const at::Tensor& residual) {
     return x.defined() && residual.defined() && residual.sizes() == x.sizes() &&
            elem_kernel_takes(residual.scalar_type()) && at::result_type(x, residual) == x.scalar_type() &&
            residual.device() == x.device() && residual.dim() >= 1 && residual.stride(-1) == 1 &&
-           row_stride(residual, 1) >= 0 && x.dim() >= 1 && x.stride(-1) == 1 && row_stride(x, 1) >= 0;
+           flat_row_stride(residual, 1) >= 0 && x.dim() >= 1 && x.stride(-1) == 1 && flat_row_stride(x, 1) >= 0;
 }
 
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
@@ -286,12 +263,12 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
     return launch_add_rms_norm(x, weight, eps, [&](kernels::RmsNormParams& p) {
         p.residual = residual.data_ptr();
         p.residual_type = kernel_elem(residual.scalar_type());
-        p.residual_row_stride = row_stride(residual, 1);
+        p.residual_row_stride = flat_row_stride(residual, 1);
     });
 }
 
 bool add_rms_norm_takes(const at::Tensor& x, const PairRows& pairs) {
-    return x.defined() && x.dim() >= 1 && x.stride(-1) == 1 && row_stride(x, 1) >= 0 && pair_rows_fit(x, pairs) &&
+    return x.defined() && x.dim() >= 1 && x.stride(-1) == 1 && flat_row_stride(x, 1) >= 0 && pair_rows_fit(x, pairs) &&
            x.size(-1) <= kernels::kPairNormMaxDim && norm_rope_kernels_fit(x, {&pairs.out});
 }
 
@@ -324,7 +301,7 @@ std::vector<at::Tensor> ropes(const std::vector<RopeJob>& jobs) {
 }
 
 bool proj_fp32_fits(const at::Tensor& x, const at::Tensor& w) {
-    return norm_rope_kernels_fit(x, {&w}) && row_stride(x, 1) >= 0 && dsrl::kernels::row_dot_takes(x.size(-1)) &&
+    return norm_rope_kernels_fit(x, {&w}) && flat_row_stride(x, 1) >= 0 && dsrl::kernels::row_dot_takes(x.size(-1)) &&
            elem_kernel_takes(w.scalar_type()) && w.dim() == 2 && w.size(1) == x.size(-1) && w.is_contiguous() &&
            aligned16(w.data_ptr());
 }
@@ -378,8 +355,8 @@ NormedProjection add_norm_proj(const at::Tensor& x,
     const c10::cuda::CUDAGuard on_device(x.device());
     NormedProjection out;
     kernels::RowProjParams p = row_proj_params(x, w, scale, &out.proj);
-    AddNormOutputs n = add_norm_outputs(x, row_stride(x, 1), delta, delta.defined() ? row_stride(delta, 1) : 0,
-                                        norm_weight, eps, pairs);
+    AddNormOutputs n = add_norm_outputs(x, flat_row_stride(x, 1), delta,
+                                        delta.defined() ? flat_row_stride(delta, 1) : 0, norm_weight, eps, pairs);
     p.add_norm = n.params;
     out.sum = std::move(n.sum);
     out.normed = std::move(n.normed);
@@ -389,7 +366,7 @@ NormedProjection add_norm_proj(const at::Tensor& x,
 
 bool layer_norm_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
     if (!x.defined() || !weight.defined() || !bias.defined() || x.dim() < 1 || x.stride(-1) != 1 ||
-        row_stride(x, 1) < 0)
+        flat_row_stride(x, 1) < 0)
         return false;
     const int64_t dim = x.size(-1);
     return weight.dim() == 1 && weight.size(0) == dim && bias.sizes() == weight.sizes() && weight.is_contiguous() &&

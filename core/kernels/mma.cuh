@@ -34,6 +34,36 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+/// The cp.async ring of a K loop over `chunks` chunks in kStages shared-memory stages: kStages − 1 chunks staged ahead
+/// (stage(chunk, stage index), each chunk's copies one commit group); at chunk kc every thread waits for it, the block
+/// syncs (chunk kc − 1's stage is free again), stages chunk kc + kStages − 1 and runs compute(kc's stage index).
+/// Groups committed before the call (weights staged ahead of a PDL wait) have landed by the first compute. Nothing is
+/// left in flight at the end (the tail groups are empty). Every thread of the block calls it.
+template <int kStages, typename Stage, typename Compute>
+__device__ __forceinline__ void cp_async_pipeline(int chunks, const Stage& stage, const Compute& compute) {
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < chunks) stage(s, s);
+        cp_async_commit();
+    }
+    for (int kc = 0; kc < chunks; ++kc) {
+        cp_async_wait<kStages - 2>();
+        __syncthreads();
+        if (kc + kStages - 1 < chunks) stage(kc + kStages - 1, (kc + kStages - 1) % kStages);
+        cp_async_commit();
+        compute(kc % kStages);
+    }
+    cp_async_wait<0>();
+}
+
+/// A lane's ldmatrix address in a staged tile (rows of 8 swizzled 16-byte chunks, swz) at k16 step kk: of the A
+/// fragment (the 16 rows from row0) and of the B fragments of two n8 tiles (the 16 weight rows from row0).
+__device__ __forceinline__ uint32_t frag_a_addr(uint32_t tile, int row0, int kk, int lane) {
+    return tile + swz(row0 + (lane & 15), kk * 16 + (lane >> 4) * 8, 8);
+}
+__device__ __forceinline__ uint32_t frag_b_addr(uint32_t tile, int row0, int kk, int lane) {
+    return tile + swz(row0 + ((lane >> 4) << 3) + (lane & 7), kk * 16 + ((lane >> 3) & 1) * 8, 8);
+}
+
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

@@ -89,14 +89,19 @@ TEST(MoeKernelTest, RouterSelectsAsTheAtenRouter) {
                 ASSERT_LE(n_differ, 1 + tokens / 100);
                 const at::Tensor same = differs.logical_not().nonzero().reshape({-1});
                 const at::Tensor rows = differs.nonzero().reshape({-1});
+                // Where the logits came from the kernel's own dot products, a near tie of two groups' scores can
+                // also flip a whole group: then ATen's selection from the kernel's logits is the kernel's.
+                const at::Tensor own = select_experts(at::sigmoid(got.logits) + bias, opt);
                 for (int64_t i = 0; i < n_differ; ++i) {
                     const at::Tensor row = rows.narrow(0, i, 1);
                     const at::Tensor choice = (at::sigmoid(want.logits) + bias).index_select(0, row);
                     const double a = choice.gather(1, got.indices.index_select(0, row)).sum().item<double>();
                     const double b = choice.gather(1, want.indices.index_select(0, row)).sum().item<double>();
-                    EXPECT_NEAR(a, b, 1e-5)
+                    const bool group_tie =
+                        in.rows && at::equal(own.index_select(0, row), got.indices.index_select(0, row));
+                    EXPECT_TRUE(std::abs(a - b) <= 1e-5 || group_tie)
                         << "row " << row.item<int64_t>() << ": kernel " << got.indices.index_select(0, row).cpu()
-                        << " aten " << want.indices.index_select(0, row).cpu();
+                        << " aten " << want.indices.index_select(0, row).cpu() << ", chosen sums " << a << " / " << b;
                 }
                 // fp32 rounding: the kernel sums the normalizer (and the logits) in another order: a few ulps.
                 EXPECT_TRUE(
