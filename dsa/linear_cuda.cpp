@@ -42,19 +42,26 @@ bool common_fits(const at::Tensor& x, const at::Tensor& w) {
            at::autocast::get_autocast_dtype(at::kCUDA) == x.scalar_type();
 }
 
-void launch(const at::Tensor& y, int64_t y_stride, bool f32, const at::Tensor& x, const at::Tensor& w) {
-    const kernels::LinearParams p{.x = x.data_ptr(),
-                                  .x_row_stride = flat_row_stride(x, 1),
-                                  .w = w.data_ptr(),
-                                  .y = y.data_ptr(),
-                                  .y_row_stride = y_stride,
-                                  .type = kernel_elem(x.scalar_type()),
-                                  .y_f32 = f32,
-                                  .rows = x.numel() / x.size(-1),
-                                  .n = static_cast<int>(w.size(0)),
-                                  .k = static_cast<int>(w.size(1))};
+// The kernel on x's device and current stream.
+void run(const kernels::LinearParams& p, const at::Tensor& x) {
+    const c10::cuda::CUDAGuard on_device(x.device());
     C10_CUDA_CHECK(kernels::launch_linear(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                           c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+}
+
+// y = x · wᵀ into y's rows (n elements apart), fp32 when `f32`.
+void linear_into(const at::Tensor& y, bool f32, const at::Tensor& x, const at::Tensor& w) {
+    run({.x = x.data_ptr(),
+         .x_row_stride = flat_row_stride(x, 1),
+         .w = w.data_ptr(),
+         .y = y.data_ptr(),
+         .y_row_stride = w.size(0),
+         .type = kernel_elem(x.scalar_type()),
+         .y_f32 = f32,
+         .rows = x.numel() / x.size(-1),
+         .n = static_cast<int>(w.size(0)),
+         .k = static_cast<int>(w.size(1))},
+        x);
 }
 
 // Under autocast, an fp32 x with weights of the autocast type (a training job's rollout: fp32 residual stream, the
@@ -68,6 +75,11 @@ bool autocast_cast(const at::Tensor& x, const at::Tensor& w) {
 // x as the kernel reads it: cast to w's type under autocast_cast.
 at::Tensor operand_of(const at::Tensor& x, const at::Tensor& w) {
     return autocast_cast(x, w) ? x.to(w.scalar_type()) : x;
+}
+
+// A decode step's rows, and weights that every block of rows may read from L2.
+bool sizes_fit(int64_t rows, const at::Tensor& w) {
+    return rows <= kMaxRows && w.numel() * w.element_size() <= kMaxWeightBytes;
 }
 
 // common_fits for an fp32 x read as its autocast cast (a new contiguous tensor: its strides do not matter).
@@ -88,7 +100,7 @@ bool decode_linear_fits(const at::Tensor& x, const at::Tensor& w) {
         const int64_t stride = flat_row_stride(x, 1);
         if (stride < 0 || stride % 8 != 0) return false;
     }
-    return rows <= kMaxRows && w.numel() * w.element_size() <= kMaxWeightBytes;
+    return sizes_fit(rows, w);
 }
 
 bool decode_heads_fits(const at::Tensor& x, const at::Tensor& w) {
@@ -102,7 +114,7 @@ bool decode_heads_fits(const at::Tensor& x, const at::Tensor& w) {
         const int64_t stride = flat_row_stride(x, 2);
         if (stride < 0 || stride % 8 != 0 || x.stride(-2) % 8 != 0) return false;
     }
-    return rows <= kMaxRows && w.numel() * w.element_size() <= kMaxWeightBytes;
+    return sizes_fit(rows, w);
 }
 
 at::Tensor decode_heads(const at::Tensor& x0, const at::Tensor& w) {
@@ -112,58 +124,61 @@ at::Tensor decode_heads(const at::Tensor& x0, const at::Tensor& w) {
                 "decode_heads (cuda): x [..., H, k] and w [H, n, k] do not fit the kernel "
                 "(decode_heads_fits); got x ",
                 x.scalar_type(), " ", x.sizes(), ", w ", w.scalar_type(), " ", w.sizes());
-    const c10::cuda::CUDAGuard on_device(x.device());
     const int64_t H = w.size(0), n = w.size(1), k = w.size(2);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = n;
     at::Tensor y = at::empty(shape, x.options());
-    const kernels::LinearParams p{.x = x.data_ptr(),
-                                  .x_row_stride = flat_row_stride(x, 2),
-                                  .w = w.data_ptr(),
-                                  .y = y.data_ptr(),
-                                  .y_row_stride = H * n,
-                                  .type = kernel_elem(x.scalar_type()),
-                                  .y_f32 = false,
-                                  .rows = x.numel() / (H * k),
-                                  .n = static_cast<int>(n),
-                                  .k = static_cast<int>(k),
-                                  .batches = static_cast<int>(H),
-                                  .x_batch_stride = x.stride(-2),
-                                  .w_batch_stride = w.stride(0),
-                                  .y_batch_stride = n,
-                                  .w_row_stride = w.stride(1)};
-    C10_CUDA_CHECK(kernels::launch_linear(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                          c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
+    run({.x = x.data_ptr(),
+         .x_row_stride = flat_row_stride(x, 2),
+         .w = w.data_ptr(),
+         .y = y.data_ptr(),
+         .y_row_stride = H * n,
+         .type = kernel_elem(x.scalar_type()),
+         .y_f32 = false,
+         .rows = x.numel() / (H * k),
+         .n = static_cast<int>(n),
+         .k = static_cast<int>(k),
+         .batches = static_cast<int>(H),
+         .x_batch_stride = x.stride(-2),
+         .w_batch_stride = w.stride(0),
+         .y_batch_stride = n,
+         .w_row_stride = w.stride(1)},
+        x);
     return y;
 }
 
-at::Tensor decode_linear(const at::Tensor& x0, const at::Tensor& w, bool f32) {
-    RECORD_FUNCTION("dsrl::decode_linear", std::vector<c10::IValue>());  // names the kernel in profiles
+namespace {
+
+// x as the kernel reads it (cast under autocast), checked against decode_linear_fits.
+at::Tensor linear_operand(const at::Tensor& x0, const at::Tensor& w) {
     const at::Tensor x = operand_of(x0, w);
     TORCH_CHECK(decode_linear_fits(x, w),
-                "decode_linear (cuda): x [..., k] and w [n, k] must be CUDA bf16/fp16 of one "
-                "type, w contiguous, x's rows of one stride, k a multiple of 64 and n of 32, aligned, without "
-                "autograd; got x ",
+                "decode_linear (cuda): x [..., k] and w [n, k] must be CUDA bf16/fp16 of one type, w contiguous, x's "
+                "rows of one stride, k a multiple of 64 and n of 32, aligned, without autograd; got x ",
                 x.scalar_type(), " ", x.sizes(), ", w ", w.scalar_type(), " ", w.sizes());
-    const c10::cuda::CUDAGuard on_device(x.device());
+    return x;
+}
+
+}  // namespace
+
+at::Tensor decode_linear(const at::Tensor& x0, const at::Tensor& w, bool f32) {
+    RECORD_FUNCTION("dsrl::decode_linear", std::vector<c10::IValue>());  // names the kernel in profiles
+    const at::Tensor x = linear_operand(x0, w);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = w.size(0);
     at::Tensor y = at::empty(shape, x.options().dtype(f32 ? at::kFloat : x.scalar_type()));
-    launch(y, w.size(0), f32, x, w);
+    linear_into(y, f32, x, w);
     return y;
 }
 
 void decode_linear_f32_out(const at::Tensor& out, const at::Tensor& x0, const at::Tensor& w) {
     RECORD_FUNCTION("dsrl::decode_linear", std::vector<c10::IValue>());
-    const at::Tensor x = operand_of(x0, w);
-    TORCH_CHECK(decode_linear_fits(x, w), "decode_linear (cuda): x ", x.scalar_type(), " ", x.sizes(), " and w ",
-                w.scalar_type(), " ", w.sizes(), " do not fit the kernel (decode_linear_fits)");
+    const at::Tensor x = linear_operand(x0, w);
     TORCH_CHECK(out.defined() && out.scalar_type() == at::kFloat && out.is_contiguous() && out.device() == x.device() &&
                     out.numel() == x.numel() / x.size(-1) * w.size(0),
                 "decode_linear (cuda): out must be contiguous fp32 with ", x.numel() / x.size(-1) * w.size(0),
                 " elements on ", x.device());
-    const c10::cuda::CUDAGuard on_device(x.device());
-    launch(out, w.size(0), true, x, w);
+    linear_into(out, true, x, w);
 }
 
 }  // namespace dsrl::dsa::cuda

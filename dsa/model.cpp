@@ -195,9 +195,9 @@ std::vector<at::Tensor> rope_jobs(const std::vector<cuda::RopeJob>& jobs, const 
 // matmul reads x and w through their strides and writes a contiguous result: einsum's permuted operand and result cost
 // two copies (kernels) per product, four per layer and decode step. Elsewhere the einsum, the oracle.
 at::Tensor per_head(const at::Tensor& x, const at::Tensor& w, bool transposed, const ModelConfig& c) {
-    const at::Tensor wt = transposed ? w.transpose(1, 2) : w;  // [H, D_in, D_out]
     if (!fused(c, x, {&w})) return at::einsum(transposed ? "blhc,hvc->blhv" : "blhn,hnc->blhc", {x, w});
     if (transposed && cuda::decode_heads_fits(x, w)) return cuda::decode_heads(x, w);  // a decode step's W_UV
+    const at::Tensor wt = transposed ? w.transpose(1, 2) : w;                          // [H, D_in, D_out]
     const int64_t B = x.size(0), L = x.size(1), H = x.size(2);
     const at::Tensor rows = x.reshape({B * L, H, x.size(3)});  // a view: x's leading dims are dense
     at::Tensor out = at::empty({B * L, H, wt.size(2)}, x.options());
