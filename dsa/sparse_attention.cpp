@@ -62,6 +62,7 @@ bool sparse_mla_simt_uses_tensor_cores(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
     return false;
 }
+void set_sparse_mla_mma_stages(int64_t) {}
 AttentionOutput sparse_mla_simt(const at::Tensor&,
                                 const at::Tensor&,
                                 const at::Tensor&,

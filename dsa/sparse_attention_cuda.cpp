@@ -16,11 +16,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "core/env.h"
 #include "core/kernel_elem.h"
 #include "dsa/kernels/sparse_mla.cuh"
 #include "dsa/kernels/sparse_mla_mma.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
+#include <atomic>
 #include <limits>
 
 namespace dsrl::dsa::cuda {
@@ -285,7 +287,29 @@ kernels::SparseMlaMmaPlan mma_plan(const kernels::SparseMlaSimtParams& p, c10::D
     return kernels::sparse_mla_mma_plan(p.num_queries, p.heads, p.latent, p.rope, p.topk, num_sms(device), optin);
 }
 
+// The sub-tiles asked for (0: the plan's): DSRL_ATTN_STAGES (core/env.cpp) until set_sparse_mla_mma_stages.
+std::atomic<int64_t>& stages_asked() {
+    static std::atomic<int64_t> asked{[] {
+        const std::string v = env::get_choice("DSRL_ATTN_STAGES", {"", "1", "2", "4"});
+        return v.empty() ? int64_t{0} : int64_t{v[0] - '0'};
+    }()};
+    return asked;
+}
+
+int64_t mma_stages(const kernels::SparseMlaMmaPlan& plan) {
+    int64_t stages = stages_asked().load();
+    if (stages == 0) return plan.stages;
+    while (stages > 1 && plan.tile / stages < 16) stages /= 2;
+    return stages;
+}
+
 }  // namespace
+
+void set_sparse_mla_mma_stages(int64_t stages) {
+    TORCH_CHECK(stages == 0 || stages == 1 || stages == 2 || stages == 4,
+                "set_sparse_mla_mma_stages: stages must be 0 (the plan's), 1, 2 or 4, got ", stages);
+    stages_asked().store(stages);
+}
 
 bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
                                        const at::Tensor& q_pe,
@@ -355,7 +379,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
         p.part_ml = p.part_out + B * T * splits * H * C;
     }
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-    C10_CUDA_CHECK(plan.tile > 0 ? kernels::launch_sparse_mla_mma(p, plan.tile, stream)
+    C10_CUDA_CHECK(plan.tile > 0 ? kernels::launch_sparse_mla_mma(p, plan.tile, mma_stages(plan), stream)
                                  : kernels::launch_sparse_mla_simt(p, stream));
     return {out, lse};
 }

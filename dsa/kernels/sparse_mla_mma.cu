@@ -57,8 +57,20 @@ __device__ __forceinline__ float warp_add(float v) {
     return v;
 }
 
+// Waits until at most `n` (0, 1 or 3: stages − 1) of this thread's committed cp.async groups are in flight.
+__device__ __forceinline__ void cp_async_wait_pending(int n) {
+    if (n >= 3) {
+        cp_async_wait<3>();
+    } else if (n == 1) {
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const SparseMlaSimtParams p, const int tile) {
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    sparse_mla_mma_kernel(const SparseMlaSimtParams p, const int tile, const int stages) {
     dsrl::kernels::pdl_enter();
     extern __shared__ __align__(128) uint8_t smem[];
     const MmaLayout L = mma_layout(p.heads, p.latent, p.rope, tile);
@@ -72,7 +84,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
     const uint32_t k_tile = smem_addr(smem), q_tile = smem_addr(smem + L.off_q), p_tile = smem_addr(smem + L.off_p);
     float* s_buf = reinterpret_cast<float*>(smem + L.off_s);
     T* p_buf = reinterpret_cast<T*>(smem + L.off_p);
-    int64_t* slot = reinterpret_cast<int64_t*>(smem + L.off_slot);
+    int* slot = reinterpret_cast<int*>(smem + L.off_slot);  // a sub-tile row's cache row, −1: none
     float* run_max = reinterpret_cast<float*>(smem + L.off_stats);
     float* run_sum = run_max + rows;
     float* rescale = run_sum + rows;
@@ -83,15 +95,16 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
     const auto at = [es](int row, int col) { return static_cast<uint32_t>((row * es + col) * 2); };
     const int p_stride = static_cast<int>(L.p_stride), s_stride = static_cast<int>(L.s_stride);
 
-    // Q rows [q̃ | q_pe], zero past the last head and past E (with p.q_cos, q_pe rotated in place once the first tile
-    // has arrived: the loads stay asynchronous).
-    for (int i = tid; i < rows * chunks; i += kMmaThreads) {
-        const int r = i / chunks, c = (i % chunks) * 8;
-        const bool ok = r < H && c < E;
-        const T* src = !ok     ? q_lat
-                       : c < C ? q_lat + n * p.q_lat_stride + r * C + c
-                               : q_pe + n * p.q_pe_stride + r * R + (c - C);
-        cp_async16(q_tile + at(r, c), src, ok);
+    // Q rows [q̃ | q_pe], a warp per row and a lane per 16-byte chunk, zero past the last head and past E (with
+    // p.q_cos, q_pe rotated in place once the first sub-tile has arrived: the loads stay asynchronous).
+    for (int r = warp; r < rows; r += kMmaWarps) {
+        for (int c = 8 * lane; c < 8 * chunks; c += 8 * 32) {
+            const bool ok = r < H && c < E;
+            const T* src = !ok     ? q_lat
+                           : c < C ? q_lat + n * p.q_lat_stride + r * C + c
+                                   : q_pe + n * p.q_pe_stride + r * R + (c - C);
+            cp_async16(q_tile + at(r, c), src, ok);
+        }
     }
     cp_async_commit();
     for (int r = tid; r < rows; r += kMmaThreads) {
@@ -99,10 +112,44 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
         run_sum[r] = 0.f;
     }
 
+    // The split's entries in sub-tiles of `sub`, a ring of `stages` of them in the tile's shared rows: every sub-tile
+    // of the ring in flight at the start, each refilled as soon as it has been consumed, so that a sub-tile's math
+    // runs while the next ones land. Sub-tiles wholly past the last entry are skipped.
+    const int sub = tile / stages;
     const int64_t tiles = (p.topk + tile - 1) / tile;
     const int64_t per_split = (tiles + p.splits - 1) / p.splits;
     const int64_t t0 = split * per_split, t1 = t0 + per_split < tiles ? t0 + per_split : tiles;
-    const int e_pairs = tile / 16;  // 16-entry column pairs of S per m tile
+    const int64_t g0 = t0 * stages, g_end = (p.topk + sub - 1) / sub;
+    const int64_t g1 = t1 * stages < g_end ? t1 * stages : g_end;
+    const int rows_per_warp = sub / kMmaWarps;  // sub is a multiple of 16 (<= 128): 2 to 16 rows a warp
+    // Sub-tile g's rows into ring position g mod stages: warp w takes rows w, w + 8, ...; its lanes first load those
+    // rows' entries (one round trip), then each row's latent and rope chunks, a lane per 16-byte chunk (and the zero
+    // chunk past E where E is not a multiple of 16). Always one commit group (empty past g1).
+    const bool pad = E % 16 != 0;
+    const auto stage = [&](int64_t g) {
+        if (g < g1) {
+            const int ring = static_cast<int>(g & (stages - 1)) * sub;
+            int mine = -1;
+            if (lane < rows_per_warp) {
+                const int64_t e = g * sub + warp + kMmaWarps * lane;
+                const int64_t s = e < p.topk ? p.indices[n * p.topk + e] : -1;
+                mine = s >= 0 && s < p.keys ? static_cast<int>(s) : -1;
+                slot[ring + warp + kMmaWarps * lane] = mine;
+            }
+            for (int i = 0; i < rows_per_warp; ++i) {
+                const int s = __shfl_sync(0xffffffffu, mine, i);
+                const bool ok = s >= 0;
+                const uint32_t row = k_tile + at(ring + warp + kMmaWarps * i, 0);
+                const T* kv = c_kv + static_cast<int64_t>(ok ? s : 0) * p.kv_row_stride;
+                const T* pe = k_pe + static_cast<int64_t>(ok ? s : 0) * p.pe_row_stride;
+                for (int c = 8 * lane; c < C; c += 8 * 32) cp_async16(row + 2 * c, kv + c, ok);
+                for (int c = 8 * lane; c < R; c += 8 * 32) cp_async16(row + 2 * (C + c), pe + c, ok);
+                if (pad && lane == 0) cp_async16(row + 2 * E, c_kv, false);
+            }
+        }
+        cp_async_commit();
+    };
+    const int e_pairs = sub / 16;  // 16-entry column pairs of S per m tile
     const int s_units = m_tiles * e_pairs, c_groups = C / 16, o_units = m_tiles * c_groups;
     float acc[kMmaMaxUnits][8];  // unit i = warp + i · kMmaWarps: two m16n8 accumulators (channels c0, c0 + 8)
 #pragma unroll
@@ -111,25 +158,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
         for (int e = 0; e < 8; ++e) acc[i][e] = 0.f;
     }
 
-    for (int64_t t = t0; t < t1; ++t) {
-        const int64_t j0 = t * tile;
-        __syncthreads();  // the previous tile's rows, slots and P are consumed
-        for (int j = tid; j < tile; j += kMmaThreads) {
-            const int64_t s = j0 + j < p.topk ? p.indices[n * p.topk + j0 + j] : -1;
-            slot[j] = s >= 0 && s < p.keys ? s : -1;
-        }
+    for (int64_t g = g0; g < g0 + stages; ++g) stage(g);
+    for (int64_t g = g0; g < g1; ++g) {
+        const int ring = static_cast<int>(g & (stages - 1)) * sub;
+        cp_async_wait_pending(stages - 1);  // sub-tile g (and Q, older) landed
         __syncthreads();
-        for (int i = tid; i < tile * chunks; i += kMmaThreads) {
-            const int j = i / chunks, c = (i % chunks) * 8;
-            const int64_t s = slot[j];
-            const bool ok = s >= 0 && c < E;
-            const T* src = !ok ? c_kv : c < C ? c_kv + s * p.kv_row_stride + c : k_pe + s * p.pe_row_stride + (c - C);
-            cp_async16(k_tile + at(j, c), src, ok);
-        }
-        cp_async_commit();
-        cp_async_wait_all();
-        __syncthreads();
-        if (t == t0 && p.q_cos != nullptr) {  // the query's RoPE: interleaved pairs of q_pe, a thread per pair
+        if (g == g0 && p.q_cos != nullptr) {  // the query's RoPE: interleaved pairs of q_pe, a thread per pair
             T* q_rows = reinterpret_cast<T*>(smem + L.off_q);
             for (int i = tid; i < H * (R / 2); i += kMmaThreads) {
                 const int r = i / (R / 2), j = i - r * (R / 2);
@@ -147,7 +181,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
             const int mt = u / e_pairs, e0 = (u % e_pairs) * 16;
             float sc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
             const int a_row = mt * 16 + (lane & 15), a_col = (lane >> 4) << 3;
-            const int b_row = e0 + (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) << 3;
+            const int b_row = ring + e0 + (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) << 3;
             for (int kk = 0; kk < es - 8; kk += 16) {
                 uint32_t a[4], bf[4];
                 ldsm_x4(a, q_tile + at(a_row, kk + a_col));
@@ -159,7 +193,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
                 const int row = r0 + 8 * ((e >> 1) & 1), j = e0 + 8 * (e >> 2) + 2 * (lane & 3) + (e & 1);
-                s_buf[row * s_stride + j] = slot[j] >= 0 ? sc[e] * p.scale : -INFINITY;
+                s_buf[row * s_stride + j] = slot[ring + j] >= 0 ? sc[e] * p.scale : -INFINITY;
             }
         }
         __syncthreads();
@@ -169,12 +203,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
             const float* sr = s_buf + r * s_stride;
             T* pr = p_buf + r * p_stride;
             float mx = -INFINITY;
-            for (int j = lane; j < tile; j += 32) mx = fmaxf(mx, sr[j]);
+            for (int j = lane; j < sub; j += 32) mx = fmaxf(mx, sr[j]);
             mx = warp_max(mx);
             const float m_old = run_max[r], m = fmaxf(m_old, mx);
             const float m_use = m == -INFINITY ? 0.f : m;  // nothing valid yet: every exp below is 0
             float sum = 0.f;
-            for (int j = lane; j < tile; j += 32) {
+            for (int j = lane; j < sub; j += 32) {
                 const float e = r < H ? expf(sr[j] - m_use) : 0.f;
                 sum += e;
                 pr[j] = to_operand<T>(e);
@@ -190,7 +224,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
         }
         __syncthreads();
 
-        // O_lat += P · V, V the tile's latent channels read transposed: a warp per (m tile, 16 channels).
+        // O_lat += P · V, V the sub-tile's latent channels read transposed: a warp per (m tile, 16 channels).
 #pragma unroll
         for (int i = 0; i < kMmaMaxUnits; ++i) {
             const int u = warp + i * kMmaWarps;
@@ -202,15 +236,17 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
                 for (int e = 0; e < 8; ++e) acc[i][e] *= (e & 2) ? f1 : f0;
                 const int a_row = mt * 16 + (lane & 15), a_col = (lane >> 4) << 3;
                 const int v_col = c0 + ((lane >> 4) << 3);
-                for (int kk = 0; kk < tile; kk += 16) {
+                for (int kk = 0; kk < sub; kk += 16) {
                     uint32_t a[4], bf[4];
                     ldsm_x4(a, p_tile + static_cast<uint32_t>((a_row * p_stride + kk + a_col) * 2));
-                    ldsm_x4_t(bf, k_tile + at(kk + (lane & 7) + (((lane >> 3) & 1) << 3), v_col));
+                    ldsm_x4_t(bf, k_tile + at(ring + kk + (lane & 7) + (((lane >> 3) & 1) << 3), v_col));
                     mma_tile<T>(acc[i], a, bf[0], bf[1]);
                     mma_tile<T>(acc[i] + 4, a, bf[2], bf[3]);
                 }
             }
         }
+        __syncthreads();  // the ring position, S and P are consumed: refill it
+        stage(g + stages);
     }
     cp_async_wait_all();  // a block without tiles still has Q's copies in flight
     __syncthreads();
@@ -229,14 +265,17 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
             if (h >= H) continue;
             const float l = run_sum[h];
             const float inv = partial ? 1.f : (l > 0.f ? 1.f / l : 0.f);
+            // Two adjacent channels a store: a float2 of partials, or a pair of the operand type (out is q's type).
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = c0 + 8 * (e >> 1) + 2 * (lane & 3) + (e & 1);
-                const float v = acc[i][4 * (e >> 1) + 2 * half + (e & 1)] * inv;
+            for (int e2 = 0; e2 < 2; ++e2) {
+                const int c = c0 + 8 * e2 + 2 * (lane & 3);
+                const float v0 = acc[i][4 * e2 + 2 * half] * inv, v1 = acc[i][4 * e2 + 2 * half + 1] * inv;
                 if (partial) {
-                    p.part_out[(part * H + h) * C + c] = v;
+                    *reinterpret_cast<float2*>(p.part_out + (part * H + h) * C + c) = make_float2(v0, v1);
                 } else {
-                    store_elem(p.out, p.out_type, (n * H + h) * C + c, v);
+                    const T pair[2] = {to_operand<T>(v0), to_operand<T>(v1)};
+                    *reinterpret_cast<uint32_t*>(static_cast<T*>(p.out) + (n * H + h) * C + c) =
+                        *reinterpret_cast<const uint32_t*>(pair);
                 }
             }
         }
@@ -255,7 +294,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) sparse_mla_mma_kernel(const Sp
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename T>
-cudaError_t launch_typed(const SparseMlaSimtParams& p, int64_t tile, int64_t bytes, cudaStream_t stream) {
+cudaError_t launch_typed(
+    const SparseMlaSimtParams& p, int64_t tile, int64_t stages, int64_t bytes, cudaStream_t stream) {
     // Raised once per larger size, on an eager call before any graph capture (as the SIMT kernel).
     static std::atomic<int64_t> raised{48 * 1024};
     if (bytes > raised.load()) {
@@ -266,7 +306,7 @@ cudaError_t launch_typed(const SparseMlaSimtParams& p, int64_t tile, int64_t byt
     }
     const dim3 grid(static_cast<unsigned>(p.num_queries), static_cast<unsigned>(p.splits));
     return dsrl::kernels::launch(sparse_mla_mma_kernel<T>, grid, kMmaThreads, static_cast<size_t>(bytes), stream, p,
-                                 static_cast<int>(tile));
+                                 static_cast<int>(tile), static_cast<int>(stages));
 }
 
 }  // namespace
@@ -276,6 +316,7 @@ bool sparse_mla_mma_takes(const SparseMlaSimtParams& p) {
     if (p.heads < 1 || p.heads > kMmaMaxHeads || p.latent < 16 || p.latent % 16 != 0 || p.rope < 0 || p.rope % 8 != 0)
         return false;
     if ((p.heads + 15) / 16 * (p.latent / 16) > int64_t{kMmaMaxUnits} * kMmaWarps) return false;
+    if (p.keys > 0x7fffffff) return false;  // a cache row as a 32-bit slot
     for (const void* ptr : {p.q_lat, p.q_pe, p.c_kv, p.k_pe})
         if (!aligned16(ptr)) return false;
     for (const int64_t stride :
@@ -302,18 +343,21 @@ SparseMlaMmaPlan sparse_mla_mma_plan(
     const int64_t want = (4 * static_cast<int64_t>(std::max(sms, 1)) + queries - 1) / queries;
     const int64_t splits = std::clamp<int64_t>(want, 1, tiles);
     const int64_t per_split = (tiles + splits - 1) / splits;
-    return {tile, (tiles + per_split - 1) / per_split};  // no split without a tile
+    // The tile staged whole: two or four sub-tiles (the first one's math under the others' copies) measured slower at
+    // single_gpu.yaml's decode (docs/kernel_notes.md, session 29); DSRL_ATTN_STAGES asks for them.
+    return {tile, (tiles + per_split - 1) / per_split, 1};  // no split without a tile
 }
 
-cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, cudaStream_t stream) {
+cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, int64_t stages, cudaStream_t stream) {
     if (p.num_queries == 0 || p.heads == 0) return cudaSuccess;
     if (!sparse_mla_mma_takes(p) || (tile != 16 && tile != 32 && tile != 64 && tile != 128) ||
-        p.num_queries > 0x7fffffff || p.splits < 1 || p.splits > 65535 ||
-        (p.splits > 1 && (p.part_out == nullptr || p.part_ml == nullptr)))
-        return cudaErrorInvalidValue;
+        (stages != 1 && stages != 2 && stages != 4) || tile / stages < 16 || p.num_queries > 0x7fffffff ||
+        p.splits < 1 || p.splits > 65535 || (p.splits > 1 && (p.part_out == nullptr || p.part_ml == nullptr)) ||
+        reinterpret_cast<uintptr_t>(p.out) % 4 != 0 || reinterpret_cast<uintptr_t>(p.part_out) % 8 != 0)
+        return cudaErrorInvalidValue;  // (out and the partials are stored two channels at a time)
     const int64_t bytes = sparse_mla_mma_smem(p.heads, p.latent, p.rope, tile);
-    const cudaError_t e = p.q_type == Elem::kF16 ? launch_typed<__half>(p, tile, bytes, stream)
-                                                 : launch_typed<__nv_bfloat16>(p, tile, bytes, stream);
+    const cudaError_t e = p.q_type == Elem::kF16 ? launch_typed<__half>(p, tile, stages, bytes, stream)
+                                                 : launch_typed<__nv_bfloat16>(p, tile, stages, bytes, stream);
     if (e != cudaSuccess || p.splits == 1) return e;
     return launch_sparse_mla_merge(p, stream);
 }

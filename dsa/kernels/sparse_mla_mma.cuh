@@ -3,9 +3,10 @@
 // multiple of 16, rope R a multiple of 8, rows 16-byte aligned. Same parameters and contract as the SIMT kernel
 // (sparse_mla_simt.cuh), which stays the path for fp32 operands and the shapes this one refuses.
 //
-// A block takes one query and one split of its K selected entries, `tile` entries at a time: the tile's rows are
-// copied from the cache into shared memory by cp.async (all of them in flight at once, invalid rows zero-filled), the
-// scores S = Q · Kᵀ of the H heads (padded to 16-row m tiles) and the tile's entries are one mma chain per warp, an
+// A block takes one query and one split of its K selected entries, `tile` entries of shared rows at a time, staged in
+// sub-tiles: the rows are copied from the cache into shared memory by cp.async (every sub-tile of the tile in flight at
+// once, a warp's lanes loading its rows' entries in one round trip, invalid rows zero-filled), each sub-tile's
+// scores S = Q · Kᵀ of the H heads (padded to 16-row m tiles) and its entries are one mma chain per warp, an
 // online softmax per head (fp32) writes P in the operand type, and O_lat += P · V with V the same shared rows read
 // transposed. Rows are padded to an odd number of 16-byte chunks, so the ldmatrix reads are free of bank conflicts
 // without a swizzle. Splits write unnormalized partials that the SIMT kernel's merge combines in split order.
@@ -27,10 +28,13 @@ constexpr int kMmaThreads = 256;
 constexpr int kMmaMaxHeads = 64;  // four 16-row m tiles
 constexpr int kMmaMaxUnits = 4;   // o_lat accumulators per warp, each a 16-row × 16-channel tile
 
-/// Entries per shared-memory tile (16, 32, 64 or 128; 0 = the kernel does not take the shape) and splits per query.
+/// Entries per shared-memory tile (16, 32, 64 or 128; 0 = the kernel does not take the shape), splits per query, and
+/// the sub-tiles a tile is staged in (1, 2 or 4, each of at least 16 entries): a ring whose sub-tiles are all copied
+/// at once, the first one's math running while the others land, each refilled once consumed.
 struct SparseMlaMmaPlan {
     int64_t tile = 0;
     int64_t splits = 1;
+    int64_t stages = 1;
 };
 
 /// Whether the kernel takes p's types, shape and alignment (p.splits and the workspaces aside).
@@ -45,8 +49,8 @@ int64_t sparse_mla_mma_smem(int64_t heads, int64_t latent, int64_t rope, int64_t
 SparseMlaMmaPlan sparse_mla_mma_plan(
     int64_t num_queries, int64_t heads, int64_t latent, int64_t rope, int64_t topk, int sms, int64_t smem_limit);
 
-/// Launches num_queries × p.splits blocks of `tile` entries on `stream` (and the merge when p.splits > 1; workspaces
-/// as for the SIMT kernel); raises the block's shared-memory limit first when needed.
-cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, cudaStream_t stream);
+/// Launches num_queries × p.splits blocks of `tile` entries in `stages` sub-tiles on `stream` (and the merge when
+/// p.splits > 1; workspaces as for the SIMT kernel); raises the block's shared-memory limit first when needed.
+cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, int64_t stages, cudaStream_t stream);
 
 }  // namespace dsrl::kernels

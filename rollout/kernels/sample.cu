@@ -25,7 +25,7 @@ __host__ __device__ __forceinline__ int pow2_at_least(int v) {
 
 int64_t sample_smem(int64_t vocab) {
     const int64_t n = pow2_at_least(static_cast<int>(vocab));
-    return 8 * vocab + 4 * vocab + 4 * n + 4 * n + vocab;
+    return 8 * vocab + 8 * n + 4 * vocab + vocab;
 }
 
 // Block-wide reduction by `op` (associative, `init` its identity) through `scratch` (kThreads / 32 entries); every
@@ -75,49 +75,51 @@ __device__ void block_scan(double* x, int n, double* scratch) {
     __syncthreads();
 }
 
-// "b before a" in the sort's order: larger log-prob, or equal and lower id (NaN ranks last).
-__device__ __forceinline__ bool b_first(float ka, int ia, float kb, int ib) {
-    return (kb > ka) || (kb == ka && ib < ia) || (isnan(ka) && !isnan(kb));
+// The sort's order as one unsigned 64-bit key, ascending: the log-prob descending in the high half (−0 as +0, NaN
+// after −inf), the id in the low half (ties to the lower id); the padding past V is the largest key. One compare and
+// one 64-bit shuffle per exchange instead of the float / id pair's.
+__device__ __forceinline__ uint64_t sort_key(float logp, int id) {
+    uint32_t code = 0xffffffffu;
+    if (!isnan(logp)) {
+        const uint32_t bits = __float_as_uint(logp == 0.f ? 0.f : logp);
+        code = (bits & 0x80000000u) ? bits : ~(bits | 0x80000000u);  // ~(ascending code)
+    }
+    return (static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(id);
 }
+constexpr uint64_t kPadKey = ~uint64_t{0};
+__device__ __forceinline__ float key_logp(uint64_t key) {
+    const uint32_t asc = ~static_cast<uint32_t>(key >> 32);
+    return __uint_as_float((asc & 0x80000000u) ? (asc & 0x7fffffffu) : ~asc);
+}
+__device__ __forceinline__ int key_id(uint64_t key) { return static_cast<int>(static_cast<uint32_t>(key)); }
 
 // A bitonic size's stages of stride `stride` down to 1 (stride < 32) with one element a thread (n <= kThreads):
 // element t and its partner t ^ s meet by shuffles instead of shared memory and a barrier per stage — the same
-// compare-exchanges, so the same order. Ends with the block synced.
-__device__ void warp_stages(float* key, int* id, int n, int size, int stride) {
+// compare-exchanges, so the same order. Every thread takes part (those past n hold padding and store nothing). Ends
+// with the block synced.
+__device__ __forceinline__ void warp_stages(uint64_t* keys, int n, int size, int stride) {
     const int t = threadIdx.x;
-    if (t < ((n + 31) & ~31)) {  // the warps holding elements (lanes past n hold padding that stays there)
-        float k = t < n ? key[t] : -INFINITY;
-        int i = t < n ? id[t] : INT_MAX;
-        const bool descending = (t & size) == 0;
-        for (int s = stride; s > 0; s /= 2) {
-            const float ko = __shfl_xor_sync(0xffffffffu, k, s);
-            const int io = __shfl_xor_sync(0xffffffffu, i, s);
-            const bool lo = (t & s) == 0;
-            const bool swap = lo ? b_first(k, i, ko, io) : b_first(ko, io, k, i);
-            if (swap == descending) {  // lo takes b, hi takes a: each the partner's
-                k = ko;
-                i = io;
-            }
-        }
-        if (t < n) {
-            key[t] = k;
-            id[t] = i;
-        }
+    uint64_t k = t < n ? keys[t] : kPadKey;
+    const bool descending = (t & size) == 0;
+    for (int s = stride; s > 0; s /= 2) {
+        const uint64_t o = __shfl_xor_sync(0xffffffffu, k, s);
+        const bool lo = (t & s) == 0;
+        if ((lo ? o < k : k < o) == descending) k = o;  // lo takes the one before, hi the other: each the partner's
     }
+    if (t < n) keys[t] = k;
     __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
+__global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleParams p) {
     dsrl::kernels::pdl_enter();
-    // Dynamic shared memory (sample_smem): fp64 scans [V], logits / T then the processed log-probs [V], the sort's
-    // log-probs and ids [n = V rounded up to a power of two], the kept flags in rank order [V].
+    // Dynamic shared memory (sample_smem): fp64 scans [V], the sort's keys (sort_key) [n = V rounded up to a power of
+    // two], logits / T then the processed log-probs [V], the kept flags in rank order [V].
     extern __shared__ double smem[];
     const int V = static_cast<int>(p.vocab), n = pow2_at_least(V);
     double* mass = smem;
-    float* scaled = reinterpret_cast<float*>(mass + V);
-    float* key = scaled + V;
-    int* id = reinterpret_cast<int*>(key + n);
-    unsigned char* keep = reinterpret_cast<unsigned char*>(id + n);
+    uint64_t* keys = reinterpret_cast<uint64_t*>(mass + V);
+    float* scaled = reinterpret_cast<float*>(keys + n);
+    unsigned char* keep = reinterpret_cast<unsigned char*>(scaled + V);
     __shared__ float fscratch[kThreads / 32];
     __shared__ int iscratch[kThreads / 32];
     __shared__ double dscratch[kThreads / 32];
@@ -150,51 +152,45 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
         const float log_sum = logf(block_reduce(sum, fscratch, 0.f, Sum()));
         if (p.truncate) {
             // Sort (log-prob, id) descending by log-prob, ties to the lower id; padding sorts last.
-            for (int i = t; i < n; i += kThreads) {
-                key[i] = i < V ? (scaled[i] - m) - log_sum : -INFINITY;
-                id[i] = i < V ? i : INT_MAX;
-            }
+            for (int i = t; i < n; i += kThreads) keys[i] = i < V ? sort_key((scaled[i] - m) - log_sum, i) : kPadKey;
             __syncthreads();
             for (int size = 2; size <= n; size *= 2) {
                 for (int stride = size / 2; stride > 0; stride /= 2) {
                     if (p.warp_stages && n <= kThreads && stride < 32) {  // the rest of this size by shuffles
-                        warp_stages(key, id, n, size, stride);
+                        warp_stages(keys, n, size, stride);
                         break;
                     }
                     for (int i = t; i < n / 2; i += kThreads) {
                         const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
                         const bool descending = (lo & size) == 0;
-                        // "a before b": larger log-prob, or equal and lower id (NaN ranks last).
-                        const float ka = key[lo], kb = key[hi];
-                        const int ia = id[lo], ib = id[hi];
-                        if (b_first(ka, ia, kb, ib) == descending) {
-                            key[lo] = kb;
-                            key[hi] = ka;
-                            id[lo] = ib;
-                            id[hi] = ia;
+                        const uint64_t a = keys[lo], b = keys[hi];
+                        if ((b < a) == descending) {  // b goes first
+                            keys[lo] = b;
+                            keys[hi] = a;
                         }
                     }
                     __syncthreads();
                 }
             }
             // The kept set in rank order: top-k, min-p, then top-p on what they kept; rank 0 always.
-            const float floor_lp = p.use_min_p ? __fadd_rn(key[0], p.log_min_p) : -INFINITY;
+            const float floor_lp = p.use_min_p ? __fadd_rn(key_logp(keys[0]), p.log_min_p) : -INFINITY;
             for (int r = t; r < V; r += kThreads) {
-                bool k = (p.top_k <= 0 || r < p.top_k) && (!p.use_min_p || key[r] >= floor_lp);
+                const float lp = key_logp(keys[r]);
+                bool k = (p.top_k <= 0 || r < p.top_k) && (!p.use_min_p || lp >= floor_lp);
                 keep[r] = k;
-                mass[r] = k ? static_cast<double>(expf(key[r])) : 0.0;
+                mass[r] = k ? static_cast<double>(expf(lp)) : 0.0;
             }
             __syncthreads();
             if (p.top_p < 1.0) {
                 block_scan(mass, V, dscratch);
                 for (int r = t; r < V; r += kThreads) {
-                    const double p_r = keep[r] ? static_cast<double>(expf(key[r])) : 0.0;
+                    const double p_r = keep[r] ? static_cast<double>(expf(key_logp(keys[r]))) : 0.0;
                     keep[r] = keep[r] && (mass[r] - p_r < p.top_p);
                 }
                 __syncthreads();
             }
             // Back to id order (scaled[] stays; keep by id goes to mass[] as 0 / 1).
-            for (int r = t; r < V; r += kThreads) mass[id[r]] = (keep[r] || r == 0) ? 1.0 : 0.0;
+            for (int r = t; r < V; r += kThreads) mass[key_id(keys[r])] = (keep[r] || r == 0) ? 1.0 : 0.0;
             __syncthreads();
             float m2 = -INFINITY;
             for (int i = t; i < V; i += kThreads) {

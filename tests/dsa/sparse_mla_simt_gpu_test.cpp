@@ -101,6 +101,42 @@ TEST(SparseMlaSimtTest, MatchesTheReference) {
     }
 }
 
+TEST(SparseMlaSimtTest, TensorCoreKernelsSubTilesMatchTheReference) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    // A tile staged whole, in two or in four sub-tiles (a ring refilled as it is consumed; sub-tiles past the last
+    // entry skipped): each the reference's result (the online softmax's steps differ, so P's bf16 rounding may too).
+    // The decode of single_gpu.yaml at batch 256 and 1 (splits), several tiles per block, K not a multiple of a
+    // sub-tile, three m tiles of heads.
+    struct StagesReset {
+        ~StagesReset() { cuda::set_sparse_mla_mma_stages(0); }
+    } reset;
+    const auto f = at::TensorOptions().device(at::kCUDA);
+    for (const Shape& s :
+         {Shape{1, 256, 12, 256, 32, 128, 4096}, Shape{1, 1, 12, 256, 32, 128, 500},
+          Shape{1, 40, 12, 256, 32, 300, 700}, Shape{1, 9, 12, 256, 32, 100, 300}, Shape{2, 5, 40, 64, 16, 70, 90}}) {
+        SCOPED_TRACE(::testing::Message() << "B " << s.B << " T " << s.T << " H " << s.H << " K " << s.K);
+        const at::Tensor rows = at::randn({s.B, s.S, s.C + s.R + 8}, f).to(at::kBFloat16);
+        const at::Tensor c_kv = rows.narrow(2, 0, s.C), k_pe = rows.narrow(2, s.C, s.R);
+        const at::Tensor q_lat = at::randn({s.B, s.T, s.H, s.C}, f).to(at::kBFloat16);
+        const at::Tensor q_pe = at::randn({s.B, s.T, s.H, s.R}, f).to(at::kBFloat16);
+        at::Tensor idx = at::randint(s.S, {s.B, s.T, s.K}, f.dtype(at::kLong));
+        idx = at::where(at::rand({s.B, s.T, s.K}, f).lt(0.2), at::full({}, -1, idx.options()), idx);
+        ASSERT_TRUE(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx));
+        const AttentionOutput want = sparse_mla_attention(q_lat, q_pe, c_kv, k_pe, idx, 0.06);
+        const at::Tensor finite = want.lse.isneginf().logical_not();
+        for (const int64_t stages : {1, 2, 4, 0}) {
+            SCOPED_TRACE(::testing::Message() << "stages " << stages);
+            cuda::set_sparse_mla_mma_stages(stages);
+            const AttentionOutput got = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, true);
+            EXPECT_LE(testing::rel_err(got.out, want.out), 1e-2);
+            EXPECT_TRUE(got.lse.isneginf().equal(want.lse.isneginf()));
+            EXPECT_LE(testing::rel_err(at::where(finite, got.lse, 0.0), at::where(finite, want.lse, 0.0)), 1e-5);
+        }
+    }
+    EXPECT_THROW(cuda::set_sparse_mla_mma_stages(3), c10::Error);
+}
+
 TEST(SparseMlaSimtTest, TensorCoreKernelMatchesTheSimtOne) {
     DSRL_REQUIRE_CUDA();
     at::NoGradGuard no_grad;
