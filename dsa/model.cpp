@@ -595,8 +595,8 @@ Model Model::autocast_weights(at::ScalarType dtype) const {
 
 namespace {
 
-// A layer's two stacks of projections (LayerWeights::fused_a / fused_b), or nothing where their dtypes or devices
-// differ.
+// A layer's stacks of projections (LayerWeights::fused_a / fused_b / fused_gate_up), or nothing where their dtypes or
+// devices differ.
 bool fusable(std::initializer_list<const at::Tensor*> ts) {
     const at::Tensor& first = **ts.begin();
     for (const at::Tensor* t : ts) {
@@ -631,6 +631,9 @@ Model Model::fuse_projections(bool absorb) const {
     const at::NoGradGuard no_grad;
     Model m = *this;
     for (LayerWeights& l : m.w_.layers) {
+        if (!l.is_moe && fusable({&l.mlp.gate_proj, &l.mlp.up_proj})) {
+            l.fused_gate_up = at::cat({l.mlp.gate_proj.detach(), l.mlp.up_proj.detach()});
+        }
         if (fusable({&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk})) {
             l.fused_a = at::cat({l.attn.q_a_proj.detach(), l.attn.kv_a_proj_with_mqa.detach(), l.indexer.wk.detach()});
         }
@@ -1009,7 +1012,9 @@ ForwardOutput Model::forward(const ForwardInput& in, const ForwardOptions& opt, 
             if (opt.return_routes) out.routes.push_back(m.route.indices.view({st.batch, st.len, -1}));
             ++moe_layer;
         } else {
-            y = moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
+            y = !at::GradMode::is_enabled() && l.fused_gate_up.defined()
+                    ? moe::swiglu_stacked(h, l.fused_gate_up, l.mlp.down_proj, c.impl)
+                    : moe::swiglu(h, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj, c.impl);
         }
         std::tie(x, xn, iw) =
             next_input(y.defined() ? y.view({st.batch, st.len, c.hidden_size}) : at::Tensor(), i + 1, pairs);

@@ -220,10 +220,11 @@ public:
     /// are shared, not copied.
     Model autocast_weights(at::ScalarType dtype) const;
     /// A copy (sharing every tensor) whose layers also hold their projections that read one input stacked
-    /// (LayerWeights::fused_a / fused_b): forwards without autograd then run one GEMM for q_a, kv_a and the indexer's
-    /// wk, one for q_b and the indexer's wq_b — three kernels fewer per layer, the same products of the same weights.
+    /// (LayerWeights::fused_a / fused_b, and a dense layer's fused_gate_up): forwards without autograd then run one
+    /// GEMM for q_a, kv_a and the indexer's wk, one for q_b and the indexer's wq_b, one for a dense MLP's gate and up
+    /// — three kernels fewer per layer (four in a dense one), the same products of the same weights.
     /// A snapshot like autocast_weights (the rollout engine's, for one generate() call); layers whose projections
-    /// differ in dtype or device stay unfused. The extra memory is a copy of those five projections.
+    /// differ in dtype or device stay unfused. The extra memory is a copy of those projections.
     /// With `absorb`, a layer whose absorbed query rows (LayerWeights::absorbed) are at most kAbsorbMaxExtraBytes
     /// larger than the factors they replace also gets them: one per-head batched matmul fewer per layer and step, the
     /// same product associated the other way (the weights' product rounded once to their dtype). Small models only: at

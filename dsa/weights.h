@@ -55,6 +55,9 @@ struct LayerWeights {
     /// [q_b_proj | indexer.wq_b] (rows heads · (nope + rope) + index_heads · index_dim, q_lora).
     at::Tensor fused_a;
     at::Tensor fused_b;
+    /// A dense layer's [mlp.gate_proj | mlp.up_proj] (rows 2 · intermediate_size, H), the same kind of decode-only
+    /// copy: one GEMM for both (moe::swiglu_stacked).
+    at::Tensor fused_gate_up;
     /// With `absorbed` (Model::fuse_projections where the product costs few extra bytes): fused_b's query rows are
     /// the absorbed ones, [W_q_lat (heads · kv_lora) | q_b_proj's rope rows (heads · rope) | indexer.wq_b], W_q_lat of
     /// head h = W_UK(h)ᵀ · q_b_proj's nope rows of h, so that one GEMM gives the latent-space query q̃ with no per-head

@@ -94,6 +94,14 @@ at::Tensor swiglu(const at::Tensor& x,
     return at::linear(silu_times(at::linear(x, gate_proj), at::linear(x, up_proj), impl), down_proj);
 }
 
+at::Tensor swiglu_stacked(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down_proj, Impl impl) {
+    TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(0) % 2 == 0, "swiglu_stacked: gate_up must be [2 * I, H], got ",
+                gate_up.sizes());
+    const int64_t inter = gate_up.size(0) / 2;
+    const at::Tensor both = at::linear(x, gate_up);
+    return at::linear(silu_times(both.narrow(-1, 0, inter), both.narrow(-1, inter, inter), impl), down_proj);
+}
+
 namespace {
 
 void check_routed(const at::Tensor& x,

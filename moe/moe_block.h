@@ -47,6 +47,12 @@ at::Tensor swiglu(const at::Tensor& x,
                   const at::Tensor& down_proj,
                   Impl impl = Impl::kAuto);
 
+/// swiglu with gate_proj and up_proj stacked into one matrix, gate_up = [gate_proj | up_proj] (rows 2 · I, H): one GEMM
+/// for both, then silu(·) ⊙ up over its two column halves — the same products as swiglu's two GEMMs (summed as one
+/// GEMM may sum them, so equal to GEMM rounding). For forwards without autograd (the decode's stacks,
+/// dsa::Model::fuse_projections).
+at::Tensor swiglu_stacked(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down_proj, Impl impl);
+
 /// Σ_k weights[t, k] · Expert_{indices[t, k]}(x[t]) for x [T, H], indices/weights [T, k].
 at::Tensor routed_experts(const at::Tensor& x,
                           const at::Tensor& indices,

@@ -150,6 +150,10 @@ TEST(ModelTest, FusedProjectionsGiveTheSameForwardWithoutAutograd) {
     EXPECT_FALSE(m.weights().layers[1].fused_a.defined()) << "the original is untouched";
     EXPECT_TRUE(at::equal(l.fused_a, at::cat({l.attn.q_a_proj, l.attn.kv_a_proj_with_mqa, l.indexer.wk})));
     EXPECT_TRUE(at::equal(l.fused_b, at::cat({l.attn.q_b_proj, l.indexer.wq_b})));
+    const LayerWeights& dense = fused.weights().layers[0];  // first_k_dense_replace 1: its MLP's gate and up stacked
+    ASSERT_FALSE(dense.is_moe);
+    EXPECT_TRUE(at::equal(dense.fused_gate_up, at::cat({dense.mlp.gate_proj, dense.mlp.up_proj})));
+    EXPECT_FALSE(l.fused_gate_up.defined()) << "a MoE layer has no dense MLP";
     // Nothing of the stacks is saved or trained: the named tensors are the same list.
     ModelWeights a = m.weights(), b = fused.weights();
     EXPECT_EQ(named_tensors(a, c).size(), named_tensors(b, c).size());
