@@ -627,11 +627,12 @@ int64_t absorbed_extra_bytes(const MlaWeights& a, const ModelConfig& c) {
 
 }  // namespace
 
-Model Model::fuse_projections(bool absorb) const {
+Model Model::fuse_projections(bool absorb, int64_t max_mlp_stack_bytes) const {
     const at::NoGradGuard no_grad;
     Model m = *this;
     for (LayerWeights& l : m.w_.layers) {
-        if (!l.is_moe && fusable({&l.mlp.gate_proj, &l.mlp.up_proj})) {
+        if (!l.is_moe && fusable({&l.mlp.gate_proj, &l.mlp.up_proj}) &&
+            l.mlp.gate_proj.nbytes() + l.mlp.up_proj.nbytes() <= static_cast<size_t>(max_mlp_stack_bytes)) {
             l.fused_gate_up = at::cat({l.mlp.gate_proj.detach(), l.mlp.up_proj.detach()});
         }
         if (fusable({&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk})) {

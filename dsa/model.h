@@ -230,8 +230,11 @@ public:
     /// same product associated the other way (the weights' product rounded once to their dtype). Small models only: at
     /// DeepSeek-V3.2's shapes the absorbed rows are several times the bytes of the factors, and a decode step is bound
     /// by those bytes.
-    Model fuse_projections(bool absorb = false) const;
+    /// A dense layer's gate / up stack is made only where it is at most `max_mlp_stack_bytes` (one launch fewer pays
+    /// at small models' shapes; at DeepSeek-V3.2's a dense MLP's stack would be half a GiB a layer for nothing).
+    Model fuse_projections(bool absorb = false, int64_t max_mlp_stack_bytes = kMaxMlpStackBytes) const;
     static constexpr int64_t kAbsorbMaxExtraBytes = int64_t{8} << 20;
+    static constexpr int64_t kMaxMlpStackBytes = int64_t{64} << 20;
     /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
     /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
     void idle_forward() const;

@@ -154,6 +154,10 @@ TEST(ModelTest, FusedProjectionsGiveTheSameForwardWithoutAutograd) {
     ASSERT_FALSE(dense.is_moe);
     EXPECT_TRUE(at::equal(dense.fused_gate_up, at::cat({dense.mlp.gate_proj, dense.mlp.up_proj})));
     EXPECT_FALSE(l.fused_gate_up.defined()) << "a MoE layer has no dense MLP";
+    const int64_t mlp_bytes = static_cast<int64_t>(dense.mlp.gate_proj.nbytes() + dense.mlp.up_proj.nbytes());
+    EXPECT_FALSE(m.fuse_projections(false, mlp_bytes - 1).weights().layers[0].fused_gate_up.defined())
+        << "a stack over the size limit is not made";
+    EXPECT_TRUE(m.fuse_projections(false, mlp_bytes).weights().layers[0].fused_gate_up.defined());
     // Nothing of the stacks is saved or trained: the named tensors are the same list.
     ModelWeights a = m.weights(), b = fused.weights();
     EXPECT_EQ(named_tensors(a, c).size(), named_tensors(b, c).size());
