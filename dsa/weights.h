@@ -56,7 +56,7 @@ struct LayerWeights {
     at::Tensor fused_a;
     at::Tensor fused_b;
     /// A dense layer's [mlp.gate_proj | mlp.up_proj] (rows 2 · intermediate_size, H), the same kind of decode-only
-    /// copy: one GEMM for both (moe::swiglu_stacked).
+    /// copy, made where it is small (Model::fuse_projections' limit): one GEMM for both (moe::swiglu_stacked).
     at::Tensor fused_gate_up;
     /// With `absorbed` (Model::fuse_projections where the product costs few extra bytes): fused_b's query rows are
     /// the absorbed ones, [W_q_lat (heads · kv_lora) | q_b_proj's rope rows (heads · rope) | indexer.wq_b], W_q_lat of
