@@ -627,18 +627,25 @@ int64_t absorbed_extra_bytes(const MlaWeights& a, const ModelConfig& c) {
 
 }  // namespace
 
-Model Model::fuse_projections(bool absorb, int64_t max_mlp_stack_bytes) const {
+Model Model::fuse_projections(bool absorb, int64_t max_stack_bytes) const {
     const at::NoGradGuard no_grad;
     Model m = *this;
+    const auto small = [max_stack_bytes](std::initializer_list<const at::Tensor*> ts) {
+        int64_t bytes = 0;
+        for (const at::Tensor* t : ts) bytes += static_cast<int64_t>(t->nbytes());
+        return bytes <= max_stack_bytes;
+    };
     for (LayerWeights& l : m.w_.layers) {
-        if (!l.is_moe && fusable({&l.mlp.gate_proj, &l.mlp.up_proj}) &&
-            l.mlp.gate_proj.nbytes() + l.mlp.up_proj.nbytes() <= static_cast<size_t>(max_mlp_stack_bytes)) {
+        const std::initializer_list<const at::Tensor*> mlp = {&l.mlp.gate_proj, &l.mlp.up_proj};
+        if (!l.is_moe && fusable(mlp) && small(mlp)) {
             l.fused_gate_up = at::cat({l.mlp.gate_proj.detach(), l.mlp.up_proj.detach()});
         }
-        if (fusable({&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa, &l.indexer.wk})) {
-            l.fused_a = at::cat({l.attn.q_a_proj.detach(), l.attn.kv_a_proj_with_mqa.detach(), l.indexer.wk.detach()});
-        }
-        if (!fusable({&l.attn.q_b_proj, &l.indexer.wq_b})) continue;
+        // The attention's two stacks are read together (both or neither).
+        const std::initializer_list<const at::Tensor*> a = {&l.attn.q_a_proj, &l.attn.kv_a_proj_with_mqa,
+                                                            &l.indexer.wk};
+        const std::initializer_list<const at::Tensor*> b = {&l.attn.q_b_proj, &l.indexer.wq_b};
+        if (!fusable(a) || !small(a) || !fusable(b) || !small(b)) continue;
+        l.fused_a = at::cat({l.attn.q_a_proj.detach(), l.attn.kv_a_proj_with_mqa.detach(), l.indexer.wk.detach()});
         l.absorbed = absorb && l.attn.kv_b_proj.scalar_type() == l.attn.q_b_proj.scalar_type() &&
                      absorbed_extra_bytes(l.attn, cfg_) <= kAbsorbMaxExtraBytes;
         l.fused_b = at::cat(

@@ -224,17 +224,18 @@ public:
     /// GEMM for q_a, kv_a and the indexer's wk, one for q_b and the indexer's wq_b, one for a dense MLP's gate and up
     /// — three kernels fewer per layer (four in a dense one), the same products of the same weights.
     /// A snapshot like autocast_weights (the rollout engine's, for one generate() call); layers whose projections
-    /// differ in dtype or device stay unfused. The extra memory is a copy of those projections.
+    /// differ in dtype or device stay unfused. The extra memory is a copy of those projections (bounded below).
     /// With `absorb`, a layer whose absorbed query rows (LayerWeights::absorbed) are at most kAbsorbMaxExtraBytes
     /// larger than the factors they replace also gets them: one per-head batched matmul fewer per layer and step, the
     /// same product associated the other way (the weights' product rounded once to their dtype). Small models only: at
     /// DeepSeek-V3.2's shapes the absorbed rows are several times the bytes of the factors, and a decode step is bound
     /// by those bytes.
-    /// A dense layer's gate / up stack is made only where it is at most `max_mlp_stack_bytes` (one launch fewer pays
-    /// at small models' shapes; at DeepSeek-V3.2's a dense MLP's stack would be half a GiB a layer for nothing).
-    Model fuse_projections(bool absorb = false, int64_t max_mlp_stack_bytes = kMaxMlpStackBytes) const;
+    /// A stack is made only where its projections are at most `max_stack_bytes` together (the attention's two: both
+    /// or neither): one launch fewer pays at small models' shapes, while at DeepSeek-V3.2's the stacks would copy
+    /// several GiB (a dense MLP's alone half a GiB a layer) for a step bound by the same bytes either way.
+    Model fuse_projections(bool absorb = false, int64_t max_stack_bytes = kMaxStackBytes) const;
     static constexpr int64_t kAbsorbMaxExtraBytes = int64_t{8} << 20;
-    static constexpr int64_t kMaxMlpStackBytes = int64_t{64} << 20;
+    static constexpr int64_t kMaxStackBytes = int64_t{64} << 20;
     /// Expert parallelism: the exchanges of one forward with no tokens — what a rank with nothing to compute runs
     /// while the other ranks of its group run a forward (ForwardLockstep). No-op without expert parallelism.
     void idle_forward() const;

@@ -78,8 +78,9 @@ void bind(Binder& b, RolloutConfig& c) {
     b.field("fuse_projections", c.engine.fuse_projections,
             {.doc = "Continuous engine on CUDA: each layer's projections that read the same input run as one GEMM "
                     "over a stacked copy of their weights made once per rollout (q_a, kv_a and the indexer's wk; q_b "
-                    "and the indexer's wq_b): three kernels fewer per layer and decode step, for a copy of those "
-                    "weights while generating (about 19 MB in bf16 on single_gpu.yaml)."});
+                    "and the indexer's wq_b; a dense layer's gate and up): three kernels fewer per layer and decode "
+                    "step, for a copy of those weights while generating (about 25 MB in bf16 on single_gpu.yaml). "
+                    "Stacks over 64 MiB are not made (at DeepSeek-V3.2's shapes they would copy GiBs for no gain)."});
     b.field("absorb_projections", c.engine.absorb_projections,
             {.doc = "With fuse_projections: a layer whose absorbed query rows are at most 8 MiB larger than their "
                     "factors generates with them — q_b_proj's nope rows times W_UK, so the stacked GEMM gives the "

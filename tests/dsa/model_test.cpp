@@ -17,6 +17,7 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "core/error.h"
@@ -154,10 +155,17 @@ TEST(ModelTest, FusedProjectionsGiveTheSameForwardWithoutAutograd) {
     ASSERT_FALSE(dense.is_moe);
     EXPECT_TRUE(at::equal(dense.fused_gate_up, at::cat({dense.mlp.gate_proj, dense.mlp.up_proj})));
     EXPECT_FALSE(l.fused_gate_up.defined()) << "a MoE layer has no dense MLP";
+    // The size limit: a stack over it is not made; the attention's two are made together or not at all.
     const int64_t mlp_bytes = static_cast<int64_t>(dense.mlp.gate_proj.nbytes() + dense.mlp.up_proj.nbytes());
-    EXPECT_FALSE(m.fuse_projections(false, mlp_bytes - 1).weights().layers[0].fused_gate_up.defined())
-        << "a stack over the size limit is not made";
+    EXPECT_FALSE(m.fuse_projections(false, mlp_bytes - 1).weights().layers[0].fused_gate_up.defined());
     EXPECT_TRUE(m.fuse_projections(false, mlp_bytes).weights().layers[0].fused_gate_up.defined());
+    const int64_t b_bytes = static_cast<int64_t>(l.attn.q_b_proj.nbytes() + l.indexer.wq_b.nbytes());
+    const int64_t a_bytes =
+        static_cast<int64_t>(l.attn.q_a_proj.nbytes() + l.attn.kv_a_proj_with_mqa.nbytes() + l.indexer.wk.nbytes());
+    const LayerWeights& capped = m.fuse_projections(false, std::min(a_bytes, b_bytes)).weights().layers[1];
+    EXPECT_FALSE(capped.fused_a.defined() || capped.fused_b.defined()) << "one of the two over the limit: neither";
+    const LayerWeights& both = m.fuse_projections(false, std::max(a_bytes, b_bytes)).weights().layers[1];
+    EXPECT_TRUE(both.fused_a.defined() && both.fused_b.defined());
     // Nothing of the stacks is saved or trained: the named tensors are the same list.
     ModelWeights a = m.weights(), b = fused.weights();
     EXPECT_EQ(named_tensors(a, c).size(), named_tensors(b, c).size());
