@@ -33,8 +33,8 @@ const std::vector<Knob>& all_knobs() {
          "1: a decode step's small bf16/fp16 projections run on dsrl's tensor-core kernel, launched under PDL with its "
          "first weight chunks staged before it waits (dsa/linear_cuda.h); 0: cuBLAS (at::linear), for measurements."},
         {"DSRL_ATTN_STAGES", "",
-         "The tensor-core sparse attention's sub-tiles per tile (dsa/kernels/sparse_mla_mma.cuh): empty for its plan "
-         "(one: the tile staged whole), or 1, 2 or 4 (a ring of sub-tiles), for measurements."},
+         "The tensor-core sparse attention's sub-tiles per tile (dsa/kernels/sparse_mla_mma.cuh): empty for the "
+         "default (one: the tile staged whole), or 1, 2 or 4 (a ring of sub-tiles), for measurements."},
         {"DSRL_SAMPLE_SORT", "warp",
          "The sampling kernel's sort: warp (stages of stride < 32 by warp shuffles where a row fits one element a "
          "thread) or block (every stage through shared memory; the same records, for measurements)."},

@@ -98,13 +98,15 @@ bool fused(const ModelConfig& c, const at::Tensor& x, std::initializer_list<cons
     return built_with_cuda() && c.impl != Impl::kReference && cuda::norm_rope_kernels_fit(x, others);
 }
 
-// A projection x · wᵀ: dsrl's decode kernel where the forward's kernels run and it takes the shapes (a decode step's
-// bf16 / fp16 projections without autograd: dsa/linear_cuda.h), else at::linear.
+// Whether x · wᵀ runs on dsrl's decode kernel: where the forward's kernels run and it takes the shapes (a decode
+// step's bf16 / fp16 projections without autograd: dsa/linear_cuda.h).
+bool decode_kernel(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) {
+    return built_with_cuda() && c.impl != Impl::kReference && cuda::decode_linear_fits(x, w);
+}
+
+// A projection x · wᵀ: dsrl's decode kernel where it runs, else at::linear.
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) {
-    if (built_with_cuda() && c.impl != Impl::kReference && cuda::decode_linear_fits(x, w)) {
-        return cuda::decode_linear(x, w);
-    }
-    return at::linear(x, w);
+    return decode_kernel(x, w, c) ? cuda::decode_linear(x, w) : at::linear(x, w);
 }
 
 at::Tensor norm(const at::Tensor& x, const at::Tensor& weight, double eps, const ModelConfig& c) {
@@ -828,8 +830,7 @@ void track_balance(MoeBalance& b, const moe::Route& r, const at::Tensor& mask, i
 at::Tensor Model::logits(const at::Tensor& hidden, const at::Tensor& out) const {
     // dsrl's decode kernel writes the fp32 logits itself (each rounded to the compute type first, as the cast of
     // at::linear's result): one kernel instead of a GEMM and a copy.
-    const bool kernel =
-        built_with_cuda() && cfg_.impl != Impl::kReference && cuda::decode_linear_fits(hidden, w_.lm_head);
+    const bool kernel = decode_kernel(hidden, w_.lm_head, cfg_);
     if (!out.defined()) {
         return kernel ? cuda::decode_linear(hidden, w_.lm_head, /*f32=*/true)
                       : at::linear(hidden, w_.lm_head).to(at::kFloat);

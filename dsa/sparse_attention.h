@@ -128,8 +128,8 @@ bool sparse_mla_simt_uses_tensor_cores(const at::Tensor& q_lat,
                                        const at::Tensor& k_pe,
                                        const at::Tensor& indices);
 
-/// The tensor-core kernel's sub-tiles per tile from here on: 0 for its plan (one: the tile staged whole), or 1, 2 or 4
-/// (a ring of sub-tiles; fewer where the tile is too small). Starts as DSRL_ATTN_STAGES (core/env.cpp). For tests
+/// The tensor-core kernel's sub-tiles per tile from here on: 0 for the default (one: the tile staged whole), or 1, 2
+/// or 4 (a ring of sub-tiles; fewer where the tile is too small). Starts as DSRL_ATTN_STAGES (core/env.cpp). For tests
 /// and measurements: every choice gives the same results.
 void set_sparse_mla_mma_stages(int64_t stages);
 

@@ -22,6 +22,7 @@
 #include "dsa/kernels/sparse_mla_mma.cuh"
 #include "dsa/kernels/sparse_mla_simt.cuh"
 
+#include <algorithm>
 #include <atomic>
 #include <limits>
 
@@ -287,7 +288,8 @@ kernels::SparseMlaMmaPlan mma_plan(const kernels::SparseMlaSimtParams& p, c10::D
     return kernels::sparse_mla_mma_plan(p.num_queries, p.heads, p.latent, p.rope, p.topk, num_sms(device), optin);
 }
 
-// The sub-tiles asked for (0: the plan's): DSRL_ATTN_STAGES (core/env.cpp) until set_sparse_mla_mma_stages.
+// The tensor-core kernel's sub-tiles per tile: 1 (the tile staged whole, the fastest measured) unless
+// DSRL_ATTN_STAGES (core/env.cpp) or set_sparse_mla_mma_stages asks for 2 or 4 (0: the default).
 std::atomic<int64_t>& stages_asked() {
     static std::atomic<int64_t> asked{[] {
         const std::string v = env::get_choice("DSRL_ATTN_STAGES", {"", "1", "2", "4"});
@@ -296,10 +298,10 @@ std::atomic<int64_t>& stages_asked() {
     return asked;
 }
 
-int64_t mma_stages(const kernels::SparseMlaMmaPlan& plan) {
-    int64_t stages = stages_asked().load();
-    if (stages == 0) return plan.stages;
-    while (stages > 1 && plan.tile / stages < 16) stages /= 2;
+// The sub-tiles for a tile: as asked, fewer where a sub-tile would hold under 16 entries.
+int64_t mma_stages(int64_t tile) {
+    int64_t stages = std::max<int64_t>(stages_asked().load(), 1);
+    while (stages > 1 && tile / stages < 16) stages /= 2;
     return stages;
 }
 
@@ -307,7 +309,7 @@ int64_t mma_stages(const kernels::SparseMlaMmaPlan& plan) {
 
 void set_sparse_mla_mma_stages(int64_t stages) {
     TORCH_CHECK(stages == 0 || stages == 1 || stages == 2 || stages == 4,
-                "set_sparse_mla_mma_stages: stages must be 0 (the plan's), 1, 2 or 4, got ", stages);
+                "set_sparse_mla_mma_stages: stages must be 0 (the default), 1, 2 or 4, got ", stages);
     stages_asked().store(stages);
 }
 
@@ -379,7 +381,7 @@ AttentionOutput sparse_mla_simt(const at::Tensor& q_lat,
         p.part_ml = p.part_out + B * T * splits * H * C;
     }
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-    C10_CUDA_CHECK(plan.tile > 0 ? kernels::launch_sparse_mla_mma(p, plan.tile, mma_stages(plan), stream)
+    C10_CUDA_CHECK(plan.tile > 0 ? kernels::launch_sparse_mla_mma(p, plan.tile, mma_stages(plan.tile), stream)
                                  : kernels::launch_sparse_mla_simt(p, stream));
     return {out, lse};
 }

@@ -343,9 +343,7 @@ SparseMlaMmaPlan sparse_mla_mma_plan(
     const int64_t want = (4 * static_cast<int64_t>(std::max(sms, 1)) + queries - 1) / queries;
     const int64_t splits = std::clamp<int64_t>(want, 1, tiles);
     const int64_t per_split = (tiles + splits - 1) / splits;
-    // The tile staged whole: two or four sub-tiles (the first one's math under the others' copies) measured slower at
-    // single_gpu.yaml's decode (docs/kernel_notes.md, session 29); DSRL_ATTN_STAGES asks for them.
-    return {tile, (tiles + per_split - 1) / per_split, 1};  // no split without a tile
+    return {tile, (tiles + per_split - 1) / per_split};  // no split without a tile
 }
 
 cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, int64_t stages, cudaStream_t stream) {

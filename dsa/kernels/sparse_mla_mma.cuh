@@ -28,13 +28,10 @@ constexpr int kMmaThreads = 256;
 constexpr int kMmaMaxHeads = 64;  // four 16-row m tiles
 constexpr int kMmaMaxUnits = 4;   // o_lat accumulators per warp, each a 16-row × 16-channel tile
 
-/// Entries per shared-memory tile (16, 32, 64 or 128; 0 = the kernel does not take the shape), splits per query, and
-/// the sub-tiles a tile is staged in (1, 2 or 4, each of at least 16 entries): a ring whose sub-tiles are all copied
-/// at once, the first one's math running while the others land, each refilled once consumed.
+/// Entries per shared-memory tile (16, 32, 64 or 128; 0 = the kernel does not take the shape) and splits per query.
 struct SparseMlaMmaPlan {
     int64_t tile = 0;
     int64_t splits = 1;
-    int64_t stages = 1;
 };
 
 /// Whether the kernel takes p's types, shape and alignment (p.splits and the workspaces aside).
@@ -49,8 +46,11 @@ int64_t sparse_mla_mma_smem(int64_t heads, int64_t latent, int64_t rope, int64_t
 SparseMlaMmaPlan sparse_mla_mma_plan(
     int64_t num_queries, int64_t heads, int64_t latent, int64_t rope, int64_t topk, int sms, int64_t smem_limit);
 
-/// Launches num_queries × p.splits blocks of `tile` entries in `stages` sub-tiles on `stream` (and the merge when
-/// p.splits > 1; workspaces as for the SIMT kernel); raises the block's shared-memory limit first when needed.
+/// Launches num_queries × p.splits blocks of `tile` entries on `stream` (and the merge when p.splits > 1; workspaces as
+/// for the SIMT kernel); raises the block's shared-memory limit first when needed. `stages` (1, 2 or 4, each sub-tile
+/// of at least 16 entries) stages a tile as a ring of sub-tiles whose first one's math runs while the others land,
+/// each refilled once consumed; 1 (the tile staged whole) measured fastest at single_gpu.yaml's decode
+/// (docs/kernel_notes.md, session 29).
 cudaError_t launch_sparse_mla_mma(const SparseMlaSimtParams& p, int64_t tile, int64_t stages, cudaStream_t stream);
 
 }  // namespace dsrl::kernels
