@@ -3,7 +3,10 @@
 // kernel's tail — the gaps between the small kernels of a decode step. Correctness stays with the kernel: it calls
 // pdl_wait() before its first global memory access (read or write), which returns once the previous kernel has
 // completed and its writes are visible, then pdl_launch_dependents() so the next kernel may launch in turn (at most one
-// kernel runs ahead). Outside PDL both are no-ops. DSRL_PDL=0 in the environment launches everything plainly.
+// kernel runs ahead). The exceptions, each named where it is made: reads of what no kernel of the stream writes (the
+// weights a kernel stages before it waits), and reads of what a kernel two or more launches back wrote (complete
+// before the previous kernel passed its own wait, which came before it let this one launch). Outside PDL both are
+// no-ops. DSRL_PDL=0 in the environment launches everything plainly.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +17,8 @@
 namespace dsrl::kernels {
 
 #ifdef __CUDACC__
-/// Waits for the previous kernel in the stream (and its writes). Call in every thread before any global access.
+/// Waits for the previous kernel in the stream (and its writes). Call in every thread before any global access (but
+/// the exceptions above).
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -45,10 +45,18 @@ struct AddNormRows {
 /// are written too. Warp q keeps the partials of the block's warps q · P .. q · P + P − 1 (P = 8 / kGroup), sums each
 /// across its lanes, and the row's eight warp sums meet in `red` (shared, 8 floats per row group) in the block's
 /// order. Contains a __syncthreads(): every warp of the block calls it at once (each for its own row group). kPairs:
-/// the residual may be p.residual_pairs (a separate instantiation: the pair sum's loads take registers).
+/// the residual may be p.residual_pairs (a separate instantiation: the pair sum's loads take registers). `w_first`:
+/// the lane's first eight weights (norm_weights_first), loaded by the caller before it waited for the kernel before.
 template <int kGroup, bool kPairs = false>
-__device__ __forceinline__ void group_add_rms_norm(
-    const AddNormRows& p, int64_t row, int dim, float* xs, float* red, bool store, int q, int lane) {
+__device__ __forceinline__ void group_add_rms_norm(const AddNormRows& p,
+                                                   int64_t row,
+                                                   int dim,
+                                                   float* xs,
+                                                   float* red,
+                                                   bool store,
+                                                   int q,
+                                                   int lane,
+                                                   const float (&w_first)[8]) {
     constexpr int kWarps = kNormOrderThreads / 32;
     constexpr int P = kWarps / kGroup;  // the block's warps whose partials this warp keeps
     static_assert(kWarps % kGroup == 0, "the row's warps split the block's");
@@ -118,8 +126,13 @@ __device__ __forceinline__ void group_add_rms_norm(
     // load after a store to global memory cannot be hoisted over it (they might alias).
     for (int e0 = 0; e0 < elems; e0 += 8) {
         float w8[8];
-        load_elems(
-            p.w, p.w_type, [&](int u) { return min(col(e0 + u), dim - 1); }, w8);
+        if (e0 == 0) {
+#pragma unroll
+            for (int u = 0; u < 8; ++u) w8[u] = w_first[u];
+        } else {
+            load_elems(
+                p.w, p.w_type, [&](int u) { return min(col(e0 + u), dim - 1); }, w8);
+        }
 #pragma unroll
         for (int u = 0; u < 8; ++u) {
             const int i = col(e0 + u);
@@ -132,10 +145,23 @@ __device__ __forceinline__ void group_add_rms_norm(
     }
 }
 
+/// The first eight weights group_add_rms_norm<kGroup> multiplies warp q's lane by (its elements' order), loaded
+/// into w8 — before the kernel waits for the one before it: no kernel of a step writes a norm's weights, so the
+/// norm's last pass does not wait on memory after its barrier (a row of up to 256 · 8 / P elements, all of them).
+template <int kGroup>
+__device__ __forceinline__ void norm_weights_first(const AddNormRows& p, int dim, int q, int lane, float (&w8)[8]) {
+    constexpr int P = kNormOrderThreads / 32 / kGroup;
+    load_elems(
+        p.w, p.w_type, [&](int u) { return min(kNormOrderThreads * (u / P) + 32 * (q * P + u % P) + lane, dim - 1); },
+        w8);
+}
+
 /// A tile kernel's staging of its row group's row into xs_all + g · dim (shared fp32, the block's rows one after the
 /// other): the add + norm of `add_norm` when its weight is set (group_add_rms_norm, writing its rows for a real row;
 /// `red_all` 8 shared floats per row group), else the row of x (type t, x_row_stride elements apart) as is. Every warp
-/// of the block calls it at once (the norm contains a __syncthreads()); the caller syncs the block after it.
+/// of the block calls it at once (the norm contains a __syncthreads()); the caller syncs the block after it. It waits
+/// for the kernel before (pdl_enter) itself, after loading the norm's first weights: the caller must not read what
+/// that kernel writes before it.
 template <int kRows, bool kPairs = false>
 __device__ __forceinline__ void stage_tile_row(const TileRow<kRows>& tile,
                                                const AddNormRows& add_norm,
@@ -147,9 +173,13 @@ __device__ __forceinline__ void stage_tile_row(const TileRow<kRows>& tile,
                                                float* red_all) {
     float* const xs = xs_all + tile.g * dim;
     if (add_norm.w != nullptr) {
+        float w_first[8];
+        norm_weights_first<TileRow<kRows>::kGroup>(add_norm, dim, tile.q, tile.lane, w_first);
+        pdl_enter();
         group_add_rms_norm<TileRow<kRows>::kGroup, kPairs>(add_norm, tile.row, dim, xs, red_all + tile.g * 8, tile.real,
-                                                           tile.q, tile.lane);
+                                                           tile.q, tile.lane, w_first);
     } else {
+        pdl_enter();
         stage_row(xs, static_cast<const unsigned char*>(x) + tile.row * x_row_stride * elem_size(t), t, dim,
                   tile.q * 32 + tile.lane, TileRow<kRows>::kGroup * 32);
     }

@@ -84,16 +84,46 @@ __device__ __forceinline__ void emit_row(const RmsNormParams& p, int64_t row, in
     }
 }
 
+// Shared memory of a norm block (launch_norms sizes it): with p.stash, the row as the norm reads it (fp32: x, or x +
+// residual as rounded) at [0, dim) and the weight (and the LayerNorm's bias) after it — the weights loaded before the
+// block waits for the kernel before it (no kernel of a step writes them), the row kept from the first pass for the
+// last, so that after the sum's barriers no load goes to memory. Without (a wider row than kNormStashDim), both read
+// again from memory. With pairs, [0, dim) first holds the pairs' sum of the row (the same index then the row's).
+__device__ __forceinline__ float* norm_smem() {
+    extern __shared__ float4 norm_smem_raw[];
+    return reinterpret_cast<float*>(norm_smem_raw);
+}
+
+// Loads the norm's weight (and bias) into shared memory where the job stashes them, then waits for the kernel before.
+__device__ __forceinline__ void prefetch_weights_then_wait(const RmsNormParams& p) {
+    if (p.stash) {
+        float* const ws = norm_smem() + p.dim;
+        for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+            ws[i] = load_elem(p.w, p.w_type, i);
+            if (p.centered) ws[p.dim + i] = load_elem(p.bias, p.w_type, i);
+        }
+    }
+    dsrl::kernels::pdl_enter();
+}
+
+// Element i of the row's weight / bias (stashed or from memory).
+__device__ __forceinline__ float weight_at(const RmsNormParams& p, int64_t i) {
+    return p.stash ? norm_smem()[p.dim + i] : load_elem(p.w, p.w_type, i);
+}
+__device__ __forceinline__ float bias_at(const RmsNormParams& p, int64_t i) {
+    return p.stash ? norm_smem()[2 * p.dim + i] : load_elem(p.bias, p.w_type, i);
+}
+
 // One block per row: the sum of squares (fp32), then each element. kPairs: the residual may be p.residual_pairs.
 template <bool kPairs>
 __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
+    prefetch_weights_then_wait(p);
     const int64_t base = row * p.x_row_stride;
     const bool pairs = kPairs && p.residual_pairs.out != nullptr, add = p.residual != nullptr || pairs;
-    extern __shared__ float4 norm_smem[];  // the pairs' sum of the row (dim floats), with pairs
-    float* const ys = reinterpret_cast<float*>(norm_smem);
+    float* const xs = norm_smem();  // the pairs' sum of the row, then (p.stash) the row
     if constexpr (kPairs) {
         if (pairs) {  // 16-byte loads of eight columns a thread
-            dsrl::kernels::stage_pair_sum(p.residual_pairs, row, static_cast<int>(p.dim), ys, threadIdx.x,
+            dsrl::kernels::stage_pair_sum(p.residual_pairs, row, static_cast<int>(p.dim), xs, threadIdx.x,
                                           kNormThreads);
             __syncthreads();
         }
@@ -102,27 +132,31 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         float v = load_elem(p.x, p.x_type, base + i);
         if (add) {  // x + residual in x's type (ATen's add), kept for the second pass below (the same thread's index)
-            const float r = pairs ? ys[i] : load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i);
+            const float r = pairs ? xs[i] : load_elem(p.residual, p.residual_type, row * p.residual_row_stride + i);
             v = round_elem(__fadd_rn(v, r), p.x_type);
             store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
         }
+        if (p.stash) xs[i] = v;  // exact: x's type in fp32
         sum = __fadd_rn(sum, __fmul_rn(v, v));
     }
     // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
     const float r = rsqrtf(__fadd_rn(__fmul_rn(block_sum(sum), 1.0f / static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
-    if (add) {  // no rotation (launch_norms): each thread reads back the sums it wrote
+    const auto row_at = [&](int64_t i) {  // element i as the first pass read it (this thread's own index)
+        if (p.stash) return xs[i];
+        return add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
+    };
+    if (add) {  // no rotation (launch_norms)
         for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-            const float v = load_elem(p.sum_out, p.x_type, row * p.dim + i);
-            const float normed = round_elem(__fmul_rn(v, r), p.x_type);  // .to(x's type)
-            store_out(p, out, i, __fmul_rn(load_elem(p.w, p.w_type, i), normed));
+            const float normed = round_elem(__fmul_rn(row_at(i), r), p.x_type);  // .to(x's type)
+            store_out(p, out, i, __fmul_rn(weight_at(p, i), normed));
         }
         return;
     }
     emit_row(p, row, out, [&](int64_t i) {
-        const float normed = round_elem(__fmul_rn(load_elem(p.x, p.x_type, base + i), r), p.x_type);
-        return __fmul_rn(load_elem(p.w, p.w_type, i), normed);
+        const float normed = round_elem(__fmul_rn(row_at(i), r), p.x_type);
+        return __fmul_rn(weight_at(p, i), normed);
     });
 }
 
@@ -133,6 +167,7 @@ __host__ __device__ inline int64_t identity_items(const RmsNormParams& p) { retu
 
 // Block `block` of an identity job: its threads' items, each pair rotated as the rope kernel rotates it.
 __device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t block) {
+    dsrl::kernels::pdl_enter();
     const int64_t per_row = identity_items(p);
     const int64_t item = block * kNormThreads + threadIdx.x, row = item / per_row, k = item - row * per_row;
     if (row >= p.rows) return;
@@ -146,22 +181,28 @@ __device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t b
 // LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
 // kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
 __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row) {
+    prefetch_weights_then_wait(p);
     const int64_t base = row * p.x_row_stride;
+    float* const xs = norm_smem();
+    const auto row_at = [&](int64_t i) { return p.stash ? xs[i] : load_elem(p.x, p.x_type, base + i); };
     float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads)
-        sum = __fadd_rn(sum, load_elem(p.x, p.x_type, base + i));
+    for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+        const float v = load_elem(p.x, p.x_type, base + i);
+        if (p.stash) xs[i] = v;
+        sum = __fadd_rn(sum, v);
+    }
     const float mean = __fdiv_rn(block_sum(sum), static_cast<float>(p.dim));
     float sq = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-        const float d = __fsub_rn(load_elem(p.x, p.x_type, base + i), mean);
+        const float d = __fsub_rn(row_at(i), mean);
         sq = __fmaf_rn(d, d, sq);
     }
     const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(block_sum(sq), static_cast<float>(p.dim)), p.eps));
     const int64_t out = out_row(p, row);
     if (out < 0) return;
     emit_row(p, row, out, [&](int64_t i) {
-        const float centered = __fmul_rn(rstd, __fsub_rn(load_elem(p.x, p.x_type, base + i), mean));
-        return __fmaf_rn(load_elem(p.w, p.w_type, i), centered, load_elem(p.bias, p.w_type, i));
+        const float centered = __fmul_rn(rstd, __fsub_rn(row_at(i), mean));
+        return __fmaf_rn(weight_at(p, i), centered, bias_at(p, i));
     });
 }
 
@@ -170,33 +211,26 @@ struct NormJobs {
     int64_t end[kMaxNormJobs];  // one past each job's last block
 };
 
-template <bool kPairs>
-__device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
-    if (p.identity) {
-        identity_block(p, row);  // `row` is the job's block here
-    } else if (p.centered) {
-        layer_norm_row(p, row);
-    } else {
-        rms_norm_row<kPairs>(p, row);
-    }
-}
-
-// A block per row: job 0's rows, then job 1's, 2's and 3's (each job spelled out: no dynamic index into the
-// parameters).
+// A block per row: job 0's rows, then job 1's, 2's and 3's. One body for the four jobs — the parameters a
+// __grid_constant__ indexed by the block's job (four inlined copies of every path were 10,700 SASS instructions, and
+// a multiprocessor whose blocks ran different jobs stalled on fetching them; docs/kernel_notes.md, session 25). Each
+// path waits for the kernel before it itself, after what it may load ahead (prefetch_weights_then_wait).
 // kPairs: a job's residual may be its pair rows (a separate instantiation: the pair sum's loads take registers, which
 // would cost the plain kernel blocks resident).
 template <bool kPairs>
-__global__ void __launch_bounds__(kNormThreads) norm_kernel(NormJobs j) {
-    dsrl::kernels::pdl_enter();
+__global__ void __launch_bounds__(kNormThreads) norm_kernel(const __grid_constant__ NormJobs j) {
     const int64_t block = blockIdx.x;
-    if (block < j.end[0]) {
-        norm_row<kPairs>(j.job[0], block);
-    } else if (block < j.end[1]) {
-        norm_row<kPairs>(j.job[1], block - j.end[0]);
-    } else if (block < j.end[2]) {
-        norm_row<kPairs>(j.job[2], block - j.end[1]);
+    int k = 0;
+#pragma unroll
+    for (int i = 0; i < kMaxNormJobs - 1; ++i) k += block >= j.end[i] ? 1 : 0;  // end[] ascends
+    const RmsNormParams& p = j.job[k];
+    const int64_t local = block - (k == 0 ? 0 : j.end[k - 1]);
+    if (p.identity) {
+        identity_block(p, local);  // `local` is the job's block here
+    } else if (p.centered) {
+        layer_norm_row(p, local);
     } else {
-        norm_row<kPairs>(j.job[3], block - j.end[2]);
+        rms_norm_row<kPairs>(p, local);
     }
 }
 
@@ -263,12 +297,12 @@ __global__ void __launch_bounds__(kProjWarps * 32) row_proj_kernel(RowProjParams
 // not once a row).
 template <int kRows, bool kPairs>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) row_proj_tile_kernel(RowProjParams p) {
-    dsrl::kernels::pdl_enter();
     extern __shared__ float4 proj_smem[];
     __shared__ float red[kRows * 8];
     const dsrl::kernels::TileRow<kRows> tile(p.rows);
     float* const xs = reinterpret_cast<float*>(proj_smem);
-    dsrl::kernels::stage_tile_row<kRows, kPairs>(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
+    dsrl::kernels::stage_tile_row<kRows, kPairs>(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs,
+                                                 red);  // waits for the kernel before
     __syncthreads();
     const int rows = static_cast<int>(p.rows - tile.first < kRows ? p.rows - tile.first : kRows);
     dsrl::kernels::block_tile_dots<kRows>(xs, p.w, p.w_type, p.n, p.dim, rows, p.scaled, p.scale,
@@ -334,8 +368,26 @@ cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stre
     });
     if (rows == 0) return cudaSuccess;
     if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+    size_t smem = pair_smem;
+    for (int i = 0; i < count; ++i) {  // the row, its weight and its bias in shared memory where they fit
+        RmsNormParams& p = j.job[i];
+        const size_t bytes = sizeof(float) * static_cast<size_t>(p.dim) * (p.centered ? 3 : 2);
+        p.stash = !p.identity && p.dim > 0 && bytes <= static_cast<size_t>(kNormStashBytes);
+        if (p.stash) smem = std::max(smem, bytes);
+    }
+    // The dynamic shared memory's limit raised once over the 48 KiB default (the kernel's static arrays come on top of
+    // a 48 KiB pair row or stash).
+    static const cudaError_t raised = [] {
+        constexpr int kMax = 64 * 1024;
+        const cudaError_t e =
+            cudaFuncSetAttribute(norm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
+        return e == cudaSuccess
+                   ? cudaFuncSetAttribute(norm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax)
+                   : e;
+    }();
+    if (raised != cudaSuccess) return raised;
     return dsrl::kernels::launch(pair_smem > 0 ? norm_kernel<true> : norm_kernel<false>, static_cast<unsigned>(rows),
-                                 kNormThreads, pair_smem, stream, j);
+                                 kNormThreads, smem, stream, j);
 }
 
 cudaError_t launch_ropes(const RopeParams* jobs, int count, cudaStream_t stream) {

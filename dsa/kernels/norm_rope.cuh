@@ -61,7 +61,13 @@ struct RmsNormParams {
     int rope = 0;
     bool rope_interleaved = true;
     bool identity = false;
+    // Set by launch_norms (the caller's value is ignored): the row, weight and bias staged in shared memory
+    // (norm_kernel's norm_smem), where they fit kNormStashBytes.
+    bool stash = false;
 };
+/// Shared memory of a norm block's stash (RmsNormParams::stash): a row of up to 4K fp32 elements with its weight and
+/// bias, or 6K with its weight.
+constexpr int64_t kNormStashBytes = 48 * 1024;
 /// Most rotated dims of a norm job (RmsNormParams::rope; staged in shared memory).
 constexpr int kNormMaxRope = 256;
 /// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms, the indexer key's LayerNorm and

@@ -165,14 +165,13 @@ __global__ void route_kernel(RouteParams p) {
 // tokens (the gate read once a block, not once a token), and warp j selects token j's experts.
 template <int kRows>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) route_tile_kernel(RouteParams p) {
-    dsrl::kernels::pdl_enter();
     extern __shared__ float4 route_smem[];
     __shared__ float red[kRows * 8];
     const dsrl::kernels::TileRow<kRows> tile(p.tokens);
     const int E = p.experts;
     float* const xs = reinterpret_cast<float*>(route_smem);
     float* const logits = xs + kRows * p.dim;
-    dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);
+    dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);  // waits
     __syncthreads();
     dsrl::kernels::block_tile_dots<kRows>(xs, p.gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, tile.warp,
                                           dsrl::kernels::kTileWarps, tile.lane);

@@ -518,7 +518,8 @@ TEST(NormRopeKernelTest, LayerNormMatchesAtenOnColumnRanges) {
             SCOPED_TRACE(c10::toString(xt));
             // The indexer's keys as a column range of the stacked projection's output; contiguous rows; a long row.
             const at::Tensor wide = randn({4, 3, 736}, xt) * 2 + 0.5;
-            for (const at::Tensor& x : {wide.narrow(-1, 672, 64), randn({7, 128}, xt), randn({2, 4096}, xt)}) {
+            for (const at::Tensor& x : {wide.narrow(-1, 672, 64), randn({7, 128}, xt), randn({2, 4096}, xt),
+                                        randn({2, 4104}, xt)}) {  // 4104: past the shared-memory stash
                 const at::Tensor w = randn({x.size(-1)}, wt) * 0.5 + 1, b = randn({x.size(-1)}, wt) * 0.1;
                 ASSERT_TRUE(cuda::layer_norm_takes(x, w, b));
                 const at::Tensor want = at::layer_norm(x, {x.size(-1)}, w, b, 1e-6);
