@@ -42,6 +42,16 @@ __device__ __forceinline__ void pdl_enter() {
 /// Whether launch() asks for PDL: the current device is sm_90+ and DSRL_PDL is not "0" (read once).
 bool pdl_enabled();
 
+/// Raises the dynamic shared memory limit of each of `kernels` to `bytes` (over the 48 KiB default); the first error.
+/// A caller keeps the result in a function-local static, so it runs once per process.
+template <typename... Kernels>
+cudaError_t raise_dynamic_smem(int bytes, Kernels... kernels) {
+    cudaError_t e = cudaSuccess;
+    ((e = e == cudaSuccess ? cudaFuncSetAttribute(kernels, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) : e),
+     ...);
+    return e;
+}
+
 /// kernel<<<grid, block, smem, stream>>>(args...) with PDL where pdl_enabled(); the kernel must call pdl_enter() (or
 /// pdl_wait()) first. Returns the launch's error.
 template <typename... Params, typename... Args>

@@ -290,11 +290,7 @@ struct TileRow {
 /// static arrays come on top).
 template <auto kTwo, auto kEight, typename Params>
 cudaError_t launch_tile(int64_t rows, int64_t few, size_t row_smem, cudaStream_t stream, const Params& p) {
-    static const cudaError_t raised = [] {
-        constexpr int kMax = 64 * 1024;
-        const cudaError_t e = cudaFuncSetAttribute(kTwo, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
-        return e == cudaSuccess ? cudaFuncSetAttribute(kEight, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax) : e;
-    }();
+    static const cudaError_t raised = raise_dynamic_smem(64 * 1024, kTwo, kEight);
     if (raised != cudaSuccess) return raised;
     const int per_block = rows <= few ? 2 : kTileRowsMax;
     const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);

@@ -21,6 +21,14 @@ namespace dsrl::kernels {
 /// The threads of the block whose order of the sum of squares the warp reproduces (norm_rope.cu kNormThreads).
 constexpr int kNormOrderThreads = 256;
 
+/// Column of lane `lane`'s element e in warp q of a row group of kGroup warps: e = P · k + j is element 256 k + 32 (q P
+/// + j) + lane (block warp q P + j, its k-th), P = 8 / kGroup — the norm kernel's block order.
+template <int kGroup>
+__host__ __device__ constexpr int norm_order_col(int e, int q, int lane) {
+    constexpr int P = kNormOrderThreads / 32 / kGroup;
+    return kNormOrderThreads * (e / P) + 32 * (q * P + e % P) + lane;
+}
+
 /// out[r, :] = w · cast_x(s_r · rsqrt(mean(s_r²) + eps)) with s_r = x_r (+ residual_r, rounded to x's type), as the
 /// norm kernel's RmsNormParams with a residual; the product rounded to out_type.
 struct AddNormRows {
@@ -71,11 +79,11 @@ __device__ __forceinline__ void group_add_rms_norm(const AddNormRows& p,
             __syncthreads();
         }
     }
-    // The lane's elements in order: e = P · k + j is element 256 k + 32 (q P + j) + lane (block warp q P + j, its
-    // k-th). A batch of 8 covers 8 / P whole k, so element e of a batch keeps partial e mod P.
+    // The lane's elements in order (norm_order_col). A batch of 8 covers 8 / P whole k, so element e of a batch keeps
+    // partial e mod P.
     const int rounds = (dim + kNormOrderThreads - 1) / kNormOrderThreads;
     const int elems = rounds * P;
-    const auto col = [&](int e) { return kNormOrderThreads * (e / P) + 32 * (q * P + e % P) + lane; };
+    const auto col = [&](int e) { return norm_order_col<kGroup>(e, q, lane); };
     float part[P];
 #pragma unroll
     for (int j = 0; j < P; ++j) part[j] = 0.f;
@@ -150,10 +158,8 @@ __device__ __forceinline__ void group_add_rms_norm(const AddNormRows& p,
 /// norm's last pass does not wait on memory after its barrier (a row of up to 256 · 8 / P elements, all of them).
 template <int kGroup>
 __device__ __forceinline__ void norm_weights_first(const AddNormRows& p, int dim, int q, int lane, float (&w8)[8]) {
-    constexpr int P = kNormOrderThreads / 32 / kGroup;
     load_elems(
-        p.w, p.w_type, [&](int u) { return min(kNormOrderThreads * (u / P) + 32 * (q * P + u % P) + lane, dim - 1); },
-        w8);
+        p.w, p.w_type, [&](int u) { return min(norm_order_col<kGroup>(u, q, lane), dim - 1); }, w8);
 }
 
 /// A tile kernel's staging of its row group's row into xs_all + g · dim (shared fp32, the block's rows one after the

@@ -84,19 +84,22 @@ __device__ __forceinline__ void emit_row(const RmsNormParams& p, int64_t row, in
     }
 }
 
-// Shared memory of a norm block (launch_norms sizes it): with p.stash, the row as the norm reads it (fp32: x, or x +
-// residual as rounded) at [0, dim) and the weight (and the LayerNorm's bias) after it — the weights loaded before the
-// block waits for the kernel before it (no kernel of a step writes them), the row kept from the first pass for the
-// last, so that after the sum's barriers no load goes to memory. Without (a wider row than kNormStashDim), both read
-// again from memory. With pairs, [0, dim) first holds the pairs' sum of the row (the same index then the row's).
+// Shared memory of a norm block (launch_norms sizes it): where norm_stashes(p), the row as the norm reads it (fp32: x,
+// or x + residual as rounded) at [0, dim) and the weight (and the LayerNorm's bias) after it — the weights loaded
+// before the block waits for the kernel before it (no kernel of a step writes them), the row kept from the first pass
+// for the last, so that after the sum's barriers no load goes to memory. Without (a row whose stash would pass
+// kNormStashBytes), both are read again from memory. With pairs, [0, dim) first holds the pairs' sum of the row (the
+// same index then the row's).
 __device__ __forceinline__ float* norm_smem() {
     extern __shared__ float4 norm_smem_raw[];
     return reinterpret_cast<float*>(norm_smem_raw);
 }
 
 // Loads the norm's weight (and bias) into shared memory where the job stashes them, then waits for the kernel before.
-__device__ __forceinline__ void prefetch_weights_then_wait(const RmsNormParams& p) {
-    if (p.stash) {
+// Returns norm_stashes(p), once for the row's passes.
+__device__ __forceinline__ bool prefetch_weights_then_wait(const RmsNormParams& p) {
+    const bool stash = norm_stashes(p);
+    if (stash) {
         float* const ws = norm_smem() + p.dim;
         for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
             ws[i] = load_elem(p.w, p.w_type, i);
@@ -104,23 +107,24 @@ __device__ __forceinline__ void prefetch_weights_then_wait(const RmsNormParams& 
         }
     }
     dsrl::kernels::pdl_enter();
+    return stash;
 }
 
 // Element i of the row's weight / bias (stashed or from memory).
-__device__ __forceinline__ float weight_at(const RmsNormParams& p, int64_t i) {
-    return p.stash ? norm_smem()[p.dim + i] : load_elem(p.w, p.w_type, i);
+__device__ __forceinline__ float weight_at(const RmsNormParams& p, bool stash, int64_t i) {
+    return stash ? norm_smem()[p.dim + i] : load_elem(p.w, p.w_type, i);
 }
-__device__ __forceinline__ float bias_at(const RmsNormParams& p, int64_t i) {
-    return p.stash ? norm_smem()[2 * p.dim + i] : load_elem(p.bias, p.w_type, i);
+__device__ __forceinline__ float bias_at(const RmsNormParams& p, bool stash, int64_t i) {
+    return stash ? norm_smem()[2 * p.dim + i] : load_elem(p.bias, p.w_type, i);
 }
 
 // One block per row: the sum of squares (fp32), then each element. kPairs: the residual may be p.residual_pairs.
 template <bool kPairs>
 __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row) {
-    prefetch_weights_then_wait(p);
+    const bool stash = prefetch_weights_then_wait(p);
     const int64_t base = row * p.x_row_stride;
     const bool pairs = kPairs && p.residual_pairs.out != nullptr, add = p.residual != nullptr || pairs;
-    float* const xs = norm_smem();  // the pairs' sum of the row, then (p.stash) the row
+    float* const xs = norm_smem();  // the pairs' sum of the row, then (stash) the row
     if constexpr (kPairs) {
         if (pairs) {  // 16-byte loads of eight columns a thread
             dsrl::kernels::stage_pair_sum(p.residual_pairs, row, static_cast<int>(p.dim), xs, threadIdx.x,
@@ -136,7 +140,7 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
             v = round_elem(__fadd_rn(v, r), p.x_type);
             store_elem(p.sum_out, p.x_type, row * p.dim + i, v);
         }
-        if (p.stash) xs[i] = v;  // exact: x's type in fp32
+        if (stash) xs[i] = v;  // exact: x's type in fp32
         sum = __fadd_rn(sum, __fmul_rn(v, v));
     }
     // As ATen: mean = sum · (1 / dim) in fp32, + eps, rsqrt.
@@ -144,19 +148,19 @@ __device__ __forceinline__ void rms_norm_row(const RmsNormParams& p, int64_t row
     const int64_t out = out_row(p, row);
     if (out < 0) return;
     const auto row_at = [&](int64_t i) {  // element i as the first pass read it (this thread's own index)
-        if (p.stash) return xs[i];
+        if (stash) return xs[i];
         return add ? load_elem(p.sum_out, p.x_type, row * p.dim + i) : load_elem(p.x, p.x_type, base + i);
     };
     if (add) {  // no rotation (launch_norms)
         for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
             const float normed = round_elem(__fmul_rn(row_at(i), r), p.x_type);  // .to(x's type)
-            store_out(p, out, i, __fmul_rn(weight_at(p, i), normed));
+            store_out(p, out, i, __fmul_rn(weight_at(p, stash, i), normed));
         }
         return;
     }
     emit_row(p, row, out, [&](int64_t i) {
         const float normed = round_elem(__fmul_rn(row_at(i), r), p.x_type);
-        return __fmul_rn(weight_at(p, i), normed);
+        return __fmul_rn(weight_at(p, stash, i), normed);
     });
 }
 
@@ -181,14 +185,14 @@ __device__ __forceinline__ void identity_block(const RmsNormParams& p, int64_t b
 // LayerNorm of one row (one block): the mean, the biased variance of the centered values, then each element as ATen's
 // kernel computes it in fp32 (w · (rstd · (x − mean)) + bias), rounded once.
 __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t row) {
-    prefetch_weights_then_wait(p);
+    const bool stash = prefetch_weights_then_wait(p);
     const int64_t base = row * p.x_row_stride;
     float* const xs = norm_smem();
-    const auto row_at = [&](int64_t i) { return p.stash ? xs[i] : load_elem(p.x, p.x_type, base + i); };
+    const auto row_at = [&](int64_t i) { return stash ? xs[i] : load_elem(p.x, p.x_type, base + i); };
     float sum = 0.f;
     for (int64_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
         const float v = load_elem(p.x, p.x_type, base + i);
-        if (p.stash) xs[i] = v;
+        if (stash) xs[i] = v;
         sum = __fadd_rn(sum, v);
     }
     const float mean = __fdiv_rn(block_sum(sum), static_cast<float>(p.dim));
@@ -202,7 +206,7 @@ __device__ __forceinline__ void layer_norm_row(const RmsNormParams& p, int64_t r
     if (out < 0) return;
     emit_row(p, row, out, [&](int64_t i) {
         const float centered = __fmul_rn(rstd, __fsub_rn(row_at(i), mean));
-        return __fmaf_rn(weight_at(p, i), centered, bias_at(p, i));
+        return __fmaf_rn(weight_at(p, stash, i), centered, bias_at(p, stash, i));
     });
 }
 
@@ -370,21 +374,11 @@ cudaError_t launch_norms(const RmsNormParams* jobs, int count, cudaStream_t stre
     if (rows > 0x7fffffff) return cudaErrorInvalidValue;
     size_t smem = pair_smem;
     for (int i = 0; i < count; ++i) {  // the row, its weight and its bias in shared memory where they fit
-        RmsNormParams& p = j.job[i];
-        const size_t bytes = sizeof(float) * static_cast<size_t>(p.dim) * (p.centered ? 3 : 2);
-        p.stash = !p.identity && p.dim > 0 && bytes <= static_cast<size_t>(kNormStashBytes);
-        if (p.stash) smem = std::max(smem, bytes);
+        if (norm_stashes(jobs[i])) smem = std::max(smem, static_cast<size_t>(norm_stash_bytes(jobs[i])));
     }
-    // The dynamic shared memory's limit raised once over the 48 KiB default (the kernel's static arrays come on top of
-    // a 48 KiB pair row or stash).
-    static const cudaError_t raised = [] {
-        constexpr int kMax = 64 * 1024;
-        const cudaError_t e =
-            cudaFuncSetAttribute(norm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax);
-        return e == cudaSuccess
-                   ? cudaFuncSetAttribute(norm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMax)
-                   : e;
-    }();
+    // The limit over the 48 KiB default: the kernel's static arrays come on top of a 48 KiB pair row or stash.
+    static const cudaError_t raised =
+        dsrl::kernels::raise_dynamic_smem(64 * 1024, norm_kernel<false>, norm_kernel<true>);
     if (raised != cudaSuccess) return raised;
     return dsrl::kernels::launch(pair_smem > 0 ? norm_kernel<true> : norm_kernel<false>, static_cast<unsigned>(rows),
                                  kNormThreads, smem, stream, j);

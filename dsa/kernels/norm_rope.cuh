@@ -61,13 +61,19 @@ struct RmsNormParams {
     int rope = 0;
     bool rope_interleaved = true;
     bool identity = false;
-    // Set by launch_norms (the caller's value is ignored): the row, weight and bias staged in shared memory
-    // (norm_kernel's norm_smem), where they fit kNormStashBytes.
-    bool stash = false;
 };
-/// Shared memory of a norm block's stash (RmsNormParams::stash): a row of up to 4K fp32 elements with its weight and
+/// Most shared memory of a norm block's stash (norm_stashes): a row of up to 4K fp32 elements with its weight and
 /// bias, or 6K with its weight.
 constexpr int64_t kNormStashBytes = 48 * 1024;
+/// The bytes of a norm job's stash: its row and weight in fp32, and the LayerNorm's bias.
+__host__ __device__ inline int64_t norm_stash_bytes(const RmsNormParams& p) {
+    return static_cast<int64_t>(sizeof(float)) * p.dim * (p.centered ? 3 : 2);
+}
+/// Whether the norm kernel keeps a job's row, weight and bias in shared memory (the weights loaded before it waits,
+/// the row kept from the first pass for the last): a norm (not an identity job) whose stash fits kNormStashBytes.
+__host__ __device__ inline bool norm_stashes(const RmsNormParams& p) {
+    return !p.identity && p.dim > 0 && norm_stash_bytes(p) <= kNormStashBytes;
+}
 /// Most rotated dims of a norm job (RmsNormParams::rope; staged in shared memory).
 constexpr int kNormMaxRope = 256;
 /// Up to kMaxNormJobs row norms in one launch (a layer's query and latent RMSNorms, the indexer key's LayerNorm and
