@@ -178,7 +178,9 @@ TEST(SparseMlaSimtTest, QueriesAreReadInPlaceAsColumnRangesOfAWiderOutput) {
             at::Tensor idx = at::randint(S, {B, L, K}, f.dtype(at::kLong));
             idx = at::where(at::rand({B, L, K}, f).lt(0.1), at::full({}, -1, idx.options()), idx);
             ASSERT_FALSE(q_lat.is_contiguous());
-            if (tensor_cores) ASSERT_TRUE(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx));
+            if (tensor_cores) {
+                ASSERT_TRUE(cuda::sparse_mla_simt_uses_tensor_cores(q_lat, q_pe, c_kv, k_pe, idx));
+            }
             const AttentionOutput strided = cuda::sparse_mla_simt(q_lat, q_pe, c_kv, k_pe, idx, 0.06, tensor_cores);
             const AttentionOutput copied =
                 cuda::sparse_mla_simt(q_lat.contiguous(), q_pe.contiguous(), c_kv, k_pe, idx, 0.06, tensor_cores);
@@ -268,7 +270,9 @@ TEST(PagedStepKernelTest, EqualsTheAtenSlotsMaskAndRotaryFactors) {
         arch.rope_scaling.mscale = mscale;
         RopeTable rope = rope_table(arch);
         rope.inv_freq = rope.inv_freq.to(at::kCUDA);
-        if (mscale == 0.707) ASSERT_NE(rope.attention_factor, 1.0);
+        if (mscale == 0.707) {
+            ASSERT_NE(rope.attention_factor, 1.0);
+        }
         for (const int64_t R : {1, 7, 256}) {
             for (const int64_t bs : {1, 16, 64}) {
                 SCOPED_TRACE(::testing::Message() << "mscale " << mscale << " R " << R << " bs " << bs);

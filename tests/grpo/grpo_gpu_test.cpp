@@ -122,7 +122,9 @@ void expect_continuous_matches_static(const dsa::Model& m,
         ASSERT_EQ(got.size(), want.size());
         EXPECT_EQ(stats.prefill_tokens * group, stats.prompt_tokens) << "each group's prompt prefilled once";
         EXPECT_EQ(stats.graphs_captured > 0, graphs);
-        if (graphs && expect_padding) EXPECT_GT(stats.padded_row_steps, 0) << "rows padded to a bucket";
+        if (graphs && expect_padding) {
+            EXPECT_GT(stats.padded_row_steps, 0) << "rows padded to a bucket";
+        }
         int same = 0;
         double worst = 0, worst_recomputed = 0;
         for (size_t i = 0; i < got.size(); ++i) {
