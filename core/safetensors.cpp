@@ -140,9 +140,13 @@ std::vector<SafetensorInfo> parse_safetensors_header(const std::string& header_j
         }
         out.push_back(std::move(info));
     }
-    // Byte ranges must not overlap (they may leave no holes in files we write; others may).
+    // Byte ranges must not overlap (they may leave no holes in files we write; others may). An empty tensor (a zero
+    // size: transformers writes a config's zero shared experts so) holds no bytes and overlaps nothing; its offsets
+    // may equal a neighbour's start.
     std::vector<const SafetensorInfo*> order;
-    for (const auto& t : out) order.push_back(&t);
+    for (const auto& t : out) {
+        if (t.end > t.begin) order.push_back(&t);
+    }
     std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
     for (size_t i = 1; i < order.size(); ++i) {
         if (order[i]->begin < order[i - 1]->end) {

@@ -46,6 +46,12 @@ constexpr const char* kScaleSuffix = "_scale_inv";  // "X.weight" + kScaleSuffix
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// transformers' in-memory expert tensors (model.layers.L.mlp.experts.gate_up_proj / down_proj, no ".weight").
+bool is_fused_experts(const std::string& name) {
+    return absl::StartsWith(name, "model.layers.") &&
+           (absl::EndsWith(name, ".mlp.experts.gate_up_proj") || absl::EndsWith(name, ".mlp.experts.down_proj"));
+}
+
 // Writes `text` to `path` and fsyncs it (inside the temporary checkpoint directory).
 void write_file_synced(const std::string& path, const std::string& text) {
     try {
@@ -214,8 +220,14 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
 
     // Every stored tensor: name -> (file index). Built from the index when there is one.
     std::map<std::string, size_t> stored;
+    // As transformers' from_pretrained: a model.safetensors wins over an index next to it (said, not silent).
     const std::string index_path = fs::join(dir, kIndexFile);
-    if (fs::exists(index_path)) {
+    const bool single = fs::exists(fs::join(dir, kSingleFile));
+    if (single && fs::exists(index_path)) {
+        DSRL_LOG(warn) << dir << " holds both " << kSingleFile << " and " << kIndexFile << ": loading " << kSingleFile
+                       << " (as transformers does); the index and its shards are ignored";
+    }
+    if (!single && fs::exists(index_path)) {
         const Json index = read_json_object(index_path);
         const auto map = index.find("weight_map");
         if (map == index.end() || map->is_null()) fail(index_path, "missing required key 'weight_map'");
@@ -261,7 +273,7 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
         }
     } else {
         std::vector<std::string> names;
-        if (fs::exists(fs::join(dir, kSingleFile))) {
+        if (single) {
             names = {kSingleFile};
         } else {
             names = list_files(dir, ".safetensors");
@@ -281,7 +293,12 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
     }
 
     // Fold each X.weight_scale_inv into X.weight.
+    std::map<std::string, size_t> fused;  // transformers' fused expert tensors, cut up below
     for (const auto& [name, id] : stored) {
+        if (is_fused_experts(name) && !r.is_extra_layer(name)) {
+            fused.emplace(name, id);
+            continue;
+        }
         if (absl::EndsWith(name, absl::StrCat(".weight", kScaleSuffix))) {
             const std::string weight = name.substr(0, name.size() - std::strlen(kScaleSuffix));
             if (stored.count(weight) == 0) {
@@ -316,9 +333,49 @@ HfCheckpointReader HfCheckpointReader::open(const std::string& dir) {
         }
         r.entries_.emplace(name, std::move(e));
     }
+    for (const auto& [name, id] : fused) r.split_fused_experts(name, id);
     DSRL_LOG(debug) << "hf checkpoint " << dir << ": " << r.entries_.size() << " tensors in " << r.files_.size()
                     << " file(s)";
     return r;
+}
+
+void HfCheckpointReader::split_fused_experts(const std::string& name, size_t id) {
+    const SafetensorInfo& info = files_[id]->info(name);
+    const bool gate_up = absl::EndsWith(name, ".gate_up_proj");
+    const std::string prefix = name.substr(0, name.rfind('.') + 1);  // model.layers.L.mlp.experts.
+    const int64_t hidden = arch_.hidden_size, inter = arch_.moe_intermediate_size;
+    const std::vector<int64_t> want = gate_up ? std::vector<int64_t>{arch_.n_routed_experts, 2 * inter, hidden}
+                                              : std::vector<int64_t>{arch_.n_routed_experts, hidden, inter};
+    if (info.shape != want || !at::isFloatingType(info.scalar_type) || info.scalar_type == at::kFloat8_e4m3fn) {
+        fail(files_[id]->path(),
+             absl::StrCat("fused expert tensor '", name, "' (", info.dtype, " [", absl::StrJoin(info.shape, ", "),
+                          "]): expected a floating (not FP8) tensor of [n_routed_experts, ",
+                          gate_up ? "2 * moe_intermediate_size, hidden_size" : "hidden_size, moe_intermediate_size",
+                          "] = [", absl::StrJoin(want, ", "), "] (transformers' layout)"));
+    }
+    struct Part {
+        const char* proj;
+        int64_t row_begin, rows;
+    };
+    const std::vector<Part> parts = gate_up ? std::vector<Part>{{"gate_proj", 0, inter}, {"up_proj", inter, inter}}
+                                            : std::vector<Part>{{"down_proj", 0, hidden}};
+    for (int64_t e = 0; e < want[0]; ++e) {
+        for (const Part& part : parts) {
+            const std::string per_expert = absl::StrCat(prefix, e, ".", part.proj, ".weight");
+            Entry entry;
+            entry.file = id;
+            entry.fused = name;
+            entry.expert = e;
+            entry.row_begin = part.row_begin;
+            entry.info = info;
+            entry.info.name = per_expert;
+            entry.info.shape = {part.rows, info.shape[2]};
+            if (!entries_.emplace(per_expert, std::move(entry)).second) {
+                fail(files_[id]->path(),
+                     absl::StrCat("tensor '", per_expert, "' is stored both on its own and in the fused '", name, "'"));
+            }
+        }
+    }
 }
 
 std::vector<std::string> HfCheckpointReader::names() const {
@@ -337,7 +394,8 @@ const HfCheckpointReader::Entry& HfCheckpointReader::entry(const std::string& na
 }
 
 const SafetensorInfo& HfCheckpointReader::info(const std::string& name) const {
-    return files_[entry(name).file]->info(name);
+    const Entry& e = entry(name);
+    return e.fused.empty() ? files_[e.file]->info(name) : e.info;
 }
 
 const std::string& HfCheckpointReader::file_of(const std::string& name) const {
@@ -350,6 +408,10 @@ at::Tensor HfCheckpointReader::load(const std::string& name, at::ScalarType dtyp
     TORCH_CHECK(at::isFloatingType(dtype), "HfCheckpointReader::load: dtype must be floating, got ", dtype);
     const Entry& e = entry(name);
     const SafetensorsFile& file = *files_[e.file];
+    if (!e.fused.empty()) {
+        const at::Tensor part = file.get(e.fused).select(0, e.expert).narrow(0, e.row_begin, e.info.shape[0]);
+        return part.to(dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    }
     const at::Tensor stored = file.get(name);  // a view of the mapping (or an aligned copy)
     if (!e.scale_name.empty()) {
         const at::Tensor scale = files_[e.scale_file]->get(e.scale_name);

@@ -42,9 +42,12 @@ at::Tensor dequantize_fp8_blockwise(const at::Tensor& w8,
 
 class HfCheckpointReader {
 public:
-    /// Opens `dir`: config.json, then model.safetensors.index.json (every shard it lists must exist and
-    /// hold exactly the tensors the index maps to it) or else the single model.safetensors, or else every
-    /// *.safetensors in the directory. A tensor name present in two files is an error.
+    /// Opens `dir`: config.json, then the single model.safetensors, or else model.safetensors.index.json (every
+    /// shard it lists must exist and hold exactly the tensors the index maps to it), or else every *.safetensors in
+    /// the directory — transformers' order (a warning where both a model.safetensors and an index are there). A
+    /// tensor name present in two files is an error. Experts stored in transformers' in-memory layout
+    /// (`mlp.experts.gate_up_proj` [E, 2I, H] and `mlp.experts.down_proj` [E, H, I], as a saved state_dict has them)
+    /// read as the per-expert `mlp.experts.{e}.{gate,up,down}_proj.weight` that save_pretrained writes.
     static HfCheckpointReader open(const std::string& dir);
 
     const std::string& dir() const { return dir_; }
@@ -75,8 +78,15 @@ private:
         size_t file = 0;
         std::string scale_name;  ///< weight_scale_inv companion, empty when not quantized
         size_t scale_file = 0;   ///< the file that stores scale_name (shards may split a weight from its scale)
+        /// A per-expert weight cut from transformers' fused layout: rows [row_begin, row_begin + info.shape[0]) of
+        /// expert `expert` of the stored tensor `fused` (empty for a tensor stored under its own name).
+        std::string fused;
+        int64_t expert = 0, row_begin = 0;
+        SafetensorInfo info;  ///< its dtype and shape (set only where `fused` is)
     };
     const Entry& entry(const std::string& name) const;  // throws CheckpointError naming dir and tensor
+    // Adds the per-expert entries of the fused expert tensor `name` (stored in files_[file]).
+    void split_fused_experts(const std::string& name, size_t file);
     std::string dir_;
     ModelArch arch_;
     Fp8Format fp8_;

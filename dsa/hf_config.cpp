@@ -356,15 +356,13 @@ HfConfig read_hf_config_file(const std::string& path) {
     HfConfig out;
     ModelArch& c = out.arch;
     read_table(f, c);
+    // As transformers' DeepseekV32Config: mlp_layer_types, where given, decides which layers are dense (it ignores
+    // first_k_dense_replace then); without it the first min(first_k_dense_replace, num_hidden_layers) are — its
+    // default 3 makes a 1- or 2-layer config all dense, and such a config.json says 3.
     if (const Json* types = f.find("mlp_layer_types")) {
-        const int64_t num_dense = read_mlp_layer_types(f, *types, c.num_hidden_layers);
-        if (f.has("first_k_dense_replace") && num_dense != c.first_k_dense_replace) {
-            f.bad("mlp_layer_types", absl::StrCat("has ", num_dense,
-                                                  " leading dense layers but "
-                                                  "first_k_dense_replace is ",
-                                                  c.first_k_dense_replace));
-        }
-        c.first_k_dense_replace = num_dense;
+        c.first_k_dense_replace = read_mlp_layer_types(f, *types, c.num_hidden_layers);
+    } else if (c.num_hidden_layers >= 0) {
+        c.first_k_dense_replace = std::min(c.first_k_dense_replace, c.num_hidden_layers);
     }
     read_rope(f, c);
 

@@ -100,6 +100,23 @@ TEST(SafetensorsTest, AnEmptyTensorAtAMisalignedOffsetReadsAsEmpty) {
     EXPECT_EQ(t.scalar_type(), at::kFloat);
 }
 
+// Empty tensors hold no bytes, so their offsets may equal where a neighbour starts — transformers saves a config's zero
+// shared experts as [x, x] with a real tensor at [x, y], in whatever order its header lists them. No overlap.
+TEST(SafetensorsTest, EmptyTensorsAtANeighboursOffsetDoNotOverlap) {
+    testing::TempDir dir;
+    const std::string path = fs_path(dir, "zero_size.safetensors");
+    const std::string data(16, '\0');
+    for (
+        const char* header :
+        {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0,48],"data_offsets":[8,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+         R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},"e":{"dtype":"F32","shape":[48,0],"data_offsets":[8,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+         R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"e":{"dtype":"BF16","shape":[0],"data_offsets":[4,4]}})"}) {
+        write_bytes(path, raw_file(header, data));
+        EXPECT_THAT(open_error(path), ::testing::IsEmpty()) << header;
+    }
+    EXPECT_EQ(SafetensorsFile::open(path).get("e").numel(), 0);
+}
+
 TEST(SafetensorsTest, EachBadInputHasAClearError) {
     testing::TempDir dir;
     const std::string path = fs_path(dir, "bad.safetensors");

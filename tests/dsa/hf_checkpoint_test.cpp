@@ -281,6 +281,24 @@ TEST(HfCheckpointConfigTest, ReadsTheLegacyDeepSeekV32Config) {
     EXPECT_DOUBLE_EQ(e.rope_theta, 5e5);
 }
 
+// Which layers are dense, as DeepseekV32Config decides: mlp_layer_types where given (first_k_dense_replace then
+// ignored), else the first min(first_k_dense_replace, num_hidden_layers) — its default 3 on a 2-layer config.
+TEST(HfCheckpointConfigTest, DenseLayersAsTransformersCountsThem) {
+    testing::TempDir dir;
+    Json j = Json::parse(kDeepSeekV32Config);
+    j["num_hidden_layers"] = 2;
+    j["first_k_dense_replace"] = 3;
+    EXPECT_EQ(read_hf_config(dir.write("config.json", j.dump())).first_k_dense_replace, 2);
+    j.erase("first_k_dense_replace");
+    EXPECT_EQ(read_hf_config(dir.write("config.json", j.dump())).first_k_dense_replace, 2);
+    j["first_k_dense_replace"] = 3;
+    j["mlp_layer_types"] = Json::array({"dense", "sparse"});
+    EXPECT_EQ(read_hf_config(dir.write("config.json", j.dump())).first_k_dense_replace, 1);
+    j["first_k_dense_replace"] = 0;
+    j["mlp_layer_types"] = Json::array({"dense", "dense"});
+    EXPECT_EQ(read_hf_config(dir.write("config.json", j.dump())).first_k_dense_replace, 2);
+}
+
 TEST(HfCheckpointConfigTest, BadConfigsNameTheFileAndKey) {
     testing::TempDir dir;
     struct Case {
@@ -457,6 +475,18 @@ TEST(HfCheckpointIoTest, ShardedRoundTripWritesTheTransformersIndex) {
     // The same in bf16: half the bytes, so fewer shards.
     save_hf_checkpoint(dir, tiny_config(false), tensors, {.dtype = at::kBFloat16, .max_shard_bytes = 10000});
     expect_loads_back(HfCheckpointReader::open(dir), tensors, at::kBFloat16);
+
+    // A model.safetensors next to the index wins, as in transformers' from_pretrained (other weights: not the
+    // shards').
+    const Named other = sample_tensors(6);
+    save_safetensors(fs::join(dir, "model.safetensors"), other);
+    const HfCheckpointReader both = HfCheckpointReader::open(dir);
+    EXPECT_EQ(both.file_of("lm_head.weight"), fs::join(dir, "model.safetensors"));
+    for (const auto& [name, t] : other) {
+        if (at::isFloatingType(t.scalar_type())) {
+            EXPECT_TRUE(bitwise_equal(both.load(name, t.scalar_type()), t)) << name;
+        }
+    }
 }
 
 TEST(HfCheckpointIoTest, ReplacesAnExistingCheckpointAndLeavesNoTemporaryDirectory) {
@@ -549,6 +579,50 @@ TEST(HfCheckpointReaderTest, RejectsInconsistentShardsNamingTheFileAndTensor) {
         c.shard("model-00001-of-00001.safetensors", {{"a", at::ones({2})}, {"extra", at::ones({2})}});
         c.index({{"a", "model-00001-of-00001.safetensors"}});
         EXPECT_THAT(c.open_error(), HasSubstr("tensor 'extra' is not listed in"));
+    }
+}
+
+// transformers' in-memory expert layout (a saved state_dict): gate_up_proj [E, 2I, H] (gate rows first) and
+// down_proj [E, H, I] read as save_pretrained's per-expert weights; a wrong shape and a tensor stored both ways are
+// refused by name. tiny_config: 6 experts, I = 24, H = 48, layer 2 the MoE layer.
+TEST(HfCheckpointReaderTest, ReadsTransformersFusedExpertLayout) {
+    auto gen = rng::make_cpu_generator(11);
+    const at::Tensor gate_up = at::randn({6, 48, 48}, gen).to(at::kBFloat16), down = at::randn({6, 48, 24}, gen);
+    const std::string prefix = "model.layers.2.mlp.experts.";
+    {
+        HandMade c;
+        c.config();
+        c.shard("model.safetensors", {{prefix + "gate_up_proj", gate_up}, {prefix + "down_proj", down}});
+        const HfCheckpointReader r = HfCheckpointReader::open(c.dir());
+        EXPECT_EQ(r.names().size(), 18u);
+        EXPECT_FALSE(r.contains(prefix + "gate_up_proj"));
+        for (int64_t e : {0, 5}) {
+            const std::string at = prefix + std::to_string(e) + ".";
+            EXPECT_EQ(r.info(at + "gate_proj.weight").shape, (std::vector<int64_t>{24, 48}));
+            EXPECT_EQ(r.info(at + "down_proj.weight").shape, (std::vector<int64_t>{48, 24}));
+            EXPECT_EQ(r.info(at + "up_proj.weight").scalar_type, at::kBFloat16);
+            EXPECT_TRUE(
+                bitwise_equal(r.load(at + "gate_proj.weight", at::kFloat), gate_up[e].narrow(0, 0, 24).to(at::kFloat)));
+            EXPECT_TRUE(
+                bitwise_equal(r.load(at + "up_proj.weight", at::kFloat), gate_up[e].narrow(0, 24, 24).to(at::kFloat)));
+            EXPECT_TRUE(bitwise_equal(r.load(at + "down_proj.weight", at::kFloat), down[e]));
+            EXPECT_EQ(r.file_of(at + "down_proj.weight"), c.path("model.safetensors"));
+        }
+    }
+    {
+        HandMade c;
+        c.config();
+        c.shard("model.safetensors", {{prefix + "down_proj", at::randn({6, 24, 48}, gen)}});
+        const std::string msg = c.open_error();
+        EXPECT_THAT(msg, HasSubstr("fused expert tensor 'model.layers.2.mlp.experts.down_proj' (F32 [6, 24, 48])"));
+        EXPECT_THAT(msg, HasSubstr("[6, 48, 24]"));
+    }
+    {
+        HandMade c;
+        c.config();
+        c.shard("model.safetensors", {{prefix + "down_proj", down}, {prefix + "3.down_proj.weight", down[3]}});
+        EXPECT_THAT(c.open_error(), HasSubstr("tensor 'model.layers.2.mlp.experts.3.down_proj.weight' is stored both "
+                                              "on its own and in the fused 'model.layers.2.mlp.experts.down_proj'"));
     }
 }
 

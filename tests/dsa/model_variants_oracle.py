@@ -1,7 +1,8 @@
 """Held-out architectures against transformers (issue 4's parity, over the config space): for each variant of the
-DeepSeek-V3.2 config — one expert per token, no group limit, no shared experts, no MoE layer at all, tied
-embeddings, v_head_dim != qk_nope_head_dim, an indexer wider than the rope part, index_topk above the sequence,
-plain RoPE or YaRN with other factors, one layer — transformers builds and saves a random model, `dsrl_tool forward`
+DeepSeek-V3.2 config — one expert per token, no group limit, no shared experts, no MoE layer at all (also by
+transformers' cap of first_k_dense_replace at the layers), tied embeddings, v_head_dim != qk_nope_head_dim, an
+indexer wider than the rope part, index_topk above the sequence, plain RoPE or YaRN with other factors, one layer —
+transformers builds and saves a random model, `dsrl_tool forward`
 loads the checkpoint and its logits must match DeepseekV32ForCausalLM's within 1e-4 (fp32, left and right padding),
 with the same DSA top-k key sets at every real query.
 
@@ -36,6 +37,10 @@ VARIANTS = {
                                       first_k_dense_replace=0),
     "no_group_limit_unnormalized": dict(n_group=2, topk_group=2, num_experts_per_tok=3, norm_topk_prob=False),
     "no_shared_experts": dict(n_shared_experts=0),
+    # Zero-size shared experts saved at a neighbour's offset (once refused as an overlap) in this layout.
+    "no_shared_experts_4_layers": dict(n_shared_experts=0, num_hidden_layers=4, first_k_dense_replace=1),
+    # transformers caps first_k_dense_replace (its default 3) at the layers: all dense, config.json says 3.
+    "dense_by_default_first_k": dict(num_hidden_layers=2, first_k_dense_replace=3),
     "two_shared_experts_16_experts": dict(n_shared_experts=2, n_routed_experts=16, n_group=8, topk_group=3,
                                           num_experts_per_tok=4),
     "dense_only": dict(first_k_dense_replace=3),
