@@ -139,7 +139,7 @@ public:
         if (!lookup(key, rule, n)) return;
         const std::string path = join_path(top().path, key);
         double parsed = 0;
-        if (!n.IsScalar() || !parse_double(n.Scalar(), parsed)) type_error(n, path, "a number");
+        if (!n.IsScalar() || !parse_double(n.Scalar(), parsed)) type_error(n, path, "a finite number");
         check_bounds(n, path, parsed, rule);
         value = parsed;
     }
@@ -188,7 +188,7 @@ public:
             key, rule, "a list of numbers",
             [&](const YAML::Node& item, const std::string& path) {
                 double v = 0;
-                if (!item.IsScalar() || !parse_double(item.Scalar(), v)) type_error(item, path, "a number");
+                if (!item.IsScalar() || !parse_double(item.Scalar(), v)) type_error(item, path, "a finite number");
                 check_bounds(item, path, v, rule);
                 return v;
             },
@@ -310,17 +310,10 @@ private:
     // Read-only child lookup: const operator[] never inserts into the document.
     static YAML::Node child(const YAML::Node& map, const std::string& key) { return map[std::string(key)]; }
 
+    // A finite number: YAML's .inf / .nan (and inf, nan) are refused — no setting means "infinite" (each has its own
+    // off switch), and an infinite lr or temperature would only turn the weights into NaN some steps later.
     static bool parse_double(const std::string& text, double& out) {
-        const std::string t = absl::AsciiStrToLower(text);
-        if (t == ".inf" || t == "+.inf" || t == "inf") {
-            out = std::numeric_limits<double>::infinity();
-            return true;
-        }
-        if (t == "-.inf" || t == "-inf") {
-            out = -std::numeric_limits<double>::infinity();
-            return true;
-        }
-        return absl::SimpleAtod(text, &out) && !std::isnan(out);
+        return absl::SimpleAtod(text, &out) && std::isfinite(out);
     }
 
     // The origin of a node: "file:line:col: " or "--set a.b=c: " for values that came from an override.
@@ -605,16 +598,52 @@ struct Document::Impl {
     std::map<std::string, std::string> overrides;  // normalized path -> original "a.b=c" text
 };
 
+namespace {
+
+// yaml-cpp keeps both entries of a key given twice in one mapping and its lookups return the first: the second
+// would be ignored without a word. Refused, naming both places.
+void reject_duplicate_keys(const YAML::Node& node, const std::string& path, const std::string& source) {
+    if (node.IsMap()) {
+        std::map<std::string, YAML::Mark> seen;
+        for (const auto& kv : node) {
+            const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+            const std::string at = join_path(path, key);
+            if (!key.empty()) {
+                const auto [it, inserted] = seen.emplace(key, kv.first.Mark());
+                if (!inserted) {
+                    throw ConfigError(absl::StrCat(
+                        source, ":", kv.first.Mark().line + 1, ":", kv.first.Mark().column + 1, ": duplicate key '", at,
+                        "' (first given at line ", it->second.line + 1, "); a key may appear once in a mapping"));
+                }
+            }
+            reject_duplicate_keys(kv.second, at, source);
+        }
+    } else if (node.IsSequence()) {
+        for (size_t i = 0; i < node.size(); ++i) {
+            reject_duplicate_keys(node[i], absl::StrCat(path, "[", i, "]"), source);
+        }
+    }
+}
+
+}  // namespace
+
 Document Document::from_string(const std::string& text, const std::string& source) {
     Document doc;
     doc.impl_ = std::make_shared<Impl>();
     doc.source_ = source;
+    std::vector<YAML::Node> docs;
     try {
-        doc.impl_->root = YAML::Load(text);
+        docs = YAML::LoadAll(text);
     } catch (const YAML::Exception& e) {
         throw ConfigError(
             absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg));
     }
+    if (docs.size() > 1) {
+        throw ConfigError(absl::StrCat(source, ": holds ", docs.size(),
+                                       " YAML documents (separated by ---); a job configuration is one document"));
+    }
+    if (!docs.empty()) doc.impl_->root = docs[0];
+    reject_duplicate_keys(doc.impl_->root, "", source);
     return doc;
 }
 
@@ -625,7 +654,12 @@ Document Document::from_file(const std::string& path) {
     } catch (const fs::IoError& e) {
         throw ConfigError(absl::StrCat("config file '", path, "' cannot be read: ", e.reason()));
     }
-    return from_string(text, path);
+    Document doc = from_string(text, path);
+    if (doc.impl_->root.IsNull()) {
+        throw ConfigError(absl::StrCat("config file '", path,
+                                       "' is empty (no settings); omit --config to run the embedded demo job"));
+    }
+    return doc;
 }
 
 void Document::apply_override(const std::string& assignment) {
@@ -656,6 +690,7 @@ void Document::apply_override(const std::string& assignment) {
     } catch (const YAML::Exception& e) {
         throw ConfigError(absl::StrCat("--set ", assignment, ": the value is not valid YAML: ", e.msg));
     }
+    reject_duplicate_keys(value, path_text, absl::StrCat("--set ", assignment));
     if (!impl_->root.IsDefined() || impl_->root.IsNull()) impl_->root = YAML::Node(YAML::NodeType::Map);
     YAML::Node cur = impl_->root;
     std::string normalized;

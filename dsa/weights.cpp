@@ -1,6 +1,8 @@
 #include "dsa/weights.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/logical_not.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -221,7 +223,15 @@ ModelWeights load_weights(const HfCheckpointReader& reader, const ModelConfig& c
                                                "/config.json) implies ", shape_str(shape)));
         }
         consumed.insert(hf_name);
-        return reader.load(hf_name, dtype);
+        at::Tensor v = reader.load(hf_name, dtype);
+        // A NaN or infinite weight would train (every step skipped) and evaluate (accuracy 0) without a word.
+        if (!at::isfinite(v).all().item<bool>()) {
+            const int64_t bad = at::logical_not(at::isfinite(v)).sum().item<int64_t>();
+            throw CheckpointError(absl::StrCat("checkpoint ", reader.file_of(hf_name), ": tensor '", hf_name,
+                                               "' holds ", bad, " non-finite value(s) (NaN or infinity) of ",
+                                               v.numel()));
+        }
+        return v;
     };
     size_t k = 0;
     int64_t layer_logged = -1;

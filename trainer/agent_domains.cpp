@@ -4,15 +4,35 @@
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
+#include <absl/strings/str_split.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "agent/config.h"
 #include "agent/plugin.h"
 #include "agent/search_env.h"
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace dsrl::trainer {
+
+namespace {
+
+// Whether execvp would find `program`: a path with a slash is taken as is, a bare name is looked up in PATH.
+bool executable_in_path(const std::string& program) {
+    if (program.empty()) return false;
+    const auto runnable = [](const std::string& p) { return ::access(p.c_str(), X_OK) == 0 && !fs::is_dir(p); };
+    if (program.find('/') != std::string::npos) return runnable(program);
+    const char* path = std::getenv("PATH");
+    for (absl::string_view dir : absl::StrSplit(path != nullptr ? path : "/usr/bin:/bin", ':')) {
+        if (runnable(absl::StrCat(dir.empty() ? "." : std::string(dir), "/", program))) return true;
+    }
+    return false;
+}
+
+}  // namespace
 
 AgentEnvironments AgentEnvironments::build(const JobConfig& job) {
     AgentEnvironments out;
@@ -40,6 +60,13 @@ AgentEnvironments AgentEnvironments::build(const JobConfig& job) {
             for (const auto& [name, doc] : out.registry_->list()) known.push_back(name);
             throw ConfigError(absl::StrCat("domains[", d.name, "].environment.module: unknown environment '",
                                            spec.module, "' (known: ", absl::StrJoin(known, ", "), ")"));
+        }
+        if (!spec.command.empty() && !executable_in_path(spec.command[0])) {
+            throw ConfigError(absl::StrCat("domains[", d.name, "].environment.command: '", spec.command[0], "' ",
+                                           spec.command[0].find('/') != std::string::npos
+                                               ? "does not exist or is not executable"
+                                               : "is not an executable found in PATH",
+                                           " (every trajectory of the domain would fail)"));
         }
         if (spec.command.empty()) {
             try {  // the parameters are checked by creating one instance (a subprocess starts only per trajectory)

@@ -3,6 +3,10 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/logical_not.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
@@ -169,6 +173,40 @@ std::vector<std::string> step_dirs(const std::string& root) {
 
 std::string step_dir_name(int64_t step) { return absl::StrFormat("step-%08d", step); }
 
+void check_finite_weights(const dsa::Model& model,
+                          bool holds,
+                          const dist::Communicator* comm,
+                          const std::string& what) {
+    std::string bad;  // this rank's first non-finite tensor, with its count
+    if (holds) {
+        // named_tensors() hands out pointers for loading; nothing is written through them here.
+        std::vector<dsa::NamedTensor> tensors = const_cast<dsa::Model&>(model).named_tensors();
+        std::vector<at::Tensor> counts;
+        for (const dsa::NamedTensor& t : tensors) counts.push_back(at::logical_not(at::isfinite(*t.tensor)).sum());
+        const at::Tensor all = counts.empty() ? at::zeros({0}, at::kLong) : at::stack(counts).cpu();
+        const auto* n = all.data_ptr<int64_t>();
+        for (size_t i = 0; i < tensors.size(); ++i) {
+            if (n[i] > 0) {
+                bad = absl::StrCat("'", tensors[i].name, "' holds ", n[i], " of ", tensors[i].tensor->numel());
+                break;
+            }
+        }
+    }
+    if (comm != nullptr && comm->size() > 1) {
+        for (const std::string& b : comm->all_gather_bytes(bad)) {
+            if (!b.empty()) {
+                bad = b;
+                break;
+            }
+        }
+    }
+    if (!bad.empty()) {
+        throw Error(absl::StrCat("not writing ", what, ": the policy's weights are not finite (", bad,
+                                 " NaN or infinite values); training diverged (learning rate too high? a non-finite "
+                                 "reward or input?) — the earlier checkpoints are kept as they were"));
+    }
+}
+
 std::string save_checkpoint(const std::string& root,
                             const dsa::Model& model,
                             const AdamW& optimizer,
@@ -179,6 +217,8 @@ std::string save_checkpoint(const std::string& root,
                             const dsa::Model* reference,
                             bool trains) {
     const int rank = comm != nullptr ? comm->rank() : 0;
+    check_finite_weights(model, trains, comm,
+                         absl::StrCat("checkpoint ", fs::join(root, step_dir_name(state.job_step()))));
     const std::string name = step_dir_name(state.job_step());
     const std::string tmp = fs::join(root, absl::StrCat(".", name, ".tmp"));
     const std::string final_dir = fs::join(root, name);
@@ -261,6 +301,8 @@ namespace {
 
 // "" when `dir` holds every file a resume reads and they verify against its manifest; else what is wrong.
 std::string checkpoint_problem(const std::string& dir, const dist::Communicator* comm) {
+    if (!fs::exists(dir)) return absl::StrCat("checkpoint ", dir, " does not exist");
+    if (!fs::is_dir(dir)) return absl::StrCat("checkpoint ", dir, " is not a directory");
     for (const char* need : {kState, kOptimizer, kModel}) {
         const bool shards = std::string(need) == kOptimizer && fs::exists(fs::join(dir, optimizer_shard_file(0)));
         if (!shards && !fs::exists(fs::join(dir, need))) {

@@ -53,6 +53,11 @@ std::string step_dir_name(int64_t step);
 /// The names of the step directories under `root` ("step-NNNNNNNN"), oldest first; none when `root` is missing.
 std::vector<std::string> step_dirs(const std::string& root);
 
+/// Throws an Error naming the first tensor with NaN or infinite values of `model` and `what` was not written;
+/// collective over `comm` (null: one process). `holds` false: this rank holds no weights to check (a rollout worker).
+/// Every checkpoint and the final export pass it first: a diverged policy is never written as if it were good.
+void check_finite_weights(const dsa::Model& model, bool holds, const dist::Communicator* comm, const std::string& what);
+
 /// Saves a checkpoint collectively (every rank of `comm` calls it; `comm` may be null for one process).
 /// `rng_state` is this rank's generator state. `trains` false: a rollout worker of a disaggregated job, which writes
 /// its generator state and cursors but no optimizer state (it holds none; the trainers' shards are the optimizer's)

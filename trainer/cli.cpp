@@ -1,5 +1,7 @@
 #include "trainer/cli.h"
 
+#include <algorithm>
+
 #include "core/config_binder.h"
 #include "core/env.h"
 #include "core/error.h"
@@ -25,10 +27,22 @@ CliOptions parse_cli(const std::vector<std::string>& args) {
         auto take_value = [&]() -> std::string {
             if (has_inline_value) return value;
             if (i + 1 >= args.size()) throw ConfigError(absl::StrCat(flag, " needs a value (see --help)"));
+            // `--resume --check` would take --check as a path and then run the job: a value that is one of our flags
+            // is its value missing (`--set` values are key=value and never look like a flag).
+            const std::string& next = args[i + 1];
+            const std::string next_flag = next.substr(0, next.find('='));
+            if (std::find(kFlags.begin(), kFlags.end(), next_flag) != kFlags.end() || next == "-c" || next == "-h") {
+                throw ConfigError(absl::StrCat(flag, " needs a value, got the option ", next, " (see --help)"));
+            }
             return args[++i];
         };
         if (flag == "--config" || flag == "-c") {
+            if (!opt.config_path.empty()) {
+                throw ConfigError(absl::StrCat("--config given twice ('", opt.config_path, "' and '", take_value(),
+                                               "'): a job has one configuration file; use --set to change keys"));
+            }
             opt.config_path = take_value();
+            if (opt.config_path.empty()) throw ConfigError("--config needs a file");
         } else if (flag == "--set") {
             opt.overrides.push_back(take_value());
         } else if (flag == "--resume") {

@@ -2,6 +2,7 @@
 
 #include <absl/strings/str_cat.h>
 
+#include <algorithm>
 #include <set>
 
 #include "core/env.h"
@@ -32,6 +33,17 @@ void bind(Binder& b, RunConfig& c) {
                     "unless this is true; then that job's checkpoints, metrics file, eval.json and tb/ are deleted "
                     "first."});
     if (b.reading() && c.stages.empty()) b.fail("stages", "at least one stage is required");
+    if (b.reading()) {
+        for (size_t i = 0; i < c.stages.size(); ++i) {
+            if (std::find(c.stages.begin(), c.stages.begin() + static_cast<std::ptrdiff_t>(i), c.stages[i]) !=
+                c.stages.begin() + static_cast<std::ptrdiff_t>(i)) {
+                b.fail("stages", absl::StrCat("stage '", c.stages[i],
+                                              "' is listed twice; a stage runs once (give it more steps instead)"));
+            }
+        }
+        // "" would make the current directory the run directory (and run.overwrite would delete its files there).
+        if (c.output_dir.empty()) b.fail("output_dir", "must not be empty (use \".\" for the current directory)");
+    }
 }
 
 void bind(Binder& b, CheckpointConfig& c) {
@@ -69,9 +81,18 @@ void bind(Binder& b, TrainerConfig& c) {
              .min = 0,
              .max = 2});
     b.field("log_every", c.log_every, {.doc = "Console line every N steps.", .min = 1});
+    b.field("max_skipped_steps", c.max_skipped_steps,
+            {.doc = "Steps in a row whose optimizer update was skipped for non-finite gradients (skipped_steps in "
+                    "metrics.jsonl) that stop the job with an error: training has diverged and every further step "
+                    "would be skipped too. 0: never stop.",
+             .min = 0});
     b.section("optimizer", c.optimizer, "AdamW and the learning-rate schedule.");
     b.section("checkpoint", c.checkpoint, "Atomic checkpoints (SPEC §7).");
     b.field("metrics_file", c.metrics_file, {.doc = "JSON-lines metrics file, relative to run.output_dir."});
+    if (b.reading() && (c.metrics_file.empty() || c.metrics_file.front() == '/')) {
+        b.fail("metrics_file",
+               absl::StrCat("must be a file name relative to run.output_dir, got '", c.metrics_file, "'"));
+    }
     b.field("tensorboard", c.tensorboard, {.doc = "Write TensorBoard event files to <run.output_dir>/tb."});
     b.field("autocast", c.autocast,
             {.doc = "bf16 autocast on CUDA: fp32 parameters, bf16 matmuls (router and indexer weights stay fp32). No "

@@ -72,6 +72,8 @@ struct TrainerConfig {
     int64_t micro_batch_size = 8;
     int64_t zero_stage = 0;  ///< sharded optimizer state over the data-parallel ranks (trainer/optimizer.h)
     int64_t log_every = 1;
+    int64_t max_skipped_steps =
+        10;  ///< consecutive steps with a skipped (non-finite) update that stop the job; 0: never
     OptimizerConfig optimizer;
     CheckpointConfig checkpoint;
     std::string metrics_file = "metrics.jsonl";

@@ -89,10 +89,11 @@ public:
 
     double globalize(std::map<std::string, double>& m, int world) const override {
         // Counts are totals over the ranks (reduce_metrics averages), so a job reports the same figures on any number
-        // of ranks: the global batch's generated tokens, its sequences and loss tokens per mini-batch, its failed
-        // samples and the groups they emptied.
+        // of ranks: the global batch's generated tokens, its sequences and loss tokens per mini-batch, its samples,
+        // its failed samples and the groups they emptied.
         m["generated_tokens"] *= world;
-        for (const char* count : {"sequences", "tokens", "failed_samples", "dropped_groups", "reward_failed"}) {
+        for (const char* count :
+             {"sequences", "tokens", "failed_samples", "dropped_groups", "reward_failed", "samples"}) {
             if (m.count(count)) m[count] *= world;
         }
         return m["generated_tokens"];

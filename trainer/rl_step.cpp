@@ -19,6 +19,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "core/logging.h"
 #include "core/rng.h"
 #include "grpo/update.h"
 #include "rollout/generator.h"
@@ -214,6 +215,7 @@ RlStepResult RlStep::run(int64_t step) {
         auto& prompts = batch.prompts;
         auto& tasks = batch.tasks;
         auto& items = batch.items;
+        std::string first_failure;
         const uint64_t rollout_seed = rng::derive_seed(job_.run.seed, 0, absl::StrCat("rollout.", batch.step));
         rollout::GenerationStats gstats;
         std::vector<rollout::SampleGroup> groups =
@@ -257,7 +259,26 @@ RlStepResult RlStep::run(int64_t step) {
             for (size_t i = 0; i < samples.size(); ++i) {
                 samples[i]->reward = scores[i].ok() ? static_cast<float>(scores[i].value) : std::nanf("");
                 c.failed += !scores[i].ok();
+                if (!scores[i].ok() && first_failure.empty()) {
+                    first_failure = absl::StrCat(
+                        "domain '", name, "': ", scores[i].error.empty() ? "a non-finite reward" : scores[i].error);
+                }
             }
+        }
+        // Failed samples are excluded and counted (reward_failed); the log says why, once a step.
+        int64_t total = 0;
+        for (const rollout::SampleGroup& g : groups) {
+            for (const rollout::Sample& smp : g.samples) {
+                ++total;
+                if (!smp.env_error.empty() && first_failure.empty()) {
+                    first_failure = absl::StrCat("domain '", smp.domain, "': ", smp.env_error);
+                }
+            }
+        }
+        if (c.failed > 0) {
+            DSRL_LOG(warn) << "step " << batch.step + 1 << ": " << c.failed << " of " << total
+                           << " samples failed (excluded from the loss, counted in reward_failed); the first: "
+                           << first_failure;
         }
         return groups;
     };
@@ -358,6 +379,9 @@ RlStepResult RlStep::run(int64_t step) {
     out.metrics["lr"] = lr_at(job_.trainer.optimizer, std::max<int64_t>(0, optimizer_.steps() - 1), total_opt_steps);
     out.metrics["skipped_steps"] = static_cast<double>(out.skipped_steps);
     out.metrics["reward_failed"] = static_cast<double>(counters.failed);
+    int64_t samples = 0;
+    for (const rollout::SampleGroup& g : out.groups) samples += static_cast<int64_t>(g.samples.size());
+    out.metrics["samples"] = static_cast<double>(samples);
     out.metrics["generated_tokens"] = static_cast<double>(counters.generated_tokens);
     if (counters.has_agent) add_agent_metrics(counters.agent, train_comm_, out.metrics);
     out.metrics.erase("update");

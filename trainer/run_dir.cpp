@@ -188,6 +188,20 @@ void prepare_fresh_start(const std::string& checkpoint_root,
                                "); this job starts fresh (no --resume). Pass --resume auto to continue that job, "
                                "--set run.overwrite=true to delete its checkpoints and outputs and start over, or "
                                "choose another run.output_dir");
+    } else if (comm.rank() == 0) {
+        // No checkpoint, but an earlier job's outputs (one killed before its first checkpoint): appending to its
+        // metrics would mix two jobs' rows in one file.
+        for (const std::string& p : outputs) {
+            if (fs::exists(p) && (fs::is_dir(p) || fs::file_size(p) > 0)) {
+                earlier = 1;
+                message = absl::StrCat(p,
+                                       " is an earlier job's output (it left no checkpoint); this job starts fresh "
+                                       "(no --resume). Pass --resume auto to run that job again from its start, "
+                                       "--set run.overwrite=true to delete its outputs and start over, or choose "
+                                       "another run.output_dir");
+                break;
+            }
+        }
     }
     earlier = share_status(earlier, comm);
     if (earlier == 0) return;

@@ -50,9 +50,10 @@ private:
 
 /// A fresh start (no --resume) where an earlier job left checkpoints (`<checkpoint_root>/latest`): saving into
 /// them would mix two jobs' steps (and keep_last would delete the new job's first checkpoint, the oldest by
-/// number). Refused with a ConfigError naming the directory and the ways out, unless `overwrite`
-/// (run.overwrite): then rank 0 deletes the earlier checkpoints and `outputs` (metrics, eval.json, tb/) first,
-/// with a warning. Collective; call it under the run lock.
+/// number). Likewise where it left no checkpoint but one of `outputs` (a non-empty file or a directory): its
+/// metrics rows would mix with the new job's. Refused with a ConfigError naming the path and the ways out, unless
+/// `overwrite` (run.overwrite): then rank 0 deletes the earlier checkpoints and `outputs` (metrics, eval.json, tb/)
+/// first, with a warning. Collective; call it under the run lock.
 void prepare_fresh_start(const std::string& checkpoint_root,
                          const std::vector<std::string>& outputs,
                          bool overwrite,

@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/fault.h"
@@ -80,8 +82,9 @@ std::string eta(double seconds_per_step, int64_t remaining) {
 
 MetricsLog::MetricsLog(const std::string& path, const std::string& tb_dir, bool active) : active_(active) {
     if (!active_) return;
+    path_ = path;
     out_.open(path, std::ios::app);
-    if (!out_) throw Error(absl::StrCat("cannot open the metrics file ", path));
+    if (!out_) throw Error(absl::StrCat("cannot open the metrics file ", path, ": ", std::strerror(errno)));
     if (!tb_dir.empty()) tb_ = std::make_unique<TensorBoardWriter>(tb_dir);
 }
 
@@ -94,6 +97,12 @@ void MetricsLog::write(const std::string& stage, int64_t step, const std::map<st
     j["step"] = step;
     out_ << j.dump() << "\n";
     out_.flush();
+    // A row that did not reach the file (disk full, quota, I/O error) stops the job: the metrics would be lost
+    // without a word otherwise. The last checkpoint's row count is what a resume cuts the file back to.
+    if (!out_) {
+        throw Error(absl::StrCat("cannot write the metrics file ", path_, " (", stage, " step ", step,
+                                 "): ", std::strerror(errno), " — disk full?"));
+    }
     if (tb_) {
         std::map<std::string, double> tagged;
         for (const auto& [k, v] : m) tagged[stage + "/" + k] = v;
@@ -170,6 +179,7 @@ bool run_stage(Stage& stage, JobContext& ctx) {
     stage.begin(done == 0);
     const auto t0 = Clock::now();
     const int64_t first = done;
+    int64_t idle_steps = 0;
     while (done < total) {
         fault::kill_point("step_start", ctx.state.job_step() + 1, rank);
         const StepMeter meter(ctx.device);
@@ -188,6 +198,22 @@ bool run_stage(Stage& stage, JobContext& ctx) {
             std::fflush(stdout);
         }
         stage.after_step(done);
+        // Steps that trained nothing: an update skipped for non-finite gradients (diverged), or every sample of an RL
+        // step failed (a broken environment or reward). The reduced metrics are the same on every rank, so every rank
+        // stops here together, before this step's checkpoint (its weights may be NaN; it would refuse them anyway).
+        const auto metric = [&m](const char* key) { return m.count(key) != 0 ? m.at(key) : 0.0; };
+        const bool skipped = metric("skipped_steps") > 0;
+        const bool all_failed = metric("samples") > 0 && metric("reward_failed") >= metric("samples");
+        idle_steps = skipped || all_failed ? idle_steps + 1 : 0;
+        if (job.trainer.max_skipped_steps > 0 && idle_steps >= job.trainer.max_skipped_steps) {
+            throw Error(absl::StrCat(
+                name, " step ", done, ": the last ", idle_steps, " steps trained nothing (trainer.max_skipped_steps): ",
+                all_failed ? "every sample failed (the warnings above name the failures: a broken environment "
+                             "or reward?)"
+                           : "their optimizer updates were skipped for non-finite gradients — training has diverged "
+                             "(NaN or infinite weights, a learning rate too high, non-finite inputs)",
+                ". The checkpoints before stay as they were"));
+        }
         const bool stop = stop_requested(ctx.comm);
         if (stop || checkpoint_due(done, job.trainer.checkpoint.every_steps) || done == total) ctx.checkpoint();
         if (stop) {

@@ -41,6 +41,7 @@ public:
 
 private:
     bool active_;
+    std::string path_;
     std::ofstream out_;
     std::unique_ptr<TensorBoardWriter> tb_;
 };

@@ -5,10 +5,13 @@
 #include <c10/cuda/CUDAFunctions.h>
 
 #include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 
+#include "core/checksum.h"
 #include "core/dist/groups.h"
 #include "core/error.h"
 #include "core/fault.h"
@@ -18,6 +21,7 @@
 #include "core/rng.h"
 #include "data/prompts.h"
 #include "data/token_data.h"
+#include "dsa/hf_checkpoint.h"
 #include "dsa/model.h"
 #include "dsa/sparse_attention.h"
 #include "rewards/reward.h"
@@ -42,6 +46,17 @@ text::ChatChoice chat_choice(const ModelRuntime& m) { return {.format = m.chat_f
 // already that short leave it as it is.
 void truncate_metrics(const std::string& path, int64_t bytes) {
     const int64_t size = fs::file_size(path);
+    if (bytes >= 0 && size < bytes) {
+        // Shorter than when the checkpoint was written: rows were lost (cut or edited outside dsrl). Said, and a torn
+        // last row cut back to the last whole one, so the rows appended now start on a line of their own.
+        const std::string text = size > 0 ? fs::read_file(path) : std::string();
+        const size_t whole = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+        DSRL_LOG(warn) << path << ": " << size << " bytes, shorter than the " << bytes
+                       << " it had when the checkpoint was written; rows of steps before the checkpoint are missing"
+                       << (whole < text.size() ? " (a torn last row dropped)" : "");
+        if (whole < text.size()) fs::truncate_file(path, static_cast<int64_t>(whole));
+        return;
+    }
     if (bytes < 0 || size <= bytes) return;
     DSRL_LOG(warn) << path << ": dropping " << size - bytes << " bytes of rows written after the checkpoint "
                    << "(the steps run again from it)";
@@ -60,6 +75,14 @@ void cut_tensorboard(const std::string& tb_dir, const std::string& cursor) {
 
 // Stages and keys the schema accepts for what later issues build: refused, never silently ignored.
 void check_supported(const JobConfig& job) {
+    // (Here, not in the config's rules: dsrl_tool generate reads the same config with a group of one.)
+    const bool grpo = std::find(job.run.stages.begin(), job.run.stages.end(), "grpo") != job.run.stages.end();
+    if (grpo && job.rollout.group_size < 2) {
+        throw ConfigError(absl::StrCat(
+            "rollout.group_size: GRPO needs at least 2 samples per prompt (its advantages are relative to the group's "
+            "mean: a group of one has none, so every step would train nothing), got ",
+            job.rollout.group_size));
+    }
     for (const std::string& stage : job.run.stages) {
         if (stage != "sft" && stage != "grpo" && stage != "indexer_warmup" && stage != "sparse_train") {
             throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build; runnable: sft, ",
@@ -89,12 +112,53 @@ void check_supported(const JobConfig& job) {
 
 }  // namespace
 
+void check_same_job(const std::string& config_yaml, const dist::Communicator& comm) {
+    if (comm.size() <= 1) return;
+    // Each node of a multi-node job may read its own copy of the config (and its own --set): one job needs one
+    // configuration. Checksums first (a few bytes per rank); the texts only to say where they differ.
+    const std::string mine = std::to_string(crc32c(config_yaml.data(), config_yaml.size()));
+    const std::vector<std::string> sums = comm.all_gather_bytes(mine);
+    int other = -1;
+    for (int r = 1; r < static_cast<int>(sums.size()) && other < 0; ++r) {
+        if (sums[static_cast<size_t>(r)] != sums[0]) other = r;
+    }
+    if (other < 0) return;
+    std::string theirs = config_yaml;
+    comm.broadcast_bytes(theirs, other);
+    std::string ours = config_yaml;
+    comm.broadcast_bytes(ours, 0);
+    const std::vector<std::string> a = absl::StrSplit(ours, '\n'), b = absl::StrSplit(theirs, '\n');
+    size_t line = 0;
+    while (line < a.size() && line < b.size() && a[line] == b[line]) ++line;
+    throw ConfigError(
+        absl::StrCat("rank ", other,
+                     " runs another configuration than rank 0 (each rank must load the same config file and --set "
+                     "options); the resolved configurations first differ at line ",
+                     line + 1, ": rank 0 '", line < a.size() ? a[line] : "", "', rank ", other, " '",
+                     line < b.size() ? b[line] : "", "'"));
+}
+
 void check_job(const JobConfig& job) {
     check_supported(job);
+    // The checkpoint's config.json and safetensors headers (cheap: nothing is read but the headers), and the
+    // tokenizer the job will use (its vocabulary against model.vocab_size): errors --check should report too.
+    int64_t vocab_size = job.model.vocab_size;  // a checkpoint's own config.json decides its vocabulary
+    if (!job.model.path.empty()) {
+        try {
+            vocab_size = dsa::HfCheckpointReader::open(job.model.path).arch().vocab_size;
+        } catch (const CheckpointError& e) {
+            throw CheckpointError(absl::StrCat("model.path: ", e.what()));
+        }
+    }
+    const auto tokenizer = text::make_tokenizer(job.model.path, vocab_size, chat_choice(job.model));
     const rewards::Registry& registry = rewards::Registry::global();
     bool agents = false;
     for (const DomainConfig& d : job.domains) {
         const data::Rows rows = d.environment.enabled() ? data::Rows::kTasks : data::Rows::kPrompts;
+        if (!d.environment.enabled() && d.rewards.empty()) {
+            throw ConfigError(absl::StrCat("domains[", d.name,
+                                           "].rewards: a domain needs at least one reward module (or an environment)"));
+        }
         if (!d.environment.enabled()) rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
         agents |= d.environment.enabled();
         data::make_prompt_source(d.data, d.name, "", rows);
@@ -104,18 +168,14 @@ void check_job(const JobConfig& job) {
         AgentEnvironments::build(job);  // modules known, plugins load
         rollout::parse_context_strategy(job.rollout.context);
         text::ChatOptions options;
-        if (text::make_tokenizer(job.model.path, job.model.vocab_size, chat_choice(job.model))->chat_format(&options) ==
-            nullptr) {
+        if (tokenizer->chat_format(&options) == nullptr) {
             throw ConfigError(
                 "domains[].environment: agent domains need a chat format that shows tool calls; the byte-level "
                 "template cannot (set model.chat_format: deepseek_v32)");
         }
     }
     if (!job.sft.data.empty()) data::make_prompt_source(job.sft.data, "sft", "", data::Rows::kConversations);
-    if (uses_dsa_stages(job))
-        data::make_token_source(job.dsa.data, job.dsa.seq_len,
-                                *text::make_tokenizer(job.model.path, job.model.vocab_size, chat_choice(job.model)),
-                                "");
+    if (uses_dsa_stages(job)) data::make_token_source(job.dsa.data, job.dsa.seq_len, *tokenizer, "");
 }
 
 at::ScalarType save_scalar_type(SaveDType d) {
@@ -133,6 +193,7 @@ at::ScalarType save_scalar_type(SaveDType d) {
 int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicator& comm) {
     const int rank = comm.rank();
     check_supported(job);
+    check_same_job(opt.config_yaml, comm);
     fault::check_environment();
     // One job per run directory, held until run_job returns (before MPI_Finalize); stale temporary files of
     // killed writers are removed under it (trainer/run_dir.h).
@@ -275,6 +336,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     // The trained policy for other tools, at trainer.checkpoint.save_dtype (under expert parallelism each rank of
     // rank 0's group writes its own experts).
     const std::string final_dir = fs::join(job.run.output_dir, kFinalModelDir);
+    check_finite_weights(policy, !roles.rollout, &comm, absl::StrCat("the trained policy to ", final_dir));
     policy.save_distributed(final_dir, {.dtype = save_scalar_type(job.trainer.checkpoint.save_dtype)}, rank == 0);
     if (rank == 0) {
         DSRL_LOG(info) << "exported the trained policy to " << final_dir;

@@ -26,6 +26,9 @@ struct RunOptions {
 /// params, and every data source (domains' data and eval_data, sft.data) opens and parses. Throws
 /// ConfigError / DataError naming the key or file.
 void check_job(const JobConfig& job);
+/// Collective: a ConfigError on every rank when a rank's resolved configuration (`config_yaml`) differs from rank 0's,
+/// naming the rank and the first differing line.
+void check_same_job(const std::string& config_yaml, const dist::Communicator& comm);
 
 /// Where a completed job exports the trained policy, under run.output_dir.
 inline constexpr const char* kFinalModelDir = "final";

@@ -100,4 +100,16 @@ echo "$out" | grep -q "trajectory: 0 turns.*FAILED: .*broken" ||
     { echo "FAIL: an unknown environment module must be refused"; exit 1; }
 "$bin" --config "$tmp/job.yaml" --set 'domains[0].rewards=[{module: exact_match}]' --check 2>&1 | grep -q "rewards" ||
     { echo "FAIL: rewards on an agent domain must be refused"; exit 1; }
+"$bin" --config "$tmp/job.yaml" --set 'domains[2].environment.command=[/nonexistent/env_bin]' --check 2>&1 |
+    grep -q "domains\[broken\].environment.command: '/nonexistent/env_bin' does not exist or is not executable" ||
+    { echo "FAIL: an environment command that cannot start must be refused naming it"; exit 1; }
+grep -q "samples failed (excluded from the loss, counted in reward_failed); the first: domain 'broken'" "$tmp/log" ||
+    { echo "FAIL: the log does not say why the broken domain's samples failed"; exit 1; }
+# A job whose every sample fails stops (trainer.max_skipped_steps) instead of training nothing to the end.
+"$bin" --config "$tmp/job.yaml" --set 'run.stages=[grpo]' --set 'domains=[{name: broken, data: "synthetic:arithmetic",
+    environment: {command: [/bin/false]}}]' --set trainer.max_skipped_steps=2 --set trainer.total_steps=4 \
+    --set run.output_dir="$tmp/all_failed" >"$tmp/all_failed.log" 2>&1 &&
+    { echo "FAIL: a job whose every sample failed exited 0"; exit 1; }
+grep -q "grpo step 2: the last 2 steps trained nothing (trainer.max_skipped_steps): every sample failed" \
+    "$tmp/all_failed.log" || { echo "FAIL: no error for a job whose every sample failed"; tail -5 "$tmp/all_failed.log"; exit 1; }
 echo "PASS: cold start, mixed agent GRPO, failures counted, records, exact resume, refusals"

@@ -3,7 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/randint.h>
+
+#include <limits>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -89,6 +92,46 @@ TEST(CheckpointTest, LatestKeepLastAndInterruptedSaves) {
     save_checkpoint(root, m, opt, {.step = 50}, gen.get_state(), 2, nullptr);
     EXPECT_FALSE(fs::exists(root + "/.step-00000040.tmp"));
     EXPECT_THROW(resolve_resume(root, root + "/nope"), CheckpointError);
+}
+
+// A diverged policy is never written: the save refuses NaN / infinite weights, naming the tensor, and leaves the
+// checkpoints before it as they were; a model checkpoint holding them is refused on load, naming file and tensor.
+TEST(CheckpointTest, NonFiniteWeightsAreNeitherSavedNorLoaded) {
+    testing::TempDir tmp;
+    const std::string root = tmp.path() + "/ckpt";
+    dsa::Model m = dsa::Model::random(tiny(), 1, at::kCPU);
+    AdamW opt(params_of(m), {});
+    at::Generator gen = rng::make_cpu_generator(1);
+    const std::string good = save_checkpoint(root, m, opt, {.step = 1}, gen.get_state(), 3, nullptr);
+    const std::string hf = tmp.path() + "/hf";
+    at::Tensor* norm = nullptr;
+    for (dsa::NamedTensor& t : m.named_tensors()) {
+        if (t.name == "model.norm.weight") norm = t.tensor;
+    }
+    ASSERT_NE(norm, nullptr);
+    {
+        at::NoGradGuard no_grad;
+        (*norm)[3] = std::numeric_limits<float>::quiet_NaN();
+        (*norm)[5] = std::numeric_limits<float>::infinity();
+    }
+    try {
+        save_checkpoint(root, m, opt, {.step = 2}, gen.get_state(), 3, nullptr);
+        FAIL() << "a checkpoint of NaN weights was written";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("not writing checkpoint " + root + "/step-00000002"));
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("'model.norm.weight' holds 2 of"));
+    }
+    EXPECT_FALSE(fs::exists(root + "/step-00000002"));
+    EXPECT_FALSE(fs::exists(root + "/.step-00000002.tmp"));
+    EXPECT_EQ(resolve_resume(root, "auto"), good);
+    // The same weights in an HF checkpoint (Model::save writes what it holds): refused on load.
+    m.save(hf, {.dtype = at::kFloat});
+    try {
+        dsa::Model::load(hf, tiny(), c10::Device(c10::kCPU));
+        FAIL() << "NaN weights loaded";
+    } catch (const CheckpointError& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("tensor 'model.norm.weight' holds 2 non-finite value(s)"));
+    }
 }
 
 TEST(CheckpointTest, RefusesAnotherModelOrWorldSize) {

@@ -41,6 +41,26 @@ TEST(CliTest, UnknownFlagSuggestsNearest) {
     EXPECT_THROW(parse_cli({"--resume="}), ConfigError);
 }
 
+// A flag where a value belongs is the value missing (`--resume --check` once ran the job with a checkpoint path
+// "--check"); a second --config is refused instead of the last one winning silently.
+TEST(CliTest, AMissingValueOrASecondConfigIsAnError) {
+    const auto error_of = [](const std::vector<std::string>& args) {
+        try {
+            parse_cli(args);
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    EXPECT_THAT(error_of({"--resume", "--check"}), HasSubstr("--resume needs a value, got the option --check"));
+    EXPECT_THAT(error_of({"--dump-rollouts", "--check"}), HasSubstr("--dump-rollouts needs a value"));
+    EXPECT_THAT(error_of({"--config", "--set=a=1"}), HasSubstr("--config needs a value, got the option --set=a=1"));
+    EXPECT_THAT(error_of({"--config", "a.yaml", "-c", "b.yaml"}),
+                HasSubstr("--config given twice ('a.yaml' and 'b.yaml')"));
+    EXPECT_EQ(error_of({"--set", "run.name=--check"}), "");  // a value may contain a flag's text after its key
+    EXPECT_EQ(error_of({"--dump-rollouts", "-dir"}), "");    // or begin with a dash
+}
+
 TEST(CliTest, UsageDocumentsFlagsAndEnvironment) {
     const std::string text = usage();
     for (const char* s : {"--config", "--set", "--resume", "--print-config", "--print-schema", "--check",

@@ -79,9 +79,34 @@ TEST(ConfigTest, WrongTypeNamesKeyValueAndExpectation) {
     EXPECT_THAT(msg, HasSubstr("job.yaml:2:16"));
     EXPECT_THAT(msg, HasSubstr("model.hidden_size: expected an integer, got 'abc'"));
     EXPECT_THAT(load_error("grpo: {keep_routing: maybe}\n"), HasSubstr("expected a boolean"));
-    EXPECT_THAT(load_error("grpo: {eps_low: [1]}\n"), HasSubstr("grpo.eps_low: expected a number, got a list"));
+    EXPECT_THAT(load_error("grpo: {eps_low: [1]}\n"), HasSubstr("grpo.eps_low: expected a finite number, got a list"));
     EXPECT_THAT(load_error("model: 3\n"), HasSubstr("model: expected a section"));
     EXPECT_THAT(load_error("model: {hidden_size: 1.5}\n"), HasSubstr("expected an integer, got '1.5'"));
+}
+
+// No setting means "infinite": .inf (an lr, a temperature) would only turn the weights into NaN steps later.
+TEST(ConfigTest, NonFiniteNumbersAreRefused) {
+    EXPECT_THAT(load_error("sft: {lr: .inf}\n"), HasSubstr("sft.lr: expected a finite number, got '.inf'"));
+    EXPECT_THAT(load_error("rollout: {temperature: -.Inf}\n"), HasSubstr("rollout.temperature: expected a finite"));
+    EXPECT_THAT(load_error("grpo: {delta: .nan}\n"), HasSubstr("grpo.delta: expected a finite number"));
+    EXPECT_THAT(load_error("{}", {"sft.lr=inf"}), HasSubstr("--set sft.lr=inf: sft.lr: expected a finite number"));
+    EXPECT_THAT(load_error("sft: {lr: 1e400}\n"), HasSubstr("expected a finite number"));
+}
+
+// yaml-cpp would keep the first of a key given twice and ignore the rest; a second document, likewise.
+TEST(ConfigTest, DuplicateKeysExtraDocumentsAndEmptyFilesAreRefused) {
+    std::string msg = load_error("rollout:\n  group_size: 4\n  group_size: 8\n");
+    EXPECT_THAT(msg, HasSubstr("job.yaml:3:3: duplicate key 'rollout.group_size' (first given at line 2)"));
+    EXPECT_THAT(load_error("rollout: {group_size: 4}\nrollout: {top_p: 0.5}\n"),
+                HasSubstr("job.yaml:2:1: duplicate key 'rollout'"));
+    EXPECT_THAT(load_error("domains:\n  - {name: a, data: x, name: b}\n"),
+                HasSubstr("duplicate key 'domains[0].name'"));
+    EXPECT_THAT(load_error("{}", {"domains.0.rewards=[{module: m, module: n}]"}),
+                HasSubstr("duplicate key 'domains.0.rewards[0].module'"));
+    EXPECT_THAT(load_error("run: {name: a}\n---\nrun: {name: b}\n"), HasSubstr("holds 2 YAML documents"));
+    EXPECT_THAT(load_error(""), HasSubstr("is empty (no settings); omit --config to run the embedded demo job"));
+    EXPECT_THAT(load_error("# only a comment\n"), HasSubstr("is empty"));
+    EXPECT_EQ(load_error("---\nrun: {name: a}\n"), "");  // one document with its marker
 }
 
 TEST(ConfigTest, OutOfRangeNamesBounds) {
@@ -111,6 +136,11 @@ TEST(ConfigTest, CrossFieldChecksNameTheKey) {
     EXPECT_THAT(load_error("model: {n_routed_experts: 9}\n"), HasSubstr("must be divisible by n_group"));
     EXPECT_THAT(load_error("domains: [{name: a, data: x}, {name: a, data: y}]\n"), HasSubstr("'a' appears twice"));
     EXPECT_THAT(load_error("dist: {rollout_ranks: 2}\n"), HasSubstr("only meaningful with mode: disaggregated"));
+    EXPECT_THAT(load_error("run: {stages: [sft, grpo, sft]}\n"), HasSubstr("run.stages: stage 'sft' is listed twice"));
+    EXPECT_THAT(load_error("run: {output_dir: \"\"}\n"), HasSubstr("run.output_dir: must not be empty"));
+    EXPECT_THAT(load_error("trainer: {metrics_file: /tmp/m.jsonl}\n"),
+                HasSubstr("trainer.metrics_file: must be a file name relative to run.output_dir"));
+
     EXPECT_THAT(load_error("dist: {max_policy_lag: 3}\n"), HasSubstr("dist.max_policy_lag"));
 }
 
@@ -139,7 +169,7 @@ TEST(ConfigTest, OverrideErrorsCiteTheOverride) {
         load_error("{}", {"model.hiden_size=3"}),
         HasSubstr("--set model.hiden_size=3: unknown key 'model.hiden_size'; did you mean 'model.hidden_size'"));
     EXPECT_THAT(load_error("{}", {"grpo.eps_low=abc"}),
-                HasSubstr("--set grpo.eps_low=abc: grpo.eps_low: expected a number"));
+                HasSubstr("--set grpo.eps_low=abc: grpo.eps_low: expected a finite number"));
     EXPECT_THAT(load_error("{}", {"noequals"}), HasSubstr("expected key.path=value"));
     EXPECT_THAT(load_error("{}", {"grpo.eps_low.x=1"}), HasSubstr("'grpo.eps_low' is a value, not a section"));
     EXPECT_THAT(load_error("domains: [{name: a, data: x}]\n", {"domains.5.weight=1"}),

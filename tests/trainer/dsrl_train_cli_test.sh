@@ -32,7 +32,7 @@ printf 'grpo:\n  eps_low: "a lot"\n' >"$tmp/type.yaml"
 printf 'model: {hidden_size: 3\n' >"$tmp/syntax.yaml"
 
 expect_error unknown-key "unknown key 'model.hiden_size'; did you mean 'model.hidden_size'?" --config "$tmp/unknown.yaml"
-expect_error wrong-type "grpo.eps_low: expected a number, got 'a lot'" --config "$tmp/type.yaml"
+expect_error wrong-type "grpo.eps_low: expected a finite number, got 'a lot'" --config "$tmp/type.yaml"
 expect_error missing-file "config file '$tmp/nope.yaml' cannot be read" --config "$tmp/nope.yaml"
 expect_error syntax "YAML syntax error" --config "$tmp/syntax.yaml"
 expect_error bad-set "--set grpo.beta=1: unknown key 'grpo.beta'; 'beta' belongs to 'domains[].beta'" --set grpo.beta=1
@@ -83,7 +83,24 @@ if [ -n "$mpiexec" ]; then
     else
         echo "ok   mpirun -np 2: one config error line, from rank 0"
     fi
+    # Ranks given other configurations (one file per node, say) are one job's error before any work.
+    out=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "$mpiexec" --oversubscribe \
+          -np 1 "$bin" --set run.output_dir="$tmp/two" : -np 1 "$bin" --set run.output_dir="$tmp/two" --set sft.lr=0.5 2>&1) &&
+        { echo "FAIL ranks with different configurations ran"; fail=1; }
+    if grep -q "config error: rank 1 runs another configuration than rank 0.*first differ at line [0-9]*: rank 0 '  lr: " <<<"$out"; then
+        echo "ok   mpirun with two configurations: refused, naming the line"
+    else
+        echo "FAIL ranks with different configurations: want the error naming the differing line, got:"; echo "$out"; fail=1
+    fi
 fi
+# Flags where a value belongs, a second --config, and config mistakes found by the start-up checks.
+expect_error flag-as-value "--resume needs a value, got the option --check" --resume --check
+expect_error two-configs "--config given twice" --config "$tmp/type.yaml" --config "$tmp/unknown.yaml"
+printf '' >"$tmp/empty.yaml"
+expect_error empty-config "is empty (no settings); omit --config to run the embedded demo job" --config "$tmp/empty.yaml"
+expect_error missing-model "model.path" --set model.path="$tmp/no_model" --check
+expect_error inf-lr "sft.lr: expected a finite number, got '.inf'" --set sft.lr=.inf
+expect_error group-of-one "rollout.group_size: GRPO needs at least 2 samples per prompt" --set rollout.group_size=1 --check
 out=$(OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 "$bin" --set trainer.zero_stage=7 2>&1)
 grep -q "^\[rank 1\] config error" <<<"$out" || { echo "FAIL the launcher's rank 1 is not named: $out"; fail=1; }
 exit $fail

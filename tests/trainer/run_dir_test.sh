@@ -6,8 +6,8 @@
 #  3. a kill between the write of `latest.tmp.<pid>` and its rename (DSRL_FAULT_KILL=before_latest_rename)
 #     leaves the temporary file; `--resume auto` removes it with one warning and finishes the job, and nothing
 #     temporary is left in the checkpoint directory;
-#  4. a fresh start (no --resume) where an earlier job left checkpoints is refused, saying what to do;
-#     run.overwrite=true deletes them and starts over;
+#  4. a fresh start (no --resume) where an earlier job left checkpoints (or, 5, only its metrics) is refused, saying
+#     what to do; run.overwrite=true deletes them and starts over;
 #  5. `--resume auto` of a job killed before its first checkpoint starts fresh without repeating its metrics rows.
 # Usage: run_dir_test.sh path/to/dsrl_train MPIEXEC
 set -u
@@ -45,9 +45,10 @@ grep -m1 "is in use by another dsrl job" "$tmp/second.log"
 kill -0 "$first" 2>/dev/null || fail "the first job did not survive the second's attempt"
 echo "ok: the second job waited ${waited_ms} ms and was refused, naming the holder"
 
-# 2. A third job waits for the lock; killing the first job (mpirun and its ranks) lets it start.
+# 2. A third job waits for the lock; killing the first job (mpirun and its ranks) lets it start (--resume auto: the
+#    first job left metrics rows but no checkpoint, so it runs from the start and replaces them; see 5).
 "$mpiexec" --oversubscribe -np 2 "$bin" "${job[@]}" --set trainer.total_steps=2 --set run.lock_wait_s=120 \
-    >"$tmp/third.log" 2>&1 &
+    --resume auto >"$tmp/third.log" 2>&1 &
 third=$!
 for _ in $(seq 1 600); do grep -q "is locked by another job" "$tmp/third.log" && break; sleep 0.1; done
 grep -q "is locked by another job" "$tmp/third.log" || fail "the third job did not report that it waits"
@@ -95,6 +96,12 @@ job5=("${job[@]}" --set trainer.total_steps=3 --set trainer.checkpoint.every_ste
 DSRL_FAULT_KILL=step_start:3 "$mpiexec" --oversubscribe -np 2 "$bin" "${job5[@]}" >"$tmp/early.log" 2>&1 &&
     fail "the job killed at step 3 exited 0"
 [ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 2 ] || fail "the killed job did not write 2 rows"
+# A fresh start there (no --resume) would append its rows to the killed job's: refused, naming the file.
+"$mpiexec" --oversubscribe -np 2 "$bin" "${job5[@]}" >"$tmp/early_fresh.log" 2>&1 &&
+    fail "a fresh start appended to an earlier job's metrics"
+grep -q "run/metrics.jsonl is an earlier job's output (it left no checkpoint).*--resume auto.*run.overwrite=true" \
+    "$tmp/early_fresh.log" || fail "the refusal of a fresh start over an earlier job's metrics does not say why"
+[ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 2 ] || fail "the refused fresh start changed the metrics"
 "$mpiexec" --oversubscribe -np 2 "$bin" "${job5[@]}" --resume auto >"$tmp/early_resume.log" 2>&1 ||
     fail "the resume of a job without checkpoints failed"
 [ "$(grep -c '"stage":"grpo"' "$tmp/run/metrics.jsonl")" = 3 ] ||

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "core/fs.h"
 
 namespace dsrl::trainer {
@@ -106,6 +107,87 @@ TEST(StageLoopTest, RunsStepsAveragesMetricsAndCheckpointsOnCadence) {
     EXPECT_TRUE(finished.steps.empty());
     world.barrier();
     if (world.rank() == 0) fs::remove_tree(dir);
+}
+
+// A stage whose steps from `from` on train nothing: skipped updates (non-finite gradients) or, with `fail`, every
+// sample failed; a step in between that trains resets the count.
+class IdleStage final : public Stage {
+public:
+    IdleStage(int64_t from, bool fail, int64_t trains_at = -1) : from_(from), fail_(fail), trains_at_(trains_at) {}
+    std::string name() const override { return "idle"; }
+    int64_t total_steps() const override { return 20; }
+    void begin(bool) override {}
+    StepOutput step(int64_t step) override {
+        const bool idle = step >= from_ && step != trains_at_;
+        if (fail_) return {{{"samples", 4.0}, {"reward_failed", idle ? 4.0 : 1.0}}, 0};
+        return {{{"skipped_steps", idle ? 1.0 : 0.0}}, idle ? 1 : 0};
+    }
+    double globalize(std::map<std::string, double>& m, int world) const override {
+        for (const char* k : {"samples", "reward_failed"}) {
+            if (m.count(k)) m[k] *= world;
+        }
+        return 1.0;
+    }
+    std::string console_text(const std::map<std::string, double>&) const override { return ""; }
+
+private:
+    int64_t from_;
+    bool fail_;
+    int64_t trains_at_;
+};
+
+TEST(StageLoopTest, StopsAfterMaxSkippedStepsThatTrainedNothing) {
+    const dist::Communicator world = dist::Communicator::world(60);
+    JobConfig job;
+    job.trainer.checkpoint.every_steps = 1;
+    job.trainer.max_skipped_steps = 3;
+    dsa::Model policy = dsa::Model::random(job.model, 1, at::kCPU);
+    AdamW optimizer({}, job.trainer.optimizer.adamw);
+    TrainingState state;
+    JobContext ctx{job, world, c10::Device(c10::kCPU), policy, optimizer, state};
+    MetricsLog log("", "", false);
+    ctx.metrics = &log;
+    std::vector<int64_t> checkpoints;
+    ctx.checkpoint = [&] { checkpoints.push_back(state.stage_steps["idle"]); };
+    const auto message = [&](IdleStage stage) {
+        state.stage_steps["idle"] = 0;
+        checkpoints.clear();
+        try {
+            run_stage(stage, ctx);
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    // Steps 2, 3, 4 skip their updates: the job stops at step 5 (done), before its checkpoint.
+    std::string msg = message(IdleStage(2, false));
+    EXPECT_NE(msg.find("idle step 5: the last 3 steps trained nothing (trainer.max_skipped_steps)"), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("non-finite gradients"), std::string::npos) << msg;
+    EXPECT_EQ(checkpoints, (std::vector<int64_t>{1, 2, 3, 4}));
+    // Every sample failed: the same rule.
+    msg = message(IdleStage(2, true));
+    EXPECT_NE(msg.find("every sample failed"), std::string::npos) << msg;
+    // A step that trains in between starts the count again: steps 2, 3 idle, 4 trains, 5, 6, 7 idle -> stop at 8.
+    msg = message(IdleStage(2, false, 4));
+    EXPECT_NE(msg.find("idle step 8:"), std::string::npos) << msg;
+    // 0: never stops.
+    job.trainer.max_skipped_steps = 0;
+    EXPECT_EQ(message(IdleStage(0, false)), "");
+    EXPECT_EQ(state.stage_steps["idle"], 20);
+}
+
+// A metrics row that does not reach the file (here /dev/full: every write fails with ENOSPC) stops the job, naming
+// the file, instead of losing the rows without a word.
+TEST(StageLoopTest, AMetricsRowThatCannotBeWrittenIsAnError) {
+    MetricsLog log("/dev/full", "", true);
+    try {
+        log.write("sft", 3, {{"loss", 1.0}});
+        FAIL() << "the lost row went unnoticed";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot write the metrics file /dev/full (sft step 3)"), std::string::npos)
+            << e.what();
+    }
 }
 
 }  // namespace
