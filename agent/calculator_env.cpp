@@ -194,17 +194,19 @@ std::string evaluate_expression(const std::string& expression) {
 }
 
 void register_calculator_environment(EnvRegistry& reg) {
-    reg.add("calculator", "arithmetic questions with a calculator tool (the agent demo's domain)",
-            [](const Json& params) {
-                const auto flag = [&](const char* key) {
-                    const auto it = params.find(key);
-                    if (it != params.end() && !it->is_boolean()) {
-                        throw ConfigError(absl::StrCat("calculator: params.", key, " must be true or false"));
-                    }
-                    return it == params.end() || it->get<bool>();
-                };
-                return std::make_unique<CalculatorEnvironment>(flag("system_prompt"), flag("tool_schema"));
-            });
+    reg.add(
+        "calculator", "arithmetic questions with a calculator tool (the agent demo's domain)",
+        [](const Json& params) {
+            const auto flag = [&](const char* key) {
+                const auto it = params.find(key);
+                if (it != params.end() && !it->is_boolean()) {
+                    throw ConfigError(absl::StrCat("calculator: params.", key, " must be true or false"));
+                }
+                return it == params.end() || it->get<bool>();
+            };
+            return std::make_unique<CalculatorEnvironment>(flag("system_prompt"), flag("tool_schema"));
+        },
+        std::vector<std::string>{"system_prompt", "tool_schema"});
 }
 
 Json calculator_solution(const Json& task) {

@@ -51,25 +51,27 @@ private:
 }  // namespace
 
 void register_code_environment(EnvRegistry& reg) {
-    reg.add("code_interpreter", "runs model-written Python in the sandbox (no network, CPU/memory/time limits)",
-            [](const Json& params) -> std::unique_ptr<Environment> {
-                std::string why;
-                if (!sandbox_available(&why)) {
-                    throw EnvironmentError(
-                        absl::StrCat("environment 'code_interpreter': refusing to start without a sandbox: ", why));
-                }
-                const Json p = params.is_object() ? params : Json::object();
-                SandboxLimits limits;
-                limits.cpu_s = p.value("cpu_s", int64_t{5});
-                limits.memory_mb = p.value("memory_mb", int64_t{512});
-                limits.wall_s = p.value("wall_s", 10.0);
-                limits.max_output = p.value("max_output", size_t{4096});
-                if (limits.cpu_s < 1 || limits.memory_mb < 16 || limits.wall_s <= 0 || limits.max_output < 1) {
-                    throw ConfigError(absl::StrCat("environment 'code_interpreter': bad limits ", p.dump(),
-                                                   " (cpu_s >= 1, memory_mb >= 16, wall_s > 0, max_output >= 1)"));
-                }
-                return std::make_unique<CodeEnvironment>(p.value("python", std::string("python3")), limits);
-            });
+    reg.add(
+        "code_interpreter", "runs model-written Python in the sandbox (no network, CPU/memory/time limits)",
+        [](const Json& params) -> std::unique_ptr<Environment> {
+            std::string why;
+            if (!sandbox_available(&why)) {
+                throw EnvironmentError(
+                    absl::StrCat("environment 'code_interpreter': refusing to start without a sandbox: ", why));
+            }
+            const Json p = params.is_object() ? params : Json::object();
+            SandboxLimits limits;
+            limits.cpu_s = p.value("cpu_s", int64_t{5});
+            limits.memory_mb = p.value("memory_mb", int64_t{512});
+            limits.wall_s = p.value("wall_s", 10.0);
+            limits.max_output = p.value("max_output", size_t{4096});
+            if (limits.cpu_s < 1 || limits.memory_mb < 16 || limits.wall_s <= 0 || limits.max_output < 1) {
+                throw ConfigError(absl::StrCat("environment 'code_interpreter': bad limits ", p.dump(),
+                                               " (cpu_s >= 1, memory_mb >= 16, wall_s > 0, max_output >= 1)"));
+            }
+            return std::make_unique<CodeEnvironment>(p.value("python", std::string("python3")), limits);
+        },
+        std::vector<std::string>{"cpu_s", "memory_mb", "wall_s", "max_output", "python"});
 }
 
 }  // namespace dsrl::agent

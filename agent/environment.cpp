@@ -4,6 +4,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -63,9 +64,12 @@ std::string final_answer(const Json& trajectory) {
     return last;
 }
 
-void EnvRegistry::add(const std::string& name, const std::string& description, EnvFactory factory) {
+void EnvRegistry::add(const std::string& name,
+                      const std::string& description,
+                      EnvFactory factory,
+                      std::optional<std::vector<std::string>> params) {
     if (name.empty()) throw ConfigError("environment registry: an environment needs a name");
-    if (!factories_.emplace(name, std::make_pair(description, std::move(factory))).second) {
+    if (!factories_.emplace(name, Entry{description, std::move(factory), std::move(params)}).second) {
         throw ConfigError(absl::StrCat("environment registry: '", name, "' is registered twice"));
     }
 }
@@ -78,14 +82,26 @@ std::unique_ptr<Environment> EnvRegistry::create(const std::string& name, const 
         throw ConfigError(absl::StrCat("unknown environment module '", name,
                                        "' (known: ", known.empty() ? "none" : absl::StrJoin(known, ", "), ")"));
     }
-    std::unique_ptr<Environment> env = it->second.second(params);
+    if (it->second.params && params.is_object()) {
+        std::vector<std::string> unknown;
+        for (const auto& [key, value] : params.items()) {
+            const auto& known = *it->second.params;
+            if (std::find(known.begin(), known.end(), key) == known.end()) unknown.push_back(key);
+        }
+        if (!unknown.empty()) {
+            throw ConfigError(absl::StrCat(
+                "environment '", name, "': unknown param(s) ", absl::StrJoin(unknown, ", "),
+                " (known: ", it->second.params->empty() ? "none" : absl::StrJoin(*it->second.params, ", "), ")"));
+        }
+    }
+    std::unique_ptr<Environment> env = it->second.factory(params);
     if (!env) throw ConfigError(absl::StrCat("environment module '", name, "' created nothing"));
     return env;
 }
 
 std::vector<std::pair<std::string, std::string>> EnvRegistry::list() const {
     std::vector<std::pair<std::string, std::string>> out;
-    for (const auto& [name, f] : factories_) out.emplace_back(name, f.first);
+    for (const auto& [name, f] : factories_) out.emplace_back(name, f.description);
     return out;
 }
 

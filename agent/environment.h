@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,15 +59,24 @@ using EnvFactory = std::function<std::unique_ptr<Environment>(const Json& params
 /// In-process environments by name (built-ins and plugins register here).
 class EnvRegistry {
 public:
-    /// ConfigError when `name` is taken.
-    void add(const std::string& name, const std::string& description, EnvFactory factory);
+    /// ConfigError when `name` is taken. `params`: the parameter names the factory reads — create() refuses others,
+    /// naming them (a typo would otherwise be a default silently); nullopt (plugins): any.
+    void add(const std::string& name,
+             const std::string& description,
+             EnvFactory factory,
+             std::optional<std::vector<std::string>> params = std::nullopt);
     bool contains(const std::string& name) const { return factories_.count(name) != 0; }
     /// ConfigError naming the known environments when `name` is unknown.
     std::unique_ptr<Environment> create(const std::string& name, const Json& params) const;
     std::vector<std::pair<std::string, std::string>> list() const;
 
 private:
-    std::map<std::string, std::pair<std::string, EnvFactory>> factories_;
+    struct Entry {
+        std::string description;
+        EnvFactory factory;
+        std::optional<std::vector<std::string>> params;
+    };
+    std::map<std::string, Entry> factories_;
 };
 
 /// How a job names an environment: exactly one of `module` (registered in-process, plugins included) or `command`

@@ -140,26 +140,28 @@ void register_builtin_environments(EnvRegistry& reg) {
 }
 
 void register_search_environment(EnvRegistry& reg) {
-    reg.add("search", "BM25 search over a local JSONL collection: tools search(query, k) and open(id)",
-            [](const Json& params) -> std::unique_ptr<Environment> {
-                if (!params.is_object() || !params.contains("corpus") || !params["corpus"].is_string()) {
-                    throw ConfigError("environment 'search': params need a string \"corpus\" (a JSONL file)");
-                }
-                // One index per corpus file, shared by every trajectory's instance.
-                static std::mutex mu;
-                static std::map<std::string, std::shared_ptr<const SearchIndex>> cache;
-                const std::string path = params["corpus"].get<std::string>();
-                std::shared_ptr<const SearchIndex> index;
-                {
-                    const std::lock_guard<std::mutex> lock(mu);
-                    auto& slot = cache[path];
-                    if (!slot) slot = SearchIndex::load(path);
-                    index = slot;
-                }
-                const int64_t k = params.value("top_k", int64_t{5});
-                if (k < 1) throw ConfigError("environment 'search': top_k must be >= 1");
-                return std::make_unique<SearchEnvironment>(index, k);
-            });
+    reg.add(
+        "search", "BM25 search over a local JSONL collection: tools search(query, k) and open(id)",
+        [](const Json& params) -> std::unique_ptr<Environment> {
+            if (!params.is_object() || !params.contains("corpus") || !params["corpus"].is_string()) {
+                throw ConfigError("environment 'search': params need a string \"corpus\" (a JSONL file)");
+            }
+            // One index per corpus file, shared by every trajectory's instance.
+            static std::mutex mu;
+            static std::map<std::string, std::shared_ptr<const SearchIndex>> cache;
+            const std::string path = params["corpus"].get<std::string>();
+            std::shared_ptr<const SearchIndex> index;
+            {
+                const std::lock_guard<std::mutex> lock(mu);
+                auto& slot = cache[path];
+                if (!slot) slot = SearchIndex::load(path);
+                index = slot;
+            }
+            const int64_t k = params.value("top_k", int64_t{5});
+            if (k < 1) throw ConfigError("environment 'search': top_k must be >= 1");
+            return std::make_unique<SearchEnvironment>(index, k);
+        },
+        std::vector<std::string>{"corpus", "top_k"});
 }
 
 }  // namespace dsrl::agent

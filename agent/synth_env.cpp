@@ -1475,28 +1475,30 @@ std::string dataset_summary(const Dataset& data) {
 }  // namespace synth
 
 void register_synthetic_environment(EnvRegistry& reg) {
-    reg.add("synthetic",
-            "synthetic trip-planning worlds (dsrl_tool synth-envs): tools list_cities, search_hotels, "
-            "search_restaurants, search_attractions, get_details; verified plans",
-            [](const Json& params) -> std::unique_ptr<Environment> {
-                if (!params.is_object() || !params.contains("envs") || !params["envs"].is_string()) {
-                    throw ConfigError(
-                        "environment 'synthetic': params need a string \"envs\" (the envs.jsonl of dsrl_tool "
-                        "synth-envs)");
-                }
-                // One index per file, shared by every trajectory's instance.
-                static std::mutex mu;
-                static std::map<std::string, std::shared_ptr<const synth::WorldIndex>> cache;
-                const std::string path = params["envs"].get<std::string>();
-                std::shared_ptr<const synth::WorldIndex> index;
-                {
-                    const std::lock_guard<std::mutex> lock(mu);
-                    auto& slot = cache[path];
-                    if (!slot) slot = synth::WorldIndex::load(path);
-                    index = slot;
-                }
-                return std::make_unique<synth::SyntheticEnvironment>(std::move(index));
-            });
+    reg.add(
+        "synthetic",
+        "synthetic trip-planning worlds (dsrl_tool synth-envs): tools list_cities, search_hotels, "
+        "search_restaurants, search_attractions, get_details; verified plans",
+        [](const Json& params) -> std::unique_ptr<Environment> {
+            if (!params.is_object() || !params.contains("envs") || !params["envs"].is_string()) {
+                throw ConfigError(
+                    "environment 'synthetic': params need a string \"envs\" (the envs.jsonl of dsrl_tool "
+                    "synth-envs)");
+            }
+            // One index per file, shared by every trajectory's instance.
+            static std::mutex mu;
+            static std::map<std::string, std::shared_ptr<const synth::WorldIndex>> cache;
+            const std::string path = params["envs"].get<std::string>();
+            std::shared_ptr<const synth::WorldIndex> index;
+            {
+                const std::lock_guard<std::mutex> lock(mu);
+                auto& slot = cache[path];
+                if (!slot) slot = synth::WorldIndex::load(path);
+                index = slot;
+            }
+            return std::make_unique<synth::SyntheticEnvironment>(std::move(index));
+        },
+        std::vector<std::string>{"envs"});
 }
 
 }  // namespace dsrl::agent

@@ -6,6 +6,7 @@
 #include "agent/calculator_env.h"
 #include "agent/config.h"
 #include "agent/search_env.h"
+#include "core/error.h"
 #include "text/chat_format.h"
 
 namespace dsrl::agent {
@@ -59,6 +60,25 @@ TEST(CalculatorEnvTest, DemonstrationReplaysVerifiesAndRenders) {
         EXPECT_EQ(text.find("I use the calculator.") != std::string::npos, thinking);
     }
     EXPECT_THROW(calculator_solution({{"question", "q"}, {"answer", "1"}}), DataError);
+}
+
+// A built-in environment's params are the ones it reads: a typo is an error naming it, not a default in silence.
+TEST(EnvironmentConfigTest, UnknownParamsOfABuiltinAreRefused) {
+    EnvRegistry reg;
+    register_builtin_environments(reg);
+    EXPECT_NE(reg.create("calculator", {{"system_prompt", false}}), nullptr);
+    try {
+        reg.create("calculator", {{"system_promt", false}, {"tool_schema", true}});
+        FAIL() << "an unknown param was accepted";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find(
+                      "environment 'calculator': unknown param(s) system_promt (known: system_prompt, tool_schema)"),
+                  std::string::npos)
+            << e.what();
+    }
+    reg.add("open", "accepts anything (no list given, as a plugin)",
+            [&reg](const Json&) { return reg.create("calculator", Json::object()); });
+    EXPECT_NE(reg.create("open", {{"anything", 1}}), nullptr);
 }
 
 TEST(EnvironmentConfigTest, ParamsBecomeJsonValues) {
