@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -12,6 +13,7 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "core/fs.h"
@@ -625,24 +627,54 @@ void reject_duplicate_keys(const YAML::Node& node, const std::string& path, cons
     }
 }
 
+// Where the second YAML document of a text begins (its events are parsed and dropped), or nullopt. Not LoadAll: on
+// some malformed inputs yaml-cpp's parser yields empty documents without end (found by the job_config fuzzer), and
+// YAML::Load reads the first document only, dropping the rest of the text without a word.
+std::optional<YAML::Mark> second_document(const std::string& text) {
+    struct Starts final : YAML::EventHandler {
+        std::vector<YAML::Mark> marks;
+        void OnDocumentStart(const YAML::Mark& m) override { marks.push_back(m); }
+        void OnDocumentEnd() override {}
+        void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+        void OnSequenceStart(const YAML::Mark&,
+                             const std::string&,
+                             YAML::anchor_t,
+                             YAML::EmitterStyle::value) override {}
+        void OnSequenceEnd() override {}
+        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+        void OnMapEnd() override {}
+    };
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    Starts starts;
+    for (int i = 0; i < 2 && parser.HandleNextDocument(starts); ++i) {
+    }
+    if (starts.marks.size() < 2) return std::nullopt;
+    return starts.marks[1];
+}
+
 }  // namespace
 
 Document Document::from_string(const std::string& text, const std::string& source) {
     Document doc;
     doc.impl_ = std::make_shared<Impl>();
     doc.source_ = source;
-    std::vector<YAML::Node> docs;
+    std::optional<YAML::Mark> second;
     try {
-        docs = YAML::LoadAll(text);
+        doc.impl_->root = YAML::Load(text);
+        second = second_document(text);
     } catch (const YAML::Exception& e) {
         throw ConfigError(
             absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg));
     }
-    if (docs.size() > 1) {
-        throw ConfigError(absl::StrCat(source, ": holds ", docs.size(),
-                                       " YAML documents (separated by ---); a job configuration is one document"));
+    if (second) {
+        throw ConfigError(absl::StrCat(source, ":", second->line + 1,
+                                       ": a second YAML document begins here (after a "
+                                       "--- separator, or where the text stops being part of the first); a job "
+                                       "configuration is one document"));
     }
-    if (!docs.empty()) doc.impl_->root = docs[0];
     reject_duplicate_keys(doc.impl_->root, "", source);
     return doc;
 }

@@ -103,7 +103,8 @@ TEST(ConfigTest, DuplicateKeysExtraDocumentsAndEmptyFilesAreRefused) {
                 HasSubstr("duplicate key 'domains[0].name'"));
     EXPECT_THAT(load_error("{}", {"domains.0.rewards=[{module: m, module: n}]"}),
                 HasSubstr("duplicate key 'domains.0.rewards[0].module'"));
-    EXPECT_THAT(load_error("run: {name: a}\n---\nrun: {name: b}\n"), HasSubstr("holds 2 YAML documents"));
+    EXPECT_THAT(load_error("run: {name: a}\n---\nrun: {name: b}\n"),
+                HasSubstr("job.yaml:2: a second YAML document begins here"));
     EXPECT_THAT(load_error(""), HasSubstr("is empty (no settings); omit --config to run the embedded demo job"));
     EXPECT_THAT(load_error("# only a comment\n"), HasSubstr("is empty"));
     EXPECT_EQ(load_error("---\nrun: {name: a}\n"), "");  // one document with its marker
