@@ -108,6 +108,22 @@ int write_pieces(int fd, const std::vector<std::string_view>& pieces) {
 
 }  // namespace
 
+int64_t memory_limit_bytes() {
+    int64_t limit = -1;
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) limit = static_cast<int64_t>(pages) * page;
+    const int fd = ::open("/sys/fs/cgroup/memory.max", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[32] = {};
+        const ssize_t r = ::read(fd, buf, sizeof(buf) - 1);
+        ::close(fd);
+        char* end = nullptr;
+        const long long v = r > 0 ? std::strtoll(buf, &end, 10) : 0;  // "max" (no limit) parses as nothing
+        if (end != buf && v > 0 && (limit < 0 || v < limit)) limit = v;
+    }
+    return limit;
+}
+
 std::string read_file(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) fail("cannot read", path, errno);

@@ -85,6 +85,10 @@ void fsync_dir(const std::string& dir);
 
 /// The size of the file at `path` in bytes, -1 when it does not exist.
 int64_t file_size(const std::string& path);
+
+/// The memory this process's machine lets it use, in bytes: the physical memory, or the cgroup's limit
+/// (/sys/fs/cgroup/memory.max, cgroup v2) where that is lower; -1 when neither is known.
+int64_t memory_limit_bytes();
 /// Cuts the file at `path` to `size` bytes and fsyncs it; dsrl::Error naming it on failure.
 void truncate_file(const std::string& path, int64_t size);
 

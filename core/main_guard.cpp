@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
+#include <new>
 #include <string>
 #include <thread>
 
@@ -27,6 +28,13 @@ int env_int(std::initializer_list<const char*> names, int fallback) {
     }
     return fallback;
 }
+
+// What a job's memory grows with, for the out-of-memory errors (which name no key themselves).
+constexpr const char* kMemoryKeys =
+    ". What sizes a job's memory: the model (model.*, or model.path's config.json), trainer.micro_batch_size, "
+    "rollout.max_batch_size, rollout.prompts_per_step x rollout.group_size, rollout.max_new_tokens, "
+    "rollout.cache_blocks / rollout.cache_memory_fraction; lower them, or spread the model with "
+    "dist.expert_parallel_size and trainer.zero_stage over more ranks";
 
 }  // namespace
 
@@ -65,9 +73,16 @@ int guarded_main(const std::function<int()>& body) {
         return report_fatal("config error", e.what(), /*same_on_every_rank=*/true);
     } catch (const Error& e) {
         return report_fatal("error", e.what());
+    } catch (const c10::OutOfMemoryError& e) {
+        const std::string m = std::string("out of device memory: ") + e.what_without_backtrace() + kMemoryKeys;
+        return report_fatal("error", m.c_str());
     } catch (const c10::Error& e) {
         // what_without_backtrace keeps the line readable; the backtrace is only noise for users.
         return report_fatal("error", e.what_without_backtrace());
+    } catch (const std::bad_alloc&) {
+        const std::string m =
+            std::string("out of memory: an allocation of host memory failed (std::bad_alloc)") + kMemoryKeys;
+        return report_fatal("error", m.c_str());
     } catch (const std::exception& e) {
         return report_fatal("error", e.what());
     } catch (...) {

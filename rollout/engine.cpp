@@ -39,6 +39,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/logging.h"
 #include "core/rng.h"
 
@@ -1002,6 +1003,24 @@ int64_t engine_cache_blocks(const dsa::Model& model,
             throw ConfigError(absl::StrCat("rollout.cache_blocks: ", opt.engine.cache_blocks, " blocks of ", bs,
                                            " slots cannot hold one sequence of ", full, " tokens (needs ", min_blocks,
                                            ")"));
+        }
+        // A pool that cannot fit the machine is said here, naming the key (not a bare bad_alloc at its allocation).
+        const double bytes = static_cast<double>(opt.engine.cache_blocks) *
+                             static_cast<double>(model.cache_bytes_per_token()) * static_cast<double>(bs);
+        int64_t room = -1;
+        const char* where = "this machine's memory";
+        if (model.device().is_cuda()) {
+            room = static_cast<int64_t>(
+                c10::cuda::CUDACachingAllocator::get()->getMemoryInfo(model.device().index()).second);
+            where = "the device's memory";
+        } else {
+            room = fs::memory_limit_bytes();
+        }
+        if (room > 0 && bytes > static_cast<double>(room)) {
+            throw ConfigError(absl::StrFormat(
+                "rollout.cache_blocks: %d blocks of %d slots need %.1f GiB, more than %s (%.1f GiB); leave it 0 "
+                "(sized from rollout.max_batch_size and rollout.cache_memory_fraction) or lower it",
+                opt.engine.cache_blocks, bs, bytes / (1 << 30), where, static_cast<double>(room) / (1 << 30)));
         }
         return opt.engine.cache_blocks;
     }

@@ -5,9 +5,11 @@
 #include <c10/cuda/CUDAFunctions.h>
 
 #include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
 #include <absl/strings/str_split.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 
@@ -138,18 +140,68 @@ void check_same_job(const std::string& config_yaml, const dist::Communicator& co
                      line < b.size() ? b[line] : "", "'"));
 }
 
+namespace {
+
+// A CPU job whose weights alone — one copy per rank in model.dtype, the routed experts split over
+// dist.expert_parallel_size, times the ranks the launcher put on this machine — exceed the machine's memory cannot run:
+// it would die in the kernel's OOM killer mid-start-up, with no word of why. Said here, naming the keys. (Training
+// needs more — gradients, Adam's two moments, the reference model — so this only refuses what is certain to fail.)
+void check_fits_memory(const JobConfig& job, const ModelArch& arch) {
+    const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
+    const int64_t limit = fs::memory_limit_bytes();
+    if (cuda || limit <= 0) return;
+    const double total = static_cast<double>(dsa::count_parameters(arch).total);
+    const int64_t moe_layers =
+        std::max<int64_t>(0, arch.num_hidden_layers - std::min(arch.first_k_dense_replace, arch.num_hidden_layers));
+    const double routed = static_cast<double>(arch.n_routed_experts) * 3.0 * static_cast<double>(arch.hidden_size) *
+                          static_cast<double>(arch.moe_intermediate_size) * static_cast<double>(moe_layers);
+    const double ep = static_cast<double>(std::max<int64_t>(1, job.dist.expert_parallel_size));
+    const double per_rank = std::max(0.0, total - routed) + std::min(routed, total) / ep;
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const double ranks = local != nullptr && std::atoi(local) > 0 ? std::atoi(local) : 1;
+    const double bytes = per_rank * (job.model.dtype == DType::kBFloat16 ? 2.0 : 4.0) * ranks;
+    const auto gib = [](double b) { return absl::StrFormat("%.1f GiB", b / (1024.0 * 1024.0 * 1024.0)); };
+    // The rollout's cache pool where its size is given (Model::cache_bytes_per_token's latent, rope key and index key
+    // per layer and slot), found before the stages before GRPO run.
+    const double pool = static_cast<double>(job.rollout.engine.cache_blocks) *
+                        static_cast<double>(job.rollout.engine.block_size) *
+                        static_cast<double>(arch.num_hidden_layers) *
+                        static_cast<double>(arch.kv_lora_rank + arch.qk_rope_head_dim + arch.index_head_dim) *
+                        (job.model.dtype == DType::kBFloat16 ? 2.0 : 4.0);
+    if (job.rollout.engine.cache_blocks > 0 && pool > static_cast<double>(limit)) {
+        throw ConfigError(absl::StrCat("rollout.cache_blocks: ", job.rollout.engine.cache_blocks, " blocks of ",
+                                       job.rollout.engine.block_size, " slots need ", gib(pool),
+                                       ", more than this machine's ", gib(static_cast<double>(limit)),
+                                       " of memory; leave it 0 (sized from rollout.max_batch_size) or lower it"));
+    }
+    if (bytes <= static_cast<double>(limit)) return;
+    throw ConfigError(absl::StrCat(
+        "model: the weights alone need ", gib(bytes), " (", absl::StrFormat("%.3g", total), " parameters",
+        ep > 1 ? absl::StrCat(", the routed experts over ", static_cast<int64_t>(ep), " expert-parallel ranks") : "",
+        ", ", static_cast<int64_t>(ranks), " rank(s) on this machine, ",
+        job.model.dtype == DType::kBFloat16 ? "bfloat16" : "float32", "), more than this machine's ", gib(limit),
+        " of memory; training needs several times that. Lower model.hidden_size, model.num_hidden_layers, "
+        "model.n_routed_experts, model.moe_intermediate_size or model.vocab_size",
+        job.model.path.empty() ? "" : " (here: model.path's config.json)",
+        ", raise dist.expert_parallel_size, or run on GPUs (run.device)"));
+}
+
+}  // namespace
+
 void check_job(const JobConfig& job) {
     check_supported(job);
     // The checkpoint's config.json and safetensors headers (cheap: nothing is read but the headers), and the
     // tokenizer the job will use (its vocabulary against model.vocab_size): errors --check should report too.
-    int64_t vocab_size = job.model.vocab_size;  // a checkpoint's own config.json decides its vocabulary
+    ModelArch arch = job.model;  // a checkpoint's own config.json decides its architecture
     if (!job.model.path.empty()) {
         try {
-            vocab_size = dsa::HfCheckpointReader::open(job.model.path).arch().vocab_size;
+            arch = dsa::HfCheckpointReader::open(job.model.path).arch();
         } catch (const CheckpointError& e) {
             throw CheckpointError(absl::StrCat("model.path: ", e.what()));
         }
     }
+    const int64_t vocab_size = arch.vocab_size;
+    check_fits_memory(job, arch);
     const auto tokenizer = text::make_tokenizer(job.model.path, vocab_size, chat_choice(job.model));
     const rewards::Registry& registry = rewards::Registry::global();
     bool agents = false;

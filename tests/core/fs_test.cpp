@@ -15,6 +15,12 @@
 namespace dsrl::fs {
 namespace {
 
+TEST(FsTest, MemoryLimitIsKnownOnLinux) {
+    const int64_t limit = fs::memory_limit_bytes();
+    EXPECT_GT(limit, int64_t{64} << 20);  // more than 64 MiB: the physical memory or a cgroup's limit
+    EXPECT_LE(limit, static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGE_SIZE));
+}
+
 TEST(FsTest, MakeDirsAndRemoveTree) {
     const std::string root = make_temp_dir("dsrl_fs_test_");
     ASSERT_TRUE(is_dir(root));

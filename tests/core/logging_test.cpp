@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <new>
+#include <string>
 
 #include "core/env.h"
 #include "core/error.h"
+#include "core/main_guard.h"
 
 namespace dsrl {
 namespace {
@@ -79,6 +82,18 @@ TEST(ErrorTest, InternalAssertBlamesDsrl) {
         EXPECT_THAT(std::string(e.what()), HasSubstr("dsrl bug: "));
         EXPECT_THAT(std::string(e.what()), HasSubstr("'1 + 1 == 3' failed: arithmetic 42"));
     }
+}
+
+// An allocation that fails escapes as std::bad_alloc, whose own text names nothing: the one line printed says it ran
+// out of memory and which keys size a job's memory.
+TEST(ErrorTest, OutOfMemoryNamesWhatSizesMemory) {
+    testing::internal::CaptureStderr();
+    const int rc = guarded_main([]() -> int { throw std::bad_alloc(); });
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(rc, 1);
+    EXPECT_THAT(err, HasSubstr("] error: out of memory: an allocation of host memory failed (std::bad_alloc)"));
+    EXPECT_THAT(err, HasSubstr("trainer.micro_batch_size"));
+    EXPECT_THAT(err, HasSubstr("rollout.cache_blocks"));
 }
 
 }  // namespace
