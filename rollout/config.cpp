@@ -12,9 +12,11 @@ void bind(Binder& b, RolloutConfig& c) {
     b.field("group_size", c.group_size, {.doc = "Samples per prompt (G).", .min = 1});
     b.field("prompts_per_step", c.prompts_per_step, {.doc = "Prompts per RL step, per data-parallel rank.", .min = 1});
     b.field("max_new_tokens", c.max_new_tokens, {.doc = "Response length limit.", .min = 1});
-    b.field("temperature", c.sampling.temperature, {.doc = "Sampling temperature (0: greedy).", .min = 0.0});
+    b.field("temperature", c.sampling.temperature,
+            {.doc = "Sampling temperature (0: greedy; a GRPO job needs > 0).", .min = 0.0});
     b.field("top_p", c.sampling.top_p, {.doc = "Nucleus truncation.", .min = 0.0, .max = 1.0, .min_open = true});
-    b.field("top_k", c.sampling.top_k, {.doc = "Top-k truncation (0: off).", .min = 0});
+    b.field("top_k", c.sampling.top_k,
+            {.doc = "Top-k truncation (0: off; 1 is greedy, refused in a GRPO job).", .min = 0});
     b.field("min_p", c.sampling.min_p,
             {.doc = "Min-p truncation relative to the top probability (0: off).",
              .min = 0.0,

@@ -85,6 +85,15 @@ void check_supported(const JobConfig& job) {
             "mean: a group of one has none, so every step would train nothing), got ",
             job.rollout.group_size));
     }
+    // Greedy sampling (temperature 0, or top_k 1) gives a group's samples the same tokens: every advantage is 0 and
+    // GRPO would run its steps learning nothing, silently. (Evaluation decodes greedily by itself.)
+    const rollout::SamplingParams& sp = job.rollout.sampling;
+    if (grpo && (sp.greedy() || sp.top_k == 1)) {
+        throw ConfigError(absl::StrCat(
+            sp.greedy() ? "rollout.temperature: 0 (greedy)" : "rollout.top_k: 1 (greedy)",
+            " gives every sample of a group the same tokens, so GRPO's group-relative advantages are all 0 and no step "
+            "would learn anything; sample (temperature > 0, top_k 0 or > 1) — held-out evaluation is greedy anyway"));
+    }
     for (const std::string& stage : job.run.stages) {
         if (stage != "sft" && stage != "grpo" && stage != "indexer_warmup" && stage != "sparse_train") {
             throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build; runnable: sft, ",

@@ -101,6 +101,9 @@ expect_error empty-config "is empty (no settings); omit --config to run the embe
 expect_error missing-model "model.path" --set model.path="$tmp/no_model" --check
 expect_error inf-lr "sft.lr: expected a finite number, got '.inf'" --set sft.lr=.inf
 expect_error group-of-one "rollout.group_size: GRPO needs at least 2 samples per prompt" --set rollout.group_size=1 --check
+expect_error greedy-grpo "rollout.temperature: 0 (greedy) gives every sample of a group the same tokens" \
+    --set rollout.temperature=0 --check
+expect_error top-k-one "rollout.top_k: 1 (greedy)" --set rollout.top_k=1 --check
 # What cannot fit the machine's memory, said before anything runs (CPU: the weights alone; the cache pool given).
 expect_error model-too-large "model: the weights alone need" --set run.device=cpu --set model.hidden_size=1000000000 --check
 expect_error cache-too-large "rollout.cache_blocks: 100000000000 blocks of 16 slots need" --set run.device=cpu \
