@@ -82,9 +82,10 @@ void bind(Binder& b, TrainerConfig& c) {
              .max = 2});
     b.field("log_every", c.log_every, {.doc = "Console line every N steps.", .min = 1});
     b.field("max_skipped_steps", c.max_skipped_steps,
-            {.doc = "Steps in a row whose optimizer update was skipped for non-finite gradients (skipped_steps in "
-                    "metrics.jsonl) that stop the job with an error: training has diverged and every further step "
-                    "would be skipped too. 0: never stop.",
+            {.doc = "Steps in a row that trained nothing — an update skipped for non-finite gradients "
+                    "(skipped_steps in metrics.jsonl: training has diverged), every sample of an RL step failed, or "
+                    "an SFT batch cut by sft.max_seq_len before its first response token — that stop the job with "
+                    "an error naming why. 0: never stop.",
              .min = 0});
     b.section("optimizer", c.optimizer, "AdamW and the learning-rate schedule.");
     b.section("checkpoint", c.checkpoint, "Atomic checkpoints (SPEC §7).");

@@ -50,10 +50,14 @@ std::vector<DomainRuntime> build_domains(const JobConfig& job, const std::string
     return out;
 }
 
-double data_parallel_denominator(double count, const dist::Communicator* comm) {
-    if (comm == nullptr || comm->size() <= 1) return std::max(count, 1.0);
+double data_parallel_denominator(double count, const dist::Communicator* comm, double* global) {
+    if (comm == nullptr || comm->size() <= 1) {
+        if (global != nullptr) *global = count;
+        return std::max(count, 1.0);
+    }
     at::Tensor t = at::full({1}, count, at::TensorOptions().dtype(at::kDouble));
     comm->all_reduce(t, dist::ReduceOp::kSum);
+    if (global != nullptr) *global = t.item<double>();
     return std::max(t.item<double>(), 1.0) / static_cast<double>(comm->size());
 }
 

@@ -91,7 +91,7 @@ private:
 /// What a rank divides its local loss sum by so that, after the optimizer averages the gradients, the step is the
 /// global batch's mean: `count` (this rank's tokens or sequences) summed over the ranks, over their number — one
 /// all-reduce of a number; max(count, 1) on one rank. SFT and GRPO use it, so N ranks train as one rank with N× the
-/// batch.
-double data_parallel_denominator(double count, const dist::Communicator* comm);
+/// batch. `global`, when given, receives the unclamped sum over the ranks.
+double data_parallel_denominator(double count, const dist::Communicator* comm, double* global = nullptr);
 
 }  // namespace dsrl::trainer

@@ -143,7 +143,8 @@ std::map<std::string, double> sft_step(dsa::Model& model,
     const at::Tensor valid = b.valid.to(lp.logp.device());
     // Mean over the global batch's target tokens (data_parallel_denominator: every rank's loss sum over the
     // global count / world, so the averaged gradient and the ranks' mean of `loss` are the global mean).
-    const double denominator = data_parallel_denominator(valid.sum().item<double>(), &comm);
+    double targets = 0;  // the global batch's, unclamped
+    const double denominator = data_parallel_denominator(valid.sum().item<double>(), &comm, &targets);
     // A batch whose examples were all truncated before their first target token has nothing to learn.
     const at::Tensor loss = -(lp.logp * valid).sum() / std::max(denominator, 1e-9);
     (balance != nullptr ? balance->add_aux_loss(loss) : loss).backward();
@@ -153,7 +154,11 @@ std::map<std::string, double> sft_step(dsa::Model& model,
                                     {"skipped_steps", 0},
                                     {"tokens", denominator},
                                     {"truncated", truncated}};
-    if (c.finite) {
+    if (targets <= 0) {
+        // Not one target token in the global batch (the same on every rank): no update, whose weight decay alone would
+        // shrink the weights for nothing. The stage loop counts it (trainer.max_skipped_steps) and names why.
+        m["empty"] = 1;
+    } else if (c.finite) {
         opt.step(job.sft.lr);
     } else {
         m["skipped_steps"] = 1;
@@ -181,6 +186,14 @@ public:
         StepOutput out;
         out.metrics = sft_step(ctx_.policy, ctx_.optimizer, tok_, sources_, step, ctx_.job, ctx_.comm, ctx_.balance());
         out.skipped_steps = static_cast<int64_t>(out.metrics.at("skipped_steps"));
+        if (out.metrics.erase("empty") > 0) {
+            out.nothing_to_train =
+                absl::StrCat("no example kept a response token once sft.max_seq_len (", ctx_.job.sft.max_seq_len,
+                             " tokens) cut it (longer prompts?): nothing trained, no update made");
+            if (ctx_.comm.rank() == 0) {
+                DSRL_LOG(warn) << "sft step " << step + 1 << ": " << out.nothing_to_train;
+            }
+        }
         return out;
     }
     double globalize(std::map<std::string, double>& m, int world) const override {

@@ -204,14 +204,16 @@ bool run_stage(Stage& stage, JobContext& ctx) {
         const auto metric = [&m](const char* key) { return m.count(key) != 0 ? m.at(key) : 0.0; };
         const bool skipped = metric("skipped_steps") > 0;
         const bool all_failed = metric("samples") > 0 && metric("reward_failed") >= metric("samples");
-        idle_steps = skipped || all_failed ? idle_steps + 1 : 0;
+        const bool empty = !out.nothing_to_train.empty();
+        idle_steps = skipped || all_failed || empty ? idle_steps + 1 : 0;
         if (job.trainer.max_skipped_steps > 0 && idle_steps >= job.trainer.max_skipped_steps) {
             throw Error(absl::StrCat(
                 name, " step ", done, ": the last ", idle_steps, " steps trained nothing (trainer.max_skipped_steps): ",
-                all_failed ? "every sample failed (the warnings above name the failures: a broken environment "
-                             "or reward?)"
-                           : "their optimizer updates were skipped for non-finite gradients — training has diverged "
-                             "(NaN or infinite weights, a learning rate too high, non-finite inputs)",
+                empty        ? out.nothing_to_train
+                : all_failed ? "every sample failed (the warnings above name the failures: a broken environment "
+                               "or reward?)"
+                             : "their optimizer updates were skipped for non-finite gradients — training has diverged "
+                               "(NaN or infinite weights, a learning rate too high, non-finite inputs)",
                 ". The checkpoints before stay as they were"));
         }
         const bool stop = stop_requested(ctx.comm);

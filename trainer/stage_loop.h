@@ -94,6 +94,9 @@ std::map<std::string, double> parse_metrics_text(std::string_view text);
 struct StepOutput {
     std::map<std::string, double> metrics;  ///< this rank's; run_stage averages them over the ranks
     int64_t skipped_steps = 0;              ///< optimizer steps skipped for non-finite gradients
+    /// Why the step had nothing to train on, the same on every rank (its update not made); empty: it had. Steps in a
+    /// row like it count towards trainer.max_skipped_steps, and the error then gives this reason.
+    std::string nothing_to_train;
 };
 
 class Stage {

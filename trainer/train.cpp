@@ -94,6 +94,14 @@ void check_supported(const JobConfig& job) {
             " gives every sample of a group the same tokens, so GRPO's group-relative advantages are all 0 and no step "
             "would learn anything; sample (temperature > 0, top_k 0 or > 1) — held-out evaluation is greedy anyway"));
     }
+    // A mini-batch holds whole groups: more mini-batches than a rank's groups would be capped to that count while the
+    // learning-rate schedule counted them all (its warm-up and decay stretched over steps that never run).
+    if (grpo && job.grpo.mini_batches > job.rollout.prompts_per_step) {
+        throw ConfigError(absl::StrCat(
+            "grpo.mini_batches: ", job.grpo.mini_batches,
+            " optimizer steps per pass, but a rank has rollout.prompts_per_step = ", job.rollout.prompts_per_step,
+            " groups per step and a mini-batch holds whole groups; at most that many"));
+    }
     for (const std::string& stage : job.run.stages) {
         if (stage != "sft" && stage != "grpo" && stage != "indexer_warmup" && stage != "sparse_train") {
             throw ConfigError(absl::StrCat("run.stages: stage '", stage, "' cannot run in this build; runnable: sft, ",

@@ -113,13 +113,15 @@ TEST(StageLoopTest, RunsStepsAveragesMetricsAndCheckpointsOnCadence) {
 // sample failed; a step in between that trains resets the count.
 class IdleStage final : public Stage {
 public:
-    IdleStage(int64_t from, bool fail, int64_t trains_at = -1) : from_(from), fail_(fail), trains_at_(trains_at) {}
+    IdleStage(int64_t from, bool fail, int64_t trains_at = -1, bool empty = false)
+        : from_(from), fail_(fail), trains_at_(trains_at), empty_(empty) {}
     std::string name() const override { return "idle"; }
     int64_t total_steps() const override { return 20; }
     void begin(bool) override {}
     StepOutput step(int64_t step) override {
         const bool idle = step >= from_ && step != trains_at_;
         if (fail_) return {{{"samples", 4.0}, {"reward_failed", idle ? 4.0 : 1.0}}, 0};
+        if (empty_) return {{}, 0, idle ? "no target token in the batch" : ""};
         return {{{"skipped_steps", idle ? 1.0 : 0.0}}, idle ? 1 : 0};
     }
     double globalize(std::map<std::string, double>& m, int world) const override {
@@ -134,6 +136,7 @@ private:
     int64_t from_;
     bool fail_;
     int64_t trains_at_;
+    bool empty_;
 };
 
 TEST(StageLoopTest, StopsAfterMaxSkippedStepsThatTrainedNothing) {
@@ -168,6 +171,11 @@ TEST(StageLoopTest, StopsAfterMaxSkippedStepsThatTrainedNothing) {
     // Every sample failed: the same rule.
     msg = message(IdleStage(2, true));
     EXPECT_NE(msg.find("every sample failed"), std::string::npos) << msg;
+    // Nothing to train on (an SFT batch cut before its targets): the same rule, with the stage's reason.
+    msg = message(IdleStage(2, false, -1, true));
+    EXPECT_NE(msg.find("idle step 5: the last 3 steps trained nothing (trainer.max_skipped_steps): no target token"),
+              std::string::npos)
+        << msg;
     // A step that trains in between starts the count again: steps 2, 3 idle, 4 trains, 5, 6, 7 idle -> stop at 8.
     msg = message(IdleStage(2, false, 4));
     EXPECT_NE(msg.find("idle step 8:"), std::string::npos) << msg;
