@@ -160,9 +160,10 @@ void check_same_job(const std::string& config_yaml, const dist::Communicator& co
 namespace {
 
 // A CPU job whose weights alone — one copy per rank in model.dtype, the routed experts split over
-// dist.expert_parallel_size, times the ranks the launcher put on this machine — exceed the machine's memory cannot run:
-// it would die in the kernel's OOM killer mid-start-up, with no word of why. Said here, naming the keys. (Training
-// needs more — gradients, Adam's two moments, the reference model — so this only refuses what is certain to fail.)
+// dist.expert_parallel_size, times the ranks the launcher put on this machine — or whose given rollout cache pool
+// exceeds the machine's memory cannot run: it would die in the kernel's OOM killer or in a bare std::bad_alloc, with no
+// word of why. Said here, naming the keys. (Training needs more — gradients, Adam's two moments, the reference model —
+// so this only refuses what is certain to fail; rollout workers holding every expert are counted as trainer ranks.)
 void check_fits_memory(const JobConfig& job, const ModelArch& arch) {
     const bool cuda = job.run.device == "cuda" || (job.run.device == "auto" && at::hasCUDA());
     const int64_t limit = fs::memory_limit_bytes();
