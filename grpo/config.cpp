@@ -29,7 +29,11 @@ void bind(Binder& b, GrpoConfig& c) {
     b.choice("logp_old", c.logp_old, {{"recorded", LogpOld::kRecorded}, {"recompute", LogpOld::kRecompute}},
              {.doc = "pi_old from the rollout record, or recomputed by a forward before the updates."});
     b.field("updates_per_batch", c.updates_per_batch, {.doc = "Passes over each rollout batch.", .min = 1});
-    b.field("mini_batches", c.mini_batches, {.doc = "Optimizer steps per pass.", .min = 1});
+    b.field(
+        "mini_batches", c.mini_batches,
+        {.doc =
+             "Optimizer steps per pass (each a mini-batch of whole groups: at most rollout.prompts_per_step are made).",
+         .min = 1});
     b.field("logp_chunk_tokens", c.logp_chunk_tokens, {.doc = "Tokens per chunk when computing log-probs.", .min = 1});
     b.field("ref_on_cpu", c.ref_on_cpu, {.doc = "Keep the frozen reference model on the CPU."});
 }

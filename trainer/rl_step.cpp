@@ -355,7 +355,10 @@ RlStepResult RlStep::run(int64_t step) {
     // optimizer's reduce_and_clip).
     std::map<std::string, double> betas;
     for (const DomainRuntime& d : domains_) betas[d.name] = d.beta;
-    const int64_t total_opt_steps = job_.trainer.total_steps * job_.grpo.updates_per_batch * job_.grpo.mini_batches;
+    // A mini-batch holds whole groups: the update runs at most a rank's groups of them (grpo_update), and the schedule
+    // counts the steps that run.
+    const int64_t total_opt_steps = job_.trainer.total_steps * job_.grpo.updates_per_batch *
+                                    std::min(job_.grpo.mini_batches, job_.rollout.prompts_per_step);
     std::vector<double> norms;
     const auto opt_step = [&] {
         const ClipResult c = optimizer_.reduce_and_clip(job_.trainer.optimizer.grad_clip);

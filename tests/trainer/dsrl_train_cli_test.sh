@@ -104,8 +104,6 @@ expect_error group-of-one "rollout.group_size: GRPO needs at least 2 samples per
 expect_error greedy-grpo "rollout.temperature: 0 (greedy) gives every sample of a group the same tokens" \
     --set rollout.temperature=0 --check
 expect_error top-k-one "rollout.top_k: 1 (greedy)" --set rollout.top_k=1 --check
-expect_error mini-batches "grpo.mini_batches: 1000 optimizer steps per pass, but a rank has rollout.prompts_per_step = 8" \
-    --set grpo.mini_batches=1000 --check
 # SFT examples cut before their first response token: warned per step, stopped after trainer.max_skipped_steps.
 out=$("$bin" --set sft.max_seq_len=2 --set trainer.max_skipped_steps=2 --set run.output_dir="$tmp/cut" 2>&1)
 if [ $? -ne 0 ] && grep -q "error: sft step 2: the last 2 steps trained nothing (trainer.max_skipped_steps): no example kept a response token once sft.max_seq_len (2 tokens) cut it" <<<"$out"; then
