@@ -196,6 +196,25 @@ void check_fits_memory(const JobConfig& job, const ModelArch& arch) {
         ", raise dist.expert_parallel_size, or run on GPUs (run.device)"));
 }
 
+// A data file's prompt that fills the model's context leaves no room to generate: the rollout refuses it — after the
+// stages before GRPO (hours of SFT, perhaps) have run. Found here instead, naming the file and the item. Synthetic
+// sources (infinite) are left to the rollout.
+void check_prompt_lengths(const data::PromptSource& source,
+                          const text::Tokenizer& tokenizer,
+                          const ModelArch& arch,
+                          const std::string& key) {
+    for (int64_t i = 0; i < source.size(); ++i) {
+        const data::PromptItem item = source.get(i);
+        const auto n = static_cast<int64_t>(data::prompt_ids(tokenizer, item, source.name()).size());
+        if (n >= arch.max_position_embeddings) {
+            throw DataError(absl::StrCat(key, ": ", source.name(), ": prompt ", item.id, " has ", n,
+                                         " tokens in the chat format; the model's context (max_position_embeddings) "
+                                         "is ",
+                                         arch.max_position_embeddings, ", which leaves no room for a response"));
+        }
+    }
+}
+
 }  // namespace
 
 void check_job(const JobConfig& job) {
@@ -223,8 +242,15 @@ void check_job(const JobConfig& job) {
         }
         if (!d.environment.enabled()) rewards::DomainReward::create(registry, d.rewards, job.rewards.timeout_s);
         agents |= d.environment.enabled();
-        data::make_prompt_source(d.data, d.name, "", rows);
-        if (!d.eval_data.empty()) data::make_prompt_source(d.eval_data, d.name, "", rows);
+        const auto prompts = data::make_prompt_source(d.data, d.name, "", rows);
+        if (rows == data::Rows::kPrompts)
+            check_prompt_lengths(*prompts, *tokenizer, arch, "domains[" + d.name + "].data");
+        if (!d.eval_data.empty()) {
+            const auto held_out = data::make_prompt_source(d.eval_data, d.name, "", rows);
+            if (rows == data::Rows::kPrompts) {
+                check_prompt_lengths(*held_out, *tokenizer, arch, "domains[" + d.name + "].eval_data");
+            }
+        }
     }
     if (agents) {
         AgentEnvironments::build(job);  // modules known, plugins load

@@ -104,6 +104,11 @@ expect_error group-of-one "rollout.group_size: GRPO needs at least 2 samples per
 expect_error greedy-grpo "rollout.temperature: 0 (greedy) gives every sample of a group the same tokens" \
     --set rollout.temperature=0 --check
 expect_error top-k-one "rollout.top_k: 1 (greedy)" --set rollout.top_k=1 --check
+# A data file's prompt that fills the context, found at start-up (not by the first rollout, after SFT).
+printf '{"prompt": "%s", "answer": "1"}\n{"prompt": "short", "answer": "2"}\n' "$(head -c 3000 /dev/zero | tr '\0' x)" \
+    >"$tmp/long.jsonl"
+expect_error long-prompt "domains[reasoning].data: $tmp/long.jsonl: prompt 0 has 3005 tokens in the chat format; the model's context (max_position_embeddings) is 1024" \
+    --set "domains[0].data=$tmp/long.jsonl" --check
 # SFT examples cut before their first response token: warned per step, stopped after trainer.max_skipped_steps.
 out=$("$bin" --set sft.max_seq_len=2 --set trainer.max_skipped_steps=2 --set run.output_dir="$tmp/cut" 2>&1)
 if [ $? -ne 0 ] && grep -q "error: sft step 2: the last 2 steps trained nothing (trainer.max_skipped_steps): no example kept a response token once sft.max_seq_len (2 tokens) cut it" <<<"$out"; then
