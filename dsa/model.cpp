@@ -768,10 +768,12 @@ PagedStep Model::paged_decode_step(PagedKvCache& cache,
     return step;
 }
 
-int64_t Model::cache_bytes_per_token() const {
-    return cfg_.num_hidden_layers * (cfg_.kv_lora_rank + cfg_.qk_rope_head_dim + cfg_.index_head_dim) *
-           static_cast<int64_t>(c10::elementSize(model_dtype(cfg_)));
+int64_t cache_bytes_per_token(const ModelConfig& cfg) {
+    return cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.index_head_dim) *
+           static_cast<int64_t>(c10::elementSize(model_dtype(cfg)));
 }
+
+int64_t Model::cache_bytes_per_token() const { return dsa::cache_bytes_per_token(cfg_); }
 
 int64_t PagedKvCache::block_bytes() const {
     int64_t bytes = 0;

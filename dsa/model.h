@@ -176,6 +176,10 @@ struct ForwardOutput {
     at::Tensor key_valid;                    ///< [B, S] bool visibility of every key
 };
 
+/// Bytes one cached token takes over every layer (c_kv + k_pe + index_k in the model's dtype): a paged cache's
+/// size before any model is built.
+int64_t cache_bytes_per_token(const ModelConfig& cfg);
+
 class Model {
 public:
     Model(ModelConfig cfg, ModelWeights weights);

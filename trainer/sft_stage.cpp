@@ -113,7 +113,8 @@ std::map<std::string, double> sft_step(dsa::Model& model,
                                        int64_t step,
                                        const JobConfig& job,
                                        const dist::Communicator& comm,
-                                       dsa::MoeBalance* balance) {
+                                       dsa::MoeBalance* balance,
+                                       bool& no_targets) {
     // The global batch is world × micro_batch_size slots; every rank draws them all (its streams advance alike)
     // and trains on slots [rank · m, (rank + 1) · m) — the same data as one rank with world × m sequences.
     const int64_t per_rank = job.trainer.micro_batch_size;
@@ -154,13 +155,12 @@ std::map<std::string, double> sft_step(dsa::Model& model,
                                     {"skipped_steps", 0},
                                     {"tokens", denominator},
                                     {"truncated", truncated}};
-    if (targets <= 0) {
-        // Not one target token in the global batch (the same on every rank): no update, whose weight decay alone would
-        // shrink the weights for nothing. The stage loop counts it (trainer.max_skipped_steps) and names why.
-        m["empty"] = 1;
-    } else if (c.finite) {
+    // Not one target token in the global batch (the same on every rank): no update, whose weight decay alone would
+    // shrink the weights for nothing. The stage loop counts it (trainer.max_skipped_steps) and names why.
+    no_targets = targets <= 0;
+    if (!no_targets && c.finite) {
         opt.step(job.sft.lr);
-    } else {
+    } else if (!no_targets) {
         m["skipped_steps"] = 1;
     }
     opt.zero_grad();
@@ -184,9 +184,11 @@ public:
     }
     StepOutput step(int64_t step) override {
         StepOutput out;
-        out.metrics = sft_step(ctx_.policy, ctx_.optimizer, tok_, sources_, step, ctx_.job, ctx_.comm, ctx_.balance());
+        bool no_targets = false;
+        out.metrics = sft_step(ctx_.policy, ctx_.optimizer, tok_, sources_, step, ctx_.job, ctx_.comm, ctx_.balance(),
+                               no_targets);
         out.skipped_steps = static_cast<int64_t>(out.metrics.at("skipped_steps"));
-        if (out.metrics.erase("empty") > 0) {
+        if (no_targets) {
             out.nothing_to_train =
                 absl::StrCat("no example kept a response token once sft.max_seq_len (", ctx_.job.sft.max_seq_len,
                              " tokens) cut it (longer prompts?): nothing trained, no update made");

@@ -1,5 +1,7 @@
 #include "trainer/stages.h"
 
+#include <algorithm>
+
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
@@ -8,11 +10,12 @@
 
 namespace dsrl::trainer {
 
+bool has_stage(const JobConfig& job, std::string_view stage) {
+    return std::find(job.run.stages.begin(), job.run.stages.end(), stage) != job.run.stages.end();
+}
+
 bool uses_dsa_stages(const JobConfig& job) {
-    for (const std::string& s : job.run.stages) {
-        if (s == "indexer_warmup" || s == "sparse_train") return true;
-    }
-    return false;
+    return has_stage(job, "indexer_warmup") || has_stage(job, "sparse_train");
 }
 
 std::vector<std::unique_ptr<Stage>> make_stages(JobContext& ctx, const text::Tokenizer& tok) {

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "data/prompts.h"
@@ -45,6 +46,8 @@ SftExample sft_example(const text::Tokenizer& tok,
                        int64_t max_seq_len,
                        int64_t vocab_size);
 
+/// True when run.stages lists `stage`.
+bool has_stage(const JobConfig& job, std::string_view stage);
 /// True when run.stages has indexer_warmup or sparse_train.
 bool uses_dsa_stages(const JobConfig& job);
 

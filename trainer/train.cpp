@@ -78,7 +78,7 @@ void cut_tensorboard(const std::string& tb_dir, const std::string& cursor) {
 // Stages and keys the schema accepts for what later issues build: refused, never silently ignored.
 void check_supported(const JobConfig& job) {
     // (Here, not in the config's rules: dsrl_tool generate reads the same config with a group of one.)
-    const bool grpo = std::find(job.run.stages.begin(), job.run.stages.end(), "grpo") != job.run.stages.end();
+    const bool grpo = has_stage(job, "grpo");
     if (grpo && job.rollout.group_size < 2) {
         throw ConfigError(absl::StrCat(
             "rollout.group_size: GRPO needs at least 2 samples per prompt (its advantages are relative to the group's "
@@ -169,15 +169,15 @@ void check_fits_memory(const JobConfig& job, const ModelArch& arch) {
     const double per_rank = std::max(0.0, total - routed) + std::min(routed, total) / ep;
     const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
     const double ranks = local != nullptr && std::atoi(local) > 0 ? std::atoi(local) : 1;
-    const double bytes = per_rank * (job.model.dtype == DType::kBFloat16 ? 2.0 : 4.0) * ranks;
+    ModelConfig sized = job.model;  // the runtime's dtype, the checkpoint's architecture
+    static_cast<ModelArch&>(sized) = arch;
+    const auto element = static_cast<double>(c10::elementSize(dsa::model_dtype(sized)));
+    const double bytes = per_rank * element * ranks;
     const auto gib = [](double b) { return absl::StrFormat("%.1f GiB", b / (1024.0 * 1024.0 * 1024.0)); };
-    // The rollout's cache pool where its size is given (Model::cache_bytes_per_token's latent, rope key and index key
-    // per layer and slot), found before the stages before GRPO run.
+    // The rollout's cache pool where its size is given, found before the stages before GRPO run.
     const double pool = static_cast<double>(job.rollout.engine.cache_blocks) *
                         static_cast<double>(job.rollout.engine.block_size) *
-                        static_cast<double>(arch.num_hidden_layers) *
-                        static_cast<double>(arch.kv_lora_rank + arch.qk_rope_head_dim + arch.index_head_dim) *
-                        (job.model.dtype == DType::kBFloat16 ? 2.0 : 4.0);
+                        static_cast<double>(dsa::cache_bytes_per_token(sized));
     if (job.rollout.engine.cache_blocks > 0 && pool > static_cast<double>(limit)) {
         throw ConfigError(absl::StrCat("rollout.cache_blocks: ", job.rollout.engine.cache_blocks, " blocks of ",
                                        job.rollout.engine.block_size, " slots need ", gib(pool),
@@ -283,7 +283,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     check_supported(job);
     check_same_job(opt.config_yaml, comm);
     fault::check_environment();
-    const bool grpo = std::find(job.run.stages.begin(), job.run.stages.end(), "grpo") != job.run.stages.end();
+    const bool grpo = has_stage(job, "grpo");
     if (rank == 0 && grpo && job.grpo.mini_batches > job.rollout.prompts_per_step) {
         DSRL_LOG(warn) << "grpo.mini_batches " << job.grpo.mini_batches << " > rollout.prompts_per_step "
                        << job.rollout.prompts_per_step << ": a mini-batch holds whole groups, so each pass makes "
