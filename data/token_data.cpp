@@ -185,14 +185,15 @@ TokenStream::TokenStream(std::shared_ptr<const TokenSource> source, int rank, in
 
 TokenBatch TokenStream::next(int64_t batch) {
     std::vector<TokenWindow> w;
-    for (int64_t j = 0; j < batch; ++j) w.push_back(source_->get(first_ + (cursor_ + j) * world_ + rank_));
-    cursor_ += batch;
+    for (int64_t j = 0; j < batch; ++j) w.push_back(source_->get(first_ + base_ + (taken_ + j) * world_ + rank_));
+    taken_ += batch;
     return make_batch(w);
 }
 
 void TokenStream::restore(int64_t cursor) {
     if (cursor < 0) throw DataError(absl::StrCat("token stream ", source_->name(), ": negative cursor ", cursor));
-    cursor_ = cursor;
+    base_ = cursor;
+    taken_ = 0;
 }
 
 TokenBatch make_batch(const std::vector<TokenWindow>& windows) {

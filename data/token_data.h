@@ -64,15 +64,20 @@ public:
     TokenStream(std::shared_ptr<const TokenSource> source, int rank, int world, int64_t first = 0);
     /// The next `batch` windows of this rank.
     TokenBatch next(int64_t batch);
-    int64_t cursor() const { return cursor_; }
-    /// Continues from cursor() of a stream over the same source; a negative value is a DataError.
+    /// Windows the whole job has taken (every rank's `next` takes the same number): the same figure on every rank
+    /// and on any world size, so a stream of another world size continues from it.
+    int64_t cursor() const { return base_ + taken_ * world_; }
+    /// Continues from cursor() of a stream over the same source and `first`, of any world size; a negative value is
+    /// a DataError.
     void restore(int64_t cursor);
     const TokenSource& source() const { return *source_; }
 
 private:
     std::shared_ptr<const TokenSource> source_;
     int rank_, world_;
-    int64_t first_, cursor_ = 0;
+    int64_t first_;
+    int64_t base_ = 0;   // windows taken before the restore
+    int64_t taken_ = 0;  // windows this rank has taken since
 };
 
 /// Stacks windows into a batch.

@@ -57,6 +57,15 @@ void barrier(const dist::Communicator* comm) {
     if (comm != nullptr && comm->size() > 1) comm->barrier();
 }
 
+// Whether `rank`'s cursors in checkpoint `dir` hold a rollout worker's queue (a disaggregated job's, written before
+// state.json recorded dist.rollout_ranks).
+bool saved_queue(const std::string& dir, int rank) {
+    const std::string path = fs::join(dir, cursors_file(rank));
+    if (!fs::exists(path)) return false;
+    const Json j = Json::parse(read_text(path), nullptr, /*allow_exceptions=*/false);
+    return j.is_object() && j.contains("rollout_queue");
+}
+
 // Note [Checkpoint manifest]
 // The last file of a checkpoint: manifest.json lists every other file (relative path, size, CRC-32C), written by
 // rank 0 once every rank's files are complete and just before the directory is renamed into place. The ranks hash
@@ -269,6 +278,7 @@ std::string save_checkpoint(const std::string& root,
                   {"policy_version", state.policy_version},
                   {"skipped_steps", state.skipped_steps},
                   {"world_size", state.world_size},
+                  {"rollout_ranks", state.rollout_ranks},
                   {"optimizer_steps", optimizer.steps()},
                   {"config_yaml", state.config_yaml},
                   {"manifest", true}};
@@ -354,7 +364,8 @@ std::string resolve_resume(const std::string& root, const std::string& spec, con
                                        "); remove them or pass --resume PATH to one, or start without --resume"));
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int world_size, int rank) {
+LoadedCheckpoint load_checkpoint(
+    const std::string& dir, dsa::Model& model, int world_size, int rank, int rollout_ranks) {
     LoadedCheckpoint out;
     const std::string state_path = fs::join(dir, kState);
     Json j;
@@ -380,14 +391,42 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
         out.state.policy_version = count(j.at("policy_version"), "policy_version", kMaxCount);
         out.state.skipped_steps = count(j.at("skipped_steps"), "skipped_steps", kMaxCount);
         out.state.world_size = static_cast<int>(count(j.at("world_size"), "world_size", 1 << 24));
+        if (j.contains("rollout_ranks")) {
+            out.state.rollout_ranks =
+                static_cast<int>(count(j.at("rollout_ranks"), "rollout_ranks", out.state.world_size));
+        } else {
+            // Before the key existed: a disaggregated job's rollout workers (its last ranks) saved their queue; on
+            // the same world size it resumes as it always did (-1: disaggregated, rollout ranks unknown).
+            out.state.rollout_ranks = saved_queue(dir, out.state.world_size - 1) ? -1 : 0;
+            if (out.state.world_size == world_size) out.state.rollout_ranks = rollout_ranks;
+        }
         out.state.config_yaml = j.at("config_yaml").get<std::string>();
     } catch (const nlohmann::json::exception& e) {
         throw CheckpointError(absl::StrCat(state_path, ": ", e.what()));
     }
-    if (out.state.world_size != world_size) {
-        throw CheckpointError(absl::StrCat("checkpoint ", dir, " was written by ", out.state.world_size,
-                                           " ranks; this job has ", world_size,
-                                           " (resharding is not supported: resume with the same world size)"));
+    const int written_by = out.state.world_size;
+    if (written_by != world_size || out.state.rollout_ranks != rollout_ranks) {
+        const auto layout = [](int world, int rollout) {
+            if (rollout == 0) return absl::StrCat(world, " colocated ranks");
+            if (rollout < 0) return absl::StrCat(world, " ranks, disaggregated");
+            return absl::StrCat(world, " ranks, ", rollout, " of them rollout workers (disaggregated)");
+        };
+        if (out.state.rollout_ranks != 0 || rollout_ranks != 0) {
+            throw CheckpointError(absl::StrCat(
+                "checkpoint ", dir, " was written by ", layout(written_by, out.state.rollout_ranks), "; this job has ",
+                layout(world_size, rollout_ranks),
+                ": a disaggregated job resumes only on the layout that wrote it (its rollout workers' queued groups "
+                "belong to their trainer ranks) — resume with the same mpirun -np and dist.rollout_ranks"));
+        }
+        if (rank == 0) {
+            DSRL_LOG(warn) << "checkpoint " << dir << " was written by " << written_by << " ranks; this job has "
+                           << world_size
+                           << ": resharding (the model and optimizer state by name; the data streams continue where "
+                              "they stopped, with this job's global batch of "
+                           << world_size
+                           << " x rollout.prompts_per_step / trainer.micro_batch_size). The run continues as one on "
+                              "this layout would, to the summation order, not bit for bit";
+        }
     }
     // The model: same architecture, then the weights in place (optimizer and autograd keep their tensors).
     const dsa::HfCheckpointReader reader = dsa::HfCheckpointReader::open(fs::join(dir, kModel));
@@ -426,16 +465,19 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int 
         const SafetensorsFile opt = SafetensorsFile::open(file);
         for (const SafetensorInfo& t : opt.tensors()) out.optimizer[t.name] = opt.get(t.name);
     }
-    const std::string cursors_path = fs::join(dir, cursors_file(rank));
+    // A rank the writing job did not have: rank 0's cursors (every rank's agree) and a freshly seeded generator.
+    const int from = rank < written_by ? rank : 0;
+    const std::string cursors_path = fs::join(dir, cursors_file(from));
     try {
         out.state.cursors = Json::parse(read_text(cursors_path)).get<std::map<std::string, std::string>>();
     } catch (const nlohmann::json::exception& e) {
         throw CheckpointError(absl::StrCat(cursors_path, ": ", e.what()));
     }
-    const std::string rng_path = fs::join(dir, rng_file(rank));
-    const std::string bytes = read_text(rng_path);
-    out.rng_state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
-    std::memcpy(out.rng_state.data_ptr(), bytes.data(), bytes.size());
+    if (rank < written_by) {
+        const std::string bytes = read_text(fs::join(dir, rng_file(rank)));
+        out.rng_state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+        std::memcpy(out.rng_state.data_ptr(), bytes.data(), bytes.size());
+    }
     if (fs::exists(fs::join(dir, kReference))) out.reference_dir = fs::join(dir, kReference);
     DSRL_LOG(info) << "resuming from " << dir << " (step " << out.state.step << ")";
     return out;

@@ -7,7 +7,8 @@
 //                                        checkpoint resumes at any ZeRO stage
 //                        state.json      step, policy version, skipped steps, world size, the resolved config
 //                        rng.rank<r>.bin each rank's generator state
-//                        cursors.rank<r>.json  each rank's data cursors (ranks draw their own prompts)
+//                        cursors.rank<r>.json  each rank's data cursors (every rank draws the whole global batch,
+//                                        so they agree; a rank of a larger job resuming reads rank 0's)
 //                        reference/      the frozen KL reference of the GRPO stage, when there is one
 //                        manifest.json   written last: size and CRC-32C of every other file (verified on resume)
 //   <root>/latest                        "step-00000120", replaced atomically after the rename
@@ -39,7 +40,11 @@ struct TrainingState {
     int64_t skipped_steps = 0;                   ///< steps skipped for non-finite loss or gradients
     std::map<std::string, std::string> cursors;  ///< this rank's data positions (opaque strings per source)
     int world_size = 1;
+    int rollout_ranks = 0;    ///< dist.rollout_ranks of a disaggregated job (0: colocated)
     std::string config_yaml;  ///< the resolved job config
+    /// Not saved: the world size of the checkpoint this job resumed from (0: a fresh start). Another than
+    /// world_size means the job was resharded (load_checkpoint); stages whose data layout depends on it check it.
+    int resumed_world_size = 0;
     /// Steps of the whole job (every stage's): checkpoint directories are numbered by it.
     int64_t job_step() const {
         int64_t n = step;
@@ -93,8 +98,14 @@ struct LoadedCheckpoint {
     std::string reference_dir;                    ///< the frozen reference model (HF layout), "" if none
 };
 
-/// Reads `dir` for `rank` and loads the model weights into `model`. A checkpoint of another model config
-/// or another world size is refused with a CheckpointError saying which.
-LoadedCheckpoint load_checkpoint(const std::string& dir, dsa::Model& model, int world_size, int rank);
+/// Reads `dir` for `rank` and loads the model weights into `model`. A checkpoint of another model config is refused
+/// with a CheckpointError saying which. A checkpoint of another world size is resharded (docs/distributed.md,
+/// "Resuming on another layout"): the model and the optimizer state are stored by name and split by this job's
+/// layout; a rank the writing job did not have takes rank 0's data cursors (they agree: every rank draws the whole
+/// global batch) and keeps its freshly seeded generator. A disaggregated job — this one (`rollout_ranks` > 0) or
+/// the writer — resumes only on the writer's layout (its rollout workers' queued groups belong to their trainer
+/// ranks): anything else is a CheckpointError naming both layouts.
+LoadedCheckpoint load_checkpoint(
+    const std::string& dir, dsa::Model& model, int world_size, int rank, int rollout_ranks = 0);
 
 }  // namespace dsrl::trainer

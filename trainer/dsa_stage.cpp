@@ -1,6 +1,7 @@
 // The DSA phases as stages of the one loop (SPEC §3, docs/dsa_training.md): dense_lm (the optional dense LM
 // pre-phase of indexer_warmup), indexer_warmup and sparse_train share one token stream and one set of held-out
 // batches; indexer_warmup and sparse_train evaluate (task loss, attention recall) at their start and end.
+#include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 
 #include <chrono>
@@ -20,9 +21,10 @@ using Clock = std::chrono::steady_clock;
 struct DsaData {
     std::unique_ptr<data::TokenStream> stream;
     std::vector<data::TokenBatch> eval_batches;
+    bool synthetic = false;
 
     DsaData(const JobConfig& job, const text::Tokenizer& tok, const dist::Communicator& comm) {
-        const bool synthetic = job.dsa.data.rfind("synthetic:", 0) == 0;
+        synthetic = job.dsa.data.rfind("synthetic:", 0) == 0;
         auto src = data::make_token_source(job.dsa.data, job.dsa.seq_len, tok, "");
         const int64_t held_out = synthetic ? 0 : job.dsa.eval_batches * job.dsa.batch_size * comm.size();
         data::TokenStream eval_stream(
@@ -75,10 +77,26 @@ public:
         if (with_eval_ && done == total_) evaluate(true);
     }
     void save_cursors(std::map<std::string, std::string>& cursors) const override {
-        cursors["tokens.dsa"] = std::to_string(data_->stream->cursor());
+        cursors["tokens.dsa.windows"] = std::to_string(data_->stream->cursor());
     }
     void restore_cursors(const std::map<std::string, std::string>& cursors) override {
-        data_->stream->restore(int_cursor(cursors, "tokens.dsa", 0));
+        // The job's windows taken; a checkpoint before that cursor kept this rank's count ("tokens.dsa").
+        int64_t windows = int_cursor(cursors, "tokens.dsa.windows", -1);
+        if (windows < 0) windows = int_cursor(cursors, "tokens.dsa", 0) * ctx_.state.resumed_world_size;
+        const auto done = ctx_.state.stage_steps.find(name_);
+        const bool unfinished = done == ctx_.state.stage_steps.end() || done->second < total_;
+        if (!data_->synthetic && windows > 0 && unfinished && ctx_.state.resumed_world_size != ctx_.comm.size()) {
+            // A file's held-out windows are its first eval_batches x batch_size x world: on another world size the
+            // evaluation would take windows this stream trained on, and training would start elsewhere.
+            throw CheckpointError(absl::StrCat("stage ", name_, " resumes a checkpoint of ",
+                                               ctx_.state.resumed_world_size, " ranks on ", ctx_.comm.size(),
+                                               ": dsa.data '", ctx_.job.dsa.data,
+                                               "' is a file whose held-out windows depend on the "
+                                               "world size, so a DSA stage on it resumes only on the world size that "
+                                               "began it (resume with mpirun -np ",
+                                               ctx_.state.resumed_world_size, ", or after the DSA stages)"));
+        }
+        data_->stream->restore(windows);
     }
 
 private:

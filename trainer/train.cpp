@@ -374,6 +374,7 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         text::make_tokenizer(policy.config().path, policy.config().vocab_size, chat_choice(policy.config()));
     TrainingState state;
     state.world_size = comm.size();
+    state.rollout_ranks = roles.disaggregated ? roles.rollout_workers : 0;
     state.config_yaml = opt.config_yaml;
     JobContext ctx{job, comm, device, policy, optimizer, state};
     ctx.roles = roles;
@@ -387,9 +388,13 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
     if (!opt.resume.empty()) {
         const std::string dir = resolve_resume(root, opt.resume, &comm);
         if (!dir.empty()) {
-            LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank);
+            LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank, state.rollout_ranks);
             optimizer.load_state(ck.optimizer, int_cursor(ck.state.cursors, "optimizer_steps", 0), dir);
+            const TrainingState fresh = state;
             state = ck.state;
+            state.resumed_world_size = ck.state.world_size;
+            state.world_size = fresh.world_size;  // resharded: this job's layout from now on
+            state.rollout_ranks = fresh.rollout_ranks;
             state.config_yaml = opt.config_yaml;
             ctx.reference_dir = ck.reference_dir;
             if (ck.rng_state.numel() > 0) {

@@ -1,5 +1,5 @@
 // Training checkpoints (issue 8): exact continuation after save/load, `latest` and keep_last, leftovers of an
-// interrupted save, and refusal of a checkpoint of another model or world size.
+// interrupted save, and refusal of a checkpoint of another model, resharding to another world size.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -7,6 +7,7 @@
 #include <ATen/ops/randint.h>
 
 #include <limits>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -134,19 +135,25 @@ TEST(CheckpointTest, NonFiniteWeightsAreNeitherSavedNorLoaded) {
     }
 }
 
-TEST(CheckpointTest, RefusesAnotherModelOrWorldSize) {
+TEST(CheckpointTest, ReshardsToAnotherWorldSizeAndRefusesAnotherModel) {
     testing::TempDir tmp;
     const std::string root = tmp.path() + "/ckpt";
     dsa::Model m = dsa::Model::random(tiny(), 1, at::kCPU);
     AdamW opt(params_of(m), {});
     at::Generator gen = rng::make_cpu_generator(1);
-    const std::string dir = save_checkpoint(root, m, opt, {.step = 1, .world_size = 2}, gen.get_state(), 3, nullptr);
-    try {
-        load_checkpoint(dir, m, 4, 0);
-        FAIL();
-    } catch (const CheckpointError& e) {
-        EXPECT_NE(std::string(e.what()).find("written by 2 ranks; this job has 4"), std::string::npos) << e.what();
-    }
+    TrainingState st{.step = 1, .world_size = 2};
+    st.cursors["prompts.math"] = "0:7";
+    const std::string dir = save_checkpoint(root, m, opt, st, gen.get_state(), 3, nullptr);
+    // Written by 2 ranks, resumed on 4: rank 0 reads its own files; rank 3, which the writer did not have, takes rank
+    // 0's cursors and no generator state (it keeps its fresh seeding).
+    const LoadedCheckpoint own = load_checkpoint(dir, m, 4, 0);
+    EXPECT_EQ(own.state.world_size, 2);
+    EXPECT_EQ(own.state.cursors.at("prompts.math"), "0:7");
+    EXPECT_GT(own.rng_state.numel(), 0);
+    const LoadedCheckpoint added = load_checkpoint(dir, m, 4, 3);
+    EXPECT_EQ(added.state.cursors.at("prompts.math"), "0:7");
+    EXPECT_EQ(added.rng_state.numel(), 0);
+    EXPECT_EQ(load_checkpoint(dir, m, 1, 0).state.cursors.at("prompts.math"), "0:7");
     ModelConfig other = tiny();
     other.hidden_size = 32;
     dsa::Model o = dsa::Model::random(other, 1, at::kCPU);
@@ -156,6 +163,33 @@ TEST(CheckpointTest, RefusesAnotherModelOrWorldSize) {
     } catch (const CheckpointError& e) {
         EXPECT_NE(std::string(e.what()).find("hidden_size (checkpoint 64, job 32)"), std::string::npos) << e.what();
     }
+}
+
+TEST(CheckpointTest, DisaggregatedJobResumesOnlyOnItsLayout) {
+    testing::TempDir tmp;
+    dsa::Model m = dsa::Model::random(tiny(), 1, at::kCPU);
+    AdamW opt(params_of(m), {});
+    at::Generator gen = rng::make_cpu_generator(1);
+    const std::string dir = save_checkpoint(
+        tmp.path() + "/ckpt", m, opt, {.step = 1, .world_size = 3, .rollout_ranks = 1}, gen.get_state(), 3, nullptr);
+    EXPECT_EQ(load_checkpoint(dir, m, 3, 0, 1).state.rollout_ranks, 1);
+    for (const auto& [world, rollout, want] :
+         {std::tuple{2, 0,
+                     "written by 3 ranks, 1 of them rollout workers (disaggregated); this job has 2 colocated ranks"},
+          std::tuple{4, 1, "this job has 4 ranks, 1 of them rollout workers"},
+          std::tuple{3, 2, "this job has 3 ranks, 2 of them rollout workers"}}) {
+        try {
+            load_checkpoint(dir, m, world, 0, rollout);
+            FAIL() << world << " " << rollout;
+        } catch (const CheckpointError& e) {
+            EXPECT_THAT(e.what(), ::testing::HasSubstr(want));
+            EXPECT_THAT(e.what(), ::testing::HasSubstr("resume with the same mpirun -np and dist.rollout_ranks"));
+        }
+    }
+    // A colocated checkpoint resumed by a disaggregated job of the same world size: refused too.
+    const std::string colocated =
+        save_checkpoint(tmp.path() + "/c", m, opt, {.step = 1, .world_size = 3}, gen.get_state(), 3, nullptr);
+    EXPECT_THROW(load_checkpoint(colocated, m, 3, 0, 1), CheckpointError);
 }
 
 // Verified checkpoints (issue 25 item 7): a manifest with the size and CRC-32C of every file is written last;

@@ -1,6 +1,6 @@
 """Compares two dsrl_train runs that should train the same weights (other parallel layouts of one job).
 
-  compare_runs.py ROOT BASE OTHER [--exact | --bound B]
+  compare_runs.py ROOT BASE OTHER [--exact | --bound B] [--floor F]
 
 ROOT/BASE and ROOT/OTHER are run directories. Compared: loss and grad_norm of every (stage, step) both
 metrics.jsonl files hold — relative difference with an absolute floor of 1e-8 (an on-policy GRPO loss is ~0 up to
@@ -12,6 +12,10 @@ failure.
 (advantages 0, only the KL term): there a layout's summation order moves grad_norm by ~1e-4 relative, and Adam, which
 divides each gradient by its own scale, turns that into updates of either sign on the elements whose gradient is
 rounding noise. The bound says how much of that the caller accepts.
+
+--floor F is the absolute floor of the metrics' difference (default 1e-8): an on-policy GRPO loss is a sum of terms
+of order 0.1 that cancel to ~0, so on layouts of different per-rank sizes (1 rank against 2) its rounding is a few
+1e-8 absolute.
 """
 
 import json
@@ -47,6 +51,11 @@ def main():
         i = argv.index("--bound")
         bound = float(argv[i + 1])
         del argv[i : i + 2]
+    floor = 0.0 if exact else 1e-8
+    if "--floor" in argv:
+        i = argv.index("--floor")
+        floor = float(argv[i + 1])
+        del argv[i : i + 2]
     args = [a for a in argv if a != "--exact"]
     root, base, other = args
     a, b = rows(os.path.join(root, base)), rows(os.path.join(root, other))
@@ -57,7 +66,7 @@ def main():
             if name not in a[key] or name not in b[key]:
                 continue
             x, y = a[key][name], b[key][name]
-            rel = max(abs(x - y) - (0.0 if exact else 1e-8), 0.0) / max(abs(x), 1e-12)
+            rel = max(abs(x - y) - floor, 0.0) / max(abs(x), 1e-12)
             if rel >= worst:
                 worst, where = rel, f"{key[0]} step {key[1]} {name} {x:.9g} vs {y:.9g}"
     wa, wb = weights(os.path.join(root, base)), weights(os.path.join(root, other))

@@ -112,6 +112,31 @@ TEST(TokenDataTest, CursorRestoreContinuesTheStreamAndRanksAreDisjoint) {
     EXPECT_THROW(b.restore(-1), DataError);
 }
 
+TEST(TokenDataTest, CursorCountsTheJobsWindowsAndContinuesOnAnotherWorldSize) {
+    JobConfig job = dsa_job();
+    const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
+    const auto src = data::make_token_source(job.dsa.data, 40, *tok, "");
+    const int64_t first = 5;  // a held-out prefix
+    // Two ranks take two windows each: the job's windows first + [0, 4), the same cursor on both ranks.
+    data::TokenStream r0(src, 0, 2, first), r1(src, 1, 2, first);
+    r0.next(2);
+    r1.next(2);
+    ASSERT_EQ(r0.cursor(), 4);
+    ASSERT_EQ(r1.cursor(), 4);
+    // Resumed on three ranks: rank r's windows are first + 4 + 3k + r, the ones a single rank takes next.
+    data::TokenStream one(src, 0, 1, first);
+    one.restore(4);
+    const at::Tensor want = one.next(6).input_ids;
+    for (int r = 0; r < 3; ++r) {
+        data::TokenStream s(src, r, 3, first);
+        s.restore(r0.cursor());
+        const at::Tensor got = s.next(2).input_ids;
+        EXPECT_TRUE(at::equal(got[0], want[r])) << r;
+        EXPECT_TRUE(at::equal(got[1], want[3 + r])) << r;
+        EXPECT_EQ(s.cursor(), 10);
+    }
+}
+
 TEST(TokenDataTest, JsonlTextIsPackedIntoWindowsAndErrorsNameTheSource) {
     JobConfig job = dsa_job();
     const auto tok = text::make_tokenizer(job.model.path, job.model.vocab_size);
