@@ -32,6 +32,9 @@ const std::vector<Knob>& all_knobs() {
         {"DSRL_DECODE_LINEAR", "1",
          "1: a decode step's small bf16/fp16 projections run on dsrl's tensor-core kernel, launched under PDL with its "
          "first weight chunks staged before it waits (dsa/linear_cuda.h); 0: cuBLAS (at::linear), for measurements."},
+        {"DSRL_TILE_STAGE", "1",
+         "1: a decode step's router kernel (two rows a block) copies its gate into shared memory before it waits for "
+         "the kernel before (core/kernels/row_dot.cuh); 0: reads it from L2 after, for measurements."},
         {"DSRL_ATTN_STAGES", "",
          "The tensor-core sparse attention's sub-tiles per tile (dsa/kernels/sparse_mla_mma.cuh): empty for the "
          "default (one: the tile staged whole), or 1, 2 or 4 (a ring of sub-tiles), for measurements."},

@@ -35,6 +35,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -841,14 +842,24 @@ private:
         const auto t0 = Clock::now();
         const int64_t rows = static_cast<int64_t>(running_.size());
         const int64_t steps = window_steps_;
-        const at::Tensor tokens = at::cat(win_tokens_, 0).cpu();  // [S, R]
-        const at::Tensor logp = at::cat(win_logp_, 0).cpu();
-        const at::Tensor kept =
-            record_masks_ ? at::cat(win_kept_, 0).cpu().contiguous() : at::Tensor();  // [S, R, ceil(V / 8)] bits
-        const at::Tensor routes =
-            win_routes_.empty() ? at::Tensor() : at::cat(win_routes_, 0).to(at::kCPU, at::kLong).contiguous();
-        const at::Tensor topk =
-            win_topk_.empty() ? at::Tensor() : at::cat(win_topk_, 0).to(at::kCPU, at::kInt).contiguous();
+        // Every record copied into pinned host memory without a sync between, then one wait for the stream.
+        const auto to_host = [&](const std::vector<at::Tensor>& parts, std::optional<at::ScalarType> type) {
+            if (parts.empty()) return at::Tensor();
+            at::Tensor t = at::cat(parts, 0);
+            if (type) t = t.to(*type);
+            if (!device_.is_cuda()) return t.contiguous();
+            at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+            host.copy_(t, /*non_blocking=*/true);
+            return host;
+        };
+        const at::Tensor tokens = to_host(win_tokens_, std::nullopt);  // [S, R]
+        const at::Tensor logp = to_host(win_logp_, std::nullopt);
+        const at::Tensor kept = record_masks_ ? to_host(win_kept_, std::nullopt) : at::Tensor();  // [S, R, V/8] bits
+        const at::Tensor routes = to_host(win_routes_, at::kLong);
+        const at::Tensor topk = to_host(win_topk_, at::kInt);
+#ifdef DSRL_WITH_CUDA
+        if (device_.is_cuda()) c10::cuda::getCurrentCUDAStream(device_.index()).synchronize();
+#endif
         stats_.wait_seconds += seconds_since(t0);
 #ifdef DSRL_WITH_CUDA
         if (device_.is_cuda()) {

@@ -34,6 +34,16 @@ constexpr bool row_dot_takes(int64_t dim) { return dim > 0 && dim % 4 == 0 && di
 constexpr int kTileWarps = 8;
 constexpr int kTileRowsMax = 8;
 
+/// Most bytes of weights a two-row tile kernel copies into shared memory before it waits (launch_tile): the router's
+/// gate of 256 bf16 rows of 192, or 32 fp32 rows of 768.
+constexpr int64_t kTileStagedMaxBytes = 96 * 1024;
+
+/// Whether a two-row tile kernel stages weights w of `bytes` (a multiple of 16, at most kTileStagedMaxBytes, w 16-byte
+/// aligned) before it waits; DSRL_TILE_STAGE=0 in the environment turns it off (read once).
+bool tile_stages_weights(const void* w, int64_t bytes);
+/// Overrides DSRL_TILE_STAGE in this process: 1 stages, 0 does not, −1 goes back to the environment's (tests).
+void set_tile_stage(int mode);
+
 #ifdef __CUDACC__
 namespace row_dot_detail {
 
@@ -284,19 +294,51 @@ struct TileRow {
           real(first + g < rows) {}
 };
 
+/// Where a tile kernel's staged weights start in its dynamic shared memory: after its rows' `bytes`, on 16 bytes.
+__host__ __device__ constexpr size_t tile_weights_offset(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+/// Threads [0, threads) of the block copy `bytes` (a multiple of 16) of weights from w (16-byte aligned) into shared
+/// memory at dst with cp.async, as one commit group, and do not wait: a two-row tile kernel calls it before it waits
+/// for the kernel before (no kernel of a step writes weights), then cp_async_wait_all() and a barrier before the dot
+/// products read them from dst — the weights' L2 round trips run under the previous kernel instead of after it.
+__device__ __forceinline__ void stage_weights_async(void* dst, const void* w, int bytes, int thread, int threads) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    const auto* src = static_cast<const unsigned char*>(w);
+    for (int i = 16 * thread; i < bytes; i += 16 * threads) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + i), "l"(src + i));
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void wait_staged_weights() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
 /// A tile kernel over `rows` rows: kTwo (two rows a block) for at most `few` rows, else kEight (kTileRowsMax a
 /// block), kTileWarps warps a block with `row_smem` bytes of dynamic shared memory per row of the block. Their limit of
 /// dynamic shared memory is raised once to 64 KiB (eight of the longest rows take the default 48 KiB; the kernels'
-/// static arrays come on top).
-template <auto kTwo, auto kEight, typename Params>
-cudaError_t launch_tile(int64_t rows, int64_t few, size_t row_smem, cudaStream_t stream, const Params& p) {
+/// static arrays come on top). Two rows a block run kTwoStaged instead where tile_stages_weights(w, w_bytes) (the
+/// weights w of w_bytes copied into shared memory before the kernel waits: stage_weights_async), with w_bytes more.
+template <auto kTwo, auto kTwoStaged, auto kEight, typename Params>
+cudaError_t launch_tile(
+    int64_t rows, int64_t few, size_t row_smem, const void* w, int64_t w_bytes, cudaStream_t stream, const Params& p) {
     static const cudaError_t raised = raise_dynamic_smem(64 * 1024, kTwo, kEight);
     if (raised != cudaSuccess) return raised;
     const int per_block = rows <= few ? 2 : kTileRowsMax;
     const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
     constexpr unsigned kThreads = kTileWarps * 32;
+    if (per_block == 2 && tile_stages_weights(w, w_bytes)) {
+        static const cudaError_t staged = raise_dynamic_smem(64 * 1024 + kTileStagedMaxBytes, kTwoStaged);
+        if (staged == cudaSuccess) {
+            return launch(kTwoStaged, blocks, kThreads, tile_weights_offset(2 * row_smem) + w_bytes, stream, p);
+        }
+        (void)cudaGetLastError();  // a device with less shared memory: the plain kernel
+    }
     return per_block == 2 ? launch(kTwo, blocks, kThreads, per_block * row_smem, stream, p)
                           : launch(kEight, blocks, kThreads, per_block * row_smem, stream, p);
+}
+/// As above without staging (the indexer's head weights: staged, they measured no faster — docs/kernel_notes.md,
+/// session 33).
+template <auto kTwo, auto kEight, typename Params>
+cudaError_t launch_tile(int64_t rows, int64_t few, size_t row_smem, cudaStream_t stream, const Params& p) {
+    return launch_tile<kTwo, kTwo, kEight>(rows, few, row_smem, nullptr, 0, stream, p);
 }
 #endif
 

@@ -163,7 +163,9 @@ __global__ void route_kernel(RouteParams p) {
 // normalized after the residual add when p.add_norm.w is set, the sum and the norm's output written as the norm
 // kernel writes them — then the block's warps split the gate in chunks of four rows, each chunk for all the block's
 // tokens (the gate read once a block, not once a token), and warp j selects token j's experts.
-template <int kRows>
+// kStaged (two rows a block only): the gate is copied into shared memory after the rows' scratch before the kernel
+// waits for the one before (launch_tile).
+template <int kRows, bool kStaged>
 __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) route_tile_kernel(RouteParams p) {
     extern __shared__ float4 route_smem[];
     __shared__ float red[kRows * 8];
@@ -171,9 +173,18 @@ __global__ void __launch_bounds__(dsrl::kernels::kTileWarps * 32) route_tile_ker
     const int E = p.experts;
     float* const xs = reinterpret_cast<float*>(route_smem);
     float* const logits = xs + kRows * p.dim;
+    const void* gate = p.gate;
+    if constexpr (kStaged) {
+        void* const staged = reinterpret_cast<unsigned char*>(route_smem) +
+                             dsrl::kernels::tile_weights_offset(route_tile_smem_bytes(E, p.groups, p.dim, kRows));
+        dsrl::kernels::stage_weights_async(staged, p.gate, E * p.dim * dsrl::kernels::elem_size(p.gate_type),
+                                           threadIdx.x, blockDim.x);
+        gate = staged;
+    }
     dsrl::kernels::stage_tile_row(tile, p.add_norm, p.x, p.x_type, p.x_row_stride, p.dim, xs, red);  // waits
+    if constexpr (kStaged) dsrl::kernels::wait_staged_weights();
     __syncthreads();
-    dsrl::kernels::block_tile_dots<kRows>(xs, p.gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, tile.warp,
+    dsrl::kernels::block_tile_dots<kRows>(xs, gate, p.gate_type, E, p.dim, kRows, false, 1.f, logits, E, tile.warp,
                                           dsrl::kernels::kTileWarps, tile.lane);
     __syncthreads();
     const int64_t t = tile.first + tile.warp;  // warp j selects the block's token j
@@ -221,8 +232,10 @@ cudaError_t launch_route(const RouteParams& p, cudaStream_t stream) {
     const int dim = p.x != nullptr || p.add_norm.w != nullptr ? p.dim : 0;
     if (dim > 0 && !dsrl::kernels::row_dot_takes(dim)) return cudaErrorInvalidValue;
     if (dim > 0 && route_tile_smem_bytes(p.experts, p.groups, dim, dsrl::kernels::kTileRowsMax) <= kRouteTileMaxSmem) {
-        return dsrl::kernels::launch_tile<route_tile_kernel<2>, route_tile_kernel<8>>(
-            p.tokens, kRouteTileFewTokens, route_tile_smem_bytes(p.experts, p.groups, dim, 1), stream, p);
+        return dsrl::kernels::launch_tile<route_tile_kernel<2, false>, route_tile_kernel<2, true>,
+                                          route_tile_kernel<8, false>>(
+            p.tokens, kRouteTileFewTokens, route_tile_smem_bytes(p.experts, p.groups, dim, 1), p.gate,
+            static_cast<int64_t>(p.experts) * dim * dsrl::kernels::elem_size(p.gate_type), stream, p);
     }
     if (p.add_norm.w != nullptr) return cudaErrorInvalidValue;  // the norm is staged by the tile kernel only
     RouteParams q = p;

@@ -54,36 +54,48 @@ __device__ __forceinline__ float rnd(float v) {
 constexpr int kPairThreads = 256;
 constexpr int kScanPer = kRoutedMaxExperts / kPairThreads;  // entries a thread scans
 
-// Inclusive prefix sums of a[0 .. n) in place, n <= kRoutedMaxExperts: each thread sums kScanPer consecutive
-// entries, the warps scan those sums with shuffles, one pass over the warps' totals. Two barriers; every thread of
-// the block calls it.
-__device__ void block_scan(int* a, int n) {
-    __shared__ int warp_total[kPairThreads / 32];
+// The experts' pair counts count[0 .. n) (n <= kRoutedMaxExperts) and their tiles of kBM, ceil(count / kBM), both as
+// inclusive prefix sums, in place (tiles written whole): each thread sums kScanPer consecutive entries, the warps
+// scan those sums with shuffles, one pass over the warps' totals. One barrier between; every thread of the block
+// calls it, and syncs before reading the results.
+__device__ void scan_counts(int* count, int* tiles, int n) {
+    __shared__ int2 warp_total[kPairThreads / 32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    int v[kScanPer], sum = 0;
+    int c[kScanPer], m[kScanPer], sum_c = 0, sum_m = 0;
 #pragma unroll
     for (int i = 0; i < kScanPer; ++i) {
         const int idx = tid * kScanPer + i;
-        v[i] = idx < n ? a[idx] : 0;
-        sum += v[i];
+        c[i] = idx < n ? count[idx] : 0;
+        m[i] = (c[i] + kBM - 1) / kBM;
+        sum_c += c[i];
+        sum_m += m[i];
     }
-    int incl = sum;
+    int incl_c = sum_c, incl_m = sum_m;
 #pragma unroll
     for (int o = 1; o < 32; o *= 2) {
-        const int y = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += y;
+        const int yc = __shfl_up_sync(0xffffffffu, incl_c, o), ym = __shfl_up_sync(0xffffffffu, incl_m, o);
+        if (lane >= o) {
+            incl_c += yc;
+            incl_m += ym;
+        }
     }
-    if (lane == 31) warp_total[warp] = incl;
+    if (lane == 31) warp_total[warp] = make_int2(incl_c, incl_m);
     __syncthreads();
-    int run = incl - sum;
-    for (int w = 0; w < warp; ++w) run += warp_total[w];
+    int run_c = incl_c - sum_c, run_m = incl_m - sum_m;
+    for (int w = 0; w < warp; ++w) {
+        run_c += warp_total[w].x;
+        run_m += warp_total[w].y;
+    }
 #pragma unroll
     for (int i = 0; i < kScanPer; ++i) {
         const int idx = tid * kScanPer + i;
-        run += v[i];
-        if (idx < n) a[idx] = run;
+        run_c += c[i];
+        run_m += m[i];
+        if (idx < n) {
+            count[idx] = run_c;
+            tiles[idx] = run_m;
+        }
     }
-    __syncthreads();
 }
 
 __host__ __device__ inline int routed_tile_bound(const RoutedExpertsParams& p) {
@@ -93,37 +105,47 @@ __host__ __device__ inline int routed_tile_bound(const RoutedExpertsParams& p) {
 // Rows of the h and out scratch a token owns: its k routed pairs, then the shared expert's.
 __device__ inline int slots_of(const RoutedExpertsParams& p) { return p.k + (p.shared_gate != nullptr ? 1 : 0); }
 
+constexpr int kPairBatch = 8;  // indices a thread loads at once, all in flight before the first atomic
+
 // The routed pairs grouped by expert and cut into tiles of 32: rank[q] = the pair's place among its expert's
-// (shared-memory atomics); the counts and the tiles per expert scanned; order[start(e) + rank[q]] = the pair's row;
-// tile i = (expert, start in order, count), count 0 for the unused ones. An id outside [0, experts) is left out.
+// (shared-memory atomics) | its expert << 16 (ranks < kRoutedMaxPairs = 2^15, experts < 2^10); the counts and the
+// tiles per expert scanned; order[start(e) + rank] = the pair's row; tile i = (expert, start in order, count), count 0
+// for the unused ones. An id outside [0, experts) is left out (rank −1).
 __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const RoutedExpertsParams p) {
     dsrl::kernels::pdl_enter();
     extern __shared__ int pair_smem[];
     const int tid = threadIdx.x, E = p.experts;
     int* count = pair_smem;         // [E], then inclusive sums
-    int* tiles = pair_smem + E;     // [E], then inclusive sums
+    int* tiles = pair_smem + E;     // [E], inclusive sums
     int* rank = pair_smem + 2 * E;  // [pairs]
     const int pairs = static_cast<int>(p.tokens * p.k), slots = slots_of(p);
     for (int e = tid; e < E; e += kPairThreads) count[e] = 0;
-    __syncthreads();
     const int lane = tid & 31;
-    for (int q0 = 0; q0 < pairs; q0 += kPairThreads) {  // whole warps each pass: the match below takes all lanes
-        const int q = q0 + tid;
-        const int64_t id = q < pairs ? p.indices[q] : -1;
-        const int e = id >= 0 && id < E ? static_cast<int>(id) : -1;
-        // One atomic per expert a warp's lanes share (a decode batch often routes many rows to the same experts).
-        const unsigned peers = __match_any_sync(0xffffffffu, e);
-        const int leader = __ffs(static_cast<int>(peers)) - 1;
-        int base = 0;
-        if (lane == leader && e >= 0) base = atomicAdd(&count[e], __popc(peers));
-        base = __shfl_sync(0xffffffffu, base, leader);
-        if (q < pairs) rank[q] = e >= 0 ? base + __popc(peers & ((1u << lane) - 1u)) : -1;
+    for (int q0 = 0; q0 < pairs; q0 += kPairThreads * kPairBatch) {
+        int ex[kPairBatch];
+#pragma unroll
+        for (int u = 0; u < kPairBatch; ++u) {
+            const int q = q0 + u * kPairThreads + tid;
+            const int64_t id = q < pairs ? p.indices[q] : -1;
+            ex[u] = id >= 0 && id < E ? static_cast<int>(id) : -1;
+        }
+        if (q0 == 0) __syncthreads();  // the counts zeroed (the first batch's loads issued before)
+#pragma unroll
+        for (int u = 0; u < kPairBatch; ++u) {
+            if (q0 + u * kPairThreads >= pairs) continue;  // the same for the whole block: the match takes all lanes
+            const int q = q0 + u * kPairThreads + tid, e = ex[u];
+            // One atomic per expert a warp's lanes share (a decode batch often routes many rows to the same experts).
+            const unsigned peers = __match_any_sync(0xffffffffu, e);
+            const int leader = __ffs(static_cast<int>(peers)) - 1;
+            int base = 0;
+            if (lane == leader && e >= 0) base = atomicAdd(&count[e], __popc(peers));
+            base = __shfl_sync(0xffffffffu, base, leader);
+            if (q < pairs) rank[q] = e >= 0 ? (base + __popc(peers & ((1u << lane) - 1u))) | (e << 16) : -1;
+        }
     }
     __syncthreads();
-    for (int e = tid; e < E; e += kPairThreads) tiles[e] = (count[e] + kBM - 1) / kBM;
+    scan_counts(count, tiles, E);
     __syncthreads();
-    block_scan(count, E);
-    block_scan(tiles, E);
     const auto start = [](const int* sums, int e) { return e == 0 ? 0 : sums[e - 1]; };  // exclusive sum at e
     for (int e = tid; e < E; e += kPairThreads) {
         const int begin = start(count, e), n = count[e] - begin;
@@ -135,9 +157,10 @@ __global__ void __launch_bounds__(kPairThreads) routed_pairs_kernel(const Routed
     }
     for (int i = tiles[E - 1] + tid; i < routed_tile_bound(p); i += kPairThreads) p.tiles[3 * i + 2] = 0;
     for (int q = tid; q < pairs; q += kPairThreads) {
-        if (rank[q] < 0) continue;
+        const int r = rank[q];
+        if (r < 0) continue;
         const int t = q / p.k, j = q - t * p.k;
-        p.order[start(count, static_cast<int>(p.indices[q])) + rank[q]] = t * slots + j;
+        p.order[start(count, r >> 16) + (r & 0xffff)] = t * slots + j;
     }
 }
 

@@ -22,8 +22,10 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "core/add_norm_rows.h"
+#include "core/kernels/row_dot.cuh"
 #include "dsa/indexer_topk.h"
 #include "dsa/kernels/norm_rope.cuh"
 #include "dsa/model.h"
@@ -372,6 +374,35 @@ TEST(NormRopeKernelTest, AddNormRouteEqualsTheNormThenTheRouter) {
     const moe::RouterOptions small{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
     EXPECT_TRUE(moe::cuda::add_norm_route_fits(x, x, w, randn({32, 64}, at::kFloat), small));
     EXPECT_FALSE(moe::cuda::add_norm_route_fits(x, randn({4, 60}, at::kFloat), w, randn({32, 64}, at::kFloat), small));
+}
+
+// The router's two-row tile kernel with its gate copied into shared memory before it waits (the decode default,
+// core/kernels/row_dot.cuh) against the same kernel reading the gate from global memory: bit for bit, for an fp32 gate
+// and a bf16 one.
+TEST(NormRopeKernelTest, RouterGateStagedBeforeTheWaitGivesTheSameRoute) {
+    DSRL_REQUIRE_CUDA();
+    at::NoGradGuard no_grad;
+    struct Restore {
+        ~Restore() { dsrl::kernels::set_tile_stage(-1); }
+    } restore;
+    const auto both = [](const auto& run) {
+        dsrl::kernels::set_tile_stage(1);
+        const auto staged = run();
+        dsrl::kernels::set_tile_stage(0);
+        const auto plain = run();
+        return std::make_pair(staged, plain);
+    };
+    for (const at::ScalarType gt : {at::kFloat, at::kBFloat16}) {
+        const moe::RouterOptions opt{.n_routed_experts = 32, .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2};
+        const at::Tensor x = randn({255, 768}, at::kBFloat16), r = randn({255, 768}, at::kBFloat16);
+        const at::Tensor w = randn({768}, at::kBFloat16) * 0.5 + 1, gate = (randn({32, 768}, at::kFloat) * 0.1).to(gt);
+        const at::Tensor bias = randn({32}, at::kFloat) * 0.05;
+        const auto [a, b] = both([&] { return moe::cuda::add_norm_route(x, r, w, 1e-6, gate, bias, opt); });
+        EXPECT_TRUE(at::equal(a.route.logits, b.route.logits)) << c10::toString(gt);
+        EXPECT_TRUE(at::equal(a.route.indices, b.route.indices)) << c10::toString(gt);
+        EXPECT_TRUE(at::equal(a.route.weights, b.route.weights)) << c10::toString(gt);
+        EXPECT_TRUE(at::equal(a.normed, b.normed)) << c10::toString(gt);
+    }
 }
 
 // A MoE layer's output left as its pair rows (moe::cuda::routed_experts_pairs) and summed by the next add + norm as
