@@ -8,7 +8,8 @@
 #   4. issue 21 on GPUs: dsrl_bench_moe (one MoE layer, expert parallel vs replicated over NCCL all-to-all-v, outputs
 #      compared), dsrl_bench_zero (memory per rank at ZeRO 0/1/2), dsrl_bench_comm's all_to_all_v table at
 #      DeepSeek-V3.2's hidden size; with 4+ GPUs also the CPU tests' ZeRO and expert-parallel jobs
-#      (tests/trainer/zero_test.sh, expert_parallel_test.sh: 2 and 4 ranks, one GPU each).
+#      (tests/trainer/zero_test.sh, expert_parallel_test.sh: 2 and 4 ranks, one GPU each); a checkpoint resumed on
+#      another number of GPUs (tests/trainer/reshard_test.sh, 1 and 2 ranks).
 #   bash scripts/multi_gpu_test.sh          # N = number of visible GPUs; logs in $OUT (or build-gpu/multi_gpu)
 # On one GPU it runs what one GPU can: the collective tests and bench on 1 rank and the 1-GPU baseline of step 2
 # (steps 2's N-GPU run and step 3 need 2+ GPUs: NCCL takes one GPU per rank).
@@ -121,6 +122,12 @@ else
         done
     else
         echo "[mgpu] ZeRO / expert-parallel job tests skipped: their 4-rank runs need 4 GPUs (this machine has $n)"
+    fi
+    # Resuming on another layout: 2 GPUs -> 1 and 1 -> 2 (ZeRO 1, EP 2), the DSA stream (tests/trainer/reshard_test.sh).
+    if timeout 900 bash tests/trainer/reshard_test.sh "$bin/dsrl_train" mpirun "$python" >"$logs/reshard.log" 2>&1; then
+        echo "[mgpu] reshard: $(tail -1 "$logs/reshard.log")"
+    else
+        echo "[mgpu] reshard FAILED"; tail -30 "$logs/reshard.log"; status=1
     fi
     # Disaggregated RL (issue 22): rollout and trainer ranks on their own GPUs reproduce the colocated job; records
     # over MPI, weights by NCCL broadcast. Its runs use 2, 3 and 4 ranks.
