@@ -215,6 +215,31 @@ void check_prompt_lengths(const data::PromptSource& source,
     }
 }
 
+// After a resume on another world size: the per-rank sizes whose global batch (× the ranks) is not the checkpoint's,
+// each with the value that keeps it. The checkpoint's own config says what it was; one of an older schema gives no
+// hint.
+void warn_global_batch(const std::string& saved_yaml, int saved_world, const JobConfig& job, int world) {
+    JobConfig saved;
+    try {
+        config::Document::from_string(saved_yaml, "the checkpoint's config").read_into(saved, job_config_paths());
+    } catch (const Error&) {
+        return;
+    }
+    const auto hint = [&](const char* key, int64_t saved_per_rank, int64_t per_rank) {
+        const int64_t before = saved_per_rank * saved_world, now = per_rank * world;
+        if (before == now) return;
+        const std::string keep = before % world == 0
+                                     ? absl::StrCat(": --set ", key, "=", before / world, " keeps it")
+                                     : absl::StrCat(" (no per-rank value on ", world, " ranks keeps it)");
+        DSRL_LOG(warn) << "the global batch changes with the world size: " << key << " " << saved_per_rank << " x "
+                       << saved_world << " ranks = " << before << " in the checkpoint's job, " << per_rank << " x "
+                       << world << " = " << now << " now" << keep;
+    };
+    hint("rollout.prompts_per_step", saved.rollout.prompts_per_step, job.rollout.prompts_per_step);
+    hint("trainer.micro_batch_size", saved.trainer.micro_batch_size, job.trainer.micro_batch_size);
+    if (uses_dsa_stages(job)) hint("dsa.batch_size", saved.dsa.batch_size, job.dsa.batch_size);
+}
+
 }  // namespace
 
 void check_job(const JobConfig& job) {
@@ -396,6 +421,9 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
             state.world_size = fresh.world_size;  // resharded: this job's layout from now on
             state.rollout_ranks = fresh.rollout_ranks;
             state.config_yaml = opt.config_yaml;
+            if (rank == 0 && state.resumed_world_size != state.world_size) {
+                warn_global_batch(ck.state.config_yaml, state.resumed_world_size, job, state.world_size);
+            }
             ctx.reference_dir = ck.reference_dir;
             if (ck.rng_state.numel() > 0) {
                 at::Generator gen = at::detail::getDefaultCPUGenerator();

@@ -34,6 +34,16 @@ run 1 "$tmp/down" "${one[@]}" --resume auto >"$tmp/down2.log" 2>&1 ||
 grep -q "written by 2 ranks; this job has 1: resharding" "$tmp/down2.log" ||
     { echo "FAIL: no resharding warning"; cat "$tmp/down2.log"; exit 1; }
 $compare "$tmp" np2 down || exit 1
+! grep -q "the global batch changes" "$tmp/down2.log" || { echo "FAIL: a kept global batch was warned about"; exit 1; }
+# The finished job resumed on 2 ranks with the 1-rank sizes: the global batch doubles, and the warning says which
+# per-rank values keep it.
+run 2 "$tmp/down" "${one[@]}" --resume auto >"$tmp/down3.log" 2>&1 ||
+    { echo "FAIL: the finished job did not resume on 2 ranks"; cat "$tmp/down3.log"; exit 1; }
+for key in "rollout.prompts_per_step 2 x 1 ranks = 2 in the checkpoint's job, 2 x 2 = 4 now: --set rollout.prompts_per_step=1" \
+           "trainer.micro_batch_size 4 x 1 ranks = 4 in the checkpoint's job, 4 x 2 = 8 now: --set trainer.micro_batch_size=2"; do
+    grep -qF "the global batch changes with the world size: $key keeps it" "$tmp/down3.log" ||
+        { echo "FAIL: no warning '$key'"; cat "$tmp/down3.log"; exit 1; }
+done
 
 # 1 rank killed at the same point, resumed on 2 ranks with ZeRO 1 and expert parallelism 2.
 DSRL_FAULT_KILL=step_start:5 run 1 "$tmp/up" "${one[@]}" >"$tmp/up1.log" 2>&1
