@@ -997,6 +997,17 @@ private:
 
 }  // namespace
 
+void check_cache_pool_fits(
+    int64_t blocks, int64_t block_size, int64_t bytes_per_token, int64_t room, const std::string& where) {
+    const double bytes =
+        static_cast<double>(blocks) * static_cast<double>(block_size) * static_cast<double>(bytes_per_token);
+    if (room <= 0 || bytes <= static_cast<double>(room)) return;
+    throw ConfigError(absl::StrFormat(
+        "rollout.cache_blocks: %d blocks of %d slots need %.1f GiB, more than %s (%.1f GiB); leave it 0 (sized from "
+        "rollout.max_batch_size and rollout.cache_memory_fraction) or lower it",
+        blocks, block_size, bytes / (1 << 30), where, static_cast<double>(room) / (1 << 30)));
+}
+
 int64_t engine_cache_blocks(const dsa::Model& model,
                             const std::vector<GenerationRequest>& requests,
                             const GenerateOptions& opt) {
@@ -1016,22 +1027,14 @@ int64_t engine_cache_blocks(const dsa::Model& model,
                                            ")"));
         }
         // A pool that cannot fit the machine is said here, naming the key (not a bare bad_alloc at its allocation).
-        const double bytes = static_cast<double>(opt.engine.cache_blocks) *
-                             static_cast<double>(model.cache_bytes_per_token()) * static_cast<double>(bs);
-        int64_t room = -1;
-        const char* where = "this machine's memory";
         if (model.device().is_cuda()) {
-            room = static_cast<int64_t>(
+            const auto room = static_cast<int64_t>(
                 c10::cuda::CUDACachingAllocator::get()->getMemoryInfo(model.device().index()).second);
-            where = "the device's memory";
+            check_cache_pool_fits(opt.engine.cache_blocks, bs, model.cache_bytes_per_token(), room,
+                                  "the device's memory");
         } else {
-            room = fs::memory_limit_bytes();
-        }
-        if (room > 0 && bytes > static_cast<double>(room)) {
-            throw ConfigError(absl::StrFormat(
-                "rollout.cache_blocks: %d blocks of %d slots need %.1f GiB, more than %s (%.1f GiB); leave it 0 "
-                "(sized from rollout.max_batch_size and rollout.cache_memory_fraction) or lower it",
-                opt.engine.cache_blocks, bs, bytes / (1 << 30), where, static_cast<double>(room) / (1 << 30)));
+            check_cache_pool_fits(opt.engine.cache_blocks, bs, model.cache_bytes_per_token(), fs::memory_limit_bytes(),
+                                  "this machine's memory");
         }
         return opt.engine.cache_blocks;
     }

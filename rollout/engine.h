@@ -21,6 +21,8 @@
 // engine's (tokens exactly, log-probs within 1e-5) and teacher-forced recomputation reproduces the log-probs.
 #pragma once
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "rollout/generator.h"
@@ -45,5 +47,11 @@ std::vector<Sample> generate_continuous(const dsa::Model& model,
 int64_t engine_cache_blocks(const dsa::Model& model,
                             const std::vector<GenerationRequest>& requests,
                             const GenerateOptions& opt);
+
+/// A ConfigError naming rollout.cache_blocks when `blocks` of `block_size` slots, `bytes_per_token` each, need more
+/// than `room` bytes (`where`: whose memory that is, e.g. "this machine's memory"); nothing when room <= 0 (unknown).
+/// engine_cache_blocks checks a given pool with it, and the job's start-up check before any stage runs.
+void check_cache_pool_fits(
+    int64_t blocks, int64_t block_size, int64_t bytes_per_token, int64_t room, const std::string& where);
 
 }  // namespace dsrl::rollout

@@ -394,11 +394,12 @@ LoadedCheckpoint load_checkpoint(
         if (j.contains("rollout_ranks")) {
             out.state.rollout_ranks =
                 static_cast<int>(count(j.at("rollout_ranks"), "rollout_ranks", out.state.world_size));
+        } else if (out.state.world_size == world_size) {
+            out.state.rollout_ranks = rollout_ranks;  // before the key existed: the same world resumes as it always did
         } else {
-            // Before the key existed: a disaggregated job's rollout workers (its last ranks) saved their queue; on
-            // the same world size it resumes as it always did (-1: disaggregated, rollout ranks unknown).
+            // Another world: a disaggregated job's rollout workers (its last ranks) saved their queue (-1:
+            // disaggregated, rollout ranks unknown).
             out.state.rollout_ranks = saved_queue(dir, out.state.world_size - 1) ? -1 : 0;
-            if (out.state.world_size == world_size) out.state.rollout_ranks = rollout_ranks;
         }
         out.state.config_yaml = j.at("config_yaml").get<std::string>();
     } catch (const nlohmann::json::exception& e) {

@@ -27,6 +27,7 @@
 #include "dsa/model.h"
 #include "dsa/sparse_attention.h"
 #include "rewards/reward.h"
+#include "rollout/engine.h"
 #include "text/tokenizer.h"
 #include "trainer/agent_domains.h"
 #include "trainer/checkpoint.h"
@@ -175,14 +176,9 @@ void check_fits_memory(const JobConfig& job, const ModelArch& arch) {
     const double bytes = per_rank * element * ranks;
     const auto gib = [](double b) { return absl::StrFormat("%.1f GiB", b / (1024.0 * 1024.0 * 1024.0)); };
     // The rollout's cache pool where its size is given, found before the stages before GRPO run.
-    const double pool = static_cast<double>(job.rollout.engine.cache_blocks) *
-                        static_cast<double>(job.rollout.engine.block_size) *
-                        static_cast<double>(dsa::cache_bytes_per_token(sized));
-    if (job.rollout.engine.cache_blocks > 0 && pool > static_cast<double>(limit)) {
-        throw ConfigError(absl::StrCat("rollout.cache_blocks: ", job.rollout.engine.cache_blocks, " blocks of ",
-                                       job.rollout.engine.block_size, " slots need ", gib(pool),
-                                       ", more than this machine's ", gib(static_cast<double>(limit)),
-                                       " of memory; leave it 0 (sized from rollout.max_batch_size) or lower it"));
+    if (job.rollout.engine.cache_blocks > 0) {
+        rollout::check_cache_pool_fits(job.rollout.engine.cache_blocks, job.rollout.engine.block_size,
+                                       dsa::cache_bytes_per_token(sized), limit, "this machine's memory");
     }
     if (bytes <= static_cast<double>(limit)) return;
     throw ConfigError(absl::StrCat(
@@ -415,11 +411,11 @@ int run_job(const JobConfig& job, const RunOptions& opt, const dist::Communicato
         if (!dir.empty()) {
             LoadedCheckpoint ck = load_checkpoint(dir, policy, comm.size(), rank, state.rollout_ranks);
             optimizer.load_state(ck.optimizer, int_cursor(ck.state.cursors, "optimizer_steps", 0), dir);
-            const TrainingState fresh = state;
+            const int world = state.world_size, rollout_ranks = state.rollout_ranks;
             state = ck.state;
             state.resumed_world_size = ck.state.world_size;
-            state.world_size = fresh.world_size;  // resharded: this job's layout from now on
-            state.rollout_ranks = fresh.rollout_ranks;
+            state.world_size = world;  // resharded: this job's layout from now on
+            state.rollout_ranks = rollout_ranks;
             state.config_yaml = opt.config_yaml;
             if (rank == 0 && state.resumed_world_size != state.world_size) {
                 warn_global_batch(ck.state.config_yaml, state.resumed_world_size, job, state.world_size);
